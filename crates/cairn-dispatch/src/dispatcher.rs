@@ -1,0 +1,115 @@
+//! Routing one event to its handler inside a savepoint.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+
+use cairn_log::{Conn, Outcome, ProcessingError, RecordedEvent};
+use cairn_types::ErrorCode;
+
+use crate::projections::Projections;
+use crate::registry::{HandlerError, Registry, Route};
+
+/// Routes each event by stream type to a router, and by event type to a handler.
+///
+/// Never fails silently: an unknown stream type (`P9002`), an unknown event type
+/// (`P9001`), a handler error (`P9003`, `P9004`) or a handler panic (`P9003`) is an
+/// [`Outcome::Failed`] that the caller stores on the event. The handler's writes are
+/// rolled back to the savepoint taken before it ran, so an event is applied whole or
+/// not at all.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+}
+
+fn failed(code: ErrorCode, message: String) -> Outcome {
+    Outcome::Failed(ProcessingError { code, message })
+}
+
+impl Dispatcher {
+    /// A dispatcher over a registry.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The routing table.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Dispatches one event on `conn`, which must be inside a transaction. Returns the
+    /// outcome; an `Err` means the savepoint itself could not be taken or undone, and
+    /// the whole transaction must be abandoned.
+    pub(crate) async fn dispatch(&self, conn: &mut Conn<'_>, event: &RecordedEvent) -> Result<Outcome, sqlx::Error> {
+        let router = match self.registry.route(&event.stream_type) {
+            None => {
+                return Ok(failed(
+                    ErrorCode::UnknownStreamType,
+                    format!(
+                        "no route for stream type {:?}: register a router or an explicit no-op \
+                         route for it, then retry the event",
+                        event.stream_type.as_str()
+                    ),
+                ));
+            }
+            Some(Route::NoOp { .. }) => return Ok(Outcome::Skipped),
+            Some(Route::Router(router)) => router,
+        };
+        let Some(handler) = router.handler(&event.event_type) else {
+            return Ok(failed(
+                ErrorCode::UnknownEventType,
+                format!(
+                    "the {:?} router has no handler for event type {:?}: register one, then \
+                     retry the event",
+                    event.stream_type.as_str(),
+                    event.event_type.as_str()
+                ),
+            ));
+        };
+
+        savepoint(conn, "SAVEPOINT cairn_dispatch").await?;
+        let result = {
+            let mut projections = Projections::new(conn.reborrow());
+            AssertUnwindSafe(handler.handle(event, &mut projections))
+                .catch_unwind()
+                .await
+        };
+        let outcome = match result {
+            Ok(Ok(())) => {
+                savepoint(conn, "RELEASE SAVEPOINT cairn_dispatch").await?;
+                return Ok(Outcome::Applied);
+            }
+            Ok(Err(error)) => {
+                let code = match &error {
+                    HandlerError::Payload { .. } => ErrorCode::PayloadMismatch,
+                    HandlerError::Failed(_) | HandlerError::Database(_) => ErrorCode::HandlerFailed,
+                };
+                failed(code, error.to_string())
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic payload".to_owned());
+                failed(ErrorCode::HandlerFailed, format!("the handler panicked: {message}"))
+            }
+        };
+        savepoint(conn, "ROLLBACK TO SAVEPOINT cairn_dispatch").await?;
+        savepoint(conn, "RELEASE SAVEPOINT cairn_dispatch").await?;
+        tracing::warn!(
+            position = %event.position,
+            event_type = %event.event_type,
+            outcome = ?outcome,
+            "event not applied"
+        );
+        Ok(outcome)
+    }
+}
+
+async fn savepoint(conn: &mut Conn<'_>, statement: &'static str) -> Result<(), sqlx::Error> {
+    conn.execute_script(statement).await
+}

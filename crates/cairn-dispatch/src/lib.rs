@@ -1,0 +1,38 @@
+//! The one dispatcher: every appended event goes through it, in the append's own
+//! transaction.
+//!
+//! The dispatcher routes by stream type to a router, and by event type to a handler,
+//! which updates projection tables. By the time an append returns, the projections
+//! reflect its events.
+//!
+//! Invariants this crate keeps:
+//! - Only handlers write projections: a write needs a [`Projections`] handle, and only
+//!   the dispatcher can create one.
+//! - Nothing fails silently and nothing half-applies: an unknown stream type (`P9002`),
+//!   an unknown event type (`P9001`) or a failing handler (`P9003`, `P9004`) rolls the
+//!   handler's writes back to a savepoint, stores the event anyway, and records the
+//!   code and message on it. The caller gets each event's [`Outcome`] back.
+//! - Replay rebuilds the projections from the log alone; `verify_projections` proves the
+//!   live projections are exactly what the log produces.
+//!
+//! It knows nothing about the domain, workflows or HTTP.
+//!
+//! [`Outcome`]: cairn_log::Outcome
+
+mod dispatcher;
+mod projections;
+mod registry;
+mod replay;
+mod store;
+
+pub use dispatcher::Dispatcher;
+pub use projections::Projections;
+pub use registry::{
+    ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,
+    RegistryError, Route, Router, RouterBuilder, payload,
+};
+pub use replay::{
+    ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayReport, TableSummary,
+    VerifyOptions, VerifyReport,
+};
+pub use store::{Appended, Dispatched, EventStore, RetryError, RetryReport, RetrySelection};

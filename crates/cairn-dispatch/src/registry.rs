@@ -1,0 +1,292 @@
+//! The routing table: stream type → router → event type → handler.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use cairn_log::RecordedEvent;
+use cairn_types::{EventType, NameError, StreamType};
+
+use crate::projections::Projections;
+
+/// Why a handler did not apply an event. Its projection writes are rolled back and the
+/// error is recorded on the event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The handler refused the event; recorded as `P9003`.
+    #[error("{0}")]
+    Failed(String),
+    /// The stored payload does not decode into the handler's payload type; recorded as
+    /// `P9004`.
+    #[error("event_data does not match {type_name}: {message}")]
+    Payload {
+        type_name: &'static str,
+        message: String,
+    },
+    /// A projection query failed; recorded as `P9003`.
+    #[error("projection query failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl HandlerError {
+    /// A refusal with a message for people.
+    pub fn failed(message: impl Into<String>) -> Self {
+        HandlerError::Failed(message.into())
+    }
+}
+
+/// Decodes an event's payload into the type a handler expects.
+pub fn payload<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, HandlerError> {
+    serde_json::from_value(event.data.clone()).map_err(|error| HandlerError::Payload {
+        type_name: std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("the payload type"),
+        message: error.to_string(),
+    })
+}
+
+/// Applies one event type to the projections.
+///
+/// A handler must be idempotent: applying the same event twice leaves the projections
+/// as applying it once does (use upserts keyed by the event's ids, and take times from
+/// the event, never from the clock).
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, event: &RecordedEvent, projections: &mut Projections<'_>) -> Result<(), HandlerError>;
+}
+
+/// A projection table the handlers write: replay empties it and rebuilds it, and
+/// `replay --verify` rebuilds it into a shadow copy and compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionTable {
+    /// The table's name (unqualified).
+    pub name: &'static str,
+    /// The columns that identify a row, for reports.
+    pub key: &'static [&'static str],
+}
+
+/// Where the dispatcher sends the events of one stream type.
+#[derive(Clone)]
+pub enum Route {
+    /// An administrative stream type: its events are processed and change nothing.
+    NoOp { reason: &'static str },
+    /// A router with one handler per event type.
+    Router(Router),
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::NoOp { reason } => write!(f, "NoOp({reason:?})"),
+            Route::Router(router) => f.debug_tuple("Router").field(router).finish(),
+        }
+    }
+}
+
+/// The handlers of one stream type, by event type.
+#[derive(Clone, Default)]
+pub struct Router {
+    handlers: BTreeMap<EventType, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl Router {
+    /// The handler for an event type.
+    pub fn handler(&self, event_type: &EventType) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(event_type)
+    }
+
+    /// The event types this router handles.
+    pub fn event_types(&self) -> impl Iterator<Item = &EventType> {
+        self.handlers.keys()
+    }
+}
+
+/// A registration that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot register {what}: {source}")]
+    BadName {
+        what: &'static str,
+        #[source]
+        source: NameError,
+    },
+    #[error("stream type {stream_type} is registered twice")]
+    DuplicateStreamType { stream_type: String },
+    #[error("event type {event_type} has two handlers")]
+    DuplicateHandler { event_type: String },
+    #[error("projection table {table} is registered twice")]
+    DuplicateProjection { table: String },
+}
+
+/// The complete routing table. Built once at start-up; names are checked as they are
+/// registered.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    routes: BTreeMap<StreamType, Route>,
+    projections: Vec<ProjectionTable>,
+}
+
+/// The administrative stream types, which have explicit no-op routes.
+pub const ADMIN_STREAM_TYPES: [(&str, &str); 3] = [
+    ("platform_admin", "administrative events of the platform operators"),
+    ("workflow_queue", "workflow bookkeeping; the workflow engine keeps its own tables"),
+    ("test", "events written by tests and probes"),
+];
+
+impl Registry {
+    /// A registry builder.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    /// The route for a stream type.
+    pub fn route(&self, stream_type: &StreamType) -> Option<&Route> {
+        self.routes.get(stream_type)
+    }
+
+    /// Every route, by stream type.
+    pub fn routes(&self) -> impl Iterator<Item = (&StreamType, &Route)> {
+        self.routes.iter()
+    }
+
+    /// The projection tables, in registration order.
+    pub fn projections(&self) -> &[ProjectionTable] {
+        &self.projections
+    }
+}
+
+/// Collects registrations; the first bad one is reported by [`RegistryBuilder::build`].
+#[derive(Default)]
+pub struct RegistryBuilder {
+    registry: Registry,
+    error: Option<RegistryError>,
+}
+
+impl std::fmt::Debug for RegistryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryBuilder")
+            .field("registry", &self.registry)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+/// Registers the handlers of one stream type.
+#[derive(Default)]
+pub struct RouterBuilder {
+    router: Router,
+    error: Option<RegistryError>,
+}
+
+impl RouterBuilder {
+    /// Routes `event_type` to `handler`.
+    pub fn on(mut self, event_type: &str, handler: impl Handler) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        match EventType::parse(event_type) {
+            Err(source) => {
+                self.error = Some(RegistryError::BadName {
+                    what: "an event type",
+                    source,
+                })
+            }
+            Ok(event_type) => {
+                if self.router.handlers.contains_key(&event_type) {
+                    self.error = Some(RegistryError::DuplicateHandler {
+                        event_type: event_type.to_string(),
+                    });
+                } else {
+                    self.router.handlers.insert(event_type, Arc::new(handler));
+                }
+            }
+        }
+        self
+    }
+}
+
+impl RegistryBuilder {
+    fn add_route(mut self, stream_type: &str, route: impl FnOnce() -> Result<Route, RegistryError>) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let stream_type = match StreamType::parse(stream_type) {
+            Ok(stream_type) => stream_type,
+            Err(source) => {
+                self.error = Some(RegistryError::BadName {
+                    what: "a stream type",
+                    source,
+                });
+                return self;
+            }
+        };
+        if self.registry.routes.contains_key(&stream_type) {
+            self.error = Some(RegistryError::DuplicateStreamType {
+                stream_type: stream_type.to_string(),
+            });
+            return self;
+        }
+        match route() {
+            Ok(route) => {
+                self.registry.routes.insert(stream_type, route);
+            }
+            Err(error) => self.error = Some(error),
+        }
+        self
+    }
+
+    /// An explicit no-op route: events of this stream type are processed, not failed.
+    pub fn no_op(self, stream_type: &str, reason: &'static str) -> Self {
+        self.add_route(stream_type, || Ok(Route::NoOp { reason }))
+    }
+
+    /// The no-op routes for the administrative stream types (`platform_admin`,
+    /// `workflow_queue`, `test`).
+    pub fn admin_routes(mut self) -> Self {
+        for (stream_type, reason) in ADMIN_STREAM_TYPES {
+            self = self.no_op(stream_type, reason);
+        }
+        self
+    }
+
+    /// A router for `stream_type`, with the handlers `build` registers on it.
+    pub fn router(self, stream_type: &str, build: impl FnOnce(RouterBuilder) -> RouterBuilder) -> Self {
+        self.add_route(stream_type, || {
+            let built = build(RouterBuilder::default());
+            match built.error {
+                Some(error) => Err(error),
+                None => Ok(Route::Router(built.router)),
+            }
+        })
+    }
+
+    /// Declares a projection table the handlers write.
+    pub fn projection(mut self, table: ProjectionTable) -> Self {
+        if self.error.is_none() {
+            if self.registry.projections.iter().any(|t| t.name == table.name) {
+                self.error = Some(RegistryError::DuplicateProjection {
+                    table: table.name.to_owned(),
+                });
+            } else {
+                self.registry.projections.push(table);
+            }
+        }
+        self
+    }
+
+    /// The registry, or the first registration that was refused.
+    pub fn build(self) -> Result<Registry, RegistryError> {
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(self.registry),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Replay: rebuilding projections from the log, and checking them against it.
+//!
+//! [`EventStore::replay`] empties every registered projection table and dispatches the
+//! whole log again, in position order, in one transaction: readers see the old
+//! projections until the new ones are complete.
+//!
+//! [`EventStore::verify_projections`] rebuilds into shadow copies instead (temporary
+//! tables that hide the live ones for the handlers), in a read-only snapshot, and
+//! compares them with the live tables row by row. A row that differs is a projection
+//! changed without an event: a dual write.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::AssertSqlSafe;
+
+use cairn_log::db::quote_ident;
+use cairn_log::{Backend, Conn, EventFilter, Outcome, ReadError, RecordedEvent, args};
+use cairn_types::{EventId, EventType, Position};
+
+use crate::registry::ProjectionTable;
+use crate::store::EventStore;
+
+/// Why a replay or a verification could not finish. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("database error during replay")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("projection table {table} does not exist in the database")]
+    MissingTable { table: String },
+}
+
+/// An event whose outcome differs from the one stored with it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeChange {
+    pub position: Position,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    /// The outcome stored before.
+    pub stored: Option<Outcome>,
+    /// The outcome now.
+    pub now: Outcome,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplayReport {
+    pub n_events: u64,
+    pub n_applied: u64,
+    pub n_skipped: u64,
+    pub n_failed: u64,
+    /// Events whose recorded outcome changed (and was recorded anew).
+    pub changed: Vec<OutcomeChange>,
+}
+
+/// One projection row that differs between the live table and the rebuild.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drift {
+    pub table: &'static str,
+    /// The key columns of the row.
+    pub key: Value,
+    #[serde(flatten)]
+    pub kind: DriftKind,
+}
+
+/// How a row differs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "drift", rename_all = "snake_case")]
+pub enum DriftKind {
+    /// The live table has a row that no event produced.
+    OnlyLive { live: Value },
+    /// The events produce a row the live table lacks.
+    OnlyRebuilt { rebuilt: Value },
+    /// Both have the row, with different values.
+    Differs { columns: Vec<ColumnDiff> },
+}
+
+/// One column of a row that differs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnDiff {
+    pub column: String,
+    pub live: Value,
+    pub rebuilt: Value,
+}
+
+/// The row counts of one table, live and rebuilt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableSummary {
+    pub table: &'static str,
+    pub live_rows: u64,
+    pub rebuilt_rows: u64,
+}
+
+/// What `replay --verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// Events replayed into the shadow copies.
+    pub n_events: u64,
+    pub tables: Vec<TableSummary>,
+    /// Every row that differs.
+    pub drift: Vec<Drift>,
+    /// Events that would have a different outcome now than the one stored.
+    pub outcome_changes: Vec<OutcomeChange>,
+}
+
+impl VerifyReport {
+    /// Whether the live projections are exactly what the log produces.
+    pub fn is_clean(&self) -> bool {
+        self.drift.is_empty()
+    }
+}
+
+/// How to verify.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Dispatch every event twice into the shadow copies: a handler that is not
+    /// idempotent then shows up as drift.
+    pub dispatch_twice: bool,
+}
+
+const BATCH: u32 = 1_000;
+
+fn same_outcome(stored: Option<&Outcome>, now: &Outcome) -> bool {
+    match (stored, now) {
+        (Some(Outcome::Failed(a)), Outcome::Failed(b)) => a == b,
+        (Some(Outcome::Failed(_)), _) | (_, Outcome::Failed(_)) => false,
+        (Some(_), _) => true,
+        (None, _) => false,
+    }
+}
+
+fn change(event: &RecordedEvent, now: &Outcome) -> Option<OutcomeChange> {
+    let stored = event.last_outcome();
+    (!same_outcome(stored.as_ref(), now)).then(|| OutcomeChange {
+        position: event.position,
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        stored,
+        now: now.clone(),
+    })
+}
+
+impl EventStore {
+    /// Empties every projection table and dispatches the whole log again, in one
+    /// transaction. Events whose outcome changes get the new outcome recorded.
+    /// `progress` is called with (done, total).
+    pub async fn replay(&self, progress: &mut (dyn FnMut(u64, u64) + Send)) -> Result<ReplayReport, ReplayError> {
+        let mut tx = self.db().begin().await?;
+        let head = tx.lock_head().await?;
+        let total = u64::try_from(head.last_position.get()).unwrap_or(0);
+        for table in self.dispatcher().registry().projections().iter().rev() {
+            let sql = format!("DELETE FROM {}", quote_ident(table.name));
+            tx.conn().execute(AssertSqlSafe(sql), args![]).await?;
+        }
+        let mut report = ReplayReport::default();
+        let mut filter = EventFilter {
+            limit: Some(BATCH),
+            ..EventFilter::default()
+        };
+        let processed_at = cairn_types::now_micros();
+        loop {
+            let events = tx.conn().read_events(&filter).await?;
+            let Some(last) = events.last() else { break };
+            filter.after = last.position;
+            for event in &events {
+                let outcome = self.dispatcher().dispatch(&mut tx.conn(), event).await?;
+                match &outcome {
+                    Outcome::Applied => report.n_applied += 1,
+                    Outcome::Skipped => report.n_skipped += 1,
+                    Outcome::Failed(_) => report.n_failed += 1,
+                }
+                if let Some(changed) = change(event, &outcome) {
+                    tx.record_outcome(event, &outcome, processed_at).await?;
+                    report.changed.push(changed);
+                }
+                report.n_events += 1;
+            }
+            progress(report.n_events, total);
+        }
+        tx.commit().await?;
+        progress(report.n_events, total);
+        Ok(report)
+    }
+
+    /// Rebuilds every projection into a shadow copy from the log and compares it with
+    /// the live tables. Changes nothing: it runs in a read-only snapshot, and the
+    /// shadow copies vanish with it. `progress` is called with (done, total).
+    pub async fn verify_projections(
+        &self,
+        options: VerifyOptions,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<VerifyReport, ReplayError> {
+        let backend = self.db().backend();
+        let tables = self.dispatcher().registry().projections();
+        let mut snapshot = match backend {
+            Backend::Sqlite => self.db().snapshot().await?,
+            // CREATE is refused in a read-only PostgreSQL transaction, so the snapshot
+            // starts read-write, creates the shadow tables, and then turns read-only
+            // (allowed at any time) before any handler runs.
+            Backend::Postgres => self.db().shadow_snapshot().await?,
+        };
+        let mut conn = snapshot.conn();
+        let live_schema = match backend {
+            Backend::Sqlite => "main".to_owned(),
+            Backend::Postgres => conn
+                .fetch_one("SELECT current_schema() AS schema", args![])
+                .await?
+                .get::<String>("schema")?,
+        };
+        for table in tables {
+            create_shadow(&mut conn, &live_schema, table).await?;
+        }
+        if backend == Backend::Postgres {
+            conn.execute_script("SET TRANSACTION READ ONLY").await?;
+        }
+        let head = conn.head().await?;
+        let total = u64::try_from(head.last_position.get()).unwrap_or(0);
+        let mut report = VerifyReport::default();
+        let mut filter = EventFilter {
+            limit: Some(BATCH),
+            ..EventFilter::default()
+        };
+        loop {
+            let events = conn.read_events(&filter).await?;
+            let Some(last) = events.last() else { break };
+            filter.after = last.position;
+            for event in &events {
+                let mut outcome = self.dispatcher().dispatch(&mut conn, event).await?;
+                if options.dispatch_twice && outcome == Outcome::Applied {
+                    outcome = self.dispatcher().dispatch(&mut conn, event).await?;
+                }
+                if let Some(changed) = change(event, &outcome) {
+                    report.outcome_changes.push(changed);
+                }
+                report.n_events += 1;
+            }
+            progress(report.n_events, total);
+        }
+        for table in tables {
+            let live = read_rows(&mut conn, &live_schema, table).await?;
+            let shadow_schema = match backend {
+                Backend::Sqlite => "temp",
+                Backend::Postgres => "pg_temp",
+            };
+            let rebuilt = read_rows(&mut conn, shadow_schema, table).await?;
+            report.tables.push(TableSummary {
+                table: table.name,
+                live_rows: live.len() as u64,
+                rebuilt_rows: rebuilt.len() as u64,
+            });
+            diff(table, live, rebuilt, &mut report.drift);
+        }
+        progress(report.n_events, total);
+        Ok(report)
+    }
+}
+
+async fn create_shadow(conn: &mut Conn<'_>, live_schema: &str, table: &ProjectionTable) -> Result<(), ReplayError> {
+    match conn.backend() {
+        Backend::Postgres => {
+            let exists = conn
+                .fetch_optional(
+                    "SELECT 1 AS one FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+                    args![live_schema, table.name],
+                )
+                .await?;
+            if exists.is_none() {
+                return Err(ReplayError::MissingTable {
+                    table: table.name.to_owned(),
+                });
+            }
+            let sql = format!(
+                "CREATE TEMP TABLE {name} (LIKE {schema}.{name} INCLUDING ALL)",
+                name = quote_ident(table.name),
+                schema = quote_ident(live_schema),
+            );
+            conn.execute_script(AssertSqlSafe(sql)).await?;
+        }
+        Backend::Sqlite => {
+            let rows = conn
+                .fetch_all(
+                    "SELECT type, sql FROM main.sqlite_master WHERE tbl_name = $1 \
+                     AND type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type DESC",
+                    args![table.name],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Err(ReplayError::MissingTable {
+                    table: table.name.to_owned(),
+                });
+            }
+            for row in rows {
+                let kind: String = row.get("type")?;
+                let sql: String = row.get("sql")?;
+                let shadow = sqlite_shadow_sql(&kind, &sql).ok_or_else(|| ReplayError::MissingTable {
+                    table: format!("{} (cannot copy its definition: {sql})", table.name),
+                })?;
+                conn.execute_script(AssertSqlSafe(shadow)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a `CREATE TABLE` or `CREATE [UNIQUE] INDEX` statement from `sqlite_master`
+/// so that it creates the object in the temp schema.
+fn sqlite_shadow_sql(kind: &str, sql: &str) -> Option<String> {
+    let upper = sql.to_ascii_uppercase();
+    let (prefix, temp_prefix) = match kind {
+        "table" => ("CREATE TABLE ", "CREATE TEMP TABLE "),
+        "index" if upper.starts_with("CREATE UNIQUE INDEX ") => ("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX temp."),
+        "index" => ("CREATE INDEX ", "CREATE INDEX temp."),
+        _ => return None,
+    };
+    if !upper.starts_with(prefix) {
+        return None;
+    }
+    let mut rest = &sql[prefix.len()..];
+    if rest.to_ascii_uppercase().starts_with("IF NOT EXISTS ") {
+        rest = &rest["IF NOT EXISTS ".len()..];
+    }
+    Some(format!("{temp_prefix}{rest}"))
+}
+
+async fn read_rows(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    table: &ProjectionTable,
+) -> Result<BTreeMap<String, (Value, Value)>, ReplayError> {
+    let sql = match conn.backend() {
+        Backend::Postgres => format!(
+            "SELECT to_jsonb(t) AS row FROM {}.{} AS t",
+            quote_ident(schema),
+            quote_ident(table.name)
+        ),
+        Backend::Sqlite => {
+            let pragma = format!("SELECT name FROM pragma_table_info($1, '{schema}') ORDER BY cid");
+            let columns = conn.fetch_all(AssertSqlSafe(pragma), args![table.name]).await?;
+            let mut pairs = Vec::with_capacity(columns.len());
+            for column in columns {
+                let name: String = column.get("name")?;
+                pairs.push(format!("'{}', {}", name.replace('\'', "''"), quote_ident(&name)));
+            }
+            format!(
+                "SELECT json_object({}) AS row FROM {}.{}",
+                pairs.join(", "),
+                schema,
+                quote_ident(table.name)
+            )
+        }
+    };
+    let rows = conn.fetch_all(AssertSqlSafe(sql), args![]).await?;
+    let mut by_key = BTreeMap::new();
+    for row in rows {
+        let value = row.get_json("row")?;
+        let key: serde_json::Map<String, Value> = table
+            .key
+            .iter()
+            .map(|column| ((*column).to_owned(), value.get(*column).cloned().unwrap_or(Value::Null)))
+            .collect();
+        let key = Value::Object(key);
+        by_key.insert(key.to_string(), (key, value));
+    }
+    Ok(by_key)
+}
+
+fn diff(
+    table: &ProjectionTable,
+    mut live: BTreeMap<String, (Value, Value)>,
+    rebuilt: BTreeMap<String, (Value, Value)>,
+    drift: &mut Vec<Drift>,
+) {
+    for (id, (key, rebuilt_row)) in rebuilt {
+        match live.remove(&id) {
+            None => drift.push(Drift {
+                table: table.name,
+                key,
+                kind: DriftKind::OnlyRebuilt { rebuilt: rebuilt_row },
+            }),
+            Some((_, live_row)) if live_row != rebuilt_row => {
+                let empty = serde_json::Map::new();
+                let live_columns = live_row.as_object().unwrap_or(&empty);
+                let rebuilt_columns = rebuilt_row.as_object().unwrap_or(&empty);
+                let mut names: Vec<&String> = live_columns.keys().chain(rebuilt_columns.keys()).collect();
+                names.sort();
+                names.dedup();
+                let columns = names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let live = live_columns.get(name).cloned().unwrap_or(Value::Null);
+                        let rebuilt = rebuilt_columns.get(name).cloned().unwrap_or(Value::Null);
+                        (live != rebuilt).then(|| ColumnDiff {
+                            column: name.clone(),
+                            live,
+                            rebuilt,
+                        })
+                    })
+                    .collect();
+                drift.push(Drift {
+                    table: table.name,
+                    key,
+                    kind: DriftKind::Differs { columns },
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (_, (key, live_row)) in live {
+        drift.push(Drift {
+            table: table.name,
+            key,
+            kind: DriftKind::OnlyLive { live: live_row },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_shadow_sql;
+
+    #[test]
+    fn sqlite_definitions_move_to_the_temp_schema() {
+        let cases = [
+            ("table", "CREATE TABLE widgets (id TEXT PRIMARY KEY)", Some("CREATE TEMP TABLE widgets (id TEXT PRIMARY KEY)")),
+            ("table", "create table IF NOT EXISTS widgets (id TEXT)", Some("CREATE TEMP TABLE widgets (id TEXT)")),
+            ("index", "CREATE UNIQUE INDEX widgets_by_name ON widgets (name)", Some("CREATE UNIQUE INDEX temp.widgets_by_name ON widgets (name)")),
+            ("index", "CREATE INDEX widgets_by_org ON widgets (org_id)", Some("CREATE INDEX temp.widgets_by_org ON widgets (org_id)")),
+            ("view", "CREATE VIEW v AS SELECT 1", None),
+        ];
+        for (kind, sql, expect) in cases {
+            assert_eq!(sqlite_shadow_sql(kind, sql).as_deref(), expect, "{sql}");
+        }
+    }
+}

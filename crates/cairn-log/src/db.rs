@@ -1,0 +1,443 @@
+//! Connecting to a backend, transactions and read connections.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Postgres, Sqlite};
+
+use crate::sql::{Backend, Conn};
+
+/// Where the embedded default keeps its data, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "cairn-data";
+
+/// The embedded default database URL.
+pub fn default_url() -> String {
+    format!("sqlite://{DEFAULT_DATA_DIR}/cairn.db")
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "database URL {url:?} is not supported: use sqlite://PATH (the embedded default) \
+         or postgres://USER@HOST/DATABASE"
+    )]
+    UnsupportedUrl { url: String },
+    #[error("database URL {url:?} is not valid")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the data directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {target}")]
+    Open {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// How to open a database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// The most connections one process holds (PostgreSQL) or reads with (SQLite).
+    pub max_connections: u32,
+    /// On PostgreSQL, the schema to work in instead of the user's default; created if
+    /// missing. Used to give benchmarks and tests a place of their own.
+    pub schema: Option<String>,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            schema: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Pools {
+    Sqlite {
+        /// One connection: SQLite has one writer, and queueing writers in-process avoids
+        /// lock upgrades that would fail with "database is locked".
+        writer: SqlitePool,
+        reader: SqlitePool,
+        path: PathBuf,
+    },
+    Postgres {
+        pool: PgPool,
+        target: String,
+    },
+}
+
+/// An open database: the embedded SQLite file or a PostgreSQL server.
+///
+/// Cheap to clone; clones share the connection pools.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pools: Arc<Pools>,
+}
+
+/// Hides the password of a URL for display.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(index) => rest.split_at(index),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl Db {
+    /// Opens the database a URL names, creating the SQLite file and its directory when
+    /// missing. Does not run migrations: see [`Db::migrate`].
+    pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            Self::connect_sqlite(Path::new(path), options).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url, options).await
+        } else {
+            Err(ConnectError::UnsupportedUrl { url: redact_url(url) })
+        }
+    }
+
+    async fn connect_sqlite(path: &Path, options: &DbOptions) -> Result<Db, ConnectError> {
+        if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+            return Err(ConnectError::UnsupportedUrl {
+                url: format!("sqlite://{}", path.display()),
+            });
+        }
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ConnectError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let target = format!("sqlite://{}", path.display());
+        let open = |source| ConnectError::Open {
+            target: target.clone(),
+            source,
+        };
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every commit reaches the disk: an acknowledged event is never lost.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(open)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(open)?;
+        Ok(Db {
+            pools: Arc::new(Pools::Sqlite {
+                writer,
+                reader,
+                path: path.to_owned(),
+            }),
+        })
+    }
+
+    async fn connect_postgres(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
+        let target = redact_url(url);
+        let mut connect = PgConnectOptions::from_str(url).map_err(|source| ConnectError::BadUrl {
+            url: target.clone(),
+            source,
+        })?;
+        connect = connect.application_name("cairn");
+        if let Some(schema) = &options.schema {
+            // Create the schema with a one-off connection, then point every pooled
+            // connection at it.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await
+                .map_err(|source| ConnectError::Open {
+                    target: target.clone(),
+                    source,
+                })?;
+            let statement = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .map_err(|source| ConnectError::Open {
+                    target: target.clone(),
+                    source,
+                })?;
+            pool.close().await;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect)
+            .await
+            .map_err(|source| ConnectError::Open {
+                target: target.clone(),
+                source,
+            })?;
+        Ok(Db {
+            pools: Arc::new(Pools::Postgres { pool, target }),
+        })
+    }
+
+    /// The backend this database runs on.
+    pub fn backend(&self) -> Backend {
+        match &*self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Where the data lives, for people: the SQLite file or the PostgreSQL URL with its
+    /// password hidden.
+    pub fn describe(&self) -> String {
+        match &*self.pools {
+            Pools::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Pools::Postgres { target, .. } => target.clone(),
+        }
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes never fails to
+    /// upgrade.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
+        };
+        Ok(Tx { inner })
+    }
+
+    /// A connection for reading. On SQLite it is opened read-only.
+    pub async fn reader(&self) -> Result<Reader, sqlx::Error> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
+            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+        };
+        Ok(Reader { inner })
+    }
+
+    /// A read-only transaction: every read through it sees one consistent snapshot,
+    /// however long it takes, without holding up writers.
+    pub async fn snapshot(&self) -> Result<Snapshot, sqlx::Error> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { reader, .. } => TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
+            Pools::Postgres { pool, .. } => TxInner::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?,
+            ),
+        };
+        Ok(Snapshot { tx: Tx { inner } })
+    }
+
+    /// A read-write snapshot on PostgreSQL (a plain snapshot on SQLite), for work that
+    /// must create temporary tables before turning the transaction read-only.
+    pub async fn shadow_snapshot(&self) -> Result<Snapshot, sqlx::Error> {
+        match &*self.pools {
+            Pools::Sqlite { .. } => self.snapshot().await,
+            Pools::Postgres { pool, .. } => Ok(Snapshot {
+                tx: Tx {
+                    inner: TxInner::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?),
+                },
+            }),
+        }
+    }
+
+    /// The PostgreSQL pool, for what only PostgreSQL offers (LISTEN/NOTIFY, advisory
+    /// locks); `None` on SQLite.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &*self.pools {
+            Pools::Postgres { pool, .. } => Some(pool),
+            Pools::Sqlite { .. } => None,
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match &*self.pools {
+            Pools::Sqlite { writer, reader, .. } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Pools::Postgres { pool, .. } => pool.close().await,
+        }
+    }
+}
+
+/// Quotes a PostgreSQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[derive(Debug)]
+enum TxInner {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// A write transaction. Dropped without [`Tx::commit`], it rolls back.
+#[derive(Debug)]
+pub struct Tx {
+    inner: TxInner,
+}
+
+impl Tx {
+    /// The transaction's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => Conn::Sqlite(tx),
+            TxInner::Postgres(tx) => Conn::Postgres(tx),
+        }
+    }
+
+    /// The backend the transaction runs on.
+    pub fn backend(&self) -> Backend {
+        match &self.inner {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Opens a savepoint: work done through it is undone by [`Savepoint::rollback`]
+    /// (or by dropping it) while the rest of the transaction stays.
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_>, sqlx::Error> {
+        use sqlx::Acquire as _;
+        let inner = match &mut self.inner {
+            TxInner::Sqlite(tx) => SavepointInner::Sqlite(tx.begin().await?),
+            TxInner::Postgres(tx) => SavepointInner::Postgres(tx.begin().await?),
+        };
+        Ok(Savepoint { inner })
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await,
+            TxInner::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.rollback().await,
+            TxInner::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SavepointInner<'t> {
+    Sqlite(sqlx::Transaction<'t, Sqlite>),
+    Postgres(sqlx::Transaction<'t, Postgres>),
+}
+
+/// A savepoint inside a [`Tx`]. Dropped without [`Savepoint::release`], it rolls back.
+#[derive(Debug)]
+pub struct Savepoint<'t> {
+    inner: SavepointInner<'t>,
+}
+
+impl Savepoint<'_> {
+    /// The savepoint's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match &mut self.inner {
+            SavepointInner::Sqlite(tx) => Conn::Sqlite(tx),
+            SavepointInner::Postgres(tx) => Conn::Postgres(tx),
+        }
+    }
+
+    /// Keeps the work done inside the savepoint.
+    pub async fn release(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            SavepointInner::Sqlite(tx) => tx.commit().await,
+            SavepointInner::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Undoes the work done inside the savepoint.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.inner {
+            SavepointInner::Sqlite(tx) => tx.rollback().await,
+            SavepointInner::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// A read-only transaction over one consistent snapshot. Dropping it ends it.
+#[derive(Debug)]
+pub struct Snapshot {
+    tx: Tx,
+}
+
+impl Snapshot {
+    /// The snapshot's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        self.tx.conn()
+    }
+}
+
+#[derive(Debug)]
+enum ReaderInner {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// A pooled connection for reads outside any transaction.
+#[derive(Debug)]
+pub struct Reader {
+    inner: ReaderInner,
+}
+
+impl Reader {
+    /// The reader's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match &mut self.inner {
+            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
+            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://cairn:secret@db.internal:5432/cairn"),
+            "postgres://cairn:***@db.internal:5432/cairn"
+        );
+        assert_eq!(redact_url("postgres://cairn@db/cairn"), "postgres://cairn@db/cairn");
+        assert_eq!(redact_url("sqlite://cairn-data/cairn.db"), "sqlite://cairn-data/cairn.db");
+    }
+}

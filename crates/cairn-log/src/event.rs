@@ -1,0 +1,192 @@
+//! Events as they are appended and as they are stored.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use cairn_types::{
+    ErrorCode, EventId, EventType, Metadata, Position, StreamId, StreamType, StreamVersion,
+};
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub data: Value,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// An event with the given type, payload and metadata.
+    pub fn new(event_type: EventType, data: Value, metadata: Metadata) -> Self {
+        Self {
+            event_type,
+            data,
+            metadata,
+        }
+    }
+}
+
+/// What the appender expects the stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (0 means "does not exist").
+    Exact(StreamVersion),
+}
+
+impl Expected {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn admits(self, actual: StreamVersion) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::NoStream => actual == StreamVersion::NONE,
+            Expected::Exact(version) => actual == version,
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Any => f.write_str("any version"),
+            Expected::NoStream => f.write_str("no stream (version 0)"),
+            Expected::Exact(version) => write!(f, "version {version}"),
+        }
+    }
+}
+
+/// A caller's key that makes a command safe to repeat: the first append with a key
+/// is stored, and a repeat returns the first result and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+/// A key that is empty, too long or not printable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("idempotency key {key:?} is not valid: use 1 to 255 printable ASCII characters")]
+pub struct IdempotencyKeyError {
+    key: String,
+}
+
+impl IdempotencyKey {
+    /// Checks and wraps a key.
+    pub fn parse(key: &str) -> Result<Self, IdempotencyKeyError> {
+        let valid = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(Self(key.to_owned()))
+        } else {
+            Err(IdempotencyKeyError { key: key.to_owned() })
+        }
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One atomic append to one stream.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream_type: StreamType,
+    pub stream_id: StreamId,
+    pub expected: Expected,
+    pub events: Vec<NewEvent>,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl AppendRequest {
+    /// A request to append `events` to a stream, with no version check and no key.
+    pub fn new(stream_type: StreamType, stream_id: StreamId, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream_type,
+            stream_id,
+            expected: Expected::Any,
+            events,
+            idempotency_key: None,
+        }
+    }
+
+    /// Sets the expected stream version.
+    pub fn expect(mut self, expected: Expected) -> Self {
+        self.expected = expected;
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+}
+
+/// Why an event was not applied: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessingError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What the dispatcher did with one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A handler applied it to the projections.
+    Applied,
+    /// Its stream type has an explicit no-op route: processed, nothing to project.
+    Skipped,
+    /// It was not applied; its projection writes were rolled back.
+    Failed(ProcessingError),
+}
+
+impl Outcome {
+    /// The error, if the event failed.
+    pub fn error(&self) -> Option<&ProcessingError> {
+        match self {
+            Outcome::Failed(error) => Some(error),
+            Outcome::Applied | Outcome::Skipped => None,
+        }
+    }
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    pub position: Position,
+    pub event_id: EventId,
+    pub stream_type: StreamType,
+    pub stream_id: StreamId,
+    pub stream_version: StreamVersion,
+    pub event_type: EventType,
+    #[serde(rename = "event_data")]
+    pub data: Value,
+    #[serde(rename = "event_metadata")]
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+    /// When the dispatcher last processed it; `None` until then.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Why the last processing did not apply it.
+    pub processing_error: Option<ProcessingError>,
+    pub hash: String,
+}
+
+impl RecordedEvent {
+    /// Whether the last processing failed.
+    pub fn is_failed(&self) -> bool {
+        self.processing_error.is_some()
+    }
+
+    /// The outcome of the last processing, if there was one. A stored success does not
+    /// remember whether a handler or a no-op route took it, so it reads as applied.
+    pub fn last_outcome(&self) -> Option<Outcome> {
+        match (&self.processed_at, &self.processing_error) {
+            (_, Some(error)) => Some(Outcome::Failed(error.clone())),
+            (Some(_), None) => Some(Outcome::Applied),
+            (None, None) => None,
+        }
+    }
+}

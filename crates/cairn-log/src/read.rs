@@ -1,0 +1,191 @@
+//! Reading the log: by position, by stream, by correlation id, failed events.
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use cairn_types::{
+    CorrelationId, ErrorCode, EventId, EventType, Metadata, OrgId, Position, StreamId, StreamType,
+    StreamVersion,
+};
+
+use crate::event::{ProcessingError, RecordedEvent};
+use crate::sql::{Arg, Conn, IntoArg, Row};
+use crate::args;
+
+/// Why events could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("database error while reading the log")]
+    Database(#[from] sqlx::Error),
+    #[error("the event at position {position} cannot be read: {reason}")]
+    Corrupt { position: i64, reason: String },
+}
+
+/// The columns of `domain_events`, in the order [`event_from_row`] reads them.
+pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, stream_version, \
+     event_type, event_data, event_metadata, created_at, processed_at, processing_error_code, \
+     processing_error_message, hash";
+
+pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
+    let position: i64 = row.get("position")?;
+    let corrupt = |reason: String| ReadError::Corrupt { position, reason };
+    let stream_type: String = row.get("stream_type")?;
+    let event_type: String = row.get("event_type")?;
+    let metadata = row.get_json("event_metadata")?;
+    let code: Option<String> = row.get("processing_error_code")?;
+    let message: Option<String> = row.get("processing_error_message")?;
+    let processing_error = match (code, message) {
+        (Some(code), Some(message)) => Some(ProcessingError {
+            code: code
+                .parse::<ErrorCode>()
+                .map_err(|e| corrupt(e.to_string()))?,
+            message,
+        }),
+        _ => None,
+    };
+    Ok(RecordedEvent {
+        position: Position::new(position),
+        event_id: row.get::<EventId>("event_id")?,
+        stream_type: StreamType::parse(&stream_type).map_err(|e| corrupt(e.to_string()))?,
+        stream_id: row.get::<StreamId>("stream_id")?,
+        stream_version: StreamVersion::new(row.get::<i64>("stream_version")?),
+        event_type: EventType::parse(&event_type).map_err(|e| corrupt(e.to_string()))?,
+        data: row.get_json("event_data")?,
+        metadata: serde_json::from_value::<Metadata>(metadata)
+            .map_err(|e| corrupt(format!("event_metadata: {e}")))?,
+        created_at: row.get::<DateTime<Utc>>("created_at")?,
+        processed_at: row.get::<Option<DateTime<Utc>>>("processed_at")?,
+        processing_error,
+        hash: row.get("hash")?,
+    })
+}
+
+/// Which events to read. Every condition narrows the result; the default reads from
+/// the start of the log.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events after this position.
+    pub after: Position,
+    /// At most this many events; `None` for [`EventFilter::DEFAULT_LIMIT`].
+    pub limit: Option<u32>,
+    pub stream_id: Option<StreamId>,
+    pub stream_type: Option<StreamType>,
+    pub event_type: Option<EventType>,
+    pub correlation_id: Option<CorrelationId>,
+    pub org_id: Option<OrgId>,
+    /// Only events whose last processing failed.
+    pub failed: bool,
+    /// Only failed events with this code (implies `failed`).
+    pub error_code: Option<ErrorCode>,
+}
+
+impl EventFilter {
+    /// The page size when none is given.
+    pub const DEFAULT_LIMIT: u32 = 1_000;
+
+    /// Every event after `position`.
+    pub fn after(position: Position) -> Self {
+        Self {
+            after: position,
+            ..Self::default()
+        }
+    }
+
+    fn to_sql(&self) -> (String, Vec<Arg>) {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM domain_events WHERE position > $1");
+        let mut args: Vec<Arg> = args![self.after];
+        let mut condition = |column: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        };
+        if let Some(stream_id) = self.stream_id {
+            condition("stream_id", stream_id.into_arg());
+        }
+        if let Some(stream_type) = &self.stream_type {
+            condition("stream_type", stream_type.into_arg());
+        }
+        if let Some(event_type) = &self.event_type {
+            condition("event_type", event_type.into_arg());
+        }
+        if let Some(correlation_id) = self.correlation_id {
+            condition("correlation_id", correlation_id.into_arg());
+        }
+        if let Some(org_id) = self.org_id {
+            condition("org_id", org_id.into_arg());
+        }
+        if let Some(code) = self.error_code {
+            condition("processing_error_code", code.into_arg());
+        }
+        if self.failed {
+            sql.push_str(" AND processing_error_code IS NOT NULL");
+        }
+        args.push(i64::from(self.limit.unwrap_or(Self::DEFAULT_LIMIT)).into_arg());
+        sql.push_str(&format!(" ORDER BY position LIMIT ${}", args.len()));
+        (sql, args)
+    }
+}
+
+/// The head of the log: its last position and hash, and how many events are failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub last_position: Position,
+    pub last_hash: String,
+    pub failed_events: i64,
+}
+
+pub(crate) fn head_from_row(row: &Row) -> Result<Head, sqlx::Error> {
+    Ok(Head {
+        last_position: Position::new(row.get("last_position")?),
+        last_hash: row.get("last_hash")?,
+        failed_events: row.get("failed_events")?,
+    })
+}
+
+impl Conn<'_> {
+    /// Events matching a filter, in position order.
+    pub async fn read_events(&mut self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, ReadError> {
+        let (sql, args) = filter.to_sql();
+        // The statement text is built only from fixed fragments; values are bound.
+        let rows = self.fetch_all(AssertSqlSafe(sql), args).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The event with this id.
+    pub async fn event_by_id(&mut self, event_id: EventId) -> Result<Option<RecordedEvent>, ReadError> {
+        let sql = AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1"));
+        let row = self.fetch_optional(sql, args![event_id]).await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    /// The event at this position.
+    pub async fn event_at(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError> {
+        let sql = AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM domain_events WHERE position = $1"));
+        let row = self.fetch_optional(sql, args![position]).await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    /// The head of the log.
+    pub async fn head(&mut self) -> Result<Head, sqlx::Error> {
+        let row = self
+            .fetch_one(
+                "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
+                args![],
+            )
+            .await?;
+        head_from_row(&row)
+    }
+
+    /// How many failed events there are for each error code.
+    pub async fn failed_by_code(&mut self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = self
+            .fetch_all(
+                "SELECT processing_error_code AS code, COUNT(*) AS n FROM domain_events \
+                 WHERE processing_error_code IS NOT NULL GROUP BY processing_error_code ORDER BY 1",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.get("code")?, row.get("n")?)))
+            .collect()
+    }
+}

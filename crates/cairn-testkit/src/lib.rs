@@ -1,0 +1,289 @@
+//! Test databases on both backends, and the [`backend_test!`] macro that runs one test
+//! body on each.
+//!
+//! SQLite tests get a file in a fresh temporary directory. PostgreSQL tests get a fresh
+//! database on the server named by `CAIRN_TEST_PG_URL`, which `scripts/test` starts for
+//! the whole run. A test that fails keeps its database and prints where it is, so it
+//! can be inspected; a test that passes removes it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use cairn_log::Backend;
+use cairn_log::{Db, DbOptions, Migration};
+
+/// The environment variable naming the PostgreSQL server for tests: a URL to its
+/// `postgres` database, as an administrator.
+pub const PG_URL_VAR: &str = "CAIRN_TEST_PG_URL";
+
+/// What a test body returns.
+pub type TestResult = anyhow::Result<()>;
+
+/// Runs a test body once on SQLite and once on PostgreSQL, each with its own fresh,
+/// migrated database.
+///
+/// ```text
+/// backend_test!(conflict_writes_nothing, |db: TestDb| async move {
+///     // …
+///     Ok(())
+/// });
+/// ```
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> $crate::TestResult {
+                $crate::run(
+                    $crate::Backend::Sqlite,
+                    concat!(module_path!(), "::", stringify!($name)),
+                    $body,
+                )
+                .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> $crate::TestResult {
+                $crate::run(
+                    $crate::Backend::Postgres,
+                    concat!(module_path!(), "::", stringify!($name)),
+                    $body,
+                )
+                .await
+            }
+        }
+    };
+}
+
+/// Runs one test body on a fresh database; keeps the database if the body fails.
+#[doc(hidden)]
+pub async fn run<F, Fut>(backend: Backend, test_name: &str, body: F) -> TestResult
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: std::future::Future<Output = TestResult>,
+{
+    let db = TestDb::new(backend, test_name).await;
+    let keep = db.place.clone();
+    let result = body(db).await;
+    if let Err(error) = &result {
+        keep.keep(&format!("{error:#}"));
+    }
+    result
+}
+
+#[derive(Debug)]
+enum Location {
+    Sqlite { dir: PathBuf },
+    Postgres { admin_url: String, database: String },
+}
+
+/// Where a test database lives; removes it when the last handle goes, unless kept.
+#[derive(Debug)]
+struct Place {
+    location: Location,
+    url: String,
+    kept: AtomicBool,
+}
+
+impl Place {
+    fn keep(&self, why: &str) {
+        if !self.kept.swap(true, Ordering::SeqCst) {
+            let where_ = match &self.location {
+                Location::Sqlite { dir } => format!("{}", dir.display()),
+                Location::Postgres { database, .. } => format!("database {database}"),
+            };
+            eprintln!("test failed ({why}); its database is kept for inspection: {where_} ({})", self.url);
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep("panicked");
+        }
+        if self.kept.load(Ordering::SeqCst) {
+            return;
+        }
+        match &self.location {
+            Location::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Location::Postgres { admin_url, database } => {
+                let admin_url = admin_url.clone();
+                let statement = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
+                // Drop cannot await; a short-lived runtime on its own thread can.
+                let dropped = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    runtime.block_on(async move {
+                        use sqlx::Connection as _;
+                        let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.ok()?;
+                        conn.close().await.ok()
+                    })
+                });
+                let _ = dropped.join();
+            }
+        }
+    }
+}
+
+/// A fresh database for one test, with the event log's migrations applied.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    db: Db,
+    place: Arc<Place>,
+}
+
+fn sanitize(test_name: &str) -> String {
+    let mut name: String = test_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    // PostgreSQL identifiers are at most 63 bytes; keep the end, which names the test.
+    if name.len() > 40 {
+        name = name[name.len() - 40..].to_owned();
+    }
+    name
+}
+
+/// The PostgreSQL server URL for tests, or a panic that says how to get one.
+#[track_caller]
+pub fn pg_admin_url() -> String {
+    match std::env::var(PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{PG_URL_VAR} is not set: the PostgreSQL half of the test suite needs a server. \
+             Run ./scripts/test, which starts one for the run, or point {PG_URL_VAR} at a \
+             postgres:// URL of a server where you may create databases."
+        ),
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+impl TestDb {
+    /// A fresh, migrated database on `backend`, named after the test.
+    pub async fn new(backend: Backend, test_name: &str) -> TestDb {
+        let place = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("cairn-{}-", sanitize(test_name)))
+                    .tempdir()
+                    .expect("a temporary directory can be created")
+                    .keep();
+                let url = format!("sqlite://{}", dir.join("cairn.db").display());
+                Place {
+                    location: Location::Sqlite { dir },
+                    url,
+                    kept: AtomicBool::new(false),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = pg_admin_url();
+                let suffix = uuid::Uuid::now_v7().simple().to_string();
+                // The end of a version 7 UUID is random.
+                let database = format!("t_{}_{}", sanitize(test_name), &suffix[24..]);
+                let statement = format!("CREATE DATABASE \"{database}\"");
+                {
+                    use sqlx::Connection as _;
+                    let mut conn = sqlx::PgConnection::connect(&admin_url)
+                        .await
+                        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL server at {admin_url}: {e}"));
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap_or_else(|e| panic!("cannot create test database {database}: {e}"));
+                    let _ = conn.close().await;
+                }
+                let url = with_database(&admin_url, &database);
+                Place {
+                    location: Location::Postgres { admin_url, database },
+                    url,
+                    kept: AtomicBool::new(false),
+                }
+            }
+        };
+        let options = DbOptions {
+            max_connections: 5,
+            schema: None,
+        };
+        let db = Db::connect(&place.url, &options)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open test database {}: {e:#?}", place.url));
+        db.migrate(&[cairn_log::migrate::MIGRATIONS])
+            .await
+            .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e:#?}", place.url));
+        TestDb {
+            db,
+            place: Arc::new(place),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+
+    /// The database URL, for starting a `cairn` process or a second connection.
+    pub fn url(&self) -> &str {
+        &self.place.url
+    }
+
+    /// Applies more migrations (the log's own are applied already).
+    pub async fn migrate(&self, migrations: &[Migration]) -> anyhow::Result<()> {
+        self.db.migrate(&[cairn_log::migrate::MIGRATIONS, migrations]).await?;
+        Ok(())
+    }
+
+    /// Opens a second, independent connection pool to the same database, as another
+    /// process would.
+    pub async fn connect_again(&self) -> anyhow::Result<Db> {
+        Ok(Db::connect(&self.place.url, &DbOptions { max_connections: 5, schema: None }).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sanitize, with_database};
+
+    #[test]
+    fn database_names_are_safe_identifiers() {
+        assert_eq!(sanitize("log::tests::Append-One"), "log__tests__append_one");
+        assert!(sanitize(&"x".repeat(100)).len() <= 40);
+    }
+
+    #[test]
+    fn urls_get_the_database_swapped() {
+        assert_eq!(
+            with_database("postgres://postgres@localhost:5433/postgres?host=/tmp/pg", "t_1"),
+            "postgres://postgres@localhost:5433/t_1?host=/tmp/pg"
+        );
+        assert_eq!(with_database("postgres://u@h/postgres", "t_2"), "postgres://u@h/t_2");
+        assert_eq!(with_database("postgres://u@h", "t_3"), "postgres://u@h/t_3");
+    }
+}

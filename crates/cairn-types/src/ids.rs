@@ -1,0 +1,184 @@
+//! UUID newtypes, one per kind of identifier.
+//!
+//! Each is stored as hyphenated text on SQLite (readable in the `sqlite3` shell) and as
+//! `uuid` on PostgreSQL.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
+use uuid::Uuid;
+
+/// A string that is not a valid identifier of the named kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a valid {kind}: expected a UUID such as 0192f1c4-8b9e-7cc3-9d0a-2f64a1c8e3b5")]
+pub struct IdError {
+    /// What kind of identifier was expected ("stream id", "organization id", …).
+    pub kind: &'static str,
+    /// The text that was given.
+    pub input: String,
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// What this identifier is called in error messages.
+            pub const KIND: &'static str = $kind;
+
+            /// A new, time-ordered (version 7) identifier.
+            pub fn new_v7() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Wraps an existing UUID.
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            /// The underlying UUID.
+            pub const fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+
+            /// Parses the hyphenated (or simple) text form.
+            pub fn parse(input: &str) -> Result<Self, IdError> {
+                Uuid::parse_str(input.trim()).map(Self).map_err(|_| IdError {
+                    kind: $kind,
+                    input: input.to_owned(),
+                })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0.hyphenated())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(input: &str) -> Result<Self, IdError> {
+                Self::parse(input)
+            }
+        }
+
+        impl From<$name> for Uuid {
+            fn from(id: $name) -> Uuid {
+                id.0
+            }
+        }
+
+        impl Type<Sqlite> for $name {
+            fn type_info() -> SqliteTypeInfo {
+                <str as Type<Sqlite>>::type_info()
+            }
+            fn compatible(ty: &SqliteTypeInfo) -> bool {
+                <str as Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, Sqlite> for $name {
+            fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+                <String as Encode<Sqlite>>::encode(self.0.hyphenated().to_string(), buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Sqlite> for $name {
+            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+                let text = <&str as Decode<Sqlite>>::decode(value)?;
+                Ok(Self::parse(text)?)
+            }
+        }
+
+        impl Type<Postgres> for $name {
+            fn type_info() -> PgTypeInfo {
+                <Uuid as Type<Postgres>>::type_info()
+            }
+        }
+
+        impl Encode<'_, Postgres> for $name {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <Uuid as Encode<Postgres>>::encode_by_ref(&self.0, buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Postgres> for $name {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                <Uuid as Decode<Postgres>>::decode(value).map(Self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies one event in the log; time-ordered.
+    EventId,
+    "event id"
+);
+uuid_id!(
+    /// Identifies one stream: the events of one aggregate (an organization, a user, …).
+    StreamId,
+    "stream id"
+);
+uuid_id!(
+    /// Follows one request through every hop it causes: HTTP, events, workflow steps, email.
+    CorrelationId,
+    "correlation id"
+);
+uuid_id!(
+    /// The event or request that directly caused an event.
+    CausationId,
+    "causation id"
+);
+uuid_id!(
+    /// A tenant: every domain row and event belongs to at most one organization.
+    OrgId,
+    "organization id"
+);
+uuid_id!(
+    /// A user of one organization.
+    UserId,
+    "user id"
+);
+uuid_id!(
+    /// One run of a durable workflow.
+    WorkflowId,
+    "workflow id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_the_kind_and_the_input() {
+        let err = StreamId::parse("not-a-uuid").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"not-a-uuid\" is not a valid stream id: expected a UUID such as \
+             0192f1c4-8b9e-7cc3-9d0a-2f64a1c8e3b5"
+        );
+    }
+
+    #[test]
+    fn round_trips_through_text() {
+        let id = OrgId::new_v7();
+        assert_eq!(OrgId::parse(&id.to_string()), Ok(id));
+        assert_eq!(id.as_uuid().get_version_num(), 7);
+    }
+}
