@@ -43,7 +43,11 @@ impl Dispatcher {
     /// Dispatches one event on `conn`, which must be inside a transaction. Returns the
     /// outcome; an `Err` means the savepoint itself could not be taken or undone, and
     /// the whole transaction must be abandoned.
-    pub(crate) async fn dispatch(&self, conn: &mut Conn<'_>, event: &RecordedEvent) -> Result<Outcome, sqlx::Error> {
+    pub(crate) async fn dispatch(
+        &self,
+        conn: &mut Conn<'_>,
+        event: &RecordedEvent,
+    ) -> Result<Outcome, sqlx::Error> {
         let router = match self.registry.route(&event.stream_type) {
             None => {
                 return Ok(failed(
@@ -95,7 +99,10 @@ impl Dispatcher {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a non-text panic payload".to_owned());
-                failed(ErrorCode::HandlerFailed, format!("the handler panicked: {message}"))
+                failed(
+                    ErrorCode::HandlerFailed,
+                    format!("the handler panicked: {message}"),
+                )
             }
         };
         savepoint(conn, "ROLLBACK TO SAVEPOINT cairn_dispatch").await?;

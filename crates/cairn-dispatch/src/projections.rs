@@ -39,17 +39,29 @@ impl<'c> Projections<'c> {
 
     /// Runs a statement; returns how many rows it changed. Statements are fixed text
     /// with `$1, $2, …` placeholders, valid on both backends.
-    pub async fn execute(&mut self, sql: &'static str, args: Vec<Arg>) -> Result<u64, HandlerError> {
+    pub async fn execute(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<u64, HandlerError> {
         Ok(self.conn.execute(sql, args).await?)
     }
 
     /// Runs a query and returns its first row, if any.
-    pub async fn fetch_optional(&mut self, sql: &'static str, args: Vec<Arg>) -> Result<Option<Row>, HandlerError> {
+    pub async fn fetch_optional(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Option<Row>, HandlerError> {
         Ok(self.conn.fetch_optional(sql, args).await?)
     }
 
     /// Runs a query and returns every row.
-    pub async fn fetch_all(&mut self, sql: &'static str, args: Vec<Arg>) -> Result<Vec<Row>, HandlerError> {
+    pub async fn fetch_all(
+        &mut self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<Vec<Row>, HandlerError> {
         Ok(self.conn.fetch_all(sql, args).await?)
     }
 }

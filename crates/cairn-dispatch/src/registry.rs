@@ -54,7 +54,11 @@ pub fn payload<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<
 /// the event, never from the clock).
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, event: &RecordedEvent, projections: &mut Projections<'_>) -> Result<(), HandlerError>;
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        projections: &mut Projections<'_>,
+    ) -> Result<(), HandlerError>;
 }
 
 /// A projection table the handlers write: replay empties it and rebuilds it, and
@@ -136,8 +140,14 @@ pub struct Registry {
 
 /// The administrative stream types, which have explicit no-op routes.
 pub const ADMIN_STREAM_TYPES: [(&str, &str); 3] = [
-    ("platform_admin", "administrative events of the platform operators"),
-    ("workflow_queue", "workflow bookkeeping; the workflow engine keeps its own tables"),
+    (
+        "platform_admin",
+        "administrative events of the platform operators",
+    ),
+    (
+        "workflow_queue",
+        "workflow bookkeeping; the workflow engine keeps its own tables",
+    ),
     ("test", "events written by tests and probes"),
 ];
 
@@ -199,22 +209,27 @@ impl RouterBuilder {
                     source,
                 })
             }
-            Ok(event_type) => {
-                if self.router.handlers.contains_key(&event_type) {
+            Ok(event_type) => match self.router.handlers.entry(event_type) {
+                std::collections::btree_map::Entry::Occupied(entry) => {
                     self.error = Some(RegistryError::DuplicateHandler {
-                        event_type: event_type.to_string(),
+                        event_type: entry.key().to_string(),
                     });
-                } else {
-                    self.router.handlers.insert(event_type, Arc::new(handler));
                 }
-            }
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(Arc::new(handler));
+                }
+            },
         }
         self
     }
 }
 
 impl RegistryBuilder {
-    fn add_route(mut self, stream_type: &str, route: impl FnOnce() -> Result<Route, RegistryError>) -> Self {
+    fn add_route(
+        mut self,
+        stream_type: &str,
+        route: impl FnOnce() -> Result<Route, RegistryError>,
+    ) -> Self {
         if self.error.is_some() {
             return self;
         }
@@ -258,7 +273,11 @@ impl RegistryBuilder {
     }
 
     /// A router for `stream_type`, with the handlers `build` registers on it.
-    pub fn router(self, stream_type: &str, build: impl FnOnce(RouterBuilder) -> RouterBuilder) -> Self {
+    pub fn router(
+        self,
+        stream_type: &str,
+        build: impl FnOnce(RouterBuilder) -> RouterBuilder,
+    ) -> Self {
         self.add_route(stream_type, || {
             let built = build(RouterBuilder::default());
             match built.error {
@@ -271,7 +290,12 @@ impl RegistryBuilder {
     /// Declares a projection table the handlers write.
     pub fn projection(mut self, table: ProjectionTable) -> Self {
         if self.error.is_none() {
-            if self.registry.projections.iter().any(|t| t.name == table.name) {
+            if self
+                .registry
+                .projections
+                .iter()
+                .any(|t| t.name == table.name)
+            {
                 self.error = Some(RegistryError::DuplicateProjection {
                     table: table.name.to_owned(),
                 });

@@ -147,7 +147,10 @@ impl EventStore {
     /// Empties every projection table and dispatches the whole log again, in one
     /// transaction. Events whose outcome changes get the new outcome recorded.
     /// `progress` is called with (done, total).
-    pub async fn replay(&self, progress: &mut (dyn FnMut(u64, u64) + Send)) -> Result<ReplayReport, ReplayError> {
+    pub async fn replay(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<ReplayReport, ReplayError> {
         let mut tx = self.db().begin().await?;
         let head = tx.lock_head().await?;
         let total = u64::try_from(head.last_position.get()).unwrap_or(0);
@@ -258,7 +261,11 @@ impl EventStore {
     }
 }
 
-async fn create_shadow(conn: &mut Conn<'_>, live_schema: &str, table: &ProjectionTable) -> Result<(), ReplayError> {
+async fn create_shadow(
+    conn: &mut Conn<'_>,
+    live_schema: &str,
+    table: &ProjectionTable,
+) -> Result<(), ReplayError> {
     match conn.backend() {
         Backend::Postgres => {
             let exists = conn
@@ -295,9 +302,10 @@ async fn create_shadow(conn: &mut Conn<'_>, live_schema: &str, table: &Projectio
             for row in rows {
                 let kind: String = row.get("type")?;
                 let sql: String = row.get("sql")?;
-                let shadow = sqlite_shadow_sql(&kind, &sql).ok_or_else(|| ReplayError::MissingTable {
-                    table: format!("{} (cannot copy its definition: {sql})", table.name),
-                })?;
+                let shadow =
+                    sqlite_shadow_sql(&kind, &sql).ok_or_else(|| ReplayError::MissingTable {
+                        table: format!("{} (cannot copy its definition: {sql})", table.name),
+                    })?;
                 conn.execute_script(AssertSqlSafe(shadow)).await?;
             }
         }
@@ -311,7 +319,9 @@ fn sqlite_shadow_sql(kind: &str, sql: &str) -> Option<String> {
     let upper = sql.to_ascii_uppercase();
     let (prefix, temp_prefix) = match kind {
         "table" => ("CREATE TABLE ", "CREATE TEMP TABLE "),
-        "index" if upper.starts_with("CREATE UNIQUE INDEX ") => ("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX temp."),
+        "index" if upper.starts_with("CREATE UNIQUE INDEX ") => {
+            ("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX temp.")
+        }
         "index" => ("CREATE INDEX ", "CREATE INDEX temp."),
         _ => return None,
     };
@@ -338,11 +348,17 @@ async fn read_rows(
         ),
         Backend::Sqlite => {
             let pragma = format!("SELECT name FROM pragma_table_info($1, '{schema}') ORDER BY cid");
-            let columns = conn.fetch_all(AssertSqlSafe(pragma), args![table.name]).await?;
+            let columns = conn
+                .fetch_all(AssertSqlSafe(pragma), args![table.name])
+                .await?;
             let mut pairs = Vec::with_capacity(columns.len());
             for column in columns {
                 let name: String = column.get("name")?;
-                pairs.push(format!("'{}', {}", name.replace('\'', "''"), quote_ident(&name)));
+                pairs.push(format!(
+                    "'{}', {}",
+                    name.replace('\'', "''"),
+                    quote_ident(&name)
+                ));
             }
             format!(
                 "SELECT json_object({}) AS row FROM {}.{}",
@@ -359,7 +375,12 @@ async fn read_rows(
         let key: serde_json::Map<String, Value> = table
             .key
             .iter()
-            .map(|column| ((*column).to_owned(), value.get(*column).cloned().unwrap_or(Value::Null)))
+            .map(|column| {
+                (
+                    (*column).to_owned(),
+                    value.get(*column).cloned().unwrap_or(Value::Null),
+                )
+            })
             .collect();
         let key = Value::Object(key);
         by_key.insert(key.to_string(), (key, value));
@@ -378,13 +399,16 @@ fn diff(
             None => drift.push(Drift {
                 table: table.name,
                 key,
-                kind: DriftKind::OnlyRebuilt { rebuilt: rebuilt_row },
+                kind: DriftKind::OnlyRebuilt {
+                    rebuilt: rebuilt_row,
+                },
             }),
             Some((_, live_row)) if live_row != rebuilt_row => {
                 let empty = serde_json::Map::new();
                 let live_columns = live_row.as_object().unwrap_or(&empty);
                 let rebuilt_columns = rebuilt_row.as_object().unwrap_or(&empty);
-                let mut names: Vec<&String> = live_columns.keys().chain(rebuilt_columns.keys()).collect();
+                let mut names: Vec<&String> =
+                    live_columns.keys().chain(rebuilt_columns.keys()).collect();
                 names.sort();
                 names.dedup();
                 let columns = names
@@ -424,10 +448,26 @@ mod tests {
     #[test]
     fn sqlite_definitions_move_to_the_temp_schema() {
         let cases = [
-            ("table", "CREATE TABLE widgets (id TEXT PRIMARY KEY)", Some("CREATE TEMP TABLE widgets (id TEXT PRIMARY KEY)")),
-            ("table", "create table IF NOT EXISTS widgets (id TEXT)", Some("CREATE TEMP TABLE widgets (id TEXT)")),
-            ("index", "CREATE UNIQUE INDEX widgets_by_name ON widgets (name)", Some("CREATE UNIQUE INDEX temp.widgets_by_name ON widgets (name)")),
-            ("index", "CREATE INDEX widgets_by_org ON widgets (org_id)", Some("CREATE INDEX temp.widgets_by_org ON widgets (org_id)")),
+            (
+                "table",
+                "CREATE TABLE widgets (id TEXT PRIMARY KEY)",
+                Some("CREATE TEMP TABLE widgets (id TEXT PRIMARY KEY)"),
+            ),
+            (
+                "table",
+                "create table IF NOT EXISTS widgets (id TEXT)",
+                Some("CREATE TEMP TABLE widgets (id TEXT)"),
+            ),
+            (
+                "index",
+                "CREATE UNIQUE INDEX widgets_by_name ON widgets (name)",
+                Some("CREATE UNIQUE INDEX temp.widgets_by_name ON widgets (name)"),
+            ),
+            (
+                "index",
+                "CREATE INDEX widgets_by_org ON widgets (org_id)",
+                Some("CREATE INDEX temp.widgets_by_org ON widgets (org_id)"),
+            ),
             ("view", "CREATE VIEW v AS SELECT 1", None),
         ];
         for (kind, sql, expect) in cases {

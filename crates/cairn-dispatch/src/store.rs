@@ -35,7 +35,10 @@ pub enum RetryError {
     #[error("there is no event {event_id}")]
     NotFound { event_id: EventId },
     #[error("event {event_id} (position {position}) is not failed; only failed events are retried")]
-    NotFailed { event_id: EventId, position: Position },
+    NotFailed {
+        event_id: EventId,
+        position: Position,
+    },
     #[error("database error while retrying")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -99,7 +102,11 @@ impl EventStore {
 
     /// Appends and dispatches inside a transaction the caller owns, so that other work
     /// (starting a workflow, say) commits or rolls back with the events.
-    pub async fn append_in(&self, tx: &mut Tx, request: AppendRequest) -> Result<Appended, AppendError> {
+    pub async fn append_in(
+        &self,
+        tx: &mut Tx,
+        request: AppendRequest,
+    ) -> Result<Appended, AppendError> {
         let mut pending = match tx.prepare_append(request).await? {
             Prepared::Repeat(events) => {
                 let events = events

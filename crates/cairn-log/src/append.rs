@@ -17,12 +17,12 @@ use sha2::{Digest, Sha256};
 
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
+use crate::args;
 use crate::db::Tx;
 use crate::event::{AppendRequest, Expected, IdempotencyKey, Outcome, RecordedEvent};
 use crate::hash::{self, HashedColumns};
 use crate::read::{EventFilter, Head, ReadError, head_from_row};
 use crate::sql::{Backend, dialect};
-use crate::args;
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
@@ -37,7 +37,7 @@ pub enum AppendError {
         actual: StreamVersion,
     },
     #[error(
-        "stream {stream_id} is a {existing:?} stream; it cannot take events of stream type {requested:?}"
+        "stream {stream_id} is a \"{existing}\" stream; it cannot take events of stream type \"{requested}\""
     )]
     StreamTypeMismatch {
         stream_id: StreamId,
@@ -148,12 +148,20 @@ impl Tx {
                 args![stream_id],
             )
             .await?;
-        row.map(|row| Ok((row.get("stream_type")?, StreamVersion::new(row.get("stream_version")?))))
-            .transpose()
+        row.map(|row| {
+            Ok((
+                row.get("stream_type")?,
+                StreamVersion::new(row.get("stream_version")?),
+            ))
+        })
+        .transpose()
     }
 
     /// Phase one of an append: lock, check, assign positions and hashes.
-    pub async fn prepare_append(&mut self, mut request: AppendRequest) -> Result<Prepared, AppendError> {
+    pub async fn prepare_append(
+        &mut self,
+        mut request: AppendRequest,
+    ) -> Result<Prepared, AppendError> {
         if request.events.is_empty() {
             return Err(AppendError::NoEvents);
         }
@@ -175,7 +183,8 @@ impl Tx {
             }
             let mut metadata = serde_json::to_value(&event.metadata)
                 .map_err(|e| invalid(format!("event_metadata: {e}")))?;
-            hash::normalize_json(&mut metadata, &mut "event_metadata".to_owned()).map_err(invalid)?;
+            hash::normalize_json(&mut metadata, &mut "event_metadata".to_owned())
+                .map_err(invalid)?;
             metadata_values.push(metadata);
         }
 
@@ -281,7 +290,10 @@ impl Tx {
     }
 
     /// Phase two of an append: store the events with their outcomes and move the head.
-    pub async fn write_append(&mut self, pending: PendingAppend) -> Result<Vec<RecordedEvent>, AppendError> {
+    pub async fn write_append(
+        &mut self,
+        pending: PendingAppend,
+    ) -> Result<Vec<RecordedEvent>, AppendError> {
         let mut conn = self.conn();
         let mut n_failed = 0_i64;
         for (event, metadata) in pending.events.iter().zip(&pending.metadata_values) {
@@ -339,13 +351,19 @@ impl Tx {
     }
 
     /// Locks one stored event for reprocessing. Call [`Tx::lock_head`] first.
-    pub async fn event_for_update(&mut self, event_id: cairn_types::EventId) -> Result<Option<RecordedEvent>, ReadError> {
+    pub async fn event_for_update(
+        &mut self,
+        event_id: cairn_types::EventId,
+    ) -> Result<Option<RecordedEvent>, ReadError> {
         let backend = self.backend();
         let mut conn = self.conn();
         let event = conn.event_by_id(event_id).await?;
         if backend == Backend::Postgres && event.is_some() {
-            conn.execute("SELECT 1 FROM domain_events WHERE event_id = $1 FOR UPDATE", args![event_id])
-                .await?;
+            conn.execute(
+                "SELECT 1 FROM domain_events WHERE event_id = $1 FOR UPDATE",
+                args![event_id],
+            )
+            .await?;
         }
         Ok(event)
     }
@@ -363,7 +381,12 @@ impl Tx {
         conn.execute(
             "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
              processing_error_message = $3 WHERE position = $4",
-            args![at, error.map(|e| e.code), error.map(|e| e.message.clone()), event.position],
+            args![
+                at,
+                error.map(|e| e.code),
+                error.map(|e| e.message.clone()),
+                event.position
+            ],
         )
         .await?;
         let delta = i64::from(error.is_some()) - i64::from(event.is_failed());

@@ -57,7 +57,10 @@ const BATCH: i64 = 2_000;
 fn recompute(row: &Row, previous: &str) -> Result<Result<String, String>, ReadError> {
     let stream_type: String = row.get("stream_type")?;
     let event_type: String = row.get("event_type")?;
-    let (stream_type, event_type) = match (StreamType::parse(&stream_type), EventType::parse(&event_type)) {
+    let (stream_type, event_type) = match (
+        StreamType::parse(&stream_type),
+        EventType::parse(&event_type),
+    ) {
         (Ok(stream_type), Ok(event_type)) => (stream_type, event_type),
         (Err(e), _) | (_, Err(e)) => return Ok(Err(format!("a name no longer parses: {e}"))),
     };

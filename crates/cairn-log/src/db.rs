@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Postgres, Sqlite};
 
 use crate::sql::{Backend, Conn};
@@ -112,12 +114,17 @@ impl Db {
     /// Opens the database a URL names, creating the SQLite file and its directory when
     /// missing. Does not run migrations: see [`Db::migrate`].
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
-        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             Self::connect_sqlite(Path::new(path), options).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Self::connect_postgres(url, options).await
         } else {
-            Err(ConnectError::UnsupportedUrl { url: redact_url(url) })
+            Err(ConnectError::UnsupportedUrl {
+                url: redact_url(url),
+            })
         }
     }
 
@@ -167,10 +174,11 @@ impl Db {
 
     async fn connect_postgres(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
         let target = redact_url(url);
-        let mut connect = PgConnectOptions::from_str(url).map_err(|source| ConnectError::BadUrl {
-            url: target.clone(),
-            source,
-        })?;
+        let mut connect =
+            PgConnectOptions::from_str(url).map_err(|source| ConnectError::BadUrl {
+                url: target.clone(),
+                source,
+            })?;
         connect = connect.application_name("cairn");
         if let Some(schema) = &options.schema {
             // Create the schema with a one-off connection, then point every pooled
@@ -230,7 +238,9 @@ impl Db {
     /// upgrade.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let inner = match &*self.pools {
-            Pools::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            Pools::Sqlite { writer, .. } => {
+                TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
             Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
         };
         Ok(Tx { inner })
@@ -249,7 +259,9 @@ impl Db {
     /// however long it takes, without holding up writers.
     pub async fn snapshot(&self) -> Result<Snapshot, sqlx::Error> {
         let inner = match &*self.pools {
-            Pools::Sqlite { reader, .. } => TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
+            Pools::Sqlite { reader, .. } => {
+                TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)
+            }
             Pools::Postgres { pool, .. } => TxInner::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await?,
@@ -265,7 +277,10 @@ impl Db {
             Pools::Sqlite { .. } => self.snapshot().await,
             Pools::Postgres { pool, .. } => Ok(Snapshot {
                 tx: Tx {
-                    inner: TxInner::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?),
+                    inner: TxInner::Postgres(
+                        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                            .await?,
+                    ),
                 },
             }),
         }
@@ -278,6 +293,18 @@ impl Db {
             Pools::Postgres { pool, .. } => Some(pool),
             Pools::Sqlite { .. } => None,
         }
+    }
+
+    /// Drops a PostgreSQL schema and everything in it (a benchmark's or a test's own);
+    /// does nothing on SQLite.
+    pub async fn drop_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
+        if let Pools::Postgres { pool, .. } = &*self.pools {
+            let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Closes every connection.
@@ -437,7 +464,13 @@ mod tests {
             redact_url("postgres://cairn:secret@db.internal:5432/cairn"),
             "postgres://cairn:***@db.internal:5432/cairn"
         );
-        assert_eq!(redact_url("postgres://cairn@db/cairn"), "postgres://cairn@db/cairn");
-        assert_eq!(redact_url("sqlite://cairn-data/cairn.db"), "sqlite://cairn-data/cairn.db");
+        assert_eq!(
+            redact_url("postgres://cairn@db/cairn"),
+            "postgres://cairn@db/cairn"
+        );
+        assert_eq!(
+            redact_url("sqlite://cairn-data/cairn.db"),
+            "sqlite://cairn-data/cairn.db"
+        );
     }
 }

@@ -79,7 +79,9 @@ impl IdempotencyKey {
         if valid {
             Ok(Self(key.to_owned()))
         } else {
-            Err(IdempotencyKeyError { key: key.to_owned() })
+            Err(IdempotencyKeyError {
+                key: key.to_owned(),
+            })
         }
     }
 

@@ -122,7 +122,9 @@ pub fn normalize_json(value: &mut Value, path: &mut String) -> Result<(), String
         Value::Object(object) => {
             for (key, item) in object.iter_mut() {
                 if key.contains('\0') {
-                    return Err(format!("{path}: an object key contains a NUL character (\\u0000)"));
+                    return Err(format!(
+                        "{path}: an object key contains a NUL character (\\u0000)"
+                    ));
                 }
                 let len = path.len();
                 path.push('.');
@@ -141,7 +143,9 @@ pub fn normalize_json(value: &mut Value, path: &mut String) -> Result<(), String
         }
         Value::String(text) => {
             if text.contains('\0') {
-                return Err(format!("{path}: the string contains a NUL character (\\u0000)"));
+                return Err(format!(
+                    "{path}: the string contains a NUL character (\\u0000)"
+                ));
             }
         }
         Value::Number(number) => {
@@ -162,7 +166,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let mut out = String::new();
-        canonical_json(&json!({"b": 1, "a": {"d": [true, null], "c": "x\"y"}}), &mut out);
+        canonical_json(
+            &json!({"b": 1, "a": {"d": [true, null], "c": "x\"y"}}),
+            &mut out,
+        );
         assert_eq!(out, r#"{"a":{"c":"x\"y","d":[true,null]},"b":1}"#);
     }
 
@@ -175,7 +182,10 @@ mod tests {
     fn normalize_refuses_nul_and_names_the_path() {
         let mut value = json!({"a": [1, {"b": "x\u{0}y"}]});
         let err = normalize_json(&mut value, &mut "event_data".to_owned()).unwrap_err();
-        assert_eq!(err, "event_data.a[1].b: the string contains a NUL character (\\u0000)");
+        assert_eq!(
+            err,
+            "event_data.a[1].b: the string contains a NUL character (\\u0000)"
+        );
     }
 
     #[test]

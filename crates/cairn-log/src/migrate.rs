@@ -44,13 +44,17 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 /// Why migrations did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("migration {id} was changed after it was applied (checksum {applied} in the database, {current} in this build)")]
+    #[error(
+        "migration {id} was changed after it was applied (checksum {applied} in the database, {current} in this build)"
+    )]
     Changed {
         id: String,
         applied: String,
         current: String,
     },
-    #[error("the database has migration {id} applied, which this build of cairn does not know: is it older than the database?")]
+    #[error(
+        "the database has migration {id} applied, which this build of cairn does not know: is it older than the database?"
+    )]
     Unknown { id: String },
     #[error("migration {id} is listed twice")]
     Duplicate { id: String },
@@ -71,7 +75,10 @@ impl Db {
         let backend = self.backend();
         let migrations: Vec<&Migration> = sets.iter().flat_map(|set| set.iter()).collect();
         for (index, migration) in migrations.iter().enumerate() {
-            if migrations[..index].iter().any(|earlier| earlier.id == migration.id) {
+            if migrations[..index]
+                .iter()
+                .any(|earlier| earlier.id == migration.id)
+            {
                 return Err(MigrateError::Duplicate {
                     id: migration.id.to_owned(),
                 });
@@ -92,7 +99,10 @@ impl Db {
         ))
         .await?;
         let applied = conn
-            .fetch_all("SELECT id, checksum FROM cairn_migrations ORDER BY id", args![])
+            .fetch_all(
+                "SELECT id, checksum FROM cairn_migrations ORDER BY id",
+                args![],
+            )
             .await?;
         let mut already = Vec::new();
         for row in applied {
@@ -124,7 +134,11 @@ impl Db {
                 })?;
             conn.execute(
                 "INSERT INTO cairn_migrations (id, checksum, applied_at) VALUES ($1, $2, $3)",
-                args![migration.id, migration.checksum(backend), cairn_types::now_micros()],
+                args![
+                    migration.id,
+                    migration.checksum(backend),
+                    cairn_types::now_micros()
+                ],
             )
             .await?;
             applied_now.push(migration.id);

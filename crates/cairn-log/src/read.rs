@@ -8,9 +8,9 @@ use cairn_types::{
     StreamVersion,
 };
 
+use crate::args;
 use crate::event::{ProcessingError, RecordedEvent};
 use crate::sql::{Arg, Conn, IntoArg, Row};
-use crate::args;
 
 /// Why events could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +143,10 @@ pub(crate) fn head_from_row(row: &Row) -> Result<Head, sqlx::Error> {
 
 impl Conn<'_> {
     /// Events matching a filter, in position order.
-    pub async fn read_events(&mut self, filter: &EventFilter) -> Result<Vec<RecordedEvent>, ReadError> {
+    pub async fn read_events(
+        &mut self,
+        filter: &EventFilter,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let (sql, args) = filter.to_sql();
         // The statement text is built only from fixed fragments; values are bound.
         let rows = self.fetch_all(AssertSqlSafe(sql), args).await?;
@@ -151,15 +154,25 @@ impl Conn<'_> {
     }
 
     /// The event with this id.
-    pub async fn event_by_id(&mut self, event_id: EventId) -> Result<Option<RecordedEvent>, ReadError> {
-        let sql = AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1"));
+    pub async fn event_by_id(
+        &mut self,
+        event_id: EventId,
+    ) -> Result<Option<RecordedEvent>, ReadError> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1"
+        ));
         let row = self.fetch_optional(sql, args![event_id]).await?;
         row.as_ref().map(event_from_row).transpose()
     }
 
     /// The event at this position.
-    pub async fn event_at(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError> {
-        let sql = AssertSqlSafe(format!("SELECT {EVENT_COLUMNS} FROM domain_events WHERE position = $1"));
+    pub async fn event_at(
+        &mut self,
+        position: Position,
+    ) -> Result<Option<RecordedEvent>, ReadError> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM domain_events WHERE position = $1"
+        ));
         let row = self.fetch_optional(sql, args![position]).await?;
         row.as_ref().map(event_from_row).transpose()
     }

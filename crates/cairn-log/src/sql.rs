@@ -244,10 +244,20 @@ impl Conn<'_> {
     }
 
     /// Runs a statement; returns the number of rows it changed.
-    pub async fn execute(&mut self, sql: impl SqlSafeStr, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+    pub async fn execute(
+        &mut self,
+        sql: impl SqlSafeStr,
+        args: Vec<Arg>,
+    ) -> Result<u64, sqlx::Error> {
         match self {
-            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args).execute(&mut **conn).await?.rows_affected()),
-            Conn::Postgres(conn) => Ok(bind_postgres(sql, args).execute(&mut **conn).await?.rows_affected()),
+            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected()),
+            Conn::Postgres(conn) => Ok(bind_postgres(sql, args)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected()),
         }
     }
 
@@ -261,7 +271,11 @@ impl Conn<'_> {
     }
 
     /// Runs a query and returns every row.
-    pub async fn fetch_all(&mut self, sql: impl SqlSafeStr, args: Vec<Arg>) -> Result<Vec<Row>, sqlx::Error> {
+    pub async fn fetch_all(
+        &mut self,
+        sql: impl SqlSafeStr,
+        args: Vec<Arg>,
+    ) -> Result<Vec<Row>, sqlx::Error> {
         match self {
             Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
                 .fetch_all(&mut **conn)
@@ -285,7 +299,10 @@ impl Conn<'_> {
         args: Vec<Arg>,
     ) -> Result<Option<Row>, sqlx::Error> {
         match self {
-            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args).fetch_optional(&mut **conn).await?.map(Row::Sqlite)),
+            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
+                .fetch_optional(&mut **conn)
+                .await?
+                .map(Row::Sqlite)),
             Conn::Postgres(conn) => Ok(bind_postgres(sql, args)
                 .fetch_optional(&mut **conn)
                 .await?
@@ -294,16 +311,28 @@ impl Conn<'_> {
     }
 
     /// Runs a query that must return exactly one row.
-    pub async fn fetch_one(&mut self, sql: impl SqlSafeStr, args: Vec<Arg>) -> Result<Row, sqlx::Error> {
+    pub async fn fetch_one(
+        &mut self,
+        sql: impl SqlSafeStr,
+        args: Vec<Arg>,
+    ) -> Result<Row, sqlx::Error> {
         match self {
-            Conn::Sqlite(conn) => Ok(Row::Sqlite(bind_sqlite(sql, args).fetch_one(&mut **conn).await?)),
-            Conn::Postgres(conn) => Ok(Row::Postgres(bind_postgres(sql, args).fetch_one(&mut **conn).await?)),
+            Conn::Sqlite(conn) => Ok(Row::Sqlite(
+                bind_sqlite(sql, args).fetch_one(&mut **conn).await?,
+            )),
+            Conn::Postgres(conn) => Ok(Row::Postgres(
+                bind_postgres(sql, args).fetch_one(&mut **conn).await?,
+            )),
         }
     }
 }
 
 /// Picks the statement text for the backend at hand, where the dialects differ.
-pub const fn dialect(backend: Backend, sqlite: &'static str, postgres: &'static str) -> &'static str {
+pub const fn dialect(
+    backend: Backend,
+    sqlite: &'static str,
+    postgres: &'static str,
+) -> &'static str {
     match backend {
         Backend::Sqlite => sqlite,
         Backend::Postgres => postgres,

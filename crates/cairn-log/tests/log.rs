@@ -21,7 +21,11 @@ fn ping(n: i64) -> NewEvent {
 }
 
 fn request(stream_id: StreamId, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest::new(StreamType::parse("test").expect("valid name"), stream_id, events)
+    AppendRequest::new(
+        StreamType::parse("test").expect("valid name"),
+        stream_id,
+        events,
+    )
 }
 
 /// Appends without a dispatcher: the log alone.
@@ -44,58 +48,106 @@ async fn read_stream(db: &Db, stream_id: StreamId) -> anyhow::Result<Vec<Recorde
 }
 
 async fn all_events(db: &Db) -> anyhow::Result<Vec<RecordedEvent>> {
-    Ok(db.reader().await?.conn().read_events(&EventFilter::default()).await?)
+    Ok(db
+        .reader()
+        .await?
+        .conn()
+        .read_events(&EventFilter::default())
+        .await?)
 }
 
-backend_test!(append_assigns_positions_versions_and_hashes, |t: TestDb| async move {
-    let db = t.db();
-    let stream_a = StreamId::new_v7();
-    let stream_b = StreamId::new_v7();
-    let first = append(db, request(stream_a, vec![ping(1), ping(2)]).expect(Expected::NoStream)).await?;
-    let second = append(db, request(stream_b, vec![ping(3)])).await?;
-    let third = append(db, request(stream_a, vec![ping(4)]).expect(Expected::Exact(StreamVersion::new(2)))).await?;
+backend_test!(
+    append_assigns_positions_versions_and_hashes,
+    |t: TestDb| async move {
+        let db = t.db();
+        let stream_a = StreamId::new_v7();
+        let stream_b = StreamId::new_v7();
+        let first = append(
+            db,
+            request(stream_a, vec![ping(1), ping(2)]).expect(Expected::NoStream),
+        )
+        .await?;
+        let second = append(db, request(stream_b, vec![ping(3)])).await?;
+        let third = append(
+            db,
+            request(stream_a, vec![ping(4)]).expect(Expected::Exact(StreamVersion::new(2))),
+        )
+        .await?;
 
-    let positions: Vec<i64> = first.iter().chain(&second).chain(&third).map(|e| e.position.get()).collect();
-    assert_eq!(positions, [1, 2, 3, 4]);
-    let versions: Vec<i64> = read_stream(db, stream_a).await?.iter().map(|e| e.stream_version.get()).collect();
-    assert_eq!(versions, [1, 2, 3]);
+        let positions: Vec<i64> = first
+            .iter()
+            .chain(&second)
+            .chain(&third)
+            .map(|e| e.position.get())
+            .collect();
+        assert_eq!(positions, [1, 2, 3, 4]);
+        let versions: Vec<i64> = read_stream(db, stream_a)
+            .await?
+            .iter()
+            .map(|e| e.stream_version.get())
+            .collect();
+        assert_eq!(versions, [1, 2, 3]);
 
-    let stored = all_events(db).await?;
-    let appended: Vec<RecordedEvent> = first.into_iter().chain(second).chain(third).collect();
-    assert_eq!(stored, appended, "what is read back is exactly what append returned");
-    assert_eq!(stored[0].event_id.as_uuid().get_version_num(), 7);
-    assert_eq!(stored[3].data, json!({"n": 4}));
-    let mut hashes: Vec<&str> = stored.iter().map(|e| e.hash.as_str()).collect();
-    hashes.dedup();
-    assert_eq!(hashes.len(), 4, "every event has its own hash");
+        let stored = all_events(db).await?;
+        let appended: Vec<RecordedEvent> = first.into_iter().chain(second).chain(third).collect();
+        assert_eq!(
+            stored, appended,
+            "what is read back is exactly what append returned"
+        );
+        assert_eq!(stored[0].event_id.as_uuid().get_version_num(), 7);
+        assert_eq!(stored[3].data, json!({"n": 4}));
+        let mut hashes: Vec<&str> = stored.iter().map(|e| e.hash.as_str()).collect();
+        hashes.dedup();
+        assert_eq!(hashes.len(), 4, "every event has its own hash");
 
-    let head = db.reader().await?.conn().head().await?;
-    assert_eq!(head.last_position, Position::new(4));
-    assert_eq!(head.last_hash, stored[3].hash);
-    Ok(())
-});
+        let head = db.reader().await?.conn().head().await?;
+        assert_eq!(head.last_position, Position::new(4));
+        assert_eq!(head.last_hash, stored[3].hash);
+        Ok(())
+    }
+);
 
 backend_test!(conflict_writes_nothing, |t: TestDb| async move {
     let db = t.db();
     let stream = StreamId::new_v7();
-    append(db, request(stream, vec![ping(1)]).expect(Expected::NoStream)).await?;
+    append(
+        db,
+        request(stream, vec![ping(1)]).expect(Expected::NoStream),
+    )
+    .await?;
 
-    let err = append(db, request(stream, vec![ping(2), ping(3)]).expect(Expected::NoStream))
-        .await
-        .expect_err("the stream exists");
-    assert!(matches!(err, AppendError::Conflict { actual, .. } if actual == StreamVersion::new(1)), "{err:?}");
+    let err = append(
+        db,
+        request(stream, vec![ping(2), ping(3)]).expect(Expected::NoStream),
+    )
+    .await
+    .expect_err("the stream exists");
+    assert!(
+        matches!(err, AppendError::Conflict { actual, .. } if actual == StreamVersion::new(1)),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!("stream {stream}: expected no stream (version 0), found version 1")
     );
-    let err = append(db, request(stream, vec![ping(2)]).expect(Expected::Exact(StreamVersion::new(5))))
-        .await
-        .expect_err("wrong version");
-    assert_eq!(err.to_string(), format!("stream {stream}: expected version 5, found version 1"));
+    let err = append(
+        db,
+        request(stream, vec![ping(2)]).expect(Expected::Exact(StreamVersion::new(5))),
+    )
+    .await
+    .expect_err("wrong version");
+    assert_eq!(
+        err.to_string(),
+        format!("stream {stream}: expected version 5, found version 1")
+    );
 
     assert_eq!(read_stream(db, stream).await?.len(), 1);
     let head = db.reader().await?.conn().head().await?;
-    assert_eq!(head.last_position, Position::new(1), "the head did not move");
+    assert_eq!(
+        head.last_position,
+        Position::new(1),
+        "the head did not move"
+    );
     Ok(())
 });
 
@@ -105,104 +157,142 @@ backend_test!(a_stream_keeps_its_stream_type, |t: TestDb| async move {
     append(db, request(stream, vec![ping(1)])).await?;
     let other = AppendRequest::new(StreamType::parse("platform_admin")?, stream, vec![ping(2)]);
     let err = append(db, other).await.expect_err("a stream has one type");
-    assert!(matches!(err, AppendError::StreamTypeMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, AppendError::StreamTypeMismatch { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("is a \"test\" stream"), "{err}");
     Ok(())
 });
 
 backend_test!(an_empty_append_is_refused, |t: TestDb| async move {
-    let err = append(t.db(), request(StreamId::new_v7(), vec![])).await.expect_err("no events");
+    let err = append(t.db(), request(StreamId::new_v7(), vec![]))
+        .await
+        .expect_err("no events");
     assert!(matches!(err, AppendError::NoEvents));
     Ok(())
 });
 
-backend_test!(idempotency_key_repeats_the_first_result, |t: TestDb| async move {
-    let db = t.db();
-    let stream = StreamId::new_v7();
-    let key = IdempotencyKey::parse("create-widget-42")?;
-    let first = append(db, request(stream, vec![ping(1), ping(2)]).idempotency_key(key.clone())).await?;
+backend_test!(
+    idempotency_key_repeats_the_first_result,
+    |t: TestDb| async move {
+        let db = t.db();
+        let stream = StreamId::new_v7();
+        let key = IdempotencyKey::parse("create-widget-42")?;
+        let first = append(
+            db,
+            request(stream, vec![ping(1), ping(2)]).idempotency_key(key.clone()),
+        )
+        .await?;
 
-    // A client retrying after a timeout sends the same request as a new request.
-    let mut retried_events = vec![ping(1), ping(2)];
-    for event in &mut retried_events {
-        event.metadata = Metadata::new();
+        // A client retrying after a timeout sends the same request as a new request.
+        let mut retried_events = vec![ping(1), ping(2)];
+        for event in &mut retried_events {
+            event.metadata = Metadata::new();
+        }
+        let again = append(
+            db,
+            request(stream, retried_events).idempotency_key(key.clone()),
+        )
+        .await?;
+        assert_eq!(again, first, "a repeat returns the first result");
+        assert_eq!(all_events(db).await?.len(), 2, "and writes nothing");
+
+        let different = append(db, request(stream, vec![ping(7)]).idempotency_key(key)).await;
+        let err = different.expect_err("same key, different request");
+        assert!(matches!(err, AppendError::KeyReused { .. }), "{err:?}");
+        assert_eq!(all_events(db).await?.len(), 2);
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        Ok(())
     }
-    let again = append(db, request(stream, retried_events).idempotency_key(key.clone())).await?;
-    assert_eq!(again, first, "a repeat returns the first result");
-    assert_eq!(all_events(db).await?.len(), 2, "and writes nothing");
+);
 
-    let different = append(db, request(stream, vec![ping(7)]).idempotency_key(key)).await;
-    let err = different.expect_err("same key, different request");
-    assert!(matches!(err, AppendError::KeyReused { .. }), "{err:?}");
-    assert_eq!(all_events(db).await?.len(), 2);
-    assert!(IdempotencyKey::parse("").is_err());
-    assert!(IdempotencyKey::parse("has space").is_err());
-    Ok(())
-});
+backend_test!(
+    events_are_immutable_in_the_database,
+    |t: TestDb| async move {
+        let db = t.db();
+        let stream = StreamId::new_v7();
+        append(db, request(stream, vec![ping(1)])).await?;
+        let mut tx = db.begin().await?;
+        let err = tx
+            .conn()
+            .execute(
+                "UPDATE domain_events SET event_data = $1 WHERE position = 1",
+                args![json!({"n": 666})],
+            )
+            .await
+            .expect_err("event_data cannot change");
+        assert!(err.to_string().contains("append-only"), "{err}");
+        drop(tx);
 
-backend_test!(events_are_immutable_in_the_database, |t: TestDb| async move {
-    let db = t.db();
-    let stream = StreamId::new_v7();
-    append(db, request(stream, vec![ping(1)])).await?;
-    let mut tx = db.begin().await?;
-    let err = tx
-        .conn()
-        .execute("UPDATE domain_events SET event_data = $1 WHERE position = 1", args![json!({"n": 666})])
-        .await
-        .expect_err("event_data cannot change");
-    assert!(err.to_string().contains("append-only"), "{err}");
-    drop(tx);
+        let mut tx = db.begin().await?;
+        let err = tx
+            .conn()
+            .execute("DELETE FROM domain_events WHERE position = 1", args![])
+            .await
+            .expect_err("events cannot be deleted");
+        assert!(err.to_string().contains("never deleted"), "{err}");
+        drop(tx);
 
-    let mut tx = db.begin().await?;
-    let err = tx
-        .conn()
-        .execute("DELETE FROM domain_events WHERE position = 1", args![])
-        .await
-        .expect_err("events cannot be deleted");
-    assert!(err.to_string().contains("never deleted"), "{err}");
-    drop(tx);
-
-    let mut tx = db.begin().await?;
-    let changed = tx
+        let mut tx = db.begin().await?;
+        let changed = tx
         .conn()
         .execute(
             "UPDATE domain_events SET processing_error_code = 'P9003', processing_error_message = 'x' WHERE position = 1",
             args![],
         )
         .await?;
-    assert_eq!(changed, 1, "the processing columns may change");
-    tx.rollback().await?;
-    assert_eq!(all_events(db).await?[0].data, json!({"n": 1}));
-    Ok(())
-});
+        assert_eq!(changed, 1, "the processing columns may change");
+        tx.rollback().await?;
+        assert_eq!(all_events(db).await?[0].data, json!({"n": 1}));
+        Ok(())
+    }
+);
 
-backend_test!(json_survives_the_round_trip_and_keeps_the_chain, |t: TestDb| async move {
-    let db = t.db();
-    let tricky = json!({
-        "z": 1, "a": [1.5, -0.0, 1e-7, 1e300, 12345678901234567_u64, -9_i64, true, null],
-        "unicode": "é ☃ 𝄞 \u{7}\"\\", "nested": {"b": {"a": []}, "a": {}},
-        "big": 18446744073709551615_u64,
-    });
-    let event = NewEvent::new(EventType::parse("test.tricky")?, tricky, Metadata::new());
-    append(db, request(StreamId::new_v7(), vec![event])).await?;
-    let stored = &all_events(db).await?[0];
-    assert_eq!(stored.data["unicode"], json!("é ☃ 𝄞 \u{7}\"\\"));
-    assert_eq!(stored.data["a"][1], json!(0.0), "negative zero is stored as zero");
-    let report = db.verify_chain(&mut |_, _| {}).await?;
-    assert!(report.is_intact(), "{report:?}");
-    Ok(())
-});
+backend_test!(
+    json_survives_the_round_trip_and_keeps_the_chain,
+    |t: TestDb| async move {
+        let db = t.db();
+        let tricky = json!({
+            "z": 1, "a": [1.5, -0.0, 1e-7, 1e300, 12345678901234567_u64, -9_i64, true, null],
+            "unicode": "é ☃ 𝄞 \u{7}\"\\", "nested": {"b": {"a": []}, "a": {}},
+            "big": 18446744073709551615_u64,
+        });
+        let event = NewEvent::new(EventType::parse("test.tricky")?, tricky, Metadata::new());
+        append(db, request(StreamId::new_v7(), vec![event])).await?;
+        let stored = &all_events(db).await?[0];
+        assert_eq!(stored.data["unicode"], json!("é ☃ 𝄞 \u{7}\"\\"));
+        assert_eq!(
+            stored.data["a"][1],
+            json!(0.0),
+            "negative zero is stored as zero"
+        );
+        let report = db.verify_chain(&mut |_, _| {}).await?;
+        assert!(report.is_intact(), "{report:?}");
+        Ok(())
+    }
+);
 
-backend_test!(a_nul_character_is_refused_with_its_path, |t: TestDb| async move {
-    let event = NewEvent::new(EventType::parse("test.pinged")?, json!({"names": ["ok", "bad\u{0}"]}), Metadata::new());
-    let err = append(t.db(), request(StreamId::new_v7(), vec![event])).await.expect_err("NUL");
-    assert_eq!(
-        err.to_string(),
-        "event 0 (test.pinged): event_data.names[1]: the string contains a NUL character (\\u0000)"
-    );
-    assert!(all_events(t.db()).await?.is_empty());
-    Ok(())
-});
+backend_test!(
+    a_nul_character_is_refused_with_its_path,
+    |t: TestDb| async move {
+        let event = NewEvent::new(
+            EventType::parse("test.pinged")?,
+            json!({"names": ["ok", "bad\u{0}"]}),
+            Metadata::new(),
+        );
+        let err = append(t.db(), request(StreamId::new_v7(), vec![event]))
+            .await
+            .expect_err("NUL");
+        assert_eq!(
+            err.to_string(),
+            "event 0 (test.pinged): event_data.names[1]: the string contains a NUL character (\\u0000)"
+        );
+        assert!(all_events(t.db()).await?.is_empty());
+        Ok(())
+    }
+);
 
 /// Lets a test tamper with the log as a database administrator could, by lifting the
 /// immutability triggers.
@@ -211,10 +301,15 @@ async fn tamper(db: &Db, statement: &'static str) -> anyhow::Result<()> {
     let mut conn = tx.conn();
     match conn.backend() {
         Backend::Sqlite => {
-            conn.execute_script("DROP TRIGGER domain_events_immutable; DROP TRIGGER domain_events_no_delete")
-                .await?;
+            conn.execute_script(
+                "DROP TRIGGER domain_events_immutable; DROP TRIGGER domain_events_no_delete",
+            )
+            .await?;
         }
-        Backend::Postgres => conn.execute_script("ALTER TABLE domain_events DISABLE TRIGGER USER").await?,
+        Backend::Postgres => {
+            conn.execute_script("ALTER TABLE domain_events DISABLE TRIGGER USER")
+                .await?
+        }
     }
     conn.execute_script(statement).await?;
     tx.commit().await?;
@@ -231,7 +326,11 @@ async fn five_events(db: &Db) -> anyhow::Result<()> {
 #[track_caller]
 fn assert_breach(report: &cairn_log::AuditReport, position: i64, problem: Problem) {
     let breach = report.breach.as_ref().expect("a breach");
-    assert_eq!((breach.position, breach.problem), (Position::new(position), problem), "{breach:?}");
+    assert_eq!(
+        (breach.position, breach.problem),
+        (Position::new(position), problem),
+        "{breach:?}"
+    );
 }
 
 backend_test!(audit_finds_an_edited_event, |t: TestDb| async move {
@@ -240,7 +339,9 @@ backend_test!(audit_finds_an_edited_event, |t: TestDb| async move {
     assert!(db.verify_chain(&mut |_, _| {}).await?.is_intact());
     let edit = match t.backend() {
         Backend::Sqlite => "UPDATE domain_events SET event_data = '{\"n\":30}' WHERE position = 3",
-        Backend::Postgres => "UPDATE domain_events SET event_data = '{\"n\":30}'::jsonb WHERE position = 3",
+        Backend::Postgres => {
+            "UPDATE domain_events SET event_data = '{\"n\":30}'::jsonb WHERE position = 3"
+        }
     };
     tamper(db, edit).await?;
     let report = db.verify_chain(&mut |_, _| {}).await?;
@@ -249,17 +350,28 @@ backend_test!(audit_finds_an_edited_event, |t: TestDb| async move {
     Ok(())
 });
 
-backend_test!(audit_finds_an_edited_metadata_field, |t: TestDb| async move {
-    let db = t.db();
-    five_events(db).await?;
-    let edit = match t.backend() {
-        Backend::Sqlite => "UPDATE domain_events SET event_metadata = json_set(event_metadata, '$.actor', 'service:intruder') WHERE position = 2",
-        Backend::Postgres => "UPDATE domain_events SET event_metadata = event_metadata || '{\"actor\":\"service:intruder\"}' WHERE position = 2",
-    };
-    tamper(db, edit).await?;
-    assert_breach(&db.verify_chain(&mut |_, _| {}).await?, 2, Problem::HashMismatch);
-    Ok(())
-});
+backend_test!(
+    audit_finds_an_edited_metadata_field,
+    |t: TestDb| async move {
+        let db = t.db();
+        five_events(db).await?;
+        let edit = match t.backend() {
+            Backend::Sqlite => {
+                "UPDATE domain_events SET event_metadata = json_set(event_metadata, '$.actor', 'service:intruder') WHERE position = 2"
+            }
+            Backend::Postgres => {
+                "UPDATE domain_events SET event_metadata = event_metadata || '{\"actor\":\"service:intruder\"}' WHERE position = 2"
+            }
+        };
+        tamper(db, edit).await?;
+        assert_breach(
+            &db.verify_chain(&mut |_, _| {}).await?,
+            2,
+            Problem::HashMismatch,
+        );
+        Ok(())
+    }
+);
 
 backend_test!(audit_finds_a_deleted_event, |t: TestDb| async move {
     let db = t.db();
@@ -293,116 +405,152 @@ backend_test!(audit_finds_reordered_events, |t: TestDb| async move {
     Ok(())
 });
 
-backend_test!(migrations_are_checked_and_applied_once, |t: TestDb| async move {
-    let db = t.db();
-    let applied = db.migrate(&[cairn_log::migrate::MIGRATIONS]).await?;
-    assert!(applied.is_empty(), "already applied: {applied:?}");
+backend_test!(
+    migrations_are_checked_and_applied_once,
+    |t: TestDb| async move {
+        let db = t.db();
+        let applied = db.migrate(&[cairn_log::migrate::MIGRATIONS]).await?;
+        assert!(applied.is_empty(), "already applied: {applied:?}");
 
-    const EXTRA: &[cairn_log::Migration] = &[cairn_log::Migration {
-        id: "test/0001_extra",
-        sqlite: "CREATE TABLE extra (id INTEGER PRIMARY KEY)",
-        postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY)",
-    }];
-    assert_eq!(db.migrate(&[cairn_log::migrate::MIGRATIONS, EXTRA]).await?, ["test/0001_extra"]);
+        const EXTRA: &[cairn_log::Migration] = &[cairn_log::Migration {
+            id: "test/0001_extra",
+            sqlite: "CREATE TABLE extra (id INTEGER PRIMARY KEY)",
+            postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY)",
+        }];
+        assert_eq!(
+            db.migrate(&[cairn_log::migrate::MIGRATIONS, EXTRA]).await?,
+            ["test/0001_extra"]
+        );
 
-    let err = db.migrate(&[cairn_log::migrate::MIGRATIONS]).await.expect_err("unknown applied migration");
-    assert!(err.to_string().contains("test/0001_extra"), "{err}");
+        let err = db
+            .migrate(&[cairn_log::migrate::MIGRATIONS])
+            .await
+            .expect_err("unknown applied migration");
+        assert!(err.to_string().contains("test/0001_extra"), "{err}");
 
-    const CHANGED: &[cairn_log::Migration] = &[cairn_log::Migration {
-        id: "test/0001_extra",
-        sqlite: "CREATE TABLE extra (id INTEGER PRIMARY KEY, more TEXT)",
-        postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY, more TEXT)",
-    }];
-    let err = db.migrate(&[cairn_log::migrate::MIGRATIONS, CHANGED]).await.expect_err("changed");
-    assert!(err.to_string().contains("was changed after it was applied"), "{err}");
-    Ok(())
-});
-
-backend_test!(reads_filter_by_stream_and_correlation, |t: TestDb| async move {
-    let db = t.db();
-    let stream = StreamId::new_v7();
-    let request_metadata = Metadata::new();
-    let correlated = NewEvent::new(EventType::parse("test.pinged")?, json!({}), request_metadata.clone());
-    append(db, request(stream, vec![correlated.clone(), correlated])).await?;
-    append(db, request(StreamId::new_v7(), vec![ping(1)])).await?;
-    let filter = EventFilter {
-        correlation_id: Some(request_metadata.correlation_id),
-        ..EventFilter::default()
-    };
-    let found = db.reader().await?.conn().read_events(&filter).await?;
-    assert_eq!(found.len(), 2);
-    assert!(found.iter().all(|e| e.metadata.correlation_id == request_metadata.correlation_id));
-    let page = EventFilter {
-        after: Position::new(1),
-        limit: Some(1),
-        ..EventFilter::default()
-    };
-    let found = db.reader().await?.conn().read_events(&page).await?;
-    assert_eq!(found.iter().map(|e| e.position.get()).collect::<Vec<_>>(), [2]);
-    Ok(())
-});
-
-backend_test!(a_tailing_reader_never_skips_an_event, |t: TestDb| async move {
-    const WRITERS: usize = 8;
-    const APPENDS_PER_WRITER: usize = 40;
-    // Writers on their own connection pools, as separate processes would be.
-    let mut writer_dbs = Vec::new();
-    for _ in 0..WRITERS {
-        writer_dbs.push(t.connect_again().await?);
+        const CHANGED: &[cairn_log::Migration] = &[cairn_log::Migration {
+            id: "test/0001_extra",
+            sqlite: "CREATE TABLE extra (id INTEGER PRIMARY KEY, more TEXT)",
+            postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY, more TEXT)",
+        }];
+        let err = db
+            .migrate(&[cairn_log::migrate::MIGRATIONS, CHANGED])
+            .await
+            .expect_err("changed");
+        assert!(
+            err.to_string().contains("was changed after it was applied"),
+            "{err}"
+        );
+        Ok(())
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let reader_db = t.connect_again().await?;
-    let tail_done = done.clone();
-    let tailer = tokio::spawn(async move {
-        let mut seen = Position::START;
-        let mut n_seen = 0_usize;
-        loop {
-            let finished = tail_done.load(Ordering::SeqCst);
-            let events = reader_db
-                .reader()
-                .await?
-                .conn()
-                .read_events(&EventFilter::after(seen))
-                .await?;
-            for event in &events {
-                anyhow::ensure!(
-                    event.position == seen.next(),
-                    "the reader saw {seen} and then {}: an event was skipped",
-                    event.position
-                );
-                seen = event.position;
-                n_seen += 1;
-            }
-            if finished && events.is_empty() {
-                return anyhow::Ok(n_seen);
-            }
-            tokio::task::yield_now().await;
+);
+
+backend_test!(
+    reads_filter_by_stream_and_correlation,
+    |t: TestDb| async move {
+        let db = t.db();
+        let stream = StreamId::new_v7();
+        let request_metadata = Metadata::new();
+        let correlated = NewEvent::new(
+            EventType::parse("test.pinged")?,
+            json!({}),
+            request_metadata.clone(),
+        );
+        append(db, request(stream, vec![correlated.clone(), correlated])).await?;
+        append(db, request(StreamId::new_v7(), vec![ping(1)])).await?;
+        let filter = EventFilter {
+            correlation_id: Some(request_metadata.correlation_id),
+            ..EventFilter::default()
+        };
+        let found = db.reader().await?.conn().read_events(&filter).await?;
+        assert_eq!(found.len(), 2);
+        assert!(
+            found
+                .iter()
+                .all(|e| e.metadata.correlation_id == request_metadata.correlation_id)
+        );
+        let page = EventFilter {
+            after: Position::new(1),
+            limit: Some(1),
+            ..EventFilter::default()
+        };
+        let found = db.reader().await?.conn().read_events(&page).await?;
+        assert_eq!(
+            found.iter().map(|e| e.position.get()).collect::<Vec<_>>(),
+            [2]
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_tailing_reader_never_skips_an_event,
+    |t: TestDb| async move {
+        const WRITERS: usize = 8;
+        const APPENDS_PER_WRITER: usize = 40;
+        // Writers on their own connection pools, as separate processes would be.
+        let mut writer_dbs = Vec::new();
+        for _ in 0..WRITERS {
+            writer_dbs.push(t.connect_again().await?);
         }
-    });
-    let mut writers = Vec::new();
-    for db in writer_dbs {
-        writers.push(tokio::spawn(async move {
-            for n in 0..APPENDS_PER_WRITER {
-                let events = (0..=(n % 3)).map(|i| ping(i as i64)).collect();
-                append(&db, request(StreamId::new_v7(), events)).await?;
+        let done = Arc::new(AtomicBool::new(false));
+        let reader_db = t.connect_again().await?;
+        let tail_done = done.clone();
+        let tailer = tokio::spawn(async move {
+            let mut seen = Position::START;
+            let mut n_seen = 0_usize;
+            loop {
+                let finished = tail_done.load(Ordering::SeqCst);
+                let events = reader_db
+                    .reader()
+                    .await?
+                    .conn()
+                    .read_events(&EventFilter::after(seen))
+                    .await?;
+                for event in &events {
+                    anyhow::ensure!(
+                        event.position == seen.next(),
+                        "the reader saw {seen} and then {}: an event was skipped",
+                        event.position
+                    );
+                    seen = event.position;
+                    n_seen += 1;
+                }
+                if finished && events.is_empty() {
+                    return anyhow::Ok(n_seen);
+                }
+                tokio::task::yield_now().await;
             }
-            anyhow::Ok(())
-        }));
+        });
+        let mut writers = Vec::new();
+        for db in writer_dbs {
+            writers.push(tokio::spawn(async move {
+                for n in 0..APPENDS_PER_WRITER {
+                    let events = (0..=(n % 3)).map(|i| ping(i as i64)).collect();
+                    append(&db, request(StreamId::new_v7(), events)).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for writer in writers {
+            writer.await??;
+        }
+        done.store(true, Ordering::SeqCst);
+        let n_seen = tailer.await??;
+        let n_written = all_events(t.db()).await?.len();
+        assert_eq!(n_seen, n_written, "the tailer saw every event");
+        assert_eq!(
+            n_written,
+            WRITERS * (0..APPENDS_PER_WRITER).map(|n| n % 3 + 1).sum::<usize>()
+        );
+        assert!(t.db().verify_chain(&mut |_, _| {}).await?.is_intact());
+        Ok(())
     }
-    for writer in writers {
-        writer.await??;
-    }
-    done.store(true, Ordering::SeqCst);
-    let n_seen = tailer.await??;
-    let n_written = all_events(t.db()).await?.len();
-    assert_eq!(n_seen, n_written, "the tailer saw every event");
-    assert_eq!(n_written, WRITERS * (0..APPENDS_PER_WRITER).map(|n| n % 3 + 1).sum::<usize>());
-    assert!(t.db().verify_chain(&mut |_, _| {}).await?.is_intact());
-    Ok(())
-});
+);
 
 #[test]
 fn event_values_are_plain_json() {
-    let value: Value = serde_json::to_value(Expected::Exact(StreamVersion::new(3))).expect("serializes");
+    let value: Value =
+        serde_json::to_value(Expected::Exact(StreamVersion::new(3))).expect("serializes");
     assert_eq!(value, json!({"Exact": 3}));
 }

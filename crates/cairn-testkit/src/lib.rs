@@ -96,7 +96,10 @@ impl Place {
                 Location::Sqlite { dir } => format!("{}", dir.display()),
                 Location::Postgres { database, .. } => format!("database {database}"),
             };
-            eprintln!("test failed ({why}); its database is kept for inspection: {where_} ({})", self.url);
+            eprintln!(
+                "test failed ({why}); its database is kept for inspection: {where_} ({})",
+                self.url
+            );
         }
     }
 }
@@ -113,16 +116,25 @@ impl Drop for Place {
             Location::Sqlite { dir } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            Location::Postgres { admin_url, database } => {
+            Location::Postgres {
+                admin_url,
+                database,
+            } => {
                 let admin_url = admin_url.clone();
                 let statement = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
                 // Drop cannot await; a short-lived runtime on its own thread can.
                 let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
                     runtime.block_on(async move {
                         use sqlx::Connection as _;
                         let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.ok()?;
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                            .execute(&mut conn)
+                            .await
+                            .ok()?;
                         conn.close().await.ok()
                     })
                 });
@@ -142,7 +154,13 @@ pub struct TestDb {
 fn sanitize(test_name: &str) -> String {
     let mut name: String = test_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     // PostgreSQL identifiers are at most 63 bytes; keep the end, which names the test.
     if name.len() > 40 {
@@ -208,7 +226,9 @@ impl TestDb {
                     use sqlx::Connection as _;
                     let mut conn = sqlx::PgConnection::connect(&admin_url)
                         .await
-                        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL server at {admin_url}: {e}"));
+                        .unwrap_or_else(|e| {
+                            panic!("cannot reach the test PostgreSQL server at {admin_url}: {e}")
+                        });
                     sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                         .execute(&mut conn)
                         .await
@@ -217,7 +237,10 @@ impl TestDb {
                 }
                 let url = with_database(&admin_url, &database);
                 Place {
-                    location: Location::Postgres { admin_url, database },
+                    location: Location::Postgres {
+                        admin_url,
+                        database,
+                    },
                     url,
                     kept: AtomicBool::new(false),
                 }
@@ -256,14 +279,23 @@ impl TestDb {
 
     /// Applies more migrations (the log's own are applied already).
     pub async fn migrate(&self, migrations: &[Migration]) -> anyhow::Result<()> {
-        self.db.migrate(&[cairn_log::migrate::MIGRATIONS, migrations]).await?;
+        self.db
+            .migrate(&[cairn_log::migrate::MIGRATIONS, migrations])
+            .await?;
         Ok(())
     }
 
     /// Opens a second, independent connection pool to the same database, as another
     /// process would.
     pub async fn connect_again(&self) -> anyhow::Result<Db> {
-        Ok(Db::connect(&self.place.url, &DbOptions { max_connections: 5, schema: None }).await?)
+        Ok(Db::connect(
+            &self.place.url,
+            &DbOptions {
+                max_connections: 5,
+                schema: None,
+            },
+        )
+        .await?)
     }
 }
 
@@ -280,10 +312,16 @@ mod tests {
     #[test]
     fn urls_get_the_database_swapped() {
         assert_eq!(
-            with_database("postgres://postgres@localhost:5433/postgres?host=/tmp/pg", "t_1"),
+            with_database(
+                "postgres://postgres@localhost:5433/postgres?host=/tmp/pg",
+                "t_1"
+            ),
             "postgres://postgres@localhost:5433/t_1?host=/tmp/pg"
         );
-        assert_eq!(with_database("postgres://u@h/postgres", "t_2"), "postgres://u@h/t_2");
+        assert_eq!(
+            with_database("postgres://u@h/postgres", "t_2"),
+            "postgres://u@h/t_2"
+        );
         assert_eq!(with_database("postgres://u@h", "t_3"), "postgres://u@h/t_3");
     }
 }

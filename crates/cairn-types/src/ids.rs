@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 /// A string that is not a valid identifier of the named kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a valid {kind}: expected a UUID such as 0192f1c4-8b9e-7cc3-9d0a-2f64a1c8e3b5")]
+#[error(
+    "{input:?} is not a valid {kind}: expected a UUID such as 0192f1c4-8b9e-7cc3-9d0a-2f64a1c8e3b5"
+)]
 pub struct IdError {
     /// What kind of identifier was expected ("stream id", "organization id", …).
     pub kind: &'static str,

@@ -54,18 +54,20 @@ impl Actor {
             });
         };
         match kind {
-            "user" => UserId::parse(rest)
-                .map(Actor::User)
-                .map_err(|source| ActorError::BadUserId {
-                    input: input.to_owned(),
-                    source,
-                }),
+            "user" => {
+                UserId::parse(rest)
+                    .map(Actor::User)
+                    .map_err(|source| ActorError::BadUserId {
+                        input: input.to_owned(),
+                        source,
+                    })
+            }
             "service" => {
                 let valid = (1..=64).contains(&rest.len())
                     && rest.starts_with(|c: char| c.is_ascii_lowercase())
-                    && rest
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+                    && rest.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                    });
                 if valid {
                     Ok(Actor::Service(rest.to_owned()))
                 } else {
@@ -289,21 +291,35 @@ mod tests {
 
     #[test]
     fn metadata_from_json_keeps_extras_and_fills_the_correlation_id() {
-        let metadata = Metadata::from_json(json!({"source": "import", "actor": "service:cli"})).unwrap();
+        let metadata =
+            Metadata::from_json(json!({"source": "import", "actor": "service:cli"})).unwrap();
         assert_eq!(metadata.actor, Some(Actor::Service("cli".into())));
         assert_eq!(metadata.extra.get("source"), Some(&json!("import")));
         let again = serde_json::to_value(&metadata).unwrap();
-        assert_eq!(again["correlation_id"], json!(metadata.correlation_id.to_string()));
+        assert_eq!(
+            again["correlation_id"],
+            json!(metadata.correlation_id.to_string())
+        );
         assert_eq!(again["source"], json!("import"));
     }
 
     #[test]
     fn metadata_from_json_names_the_bad_field() {
         let err = Metadata::from_json(json!({"org_id": "acme"})).unwrap_err();
-        assert!(err.to_string().starts_with("metadata.org_id: \"acme\" is not a valid organization id"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("metadata.org_id: \"acme\" is not a valid organization id"),
+            "{err}"
+        );
         let err = Metadata::from_json(json!({"correlation_id": 7})).unwrap_err();
-        assert_eq!(err.to_string(), "metadata.correlation_id: expected a string, found a number");
+        assert_eq!(
+            err.to_string(),
+            "metadata.correlation_id: expected a string, found a number"
+        );
         let err = Metadata::from_json(json!([1])).unwrap_err();
-        assert_eq!(err.to_string(), "metadata must be a JSON object, found an array");
+        assert_eq!(
+            err.to_string(),
+            "metadata must be a JSON object, found an array"
+        );
     }
 }

@@ -42,7 +42,9 @@ pub enum NameError {
          (e.g. organization, workflow_queue)"
     )]
     SeveralLevels { name: String },
-    #[error("{what} {name:?}: level {level} is empty (a dot at the start, at the end or twice in a row)")]
+    #[error(
+        "{what} {name:?}: level {level} is empty (a dot at the start, at the end or twice in a row)"
+    )]
     EmptyLevel {
         what: &'static str,
         name: String,
@@ -88,7 +90,12 @@ pub enum NameError {
     },
 }
 
-fn check_level(what: &'static str, name: &str, level: usize, segment: &str) -> Result<(), NameError> {
+fn check_level(
+    what: &'static str,
+    name: &str,
+    level: usize,
+    segment: &str,
+) -> Result<(), NameError> {
     let owned = || (name.to_owned(), segment.to_owned());
     if segment.is_empty() {
         return Err(NameError::EmptyLevel {
@@ -277,7 +284,9 @@ mod tests {
 
     #[track_caller]
     fn check_event(name: &str, expect: Result<(), &str>) {
-        let got = EventType::parse(name).map(|_| ()).map_err(|e| e.to_string());
+        let got = EventType::parse(name)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         match (got, expect) {
             (Ok(()), Ok(())) => {}
             (Err(got), Err(fragment)) => assert!(

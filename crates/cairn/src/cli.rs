@@ -1,0 +1,206 @@
+//! The command line, as clap parses it. Values are parsed into cairn's types here, at
+//! the edge, so a bad name or id is refused with a message before anything runs.
+
+use clap::{Args, Parser, Subcommand};
+
+use cairn_types::{ErrorCode, EventId, EventType, Position, StreamId, StreamType};
+
+/// cairn: an event-sourced, multi-tenant backend in one binary.
+///
+/// With no configuration, data lives in ./cairn-data/cairn.db (SQLite). Point
+/// --database-url (or CAIRN_DATABASE_URL) at PostgreSQL to share one database between
+/// several cairn processes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The database: sqlite://PATH (the embedded default) or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_DATABASE_URL",
+        default_value_t = cairn_log::db::default_url(),
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// More log output on stderr (-v: info, -vv: debug). CAIRN_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Append, list, show and retry events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Rebuild every projection from the log; with --verify, compare instead.
+    Replay(ReplayArgs),
+    /// Check the log's tamper-evidence hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The state of the log: its head, failed events by code.
+    Status(JsonFlag),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON for programs instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Append one event to a stream and dispatch it; prints the stored event as JSON.
+    Append(AppendArgs),
+    /// List events, oldest first.
+    List(ListArgs),
+    /// Show one event, by id or position.
+    Show(ShowArgs),
+    /// Dispatch a failed event again (or every failed event) and record the outcome.
+    Retry(RetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The stream type, one level: organization, user, test, …
+    #[arg(long, value_parser = StreamType::parse)]
+    pub stream_type: StreamType,
+    /// The stream (aggregate) id, a UUID.
+    #[arg(long, value_parser = StreamId::parse)]
+    pub stream_id: StreamId,
+    /// The event type: levels joined by dots, words by underscores
+    /// (organization.direct_care_settings_updated).
+    #[arg(long = "type", value_name = "EVENT_TYPE", value_parser = EventType::parse)]
+    pub event_type: EventType,
+    /// The payload: JSON, @FILE to read it from a file, or - for standard input.
+    #[arg(long)]
+    pub data: String,
+    /// Metadata JSON: correlation_id, causation_id, actor, org_id and free extras.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Append only if the stream is at this version (0: the stream must not exist).
+    #[arg(long)]
+    pub expected_version: Option<i64>,
+    /// Makes the append safe to repeat: a repeat returns the first result.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, value_parser = StreamId::parse)]
+    pub stream_id: Option<StreamId>,
+    #[arg(long, value_parser = StreamType::parse)]
+    pub stream_type: Option<StreamType>,
+    #[arg(long = "type", value_name = "EVENT_TYPE", value_parser = EventType::parse)]
+    pub event_type: Option<EventType>,
+    #[arg(long, value_parser = cairn_types::CorrelationId::parse)]
+    pub correlation_id: Option<cairn_types::CorrelationId>,
+    /// Only events whose processing failed.
+    #[arg(long)]
+    pub failed: bool,
+    /// Only failed events with this code (P9001, …).
+    #[arg(long, value_parser = parse_code)]
+    pub code: Option<ErrorCode>,
+    /// Start after this position.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// At most this many events.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// An event id or a position.
+#[derive(Debug, Clone, Copy)]
+pub enum EventRef {
+    Id(EventId),
+    Position(Position),
+}
+
+fn parse_event_ref(input: &str) -> Result<EventRef, String> {
+    if let Ok(position) = input.parse::<i64>()
+        && position > 0
+    {
+        return Ok(EventRef::Position(Position::new(position)));
+    }
+    EventId::parse(input).map(EventRef::Id).map_err(|_| {
+        format!("{input:?} is neither an event id (a UUID) nor a position (a number above 0)")
+    })
+}
+
+fn parse_code(input: &str) -> Result<ErrorCode, String> {
+    input.parse::<ErrorCode>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The event's id or its position.
+    #[arg(value_parser = parse_event_ref)]
+    pub event: EventRef,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["event", "all_failed"])))]
+pub struct RetryArgs {
+    /// The failed event's id or position.
+    #[arg(value_parser = parse_event_ref)]
+    pub event: Option<EventRef>,
+    /// Retry every failed event (narrow with --code and --stream-type).
+    #[arg(long)]
+    pub all_failed: bool,
+    /// With --all-failed: only events failed with this code.
+    #[arg(long, requires = "all_failed", value_parser = parse_code)]
+    pub code: Option<ErrorCode>,
+    /// With --all-failed: only events of this stream type.
+    #[arg(long, requires = "all_failed", value_parser = StreamType::parse)]
+    pub stream_type: Option<StreamType>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Rebuild into a shadow copy and compare with the live projections instead;
+    /// exits 1 when any row differs.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; exits 1 naming the first bad position.
+    Verify(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Appends through the dispatcher (1 and 8 writers, batches of 100) and replay.
+    Append(BenchAppendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchAppendArgs {
+    /// How long each append scenario runs, in seconds.
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}

@@ -1,0 +1,334 @@
+//! `cairn bench append`: appends through the dispatcher, and replay.
+//!
+//! Runs in a place of its own on the given backend, removed afterwards: a temporary
+//! SQLite file beside the configured one (same disk), or a temporary schema in the
+//! configured PostgreSQL database.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use console::style;
+use serde::Serialize;
+use serde_json::json;
+
+use cairn_dispatch::{EventStore, Handler, HandlerError, ProjectionTable, Projections, Registry};
+use cairn_log::{AppendRequest, Backend, Db, DbOptions, Migration, NewEvent, RecordedEvent, args};
+use cairn_types::{EventType, Metadata, StreamId, StreamType};
+
+use crate::app;
+use crate::cli::BenchAppendArgs;
+use crate::ui;
+
+const BENCH_TABLES: &[Migration] = &[Migration {
+    id: "bench/0001_totals",
+    sqlite: "CREATE TABLE bench_totals (stream_id TEXT PRIMARY KEY, n_events INTEGER NOT NULL,
+             last_position INTEGER NOT NULL, updated_at TEXT NOT NULL) STRICT",
+    postgres: "CREATE TABLE bench_totals (stream_id UUID PRIMARY KEY, n_events BIGINT NOT NULL,
+               last_position BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL)",
+}];
+
+/// A handler of typical weight: one upsert keyed by the stream.
+struct RecordTotal;
+
+#[async_trait]
+impl Handler for RecordTotal {
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        projections: &mut Projections<'_>,
+    ) -> Result<(), HandlerError> {
+        projections
+            .execute(
+                "INSERT INTO bench_totals (stream_id, n_events, last_position, updated_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (stream_id) DO UPDATE SET n_events = excluded.n_events,
+                     last_position = excluded.last_position, updated_at = excluded.updated_at",
+                args![
+                    event.stream_id,
+                    event.stream_version,
+                    event.position,
+                    event.created_at
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn registry() -> anyhow::Result<Registry> {
+    Ok(Registry::builder()
+        .router("bench", |r| r.on("bench.recorded", RecordTotal))
+        .projection(ProjectionTable {
+            name: "bench_totals",
+            key: &["stream_id"],
+        })
+        .build()?)
+}
+
+/// Where the benchmark runs, and how to clean up after it.
+enum Place {
+    Sqlite { dir: tempfile::TempDir },
+    Postgres { url: String, schema: String },
+}
+
+impl Place {
+    async fn open(url: &str) -> anyhow::Result<(Place, Db, String)> {
+        let probe = Db::connect(url, &DbOptions::default()).await?;
+        let backend = probe.backend();
+        probe.close().await;
+        match backend {
+            Backend::Sqlite => {
+                let configured = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let parent = std::path::Path::new(configured)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(|| std::path::Path::new("."));
+                let dir = tempfile::Builder::new()
+                    .prefix("bench-")
+                    .tempdir_in(parent)
+                    .with_context(|| {
+                        format!("creating a temporary directory in {}", parent.display())
+                    })?;
+                let bench_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                let db = app::open_db(&bench_url, &DbOptions::default()).await?;
+                let described = format!("sqlite, a temporary database in {}", parent.display());
+                Ok((Place::Sqlite { dir }, db, described))
+            }
+            Backend::Postgres => {
+                let schema = format!(
+                    "cairn_bench_{}",
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
+                let options = DbOptions {
+                    max_connections: 12,
+                    schema: Some(schema.clone()),
+                };
+                let db = app::open_db(url, &options).await?;
+                let described = format!(
+                    "postgres, a temporary schema {schema} in {}",
+                    cairn_log::db::redact_url(url)
+                );
+                Ok((
+                    Place::Postgres {
+                        url: url.to_owned(),
+                        schema,
+                    },
+                    db,
+                    described,
+                ))
+            }
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        match self {
+            Place::Sqlite { dir } => dir.close().context("removing the benchmark database")?,
+            Place::Postgres { url, schema } => {
+                let db = Db::connect(&url, &DbOptions::default()).await?;
+                db.drop_schema(&schema).await?;
+                db.close().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Scenario {
+    name: &'static str,
+    writers: usize,
+    events_per_append: usize,
+    appends: u64,
+    events: u64,
+    seconds: f64,
+    events_per_second: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    backend: &'static str,
+    place: String,
+    scenarios: Vec<Scenario>,
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    Some(sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1e3)
+}
+
+fn bench_event() -> NewEvent {
+    NewEvent::new(
+        EventType::parse("bench.recorded").expect("a valid name"),
+        json!({"note": "benchmark event", "amount": 42}),
+        Metadata::new(),
+    )
+}
+
+async fn run_appends(
+    store: &EventStore,
+    name: &'static str,
+    writers: usize,
+    events_per_append: usize,
+    duration: Duration,
+    progress: &ui::Progress,
+) -> anyhow::Result<Scenario> {
+    let stream_type = StreamType::parse("bench")?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let store = store.clone();
+        let stream_type = stream_type.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream_id = StreamId::new_v7();
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let events = (0..events_per_append).map(|_| bench_event()).collect();
+                let request = AppendRequest::new(stream_type.clone(), stream_id, events);
+                let begun = Instant::now();
+                store.append(request).await?;
+                latencies.push(begun.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let ticker = async {
+        while Instant::now() < deadline {
+            progress.update(
+                started.elapsed().as_millis() as u64,
+                duration.as_millis() as u64,
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (results, ()) = tokio::join!(futures_join(tasks), ticker);
+    let mut latencies = Vec::new();
+    for result in results {
+        latencies.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let appends = latencies.len() as u64;
+    let events = appends * events_per_append as u64;
+    Ok(Scenario {
+        name,
+        writers,
+        events_per_append,
+        appends,
+        events,
+        seconds: elapsed,
+        events_per_second: events as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+async fn futures_join<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await);
+    }
+    results
+}
+
+pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds <= 600.0,
+        "--seconds must be above 0 and at most 600, not {}",
+        args.seconds
+    );
+    let (place, db, described) = Place::open(url).await?;
+    db.migrate(&[cairn_log::migrate::MIGRATIONS, BENCH_TABLES])
+        .await?;
+    let backend = db.backend();
+    let store = EventStore::new(db.clone(), registry()?);
+    let duration = Duration::from_secs_f64(args.seconds);
+    if !args.json.json {
+        println!(
+            "{} append · {} · {} per scenario",
+            style("cairn bench").bold(),
+            described,
+            ui::duration(duration)
+        );
+    }
+    let result = async {
+        let mut scenarios = Vec::new();
+        for (name, writers, batch) in [
+            ("single event, 1 writer", 1, 1),
+            ("single event, 8 writers", 8, 1),
+            ("batch of 100, 1 writer", 1, 100),
+        ] {
+            let progress = ui::Progress::new("running");
+            let scenario = run_appends(&store, name, writers, batch, duration, &progress).await;
+            progress.finish();
+            scenarios.push(scenario?);
+        }
+        let progress = ui::Progress::new("replaying");
+        let started = Instant::now();
+        let report = store
+            .replay(&mut |done, total| progress.update(done, total))
+            .await;
+        progress.finish();
+        let report = report?;
+        let elapsed = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            report.n_failed == 0,
+            "{} events failed during replay",
+            report.n_failed
+        );
+        scenarios.push(Scenario {
+            name: "replay",
+            writers: 1,
+            events_per_append: 0,
+            appends: 0,
+            events: report.n_events,
+            seconds: elapsed,
+            events_per_second: report.n_events as f64 / elapsed,
+            p50_ms: None,
+            p99_ms: None,
+        });
+        anyhow::Ok(scenarios)
+    }
+    .await;
+    db.close().await;
+    place.remove().await?;
+    let scenarios = result?;
+    let report = BenchReport {
+        backend: backend.as_str(),
+        place: described,
+        scenarios,
+    };
+    if args.json.json {
+        ui::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = ui::table(&["SCENARIO", "EVENTS", "EVENTS/S", "P50", "P99"]);
+    let ms = |value: Option<f64>| {
+        value.map_or("–".to_owned(), |v| {
+            ui::duration(Duration::from_secs_f64(v / 1e3))
+        })
+    };
+    for scenario in &report.scenarios {
+        table.add_row(vec![
+            scenario.name.to_owned(),
+            ui::count(scenario.events),
+            ui::count(scenario.events_per_second.round() as u64),
+            ms(scenario.p50_ms),
+            ms(scenario.p99_ms),
+        ]);
+    }
+    println!("{table}");
+    println!("{}", style("latencies are per append call (a batch counts once); replay rebuilds every event written above").dim());
+    Ok(ExitCode::SUCCESS)
+}

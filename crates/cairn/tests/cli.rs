@@ -1,0 +1,571 @@
+//! The command line as a process, on both backends: what it prints, what it refuses,
+//! and its exit codes (0 fine, 1 a check found a problem, 2 an error).
+
+use std::process::Output;
+
+use cairn_testkit::{Backend, TestDb, backend_test};
+use serde_json::{Value, json};
+
+/// Runs `cairn --database-url URL ARGS…`.
+async fn cairn(url: &str, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    command
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .env_remove("CAIRN_DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    command.output().await.expect("cairn runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit status; stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            stdout(output),
+            stderr(output)
+        )
+    })
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn append(
+    url: &str,
+    stream_type: &str,
+    stream_id: &str,
+    event_type: &str,
+    data: &str,
+) -> Output {
+    cairn(
+        url,
+        &[
+            "events",
+            "append",
+            "--stream-type",
+            stream_type,
+            "--stream-id",
+            stream_id,
+            "--type",
+            event_type,
+            "--data",
+            data,
+        ],
+    )
+    .await
+}
+
+async fn n_events(url: &str) -> usize {
+    let output = cairn(url, &["events", "list", "--json"]).await;
+    assert_exit(&output, 0);
+    json_of(&output).as_array().map_or(0, Vec::len)
+}
+
+backend_test!(
+    append_prints_the_stored_event_with_its_outcome,
+    |t: TestDb| async move {
+        let stream = new_id();
+        let correlation = new_id();
+        let metadata = json!({"correlation_id": correlation, "source": "import"}).to_string();
+        let output = cairn(
+            t.url(),
+            &[
+                "events",
+                "append",
+                "--stream-type",
+                "test",
+                "--stream-id",
+                &stream,
+                "--type",
+                "test.pinged",
+                "--data",
+                r#"{"n": 1, "tags": ["a"]}"#,
+                "--metadata",
+                &metadata,
+                "--expected-version",
+                "0",
+            ],
+        )
+        .await;
+        assert_exit(&output, 0);
+        let events = json_of(&output);
+        let event = &events[0];
+        assert_eq!(event["position"], json!(1));
+        assert_eq!(event["stream_type"], json!("test"));
+        assert_eq!(event["stream_id"], json!(stream));
+        assert_eq!(event["stream_version"], json!(1));
+        assert_eq!(event["event_type"], json!("test.pinged"));
+        assert_eq!(event["event_data"], json!({"n": 1, "tags": ["a"]}));
+        assert_eq!(
+            event["event_metadata"]["correlation_id"],
+            json!(correlation)
+        );
+        assert_eq!(event["event_metadata"]["source"], json!("import"));
+        assert_eq!(event["event_metadata"]["actor"], json!("service:cairn-cli"));
+        assert_eq!(
+            event["outcome"],
+            json!("skipped"),
+            "test is an administrative no-op route"
+        );
+        assert_eq!(event["processing_error"], Value::Null);
+        assert!(event["processed_at"].is_string());
+        assert_eq!(event["hash"].as_str().map(str::len), Some(64));
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_failed_event_is_stored_and_reported,
+    |t: TestDb| async move {
+        let output = append(t.url(), "gadget", &new_id(), "gadget.made", "{}").await;
+        assert_exit(&output, 0);
+        let event = &json_of(&output)[0];
+        assert_eq!(event["outcome"], json!("failed"));
+        assert_eq!(event["code"], json!("P9002"));
+        assert_eq!(event["processing_error"]["code"], json!("P9002"));
+        assert!(
+            stderr(&output).contains("warning: event 1 was stored but not applied: P9002"),
+            "{}",
+            stderr(&output)
+        );
+
+        let listed = cairn(t.url(), &["events", "list", "--failed", "--json"]).await;
+        assert_eq!(json_of(&listed).as_array().map(Vec::len), Some(1));
+        let human = cairn(t.url(), &["events", "list"]).await;
+        assert!(
+            stdout(&human).contains("failed P9002"),
+            "{}",
+            stdout(&human)
+        );
+        assert!(
+            stdout(&human).contains("1 event, 1 failed"),
+            "{}",
+            stdout(&human)
+        );
+
+        let status = cairn(t.url(), &["status", "--json"]).await;
+        let status = json_of(&status);
+        assert_eq!(status["failed_events"], json!(1));
+        assert_eq!(status["failed_by_code"], json!({"P9002": 1}));
+        assert_eq!(status["backend"], json!(t.backend().as_str()));
+
+        let retried = cairn(t.url(), &["events", "retry", "1"]).await;
+        assert_exit(&retried, 1);
+        assert!(
+            stdout(&retried).contains("event 1 (gadget.made) failed again: P9002"),
+            "{}",
+            stdout(&retried)
+        );
+        let all = cairn(
+            t.url(),
+            &[
+                "events",
+                "retry",
+                "--all-failed",
+                "--code",
+                "P9002",
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&all, 1);
+        assert_eq!(json_of(&all)["n_retried"], json!(1));
+        Ok(())
+    }
+);
+
+backend_test!(
+    bad_input_is_refused_with_a_clear_error_and_nothing_written,
+    |t: TestDb| async move {
+        let stream = new_id();
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "test.pinged",
+                    "--data",
+                    "{bad",
+                ],
+                "error: --data is not valid JSON: key must be a string at line 1 column 2",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "Test.Pinged",
+                    "--data",
+                    "{}",
+                ],
+                "event type \"Test.Pinged\": level 1 (\"Test\") has upper-case letters",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "pinged",
+                    "--data",
+                    "{}",
+                ],
+                "event type \"pinged\" has one level",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    "acme",
+                    "--type",
+                    "test.pinged",
+                    "--data",
+                    "{}",
+                ],
+                "\"acme\" is not a valid stream id",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "test.pinged",
+                    "--data",
+                    "{}",
+                    "--metadata",
+                    r#"{"org_id": "acme"}"#,
+                ],
+                "error: --metadata: metadata.org_id: \"acme\" is not a valid organization id",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "test.pinged",
+                    "--data",
+                    r#"{"x": "a\u0000b"}"#,
+                ],
+                "event_data.x: the string contains a NUL character",
+            ),
+            (
+                &[
+                    "--stream-type",
+                    "test",
+                    "--stream-id",
+                    &stream,
+                    "--type",
+                    "test.pinged",
+                    "--data",
+                    "{}",
+                    "--idempotency-key",
+                    "two words",
+                ],
+                "idempotency key \"two words\" is not valid",
+            ),
+        ];
+        for (args, message) in cases {
+            let mut full = vec!["events", "append"];
+            full.extend_from_slice(args);
+            let output = cairn(t.url(), &full).await;
+            assert_exit(&output, 2);
+            assert!(
+                stderr(&output).contains(message),
+                "for {args:?}, stderr was:\n{}",
+                stderr(&output)
+            );
+            assert!(stdout(&output).is_empty());
+        }
+        assert_eq!(n_events(t.url()).await, 0, "nothing was written");
+
+        assert_exit(
+            &append(t.url(), "test", &stream, "test.pinged", "{}").await,
+            0,
+        );
+        let conflict = cairn(
+            t.url(),
+            &[
+                "events",
+                "append",
+                "--stream-type",
+                "test",
+                "--stream-id",
+                &stream,
+                "--type",
+                "test.pinged",
+                "--data",
+                "{}",
+                "--expected-version",
+                "0",
+            ],
+        )
+        .await;
+        assert_exit(&conflict, 2);
+        assert!(
+            stderr(&conflict).contains(&format!(
+                "error: stream {stream}: expected no stream (version 0), found version 1"
+            )),
+            "{}",
+            stderr(&conflict)
+        );
+        assert_eq!(n_events(t.url()).await, 1);
+        Ok(())
+    }
+);
+
+backend_test!(
+    idempotency_key_on_the_command_line,
+    |t: TestDb| async move {
+        let stream = new_id();
+        let args = [
+            "events",
+            "append",
+            "--stream-type",
+            "test",
+            "--stream-id",
+            &stream,
+            "--type",
+            "test.pinged",
+            "--data",
+            "{}",
+            "--idempotency-key",
+            "import-7",
+        ];
+        let first = cairn(t.url(), &args).await;
+        let again = cairn(t.url(), &args).await;
+        assert_exit(&again, 0);
+        assert_eq!(
+            json_of(&first)[0]["event_id"],
+            json!(json_of(&again)[0]["event_id"])
+        );
+        assert!(
+            stderr(&again).contains("used before with the same request"),
+            "{}",
+            stderr(&again)
+        );
+        assert_eq!(n_events(t.url()).await, 1);
+        Ok(())
+    }
+);
+
+backend_test!(
+    show_finds_an_event_by_id_or_position,
+    |t: TestDb| async move {
+        let output = append(t.url(), "test", &new_id(), "test.pinged", r#"{"n": 7}"#).await;
+        let event_id = json_of(&output)[0]["event_id"]
+            .as_str()
+            .map(str::to_owned)
+            .expect("an id");
+        let by_position = json_of(&cairn(t.url(), &["events", "show", "1", "--json"]).await);
+        let by_id = json_of(&cairn(t.url(), &["events", "show", &event_id, "--json"]).await);
+        assert_eq!(by_position, by_id);
+        assert_eq!(by_id["event_data"], json!({"n": 7}));
+        let human = cairn(t.url(), &["events", "show", "1"]).await;
+        let text = stdout(&human);
+        let header = format!("event {event_id}  position 1");
+        for expected in [header.as_str(), "test.pinged", "processed at", "\"n\": 7"] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        let missing = cairn(t.url(), &["events", "show", "9"]).await;
+        assert_exit(&missing, 2);
+        assert!(stderr(&missing).contains("there is no event at position 9"));
+        let bad = cairn(t.url(), &["events", "show", "nine"]).await;
+        assert_exit(&bad, 2);
+        assert!(stderr(&bad).contains("\"nine\" is neither an event id (a UUID) nor a position"));
+        Ok(())
+    }
+);
+
+backend_test!(
+    audit_verify_names_the_first_bad_position,
+    |t: TestDb| async move {
+        for n in 0..4 {
+            assert_exit(
+                &append(
+                    t.url(),
+                    "test",
+                    &new_id(),
+                    "test.pinged",
+                    &format!(r#"{{"n": {n}}}"#),
+                )
+                .await,
+                0,
+            );
+        }
+        let intact = cairn(t.url(), &["audit", "verify"]).await;
+        assert_exit(&intact, 0);
+        assert!(
+            stdout(&intact).contains("hash chain intact: 4 events, head at position 4"),
+            "{}",
+            stdout(&intact)
+        );
+
+        let mut tx = t.db().begin().await?;
+        let mut conn = tx.conn();
+        match t.backend() {
+            Backend::Sqlite => {
+                conn.execute_script("DROP TRIGGER domain_events_immutable")
+                    .await?;
+                conn.execute_script(
+                    "UPDATE domain_events SET event_data = '{\"n\":99}' WHERE position = 3",
+                )
+                .await?;
+            }
+            Backend::Postgres => {
+                conn.execute_script("ALTER TABLE domain_events DISABLE TRIGGER USER")
+                    .await?;
+                conn.execute_script(
+                    "UPDATE domain_events SET event_data = '{\"n\":99}' WHERE position = 3",
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+
+        let broken = cairn(t.url(), &["audit", "verify"]).await;
+        assert_exit(&broken, 1);
+        assert!(
+            stdout(&broken).contains("hash chain broken at position 3"),
+            "{}",
+            stdout(&broken)
+        );
+        let json = json_of(&cairn(t.url(), &["audit", "verify", "--json"]).await);
+        assert_eq!(json["breach"]["position"], json!(3));
+        assert_eq!(json["breach"]["problem"], json!("hash_mismatch"));
+        assert_eq!(json["n_checked"], json!(2));
+        Ok(())
+    }
+);
+
+backend_test!(
+    replay_and_verify_run_on_the_command_line,
+    |t: TestDb| async move {
+        assert_exit(
+            &append(t.url(), "test", &new_id(), "test.pinged", "{}").await,
+            0,
+        );
+        let replayed = cairn(t.url(), &["replay", "--json"]).await;
+        assert_exit(&replayed, 0);
+        assert_eq!(json_of(&replayed)["n_events"], json!(1));
+        let verified = cairn(t.url(), &["replay", "--verify"]).await;
+        assert_exit(&verified, 0);
+        assert!(
+            stdout(&verified).contains("the projections are exactly what the log produces"),
+            "{}",
+            stdout(&verified)
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    bench_append_reports_every_scenario,
+    |t: TestDb| async move {
+        let output = cairn(t.url(), &["bench", "append", "--seconds", "0.3", "--json"]).await;
+        assert_exit(&output, 0);
+        let report = json_of(&output);
+        assert_eq!(report["backend"], json!(t.backend().as_str()));
+        let scenarios = report["scenarios"].as_array().expect("scenarios");
+        let names: Vec<&str> = scenarios
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "single event, 1 writer",
+                "single event, 8 writers",
+                "batch of 100, 1 writer",
+                "replay"
+            ]
+        );
+        for scenario in scenarios {
+            assert!(scenario["events"].as_u64() > Some(0), "{scenario}");
+            assert!(
+                scenario["events_per_second"].as_f64() > Some(0.0),
+                "{scenario}"
+            );
+        }
+        let appended: u64 = scenarios[..3]
+            .iter()
+            .filter_map(|s| s["events"].as_u64())
+            .sum();
+        assert_eq!(
+            scenarios[3]["events"].as_u64(),
+            Some(appended),
+            "replay covers every appended event"
+        );
+        assert_eq!(
+            n_events(t.url()).await,
+            0,
+            "the benchmark leaves the database as it found it"
+        );
+        Ok(())
+    }
+);
+
+#[test]
+fn with_no_configuration_data_lives_in_cairn_data() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["status", "--json"])
+        .current_dir(dir.path())
+        .env_remove("CAIRN_DATABASE_URL")
+        .output()
+        .expect("cairn runs");
+    assert_exit(&output, 0);
+    assert_eq!(
+        json_of(&output)["database"],
+        json!("sqlite://cairn-data/cairn.db")
+    );
+    assert!(dir.path().join("cairn-data/cairn.db").exists());
+}
+
+#[test]
+fn an_unsupported_database_url_says_what_is_supported() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--database-url", "mysql://root@localhost/cairn", "status"])
+        .output()
+        .expect("cairn runs");
+    assert_exit(&output, 2);
+    assert!(
+        stderr(&output).contains(
+            "database URL \"mysql://root@localhost/cairn\" is not supported: use sqlite://PATH"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
