@@ -15,7 +15,8 @@ fn workspace_root() -> &'static Path {
 
 /// The layer table: crate name → layer ("0", "1", …, or "test").
 fn documented_layers() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md exists");
+    let text = std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md"))
+        .expect("ARCHITECTURE.md exists");
     let mut layers = BTreeMap::new();
     for line in text.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -34,14 +35,28 @@ fn documented_layers() -> BTreeMap<String, String> {
 fn workspace_crates() -> BTreeMap<String, Vec<(String, Option<String>)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace_root())
         .output()
         .expect("cargo metadata runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
     let packages = metadata["packages"].as_array().expect("packages");
-    let names: Vec<String> = packages.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
+    let names: Vec<String> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
     packages
         .iter()
         .map(|package| {
@@ -51,10 +66,15 @@ fn workspace_crates() -> BTreeMap<String, Vec<(String, Option<String>)>> {
                 .flatten()
                 .filter_map(|dep| {
                     let name = dep["name"].as_str()?.to_owned();
-                    names.contains(&name).then(|| (name, dep["kind"].as_str().map(str::to_owned)))
+                    names
+                        .contains(&name)
+                        .then(|| (name, dep["kind"].as_str().map(str::to_owned)))
                 })
                 .collect();
-            (package["name"].as_str().unwrap_or_default().to_owned(), deps)
+            (
+                package["name"].as_str().unwrap_or_default().to_owned(),
+                deps,
+            )
         })
         .collect()
 }
@@ -64,10 +84,16 @@ fn every_crate_is_documented_and_every_documented_crate_exists() {
     let documented = documented_layers();
     let crates = workspace_crates();
     for name in crates.keys() {
-        assert!(documented.contains_key(name), "crate {name} is missing from the layer table in ARCHITECTURE.md");
+        assert!(
+            documented.contains_key(name),
+            "crate {name} is missing from the layer table in ARCHITECTURE.md"
+        );
     }
     for name in documented.keys() {
-        assert!(crates.contains_key(name), "ARCHITECTURE.md names crate {name}, which does not exist");
+        assert!(
+            crates.contains_key(name),
+            "ARCHITECTURE.md names crate {name}, which does not exist"
+        );
     }
 }
 
@@ -75,18 +101,28 @@ fn every_crate_is_documented_and_every_documented_crate_exists() {
 fn dependencies_point_down_the_layers() {
     let documented = documented_layers();
     for (name, deps) in workspace_crates() {
-        let Some(layer) = documented.get(&name) else { continue };
+        let Some(layer) = documented.get(&name) else {
+            continue;
+        };
         for (dep, kind) in deps {
-            let Some(dep_layer) = documented.get(&dep) else { continue };
+            let Some(dep_layer) = documented.get(&dep) else {
+                continue;
+            };
             let is_dev = kind.as_deref() == Some("dev");
             if dep_layer == "test" {
-                assert!(is_dev, "{name} depends on the test kit outside dev-dependencies");
+                assert!(
+                    is_dev,
+                    "{name} depends on the test kit outside dev-dependencies"
+                );
                 continue;
             }
             if layer == "test" || is_dev {
                 continue;
             }
-            let (layer_n, dep_n): (u32, u32) = (layer.parse().expect("numeric layer"), dep_layer.parse().expect("numeric layer"));
+            let (layer_n, dep_n): (u32, u32) = (
+                layer.parse().expect("numeric layer"),
+                dep_layer.parse().expect("numeric layer"),
+            );
             assert!(
                 dep_n < layer_n,
                 "{name} (layer {layer_n}) depends on {dep} (layer {dep_n}): dependencies must point down"
@@ -98,6 +134,13 @@ fn dependencies_point_down_the_layers() {
 #[test]
 fn the_layer_table_is_found() {
     let documented = documented_layers();
-    assert_eq!(documented.get("cairn-log").map(String::as_str), Some("1"), "{documented:?}");
-    assert_eq!(documented.get("cairn-testkit").map(String::as_str), Some("test"));
+    assert_eq!(
+        documented.get("cairn-log").map(String::as_str),
+        Some("1"),
+        "{documented:?}"
+    );
+    assert_eq!(
+        documented.get("cairn-testkit").map(String::as_str),
+        Some("test")
+    );
 }
