@@ -7,7 +7,10 @@
 //!
 //! Invariants this crate keeps:
 //! - Only handlers write projections: a write needs a [`Projections`] handle, and only
-//!   the dispatcher can create one.
+//!   the dispatcher can create one. The single exception, [`SafetyNet`], is explicit
+//!   and leaves an audit record in the same transaction.
+//! - An event of a registered type carries a payload that decodes into its Rust type
+//!   ([`EventPayload`]); append refuses anything else, naming the field.
 //! - Nothing fails silently and nothing half-applies: an unknown stream type (`P9002`),
 //!   an unknown event type (`P9001`) or a failing handler (`P9003`, `P9004`) rolls the
 //!   handler's writes back to a savepoint, stores the event anyway, and records the
@@ -23,6 +26,8 @@ mod dispatcher;
 mod projections;
 mod registry;
 mod replay;
+mod safety_net;
+mod spec;
 mod store;
 
 pub use dispatcher::Dispatcher;
@@ -35,4 +40,6 @@ pub use replay::{
     ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayReport, TableSummary,
     VerifyOptions, VerifyReport,
 };
+pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
+pub use spec::{EventPayload, EventSpec};
 pub use store::{Appended, Dispatched, EventStore, RetryError, RetryReport, RetrySelection};

@@ -9,6 +9,7 @@ use cairn_log::RecordedEvent;
 use cairn_types::{EventType, NameError, StreamType};
 
 use crate::projections::Projections;
+use crate::spec::{EventPayload, EventSpec};
 
 /// Why a handler did not apply an event. Its projection writes are rolled back and the
 /// error is recorded on the event.
@@ -128,6 +129,8 @@ pub enum RegistryError {
     DuplicateHandler { event_type: String },
     #[error("projection table {table} is registered twice")]
     DuplicateProjection { table: String },
+    #[error("event type {event_type} has two payload types")]
+    DuplicatePayload { event_type: String },
 }
 
 /// The complete routing table. Built once at start-up; names are checked as they are
@@ -136,6 +139,7 @@ pub enum RegistryError {
 pub struct Registry {
     routes: BTreeMap<StreamType, Route>,
     projections: Vec<ProjectionTable>,
+    specs: BTreeMap<EventType, EventSpec>,
 }
 
 /// The administrative stream types, which have explicit no-op routes.
@@ -171,6 +175,16 @@ impl Registry {
     pub fn projections(&self) -> &[ProjectionTable] {
         &self.projections
     }
+
+    /// The payload contract of an event type, if one is registered.
+    pub fn spec(&self, event_type: &EventType) -> Option<&EventSpec> {
+        self.specs.get(event_type)
+    }
+
+    /// Every registered payload contract, by event type.
+    pub fn specs(&self) -> impl Iterator<Item = &EventSpec> {
+        self.specs.values()
+    }
 }
 
 /// Collects registrations; the first bad one is reported by [`RegistryBuilder::build`].
@@ -190,13 +204,36 @@ impl std::fmt::Debug for RegistryBuilder {
 }
 
 /// Registers the handlers of one stream type.
-#[derive(Default)]
 pub struct RouterBuilder {
+    stream_type: StreamType,
     router: Router,
+    specs: Vec<EventSpec>,
     error: Option<RegistryError>,
 }
 
 impl RouterBuilder {
+    /// Routes the event type of payload `P` to `handler`, and registers `P` as the
+    /// event type's contract: appends of that type are checked against it.
+    pub fn event<P: EventPayload>(mut self, handler: impl Handler) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        match EventType::parse(P::EVENT_TYPE) {
+            Err(source) => {
+                self.error = Some(RegistryError::BadName {
+                    what: "an event type",
+                    source,
+                });
+                self
+            }
+            Ok(event_type) => {
+                self.specs
+                    .push(EventSpec::of::<P>(event_type, self.stream_type.clone()));
+                self.on(P::EVENT_TYPE, handler)
+            }
+        }
+    }
+
     /// Routes `event_type` to `handler`.
     pub fn on(mut self, event_type: &str, handler: impl Handler) -> Self {
         if self.error.is_some() {
@@ -228,7 +265,7 @@ impl RegistryBuilder {
     fn add_route(
         mut self,
         stream_type: &str,
-        route: impl FnOnce() -> Result<Route, RegistryError>,
+        route: impl FnOnce(&StreamType) -> Result<(Route, Vec<EventSpec>), RegistryError>,
     ) -> Self {
         if self.error.is_some() {
             return self;
@@ -249,9 +286,18 @@ impl RegistryBuilder {
             });
             return self;
         }
-        match route() {
-            Ok(route) => {
+        match route(&stream_type) {
+            Ok((route, specs)) => {
                 self.registry.routes.insert(stream_type, route);
+                for spec in specs {
+                    if self.registry.specs.contains_key(&spec.event_type) {
+                        self.error = Some(RegistryError::DuplicatePayload {
+                            event_type: spec.event_type.to_string(),
+                        });
+                        break;
+                    }
+                    self.registry.specs.insert(spec.event_type.clone(), spec);
+                }
             }
             Err(error) => self.error = Some(error),
         }
@@ -260,7 +306,7 @@ impl RegistryBuilder {
 
     /// An explicit no-op route: events of this stream type are processed, not failed.
     pub fn no_op(self, stream_type: &str, reason: &'static str) -> Self {
-        self.add_route(stream_type, || Ok(Route::NoOp { reason }))
+        self.add_route(stream_type, |_| Ok((Route::NoOp { reason }, Vec::new())))
     }
 
     /// The no-op routes for the administrative stream types (`platform_admin`,
@@ -278,11 +324,16 @@ impl RegistryBuilder {
         stream_type: &str,
         build: impl FnOnce(RouterBuilder) -> RouterBuilder,
     ) -> Self {
-        self.add_route(stream_type, || {
-            let built = build(RouterBuilder::default());
+        self.add_route(stream_type, |stream_type| {
+            let built = build(RouterBuilder {
+                stream_type: stream_type.clone(),
+                router: Router::default(),
+                specs: Vec::new(),
+                error: None,
+            });
             match built.error {
                 Some(error) => Err(error),
-                None => Ok(Route::Router(built.router)),
+                None => Ok((Route::Router(built.router), built.specs)),
             }
         })
     }

@@ -107,6 +107,7 @@ impl EventStore {
         tx: &mut Tx,
         request: AppendRequest,
     ) -> Result<Appended, AppendError> {
+        self.check_payloads(&request)?;
         let mut pending = match tx.prepare_append(request).await? {
             Prepared::Repeat(events) => {
                 let events = events
@@ -140,6 +141,30 @@ impl EventStore {
                 .collect(),
             repeated: false,
         })
+    }
+
+    /// Refuses events whose payload does not fit the registered payload type, or whose
+    /// event type belongs to another stream type.
+    fn check_payloads(&self, request: &AppendRequest) -> Result<(), AppendError> {
+        for (index, event) in request.events.iter().enumerate() {
+            let Some(spec) = self.dispatcher.registry().spec(&event.event_type) else {
+                continue;
+            };
+            let invalid = |reason: String| AppendError::InvalidData {
+                index,
+                event_type: event.event_type.clone(),
+                reason,
+            };
+            if spec.stream_type != request.stream_type {
+                return Err(invalid(format!(
+                    "this event type belongs to stream type {:?}, not {:?}",
+                    spec.stream_type.as_str(),
+                    request.stream_type.as_str()
+                )));
+            }
+            spec.validate(&event.data).map_err(invalid)?;
+        }
+        Ok(())
     }
 
     /// Re-dispatches one failed event and records its new outcome.

@@ -6,6 +6,10 @@
 //! the whole run. A test that fails keeps its database and prints where it is, so it
 //! can be inspected; a test that passes removes it.
 
+mod smtp;
+
+pub use smtp::{Received, SinkOptions, SmtpSink};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,6 +13,7 @@ mod ids;
 mod metadata;
 mod names;
 mod numbers;
+mod schema;
 
 pub use codes::{ErrorCode, UnknownCode};
 pub use ids::{CausationId, CorrelationId, EventId, IdError, OrgId, StreamId, UserId, WorkflowId};

@@ -123,7 +123,7 @@ impl<'de> Deserialize<'de> for Actor {
 ///
 /// The named fields are the ones cairn itself reads; anything else a caller sends is kept
 /// in [`Metadata::extra`] and stored with the event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metadata {
     /// The request this event belongs to. Every hop the request causes carries it.
     pub correlation_id: CorrelationId,

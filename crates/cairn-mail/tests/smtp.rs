@@ -1,0 +1,101 @@
+//! SMTP delivery against a real server on loopback.
+
+use std::time::Duration;
+
+use cairn_mail::{EmailAddress, Mailer, OutboundMessage, SmtpMailer, mailer_from_url};
+use cairn_testkit::{SinkOptions, SmtpSink};
+
+fn message(id: &str) -> OutboundMessage {
+    OutboundMessage {
+        message_id: id.to_owned(),
+        from: EmailAddress::parse("noreply@example.co.uk").expect("valid"),
+        from_name: Some("Sunrise Care".into()),
+        to: EmailAddress::parse("grace@example.com").expect("valid"),
+        to_name: None,
+        subject: "You're invited to Sunrise Care".into(),
+        text: "Hello,\n\nFollow the link to join.\n".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_message_reaches_the_server_with_its_headers() -> anyhow::Result<()> {
+    let sink = SmtpSink::start(SinkOptions::default()).await?;
+    let mailer = SmtpMailer::from_url(&sink.url())?;
+    let delivery = mailer.send(&message("inv-1.1@example.co.uk")).await?;
+    assert_eq!(delivery.transport, "smtp");
+    assert!(delivery.detail.starts_with("250"), "{}", delivery.detail);
+    let received = sink.messages();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].message_id, "inv-1.1@example.co.uk");
+    assert_eq!(received[0].to, "grace@example.com");
+    assert!(received[0].from.contains("noreply@example.co.uk"));
+    assert_eq!(received[0].subject, "You're invited to Sunrise Care");
+    assert!(received[0].body.contains("Follow the link to join."));
+    assert_eq!(
+        mailer.delivered("inv-1.1@example.co.uk").await?,
+        None,
+        "SMTP cannot tell"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_5xx_refusal_is_permanent() -> anyhow::Result<()> {
+    let sink = SmtpSink::start(SinkOptions {
+        refuse: Some("550 5.7.1 Sender domain example.co.uk is not verified".into()),
+        ..SinkOptions::default()
+    })
+    .await?;
+    let mailer = mailer_from_url(&sink.url())?;
+    let error = mailer
+        .send(&message("inv-2.1@example.co.uk"))
+        .await
+        .expect_err("refused");
+    assert!(error.permanent, "{error:?}");
+    assert_eq!(error.code, Some(550));
+    assert!(error.message.contains("not verified"), "{error}");
+    assert!(sink.messages().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_4xx_reply_and_a_refused_connection_are_transient() -> anyhow::Result<()> {
+    let sink = SmtpSink::start(SinkOptions {
+        transient_first: 1,
+        ..SinkOptions::default()
+    })
+    .await?;
+    let mailer = SmtpMailer::from_url(&sink.url())?;
+    let error = mailer
+        .send(&message("inv-3.1@example.co.uk"))
+        .await
+        .expect_err("try later");
+    assert!(!error.permanent, "{error:?}");
+    assert_eq!(error.code, Some(451));
+    mailer.send(&message("inv-3.1@example.co.uk")).await?;
+    assert_eq!(sink.messages().len(), 1, "the retry went through");
+
+    let port = sink.port();
+    sink.stop().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let closed = SmtpMailer::from_url(&format!("smtp://127.0.0.1:{port}"))?;
+    let error = closed
+        .send(&message("inv-4.1@example.co.uk"))
+        .await
+        .expect_err("nobody listens");
+    assert!(!error.permanent, "{error:?}");
+    Ok(())
+}
+
+#[test]
+fn unsupported_mail_urls_say_what_is_supported() {
+    let error = mailer_from_url("sendgrid://key")
+        .err()
+        .expect("unsupported");
+    assert!(
+        error
+            .to_string()
+            .contains("use outbox:PATH (files) or smtp://HOST:PORT"),
+        "{error}"
+    );
+}

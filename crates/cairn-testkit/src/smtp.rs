@@ -1,0 +1,156 @@
+//! A real SMTP server on loopback for tests: `scripts/smtp_sink.py` (aiosmtpd), which
+//! `scripts/test` installs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::AsyncBufReadExt as _;
+
+/// How the server behaves.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// Refuse every recipient with this reply, e.g. "550 5.7.1 Sender domain is not verified".
+    pub refuse: Option<String>,
+    /// Refuse the first N messages with "451 4.3.0 Try again later".
+    pub transient_first: u32,
+    /// Wait this long before accepting each message.
+    pub delay: Duration,
+}
+
+/// A running SMTP server that stores what it accepts. Killed when dropped.
+#[derive(Debug)]
+pub struct SmtpSink {
+    child: tokio::process::Child,
+    port: u16,
+    dir: PathBuf,
+    _tempdir: tempfile::TempDir,
+}
+
+/// One message the server accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The Message-ID, without angle brackets.
+    pub message_id: String,
+    pub to: String,
+    pub from: String,
+    pub subject: String,
+    pub body: String,
+    pub raw: String,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/smtp_sink.py")
+}
+
+impl SmtpSink {
+    /// Starts a server on a free loopback port.
+    pub async fn start(options: SinkOptions) -> anyhow::Result<SmtpSink> {
+        let tempdir = tempfile::Builder::new().prefix("cairn-smtp-").tempdir()?;
+        let dir = tempdir.path().join("received");
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .arg(script())
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--transient-first")
+            .arg(options.transient_first.to_string())
+            .arg("--delay")
+            .arg(options.delay.as_secs_f64().to_string())
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(refuse) = &options.refuse {
+            command.arg("--refuse").arg(refuse);
+        }
+        let mut child = command.spawn().context(
+            "starting scripts/smtp_sink.py (python3 with aiosmtpd; scripts/test installs it)",
+        )?;
+        let stdout = child.stdout.take().context("the sink's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("the SMTP sink did not start within 20 s")??
+            .context(
+                "the SMTP sink exited before listening (is aiosmtpd installed? run scripts/test)",
+            )?;
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.trim().parse().ok())
+            .with_context(|| format!("unexpected first line from the SMTP sink: {line}"))?;
+        Ok(SmtpSink {
+            child,
+            port,
+            dir,
+            _tempdir: tempdir,
+        })
+    }
+
+    /// The server's URL, for `--mail-url`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every message accepted so far, oldest first.
+    pub fn messages(&self) -> Vec<Received> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .map(|raw| parse(&raw))
+            .collect()
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Reads the headers a test cares about from a raw RFC 5322 message.
+pub fn parse(raw: &str) -> Received {
+    let normalized = raw.replace("\r\n", "\n");
+    let (head, body) = normalized
+        .split_once("\n\n")
+        .unwrap_or((normalized.as_str(), ""));
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    Received {
+        message_id: header("message-id").trim_matches(['<', '>']).to_owned(),
+        to: header("to"),
+        from: header("from"),
+        subject: header("subject"),
+        body: body.to_owned(),
+        raw: raw.to_owned(),
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""A real SMTP server on loopback for cairn's tests, built on aiosmtpd.
+
+Every accepted message is stored as a file in --dir. The server can refuse every
+recipient with a fixed reply (--refuse "550 5.7.1 Sender domain is not verified"), refuse
+the first N messages with a transient reply (--transient-first N), and take its time
+before accepting each message (--delay SECONDS).
+
+Prints "listening on 127.0.0.1:PORT" once it accepts connections; runs until killed.
+"""
+import argparse
+import asyncio
+import os
+import time
+
+from aiosmtpd.smtp import SMTP
+
+
+class Sink:
+    def __init__(self, directory, refuse, transient_first, delay):
+        self.directory = directory
+        self.refuse = refuse
+        self.transient_left = transient_first
+        self.delay = delay
+        os.makedirs(directory, exist_ok=True)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse:
+            return self.refuse
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.transient_left > 0:
+            self.transient_left -= 1
+            return "451 4.3.0 Try again later"
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        name = f"{time.time_ns()}-{os.getpid()}"
+        temporary = os.path.join(self.directory, f".{name}.tmp")
+        with open(temporary, "wb") as file:
+            file.write(envelope.original_content or envelope.content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temporary, os.path.join(self.directory, f"{name}.eml"))
+        return "250 2.0.0 Message accepted for delivery"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--refuse", default=None)
+    parser.add_argument("--transient-first", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    sink = Sink(args.dir, args.refuse, args.transient_first, args.delay)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(
+        loop.create_server(lambda: SMTP(sink, hostname="cairn-test-sink"), "127.0.0.1", args.port)
+    )
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
