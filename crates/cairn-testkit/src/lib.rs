@@ -283,9 +283,14 @@ impl TestDb {
 
     /// Applies more migrations (the log's own are applied already).
     pub async fn migrate(&self, migrations: &[Migration]) -> anyhow::Result<()> {
-        self.db
-            .migrate(&[cairn_log::migrate::MIGRATIONS, migrations])
-            .await?;
+        self.migrate_sets(&[migrations]).await
+    }
+
+    /// Applies several sets of migrations, in order, after the log's own.
+    pub async fn migrate_sets(&self, sets: &[&[Migration]]) -> anyhow::Result<()> {
+        let mut all: Vec<&[Migration]> = vec![cairn_log::migrate::MIGRATIONS];
+        all.extend_from_slice(sets);
+        self.db.migrate(&all).await?;
         Ok(())
     }
 

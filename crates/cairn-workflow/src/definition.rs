@@ -1,0 +1,311 @@
+//! What a workflow is: a pure decision over its recorded history, and the steps it
+//! asks the engine to perform.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::StepContext;
+
+/// What the workflow wants next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Perform this step (again, if an earlier attempt failed and may be retried).
+    Run(StepCall),
+    /// Wait until a time. The timer is recorded; the run sleeps, durably.
+    Sleep { timer: String, until: DateTime<Utc> },
+    /// Finish successfully.
+    Complete(Value),
+    /// Give up: compensate every completed compensable step, newest first.
+    Fail(String),
+}
+
+/// Whether a step's effects are all inside the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Everything the step does goes through its transaction, which commits with the
+    /// step's record: exactly once.
+    Transactional,
+    /// The step acts outside the database (sends mail). Its start is recorded first,
+    /// so a crash mid-step is known ("in doubt") when the step runs again.
+    External,
+}
+
+/// How often, and how patiently, to retry a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The wait before the second attempt.
+    pub initial: Duration,
+    /// Each further wait is this many times the last.
+    pub factor: f64,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let seconds = self.initial.as_secs_f64() * self.factor.powi(exponent);
+        Duration::from_secs_f64(seconds.min(self.max.as_secs_f64()).max(0.0))
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One step to perform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCall {
+    /// Unique within the run; a loop names each iteration (`send_invitation:ada@…`).
+    pub name: String,
+    /// What the step needs, beyond the workflow's input.
+    pub args: Value,
+    pub effect: Effect,
+    pub retry: RetryPolicy,
+    /// Whether [`Workflow::compensate`] must undo this step if the workflow fails.
+    pub compensable: bool,
+}
+
+impl StepCall {
+    /// A transactional step with the default retry policy, not compensable.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            args: Value::Null,
+            effect: Effect::Transactional,
+            retry: RetryPolicy::default(),
+            compensable: false,
+        }
+    }
+
+    pub fn args(mut self, args: Value) -> Self {
+        self.args = args;
+        self
+    }
+
+    pub fn external(mut self) -> Self {
+        self.effect = Effect::External;
+        self
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn compensable(mut self) -> Self {
+        self.compensable = true;
+        self
+    }
+}
+
+/// Why a step attempt did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl StepError {
+    /// A failure another attempt may fix.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+
+    /// A failure no retry will fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<cairn_log::AppendError> for StepError {
+    fn from(error: cairn_log::AppendError) -> Self {
+        use cairn_log::AppendError as E;
+        let message = error.to_string();
+        match error {
+            E::Database(_) | E::Read(_) => StepError::retryable(message),
+            E::Conflict { .. }
+            | E::StreamTypeMismatch { .. }
+            | E::KeyReused { .. }
+            | E::NoEvents
+            | E::InvalidData { .. } => StepError::permanent(message),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(error: sqlx::Error) -> Self {
+        StepError::retryable(format!("database error: {error}"))
+    }
+}
+
+/// The kind of a recorded step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Action,
+    Timer,
+    Compensation,
+}
+
+/// Where a recorded step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// An attempt started and has not finished: after a crash, its outcome is in doubt.
+    Running,
+    /// An attempt failed; another is due at `wake_at`.
+    Retrying,
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// A timer waiting for `wake_at`.
+    Waiting,
+    /// A timer that went off.
+    Fired,
+}
+
+/// One step as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub seq: i64,
+    pub kind: StepKind,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub compensable: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// Everything recorded about a run's steps, in the order they first appeared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct History {
+    pub steps: Vec<StepRecord>,
+}
+
+impl History {
+    /// The step with this name.
+    pub fn get(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|step| step.name == name)
+    }
+
+    /// Whether the step completed.
+    pub fn completed(&self, name: &str) -> bool {
+        self.get(name)
+            .is_some_and(|step| step.status == StepStatus::Completed)
+    }
+
+    /// The result of a completed step.
+    pub fn result(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+            .filter(|step| step.status == StepStatus::Completed)
+            .and_then(|step| step.result.as_ref())
+    }
+
+    /// The first action that failed for good.
+    pub fn failure(&self) -> Option<&StepRecord> {
+        self.steps
+            .iter()
+            .find(|step| step.kind == StepKind::Action && step.status == StepStatus::Failed)
+    }
+
+    /// When a timer fired, if it did.
+    pub fn fired(&self, timer: &str) -> Option<DateTime<Utc>> {
+        self.get(timer)
+            .filter(|step| step.kind == StepKind::Timer && step.status == StepStatus::Fired)
+            .and_then(|step| step.finished_at)
+    }
+}
+
+/// A workflow: Rust code made of named steps.
+///
+/// [`Workflow::decide`] is pure: from the input and the recorded history it says what
+/// comes next. The engine performs that (through [`Workflow::perform`]), records the
+/// result as events in the log, and asks again. After a crash the engine resumes from
+/// the record, so a completed step's effect is never performed twice.
+#[async_trait]
+pub trait Workflow: Send + Sync + 'static {
+    /// The name runs of this workflow are started under.
+    fn kind(&self) -> &'static str;
+
+    /// What comes next. An `Err` is a bug in the workflow or its input; the run fails
+    /// (and compensates) with that message.
+    fn decide(&self, input: &Value, history: &History) -> Result<Decision, String>;
+
+    /// Performs one step.
+    async fn perform(
+        &self,
+        input: &Value,
+        call: &StepCall,
+        ctx: &mut StepContext<'_>,
+    ) -> Result<Value, StepError>;
+
+    /// Undoes a completed compensable step. Compensations run newest first, each
+    /// durable and retried by [`Workflow::compensation_policy`].
+    async fn compensate(
+        &self,
+        input: &Value,
+        step: &StepRecord,
+        ctx: &mut StepContext<'_>,
+    ) -> Result<Value, StepError> {
+        let _ = (input, ctx);
+        Err(StepError::permanent(format!(
+            "step {} is compensable but the workflow does not compensate it",
+            step.name
+        )))
+    }
+
+    /// How compensations are retried.
+    fn compensation_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 10,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            max: Duration::from_secs(10),
+        };
+        let waits: Vec<u64> = (1..=6)
+            .map(|attempt| policy.backoff(attempt).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+    }
+}

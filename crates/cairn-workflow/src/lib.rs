@@ -1,0 +1,50 @@
+//! A durable workflow engine whose history is events in the log.
+//!
+//! A workflow is Rust code made of named steps. Its [`Workflow::decide`] is pure: from
+//! the input and the recorded history it returns the next [`Decision`]. The engine
+//! performs it and records the outcome as `workflow.*` events, appended in the same
+//! transaction as the step's own writes; their handlers keep the `workflow_runs` and
+//! `workflow_steps` projections. So:
+//!
+//! - a completed step is never performed again: after a crash the engine resumes from
+//!   the record;
+//! - a step that acts outside the database ([`Effect::External`]) records its start
+//!   first, so an interrupted attempt is known to be in doubt;
+//! - retries back off exponentially up to a per-step limit, and an error says whether
+//!   retrying can help;
+//! - timers are durable: a run sleeps in the database, not in memory;
+//! - when a step fails for good the run compensates its completed steps, newest first,
+//!   each compensation itself durable and retried;
+//! - starting a run is an event appended in the caller's transaction;
+//! - engines claim runs with leases, and every record is fenced by the lease and by
+//!   the run's stream version, so several processes on one PostgreSQL database share
+//!   the work and no step is recorded twice.
+//!
+//! This crate knows nothing about organizations, email or HTTP.
+
+mod clock;
+mod definition;
+mod engine;
+pub mod events;
+pub mod state;
+
+use cairn_log::Migration;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use definition::{
+    Decision, Effect, History, RetryPolicy, StepCall, StepError, StepKind, StepRecord, StepStatus,
+    Workflow,
+};
+pub use engine::{
+    DriveReport, ENGINE_ACTOR, Engine, EngineConfig, EngineError, Start, StepContext,
+    compensation_name, start_in,
+};
+pub use events::routes;
+pub use state::{Run, RunFilter, RunStatus, RunWithSteps};
+
+/// The engine's tables.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    id: "workflow/0001_workflows",
+    sqlite: include_str!("schema/sqlite/0001_workflows.sql"),
+    postgres: include_str!("schema/postgres/0001_workflows.sql"),
+}];
