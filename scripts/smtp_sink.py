@@ -2,7 +2,8 @@
 """A real SMTP server on loopback for cairn's tests, built on aiosmtpd.
 
 Every accepted message is stored as a file in --dir. The server can refuse every
-recipient with a fixed reply (--refuse "550 5.7.1 Sender domain is not verified"), refuse
+recipient (or, with --refuse-to TEXT, those whose address contains TEXT) with a fixed
+reply (--refuse "550 5.7.1 Sender domain is not verified"), refuse
 the first N messages with a transient reply (--transient-first N), and take its time
 before accepting each message (--delay SECONDS).
 
@@ -17,15 +18,16 @@ from aiosmtpd.smtp import SMTP
 
 
 class Sink:
-    def __init__(self, directory, refuse, transient_first, delay):
+    def __init__(self, directory, refuse, refuse_to, transient_first, delay):
         self.directory = directory
         self.refuse = refuse
+        self.refuse_to = refuse_to
         self.transient_left = transient_first
         self.delay = delay
         os.makedirs(directory, exist_ok=True)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.refuse:
+        if self.refuse and (self.refuse_to is None or self.refuse_to in address):
             return self.refuse
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -51,11 +53,12 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--refuse", default=None)
+    parser.add_argument("--refuse-to", default=None, help="refuse only recipients containing this text")
     parser.add_argument("--transient-first", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
 
-    sink = Sink(args.dir, args.refuse, args.transient_first, args.delay)
+    sink = Sink(args.dir, args.refuse, args.refuse_to, args.transient_first, args.delay)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(

@@ -15,8 +15,8 @@ use sqlx::{Decode, Postgres, Row as _, SqlSafeStr, Sqlite, Type};
 use uuid::Uuid;
 
 use cairn_types::{
-    CausationId, CorrelationId, ErrorCode, EventId, EventType, OrgId, Position, StreamId,
-    StreamType, StreamVersion, UserId, WorkflowId,
+    CausationId, CorrelationId, ErrorCode, EventId, EventType, InvitationId, OrgId, Position,
+    StreamId, StreamType, StreamVersion, UserId, WorkflowId,
 };
 
 /// Which database a connection talks to.
@@ -122,6 +122,7 @@ into_arg!(CausationId, Uuid, |v| v.as_uuid());
 into_arg!(OrgId, Uuid, |v| v.as_uuid());
 into_arg!(UserId, Uuid, |v| v.as_uuid());
 into_arg!(WorkflowId, Uuid, |v| v.as_uuid());
+into_arg!(InvitationId, Uuid, |v| v.as_uuid());
 
 /// Builds a `Vec<Arg>` from values of any [`IntoArg`] type.
 ///

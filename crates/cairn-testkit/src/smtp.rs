@@ -12,6 +12,8 @@ use tokio::io::AsyncBufReadExt as _;
 pub struct SinkOptions {
     /// Refuse every recipient with this reply, e.g. "550 5.7.1 Sender domain is not verified".
     pub refuse: Option<String>,
+    /// With `refuse`: refuse only recipients whose address contains this text.
+    pub refuse_to: Option<String>,
     /// Refuse the first N messages with "451 4.3.0 Try again later".
     pub transient_first: u32,
     /// Wait this long before accepting each message.
@@ -62,6 +64,9 @@ impl SmtpSink {
             .kill_on_drop(true);
         if let Some(refuse) = &options.refuse {
             command.arg("--refuse").arg(refuse);
+        }
+        if let Some(refuse_to) = &options.refuse_to {
+            command.arg("--refuse-to").arg(refuse_to);
         }
         let mut child = command.spawn().context(
             "starting scripts/smtp_sink.py (python3 with aiosmtpd; scripts/test installs it)",
@@ -145,12 +150,38 @@ pub fn parse(raw: &str) -> Received {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    let body = if header("content-transfer-encoding").eq_ignore_ascii_case("quoted-printable") {
+        decode_quoted_printable(body)
+    } else {
+        body.to_owned()
+    };
     Received {
         message_id: header("message-id").trim_matches(['<', '>']).to_owned(),
         to: header("to"),
         from: header("from"),
         subject: header("subject"),
-        body: body.to_owned(),
+        body,
         raw: raw.to_owned(),
     }
+}
+
+/// Undoes quoted-printable encoding (RFC 2045): soft line breaks and `=XX` escapes.
+pub fn decode_quoted_printable(body: &str) -> String {
+    let joined = body.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'='
+            && let Some(hex) = joined.get(index + 1..index + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            index += 3;
+            continue;
+        }
+        out.push(bytes[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -158,10 +158,28 @@ uuid_id!(
     "user id"
 );
 uuid_id!(
+    /// An invitation to join an organization.
+    InvitationId,
+    "invitation id"
+);
+uuid_id!(
     /// One run of a durable workflow.
     WorkflowId,
     "workflow id"
 );
+
+/// The stream of an aggregate is named by the aggregate's id.
+macro_rules! stream_of {
+    ($($name:ident),*) => {$(
+        impl From<$name> for StreamId {
+            fn from(id: $name) -> StreamId {
+                StreamId(id.0)
+            }
+        }
+    )*};
+}
+
+stream_of!(OrgId, UserId, InvitationId, WorkflowId);
 
 #[cfg(test)]
 mod tests {

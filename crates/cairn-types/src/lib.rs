@@ -16,10 +16,30 @@ mod numbers;
 mod schema;
 
 pub use codes::{ErrorCode, UnknownCode};
-pub use ids::{CausationId, CorrelationId, EventId, IdError, OrgId, StreamId, UserId, WorkflowId};
+pub use ids::{
+    CausationId, CorrelationId, EventId, IdError, InvitationId, OrgId, StreamId, UserId, WorkflowId,
+};
 pub use metadata::{Actor, ActorError, Metadata, MetadataError};
 pub use names::{EventType, NameError, StreamType};
 pub use numbers::{Position, StreamVersion};
+
+/// An error with its causes, on one line: `outer: inner: innermost`.
+///
+/// For messages that are stored or shown where no error-reporting library walks the
+/// chain (a workflow step's last error, a safety-net record).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
 
 /// The current time, truncated to the microsecond precision both backends store.
 ///

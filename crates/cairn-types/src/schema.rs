@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::{
-    Actor, CausationId, CorrelationId, ErrorCode, EventId, EventType, OrgId, Position, StreamId,
-    StreamType, StreamVersion, UserId, WorkflowId,
+    Actor, CausationId, CorrelationId, ErrorCode, EventId, EventType, InvitationId, OrgId,
+    Position, StreamId, StreamType, StreamVersion, UserId, WorkflowId,
 };
 
 macro_rules! uuid_schema {
@@ -33,6 +33,7 @@ uuid_schema!(
     OrgId: "An organization (tenant) id.",
     UserId: "A user id.",
     WorkflowId: "A workflow run id.",
+    InvitationId: "An invitation id.",
 );
 
 /// The pattern of one name level: lower-case words joined by single underscores.

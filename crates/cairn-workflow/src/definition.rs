@@ -144,7 +144,7 @@ impl StepError {
 impl From<cairn_log::AppendError> for StepError {
     fn from(error: cairn_log::AppendError) -> Self {
         use cairn_log::AppendError as E;
-        let message = error.to_string();
+        let message = cairn_types::error_chain(&error);
         match error {
             E::Database(_) | E::Read(_) => StepError::retryable(message),
             E::Conflict { .. }
@@ -158,7 +158,10 @@ impl From<cairn_log::AppendError> for StepError {
 
 impl From<sqlx::Error> for StepError {
     fn from(error: sqlx::Error) -> Self {
-        StepError::retryable(format!("database error: {error}"))
+        StepError::retryable(format!(
+            "database error: {}",
+            cairn_types::error_chain(&error)
+        ))
     }
 }
 

@@ -89,6 +89,9 @@ impl Default for EngineConfig {
 /// A run to start.
 #[derive(Debug, Clone)]
 pub struct Start {
+    /// The run's id, chosen by the caller so that it can be named in the command's own
+    /// events.
+    pub id: WorkflowId,
     pub kind: String,
     pub input: Value,
     pub correlation_id: CorrelationId,
@@ -105,7 +108,7 @@ pub async fn start_in(
     start: Start,
     now: DateTime<Utc>,
 ) -> Result<WorkflowId, AppendError> {
-    let id = WorkflowId::new_v7();
+    let id = start.id;
     let mut metadata = Metadata::with_correlation(start.correlation_id);
     metadata.org_id = start.org_id;
     metadata.actor = start.actor;
@@ -258,6 +261,13 @@ impl StepContext<'_> {
         Ok(self.tx.as_mut().expect("just begun"))
     }
 
+    /// Abandons the step's transaction (rolling back what it did so far); the next call
+    /// to [`StepContext::tx`] begins a fresh one. For a step that must carry on after a
+    /// database error poisoned its transaction.
+    pub fn abandon_tx(&mut self) {
+        self.tx = None;
+    }
+
     /// Appends events in the step's transaction.
     pub async fn append(&mut self, request: AppendRequest) -> Result<Appended, StepError> {
         let store = self.inner.store.clone();
@@ -290,6 +300,7 @@ impl StepContext<'_> {
         input: Value,
     ) -> Result<WorkflowId, StepError> {
         let start = Start {
+            id: WorkflowId::new_v7(),
             kind: kind.to_owned(),
             input,
             correlation_id: self.run.correlation_id,

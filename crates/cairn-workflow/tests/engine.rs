@@ -183,6 +183,7 @@ async fn start(engine: &Engine, input: Value) -> anyhow::Result<(WorkflowId, Cor
         .start_in(
             &mut tx,
             Start {
+                id: WorkflowId::new_v7(),
                 kind: "scripted".into(),
                 input,
                 correlation_id,
@@ -480,6 +481,7 @@ backend_test!(
             .start_in(
                 &mut tx,
                 Start {
+                    id: WorkflowId::new_v7(),
                     kind: "scripted".into(),
                     input: json!({"steps": ["started"]}),
                     correlation_id: CorrelationId::new_v7(),
@@ -646,6 +648,7 @@ backend_test!(
         for _ in 0..RUNS {
             let mut tx = store_a.db().begin().await?;
             let start = Start {
+                id: WorkflowId::new_v7(),
                 kind: "recording".into(),
                 input: Value::Null,
                 correlation_id: CorrelationId::new_v7(),

@@ -1,0 +1,216 @@
+//! Sending an invitation and recording that it was sent: the two steps every
+//! invitation goes through, in the bootstrap saga and in a later invite or resend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use cairn_dispatch::EventPayload;
+use cairn_log::{AppendRequest, Expected};
+use cairn_mail::{Mailer, OutboundMessage};
+use cairn_types::{InvitationId, OrgId, StreamType, UserId};
+use cairn_workflow::{RetryPolicy, StepContext, StepError};
+
+use crate::events::{InvitationResent, InvitationSent, stream};
+use crate::model::{Email, Name, Role};
+use crate::tokens::{TokenKey, token_hash};
+
+/// The kind of the workflow that expires an invitation.
+pub const EXPIRY_WORKFLOW: &str = "invitation_expiry";
+
+/// How mail steps are retried: a refused connection or a 4xx reply is tried again
+/// with growing waits; a 5xx reply fails the step at once.
+pub fn mail_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        initial: Duration::from_secs(2),
+        factor: 2.0,
+        max: Duration::from_secs(60),
+    }
+}
+
+/// Everything needed to send one invitation email.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mailing {
+    pub invitation_id: InvitationId,
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub org_name: Name,
+    pub sender_address: Email,
+    pub email: Email,
+    pub name: Name,
+    pub roles: Vec<Role>,
+    /// 1 for the first email, then 2, 3, … for each resend.
+    pub send_number: u32,
+    /// How long the link stays valid, in seconds.
+    pub ttl_seconds: i64,
+    /// The page the link points at; the token is added as `?token=`.
+    pub accept_url: String,
+}
+
+/// What the send step records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    pub message_id: String,
+    pub transport: String,
+    pub detail: String,
+    pub expires_at: DateTime<Utc>,
+    /// True when an earlier, interrupted attempt had already delivered it.
+    pub recovered: bool,
+}
+
+fn roles_text(roles: &[Role]) -> String {
+    let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
+    match names.as_slice() {
+        [] => "a member".to_owned(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// The Message-ID of one send: stable across attempts, so an in-doubt retry can ask
+/// whether it was already delivered.
+pub fn message_id(mailing: &Mailing) -> String {
+    format!(
+        "invitation-{}-{}@{}",
+        mailing.invitation_id,
+        mailing.send_number,
+        mailing.sender_address.address().domain()
+    )
+}
+
+/// Sends the invitation email.
+pub async fn send(
+    mailer: &Arc<dyn Mailer>,
+    tokens: &TokenKey,
+    mailing: &Mailing,
+    ctx: &StepContext<'_>,
+) -> Result<Value, StepError> {
+    let expires_at = ctx.now() + chrono::Duration::seconds(mailing.ttl_seconds);
+    let token = tokens.token(mailing.invitation_id, mailing.send_number);
+    let message_id = message_id(mailing);
+    if ctx.in_doubt()
+        && let Some(delivery) = mailer.delivered(&message_id).await.map_err(|e| {
+            StepError::retryable(format!(
+                "cannot tell whether {message_id} was delivered: {e}"
+            ))
+        })?
+    {
+        let sent = Sent {
+            message_id,
+            transport: delivery.transport.to_owned(),
+            detail: delivery.detail,
+            expires_at,
+            recovered: true,
+        };
+        return serde_json::to_value(sent).map_err(|e| StepError::permanent(e.to_string()));
+    }
+    let message = OutboundMessage {
+        message_id: message_id.clone(),
+        from: mailing.sender_address.address().clone(),
+        from_name: Some(mailing.org_name.to_string()),
+        to: mailing.email.address().clone(),
+        to_name: Some(mailing.name.to_string()),
+        subject: format!("You're invited to join {} on cairn", mailing.org_name),
+        text: format!(
+            "Hello {name},\n\n\
+             {org} has invited you to join them on cairn as {roles}.\n\n\
+             Accept the invitation:\n{url}?token={token}\n\n\
+             The link works once, and expires on {expires} UTC.\n\
+             If you did not expect this email, you can ignore it.\n\n\
+             -- {org}, via cairn\n",
+            name = mailing.name,
+            org = mailing.org_name,
+            roles = roles_text(&mailing.roles),
+            url = mailing.accept_url,
+            expires = expires_at.format("%Y-%m-%d %H:%M"),
+        ),
+    };
+    match mailer.send(&message).await {
+        Ok(delivery) => {
+            let sent = Sent {
+                message_id,
+                transport: delivery.transport.to_owned(),
+                detail: delivery.detail,
+                expires_at,
+                recovered: false,
+            };
+            serde_json::to_value(sent).map_err(|e| StepError::permanent(e.to_string()))
+        }
+        Err(error) if error.permanent => Err(StepError::permanent(format!(
+            "mail to {} was refused for good by {}: {error}",
+            mailing.email,
+            mailer.describe()
+        ))),
+        Err(error) => Err(StepError::retryable(format!(
+            "mail to {} could not be sent through {}: {error}",
+            mailing.email,
+            mailer.describe()
+        ))),
+    }
+}
+
+/// Records that the invitation was sent (or sent again), and for a first send starts
+/// the workflow that will expire it, all in the step's transaction.
+pub async fn record(
+    tokens: &TokenKey,
+    mailing: &Mailing,
+    sent: &Value,
+    ctx: &mut StepContext<'_>,
+) -> Result<Value, StepError> {
+    let sent: Sent = serde_json::from_value(sent.clone())
+        .map_err(|e| StepError::permanent(format!("the send step's result cannot be read: {e}")))?;
+    let token_hash = token_hash(&tokens.token(mailing.invitation_id, mailing.send_number));
+    let mut metadata = ctx.metadata();
+    metadata.org_id = Some(mailing.org_id);
+    let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
+    let (event, expected) = if mailing.send_number == 1 {
+        let payload = InvitationSent {
+            org_id: mailing.org_id,
+            user_id: mailing.user_id,
+            email: mailing.email.clone(),
+            roles: mailing.roles.clone(),
+            token_hash,
+            expires_at: sent.expires_at,
+            message_id: sent.message_id.clone(),
+            send_number: 1,
+        };
+        (payload.to_event(metadata), Expected::NoStream)
+    } else {
+        let payload = InvitationResent {
+            token_hash,
+            expires_at: sent.expires_at,
+            message_id: sent.message_id.clone(),
+            send_number: mailing.send_number,
+        };
+        (payload.to_event(metadata), Expected::Any)
+    };
+    let was_expired = if mailing.send_number > 1 {
+        let tx = ctx.tx().await?;
+        crate::queries::invitation(&mut tx.conn(), mailing.invitation_id)
+            .await?
+            .is_some_and(|invitation| invitation.status == "expired")
+    } else {
+        false
+    };
+    ctx.append_applied(
+        AppendRequest::new(stream_type, mailing.invitation_id.into(), vec![event]).expect(expected),
+    )
+    .await?;
+    let expiry = if mailing.send_number == 1 || was_expired {
+        Some(
+            ctx.start_workflow(
+                EXPIRY_WORKFLOW,
+                json!({ "invitation_id": mailing.invitation_id }),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(json!({ "invitation_id": mailing.invitation_id, "expiry_workflow": expiry }))
+}

@@ -1,0 +1,315 @@
+//! The handlers: the only code that writes the onboarding projections.
+//!
+//! Every handler is idempotent (upserts keyed by the event's ids, times taken from the
+//! event), so replaying or re-dispatching an event leaves the same rows.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use cairn_dispatch::{
+    Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, payload,
+};
+use cairn_log::{RecordedEvent, args};
+
+use crate::events::{
+    BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
+    InvitationAccepted, InvitationExpired, InvitationResent, InvitationRevoked, InvitationSent,
+    OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated, UserCreated,
+    UserInvited, stream,
+};
+
+macro_rules! handler {
+    ($name:ident, $payload:ty, |$event:ident, $data:ident, $p:ident| $body:block) => {
+        struct $name;
+
+        #[async_trait]
+        impl Handler for $name {
+            async fn handle(
+                &self,
+                $event: &RecordedEvent,
+                $p: &mut Projections<'_>,
+            ) -> Result<(), HandlerError> {
+                let $data: $payload = payload($event)?;
+                let () = $body;
+                Ok(())
+            }
+        }
+    };
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Fails the event when an update found no row: the stream's first event is missing.
+fn require_row(changed: u64, what: &str, event: &RecordedEvent) -> Result<(), HandlerError> {
+    if changed == 0 {
+        return Err(HandlerError::failed(format!(
+            "{what} {} does not exist: {} cannot apply to it",
+            event.stream_id, event.event_type
+        )));
+    }
+    Ok(())
+}
+
+handler!(OnBootstrapInitiated, BootstrapInitiated, |event, e, p| {
+    p.execute(
+        "INSERT INTO organizations (id, name, slug, sender_domain, sender_address, status, is_active,
+             direct_care_settings, workflow_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'bootstrapping', FALSE, $6, $7, $8, $8)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug,
+             sender_domain = excluded.sender_domain, sender_address = excluded.sender_address,
+             direct_care_settings = excluded.direct_care_settings, workflow_id = excluded.workflow_id",
+        args![
+            event.stream_id,
+            e.name.as_str(),
+            e.slug.as_str(),
+            e.sender_domain.as_str(),
+            e.sender_address.as_str(),
+            json(&e.direct_care_settings),
+            e.workflow_id,
+            event.created_at,
+        ],
+    )
+    .await?;
+});
+
+handler!(OnOrganizationCreated, OrganizationCreated, |event, e, p| {
+    p.execute(
+        "INSERT INTO organizations (id, name, slug, sender_domain, sender_address, status, is_active,
+             direct_care_settings, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'bootstrapping', TRUE, $6, $7, $7)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug,
+             sender_domain = excluded.sender_domain, sender_address = excluded.sender_address,
+             direct_care_settings = excluded.direct_care_settings, is_active = TRUE,
+             updated_at = excluded.updated_at",
+        args![
+            event.stream_id,
+            e.name.as_str(),
+            e.slug.as_str(),
+            e.sender_domain.as_str(),
+            e.sender_address.as_str(),
+            json(&e.direct_care_settings),
+            event.created_at,
+        ],
+    )
+    .await?;
+});
+
+handler!(
+    OnDirectCareSettingsUpdated,
+    DirectCareSettingsUpdated,
+    |event, e, p| {
+        let changed = p
+            .execute(
+                "UPDATE organizations SET direct_care_settings = $2, updated_at = $3 WHERE id = $1",
+                args![event.stream_id, json(&e.settings), event.created_at],
+            )
+            .await?;
+        require_row(changed, "organization", event)?;
+    }
+);
+
+handler!(OnBootstrapCompleted, BootstrapCompleted, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE organizations SET status = 'active', updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "organization", event)?;
+});
+
+handler!(OnBootstrapFailed, BootstrapFailed, |event, e, p| {
+    let changed = p
+        .execute(
+            "UPDATE organizations SET status = 'failed', failure_reason = $2, updated_at = $3 WHERE id = $1",
+            args![event.stream_id, format!("step {}: {}", e.step, e.reason), event.created_at],
+        )
+        .await?;
+    require_row(changed, "organization", event)?;
+});
+
+handler!(
+    OnOrganizationDeactivated,
+    OrganizationDeactivated,
+    |event, _e, p| {
+        let changed = p
+        .execute(
+            "UPDATE organizations SET is_active = FALSE, deactivated_at = $2, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+        require_row(changed, "organization", event)?;
+    }
+);
+
+handler!(OnUserCreated, UserCreated, |event, e, p| {
+    p.execute(
+        "INSERT INTO users (id, org_id, email, name, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'active', $5, $5)
+         ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,
+             name = excluded.name, status = 'active', updated_at = excluded.updated_at",
+        args![
+            event.stream_id,
+            e.org_id,
+            e.email.as_str(),
+            e.name.as_str(),
+            event.created_at
+        ],
+    )
+    .await?;
+});
+
+handler!(OnUserInvited, UserInvited, |event, e, p| {
+    p.execute(
+        "INSERT INTO users (id, org_id, email, name, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'invited', $5, $5)
+         ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,
+             name = excluded.name, updated_at = excluded.updated_at",
+        args![
+            event.stream_id,
+            e.org_id,
+            e.email.as_str(),
+            e.name.as_str(),
+            event.created_at
+        ],
+    )
+    .await?;
+});
+
+handler!(OnRoleAssigned, RoleAssigned, |event, e, p| {
+    p.execute(
+        "INSERT INTO role_assignments (user_id, role, org_id, assigned_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id, role) DO NOTHING",
+        args![event.stream_id, e.role.as_str(), e.org_id, event.created_at],
+    )
+    .await?;
+});
+
+handler!(OnUserActivated, UserActivated, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE users SET status = 'active', updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+});
+
+handler!(OnInvitationSent, InvitationSent, |event, e, p| {
+    p.execute(
+        "INSERT INTO invitations (id, org_id, user_id, email, roles, status, token_hash, expires_at,
+             send_count, message_id, last_sent_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $10, $10)
+         ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, user_id = excluded.user_id,
+             email = excluded.email, roles = excluded.roles, token_hash = excluded.token_hash,
+             expires_at = excluded.expires_at, send_count = excluded.send_count,
+             message_id = excluded.message_id, last_sent_at = excluded.last_sent_at,
+             updated_at = excluded.updated_at",
+        args![
+            event.stream_id,
+            e.org_id,
+            e.user_id,
+            e.email.as_str(),
+            json(&e.roles),
+            e.token_hash.as_str(),
+            e.expires_at,
+            e.send_number,
+            e.message_id.as_str(),
+            event.created_at,
+        ],
+    )
+    .await?;
+});
+
+handler!(OnInvitationResent, InvitationResent, |event, e, p| {
+    let changed = p
+        .execute(
+            "UPDATE invitations SET status = 'pending', token_hash = $2, expires_at = $3, send_count = $4,
+                 message_id = $5, last_sent_at = $6, expired_at = NULL, updated_at = $6
+             WHERE id = $1",
+            args![event.stream_id, e.token_hash.as_str(), e.expires_at, e.send_number, e.message_id.as_str(), event.created_at],
+        )
+        .await?;
+    require_row(changed, "invitation", event)?;
+});
+
+handler!(OnInvitationAccepted, InvitationAccepted, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE invitations SET status = 'accepted', accepted_at = $2, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "invitation", event)?;
+});
+
+handler!(OnInvitationRevoked, InvitationRevoked, |event, e, p| {
+    let changed = p
+        .execute(
+            "UPDATE invitations SET status = 'revoked', revoked_at = $2, revoke_reason = $3, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at, e.reason.as_str()],
+        )
+        .await?;
+    require_row(changed, "invitation", event)?;
+});
+
+handler!(OnInvitationExpired, InvitationExpired, |event, e, p| {
+    let changed = p
+        .execute(
+            "UPDATE invitations SET status = 'expired', expired_at = $2, updated_at = $3 WHERE id = $1",
+            args![event.stream_id, e.expired_at, event.created_at],
+        )
+        .await?;
+    require_row(changed, "invitation", event)?;
+});
+
+/// The onboarding projection tables.
+pub const TABLES: [ProjectionTable; 4] = [
+    ProjectionTable {
+        name: "organizations",
+        key: &["id"],
+    },
+    ProjectionTable {
+        name: "users",
+        key: &["id"],
+    },
+    ProjectionTable {
+        name: "role_assignments",
+        key: &["user_id", "role"],
+    },
+    ProjectionTable {
+        name: "invitations",
+        key: &["id"],
+    },
+];
+
+/// Registers the organization, user and invitation routers and their projections.
+pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
+    let builder = builder
+        .router(stream::ORGANIZATION, |r| {
+            r.event::<BootstrapInitiated>(OnBootstrapInitiated)
+                .event::<OrganizationCreated>(OnOrganizationCreated)
+                .event::<DirectCareSettingsUpdated>(OnDirectCareSettingsUpdated)
+                .event::<BootstrapCompleted>(OnBootstrapCompleted)
+                .event::<BootstrapFailed>(OnBootstrapFailed)
+                .event::<OrganizationDeactivated>(OnOrganizationDeactivated)
+        })
+        .router(stream::USER, |r| {
+            r.event::<UserCreated>(OnUserCreated)
+                .event::<UserInvited>(OnUserInvited)
+                .event::<RoleAssigned>(OnRoleAssigned)
+                .event::<UserActivated>(OnUserActivated)
+        })
+        .router(stream::INVITATION, |r| {
+            r.event::<InvitationSent>(OnInvitationSent)
+                .event::<InvitationResent>(OnInvitationResent)
+                .event::<InvitationAccepted>(OnInvitationAccepted)
+                .event::<InvitationRevoked>(OnInvitationRevoked)
+                .event::<InvitationExpired>(OnInvitationExpired)
+        });
+    TABLES
+        .into_iter()
+        .fold(builder, |builder, table| builder.projection(table))
+}

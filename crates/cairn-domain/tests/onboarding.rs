@@ -1,0 +1,1000 @@
+//! Organization onboarding end to end, on both backends, with mail through a real SMTP
+//! server on loopback: the bootstrap saga, its failure and compensation, the safety
+//! net, retries, invitations (accept once, resend, revoke, expire), validation and
+//! idempotency.
+
+use std::sync::Arc;
+
+use cairn_dispatch::{DriftKind, EventStore, Registry, VerifyOptions};
+use cairn_domain::queries::{self, Page};
+use cairn_domain::{
+    BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig, InviteeRequest,
+};
+use cairn_log::{AppendRequest, EventFilter, NewEvent, RecordedEvent, args};
+use cairn_mail::{Mailer, SmtpMailer};
+use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
+use cairn_types::{Actor, CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
+use cairn_workflow::{Clock, EngineConfig, ManualClock, RunStatus, SystemClock};
+use serde_json::{Value, json};
+
+fn registry() -> Registry {
+    let builder = cairn_workflow::routes(Registry::builder().admin_routes());
+    cairn_domain::routes(builder)
+        .build()
+        .expect("a valid registry")
+}
+
+struct World {
+    t: TestDb,
+    domain: Domain,
+}
+
+async fn world(t: TestDb, mailer: Arc<dyn Mailer>, clock: Arc<dyn Clock>) -> anyhow::Result<World> {
+    t.migrate_sets(&[
+        cairn_dispatch::MIGRATIONS,
+        cairn_workflow::MIGRATIONS,
+        cairn_domain::MIGRATIONS,
+    ])
+    .await?;
+    let store = EventStore::new(t.db().clone(), registry());
+    let config = DomainConfig {
+        accept_url: "https://app.example.test/invitations/accept".to_owned(),
+        ..DomainConfig::default()
+    };
+    let domain = Domain::open(store, mailer, clock, config, EngineConfig::default()).await?;
+    Ok(World { t, domain })
+}
+
+async fn smtp_world(t: TestDb, sink: &SmtpSink) -> anyhow::Result<World> {
+    world(
+        t,
+        Arc::new(SmtpMailer::from_url(&sink.url())?),
+        Arc::new(SystemClock),
+    )
+    .await
+}
+
+fn admin_actor() -> CommandContext {
+    CommandContext::new(Actor::service("platform-console").expect("a valid name"))
+}
+
+fn request(slug: &str) -> BootstrapRequest {
+    serde_json::from_value(json!({
+        "organization": {
+            "name": "Sunrise Care",
+            "slug": slug,
+            "sender_domain": "mail.sunrise.example.co.uk",
+            "direct_care_settings": {"visit_verification": true, "client_assignment": false, "max_caseload": 12}
+        },
+        "admin": {"email": "ada@example.com", "name": "Ada Lovelace"},
+        "invitees": [
+            {"email": "grace@example.com", "name": "Grace Hopper", "roles": ["clinician"]},
+            {"email": "alan@example.org", "name": "Alan Turing", "roles": ["coordinator", "viewer"]}
+        ]
+    }))
+    .expect("a well-formed request")
+}
+
+async fn events_of(w: &World, correlation_id: CorrelationId) -> anyhow::Result<Vec<RecordedEvent>> {
+    let filter = EventFilter {
+        correlation_id: Some(correlation_id),
+        ..EventFilter::default()
+    };
+    Ok(w.t.db().reader().await?.conn().read_events(&filter).await?)
+}
+
+fn domain_types(events: &[RecordedEvent]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .filter(|t| !t.starts_with("workflow."))
+        .collect()
+}
+
+async fn organization(w: &World, id: OrgId) -> anyhow::Result<queries::Organization> {
+    let mut reader = w.t.db().reader().await?;
+    queries::organization(&mut reader.conn(), id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no organization {id}"))
+}
+
+async fn workflow_status(w: &World, id: cairn_types::WorkflowId) -> anyhow::Result<RunStatus> {
+    let mut reader = w.t.db().reader().await?;
+    Ok(cairn_workflow::state::load_run(&mut reader.conn(), id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {id}"))?
+        .status)
+}
+
+async fn assert_no_drift(w: &World) -> anyhow::Result<()> {
+    let report = w
+        .domain
+        .store()
+        .verify_projections(
+            VerifyOptions {
+                dispatch_twice: true,
+            },
+            &mut |_, _| {},
+        )
+        .await?;
+    assert!(report.is_clean(), "drift: {:#?}", report.drift);
+    Ok(())
+}
+
+fn token_in(message: &Received) -> String {
+    let start = message.body.find("token=").expect("a token in the link") + "token=".len();
+    message.body[start..start + 64].to_owned()
+}
+
+backend_test!(
+    a_bootstrap_completes_with_every_event_and_projection_row,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let ctx = admin_actor();
+        let accepted = w.domain.bootstrap(&ctx, &request("sunrise-care")).await?;
+        assert_eq!(accepted.correlation_id, ctx.correlation_id);
+        w.domain.engine().run_until_idle().await?;
+
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Completed
+        );
+        let org = organization(&w, accepted.org_id).await?;
+        assert_eq!((org.status.as_str(), org.is_active), ("active", true));
+        assert_eq!(
+            org.sender_address, "noreply@example.co.uk",
+            "the registrable domain, not co.uk"
+        );
+        assert_eq!(org.direct_care_settings.max_caseload, 12);
+
+        let mut reader = w.t.db().reader().await?;
+        let users = queries::users(&mut reader.conn(), accepted.org_id, Page::default()).await?;
+        let summary: Vec<(&str, &str, Vec<String>)> = users
+            .iter()
+            .map(|u| {
+                (
+                    u.email.as_str(),
+                    u.status.as_str(),
+                    u.roles.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("ada@example.com", "active", vec!["admin".to_owned()]),
+                ("grace@example.com", "invited", vec![]),
+                ("alan@example.org", "invited", vec![]),
+            ]
+        );
+        let invitations =
+            queries::invitations(&mut reader.conn(), accepted.org_id, Page::default()).await?;
+        assert_eq!(invitations.len(), 3);
+        assert!(
+            invitations
+                .iter()
+                .all(|i| i.status == "pending" && i.send_count == 1)
+        );
+        let ttl = invitations[0].expires_at - invitations[0].last_sent_at;
+        assert!(
+            (ttl - chrono::Duration::days(7)).num_seconds().abs() < 5,
+            "{ttl:?}"
+        );
+        drop(reader);
+
+        let events = events_of(&w, ctx.correlation_id).await?;
+        assert!(
+            events.iter().all(|e| e.processing_error.is_none()),
+            "every event applied"
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.metadata.org_id == Some(accepted.org_id)),
+            "every event names the tenant"
+        );
+        assert_eq!(
+            domain_types(&events),
+            [
+                "organization.bootstrap.initiated",
+                "organization.created",
+                "user.created",
+                "user.role_assigned",
+                "user.invited",
+                "user.invited",
+                "invitation.sent",
+                "invitation.sent",
+                "invitation.sent",
+                "organization.bootstrap.completed",
+            ]
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type.as_str() == "workflow.completed")
+        );
+
+        let received = sink.messages();
+        let mut recipients: Vec<&str> = received.iter().map(|m| m.to.as_str()).collect();
+        recipients.sort();
+        assert_eq!(recipients.len(), 3);
+        assert!(recipients.iter().any(|r| r.contains("ada@example.com")));
+        for message in &received {
+            assert!(
+                message.from.contains("noreply@example.co.uk"),
+                "{}",
+                message.from
+            );
+            assert_eq!(
+                message.subject,
+                "You're invited to join Sunrise Care on cairn"
+            );
+            assert!(
+                message
+                    .body
+                    .contains("https://app.example.test/invitations/accept?token="),
+                "{}",
+                message.body
+            );
+            assert!(message.message_id.ends_with("@example.co.uk"));
+        }
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    an_smtp_permanent_failure_ends_in_failure_compensation_and_deactivation,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions {
+            refuse: Some("550 5.7.1 Sender domain example.co.uk is not verified".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let w = smtp_world(t, &sink).await?;
+        let ctx = admin_actor();
+        let accepted = w
+            .domain
+            .bootstrap(&ctx, &request("sunrise-failing"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Failed
+        );
+        let org = organization(&w, accepted.org_id).await?;
+        assert_eq!((org.status.as_str(), org.is_active), ("failed", false));
+        assert!(org.deactivated_at.is_some());
+        let reason = org.failure_reason.unwrap_or_default();
+        assert!(
+            reason.contains("send_invitation:ada@example.com") && reason.contains("not verified"),
+            "{reason}"
+        );
+
+        let events = events_of(&w, ctx.correlation_id).await?;
+        let types = domain_types(&events);
+        assert_eq!(
+            &types[types.len() - 2..],
+            ["organization.bootstrap.failed", "organization.deactivated"],
+            "{types:?}"
+        );
+        let failed_step = events
+            .iter()
+            .find(|e| e.event_type.as_str() == "workflow.step_failed")
+            .expect("the failed step is recorded");
+        assert_eq!(
+            failed_step.data["attempt"],
+            json!(1),
+            "a 5xx is not retried"
+        );
+        assert_eq!(failed_step.data["permanent"], json!(true));
+        assert!(sink.messages().is_empty());
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    compensation_revokes_the_invitations_already_sent,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions {
+            refuse: Some("550 5.1.1 Mailbox unavailable".into()),
+            refuse_to: Some("alan@".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let w = smtp_world(t, &sink).await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-partial"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Failed
+        );
+        let mut reader = w.t.db().reader().await?;
+        let invitations =
+            queries::invitations(&mut reader.conn(), accepted.org_id, Page::default()).await?;
+        let statuses: Vec<(&str, &str)> = invitations
+            .iter()
+            .map(|i| (i.email.as_str(), i.status.as_str()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("ada@example.com", "revoked"),
+                ("grace@example.com", "revoked")
+            ]
+        );
+        let run = cairn_workflow::state::load(&mut reader.conn(), accepted.workflow_id)
+            .await?
+            .expect("the run");
+        let compensations: Vec<&str> = run
+            .steps
+            .iter()
+            .filter(|s| s.name.starts_with("compensate:"))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            compensations,
+            [
+                "compensate:record_invitation:grace@example.com",
+                "compensate:record_invitation:ada@example.com",
+                "compensate:create_organization",
+            ],
+            "newest first"
+        );
+        drop(reader);
+        assert_eq!(sink.messages().len(), 2);
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+/// Makes the log refuse `organization.deactivated` events, as a broken database would.
+async fn refuse_deactivation_events(t: &TestDb) -> anyhow::Result<()> {
+    let mut tx = t.db().begin().await?;
+    match t.backend() {
+        Backend::Sqlite => {
+            tx.conn()
+                .execute_script(
+                    "CREATE TRIGGER refuse_deactivation BEFORE INSERT ON domain_events
+                     WHEN NEW.event_type = 'organization.deactivated'
+                     BEGIN SELECT RAISE(ABORT, 'the disk is on fire'); END",
+                )
+                .await?
+        }
+        Backend::Postgres => {
+            tx.conn()
+                .execute_script(
+                    "CREATE FUNCTION refuse_deactivation() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN RAISE EXCEPTION 'the disk is on fire'; END $$;
+                     CREATE TRIGGER refuse_deactivation BEFORE INSERT ON domain_events FOR EACH ROW
+                     WHEN (NEW.event_type = 'organization.deactivated') EXECUTE FUNCTION refuse_deactivation();",
+                )
+                .await?
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+backend_test!(
+    the_safety_net_deactivates_when_emitting_the_event_fails,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions {
+            refuse: Some("550 5.7.1 Sender domain is not verified".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        refuse_deactivation_events(&t).await?;
+        let w = smtp_world(t, &sink).await?;
+        let ctx = admin_actor();
+        let accepted = w
+            .domain
+            .bootstrap(&ctx, &request("sunrise-safety-net"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Failed
+        );
+        let org = organization(&w, accepted.org_id).await?;
+        assert_eq!(
+            (org.status.as_str(), org.is_active),
+            ("failed", false),
+            "deactivated all the same"
+        );
+        let events = events_of(&w, ctx.correlation_id).await?;
+        assert!(
+            !events
+                .iter()
+                .any(|e| e.event_type.as_str() == "organization.deactivated")
+        );
+
+        let mut reader = w.t.db().reader().await?;
+        let audit = reader
+            .conn()
+            .fetch_all(
+                "SELECT projection, row_key, reason, correlation_id FROM safety_net_writes",
+                args![],
+            )
+            .await?;
+        assert_eq!(audit.len(), 1, "the direct write left an audit record");
+        assert_eq!(audit[0].get::<String>("projection")?, "organizations");
+        assert_eq!(
+            audit[0].get_json("row_key")?,
+            json!({"id": accepted.org_id})
+        );
+        assert!(
+            audit[0]
+                .get::<String>("reason")?
+                .contains("the disk is on fire")
+        );
+        assert_eq!(
+            audit[0].get::<CorrelationId>("correlation_id")?,
+            ctx.correlation_id
+        );
+        drop(reader);
+
+        // The write without an event is exactly what replay --verify reports.
+        let report = w
+            .domain
+            .store()
+            .verify_projections(VerifyOptions::default(), &mut |_, _| {})
+            .await?;
+        assert_eq!(report.drift.len(), 1, "{:#?}", report.drift);
+        assert_eq!(report.drift[0].table, "organizations");
+        match &report.drift[0].kind {
+            DriftKind::Differs { columns } => {
+                assert!(
+                    columns.iter().any(|c| c.column == "is_active"),
+                    "{columns:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+);
+
+backend_test!(
+    transient_mail_failures_are_retried_with_backoff,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions {
+            transient_first: 2,
+            ..SinkOptions::default()
+        })
+        .await?;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let w = world(
+            t,
+            Arc::new(SmtpMailer::from_url(&sink.url())?),
+            clock.clone(),
+        )
+        .await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-retry"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Running
+        );
+        for _ in 0..4 {
+            clock.advance(chrono::Duration::seconds(10));
+            w.domain.engine().run_until_idle().await?;
+        }
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::Completed
+        );
+        let mut reader = w.t.db().reader().await?;
+        let run = cairn_workflow::state::load(&mut reader.conn(), accepted.workflow_id)
+            .await?
+            .expect("run");
+        let first_send = run
+            .steps
+            .iter()
+            .find(|s| s.name == "send_invitation:ada@example.com")
+            .expect("step");
+        assert_eq!(first_send.attempts, 3, "two 451 replies, then accepted");
+        assert_eq!(sink.messages().len(), 3, "each email exactly once");
+        Ok(())
+    }
+);
+
+backend_test!(
+    an_invitation_is_accepted_once_and_revoked_or_expired_ones_are_refused,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let w = world(
+            t,
+            Arc::new(SmtpMailer::from_url(&sink.url())?),
+            clock.clone(),
+        )
+        .await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-accept"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        let messages = sink.messages();
+        let token_for = |email: &str| {
+            token_in(
+                messages
+                    .iter()
+                    .find(|m| m.to.contains(email))
+                    .expect("mailed"),
+            )
+        };
+
+        let anonymous =
+            CommandContext::new(Actor::service("invitation-link").expect("a valid name"));
+        let acceptance = w
+            .domain
+            .accept_invitation(&anonymous, &token_for("grace@"))
+            .await?;
+        let mut reader = w.t.db().reader().await?;
+        let grace = queries::user(&mut reader.conn(), acceptance.user_id)
+            .await?
+            .expect("grace");
+        assert_eq!((grace.status.as_str(), grace.roles.len()), ("active", 1));
+        drop(reader);
+        let again = w
+            .domain
+            .accept_invitation(&anonymous, &token_for("grace@"))
+            .await
+            .expect_err("works once");
+        assert!(again.to_string().contains("already accepted"), "{again}");
+
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, &"0".repeat(64))
+            .await
+            .expect_err("no such token");
+        assert!(matches!(err, CommandError::NotFound { .. }), "{err:?}");
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, "short")
+            .await
+            .expect_err("malformed");
+        assert!(
+            err.to_string()
+                .contains("token: an invitation token is 64 hexadecimal characters"),
+            "{err}"
+        );
+
+        let mut reader = w.t.db().reader().await?;
+        let invitations =
+            queries::invitations(&mut reader.conn(), accepted.org_id, Page::default()).await?;
+        drop(reader);
+        let alan = invitations
+            .iter()
+            .find(|i| i.email == "alan@example.org")
+            .expect("alan")
+            .clone();
+        w.domain
+            .revoke_invitation(&admin_actor(), alan.id, "hired elsewhere")
+            .await?;
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, &token_for("alan@"))
+            .await
+            .expect_err("revoked");
+        assert!(err.to_string().contains("revoked"), "{err}");
+        let err = w
+            .domain
+            .revoke_invitation(&admin_actor(), alan.id, "again")
+            .await
+            .expect_err("not pending");
+        assert!(
+            err.to_string()
+                .contains("only a pending invitation can be revoked"),
+            "{err}"
+        );
+
+        // Ada's invitation expires through the durable timer after seven days.
+        clock.advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
+        w.domain.engine().run_until_idle().await?;
+        let ada = invitations
+            .iter()
+            .find(|i| i.email == "ada@example.com")
+            .expect("ada")
+            .clone();
+        let mut reader = w.t.db().reader().await?;
+        let expired = queries::invitation(&mut reader.conn(), ada.id)
+            .await?
+            .expect("ada");
+        drop(reader);
+        assert_eq!(expired.status, "expired");
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, &token_for("ada@"))
+            .await
+            .expect_err("expired");
+        assert!(err.to_string().contains("expired"), "{err}");
+
+        // Sent again: a new token works, the old one does not.
+        w.domain.resend_invitation(&admin_actor(), ada.id).await?;
+        w.domain.engine().run_until_idle().await?;
+        let resent = sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.to.contains("ada@"))
+            .collect::<Vec<_>>();
+        assert_eq!(resent.len(), 2);
+        let new_token = token_in(&resent[1]);
+        assert_ne!(new_token, token_for("ada@"));
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, &token_for("ada@"))
+            .await
+            .expect_err("replaced");
+        assert!(matches!(err, CommandError::NotFound { .. }), "{err:?}");
+        w.domain.accept_invitation(&anonymous, &new_token).await?;
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_resent_invitation_pushes_its_expiry_out,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let w = world(
+            t,
+            Arc::new(SmtpMailer::from_url(&sink.url())?),
+            clock.clone(),
+        )
+        .await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-extend"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        let mut reader = w.t.db().reader().await?;
+        let grace = queries::invitations(&mut reader.conn(), accepted.org_id, Page::default())
+            .await?
+            .into_iter()
+            .find(|i| i.email == "grace@example.com")
+            .expect("grace");
+        drop(reader);
+        clock.advance(chrono::Duration::days(5));
+        w.domain.resend_invitation(&admin_actor(), grace.id).await?;
+        w.domain.engine().run_until_idle().await?;
+        clock.advance(chrono::Duration::days(3));
+        w.domain.engine().run_until_idle().await?;
+        let mut reader = w.t.db().reader().await?;
+        let status = queries::invitation(&mut reader.conn(), grace.id)
+            .await?
+            .expect("grace")
+            .status;
+        assert_eq!(
+            status, "pending",
+            "day 8, but the resend on day 5 moved the expiry to day 12"
+        );
+        drop(reader);
+        clock.advance(chrono::Duration::days(5));
+        w.domain.engine().run_until_idle().await?;
+        let mut reader = w.t.db().reader().await?;
+        let status = queries::invitation(&mut reader.conn(), grace.id)
+            .await?
+            .expect("grace")
+            .status;
+        assert_eq!(status, "expired");
+        Ok(())
+    }
+);
+
+backend_test!(
+    bad_commands_name_the_field_and_change_nothing,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let bad: BootstrapRequest = serde_json::from_value(json!({
+            "organization": {"name": " ", "slug": "Sunrise Care", "sender_domain": "co.uk",
+                             "direct_care_settings": {"visit_verification": true, "client_assignment": true, "max_caseload": 0}},
+            "admin": {"email": "ada", "name": "Ada"},
+            "invitees": [
+                {"email": "grace@example.com", "name": "Grace", "roles": ["nurse"]},
+                {"email": "grace@example.com", "name": "Grace again", "roles": []}
+            ]
+        }))?;
+        let err = w
+            .domain
+            .bootstrap(&admin_actor(), &bad)
+            .await
+            .expect_err("invalid");
+        let CommandError::Invalid(fields) = err else {
+            panic!("{err:?}")
+        };
+        let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "organization.name",
+                "organization.slug",
+                "organization.sender_domain",
+                "organization.direct_care_settings.max_caseload",
+                "admin.email",
+                "invitees[0].roles[0]",
+                "invitees[1].roles",
+                "invitees[1].email",
+            ],
+            "{fields:#?}"
+        );
+        assert!(
+            fields[2].message.contains("itself a public suffix"),
+            "{}",
+            fields[2].message
+        );
+        assert!(
+            fields[5].message.contains("\"nurse\" is not a role"),
+            "{}",
+            fields[5].message
+        );
+
+        let unknown_field = serde_json::from_value::<BootstrapRequest>(json!({
+        "organization": {"name": "x", "slug": "xyz", "sender_domain": "example.com", "colour": "red"},
+        "admin": {"email": "a@example.com", "name": "A"}
+    }))
+    .expect_err("unknown fields are refused");
+        assert!(
+            unknown_field.to_string().contains("unknown field `colour`"),
+            "{unknown_field}"
+        );
+
+        w.domain
+            .bootstrap(&admin_actor(), &request("sunrise-taken"))
+            .await?;
+        let err = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-taken"))
+            .await
+            .expect_err("taken");
+        assert!(
+            matches!(&err, CommandError::Conflict(field) if field.field == "organization.slug"),
+            "{err:?}"
+        );
+
+        let n_orgs =
+            w.t.db()
+                .reader()
+                .await?
+                .conn()
+                .fetch_one("SELECT COUNT(*) AS n FROM organizations", args![])
+                .await?
+                .get::<i64>("n")?;
+        assert_eq!(n_orgs, 1, "only the valid bootstrap wrote anything");
+        Ok(())
+    }
+);
+
+backend_test!(
+    append_refuses_a_payload_that_does_not_fit_its_type,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let event = NewEvent::new(
+            EventType::parse("organization.created")?,
+            json!({"name": "Sunrise", "slug": "sunrise", "sender_domain": "example.com", "sender_address": "not-an-email",
+               "direct_care_settings": {"visit_verification": true, "client_assignment": true, "max_caseload": 3}}),
+            Metadata::new(),
+        );
+        let err = w
+            .domain
+            .store()
+            .append(AppendRequest::new(
+                StreamType::parse("organization")?,
+                StreamId::new_v7(),
+                vec![event.clone()],
+            ))
+            .await
+            .expect_err("bad payload");
+        assert!(
+            err.to_string().contains(
+                "event_data.sender_address: \"not-an-email\" is not a valid email address"
+            ),
+            "{err}"
+        );
+        let err = w
+            .domain
+            .store()
+            .append(AppendRequest::new(
+                StreamType::parse("user")?,
+                StreamId::new_v7(),
+                vec![event],
+            ))
+            .await
+            .expect_err("wrong stream type");
+        assert!(
+            err.to_string()
+                .contains("belongs to stream type \"organization\", not \"user\""),
+            "{err}"
+        );
+        let missing = NewEvent::new(
+            EventType::parse("user.role_assigned")?,
+            json!({"org_id": OrgId::new_v7()}),
+            Metadata::new(),
+        );
+        let err = w
+            .domain
+            .store()
+            .append(AppendRequest::new(
+                StreamType::parse("user")?,
+                StreamId::new_v7(),
+                vec![missing],
+            ))
+            .await
+            .expect_err("missing field");
+        assert!(err.to_string().contains("missing field `role`"), "{err}");
+        assert!(
+            w.t.db()
+                .reader()
+                .await?
+                .conn()
+                .read_events(&EventFilter::default())
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_repeated_idempotency_key_returns_the_first_response,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let mut ctx = admin_actor();
+        ctx.idempotency_key = Some("bootstrap-sunrise-1".into());
+        let first = w.domain.bootstrap(&ctx, &request("sunrise-once")).await?;
+        let mut retry = admin_actor();
+        retry.idempotency_key = ctx.idempotency_key.clone();
+        let second = w.domain.bootstrap(&retry, &request("sunrise-once")).await?;
+        assert_eq!(first, second);
+        let err = w
+            .domain
+            .bootstrap(&retry, &request("sunrise-other"))
+            .await
+            .expect_err("different request");
+        assert!(matches!(err, CommandError::KeyReused { .. }), "{err:?}");
+        let n_orgs =
+            w.t.db()
+                .reader()
+                .await?
+                .conn()
+                .fetch_one("SELECT COUNT(*) AS n FROM organizations", args![])
+                .await?
+                .get::<i64>("n")?;
+        assert_eq!(n_orgs, 1);
+        Ok(())
+    }
+);
+
+backend_test!(
+    settings_and_invitations_after_the_bootstrap,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-later"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+
+        let mut ctx = admin_actor();
+        ctx.org_id = Some(accepted.org_id);
+        let settings = cairn_domain::model::DirectCareSettings {
+            visit_verification: false,
+            client_assignment: true,
+            max_caseload: 40,
+        };
+        w.domain
+            .update_direct_care_settings(&ctx, accepted.org_id, &settings)
+            .await?;
+        assert_eq!(
+            organization(&w, accepted.org_id)
+                .await?
+                .direct_care_settings,
+            settings
+        );
+        let bad = cairn_domain::model::DirectCareSettings {
+            max_caseload: 900,
+            ..settings
+        };
+        let err = w
+            .domain
+            .update_direct_care_settings(&ctx, accepted.org_id, &bad)
+            .await
+            .expect_err("too many");
+        assert!(
+            err.to_string()
+                .contains("max_caseload: must be 1 to 500, not 900"),
+            "{err}"
+        );
+
+        let invite = InviteeRequest {
+            email: "Katherine@Example.com".into(),
+            name: "Katherine Johnson".into(),
+            roles: vec!["viewer".into()],
+        };
+        let started = w.domain.invite(&ctx, accepted.org_id, &invite).await?;
+        w.domain.engine().run_until_idle().await?;
+        assert_eq!(
+            workflow_status(&w, started.workflow_id).await?,
+            RunStatus::Completed
+        );
+        let mut reader = w.t.db().reader().await?;
+        let invitation = queries::invitation(&mut reader.conn(), started.invitation_id)
+            .await?
+            .expect("sent");
+        assert_eq!(
+            (invitation.email.as_str(), invitation.status.as_str()),
+            ("katherine@example.com", "pending")
+        );
+        drop(reader);
+        assert_eq!(sink.messages().len(), 4);
+        let err = w
+            .domain
+            .invite(&ctx, accepted.org_id, &invite)
+            .await
+            .expect_err("twice");
+        assert!(
+            err.to_string().contains("has already been invited"),
+            "{err}"
+        );
+        let err = w
+            .domain
+            .invite(&ctx, OrgId::new_v7(), &invite)
+            .await
+            .expect_err("no such org");
+        assert!(
+            matches!(
+                err,
+                CommandError::NotFound {
+                    what: "organization",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+#[test]
+fn the_registry_has_a_contract_for_every_domain_event() {
+    let registry = registry();
+    for event_type in [
+        "organization.bootstrap.initiated",
+        "organization.created",
+        "organization.direct_care_settings_updated",
+        "organization.bootstrap.completed",
+        "organization.bootstrap.failed",
+        "organization.deactivated",
+        "user.created",
+        "user.invited",
+        "user.role_assigned",
+        "invitation.sent",
+        "invitation.resent",
+        "invitation.accepted",
+        "invitation.revoked",
+        "invitation.expired",
+    ] {
+        let spec = registry
+            .spec(&EventType::parse(event_type).expect("valid"))
+            .unwrap_or_else(|| panic!("no contract for {event_type}"));
+        assert_eq!(spec.schema["type"], json!("object"), "{event_type}");
+        let _: &Value = &spec.schema;
+    }
+}
