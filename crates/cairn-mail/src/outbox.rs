@@ -2,6 +2,9 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -9,11 +12,36 @@ use crate::{Delivery, MailError, Mailer, OutboundMessage, to_lettre};
 
 /// Writes each message as an RFC 5322 `.eml` file named after its Message-ID.
 ///
-/// Delivery is exactly once: the file appears atomically (written aside, then renamed),
-/// and [`Mailer::delivered`] finds it after a crash.
+/// Delivery is exactly once: the file appears atomically (written aside as
+/// `.sending-…`, then renamed), and [`Mailer::delivered`] finds it after a crash. A
+/// process killed mid-write leaves only a hidden `.sending-…` file, which the next
+/// process sweeps away once it is a minute old.
 #[derive(Debug, Clone)]
 pub struct OutboxMailer {
     dir: PathBuf,
+    swept: Arc<AtomicBool>,
+}
+
+/// A message being written is named `.sending-…` until it is complete. One left
+/// behind by a process that was killed mid-write is removed once it is this old.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let stale = entry.file_name().to_string_lossy().starts_with(".sending-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > STALE_AFTER);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 impl OutboxMailer {
@@ -21,6 +49,7 @@ impl OutboxMailer {
     pub fn new(dir: impl AsRef<Path>) -> Self {
         Self {
             dir: dir.as_ref().to_owned(),
+            swept: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -52,8 +81,12 @@ impl Mailer for OutboxMailer {
         let dir = self.dir.clone();
         let path = self.path_for(&message.message_id);
         let written = path.clone();
+        let sweep = !self.swept.swap(true, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
+            if sweep {
+                sweep_stale(&dir);
+            }
             let mut file = tempfile::Builder::new()
                 .prefix(".sending-")
                 .tempfile_in(&dir)?;

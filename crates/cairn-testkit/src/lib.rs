@@ -8,7 +8,7 @@
 
 mod smtp;
 
-pub use smtp::{Received, SinkOptions, SmtpSink};
+pub use smtp::{Received, SinkOptions, SmtpSink, parse as smtp_parse};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,19 +1,33 @@
-//! Assembling cairn: the migrations of every layer, the routing table, the database.
+//! Assembling cairn: the migrations of every layer, the routing table, the database,
+//! the mailer and the domain with its workflow engine.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use cairn_dispatch::{EventStore, Registry};
+use cairn_domain::{Domain, DomainConfig};
 use cairn_log::{Db, DbOptions, Migration};
+use cairn_workflow::{EngineConfig, SystemClock};
+
+use crate::cli::Runtime;
 
 /// Every migration, in layer order.
 pub fn migrations() -> Vec<&'static [Migration]> {
-    vec![cairn_log::migrate::MIGRATIONS]
+    vec![
+        cairn_log::migrate::MIGRATIONS,
+        cairn_dispatch::MIGRATIONS,
+        cairn_workflow::MIGRATIONS,
+        cairn_domain::MIGRATIONS,
+    ]
 }
 
 /// The routing table of this build.
 pub fn registry() -> Registry {
-    Registry::builder()
-        .admin_routes()
+    let builder = Registry::builder().admin_routes();
+    let builder = cairn_workflow::routes(builder);
+    cairn_domain::routes(builder)
         .build()
         .expect("the built-in registry is checked by the registry_is_valid test")
 }
@@ -33,14 +47,39 @@ pub async fn open(url: &str) -> anyhow::Result<EventStore> {
     Ok(EventStore::new(db, registry()))
 }
 
+/// Opens the domain: the event store, the mailer, and the workflow engine.
+pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain> {
+    let store = open(url).await?;
+    let mailer = cairn_mail::mailer_from_url(&runtime.mail_url).context("--mail-url")?;
+    let config = DomainConfig {
+        invitation_ttl: chrono::Duration::from_std(runtime.invitation_ttl.0)
+            .context("--invitation-ttl is too long")?,
+        accept_url: format!(
+            "{}/invitations/accept",
+            runtime.public_url.trim_end_matches('/')
+        ),
+    };
+    let mut engine_config = EngineConfig {
+        pause_after_records: runtime.fault_pause_after_records,
+        ..EngineConfig::default()
+    };
+    if let Some(seconds) = runtime.workflow_lease_seconds {
+        engine_config.lease = Duration::from_secs_f64(seconds.max(0.1));
+    }
+    if let Some(worker_id) = &runtime.worker_id {
+        engine_config.worker_id = worker_id.clone();
+    }
+    Ok(Domain::open(store, mailer, Arc::new(SystemClock), config, engine_config).await?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn registry_is_valid() {
-        assert!(
-            super::registry()
-                .route(&cairn_types::StreamType::parse("test").expect("name"))
-                .is_some()
-        );
+        let registry = super::registry();
+        for stream_type in ["test", "workflow", "organization", "user", "invitation"] {
+            let stream_type = cairn_types::StreamType::parse(stream_type).expect("name");
+            assert!(registry.route(&stream_type).is_some(), "{stream_type}");
+        }
     }
 }

@@ -32,6 +32,9 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    #[command(flatten)]
+    pub runtime: Runtime,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +54,172 @@ pub enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Bootstrap a sample organization end to end and show what happened.
+    Demo(JsonFlag),
+    /// List, show and run workflows.
+    #[command(subcommand)]
+    Workflows(WorkflowsCommand),
+    /// Organization commands.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Invitation commands.
+    #[command(subcommand)]
+    Invitations(InvitationsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowsCommand {
+    /// List workflow runs, oldest first.
+    List(WorkflowListArgs),
+    /// Show one run with its steps.
+    Show(WorkflowShowArgs),
+    /// Run the workflow engine: until stopped (Ctrl-C), or with --until-idle until
+    /// nothing is runnable now.
+    Run(WorkflowRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowListArgs {
+    /// Only runs with this status: running, compensating, completed, failed,
+    /// compensation_failed.
+    #[arg(long, value_parser = cairn_workflow::RunStatus::parse)]
+    pub status: Option<cairn_workflow::RunStatus>,
+    /// Only runs of this kind (organization_bootstrap, invitation_delivery, …).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowShowArgs {
+    /// The run's id.
+    #[arg(value_parser = cairn_types::WorkflowId::parse)]
+    pub id: cairn_types::WorkflowId,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowRunArgs {
+    /// Stop once nothing is runnable now (runs asleep on a timer stay asleep).
+    #[arg(long)]
+    pub until_idle: bool,
+    /// How many runs to drive at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Bootstrap an organization from a JSON request (see README); prints the ids.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// The request: @FILE, - for standard input, or inline JSON.
+    #[arg(long)]
+    pub request: String,
+    /// Run the workflow here until it finishes, instead of leaving it to a worker.
+    #[arg(long)]
+    pub wait: bool,
+    /// Makes the command safe to repeat: a repeat returns the first response.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvitationsCommand {
+    /// Accept an invitation by the token from its email.
+    Accept(AcceptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    /// The token from the invitation link.
+    pub token: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// A duration such as 7d, 36h, 90m or 45s.
+#[derive(Debug, Clone, Copy)]
+pub struct HumanDuration(pub std::time::Duration);
+
+fn parse_duration(input: &str) -> Result<HumanDuration, String> {
+    let input = input.trim();
+    let split = input
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(input.len());
+    let (number, unit) = input.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        format!("{input:?} is not a duration: write a number and a unit, e.g. 7d, 36h, 90m or 45s")
+    })?;
+    let seconds = match unit {
+        "d" => number * 86_400,
+        "h" => number * 3_600,
+        "m" => number * 60,
+        "s" | "" => number,
+        other => {
+            return Err(format!(
+                "{other:?} is not a unit: use d, h, m or s (e.g. 7d)"
+            ));
+        }
+    };
+    if seconds == 0 {
+        return Err("the duration must be above zero".to_owned());
+    }
+    Ok(HumanDuration(std::time::Duration::from_secs(seconds)))
+}
+
+/// How the domain and its workflows run.
+#[derive(Debug, Clone, Args)]
+pub struct Runtime {
+    /// Where mail goes: outbox:DIR writes .eml files; smtp://HOST:PORT (or smtps://)
+    /// sends through a server.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_MAIL_URL",
+        default_value = "outbox:cairn-data/outbox"
+    )]
+    pub mail_url: String,
+
+    /// How long invitation links stay valid.
+    #[arg(long, global = true, env = "CAIRN_INVITATION_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub invitation_ttl: HumanDuration,
+
+    /// The address people reach cairn at, for links in emails.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+
+    /// Names this process's workflow engine in leases and event metadata.
+    #[arg(long, global = true, env = "CAIRN_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// How long a workflow engine's claim on a run lasts, in seconds (default 30).
+    #[arg(long, global = true, env = "CAIRN_WORKFLOW_LEASE", hide = true)]
+    pub workflow_lease_seconds: Option<f64>,
+
+    /// Fault injection for crash tests: the engine stops after this many records.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_FAULT_PAUSE_AFTER_RECORDS",
+        hide = true
+    )]
+    pub fault_pause_after_records: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -194,13 +363,40 @@ pub enum AuditCommand {
 pub enum BenchCommand {
     /// Appends through the dispatcher (1 and 8 writers, batches of 100) and replay.
     Append(BenchAppendArgs),
+    /// Bootstrap workflows per second, and the engine's overhead per step.
+    Workflow(BenchAppendArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BenchAppendArgs {
-    /// How long each append scenario runs, in seconds.
+    /// How long each scenario runs, in seconds.
     #[arg(long, default_value_t = 8.0)]
     pub seconds: f64,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let seconds = |input: &str| parse_duration(input).map(|d| d.0.as_secs());
+        assert_eq!(seconds("7d"), Ok(604_800));
+        assert_eq!(seconds("36h"), Ok(129_600));
+        assert_eq!(seconds("90m"), Ok(5_400));
+        assert_eq!(seconds("45"), Ok(45));
+        assert!(
+            seconds("7 days")
+                .expect_err("unit")
+                .contains("is not a unit")
+        );
+        assert!(
+            seconds("d")
+                .expect_err("number")
+                .contains("is not a duration")
+        );
+        assert!(seconds("0s").is_err());
+    }
 }

@@ -1,52 +1,13 @@
 //! The command line as a process, on both backends: what it prints, what it refuses,
 //! and its exit codes (0 fine, 1 a check found a problem, 2 an error).
 
+mod common;
+
 use std::process::Output;
 
 use cairn_testkit::{Backend, TestDb, backend_test};
+use common::{assert_exit, cairn, json_of, stderr, stdout};
 use serde_json::{Value, json};
-
-/// Runs `cairn --database-url URL ARGS…`.
-async fn cairn(url: &str, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-    command
-        .arg("--database-url")
-        .arg(url)
-        .args(args)
-        .env_remove("CAIRN_DATABASE_URL")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null());
-    command.output().await.expect("cairn runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(output: &Output, code: i32) {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "exit status; stdout:\n{}\nstderr:\n{}",
-        stdout(output),
-        stderr(output)
-    );
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            stdout(output),
-            stderr(output)
-        )
-    })
-}
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -4,22 +4,33 @@
 
 mod audit;
 mod bench;
+mod demo;
 mod events;
+mod org;
 mod replay;
 mod status;
+mod workflows;
 
 use std::process::ExitCode;
 
-use crate::cli::{AuditCommand, BenchCommand, Cli, Command};
+use crate::cli::{AuditCommand, BenchCommand, Cli, Command, InvitationsCommand, OrgCommand};
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = cli.database_url;
+    let runtime = cli.runtime;
     match cli.command {
         Command::Events(command) => events::run(&url, command).await,
         Command::Replay(args) => replay::run(&url, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(&url, args).await,
         Command::Status(args) => status::run(&url, args).await,
         Command::Bench(BenchCommand::Append(args)) => bench::append(&url, args).await,
+        Command::Bench(BenchCommand::Workflow(args)) => bench::workflow(&url, args).await,
+        Command::Demo(args) => demo::run(&url, &runtime, args).await,
+        Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
+        Command::Org(OrgCommand::Bootstrap(args)) => org::bootstrap(&url, &runtime, args).await,
+        Command::Invitations(InvitationsCommand::Accept(args)) => {
+            org::accept(&url, &runtime, args).await
+        }
     }
 }

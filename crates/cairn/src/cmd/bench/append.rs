@@ -1,20 +1,15 @@
 //! `cairn bench append`: appends through the dispatcher, and replay.
-//!
-//! Runs in a place of its own on the given backend, removed afterwards: a temporary
-//! SQLite file beside the configured one (same disk), or a temporary schema in the
-//! configured PostgreSQL database.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use console::style;
 use serde::Serialize;
 use serde_json::json;
 
 use cairn_dispatch::{EventStore, Handler, HandlerError, ProjectionTable, Projections, Registry};
-use cairn_log::{AppendRequest, Backend, Db, DbOptions, Migration, NewEvent, RecordedEvent, args};
+use cairn_log::{AppendRequest, Migration, NewEvent, RecordedEvent, args};
 use cairn_types::{EventType, Metadata, StreamId, StreamType};
 
 use crate::app;
@@ -65,76 +60,6 @@ fn registry() -> anyhow::Result<Registry> {
             key: &["stream_id"],
         })
         .build()?)
-}
-
-/// Where the benchmark runs, and how to clean up after it.
-enum Place {
-    Sqlite { dir: tempfile::TempDir },
-    Postgres { url: String, schema: String },
-}
-
-impl Place {
-    async fn open(url: &str) -> anyhow::Result<(Place, Db, String)> {
-        let probe = Db::connect(url, &DbOptions::default()).await?;
-        let backend = probe.backend();
-        probe.close().await;
-        match backend {
-            Backend::Sqlite => {
-                let configured = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
-                let parent = std::path::Path::new(configured)
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or_else(|| std::path::Path::new("."));
-                let dir = tempfile::Builder::new()
-                    .prefix("bench-")
-                    .tempdir_in(parent)
-                    .with_context(|| {
-                        format!("creating a temporary directory in {}", parent.display())
-                    })?;
-                let bench_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                let db = app::open_db(&bench_url, &DbOptions::default()).await?;
-                let described = format!("sqlite, a temporary database in {}", parent.display());
-                Ok((Place::Sqlite { dir }, db, described))
-            }
-            Backend::Postgres => {
-                let schema = format!(
-                    "cairn_bench_{}",
-                    &uuid::Uuid::now_v7().simple().to_string()[20..]
-                );
-                let options = DbOptions {
-                    max_connections: 12,
-                    schema: Some(schema.clone()),
-                };
-                let db = app::open_db(url, &options).await?;
-                let described = format!(
-                    "postgres, a temporary schema {schema} in {}",
-                    cairn_log::db::redact_url(url)
-                );
-                Ok((
-                    Place::Postgres {
-                        url: url.to_owned(),
-                        schema,
-                    },
-                    db,
-                    described,
-                ))
-            }
-        }
-    }
-
-    async fn remove(self) -> anyhow::Result<()> {
-        match self {
-            Place::Sqlite { dir } => dir.close().context("removing the benchmark database")?,
-            Place::Postgres { url, schema } => {
-                let db = Db::connect(&url, &DbOptions::default()).await?;
-                db.drop_schema(&schema).await?;
-                db.close().await;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -248,9 +173,10 @@ pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode
         "--seconds must be above 0 and at most 600, not {}",
         args.seconds
     );
-    let (place, db, described) = Place::open(url).await?;
-    db.migrate(&[cairn_log::migrate::MIGRATIONS, BENCH_TABLES])
-        .await?;
+    let (place, db, described) = super::Place::open(url).await?;
+    let mut migrations = app::migrations();
+    migrations.push(BENCH_TABLES);
+    db.migrate(&migrations).await?;
     let backend = db.backend();
     let store = EventStore::new(db.clone(), registry()?);
     let duration = Duration::from_secs_f64(args.seconds);

@@ -1,0 +1,87 @@
+//! `cairn bench …`: measurements, never tests.
+//!
+//! Every benchmark runs in a place of its own on the given backend, removed afterwards:
+//! a temporary SQLite file beside the configured one (same disk), or a temporary schema
+//! in the configured PostgreSQL database.
+
+mod append;
+mod workflow;
+
+pub use append::append;
+pub use workflow::workflow;
+
+use anyhow::Context as _;
+
+use cairn_log::{Backend, Db, DbOptions};
+
+use crate::app;
+
+/// Where the benchmark runs, and how to clean up after it.
+pub(super) enum Place {
+    Sqlite { dir: tempfile::TempDir },
+    Postgres { url: String, schema: String },
+}
+
+impl Place {
+    pub(super) async fn open(url: &str) -> anyhow::Result<(Place, Db, String)> {
+        let probe = Db::connect(url, &DbOptions::default()).await?;
+        let backend = probe.backend();
+        probe.close().await;
+        match backend {
+            Backend::Sqlite => {
+                let configured = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let parent = std::path::Path::new(configured)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(|| std::path::Path::new("."));
+                let dir = tempfile::Builder::new()
+                    .prefix("bench-")
+                    .tempdir_in(parent)
+                    .with_context(|| {
+                        format!("creating a temporary directory in {}", parent.display())
+                    })?;
+                let bench_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                let db = app::open_db(&bench_url, &DbOptions::default()).await?;
+                let described = format!("sqlite, a temporary database in {}", parent.display());
+                Ok((Place::Sqlite { dir }, db, described))
+            }
+            Backend::Postgres => {
+                let schema = format!(
+                    "cairn_bench_{}",
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
+                let options = DbOptions {
+                    max_connections: 12,
+                    schema: Some(schema.clone()),
+                };
+                let db = app::open_db(url, &options).await?;
+                let described = format!(
+                    "postgres, a temporary schema {schema} in {}",
+                    cairn_log::db::redact_url(url)
+                );
+                Ok((
+                    Place::Postgres {
+                        url: url.to_owned(),
+                        schema,
+                    },
+                    db,
+                    described,
+                ))
+            }
+        }
+    }
+
+    pub(super) async fn remove(self) -> anyhow::Result<()> {
+        match self {
+            Place::Sqlite { dir } => dir.close().context("removing the benchmark database")?,
+            Place::Postgres { url, schema } => {
+                let db = Db::connect(&url, &DbOptions::default()).await?;
+                db.drop_schema(&schema).await?;
+                db.close().await;
+            }
+        }
+        Ok(())
+    }
+}

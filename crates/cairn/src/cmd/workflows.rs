@@ -1,0 +1,207 @@
+//! `cairn workflows …`
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use console::style;
+
+use cairn_workflow::{RunFilter, RunStatus, RunWithSteps, StepKind, StepRecord, StepStatus};
+
+use crate::app;
+use crate::cli::{Runtime, WorkflowListArgs, WorkflowRunArgs, WorkflowShowArgs, WorkflowsCommand};
+use crate::ui;
+
+pub async fn run(
+    url: &str,
+    runtime: &Runtime,
+    command: WorkflowsCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        WorkflowsCommand::List(args) => list(url, args).await,
+        WorkflowsCommand::Show(args) => show(url, args).await,
+        WorkflowsCommand::Run(args) => run_engine(url, runtime, args).await,
+    }
+}
+
+/// A status with its mark, for people.
+pub fn status_mark(status: RunStatus) -> String {
+    match status {
+        RunStatus::Completed => style("✓ completed").green().to_string(),
+        RunStatus::Running => style("… running").cyan().to_string(),
+        RunStatus::Compensating => style("↺ compensating").yellow().to_string(),
+        RunStatus::Failed => style("✗ failed").red().to_string(),
+        RunStatus::CompensationFailed => style("✗ compensation failed").red().bold().to_string(),
+    }
+}
+
+/// How long a step took, if it finished.
+pub fn step_duration(step: &StepRecord) -> Option<std::time::Duration> {
+    let (start, end) = (step.started_at?, step.finished_at?);
+    (end - start).to_std().ok()
+}
+
+/// One line for a step.
+pub fn step_line(step: &StepRecord) -> String {
+    let mark = match step.status {
+        StepStatus::Completed | StepStatus::Fired => style("✓").green(),
+        StepStatus::Running => style("…").cyan(),
+        StepStatus::Retrying | StepStatus::Waiting => style("⏳").yellow(),
+        StepStatus::Failed => style("✗").red(),
+    };
+    let name = match step.kind {
+        StepKind::Timer => format!("{} (timer)", step.name),
+        StepKind::Action | StepKind::Compensation => step.name.clone(),
+    };
+    let mut line = format!("{mark} {name:<44}");
+    match step.kind {
+        StepKind::Timer => {
+            if let Some(wake) = step.wake_at {
+                line.push_str(&format!(" until {}", wake.format("%Y-%m-%d %H:%M:%S UTC")));
+            }
+        }
+        StepKind::Action | StepKind::Compensation => {
+            line.push_str(&format!(
+                " {:>10}",
+                ui::plural(u64::from(step.attempts), "attempt", "attempts")
+            ));
+            if let Some(duration) = step_duration(step) {
+                line.push_str(&format!(" {:>9}", ui::duration(duration)));
+            }
+            if step.status == StepStatus::Retrying
+                && let Some(wake) = step.wake_at
+            {
+                line.push_str(&format!("  next attempt {}", wake.format("%H:%M:%S")));
+            }
+        }
+    }
+    if let Some(error) = &step.last_error
+        && step.status != StepStatus::Completed
+    {
+        line.push_str(&format!("\n      {}", style(error).red()));
+    }
+    line
+}
+
+async fn list(url: &str, args: WorkflowListArgs) -> anyhow::Result<ExitCode> {
+    let store = app::open(url).await?;
+    let filter = RunFilter {
+        status: args.status,
+        kind: args.kind,
+        limit: Some(args.limit),
+        ..RunFilter::default()
+    };
+    let mut reader = store.db().reader().await?;
+    let runs = cairn_workflow::state::list(&mut reader.conn(), &filter).await?;
+    if args.json.json {
+        ui::print_json(&runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("{}", style("no workflow runs match").dim());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = ui::table(&["ID", "KIND", "STATUS", "CURRENT STEP", "CREATED (UTC)"]);
+    for run in &runs {
+        table.add_row(vec![
+            run.id.to_string(),
+            run.kind.clone(),
+            run.status.to_string(),
+            run.current_step.clone().unwrap_or_default(),
+            run.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ]);
+    }
+    println!("{table}");
+    println!("{}", ui::plural(runs.len() as u64, "run", "runs"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a run with its steps.
+pub fn print_run(run: &RunWithSteps) {
+    let r = &run.run;
+    println!(
+        "{} {} {}  {}",
+        style("workflow").bold(),
+        style(r.id).bold(),
+        r.kind,
+        status_mark(r.status)
+    );
+    let label = |text: &str| style(format!("  {text:<13}")).dim().to_string();
+    println!("{}{}", label("correlation"), r.correlation_id);
+    if let Some(org) = r.org_id {
+        println!("{}{}", label("organization"), org);
+    }
+    if let Some(parent) = r.parent_id {
+        println!("{}{}", label("parent"), parent);
+    }
+    println!(
+        "{}{}  (updated {})",
+        label("created"),
+        r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+        r.updated_at.format("%H:%M:%S%.3f")
+    );
+    if let Some(next) = r.next_run_at
+        && !r.status.is_finished()
+    {
+        println!(
+            "{}{}",
+            label("next run"),
+            next.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    if let Some(failure) = &r.failure {
+        println!("{}{}", label("failure"), style(failure).red());
+    }
+    println!("{}", label("steps"));
+    for step in &run.steps {
+        println!("    {}", step_line(step));
+    }
+    if let Some(output) = &r.output {
+        println!("{}{}", label("output"), output);
+    }
+}
+
+async fn show(url: &str, args: WorkflowShowArgs) -> anyhow::Result<ExitCode> {
+    let store = app::open(url).await?;
+    let mut reader = store.db().reader().await?;
+    let run = cairn_workflow::state::load(&mut reader.conn(), args.id)
+        .await?
+        .with_context(|| format!("there is no workflow run {}", args.id))?;
+    if args.json.json {
+        ui::print_json(&run)?;
+    } else {
+        print_run(&run);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_engine(
+    url: &str,
+    runtime: &Runtime,
+    args: WorkflowRunArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let domain = app::open_domain(url, runtime).await?;
+    let engine = domain.engine().clone();
+    if args.until_idle {
+        let report = engine.run_until_idle().await?;
+        eprintln!(
+            "{} drove {} ({} written); nothing more is runnable now",
+            style("✓").green().bold(),
+            ui::plural(report.runs_driven, "run", "runs"),
+            ui::plural(report.records, "record", "records"),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "workflow engine running on {} (mail: {}); Ctrl-C to stop",
+        domain.store().db().describe(),
+        runtime.mail_url
+    );
+    engine
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    eprintln!("workflow engine stopped");
+    Ok(ExitCode::SUCCESS)
+}
