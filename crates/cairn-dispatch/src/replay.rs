@@ -1,13 +1,12 @@
 //! Replay: rebuilding projections from the log, and checking them against it.
 //!
-//! [`EventStore::replay`] empties every registered projection table and dispatches the
-//! whole log again, in position order, in one transaction: readers see the old
-//! projections until the new ones are complete.
-//!
-//! [`EventStore::verify_projections`] rebuilds into shadow copies instead (temporary
-//! tables that hide the live ones for the handlers), in a read-only snapshot, and
-//! compares them with the live tables row by row. A row that differs is a projection
-//! changed without an event: a dual write.
+//! Both rebuild every registered projection from the log into shadow copies: temporary
+//! tables that hide the live ones from the handlers, on a session of their own, in
+//! batches. [`EventStore::replay`] then replaces the live tables' contents with the
+//! shadow copies in one transaction under the head lock: readers see the old
+//! projections until the new ones are complete. [`EventStore::verify_projections`]
+//! instead compares the shadow copies with the live tables row by row, in one snapshot.
+//! A row that differs is a projection changed without an event: a dual write.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +15,7 @@ use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
 use cairn_log::db::quote_ident;
-use cairn_log::{Backend, Conn, EventFilter, Outcome, ReadError, RecordedEvent, args};
+use cairn_log::{Backend, Conn, EventFilter, Outcome, ReadError, RecordedEvent, Session, args};
 use cairn_types::{EventId, EventType, Position};
 
 use crate::registry::ProjectionTable;
@@ -143,120 +142,206 @@ fn change(event: &RecordedEvent, now: &Outcome) -> Option<OutcomeChange> {
     })
 }
 
+/// Where a rebuild stands: the last event dispatched into the shadow copies, what
+/// happened to the events, and the outcomes that changed.
+#[derive(Default)]
+struct Rebuild {
+    after: Position,
+    n_events: u64,
+    n_applied: u64,
+    n_skipped: u64,
+    n_failed: u64,
+    changed: Vec<(RecordedEvent, Outcome)>,
+}
+
+async fn live_schema(conn: &mut Conn<'_>) -> Result<String, ReplayError> {
+    Ok(match conn.backend() {
+        Backend::Sqlite => "main".to_owned(),
+        Backend::Postgres => conn
+            .fetch_one("SELECT current_schema() AS schema", args![])
+            .await?
+            .get::<String>("schema")?,
+    })
+}
+
+fn shadow_schema(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "temp",
+        Backend::Postgres => "pg_temp",
+    }
+}
+
 impl EventStore {
-    /// Empties every projection table and dispatches the whole log again, in one
-    /// transaction. Events whose outcome changes get the new outcome recorded.
-    /// `progress` is called with (done, total).
+    /// Dispatches the next batch of events into the shadow copies. Returns how many.
+    async fn rebuild_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        rebuild: &mut Rebuild,
+        dispatch_twice: bool,
+    ) -> Result<usize, ReplayError> {
+        let filter = EventFilter {
+            after: rebuild.after,
+            limit: Some(BATCH),
+            ..EventFilter::default()
+        };
+        let events = conn.read_events(&filter).await?;
+        for event in &events {
+            let mut outcome = self.dispatcher().dispatch(conn, event).await?;
+            if dispatch_twice && outcome == Outcome::Applied {
+                outcome = self.dispatcher().dispatch(conn, event).await?;
+            }
+            match &outcome {
+                Outcome::Applied => rebuild.n_applied += 1,
+                Outcome::Skipped => rebuild.n_skipped += 1,
+                Outcome::Failed(_) => rebuild.n_failed += 1,
+            }
+            if change(event, &outcome).is_some() {
+                rebuild.changed.push((event.clone(), outcome));
+            }
+            rebuild.n_events += 1;
+            rebuild.after = event.position;
+        }
+        Ok(events.len())
+    }
+
+    /// Rebuilds the shadow copies from the whole log in batches, each its own
+    /// transaction that writes nothing but the shadow copies (temporary tables, which
+    /// hide the live tables from the handlers). Committing every batch keeps each
+    /// rebuilt row's version history short: one long transaction updating the same
+    /// row thousands of times makes PostgreSQL walk an ever longer chain of versions.
+    async fn rebuild_shadows(
+        &self,
+        session: &mut Session,
+        options: VerifyOptions,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<(String, Rebuild), ReplayError> {
+        let tables = self.dispatcher().registry().projections();
+        let live = live_schema(&mut session.conn()).await?;
+        for table in tables {
+            create_shadow(&mut session.conn(), &live, table).await?;
+        }
+        let total = {
+            let head = session.conn().head().await?;
+            u64::try_from(head.last_position.get()).unwrap_or(0)
+        };
+        let mut rebuild = Rebuild::default();
+        loop {
+            session.begin_read_only().await?;
+            let n = self
+                .rebuild_batch(&mut session.conn(), &mut rebuild, options.dispatch_twice)
+                .await;
+            session.commit().await?;
+            progress(rebuild.n_events, total.max(rebuild.n_events));
+            if n? == 0 {
+                return Ok((live, rebuild));
+            }
+        }
+    }
+
+    /// Rebuilds every projection from the log and replaces the live tables with the
+    /// result in one final transaction: readers see the old projections until it
+    /// commits, then the new ones. Events whose outcome changes get the new outcome
+    /// recorded. `progress` is called with (done, total).
     pub async fn replay(
         &self,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<ReplayReport, ReplayError> {
-        let mut tx = self.db().begin().await?;
-        let head = tx.lock_head().await?;
-        let total = u64::try_from(head.last_position.get()).unwrap_or(0);
-        for table in self.dispatcher().registry().projections().iter().rev() {
-            let sql = format!("DELETE FROM {}", quote_ident(table.name));
-            tx.conn().execute(AssertSqlSafe(sql), args![]).await?;
+        let mut session = self.db().writing_session().await?;
+        let backend = self.db().backend();
+        let (live, mut rebuild) = self
+            .rebuild_shadows(&mut session, VerifyOptions::default(), progress)
+            .await?;
+
+        // The final transaction holds the head lock: it catches up with the events
+        // appended meanwhile, then swaps the contents in.
+        session.begin().await?;
+        let mut conn = session.conn();
+        conn.lock_head().await?;
+        while self.rebuild_batch(&mut conn, &mut rebuild, false).await? > 0 {}
+        let tables = self.dispatcher().registry().projections();
+        for table in tables.iter().rev() {
+            let sql = format!(
+                "DELETE FROM {}.{}",
+                quote_ident(&live),
+                quote_ident(table.name)
+            );
+            conn.execute(AssertSqlSafe(sql), args![]).await?;
         }
-        let mut report = ReplayReport::default();
-        let mut filter = EventFilter {
-            limit: Some(BATCH),
-            ..EventFilter::default()
-        };
+        for table in tables {
+            let sql = format!(
+                "INSERT INTO {live}.{name} SELECT * FROM {shadow}.{name}",
+                live = quote_ident(&live),
+                shadow = shadow_schema(backend),
+                name = quote_ident(table.name),
+            );
+            conn.execute(AssertSqlSafe(sql), args![]).await?;
+        }
         let processed_at = cairn_types::now_micros();
-        loop {
-            let events = tx.conn().read_events(&filter).await?;
-            let Some(last) = events.last() else { break };
-            filter.after = last.position;
-            for event in &events {
-                let outcome = self.dispatcher().dispatch(&mut tx.conn(), event).await?;
-                match &outcome {
-                    Outcome::Applied => report.n_applied += 1,
-                    Outcome::Skipped => report.n_skipped += 1,
-                    Outcome::Failed(_) => report.n_failed += 1,
-                }
-                if let Some(changed) = change(event, &outcome) {
-                    tx.record_outcome(event, &outcome, processed_at).await?;
-                    report.changed.push(changed);
-                }
-                report.n_events += 1;
+        let mut report = ReplayReport {
+            n_events: rebuild.n_events,
+            n_applied: rebuild.n_applied,
+            n_skipped: rebuild.n_skipped,
+            n_failed: rebuild.n_failed,
+            changed: Vec::new(),
+        };
+        for (event, outcome) in &rebuild.changed {
+            // The stored outcome may have moved since the batch read it (a retry).
+            let Some(current) = conn.event_at(event.position).await? else {
+                continue;
+            };
+            if let Some(changed) = change(&current, outcome) {
+                conn.record_outcome(&current, outcome, processed_at).await?;
+                report.changed.push(changed);
             }
-            progress(report.n_events, total);
         }
-        tx.commit().await?;
-        progress(report.n_events, total);
+        session.commit().await?;
+        progress(report.n_events, report.n_events);
         Ok(report)
     }
 
     /// Rebuilds every projection into a shadow copy from the log and compares it with
-    /// the live tables. Changes nothing: it runs in a read-only snapshot, and the
-    /// shadow copies vanish with it. `progress` is called with (done, total).
+    /// the live tables. Changes nothing and blocks no writer: the rebuild runs in
+    /// read-only transactions on a session of its own, and the final catch-up and
+    /// comparison happen in one snapshot, where the live projections match the log's
+    /// head exactly. `progress` is called with (done, total).
     pub async fn verify_projections(
         &self,
         options: VerifyOptions,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<VerifyReport, ReplayError> {
+        let mut session = self.db().reading_session().await?;
         let backend = self.db().backend();
-        let tables = self.dispatcher().registry().projections();
-        let mut snapshot = match backend {
-            Backend::Sqlite => self.db().snapshot().await?,
-            // CREATE is refused in a read-only PostgreSQL transaction, so the snapshot
-            // starts read-write, creates the shadow tables, and then turns read-only
-            // (allowed at any time) before any handler runs.
-            Backend::Postgres => self.db().shadow_snapshot().await?,
+        let (live, mut rebuild) = self
+            .rebuild_shadows(&mut session, options, progress)
+            .await?;
+        session.begin_read_only().await?;
+        let mut conn = session.conn();
+        while self
+            .rebuild_batch(&mut conn, &mut rebuild, options.dispatch_twice)
+            .await?
+            > 0
+        {}
+        let mut report = VerifyReport {
+            n_events: rebuild.n_events,
+            ..VerifyReport::default()
         };
-        let mut conn = snapshot.conn();
-        let live_schema = match backend {
-            Backend::Sqlite => "main".to_owned(),
-            Backend::Postgres => conn
-                .fetch_one("SELECT current_schema() AS schema", args![])
-                .await?
-                .get::<String>("schema")?,
-        };
-        for table in tables {
-            create_shadow(&mut conn, &live_schema, table).await?;
-        }
-        if backend == Backend::Postgres {
-            conn.execute_script("SET TRANSACTION READ ONLY").await?;
-        }
-        let head = conn.head().await?;
-        let total = u64::try_from(head.last_position.get()).unwrap_or(0);
-        let mut report = VerifyReport::default();
-        let mut filter = EventFilter {
-            limit: Some(BATCH),
-            ..EventFilter::default()
-        };
-        loop {
-            let events = conn.read_events(&filter).await?;
-            let Some(last) = events.last() else { break };
-            filter.after = last.position;
-            for event in &events {
-                let mut outcome = self.dispatcher().dispatch(&mut conn, event).await?;
-                if options.dispatch_twice && outcome == Outcome::Applied {
-                    outcome = self.dispatcher().dispatch(&mut conn, event).await?;
-                }
-                if let Some(changed) = change(event, &outcome) {
-                    report.outcome_changes.push(changed);
-                }
-                report.n_events += 1;
+        for (event, outcome) in &rebuild.changed {
+            if let Some(changed) = change(event, outcome) {
+                report.outcome_changes.push(changed);
             }
-            progress(report.n_events, total);
         }
-        for table in tables {
-            let live = read_rows(&mut conn, &live_schema, table).await?;
-            let shadow_schema = match backend {
-                Backend::Sqlite => "temp",
-                Backend::Postgres => "pg_temp",
-            };
-            let rebuilt = read_rows(&mut conn, shadow_schema, table).await?;
+        for table in self.dispatcher().registry().projections() {
+            let live_rows = read_rows(&mut conn, &live, table).await?;
+            let rebuilt = read_rows(&mut conn, shadow_schema(backend), table).await?;
             report.tables.push(TableSummary {
                 table: table.name,
-                live_rows: live.len() as u64,
+                live_rows: live_rows.len() as u64,
                 rebuilt_rows: rebuilt.len() as u64,
             });
-            diff(table, live, rebuilt, &mut report.drift);
+            diff(table, live_rows, rebuilt, &mut report.drift);
         }
-        progress(report.n_events, total);
+        session.commit().await?;
+        progress(report.n_events, report.n_events);
         Ok(report)
     }
 }

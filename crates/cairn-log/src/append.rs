@@ -22,7 +22,7 @@ use crate::db::Tx;
 use crate::event::{AppendRequest, Expected, IdempotencyKey, Outcome, RecordedEvent};
 use crate::hash::{self, HashedColumns};
 use crate::read::{EventFilter, Head, ReadError, head_from_row};
-use crate::sql::{Backend, dialect};
+use crate::sql::{Backend, Conn, dialect};
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
@@ -125,14 +125,7 @@ impl Tx {
     /// Takes the log head lock and reads the head. Every transaction that appends or
     /// dispatches takes it first, so they run one at a time across all processes.
     pub async fn lock_head(&mut self) -> Result<Head, sqlx::Error> {
-        let sql = dialect(
-            self.backend(),
-            // BEGIN IMMEDIATE already holds SQLite's one write lock.
-            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
-            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1 FOR UPDATE",
-        );
-        let row = self.conn().fetch_one(sql, args![]).await?;
-        head_from_row(&row)
+        self.conn().lock_head().await
     }
 
     /// The current version of a stream and its stream type; `None` if it has no events.
@@ -376,9 +369,33 @@ impl Tx {
         outcome: &Outcome,
         at: DateTime<Utc>,
     ) -> Result<RecordedEvent, sqlx::Error> {
+        self.conn().record_outcome(event, outcome, at).await
+    }
+}
+
+impl Conn<'_> {
+    /// Takes the log head lock (on a connection inside a transaction) and reads the head.
+    pub async fn lock_head(&mut self) -> Result<Head, sqlx::Error> {
+        let sql = dialect(
+            self.backend(),
+            // BEGIN IMMEDIATE already holds SQLite's one write lock.
+            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
+            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1 FOR UPDATE",
+        );
+        let row = self.fetch_one(sql, args![]).await?;
+        head_from_row(&row)
+    }
+
+    /// Stores the outcome of reprocessing a stored event and keeps the failed-event
+    /// counter in step. Returns the event as now stored.
+    pub async fn record_outcome(
+        &mut self,
+        event: &RecordedEvent,
+        outcome: &Outcome,
+        at: DateTime<Utc>,
+    ) -> Result<RecordedEvent, sqlx::Error> {
         let error = outcome.error();
-        let mut conn = self.conn();
-        conn.execute(
+        self.execute(
             "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
              processing_error_message = $3 WHERE position = $4",
             args![
@@ -391,7 +408,7 @@ impl Tx {
         .await?;
         let delta = i64::from(error.is_some()) - i64::from(event.is_failed());
         if delta != 0 {
-            conn.execute(
+            self.execute(
                 "UPDATE log_head SET failed_events = failed_events + $1 WHERE id = 1",
                 args![delta],
             )

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite};
 
-use crate::sql::{Backend, Conn};
+use crate::sql::{Backend, Conn, dialect};
 
 /// Where the embedded default keeps its data, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "cairn-data";
@@ -315,6 +315,90 @@ impl Db {
                 writer.close().await;
             }
             Pools::Postgres { pool, .. } => pool.close().await,
+        }
+    }
+}
+
+/// A connection held across several transactions, for long work that keeps temporary
+/// tables between its transactions (replay rebuilding in batches). The connection is
+/// closed, never returned to the pool, when the session ends: whatever it created and
+/// any transaction it left open die with it.
+#[derive(Debug)]
+pub struct Session {
+    inner: Option<ReaderInner>,
+}
+
+impl Db {
+    /// A session on a connection that may write (SQLite's one writer: other writers in
+    /// this process wait while the session holds it).
+    pub async fn writing_session(&self) -> Result<Session, sqlx::Error> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { writer, .. } => ReaderInner::Sqlite(writer.acquire().await?),
+            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+        };
+        Ok(Session { inner: Some(inner) })
+    }
+
+    /// A session on a read-only connection (on SQLite; on PostgreSQL the session's
+    /// transactions are made read-only by [`Session::begin_read_only`]).
+    pub async fn reading_session(&self) -> Result<Session, sqlx::Error> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
+            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+        };
+        Ok(Session { inner: Some(inner) })
+    }
+}
+
+impl Session {
+    /// The session's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self
+            .inner
+            .as_mut()
+            .expect("a session holds its connection until dropped")
+        {
+            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
+            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
+        }
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        let statement = dialect(self.conn().backend(), "BEGIN IMMEDIATE", "BEGIN");
+        self.conn().execute_script(statement).await
+    }
+
+    /// Begins a transaction that writes nothing but temporary tables, in one snapshot
+    /// (`REPEATABLE READ` on PostgreSQL).
+    pub async fn begin_read_only(&mut self) -> Result<(), sqlx::Error> {
+        let statement = dialect(
+            self.conn().backend(),
+            "BEGIN DEFERRED",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        );
+        self.conn().execute_script(statement).await
+    }
+
+    /// Commits the current transaction.
+    pub async fn commit(&mut self) -> Result<(), sqlx::Error> {
+        self.conn().execute_script("COMMIT").await
+    }
+
+    /// Rolls the current transaction back.
+    pub async fn rollback(&mut self) -> Result<(), sqlx::Error> {
+        self.conn().execute_script("ROLLBACK").await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Closing the connection (rather than pooling it) drops its temporary tables
+        // and rolls back a transaction left open by an error.
+        match self.inner.take() {
+            Some(ReaderInner::Sqlite(conn)) => drop(conn.detach()),
+            Some(ReaderInner::Postgres(conn)) => drop(conn.detach()),
+            None => {}
         }
     }
 }

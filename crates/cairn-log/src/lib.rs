@@ -27,7 +27,7 @@ pub mod sql;
 
 pub use append::{AppendError, PendingAppend, Prepared};
 pub use audit::{AuditReport, Breach, Problem};
-pub use db::{ConnectError, Db, DbOptions, Reader, Savepoint, Snapshot, Tx};
+pub use db::{ConnectError, Db, DbOptions, Reader, Savepoint, Session, Snapshot, Tx};
 pub use event::{
     AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent,
