@@ -370,7 +370,7 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchAppendArgs {
     /// How long each scenario runs, in seconds.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     #[command(flatten)]
     pub json: JsonFlag,
