@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use cairn_dispatch::{EventPayload, EventStore};
 use cairn_log::{AppendError, AppendRequest, Expected, Tx, args};
 use cairn_mail::{Mailer, registrable_domain};
+use cairn_policy::{Action, Denial, Grant, Principal, authorize};
 use cairn_types::{
     Actor, CorrelationId, InvitationId, Metadata, OrgId, StreamType, UserId, WorkflowId,
 };
@@ -31,31 +32,56 @@ use crate::model::{DirectCareSettings, Email, Name, Role, Slug};
 use crate::queries::{self, Invitation, Organization};
 use crate::tokens::{KeyError, TokenKey, token_hash};
 
-/// Who is asking, for which tenant, as part of which request.
+/// Who is asking, as part of which request. Every command asks the policy whether
+/// the principal may do it, for the tenant it concerns, before it does anything.
 #[derive(Debug, Clone)]
 pub struct CommandContext {
-    pub actor: Actor,
-    /// The tenant the command acts in (for a bootstrap, none yet: the command makes it).
-    pub org_id: Option<OrgId>,
+    pub principal: Principal,
     pub correlation_id: CorrelationId,
     /// Makes the command safe to repeat: a repeat returns the first response.
     pub idempotency_key: Option<String>,
 }
 
 impl CommandContext {
-    /// A context for `actor` with a fresh correlation id.
-    pub fn new(actor: Actor) -> Self {
+    /// A context for `principal` with a fresh correlation id.
+    pub fn new(principal: Principal) -> Self {
         Self {
-            actor,
-            org_id: None,
+            principal,
             correlation_id: CorrelationId::new_v7(),
             idempotency_key: None,
         }
     }
 
+    /// The actor recorded on the command's events.
+    pub fn actor(&self) -> Actor {
+        self.principal.actor()
+    }
+
+    /// Asks the policy.
+    fn authorize(&self, action: Action) -> Result<Grant, CommandError> {
+        authorize(&self.principal, &action).map_err(CommandError::Denied)
+    }
+
+    /// Asks the policy about a resource found by its id: a user of another tenant is
+    /// told it does not exist, so ids cannot be probed across tenants.
+    fn authorize_found(
+        &self,
+        action: Action,
+        org_id: OrgId,
+        what: &'static str,
+        id: String,
+    ) -> Result<Grant, CommandError> {
+        if let Some(own) = self.principal.org_id()
+            && own != org_id
+        {
+            return Err(CommandError::NotFound { what, id });
+        }
+        self.authorize(action)
+    }
+
     fn metadata(&self, org_id: OrgId) -> Metadata {
         Metadata::with_correlation(self.correlation_id)
-            .actor(self.actor.clone())
+            .actor(self.actor())
             .org(org_id)
     }
 }
@@ -87,6 +113,8 @@ pub enum CommandError {
     InvalidState { message: String },
     #[error("idempotency key {key:?} was used before for a different request")]
     KeyReused { key: String },
+    #[error(transparent)]
+    Denied(Denial),
     #[error("could not append the command's events")]
     Append(#[from] AppendError),
     #[error("database error")]
@@ -237,7 +265,7 @@ fn parse_roles(field: &str, input: &[String], errors: &mut Vec<FieldError>) -> V
 fn fingerprint(command: &str, ctx: &CommandContext, request: &Value) -> String {
     let mut canonical = String::new();
     cairn_log::hash::canonical_json(
-        &json!([command, ctx.actor.to_string(), ctx.org_id, request]),
+        &json!([command, ctx.actor().to_string(), request]),
         &mut canonical,
     );
     cairn_log::hash::hex(&Sha256::digest(canonical.as_bytes()))
@@ -309,7 +337,7 @@ impl Domain {
         let mut tx = self.store.db().begin().await?;
         tx.lock_head().await?;
         if let Some(key) = &ctx.idempotency_key {
-            let scoped = format!("{}|{key}", ctx.actor);
+            let scoped = format!("{}|{key}", ctx.actor());
             let row = tx
                 .conn()
                 .fetch_optional(
@@ -341,7 +369,7 @@ impl Domain {
         response: &R,
     ) -> Result<(), CommandError> {
         if let Some(key) = &ctx.idempotency_key {
-            let scoped = format!("{}|{key}", ctx.actor);
+            let scoped = format!("{}|{key}", ctx.actor());
             tx.conn()
                 .execute(
                     "INSERT INTO command_results (key, command, fingerprint, response, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -525,7 +553,7 @@ impl Domain {
                     input: serde_json::to_value(&plan).unwrap_or(Value::Null),
                     correlation_id: ctx.correlation_id,
                     org_id: Some(org_id),
-                    actor: Some(ctx.actor.clone()),
+                    actor: Some(ctx.actor()),
                     parent: None,
                 },
             )
@@ -566,6 +594,7 @@ impl Domain {
         org_id: OrgId,
         settings: &DirectCareSettings,
     ) -> Result<(), CommandError> {
+        ctx.authorize(Action::UpdateDirectCareSettings(org_id))?;
         let errors: Vec<FieldError> = settings
             .problems()
             .into_iter()
@@ -612,7 +641,7 @@ impl Domain {
             input: serde_json::to_value(mailing).unwrap_or(Value::Null),
             correlation_id: ctx.correlation_id,
             org_id: Some(mailing.org_id),
-            actor: Some(ctx.actor.clone()),
+            actor: Some(ctx.actor()),
             parent: None,
         }
     }
@@ -625,6 +654,7 @@ impl Domain {
         org_id: OrgId,
         request: &InviteeRequest,
     ) -> Result<InvitationStarted, CommandError> {
+        ctx.authorize(Action::Invite(org_id))?;
         let mut errors = Vec::new();
         let email = parse_email("email".into(), &request.email, &mut errors);
         let name = parse_name("name".into(), &request.name, &mut errors);
@@ -727,6 +757,12 @@ impl Domain {
             return Self::repeat(stored);
         }
         let invitation = self.existing_invitation(&mut tx, invitation_id).await?;
+        ctx.authorize_found(
+            Action::ResendInvitation(invitation.org_id),
+            invitation.org_id,
+            "invitation",
+            invitation_id.to_string(),
+        )?;
         if invitation.status != "pending" && invitation.status != "expired" {
             return Err(CommandError::InvalidState {
                 message: format!(
@@ -792,6 +828,12 @@ impl Domain {
             return Self::repeat(stored);
         }
         let invitation = self.existing_invitation(&mut tx, invitation_id).await?;
+        ctx.authorize_found(
+            Action::RevokeInvitation(invitation.org_id),
+            invitation.org_id,
+            "invitation",
+            invitation_id.to_string(),
+        )?;
         if invitation.status != "pending" {
             return Err(CommandError::InvalidState {
                 message: format!(

@@ -22,6 +22,7 @@ pub mod mailing;
 pub mod model;
 pub mod projections;
 pub mod queries;
+pub mod reads;
 pub mod tokens;
 
 use cairn_log::Migration;
@@ -34,8 +35,15 @@ pub use commands::{
 pub use projections::routes;
 
 /// The domain's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "domain/0001_onboarding",
-    sqlite: include_str!("schema/sqlite/0001_onboarding.sql"),
-    postgres: include_str!("schema/postgres/0001_onboarding.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "domain/0001_onboarding",
+        sqlite: include_str!("schema/sqlite/0001_onboarding.sql"),
+        postgres: include_str!("schema/postgres/0001_onboarding.sql"),
+    },
+    Migration {
+        id: "domain/0002_tenant_reads",
+        sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
+        postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
+    },
+];

@@ -173,57 +173,7 @@ impl JsonSchema for Name {
     }
 }
 
-/// What a user may do in their organization.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Manages the organization: settings, users, invitations.
-    Admin,
-    /// Provides direct care.
-    Clinician,
-    /// Schedules and coordinates care.
-    Coordinator,
-    /// Reads, changes nothing.
-    Viewer,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Admin,
-        Role::Clinician,
-        Role::Coordinator,
-        Role::Viewer,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Clinician => "clinician",
-            Role::Coordinator => "coordinator",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    /// Parses a role name.
-    pub fn parse(text: &str) -> Result<Role, String> {
-        Role::ALL
-            .into_iter()
-            .find(|role| role.as_str() == text)
-            .ok_or_else(|| {
-                format!(
-                    "{text:?} is not a role; the roles are admin, clinician, coordinator and viewer"
-                )
-            })
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use cairn_policy::Role;
 
 /// How an organization delivers direct care.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -12,8 +12,9 @@ use cairn_domain::{
 };
 use cairn_log::{AppendRequest, EventFilter, NewEvent, RecordedEvent, args};
 use cairn_mail::{Mailer, SmtpMailer};
+use cairn_policy::Principal;
 use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
-use cairn_types::{Actor, CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
+use cairn_types::{CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
 use cairn_workflow::{Clock, EngineConfig, ManualClock, RunStatus, SystemClock};
 use serde_json::{Value, json};
 
@@ -55,7 +56,9 @@ async fn smtp_world(t: TestDb, sink: &SmtpSink) -> anyhow::Result<World> {
 }
 
 fn admin_actor() -> CommandContext {
-    CommandContext::new(Actor::service("platform-console").expect("a valid name"))
+    CommandContext::new(Principal::PlatformAdmin {
+        name: "console".into(),
+    })
 }
 
 fn request(slug: &str) -> BootstrapRequest {
@@ -535,8 +538,7 @@ backend_test!(
             )
         };
 
-        let anonymous =
-            CommandContext::new(Actor::service("invitation-link").expect("a valid name"));
+        let anonymous = CommandContext::new(Principal::Anonymous);
         let acceptance = w
             .domain
             .accept_invitation(&anonymous, &token_for("grace@"))
@@ -891,8 +893,7 @@ backend_test!(
             .await?;
         w.domain.engine().run_until_idle().await?;
 
-        let mut ctx = admin_actor();
-        ctx.org_id = Some(accepted.org_id);
+        let ctx = admin_actor();
         let settings = cairn_domain::model::DirectCareSettings {
             visit_verification: false,
             client_assignment: true,

@@ -403,6 +403,78 @@ impl Drop for Session {
     }
 }
 
+/// Which tenants a read may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenancy {
+    /// Every tenant: platform administrators, operators, service accounts with a scope.
+    All,
+    /// One organization.
+    Org(cairn_types::OrgId),
+    /// No tenant: anonymous callers, who read no tenant data.
+    None,
+}
+
+impl Tenancy {
+    /// The one organization, if the tenancy is confined to one.
+    pub fn org(&self) -> Option<cairn_types::OrgId> {
+        match self {
+            Tenancy::Org(org) => Some(*org),
+            Tenancy::All | Tenancy::None => None,
+        }
+    }
+
+    /// Whether a row of `org` (or of no tenant) is visible.
+    pub fn sees(&self, org: Option<cairn_types::OrgId>) -> bool {
+        match self {
+            Tenancy::All => true,
+            Tenancy::Org(mine) => org == Some(*mine),
+            Tenancy::None => false,
+        }
+    }
+
+    /// The value of the `cairn.tenant` setting PostgreSQL's row-level security reads.
+    fn setting(&self) -> String {
+        match self {
+            Tenancy::All => "all".to_owned(),
+            Tenancy::Org(org) => org.to_string(),
+            Tenancy::None => String::new(),
+        }
+    }
+}
+
+/// The PostgreSQL role tenant-scoped reads run as, subject to row-level security.
+pub const TENANT_READER_ROLE: &str = "cairn_tenant_reader";
+
+impl Db {
+    /// A read-only transaction confined to `tenancy`. On PostgreSQL it runs as the
+    /// `cairn_tenant_reader` role with `cairn.tenant` set, so row-level security hides
+    /// every other tenant's rows even from a query that forgot to filter: the second
+    /// wall behind the policy's own filters.
+    pub async fn scoped(&self, tenancy: &Tenancy) -> Result<Snapshot, sqlx::Error> {
+        match &*self.pools {
+            Pools::Sqlite { reader, .. } => Ok(Snapshot {
+                tx: Tx {
+                    inner: TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
+                },
+            }),
+            Pools::Postgres { pool, .. } => {
+                let mut tx = Tx {
+                    inner: TxInner::Postgres(pool.begin_with("BEGIN READ ONLY").await?),
+                };
+                let mut conn = tx.conn();
+                conn.execute_script("SET LOCAL ROLE cairn_tenant_reader")
+                    .await?;
+                conn.execute(
+                    "SELECT set_config('cairn.tenant', $1, true)",
+                    crate::args![tenancy.setting()],
+                )
+                .await?;
+                Ok(Snapshot { tx })
+            }
+        }
+    }
+}
+
 /// Quotes a PostgreSQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -27,7 +27,10 @@ pub mod sql;
 
 pub use append::{AppendError, PendingAppend, Prepared};
 pub use audit::{AuditReport, Breach, Problem};
-pub use db::{ConnectError, Db, DbOptions, Reader, Savepoint, Session, Snapshot, Tx};
+pub use db::{
+    ConnectError, Db, DbOptions, Reader, Savepoint, Session, Snapshot, TENANT_READER_ROLE, Tenancy,
+    Tx,
+};
 pub use event::{
     AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent,

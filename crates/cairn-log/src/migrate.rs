@@ -35,11 +35,18 @@ impl Migration {
 }
 
 /// The event log's own tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "log/0001_domain_events",
-    sqlite: include_str!("schema/sqlite/0001_log.sql"),
-    postgres: include_str!("schema/postgres/0001_log.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "log/0001_domain_events",
+        sqlite: include_str!("schema/sqlite/0001_log.sql"),
+        postgres: include_str!("schema/postgres/0001_log.sql"),
+    },
+    Migration {
+        id: "log/0002_tenant_reads",
+        sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
+        postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
+    },
+];
 
 /// Why migrations did not run.
 #[derive(Debug, thiserror::Error)]

@@ -43,8 +43,15 @@ pub use events::routes;
 pub use state::{Run, RunFilter, RunStatus, RunWithSteps};
 
 /// The engine's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "workflow/0001_workflows",
-    sqlite: include_str!("schema/sqlite/0001_workflows.sql"),
-    postgres: include_str!("schema/postgres/0001_workflows.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "workflow/0001_workflows",
+        sqlite: include_str!("schema/sqlite/0001_workflows.sql"),
+        postgres: include_str!("schema/postgres/0001_workflows.sql"),
+    },
+    Migration {
+        id: "workflow/0002_tenant_reads",
+        sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
+        postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
+    },
+];

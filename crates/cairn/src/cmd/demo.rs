@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use cairn_domain::queries::{self, Organization, Page, User};
 use cairn_domain::{BootstrapRequest, CommandContext};
 use cairn_log::{EventFilter, RecordedEvent};
-use cairn_types::Actor;
+use cairn_policy::Principal;
 use cairn_workflow::{Run, RunFilter, RunWithSteps};
 
 use crate::app;
@@ -75,7 +75,9 @@ pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result
     let started = Instant::now();
     let domain = app::open_domain(url, runtime).await?;
     let request = sample_request()?;
-    let ctx = CommandContext::new(Actor::Service("cairn-demo".to_owned()));
+    let ctx = CommandContext::new(Principal::Operator {
+        name: "cairn-demo".to_owned(),
+    });
     let accepted = domain.bootstrap(&ctx, &request).await.map_err(explain)?;
     domain.engine().run_until_idle().await?;
     let elapsed = started.elapsed();

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use console::style;
 
 use cairn_domain::{BootstrapRequest, CommandContext, CommandError};
-use cairn_types::Actor;
+use cairn_policy::Principal;
 
 use crate::app;
 use crate::cli::{AcceptArgs, BootstrapArgs, Runtime};
@@ -50,7 +50,9 @@ pub async fn bootstrap(
     let request: BootstrapRequest =
         serde_json::from_str(&text).context("--request is not a valid bootstrap request")?;
     let domain = app::open_domain(url, runtime).await?;
-    let mut ctx = CommandContext::new(Actor::Service("cairn-cli".to_owned()));
+    let mut ctx = CommandContext::new(Principal::Operator {
+        name: "cairn-cli".to_owned(),
+    });
     ctx.idempotency_key = args.idempotency_key;
     let accepted = domain.bootstrap(&ctx, &request).await.map_err(explain)?;
     if args.wait {
@@ -79,7 +81,9 @@ pub async fn bootstrap(
 
 pub async fn accept(url: &str, runtime: &Runtime, args: AcceptArgs) -> anyhow::Result<ExitCode> {
     let domain = app::open_domain(url, runtime).await?;
-    let ctx = CommandContext::new(Actor::Service("cairn-cli".to_owned()));
+    let ctx = CommandContext::new(Principal::Operator {
+        name: "cairn-cli".to_owned(),
+    });
     let acceptance = domain
         .accept_invitation(&ctx, &args.token)
         .await

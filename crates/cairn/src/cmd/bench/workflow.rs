@@ -14,7 +14,8 @@ use cairn_dispatch::EventStore;
 use cairn_domain::{BootstrapRequest, CommandContext, Domain, DomainConfig};
 use cairn_log::args;
 use cairn_mail::{Delivery, MailError, Mailer, OutboundMessage};
-use cairn_types::{Actor, CorrelationId, WorkflowId};
+use cairn_policy::Principal;
+use cairn_types::{CorrelationId, WorkflowId};
 use cairn_workflow::{
     Decision, Engine, EngineConfig, History, RunFilter, RunStatus, Start, StepCall, StepContext,
     StepError, SystemClock, Workflow,
@@ -183,7 +184,9 @@ async fn bootstraps(
                     return Ok(done);
                 }
             } else if issued - done < IN_FLIGHT {
-                let ctx = CommandContext::new(Actor::Service("cairn-bench".to_owned()));
+                let ctx = CommandContext::new(Principal::Operator {
+                    name: "cairn-bench".to_owned(),
+                });
                 domain.bootstrap(&ctx, &request(issued)?).await?;
                 issued += 1;
                 continue;

@@ -1,0 +1,241 @@
+//! The policy: one function that decides every access.
+
+use cairn_log::Tenancy;
+use cairn_types::OrgId;
+
+use crate::principal::{Principal, Role, Scope};
+
+/// Everything that can be asked of cairn, with the tenant it concerns where there is
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read the API's contracts and health: open to anyone.
+    ReadPublic,
+    BootstrapOrganization,
+    ListOrganizations,
+    ReadOrganization(OrgId),
+    UpdateDirectCareSettings(OrgId),
+    ReadUsers(OrgId),
+    ReadInvitations(OrgId),
+    Invite(OrgId),
+    ResendInvitation(OrgId),
+    RevokeInvitation(OrgId),
+    /// Look an invitation up by its id, within the tenants the principal sees.
+    FindInvitation,
+    /// Accept an invitation: the token is the credential.
+    AcceptInvitation,
+    /// List or look up workflow runs, within the tenants the principal sees.
+    ListWorkflows,
+    /// List or look up events, within the tenants the principal sees.
+    ListEvents,
+    RetryEvents,
+    /// Subscribe to the live feed.
+    Subscribe,
+    /// Receive one event on a subscription.
+    ReceiveEvent(Option<OrgId>),
+    /// Read the timeline of one request.
+    ReadTrace,
+}
+
+impl Action {
+    /// A short name for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::ReadPublic => "read the public contracts".into(),
+            Action::BootstrapOrganization => "bootstrap an organization".into(),
+            Action::ListOrganizations => "list organizations".into(),
+            Action::ReadOrganization(org) => format!("read organization {org}"),
+            Action::UpdateDirectCareSettings(org) => {
+                format!("change the settings of organization {org}")
+            }
+            Action::ReadUsers(org) => format!("read the users of organization {org}"),
+            Action::ReadInvitations(org) => format!("read the invitations of organization {org}"),
+            Action::Invite(org) => format!("invite people to organization {org}"),
+            Action::ResendInvitation(org) => format!("resend invitations of organization {org}"),
+            Action::RevokeInvitation(org) => format!("revoke invitations of organization {org}"),
+            Action::FindInvitation => "read invitations".into(),
+            Action::AcceptInvitation => "accept an invitation".into(),
+            Action::ListWorkflows => "read workflows".into(),
+            Action::ListEvents => "read events".into(),
+            Action::RetryEvents => "retry failed events".into(),
+            Action::Subscribe => "subscribe to the event feed".into(),
+            Action::ReceiveEvent(_) => "receive this event".into(),
+            Action::ReadTrace => "read request timelines".into(),
+        }
+    }
+}
+
+/// Why an access was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// No credentials were given, and the action needs them.
+    #[error("authentication required to {action}")]
+    Unauthenticated { action: String },
+    /// The principal may not do this.
+    #[error("{who} may not {action}: {reason}")]
+    Forbidden {
+        who: String,
+        action: String,
+        reason: String,
+    },
+}
+
+/// Proof that the policy allowed an action. Only [`authorize`] makes one.
+///
+/// ```compile_fail
+/// // Nothing outside cairn-policy can construct a grant.
+/// let grant = cairn_policy::Grant {
+///     principal: cairn_policy::Principal::Anonymous,
+///     action: cairn_policy::Action::ListEvents,
+///     tenancy: cairn_policy::Tenancy::All,
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    principal: Principal,
+    action: Action,
+    tenancy: Tenancy,
+}
+
+impl Grant {
+    /// Who was allowed.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// What they were allowed to do.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The tenants the grant's reads are confined to.
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+}
+
+/// What a member of an organization may do there, by role.
+fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Result<(), String> {
+    let admin = roles.contains(&Role::Admin);
+    let any_role = !roles.is_empty();
+    let needs_admin = |what: &str| {
+        if admin {
+            Ok(())
+        } else {
+            Err(format!("{what} needs the admin role"))
+        }
+    };
+    match action {
+        Action::ReadPublic | Action::AcceptInvitation => Ok(()),
+        Action::ListOrganizations | Action::ReadOrganization(_) | Action::ReadUsers(_) => {
+            if any_role {
+                Ok(())
+            } else {
+                Err("a user with no role can read nothing".to_owned())
+            }
+        }
+        Action::UpdateDirectCareSettings(_)
+        | Action::ReadInvitations(_)
+        | Action::FindInvitation
+        | Action::Invite(_)
+        | Action::ResendInvitation(_)
+        | Action::RevokeInvitation(_) => needs_admin("managing the organization"),
+        Action::ListWorkflows => needs_admin("reading workflows"),
+        Action::ListEvents | Action::Subscribe | Action::ReceiveEvent(_) | Action::ReadTrace => {
+            needs_admin("reading events")
+        }
+        Action::BootstrapOrganization => {
+            Err("only platform administrators bootstrap organizations".to_owned())
+        }
+        Action::RetryEvents => Err("only platform administrators retry events".to_owned()),
+    }
+}
+
+/// The scope a service account needs for an action.
+fn scope_for(action: &Action) -> Option<Scope> {
+    match action {
+        Action::ReadPublic | Action::AcceptInvitation => None,
+        Action::BootstrapOrganization => Some(Scope::OrganizationsBootstrap),
+        Action::ListOrganizations
+        | Action::ReadOrganization(_)
+        | Action::ReadUsers(_)
+        | Action::ReadInvitations(_)
+        | Action::FindInvitation => Some(Scope::OrganizationsRead),
+        Action::UpdateDirectCareSettings(_)
+        | Action::Invite(_)
+        | Action::ResendInvitation(_)
+        | Action::RevokeInvitation(_) => Some(Scope::OrganizationsWrite),
+        Action::ListWorkflows => Some(Scope::WorkflowsRead),
+        Action::ListEvents | Action::ReadTrace => Some(Scope::EventsRead),
+        Action::RetryEvents => Some(Scope::EventsRetry),
+        Action::Subscribe | Action::ReceiveEvent(_) => Some(Scope::EventsSubscribe),
+    }
+}
+
+/// The tenant an action names, if any.
+fn tenant_of(action: &Action) -> Option<Option<OrgId>> {
+    match action {
+        Action::ReadOrganization(org)
+        | Action::UpdateDirectCareSettings(org)
+        | Action::ReadUsers(org)
+        | Action::ReadInvitations(org)
+        | Action::Invite(org)
+        | Action::ResendInvitation(org)
+        | Action::RevokeInvitation(org) => Some(Some(*org)),
+        Action::ReceiveEvent(org) => Some(*org),
+        _ => None,
+    }
+}
+
+/// Decides whether `principal` may do `action`.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use cairn_policy::{Action, Principal, Role, Tenancy, authorize};
+/// use cairn_types::{OrgId, UserId};
+///
+/// let (org_a, org_b) = (OrgId::new_v7(), OrgId::new_v7());
+/// let admin_of_a = Principal::User { user_id: UserId::new_v7(), org_id: org_a, roles: BTreeSet::from([Role::Admin]) };
+/// let grant = authorize(&admin_of_a, &Action::Invite(org_a)).expect("an admin invites to their own organization");
+/// assert_eq!(grant.tenancy(), &Tenancy::Org(org_a));
+/// assert!(authorize(&admin_of_a, &Action::Invite(org_b)).is_err());
+/// ```
+pub fn authorize(principal: &Principal, action: &Action) -> Result<Grant, Denial> {
+    let forbidden = |reason: String| Denial::Forbidden {
+        who: principal.describe(),
+        action: action.describe(),
+        reason,
+    };
+    let grant = |tenancy: Tenancy| Grant {
+        principal: principal.clone(),
+        action: *action,
+        tenancy,
+    };
+    match principal {
+        Principal::PlatformAdmin { .. } | Principal::Operator { .. } => Ok(grant(Tenancy::All)),
+        Principal::Anonymous => match action {
+            Action::ReadPublic | Action::AcceptInvitation => Ok(grant(Tenancy::None)),
+            _ => Err(Denial::Unauthenticated {
+                action: action.describe(),
+            }),
+        },
+        Principal::Service { scopes, .. } => match scope_for(action) {
+            None => Ok(grant(Tenancy::None)),
+            Some(scope) if scopes.contains(&scope) => Ok(grant(Tenancy::All)),
+            Some(scope) => Err(forbidden(format!("it lacks the {scope} scope"))),
+        },
+        Principal::User { org_id, roles, .. } => {
+            member_may(roles, action).map_err(forbidden)?;
+            match tenant_of(action) {
+                Some(Some(tenant)) if tenant != *org_id => Err(forbidden(format!(
+                    "it belongs to organization {tenant}, not the user's"
+                ))),
+                Some(None) => Err(forbidden("it belongs to no organization".to_owned())),
+                Some(Some(_)) | None => match action {
+                    Action::ReadPublic | Action::AcceptInvitation => Ok(grant(Tenancy::None)),
+                    _ => Ok(grant(Tenancy::Org(*org_id))),
+                },
+            }
+        }
+    }
+}
