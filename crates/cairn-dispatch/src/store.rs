@@ -11,7 +11,7 @@ use crate::dispatcher::Dispatcher;
 use crate::registry::Registry;
 
 /// One stored event and what the dispatcher did with it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Dispatched {
     #[serde(flatten)]
     pub event: RecordedEvent,
@@ -55,7 +55,7 @@ pub struct RetrySelection {
 }
 
 /// What a bulk retry did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RetryReport {
     /// Events retried.
     pub n_retried: u64,

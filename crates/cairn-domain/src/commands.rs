@@ -401,6 +401,7 @@ impl Domain {
         ctx: &CommandContext,
         request: &BootstrapRequest,
     ) -> Result<BootstrapAccepted, CommandError> {
+        ctx.authorize(Action::BootstrapOrganization)?;
         let mut errors = Vec::new();
         // Ids are time-ordered: the admin's come first, so lists show them first.
         let admin_user_id = UserId::new_v7();
@@ -867,6 +868,7 @@ impl Domain {
         ctx: &CommandContext,
         token: &str,
     ) -> Result<InvitationAcceptance, CommandError> {
+        ctx.authorize(Action::AcceptInvitation)?;
         let token = token.trim();
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(CommandError::Invalid(vec![invalid(

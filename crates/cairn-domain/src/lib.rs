@@ -34,6 +34,26 @@ pub use commands::{
 };
 pub use projections::routes;
 
+/// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
+/// the workflow engine, the domain.
+pub fn all_migrations() -> Vec<&'static [Migration]> {
+    vec![
+        cairn_log::migrate::MIGRATIONS,
+        cairn_dispatch::MIGRATIONS,
+        cairn_workflow::MIGRATIONS,
+        MIGRATIONS,
+    ]
+}
+
+/// The full routing table: the administrative no-op routes, the workflow engine's
+/// router, and the domain's routers.
+pub fn registry() -> cairn_dispatch::Registry {
+    let builder = cairn_dispatch::Registry::builder().admin_routes();
+    routes(cairn_workflow::routes(builder))
+        .build()
+        .expect("the built-in registry is checked by the full_registry_is_valid test")
+}
+
 /// The domain's tables.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -47,3 +67,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn full_registry_is_valid() {
+        let registry = super::registry();
+        assert!(registry.specs().count() > 20);
+    }
+}

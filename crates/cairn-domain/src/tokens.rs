@@ -45,33 +45,39 @@ pub enum KeyError {
     Database(#[from] sqlx::Error),
     #[error("cannot draw random bytes for the invitation token key: {0}")]
     Random(String),
-    #[error("the stored invitation token key is not valid hex")]
+    #[error("a stored secret is not valid hex")]
     Corrupt,
+}
+
+/// Loads a random 32-byte secret kept in the database under `name`, creating it on
+/// first use. Every process sharing the database gets the same secret.
+pub async fn load_or_create_secret(db: &Db, name: &str) -> Result<Vec<u8>, KeyError> {
+    let mut fresh = [0_u8; 32];
+    getrandom::fill(&mut fresh).map_err(|e| KeyError::Random(e.to_string()))?;
+    let mut tx = db.begin().await?;
+    tx.conn()
+        .execute(
+            "INSERT INTO domain_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            args![name, hex(&fresh)],
+        )
+        .await?;
+    let row = tx
+        .conn()
+        .fetch_one(
+            "SELECT value FROM domain_secrets WHERE name = $1",
+            args![name],
+        )
+        .await?;
+    tx.commit().await?;
+    let value: String = row.get("value")?;
+    unhex(&value).ok_or(KeyError::Corrupt)
 }
 
 impl TokenKey {
     /// Loads the key, creating it on first use. Every process sharing the database
     /// ends up with the same key.
     pub async fn load_or_create(db: &Db) -> Result<TokenKey, KeyError> {
-        let mut fresh = [0_u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| KeyError::Random(e.to_string()))?;
-        let mut tx = db.begin().await?;
-        tx.conn()
-            .execute(
-                "INSERT INTO domain_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                args![KEY_NAME, hex(&fresh)],
-            )
-            .await?;
-        let row = tx
-            .conn()
-            .fetch_one(
-                "SELECT value FROM domain_secrets WHERE name = $1",
-                args![KEY_NAME],
-            )
-            .await?;
-        tx.commit().await?;
-        let value: String = row.get("value")?;
-        unhex(&value).map(TokenKey).ok_or(KeyError::Corrupt)
+        load_or_create_secret(db, KEY_NAME).await.map(TokenKey)
     }
 
     /// The token for one send of one invitation.

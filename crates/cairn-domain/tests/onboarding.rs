@@ -999,3 +999,114 @@ fn the_registry_has_a_contract_for_every_domain_event() {
         let _: &Value = &spec.schema;
     }
 }
+
+backend_test!(every_command_asks_the_policy, |t: TestDb| async move {
+    let sink = SmtpSink::start(SinkOptions::default()).await?;
+    let w = smtp_world(t, &sink).await?;
+    let accepted = w
+        .domain
+        .bootstrap(&admin_actor(), &request("sunrise-policy"))
+        .await?;
+    w.domain.engine().run_until_idle().await?;
+    let org_a = accepted.org_id;
+    let member = |org: OrgId, role: cairn_policy::Role| {
+        CommandContext::new(Principal::User {
+            user_id: cairn_types::UserId::new_v7(),
+            org_id: org,
+            roles: std::collections::BTreeSet::from([role]),
+        })
+    };
+    let denied = |result: Result<_, CommandError>| matches!(result, Err(CommandError::Denied(_)));
+
+    assert!(denied(
+        w.domain
+            .bootstrap(
+                &CommandContext::new(Principal::Anonymous),
+                &request("sunrise-anon")
+            )
+            .await
+            .map(drop)
+    ));
+    assert!(denied(
+        w.domain
+            .bootstrap(
+                &member(org_a, cairn_policy::Role::Admin),
+                &request("sunrise-member")
+            )
+            .await
+            .map(drop)
+    ));
+    let settings = cairn_domain::model::DirectCareSettings::default();
+    assert!(denied(
+        w.domain
+            .update_direct_care_settings(
+                &member(org_a, cairn_policy::Role::Viewer),
+                org_a,
+                &settings
+            )
+            .await
+    ));
+    assert!(denied(
+        w.domain
+            .update_direct_care_settings(
+                &member(OrgId::new_v7(), cairn_policy::Role::Admin),
+                org_a,
+                &settings
+            )
+            .await
+    ));
+    w.domain
+        .update_direct_care_settings(&member(org_a, cairn_policy::Role::Admin), org_a, &settings)
+        .await?;
+    let invitee = InviteeRequest {
+        email: "x@example.com".into(),
+        name: "X".into(),
+        roles: vec!["viewer".into()],
+    };
+    assert!(denied(
+        w.domain
+            .invite(
+                &member(org_a, cairn_policy::Role::Clinician),
+                org_a,
+                &invitee
+            )
+            .await
+            .map(drop)
+    ));
+
+    let mut reader = w.t.db().reader().await?;
+    let invitation = queries::invitations(&mut reader.conn(), org_a, Page::default())
+        .await?
+        .remove(0);
+    drop(reader);
+    let other_tenant = w
+        .domain
+        .revoke_invitation(
+            &member(OrgId::new_v7(), cairn_policy::Role::Admin),
+            invitation.id,
+            "x",
+        )
+        .await;
+    assert!(
+        matches!(other_tenant, Err(CommandError::NotFound { .. })),
+        "another tenant's invitation reads as missing: {other_tenant:?}"
+    );
+    assert!(denied(
+        w.domain
+            .revoke_invitation(
+                &member(org_a, cairn_policy::Role::Viewer),
+                invitation.id,
+                "x"
+            )
+            .await
+    ));
+    let anonymous_accept = w
+        .domain
+        .accept_invitation(&CommandContext::new(Principal::Anonymous), &"0".repeat(64))
+        .await;
+    assert!(
+        matches!(anonymous_accept, Err(CommandError::NotFound { .. })),
+        "anyone may try a token"
+    );
+    Ok(())
+});

@@ -127,14 +127,14 @@ impl AppendRequest {
 }
 
 /// Why an event was not applied: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessingError {
     pub code: ErrorCode,
     pub message: String,
 }
 
 /// What the dispatcher did with one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// A handler applied it to the projections.
@@ -156,7 +156,7 @@ impl Outcome {
 }
 
 /// An event as stored in the log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RecordedEvent {
     pub position: Position,
     pub event_id: EventId,

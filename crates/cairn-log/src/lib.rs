@@ -38,3 +38,6 @@ pub use event::{
 pub use migrate::{MigrateError, Migration};
 pub use read::{EventFilter, Head, ReadError};
 pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row};
+
+/// The database error type of every storage call.
+pub use sqlx::Error as SqlError;

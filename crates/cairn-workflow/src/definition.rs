@@ -166,7 +166,7 @@ impl From<sqlx::Error> for StepError {
 }
 
 /// The kind of a recorded step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     Action,
@@ -175,7 +175,7 @@ pub enum StepKind {
 }
 
 /// Where a recorded step stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// An attempt started and has not finished: after a crash, its outcome is in doubt.
@@ -192,7 +192,7 @@ pub enum StepStatus {
 }
 
 /// One step as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StepRecord {
     pub name: String,
     pub seq: i64,

@@ -11,7 +11,9 @@ use cairn_types::{CorrelationId, OrgId, WorkflowId};
 use crate::definition::{History, StepKind, StepRecord, StepStatus};
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -72,7 +74,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// One run, as its projection holds it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Run {
     pub id: WorkflowId,
     pub kind: String,
@@ -94,7 +96,7 @@ pub struct Run {
 }
 
 /// A run with its steps.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RunWithSteps {
     #[serde(flatten)]
     pub run: Run,

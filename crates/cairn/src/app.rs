@@ -15,21 +15,12 @@ use crate::cli::Runtime;
 
 /// Every migration, in layer order.
 pub fn migrations() -> Vec<&'static [Migration]> {
-    vec![
-        cairn_log::migrate::MIGRATIONS,
-        cairn_dispatch::MIGRATIONS,
-        cairn_workflow::MIGRATIONS,
-        cairn_domain::MIGRATIONS,
-    ]
+    cairn_domain::all_migrations()
 }
 
 /// The routing table of this build.
 pub fn registry() -> Registry {
-    let builder = Registry::builder().admin_routes();
-    let builder = cairn_workflow::routes(builder);
-    cairn_domain::routes(builder)
-        .build()
-        .expect("the built-in registry is checked by the registry_is_valid test")
+    cairn_domain::registry()
 }
 
 /// Opens the database a URL names and brings its schema up to date.

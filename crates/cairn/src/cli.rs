@@ -65,6 +65,88 @@ pub enum Command {
     /// Invitation commands.
     #[command(subcommand)]
     Invitations(InvitationsCommand),
+    /// Serve the HTTP API, with the workflow engine in the same process.
+    Serve(ServeArgs),
+    /// Mint a development bearer token.
+    Token(TokenArgs),
+    /// The OpenAPI and AsyncAPI contracts.
+    #[command(subcommand)]
+    Contracts(ContractsCommand),
+}
+
+/// How bearer tokens are verified. With none of these, the development secret kept in
+/// the database (shared with `cairn token`) verifies HS256 tokens.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// An HS256 secret (at least 32 bytes) instead of the development secret.
+    #[arg(long, env = "CAIRN_JWT_SECRET", hide_env_values = true, conflicts_with_all = ["jwt_public_key", "jwks"])]
+    pub jwt_secret: Option<String>,
+    /// Verify RS256 or ES256 tokens with this PEM public key (HS256 is then refused).
+    #[arg(long, env = "CAIRN_JWT_PUBLIC_KEY", conflicts_with = "jwks")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// Verify RS256 or ES256 tokens with the keys of this JWKS file, by `kid`.
+    #[arg(long, env = "CAIRN_JWKS")]
+    pub jwks: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on; port 0 picks a free port.
+    #[arg(long, env = "CAIRN_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// How many workflow runs the in-process engine drives at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["org", "service", "platform_admin"])))]
+pub struct TokenArgs {
+    /// A user token for this organization (with --role).
+    #[arg(long, value_parser = cairn_types::OrgId::parse, requires = "role")]
+    pub org: Option<cairn_types::OrgId>,
+    /// The user's roles: admin, clinician, coordinator, viewer (repeat for several).
+    #[arg(long, value_parser = cairn_policy::Role::parse, requires = "org")]
+    pub role: Vec<cairn_policy::Role>,
+    /// The user's id (a new one by default).
+    #[arg(long, value_parser = cairn_types::UserId::parse, requires = "org")]
+    pub user: Option<cairn_types::UserId>,
+    /// A service account token with this name (with --scope).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// A service account's scopes (repeat for several): organizations:bootstrap,
+    /// organizations:read, organizations:write, workflows:read, events:read,
+    /// events:retry, events:subscribe.
+    #[arg(long, value_parser = parse_scope, requires = "service")]
+    pub scope: Vec<cairn_policy::Scope>,
+    /// A platform administrator token with this name.
+    #[arg(long)]
+    pub platform_admin: Option<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
+    pub ttl: HumanDuration,
+    /// An HS256 secret instead of the development secret in the database.
+    #[arg(long, env = "CAIRN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+fn parse_scope(input: &str) -> Result<cairn_policy::Scope, String> {
+    cairn_policy::Scope::parse(input).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContractsCommand {
+    /// Write openapi.json, asyncapi.json, the event schemas and TypeScript types.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The directory to write (created if missing).
+    #[arg(long, default_value = "contracts")]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

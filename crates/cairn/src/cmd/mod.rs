@@ -8,12 +8,15 @@ mod demo;
 mod events;
 mod org;
 mod replay;
+mod serve;
 mod status;
 mod workflows;
 
 use std::process::ExitCode;
 
-use crate::cli::{AuditCommand, BenchCommand, Cli, Command, InvitationsCommand, OrgCommand};
+use crate::cli::{
+    AuditCommand, BenchCommand, Cli, Command, ContractsCommand, InvitationsCommand, OrgCommand,
+};
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -32,5 +35,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invitations(InvitationsCommand::Accept(args)) => {
             org::accept(&url, &runtime, args).await
         }
+        Command::Serve(args) => serve::serve(&url, &runtime, args).await,
+        Command::Token(args) => serve::token(&url, args).await,
+        Command::Contracts(ContractsCommand::Export(args)) => serve::export(args).await,
     }
 }

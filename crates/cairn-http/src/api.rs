@@ -1,0 +1,407 @@
+//! The route table: each operation is registered once, with its types, and the same
+//! registration both serves it and documents it. The OpenAPI document is generated
+//! from this table, so it cannot say anything the server does not do.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::context::Ctx;
+use crate::input::{self, Empty, Fields};
+use crate::problem::{Problem, ProblemCode};
+
+/// What an operation is, for people and for the contract.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub method: Method,
+    /// The path, with `{name}` for each path parameter.
+    pub path: &'static str,
+    pub id: &'static str,
+    pub tag: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+    /// The status of a success.
+    pub success: StatusCode,
+    /// Whether anyone may call it without a token (the policy decides; the contract
+    /// says so).
+    pub public: bool,
+    /// Whether it changes state (and so takes an `Idempotency-Key`).
+    pub command: bool,
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub struct Reply<R> {
+    pub status: StatusCode,
+    pub body: R,
+}
+
+impl<R> Reply<R> {
+    pub fn ok(body: R) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+
+    pub fn accepted(body: R) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            body,
+        }
+    }
+}
+
+impl<R: Serialize> IntoResponse for Reply<R> {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// An operation as documented.
+#[derive(Clone)]
+pub struct Documented {
+    pub op: Op,
+    fields: Arc<Fields>,
+    path: SchemaFn,
+    query: SchemaFn,
+    body: Option<SchemaFn>,
+    response: SchemaFn,
+}
+
+impl std::fmt::Debug for Documented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Documented").field("op", &self.op).finish()
+    }
+}
+
+/// Builds the router and the route table together.
+pub struct Api {
+    router: Router<AppState>,
+    documented: Vec<Documented>,
+}
+
+fn filter(method: &Method) -> MethodFilter {
+    match *method {
+        Method::POST => MethodFilter::POST,
+        Method::PUT => MethodFilter::PUT,
+        Method::DELETE => MethodFilter::DELETE,
+        Method::PATCH => MethodFilter::PATCH,
+        _ => MethodFilter::GET,
+    }
+}
+
+impl Api {
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            documented: Vec::new(),
+        }
+    }
+
+    /// Registers an operation reading `P` from the path, `Q` from the query and `B`
+    /// from the body (each `Empty` when absent), answering `R`.
+    pub fn op<P, Q, B, R, F, Fut>(mut self, op: Op, handler: F) -> Self
+    where
+        P: DeserializeOwned + JsonSchema + Send + 'static,
+        Q: DeserializeOwned + JsonSchema + Send + 'static,
+        B: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema + Send + 'static,
+        F: Fn(AppState, Ctx, P, Q, B) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply<R>, Problem>> + Send + 'static,
+    {
+        let fields = Arc::new(Fields::of::<P, Q, B>());
+        let route_fields = fields.clone();
+        let route = move |State(state): State<AppState>, request: Request| {
+            let handler = handler.clone();
+            let fields = route_fields.clone();
+            async move {
+                let (mut parts, body) = request.into_parts();
+                let ctx = match Ctx::from_request_parts(&mut parts, &state).await {
+                    Ok(ctx) => ctx,
+                    Err(problem) => return problem.into_response(),
+                };
+                let raw: Vec<(String, String)> =
+                    match axum::extract::RawPathParams::from_request_parts(&mut parts, &state).await
+                    {
+                        Ok(raw) => raw
+                            .iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect(),
+                        Err(rejection) => {
+                            return Problem::new(ProblemCode::NotFound, rejection.body_text())
+                                .into_response();
+                        }
+                    };
+                let input = async {
+                    let path = input::path::<P>(&raw)?;
+                    let query = input::query::<Q>(&parts, &fields)?;
+                    let body = input::body::<B>(&parts, body, &fields).await?;
+                    Ok::<_, Problem>((path, query, body))
+                };
+                let (path, query, body) = match input.await {
+                    Ok(input) => input,
+                    Err(problem) => return problem.into_response(),
+                };
+                match handler(state, ctx, path, query, body).await {
+                    Ok(reply) => reply.into_response(),
+                    Err(problem) => problem.into_response(),
+                }
+            }
+        };
+        self.router = self.router.route(op.path, on(filter(&op.method), route));
+        let takes_body = std::any::TypeId::of::<B>() != std::any::TypeId::of::<Empty>();
+        self.documented.push(Documented {
+            op: op.clone(),
+            fields,
+            path: schema_of::<P>,
+            query: schema_of::<Q>,
+            body: takes_body.then_some(schema_of::<B> as SchemaFn),
+            response: schema_of::<R>,
+        });
+        self
+    }
+
+    /// The router and the route table.
+    pub fn finish(self) -> (Router<AppState>, Vec<Documented>) {
+        (self.router, self.documented)
+    }
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A schema generator that files every named type under `#/components/schemas/`.
+pub fn components_generator() -> SchemaGenerator {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| {
+            settings.definitions_path = "#/components/schemas/".into();
+            settings.meta_schema = None;
+        })
+        .into_generator()
+}
+
+/// The object schema behind a (possibly `$ref`) schema.
+fn resolve(schema: &Schema, generator: &SchemaGenerator) -> Value {
+    let value = schema.as_value().clone();
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            generator.definitions().get(name).cloned().unwrap_or(value)
+        }
+        None => value,
+    }
+}
+
+fn parameters(schema: &Schema, generator: &SchemaGenerator, location: &str) -> Vec<Value> {
+    let object = resolve(schema, generator);
+    let required: Vec<&str> = object
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = object.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, property)| {
+            let mut schema = property.clone();
+            let description = schema
+                .as_object_mut()
+                .and_then(|o| o.remove("description"))
+                .unwrap_or_else(|| json!(""));
+            json!({
+                "name": name,
+                "in": location,
+                "required": location == "path" || required.contains(&name.as_str()),
+                "description": description,
+                "schema": schema,
+            })
+        })
+        .collect()
+}
+
+fn problem_response(description: &str, codes: &[ProblemCode]) -> Value {
+    let codes: Vec<&str> = codes.iter().map(|c| c.as_str()).collect();
+    json!({
+        "description": format!("{description} Problem codes: {}.", codes.join(", ")),
+        "headers": response_headers(),
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+fn response_headers() -> Value {
+    json!({
+        "x-correlation-id": {
+            "description": "The request's correlation id, also written into every event it causes.",
+            "schema": {"type": "string", "format": "uuid"}
+        },
+        "traceparent": {
+            "description": "W3C trace context carrying the correlation id as the trace id.",
+            "schema": {"type": "string"}
+        }
+    })
+}
+
+/// The OpenAPI 3.1 document of the route table.
+pub fn openapi(documented: &[Documented]) -> Value {
+    let mut generator = components_generator();
+    generator.subschema_for::<Problem>();
+    let mut paths = Map::new();
+    for doc in documented {
+        let op = &doc.op;
+        let mut params = parameters(&(doc.path)(&mut generator), &generator, "path");
+        params.extend(parameters(
+            &(doc.query)(&mut generator),
+            &generator,
+            "query",
+        ));
+        params.push(json!({
+            "name": "x-correlation-id", "in": "header", "required": false,
+            "description": "A correlation id (UUID) to carry through every hop; one is made when absent. A W3C traceparent is read too.",
+            "schema": {"type": "string", "format": "uuid"}
+        }));
+        if op.command {
+            params.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Makes the command safe to repeat: a repeat with the same key returns the first response.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
+            }));
+        }
+        let success = json!({
+            "description": "Success.",
+            "headers": response_headers(),
+            "content": {"application/json": {"schema": (doc.response)(&mut generator)}}
+        });
+        let mut responses = Map::new();
+        responses.insert(op.success.as_u16().to_string(), success);
+        let mut bad_request = vec![
+            ProblemCode::InvalidField,
+            ProblemCode::UnknownField,
+            ProblemCode::WrongLocation,
+        ];
+        if doc.body.is_some() {
+            bad_request.push(ProblemCode::InvalidJson);
+        }
+        responses.insert(
+            "400".into(),
+            problem_response(
+                "The input is wrong; `errors` names each field and where it was.",
+                &bad_request,
+            ),
+        );
+        responses.insert(
+            "401".into(),
+            problem_response(
+                "No valid bearer token.",
+                &[
+                    ProblemCode::Unauthenticated,
+                    ProblemCode::InvalidToken,
+                    ProblemCode::TokenExpired,
+                ],
+            ),
+        );
+        if !op.public {
+            responses.insert(
+                "403".into(),
+                problem_response("The policy refused.", &[ProblemCode::Forbidden]),
+            );
+        }
+        if !doc.fields.path.is_empty() || op.command {
+            responses.insert(
+                "404".into(),
+                problem_response("No such resource.", &[ProblemCode::NotFound]),
+            );
+        }
+        if op.command {
+            responses.insert(
+                "409".into(),
+                problem_response(
+                    "The request conflicts with the current state.",
+                    &[ProblemCode::Conflict, ProblemCode::IdempotencyKeyReused],
+                ),
+            );
+        }
+        if doc.body.is_some() {
+            responses.insert(
+                "413".into(),
+                problem_response("The body is too large.", &[ProblemCode::PayloadTooLarge]),
+            );
+            responses.insert(
+                "415".into(),
+                problem_response(
+                    "The body is not JSON.",
+                    &[ProblemCode::UnsupportedMediaType],
+                ),
+            );
+        }
+        responses.insert(
+            "500".into(),
+            problem_response("A fault in cairn.", &[ProblemCode::Internal]),
+        );
+        responses.insert(
+            "503".into(),
+            problem_response(
+                "The database cannot be reached.",
+                &[ProblemCode::Unavailable],
+            ),
+        );
+        responses.insert(
+            "default".into(),
+            problem_response("Any other failure.", &[ProblemCode::MethodNotAllowed]),
+        );
+        let mut operation = json!({
+            "operationId": op.id,
+            "summary": op.summary,
+            "description": op.description,
+            "tags": [op.tag],
+            "parameters": params,
+            "responses": responses,
+            "security": if op.public { json!([{}, {"bearer": []}]) } else { json!([{"bearer": []}]) },
+        });
+        if let Some(body) = doc.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": body(&mut generator)}}
+            });
+        }
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        entry[op.method.as_str().to_ascii_lowercase()] = operation;
+    }
+    let schemas = Value::Object(generator.take_definitions(true));
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cairn",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The cairn HTTP API. Every error is application/problem+json with a stable `code`; \
+                            every response carries the request's correlation id. Generated from the route table.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    })
+}

@@ -1,0 +1,230 @@
+//! Every request's context: its correlation id (from a W3C `traceparent` or an
+//! `x-correlation-id` header, else a new one), its principal (from a bearer token), and
+//! its idempotency key.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use cairn_policy::{Principal, TokenError};
+use cairn_types::CorrelationId;
+
+use crate::AppState;
+use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
+
+/// The header that carries a correlation id.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// The header that makes a command safe to repeat.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// What the middleware learned about a request before any handler ran.
+#[derive(Debug, Clone, Copy)]
+pub struct Correlation {
+    pub correlation_id: CorrelationId,
+}
+
+fn header_problem(name: &str, message: String) -> Problem {
+    Problem::field(
+        ProblemCode::InvalidField,
+        FieldProblem {
+            field: name.to_owned(),
+            location: Location::Header,
+            expected_location: None,
+            message,
+        },
+    )
+}
+
+/// The correlation id a request carries. A malformed `traceparent` is ignored (the W3C
+/// rule); a malformed `x-correlation-id` is refused.
+fn correlation_from(headers: &HeaderMap) -> Result<CorrelationId, Problem> {
+    if let Some(value) = headers.get(CORRELATION_HEADER) {
+        let text = value.to_str().unwrap_or_default();
+        return CorrelationId::parse(text)
+            .map_err(|e| header_problem(CORRELATION_HEADER, e.to_string()));
+    }
+    if let Some(trace_id) = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(trace_id_of)
+    {
+        return Ok(CorrelationId::from_uuid(trace_id));
+    }
+    Ok(CorrelationId::new_v7())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), as a UUID.
+pub fn trace_id_of(traceparent: &str) -> Option<uuid::Uuid> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if !hex(version, 2) || *version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    uuid::Uuid::parse_str(trace).ok()
+}
+
+/// Middleware: gives every request a correlation id, returns it on every response
+/// (`x-correlation-id`, and a `traceparent` with the same trace id), and writes it
+/// into every problem document.
+pub async fn correlate(mut request: Request, next: Next) -> Response {
+    let (correlation_id, refused) = match correlation_from(request.headers()) {
+        Ok(id) => (id, None),
+        Err(problem) => (CorrelationId::new_v7(), Some(problem)),
+    };
+    request
+        .extensions_mut()
+        .insert(Correlation { correlation_id });
+    let mut response = match refused {
+        Some(problem) => problem.into_response(),
+        None => next.run(request).await,
+    };
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        response = with_correlation(response, correlation_id).await;
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
+        headers.insert(HeaderName::from_static(CORRELATION_HEADER), value);
+    }
+    let span = &cairn_types::CorrelationId::new_v7()
+        .as_uuid()
+        .simple()
+        .to_string()[16..];
+    let traceparent = format!("00-{}-{span}-01", correlation_id.as_uuid().simple());
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        headers.insert(HeaderName::from_static("traceparent"), value);
+    }
+    response
+}
+
+/// Writes the correlation id into a problem document that lacks one.
+async fn with_correlation(response: Response, correlation_id: CorrelationId) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "correlation_id".to_owned(),
+            serde_json::json!(correlation_id),
+        );
+    }
+    let bytes = serde_json::to_vec(&value).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The context a handler runs in.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub correlation_id: CorrelationId,
+    pub principal: Principal,
+    pub idempotency_key: Option<String>,
+}
+
+impl Ctx {
+    /// The domain's command context for this request.
+    pub fn command(&self) -> cairn_domain::CommandContext {
+        cairn_domain::CommandContext {
+            principal: self.principal.clone(),
+            correlation_id: self.correlation_id,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let correlation_id = parts
+            .extensions
+            .get::<Correlation>()
+            .map_or_else(CorrelationId::new_v7, |c| c.correlation_id);
+        let principal = match parts.headers.get(header::AUTHORIZATION) {
+            None => Principal::Anonymous,
+            Some(value) => {
+                let text = value.to_str().unwrap_or_default();
+                let Some(token) = text
+                    .strip_prefix("Bearer ")
+                    .or_else(|| text.strip_prefix("bearer "))
+                else {
+                    return Err(Problem::new(
+                        ProblemCode::InvalidToken,
+                        "the Authorization header must be `Bearer <token>`",
+                    ));
+                };
+                state
+                    .auth()
+                    .authenticate(token.trim())
+                    .map_err(|error| match error {
+                        TokenError::Expired => {
+                            Problem::new(ProblemCode::TokenExpired, error.to_string())
+                        }
+                        TokenError::Invalid { .. } | TokenError::Config { .. } => {
+                            Problem::new(ProblemCode::InvalidToken, error.to_string())
+                        }
+                    })?
+            }
+        };
+        let idempotency_key = match parts.headers.get(IDEMPOTENCY_HEADER) {
+            None => None,
+            Some(value) => {
+                let key = value.to_str().unwrap_or_default();
+                let valid =
+                    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+                if !valid {
+                    return Err(header_problem(
+                        "Idempotency-Key",
+                        "use 1 to 255 printable ASCII characters".to_owned(),
+                    ));
+                }
+                Some(key.to_owned())
+            }
+        };
+        Ok(Ctx {
+            correlation_id,
+            principal,
+            idempotency_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_of;
+
+    #[test]
+    fn traceparent_trace_ids() {
+        let id = trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(id.simple().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
+        }
+    }
+}

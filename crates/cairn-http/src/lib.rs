@@ -1,0 +1,135 @@
+//! The HTTP API.
+//!
+//! One route table ([`routes::api`]) both serves the API and generates its OpenAPI 3.1
+//! document; the AsyncAPI 3.0 document is generated from the event registry. Every
+//! handler asks the one policy before it reads or acts; every error is
+//! `application/problem+json` with a stable code, the field at fault and where it was
+//! expected, and the request's correlation id; every request carries a correlation id
+//! into every event it causes.
+//!
+//! Nothing below this crate knows HTTP. This crate reads projections and the log only
+//! through `cairn_domain::reads`, with a grant from the policy.
+
+pub mod api;
+pub mod context;
+pub mod contracts;
+pub mod input;
+pub mod problem;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::Method;
+use axum::response::IntoResponse;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use cairn_domain::Domain;
+use cairn_log::Db;
+use cairn_policy::Authenticator;
+
+use crate::problem::{Problem, ProblemCode};
+
+struct Inner {
+    domain: Domain,
+    auth: Authenticator,
+    openapi: Value,
+    asyncapi: Value,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("domain", &self.inner.domain)
+            .finish()
+    }
+}
+
+impl AppState {
+    pub fn domain(&self) -> &Domain {
+        &self.inner.domain
+    }
+
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    pub fn db(&self) -> &Db {
+        self.inner.domain.store().db()
+    }
+
+    pub fn openapi(&self) -> &Value {
+        &self.inner.openapi
+    }
+
+    pub fn asyncapi(&self) -> &Value {
+        &self.inner.asyncapi
+    }
+
+    /// Whether the database answers.
+    pub async fn database_ready(&self) -> Result<(), cairn_log::SqlError> {
+        let mut reader = self.db().reader().await?;
+        reader
+            .conn()
+            .fetch_one("SELECT 1 AS one", cairn_log::args![])
+            .await?;
+        Ok(())
+    }
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> impl IntoResponse {
+    Problem::new(
+        ProblemCode::NotFound,
+        format!("there is no operation {method} {}", uri.path()),
+    )
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse {
+    Problem::new(
+        ProblemCode::MethodNotAllowed,
+        format!(
+            "{} does not take {method}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// The application: every route, with its state and middleware.
+pub fn app(domain: Domain, auth: Authenticator) -> Router {
+    let (router, documented) = routes::api().finish();
+    let openapi = api::openapi(&documented);
+    let asyncapi = contracts::asyncapi(domain.store().dispatcher().registry());
+    let state = AppState {
+        inner: Arc::new(Inner {
+            domain,
+            auth,
+            openapi,
+            asyncapi,
+        }),
+    };
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(context::correlate))
+        .with_state(state)
+}
+
+/// Serves the application on a bound listener until `shutdown` resolves, then stops
+/// taking requests and finishes the ones in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,573 @@
+//! The operations of the API, each registered with its types in [`api`].
+//!
+//! Every handler asks the policy first ([`allow`]); reads go through
+//! `cairn_domain::reads` with the grant, commands through the domain, which asks the
+//! policy again for the exact tenant.
+
+use axum::http::{Method, StatusCode};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use cairn_dispatch::{Dispatched, RetryError, RetryReport, RetrySelection};
+use cairn_domain::model::DirectCareSettings;
+use cairn_domain::queries::{Invitation, Organization, Page as QueryPage, User};
+use cairn_domain::reads::{self, ReadsError};
+use cairn_domain::{
+    BootstrapAccepted, BootstrapRequest, CommandError, InvitationAcceptance, InvitationStarted,
+    InviteeRequest,
+};
+use cairn_log::{EventFilter, RecordedEvent};
+use cairn_policy::{Action, Denial, Grant, authorize};
+use cairn_types::{
+    CorrelationId, ErrorCode, EventId, EventType, InvitationId, OrgId, Position, StreamId,
+    StreamType, UserId, WorkflowId,
+};
+use cairn_workflow::{Run, RunFilter, RunStatus, RunWithSteps};
+
+use crate::AppState;
+use crate::api::{Api, Op, Reply};
+use crate::context::Ctx;
+use crate::input::Empty;
+use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
+
+/// Asks the policy; a refusal becomes a 401 or a 403.
+pub fn allow(ctx: &Ctx, action: Action) -> Result<Grant, Problem> {
+    authorize(&ctx.principal, &action).map_err(denied)
+}
+
+fn denied(denial: Denial) -> Problem {
+    match denial {
+        Denial::Unauthenticated { .. } => {
+            Problem::new(ProblemCode::Unauthenticated, denial.to_string())
+        }
+        Denial::Forbidden { .. } => Problem::new(ProblemCode::Forbidden, denial.to_string()),
+    }
+}
+
+fn database(error: &cairn_log::SqlError) -> Problem {
+    use cairn_log::SqlError as E;
+    match error {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) => {
+            tracing::error!(error = %cairn_types::error_chain(error), "database unavailable");
+            Problem::new(
+                ProblemCode::Unavailable,
+                "the database cannot be reached; try again",
+            )
+        }
+        _ => Problem::internal(error),
+    }
+}
+
+fn read_problem(error: ReadsError) -> Problem {
+    match &error {
+        ReadsError::Database(e) => database(e),
+        ReadsError::Log(cairn_log::ReadError::Database(e)) => database(e),
+        _ => Problem::internal(&error),
+    }
+}
+
+/// Maps a command's refusal to a problem.
+pub fn command_problem(error: CommandError) -> Problem {
+    match error {
+        CommandError::Invalid(fields) => Problem::fields(
+            fields
+                .into_iter()
+                .map(|f| FieldProblem {
+                    field: f.field,
+                    location: Location::Body,
+                    expected_location: None,
+                    message: f.message,
+                })
+                .collect(),
+        ),
+        CommandError::NotFound { .. } => Problem::new(ProblemCode::NotFound, error.to_string()),
+        CommandError::Conflict(field) => {
+            let mut problem = Problem::new(ProblemCode::Conflict, field.to_string());
+            problem.errors.push(FieldProblem {
+                field: field.field,
+                location: Location::Body,
+                expected_location: None,
+                message: field.message,
+            });
+            problem
+        }
+        CommandError::InvalidState { message } => Problem::new(ProblemCode::Conflict, message),
+        CommandError::KeyReused { .. } => {
+            Problem::new(ProblemCode::IdempotencyKeyReused, error.to_string())
+        }
+        CommandError::Denied(denial) => denied(denial),
+        CommandError::Database(e) => database(&e),
+        CommandError::Append(e) => Problem::internal(&e),
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn page<T>(items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = (items.len() as u32 == limit)
+        .then(|| items.last().map(cursor))
+        .flatten();
+    Page { items, next_cursor }
+}
+
+/// A cursor and a page size.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery<Id> {
+    /// Return items after this one (the `next_cursor` of the previous page).
+    pub after: Option<Id>,
+    /// How many items, 1 to 200 (50 by default).
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+}
+
+fn limit(limit: Option<u32>) -> Result<u32, Problem> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=200).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::field(
+            ProblemCode::InvalidField,
+            FieldProblem {
+                field: "limit".into(),
+                location: Location::Query,
+                expected_location: None,
+                message: format!("must be 1 to 200, not {n}"),
+            },
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgPath {
+    pub org_id: OrgId,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgUserPath {
+    pub org_id: OrgId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationPath {
+    pub invitation_id: InvitationId,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowPath {
+    pub workflow_id: WorkflowId,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventPath {
+    pub event_id: EventId,
+}
+
+/// Why an invitation is withdrawn.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// 1 to 500 characters.
+    pub reason: String,
+}
+
+/// An invitation's token, from the link in its email.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptRequest {
+    /// 64 hexadecimal characters.
+    pub token: String,
+}
+
+/// The invitation after a revoke.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Revoked {
+    pub invitation_id: InvitationId,
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsQuery {
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// Only runs of this kind (`organization_bootstrap`, `invitation_delivery`, …).
+    pub kind: Option<String>,
+    /// Return runs after this one (the `next_cursor` of the previous page).
+    pub after: Option<WorkflowId>,
+    /// How many runs, 1 to 200 (50 by default).
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Return events after this position (the `next_cursor` of the previous page).
+    #[schemars(range(min = 0))]
+    pub after: Option<i64>,
+    /// How many events, 1 to 200 (50 by default).
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+    pub stream_id: Option<StreamId>,
+    pub stream_type: Option<StreamType>,
+    pub event_type: Option<EventType>,
+    pub correlation_id: Option<CorrelationId>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailedEventsQuery {
+    /// Return events after this position.
+    #[schemars(range(min = 0))]
+    pub after: Option<i64>,
+    /// How many events, 1 to 200 (50 by default).
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+    /// Only events failed with this code.
+    pub code: Option<ErrorCode>,
+    pub stream_type: Option<StreamType>,
+}
+
+/// Which failed events to retry.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFailedRequest {
+    /// Only events failed with this code.
+    pub code: Option<ErrorCode>,
+    /// Only events of this stream type.
+    pub stream_type: Option<StreamType>,
+}
+
+/// Whether the process is up, or ready to serve.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+fn event_page(items: Vec<RecordedEvent>, limit: u32) -> Page<RecordedEvent> {
+    page(items, limit, |e| e.position.to_string())
+}
+
+fn not_found(what: &str, id: &dyn std::fmt::Display) -> Problem {
+    Problem::new(ProblemCode::NotFound, format!("there is no {what} {id}"))
+}
+
+fn negative_after(after: Option<i64>) -> Result<Position, Problem> {
+    match after {
+        Some(n) if n < 0 => Err(Problem::field(
+            ProblemCode::InvalidField,
+            FieldProblem {
+                field: "after".into(),
+                location: Location::Query,
+                expected_location: None,
+                message: format!("must be 0 or more, not {n}"),
+            },
+        )),
+        other => Ok(Position::new(other.unwrap_or(0))),
+    }
+}
+
+macro_rules! op {
+    ($method:ident $path:literal, $id:literal, $tag:literal, $success:ident, public: $public:literal, command: $command:literal, $summary:literal, $description:literal) => {
+        Op {
+            method: Method::$method,
+            path: $path,
+            id: $id,
+            tag: $tag,
+            summary: $summary,
+            description: $description,
+            success: StatusCode::$success,
+            public: $public,
+            command: $command,
+        }
+    };
+}
+
+/// Every operation of the API.
+pub fn api() -> Api {
+    Api::new()
+        .op(
+            op!(GET "/health/live", "live", "health", OK, public: true, command: false,
+                "Is the process up", "Answers 200 as long as the process runs."),
+            |_state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::ReadPublic)?;
+                Ok(Reply::ok(Health { status: "live".into() }))
+            },
+        )
+        .op(
+            op!(GET "/health/ready", "ready", "health", OK, public: true, command: false,
+                "Is the process ready", "Answers 200 when the database answers, 503 otherwise."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::ReadPublic)?;
+                state.database_ready().await.map_err(|e| database(&e))?;
+                Ok(Reply::ok(Health { status: "ready".into() }))
+            },
+        )
+        .op(
+            op!(GET "/v1/openapi.json", "openapi", "contracts", OK, public: true, command: false,
+                "This API's OpenAPI 3.1 document", "Generated from the route table that serves the API."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::ReadPublic)?;
+                Ok(Reply::ok(state.openapi().clone()))
+            },
+        )
+        .op(
+            op!(GET "/v1/asyncapi.json", "asyncapi", "contracts", OK, public: true, command: false,
+                "The event contracts, as AsyncAPI 3.0", "Every stream type and event type with its payload schema and the metadata envelope, generated from the event registry."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::ReadPublic)?;
+                Ok(Reply::ok(state.asyncapi().clone()))
+            },
+        )
+        .op(
+            op!(POST "/v1/organizations", "bootstrapOrganization", "organizations", ACCEPTED, public: false, command: true,
+                "Bootstrap an organization",
+                "Records the request and starts the bootstrap workflow in one transaction, then answers at once. Follow the workflow at /v1/workflows/{workflow_id}."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, body: BootstrapRequest| async move {
+                let accepted: BootstrapAccepted = state.domain().bootstrap(&ctx.command(), &body).await.map_err(command_problem)?;
+                Ok(Reply::accepted(accepted))
+            },
+        )
+        .op(
+            op!(GET "/v1/organizations", "listOrganizations", "organizations", OK, public: false, command: false,
+                "List organizations", "The organizations the caller may see, oldest first."),
+            |state: AppState, ctx: Ctx, _: Empty, query: PageQuery<OrgId>, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListOrganizations)?;
+                let limit = limit(query.limit)?;
+                let items: Vec<Organization> = reads::organizations(state.db(), &grant, QueryPage { after: query.after, limit })
+                    .await
+                    .map_err(read_problem)?;
+                Ok(Reply::ok(page(items, limit, |o| o.id.to_string())))
+            },
+        )
+        .op(
+            op!(GET "/v1/organizations/{org_id}", "getOrganization", "organizations", OK, public: false, command: false,
+                "Read an organization", "One organization, with its status and direct-care settings."),
+            |state: AppState, ctx: Ctx, path: OrgPath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::ReadOrganization(path.org_id))?;
+                let org = reads::organization(state.db(), &grant, path.org_id).await.map_err(read_problem)?;
+                org.map(Reply::ok).ok_or_else(|| not_found("organization", &path.org_id))
+            },
+        )
+        .op(
+            op!(PUT "/v1/organizations/{org_id}/direct-care-settings", "updateDirectCareSettings", "organizations", OK, public: false, command: true,
+                "Change direct-care settings", "Records organization.direct_care_settings_updated and answers the settings as stored."),
+            |state: AppState, ctx: Ctx, path: OrgPath, _: Empty, body: DirectCareSettings| async move {
+                state
+                    .domain()
+                    .update_direct_care_settings(&ctx.command(), path.org_id, &body)
+                    .await
+                    .map_err(command_problem)?;
+                Ok(Reply::ok(body))
+            },
+        )
+        .op(
+            op!(GET "/v1/organizations/{org_id}/users", "listUsers", "organizations", OK, public: false, command: false,
+                "List an organization's users", "Active and invited users with their roles, oldest first."),
+            |state: AppState, ctx: Ctx, path: OrgPath, query: PageQuery<UserId>, _: Empty| async move {
+                let grant = allow(&ctx, Action::ReadUsers(path.org_id))?;
+                let limit = limit(query.limit)?;
+                let items: Vec<User> = reads::users(state.db(), &grant, path.org_id, QueryPage { after: query.after, limit })
+                    .await
+                    .map_err(read_problem)?;
+                Ok(Reply::ok(page(items, limit, |u| u.id.to_string())))
+            },
+        )
+        .op(
+            op!(GET "/v1/organizations/{org_id}/users/{user_id}", "getUser", "organizations", OK, public: false, command: false,
+                "Read a user", "One user of the organization, with their roles."),
+            |state: AppState, ctx: Ctx, path: OrgUserPath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::ReadUsers(path.org_id))?;
+                let user = reads::user(state.db(), &grant, path.org_id, path.user_id).await.map_err(read_problem)?;
+                user.map(Reply::ok).ok_or_else(|| not_found("user", &path.user_id))
+            },
+        )
+        .op(
+            op!(GET "/v1/organizations/{org_id}/invitations", "listInvitations", "invitations", OK, public: false, command: false,
+                "List an organization's invitations", "Every invitation with its status, oldest first."),
+            |state: AppState, ctx: Ctx, path: OrgPath, query: PageQuery<InvitationId>, _: Empty| async move {
+                let grant = allow(&ctx, Action::ReadInvitations(path.org_id))?;
+                let limit = limit(query.limit)?;
+                let items: Vec<Invitation> =
+                    reads::invitations(state.db(), &grant, path.org_id, QueryPage { after: query.after, limit })
+                        .await
+                        .map_err(read_problem)?;
+                Ok(Reply::ok(page(items, limit, |i| i.id.to_string())))
+            },
+        )
+        .op(
+            op!(POST "/v1/organizations/{org_id}/invitations", "invite", "invitations", ACCEPTED, public: false, command: true,
+                "Invite someone",
+                "Records user.invited and starts the workflow that mails the invitation, in one transaction."),
+            |state: AppState, ctx: Ctx, path: OrgPath, _: Empty, body: InviteeRequest| async move {
+                let started: InvitationStarted =
+                    state.domain().invite(&ctx.command(), path.org_id, &body).await.map_err(command_problem)?;
+                Ok(Reply::accepted(started))
+            },
+        )
+        .op(
+            op!(GET "/v1/invitations/{invitation_id}", "getInvitation", "invitations", OK, public: false, command: false,
+                "Read an invitation", "One invitation with its status; its token is never shown."),
+            |state: AppState, ctx: Ctx, path: InvitationPath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::FindInvitation)?;
+                let found = reads::invitation(state.db(), &grant, path.invitation_id).await.map_err(read_problem)?;
+                found.map(Reply::ok).ok_or_else(|| not_found("invitation", &path.invitation_id))
+            },
+        )
+        .op(
+            op!(POST "/v1/invitations/{invitation_id}/resend", "resendInvitation", "invitations", ACCEPTED, public: false, command: true,
+                "Send an invitation again", "A pending or expired invitation is mailed again with a new token (the old link stops working) and a new expiry."),
+            |state: AppState, ctx: Ctx, path: InvitationPath, _: Empty, _: Empty| async move {
+                let started: InvitationStarted = state
+                    .domain()
+                    .resend_invitation(&ctx.command(), path.invitation_id)
+                    .await
+                    .map_err(command_problem)?;
+                Ok(Reply::accepted(started))
+            },
+        )
+        .op(
+            op!(POST "/v1/invitations/{invitation_id}/revoke", "revokeInvitation", "invitations", OK, public: false, command: true,
+                "Withdraw an invitation", "A pending invitation is revoked; its link stops working."),
+            |state: AppState, ctx: Ctx, path: InvitationPath, _: Empty, body: RevokeRequest| async move {
+                state
+                    .domain()
+                    .revoke_invitation(&ctx.command(), path.invitation_id, &body.reason)
+                    .await
+                    .map_err(command_problem)?;
+                Ok(Reply::ok(Revoked {
+                    invitation_id: path.invitation_id,
+                    status: "revoked".into(),
+                }))
+            },
+        )
+        .op(
+            op!(POST "/v1/invitations/accept", "acceptInvitation", "invitations", OK, public: true, command: true,
+                "Accept an invitation", "The token from the invitation link is the credential. It works once."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, body: AcceptRequest| async move {
+                let accepted: InvitationAcceptance =
+                    state.domain().accept_invitation(&ctx.command(), &body.token).await.map_err(command_problem)?;
+                Ok(Reply::ok(accepted))
+            },
+        )
+        .op(
+            op!(GET "/v1/workflows", "listWorkflows", "workflows", OK, public: false, command: false,
+                "List workflow runs", "The runs the caller may see, oldest first, with their status and current step."),
+            |state: AppState, ctx: Ctx, _: Empty, query: WorkflowsQuery, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListWorkflows)?;
+                let limit = limit(query.limit)?;
+                let filter = RunFilter {
+                    status: query.status,
+                    kind: query.kind,
+                    after: query.after,
+                    limit: Some(limit),
+                    ..RunFilter::default()
+                };
+                let items: Vec<Run> = reads::workflows(state.db(), &grant, filter).await.map_err(read_problem)?;
+                Ok(Reply::ok(page(items, limit, |r| r.id.to_string())))
+            },
+        )
+        .op(
+            op!(GET "/v1/workflows/{workflow_id}", "getWorkflow", "workflows", OK, public: false, command: false,
+                "Read a workflow run", "Its status, current step, failure, and every step with its attempts, times and last error."),
+            |state: AppState, ctx: Ctx, path: WorkflowPath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListWorkflows)?;
+                let run: Option<RunWithSteps> = reads::workflow(state.db(), &grant, path.workflow_id).await.map_err(read_problem)?;
+                run.map(Reply::ok).ok_or_else(|| not_found("workflow run", &path.workflow_id))
+            },
+        )
+        .op(
+            op!(GET "/v1/events", "listEvents", "events", OK, public: false, command: false,
+                "List events", "Events the caller may see, in position order."),
+            |state: AppState, ctx: Ctx, _: Empty, query: EventsQuery, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListEvents)?;
+                let limit = limit(query.limit)?;
+                let filter = EventFilter {
+                    after: negative_after(query.after)?,
+                    limit: Some(limit),
+                    stream_id: query.stream_id,
+                    stream_type: query.stream_type,
+                    event_type: query.event_type,
+                    correlation_id: query.correlation_id,
+                    ..EventFilter::default()
+                };
+                let items = reads::events(state.db(), &grant, filter).await.map_err(read_problem)?;
+                Ok(Reply::ok(event_page(items, limit)))
+            },
+        )
+        .op(
+            op!(GET "/v1/events/failed", "listFailedEvents", "events", OK, public: false, command: false,
+                "List failed events", "Events whose processing failed, with their codes and messages."),
+            |state: AppState, ctx: Ctx, _: Empty, query: FailedEventsQuery, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListEvents)?;
+                let limit = limit(query.limit)?;
+                let filter = EventFilter {
+                    after: negative_after(query.after)?,
+                    limit: Some(limit),
+                    stream_type: query.stream_type,
+                    failed: true,
+                    error_code: query.code,
+                    ..EventFilter::default()
+                };
+                let items = reads::events(state.db(), &grant, filter).await.map_err(read_problem)?;
+                Ok(Reply::ok(event_page(items, limit)))
+            },
+        )
+        .op(
+            op!(GET "/v1/events/{event_id}", "getEvent", "events", OK, public: false, command: false,
+                "Read an event", "One event with its processing status."),
+            |state: AppState, ctx: Ctx, path: EventPath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::ListEvents)?;
+                let event = reads::event(state.db(), &grant, path.event_id).await.map_err(read_problem)?;
+                event.map(Reply::ok).ok_or_else(|| not_found("event", &path.event_id))
+            },
+        )
+        .op(
+            op!(POST "/v1/events/{event_id}/retry", "retryEvent", "events", OK, public: false, command: true,
+                "Retry a failed event", "Dispatches the event again and records the new outcome."),
+            |state: AppState, ctx: Ctx, path: EventPath, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::RetryEvents)?;
+                let retried: Dispatched = state.domain().store().retry(path.event_id).await.map_err(|error| match error {
+                    RetryError::NotFound { .. } => Problem::new(ProblemCode::NotFound, error.to_string()),
+                    RetryError::NotFailed { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
+                    RetryError::Database(e) => database(&e),
+                    RetryError::Read(e) => Problem::internal(&e),
+                })?;
+                Ok(Reply::ok(retried))
+            },
+        )
+        .op(
+            op!(POST "/v1/events/retry-failed", "retryFailedEvents", "events", OK, public: false, command: true,
+                "Retry every failed event", "Retries the failed events the filters match, oldest first, each in its own transaction."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, body: RetryFailedRequest| async move {
+                allow(&ctx, Action::RetryEvents)?;
+                let selection = RetrySelection {
+                    code: body.code,
+                    stream_type: body.stream_type,
+                };
+                let report: RetryReport = state
+                    .domain()
+                    .store()
+                    .retry_failed(&selection, &mut |_, _| {})
+                    .await
+                    .map_err(|e| Problem::internal(&e))?;
+                Ok(Reply::ok(report))
+            },
+        )
+}
+
+/// The value type of a served contract document.
+pub type Document = Value;

@@ -1,0 +1,558 @@
+//! The HTTP API's behaviour on both backends: problem documents, fields in the wrong
+//! place, unknown fields, limits, correlation ids, idempotency keys, tokens, paging,
+//! and the contracts it serves.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use cairn_log::EventFilter;
+use cairn_policy::{Principal, Role};
+use cairn_testkit::{TestDb, backend_test};
+use cairn_types::CorrelationId;
+use common::{bootstrap_body, bootstrapped, call, platform_admin, server, user};
+use serde_json::{Value, json};
+
+#[track_caller]
+fn assert_problem(reply: &common::Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:#}", reply.body);
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_eq!(reply.body["code"], json!(code), "{:#}", reply.body);
+    assert_eq!(reply.body["status"], json!(status.as_u16()));
+    assert_eq!(
+        reply.body["type"],
+        json!(format!("https://cairn.dev/problems/{code}"))
+    );
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(
+        reply.body["correlation_id"],
+        json!(reply.header("x-correlation-id")),
+        "every problem names its request"
+    );
+}
+
+backend_test!(
+    a_bootstrap_through_the_api_runs_to_the_end,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(bootstrap_body("sunrise"))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{:#}", reply.body);
+        let correlation = reply.header("x-correlation-id").to_owned();
+        assert_eq!(reply.body["correlation_id"], json!(correlation));
+        let org_id = reply.body["org_id"].as_str().expect("an org id").to_owned();
+        let workflow_id = reply.body["workflow_id"]
+            .as_str()
+            .expect("a workflow id")
+            .to_owned();
+        s.domain.engine().run_until_idle().await?;
+
+        let workflow = call(Method::GET, format!("/v1/workflows/{workflow_id}"))
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            workflow.body["status"],
+            json!("completed"),
+            "{:#}",
+            workflow.body
+        );
+        let org = call(Method::GET, format!("/v1/organizations/{org_id}"))
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            (org.body["status"].clone(), org.body["is_active"].clone()),
+            (json!("active"), json!(true))
+        );
+        let events = call(
+            Method::GET,
+            format!("/v1/events?correlation_id={correlation}&limit=200"),
+        )
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+        let items = events.body["items"].as_array().expect("items");
+        assert!(items.len() > 10);
+        assert!(
+            items
+                .iter()
+                .all(|e| e["event_metadata"]["correlation_id"] == json!(correlation))
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_field_in_the_wrong_place_is_a_400_that_says_where_it_belongs,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let org_id = bootstrapped(&s, "placement").await?;
+        let admin = platform_admin();
+
+        // The seed's incident, turned around: a body field sent in the query string.
+        let reply = call(Method::POST, "/v1/invitations/accept?token=abc")
+            .json(json!({}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "wrong_location");
+        assert_eq!(
+            reply.body["errors"],
+            json!([{"field": "token", "location": "query", "expected_location": "body", "message": "token belongs in the body, not the query"}])
+        );
+
+        // A query parameter sent in the body.
+        let reply = call(Method::GET, "/v1/events")
+            .as_(&admin)
+            .json(json!({"limit": 5}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "wrong_location");
+        assert_eq!(reply.body["errors"][0]["expected_location"], json!("query"));
+
+        // A path parameter sent in the body.
+        let reply = call(Method::PUT, format!("/v1/organizations/{org_id}/direct-care-settings"))
+        .as_(&admin)
+        .json(json!({"org_id": org_id, "visit_verification": true, "client_assignment": true, "max_caseload": 3}))
+        .send(&s.app)
+        .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "wrong_location");
+        assert_eq!(reply.body["errors"][0]["field"], json!("org_id"));
+        assert_eq!(reply.body["errors"][0]["expected_location"], json!("path"));
+
+        // A body field sent in the query of an operation with a body.
+        let reply = call(
+            Method::PUT,
+            format!("/v1/organizations/{org_id}/direct-care-settings?max_caseload=3"),
+        )
+        .as_(&admin)
+        .json(json!({"visit_verification": true, "client_assignment": true, "max_caseload": 3}))
+        .send(&s.app)
+        .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "wrong_location");
+        Ok(())
+    }
+);
+
+backend_test!(
+    unknown_and_invalid_input_is_refused_with_its_path,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let mut body = bootstrap_body("unknown-fields");
+        body["organization"]["colour"] = json!("red");
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(body)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "unknown_field");
+        assert_eq!(
+            reply.body["errors"][0]["field"],
+            json!("organization.colour")
+        );
+
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(json!({"extra": 1}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "unknown_field");
+
+        let mut body = bootstrap_body("missing");
+        body["admin"]
+            .as_object_mut()
+            .expect("an object")
+            .remove("email");
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(body)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["field"], json!("admin.email"));
+        assert_eq!(reply.body["errors"][0]["message"], json!("is required"));
+
+        let mut body = bootstrap_body("Bad Slug");
+        body["invitees"][0]["roles"] = json!(["nurse"]);
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(body)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        let fields: Vec<&str> = reply.body["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, ["organization.slug", "invitees[0].roles[0]"]);
+        assert!(
+            reply.body["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .all(|e| e["location"] == json!("body"))
+        );
+
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .raw(b"{\"organization\": ", "application/json")
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .raw(b"name=x", "application/x-www-form-urlencoded")
+            .send(&s.app)
+            .await;
+        assert_problem(
+            &reply,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        let huge = format!("{{\"organization\": \"{}\"}}", "x".repeat(70 * 1024));
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .raw(huge.as_bytes(), "application/json")
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+        let reply = call(Method::GET, "/v1/organizations/not-an-id")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["field"], json!("org_id"));
+        assert_eq!(reply.body["errors"][0]["location"], json!("path"));
+        let reply = call(Method::GET, "/v1/organizations?limit=900")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["field"], json!("limit"));
+        let reply = call(Method::GET, "/v1/events?after=abc")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["location"], json!("query"));
+
+        let reply = call(Method::GET, "/v1/nowhere").send(&s.app).await;
+        assert_problem(&reply, StatusCode::NOT_FOUND, "not_found");
+        let reply = call(Method::DELETE, "/v1/organizations")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+        let n_orgs =
+            s.t.db()
+                .reader()
+                .await?
+                .conn()
+                .fetch_one(
+                    "SELECT COUNT(*) AS n FROM organizations",
+                    cairn_log::args![],
+                )
+                .await?
+                .get::<i64>("n")?;
+        assert_eq!(n_orgs, 0, "nothing was written");
+        Ok(())
+    }
+);
+
+backend_test!(
+    every_request_has_a_correlation_id_that_reaches_its_events,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let mine = CorrelationId::new_v7();
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("x-correlation-id", &mine.to_string())
+            .json(bootstrap_body("correlated"))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        assert_eq!(reply.header("x-correlation-id"), mine.to_string());
+        assert!(
+            reply
+                .header("traceparent")
+                .starts_with(&format!("00-{}-", mine.as_uuid().simple()))
+        );
+        s.domain.engine().run_until_idle().await?;
+        let filter = EventFilter {
+            correlation_id: Some(mine),
+            limit: Some(1_000),
+            ..EventFilter::default()
+        };
+        let events = s.t.db().reader().await?.conn().read_events(&filter).await?;
+        assert!(
+            events.len() > 10,
+            "the command and its workflow carry the header's correlation id"
+        );
+
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let reply = call(Method::GET, "/health/live")
+            .header("traceparent", traceparent)
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            reply.header("x-correlation-id"),
+            "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+        );
+
+        let reply = call(Method::GET, "/health/live").send(&s.app).await;
+        assert!(
+            CorrelationId::parse(reply.header("x-correlation-id")).is_ok(),
+            "a new one when none is sent"
+        );
+
+        let reply = call(Method::GET, "/health/live")
+            .header("x-correlation-id", "not-a-uuid")
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["location"], json!("header"));
+        Ok(())
+    }
+);
+
+backend_test!(
+    an_idempotency_key_repeats_the_first_response,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let first = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("idempotency-key", "bootstrap-42")
+            .json(bootstrap_body("once"))
+            .send(&s.app)
+            .await;
+        let again = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("idempotency-key", "bootstrap-42")
+            .json(bootstrap_body("once"))
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            (first.status, again.status),
+            (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+        );
+        assert_eq!(first.body, again.body);
+        let other = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("idempotency-key", "bootstrap-42")
+            .json(bootstrap_body("twice"))
+            .send(&s.app)
+            .await;
+        assert_problem(&other, StatusCode::CONFLICT, "idempotency_key_reused");
+        let bad = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("idempotency-key", "has space")
+            .json(bootstrap_body("spaced"))
+            .send(&s.app)
+            .await;
+        assert_problem(&bad, StatusCode::BAD_REQUEST, "invalid_field");
+        let listed = call(Method::GET, "/v1/organizations")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1));
+        Ok(())
+    }
+);
+
+backend_test!(
+    bad_tokens_are_401_with_a_challenge,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let reply = call(Method::GET, "/v1/organizations").send(&s.app).await;
+        assert_problem(&reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+        assert_eq!(reply.header("www-authenticate"), "Bearer realm=\"cairn\"");
+        let reply = call(Method::GET, "/v1/organizations")
+            .bearer("not.a.jwt")
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::UNAUTHORIZED, "invalid_token");
+        let forged = cairn_policy::mint(
+            &platform_admin(),
+            b"somebody else's secret, 32 bytes or more",
+            std::time::Duration::from_secs(60),
+        )?;
+        let reply = call(Method::GET, "/v1/organizations")
+            .bearer(&forged)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::UNAUTHORIZED, "invalid_token");
+        let mut claims = cairn_policy::Claims::for_principal(
+            &platform_admin(),
+            std::time::Duration::from_secs(60),
+        )?;
+        claims.exp = chrono::Utc::now().timestamp() - 600;
+        let expired = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(common::SECRET),
+        )?;
+        let reply = call(Method::GET, "/v1/organizations")
+            .bearer(&expired)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::UNAUTHORIZED, "token_expired");
+        Ok(())
+    }
+);
+
+backend_test!(lists_page_with_cursors, |t: TestDb| async move {
+    let s = server(t).await?;
+    for slug in ["page-one", "page-two", "page-three"] {
+        bootstrapped(&s, slug).await?;
+    }
+    let admin = platform_admin();
+    let first = call(Method::GET, "/v1/organizations?limit=2")
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+    let slugs = |reply: &common::Reply| -> Vec<String> {
+        reply.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|o| o["slug"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(slugs(&first), ["page-one", "page-two"]);
+    let cursor = first.body["next_cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+    let second = call(
+        Method::GET,
+        format!("/v1/organizations?limit=2&after={cursor}"),
+    )
+    .as_(&admin)
+    .send(&s.app)
+    .await;
+    assert_eq!(slugs(&second), ["page-three"]);
+    assert_eq!(second.body["next_cursor"], Value::Null);
+
+    let events = call(Method::GET, "/v1/events?limit=5")
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+    let next = events.body["next_cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+    assert_eq!(next, "5");
+    let more = call(Method::GET, format!("/v1/events?limit=5&after={next}"))
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+    assert_eq!(more.body["items"][0]["position"], json!(6));
+    Ok(())
+});
+
+backend_test!(the_contracts_are_served, |t: TestDb| async move {
+    let s = server(t).await?;
+    let openapi = call(Method::GET, "/v1/openapi.json").send(&s.app).await;
+    assert_eq!(openapi.status, StatusCode::OK);
+    assert_eq!(openapi.body["openapi"], json!("3.1.0"));
+    let accept = &openapi.body["paths"]["/v1/invitations/accept"]["post"];
+    assert_eq!(
+        accept["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        json!("#/components/schemas/AcceptRequest")
+    );
+    assert!(
+        accept["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .all(|p| p["name"] != json!("token")),
+        "token is a body field, never a parameter"
+    );
+    let events = &openapi.body["paths"]["/v1/events"]["get"]["parameters"];
+    let after = events
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == json!("after"))
+        .expect("after");
+    assert_eq!(after["in"], json!("query"));
+    let org = &openapi.body["paths"]["/v1/organizations/{org_id}"]["get"];
+    assert_eq!(org["parameters"][0]["in"], json!("path"));
+    for status in ["400", "401", "403", "404", "500", "503", "default"] {
+        assert!(
+            org["responses"][status]["content"]["application/problem+json"].is_object(),
+            "{status}"
+        );
+    }
+    assert!(
+        org["responses"]["403"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("forbidden"))
+    );
+
+    let asyncapi = call(Method::GET, "/v1/asyncapi.json").send(&s.app).await;
+    assert_eq!(asyncapi.body["asyncapi"], json!("3.0.0"));
+    let message =
+        &asyncapi.body["components"]["messages"]["organization.direct_care_settings_updated"];
+    assert_eq!(
+        message["payload"]["properties"]["event_data"]["$ref"],
+        json!("#/components/schemas/DirectCareSettingsUpdated")
+    );
+    assert!(
+        asyncapi.body["components"]["schemas"]["DirectCareSettings"]["properties"]["max_caseload"]
+            .is_object()
+    );
+    assert!(
+        asyncapi.body["components"]["schemas"]["Metadata"]["properties"]["correlation_id"]
+            .is_object()
+    );
+    assert!(
+        asyncapi.body["channels"]["organization"]["messages"]["organization.created"].is_object()
+    );
+    Ok(())
+});
+
+backend_test!(readiness_checks_the_database, |t: TestDb| async move {
+    let s = server(t).await?;
+    let reply = call(Method::GET, "/health/ready").send(&s.app).await;
+    assert_eq!(
+        (reply.status, reply.body.clone()),
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+    s.t.db().close().await;
+    let reply = call(Method::GET, "/health/ready").send(&s.app).await;
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let live = call(Method::GET, "/health/live").send(&s.app).await;
+    assert_eq!(live.status, StatusCode::OK, "the process is still up");
+    Ok(())
+});
+
+#[test]
+fn a_user_principal_is_what_its_token_says() {
+    let org = cairn_types::OrgId::new_v7();
+    let principal = user(org, Role::Viewer);
+    let auth =
+        cairn_policy::Authenticator::new(&cairn_policy::KeySource::Secret(common::SECRET.to_vec()))
+            .expect("a key");
+    assert_eq!(
+        auth.authenticate(&common::token(&principal))
+            .expect("valid"),
+        principal
+    );
+    assert_ne!(principal, Principal::Anonymous);
+}

@@ -1,0 +1,156 @@
+//! `cairn serve`, `cairn token` and `cairn contracts export`.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use console::style;
+
+use cairn_log::Db;
+use cairn_policy::{Authenticator, KeySource, Principal};
+
+use crate::app;
+use crate::cli::{AuthArgs, ExportArgs, Runtime, ServeArgs, TokenArgs};
+use crate::ui;
+
+/// The name of the development HS256 secret kept in the database.
+const DEV_SECRET: &str = "jwt_development_secret";
+
+async fn secret(db: &Db, configured: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    match configured {
+        Some(secret) => Ok(secret.as_bytes().to_vec()),
+        None => Ok(cairn_domain::tokens::load_or_create_secret(db, DEV_SECRET).await?),
+    }
+}
+
+async fn key_source(db: &Db, auth: &AuthArgs) -> anyhow::Result<(KeySource, String)> {
+    if let Some(path) = &auth.jwt_public_key {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --jwt-public-key {}", path.display()))?;
+        return Ok((
+            KeySource::PublicKeyPem(pem),
+            format!("RS256/ES256 public key {}", path.display()),
+        ));
+    }
+    if let Some(path) = &auth.jwks {
+        let json = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --jwks {}", path.display()))?;
+        return Ok((KeySource::Jwks(json), format!("JWKS {}", path.display())));
+    }
+    let described = if auth.jwt_secret.is_some() {
+        "HS256, the configured secret".to_owned()
+    } else {
+        "HS256, the development secret (cairn token mints tokens)".to_owned()
+    };
+    Ok((
+        KeySource::Secret(secret(db, auth.jwt_secret.as_deref()).await?),
+        described,
+    ))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let domain = app::open_domain(url, runtime).await?;
+    let (source, described) = key_source(domain.store().db(), &args.auth).await?;
+    let auth = Authenticator::new(&source)?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listening on {}", args.addr))?;
+    let address = listener.local_addr()?;
+    eprintln!(
+        "{} listening on http://{address}\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json",
+        style("cairn").bold(),
+        domain.store().db().describe(),
+        runtime.mail_url,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let engine = domain.engine().clone();
+    let mut engine_stop = stop_rx.clone();
+    let worker = tokio::spawn(async move {
+        engine
+            .run(async move {
+                let _ = engine_stop.changed().await;
+            })
+            .await;
+    });
+    let router = cairn_http::app(domain, auth);
+    let mut http_stop = stop_rx;
+    let server = cairn_http::serve(listener, router, async move {
+        let _ = http_stop.changed().await;
+    });
+    let signal = async {
+        shutdown_signal().await;
+        eprintln!("stopping: finishing requests and workflow steps in flight");
+        let _ = stop_tx.send(true);
+    };
+    let (served, ()) = tokio::join!(server, signal);
+    served.context("serving HTTP")?;
+    worker.await.context("stopping the workflow engine")?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token(url: &str, args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let principal = if let Some(org_id) = args.org {
+        Principal::User {
+            user_id: args.user.unwrap_or_else(cairn_types::UserId::new_v7),
+            org_id,
+            roles: args.role.iter().copied().collect::<BTreeSet<_>>(),
+        }
+    } else if let Some(name) = args.service {
+        cairn_types::Actor::service(&name).map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+        Principal::Service {
+            name,
+            scopes: args.scope.iter().copied().collect(),
+        }
+    } else if let Some(name) = args.platform_admin {
+        cairn_types::Actor::service(&format!("platform-admin-{name}"))
+            .map_err(|e| anyhow::anyhow!("--platform-admin: {e}"))?;
+        Principal::PlatformAdmin { name }
+    } else {
+        anyhow::bail!("give --org with --role, --service with --scope, or --platform-admin");
+    };
+    let db = app::open_db(url, &cairn_log::DbOptions::default()).await?;
+    let secret = secret(&db, args.jwt_secret.as_deref()).await?;
+    anyhow::ensure!(secret.len() >= 32, "the JWT secret needs at least 32 bytes");
+    let token = cairn_policy::mint(&principal, &secret, args.ttl.0)?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let registry = app::registry();
+    let (_, documented) = cairn_http::routes::api().finish();
+    let openapi = cairn_http::api::openapi(&documented);
+    let asyncapi = cairn_http::contracts::asyncapi(&registry);
+    let written = cairn_http::contracts::export(&args.out, &openapi, &asyncapi, &registry)
+        .with_context(|| format!("writing the contracts to {}", args.out.display()))?;
+    println!(
+        "{} wrote {} to {}",
+        style("✓").green().bold(),
+        ui::plural(written.len() as u64, "file", "files"),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
