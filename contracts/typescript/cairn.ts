@@ -51,7 +51,7 @@ export type BootstrapInitiated = {
 export type BootstrapRequest = {
   /** The organization's first administrator. */
   admin: PersonRequest;
-  /** People to invite, with their roles. */
+  /** People to invite, with their roles: at most 100, each email once (and not the admin's). */
   invitees?: Array<InviteeRequest>;
   organization: OrganizationRequest;
 };
@@ -233,8 +233,8 @@ export type InvitationStarted = {
 export type InviteeRequest = {
   email: string;
   name: string;
-  /** One or more of admin, clinician, coordinator, viewer. */
-  roles: Array<string>;
+  /** One or more of admin, clinician, coordinator, viewer, each once. */
+  roles: Array<Role>;
 };
 
 /** Where in a request a field is. */
@@ -302,7 +302,7 @@ export type OrganizationDeactivated = {
 export type OrganizationRequest = {
   direct_care_settings?: (DirectCareSettings) | (null);
   name: string;
-  /** The host invitations are sent for, e.g. `mail.sunrise.example.co.uk`; mail goes out from noreply@ its registrable domain. */
+  /** The host invitations are sent for, e.g. `mail.sunrise.example.co.uk`; mail goes out from noreply@ its registrable domain (it must have one: `co.uk` alone does not). */
   sender_domain: string;
   /** Lower-case words joined by hyphens, unique: `sunrise-care`. */
   slug: string;
@@ -465,7 +465,7 @@ export type RetryReport = {
 
 /** Why an invitation is withdrawn. */
 export type RevokeRequest = {
-  /** 1 to 500 characters. */
+  /** 1 to 500 characters, not only spaces, no control characters but tabs and newlines. */
   reason: string;
 };
 

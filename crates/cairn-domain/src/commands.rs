@@ -135,19 +135,30 @@ pub struct BootstrapRequest {
     pub organization: OrganizationRequest,
     /// The organization's first administrator.
     pub admin: PersonRequest,
-    /// People to invite, with their roles.
+    /// People to invite, with their roles: at most 100, each email once (and not the
+    /// admin's).
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub invitees: Vec<InviteeRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationRequest {
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub name: String,
     /// Lower-case words joined by hyphens, unique: `sunrise-care`.
+    #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9]+(-[a-z0-9]+)*$"))]
     pub slug: String,
     /// The host invitations are sent for, e.g. `mail.sunrise.example.co.uk`; mail goes
-    /// out from noreply@ its registrable domain.
+    /// out from noreply@ its registrable domain (it must have one: `co.uk` alone does not).
+    #[schemars(
+        length(max = 253),
+        pattern(r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
     pub sender_domain: String,
     #[serde(default)]
     pub direct_care_settings: Option<DirectCareSettings>,
@@ -156,16 +167,27 @@ pub struct OrganizationRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersonRequest {
+    #[schemars(email, length(max = 254))]
     pub email: String,
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteeRequest {
+    #[schemars(email, length(max = 254))]
     pub email: String,
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub name: String,
-    /// One or more of admin, clinician, coordinator, viewer.
+    /// One or more of admin, clinician, coordinator, viewer, each once.
+    #[schemars(with = "Vec<Role>", length(min = 1), extend("uniqueItems" = true))]
     pub roles: Vec<String>,
 }
 
@@ -817,10 +839,13 @@ impl Domain {
         reason: &str,
     ) -> Result<(), CommandError> {
         let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
+        let controls = reason
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
+        if reason.is_empty() || reason.chars().count() > 500 || controls {
             return Err(CommandError::Invalid(vec![invalid(
                 "reason",
-                "give a reason of 1 to 500 characters",
+                "give a reason of 1 to 500 characters, without control characters",
             )]));
         }
         let request_json = json!({ "invitation_id": invitation_id, "reason": reason });

@@ -185,7 +185,23 @@ pub struct DirectCareSettings {
     pub client_assignment: bool,
     /// The most clients one staff member may have (1 to 500).
     #[schemars(range(min = 1, max = 500))]
+    #[serde(deserialize_with = "whole_number")]
     pub max_caseload: u32,
+}
+
+/// Reads a whole number, written as `20` or `20.0` (JSON Schema counts both as an
+/// integer).
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) => Ok(f as u32),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole number of 0 or more"
+        ))),
+    }
 }
 
 impl Default for DirectCareSettings {

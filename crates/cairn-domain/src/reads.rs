@@ -9,7 +9,8 @@ use cairn_policy::{Action, Grant};
 use cairn_types::{EventId, InvitationId, OrgId, UserId, WorkflowId};
 use cairn_workflow::{Run, RunFilter, RunWithSteps};
 
-use crate::queries::{self, Invitation, Organization, Page, User};
+use crate::queries;
+pub use crate::queries::{Invitation, Organization, Page, User};
 
 /// Why a read did not run.
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,9 @@ pub struct Op {
     pub public: bool,
     /// Whether it changes state (and so takes an `Idempotency-Key`).
     pub command: bool,
+    /// OpenAPI links from the success response to operations that take what it
+    /// returns: (operation id, parameter, runtime expression).
+    pub links: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// A successful response.
@@ -288,11 +291,21 @@ pub fn openapi(documented: &[Documented]) -> Value {
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
             }));
         }
-        let success = json!({
+        let mut success = json!({
             "description": "Success.",
             "headers": response_headers(),
             "content": {"application/json": {"schema": (doc.response)(&mut generator)}}
         });
+        if !op.links.is_empty() {
+            let mut links = Map::new();
+            for (operation, parameter, expression) in op.links {
+                links.insert(
+                    format!("{operation}_{parameter}"),
+                    json!({"operationId": operation, "parameters": {*parameter: expression}}),
+                );
+            }
+            success["links"] = Value::Object(links);
+        }
         let mut responses = Map::new();
         responses.insert(op.success.as_u16().to_string(), success);
         let mut bad_request = vec![

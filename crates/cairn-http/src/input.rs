@@ -235,6 +235,33 @@ pub fn query<Q: DeserializeOwned>(parts: &Parts, fields: &Fields) -> Result<Q, P
     })
 }
 
+/// The path of the first string (or key) with a NUL character: no backend stores one
+/// in JSON, so it is refused at the door with its path rather than deep in an append.
+fn find_nul(value: &Value, path: String) -> Option<String> {
+    let at = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| find_nul(item, format!("{path}[{index}]"))),
+        Value::Object(object) => object.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(at(key))
+            } else {
+                find_nul(item, at(key))
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Reads the body: JSON, within the size limit, every field where it belongs.
 pub async fn body<B: DeserializeOwned>(
     parts: &Parts,
@@ -294,6 +321,18 @@ pub async fn body<B: DeserializeOwned>(
             },
         ));
     };
+    if let Some(path) = find_nul(&Value::Object(object.clone()), String::new()) {
+        return Err(Problem::field(
+            ProblemCode::InvalidField,
+            FieldProblem {
+                field: path,
+                location: Location::Body,
+                expected_location: None,
+                message: "contains a NUL character (\\u0000), which cairn does not store"
+                    .to_owned(),
+            },
+        ));
+    }
     let misplaced: Vec<FieldProblem> = object
         .keys()
         .filter(|name| !fields.body.contains(*name))

@@ -11,8 +11,7 @@ use serde_json::Value;
 
 use cairn_dispatch::{Dispatched, RetryError, RetryReport, RetrySelection};
 use cairn_domain::model::DirectCareSettings;
-use cairn_domain::queries::{Invitation, Organization, Page as QueryPage, User};
-use cairn_domain::reads::{self, ReadsError};
+use cairn_domain::reads::{self, Invitation, Organization, Page as QueryPage, ReadsError, User};
 use cairn_domain::{
     BootstrapAccepted, BootstrapRequest, CommandError, InvitationAcceptance, InvitationStarted,
     InviteeRequest,
@@ -98,6 +97,19 @@ pub fn command_problem(error: CommandError) -> Problem {
         }
         CommandError::Denied(denial) => denied(denial),
         CommandError::Database(e) => database(&e),
+        CommandError::Append(cairn_log::AppendError::InvalidData { reason, .. }) => Problem::field(
+            ProblemCode::InvalidField,
+            FieldProblem {
+                field: "body".into(),
+                location: Location::Body,
+                expected_location: None,
+                message: reason,
+            },
+        ),
+        CommandError::Append(cairn_log::AppendError::Conflict { .. }) => Problem::new(
+            ProblemCode::Conflict,
+            "another request changed this resource at the same time; try again",
+        ),
         CommandError::Append(e) => Problem::internal(&e),
     }
 }
@@ -179,7 +191,11 @@ pub struct EventPath {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
-    /// 1 to 500 characters.
+    /// 1 to 500 characters, not only spaces, no control characters but tabs and newlines.
+    #[schemars(
+        length(min = 1, max = 500),
+        pattern(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
+    )]
     pub reason: String,
 }
 
@@ -188,6 +204,7 @@ pub struct RevokeRequest {
 #[serde(deny_unknown_fields)]
 pub struct AcceptRequest {
     /// 64 hexadecimal characters.
+    #[schemars(pattern(r"^[0-9a-fA-F]{64}$"))]
     pub token: String,
 }
 
@@ -204,6 +221,7 @@ pub struct WorkflowsQuery {
     /// Only runs with this status.
     pub status: Option<RunStatus>,
     /// Only runs of this kind (`organization_bootstrap`, `invitation_delivery`, …).
+    #[schemars(length(min = 1, max = 128), pattern(r"^[a-z][a-z0-9_]*$"))]
     pub kind: Option<String>,
     /// Return runs after this one (the `next_cursor` of the previous page).
     pub after: Option<WorkflowId>,
@@ -216,7 +234,7 @@ pub struct WorkflowsQuery {
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Return events after this position (the `next_cursor` of the previous page).
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 9_223_372_036_854_775_807_i64))]
     pub after: Option<i64>,
     /// How many events, 1 to 200 (50 by default).
     #[schemars(range(min = 1, max = 200))]
@@ -231,7 +249,7 @@ pub struct EventsQuery {
 #[serde(deny_unknown_fields)]
 pub struct FailedEventsQuery {
     /// Return events after this position.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 9_223_372_036_854_775_807_i64))]
     pub after: Option<i64>,
     /// How many events, 1 to 200 (50 by default).
     #[schemars(range(min = 1, max = 200))]
@@ -281,7 +299,7 @@ fn negative_after(after: Option<i64>) -> Result<Position, Problem> {
 }
 
 macro_rules! op {
-    ($method:ident $path:literal, $id:literal, $tag:literal, $success:ident, public: $public:literal, command: $command:literal, $summary:literal, $description:literal) => {
+    ($method:ident $path:literal, $id:literal, $tag:literal, $success:ident, public: $public:literal, command: $command:literal, $summary:literal, $description:literal $(, links: $links:expr)?) => {
         Op {
             method: Method::$method,
             path: $path,
@@ -292,9 +310,46 @@ macro_rules! op {
             success: StatusCode::$success,
             public: $public,
             command: $command,
+            links: op!(@links $($links)?),
         }
     };
+    (@links) => { &[] };
+    (@links $links:expr) => { $links };
 }
+
+/// What a bootstrap's answer leads to.
+const BOOTSTRAP_LINKS: &[(&str, &str, &str)] = &[
+    ("getOrganization", "org_id", "$response.body#/org_id"),
+    ("listUsers", "org_id", "$response.body#/org_id"),
+    ("listInvitations", "org_id", "$response.body#/org_id"),
+    ("invite", "org_id", "$response.body#/org_id"),
+    (
+        "updateDirectCareSettings",
+        "org_id",
+        "$response.body#/org_id",
+    ),
+    ("getWorkflow", "workflow_id", "$response.body#/workflow_id"),
+];
+
+/// What an invitation's answer leads to.
+const INVITATION_LINKS: &[(&str, &str, &str)] = &[
+    (
+        "getInvitation",
+        "invitation_id",
+        "$response.body#/invitation_id",
+    ),
+    (
+        "resendInvitation",
+        "invitation_id",
+        "$response.body#/invitation_id",
+    ),
+    (
+        "revokeInvitation",
+        "invitation_id",
+        "$response.body#/invitation_id",
+    ),
+    ("getWorkflow", "workflow_id", "$response.body#/workflow_id"),
+];
 
 /// Every operation of the API.
 pub fn api() -> Api {
@@ -335,7 +390,8 @@ pub fn api() -> Api {
         .op(
             op!(POST "/v1/organizations", "bootstrapOrganization", "organizations", ACCEPTED, public: false, command: true,
                 "Bootstrap an organization",
-                "Records the request and starts the bootstrap workflow in one transaction, then answers at once. Follow the workflow at /v1/workflows/{workflow_id}."),
+                "Records the request and starts the bootstrap workflow in one transaction, then answers at once. Follow the workflow at /v1/workflows/{workflow_id}.",
+                links: BOOTSTRAP_LINKS),
             |state: AppState, ctx: Ctx, _: Empty, _: Empty, body: BootstrapRequest| async move {
                 let accepted: BootstrapAccepted = state.domain().bootstrap(&ctx.command(), &body).await.map_err(command_problem)?;
                 Ok(Reply::accepted(accepted))
@@ -411,7 +467,8 @@ pub fn api() -> Api {
         .op(
             op!(POST "/v1/organizations/{org_id}/invitations", "invite", "invitations", ACCEPTED, public: false, command: true,
                 "Invite someone",
-                "Records user.invited and starts the workflow that mails the invitation, in one transaction."),
+                "Records user.invited and starts the workflow that mails the invitation, in one transaction.",
+                links: INVITATION_LINKS),
             |state: AppState, ctx: Ctx, path: OrgPath, _: Empty, body: InviteeRequest| async move {
                 let started: InvitationStarted =
                     state.domain().invite(&ctx.command(), path.org_id, &body).await.map_err(command_problem)?;
@@ -429,7 +486,8 @@ pub fn api() -> Api {
         )
         .op(
             op!(POST "/v1/invitations/{invitation_id}/resend", "resendInvitation", "invitations", ACCEPTED, public: false, command: true,
-                "Send an invitation again", "A pending or expired invitation is mailed again with a new token (the old link stops working) and a new expiry."),
+                "Send an invitation again", "A pending or expired invitation is mailed again with a new token (the old link stops working) and a new expiry.",
+                links: INVITATION_LINKS),
             |state: AppState, ctx: Ctx, path: InvitationPath, _: Empty, _: Empty| async move {
                 let started: InvitationStarted = state
                     .domain()
@@ -469,6 +527,22 @@ pub fn api() -> Api {
             |state: AppState, ctx: Ctx, _: Empty, query: WorkflowsQuery, _: Empty| async move {
                 let grant = allow(&ctx, Action::ListWorkflows)?;
                 let limit = limit(query.limit)?;
+                if let Some(kind) = &query.kind
+                    && (kind.is_empty()
+                        || kind.len() > 128
+                        || !kind.starts_with(|c: char| c.is_ascii_lowercase())
+                        || !kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                {
+                    return Err(Problem::field(
+                        ProblemCode::InvalidField,
+                        FieldProblem {
+                            field: "kind".into(),
+                            location: Location::Query,
+                            expected_location: None,
+                            message: "a workflow kind is lower-case letters, digits and underscores".into(),
+                        },
+                    ));
+                }
                 let filter = RunFilter {
                     status: query.status,
                     kind: query.kind,

@@ -248,6 +248,27 @@ backend_test!(
         assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
         assert_eq!(reply.body["errors"][0]["location"], json!("query"));
 
+        let mut body = bootstrap_body("nul");
+        body["invitees"][0]["name"] = json!("Grace\u{0}Hopper");
+        let reply = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(body)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["field"], json!("invitees[0].name"));
+        assert!(
+            reply.body["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("NUL"))
+        );
+        let reply = call(Method::GET, "/v1/workflows?kind=Not%20A%20Kind")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(reply.body["errors"][0]["field"], json!("kind"));
+
         let reply = call(Method::GET, "/v1/nowhere").send(&s.app).await;
         assert_problem(&reply, StatusCode::NOT_FOUND, "not_found");
         let reply = call(Method::DELETE, "/v1/organizations")

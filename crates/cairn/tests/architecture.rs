@@ -144,3 +144,64 @@ fn the_layer_table_is_found() {
         Some("test")
     );
 }
+
+/// The HTTP crate may reach projections and the log only through
+/// `cairn_domain::reads`, which takes a grant from the policy.
+#[test]
+fn the_http_api_reads_only_through_the_policy() {
+    let dir = workspace_root().join("crates/cairn-http/src");
+    let forbidden = [
+        "queries::",
+        "read_events(",
+        "event_by_id(",
+        "state::load",
+        "state::list",
+        ".snapshot(",
+        ".scoped(",
+        ".begin(",
+        "fetch_all(",
+    ];
+    let mut offences = Vec::new();
+    let mut n_files = 0;
+    for entry in std::fs::read_dir(&dir).expect("the cairn-http sources") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_none_or(|ext| ext != "rs") {
+            continue;
+        }
+        n_files += 1;
+        let text = std::fs::read_to_string(&path).expect("readable");
+        for (number, line) in text.lines().enumerate() {
+            for needle in forbidden {
+                if line.contains(needle) {
+                    offences.push(format!(
+                        "{}:{}: {}",
+                        path.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+            if line.contains(".reader()")
+                && !line.contains("database_ready")
+                && !text.contains("SELECT 1 AS one")
+            {
+                offences.push(format!(
+                    "{}:{}: {}",
+                    path.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        n_files > 5,
+        "found only {n_files} source files in {}",
+        dir.display()
+    );
+    assert!(
+        offences.is_empty(),
+        "cairn-http reads around the policy:\n{}",
+        offences.join("\n")
+    );
+}
