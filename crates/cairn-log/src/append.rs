@@ -326,6 +326,14 @@ impl Tx {
             args![last.position, last.hash.clone(), n_failed],
         )
         .await?;
+        if conn.backend() == Backend::Postgres {
+            // Transactional: the notification goes out when, and only if, this commits.
+            conn.execute(
+                "SELECT pg_notify('cairn_events', $1)",
+                args![last.position.get().to_string()],
+            )
+            .await?;
+        }
         if let Some((key, fingerprint)) = &pending.idempotency {
             conn.execute(
                 "INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
@@ -340,6 +348,12 @@ impl Tx {
             )
             .await?;
         }
+        self.note_appended(
+            pending
+                .events
+                .iter()
+                .map(|event| (event.position, event.event_type.to_string())),
+        );
         Ok(pending.events)
     }
 

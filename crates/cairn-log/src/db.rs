@@ -12,6 +12,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite};
 
+use cairn_types::Position;
+
 use crate::sql::{Backend, Conn, dialect};
 
 /// Where the embedded default keeps its data, relative to the working directory.
@@ -70,7 +72,7 @@ impl Default for DbOptions {
 }
 
 #[derive(Debug)]
-enum Pools {
+pub(crate) enum Pools {
     Sqlite {
         /// One connection: SQLite has one writer, and queueing writers in-process avoids
         /// lock upgrades that would fail with "database is locked".
@@ -84,13 +86,150 @@ enum Pools {
     },
 }
 
+impl Pools {
+    async fn begin(&self) -> Result<TxInner, sqlx::Error> {
+        Ok(match self {
+            Pools::Sqlite { writer, .. } => {
+                TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// A write transaction that appends no events (spans, coordination).
+    pub(crate) async fn begin_plain(&self) -> Result<Tx, sqlx::Error> {
+        Ok(Tx::read_only(self.begin().await?))
+    }
+
+    async fn head(&self) -> Result<Position, sqlx::Error> {
+        let mut reader = match self {
+            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
+            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+        };
+        let mut conn = match &mut reader {
+            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
+            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
+        };
+        Ok(conn.head().await?.last_position)
+    }
+}
+
+/// Keeps a `Db`'s head watch current until the last clone of the `Db` is dropped.
+async fn follow_head(pools: Arc<Pools>, shared: std::sync::Weak<Shared>) {
+    let mut listener = match &*pools {
+        Pools::Postgres { pool, .. } => {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            match listening.await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot LISTEN; polling the log head instead");
+                    None
+                }
+            }
+        }
+        Pools::Sqlite { .. } => None,
+    };
+    let every = match &*pools {
+        Pools::Sqlite { .. } => Duration::from_millis(100),
+        Pools::Postgres { .. } => Duration::from_secs(1),
+    };
+    let advance = |position: Position| match shared.upgrade() {
+        Some(shared) => {
+            shared.head.advance(position);
+            true
+        }
+        None => false,
+    };
+    loop {
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let heard = match listener.as_mut() {
+            Some(listener) => match tokio::time::timeout(every, listener.try_recv()).await {
+                Ok(Ok(Some(notification))) => notification.payload().parse::<i64>().ok(),
+                // Quiet for a while, or the connection dropped (its notifications are
+                // lost): read the head itself.
+                Ok(Ok(None) | Err(_)) | Err(_) => None,
+            },
+            None => {
+                tokio::time::sleep(every).await;
+                None
+            }
+        };
+        let position = match heard {
+            Some(position) => Some(Position::new(position)),
+            None => pools.head().await.ok(),
+        };
+        if let Some(position) = position
+            && !advance(position)
+        {
+            return;
+        }
+    }
+}
+
 /// An open database: the embedded SQLite file or a PostgreSQL server.
 ///
 /// Cheap to clone; clones share the connection pools.
 #[derive(Debug, Clone)]
 pub struct Db {
     pools: Arc<Pools>,
+    shared: Arc<Shared>,
 }
+
+/// What the clones of one `Db` share besides the pools. Background tasks hold it
+/// weakly (or, for the span writer, hold only the receiving end of its channel), so
+/// they stop when the last clone of the `Db` is dropped.
+#[derive(Debug)]
+struct Shared {
+    head: HeadWatch,
+    spans: crate::spans::SpanSink,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            head: HeadWatch::new(),
+            spans: crate::spans::SpanSink::default(),
+        })
+    }
+}
+
+/// The newest committed position this process knows of, for waking subscribers. It is
+/// only a wake-up: readers always read the log itself, so a missed update delays them
+/// and loses nothing.
+#[derive(Debug)]
+struct HeadWatch {
+    sender: tokio::sync::watch::Sender<Position>,
+    listening: std::sync::atomic::AtomicBool,
+}
+
+impl HeadWatch {
+    fn new() -> HeadWatch {
+        HeadWatch {
+            sender: tokio::sync::watch::channel(Position::START).0,
+            listening: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn advance(&self, position: Position) {
+        self.sender.send_if_modified(|known| {
+            if position > *known {
+                *known = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The PostgreSQL channel every commit that appended events notifies.
+pub const NOTIFY_CHANNEL: &str = "cairn_events";
 
 /// Hides the password of a URL for display.
 pub fn redact_url(url: &str) -> String {
@@ -169,6 +308,7 @@ impl Db {
                 reader,
                 path: path.to_owned(),
             }),
+            shared: Shared::new(),
         })
     }
 
@@ -213,6 +353,7 @@ impl Db {
             })?;
         Ok(Db {
             pools: Arc::new(Pools::Postgres { pool, target }),
+            shared: Shared::new(),
         })
     }
 
@@ -237,13 +378,12 @@ impl Db {
     /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes never fails to
     /// upgrade.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let inner = match &*self.pools {
-            Pools::Sqlite { writer, .. } => {
-                TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
-            }
-            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
-        };
-        Ok(Tx { inner })
+        let inner = self.pools.begin().await?;
+        Ok(Tx {
+            inner,
+            shared: Some(self.shared.clone()),
+            appended: Vec::new(),
+        })
     }
 
     /// A connection for reading. On SQLite it is opened read-only.
@@ -267,7 +407,9 @@ impl Db {
                     .await?,
             ),
         };
-        Ok(Snapshot { tx: Tx { inner } })
+        Ok(Snapshot {
+            tx: Tx::read_only(inner),
+        })
     }
 
     /// A read-write snapshot on PostgreSQL (a plain snapshot on SQLite), for work that
@@ -276,12 +418,10 @@ impl Db {
         match &*self.pools {
             Pools::Sqlite { .. } => self.snapshot().await,
             Pools::Postgres { pool, .. } => Ok(Snapshot {
-                tx: Tx {
-                    inner: TxInner::Postgres(
-                        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                            .await?,
-                    ),
-                },
+                tx: Tx::read_only(TxInner::Postgres(
+                    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                        .await?,
+                )),
             }),
         }
     }
@@ -293,6 +433,31 @@ impl Db {
             Pools::Postgres { pool, .. } => Some(pool),
             Pools::Sqlite { .. } => None,
         }
+    }
+
+    /// A receiver that changes whenever this process learns of a newer committed
+    /// position: at once for its own commits; from other processes through PostgreSQL's
+    /// NOTIFY, or by polling the log's head (every 100 ms on SQLite, every second on
+    /// PostgreSQL as a backstop for a lost notification).
+    pub fn head_watch(&self) -> tokio::sync::watch::Receiver<Position> {
+        use std::sync::atomic::Ordering;
+        if !self.shared.head.listening.swap(true, Ordering::SeqCst) {
+            let pools = self.pools.clone();
+            let shared = Arc::downgrade(&self.shared);
+            tokio::spawn(follow_head(pools, shared));
+        }
+        self.shared.head.sender.subscribe()
+    }
+
+    /// Records one hop of a request's path for its timeline. Never waits and never
+    /// fails: spans are written in batches in the background (see [`crate::spans`]).
+    pub fn record_span(&self, span: crate::spans::SpanRecord) {
+        self.shared.spans.record(&self.pools, span);
+    }
+
+    /// Waits until every span recorded so far is written.
+    pub async fn flush_spans(&self) {
+        self.shared.spans.flush().await;
     }
 
     /// Drops a PostgreSQL schema and everything in it (a benchmark's or a test's own);
@@ -453,14 +618,11 @@ impl Db {
     pub async fn scoped(&self, tenancy: &Tenancy) -> Result<Snapshot, sqlx::Error> {
         match &*self.pools {
             Pools::Sqlite { reader, .. } => Ok(Snapshot {
-                tx: Tx {
-                    inner: TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
-                },
+                tx: Tx::read_only(TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)),
             }),
             Pools::Postgres { pool, .. } => {
-                let mut tx = Tx {
-                    inner: TxInner::Postgres(pool.begin_with("BEGIN READ ONLY").await?),
-                };
+                let mut tx =
+                    Tx::read_only(TxInner::Postgres(pool.begin_with("BEGIN READ ONLY").await?));
                 let mut conn = tx.conn();
                 conn.execute_script("SET LOCAL ROLE cairn_tenant_reader")
                     .await?;
@@ -490,9 +652,27 @@ enum TxInner {
 #[derive(Debug)]
 pub struct Tx {
     inner: TxInner,
+    /// Told of the new head when a transaction that appended commits.
+    shared: Option<Arc<Shared>>,
+    /// The events this transaction appended: (position, event type).
+    appended: Vec<(Position, String)>,
 }
 
 impl Tx {
+    fn read_only(inner: TxInner) -> Tx {
+        Tx {
+            inner,
+            shared: None,
+            appended: Vec::new(),
+        }
+    }
+
+    /// Notes events appended in this transaction, for the metrics and the head watch
+    /// once it commits.
+    pub(crate) fn note_appended(&mut self, events: impl IntoIterator<Item = (Position, String)>) {
+        self.appended.extend(events);
+    }
+
     /// The transaction's connection.
     pub fn conn(&mut self) -> Conn<'_> {
         match &mut self.inner {
@@ -523,9 +703,24 @@ impl Tx {
     /// Commits.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.inner {
-            TxInner::Sqlite(tx) => tx.commit().await,
-            TxInner::Postgres(tx) => tx.commit().await,
+            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Postgres(tx) => tx.commit().await?,
         }
+        if let (Some(shared), Some(last)) =
+            (&self.shared, self.appended.iter().map(|(p, _)| *p).max())
+        {
+            let metrics = cairn_observe::metrics();
+            for (_, event_type) in &self.appended {
+                metrics
+                    .events_appended
+                    .get_or_create(&cairn_observe::EventLabels {
+                        event_type: event_type.clone(),
+                    })
+                    .inc();
+            }
+            shared.head.advance(last);
+        }
+        Ok(())
     }
 
     /// Rolls back.

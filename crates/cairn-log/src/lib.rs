@@ -23,13 +23,14 @@ pub mod event;
 pub mod hash;
 pub mod migrate;
 pub mod read;
+pub mod spans;
 pub mod sql;
 
 pub use append::{AppendError, PendingAppend, Prepared};
 pub use audit::{AuditReport, Breach, Problem};
 pub use db::{
-    ConnectError, Db, DbOptions, Reader, Savepoint, Session, Snapshot, TENANT_READER_ROLE, Tenancy,
-    Tx,
+    ConnectError, Db, DbOptions, NOTIFY_CHANNEL, Reader, Savepoint, Session, Snapshot,
+    TENANT_READER_ROLE, Tenancy, Tx,
 };
 pub use event::{
     AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
@@ -37,6 +38,7 @@ pub use event::{
 };
 pub use migrate::{MigrateError, Migration};
 pub use read::{EventFilter, Head, ReadError};
+pub use spans::{SpanKind, SpanRecord};
 pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row};
 
 /// The database error type of every storage call.

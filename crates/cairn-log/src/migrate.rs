@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
         postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
     },
+    Migration {
+        id: "log/0003_trace_spans",
+        sqlite: include_str!("schema/sqlite/0003_trace_spans.sql"),
+        postgres: include_str!("schema/postgres/0003_trace_spans.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -554,3 +554,89 @@ fn event_values_are_plain_json() {
         serde_json::to_value(Expected::Exact(StreamVersion::new(3))).expect("serializes");
     assert_eq!(value, json!({"Exact": 3}));
 }
+
+backend_test!(
+    head_watch_wakes_on_own_and_other_connections_commits,
+    |t: TestDb| async move {
+        use std::time::Duration;
+        let mut watch = t.db().head_watch();
+        assert_eq!(*watch.borrow_and_update(), Position::START);
+        let own = append(t.db(), request(StreamId::new_v7(), vec![ping(1)])).await?;
+        // The own commit advances the watch before `commit` returns.
+        assert!(watch.has_changed()?, "an own commit moves the head at once");
+        assert_eq!(*watch.borrow_and_update(), own[0].position);
+
+        // Another pool (as another process): PostgreSQL's NOTIFY or the SQLite poll wakes us.
+        let other = t.connect_again().await?;
+        let theirs = append(&other, request(StreamId::new_v7(), vec![ping(2), ping(3)])).await?;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while *watch.borrow_and_update() < theirs[1].position {
+                watch.changed().await?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("another connection's commit never reached the head watch")
+        })??;
+        Ok(())
+    }
+);
+
+backend_test!(
+    spans_are_written_in_the_background_and_read_by_tenancy,
+    |t: TestDb| async move {
+        use cairn_log::{SpanKind, SpanRecord, Tenancy};
+        use cairn_types::{CorrelationId, OrgId};
+        let correlation = CorrelationId::new_v7();
+        let (org_a, org_b) = (OrgId::new_v7(), OrgId::new_v7());
+        let started = chrono::Utc::now();
+        for (name, org) in [("a", Some(org_a)), ("b", Some(org_b)), ("platform", None)] {
+            t.db().record_span(
+                SpanRecord::ending_now(correlation, SpanKind::Http, name, started)
+                    .org(org)
+                    .attribute("status", 200),
+            );
+        }
+        t.db().record_span(
+            SpanRecord::ending_now(
+                CorrelationId::new_v7(),
+                SpanKind::Email,
+                "elsewhere",
+                started,
+            )
+            .error(Some("refused".into())),
+        );
+        t.db().flush_spans().await;
+        let mut reader = t.db().reader().await?;
+        let all = reader.conn().read_spans(correlation, &Tenancy::All).await?;
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "platform"]);
+        assert_eq!(all[0].attributes, json!({"status": 200}));
+        assert_eq!(all[0].kind, SpanKind::Http);
+        let only_a = reader
+            .conn()
+            .read_spans(correlation, &Tenancy::Org(org_a))
+            .await?;
+        assert_eq!(only_a.len(), 1);
+        assert_eq!(only_a[0].org_id, Some(org_a));
+        assert!(
+            reader
+                .conn()
+                .read_spans(correlation, &Tenancy::None)
+                .await?
+                .is_empty()
+        );
+        drop(reader);
+        if t.backend() == Backend::Postgres {
+            // Row-level security hides other tenants' spans even from an unfiltered query.
+            let mut scoped = t.db().scoped(&Tenancy::Org(org_a)).await?;
+            let rows = scoped
+                .conn()
+                .fetch_all("SELECT name FROM trace_spans", args![])
+                .await?;
+            assert_eq!(rows.len(), 1, "only organization A's span is visible");
+        }
+        Ok(())
+    }
+);

@@ -1,0 +1,284 @@
+//! Spans: one row per hop of a request's path (an HTTP request, a handler, a workflow
+//! step attempt, an email, a realtime delivery), keyed by correlation id, for the
+//! request's timeline.
+//!
+//! Recording never waits and never fails the work it describes: spans go through a
+//! bounded channel to one background writer per database, which inserts them in
+//! batches. A span the channel has no room for is counted
+//! (`cairn_trace_spans_dropped_total`) rather than slowing the request down. The log is
+//! the record of what happened; spans add how long each part took.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use cairn_types::{CorrelationId, OrgId};
+
+use crate::args;
+use crate::db::{Pools, Tenancy};
+use crate::sql::{Conn, Row};
+
+/// What kind of hop a span describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    /// An HTTP request, from its arrival to its response.
+    Http,
+    /// One handler applying one event.
+    Handler,
+    /// One attempt of one workflow step.
+    Step,
+    /// One email handed to the mail server or the outbox.
+    Email,
+    /// One event delivered to one realtime subscriber.
+    Delivery,
+    /// One hop of the integration probe.
+    Probe,
+}
+
+impl SpanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Http => "http",
+            SpanKind::Handler => "handler",
+            SpanKind::Step => "step",
+            SpanKind::Email => "email",
+            SpanKind::Delivery => "delivery",
+            SpanKind::Probe => "probe",
+        }
+    }
+
+    fn parse(text: &str) -> Option<SpanKind> {
+        Some(match text {
+            "http" => SpanKind::Http,
+            "handler" => SpanKind::Handler,
+            "step" => SpanKind::Step,
+            "email" => SpanKind::Email,
+            "delivery" => SpanKind::Delivery,
+            "probe" => SpanKind::Probe,
+            _ => return None,
+        })
+    }
+}
+
+/// One recorded hop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub correlation_id: CorrelationId,
+    pub kind: SpanKind,
+    /// What happened, for people: `POST /v1/organizations`, `send_invitation`, …
+    pub name: String,
+    /// The tenant the hop acted for, if any: tenant-scoped trace reads see only their
+    /// own tenant's spans.
+    pub org_id: Option<OrgId>,
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    /// Why the hop failed, if it did.
+    pub error: Option<String>,
+    /// Details: a status code, a position, a recipient, an attempt number.
+    pub attributes: Value,
+}
+
+impl SpanRecord {
+    /// A span that started at `started_at` and ends now.
+    pub fn ending_now(
+        correlation_id: CorrelationId,
+        kind: SpanKind,
+        name: impl Into<String>,
+        started_at: DateTime<Utc>,
+    ) -> SpanRecord {
+        let duration = (Utc::now() - started_at).to_std().unwrap_or_default();
+        SpanRecord {
+            correlation_id,
+            kind,
+            name: name.into(),
+            org_id: None,
+            started_at,
+            duration,
+            error: None,
+            attributes: Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    pub fn org(mut self, org_id: Option<OrgId>) -> Self {
+        self.org_id = org_id;
+        self
+    }
+
+    pub fn error(mut self, error: Option<String>) -> Self {
+        self.error = error;
+        self
+    }
+
+    pub fn attribute(mut self, key: &str, value: impl Into<Value>) -> Self {
+        if let Value::Object(map) = &mut self.attributes {
+            map.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+}
+
+/// How many spans may wait for the writer before new ones are dropped.
+const CAPACITY: usize = 16_384;
+/// The most spans one insert carries.
+const BATCH: usize = 200;
+
+enum Message {
+    Span(Box<SpanRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending end of a database's span writer; the writer starts with the first span.
+#[derive(Debug, Default)]
+pub(crate) struct SpanSink {
+    sender: Mutex<Option<mpsc::Sender<Message>>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Span(span) => f.debug_tuple("Span").field(span).finish(),
+            Message::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl SpanSink {
+    fn sender(&self, pools: &Arc<Pools>) -> Option<mpsc::Sender<Message>> {
+        let mut slot = self.sender.lock().ok()?;
+        if slot.is_none() {
+            // Outside a runtime there is nowhere to write from: such spans are dropped.
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let (sender, receiver) = mpsc::channel(CAPACITY);
+            runtime.spawn(write_spans(pools.clone(), receiver));
+            *slot = Some(sender);
+        }
+        slot.clone()
+    }
+
+    pub(crate) fn record(&self, pools: &Arc<Pools>, span: SpanRecord) {
+        let sent = self
+            .sender(pools)
+            .is_some_and(|sender| sender.try_send(Message::Span(Box::new(span))).is_ok());
+        if !sent {
+            cairn_observe::metrics().spans_dropped.inc();
+        }
+    }
+
+    pub(crate) async fn flush(&self) {
+        let sender = self.sender.lock().ok().and_then(|slot| slot.clone());
+        if let Some(sender) = sender {
+            let (done, wait) = oneshot::channel();
+            if sender.send(Message::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+}
+
+/// The writer: batches what is waiting and inserts it, until every sender is gone.
+async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
+    let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
+    let mut flushes = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Span(span) => batch.push(*span),
+                Message::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = insert(&pools, &batch).await {
+                cairn_observe::metrics()
+                    .spans_dropped
+                    .inc_by(batch.len() as u64);
+                tracing::warn!(error = %error, spans = batch.len(), "could not write trace spans");
+                // A database that is down would otherwise be retried in a hot loop.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn insert(pools: &Pools, batch: &[SpanRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = pools.begin_plain().await?;
+    let mut conn = tx.conn();
+    for span in batch {
+        conn.execute(
+            "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, error, attributes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            args![
+                span.correlation_id,
+                span.kind.as_str(),
+                span.name.as_str(),
+                span.org_id,
+                span.started_at,
+                i64::try_from(span.duration.as_micros()).unwrap_or(i64::MAX),
+                span.error.as_deref(),
+                span.attributes.clone()
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+fn span_from_row(row: &Row) -> Result<SpanRecord, sqlx::Error> {
+    let kind: String = row.get("kind")?;
+    let duration_us: i64 = row.get("duration_us")?;
+    Ok(SpanRecord {
+        correlation_id: row.get("correlation_id")?,
+        kind: SpanKind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "kind".to_owned(),
+            source: format!("unknown span kind {kind:?}").into(),
+        })?,
+        name: row.get("name")?,
+        org_id: row.get("org_id")?,
+        started_at: row.get("started_at")?,
+        duration: Duration::from_micros(u64::try_from(duration_us).unwrap_or(0)),
+        error: row.get("error")?,
+        attributes: row.get_json("attributes")?,
+    })
+}
+
+impl Conn<'_> {
+    /// The spans of one correlation id that a tenancy sees, oldest first.
+    pub async fn read_spans(
+        &mut self,
+        correlation_id: CorrelationId,
+        tenancy: &Tenancy,
+    ) -> Result<Vec<SpanRecord>, sqlx::Error> {
+        let rows = match tenancy {
+            Tenancy::None => return Ok(Vec::new()),
+            Tenancy::All => {
+                self.fetch_all(
+                    "SELECT correlation_id, kind, name, org_id, started_at, duration_us, error, attributes \
+                     FROM trace_spans WHERE correlation_id = $1 ORDER BY started_at, id",
+                    args![correlation_id],
+                )
+                .await?
+            }
+            Tenancy::Org(org) => {
+                self.fetch_all(
+                    "SELECT correlation_id, kind, name, org_id, started_at, duration_us, error, attributes \
+                     FROM trace_spans WHERE correlation_id = $1 AND org_id = $2 ORDER BY started_at, id",
+                    args![correlation_id, *org],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(span_from_row).collect()
+    }
+}
