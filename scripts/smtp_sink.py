@@ -4,8 +4,10 @@
 Every accepted message is stored as a file in --dir. The server can refuse every
 recipient (or, with --refuse-to TEXT, those whose address contains TEXT) with a fixed
 reply (--refuse "550 5.7.1 Sender domain is not verified"), refuse
-the first N messages with a transient reply (--transient-first N), and take its time
-before accepting each message (--delay SECONDS).
+the first N messages with a transient reply (--transient-first N), take its time
+before accepting each message (--delay SECONDS), and hold messages to recipients
+containing TEXT (--hold-to TEXT): the Nth held message leaves a ".held-*" marker in --dir
+and waits until the file "release" there holds a number of at least N.
 
 Prints "listening on 127.0.0.1:PORT" once it accepts connections; runs until killed.
 """
@@ -17,9 +19,19 @@ import time
 from aiosmtpd.smtp import SMTP
 
 
+def released(directory):
+    try:
+        with open(os.path.join(directory, "release")) as file:
+            return int(file.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 class Sink:
-    def __init__(self, directory, refuse, refuse_to, transient_first, delay):
+    def __init__(self, directory, refuse, refuse_to, transient_first, delay, hold_to):
         self.directory = directory
+        self.hold_to = hold_to
+        self.held = 0
         self.refuse = refuse
         self.refuse_to = refuse_to
         self.transient_left = transient_first
@@ -39,6 +51,12 @@ class Sink:
         if self.delay:
             await asyncio.sleep(self.delay)
         name = f"{time.time_ns()}-{os.getpid()}"
+        if self.hold_to and any(self.hold_to in r for r in envelope.rcpt_tos):
+            self.held += 1
+            mine = self.held
+            open(os.path.join(self.directory, f".held-{name}"), "w").close()
+            while released(self.directory) < mine:
+                await asyncio.sleep(0.02)
         temporary = os.path.join(self.directory, f".{name}.tmp")
         with open(temporary, "wb") as file:
             file.write(envelope.original_content or envelope.content)
@@ -56,9 +74,10 @@ def main():
     parser.add_argument("--refuse-to", default=None, help="refuse only recipients containing this text")
     parser.add_argument("--transient-first", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--hold-to", default=None, help="hold messages to recipients containing this text")
     args = parser.parse_args()
 
-    sink = Sink(args.dir, args.refuse, args.refuse_to, args.transient_first, args.delay)
+    sink = Sink(args.dir, args.refuse, args.refuse_to, args.transient_first, args.delay, args.hold_to)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(

@@ -794,6 +794,13 @@ impl Domain {
                 ),
             });
         }
+        if let Some(running) = queries::delivery_in_progress(&mut tx.conn(), invitation_id).await? {
+            return Err(CommandError::InvalidState {
+                message: format!(
+                    "invitation {invitation_id} is being sent already (workflow {running}); wait for that email before sending another"
+                ),
+            });
+        }
         let organization = self.live_organization(&mut tx, invitation.org_id).await?;
         let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
         let mailing = Mailing {

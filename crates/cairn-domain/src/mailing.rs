@@ -189,14 +189,27 @@ pub async fn record(
         };
         (payload.to_event(metadata), Expected::Any)
     };
-    let was_expired = if mailing.send_number > 1 {
+    // Under the head lock, so that no revoke or acceptance can slip in between this
+    // look and the append: a resend never reopens a closed invitation.
+    let status = {
         let tx = ctx.tx().await?;
+        tx.lock_head().await?;
         crate::queries::invitation(&mut tx.conn(), mailing.invitation_id)
             .await?
-            .is_some_and(|invitation| invitation.status == "expired")
-    } else {
-        false
+            .map(|invitation| invitation.status)
     };
+    if let Some(closed) = status
+        .as_deref()
+        .filter(|status| *status == "accepted" || *status == "revoked")
+    {
+        // The email went out, but its token is never recorded, so its link cannot be
+        // used: the invitation stays as it is.
+        return Ok(json!({
+            "invitation_id": mailing.invitation_id,
+            "superseded": format!("the invitation was {closed} while this email was being sent; its link will not work"),
+        }));
+    }
+    let was_expired = mailing.send_number > 1 && status.as_deref() == Some("expired");
     ctx.append_applied(
         AppendRequest::new(stream_type, mailing.invitation_id.into(), vec![event]).expect(expected),
     )

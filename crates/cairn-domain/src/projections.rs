@@ -224,15 +224,26 @@ handler!(OnInvitationSent, InvitationSent, |event, e, p| {
 });
 
 handler!(OnInvitationResent, InvitationResent, |event, e, p| {
+    // A resend reopens an expired invitation, never an accepted or revoked one.
     let changed = p
         .execute(
             "UPDATE invitations SET status = 'pending', token_hash = $2, expires_at = $3, send_count = $4,
                  message_id = $5, last_sent_at = $6, expired_at = NULL, updated_at = $6
-             WHERE id = $1",
+             WHERE id = $1 AND status IN ('pending', 'expired')",
             args![event.stream_id, e.token_hash.as_str(), e.expires_at, e.send_number, e.message_id.as_str(), event.created_at],
         )
         .await?;
-    require_row(changed, "invitation", event)?;
+    if changed == 0 {
+        let closed = p
+            .fetch_optional(
+                "SELECT status FROM invitations WHERE id = $1 AND status IN ('accepted', 'revoked')",
+                args![event.stream_id],
+            )
+            .await?;
+        if closed.is_none() {
+            require_row(changed, "invitation", event)?;
+        }
+    }
 });
 
 handler!(OnInvitationAccepted, InvitationAccepted, |event, _e, p| {

@@ -336,3 +336,27 @@ pub async fn invitations(
     let rows = conn.fetch_all(AssertSqlSafe(sql), args).await?;
     rows.iter().map(invitation_from_row).collect()
 }
+
+/// A delivery of this invitation that has not finished yet, if there is one.
+pub async fn delivery_in_progress(
+    conn: &mut Conn<'_>,
+    invitation_id: InvitationId,
+) -> Result<Option<WorkflowId>, sqlx::Error> {
+    let sql = cairn_log::sql::dialect(
+        conn.backend(),
+        "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
+         AND json_extract(input, '$.invitation_id') = $2 LIMIT 1",
+        "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
+         AND input->>'invitation_id' = $2 LIMIT 1",
+    );
+    let row = conn
+        .fetch_optional(
+            sql,
+            args![
+                crate::invitations::DELIVERY_WORKFLOW,
+                invitation_id.to_string()
+            ],
+        )
+        .await?;
+    row.map(|row| row.get::<WorkflowId>("id")).transpose()
+}

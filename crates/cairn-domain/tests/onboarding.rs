@@ -647,6 +647,124 @@ backend_test!(
 );
 
 backend_test!(
+    a_resend_in_flight_never_reopens_an_invitation_revoked_meanwhile,
+    |t: TestDb| async move {
+        // The server holds Ada's mail until told, so that the revoke lands exactly
+        // between the email going out and the resend being recorded.
+        let sink = SmtpSink::start(SinkOptions {
+            hold_to: Some("ada@".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let w = smtp_world(t, &sink).await?;
+        let org = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-race"))
+            .await?;
+        let engine = w.domain.engine().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(async move {
+            engine
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let wait_for = |id| {
+            let w = &w;
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                    loop {
+                        let status = workflow_status(w, id).await?;
+                        if status != RunStatus::Running {
+                            return anyhow::Ok(status);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                })
+                .await?
+            }
+        };
+        let within = std::time::Duration::from_secs(20);
+        sink.wait_held(1, within).await?;
+        sink.release(1)?;
+        assert_eq!(wait_for(org.workflow_id).await?, RunStatus::Completed);
+        let mut reader = w.t.db().reader().await?;
+        let ada = queries::invitations(&mut reader.conn(), org.org_id, Page::default())
+            .await?
+            .into_iter()
+            .find(|i| i.email == "ada@example.com")
+            .expect("ada's invitation");
+        drop(reader);
+
+        let resend = w.domain.resend_invitation(&admin_actor(), ada.id).await?;
+        // A second resend while the first is on its way is refused, not sent twice.
+        let twice = w
+            .domain
+            .resend_invitation(&admin_actor(), ada.id)
+            .await
+            .expect_err("one delivery at a time");
+        assert!(
+            twice.to_string().contains("is being sent already"),
+            "{twice}"
+        );
+
+        // The email is in the server's hands; the admin revokes now.
+        sink.wait_held(2, within).await?;
+        w.domain
+            .revoke_invitation(&admin_actor(), ada.id, "changed our mind")
+            .await?;
+        sink.release(2)?;
+        assert_eq!(wait_for(resend.workflow_id).await?, RunStatus::Completed);
+        let _ = stop.send(());
+        worker.await?;
+
+        let mut reader = w.t.db().reader().await?;
+        let after = queries::invitation(&mut reader.conn(), ada.id)
+            .await?
+            .expect("ada's invitation");
+        drop(reader);
+        assert_eq!(after.status, "revoked", "the resend did not reopen it");
+        let resent_events = events_of(&w, resend.correlation_id)
+            .await?
+            .into_iter()
+            .filter(|e| e.event_type.as_str() == "invitation.resent")
+            .count();
+        assert_eq!(resent_events, 0, "nothing recorded the superseded email");
+        let mails = sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.to.contains("ada@"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            mails.len(),
+            2,
+            "the first invitation and the superseded resend"
+        );
+        let err = w
+            .domain
+            .accept_invitation(
+                &CommandContext::new(Principal::Anonymous),
+                &token_in(&mails[1]),
+            )
+            .await
+            .expect_err("the superseded email's link does not work");
+        assert!(matches!(err, CommandError::NotFound { .. }), "{err:?}");
+        let err = w
+            .domain
+            .accept_invitation(
+                &CommandContext::new(Principal::Anonymous),
+                &token_in(&mails[0]),
+            )
+            .await
+            .expect_err("nor does the first one");
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
     a_resent_invitation_pushes_its_expiry_out,
     |t: TestDb| async move {
         let sink = SmtpSink::start(SinkOptions::default()).await?;

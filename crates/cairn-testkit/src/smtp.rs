@@ -18,6 +18,9 @@ pub struct SinkOptions {
     pub transient_first: u32,
     /// Wait this long before accepting each message.
     pub delay: Duration,
+    /// Hold messages to recipients containing this text until [`SmtpSink::release`]
+    /// lets them through.
+    pub hold_to: Option<String>,
 }
 
 /// A running SMTP server that stores what it accepts. Killed when dropped.
@@ -67,6 +70,9 @@ impl SmtpSink {
         }
         if let Some(refuse_to) = &options.refuse_to {
             command.arg("--refuse-to").arg(refuse_to);
+        }
+        if let Some(hold_to) = &options.hold_to {
+            command.arg("--hold-to").arg(hold_to);
         }
         let mut child = command.spawn().context(
             "starting scripts/smtp_sink.py (python3 with aiosmtpd; scripts/test installs it)",
@@ -118,6 +124,39 @@ impl SmtpSink {
             .filter_map(|path| std::fs::read_to_string(path).ok())
             .map(|raw| parse(&raw))
             .collect()
+    }
+
+    /// How many messages the server has held so far (see [`SinkOptions::hold_to`]).
+    pub fn held(&self) -> usize {
+        std::fs::read_dir(&self.dir).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(".held-"))
+                .count()
+        })
+    }
+
+    /// Waits until the server holds `count` messages, for at most `within`.
+    pub async fn wait_held(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.held() < count {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the SMTP sink held {} messages within {within:?}, not {count}",
+                self.held()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Lets the first `count` held messages (counting those released before) through.
+    pub fn release(&self, count: usize) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let temporary = self.dir.join(".release.tmp");
+        std::fs::write(&temporary, count.to_string())?;
+        std::fs::rename(temporary, self.dir.join("release"))?;
+        Ok(())
     }
 
     /// Stops the server.
