@@ -37,8 +37,8 @@ pub use registry::{
     RegistryError, Route, Router, RouterBuilder, payload,
 };
 pub use replay::{
-    ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayReport, TableSummary,
-    VerifyOptions, VerifyReport,
+    ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayOptions, ReplayReport,
+    SafetyNetWrite, TableSummary, VerifyOptions, VerifyReport,
 };
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
 pub use spec::{EventPayload, EventSpec};

@@ -30,6 +30,28 @@ pub enum ReplayError {
     Read(#[from] ReadError),
     #[error("projection table {table} does not exist in the database")]
     MissingTable { table: String },
+    #[error(
+        "replay would undo {} safety-net write(s) that no event backs: {}. Append the events they stand in for first (`cairn replay --verify` shows the rows), or replay with --discard-safety-net to rebuild from the events alone",
+        writes.len(),
+        writes.iter().map(|w| format!("{} {} ({})", w.projection, w.row_key, w.reason)).collect::<Vec<_>>().join("; ")
+    )]
+    WouldUndoSafetyNet { writes: Vec<SafetyNetWrite> },
+}
+
+/// A safety-net write (see [`crate::SafetyNet`]) that the events alone do not produce.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SafetyNetWrite {
+    pub projection: String,
+    pub row_key: Value,
+    pub reason: String,
+    pub correlation_id: cairn_types::CorrelationId,
+}
+
+/// How a replay treats what the events alone do not explain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayOptions {
+    /// Rebuild from the events alone even where that undoes a safety-net write.
+    pub discard_safety_net: bool,
 }
 
 /// An event whose outcome differs from the one stored with it.
@@ -242,8 +264,13 @@ impl EventStore {
     /// result in one final transaction: readers see the old projections until it
     /// commits, then the new ones. Events whose outcome changes get the new outcome
     /// recorded. `progress` is called with (done, total).
+    ///
+    /// A row a safety-net write left that the rebuild would change is not silently
+    /// undone: the replay stops with [`ReplayError::WouldUndoSafetyNet`] unless
+    /// `options.discard_safety_net` says to.
     pub async fn replay(
         &self,
+        options: ReplayOptions,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<ReplayReport, ReplayError> {
         let mut session = self.db().writing_session().await?;
@@ -259,6 +286,12 @@ impl EventStore {
         conn.lock_head().await?;
         while self.rebuild_batch(&mut conn, &mut rebuild, false).await? > 0 {}
         let tables = self.dispatcher().registry().projections();
+        if !options.discard_safety_net {
+            let undone = undone_safety_net_writes(&mut conn, &live, tables).await?;
+            if !undone.is_empty() {
+                return Err(ReplayError::WouldUndoSafetyNet { writes: undone });
+            }
+        }
         for table in tables.iter().rev() {
             let sql = format!(
                 "DELETE FROM {}.{}",
@@ -344,6 +377,50 @@ impl EventStore {
         progress(report.n_events, report.n_events);
         Ok(report)
     }
+}
+
+/// The safety-net writes whose rows the rebuilt shadow copies would change.
+async fn undone_safety_net_writes(
+    conn: &mut Conn<'_>,
+    live: &str,
+    tables: &[ProjectionTable],
+) -> Result<Vec<SafetyNetWrite>, ReplayError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT projection, row_key, reason, correlation_id FROM safety_net_writes ORDER BY at",
+            args![],
+        )
+        .await?;
+    let mut by_table: BTreeMap<String, Vec<SafetyNetWrite>> = BTreeMap::new();
+    for row in rows {
+        let write = SafetyNetWrite {
+            projection: row.get("projection")?,
+            row_key: row.get_json("row_key")?,
+            reason: row.get("reason")?,
+            correlation_id: row.get("correlation_id")?,
+        };
+        by_table
+            .entry(write.projection.clone())
+            .or_default()
+            .push(write);
+    }
+    let mut undone = Vec::new();
+    for (name, writes) in by_table {
+        let Some(table) = tables.iter().find(|t| t.name == name) else {
+            continue;
+        };
+        let live_rows = read_rows(conn, live, table).await?;
+        let rebuilt = read_rows(conn, shadow_schema(conn.backend()), table).await?;
+        for write in writes {
+            let key = write.row_key.to_string();
+            let now = live_rows.get(&key).map(|(_, row)| row);
+            let then = rebuilt.get(&key).map(|(_, row)| row);
+            if now != then && !undone.contains(&write) {
+                undone.push(write);
+            }
+        }
+    }
+    Ok(undone)
 }
 
 async fn create_shadow(

@@ -660,7 +660,9 @@ backend_test!(
         );
 
         // Replay puts the projections back to what the log says.
-        let replayed = store.replay(&mut |_, _| {}).await?;
+        let replayed = store
+            .replay(cairn_dispatch::ReplayOptions::default(), &mut |_, _| {})
+            .await?;
         assert_eq!(
             (replayed.n_events, replayed.n_applied, replayed.n_failed),
             (3, 3, 0)
@@ -740,7 +742,10 @@ backend_test!(
 
         let mut progress = Vec::new();
         let report = after
-            .replay(&mut |done, total| progress.push((done, total)))
+            .replay(
+                cairn_dispatch::ReplayOptions::default(),
+                &mut |done, total| progress.push((done, total)),
+            )
             .await?;
         assert_eq!(report.changed.len(), 1);
         assert_eq!(report.changed[0].now, Outcome::Applied);

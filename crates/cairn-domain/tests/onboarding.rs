@@ -461,6 +461,52 @@ backend_test!(
             }
             other => panic!("{other:?}"),
         }
+
+        // Replay does not silently undo the safety net: it stops and names the row.
+        let err = w
+            .domain
+            .store()
+            .replay(cairn_dispatch::ReplayOptions::default(), &mut |_, _| {})
+            .await
+            .expect_err("replay would undo the safety net");
+        assert!(
+            matches!(&err, cairn_dispatch::ReplayError::WouldUndoSafetyNet { writes } if writes.len() == 1),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--discard-safety-net"), "{err}");
+        assert!(!organization(&w, accepted.org_id).await?.is_active);
+
+        // The operator's fix: once the log takes it, append the event the safety net
+        // stood in for. Then the log explains the row and replay goes ahead.
+        let mut tx = w.t.db().begin().await?;
+        tx.conn()
+            .execute_script(match w.t.backend() {
+                Backend::Sqlite => "DROP TRIGGER refuse_deactivation",
+                Backend::Postgres => "DROP TRIGGER refuse_deactivation ON domain_events",
+            })
+            .await?;
+        tx.commit().await?;
+        let mut metadata = Metadata::with_correlation(ctx.correlation_id);
+        metadata.org_id = Some(accepted.org_id);
+        w.domain
+            .store()
+            .append(AppendRequest::new(
+                StreamType::parse("organization")?,
+                accepted.org_id.into(),
+                vec![NewEvent::new(
+                    EventType::parse("organization.deactivated")?,
+                    json!({"reason": "bootstrap failed (appended by an operator)"}),
+                    metadata,
+                )],
+            ))
+            .await?;
+        w.domain
+            .store()
+            .replay(cairn_dispatch::ReplayOptions::default(), &mut |_, _| {})
+            .await?;
+        let org = organization(&w, accepted.org_id).await?;
+        assert_eq!((org.status.as_str(), org.is_active), ("failed", false));
+        assert_no_drift(&w).await?;
         Ok(())
     }
 );

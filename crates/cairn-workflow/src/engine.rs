@@ -681,19 +681,30 @@ impl Engine {
                     }
                 }
                 RunStatus::Compensating => {
-                    let pending = history
-                        .steps
-                        .iter()
-                        .rev()
-                        .filter(|step| {
-                            step.kind == StepKind::Action
-                                && step.compensable
-                                && step.status == StepStatus::Completed
-                        })
-                        .find(|step| !history.completed(&compensation_name(&step.name)))
-                        .cloned();
+                    // Every compensation runs, newest first, even when an earlier one
+                    // failed for good: one stuck undo must not keep the others (the
+                    // safety net among them) from running.
+                    let compensable = history.steps.iter().rev().filter(|step| {
+                        step.kind == StepKind::Action
+                            && step.compensable
+                            && step.status == StepStatus::Completed
+                    });
+                    let mut pending = None;
+                    let mut failed = Vec::new();
+                    for step in compensable {
+                        match history.get(&compensation_name(&step.name)) {
+                            Some(done) if done.status == StepStatus::Completed => {}
+                            Some(done) if done.status == StepStatus::Failed => {
+                                failed.push((step.name.clone(), done.last_error.clone()));
+                            }
+                            _ => {
+                                pending = Some(step.clone());
+                                break;
+                            }
+                        }
+                    }
                     match pending {
-                        None => {
+                        None if failed.is_empty() => {
                             let reason = run
                                 .failure
                                 .clone()
@@ -703,21 +714,29 @@ impl Engine {
                                 .await?;
                             return Ok(());
                         }
+                        None => {
+                            let error = failed
+                                .iter()
+                                .map(|(step, error)| {
+                                    format!(
+                                        "undoing {step}: {}",
+                                        error.as_deref().unwrap_or("no message")
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ");
+                            let event = CompensationFailed {
+                                step: failed[0].0.clone(),
+                                error,
+                                at: now,
+                            };
+                            self.record(lease, &mut run, vec![event.to_event(metadata)], None)
+                                .await?;
+                            return Ok(());
+                        }
                         Some(target) => {
                             let mut call = StepCall::new(compensation_name(&target.name));
                             call.retry = workflow.compensation_policy();
-                            if let Some(step) = history.get(&call.name)
-                                && step.status == StepStatus::Failed
-                            {
-                                let event = CompensationFailed {
-                                    step: target.name.clone(),
-                                    error: step.last_error.clone().unwrap_or_default(),
-                                    at: now,
-                                };
-                                self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                    .await?;
-                                return Ok(());
-                            }
                             if !self
                                 .step(
                                     lease,

@@ -44,7 +44,8 @@ struct Scripted {
     flaky_calls: AtomicU32,
     doubts: Mutex<Vec<(String, u32, bool)>>,
     hang_first_attempt: bool,
-    compensation_fails: bool,
+    /// The step whose compensation always fails.
+    compensation_fails: Option<&'static str>,
 }
 
 impl Scripted {
@@ -158,7 +159,7 @@ impl Workflow for Scripted {
             .lock()
             .expect("log")
             .push(format!("compensate {}", step.name));
-        if self.compensation_fails {
+        if self.compensation_fails == Some(step.name.as_str()) {
             return Err(StepError::retryable(
                 "the compensation target is unreachable",
             ));
@@ -399,39 +400,57 @@ backend_test!(
 );
 
 backend_test!(
-    a_compensation_that_keeps_failing_stops_for_an_operator,
+    a_compensation_that_keeps_failing_stops_for_an_operator_after_the_others_ran,
     |t: TestDb| async move {
         let store = store(&t).await?;
         let workflow = Arc::new(Scripted {
-            compensation_fails: true,
+            compensation_fails: Some("second"),
             ..Scripted::default()
         });
         let clock = manual_clock();
         let engine = engine(&store, workflow.clone(), clock.clone());
-        let (id, _) = start(&engine, json!({"steps": ["started", "doomed"]})).await?;
+        let (id, _) = start(
+            &engine,
+            json!({"steps": ["started", "second", "third", "doomed"]}),
+        )
+        .await?;
         for _ in 0..12 {
             engine.run_until_idle().await?;
             clock.advance(chrono::Duration::minutes(10));
         }
         let state = run_state(&engine, id).await?;
         assert_eq!(state.run.status, RunStatus::CompensationFailed);
-        let attempts = workflow
-            .log()
-            .iter()
-            .filter(|l| *l == "compensate started")
-            .count();
+        let log = workflow.log();
+        let attempts = log.iter().filter(|l| *l == "compensate second").count();
         assert_eq!(
             attempts, 10,
             "compensations are retried by the compensation policy"
         );
+        // Newest first, and the one that failed for good did not stop the older one.
+        let order: Vec<&str> = log
+            .iter()
+            .filter(|l| l.starts_with("compensate"))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(Vec::new(), |mut seen, l| {
+                if seen.last() != Some(&l) {
+                    seen.push(l);
+                }
+                seen
+            });
+        assert_eq!(
+            order,
+            [
+                "compensate third",
+                "compensate second",
+                "compensate started"
+            ]
+        );
+        let failure = state.run.failure.as_deref().unwrap_or_default();
         assert!(
-            state
-                .run
-                .failure
-                .as_deref()
-                .is_some_and(|f| f.contains("compensation started failed")),
-            "{:?}",
-            state.run.failure
+            failure.contains("undoing second") && failure.contains("unreachable"),
+            "{failure}"
         );
         Ok(())
     }

@@ -431,6 +431,10 @@ pub struct ReplayArgs {
     /// exits 1 when any row differs.
     #[arg(long)]
     pub verify: bool,
+    /// Rebuild from the events alone even where that undoes a safety-net write (by
+    /// default replay stops and names those rows).
+    #[arg(long, conflicts_with = "verify")]
+    pub discard_safety_net: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }

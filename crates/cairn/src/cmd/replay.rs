@@ -34,7 +34,12 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !args.verify {
         let progress = ui::Progress::new("replaying");
         let report = store
-            .replay(&mut |done, total| progress.update(done, total))
+            .replay(
+                cairn_dispatch::ReplayOptions {
+                    discard_safety_net: args.discard_safety_net,
+                },
+                &mut |done, total| progress.update(done, total),
+            )
             .await;
         progress.finish();
         let report = report?;

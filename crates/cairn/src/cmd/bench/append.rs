@@ -203,7 +203,10 @@ pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode
         let progress = ui::Progress::new("replaying");
         let started = Instant::now();
         let report = store
-            .replay(&mut |done, total| progress.update(done, total))
+            .replay(
+                cairn_dispatch::ReplayOptions::default(),
+                &mut |done, total| progress.update(done, total),
+            )
             .await;
         progress.finish();
         let report = report?;
