@@ -359,31 +359,84 @@ backend_test!(
 
 /// Makes the log refuse `organization.deactivated` events, as a broken database would.
 async fn refuse_deactivation_events(t: &TestDb) -> anyhow::Result<()> {
+    refuse_events(t, "refuse_deactivation", "organization.deactivated").await
+}
+
+/// Makes the log refuse events of one type (a trigger named `name`).
+async fn refuse_events(t: &TestDb, name: &str, event_type: &str) -> anyhow::Result<()> {
+    let script = match t.backend() {
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER {name} BEFORE INSERT ON domain_events
+             WHEN NEW.event_type = '{event_type}'
+             BEGIN SELECT RAISE(ABORT, 'the disk is on fire'); END"
+        ),
+        Backend::Postgres => format!(
+            "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'the disk is on fire'; END $$;
+             CREATE TRIGGER {name} BEFORE INSERT ON domain_events FOR EACH ROW
+             WHEN (NEW.event_type = '{event_type}') EXECUTE FUNCTION {name}();"
+        ),
+    };
     let mut tx = t.db().begin().await?;
-    match t.backend() {
-        Backend::Sqlite => {
-            tx.conn()
-                .execute_script(
-                    "CREATE TRIGGER refuse_deactivation BEFORE INSERT ON domain_events
-                     WHEN NEW.event_type = 'organization.deactivated'
-                     BEGIN SELECT RAISE(ABORT, 'the disk is on fire'); END",
-                )
-                .await?
-        }
-        Backend::Postgres => {
-            tx.conn()
-                .execute_script(
-                    "CREATE FUNCTION refuse_deactivation() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN RAISE EXCEPTION 'the disk is on fire'; END $$;
-                     CREATE TRIGGER refuse_deactivation BEFORE INSERT ON domain_events FOR EACH ROW
-                     WHEN (NEW.event_type = 'organization.deactivated') EXECUTE FUNCTION refuse_deactivation();",
-                )
-                .await?
-        }
-    }
+    tx.conn()
+        .execute_script(sqlx::AssertSqlSafe(script))
+        .await?;
     tx.commit().await?;
     Ok(())
 }
+
+backend_test!(
+    a_revocation_that_cannot_be_recorded_does_not_stop_the_deactivation,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions {
+            refuse: Some("550 5.1.1 Mailbox unavailable".into()),
+            refuse_to: Some("alan@".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        refuse_events(&t, "refuse_revocation", "invitation.revoked").await?;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let w = world(
+            t,
+            Arc::new(SmtpMailer::from_url(&sink.url())?),
+            clock.clone(),
+        )
+        .await?;
+        let accepted = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-stuck-undo"))
+            .await?;
+        // Ten attempts each, with backoff.
+        for _ in 0..30 {
+            w.domain.engine().run_until_idle().await?;
+            clock.advance(chrono::Duration::hours(2));
+        }
+        assert_eq!(
+            workflow_status(&w, accepted.workflow_id).await?,
+            RunStatus::CompensationFailed,
+            "the revocations failed for good and need an operator"
+        );
+        let org = organization(&w, accepted.org_id).await?;
+        assert_eq!(
+            (org.status.as_str(), org.is_active),
+            ("failed", false),
+            "the organization was deactivated all the same"
+        );
+        let mut reader = w.t.db().reader().await?;
+        let run = cairn_workflow::state::load(&mut reader.conn(), accepted.workflow_id)
+            .await?
+            .expect("the run");
+        let failure = run.run.failure.clone().unwrap_or_default();
+        assert!(
+            failure.contains("undoing record_invitation:ada@example.com")
+                && failure.contains("undoing record_invitation:grace@example.com"),
+            "{failure}"
+        );
+        drop(reader);
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
 
 backend_test!(
     the_safety_net_deactivates_when_emitting_the_event_fails,
