@@ -117,6 +117,14 @@ pub enum CommandError {
     Denied(Denial),
     #[error("could not append the command's events")]
     Append(#[from] AppendError),
+    /// A handler could not apply one of the command's events: the command was rolled
+    /// back, so nothing of it was written.
+    #[error("event {event_type} could not be applied ({code}: {message}); nothing was written")]
+    NotApplied {
+        event_type: String,
+        code: String,
+        message: String,
+    },
     #[error("database error")]
     Database(#[from] sqlx::Error),
 }
@@ -350,6 +358,41 @@ impl Domain {
 
     /// Begins a command's transaction, takes the head lock, and answers a repeated
     /// idempotency key with the stored response.
+    /// Appends a command's events in its transaction and fails the command, rolling
+    /// it all back, when a handler could not apply one of them: a command never
+    /// answers success over a projection that did not take its events.
+    async fn append_applied(
+        &self,
+        tx: &mut Tx,
+        request: AppendRequest,
+    ) -> Result<cairn_dispatch::Appended, CommandError> {
+        let appended = self.store.append_in(tx, request).await?;
+        if let Some(failed) = appended
+            .events
+            .iter()
+            .find(|dispatched| dispatched.outcome.error().is_some())
+        {
+            let error = failed.outcome.error().cloned();
+            let (code, message) = error.map_or_else(
+                || (String::new(), String::new()),
+                |e| (e.code.to_string(), e.message),
+            );
+            tracing::error!(
+                event_type = %failed.event.event_type,
+                code = %code,
+                message = %message,
+                correlation_id = %failed.event.metadata.correlation_id,
+                "a command's event could not be applied; the command is rolled back"
+            );
+            return Err(CommandError::NotApplied {
+                event_type: failed.event.event_type.to_string(),
+                code,
+                message,
+            });
+        }
+        Ok(appended)
+    }
+
     async fn begin(
         &self,
         command: &str,
@@ -566,7 +609,7 @@ impl Domain {
             vec![initiated.to_event(ctx.metadata(org_id))],
         )
         .expect(Expected::NoStream);
-        self.store.append_in(&mut tx, append).await?;
+        self.append_applied(&mut tx, append).await?;
         self.engine
             .start_in(
                 &mut tx,
@@ -638,16 +681,15 @@ impl Domain {
             settings: settings.clone(),
         };
         let stream_type = StreamType::parse(stream::ORGANIZATION).expect("a valid stream type");
-        self.store
-            .append_in(
-                &mut tx,
-                AppendRequest::new(
-                    stream_type,
-                    org_id.into(),
-                    vec![updated.to_event(ctx.metadata(org_id))],
-                ),
-            )
-            .await?;
+        self.append_applied(
+            &mut tx,
+            AppendRequest::new(
+                stream_type,
+                org_id.into(),
+                vec![updated.to_event(ctx.metadata(org_id))],
+            ),
+        )
+        .await?;
         self.finish(tx, "update_direct_care_settings", ctx, &request_json, &())
             .await
     }
@@ -715,17 +757,16 @@ impl Domain {
             invitation_id,
         };
         let stream_type = StreamType::parse(stream::USER).expect("a valid stream type");
-        self.store
-            .append_in(
-                &mut tx,
-                AppendRequest::new(
-                    stream_type,
-                    user_id.into(),
-                    vec![invited.to_event(ctx.metadata(org_id))],
-                )
-                .expect(Expected::NoStream),
+        self.append_applied(
+            &mut tx,
+            AppendRequest::new(
+                stream_type,
+                user_id.into(),
+                vec![invited.to_event(ctx.metadata(org_id))],
             )
-            .await?;
+            .expect(Expected::NoStream),
+        )
+        .await?;
         let mailing = Mailing {
             invitation_id,
             user_id,
@@ -879,16 +920,15 @@ impl Domain {
             reason: reason.to_owned(),
         };
         let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
-        self.store
-            .append_in(
-                &mut tx,
-                AppendRequest::new(
-                    stream_type,
-                    invitation_id.into(),
-                    vec![revoked.to_event(ctx.metadata(invitation.org_id))],
-                ),
-            )
-            .await?;
+        self.append_applied(
+            &mut tx,
+            AppendRequest::new(
+                stream_type,
+                invitation_id.into(),
+                vec![revoked.to_event(ctx.metadata(invitation.org_id))],
+            ),
+        )
+        .await?;
         self.finish(tx, "revoke_invitation", ctx, &request_json, &())
             .await
     }
@@ -944,16 +984,15 @@ impl Domain {
             user_id: invitation.user_id,
         };
         let invitation_stream = StreamType::parse(stream::INVITATION).expect("a valid stream type");
-        self.store
-            .append_in(
-                &mut tx,
-                AppendRequest::new(
-                    invitation_stream,
-                    invitation.id.into(),
-                    vec![accepted.to_event(metadata.clone())],
-                ),
-            )
-            .await?;
+        self.append_applied(
+            &mut tx,
+            AppendRequest::new(
+                invitation_stream,
+                invitation.id.into(),
+                vec![accepted.to_event(metadata.clone())],
+            ),
+        )
+        .await?;
         let mut user_events = vec![
             UserActivated {
                 org_id: invitation.org_id,
@@ -971,12 +1010,11 @@ impl Domain {
             );
         }
         let user_stream = StreamType::parse(stream::USER).expect("a valid stream type");
-        self.store
-            .append_in(
-                &mut tx,
-                AppendRequest::new(user_stream, invitation.user_id.into(), user_events),
-            )
-            .await?;
+        self.append_applied(
+            &mut tx,
+            AppendRequest::new(user_stream, invitation.user_id.into(), user_events),
+        )
+        .await?;
         let acceptance = InvitationAcceptance {
             invitation_id: invitation.id,
             user_id: invitation.user_id,

@@ -864,6 +864,85 @@ backend_test!(
 );
 
 backend_test!(
+    a_command_whose_event_cannot_be_applied_writes_nothing_and_says_so,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let w = smtp_world(t, &sink).await?;
+        let org = w
+            .domain
+            .bootstrap(&admin_actor(), &request("sunrise-broken-projection"))
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        let grace = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.to.contains("grace@"))
+            .expect("grace's invitation");
+        // The invitations projection refuses acceptances, as a broken table would.
+        let script = match w.t.backend() {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_acceptance BEFORE UPDATE ON invitations
+                 WHEN NEW.status = 'accepted'
+                 BEGIN SELECT RAISE(ABORT, 'the invitations table is broken'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_acceptance() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'the invitations table is broken'; END $$;
+                 CREATE TRIGGER refuse_acceptance BEFORE UPDATE ON invitations FOR EACH ROW
+                 WHEN (NEW.status = 'accepted') EXECUTE FUNCTION refuse_acceptance();"
+            }
+        };
+        let mut tx = w.t.db().begin().await?;
+        tx.conn().execute_script(script).await?;
+        tx.commit().await?;
+        let before = w.t.db().reader().await?.conn().head().await?;
+
+        let anonymous = CommandContext::new(Principal::Anonymous);
+        let err = w
+            .domain
+            .accept_invitation(&anonymous, &token_in(&grace))
+            .await
+            .expect_err("the projection refused");
+        assert!(
+            matches!(&err, CommandError::NotApplied { event_type, .. } if event_type == "invitation.accepted"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("the invitations table is broken"),
+            "{err}"
+        );
+        let after = w.t.db().reader().await?.conn().head().await?;
+        assert_eq!(
+            after.last_position, before.last_position,
+            "nothing was written"
+        );
+        let mut reader = w.t.db().reader().await?;
+        let invitation = queries::invitations(&mut reader.conn(), org.org_id, Page::default())
+            .await?
+            .into_iter()
+            .find(|i| i.email == "grace@example.com")
+            .expect("grace's invitation");
+        assert_eq!(invitation.status, "pending");
+        drop(reader);
+
+        // Once the table is mended, the same link works.
+        let mut tx = w.t.db().begin().await?;
+        tx.conn()
+            .execute_script(match w.t.backend() {
+                Backend::Sqlite => "DROP TRIGGER refuse_acceptance",
+                Backend::Postgres => "DROP TRIGGER refuse_acceptance ON invitations",
+            })
+            .await?;
+        tx.commit().await?;
+        w.domain
+            .accept_invitation(&anonymous, &token_in(&grace))
+            .await?;
+        assert_no_drift(&w).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
     a_resent_invitation_pushes_its_expiry_out,
     |t: TestDb| async move {
         let sink = SmtpSink::start(SinkOptions::default()).await?;

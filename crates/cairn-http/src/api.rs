@@ -35,8 +35,11 @@ pub struct Op {
     /// Whether anyone may call it without a token (the policy decides; the contract
     /// says so).
     pub public: bool,
-    /// Whether it changes state (and so takes an `Idempotency-Key`).
+    /// Whether it changes state.
     pub command: bool,
+    /// Whether it takes an `Idempotency-Key` (a repeat with the same key returns the
+    /// first response). Refused with a clear problem where it does not.
+    pub idempotency_key: bool,
     /// OpenAPI links from the success response to operations that take what it
     /// returns: (operation id, parameter, runtime expression).
     pub links: &'static [(&'static str, &'static str, &'static str)],
@@ -131,6 +134,7 @@ impl Api {
     {
         let fields = Arc::new(Fields::of::<P, Q, B>());
         let route_fields = fields.clone();
+        let keyed = op.idempotency_key;
         let route = move |State(state): State<AppState>, request: Request| {
             let handler = handler.clone();
             let fields = route_fields.clone();
@@ -140,6 +144,13 @@ impl Api {
                     Ok(ctx) => ctx,
                     Err(problem) => return problem.into_response(),
                 };
+                if !keyed && ctx.idempotency_key.is_some() {
+                    return crate::context::header_problem(
+                        crate::context::IDEMPOTENCY_HEADER,
+                        "this operation does not take an idempotency key: see its description for what a repeat does".to_owned(),
+                    )
+                    .into_response();
+                }
                 let raw: Vec<(String, String)> =
                     match axum::extract::RawPathParams::from_request_parts(&mut parts, &state).await
                     {
@@ -284,7 +295,7 @@ pub fn openapi(documented: &[Documented]) -> Value {
             "description": "A correlation id (UUID) to carry through every hop; one is made when absent. A W3C traceparent is read too.",
             "schema": {"type": "string", "format": "uuid"}
         }));
-        if op.command {
+        if op.idempotency_key {
             params.push(json!({
                 "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "Makes the command safe to repeat: a repeat with the same key returns the first response.",
@@ -347,12 +358,14 @@ pub fn openapi(documented: &[Documented]) -> Value {
             );
         }
         if op.command {
+            let codes: &[ProblemCode] = if op.idempotency_key {
+                &[ProblemCode::Conflict, ProblemCode::IdempotencyKeyReused]
+            } else {
+                &[ProblemCode::Conflict]
+            };
             responses.insert(
                 "409".into(),
-                problem_response(
-                    "The request conflicts with the current state.",
-                    &[ProblemCode::Conflict, ProblemCode::IdempotencyKeyReused],
-                ),
+                problem_response("The request conflicts with the current state.", codes),
             );
         }
         if doc.body.is_some() {

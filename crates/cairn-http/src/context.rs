@@ -25,7 +25,7 @@ pub struct Correlation {
     pub correlation_id: CorrelationId,
 }
 
-fn header_problem(name: &str, message: String) -> Problem {
+pub(crate) fn header_problem(name: &str, message: String) -> Problem {
     Problem::field(
         ProblemCode::InvalidField,
         FieldProblem {

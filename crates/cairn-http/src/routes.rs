@@ -110,6 +110,8 @@ pub fn command_problem(error: CommandError) -> Problem {
             ProblemCode::Conflict,
             "another request changed this resource at the same time; try again",
         ),
+        CommandError::Append(cairn_log::AppendError::Database(e)) => database(&e),
+        CommandError::NotApplied { .. } => Problem::new(ProblemCode::Internal, error.to_string()),
         CommandError::Append(e) => Problem::internal(&e),
     }
 }
@@ -310,6 +312,7 @@ macro_rules! op {
             success: StatusCode::$success,
             public: $public,
             command: $command,
+            idempotency_key: $command,
             links: op!(@links $($links)?),
         }
     };
@@ -610,8 +613,11 @@ pub fn api() -> Api {
             },
         )
         .op(
-            op!(POST "/v1/events/{event_id}/retry", "retryEvent", "events", OK, public: false, command: true,
-                "Retry a failed event", "Dispatches the event again and records the new outcome."),
+            Op {
+                idempotency_key: false,
+                ..op!(POST "/v1/events/{event_id}/retry", "retryEvent", "events", OK, public: false, command: true,
+                    "Retry a failed event", "Dispatches the event again and records the new outcome. A repeat after a success answers 409: the event is no longer failed.")
+            },
             |state: AppState, ctx: Ctx, path: EventPath, _: Empty, _: Empty| async move {
                 allow(&ctx, Action::RetryEvents)?;
                 let retried: Dispatched = state.domain().store().retry(path.event_id).await.map_err(|error| match error {
@@ -624,8 +630,11 @@ pub fn api() -> Api {
             },
         )
         .op(
-            op!(POST "/v1/events/retry-failed", "retryFailedEvents", "events", OK, public: false, command: true,
-                "Retry every failed event", "Retries the failed events the filters match, oldest first, each in its own transaction."),
+            Op {
+                idempotency_key: false,
+                ..op!(POST "/v1/events/retry-failed", "retryFailedEvents", "events", OK, public: false, command: true,
+                    "Retry every failed event", "Retries the failed events the filters match, oldest first, each in its own transaction. Safe to repeat: a repeat retries what is still failed.")
+            },
             |state: AppState, ctx: Ctx, _: Empty, _: Empty, body: RetryFailedRequest| async move {
                 allow(&ctx, Action::RetryEvents)?;
                 let selection = RetrySelection {
@@ -637,7 +646,10 @@ pub fn api() -> Api {
                     .store()
                     .retry_failed(&selection, &mut |_, _| {})
                     .await
-                    .map_err(|e| Problem::internal(&e))?;
+                    .map_err(|error| match error {
+                        RetryError::Database(e) => database(&e),
+                        other => Problem::internal(&other),
+                    })?;
                 Ok(Reply::ok(report))
             },
         )

@@ -386,6 +386,16 @@ backend_test!(
             .send(&s.app)
             .await;
         assert_problem(&bad, StatusCode::BAD_REQUEST, "invalid_field");
+        // An operation that cannot honour a key refuses one instead of ignoring it.
+        let retry = call(Method::POST, "/v1/events/retry-failed")
+            .as_(&admin)
+            .header("idempotency-key", "retry-1")
+            .json(json!({}))
+            .send(&s.app)
+            .await;
+        assert_problem(&retry, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(retry.body["errors"][0]["field"], "idempotency-key");
+        assert_eq!(retry.body["errors"][0]["location"], "header");
         let listed = call(Method::GET, "/v1/organizations")
             .as_(&admin)
             .send(&s.app)

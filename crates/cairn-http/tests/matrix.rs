@@ -94,27 +94,32 @@ backend_test!(
         ];
         let f = &fixture;
         let a = f.org_a;
-        // (method, path, body, expected status per principal kind)
-        let rows: Vec<(Method, String, Option<Value>, [u16; 7])> = vec![
-            (Method::GET, "/health/live".into(), None, [OK; 7]),
-            (Method::GET, "/v1/openapi.json".into(), None, [OK; 7]),
-            (Method::GET, "/v1/asyncapi.json".into(), None, [OK; 7]),
+        // (method, path, body, the scope a service account needs, expected status per
+        // principal kind). "Service with the scope" holds exactly that scope; "service
+        // without it" holds every other one, so a wrong scope mapping fails a row.
+        let rows: Vec<(Method, String, Option<Value>, Option<Scope>, [u16; 7])> = vec![
+            (Method::GET, "/health/live".into(), None, None, [OK; 7]),
+            (Method::GET, "/v1/openapi.json".into(), None, None, [OK; 7]),
+            (Method::GET, "/v1/asyncapi.json".into(), None, None, [OK; 7]),
             (
                 Method::POST,
                 "/v1/organizations".into(),
                 Some(json!("bootstrap")),
+                Some(Scope::OrganizationsBootstrap),
                 [UNAUTH, FORBID, FORBID, FORBID, ACCEPTED, FORBID, ACCEPTED],
             ),
             (
                 Method::GET,
                 "/v1/organizations".into(),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, OK, OK, OK, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/organizations/{a}"),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, OK, OK, FORBID, OK, FORBID, OK],
             ),
             (
@@ -123,42 +128,49 @@ backend_test!(
                 Some(
                     json!({"visit_verification": true, "client_assignment": false, "max_caseload": 9}),
                 ),
+                Some(Scope::OrganizationsWrite),
                 [UNAUTH, FORBID, OK, FORBID, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/organizations/{a}/users"),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, OK, OK, FORBID, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/organizations/{a}/users/{}", f.admin_a_user),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, OK, OK, FORBID, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/organizations/{a}/invitations"),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, FORBID, OK, FORBID, OK, FORBID, OK],
             ),
             (
                 Method::POST,
                 format!("/v1/organizations/{a}/invitations"),
                 Some(json!("invite")),
+                Some(Scope::OrganizationsWrite),
                 [UNAUTH, FORBID, ACCEPTED, FORBID, ACCEPTED, FORBID, ACCEPTED],
             ),
             (
                 Method::GET,
                 format!("/v1/invitations/{}", f.invitation_a),
                 None,
+                Some(Scope::OrganizationsRead),
                 [UNAUTH, FORBID, OK, MISSING, OK, FORBID, OK],
             ),
             (
                 Method::POST,
-                format!("/v1/invitations/{}/resend", f.invitation_a),
+                "resend".into(),
                 None,
+                Some(Scope::OrganizationsWrite),
                 [
                     UNAUTH, FORBID, ACCEPTED, MISSING, ACCEPTED, FORBID, ACCEPTED,
                 ],
@@ -167,60 +179,77 @@ backend_test!(
                 Method::POST,
                 "revoke".into(),
                 Some(json!({"reason": "changed our minds"})),
+                Some(Scope::OrganizationsWrite),
                 [UNAUTH, FORBID, OK, MISSING, OK, FORBID, OK],
             ),
             (
                 Method::POST,
                 "/v1/invitations/accept".into(),
                 Some(json!({"token": "0".repeat(64)})),
+                None,
                 [MISSING; 7],
             ),
             (
                 Method::GET,
                 "/v1/workflows".into(),
                 None,
+                Some(Scope::WorkflowsRead),
                 [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/workflows/{}", f.workflow_a),
                 None,
+                Some(Scope::WorkflowsRead),
                 [UNAUTH, FORBID, OK, MISSING, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 "/v1/events".into(),
                 None,
+                Some(Scope::EventsRead),
                 [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 "/v1/events/failed".into(),
                 None,
+                Some(Scope::EventsRead),
                 [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
             ),
             (
                 Method::GET,
                 format!("/v1/events/{}", f.event_a),
                 None,
+                Some(Scope::EventsRead),
                 [UNAUTH, FORBID, OK, MISSING, OK, FORBID, OK],
             ),
             (
                 Method::POST,
                 format!("/v1/events/{}/retry", f.event_a),
                 None,
+                Some(Scope::EventsRetry),
                 [UNAUTH, FORBID, FORBID, FORBID, CONFLICT, FORBID, CONFLICT],
             ),
             (
                 Method::POST,
                 "/v1/events/retry-failed".into(),
                 Some(json!({})),
+                Some(Scope::EventsRetry),
                 [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, OK],
             ),
         ];
         let mut failures = Vec::new();
         let mut n = 0;
-        for (method, path, body, expected) in &rows {
+        for (method, path, body, scope, expected) in &rows {
+            let others: Vec<Scope> = Scope::ALL
+                .iter()
+                .copied()
+                .filter(|other| Some(*other) != *scope)
+                .collect();
+            let mut principals = principals.clone();
+            principals[4] = service(&scope.map(|scope| vec![scope]).unwrap_or_default());
+            principals[5] = service(if scope.is_some() { &others } else { &[] });
             for (index, principal) in principals.iter().enumerate() {
                 n += 1;
                 let mut path = path.clone();
@@ -233,9 +262,9 @@ backend_test!(
                     })),
                     other => other.clone(),
                 };
-                if path == "revoke" {
+                if path == "revoke" || path == "resend" {
                     let invitation = fresh_invitation(&s, org_a, &n.to_string()).await?;
-                    path = format!("/v1/invitations/{invitation}/revoke");
+                    path = format!("/v1/invitations/{invitation}/{path}");
                 }
                 let mut request = call(method.clone(), path.clone()).as_(principal);
                 if let Some(body) = body {
