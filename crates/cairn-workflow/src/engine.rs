@@ -372,7 +372,9 @@ impl Engine {
         let before = self.inner.records.load(Ordering::SeqCst);
         while let Some(lease) = self.claim().await? {
             report.runs_driven += 1;
-            let result = self.drive(lease).await;
+            // The lease is renewed here too: a one-shot engine may share the database
+            // with `cairn serve`, and a slow step must not lose its run to it.
+            let result = self.drive_with_heartbeat(lease).await;
             self.release(lease).await?;
             match result {
                 Ok(()) | Err(EngineError::LeaseLost { .. }) => {}

@@ -138,6 +138,11 @@ impl Workflow for Scripted {
             "doomed" => Err(StepError::permanent(
                 "550 5.7.1 sender domain is not verified",
             )),
+            "sleepy" => {
+                let ms = input["sleep_ms"].as_u64().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!(1))
+            }
             "slow" => {
                 if self.hang_first_attempt && ctx.attempt() == 1 {
                     std::future::pending::<()>().await;
@@ -587,6 +592,55 @@ backend_test!(
             doubts,
             [("slow".to_owned(), 2, true)],
             "attempt 2 knows attempt 1 may have acted"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_one_shot_engine_keeps_its_lease_through_a_slow_step,
+    |t: TestDb| async move {
+        let store = store(&t).await?;
+        // A lease far shorter than the step: only the heartbeat keeps the run.
+        let config = EngineConfig {
+            lease: Duration::from_millis(300),
+            ..EngineConfig::default()
+        };
+        let clock: Arc<dyn Clock> = Arc::new(cairn_workflow::SystemClock);
+        let slow = Arc::new(Scripted::default());
+        let first = Engine::new(
+            store.clone(),
+            vec![slow.clone()],
+            clock.clone(),
+            config.clone(),
+        );
+        let (id, _) = start(&first, json!({"steps": ["sleepy"], "sleep_ms": 1_500})).await?;
+        let one_shot = tokio::spawn({
+            let first = first.clone();
+            async move { first.run_until_idle().await }
+        });
+        // Once the first engine is inside the step, a second one keeps trying to take it.
+        while slow.log().is_empty() {
+            anyhow::ensure!(!one_shot.is_finished(), "the one-shot engine stopped early");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let eager = Arc::new(Scripted::default());
+        let second = Engine::new(store.clone(), vec![eager.clone()], clock, config);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !one_shot.is_finished() && tokio::time::Instant::now() < deadline {
+            second.run_until_idle().await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        one_shot.await??;
+        assert_eq!(
+            run_state(&first, id).await?.run.status,
+            RunStatus::Completed
+        );
+        assert_eq!(slow.log(), ["perform sleepy"]);
+        assert!(
+            eager.log().is_empty(),
+            "the other engine never took the run: {:?}",
+            eager.log()
         );
         Ok(())
     }
