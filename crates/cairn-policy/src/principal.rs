@@ -157,6 +157,20 @@ pub enum Principal {
     Operator { name: String },
 }
 
+/// Why a service account may not have a name: it would be recorded as the same actor
+/// as someone else (an anonymous caller, a platform administrator, cairn itself).
+pub fn reserved_service_name(name: &str) -> Option<&'static str> {
+    if name == "anonymous" {
+        Some("\"anonymous\" is the actor of unauthenticated requests")
+    } else if name.starts_with("platform-admin-") {
+        Some("names starting with \"platform-admin-\" are the actors of platform administrators")
+    } else if name.starts_with("cairn-") {
+        Some("names starting with \"cairn-\" are cairn's own actors (its engine, its command line)")
+    } else {
+        None
+    }
+}
+
 impl Principal {
     /// The actor recorded on the events this principal causes.
     pub fn actor(&self) -> Actor {

@@ -71,10 +71,17 @@ impl Claims {
                 roles: roles.iter().copied().collect(),
                 ..base(format!("user:{user_id}"), TokenKind::User)
             }),
-            Principal::Service { name, scopes } => Ok(Claims {
-                scopes: scopes.iter().copied().collect(),
-                ..base(format!("service:{name}"), TokenKind::Service)
-            }),
+            Principal::Service { name, scopes } => {
+                if let Some(reason) = crate::principal::reserved_service_name(name) {
+                    return Err(TokenError::Invalid {
+                        reason: format!("service account {name:?}: {reason}"),
+                    });
+                }
+                Ok(Claims {
+                    scopes: scopes.iter().copied().collect(),
+                    ..base(format!("service:{name}"), TokenKind::Service)
+                })
+            }
             Principal::PlatformAdmin { name } => {
                 Ok(base(format!("admin:{name}"), TokenKind::PlatformAdmin))
             }
@@ -103,10 +110,15 @@ impl Claims {
                     roles: self.roles.iter().copied().collect::<BTreeSet<_>>(),
                 })
             }
-            (TokenKind::Service, "service") if !rest.is_empty() => Ok(Principal::Service {
-                name: rest.to_owned(),
-                scopes: self.scopes.iter().copied().collect(),
-            }),
+            (TokenKind::Service, "service") if !rest.is_empty() => {
+                if let Some(reason) = crate::principal::reserved_service_name(rest) {
+                    return Err(invalid(format!("service account {rest:?}: {reason}")));
+                }
+                Ok(Principal::Service {
+                    name: rest.to_owned(),
+                    scopes: self.scopes.iter().copied().collect(),
+                })
+            }
             (TokenKind::PlatformAdmin, "admin") if !rest.is_empty() => {
                 Ok(Principal::PlatformAdmin {
                     name: rest.to_owned(),
@@ -297,6 +309,39 @@ mod tests {
         };
         let token = mint(&service, SECRET, Duration::from_secs(60)).unwrap();
         assert_eq!(auth.authenticate(&token).unwrap(), service);
+    }
+
+    #[test]
+    fn a_service_account_cannot_pass_for_another_actor() {
+        let auth = Authenticator::new(&KeySource::Secret(SECRET.to_vec())).unwrap();
+        for name in ["anonymous", "platform-admin-ops", "cairn-workflow-engine"] {
+            let service = Principal::Service {
+                name: name.into(),
+                scopes: BTreeSet::new(),
+            };
+            let refused = mint(&service, SECRET, Duration::from_secs(60)).unwrap_err();
+            assert!(refused.to_string().contains(name), "{refused}");
+            // Nor is such a token, minted elsewhere, accepted.
+            let mut claims = Claims::for_principal(
+                &Principal::Service {
+                    name: "fine".into(),
+                    scopes: BTreeSet::new(),
+                },
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            claims.sub = format!("service:{name}");
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert!(matches!(
+                auth.authenticate(&forged),
+                Err(TokenError::Invalid { .. })
+            ));
+        }
     }
 
     #[test]

@@ -304,6 +304,13 @@ pub struct Runtime {
     pub fault_pause_after_records: Option<u64>,
 }
 
+impl Runtime {
+    /// The mail URL for output, with any password hidden.
+    pub fn mail_display(&self) -> String {
+        cairn_log::db::redact_url(&self.mail_url)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON for programs instead of text for people.
@@ -465,6 +472,21 @@ pub struct BenchAppendArgs {
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
+
+    #[test]
+    fn mail_urls_are_printed_without_their_password() {
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from([
+            "cairn",
+            "--mail-url",
+            "smtp://mailer:hunter2@mail.example.com:587",
+            "status",
+        ])
+        .expect("parses");
+        let shown = cli.runtime.mail_display();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("mail.example.com:587"), "{shown}");
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

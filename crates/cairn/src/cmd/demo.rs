@@ -132,7 +132,7 @@ pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result
         .collect();
     let report = DemoReport {
         database: domain.store().db().describe(),
-        mail: runtime.mail_url.clone(),
+        mail: runtime.mail_display(),
         organization,
         users,
         workflow,

@@ -82,7 +82,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         "{} listening on http://{address}\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json",
         style("cairn").bold(),
         domain.store().db().describe(),
-        runtime.mail_url,
+        runtime.mail_display(),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let engine = domain.engine().clone();

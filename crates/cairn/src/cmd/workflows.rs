@@ -195,7 +195,7 @@ async fn run_engine(
     eprintln!(
         "workflow engine running on {} (mail: {}); Ctrl-C to stop",
         domain.store().db().describe(),
-        runtime.mail_url
+        runtime.mail_display()
     );
     engine
         .run(async {
