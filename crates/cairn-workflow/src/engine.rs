@@ -69,6 +69,10 @@ pub struct EngineConfig {
     /// making progress and says so on stderr, so a test can kill the process at a
     /// known point. `None` in normal operation.
     pub pause_after_records: Option<u64>,
+    /// Fault injection for crash tests: after this many external steps have acted
+    /// (sent their email) and before the outcome is recorded, the engine stops and
+    /// says so on stderr: the in-doubt window. `None` in normal operation.
+    pub pause_after_effects: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +86,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(200),
             concurrency: 4,
             pause_after_records: None,
+            pause_after_effects: None,
         }
     }
 }
@@ -165,6 +170,8 @@ struct Inner {
     config: EngineConfig,
     wake: Notify,
     records: AtomicU64,
+    /// External steps that acted, for the fault hook.
+    effects: AtomicU64,
 }
 
 /// The workflow engine. Cheap to clone.
@@ -338,6 +345,7 @@ impl Engine {
                 config,
                 wake: Notify::new(),
                 records: AtomicU64::new(0),
+                effects: AtomicU64::new(0),
             }),
         }
     }
@@ -832,6 +840,15 @@ impl Engine {
         };
         let step_tx = ctx.tx.take();
         drop(ctx);
+        if call.effect == Effect::External && outcome.is_ok() {
+            let n_effects = self.inner.effects.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.inner.config.pause_after_effects == Some(n_effects) {
+                eprintln!(
+                    "cairn: workflow engine paused after {n_effects} effects, before recording (fault injection)"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
         let finished_at = self.now();
         match outcome {
             Ok(result) => {

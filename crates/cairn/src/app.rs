@@ -52,6 +52,7 @@ pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain>
     };
     let mut engine_config = EngineConfig {
         pause_after_records: runtime.fault_pause_after_records,
+        pause_after_effects: runtime.fault_pause_after_effects,
         ..EngineConfig::default()
     };
     if let Some(seconds) = runtime.workflow_lease_seconds {

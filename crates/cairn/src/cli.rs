@@ -302,6 +302,16 @@ pub struct Runtime {
         hide = true
     )]
     pub fault_pause_after_records: Option<u64>,
+
+    /// Fault injection for crash tests: the engine stops after this many emails were
+    /// handed over, before recording them.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_FAULT_PAUSE_AFTER_EFFECTS",
+        hide = true
+    )]
+    pub fault_pause_after_effects: Option<u64>,
 }
 
 impl Runtime {

@@ -215,6 +215,12 @@ backend_test!(
 /// Spawns `cairn workflows run --until-idle` that pauses after `pause_after` records,
 /// and kills it with SIGKILL there. Returns whether it was killed (false: it finished).
 async fn run_and_kill_at(url: &str, mail: &str, pause_after: u64) -> anyhow::Result<bool> {
+    run_and_kill(url, mail, "CAIRN_FAULT_PAUSE_AFTER_RECORDS", pause_after).await
+}
+
+/// Spawns `cairn workflows run --until-idle` with a fault hook (`hook` set to `n`) and
+/// kills it with SIGKILL where the hook pauses it. Returns whether it was killed.
+async fn run_and_kill(url: &str, mail: &str, hook: &str, n: u64) -> anyhow::Result<bool> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "--database-url",
@@ -225,7 +231,7 @@ async fn run_and_kill_at(url: &str, mail: &str, pause_after: u64) -> anyhow::Res
             "run",
             "--until-idle",
         ])
-        .env("CAIRN_FAULT_PAUSE_AFTER_RECORDS", pause_after.to_string())
+        .env(hook, n.to_string())
         .env("CAIRN_WORKFLOW_LEASE", "0.2")
         .env_remove("CAIRN_DATABASE_URL")
         .stdin(std::process::Stdio::null())
@@ -252,8 +258,11 @@ async fn run_and_kill_at(url: &str, mail: &str, pause_after: u64) -> anyhow::Res
     Ok(false)
 }
 
+// Kills land at record boundaries: after a step's start, its outcome, a timer. A kill
+// between an SMTP server accepting a message and the step's record is the in-doubt
+// window; the tests after this one cover it.
 backend_test!(
-    a_process_killed_mid_workflow_resumes_and_mails_each_invitation_exactly_once,
+    a_process_killed_at_every_record_boundary_resumes_and_mails_each_invitation_once,
     |t: TestDb| async move {
         let sink = SmtpSink::start(SinkOptions {
             delay: Duration::from_millis(5),
@@ -326,6 +335,80 @@ backend_test!(
         }
         assert_exit(&cairn(t.url(), &["replay", "--verify"]).await, 0);
         assert_exit(&cairn(t.url(), &["audit", "verify"]).await, 0);
+        Ok(())
+    }
+);
+
+/// Runs the engine, killing it each time it has handed over a new email and not yet
+/// recorded it, until the bootstraps complete. Returns how many kills it took.
+async fn kill_in_the_in_doubt_window(t: &TestDb, mail: &str) -> anyhow::Result<u32> {
+    let mut kills = 0;
+    for _ in 0..50 {
+        // After a kill, the next process's first effect settles the email in doubt;
+        // its second is a new email, and the kill lands there.
+        let nth = if kills == 0 { 1 } else { 2 };
+        if run_and_kill(t.url(), mail, "CAIRN_FAULT_PAUSE_AFTER_EFFECTS", nth).await? {
+            kills += 1;
+        }
+        if bootstrap_statuses(t)
+            .await?
+            .iter()
+            .all(|s| s == "completed")
+        {
+            return Ok(kills);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!(
+        "the bootstraps did not complete: {:?}",
+        bootstrap_statuses(t).await?
+    )
+}
+
+backend_test!(
+    a_kill_after_an_email_reached_the_outbox_settles_it_without_sending_again,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mail = outbox_url(outbox.path());
+        start_bootstraps(t.url(), 1, "doubt-outbox").await;
+        let kills = kill_in_the_in_doubt_window(&t, &mail).await?;
+        assert!(
+            kills >= 3,
+            "each of the three emails was interrupted: {kills} kills"
+        );
+        let messages = std::fs::read_dir(outbox.path())?
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".eml"))
+            .count();
+        assert_eq!(
+            messages, 3,
+            "each email exactly once, though every send was in doubt"
+        );
+        assert_exit(&cairn(t.url(), &["replay", "--verify"]).await, 0);
+        Ok(())
+    }
+);
+
+backend_test!(
+    over_smtp_a_kill_in_the_in_doubt_window_resends_with_the_same_message_id,
+    |t: TestDb| async move {
+        // SMTP cannot say whether a message was accepted before the crash, so the
+        // resumed step sends it again, under the same Message-ID, for the receiving
+        // side to recognise. This is the window the outbox closes and SMTP cannot.
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        start_bootstraps(t.url(), 1, "doubt-smtp").await;
+        let kills = kill_in_the_in_doubt_window(&t, &sink.url()).await?;
+        assert!(kills >= 3, "{kills} kills");
+        let messages = sink.messages();
+        let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+        for message in &messages {
+            *by_id.entry(message.message_id.clone()).or_default() += 1;
+        }
+        assert_eq!(by_id.len(), 3, "three distinct emails: {by_id:?}");
+        assert!(
+            by_id.values().all(|n| *n == 2),
+            "each interrupted send went out twice, with one Message-ID: {by_id:?}"
+        );
         Ok(())
     }
 );
