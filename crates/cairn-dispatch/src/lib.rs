@@ -34,7 +34,7 @@ pub use dispatcher::Dispatcher;
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,
-    RegistryError, Route, Router, RouterBuilder, payload,
+    RegistryError, Route, Router, RouterBuilder, StreamKey, payload,
 };
 pub use replay::{
     ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayOptions, ReplayReport,

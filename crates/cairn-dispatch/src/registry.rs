@@ -70,6 +70,18 @@ pub struct ProjectionTable {
     pub name: &'static str,
     /// The columns that identify a row, for reports.
     pub key: &'static [&'static str],
+    /// The stream each row belongs to, if rows belong to streams: a subscriber is sent
+    /// the rows of the stream an event was appended to.
+    pub stream: Option<StreamKey>,
+}
+
+/// Where a projection row names its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamKey {
+    /// The stream type whose events write these rows.
+    pub stream_type: &'static str,
+    /// The column holding the stream id.
+    pub column: &'static str,
 }
 
 /// Where the dispatcher sends the events of one stream type.
@@ -131,6 +143,10 @@ pub enum RegistryError {
     DuplicateProjection { table: String },
     #[error("event type {event_type} has two payload types")]
     DuplicatePayload { event_type: String },
+    #[error(
+        "projection table {table} belongs to streams of type {stream_type}, which has no route"
+    )]
+    UnroutedStreamKey { table: String, stream_type: String },
 }
 
 /// The complete routing table. Built once at start-up; names are checked as they are
@@ -359,9 +375,24 @@ impl RegistryBuilder {
 
     /// The registry, or the first registration that was refused.
     pub fn build(self) -> Result<Registry, RegistryError> {
-        match self.error {
-            Some(error) => Err(error),
-            None => Ok(self.registry),
+        if let Some(error) = self.error {
+            return Err(error);
         }
+        for table in &self.registry.projections {
+            if let Some(key) = table.stream {
+                let routed = self
+                    .registry
+                    .routes
+                    .keys()
+                    .any(|stream_type| stream_type.as_str() == key.stream_type);
+                if !routed {
+                    return Err(RegistryError::UnroutedStreamKey {
+                        table: table.name.to_owned(),
+                        stream_type: key.stream_type.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(self.registry)
     }
 }

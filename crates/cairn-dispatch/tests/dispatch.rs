@@ -124,10 +124,12 @@ fn widget_routes(builder: RegistryBuilder) -> RegistryBuilder {
         .projection(ProjectionTable {
             name: "widgets",
             key: &["id"],
+            stream: None,
         })
         .projection(ProjectionTable {
             name: "widget_counts",
             key: &["id"],
+            stream: None,
         })
 }
 
@@ -143,7 +145,8 @@ fn registry() -> Registry {
 }
 
 async fn store(t: &TestDb, registry: Registry) -> anyhow::Result<EventStore> {
-    t.migrate(WIDGETS).await?;
+    t.migrate_sets(&[cairn_dispatch::MIGRATIONS, WIDGETS])
+        .await?;
     Ok(EventStore::new(t.db().clone(), registry))
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use cairn_dispatch::{
-    Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, payload,
+    Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, StreamKey, payload,
 };
 use cairn_log::{RecordedEvent, args};
 
@@ -281,18 +281,34 @@ pub const TABLES: [ProjectionTable; 4] = [
     ProjectionTable {
         name: "organizations",
         key: &["id"],
+        stream: Some(StreamKey {
+            stream_type: stream::ORGANIZATION,
+            column: "id",
+        }),
     },
     ProjectionTable {
         name: "users",
         key: &["id"],
+        stream: Some(StreamKey {
+            stream_type: stream::USER,
+            column: "id",
+        }),
     },
     ProjectionTable {
         name: "role_assignments",
         key: &["user_id", "role"],
+        stream: Some(StreamKey {
+            stream_type: stream::USER,
+            column: "user_id",
+        }),
     },
     ProjectionTable {
         name: "invitations",
         key: &["id"],
+        stream: Some(StreamKey {
+            stream_type: stream::INVITATION,
+            column: "id",
+        }),
     },
 ];
 

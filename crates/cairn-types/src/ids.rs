@@ -152,6 +152,18 @@ uuid_id!(
     OrgId,
     "organization id"
 );
+impl OrgId {
+    /// The reserved tenant of the integration probe. Its synthetic events and rows
+    /// belong to no real organization: tenant reads never see them, and cross-tenant
+    /// reads (lists, subscriptions) leave them out unless asked for by this id.
+    pub const PROBE: OrgId = OrgId(Uuid::from_u128(0x00000000_0000_7000_8000_00000000c0de));
+
+    /// Whether this is the probe's reserved tenant.
+    pub fn is_probe(&self) -> bool {
+        *self == Self::PROBE
+    }
+}
+
 uuid_id!(
     /// A user of one organization.
     UserId,

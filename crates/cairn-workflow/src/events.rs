@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use cairn_dispatch::{
-    EventPayload, Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, payload,
+    EventPayload, Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, StreamKey,
+    payload,
 };
 use cairn_log::{RecordedEvent, args};
 use cairn_types::WorkflowId;
@@ -543,9 +544,17 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
         .projection(ProjectionTable {
             name: "workflow_runs",
             key: &["id"],
+            stream: Some(StreamKey {
+                stream_type: STREAM_TYPE,
+                column: "id",
+            }),
         })
         .projection(ProjectionTable {
             name: "workflow_steps",
             key: &["run_id", "name"],
+            stream: Some(StreamKey {
+                stream_type: STREAM_TYPE,
+                column: "run_id",
+            }),
         })
 }
