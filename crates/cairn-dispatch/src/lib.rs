@@ -29,12 +29,13 @@ mod replay;
 mod safety_net;
 mod spec;
 mod store;
+mod views;
 
 pub use dispatcher::Dispatcher;
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,
-    RegistryError, Route, Router, RouterBuilder, StreamKey, payload,
+    RegistryError, Route, Router, RouterBuilder, payload,
 };
 pub use replay::{
     ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayOptions, ReplayReport,
@@ -43,3 +44,4 @@ pub use replay::{
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
 pub use spec::{EventPayload, EventSpec};
 pub use store::{Appended, Dispatched, EventStore, RetryError, RetryReport, RetrySelection};
+pub use views::{ReadFuture, TypedView, View};

@@ -70,18 +70,6 @@ pub struct ProjectionTable {
     pub name: &'static str,
     /// The columns that identify a row, for reports.
     pub key: &'static [&'static str],
-    /// The stream each row belongs to, if rows belong to streams: a subscriber is sent
-    /// the rows of the stream an event was appended to.
-    pub stream: Option<StreamKey>,
-}
-
-/// Where a projection row names its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamKey {
-    /// The stream type whose events write these rows.
-    pub stream_type: &'static str,
-    /// The column holding the stream id.
-    pub column: &'static str,
 }
 
 /// Where the dispatcher sends the events of one stream type.
@@ -143,10 +131,8 @@ pub enum RegistryError {
     DuplicateProjection { table: String },
     #[error("event type {event_type} has two payload types")]
     DuplicatePayload { event_type: String },
-    #[error(
-        "projection table {table} belongs to streams of type {stream_type}, which has no route"
-    )]
-    UnroutedStreamKey { table: String, stream_type: String },
+    #[error("stream type {stream_type} has two views named {name}")]
+    DuplicateView { stream_type: String, name: String },
 }
 
 /// The complete routing table. Built once at start-up; names are checked as they are
@@ -156,6 +142,13 @@ pub struct Registry {
     routes: BTreeMap<StreamType, Route>,
     projections: Vec<ProjectionTable>,
     specs: BTreeMap<EventType, EventSpec>,
+    views: BTreeMap<StreamType, Vec<Arc<dyn crate::views::View>>>,
+}
+
+impl std::fmt::Debug for dyn crate::views::View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "View({})", self.name())
+    }
 }
 
 /// The administrative stream types, which have explicit no-op routes.
@@ -200,6 +193,18 @@ impl Registry {
     /// Every registered payload contract, by event type.
     pub fn specs(&self) -> impl Iterator<Item = &EventSpec> {
         self.specs.values()
+    }
+
+    /// The views of a stream type's streams.
+    pub fn views(&self, stream_type: &StreamType) -> &[Arc<dyn crate::views::View>] {
+        self.views.get(stream_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every view, with its stream type.
+    pub fn all_views(&self) -> impl Iterator<Item = (&StreamType, &Arc<dyn crate::views::View>)> {
+        self.views
+            .iter()
+            .flat_map(|(stream_type, views)| views.iter().map(move |view| (stream_type, view)))
     }
 }
 
@@ -354,6 +359,33 @@ impl RegistryBuilder {
         })
     }
 
+    /// Registers a view of the streams of `stream_type`.
+    pub fn view(mut self, stream_type: &str, view: impl crate::views::View) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let stream_type = match StreamType::parse(stream_type) {
+            Ok(stream_type) => stream_type,
+            Err(source) => {
+                self.error = Some(RegistryError::BadName {
+                    what: "a view's stream type",
+                    source,
+                });
+                return self;
+            }
+        };
+        let views = self.registry.views.entry(stream_type.clone()).or_default();
+        if views.iter().any(|v| v.name() == view.name()) {
+            self.error = Some(RegistryError::DuplicateView {
+                stream_type: stream_type.to_string(),
+                name: view.name().to_owned(),
+            });
+        } else {
+            views.push(Arc::new(view));
+        }
+        self
+    }
+
     /// Declares a projection table the handlers write.
     pub fn projection(mut self, table: ProjectionTable) -> Self {
         if self.error.is_none() {
@@ -375,24 +407,9 @@ impl RegistryBuilder {
 
     /// The registry, or the first registration that was refused.
     pub fn build(self) -> Result<Registry, RegistryError> {
-        if let Some(error) = self.error {
-            return Err(error);
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(self.registry),
         }
-        for table in &self.registry.projections {
-            if let Some(key) = table.stream {
-                let routed = self
-                    .registry
-                    .routes
-                    .keys()
-                    .any(|stream_type| stream_type.as_str() == key.stream_type);
-                if !routed {
-                    return Err(RegistryError::UnroutedStreamKey {
-                        table: table.name.to_owned(),
-                        stream_type: key.stream_type.to_owned(),
-                    });
-                }
-            }
-        }
-        Ok(self.registry)
     }
 }

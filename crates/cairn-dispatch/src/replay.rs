@@ -497,22 +497,25 @@ fn sqlite_shadow_sql(kind: &str, sql: &str) -> Option<String> {
     Some(format!("{temp_prefix}{rest}"))
 }
 
-async fn read_rows(
+/// A `SELECT` of every row of `schema.table` as one JSON object per row, in a column
+/// named `row`.
+pub(crate) async fn row_json_select(
     conn: &mut Conn<'_>,
-    schema: &str,
-    table: &ProjectionTable,
-) -> Result<BTreeMap<String, (Value, Value)>, ReplayError> {
-    let sql = match conn.backend() {
-        Backend::Postgres => format!(
-            "SELECT to_jsonb(t) AS row FROM {}.{} AS t",
-            quote_ident(schema),
-            quote_ident(table.name)
-        ),
+    schema: Option<&str>,
+    table: &str,
+) -> Result<String, sqlx::Error> {
+    let qualified = match schema {
+        Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+        None => quote_ident(table),
+    };
+    Ok(match conn.backend() {
+        Backend::Postgres => format!("SELECT to_jsonb(t) AS row FROM {qualified} AS t"),
         Backend::Sqlite => {
-            let pragma = format!("SELECT name FROM pragma_table_info($1, '{schema}') ORDER BY cid");
-            let columns = conn
-                .fetch_all(AssertSqlSafe(pragma), args![table.name])
-                .await?;
+            let pragma = format!(
+                "SELECT name FROM pragma_table_info($1, '{}') ORDER BY cid",
+                schema.unwrap_or("main")
+            );
+            let columns = conn.fetch_all(AssertSqlSafe(pragma), args![table]).await?;
             let mut pairs = Vec::with_capacity(columns.len());
             for column in columns {
                 let name: String = column.get("name")?;
@@ -523,13 +526,19 @@ async fn read_rows(
                 ));
             }
             format!(
-                "SELECT json_object({}) AS row FROM {}.{}",
-                pairs.join(", "),
-                schema,
-                quote_ident(table.name)
+                "SELECT json_object({}) AS row FROM {qualified} AS t",
+                pairs.join(", ")
             )
         }
-    };
+    })
+}
+
+async fn read_rows(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    table: &ProjectionTable,
+) -> Result<BTreeMap<String, (Value, Value)>, ReplayError> {
+    let sql = row_json_select(conn, Some(schema), table.name).await?;
     let rows = conn.fetch_all(AssertSqlSafe(sql), args![]).await?;
     let mut by_key = BTreeMap::new();
     for row in rows {

@@ -124,12 +124,10 @@ fn widget_routes(builder: RegistryBuilder) -> RegistryBuilder {
         .projection(ProjectionTable {
             name: "widgets",
             key: &["id"],
-            stream: None,
         })
         .projection(ProjectionTable {
             name: "widget_counts",
             key: &["id"],
-            stream: None,
         })
 }
 

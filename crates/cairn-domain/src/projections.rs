@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use cairn_dispatch::{
-    Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, StreamKey, payload,
+    Handler, HandlerError, ProjectionTable, Projections, ReadFuture, RegistryBuilder, TypedView,
+    payload,
 };
-use cairn_log::{RecordedEvent, args};
+use cairn_log::{Conn, RecordedEvent, args};
+use cairn_types::{InvitationId, OrgId, StreamId, UserId};
 
 use crate::events::{
     BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
@@ -281,34 +283,18 @@ pub const TABLES: [ProjectionTable; 4] = [
     ProjectionTable {
         name: "organizations",
         key: &["id"],
-        stream: Some(StreamKey {
-            stream_type: stream::ORGANIZATION,
-            column: "id",
-        }),
     },
     ProjectionTable {
         name: "users",
         key: &["id"],
-        stream: Some(StreamKey {
-            stream_type: stream::USER,
-            column: "id",
-        }),
     },
     ProjectionTable {
         name: "role_assignments",
         key: &["user_id", "role"],
-        stream: Some(StreamKey {
-            stream_type: stream::USER,
-            column: "user_id",
-        }),
     },
     ProjectionTable {
         name: "invitations",
         key: &["id"],
-        stream: Some(StreamKey {
-            stream_type: stream::INVITATION,
-            column: "id",
-        }),
     },
 ];
 
@@ -336,7 +322,41 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<InvitationRevoked>(OnInvitationRevoked)
                 .event::<InvitationExpired>(OnInvitationExpired)
         });
+    let builder = builder
+        .view(
+            stream::ORGANIZATION,
+            TypedView::new("organization", organization_view),
+        )
+        .view(stream::USER, TypedView::new("user", user_view))
+        .view(
+            stream::INVITATION,
+            TypedView::new("invitation", invitation_view),
+        );
     TABLES
         .into_iter()
         .fold(builder, |builder, table| builder.projection(table))
+}
+
+fn organization_view<'a>(
+    conn: &'a mut Conn<'_>,
+    id: StreamId,
+) -> ReadFuture<'a, crate::queries::Organization> {
+    Box::pin(crate::queries::organization(
+        conn,
+        OrgId::from_uuid(id.as_uuid()),
+    ))
+}
+
+fn user_view<'a>(conn: &'a mut Conn<'_>, id: StreamId) -> ReadFuture<'a, crate::queries::User> {
+    Box::pin(crate::queries::user(conn, UserId::from_uuid(id.as_uuid())))
+}
+
+fn invitation_view<'a>(
+    conn: &'a mut Conn<'_>,
+    id: StreamId,
+) -> ReadFuture<'a, crate::queries::Invitation> {
+    Box::pin(crate::queries::invitation(
+        conn,
+        InvitationId::from_uuid(id.as_uuid()),
+    ))
 }

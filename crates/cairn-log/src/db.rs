@@ -611,7 +611,9 @@ impl Tenancy {
 pub const TENANT_READER_ROLE: &str = "cairn_tenant_reader";
 
 impl Db {
-    /// A read-only transaction confined to `tenancy`. On PostgreSQL it runs as the
+    /// A read-only transaction confined to `tenancy`, reading one consistent snapshot
+    /// (like [`Db::snapshot`]: a reader that reads the head and then the events below
+    /// it sees all of them). On PostgreSQL it runs as the
     /// `cairn_tenant_reader` role with `cairn.tenant` set, so row-level security hides
     /// every other tenant's rows even from a query that forgot to filter: the second
     /// wall behind the policy's own filters.
@@ -621,8 +623,10 @@ impl Db {
                 tx: Tx::read_only(TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)),
             }),
             Pools::Postgres { pool, .. } => {
-                let mut tx =
-                    Tx::read_only(TxInner::Postgres(pool.begin_with("BEGIN READ ONLY").await?));
+                let mut tx = Tx::read_only(TxInner::Postgres(
+                    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        .await?,
+                ));
                 let mut conn = tx.conn();
                 conn.execute_script("SET LOCAL ROLE cairn_tenant_reader")
                     .await?;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use cairn_dispatch::{
-    EventPayload, Handler, HandlerError, ProjectionTable, Projections, RegistryBuilder, StreamKey,
-    payload,
+    EventPayload, Handler, HandlerError, ProjectionTable, Projections, ReadFuture, RegistryBuilder,
+    TypedView, payload,
 };
 use cairn_log::{RecordedEvent, args};
 use cairn_types::WorkflowId;
@@ -544,17 +544,20 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
         .projection(ProjectionTable {
             name: "workflow_runs",
             key: &["id"],
-            stream: Some(StreamKey {
-                stream_type: STREAM_TYPE,
-                column: "id",
-            }),
         })
         .projection(ProjectionTable {
             name: "workflow_steps",
             key: &["run_id", "name"],
-            stream: Some(StreamKey {
-                stream_type: STREAM_TYPE,
-                column: "run_id",
-            }),
         })
+        .view(STREAM_TYPE, TypedView::new("workflow_run", run_view))
+}
+
+fn run_view<'a>(
+    conn: &'a mut cairn_log::Conn<'_>,
+    id: cairn_types::StreamId,
+) -> ReadFuture<'a, crate::state::RunWithSteps> {
+    Box::pin(crate::state::load(
+        conn,
+        cairn_types::WorkflowId::from_uuid(id.as_uuid()),
+    ))
 }

@@ -58,10 +58,6 @@ fn registry() -> anyhow::Result<Registry> {
         .projection(ProjectionTable {
             name: "bench_totals",
             key: &["stream_id"],
-            stream: Some(cairn_dispatch::StreamKey {
-                stream_type: "bench",
-                column: "stream_id",
-            }),
         })
         .build()?)
 }
