@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
@@ -80,6 +81,17 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// What an operation answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Produces {
+    /// One JSON document.
+    Json,
+    /// Server-Sent Events, each event's data one JSON message.
+    EventStream,
+    /// A WebSocket, each text frame one JSON message.
+    WebSocket,
+}
+
 /// An operation as documented.
 #[derive(Clone)]
 pub struct Documented {
@@ -88,7 +100,9 @@ pub struct Documented {
     path: SchemaFn,
     query: SchemaFn,
     body: Option<SchemaFn>,
+    /// The response's schema: the document, or each streamed message.
     response: SchemaFn,
+    produces: Produces,
 }
 
 impl std::fmt::Debug for Documented {
@@ -188,6 +202,51 @@ impl Api {
             query: schema_of::<Q>,
             body: takes_body.then_some(schema_of::<B> as SchemaFn),
             response: schema_of::<R>,
+            produces: Produces::Json,
+        });
+        self
+    }
+
+    /// Registers an operation that streams messages of type `M` (Server-Sent Events or
+    /// a WebSocket) instead of answering one document. It reads `Q` from the query and
+    /// hands the handler the request's parts, for the upgrade and its headers.
+    pub fn stream<Q, M, F, Fut>(mut self, op: Op, produces: Produces, handler: F) -> Self
+    where
+        Q: DeserializeOwned + JsonSchema + Send + 'static,
+        M: JsonSchema + 'static,
+        F: Fn(AppState, Ctx, Q, Parts) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response, Problem>> + Send + 'static,
+    {
+        let fields = Arc::new(Fields::of::<Empty, Q, Empty>());
+        let route_fields = fields.clone();
+        let route = move |State(state): State<AppState>, request: Request| {
+            let handler = handler.clone();
+            let fields = route_fields.clone();
+            async move {
+                let (mut parts, _body) = request.into_parts();
+                let ctx = match Ctx::from_request_parts(&mut parts, &state).await {
+                    Ok(ctx) => ctx,
+                    Err(problem) => return problem.into_response(),
+                };
+                let query = match input::query::<Q>(&parts, &fields) {
+                    Ok(query) => query,
+                    Err(problem) => return problem.into_response(),
+                };
+                match handler(state, ctx, query, parts).await {
+                    Ok(response) => response,
+                    Err(problem) => problem.into_response(),
+                }
+            }
+        };
+        self.router = self.router.route(op.path, on(filter(&op.method), route));
+        self.documented.push(Documented {
+            op,
+            fields,
+            path: schema_of::<Empty>,
+            query: schema_of::<Q>,
+            body: None,
+            response: schema_of::<M>,
+            produces,
         });
         self
     }
@@ -302,11 +361,33 @@ pub fn openapi(documented: &[Documented]) -> Value {
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
             }));
         }
-        let mut success = json!({
-            "description": "Success.",
-            "headers": response_headers(),
-            "content": {"application/json": {"schema": (doc.response)(&mut generator)}}
-        });
+        let message = (doc.response)(&mut generator);
+        let (success_status, mut success) = match doc.produces {
+            Produces::Json => (
+                op.success.as_u16().to_string(),
+                json!({
+                    "description": "Success.",
+                    "headers": response_headers(),
+                    "content": {"application/json": {"schema": message}}
+                }),
+            ),
+            Produces::EventStream => (
+                op.success.as_u16().to_string(),
+                json!({
+                    "description": "A stream of Server-Sent Events. Each event's `event` field is the message type, its `id` the log position to resume after (send it back as `Last-Event-ID`), its `data` one JSON message as `x-message-schema` describes. /v1/asyncapi.json documents the messages.",
+                    "headers": response_headers(),
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "x-message-schema": message,
+                }),
+            ),
+            Produces::WebSocket => (
+                "101".to_owned(),
+                json!({
+                    "description": "Switching Protocols: a WebSocket whose text frames are JSON messages as `x-message-schema` describes; the server pings, and closes a connection that stops answering. /v1/asyncapi.json documents the messages.",
+                    "x-message-schema": message,
+                }),
+            ),
+        };
         if !op.links.is_empty() {
             let mut links = Map::new();
             for (operation, parameter, expression) in op.links {
@@ -318,7 +399,7 @@ pub fn openapi(documented: &[Documented]) -> Value {
             success["links"] = Value::Object(links);
         }
         let mut responses = Map::new();
-        responses.insert(op.success.as_u16().to_string(), success);
+        responses.insert(success_status, success);
         let mut bad_request = vec![
             ProblemCode::InvalidField,
             ProblemCode::UnknownField,
@@ -366,6 +447,15 @@ pub fn openapi(documented: &[Documented]) -> Value {
             responses.insert(
                 "409".into(),
                 problem_response("The request conflicts with the current state.", codes),
+            );
+        }
+        if doc.produces == Produces::WebSocket {
+            responses.insert(
+                "426".into(),
+                problem_response(
+                    "The request is not a WebSocket upgrade.",
+                    &[ProblemCode::UpgradeRequired],
+                ),
             );
         }
         if doc.body.is_some() {

@@ -138,7 +138,19 @@ async fn with_correlation(response: Response, correlation_id: CorrelationId) -> 
 pub struct Ctx {
     pub correlation_id: CorrelationId,
     pub principal: Principal,
+    /// When the bearer token expires, if one was sent.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub idempotency_key: Option<String>,
+}
+
+/// The problem for a token that did not verify.
+pub fn token_problem(error: TokenError) -> Problem {
+    match error {
+        TokenError::Expired => Problem::new(ProblemCode::TokenExpired, error.to_string()),
+        TokenError::Invalid { .. } | TokenError::Config { .. } => {
+            Problem::new(ProblemCode::InvalidToken, error.to_string())
+        }
+    }
 }
 
 impl Ctx {
@@ -160,8 +172,8 @@ impl FromRequestParts<AppState> for Ctx {
             .extensions
             .get::<Correlation>()
             .map_or_else(CorrelationId::new_v7, |c| c.correlation_id);
-        let principal = match parts.headers.get(header::AUTHORIZATION) {
-            None => Principal::Anonymous,
+        let (principal, expires_at) = match parts.headers.get(header::AUTHORIZATION) {
+            None => (Principal::Anonymous, None),
             Some(value) => {
                 let text = value.to_str().unwrap_or_default();
                 let Some(token) = text
@@ -173,17 +185,8 @@ impl FromRequestParts<AppState> for Ctx {
                         "the Authorization header must be `Bearer <token>`",
                     ));
                 };
-                state
-                    .auth()
-                    .authenticate(token.trim())
-                    .map_err(|error| match error {
-                        TokenError::Expired => {
-                            Problem::new(ProblemCode::TokenExpired, error.to_string())
-                        }
-                        TokenError::Invalid { .. } | TokenError::Config { .. } => {
-                            Problem::new(ProblemCode::InvalidToken, error.to_string())
-                        }
-                    })?
+                let verified = state.auth().verify(token.trim()).map_err(token_problem)?;
+                (verified.principal, Some(verified.expires_at))
             }
         };
         let idempotency_key = match parts.headers.get(IDEMPOTENCY_HEADER) {
@@ -204,6 +207,7 @@ impl FromRequestParts<AppState> for Ctx {
         Ok(Ctx {
             correlation_id,
             principal,
+            expires_at,
             idempotency_key,
         })
     }

@@ -16,6 +16,7 @@ pub mod contracts;
 pub mod input;
 pub mod problem;
 pub mod routes;
+pub mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::problem::{Problem, ProblemCode};
 struct Inner {
     domain: Domain,
     auth: Authenticator,
+    feed: cairn_realtime::Feed,
     openapi: Value,
     asyncapi: Value,
 }
@@ -60,6 +62,10 @@ impl AppState {
 
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    pub fn feed(&self) -> &cairn_realtime::Feed {
+        &self.inner.feed
     }
 
     pub fn db(&self) -> &Db {
@@ -104,22 +110,39 @@ async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse
 
 /// The application: every route, with its state and middleware.
 pub fn app(domain: Domain, auth: Authenticator) -> Router {
+    build(domain, auth).router
+}
+
+/// The application and its state, for a server that also runs the feed's shutdown
+/// and the integration probe.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub router: Router,
+    pub state: AppState,
+}
+
+/// Builds the application.
+pub fn build(domain: Domain, auth: Authenticator) -> Built {
     let (router, documented) = routes::api().finish();
     let openapi = api::openapi(&documented);
-    let asyncapi = contracts::asyncapi(domain.store().dispatcher().registry());
+    let registry = domain.store().dispatcher().registry().clone();
+    let asyncapi = contracts::asyncapi(&registry);
+    let feed = cairn_realtime::Feed::new(domain.store().db().clone(), registry);
     let state = AppState {
         inner: Arc::new(Inner {
             domain,
             auth,
+            feed,
             openapi,
             asyncapi,
         }),
     };
-    router
+    let router = router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(context::correlate))
-        .with_state(state)
+        .with_state(state.clone());
+    Built { router, state }
 }
 
 /// Serves the application on a bound listener until `shutdown` resolves, then stops

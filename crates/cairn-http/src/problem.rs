@@ -78,6 +78,8 @@ pub enum ProblemCode {
     PayloadTooLarge,
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
+    /// 426: a WebSocket endpoint was called without the upgrade.
+    UpgradeRequired,
     /// 500: a fault in cairn; the correlation id finds it in the logs.
     Internal,
     /// 503: the database cannot be reached.
@@ -85,7 +87,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 16] = [
+    pub const ALL: [ProblemCode; 17] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -100,6 +102,7 @@ impl ProblemCode {
         ProblemCode::IdempotencyKeyReused,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
+        ProblemCode::UpgradeRequired,
         ProblemCode::Internal,
         ProblemCode::Unavailable,
     ];
@@ -120,6 +123,7 @@ impl ProblemCode {
             ProblemCode::IdempotencyKeyReused => "idempotency_key_reused",
             ProblemCode::PayloadTooLarge => "payload_too_large",
             ProblemCode::UnsupportedMediaType => "unsupported_media_type",
+            ProblemCode::UpgradeRequired => "upgrade_required",
             ProblemCode::Internal => "internal",
             ProblemCode::Unavailable => "unavailable",
         }
@@ -140,6 +144,7 @@ impl ProblemCode {
             ProblemCode::Conflict | ProblemCode::IdempotencyKeyReused => StatusCode::CONFLICT,
             ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -161,6 +166,7 @@ impl ProblemCode {
             ProblemCode::IdempotencyKeyReused => "Idempotency key reused",
             ProblemCode::PayloadTooLarge => "Payload too large",
             ProblemCode::UnsupportedMediaType => "Unsupported media type",
+            ProblemCode::UpgradeRequired => "Upgrade required",
             ProblemCode::Internal => "Internal error",
             ProblemCode::Unavailable => "Service unavailable",
         }

@@ -32,10 +32,18 @@ use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
 
 /// Asks the policy; a refusal becomes a 401 or a 403.
 pub fn allow(ctx: &Ctx, action: Action) -> Result<Grant, Problem> {
-    authorize(&ctx.principal, &action).map_err(denied)
+    allow_principal(&ctx.principal, action)
 }
 
-fn denied(denial: Denial) -> Problem {
+/// Asks the policy about a principal; a refusal becomes a 401 or a 403.
+pub fn allow_principal(
+    principal: &cairn_policy::Principal,
+    action: Action,
+) -> Result<Grant, Problem> {
+    authorize(principal, &action).map_err(denied)
+}
+
+pub(crate) fn denied(denial: Denial) -> Problem {
     match denial {
         Denial::Unauthenticated { .. } => {
             Problem::new(ProblemCode::Unauthenticated, denial.to_string())
@@ -584,6 +592,20 @@ pub fn api() -> Api {
                 let items = reads::events(state.db(), &grant, filter).await.map_err(read_problem)?;
                 Ok(Reply::ok(event_page(items, limit)))
             },
+        )
+        .stream::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
+            op!(GET "/v1/events/stream", "streamEvents", "events", OK, public: false, command: false,
+                "Follow events live (Server-Sent Events)",
+                "Events the caller may receive, as they are committed, each with the views of its stream: catch-up from the log after `Last-Event-ID` (or `after`), then live, with no gap and no duplicate. The policy decides at subscribe time (scope `events:subscribe`, or an organization admin for their own organization) and again for every event. Heartbeats keep the connection alive; a token that expires ends the stream with an `end` message saying where to resume."),
+            crate::api::Produces::EventStream,
+            crate::stream::sse,
+        )
+        .stream::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
+            op!(GET "/v1/events/ws", "socketEvents", "events", OK, public: false, command: false,
+                "Follow events live (WebSocket)",
+                "The feed of /v1/events/stream over a WebSocket: one JSON message per text frame, `after` to resume. The server pings every heartbeat and closes a connection that stops answering; close code 4001 means the token expired."),
+            crate::api::Produces::WebSocket,
+            crate::stream::websocket,
         )
         .op(
             op!(GET "/v1/events/failed", "listFailedEvents", "events", OK, public: false, command: false,

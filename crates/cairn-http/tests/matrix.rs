@@ -32,6 +32,7 @@ const UNAUTH: u16 = 401;
 const FORBID: u16 = 403;
 const MISSING: u16 = 404;
 const CONFLICT: u16 = 409;
+const UPGRADE: u16 = 426;
 
 struct Fixture {
     org_a: OrgId,
@@ -216,6 +217,28 @@ backend_test!(
                 None,
                 Some(Scope::EventsRead),
                 [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
+            ),
+            (
+                Method::GET,
+                "/v1/events/stream?heartbeat=1".into(),
+                None,
+                Some(Scope::EventsSubscribe),
+                [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
+            ),
+            (
+                Method::GET,
+                format!("/v1/events/stream?org_id={a}"),
+                None,
+                Some(Scope::EventsSubscribe),
+                [UNAUTH, FORBID, OK, FORBID, OK, FORBID, OK],
+            ),
+            (
+                // Not an upgrade: the policy answers first, then the missing upgrade.
+                Method::GET,
+                "/v1/events/ws".into(),
+                None,
+                Some(Scope::EventsSubscribe),
+                [UNAUTH, FORBID, UPGRADE, UPGRADE, UPGRADE, FORBID, UPGRADE],
             ),
             (
                 Method::GET,

@@ -19,4 +19,4 @@ mod token;
 pub use cairn_log::Tenancy;
 pub use decide::{Action, Denial, Grant, authorize};
 pub use principal::{Principal, Role, Scope, UnknownScope, reserved_service_name};
-pub use token::{Authenticator, Claims, KeySource, TokenError, TokenKind, mint};
+pub use token::{Authenticator, Claims, KeySource, TokenError, TokenKind, Verified, mint};

@@ -230,6 +230,11 @@ impl Authenticator {
 
     /// Verifies a bearer token and returns the principal it names.
     pub fn authenticate(&self, token: &str) -> Result<Principal, TokenError> {
+        self.verify(token).map(|verified| verified.principal)
+    }
+
+    /// Verifies a bearer token and returns the principal it names and when it expires.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let (key, algorithm) = match &self.keys {
             Keys::Secret(key) => (key.clone(), Algorithm::HS256),
             Keys::Pem { key, algorithm } => (key.clone(), *algorithm),
@@ -270,8 +275,19 @@ impl Authenticator {
                 reason: e.to_string(),
             },
         })?;
-        data.claims.principal()
+        Ok(Verified {
+            principal: data.claims.principal()?,
+            expires_at: chrono::DateTime::from_timestamp(data.claims.exp, 0)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        })
     }
+}
+
+/// A verified token: who it names, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub principal: Principal,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Mints an HS256 token for a principal: development and tests.

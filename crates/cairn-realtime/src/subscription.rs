@@ -119,6 +119,11 @@ impl Subscription {
         &self.id
     }
 
+    /// How long the subscription stays silent before it sends a heartbeat.
+    pub fn heartbeat(&self) -> Duration {
+        self.request.heartbeat
+    }
+
     /// Every position up to this one has been delivered or was not for this
     /// subscription.
     pub fn position(&self) -> Position {

@@ -161,6 +161,17 @@ impl<'a> Call<'a> {
             .expect("a response");
         let status = response.status();
         let headers = response.headers().clone();
+        let streaming = headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streaming {
+            // An event stream does not end: its status and headers are the answer.
+            return Reply {
+                status,
+                headers,
+                body: Value::String("(an event stream)".to_owned()),
+            };
+        }
         let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
             .await
             .expect("a body");

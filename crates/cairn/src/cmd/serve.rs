@@ -94,14 +94,20 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             })
             .await;
     });
-    let router = cairn_http::app(domain, auth);
+    let built = cairn_http::build(domain, auth);
+    let feed = built.state.feed().clone();
     let mut http_stop = stop_rx;
-    let server = cairn_http::serve(listener, router, async move {
+    let server = cairn_http::serve(listener, built.router, async move {
         let _ = http_stop.changed().await;
     });
     let signal = async {
         shutdown_signal().await;
-        eprintln!("stopping: finishing requests and workflow steps in flight");
+        eprintln!(
+            "stopping: ending subscriptions, finishing requests and workflow steps in flight"
+        );
+        // Open subscriptions end with a message saying where to resume; otherwise
+        // the graceful shutdown would wait for them forever.
+        feed.close();
         let _ = stop_tx.send(true);
     };
     let (served, ()) = tokio::join!(server, signal);

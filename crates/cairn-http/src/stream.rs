@@ -1,0 +1,299 @@
+//! The live event feed over HTTP: Server-Sent Events at `GET /v1/events/stream` and a
+//! WebSocket at `GET /v1/events/ws`. Both carry the same messages
+//! ([`cairn_realtime::Message`]); both resume from a position (`Last-Event-ID`, which
+//! browsers send by themselves when an `EventSource` reconnects, or `?after=`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use cairn_realtime::{
+    EndReason, Message, Selector, SubscribeError, SubscribeRequest, Subscription,
+};
+use cairn_types::{EventType, OrgId, Position, StreamId, StreamType};
+
+use crate::AppState;
+use crate::context::{Ctx, token_problem};
+use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
+
+/// What to subscribe to, and from where.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Deliver the events after this log position. A `Last-Event-ID` header, which an
+    /// `EventSource` sends when it reconnects, takes its place. Without either, the
+    /// feed starts at the log's head: only events from now on.
+    #[schemars(range(min = 0, max = 9_223_372_036_854_775_807_i64))]
+    pub after: Option<i64>,
+    /// Only events of this stream type.
+    pub stream_type: Option<StreamType>,
+    /// Only events of this type.
+    pub event_type: Option<EventType>,
+    /// Only events of this stream.
+    pub stream_id: Option<StreamId>,
+    /// Only events of this organization (a user may name only their own).
+    pub org_id: Option<OrgId>,
+    /// Send each event with the current views of its stream (`organization`, `user`,
+    /// `invitation`, `workflow_run`); true by default.
+    pub views: Option<bool>,
+    /// Seconds of silence before a heartbeat, 1 to 300 (15 by default).
+    #[schemars(range(min = 1, max = 300))]
+    pub heartbeat: Option<u32>,
+    /// The bearer token, for clients that cannot send an `Authorization` header (a
+    /// browser's `EventSource` or `WebSocket`). Prefer the header where you can: URLs
+    /// end up in logs.
+    #[schemars(length(min = 1, max = 8192))]
+    pub access_token: Option<String>,
+}
+
+fn query_problem(field: &str, location: Location, message: String) -> Problem {
+    Problem::field(
+        ProblemCode::InvalidField,
+        FieldProblem {
+            field: field.to_owned(),
+            location,
+            expected_location: None,
+            message,
+        },
+    )
+}
+
+/// The subscription the request asks for, authenticated, checked and authorized.
+async fn prepare(
+    state: &AppState,
+    ctx: Ctx,
+    query: StreamQuery,
+    parts: &Parts,
+    transport: &'static str,
+) -> Result<SubscribeRequest, Problem> {
+    let (principal, expires_at) = match (
+        &query.access_token,
+        parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION),
+    ) {
+        (Some(_), true) => {
+            return Err(query_problem(
+                "access_token",
+                Location::Query,
+                "send the bearer token once: in the Authorization header or as access_token, not both".to_owned(),
+            ));
+        }
+        (Some(token), false) => {
+            let verified = state.auth().verify(token.trim()).map_err(token_problem)?;
+            (verified.principal, Some(verified.expires_at))
+        }
+        (None, _) => (ctx.principal.clone(), ctx.expires_at),
+    };
+    let last_event_id = match parts.headers.get("last-event-id") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default().trim();
+            match text.parse::<i64>() {
+                Ok(position) if position >= 0 => Some(position),
+                _ => {
+                    return Err(query_problem(
+                        "Last-Event-ID",
+                        Location::Header,
+                        format!("must be a log position (0 or more), not {text:?}"),
+                    ));
+                }
+            }
+        }
+    };
+    if let Some(after) = query.after
+        && after < 0
+    {
+        return Err(query_problem(
+            "after",
+            Location::Query,
+            format!("must be 0 or more, not {after}"),
+        ));
+    }
+    let heartbeat = match query.heartbeat {
+        None => Duration::from_secs(15),
+        Some(seconds @ 1..=300) => Duration::from_secs(u64::from(seconds)),
+        Some(seconds) => {
+            return Err(query_problem(
+                "heartbeat",
+                Location::Query,
+                format!("must be 1 to 300 seconds, not {seconds}"),
+            ));
+        }
+    };
+    let after = match last_event_id.or(query.after) {
+        Some(position) => Position::new(position),
+        None => {
+            let mut reader = state
+                .db()
+                .reader()
+                .await
+                .map_err(|e| Problem::internal(&e))?;
+            reader
+                .conn()
+                .head()
+                .await
+                .map_err(|e| Problem::internal(&e))?
+                .last_position
+        }
+    };
+    crate::routes::allow_principal(&principal, cairn_policy::Action::Subscribe)?;
+    if let Some(org) = query.org_id {
+        crate::routes::allow_principal(&principal, cairn_policy::Action::ReceiveEvent(Some(org)))?;
+    }
+    Ok(SubscribeRequest {
+        principal,
+        expires_at,
+        selector: Selector {
+            stream_type: query.stream_type,
+            event_type: query.event_type,
+            stream_id: query.stream_id,
+            org_id: query.org_id,
+            views: query.views.unwrap_or(true),
+        },
+        after,
+        heartbeat,
+        correlation_id: ctx.correlation_id,
+        transport,
+    })
+}
+
+/// Opens the subscription.
+async fn subscribe(state: &AppState, request: SubscribeRequest) -> Result<Subscription, Problem> {
+    state
+        .feed()
+        .subscribe(request)
+        .await
+        .map_err(|error| match error {
+            SubscribeError::Denied(denial) => crate::routes::denied(denial),
+            SubscribeError::Database(e) => Problem::internal(&e),
+        })
+}
+
+fn sse_event(message: &Message) -> SseEvent {
+    let mut event = SseEvent::default().event(message.kind());
+    if let Some(position) = message.position() {
+        event = event.id(position.get().to_string());
+    }
+    if matches!(message, Message::Subscribed(_)) {
+        event = event.retry(Duration::from_secs(1));
+    }
+    match event.json_data(message) {
+        Ok(event) => event,
+        Err(error) => SseEvent::default()
+            .event("error")
+            .data(format!("a message could not be encoded: {error}")),
+    }
+}
+
+/// `GET /v1/events/stream`.
+pub async fn sse(
+    state: AppState,
+    ctx: Ctx,
+    query: StreamQuery,
+    parts: Parts,
+) -> Result<Response, Problem> {
+    let request = prepare(&state, ctx, query, &parts, "sse").await?;
+    let subscription = subscribe(&state, request).await?;
+    let messages = futures::stream::unfold(subscription, |mut subscription| async move {
+        let message = subscription.next().await?;
+        Some((Ok::<_, Infallible>(sse_event(&message)), subscription))
+    });
+    let mut response = Sse::new(messages).into_response();
+    // Proxies must pass each event on at once.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/events/ws`.
+pub async fn websocket(
+    state: AppState,
+    ctx: Ctx,
+    query: StreamQuery,
+    mut parts: Parts,
+) -> Result<Response, Problem> {
+    let request = prepare(&state, ctx, query, &parts, "websocket").await?;
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+        .await
+        .map_err(|rejection| {
+            Problem::new(
+                ProblemCode::UpgradeRequired,
+                format!(
+                    "{} is a WebSocket: connect with a WebSocket client ({}); /v1/events/stream serves the same feed as Server-Sent Events",
+                    parts.uri.path(),
+                    rejection.body_text()
+                ),
+            )
+        })?;
+    let subscription = subscribe(&state, request).await?;
+    Ok(upgrade.on_upgrade(move |socket| run_socket(socket, subscription)))
+}
+
+/// Sends the subscription's messages as text frames, pings the client, and closes a
+/// connection that stops answering.
+async fn run_socket(mut socket: WebSocket, mut subscription: Subscription) {
+    let heartbeat = subscription.heartbeat();
+    let mut pings = tokio::time::interval(heartbeat);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            message = subscription.next() => {
+                let Some(message) = message else { break };
+                let text = match serde_json::to_string(&message) {
+                    Ok(text) => text,
+                    Err(error) => {
+                        tracing::error!(error = %error, "a realtime message could not be encoded");
+                        continue;
+                    }
+                };
+                if socket.send(Frame::Text(text.into())).await.is_err() {
+                    return;
+                }
+                if let Message::End(end) = &message {
+                    let code = match end.reason {
+                        EndReason::TokenExpired => 4001,
+                        EndReason::ServerShutdown => 1001,
+                        EndReason::Unavailable => 1011,
+                    };
+                    let _ = socket
+                        .send(Frame::Close(Some(CloseFrame {
+                            code,
+                            reason: format!("{:?}", end.reason).to_lowercase().into(),
+                        })))
+                        .await;
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = pings.tick() => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    tracing::info!(subscription = subscription.id(), "websocket client stopped answering pings; closing");
+                    let _ = socket
+                        .send(Frame::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: "no answer to pings".into(),
+                        })))
+                        .await;
+                    return;
+                }
+                if socket.send(Frame::Ping(b"cairn".to_vec().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
