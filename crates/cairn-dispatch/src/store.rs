@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use cairn_log::{
-    AppendError, AppendRequest, Db, EventFilter, Outcome, Prepared, ReadError, RecordedEvent, Tx,
+    AppendError, AppendRequest, Db, EventFilter, Outcome, Prepared, ReadError, RecordedEvent,
+    SpanKind, SpanRecord, Tx,
 };
 use cairn_types::{ErrorCode, EventId, Position, StreamType};
 
@@ -127,11 +128,40 @@ impl EventStore {
         let events = pending.events().to_vec();
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
+        let metrics = cairn_observe::metrics();
+        let dispatch_started = std::time::Instant::now();
         for (index, event) in events.iter().enumerate() {
-            let outcome = self.dispatcher.dispatch(&mut tx.conn(), event).await?;
+            let started_at = chrono::Utc::now();
+            let clock = std::time::Instant::now();
+            let span = tracing::info_span!(
+                "cairn.handle",
+                event_type = %event.event_type,
+                position = event.position.get(),
+                correlation_id = %event.metadata.correlation_id,
+                outcome = tracing::field::Empty,
+            );
+            let outcome = {
+                use tracing::Instrument as _;
+                self.dispatcher
+                    .dispatch(&mut tx.conn(), event)
+                    .instrument(span.clone())
+                    .await?
+            };
+            let took = clock.elapsed();
+            span.record("outcome", outcome_name(&outcome));
+            self.record_handled(event, &outcome, started_at, took);
+            metrics
+                .handler_seconds
+                .get_or_create(&cairn_observe::EventLabels {
+                    event_type: event.event_type.to_string(),
+                })
+                .observe(took.as_secs_f64());
             pending.record(index, &outcome, processed_at);
             outcomes.push(outcome);
         }
+        metrics
+            .dispatch_seconds
+            .observe(dispatch_started.elapsed().as_secs_f64());
         let stored = tx.write_append(pending).await?;
         Ok(Appended {
             events: stored
@@ -141,6 +171,44 @@ impl EventStore {
                 .collect(),
             repeated: false,
         })
+    }
+
+    /// Records how one event's dispatch went: a span for the request's timeline, and
+    /// the failure counter. The span is written even if the caller's transaction
+    /// later rolls back, so a command that failed shows the handler that failed it.
+    fn record_handled(
+        &self,
+        event: &RecordedEvent,
+        outcome: &Outcome,
+        started_at: chrono::DateTime<chrono::Utc>,
+        took: std::time::Duration,
+    ) {
+        if let Outcome::Failed(error) = outcome {
+            cairn_observe::metrics()
+                .events_failed
+                .get_or_create(&cairn_observe::FailedLabels {
+                    event_type: event.event_type.to_string(),
+                    code: error.code.to_string(),
+                })
+                .inc();
+        }
+        let mut span = SpanRecord::ending_now(
+            event.metadata.correlation_id,
+            SpanKind::Handler,
+            event.event_type.to_string(),
+            started_at,
+        )
+        .org(event.metadata.org_id)
+        .attribute("position", event.position.get())
+        .attribute("stream_type", event.stream_type.as_str())
+        .attribute("outcome", outcome_name(outcome))
+        .error(
+            outcome
+                .error()
+                .map(|error| format!("{}: {}", error.code, error.message)),
+        );
+        span.duration = took;
+        self.db.record_span(span);
     }
 
     /// Refuses events whose payload does not fit the registered payload type, or whose
@@ -228,5 +296,13 @@ impl EventStore {
             progress(report.n_retried, total);
         }
         Ok(report)
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Applied => "applied",
+        Outcome::Skipped => "skipped",
+        Outcome::Failed(_) => "failed",
     }
 }

@@ -130,7 +130,34 @@ pub async fn send(
             expires = expires_at.format("%Y-%m-%d %H:%M"),
         ),
     };
-    match mailer.send(&message).await {
+    let started_at = chrono::Utc::now();
+    let sent = {
+        use tracing::Instrument as _;
+        mailer
+            .send(&message)
+            .instrument(tracing::info_span!(
+                "cairn.email",
+                message_id = %message_id,
+                transport = %mailer.describe(),
+                correlation_id = %ctx.run().correlation_id,
+            ))
+            .await
+    };
+    ctx.store().db().record_span(
+        cairn_log::SpanRecord::ending_now(
+            ctx.run().correlation_id,
+            cairn_log::SpanKind::Email,
+            format!("invitation email to {}", mailing.email),
+            started_at,
+        )
+        .org(Some(mailing.org_id))
+        .attribute("message_id", message_id.as_str())
+        .attribute("via", mailer.describe())
+        .attribute("attempt", ctx.attempt())
+        .attribute("step", ctx.step())
+        .error(sent.as_ref().err().map(ToString::to_string)),
+    );
+    match sent {
         Ok(delivery) => {
             let sent = Sent {
                 message_id,

@@ -76,21 +76,74 @@ pub fn trace_id_of(traceparent: &str) -> Option<uuid::Uuid> {
     uuid::Uuid::parse_str(trace).ok()
 }
 
+/// Who a request turned out to be from, noted by the [`Ctx`] extractor for the
+/// request's span.
+#[derive(Debug, Clone, Default)]
+pub struct Caller(std::sync::Arc<std::sync::Mutex<Option<(String, Option<cairn_types::OrgId>)>>>);
+
+impl Caller {
+    fn note(&self, principal: &Principal) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((principal.describe(), principal.org_id()));
+        }
+    }
+
+    fn get(&self) -> Option<(String, Option<cairn_types::OrgId>)> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
 /// Middleware: gives every request a correlation id, returns it on every response
 /// (`x-correlation-id`, and a `traceparent` with the same trace id), and writes it
-/// into every problem document.
-pub async fn correlate(mut request: Request, next: Next) -> Response {
+/// into every problem document. Records the request as the first hop of its timeline
+/// (a span), in the HTTP metrics, and as a `tracing` span.
+pub async fn correlate(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started_at = chrono::Utc::now();
+    let clock = std::time::Instant::now();
     let (correlation_id, refused) = match correlation_from(request.headers()) {
         Ok(id) => (id, None),
         Err(problem) => (CorrelationId::new_v7(), Some(problem)),
     };
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "(no route)".to_owned(), |path| path.as_str().to_owned());
+    let caller = Caller::default();
     request
         .extensions_mut()
         .insert(Correlation { correlation_id });
+    request.extensions_mut().insert(caller.clone());
+    let span = tracing::info_span!(
+        "http.request",
+        http.method = %method,
+        http.route = %route,
+        correlation_id = %correlation_id,
+        http.status = tracing::field::Empty,
+    );
     let mut response = match refused {
         Some(problem) => problem.into_response(),
-        None => next.run(request).await,
+        None => {
+            use tracing::Instrument as _;
+            next.run(request).instrument(span.clone()).await
+        }
     };
+    let status = response.status().as_u16();
+    span.record("http.status", status);
+    record_request(
+        &state,
+        correlation_id,
+        &method,
+        &route,
+        status,
+        &caller,
+        started_at,
+        clock.elapsed(),
+    );
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -111,6 +164,59 @@ pub async fn correlate(mut request: Request, next: Next) -> Response {
         headers.insert(HeaderName::from_static("traceparent"), value);
     }
     response
+}
+
+/// The request's span, for its timeline, and its metrics.
+#[allow(clippy::too_many_arguments)]
+fn record_request(
+    state: &AppState,
+    correlation_id: CorrelationId,
+    method: &axum::http::Method,
+    route: &str,
+    status: u16,
+    caller: &Caller,
+    started_at: chrono::DateTime<chrono::Utc>,
+    took: std::time::Duration,
+) {
+    let metrics = cairn_observe::metrics();
+    metrics
+        .http_requests
+        .get_or_create(&cairn_observe::HttpLabels {
+            method: method.to_string(),
+            route: route.to_owned(),
+            status: status.to_string(),
+        })
+        .inc();
+    metrics
+        .http_request_seconds
+        .get_or_create(&cairn_observe::RouteLabels {
+            method: method.to_string(),
+            route: route.to_owned(),
+        })
+        .observe(took.as_secs_f64());
+    // The feed's long-lived requests and the scrapers' are not hops of anything.
+    if route == "/metrics"
+        || route.starts_with("/health")
+        || route.starts_with("/v1/events/stream")
+        || route.starts_with("/v1/events/ws")
+    {
+        return;
+    }
+    let (who, org) = caller
+        .get()
+        .unwrap_or_else(|| ("an unidentified caller".to_owned(), None));
+    let mut span = cairn_log::SpanRecord::ending_now(
+        correlation_id,
+        cairn_log::SpanKind::Http,
+        format!("{method} {route} → {status}"),
+        started_at,
+    )
+    .org(org)
+    .attribute("status", status)
+    .attribute("caller", who)
+    .error((status >= 500).then(|| format!("answered {status}")));
+    span.duration = took;
+    state.db().record_span(span);
 }
 
 /// Writes the correlation id into a problem document that lacks one.
@@ -204,6 +310,9 @@ impl FromRequestParts<AppState> for Ctx {
                 Some(key.to_owned())
             }
         };
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            caller.note(&principal);
+        }
         Ok(Ctx {
             correlation_id,
             principal,

@@ -140,7 +140,10 @@ pub fn build(domain: Domain, auth: Authenticator) -> Built {
     let router = router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(axum::middleware::from_fn(context::correlate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            context::correlate,
+        ))
         .with_state(state.clone());
     Built { router, state }
 }

@@ -197,6 +197,14 @@ pub struct EventPath {
     pub event_id: EventId,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracePath {
+    /// The request's correlation id: the `x-correlation-id` of its response, or the
+    /// `correlation_id` of its problem document.
+    pub correlation_id: CorrelationId,
+}
+
 /// Why an invitation is withdrawn.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -591,6 +599,25 @@ pub fn api() -> Api {
                 };
                 let items = reads::events(state.db(), &grant, filter).await.map_err(read_problem)?;
                 Ok(Reply::ok(event_page(items, limit)))
+            },
+        )
+        .op(
+            op!(GET "/v1/traces/{correlation_id}", "getTrace", "traces", OK, public: false, command: false,
+                "A request's timeline",
+                "Every hop one request caused, in order, with the time each took and any error: the HTTP request, each event appended and its handler, each workflow step and attempt, each email, each realtime delivery. Confined to the caller's tenancy."),
+            |state: AppState, ctx: Ctx, path: TracePath, _: Empty, _: Empty| async move {
+                let grant = allow(&ctx, Action::ReadTrace)?;
+                // Spans are written in the background: let the queue drain first.
+                state.db().flush_spans().await;
+                let timeline = cairn_trace::timeline(state.db(), &grant, path.correlation_id)
+                    .await
+                    .map_err(|error| match error {
+                        cairn_trace::TraceError::Database(e) => database(&e),
+                        other => Problem::internal(&other),
+                    })?;
+                timeline
+                    .map(Reply::ok)
+                    .ok_or_else(|| not_found("trace with correlation id", &path.correlation_id))
             },
         )
         .stream::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(

@@ -212,14 +212,34 @@ async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
     }
 }
 
+/// Rows per `INSERT` statement.
+const ROWS_PER_STATEMENT: usize = 50;
+
 async fn insert(pools: &Pools, batch: &[SpanRecord]) -> Result<(), sqlx::Error> {
     let mut tx = pools.begin_plain().await?;
     let mut conn = tx.conn();
-    for span in batch {
-        conn.execute(
-            "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, error, attributes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            args![
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, error, attributes) VALUES ",
+        );
+        let mut args = Vec::with_capacity(chunk.len() * 8);
+        for (row, span) in chunk.iter().enumerate() {
+            if row > 0 {
+                sql.push_str(", ");
+            }
+            let first = row * 8;
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                first + 1,
+                first + 2,
+                first + 3,
+                first + 4,
+                first + 5,
+                first + 6,
+                first + 7,
+                first + 8
+            ));
+            args.extend(args![
                 span.correlation_id,
                 span.kind.as_str(),
                 span.name.as_str(),
@@ -228,9 +248,10 @@ async fn insert(pools: &Pools, batch: &[SpanRecord]) -> Result<(), sqlx::Error> 
                 i64::try_from(span.duration.as_micros()).unwrap_or(i64::MAX),
                 span.error.as_deref(),
                 span.attributes.clone()
-            ],
-        )
-        .await?;
+            ]);
+        }
+        // The statement is built from placeholders only; every value is bound.
+        conn.execute(sqlx::AssertSqlSafe(sql), args).await?;
     }
     tx.commit().await
 }

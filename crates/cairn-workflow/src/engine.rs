@@ -830,14 +830,44 @@ impl Engine {
             now,
             tx: None,
         };
-        let outcome = match role {
-            Role::Action => workflow.perform(&run_snapshot.input, call, &mut ctx).await,
-            Role::Compensation(target) => {
-                workflow
-                    .compensate(&run_snapshot.input, target, &mut ctx)
-                    .await
+        let step_span = tracing::info_span!(
+            "cairn.workflow.step",
+            workflow = %run_snapshot.kind,
+            run_id = %run_snapshot.id,
+            step = %call.name,
+            attempt,
+            correlation_id = %run_snapshot.correlation_id,
+        );
+        let outcome = {
+            use tracing::Instrument as _;
+            match role {
+                Role::Action => {
+                    workflow
+                        .perform(&run_snapshot.input, call, &mut ctx)
+                        .instrument(step_span)
+                        .await
+                }
+                Role::Compensation(target) => {
+                    workflow
+                        .compensate(&run_snapshot.input, target, &mut ctx)
+                        .instrument(step_span)
+                        .await
+                }
             }
         };
+        let labels = cairn_observe::WorkflowLabels {
+            kind: run_snapshot.kind.clone(),
+        };
+        let metrics = cairn_observe::metrics();
+        match &outcome {
+            Ok(_) => {
+                metrics.workflow_steps.get_or_create(&labels).inc();
+            }
+            Err(error) if error.retryable && attempt < call.retry.max_attempts => {
+                metrics.workflow_step_retries.get_or_create(&labels).inc();
+            }
+            Err(_) => {}
+        }
         let step_tx = ctx.tx.take();
         drop(ctx);
         if call.effect == Effect::External && outcome.is_ok() {

@@ -72,6 +72,20 @@ pub enum Command {
     /// The OpenAPI and AsyncAPI contracts.
     #[command(subcommand)]
     Contracts(ContractsCommand),
+    /// One request's whole path as a timeline: its HTTP request, events, handlers,
+    /// workflow steps, emails and realtime deliveries, with the time each took.
+    /// Exits 1 when a hop failed.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The request's correlation id (its response's x-correlation-id header, or the
+    /// correlation_id of its problem document).
+    #[arg(value_parser = cairn_types::CorrelationId::parse)]
+    pub correlation_id: cairn_types::CorrelationId,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// How bearer tokens are verified. With none of these, the development secret kept in

@@ -530,3 +530,62 @@ fn an_unsupported_database_url_says_what_is_supported() {
         stderr(&output)
     );
 }
+
+backend_test!(
+    trace_shows_a_requests_whole_path_and_fails_on_an_unknown_id,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mail = format!("outbox:{}", outbox.path().display());
+        let demo =
+            common::cairn_in(t.url(), &["--mail-url", &mail, "demo", "--json"], &[], None).await;
+        assert_exit(&demo, 0);
+        fn first_correlation(value: &Value) -> Option<String> {
+            match value {
+                Value::Object(map) => map
+                    .get("correlation_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| map.values().find_map(first_correlation)),
+                Value::Array(items) => items.iter().find_map(first_correlation),
+                _ => None,
+            }
+        }
+        let correlation =
+            first_correlation(&json_of(&demo)).expect("the demo names its correlation id");
+
+        let shown = cairn(t.url(), &["trace", &correlation]).await;
+        assert_exit(&shown, 0);
+        let text = stdout(&shown);
+        for expected in [
+            "no errors",
+            "organization_bootstrap started",
+            "email",
+            "invitation email to ada@example.com",
+            "organization_bootstrap completed",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        let json = cairn(t.url(), &["trace", &correlation, "--json"]).await;
+        assert_exit(&json, 0);
+        let timeline = json_of(&json);
+        assert_eq!(timeline["correlation_id"], correlation);
+        assert_eq!(timeline["errors"], 0);
+        assert!(timeline["entries"].as_array().is_some_and(|e| e.len() > 20));
+
+        let unknown = cairn(t.url(), &["trace", &new_id()]).await;
+        assert_exit(&unknown, 2);
+        assert!(
+            stderr(&unknown).contains("nothing in"),
+            "{}",
+            stderr(&unknown)
+        );
+        let malformed = cairn(t.url(), &["trace", "yesterday"]).await;
+        assert_exit(&malformed, 2);
+        assert!(
+            stderr(&malformed).contains("correlation id"),
+            "{}",
+            stderr(&malformed)
+        );
+        Ok(())
+    }
+);

@@ -262,8 +262,8 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
         "  Done in {}. Next: {}",
         ui::duration(std::time::Duration::from_secs_f64(report.elapsed_ms / 1e3)),
         style(format!(
-            "cairn workflows show {}  ·  cairn events list --correlation-id {}  ·  cairn replay --verify",
-            run.id, run.correlation_id
+            "cairn trace {}  ·  cairn workflows show {}  ·  cairn replay --verify",
+            run.correlation_id, run.id
         ))
         .cyan()
     );

@@ -10,6 +10,7 @@ mod org;
 mod replay;
 mod serve;
 mod status;
+mod trace;
 mod workflows;
 
 use std::process::ExitCode;
@@ -38,5 +39,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(&url, &runtime, args).await,
         Command::Token(args) => serve::token(&url, args).await,
         Command::Contracts(ContractsCommand::Export(args)) => serve::export(args).await,
+        Command::Trace(args) => trace::run(&url, args).await,
     }
 }
