@@ -128,22 +128,7 @@ async fn prepare(
             ));
         }
     };
-    let after = match last_event_id.or(query.after) {
-        Some(position) => Position::new(position),
-        None => {
-            let mut reader = state
-                .db()
-                .reader()
-                .await
-                .map_err(|e| Problem::internal(&e))?;
-            reader
-                .conn()
-                .head()
-                .await
-                .map_err(|e| Problem::internal(&e))?
-                .last_position
-        }
-    };
+    let after = last_event_id.or(query.after).map(Position::new);
     crate::routes::allow_principal(&principal, cairn_policy::Action::Subscribe)?;
     if let Some(org) = query.org_id {
         crate::routes::allow_principal(&principal, cairn_policy::Action::ReceiveEvent(Some(org)))?;

@@ -72,8 +72,9 @@ pub struct SubscribeRequest {
     /// When the principal's credentials expire: the subscription ends then.
     pub expires_at: Option<DateTime<Utc>>,
     pub selector: Selector,
-    /// Deliver events after this position (`Position::START`: from the beginning).
-    pub after: Position,
+    /// Deliver events after this position (`Position::START`: from the beginning;
+    /// `None`: from the log's head, only what is committed from now on).
+    pub after: Option<Position>,
     /// How long the subscription may stay silent before it sends a heartbeat.
     pub heartbeat: Duration,
     /// The correlation id of the request that opened the subscription.

@@ -80,9 +80,10 @@ impl Subscription {
             Tenancy::Org(org) => org.to_string(),
             Tenancy::None => "none".to_owned(),
         };
+        let after = request.after.unwrap_or(head);
         let subscribed = Subscribed {
             subscription_id: id.clone(),
-            after: request.after,
+            after,
             head,
             tenancy,
             heartbeat_seconds: request.heartbeat.as_secs_f64(),
@@ -92,7 +93,7 @@ impl Subscription {
             subscription = %id,
             principal = %request.principal.describe(),
             transport = request.transport,
-            after = %request.after,
+            %after,
             "subscription opened"
         );
         Ok(Subscription {
@@ -100,7 +101,7 @@ impl Subscription {
             db,
             registry,
             grant,
-            cursor: request.after,
+            cursor: after,
             request,
             live,
             closing,

@@ -65,7 +65,7 @@ fn request(principal: Principal, after: Position) -> SubscribeRequest {
         principal,
         expires_at: None,
         selector: Selector::default(),
-        after,
+        after: Some(after),
         heartbeat: Duration::from_millis(200),
         correlation_id: CorrelationId::new_v7(),
         transport: "internal",
