@@ -69,6 +69,18 @@ export type CompensationStarted = {
   reason: string;
 };
 
+export type Delivery = {
+  event: RecordedEvent;
+  /** The event's global position: resume after it with `Last-Event-ID` or `?after=`. */
+  position: number;
+  /** The current views of the event's stream (`organization`, `user`, `invitation`, `workflow_run`, …), when the subscription asked for them. */
+  views: {
+    [key: string]: unknown;
+  };
+  /** The log position the views were read at (at or after `position`). */
+  views_as_of?: number | null;
+};
+
 /** How an organization delivers direct care. */
 export type DirectCareSettings = {
   /** Clients are assigned to named staff. */
@@ -89,10 +101,39 @@ export type Dispatched = ({
   outcome: "applied";
 }) | ({
   outcome: "skipped";
-}) | (ProcessingError);
+}) | (ProcessingError & {
+  outcome: "failed";
+});
 
 /** No input of this kind: no path parameters, no query parameters, or no body. */
 export type Empty = Record<string, never>;
+
+export type End = {
+  /** What happened and what to do, for people. */
+  message: string;
+  reason: EndReason;
+  /** Resume after this position, and nothing is missed. */
+  resume_after: number;
+};
+
+/** Why a subscription ended. */
+export type EndReason = ("token_expired") | ("server_shutdown") | ("unavailable");
+
+/** One hop. */
+export type Entry = {
+  at: string;
+  /** The particulars: positions, ids, attempts, results. */
+  detail: unknown;
+  /** How long the hop took, where that is known. */
+  duration_ms?: number | null;
+  error?: string | null;
+  hop: Hop;
+  /** What happened, for people. */
+  name: string;
+  /** Milliseconds since the timeline's first hop. */
+  offset_ms: number;
+  status: Status;
+};
 
 export type EventPath = {
   /** An event id (UUIDv7). */
@@ -140,6 +181,15 @@ export type FieldProblem = {
 export type Health = {
   status: string;
 };
+
+export type Heartbeat = {
+  at: string;
+  /** A global position in the log. */
+  position: number;
+};
+
+/** What kind of hop an entry is. */
+export type Hop = ("http") | ("event") | ("handler") | ("workflow") | ("step") | ("timer") | ("email") | ("delivery") | ("probe");
 
 /** An invitation. Its token is never shown. */
 export type Invitation = {
@@ -239,6 +289,17 @@ export type InviteeRequest = {
 
 /** Where in a request a field is. */
 export type Location = "body" | "query" | "path" | "header";
+
+/** One message on a subscription. */
+export type Message = (Subscribed & {
+  type: "subscribed";
+}) | (Delivery & {
+  type: "event";
+}) | (Heartbeat & {
+  type: "heartbeat";
+}) | (End & {
+  type: "end";
+});
 
 /** The metadata of one event.  The named fields are the ones cairn itself reads; anything else a caller sends is kept in [`Metadata::extra`] and stored with the event. */
 export type Metadata = {
@@ -410,7 +471,7 @@ export type Problem = {
 };
 
 /** The stable, machine-readable problem codes. */
-export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("conflict") | ("idempotency_key_reused") | ("payload_too_large") | ("unsupported_media_type") | ("internal") | ("unavailable");
+export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("conflict") | ("idempotency_key_reused") | ("payload_too_large") | ("unsupported_media_type") | ("upgrade_required") | ("internal") | ("unavailable");
 
 /** Why an event was not applied: a stable code and a message for people. */
 export type ProcessingError = {
@@ -540,6 +601,9 @@ export type RunWithSteps = {
   version: number;
 };
 
+/** How a hop went. */
+export type Status = ("ok" | "failed") | ("retrying") | ("in_progress") | ("waiting");
+
 /** A step attempt failed; another is due at `retry_at`. */
 export type StepAttemptFailed = {
   attempt: number;
@@ -603,6 +667,53 @@ export type StepStarted = {
 /** Where a recorded step stands. */
 export type StepStatus = ("completed") | ("running") | ("retrying") | ("failed") | ("waiting") | ("fired");
 
+/** What to subscribe to, and from where. */
+export type StreamQuery = {
+  /** The bearer token, for clients that cannot send an `Authorization` header (a browser's `EventSource` or `WebSocket`). Prefer the header where you can: URLs end up in logs. */
+  access_token?: string | null;
+  /** Deliver the events after this log position. A `Last-Event-ID` header, which an `EventSource` sends when it reconnects, takes its place. Without either, the feed starts at the log's head: only events from now on. */
+  after?: number | null;
+  /** Only events of this type. */
+  event_type?: string | null;
+  /** Seconds of silence before a heartbeat, 1 to 300 (15 by default). */
+  heartbeat?: number | null;
+  /** Only events of this organization (a user may name only their own). */
+  org_id?: string | null;
+  /** Only events of this stream. */
+  stream_id?: string | null;
+  /** Only events of this stream type. */
+  stream_type?: string | null;
+  /** Send each event with the current views of its stream (`organization`, `user`, `invitation`, `workflow_run`); true by default. */
+  views?: boolean | null;
+};
+
+export type Subscribed = {
+  /** Events after this position follow. */
+  after: number;
+  /** When the subscription ends because the token expires. */
+  expires_at?: string | null;
+  /** The log's head when the subscription opened. */
+  head: number;
+  heartbeat_seconds: number;
+  subscription_id: string;
+  /** The tenants the subscription sees: `all` or one organization id. */
+  tenancy: string;
+};
+
+/** Everything one request caused, in order. */
+export type Timeline = {
+  /** The request this belongs to; every hop it causes carries it. */
+  correlation_id: string;
+  /** From the first hop's start to the last hop's end. */
+  duration_ms: number;
+  entries: Array<Entry>;
+  /** Hops that failed, or failed and will be retried. */
+  errors: number;
+  finished_at: string;
+  hops: number;
+  started_at: string;
+};
+
 /** A timer went off. */
 export type TimerFired = {
   at: string;
@@ -614,6 +725,11 @@ export type TimerStarted = {
   at: string;
   timer: string;
   until: string;
+};
+
+export type TracePath = {
+  /** The request's correlation id: the `x-correlation-id` of its response, or the `correlation_id` of its problem document. */
+  correlation_id: string;
 };
 
 /** A user, with their roles. */
@@ -697,6 +813,7 @@ export type WorkflowsQuery = {
 
 /** Every event type, by name, with its payload type. */
 export interface EventPayloads {
+  "feed_message": unknown;
   "invitation.accepted": InvitationAccepted;
   "invitation.expired": InvitationExpired;
   "invitation.resent": InvitationResent;
@@ -708,6 +825,7 @@ export interface EventPayloads {
   "organization.created": OrganizationCreated;
   "organization.deactivated": OrganizationDeactivated;
   "organization.direct_care_settings_updated": DirectCareSettingsUpdated;
+  "socket_message": unknown;
   "user.activated": UserActivated;
   "user.created": UserCreated;
   "user.invited": UserInvited;

@@ -50,6 +50,18 @@ pub fn asyncapi(registry: &Registry) -> Value {
     let mut generator = components_generator();
     generator.subschema_for::<RecordedEvent>();
     generator.subschema_for::<Metadata>();
+    let feed_message = generator.subschema_for::<cairn_realtime::Message>();
+    let feed_query = generator.subschema_for::<crate::stream::StreamQuery>();
+    let mut views = Map::new();
+    for (stream_type, view) in registry.all_views() {
+        views.insert(
+            view.name().to_owned(),
+            json!({
+                "stream_type": stream_type.as_str(),
+                "schema": view.schema(&mut generator),
+            }),
+        );
+    }
     let mut schemas = generator.take_definitions(true);
     let envelope = schemas
         .get("RecordedEvent")
@@ -119,6 +131,63 @@ pub fn asyncapi(registry: &Registry) -> Value {
             }),
         );
     }
+    let feed_description = "The live feed: catch-up from the log after a position, then live, with no gap and no \
+        duplicate. The policy decides when the subscription opens (scope events:subscribe, or an organization \
+        admin for their own organization) and again for every event. Messages: `subscribed` first; `event` \
+        (its `position` is the resume point; `views` carries the current views of its stream); `heartbeat` \
+        after each silence of `heartbeat` seconds (its `position` is a resume point too); `end` last, saying \
+        why (token_expired, server_shutdown, unavailable) and where to resume. Bearer token in the \
+        Authorization header, or `access_token` in the query for clients that cannot set headers.";
+    for (name, address, protocol, transport) in [
+        (
+            "feed",
+            "/v1/events/stream",
+            "http",
+            "Server-Sent Events: each SSE event's `event` is the message type, its `id` the position to resume after (`Last-Event-ID`), its `data` the message.",
+        ),
+        (
+            "socket",
+            "/v1/events/ws",
+            "ws",
+            "A WebSocket: one message per text frame; the server pings every heartbeat and closes a silent connection (close code 4001: token expired; 1001: shutting down).",
+        ),
+    ] {
+        let message_name = format!("{name}_message");
+        messages.insert(
+            message_name.clone(),
+            json!({
+                "name": message_name,
+                "title": "A feed message",
+                "summary": "subscribed, event, heartbeat or end",
+                "contentType": "application/json",
+                "payload": feed_message,
+            }),
+        );
+        channels.insert(
+            name.to_owned(),
+            json!({
+                "address": address,
+                "title": format!("The live feed over {protocol}"),
+                "description": format!("{feed_description} {transport}"),
+                "messages": {message_name.clone(): {"$ref": format!("#/components/messages/{message_name}")}},
+                "bindings": {
+                    protocol: if protocol == "ws" {
+                        json!({"method": "GET", "query": feed_query, "bindingVersion": "0.1.0"})
+                    } else {
+                        json!({"method": "GET", "query": feed_query, "bindingVersion": "0.3.0"})
+                    }
+                },
+            }),
+        );
+        operations.insert(
+            format!("follow_{name}"),
+            json!({
+                "action": "receive",
+                "channel": {"$ref": format!("#/channels/{name}")},
+                "summary": format!("Follow the events the caller may receive, live, at {address}."),
+            }),
+        );
+    }
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -130,9 +199,16 @@ pub fn asyncapi(registry: &Registry) -> Value {
                             levels, underscores join words.",
         },
         "defaultContentType": "application/json",
+        "servers": {
+            "sse": {"host": "{host}", "protocol": "http", "description": "cairn serve, Server-Sent Events at /v1/events/stream",
+                    "variables": {"host": {"default": "127.0.0.1:8080"}}},
+            "ws": {"host": "{host}", "protocol": "ws", "description": "cairn serve, WebSocket at /v1/events/ws",
+                   "variables": {"host": {"default": "127.0.0.1:8080"}}},
+        },
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
+        "x-views": views,
     })
 }
 
@@ -172,7 +248,13 @@ fn ts_type(schema: &Value, indent: usize) -> String {
         };
     };
     if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
-        return ts_name(reference);
+        // A reference with properties beside it (a tagged enum's variant carries its
+        // tag that way) is the referenced type and those properties together.
+        return if object.contains_key("properties") {
+            format!("{} & {}", ts_name(reference), ts_object(object, indent))
+        } else {
+            ts_name(reference)
+        };
     }
     if let Some(constant) = object.get("const") {
         return constant.to_string();
