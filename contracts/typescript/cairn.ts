@@ -7,6 +7,17 @@ export type AcceptRequest = {
   token: string;
 };
 
+/** One alert. */
+export type Alert = {
+  active: boolean;
+  /** `probe_failing`, `unprocessed_events`, `failed_events` or `stuck_workflows`. */
+  alert: string;
+  /** What is wrong and what to do, for people. */
+  message: string;
+  /** How many things it counts (1 or 0 for the probe). */
+  value: number;
+};
+
 /** A bootstrap was accepted: the workflow is running. */
 export type BootstrapAccepted = {
   /** The request this belongs to; every hop it causes carries it. */
@@ -182,6 +193,9 @@ export type Health = {
   status: string;
 };
 
+/** Overall state: `ok`; `degraded` (the chain works, but an alert is active); `failing` (the probe failed). */
+export type HealthStatus = "ok" | "degraded" | "failing";
+
 export type Heartbeat = {
   at: string;
   /** A global position in the log. */
@@ -190,6 +204,27 @@ export type Heartbeat = {
 
 /** What kind of hop an entry is. */
 export type Hop = ("http") | ("event") | ("handler") | ("workflow") | ("step") | ("timer") | ("email") | ("delivery") | ("probe");
+
+/** One hop of a probe. */
+export type HopReport = {
+  /** What went wrong, when it did. */
+  error?: string | null;
+  /** `http`, `event`, `projection`, `realtime` or `workflow`. */
+  hop: string;
+  /** Time from the probe's start until this hop was seen done. */
+  latency_ms?: number | null;
+  ok: boolean;
+};
+
+/** The answer of `GET /health/integration`. */
+export type IntegrationHealth = {
+  alerts: Array<Alert>;
+  probe: ProbeReport;
+  /** How old the probe result is. */
+  probe_age_ms: number;
+  status: HealthStatus;
+  system: SystemHealth;
+};
 
 /** An invitation. Its token is never shown. */
 export type Invitation = {
@@ -369,6 +404,15 @@ export type OrganizationRequest = {
   slug: string;
 };
 
+/** What the dispatcher did with one event. */
+export type Outcome = ({
+  outcome: "applied";
+}) | ({
+  outcome: "skipped";
+}) | (ProcessingError & {
+  outcome: "failed";
+});
+
 /** A page of a list. */
 export type Page = {
   items: Array<Organization>;
@@ -433,6 +477,20 @@ export type PersonRequest = {
   name: string;
 };
 
+/** What the probe's command did. */
+export type Ping = {
+  /** The request this belongs to; every hop it causes carries it. */
+  correlation_id: string;
+  /** What the handler did with the event. */
+  outcome: Outcome;
+  /** A stream (aggregate) id. */
+  ping_id: string;
+  /** The `probe.pinged` event's position. */
+  position: number;
+  /** The probe workflow the command started. */
+  workflow_id: string;
+};
+
 /** A person the bootstrap creates or invites. */
 export type PlannedAdmin = {
   email: string;
@@ -452,6 +510,24 @@ export type PlannedInvitee = {
   roles: Array<Role>;
   /** A user id. */
   user_id: string;
+};
+
+/** The probe sent its synthetic command. */
+export type ProbePinged = {
+  sent_at: string;
+};
+
+/** One probe's result. */
+export type ProbeReport = {
+  at: string;
+  /** The first hop that broke. */
+  broken?: string | null;
+  /** The probe request's correlation id: `cairn trace` shows its timeline. */
+  correlation_id: string;
+  hops: Array<HopReport>;
+  /** Whether every hop worked. */
+  ok: boolean;
+  total_ms: number;
 };
 
 /** An RFC 9457 problem document. */
@@ -687,6 +763,16 @@ export type StreamQuery = {
   views?: boolean | null;
 };
 
+/** A workflow run that should have moved on and has not. */
+export type StuckRun = {
+  /** A workflow run id. */
+  id: string;
+  kind: string;
+  /** When it was due, or when it last changed. */
+  since: string;
+  status: string;
+};
+
 export type Subscribed = {
   /** Events after this position follow. */
   after: number;
@@ -698,6 +784,24 @@ export type Subscribed = {
   subscription_id: string;
   /** The tenants the subscription sees: `all` or one organization id. */
   tenancy: string;
+};
+
+/** The state of the whole system, without any tenant's data: for health checks and metrics, which anyone may read. */
+export type SystemHealth = {
+  /** Events whose last processing failed. */
+  failed_events: number;
+  /** The log's last position. */
+  head: number;
+  /** The first of them. */
+  stuck: Array<StuckRun>;
+  /** Runs overdue by more than the deadline, and runs whose compensation failed. */
+  stuck_workflows: number;
+  /** Events stored a while ago and never processed (should stay 0). */
+  unprocessed_events: number;
+  /** Workflow runs by status. */
+  workflows: {
+    [key: string]: number;
+  };
 };
 
 /** Everything one request caused, in order. */
@@ -825,6 +929,7 @@ export interface EventPayloads {
   "organization.created": OrganizationCreated;
   "organization.deactivated": OrganizationDeactivated;
   "organization.direct_care_settings_updated": DirectCareSettingsUpdated;
+  "probe.pinged": ProbePinged;
   "socket_message": unknown;
   "user.activated": UserActivated;
   "user.created": UserCreated;

@@ -311,6 +311,7 @@ impl Domain {
             }),
             Arc::new(Delivery { mailer, tokens }),
             Arc::new(Expiry),
+            Arc::new(crate::probe::Echo),
         ]
     }
 
@@ -709,6 +710,64 @@ impl Domain {
             actor: Some(ctx.actor()),
             parent: None,
         }
+    }
+
+    /// The integration probe's synthetic command: a `probe.pinged` event on the probe's
+    /// reserved tenant and a one-step probe workflow, in one transaction. Unlike every
+    /// other command it reports its event's outcome instead of failing on it, so the
+    /// probe can name the hop that broke.
+    pub async fn ping(&self, ctx: &CommandContext) -> Result<crate::probe::Ping, CommandError> {
+        ctx.authorize(Action::RunProbe)?;
+        let ping_id = cairn_types::StreamId::new_v7();
+        let workflow_id = WorkflowId::new_v7();
+        let mut tx = self.store.db().begin().await?;
+        let pinged = crate::probe::ProbePinged {
+            sent_at: self.now(),
+        };
+        let stream_type =
+            StreamType::parse(crate::probe::STREAM_TYPE).expect("a valid stream type");
+        let appended = self
+            .store
+            .append_in(
+                &mut tx,
+                AppendRequest::new(
+                    stream_type,
+                    ping_id,
+                    vec![pinged.to_event(ctx.metadata(OrgId::PROBE))],
+                )
+                .expect(Expected::NoStream),
+            )
+            .await?;
+        self.engine
+            .start_in(
+                &mut tx,
+                Start {
+                    id: workflow_id,
+                    kind: crate::probe::WORKFLOW.to_owned(),
+                    input: json!({ "ping_id": ping_id }),
+                    correlation_id: ctx.correlation_id,
+                    org_id: Some(OrgId::PROBE),
+                    actor: Some(ctx.actor()),
+                    parent: None,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        let dispatched =
+            appended
+                .events
+                .into_iter()
+                .next()
+                .ok_or_else(|| CommandError::InvalidState {
+                    message: "the probe's append stored no event".to_owned(),
+                })?;
+        Ok(crate::probe::Ping {
+            ping_id,
+            position: dispatched.event.position,
+            workflow_id,
+            correlation_id: ctx.correlation_id,
+            outcome: dispatched.outcome,
+        })
     }
 
     /// Invites someone to an organization: records the invitation and starts the

@@ -20,6 +20,7 @@ pub mod events;
 pub mod invitations;
 pub mod mailing;
 pub mod model;
+pub mod probe;
 pub mod projections;
 pub mod queries;
 pub mod reads;
@@ -32,7 +33,6 @@ pub use commands::{
     FieldError, InvitationAcceptance, InvitationStarted, InviteeRequest, OrganizationRequest,
     PersonRequest,
 };
-pub use projections::routes;
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
 /// the workflow engine, the domain.
@@ -43,6 +43,11 @@ pub fn all_migrations() -> Vec<&'static [Migration]> {
         cairn_workflow::MIGRATIONS,
         MIGRATIONS,
     ]
+}
+
+/// Registers the domain's routers, projections and views, and the probe's.
+pub fn routes(builder: cairn_dispatch::RegistryBuilder) -> cairn_dispatch::RegistryBuilder {
+    probe::routes(projections::routes(builder))
 }
 
 /// The full routing table: the administrative no-op routes, the workflow engine's
@@ -65,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0002_tenant_reads",
         sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
         postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
+    },
+    Migration {
+        id: "domain/0003_probe",
+        sqlite: include_str!("schema/sqlite/0003_probe.sql"),
+        postgres: include_str!("schema/postgres/0003_probe.sql"),
     },
 ];
 

@@ -6,8 +6,10 @@
 
 use cairn_log::{Db, EventFilter, ReadError, RecordedEvent, Tenancy};
 use cairn_policy::{Action, Grant};
-use cairn_types::{EventId, InvitationId, OrgId, UserId, WorkflowId};
+use cairn_types::{EventId, InvitationId, OrgId, Position, UserId, WorkflowId};
 use cairn_workflow::{Run, RunFilter, RunWithSteps};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::queries;
 pub use crate::queries::{Invitation, Organization, Page, User};
@@ -130,6 +132,10 @@ pub async fn workflows(
         Tenancy::Org(org) => filter.org_id = Some(*org),
         Tenancy::All => {}
     }
+    if filter.org_id != Some(OrgId::PROBE) {
+        // The probe's synthetic runs show only to whoever asks for them by name.
+        filter.exclude_org = Some(OrgId::PROBE);
+    }
     let mut scoped = db.scoped(tenancy).await?;
     let runs = cairn_workflow::state::list(&mut scoped.conn(), &filter).await?;
     Ok(runs
@@ -162,6 +168,10 @@ pub async fn events(
         Tenancy::Org(org) => filter.org_id = Some(*org),
         Tenancy::All => {}
     }
+    if filter.org_id != Some(OrgId::PROBE) {
+        // The probe's synthetic events show only to whoever asks for them by name.
+        filter.exclude_org = Some(OrgId::PROBE);
+    }
     let mut scoped = db.scoped(tenancy).await?;
     let events = scoped.conn().read_events(&filter).await?;
     Ok(events
@@ -180,4 +190,144 @@ pub async fn event(
     let mut scoped = db.scoped(tenancy).await?;
     let found = scoped.conn().event_by_id(id).await?;
     Ok(found.filter(|e| tenancy.sees(e.metadata.org_id)))
+}
+
+/// What the integration probe reads to check its hops: its event in the log, its row
+/// in the projection, its workflow run.
+#[derive(Debug, Clone)]
+pub struct ProbeFacts {
+    pub event: Option<RecordedEvent>,
+    pub recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub run: Option<Run>,
+}
+
+/// The facts of one ping. The probe's rows belong to no tenant, so this reads as the
+/// owner, for a grant to run the probe.
+pub async fn probe_facts(
+    db: &Db,
+    grant: &Grant,
+    ping: &crate::probe::Ping,
+) -> Result<ProbeFacts, ReadsError> {
+    require(grant, Action::RunProbe)?;
+    let mut snapshot = db.snapshot().await?;
+    let mut conn = snapshot.conn();
+    let event = conn.event_at(ping.position).await?;
+    let recorded_at = crate::probe::recorded(&mut conn, ping.ping_id).await?;
+    let run = cairn_workflow::state::load_run(&mut conn, ping.workflow_id).await?;
+    Ok(ProbeFacts {
+        event,
+        recorded_at,
+        run,
+    })
+}
+
+/// A workflow run that should have moved on and has not.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct StuckRun {
+    pub id: WorkflowId,
+    pub kind: String,
+    pub status: String,
+    /// When it was due, or when it last changed.
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// The state of the whole system, without any tenant's data: for health checks and
+/// metrics, which anyone may read.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SystemHealth {
+    /// The log's last position.
+    pub head: Position,
+    /// Events stored a while ago and never processed (should stay 0).
+    pub unprocessed_events: i64,
+    /// Events whose last processing failed.
+    pub failed_events: i64,
+    /// Workflow runs by status.
+    pub workflows: std::collections::BTreeMap<String, i64>,
+    /// Runs overdue by more than the deadline, and runs whose compensation failed.
+    pub stuck_workflows: i64,
+    /// The first of them.
+    pub stuck: Vec<StuckRun>,
+}
+
+/// When things count as stuck.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// A workflow run this long overdue is stuck.
+    pub stuck_after: chrono::Duration,
+    /// An event this old without an outcome is unprocessed.
+    pub unprocessed_after: chrono::Duration,
+}
+
+/// Reads [`SystemHealth`].
+pub async fn system_health(
+    db: &Db,
+    grant: &Grant,
+    thresholds: Thresholds,
+) -> Result<SystemHealth, ReadsError> {
+    let Thresholds {
+        stuck_after,
+        unprocessed_after,
+    } = thresholds;
+    require(grant, Action::ReadPublic)?;
+    let now = chrono::Utc::now();
+    let mut snapshot = db.snapshot().await?;
+    let mut conn = snapshot.conn();
+    let head = conn.head().await?;
+    let unprocessed: i64 = conn
+        .fetch_one(
+            "SELECT COUNT(*) AS n FROM domain_events \
+             WHERE processed_at IS NULL AND processing_error_code IS NULL AND created_at < $1",
+            cairn_log::args![now - unprocessed_after],
+        )
+        .await?
+        .get("n")?;
+    let mut workflows = std::collections::BTreeMap::new();
+    for row in conn
+        .fetch_all(
+            "SELECT status, COUNT(*) AS n FROM workflow_runs GROUP BY status ORDER BY status",
+            cairn_log::args![],
+        )
+        .await?
+    {
+        workflows.insert(row.get::<String>("status")?, row.get::<i64>("n")?);
+    }
+    let overdue = now - stuck_after;
+    let stuck_filter = "(status IN ('running', 'compensating') AND next_run_at IS NOT NULL AND next_run_at < $1) \
+         OR status = 'compensation_failed'";
+    let stuck_workflows: i64 = conn
+        .fetch_one(
+            sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) AS n FROM workflow_runs WHERE {stuck_filter}"
+            )),
+            cairn_log::args![overdue],
+        )
+        .await?
+        .get("n")?;
+    let stuck = conn
+        .fetch_all(
+            sqlx::AssertSqlSafe(format!(
+                "SELECT id, kind, status, COALESCE(next_run_at, updated_at) AS since FROM workflow_runs \
+                 WHERE {stuck_filter} ORDER BY since LIMIT 10"
+            )),
+            cairn_log::args![overdue],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StuckRun {
+                id: row.get("id")?,
+                kind: row.get("kind")?,
+                status: row.get("status")?,
+                since: row.get("since")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(SystemHealth {
+        head: head.last_position,
+        unprocessed_events: unprocessed,
+        failed_events: head.failed_events,
+        workflows,
+        stuck_workflows,
+        stuck,
+    })
 }

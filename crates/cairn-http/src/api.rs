@@ -41,6 +41,9 @@ pub struct Op {
     /// Whether it takes an `Idempotency-Key` (a repeat with the same key returns the
     /// first response). Refused with a clear problem where it does not.
     pub idempotency_key: bool,
+    /// Whether a 503 answers with the success's schema (a health check that reports
+    /// what is wrong) rather than a problem.
+    pub unhealthy_503: bool,
     /// OpenAPI links from the success response to operations that take what it
     /// returns: (operation id, parameter, runtime expression).
     pub links: &'static [(&'static str, &'static str, &'static str)],
@@ -90,6 +93,8 @@ pub enum Produces {
     EventStream,
     /// A WebSocket, each text frame one JSON message.
     WebSocket,
+    /// Metrics in the OpenMetrics text format.
+    OpenMetrics,
 }
 
 /// An operation as documented.
@@ -207,10 +212,11 @@ impl Api {
         self
     }
 
-    /// Registers an operation that streams messages of type `M` (Server-Sent Events or
-    /// a WebSocket) instead of answering one document. It reads `Q` from the query and
-    /// hands the handler the request's parts, for the upgrade and its headers.
-    pub fn stream<Q, M, F, Fut>(mut self, op: Op, produces: Produces, handler: F) -> Self
+    /// Registers an operation that does not answer one JSON document: it streams
+    /// messages of type `M` (Server-Sent Events or a WebSocket), or answers text. It
+    /// reads `Q` from the query and hands the handler the request's parts, for the
+    /// upgrade and its headers.
+    pub fn raw<Q, M, F, Fut>(mut self, op: Op, produces: Produces, handler: F) -> Self
     where
         Q: DeserializeOwned + JsonSchema + Send + 'static,
         M: JsonSchema + 'static,
@@ -362,6 +368,7 @@ pub fn openapi(documented: &[Documented]) -> Value {
             }));
         }
         let message = (doc.response)(&mut generator);
+        let message_schema_for_503 = message.clone();
         let (success_status, mut success) = match doc.produces {
             Produces::Json => (
                 op.success.as_u16().to_string(),
@@ -378,6 +385,14 @@ pub fn openapi(documented: &[Documented]) -> Value {
                     "headers": response_headers(),
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     "x-message-schema": message,
+                }),
+            ),
+            Produces::OpenMetrics => (
+                op.success.as_u16().to_string(),
+                json!({
+                    "description": "Every metric, in the OpenMetrics text format (Prometheus scrapes it).",
+                    "headers": response_headers(),
+                    "content": {"application/openmetrics-text": {"schema": {"type": "string"}}},
                 }),
             ),
             Produces::WebSocket => (
@@ -475,13 +490,24 @@ pub fn openapi(documented: &[Documented]) -> Value {
             "500".into(),
             problem_response("A fault in cairn.", &[ProblemCode::Internal]),
         );
-        responses.insert(
-            "503".into(),
-            problem_response(
-                "The database cannot be reached.",
-                &[ProblemCode::Unavailable],
-            ),
-        );
+        if op.unhealthy_503 {
+            responses.insert(
+                "503".into(),
+                json!({
+                    "description": "Something is broken: the body says what (same schema as 200).",
+                    "headers": response_headers(),
+                    "content": {"application/json": {"schema": message_schema_for_503}},
+                }),
+            );
+        } else {
+            responses.insert(
+                "503".into(),
+                problem_response(
+                    "The database cannot be reached.",
+                    &[ProblemCode::Unavailable],
+                ),
+            );
+        }
         responses.insert(
             "default".into(),
             problem_response("Any other failure.", &[ProblemCode::MethodNotAllowed]),

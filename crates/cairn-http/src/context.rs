@@ -79,7 +79,10 @@ pub fn trace_id_of(traceparent: &str) -> Option<uuid::Uuid> {
 /// Who a request turned out to be from, noted by the [`Ctx`] extractor for the
 /// request's span.
 #[derive(Debug, Clone, Default)]
-pub struct Caller(std::sync::Arc<std::sync::Mutex<Option<(String, Option<cairn_types::OrgId>)>>>);
+pub struct Caller(std::sync::Arc<std::sync::Mutex<Option<CallerNote>>>);
+
+/// Who called (for people), and their organization, if any.
+type CallerNote = (String, Option<cairn_types::OrgId>);
 
 impl Caller {
     fn note(&self, principal: &Principal) {
@@ -88,7 +91,7 @@ impl Caller {
         }
     }
 
-    fn get(&self) -> Option<(String, Option<cairn_types::OrgId>)> {
+    fn get(&self) -> Option<CallerNote> {
         self.0.lock().ok().and_then(|slot| slot.clone())
     }
 }

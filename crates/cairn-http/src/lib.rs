@@ -14,6 +14,7 @@ pub mod api;
 pub mod context;
 pub mod contracts;
 pub mod input;
+pub mod probe;
 pub mod problem;
 pub mod routes;
 pub mod stream;
@@ -37,6 +38,10 @@ struct Inner {
     domain: Domain,
     auth: Authenticator,
     feed: cairn_realtime::Feed,
+    options: Options,
+    /// Where this server listens, once it does: the probe calls it there.
+    base_url: std::sync::OnceLock<String>,
+    probe: probe::ProbeState,
     openapi: Value,
     asyncapi: Value,
 }
@@ -66,6 +71,24 @@ impl AppState {
 
     pub fn feed(&self) -> &cairn_realtime::Feed {
         &self.inner.feed
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// Where this server listens, once [`AppState::set_base_url`] said so.
+    pub fn base_url(&self) -> Option<&str> {
+        self.inner.base_url.get().map(String::as_str)
+    }
+
+    /// Tells the application where it listens (`http://127.0.0.1:8080`).
+    pub fn set_base_url(&self, url: String) {
+        let _ = self.inner.base_url.set(url);
+    }
+
+    pub fn probe_state(&self) -> &probe::ProbeState {
+        &self.inner.probe
     }
 
     pub fn db(&self) -> &Db {
@@ -108,9 +131,31 @@ async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse
     )
 }
 
+/// How the application watches itself.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// When workflow runs count as stuck and events as unprocessed.
+    pub thresholds: cairn_domain::reads::Thresholds,
+    /// `GET /health/integration` answers with a probe result at most this old rather
+    /// than start another.
+    pub probe_max_age: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            thresholds: cairn_domain::reads::Thresholds {
+                stuck_after: chrono::Duration::minutes(15),
+                unprocessed_after: chrono::Duration::minutes(1),
+            },
+            probe_max_age: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// The application: every route, with its state and middleware.
-pub fn app(domain: Domain, auth: Authenticator) -> Router {
-    build(domain, auth).router
+pub fn app(domain: Domain, auth: Authenticator) -> Result<Router, cairn_policy::TokenError> {
+    Ok(build(domain, auth, Options::default())?.router)
 }
 
 /// The application and its state, for a server that also runs the feed's shutdown
@@ -121,8 +166,14 @@ pub struct Built {
     pub state: AppState,
 }
 
-/// Builds the application.
-pub fn build(domain: Domain, auth: Authenticator) -> Built {
+/// Builds the application. The authenticator gets a key of this process's own, for
+/// the probe's requests to itself.
+pub fn build(
+    domain: Domain,
+    auth: Authenticator,
+    options: Options,
+) -> Result<Built, cairn_policy::TokenError> {
+    let auth = auth.with_process_key()?;
     let (router, documented) = routes::api().finish();
     let openapi = api::openapi(&documented);
     let registry = domain.store().dispatcher().registry().clone();
@@ -133,6 +184,9 @@ pub fn build(domain: Domain, auth: Authenticator) -> Built {
             domain,
             auth,
             feed,
+            options,
+            base_url: std::sync::OnceLock::new(),
+            probe: probe::ProbeState::default(),
             openapi,
             asyncapi,
         }),
@@ -145,7 +199,7 @@ pub fn build(domain: Domain, auth: Authenticator) -> Built {
             context::correlate,
         ))
         .with_state(state.clone());
-    Built { router, state }
+    Ok(Built { router, state })
 }
 
 /// Serves the application on a bound listener until `shutdown` resolves, then stops

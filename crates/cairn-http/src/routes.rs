@@ -329,6 +329,7 @@ macro_rules! op {
             public: $public,
             command: $command,
             idempotency_key: $command,
+            unhealthy_503: false,
             links: op!(@links $($links)?),
         }
     };
@@ -388,6 +389,52 @@ pub fn api() -> Api {
                 allow(&ctx, Action::ReadPublic)?;
                 state.database_ready().await.map_err(|e| database(&e))?;
                 Ok(Reply::ok(Health { status: "ready".into() }))
+            },
+        )
+        .op(
+            Op {
+                unhealthy_503: true,
+                ..op!(GET "/health/integration", "integrationHealth", "health", OK, public: true, command: false,
+                    "Is the whole chain working",
+                    "Runs the integration probe (or answers with a result at most a few seconds old): an HTTP command on the probe's reserved tenant, its event, its projection row, its delivery to an internal subscriber, a workflow step, each timed; plus the alerts (a failing probe, unprocessed events, failed events, stuck workflows). 200 when the probe passed (`status` ok, or degraded when an alert is active), 503 naming the hop that broke.")
+            },
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::ReadPublic)?;
+                let health = integration_health(&state).await?;
+                let status = if health.status == crate::probe::HealthStatus::Failing {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                Ok(Reply { status, body: health })
+            },
+        )
+        .raw::<Empty, String, _, _>(
+            op!(GET "/metrics", "metrics", "health", OK, public: true, command: false,
+                "Metrics for Prometheus",
+                "Events appended and failed by type, unprocessed and failed events now, dispatch and handler latency, workflows by status, step retries, realtime subscribers and delivery latency, HTTP requests by route and status, the probe's hops, and the alerts."),
+            crate::api::Produces::OpenMetrics,
+            |state: AppState, ctx: Ctx, _: Empty, _parts: axum::http::request::Parts| async move {
+                let grant = allow(&ctx, Action::ReadPublic)?;
+                let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+                    .await
+                    .map_err(read_problem)?;
+                let alerts = match state.probe_state().last() {
+                    Some((_, report)) => crate::probe::alerts(&system, &report),
+                    None => crate::probe::alerts(&system, &crate::probe::ProbeReport {
+                        ok: true,
+                        at: chrono::Utc::now(),
+                        correlation_id: CorrelationId::new_v7(),
+                        broken: None,
+                        hops: Vec::new(),
+                        total_ms: 0.0,
+                    }),
+                };
+                crate::probe::set_gauges(&system, &alerts);
+                Ok(axum::response::IntoResponse::into_response((
+                    [(axum::http::header::CONTENT_TYPE, cairn_observe::CONTENT_TYPE)],
+                    cairn_observe::metrics().render(),
+                )))
             },
         )
         .op(
@@ -602,6 +649,16 @@ pub fn api() -> Api {
             },
         )
         .op(
+            op!(POST "/v1/probe/pings", "probePing", "health", ACCEPTED, public: false, command: true,
+                "The integration probe's synthetic command",
+                "Appends a `probe.pinged` event on the probe's reserved tenant and starts the one-step probe workflow, and answers with the event's processing outcome (it does not fail on it, so that the probe can tell a broken projection from a broken request). Scope `health:probe`; the probe signs its own requests."),
+            |state: AppState, ctx: Ctx, _: Empty, _: Empty, _: Empty| async move {
+                allow(&ctx, Action::RunProbe)?;
+                let ping = state.domain().ping(&ctx.command()).await.map_err(command_problem)?;
+                Ok(Reply::accepted(ping))
+            },
+        )
+        .op(
             op!(GET "/v1/traces/{correlation_id}", "getTrace", "traces", OK, public: false, command: false,
                 "A request's timeline",
                 "Every hop one request caused, in order, with the time each took and any error: the HTTP request, each event appended and its handler, each workflow step and attempt, each email, each realtime delivery. Confined to the caller's tenancy."),
@@ -620,14 +677,14 @@ pub fn api() -> Api {
                     .ok_or_else(|| not_found("trace with correlation id", &path.correlation_id))
             },
         )
-        .stream::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
+        .raw::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
             op!(GET "/v1/events/stream", "streamEvents", "events", OK, public: false, command: false,
                 "Follow events live (Server-Sent Events)",
                 "Events the caller may receive, as they are committed, each with the views of its stream: catch-up from the log after `Last-Event-ID` (or `after`), then live, with no gap and no duplicate. The policy decides at subscribe time (scope `events:subscribe`, or an organization admin for their own organization) and again for every event. Heartbeats keep the connection alive; a token that expires ends the stream with an `end` message saying where to resume."),
             crate::api::Produces::EventStream,
             crate::stream::sse,
         )
-        .stream::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
+        .raw::<crate::stream::StreamQuery, cairn_realtime::Message, _, _>(
             op!(GET "/v1/events/ws", "socketEvents", "events", OK, public: false, command: false,
                 "Follow events live (WebSocket)",
                 "The feed of /v1/events/stream over a WebSocket: one JSON message per text frame, `after` to resume. The server pings every heartbeat and closes a connection that stops answering; close code 4001 means the token expired."),
@@ -706,3 +763,28 @@ pub fn api() -> Api {
 
 /// The value type of a served contract document.
 pub type Document = Value;
+
+/// The chain's health: a probe result and the alerts.
+async fn integration_health(state: &AppState) -> Result<crate::probe::IntegrationHealth, Problem> {
+    let grant = allow_principal(&cairn_policy::Principal::Anonymous, Action::ReadPublic)?;
+    let (age, probe) = crate::probe::probe(state, state.options().probe_max_age).await;
+    let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+        .await
+        .map_err(read_problem)?;
+    let alerts = crate::probe::alerts(&system, &probe);
+    crate::probe::set_gauges(&system, &alerts);
+    let status = if !probe.ok {
+        crate::probe::HealthStatus::Failing
+    } else if alerts.iter().any(|alert| alert.active) {
+        crate::probe::HealthStatus::Degraded
+    } else {
+        crate::probe::HealthStatus::Ok
+    };
+    Ok(crate::probe::IntegrationHealth {
+        status,
+        probe,
+        probe_age_ms: age.as_secs_f64() * 1_000.0,
+        alerts,
+        system,
+    })
+}

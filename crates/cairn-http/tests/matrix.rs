@@ -33,6 +33,11 @@ const FORBID: u16 = 403;
 const MISSING: u16 = 404;
 const CONFLICT: u16 = 409;
 const UPGRADE: u16 = 426;
+const UNAVAILABLE: u16 = 503;
+
+/// One operation: method, path, body, the scope a service needs, and the expected
+/// status for each kind of principal.
+type Row = (Method, String, Option<Value>, Option<Scope>, [u16; 7]);
 
 struct Fixture {
     org_a: OrgId,
@@ -40,6 +45,7 @@ struct Fixture {
     invitation_a: String,
     workflow_a: String,
     event_a: String,
+    correlation_a: String,
 }
 
 async fn fresh_invitation(s: &common::Server, org: OrgId, n: &str) -> anyhow::Result<InvitationId> {
@@ -81,6 +87,7 @@ backend_test!(
                 invitation_a: invitations[0].id.to_string(),
                 workflow_a: org.workflow_id.expect("a workflow").to_string(),
                 event_a: events[0].event_id.to_string(),
+                correlation_a: events[0].metadata.correlation_id.to_string(),
             }
         };
         let all_scopes: Vec<Scope> = Scope::ALL.to_vec();
@@ -98,7 +105,7 @@ backend_test!(
         // (method, path, body, the scope a service account needs, expected status per
         // principal kind). "Service with the scope" holds exactly that scope; "service
         // without it" holds every other one, so a wrong scope mapping fails a row.
-        let rows: Vec<(Method, String, Option<Value>, Option<Scope>, [u16; 7])> = vec![
+        let rows: Vec<Row> = vec![
             (Method::GET, "/health/live".into(), None, None, [OK; 7]),
             (Method::GET, "/v1/openapi.json".into(), None, None, [OK; 7]),
             (Method::GET, "/v1/asyncapi.json".into(), None, None, [OK; 7]),
@@ -239,6 +246,30 @@ backend_test!(
                 None,
                 Some(Scope::EventsSubscribe),
                 [UNAUTH, FORBID, UPGRADE, UPGRADE, UPGRADE, FORBID, UPGRADE],
+            ),
+            (
+                Method::GET,
+                format!("/v1/traces/{}", f.correlation_a),
+                None,
+                Some(Scope::EventsRead),
+                [UNAUTH, FORBID, OK, MISSING, OK, FORBID, OK],
+            ),
+            (
+                Method::POST,
+                "/v1/probe/pings".into(),
+                None,
+                Some(Scope::HealthProbe),
+                [UNAUTH, FORBID, FORBID, FORBID, ACCEPTED, FORBID, ACCEPTED],
+            ),
+            (Method::GET, "/metrics".into(), None, None, [OK; 7]),
+            (
+                // Public; here the server does not listen, so the probe's first hop
+                // breaks, for everyone alike.
+                Method::GET,
+                "/health/integration".into(),
+                None,
+                None,
+                [UNAVAILABLE; 7],
             ),
             (
                 Method::GET,

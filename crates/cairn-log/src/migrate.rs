@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0003_trace_spans.sql"),
         postgres: include_str!("schema/postgres/0003_trace_spans.sql"),
     },
+    Migration {
+        id: "log/0004_unprocessed",
+        sqlite: include_str!("schema/sqlite/0004_unprocessed.sql"),
+        postgres: include_str!("schema/postgres/0004_unprocessed.sql"),
+    },
 ];
 
 /// Why migrations did not run.

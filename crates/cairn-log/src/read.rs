@@ -73,6 +73,8 @@ pub struct EventFilter {
     pub event_type: Option<EventType>,
     pub correlation_id: Option<CorrelationId>,
     pub org_id: Option<OrgId>,
+    /// Leave out the events of this organization (the probe's, in cross-tenant reads).
+    pub exclude_org: Option<OrgId>,
     /// Only events whose last processing failed.
     pub failed: bool,
     /// Only failed events with this code (implies `failed`).
@@ -115,6 +117,13 @@ impl EventFilter {
         }
         if let Some(code) = self.error_code {
             condition("processing_error_code", code.into_arg());
+        }
+        if let Some(excluded) = self.exclude_org {
+            args.push(excluded.into_arg());
+            sql.push_str(&format!(
+                " AND (org_id IS NULL OR org_id <> ${})",
+                args.len()
+            ));
         }
         if self.failed {
             sql.push_str(" AND processing_error_code IS NOT NULL");

@@ -35,6 +35,8 @@ pub enum Action {
     ReceiveEvent(Option<OrgId>),
     /// Read the timeline of one request.
     ReadTrace,
+    /// Run the integration probe's synthetic command.
+    RunProbe,
 }
 
 impl Action {
@@ -61,6 +63,7 @@ impl Action {
             Action::Subscribe => "subscribe to the event feed".into(),
             Action::ReceiveEvent(_) => "receive this event".into(),
             Action::ReadTrace => "read request timelines".into(),
+            Action::RunProbe => "run the integration probe".into(),
         }
     }
 }
@@ -148,6 +151,7 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
             Err("only platform administrators bootstrap organizations".to_owned())
         }
         Action::RetryEvents => Err("only platform administrators retry events".to_owned()),
+        Action::RunProbe => Err("only the platform runs the integration probe".to_owned()),
     }
 }
 
@@ -169,6 +173,7 @@ fn scope_for(action: &Action) -> Option<Scope> {
         Action::ListEvents | Action::ReadTrace => Some(Scope::EventsRead),
         Action::RetryEvents => Some(Scope::EventsRetry),
         Action::Subscribe | Action::ReceiveEvent(_) => Some(Scope::EventsSubscribe),
+        Action::RunProbe => Some(Scope::HealthProbe),
     }
 }
 

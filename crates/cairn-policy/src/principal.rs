@@ -86,6 +86,9 @@ pub enum Scope {
     /// Subscribe to the live feed of every tenant's events.
     #[serde(rename = "events:subscribe")]
     EventsSubscribe,
+    /// Run the integration probe (its synthetic command on the probe's own tenant).
+    #[serde(rename = "health:probe")]
+    HealthProbe,
 }
 
 /// Text that is not a scope.
@@ -96,7 +99,7 @@ pub struct UnknownScope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::OrganizationsBootstrap,
         Scope::OrganizationsRead,
         Scope::OrganizationsWrite,
@@ -104,6 +107,7 @@ impl Scope {
         Scope::EventsRead,
         Scope::EventsRetry,
         Scope::EventsSubscribe,
+        Scope::HealthProbe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +119,7 @@ impl Scope {
             Scope::EventsRead => "events:read",
             Scope::EventsRetry => "events:retry",
             Scope::EventsSubscribe => "events:subscribe",
+            Scope::HealthProbe => "health:probe",
         }
     }
 

@@ -49,6 +49,14 @@ pub struct Claims {
 impl Claims {
     /// Claims for a principal, valid for `ttl` from now.
     pub fn for_principal(principal: &Principal, ttl: Duration) -> Result<Claims, TokenError> {
+        Self::build(principal, ttl, true)
+    }
+
+    fn build(
+        principal: &Principal,
+        ttl: Duration,
+        check_reserved: bool,
+    ) -> Result<Claims, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let exp = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let base = |sub: String, kind: TokenKind| Claims {
@@ -72,7 +80,9 @@ impl Claims {
                 ..base(format!("user:{user_id}"), TokenKind::User)
             }),
             Principal::Service { name, scopes } => {
-                if let Some(reason) = crate::principal::reserved_service_name(name) {
+                if let Some(reason) =
+                    crate::principal::reserved_service_name(name).filter(|_| check_reserved)
+                {
                     return Err(TokenError::Invalid {
                         reason: format!("service account {name:?}: {reason}"),
                     });
@@ -93,6 +103,10 @@ impl Claims {
 
     /// The principal the claims name.
     pub fn principal(&self) -> Result<Principal, TokenError> {
+        self.resolve(true)
+    }
+
+    fn resolve(&self, check_reserved: bool) -> Result<Principal, TokenError> {
         let invalid = |reason: String| TokenError::Invalid { reason };
         let (prefix, rest) = self
             .sub
@@ -111,7 +125,9 @@ impl Claims {
                 })
             }
             (TokenKind::Service, "service") if !rest.is_empty() => {
-                if let Some(reason) = crate::principal::reserved_service_name(rest) {
+                if let Some(reason) =
+                    crate::principal::reserved_service_name(rest).filter(|_| check_reserved)
+                {
                     return Err(invalid(format!("service account {rest:?}: {reason}")));
                 }
                 Ok(Principal::Service {
@@ -157,7 +173,13 @@ pub enum KeySource {
 #[derive(Clone)]
 pub struct Authenticator {
     keys: Keys,
+    /// A key only this process knows, for its requests to itself (the integration
+    /// probe's); tokens signed with it name it by `kid`.
+    process: Option<Vec<u8>>,
 }
+
+/// The `kid` of tokens signed with the process's own key.
+const PROCESS_KID: &str = "cairn-process";
 
 #[derive(Clone)]
 enum Keys {
@@ -225,7 +247,10 @@ impl Authenticator {
                 Keys::Jwks(set)
             }
         };
-        Ok(Authenticator { keys })
+        Ok(Authenticator {
+            keys,
+            process: None,
+        })
     }
 
     /// Verifies a bearer token and returns the principal it names.
@@ -233,8 +258,53 @@ impl Authenticator {
         self.verify(token).map(|verified| verified.principal)
     }
 
+    /// Adds a random key that only this process knows, so that it can call itself
+    /// (the integration probe does) whatever keys it verifies others' tokens with.
+    pub fn with_process_key(mut self) -> Result<Authenticator, TokenError> {
+        let mut secret = vec![0_u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| config_error(format!("no randomness for the process key: {e}")))?;
+        self.process = Some(secret);
+        Ok(self)
+    }
+
+    /// A token for this process's own requests, signed with its process key. Its
+    /// principal may carry a name reserved for cairn itself.
+    pub fn mint_for_process(
+        &self,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
+        let secret = self
+            .process
+            .as_ref()
+            .ok_or_else(|| config_error("this authenticator has no process key"))?;
+        let claims = Claims::build(principal, ttl, false)?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(PROCESS_KID.to_owned());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).map_err(|e| {
+            TokenError::Invalid {
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// Verifies a bearer token and returns the principal it names and when it expires.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let process_token = jsonwebtoken::decode_header(token)
+            .ok()
+            .is_some_and(|header| header.kid.as_deref() == Some(PROCESS_KID));
+        if process_token {
+            let secret = self.process.as_ref().ok_or_else(|| TokenError::Invalid {
+                reason: "the token names this process's own key, which it does not have".to_owned(),
+            })?;
+            let data = decode_checked(token, &DecodingKey::from_secret(secret), Algorithm::HS256)?;
+            return Ok(Verified {
+                principal: data.claims.resolve(false)?,
+                expires_at: chrono::DateTime::from_timestamp(data.claims.exp, 0)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            });
+        }
         let (key, algorithm) = match &self.keys {
             Keys::Secret(key) => (key.clone(), Algorithm::HS256),
             Keys::Pem { key, algorithm } => (key.clone(), *algorithm),
@@ -263,18 +333,7 @@ impl Authenticator {
                 (key, header.alg)
             }
         };
-        let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid {
-                reason: e.to_string(),
-            },
-        })?;
+        let data = decode_checked(token, &key, algorithm)?;
         Ok(Verified {
             principal: data.claims.principal()?,
             expires_at: chrono::DateTime::from_timestamp(data.claims.exp, 0)
@@ -288,6 +347,23 @@ impl Authenticator {
 pub struct Verified {
     pub principal: Principal,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn decode_checked(
+    token: &str,
+    key: &DecodingKey,
+    algorithm: Algorithm,
+) -> Result<jsonwebtoken::TokenData<Claims>, TokenError> {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+    validation.leeway = 5;
+    jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+        _ => TokenError::Invalid {
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// Mints an HS256 token for a principal: development and tests.
@@ -358,6 +434,44 @@ mod tests {
                 Err(TokenError::Invalid { .. })
             ));
         }
+    }
+
+    #[test]
+    fn only_this_process_can_mint_with_its_process_key() {
+        let auth = Authenticator::new(&KeySource::Secret(SECRET.to_vec()))
+            .unwrap()
+            .with_process_key()
+            .unwrap();
+        let probe = Principal::Service {
+            name: "cairn-probe".into(),
+            scopes: BTreeSet::from([Scope::HealthProbe]),
+        };
+        let token = auth
+            .mint_for_process(&probe, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(auth.authenticate(&token).unwrap(), probe);
+        // Another process (another key) cannot verify it, nor can anyone forge one
+        // with the configured secret under the process key's name.
+        let other = Authenticator::new(&KeySource::Secret(SECRET.to_vec()))
+            .unwrap()
+            .with_process_key()
+            .unwrap();
+        assert!(matches!(
+            other.authenticate(&token),
+            Err(TokenError::Invalid { .. })
+        ));
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(PROCESS_KID.to_owned());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &Claims::build(&probe, Duration::from_secs(60), false).unwrap(),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(
+            auth.authenticate(&forged),
+            Err(TokenError::Invalid { .. })
+        ));
     }
 
     #[test]

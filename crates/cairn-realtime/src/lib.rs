@@ -90,7 +90,7 @@ pub enum Message {
     /// The first message: the subscription is open, and on what terms.
     Subscribed(Subscribed),
     /// An event, with the views of its stream when asked for.
-    Event(Delivery),
+    Event(Box<Delivery>),
     /// Nothing to deliver for a while; the connection is alive. `position` is how far
     /// the subscription has read (events up to it that it did not deliver were not for
     /// it), so resuming from it is as good as from the last event.

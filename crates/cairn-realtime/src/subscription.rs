@@ -203,8 +203,11 @@ impl Subscription {
                 cairn_observe::metrics()
                     .realtime_deliveries
                     .inc_by(deliveries.len() as u64);
+                for delivery in &deliveries {
+                    self.record_delivery(&delivery.event, true);
+                }
                 self.queue
-                    .extend(deliveries.into_iter().map(Message::Event));
+                    .extend(deliveries.into_iter().map(|d| Message::Event(Box::new(d))));
                 self.cursor = self.cursor.max(through);
                 if done {
                     self.caught_up = true;
@@ -317,36 +320,47 @@ impl Subscription {
             metrics
                 .realtime_delivery_seconds
                 .observe(latency.as_secs_f64());
-            self.db.record_span(
-                SpanRecord::ending_now(
-                    event.metadata.correlation_id,
-                    SpanKind::Delivery,
-                    format!(
-                        "{} delivered to a {} subscriber ({})",
-                        event.event_type,
-                        self.request.transport,
-                        self.request.principal.kind()
-                    ),
-                    event.created_at,
-                )
-                .org(event.metadata.org_id)
-                .attribute("subscription", self.id.as_str())
-                .attribute("position", event.position.get())
-                .attribute("principal", self.request.principal.describe()),
-            );
+            self.record_delivery(event, false);
             let views = if self.request.selector.views {
                 hub_event.views.clone()
             } else {
                 serde_json::Map::new()
             };
-            self.queue.push_back(Message::Event(Delivery {
+            self.queue.push_back(Message::Event(Box::new(Delivery {
                 position: event.position,
                 event: event.clone(),
                 views,
                 views_as_of: self.request.selector.views.then_some(batch.through),
-            }));
+            })));
         }
         self.cursor = batch.through;
+    }
+
+    /// Records a delivery as a hop of the event's request. A catch-up delivery of an
+    /// old event is not a hop of anything recent and is not recorded, so that a client
+    /// reading a day of the log back does not write a day of spans.
+    fn record_delivery(&self, event: &RecordedEvent, catch_up: bool) {
+        if catch_up && Utc::now() - event.created_at > chrono::Duration::minutes(5) {
+            return;
+        }
+        self.db.record_span(
+            SpanRecord::ending_now(
+                event.metadata.correlation_id,
+                SpanKind::Delivery,
+                format!(
+                    "{} delivered to a {} subscriber ({})",
+                    event.event_type,
+                    self.request.transport,
+                    self.request.principal.kind()
+                ),
+                event.created_at,
+            )
+            .org(event.metadata.org_id)
+            .attribute("subscription", self.id.as_str())
+            .attribute("position", event.position.get())
+            .attribute("catch_up", catch_up)
+            .attribute("principal", self.request.principal.describe()),
+        );
     }
 
     /// Waits for a live batch, a heartbeat, the token's expiry or the shutdown.

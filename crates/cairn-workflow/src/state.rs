@@ -162,6 +162,8 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub kind: Option<String>,
     pub org_id: Option<OrgId>,
+    /// Leave out the runs of this organization (the probe's, in cross-tenant lists).
+    pub exclude_org: Option<OrgId>,
     pub correlation_id: Option<CorrelationId>,
     /// Only runs whose id sorts after this one (ids are time-ordered): a cursor.
     pub after: Option<WorkflowId>,
@@ -228,6 +230,13 @@ pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, s
     }
     if let Some(after) = filter.after {
         condition("id >", after.into_arg());
+    }
+    if let Some(excluded) = filter.exclude_org {
+        args.push(excluded.into_arg());
+        sql.push_str(&format!(
+            " AND (org_id IS NULL OR org_id <> ${})",
+            args.len()
+        ));
     }
     args.push(i64::from(filter.limit.unwrap_or(100)).into_arg());
     sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));

@@ -111,6 +111,13 @@ pub struct ServeArgs {
     /// How many workflow runs the in-process engine drives at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// How often the integration probe runs (0 for never; GET /health/integration
+    /// still runs it on demand).
+    #[arg(long, env = "CAIRN_PROBE_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub probe_interval: HumanDuration,
+    /// A workflow run this long overdue is reported as stuck.
+    #[arg(long, env = "CAIRN_STUCK_AFTER", default_value = "15m", value_parser = parse_duration)]
+    pub stuck_after: HumanDuration,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -132,7 +139,7 @@ pub struct TokenArgs {
     pub service: Option<String>,
     /// A service account's scopes (repeat for several): organizations:bootstrap,
     /// organizations:read, organizations:write, workflows:read, events:read,
-    /// events:retry, events:subscribe.
+    /// events:retry, events:subscribe, health:probe.
     #[arg(long, value_parser = parse_scope, requires = "service")]
     pub scope: Vec<cairn_policy::Scope>,
     /// A platform administrator token with this name.
@@ -247,6 +254,14 @@ pub struct AcceptArgs {
 /// A duration such as 7d, 36h, 90m or 45s.
 #[derive(Debug, Clone, Copy)]
 pub struct HumanDuration(pub std::time::Duration);
+
+/// A duration, or 0 for "never".
+fn parse_duration_or_zero(input: &str) -> Result<HumanDuration, String> {
+    if input.trim() == "0" {
+        return Ok(HumanDuration(std::time::Duration::ZERO));
+    }
+    parse_duration(input)
+}
 
 fn parse_duration(input: &str) -> Result<HumanDuration, String> {
     let input = input.trim();
@@ -396,6 +411,9 @@ pub struct ListArgs {
     /// Only failed events with this code (P9001, …).
     #[arg(long, value_parser = parse_code)]
     pub code: Option<ErrorCode>,
+    /// Include the integration probe's synthetic events (left out by default).
+    #[arg(long)]
+    pub probe: bool,
     /// Start after this position.
     #[arg(long, default_value_t = 0)]
     pub after: i64,

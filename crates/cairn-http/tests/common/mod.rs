@@ -24,10 +24,15 @@ pub struct Server {
     pub t: TestDb,
     pub domain: Domain,
     pub app: Router,
+    pub state: cairn_http::AppState,
     pub outbox: tempfile::TempDir,
 }
 
 pub async fn server(t: TestDb) -> anyhow::Result<Server> {
+    server_with(t, cairn_http::Options::default()).await
+}
+
+pub async fn server_with(t: TestDb, options: cairn_http::Options) -> anyhow::Result<Server> {
     t.migrate_sets(&cairn_domain::all_migrations()[1..]).await?;
     let store = EventStore::new(t.db().clone(), cairn_domain::registry());
     let outbox = tempfile::tempdir()?;
@@ -41,13 +46,40 @@ pub async fn server(t: TestDb) -> anyhow::Result<Server> {
     )
     .await?;
     let auth = Authenticator::new(&KeySource::Secret(SECRET.to_vec()))?;
-    let app = cairn_http::app(domain.clone(), auth);
+    let built = cairn_http::build(domain.clone(), auth, options)?;
     Ok(Server {
         t,
         domain,
-        app,
+        app: built.router,
+        state: built.state,
         outbox,
     })
+}
+
+impl Server {
+    /// Serves the app on a loopback port, as `cairn serve` does; returns its base URL.
+    pub async fn listen(&self) -> anyhow::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        self.state.set_base_url(base.clone());
+        let app = self.app.clone();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(base)
+    }
+
+    /// Runs the workflow engine until the returned sender is dropped or sent to.
+    pub fn run_engine(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = self.domain.engine().clone();
+        tokio::spawn(async move {
+            engine
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        stop
+    }
 }
 
 pub fn token(principal: &Principal) -> String {

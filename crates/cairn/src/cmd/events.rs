@@ -107,6 +107,7 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         event_type: args.event_type,
         correlation_id: args.correlation_id,
         org_id: None,
+        exclude_org: (!args.probe).then_some(cairn_types::OrgId::PROBE),
         failed: args.failed,
         error_code: args.code,
     };

@@ -79,10 +79,18 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         .with_context(|| format!("listening on {}", args.addr))?;
     let address = listener.local_addr()?;
     eprintln!(
-        "{} listening on http://{address}\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json",
+        "{} listening on http://{address}\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json\n  health    http://{address}/health/integration · http://{address}/metrics ({})",
         style("cairn").bold(),
         domain.store().db().describe(),
         runtime.mail_display(),
+        if args.probe_interval.0.is_zero() {
+            "no scheduled probe".to_owned()
+        } else {
+            format!(
+                "a probe every {}",
+                crate::ui::duration(args.probe_interval.0)
+            )
+        },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let engine = domain.engine().clone();
@@ -94,8 +102,39 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             })
             .await;
     });
-    let built = cairn_http::build(domain, auth);
+    let defaults = cairn_http::Options::default();
+    let options = cairn_http::Options {
+        thresholds: cairn_domain::reads::Thresholds {
+            stuck_after: chrono::Duration::from_std(args.stuck_after.0)
+                .context("--stuck-after is too long")?,
+            ..defaults.thresholds
+        },
+        ..defaults
+    };
+    let built = cairn_http::build(domain, auth, options)?;
+    built.state.set_base_url(format!("http://{address}"));
     let feed = built.state.feed().clone();
+    let prober = (!args.probe_interval.0.is_zero()).then(|| {
+        let state = built.state.clone();
+        let every = args.probe_interval.0;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+                let (_, report) = cairn_http::probe::probe(&state, std::time::Duration::ZERO).await;
+                if let Some(hop) = &report.broken {
+                    eprintln!(
+                        "{} integration probe: the {hop} hop broke (cairn trace {})",
+                        style("warning:").yellow().bold(),
+                        report.correlation_id
+                    );
+                }
+            }
+        })
+    });
     let mut http_stop = stop_rx;
     let server = cairn_http::serve(listener, built.router, async move {
         let _ = http_stop.changed().await;
@@ -113,6 +152,9 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     let (served, ()) = tokio::join!(server, signal);
     served.context("serving HTTP")?;
     worker.await.context("stopping the workflow engine")?;
+    if let Some(prober) = prober {
+        prober.abort();
+    }
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }
