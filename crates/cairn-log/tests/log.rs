@@ -640,3 +640,38 @@ backend_test!(
         Ok(())
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_notification_alone_moves_the_head_watch() -> cairn_testkit::TestResult {
+    use std::time::Duration;
+    cairn_testkit::run(
+        Backend::Postgres,
+        "log::notification_moves_the_head_watch",
+        |t: TestDb| async move {
+            let mut watch = t.db().head_watch();
+            // The listener connects in the background; notify until it hears one. The
+            // position named exists nowhere in the log, so only NOTIFY can have said it.
+            let other = t.connect_again().await?;
+            let heard = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let mut tx = other.begin().await?;
+                    tx.conn()
+                        .execute_script("SELECT pg_notify('cairn_events', '987654321')")
+                        .await?;
+                    tx.commit().await?;
+                    if tokio::time::timeout(Duration::from_millis(200), watch.changed())
+                        .await
+                        .is_ok()
+                        && *watch.borrow_and_update() == Position::new(987_654_321)
+                    {
+                        return anyhow::Ok(());
+                    }
+                }
+            })
+            .await;
+            anyhow::ensure!(heard.is_ok(), "no NOTIFY reached the head watch");
+            Ok(())
+        },
+    )
+    .await
+}

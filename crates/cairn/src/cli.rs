@@ -76,6 +76,18 @@ pub enum Command {
     /// workflow steps, emails and realtime deliveries, with the time each took.
     /// Exits 1 when a hop failed.
     Trace(TraceArgs),
+    /// Ask a running server whether its whole chain works: it runs its integration
+    /// probe and reports each hop and every alert. Exits 1 when degraded or failing.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The server's base URL.
+    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod demo;
 mod events;
+mod health;
 mod org;
 mod replay;
 mod serve;
@@ -40,5 +41,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => serve::token(&url, args).await,
         Command::Contracts(ContractsCommand::Export(args)) => serve::export(args).await,
         Command::Trace(args) => trace::run(&url, args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
