@@ -116,6 +116,11 @@ impl Pools {
 
 /// Keeps a `Db`'s head watch current until the last clone of the `Db` is dropped.
 async fn follow_head(pools: Arc<Pools>, shared: std::sync::Weak<Shared>) {
+    // `Db::close` stops the watch at once, so that the LISTEN connection does not keep
+    // the pool from closing while clones of the `Db` are still around.
+    let Some(mut stop) = shared.upgrade().map(|s| s.head.stop.subscribe()) else {
+        return;
+    };
     let mut listener = match &*pools {
         Pools::Postgres { pool, .. } => {
             let listening = async {
@@ -145,20 +150,26 @@ async fn follow_head(pools: Arc<Pools>, shared: std::sync::Weak<Shared>) {
         None => false,
     };
     loop {
-        if shared.strong_count() == 0 {
+        if shared.strong_count() == 0 || *stop.borrow() {
             return;
         }
-        let heard = match listener.as_mut() {
-            Some(listener) => match tokio::time::timeout(every, listener.try_recv()).await {
-                Ok(Ok(Some(notification))) => notification.payload().parse::<i64>().ok(),
-                // Quiet for a while, or the connection dropped (its notifications are
-                // lost): read the head itself.
-                Ok(Ok(None) | Err(_)) | Err(_) => None,
-            },
-            None => {
-                tokio::time::sleep(every).await;
-                None
+        let wait = async {
+            match listener.as_mut() {
+                Some(listener) => match tokio::time::timeout(every, listener.try_recv()).await {
+                    Ok(Ok(Some(notification))) => notification.payload().parse::<i64>().ok(),
+                    // Quiet for a while, or the connection dropped (its notifications
+                    // are lost): read the head itself.
+                    Ok(Ok(None) | Err(_)) | Err(_) => None,
+                },
+                None => {
+                    tokio::time::sleep(every).await;
+                    None
+                }
             }
+        };
+        let heard = tokio::select! {
+            heard = wait => heard,
+            _ = stop.changed() => return,
         };
         let position = match heard {
             Some(position) => Some(Position::new(position)),
@@ -206,6 +217,8 @@ impl Shared {
 struct HeadWatch {
     sender: tokio::sync::watch::Sender<Position>,
     listening: std::sync::atomic::AtomicBool,
+    /// Set by `Db::close`: the follower stops and gives its connection back.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl HeadWatch {
@@ -213,6 +226,7 @@ impl HeadWatch {
         HeadWatch {
             sender: tokio::sync::watch::channel(Position::START).0,
             listening: std::sync::atomic::AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -472,8 +486,10 @@ impl Db {
         Ok(())
     }
 
-    /// Closes every connection.
+    /// Closes every connection, after stopping the head watch, which holds one. Waits
+    /// for connections in use to be given back.
     pub async fn close(&self) {
+        self.shared.head.stop.send_replace(true);
         match &*self.pools {
             Pools::Sqlite { writer, reader, .. } => {
                 reader.close().await;

@@ -512,6 +512,8 @@ pub enum BenchCommand {
     Append(BenchAppendArgs),
     /// Bootstrap workflows per second, and the engine's overhead per step.
     Workflow(BenchAppendArgs),
+    /// From a command's HTTP request to its event at SSE subscribers (1 and 100).
+    Realtime(BenchAppendArgs),
 }
 
 #[derive(Debug, Args)]

@@ -589,3 +589,45 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    bench_realtime_measures_every_delivery_with_1_and_100_subscribers,
+    |t: TestDb| async move {
+        let output = cairn(
+            t.url(),
+            &["bench", "realtime", "--seconds", "0.3", "--json"],
+        )
+        .await;
+        assert_exit(&output, 0);
+        let report = json_of(&output);
+        assert_eq!(report["backend"], json!(t.backend().as_str()));
+        let scenarios = report["scenarios"].as_array().expect("scenarios");
+        let subscribers: Vec<u64> = scenarios
+            .iter()
+            .filter_map(|s| s["subscribers"].as_u64())
+            .collect();
+        assert_eq!(subscribers, [1, 100]);
+        for scenario in scenarios {
+            let commands = scenario["commands"].as_u64().unwrap_or(0);
+            assert!(commands > 0, "{scenario}");
+            assert_eq!(
+                scenario["deliveries"].as_u64(),
+                Some(commands * scenario["subscribers"].as_u64().unwrap_or(0)),
+                "every subscriber got every event: {scenario}"
+            );
+            assert_eq!(scenario["missing"], 0);
+            let (p50, p99, max) = (
+                scenario["p50_ms"].as_f64().unwrap_or(-1.0),
+                scenario["p99_ms"].as_f64().unwrap_or(-1.0),
+                scenario["max_ms"].as_f64().unwrap_or(-1.0),
+            );
+            assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{scenario}");
+        }
+        assert_eq!(
+            n_events(t.url()).await,
+            0,
+            "the benchmark leaves the database as it found it"
+        );
+        Ok(())
+    }
+);

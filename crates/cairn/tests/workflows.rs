@@ -422,8 +422,8 @@ backend_test!(
         let mut delays = [7_u64, 23, 3, 41, 13, 61, 29, 5, 37, 17]
             .into_iter()
             .cycle();
-        for _ in 0..200 {
-            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let engine = || {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
                 .args([
                     "--database-url",
                     t.url(),
@@ -439,10 +439,15 @@ backend_test!(
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true)
-                .spawn()?;
+                .spawn()
+        };
+        let mut kills = 0;
+        for _ in 0..60 {
+            let mut child = engine()?;
             let delay = Duration::from_millis(delays.next().unwrap_or(10));
             if tokio::time::timeout(delay, child.wait()).await.is_err() {
                 child.kill().await?;
+                kills += 1;
             }
             if bootstrap_statuses(&t)
                 .await?
@@ -451,6 +456,24 @@ backend_test!(
             {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(kills > 0, "no engine was killed");
+        // On a loaded machine a process may rarely get past start-up inside its short
+        // window; whatever the kills left behind, runs left alone finish it (a step
+        // may be waiting out a retry's backoff, so more than one run may be needed).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !bootstrap_statuses(&t)
+            .await?
+            .iter()
+            .all(|s| s == "completed")
+            && tokio::time::Instant::now() < deadline
+        {
+            let status = tokio::time::timeout_at(deadline, engine()?.wait()).await??;
+            assert!(
+                status.success(),
+                "an engine run left alone failed: {status}"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         assert_eq!(bootstrap_statuses(&t).await?, ["completed"; 3]);

@@ -5,9 +5,11 @@
 //! in the configured PostgreSQL database.
 
 mod append;
+mod realtime;
 mod workflow;
 
 pub use append::append;
+pub use realtime::realtime;
 pub use workflow::workflow;
 
 use anyhow::Context as _;

@@ -1,0 +1,316 @@
+//! `cairn bench realtime`: the time from a command's HTTP request to the arrival of
+//! its event at Server-Sent Events subscribers, with 1 and with 100 subscribers.
+//!
+//! The server runs in this process on a loopback port, as `cairn serve` would; the
+//! subscribers and the commands are real HTTP clients over real sockets. A command is
+//! `PUT /v1/organizations/{id}/direct-care-settings` (one event), sent one after
+//! another; each subscriber follows `GET /v1/events/stream` (with views, the default)
+//! and notes when each command's event arrives, by its correlation id.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use console::style;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use cairn_dispatch::EventStore;
+use cairn_domain::{CommandContext, Domain, DomainConfig};
+use cairn_policy::{Authenticator, KeySource, Principal, Scope};
+use cairn_types::{CorrelationId, OrgId};
+use cairn_workflow::{EngineConfig, SystemClock};
+
+use crate::app;
+use crate::cli::BenchAppendArgs;
+use crate::ui;
+
+/// When each command was sent, by correlation id.
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+#[derive(Debug, Serialize)]
+struct Scenario {
+    subscribers: usize,
+    commands: u64,
+    deliveries: u64,
+    /// Deliveries expected and not seen within the wait after the last command.
+    missing: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Round trip of the command's own HTTP request.
+    command_p50_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: &'static str,
+    place: String,
+    scenarios: Vec<Scenario>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Follows the stream and records each settings event's delay since its command.
+async fn subscribe(
+    base: String,
+    token: String,
+    sent: Sent,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut response = reqwest::Client::new()
+        .get(format!(
+            "{base}/v1/events/stream?event_type=organization.direct_care_settings_updated"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "subscribing: {}",
+        response.status()
+    );
+    let mut buffer = String::new();
+    let mut announced = false;
+    while let Some(chunk) = response.chunk().await? {
+        let arrived = Instant::now();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if block.contains("event: subscribed") && !announced {
+                announced = true;
+                let _ = ready.send(()).await;
+            }
+            if !block.contains("event: event") {
+                continue;
+            }
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let message: Value = serde_json::from_str(data.trim())?;
+            let correlation = message["event"]["event_metadata"]["correlation_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let started = sent.lock().ok().and_then(|s| s.get(&correlation).copied());
+            if let (Some(started), Ok(mut latencies)) = (started, latencies.lock()) {
+                latencies.push((arrived - started).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn scenario(
+    base: &str,
+    admin: &str,
+    watcher: &str,
+    org: OrgId,
+    subscribers: usize,
+    duration: Duration,
+    progress: &ui::Progress,
+) -> anyhow::Result<Scenario> {
+    let sent: Sent = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subscribers.max(1));
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        tasks.push(tokio::spawn(subscribe(
+            base.to_owned(),
+            watcher.to_owned(),
+            sent.clone(),
+            latencies.clone(),
+            ready_tx.clone(),
+        )));
+    }
+    for _ in 0..subscribers {
+        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+            .await
+            .context("the subscribers did not all open within 30 s")?;
+    }
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/organizations/{org}/direct-care-settings");
+    let started = Instant::now();
+    let mut commands = 0_u64;
+    let mut round_trips = Vec::new();
+    while started.elapsed() < duration {
+        let correlation = CorrelationId::new_v7().to_string();
+        let body = json!({
+            "visit_verification": commands % 2 == 0,
+            "client_assignment": true,
+            "max_caseload": commands % 40 + 1,
+        });
+        let sent_at = Instant::now();
+        if let Ok(mut sent) = sent.lock() {
+            sent.insert(correlation.clone(), sent_at);
+        }
+        let response = client
+            .put(&url)
+            .bearer_auth(admin)
+            .header("x-correlation-id", &correlation)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "the command failed: {} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+        round_trips.push(sent_at.elapsed().as_secs_f64() * 1e3);
+        commands += 1;
+        progress.update(
+            started.elapsed().as_millis() as u64,
+            duration.as_millis() as u64,
+        );
+    }
+    let expected = commands * subscribers as u64;
+    let waited = Instant::now();
+    while latencies.lock().map_or(0, |l| l.len() as u64) < expected
+        && waited.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let mut all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    all.sort_by(f64::total_cmp);
+    round_trips.sort_by(f64::total_cmp);
+    Ok(Scenario {
+        subscribers,
+        commands,
+        deliveries: all.len() as u64,
+        missing: expected.saturating_sub(all.len() as u64),
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: all.last().copied().unwrap_or(f64::NAN),
+        command_p50_ms: percentile(&round_trips, 50.0),
+    })
+}
+
+pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds <= 600.0,
+        "--seconds must be above 0 and at most 600, not {}",
+        args.seconds
+    );
+    let (place, db, described) = super::Place::open(url).await?;
+    let backend = db.backend();
+    let duration = Duration::from_secs_f64(args.seconds);
+    if !args.json.json {
+        println!(
+            "{} realtime · {} · {} per scenario",
+            style("cairn bench").bold(),
+            described,
+            ui::duration(duration)
+        );
+    }
+    let result = async {
+        let store = EventStore::new(db.clone(), app::registry());
+        let outbox = tempfile::tempdir()?;
+        let domain = Domain::open(
+            store,
+            Arc::new(cairn_mail::OutboxMailer::new(outbox.path())),
+            Arc::new(SystemClock),
+            DomainConfig::default(),
+            EngineConfig::default(),
+        )
+        .await?;
+        // A secret of this run's own.
+        let mut secret = vec![0_u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let auth = Authenticator::new(&KeySource::Secret(secret.clone()))?;
+        let built = cairn_http::build(domain.clone(), auth, cairn_http::Options::default())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        built.state.set_base_url(base.clone());
+        let server = tokio::spawn(cairn_http::serve(listener, built.router, std::future::pending()));
+
+        let operator = CommandContext::new(Principal::Operator {
+            name: "cairn-bench".to_owned(),
+        });
+        let request = serde_json::from_value(json!({
+            "organization": {"name": "Bench Care", "slug": "bench-care", "sender_domain": "mail.bench.example.co.uk"},
+            "admin": {"email": "admin@example.com", "name": "Admin"},
+        }))?;
+        let org = domain.bootstrap(&operator, &request).await?.org_id;
+        domain.engine().run_until_idle().await?;
+        let ttl = Duration::from_secs(3_600);
+        let admin = cairn_policy::mint(&Principal::PlatformAdmin { name: "bench".to_owned() }, &secret, ttl)?;
+        let watcher = cairn_policy::mint(
+            &Principal::Service {
+                name: "bench-watcher".to_owned(),
+                scopes: [Scope::EventsSubscribe].into_iter().collect(),
+            },
+            &secret,
+            ttl,
+        )?;
+        let mut scenarios = Vec::new();
+        for subscribers in [1, 100] {
+            let progress = ui::Progress::new(if subscribers == 1 { "1 sub" } else { "100 subs" });
+            let outcome =
+                scenario(&base, &admin, &watcher, org, subscribers, duration, &progress).await;
+            progress.finish();
+            scenarios.push(outcome?);
+        }
+        built.state.feed().close();
+        server.abort();
+        anyhow::Ok(scenarios)
+    }
+    .await;
+    db.close().await;
+    place.remove().await?;
+    let report = Report {
+        backend: backend.as_str(),
+        place: described,
+        scenarios: result?,
+    };
+    let code = if report.scenarios.iter().any(|s| s.missing > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
+    if args.json.json {
+        ui::print_json(&report)?;
+        return Ok(code);
+    }
+    let mut table = ui::table(&[
+        "SUBSCRIBERS",
+        "COMMANDS",
+        "DELIVERIES",
+        "MISSING",
+        "P50",
+        "P99",
+        "MAX",
+        "COMMAND P50",
+    ]);
+    let ms = |value: f64| ui::duration(Duration::from_secs_f64(value.max(0.0) / 1e3));
+    for s in &report.scenarios {
+        table.add_row(vec![
+            ui::count(s.subscribers as u64),
+            ui::count(s.commands),
+            ui::count(s.deliveries),
+            ui::count(s.missing),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            ms(s.max_ms),
+            ms(s.command_p50_ms),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "{}",
+        style("from sending a command's HTTP request to its event arriving at each SSE subscriber, over loopback, server and clients in this process").dim()
+    );
+    Ok(code)
+}
