@@ -381,10 +381,33 @@ pub fn openapi(documented: &[Documented]) -> Value {
             Produces::EventStream => (
                 op.success.as_u16().to_string(),
                 json!({
-                    "description": "A stream of Server-Sent Events. Each event's `event` field is the message type, its `id` the log position to resume after (send it back as `Last-Event-ID`), its `data` one JSON message as `x-message-schema` describes. /v1/asyncapi.json documents the messages.",
+                    "description": "A stream of Server-Sent Events; the schema describes one event. Its `event` field is the message type, its `id` the log position to resume after (send it back as `Last-Event-ID`), its `data` one JSON message. /v1/asyncapi.json documents the messages.",
                     "headers": response_headers(),
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    "x-message-schema": message,
+                    "content": {"text/event-stream": {"schema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {
+                                "type": "string",
+                                "enum": ["subscribed", "event", "heartbeat", "end", "error"],
+                                "description": "The message's `type`; `error` only if a message could not be encoded, with its reason as plain text."
+                            },
+                            "id": {
+                                "type": "string",
+                                "pattern": "^[0-9]+$",
+                                "description": "The log position this message brings the subscriber to."
+                            },
+                            "retry": {
+                                "type": "integer",
+                                "description": "Milliseconds an EventSource waits before reconnecting; sent once, with `subscribed`."
+                            },
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": message,
+                            }
+                        }
+                    }}},
                 }),
             ),
             Produces::OpenMetrics => (
