@@ -145,7 +145,7 @@ async fn scenario(
     while started.elapsed() < duration {
         let correlation = CorrelationId::new_v7().to_string();
         let body = json!({
-            "visit_verification": commands % 2 == 0,
+            "visit_verification": commands.is_multiple_of(2),
             "client_assignment": true,
             "max_caseload": commands % 40 + 1,
         });
