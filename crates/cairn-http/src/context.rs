@@ -57,6 +57,21 @@ fn correlation_from(headers: &HeaderMap) -> Result<CorrelationId, Problem> {
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), as a UUID.
 pub fn trace_id_of(traceparent: &str) -> Option<uuid::Uuid> {
+    parse_traceparent(traceparent).map(|(trace, _)| trace)
+}
+
+/// The caller's span in a `traceparent` of the trace `correlation_id`, which the
+/// request's span is made a child of.
+fn parent_span_of(headers: &HeaderMap, correlation_id: CorrelationId) -> Option<[u8; 8]> {
+    let (trace, parent) = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_traceparent)?;
+    (trace == correlation_id.as_uuid()).then_some(parent)
+}
+
+/// A `traceparent`'s trace id and parent span id.
+fn parse_traceparent(traceparent: &str) -> Option<(uuid::Uuid, [u8; 8])> {
     let parts: Vec<&str> = traceparent.trim().split('-').collect();
     let [version, trace, parent, flags] = parts.as_slice() else {
         return None;
@@ -73,7 +88,9 @@ pub fn trace_id_of(traceparent: &str) -> Option<uuid::Uuid> {
     if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
-    uuid::Uuid::parse_str(trace).ok()
+    let trace = uuid::Uuid::parse_str(trace).ok()?;
+    let parent = u64::from_str_radix(parent, 16).ok()?.to_be_bytes();
+    Some((trace, parent))
 }
 
 /// Who a request turned out to be from, noted by the [`Ctx`] extractor for the
@@ -128,6 +145,11 @@ pub async fn correlate(
         correlation_id = %correlation_id,
         http.status = tracing::field::Empty,
     );
+    let span_id = cairn_observe::otel::join_trace(
+        &span,
+        correlation_id.as_uuid(),
+        parent_span_of(request.headers(), correlation_id),
+    );
     let mut response = match refused {
         Some(problem) => problem.into_response(),
         None => {
@@ -158,11 +180,13 @@ pub async fn correlate(
     if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
         headers.insert(HeaderName::from_static(CORRELATION_HEADER), value);
     }
-    let span = &cairn_types::CorrelationId::new_v7()
-        .as_uuid()
-        .simple()
-        .to_string()[16..];
-    let traceparent = format!("00-{}-{span}-01", correlation_id.as_uuid().simple());
+    // The request's own span when spans are exported, so that a caller can hang its
+    // next hop under it; else any span id (the trace id is what identifies).
+    let span_id = span_id.map_or_else(
+        || CorrelationId::new_v7().as_uuid().simple().to_string()[16..].to_owned(),
+        |id| format!("{:016x}", u64::from_be_bytes(id)),
+    );
+    let traceparent = format!("00-{}-{span_id}-01", correlation_id.as_uuid().simple());
     if let Ok(value) = HeaderValue::from_str(&traceparent) {
         headers.insert(HeaderName::from_static("traceparent"), value);
     }

@@ -6,7 +6,11 @@
 //! answered). Gauges that describe the database (unprocessed events, workflows by
 //! status) are set when the metrics are scraped.
 //!
+//! [`otel`] makes the `tracing` spans of one correlation id one OpenTelemetry trace.
+//!
 //! This crate performs no IO and knows nothing about the rest of cairn.
+
+pub mod otel;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -838,6 +838,7 @@ impl Engine {
             attempt,
             correlation_id = %run_snapshot.correlation_id,
         );
+        cairn_observe::otel::join_trace(&step_span, run_snapshot.correlation_id.as_uuid(), None);
         let outcome = {
             use tracing::Instrument as _;
             match role {

@@ -32,6 +32,13 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Export spans by OTLP over HTTP to this collector (its base URL; /v1/traces is
+    /// appended). Without it, the standard OTEL_EXPORTER_OTLP_ENDPOINT and
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT variables turn export on; with none of them,
+    /// nothing is exported.
+    #[arg(long, global = true, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
     #[command(flatten)]
     pub runtime: Runtime,
 
@@ -266,6 +273,19 @@ pub struct AcceptArgs {
 /// A duration such as 7d, 36h, 90m or 45s.
 #[derive(Debug, Clone, Copy)]
 pub struct HumanDuration(pub std::time::Duration);
+
+/// An OTLP collector's base URL, without a trailing slash.
+fn parse_otlp_endpoint(value: &str) -> Result<String, String> {
+    let base = value.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"))
+        .ok_or_else(|| format!("expected an http:// or https:// URL, not {value:?}"))?;
+    if rest.is_empty() {
+        return Err(format!("{value:?} names no host"));
+    }
+    Ok(base.to_owned())
+}
 
 /// A duration, or 0 for "never".
 fn parse_duration_or_zero(input: &str) -> Result<HumanDuration, String> {

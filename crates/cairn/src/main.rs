@@ -6,6 +6,7 @@
 mod app;
 mod cli;
 mod cmd;
+mod telemetry;
 mod ui;
 
 use std::process::ExitCode;
@@ -14,7 +15,13 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing(cli.verbose);
+    let telemetry = match telemetry::init(cli.verbose, cli.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            ui::print_error(&error);
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,25 +32,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let code = match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(error) => {
             ui::print_error(&error);
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "error",
-        1 => "info",
-        _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }

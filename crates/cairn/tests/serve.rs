@@ -1,7 +1,8 @@
 //! `cairn serve` as processes, on both backends: an event committed by one process
 //! reaches the subscribers of another (LISTEN/NOTIFY on PostgreSQL, the head poll on
-//! SQLite), `cairn health` checks a live server's whole chain, and a shutdown ends
-//! open subscriptions with a message instead of hanging.
+//! SQLite), `cairn health` checks a live server's whole chain, a shutdown ends
+//! open subscriptions with a message instead of hanging, and spans reach an OTLP
+//! collector as one trace per correlation id.
 
 mod common;
 
@@ -20,21 +21,40 @@ struct Served {
 }
 
 async fn serve(url: &str, worker: &str) -> anyhow::Result<Served> {
+    serve_with(url, worker, &[], &[]).await
+}
+
+/// `cairn serve` with more global arguments and environment variables.
+async fn serve_with(
+    url: &str,
+    worker: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Served> {
     let outbox = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mail = format!("outbox:{}", outbox.path().display());
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    command
         .args([
             "--database-url",
             url,
             "--mail-url",
-            &format!("outbox:{}", outbox.path().display()),
+            &mail,
             "--worker-id",
             worker,
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--probe-interval",
-            "0",
         ])
+        .args(args)
+        .args(["serve", "--addr", "127.0.0.1:0", "--probe-interval", "0"])
+        .envs(envs.iter().copied());
+    for variable in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        if !envs.iter().any(|(name, _)| *name == variable) {
+            command.env_remove(variable);
+        }
+    }
+    let mut child = command
         .env_remove("CAIRN_DATABASE_URL")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
@@ -187,3 +207,198 @@ backend_test!(
         Ok(())
     }
 );
+
+/// The spans an OTLP/HTTP collector on loopback has received.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: std::sync::Arc<
+        std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>,
+    >,
+}
+
+impl Collector {
+    /// Listens on a loopback port; returns its base URL.
+    async fn start(&self) -> anyhow::Result<String> {
+        use prost::Message as _;
+        let spans = self.spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let spans = spans.clone();
+                async move {
+                    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+                    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
+                    let mut spans = spans.lock().expect("the collector's lock");
+                    for resource in request.resource_spans {
+                        let service = resource
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|kv| kv.key == "service.name")
+                            .and_then(|kv| kv.value.as_ref())
+                            .map(|v| format!("{:?}", v.value))
+                            .unwrap_or_default();
+                        for scope in resource.scope_spans {
+                            spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(base)
+    }
+
+    fn spans_of(&self, trace: uuid::Uuid) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans
+            .lock()
+            .expect("the collector's lock")
+            .iter()
+            .filter(|(_, span)| span.trace_id == trace.as_bytes())
+            .map(|(_, span)| span.clone())
+            .collect()
+    }
+}
+
+backend_test!(
+    spans_reach_an_otlp_collector_as_one_trace_per_correlation_id,
+    |t: TestDb| async move {
+        let collector = Collector::default();
+        let endpoint = collector.start().await?;
+        let mut server = serve_with(
+            t.url(),
+            "server-a",
+            &["--otlp-endpoint", &endpoint],
+            &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        )
+        .await?;
+        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
+        let token = stdout(&token).trim().to_owned();
+        let client = reqwest::Client::new();
+
+        // A bootstrap with a correlation id of the caller's: its request, the
+        // handlers of its events, the saga's steps and its emails form one trace.
+        let correlation = uuid::Uuid::now_v7();
+        let accepted = client
+            .post(format!("{}/v1/organizations", server.base))
+            .bearer_auth(&token)
+            .header("x-correlation-id", correlation.to_string())
+            .header("content-type", "application/json")
+            .body(bootstrap_request("traced"))
+            .send()
+            .await?;
+        assert_eq!(accepted.status(), 202);
+        let wanted = [
+            "http.request",
+            "cairn.handle",
+            "cairn.workflow.step",
+            "cairn.email",
+        ];
+        let mut spans = Vec::new();
+        for _ in 0..200 {
+            spans = collector.spans_of(correlation);
+            let emails = spans.iter().filter(|s| s.name == "cairn.email").count();
+            if emails == 3
+                && wanted
+                    .iter()
+                    .all(|name| spans.iter().any(|s| s.name == *name))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let names: std::collections::BTreeSet<&str> =
+            spans.iter().map(|s| s.name.as_str()).collect();
+        for name in wanted {
+            assert!(names.contains(name), "no {name} span in {names:?}");
+        }
+        assert_eq!(
+            spans.iter().filter(|s| s.name == "cairn.email").count(),
+            3,
+            "one span per email"
+        );
+        let request = spans
+            .iter()
+            .find(|s| s.name == "http.request")
+            .context("the request's span")?;
+        assert!(
+            request.parent_span_id.is_empty(),
+            "the request starts the trace"
+        );
+        // The command's handlers ran inside the request.
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == "cairn.handle" && s.parent_span_id == request.span_id),
+            "a handler span under the request's span"
+        );
+        let service = collector.spans.lock().expect("lock")[0].0.clone();
+        assert!(service.contains("cairn"), "service.name: {service}");
+
+        // A caller's traceparent: the request's span is a child of the caller's, and
+        // the response names the request's span for the caller's next hop.
+        let trace = uuid::Uuid::now_v7();
+        let parent = "00f067aa0ba902b7";
+        let response = client
+            .get(format!("{}/v1/organizations", server.base))
+            .bearer_auth(&token)
+            .header("traceparent", format!("00-{}-{parent}-01", trace.simple()))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+        let answered = response
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .context("a traceparent in the response")?
+            .to_owned();
+        let mut child = None;
+        for _ in 0..100 {
+            child = collector
+                .spans_of(trace)
+                .into_iter()
+                .find(|s| s.name == "http.request");
+            if child.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let child = child.context("the traced request's span")?;
+        assert_eq!(
+            child.parent_span_id,
+            u64::from_str_radix(parent, 16)?.to_be_bytes()
+        );
+        let span_id: String = child.span_id.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(answered, format!("00-{}-{span_id}-01", trace.simple()));
+
+        // A graceful stop flushes what is buffered; the server stops cleanly.
+        let pid = server.child.id().context("a pid")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await??;
+        assert!(status.success(), "{status}");
+        Ok(())
+    }
+);
+
+#[tokio::test]
+async fn a_bad_otlp_endpoint_is_refused_before_anything_runs() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--otlp-endpoint", "collector:4318", "status"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("cairn runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--otlp-endpoint") && stderr.contains("http:// or https://"),
+        "{stderr}"
+    );
+}
