@@ -14,6 +14,7 @@ pub mod api;
 pub mod context;
 pub mod contracts;
 pub mod input;
+pub mod pages;
 pub mod probe;
 pub mod problem;
 pub mod routes;
@@ -192,6 +193,10 @@ pub fn build(
         }),
     };
     let router = router
+        .route(
+            "/invitations/accept",
+            axum::routing::get(pages::accept_page).post(pages::accept_form),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -127,6 +127,9 @@ const CAPACITY: usize = 16_384;
 /// The most spans one insert carries.
 const BATCH: usize = 200;
 
+/// How long the first span of a batch waits for others.
+const LINGER: Duration = Duration::from_millis(50);
+
 enum Message {
     Span(Box<SpanRecord>),
     Flush(oneshot::Sender<()>),
@@ -185,14 +188,21 @@ async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = receiver.recv().await {
+        // Spans come one per hop; written as they come they would cost the log's
+        // writer a transaction each. They wait a little for company instead, unless a
+        // reader asked for them (a flush).
+        let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Span(span) => batch.push(*span),
                 Message::Flush(done) => flushes.push(done),
             }
-            if batch.len() < BATCH {
-                next = receiver.try_recv().ok();
+            if batch.len() < BATCH && flushes.is_empty() {
+                next = tokio::time::timeout_at(deadline, receiver.recv())
+                    .await
+                    .ok()
+                    .flatten();
             }
         }
         if !batch.is_empty() {
