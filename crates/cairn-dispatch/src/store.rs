@@ -140,6 +140,15 @@ impl EventStore {
                 correlation_id = %event.metadata.correlation_id,
                 outcome = tracing::field::Empty,
             );
+            if tracing::Span::current().is_none() {
+                // Not inside a request or a step (an append from the command line):
+                // the handler starts its event's trace itself.
+                cairn_observe::otel::join_trace(
+                    &span,
+                    event.metadata.correlation_id.as_uuid(),
+                    None,
+                );
+            }
             let outcome = {
                 use tracing::Instrument as _;
                 self.dispatcher

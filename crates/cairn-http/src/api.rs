@@ -510,6 +510,10 @@ pub fn openapi(documented: &[Documented]) -> Value {
             );
         }
         responses.insert(
+            "414".into(),
+            json!({"description": "The URI is longer than the HTTP layer reads (64 KiB): refused before cairn sees the request, with no body."}),
+        );
+        responses.insert(
             "500".into(),
             problem_response("A fault in cairn.", &[ProblemCode::Internal]),
         );

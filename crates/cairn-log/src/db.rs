@@ -486,9 +486,11 @@ impl Db {
         Ok(())
     }
 
-    /// Closes every connection, after stopping the head watch, which holds one. Waits
-    /// for connections in use to be given back.
+    /// Closes every connection, after writing the spans recorded so far and stopping
+    /// the head watch, which holds a connection. Waits for connections in use to be
+    /// given back.
     pub async fn close(&self) {
+        self.shared.spans.flush().await;
         self.shared.head.stop.send_replace(true);
         match &*self.pools {
             Pools::Sqlite { writer, reader, .. } => {

@@ -38,7 +38,7 @@ pub use event::{
 };
 pub use migrate::{MigrateError, Migration};
 pub use read::{EventFilter, Head, ReadError};
-pub use spans::{SpanKind, SpanRecord};
+pub use spans::{SpanKind, SpanRecord, flush_all_spans};
 pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row};
 
 /// The database error type of every storage call.

@@ -135,6 +135,35 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// Every span writer this process started, for [`flush_all_spans`].
+static WRITERS: Mutex<Vec<(mpsc::WeakSender<Message>, tokio::task::JoinHandle<()>)>> =
+    Mutex::new(Vec::new());
+
+/// Writes the spans every database of this process has recorded so far: flushes the
+/// writers of databases still open, and waits for those of closed ones to finish
+/// their last batch. Call it before the process exits, whose runtime would otherwise
+/// cut that batch off.
+pub async fn flush_all_spans() {
+    let writers = WRITERS
+        .lock()
+        .map(|mut writers| std::mem::take(&mut *writers))
+        .unwrap_or_default();
+    for (sender, writer) in writers {
+        match sender.upgrade() {
+            Some(sender) => {
+                let (done, wait) = oneshot::channel();
+                if sender.send(Message::Flush(done)).await.is_ok() {
+                    let _ = wait.await;
+                }
+            }
+            // Every sender is gone: the writer drains what is queued, then ends.
+            None => {
+                let _ = writer.await;
+            }
+        }
+    }
+}
+
 /// The sending end of a database's span writer; the writer starts with the first span.
 #[derive(Debug, Default)]
 pub(crate) struct SpanSink {
@@ -157,7 +186,10 @@ impl SpanSink {
             // Outside a runtime there is nowhere to write from: such spans are dropped.
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (sender, receiver) = mpsc::channel(CAPACITY);
-            runtime.spawn(write_spans(pools.clone(), receiver));
+            let writer = runtime.spawn(write_spans(pools.clone(), receiver));
+            if let Ok(mut writers) = WRITERS.lock() {
+                writers.push((sender.downgrade(), writer));
+            }
             *slot = Some(sender);
         }
         slot.clone()

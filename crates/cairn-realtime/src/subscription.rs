@@ -343,6 +343,21 @@ impl Subscription {
         if catch_up && Utc::now() - event.created_at > chrono::Duration::minutes(5) {
             return;
         }
+        // The `tracing` span of the hop, in the event's trace: it marks the moment of
+        // delivery and carries the time since the commit.
+        let since_commit = (Utc::now() - event.created_at).to_std().unwrap_or_default();
+        let span = tracing::info_span!(
+            "cairn.delivery",
+            event_type = %event.event_type,
+            position = event.position.get(),
+            subscription = %self.id,
+            transport = %self.request.transport,
+            catch_up,
+            since_commit_ms = since_commit.as_secs_f64() * 1e3,
+            correlation_id = %event.metadata.correlation_id,
+        );
+        cairn_observe::otel::join_trace(&span, event.metadata.correlation_id.as_uuid(), None);
+        drop(span);
         self.db.record_span(
             SpanRecord::ending_now(
                 event.metadata.correlation_id,

@@ -32,7 +32,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = match runtime.block_on(cmd::run(cli)) {
+    let code = match runtime.block_on(async {
+        let result = cmd::run(cli).await;
+        // The last spans of a timeline are still queued: write them before the
+        // runtime ends (a database that is gone gets a bounded wait).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            cairn_log::flush_all_spans(),
+        )
+        .await;
+        result
+    }) {
         Ok(code) => code,
         Err(error) => {
             ui::print_error(&error);

@@ -570,7 +570,20 @@ backend_test!(
         let timeline = json_of(&json);
         assert_eq!(timeline["correlation_id"], correlation);
         assert_eq!(timeline["errors"], 0);
-        assert!(timeline["entries"].as_array().is_some_and(|e| e.len() > 20));
+        let entries = timeline["entries"].as_array().cloned().unwrap_or_default();
+        assert!(entries.len() > 20, "{} entries", entries.len());
+        // Spans are written in batches in the background: the process's last ones (the
+        // final events' handlers) must still have been written before it exited.
+        let emails = entries.iter().filter(|e| e["hop"] == "email").count();
+        assert_eq!(emails, 3, "one span per email");
+        let events: Vec<&Value> = entries.iter().filter(|e| e["hop"] == "event").collect();
+        assert!(!events.is_empty());
+        for event in events {
+            assert!(
+                event["duration_ms"].is_number(),
+                "every event has its handler's span: {event}"
+            );
+        }
 
         let unknown = cairn(t.url(), &["trace", &new_id()]).await;
         assert_exit(&unknown, 2);

@@ -281,8 +281,21 @@ backend_test!(
         let token = stdout(&token).trim().to_owned();
         let client = reqwest::Client::new();
 
+        // A subscriber, so that deliveries are hops too.
+        let mut feed = client
+            .get(format!("{}/v1/events/stream?views=false", server.base))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        read_until(&mut feed, Duration::from_secs(10), |text| {
+            text.contains("event: subscribed")
+        })
+        .await?;
+        let reading = tokio::spawn(async move { while let Ok(Some(_)) = feed.chunk().await {} });
+
         // A bootstrap with a correlation id of the caller's: its request, the
-        // handlers of its events, the saga's steps and its emails form one trace.
+        // handlers of its events, the saga's steps, its emails and the deliveries of
+        // its events form one trace.
         let correlation = uuid::Uuid::now_v7();
         let accepted = client
             .post(format!("{}/v1/organizations", server.base))
@@ -298,6 +311,7 @@ backend_test!(
             "cairn.handle",
             "cairn.workflow.step",
             "cairn.email",
+            "cairn.delivery",
         ];
         let mut spans = Vec::new();
         for _ in 0..200 {
@@ -376,13 +390,29 @@ backend_test!(
         let span_id: String = child.span_id.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(answered, format!("00-{}-{span_id}-01", trace.simple()));
 
-        // A graceful stop flushes what is buffered; the server stops cleanly.
+        // A graceful stop exports what is still buffered: the span of a request
+        // answered just before it is not lost.
+        let last = uuid::Uuid::now_v7();
+        let response = client
+            .get(format!("{}/health/live", server.base))
+            .header("x-correlation-id", last.to_string())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+        reading.abort();
         let pid = server.child.id().context("a pid")?;
         std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()?;
         let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await??;
         assert!(status.success(), "{status}");
+        assert!(
+            collector
+                .spans_of(last)
+                .iter()
+                .any(|s| s.name == "http.request"),
+            "the last request's span reached the collector"
+        );
         Ok(())
     }
 );
