@@ -629,6 +629,7 @@ backend_test!(
                 "every subscriber got every event: {scenario}"
             );
             assert_eq!(scenario["missing"], 0);
+            assert_eq!(scenario["duplicates"], 0);
             let (p50, p99, max) = (
                 scenario["p50_ms"].as_f64().unwrap_or(-1.0),
                 scenario["p99_ms"].as_f64().unwrap_or(-1.0),

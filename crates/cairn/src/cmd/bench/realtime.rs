@@ -37,6 +37,8 @@ struct Scenario {
     deliveries: u64,
     /// Deliveries expected and not seen within the wait after the last command.
     missing: u64,
+    /// Events a subscriber received more than once (never expected).
+    duplicates: u64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -65,8 +67,10 @@ async fn subscribe(
     token: String,
     sent: Sent,
     latencies: Arc<Mutex<Vec<f64>>>,
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
     let mut response = reqwest::Client::new()
         .get(format!(
             "{base}/v1/events/stream?event_type=organization.direct_care_settings_updated"
@@ -101,6 +105,10 @@ async fn subscribe(
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
+            if !seen.insert(correlation.clone()) {
+                duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let started = sent.lock().ok().and_then(|s| s.get(&correlation).copied());
             if let (Some(started), Ok(mut latencies)) = (started, latencies.lock()) {
                 latencies.push((arrived - started).as_secs_f64() * 1e3);
@@ -121,6 +129,7 @@ async fn scenario(
 ) -> anyhow::Result<Scenario> {
     let sent: Sent = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let duplicates: Arc<std::sync::atomic::AtomicU64> = Arc::default();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subscribers.max(1));
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
@@ -129,6 +138,7 @@ async fn scenario(
             watcher.to_owned(),
             sent.clone(),
             latencies.clone(),
+            duplicates.clone(),
             ready_tx.clone(),
         )));
     }
@@ -191,6 +201,7 @@ async fn scenario(
         commands,
         deliveries: all.len() as u64,
         missing: expected.saturating_sub(all.len() as u64),
+        duplicates: duplicates.load(std::sync::atomic::Ordering::Relaxed),
         p50_ms: percentile(&all, 50.0),
         p99_ms: percentile(&all, 99.0),
         max_ms: all.last().copied().unwrap_or(f64::NAN),
@@ -275,7 +286,11 @@ pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
         place: described,
         scenarios: result?,
     };
-    let code = if report.scenarios.iter().any(|s| s.missing > 0) {
+    let code = if report
+        .scenarios
+        .iter()
+        .any(|s| s.missing > 0 || s.duplicates > 0)
+    {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -289,6 +304,7 @@ pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
         "COMMANDS",
         "DELIVERIES",
         "MISSING",
+        "DUPLICATES",
         "P50",
         "P99",
         "MAX",
@@ -301,6 +317,7 @@ pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
             ui::count(s.commands),
             ui::count(s.deliveries),
             ui::count(s.missing),
+            ui::count(s.duplicates),
             ms(s.p50_ms),
             ms(s.p99_ms),
             ms(s.max_ms),
