@@ -168,26 +168,14 @@ async fn futures_join<T>(
 }
 
 pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.seconds > 0.0 && args.seconds <= 600.0,
-        "--seconds must be above 0 and at most 600, not {}",
-        args.seconds
-    );
+    let duration = super::scenario_duration(&args)?;
     let (place, db, described) = super::Place::open(url).await?;
     let mut migrations = app::migrations();
     migrations.push(BENCH_TABLES);
     db.migrate(&migrations).await?;
     let backend = db.backend();
     let store = EventStore::new(db.clone(), registry()?);
-    let duration = Duration::from_secs_f64(args.seconds);
-    if !args.json.json {
-        println!(
-            "{} append · {} · {} per scenario",
-            style("cairn bench").bold(),
-            described,
-            ui::duration(duration)
-        );
-    }
+    super::announce("append", &described, duration, args.json.json);
     let result = async {
         let mut scenarios = Vec::new();
         for (name, writers, batch) in [

@@ -18,6 +18,29 @@ use cairn_log::{Backend, Db, DbOptions};
 
 use crate::app;
 
+/// The time each scenario runs, checked.
+pub(super) fn scenario_duration(
+    args: &crate::cli::BenchAppendArgs,
+) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds <= 600.0,
+        "--seconds must be above 0 and at most 600, not {}",
+        args.seconds
+    );
+    Ok(std::time::Duration::from_secs_f64(args.seconds))
+}
+
+/// The benchmark's title line, for people (nothing with `--json`).
+pub(super) fn announce(name: &str, described: &str, duration: std::time::Duration, json: bool) {
+    if !json {
+        println!(
+            "{} {name} · {described} · {} per scenario",
+            console::style("cairn bench").bold(),
+            crate::ui::duration(duration)
+        );
+    }
+}
+
 /// Where the benchmark runs, and how to clean up after it.
 pub(super) enum Place {
     Sqlite { dir: tempfile::TempDir },

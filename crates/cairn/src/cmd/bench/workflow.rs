@@ -287,23 +287,11 @@ async fn noop(
 }
 
 pub async fn workflow(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.seconds > 0.0 && args.seconds <= 600.0,
-        "--seconds must be above 0 and at most 600, not {}",
-        args.seconds
-    );
+    let duration = super::scenario_duration(&args)?;
     let (place, db, described) = super::Place::open(url).await?;
     let backend = db.backend();
     let store = EventStore::new(db.clone(), app::registry());
-    let duration = Duration::from_secs_f64(args.seconds);
-    if !args.json.json {
-        println!(
-            "{} workflow · {} · {} per scenario",
-            style("cairn bench").bold(),
-            described,
-            ui::duration(duration)
-        );
-    }
+    super::announce("workflow", &described, duration, args.json.json);
     let result = async {
         let progress = ui::Progress::new("bootstraps");
         let first = bootstraps(&store, duration, &progress).await;
