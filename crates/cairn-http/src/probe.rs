@@ -429,52 +429,57 @@ pub fn alerts(system: &SystemHealth, probe: &ProbeReport) -> Vec<Alert> {
                 ),
             },
         },
-        Alert {
-            alert: "unprocessed_events".to_owned(),
-            active: system.unprocessed_events > 0,
-            value: system.unprocessed_events,
-            message: if system.unprocessed_events > 0 {
+        counted(
+            "unprocessed_events",
+            system.unprocessed_events,
+            |n| {
                 format!(
-                    "{} events were stored without being processed; cairn events retry-failed does not cover them: run cairn replay",
-                    system.unprocessed_events
+                    "{n} events were stored without being processed; retrying failed events does not cover them: run cairn replay"
                 )
-            } else {
-                "every event was processed".to_owned()
             },
-        },
-        Alert {
-            alert: "failed_events".to_owned(),
-            active: system.failed_events > 0,
-            value: system.failed_events,
-            message: if system.failed_events > 0 {
+            "every event was processed",
+        ),
+        counted(
+            "failed_events",
+            system.failed_events,
+            |n| {
                 format!(
-                    "{} events failed to apply: cairn events list --failed shows why, cairn events retry-failed retries them",
-                    system.failed_events
+                    "{n} events failed to apply: cairn events list --failed shows why, cairn events retry --all-failed retries them"
                 )
-            } else {
-                "no failed events".to_owned()
             },
-        },
-        Alert {
-            alert: "stuck_workflows".to_owned(),
-            active: system.stuck_workflows > 0,
-            value: system.stuck_workflows,
-            message: if system.stuck_workflows > 0 {
+            "no failed events",
+        ),
+        counted(
+            "stuck_workflows",
+            system.stuck_workflows,
+            |n| {
+                let runs: Vec<String> = system
+                    .stuck
+                    .iter()
+                    .map(|run| format!("{} ({} {})", run.id, run.kind, run.status))
+                    .collect();
                 format!(
-                    "{} workflow runs are overdue or need an operator: {}",
-                    system.stuck_workflows,
-                    system
-                        .stuck
-                        .iter()
-                        .map(|run| format!("{} ({} {})", run.id, run.kind, run.status))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "{n} workflow runs are overdue or need an operator: {}",
+                    runs.join(", ")
                 )
-            } else {
-                "no stuck workflows".to_owned()
             },
-        },
+            "no stuck workflows",
+        ),
     ]
+}
+
+/// An alert that is active while a count is above zero.
+fn counted(alert: &str, value: i64, active: impl FnOnce(i64) -> String, quiet: &str) -> Alert {
+    Alert {
+        alert: alert.to_owned(),
+        active: value > 0,
+        value,
+        message: if value > 0 {
+            active(value)
+        } else {
+            quiet.to_owned()
+        },
+    }
 }
 
 /// Sets the gauges that describe the system, for a scrape.
