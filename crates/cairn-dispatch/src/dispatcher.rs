@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 
-use cairn_log::{Conn, Outcome, ProcessingError, RecordedEvent};
+use cairn_log::{Conn, DbError, Outcome, ProcessingError, RecordedEvent};
 use cairn_types::ErrorCode;
 
 use crate::projections::Projections;
@@ -43,11 +43,17 @@ impl Dispatcher {
     /// Dispatches one event on `conn`, which must be inside a transaction. Returns the
     /// outcome; an `Err` means the savepoint itself could not be taken or undone, and
     /// the whole transaction must be abandoned.
+    ///
+    /// With `isolate`, the handler runs in a savepoint and a failure is undone here.
+    /// Without, a failed handler's writes (and, on PostgreSQL, the failed statement)
+    /// stay in the transaction: the caller must undo them, by failing its whole unit
+    /// of work.
     pub(crate) async fn dispatch(
         &self,
         conn: &mut Conn<'_>,
         event: &RecordedEvent,
-    ) -> Result<Outcome, sqlx::Error> {
+        isolate: bool,
+    ) -> Result<Outcome, DbError> {
         let router = match self.registry.route(&event.stream_type) {
             None => {
                 return Ok(failed(
@@ -74,7 +80,10 @@ impl Dispatcher {
             ));
         };
 
-        savepoint(conn, "SAVEPOINT cairn_dispatch").await?;
+        let savepoint = match isolate {
+            true => Some(conn.savepoint("cairn_dispatch").await?),
+            false => None,
+        };
         let result = {
             let mut projections = Projections::new(conn.reborrow());
             AssertUnwindSafe(handler.handle(event, &mut projections))
@@ -83,7 +92,9 @@ impl Dispatcher {
         };
         let outcome = match result {
             Ok(Ok(())) => {
-                savepoint(conn, "RELEASE SAVEPOINT cairn_dispatch").await?;
+                if let Some(savepoint) = savepoint {
+                    conn.release_savepoint("cairn_dispatch", savepoint).await?;
+                }
                 return Ok(Outcome::Applied);
             }
             Ok(Err(error)) => {
@@ -91,7 +102,7 @@ impl Dispatcher {
                     HandlerError::Payload { .. } => ErrorCode::PayloadMismatch,
                     HandlerError::Failed(_) | HandlerError::Database(_) => ErrorCode::HandlerFailed,
                 };
-                failed(code, error.to_string())
+                failed(code, cairn_types::error_chain(&error))
             }
             Err(panic) => {
                 let message = panic
@@ -105,8 +116,10 @@ impl Dispatcher {
                 )
             }
         };
-        savepoint(conn, "ROLLBACK TO SAVEPOINT cairn_dispatch").await?;
-        savepoint(conn, "RELEASE SAVEPOINT cairn_dispatch").await?;
+        if let Some(savepoint) = savepoint {
+            conn.rollback_to_savepoint("cairn_dispatch", savepoint)
+                .await?;
+        }
         tracing::warn!(
             position = %event.position,
             event_type = %event.event_type,
@@ -115,8 +128,4 @@ impl Dispatcher {
         );
         Ok(outcome)
     }
-}
-
-async fn savepoint(conn: &mut Conn<'_>, statement: &'static str) -> Result<(), sqlx::Error> {
-    conn.execute_script(statement).await
 }

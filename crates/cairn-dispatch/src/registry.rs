@@ -27,7 +27,7 @@ pub enum HandlerError {
     },
     /// A projection query failed; recorded as `P9003`.
     #[error("projection query failed: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
 }
 
 impl HandlerError {

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 
 use cairn_log::db::quote_ident;
 use cairn_log::{Backend, Conn, EventFilter, Outcome, ReadError, RecordedEvent, Session, args};
@@ -25,7 +24,7 @@ use crate::store::EventStore;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("database error during replay")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("projection table {table} does not exist in the database")]
@@ -142,7 +141,9 @@ pub struct VerifyOptions {
     pub dispatch_twice: bool,
 }
 
-const BATCH: u32 = 1_000;
+/// Events per replay transaction: large enough that the per-transaction cost vanishes,
+/// small enough that PostgreSQL's row version chains stay short.
+const BATCH: u32 = 5_000;
 
 fn same_outcome(stored: Option<&Outcome>, now: &Outcome) -> bool {
     match (stored, now) {
@@ -166,7 +167,7 @@ fn change(event: &RecordedEvent, now: &Outcome) -> Option<OutcomeChange> {
 
 /// Where a rebuild stands: the last event dispatched into the shadow copies, what
 /// happened to the events, and the outcomes that changed.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Rebuild {
     after: Position,
     n_events: u64,
@@ -194,13 +195,16 @@ fn shadow_schema(backend: Backend) -> &'static str {
 }
 
 impl EventStore {
-    /// Dispatches the next batch of events into the shadow copies. Returns how many.
+    /// Dispatches the next batch of events into the shadow copies. Returns how many,
+    /// or `None` when a handler failed without `isolate` (its writes are still in the
+    /// transaction, which must be rolled back and the batch run again isolated).
     async fn rebuild_batch(
         &self,
         conn: &mut Conn<'_>,
         rebuild: &mut Rebuild,
         dispatch_twice: bool,
-    ) -> Result<usize, ReplayError> {
+        isolate: bool,
+    ) -> Result<Option<usize>, ReplayError> {
         let filter = EventFilter {
             after: rebuild.after,
             limit: Some(BATCH),
@@ -208,9 +212,12 @@ impl EventStore {
         };
         let events = conn.read_events(&filter).await?;
         for event in &events {
-            let mut outcome = self.dispatcher().dispatch(conn, event).await?;
+            let mut outcome = self.dispatcher().dispatch(conn, event, isolate).await?;
             if dispatch_twice && outcome == Outcome::Applied {
-                outcome = self.dispatcher().dispatch(conn, event).await?;
+                outcome = self.dispatcher().dispatch(conn, event, isolate).await?;
+            }
+            if !isolate && outcome.error().is_some() {
+                return Ok(None);
             }
             match &outcome {
                 Outcome::Applied => rebuild.n_applied += 1,
@@ -223,7 +230,48 @@ impl EventStore {
             rebuild.n_events += 1;
             rebuild.after = event.position;
         }
-        Ok(events.len())
+        Ok(Some(events.len()))
+    }
+
+    /// Dispatches the next batch in a transaction of its own: first without a
+    /// savepoint per handler, and only if a handler fails, again with one each.
+    async fn rebuild_batch_in_own_transaction(
+        &self,
+        session: &mut Session,
+        rebuild: &mut Rebuild,
+        dispatch_twice: bool,
+    ) -> Result<usize, ReplayError> {
+        let before = rebuild.clone();
+        session.begin_read_only().await?;
+        let fast = self
+            .rebuild_batch(&mut session.conn(), rebuild, dispatch_twice, false)
+            .await;
+        match fast {
+            Ok(Some(n)) => {
+                session.commit().await?;
+                return Ok(n);
+            }
+            Ok(None) => session.rollback().await?,
+            Err(error) => {
+                let _ = session.rollback().await;
+                return Err(error);
+            }
+        }
+        *rebuild = before;
+        session.begin_read_only().await?;
+        let careful = self
+            .rebuild_batch(&mut session.conn(), rebuild, dispatch_twice, true)
+            .await;
+        match careful {
+            Ok(n) => {
+                session.commit().await?;
+                Ok(n.unwrap_or(0))
+            }
+            Err(error) => {
+                let _ = session.rollback().await;
+                Err(error)
+            }
+        }
     }
 
     /// Rebuilds the shadow copies from the whole log in batches, each its own
@@ -248,15 +296,15 @@ impl EventStore {
         };
         let mut rebuild = Rebuild::default();
         loop {
-            session.begin_read_only().await?;
             let n = self
-                .rebuild_batch(&mut session.conn(), &mut rebuild, options.dispatch_twice)
-                .await;
-            session.commit().await?;
+                .rebuild_batch_in_own_transaction(session, &mut rebuild, options.dispatch_twice)
+                .await?;
             progress(rebuild.n_events, total.max(rebuild.n_events));
-            if n? == 0 {
+            if n == 0 {
                 return Ok((live, rebuild));
             }
+            // Rebuilding runs in the caller's thread on SQLite; let others run.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -280,11 +328,17 @@ impl EventStore {
             .await?;
 
         // The final transaction holds the head lock: it catches up with the events
-        // appended meanwhile, then swaps the contents in.
+        // appended meanwhile, then swaps the contents in. On SQLite the writer waits
+        // meanwhile, rather than meet a locked database.
+        let _pause = self.db().pause_writer().await?;
         session.begin().await?;
         let mut conn = session.conn();
         conn.lock_head().await?;
-        while self.rebuild_batch(&mut conn, &mut rebuild, false).await? > 0 {}
+        while self
+            .rebuild_batch(&mut conn, &mut rebuild, false, true)
+            .await?
+            .is_some_and(|n| n > 0)
+        {}
         let tables = self.dispatcher().registry().projections();
         if !options.discard_safety_net {
             let undone = undone_safety_net_writes(&mut conn, &live, tables).await?;
@@ -298,7 +352,7 @@ impl EventStore {
                 quote_ident(&live),
                 quote_ident(table.name)
             );
-            conn.execute(AssertSqlSafe(sql), args![]).await?;
+            conn.execute(cairn_log::Sql::built(sql), args![]).await?;
         }
         for table in tables {
             let sql = format!(
@@ -307,7 +361,7 @@ impl EventStore {
                 shadow = shadow_schema(backend),
                 name = quote_ident(table.name),
             );
-            conn.execute(AssertSqlSafe(sql), args![]).await?;
+            conn.execute(cairn_log::Sql::built(sql), args![]).await?;
         }
         let processed_at = cairn_types::now_micros();
         let mut report = ReplayReport {
@@ -350,9 +404,9 @@ impl EventStore {
         session.begin_read_only().await?;
         let mut conn = session.conn();
         while self
-            .rebuild_batch(&mut conn, &mut rebuild, options.dispatch_twice)
+            .rebuild_batch(&mut conn, &mut rebuild, options.dispatch_twice, true)
             .await?
-            > 0
+            .is_some_and(|n| n > 0)
         {}
         let mut report = VerifyReport {
             n_events: rebuild.n_events,
@@ -446,7 +500,7 @@ async fn create_shadow(
                 name = quote_ident(table.name),
                 schema = quote_ident(live_schema),
             );
-            conn.execute_script(AssertSqlSafe(sql)).await?;
+            conn.execute_script(cairn_log::Sql::built(sql)).await?;
         }
         Backend::Sqlite => {
             let rows = conn
@@ -468,7 +522,7 @@ async fn create_shadow(
                     sqlite_shadow_sql(&kind, &sql).ok_or_else(|| ReplayError::MissingTable {
                         table: format!("{} (cannot copy its definition: {sql})", table.name),
                     })?;
-                conn.execute_script(AssertSqlSafe(shadow)).await?;
+                conn.execute_script(cairn_log::Sql::built(shadow)).await?;
             }
         }
     }
@@ -503,7 +557,7 @@ pub(crate) async fn row_json_select(
     conn: &mut Conn<'_>,
     schema: Option<&str>,
     table: &str,
-) -> Result<String, sqlx::Error> {
+) -> Result<String, cairn_log::DbError> {
     let qualified = match schema {
         Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
         None => quote_ident(table),
@@ -515,7 +569,9 @@ pub(crate) async fn row_json_select(
                 "SELECT name FROM pragma_table_info($1, '{}') ORDER BY cid",
                 schema.unwrap_or("main")
             );
-            let columns = conn.fetch_all(AssertSqlSafe(pragma), args![table]).await?;
+            let columns = conn
+                .fetch_all(cairn_log::Sql::built(pragma), args![table])
+                .await?;
             let mut pairs = Vec::with_capacity(columns.len());
             for column in columns {
                 let name: String = column.get("name")?;
@@ -539,7 +595,7 @@ async fn read_rows(
     table: &ProjectionTable,
 ) -> Result<BTreeMap<String, (Value, Value)>, ReplayError> {
     let sql = row_json_select(conn, Some(schema), table.name).await?;
-    let rows = conn.fetch_all(AssertSqlSafe(sql), args![]).await?;
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args![]).await?;
     let mut by_key = BTreeMap::new();
     for row in rows {
         let value = row.get_json("row")?;

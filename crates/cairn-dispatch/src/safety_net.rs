@@ -49,7 +49,7 @@ impl SafetyNet {
     pub async fn open<'t>(
         tx: &'t mut Tx,
         record: &SafetyNetRecord,
-    ) -> Result<Projections<'t>, sqlx::Error> {
+    ) -> Result<Projections<'t>, cairn_log::DbError> {
         tracing::error!(
             projection = record.projection,
             key = %record.row_key,

@@ -1,10 +1,12 @@
-//! The event store: the log and the dispatcher, one transaction at a time.
+//! The event store: the log and the dispatcher, in the log writer's transactions.
 
 use serde::Serialize;
 
+use futures::StreamExt as _;
+
 use cairn_log::{
-    AppendError, AppendRequest, Db, EventFilter, Outcome, Prepared, ReadError, RecordedEvent,
-    SpanKind, SpanRecord, Tx,
+    AppendError, AppendRequest, Db, DbError, EventFilter, Outcome, Prepared, ReadError,
+    RecordedEvent, SpanKind, SpanRecord, Tx, WriteOptions,
 };
 use cairn_types::{ErrorCode, EventId, Position, StreamType};
 
@@ -41,7 +43,7 @@ pub enum RetryError {
         position: Position,
     },
     #[error("database error while retrying")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -93,20 +95,61 @@ impl EventStore {
         &self.dispatcher
     }
 
-    /// Appends events to one stream and dispatches them, in one transaction.
+    /// Appends events to one stream and dispatches them, in the log writer's next
+    /// batch. A handler that cannot apply an event does not stop the append: the event
+    /// is stored with its failure, which the result reports.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
-        let mut tx = self.db.begin().await?;
-        let appended = self.append_in(&mut tx, request).await?;
-        tx.commit().await?;
-        Ok(appended)
+        self.append_with(WriteOptions::default(), request).await
+    }
+
+    /// [`EventStore::append`], submitted to the writer as `options` say.
+    pub async fn append_with(
+        &self,
+        options: WriteOptions,
+        request: AppendRequest,
+    ) -> Result<Appended, AppendError> {
+        let store = self.clone();
+        let streams = [request.stream_id];
+        self.db
+            .write_to(options, &streams, move |tx| {
+                let store = store.clone();
+                let request = request.clone();
+                Box::pin(async move { store.append_in(tx, request).await })
+            })
+            .await
     }
 
     /// Appends and dispatches inside a transaction the caller owns, so that other work
-    /// (starting a workflow, say) commits or rolls back with the events.
+    /// (starting a workflow, say) commits or rolls back with the events. A handler that
+    /// cannot apply an event does not stop the append: the event is stored with its
+    /// failure.
     pub async fn append_in(
         &self,
         tx: &mut Tx,
         request: AppendRequest,
+    ) -> Result<Appended, AppendError> {
+        self.append_dispatched(tx, request, false).await
+    }
+
+    /// Appends and dispatches inside the caller's transaction, and requires every event
+    /// to be applied: if a handler cannot apply one, the append fails with
+    /// [`AppendError::NotApplied`] and the caller's unit of work must fail with it (its
+    /// transaction refuses to commit until it does, or rolls back to a savepoint opened
+    /// before). What commands and workflow steps use: they never answer success over a
+    /// projection that did not take their events.
+    pub async fn append_applied_in(
+        &self,
+        tx: &mut Tx,
+        request: AppendRequest,
+    ) -> Result<Appended, AppendError> {
+        self.append_dispatched(tx, request, true).await
+    }
+
+    async fn append_dispatched(
+        &self,
+        tx: &mut Tx,
+        request: AppendRequest,
+        require_applied: bool,
     ) -> Result<Appended, AppendError> {
         self.check_payloads(&request)?;
         let mut pending = match tx.prepare_append(request).await? {
@@ -125,6 +168,7 @@ impl EventStore {
             }
             Prepared::New(pending) => pending,
         };
+        let isolate = tx.handler_needs_savepoint(require_applied);
         let events = pending.events().to_vec();
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
@@ -152,19 +196,39 @@ impl EventStore {
             let outcome = {
                 use tracing::Instrument as _;
                 self.dispatcher
-                    .dispatch(&mut tx.conn(), event)
+                    .dispatch(&mut tx.conn(), event, isolate)
                     .instrument(span.clone())
                     .await?
             };
             let took = clock.elapsed();
             span.record("outcome", outcome_name(&outcome));
-            self.record_handled(event, &outcome, started_at, took);
+            tx.record_span(handled_span(event, &outcome, started_at, took));
             metrics
                 .handler_seconds
                 .get_or_create(&cairn_observe::EventLabels {
                     event_type: event.event_type.to_string(),
                 })
                 .observe(took.as_secs_f64());
+            if let Outcome::Failed(error) = &outcome {
+                if !isolate {
+                    // The handler's writes are still in the transaction.
+                    tx.poison();
+                }
+                if require_applied {
+                    tracing::error!(
+                        event_type = %event.event_type,
+                        code = %error.code,
+                        message = %error.message,
+                        correlation_id = %event.metadata.correlation_id,
+                        "an event could not be applied; its append is refused"
+                    );
+                    return Err(AppendError::NotApplied {
+                        event_type: event.event_type.clone(),
+                        code: error.code,
+                        message: error.message.clone(),
+                    });
+                }
+            }
             pending.record(index, &outcome, processed_at);
             outcomes.push(outcome);
         }
@@ -180,44 +244,6 @@ impl EventStore {
                 .collect(),
             repeated: false,
         })
-    }
-
-    /// Records how one event's dispatch went: a span for the request's timeline, and
-    /// the failure counter. The span is written even if the caller's transaction
-    /// later rolls back, so a command that failed shows the handler that failed it.
-    fn record_handled(
-        &self,
-        event: &RecordedEvent,
-        outcome: &Outcome,
-        started_at: chrono::DateTime<chrono::Utc>,
-        took: std::time::Duration,
-    ) {
-        if let Outcome::Failed(error) = outcome {
-            cairn_observe::metrics()
-                .events_failed
-                .get_or_create(&cairn_observe::FailedLabels {
-                    event_type: event.event_type.to_string(),
-                    code: error.code.to_string(),
-                })
-                .inc();
-        }
-        let mut span = SpanRecord::ending_now(
-            event.metadata.correlation_id,
-            SpanKind::Handler,
-            event.event_type.to_string(),
-            started_at,
-        )
-        .org(event.metadata.org_id)
-        .attribute("position", event.position.get())
-        .attribute("stream_type", event.stream_type.as_str())
-        .attribute("outcome", outcome_name(outcome))
-        .error(
-            outcome
-                .error()
-                .map(|error| format!("{}: {}", error.code, error.message)),
-        );
-        span.duration = took;
-        self.db.record_span(span);
     }
 
     /// Refuses events whose payload does not fit the registered payload type, or whose
@@ -244,9 +270,29 @@ impl EventStore {
         Ok(())
     }
 
-    /// Re-dispatches one failed event and records its new outcome.
+    /// Re-dispatches one failed event and records its new outcome, in the log writer's
+    /// next batch.
     pub async fn retry(&self, event_id: EventId) -> Result<Dispatched, RetryError> {
-        let mut tx = self.db.begin().await?;
+        self.retry_with(WriteOptions::default(), event_id).await
+    }
+
+    /// [`EventStore::retry`], submitted to the writer as `options` say.
+    pub async fn retry_with(
+        &self,
+        options: WriteOptions,
+        event_id: EventId,
+    ) -> Result<Dispatched, RetryError> {
+        let store = self.clone();
+        self.db
+            .write(options, move |tx| {
+                let store = store.clone();
+                Box::pin(async move { store.retry_in(tx, event_id).await })
+            })
+            .await
+    }
+
+    /// Re-dispatches one failed event inside the caller's transaction.
+    pub async fn retry_in(&self, tx: &mut Tx, event_id: EventId) -> Result<Dispatched, RetryError> {
         tx.lock_head().await?;
         let event = tx
             .event_for_update(event_id)
@@ -258,16 +304,26 @@ impl EventStore {
                 position: event.position,
             });
         }
-        let outcome = self.dispatcher.dispatch(&mut tx.conn(), &event).await?;
+        let isolate = tx.handler_needs_savepoint(false);
+        let started_at = chrono::Utc::now();
+        let clock = std::time::Instant::now();
+        let outcome = self
+            .dispatcher
+            .dispatch(&mut tx.conn(), &event, isolate)
+            .await?;
+        if outcome.error().is_some() && !isolate {
+            tx.poison();
+        }
+        tx.record_span(handled_span(&event, &outcome, started_at, clock.elapsed()));
         let event = tx
             .record_outcome(&event, &outcome, cairn_types::now_micros())
             .await?;
-        tx.commit().await?;
         Ok(Dispatched { event, outcome })
     }
 
-    /// Retries every failed event the selection matches, oldest first, each in its own
-    /// transaction. `progress` is called with (done, total).
+    /// Retries every failed event the selection matches, oldest first. Each retry is
+    /// its own unit of work; they are handed to the log writer together, in order, so
+    /// they share its commits. `progress` is called with (done, total).
     pub async fn retry_failed(
         &self,
         selection: &RetrySelection,
@@ -288,8 +344,11 @@ impl EventStore {
         }
         let total = failed.len() as u64;
         let mut report = RetryReport::default();
-        for event_id in failed {
-            match self.retry(event_id).await {
+        let mut retries = futures::stream::iter(failed)
+            .map(|event_id| self.retry(event_id))
+            .buffered(64);
+        while let Some(result) = retries.next().await {
+            match result {
                 Ok(dispatched) => {
                     report.n_retried += 1;
                     if dispatched.event.is_failed() {
@@ -306,6 +365,34 @@ impl EventStore {
         }
         Ok(report)
     }
+}
+
+/// A span for the timeline of how one event's dispatch went. It is recorded on the
+/// transaction, and written even if the transaction's work is rolled back, so a
+/// command that failed shows the handler that failed it.
+fn handled_span(
+    event: &RecordedEvent,
+    outcome: &Outcome,
+    started_at: chrono::DateTime<chrono::Utc>,
+    took: std::time::Duration,
+) -> SpanRecord {
+    let mut span = SpanRecord::ending_now(
+        event.metadata.correlation_id,
+        SpanKind::Handler,
+        event.event_type.to_string(),
+        started_at,
+    )
+    .org(event.metadata.org_id)
+    .attribute("position", event.position.get())
+    .attribute("stream_type", event.stream_type.as_str())
+    .attribute("outcome", outcome_name(outcome))
+    .error(
+        outcome
+            .error()
+            .map(|error| format!("{}: {}", error.code, error.message)),
+    );
+    span.duration = took;
+    span
 }
 
 fn outcome_name(outcome: &Outcome) -> &'static str {

@@ -24,7 +24,7 @@ pub trait View: Send + Sync + 'static {
         &self,
         conn: &mut Conn<'_>,
         stream_id: StreamId,
-    ) -> Result<Option<Value>, sqlx::Error>;
+    ) -> Result<Option<Value>, cairn_log::DbError>;
 }
 
 /// A [`View`] from a name, a typed read and the read model's type.
@@ -46,7 +46,7 @@ impl<T, F> TypedView<T, F> {
 
 /// The read function of a [`TypedView`]: boxed, because it borrows the connection.
 pub type ReadFuture<'a, T> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<T>, sqlx::Error>> + Send + 'a>,
+    Box<dyn std::future::Future<Output = Result<Option<T>, cairn_log::DbError>> + Send + 'a>,
 >;
 
 #[async_trait]
@@ -67,10 +67,12 @@ where
         &self,
         conn: &mut Conn<'_>,
         stream_id: StreamId,
-    ) -> Result<Option<Value>, sqlx::Error> {
+    ) -> Result<Option<Value>, cairn_log::DbError> {
         let model = (self.read)(conn, stream_id).await?;
         model
-            .map(|model| serde_json::to_value(model).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .map(|model| {
+                serde_json::to_value(model).map_err(|e| cairn_log::DbError::decode("(view)", e))
+            })
             .transpose()
     }
 }

@@ -272,7 +272,7 @@ impl Workflow for Bootstrap {
                 .ok_or_else(|| {
                     StepError::permanent(format!("step {} recorded no invitation id", step.name))
                 })?;
-            let tx = ctx.tx().await?;
+            let tx = ctx.tx()?;
             tx.lock_head().await?;
             let pending = crate::queries::invitation(&mut tx.conn(), invitation_id)
                 .await?
@@ -319,7 +319,7 @@ async fn deactivate(org_id: OrgId, ctx: &mut StepContext<'_>) -> Result<Value, S
         org_id.into(),
         vec![deactivated.to_event(metadata)],
     );
-    let why = match ctx.append(request).await {
+    let why = match ctx.try_append(request).await? {
         Ok(appended) => match appended
             .events
             .first()
@@ -332,8 +332,6 @@ async fn deactivate(org_id: OrgId, ctx: &mut StepContext<'_>) -> Result<Value, S
             ),
         },
         Err(error) => {
-            // The failed append may have poisoned the transaction: start afresh.
-            ctx.abandon_tx();
             format!(
                 "the organization.deactivated event could not be appended: {}",
                 cairn_types::error_chain(&error)
@@ -349,7 +347,7 @@ async fn deactivate(org_id: OrgId, ctx: &mut StepContext<'_>) -> Result<Value, S
         at: ctx.now(),
     };
     let now = ctx.now();
-    let tx = ctx.tx().await?;
+    let tx = ctx.tx()?;
     let mut projections = SafetyNet::open(tx, &record).await?;
     projections
         .execute(

@@ -1,7 +1,12 @@
-//! Commands: the only way to change the domain. Each validates its input, checks the
-//! current state under the log's head lock (so a check and the append it allows are
-//! one atomic step), and only ever appends events and starts workflows, in one
-//! transaction.
+//! Commands: the only way to change the domain.
+//!
+//! Every command runs the same pipeline, written once ([`Domain::execute`]):
+//! authorize, validate (both before anything is read), then as one unit of work in the
+//! log writer's next batch: take the head lock, answer a repeated idempotency key with
+//! the stored response, check the current state and decide ([`Command::decide`]),
+//! append the events (each required to be applied) and start the workflows, and store
+//! the response under the key. The check and the append it allows are one atomic step;
+//! a command refused at any point, or whose handler fails, changes nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use cairn_dispatch::{EventPayload, EventStore};
-use cairn_log::{AppendError, AppendRequest, Expected, Tx, args};
+use cairn_dispatch::{Appended, EventPayload, EventStore};
+use cairn_log::{
+    Admission, AppendError, AppendRequest, BoxFuture, DbError, Expected, Tx, WriteOptions, args,
+};
 use cairn_mail::{Mailer, registrable_domain};
 use cairn_policy::{Action, Denial, Grant, Principal, authorize};
 use cairn_types::{
@@ -40,6 +47,10 @@ pub struct CommandContext {
     pub correlation_id: CorrelationId,
     /// Makes the command safe to repeat: a repeat returns the first response.
     pub idempotency_key: Option<String>,
+    /// What to do when the log writer's queue is full: wait for room (the command
+    /// line), or refuse at once with [`DbError::Overloaded`] (an HTTP request, whose
+    /// client is told to try again).
+    pub admission: Admission,
 }
 
 impl CommandContext {
@@ -49,6 +60,7 @@ impl CommandContext {
             principal,
             correlation_id: CorrelationId::new_v7(),
             idempotency_key: None,
+            admission: Admission::Wait,
         }
     }
 
@@ -116,7 +128,7 @@ pub enum CommandError {
     #[error(transparent)]
     Denied(Denial),
     #[error("could not append the command's events")]
-    Append(#[from] AppendError),
+    Append(AppendError),
     /// A handler could not apply one of the command's events: the command was rolled
     /// back, so nothing of it was written.
     #[error("event {event_type} could not be applied ({code}: {message}); nothing was written")]
@@ -126,7 +138,25 @@ pub enum CommandError {
         message: String,
     },
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
+}
+
+impl From<AppendError> for CommandError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::NotApplied {
+                event_type,
+                code,
+                message,
+            } => CommandError::NotApplied {
+                event_type: event_type.to_string(),
+                code: code.to_string(),
+                message,
+            },
+            AppendError::Database(error) => CommandError::Database(error),
+            other => CommandError::Append(other),
+        }
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -301,6 +331,78 @@ fn fingerprint(command: &str, ctx: &CommandContext, request: &Value) -> String {
     cairn_log::hash::hex(&Sha256::digest(canonical.as_bytes()))
 }
 
+/// How a command answers, from what its reported appends stored.
+type Respond<R> = Box<dyn FnOnce(&[Appended]) -> Result<R, CommandError> + Send>;
+
+/// What a command decided, from the current state, under the head lock: the events to
+/// append (each required to be applied), the workflows to start, and how to answer.
+pub(crate) struct Changes<R> {
+    appends: Vec<AppendRequest>,
+    /// Appends whose handlers' failures are reported rather than refused (the probe).
+    reported: Vec<AppendRequest>,
+    starts: Vec<Start>,
+    respond: Respond<R>,
+}
+
+impl<R: Send + 'static> Changes<R> {
+    /// Changes answered with `response`.
+    fn answer(response: R) -> Self {
+        Self {
+            appends: Vec::new(),
+            reported: Vec::new(),
+            starts: Vec::new(),
+            respond: Box::new(move |_| Ok(response)),
+        }
+    }
+
+    /// Changes whose answer is made from what the reported appends stored.
+    fn answer_with(
+        respond: impl FnOnce(&[Appended]) -> Result<R, CommandError> + Send + 'static,
+    ) -> Self {
+        Self {
+            appends: Vec::new(),
+            reported: Vec::new(),
+            starts: Vec::new(),
+            respond: Box::new(respond),
+        }
+    }
+
+    fn append(mut self, request: AppendRequest) -> Self {
+        self.appends.push(request);
+        self
+    }
+
+    fn report(mut self, request: AppendRequest) -> Self {
+        self.reported.push(request);
+        self
+    }
+
+    fn start(mut self, start: Start) -> Self {
+        self.starts.push(start);
+        self
+    }
+}
+
+/// One command, as the pipeline runs it. Input is validated before the command is
+/// made; `decide` reads the current state (through `tx`, under the head lock) and
+/// says what to change, or refuses.
+pub(crate) trait Command: Send + Sync + 'static {
+    /// Names the command in stored responses.
+    const NAME: &'static str;
+    type Response: Serialize + serde::de::DeserializeOwned + Send + 'static;
+
+    /// The request as its idempotency key remembers it.
+    fn request(&self) -> Value;
+
+    /// Checks the current state and decides the changes.
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>>;
+}
+
 impl Domain {
     /// The workflows this domain runs.
     pub fn workflows(mailer: Arc<dyn Mailer>, tokens: TokenKey) -> Vec<Arc<dyn Workflow>> {
@@ -357,107 +459,82 @@ impl Domain {
         self.engine.now()
     }
 
-    /// Begins a command's transaction, takes the head lock, and answers a repeated
-    /// idempotency key with the stored response.
-    /// Appends a command's events in its transaction and fails the command, rolling
-    /// it all back, when a handler could not apply one of them: a command never
-    /// answers success over a projection that did not take its events.
-    async fn append_applied(
+    /// Runs a command through the pipeline, as one unit of work of the log writer, and
+    /// wakes the engine for the runs it started once it has committed.
+    async fn execute<C: Command>(
         &self,
+        ctx: &CommandContext,
+        command: C,
+    ) -> Result<C::Response, CommandError> {
+        let domain = self.clone();
+        let ctx_for_unit = Arc::new(ctx.clone());
+        let command = Arc::new(command);
+        let options = WriteOptions {
+            admission: ctx.admission,
+            ..WriteOptions::default()
+        };
+        let (response, started) = self
+            .store
+            .db()
+            .write(options, move |tx| {
+                let domain = domain.clone();
+                let ctx = ctx_for_unit.clone();
+                let command = command.clone();
+                Box::pin(async move { domain.run_command(&ctx, command.as_ref(), tx).await })
+            })
+            .await?;
+        if started {
+            self.engine.wake();
+        }
+        Ok(response)
+    }
+
+    /// The pipeline's unit of work. Returns the response and whether runs started.
+    async fn run_command<C: Command>(
+        &self,
+        ctx: &CommandContext,
+        command: &C,
         tx: &mut Tx,
-        request: AppendRequest,
-    ) -> Result<cairn_dispatch::Appended, CommandError> {
-        let appended = self.store.append_in(tx, request).await?;
-        if let Some(failed) = appended
-            .events
-            .iter()
-            .find(|dispatched| dispatched.outcome.error().is_some())
-        {
-            let error = failed.outcome.error().cloned();
-            let (code, message) = error.map_or_else(
-                || (String::new(), String::new()),
-                |e| (e.code.to_string(), e.message),
-            );
-            tracing::error!(
-                event_type = %failed.event.event_type,
-                code = %code,
-                message = %message,
-                correlation_id = %failed.event.metadata.correlation_id,
-                "a command's event could not be applied; the command is rolled back"
-            );
-            return Err(CommandError::NotApplied {
-                event_type: failed.event.event_type.to_string(),
-                code,
-                message,
-            });
-        }
-        Ok(appended)
-    }
-
-    async fn begin(
-        &self,
-        command: &str,
-        ctx: &CommandContext,
-        request: &Value,
-    ) -> Result<(Tx, Option<Value>), CommandError> {
-        let mut tx = self.store.db().begin().await?;
+    ) -> Result<(C::Response, bool), CommandError> {
         tx.lock_head().await?;
-        if let Some(key) = &ctx.idempotency_key {
-            let scoped = format!("{}|{key}", ctx.actor());
-            let row = tx
-                .conn()
-                .fetch_optional(
-                    "SELECT command, fingerprint, response FROM command_results WHERE key = $1",
-                    args![scoped],
-                )
-                .await?;
-            if let Some(row) = row {
-                let stored_command: String = row.get("command")?;
-                let stored_fingerprint: String = row.get("fingerprint")?;
-                if stored_command != command
-                    || stored_fingerprint != fingerprint(command, ctx, request)
-                {
-                    return Err(CommandError::KeyReused { key: key.clone() });
-                }
-                return Ok((tx, Some(row.get_json("response")?)));
-            }
+        let request = command.request();
+        let scoped_key = ctx
+            .idempotency_key
+            .as_ref()
+            .map(|key| format!("{}|{key}", ctx.actor()));
+        if let Some(key) = &scoped_key
+            && let Some(stored) = stored_response(tx, key, C::NAME, ctx, &request).await?
+        {
+            return Ok((repeat(stored)?, false));
         }
-        Ok((tx, None))
-    }
-
-    /// Commits a command's transaction, storing its response under the idempotency key.
-    async fn finish<R: Serialize>(
-        &self,
-        mut tx: Tx,
-        command: &str,
-        ctx: &CommandContext,
-        request: &Value,
-        response: &R,
-    ) -> Result<(), CommandError> {
-        if let Some(key) = &ctx.idempotency_key {
-            let scoped = format!("{}|{key}", ctx.actor());
+        let changes = command.decide(self, ctx, tx).await?;
+        for append in changes.appends {
+            self.store.append_applied_in(tx, append).await?;
+        }
+        let mut reported = Vec::with_capacity(changes.reported.len());
+        for append in changes.reported {
+            reported.push(self.store.append_in(tx, append).await?);
+        }
+        let started = !changes.starts.is_empty();
+        for start in changes.starts {
+            self.engine.start_in(tx, start).await?;
+        }
+        let response = (changes.respond)(&reported)?;
+        if let Some(key) = &scoped_key {
             tx.conn()
                 .execute(
                     "INSERT INTO command_results (key, command, fingerprint, response, created_at) VALUES ($1, $2, $3, $4, $5)",
                     args![
-                        scoped,
-                        command,
-                        fingerprint(command, ctx, request),
-                        serde_json::to_value(response).unwrap_or(Value::Null),
+                        key.as_str(),
+                        C::NAME,
+                        fingerprint(C::NAME, ctx, &request),
+                        serde_json::to_value(&response).unwrap_or(Value::Null),
                         cairn_types::now_micros(),
                     ],
                 )
                 .await?;
         }
-        tx.commit().await?;
-        self.engine.wake();
-        Ok(())
-    }
-
-    fn repeat<R: serde::de::DeserializeOwned>(stored: Value) -> Result<R, CommandError> {
-        serde_json::from_value(stored).map_err(|e| CommandError::InvalidState {
-            message: format!("the stored response of this idempotency key cannot be read: {e}"),
-        })
+        Ok((response, started))
     }
 
     /// Bootstraps an organization: records the request and starts the bootstrap
@@ -468,6 +545,227 @@ impl Domain {
         request: &BootstrapRequest,
     ) -> Result<BootstrapAccepted, CommandError> {
         ctx.authorize(Action::BootstrapOrganization)?;
+        let command = BootstrapCommand::validate(request)?;
+        self.execute(ctx, command).await
+    }
+
+    /// Changes an organization's direct-care settings.
+    pub async fn update_direct_care_settings(
+        &self,
+        ctx: &CommandContext,
+        org_id: OrgId,
+        settings: &DirectCareSettings,
+    ) -> Result<(), CommandError> {
+        ctx.authorize(Action::UpdateDirectCareSettings(org_id))?;
+        let errors: Vec<FieldError> = settings
+            .problems()
+            .into_iter()
+            .map(|(field, message)| invalid(field, message))
+            .collect();
+        if !errors.is_empty() {
+            return Err(CommandError::Invalid(errors));
+        }
+        self.execute(
+            ctx,
+            UpdateSettings {
+                org_id,
+                settings: settings.clone(),
+            },
+        )
+        .await
+    }
+
+    fn delivery_start(
+        &self,
+        ctx: &CommandContext,
+        workflow_id: WorkflowId,
+        mailing: &Mailing,
+    ) -> Start {
+        Start {
+            id: workflow_id,
+            kind: DELIVERY_WORKFLOW.to_owned(),
+            input: serde_json::to_value(mailing).unwrap_or(Value::Null),
+            correlation_id: ctx.correlation_id,
+            org_id: Some(mailing.org_id),
+            actor: Some(ctx.actor()),
+            parent: None,
+        }
+    }
+
+    /// The integration probe's synthetic command: a `probe.pinged` event on the probe's
+    /// reserved tenant and a one-step probe workflow, in one transaction. Unlike every
+    /// other command it reports its event's outcome instead of failing on it, so the
+    /// probe can name the hop that broke.
+    pub async fn ping(&self, ctx: &CommandContext) -> Result<crate::probe::Ping, CommandError> {
+        ctx.authorize(Action::RunProbe)?;
+        self.execute(ctx, Ping).await
+    }
+
+    /// Invites someone to an organization: records the invitation and starts the
+    /// workflow that mails it.
+    pub async fn invite(
+        &self,
+        ctx: &CommandContext,
+        org_id: OrgId,
+        request: &InviteeRequest,
+    ) -> Result<InvitationStarted, CommandError> {
+        ctx.authorize(Action::Invite(org_id))?;
+        let mut errors = Vec::new();
+        let email = parse_email("email".into(), &request.email, &mut errors);
+        let name = parse_name("name".into(), &request.name, &mut errors);
+        let roles = parse_roles("roles", &request.roles, &mut errors);
+        let (Some(email), Some(name), true) = (email, name, errors.is_empty()) else {
+            return Err(CommandError::Invalid(errors));
+        };
+        self.execute(
+            ctx,
+            Invite {
+                org_id,
+                request: request.clone(),
+                email,
+                name,
+                roles,
+            },
+        )
+        .await
+    }
+
+    /// Sends a pending or expired invitation again, with a new token and expiry.
+    pub async fn resend_invitation(
+        &self,
+        ctx: &CommandContext,
+        invitation_id: InvitationId,
+    ) -> Result<InvitationStarted, CommandError> {
+        self.execute(ctx, Resend { invitation_id }).await
+    }
+
+    /// Withdraws a pending invitation.
+    pub async fn revoke_invitation(
+        &self,
+        ctx: &CommandContext,
+        invitation_id: InvitationId,
+        reason: &str,
+    ) -> Result<(), CommandError> {
+        let reason = reason.trim();
+        let controls = reason
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
+        if reason.is_empty() || reason.chars().count() > 500 || controls {
+            return Err(CommandError::Invalid(vec![invalid(
+                "reason",
+                "give a reason of 1 to 500 characters, without control characters",
+            )]));
+        }
+        self.execute(
+            ctx,
+            Revoke {
+                invitation_id,
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Accepts an invitation by the token from its email. Works once: the invitation is
+    /// then accepted, and a revoked, expired or replaced (resent) token is refused.
+    pub async fn accept_invitation(
+        &self,
+        ctx: &CommandContext,
+        token: &str,
+    ) -> Result<InvitationAcceptance, CommandError> {
+        ctx.authorize(Action::AcceptInvitation)?;
+        let token = token.trim();
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CommandError::Invalid(vec![invalid(
+                "token",
+                "an invitation token is 64 hexadecimal characters",
+            )]));
+        }
+        self.execute(
+            ctx,
+            Accept {
+                token_hash: token_hash(token),
+            },
+        )
+        .await
+    }
+}
+
+/// The response stored under an idempotency key, if the key was used before: an error
+/// if it was used for another command or another request.
+async fn stored_response(
+    tx: &mut Tx,
+    scoped_key: &str,
+    command: &str,
+    ctx: &CommandContext,
+    request: &Value,
+) -> Result<Option<Value>, CommandError> {
+    let row = tx
+        .conn()
+        .fetch_optional(
+            "SELECT command, fingerprint, response FROM command_results WHERE key = $1",
+            args![scoped_key],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let stored_command: String = row.get("command")?;
+    let stored_fingerprint: String = row.get("fingerprint")?;
+    if stored_command != command || stored_fingerprint != fingerprint(command, ctx, request) {
+        return Err(CommandError::KeyReused {
+            key: ctx.idempotency_key.clone().unwrap_or_default(),
+        });
+    }
+    Ok(Some(row.get_json("response")?))
+}
+
+fn repeat<R: serde::de::DeserializeOwned>(stored: Value) -> Result<R, CommandError> {
+    serde_json::from_value(stored).map_err(|e| CommandError::InvalidState {
+        message: format!("the stored response of this idempotency key cannot be read: {e}"),
+    })
+}
+
+/// The organization, if it exists and is active.
+async fn live_organization(tx: &mut Tx, org_id: OrgId) -> Result<Organization, CommandError> {
+    let organization = queries::organization(&mut tx.conn(), org_id)
+        .await?
+        .ok_or_else(|| CommandError::NotFound {
+            what: "organization",
+            id: org_id.to_string(),
+        })?;
+    if !organization.is_active || organization.status == "failed" {
+        return Err(CommandError::InvalidState {
+            message: format!("organization {org_id} is deactivated"),
+        });
+    }
+    Ok(organization)
+}
+
+async fn existing_invitation(
+    tx: &mut Tx,
+    invitation_id: InvitationId,
+) -> Result<Invitation, CommandError> {
+    queries::invitation(&mut tx.conn(), invitation_id)
+        .await?
+        .ok_or_else(|| CommandError::NotFound {
+            what: "invitation",
+            id: invitation_id.to_string(),
+        })
+}
+
+fn stream_type(name: &str) -> StreamType {
+    StreamType::parse(name).expect("the domain's stream types are valid names")
+}
+
+/// A validated bootstrap: every field parsed, ids drawn.
+struct BootstrapCommand {
+    request: BootstrapRequest,
+    initiated: BootstrapInitiated,
+}
+
+impl BootstrapCommand {
+    fn validate(request: &BootstrapRequest) -> Result<Self, CommandError> {
         let mut errors = Vec::new();
         // Ids are time-ordered: the admin's come first, so lists show them first.
         let admin_user_id = UserId::new_v7();
@@ -562,525 +860,471 @@ impl Domain {
         else {
             return Err(CommandError::Invalid(errors));
         };
-
-        let request_json = serde_json::to_value(request).unwrap_or(Value::Null);
-        let (mut tx, repeated) = self.begin("bootstrap", ctx, &request_json).await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        if queries::organization_by_slug(&mut tx.conn(), slug.as_str())
-            .await?
-            .is_some()
-        {
-            return Err(CommandError::Conflict(invalid(
-                "organization.slug",
-                format!(
-                    "{slug:?} is taken by another organization",
-                    slug = slug.as_str()
-                ),
-            )));
-        }
-        let org_id = OrgId::new_v7();
-        let workflow_id = WorkflowId::new_v7();
-        let initiated = BootstrapInitiated {
-            name,
-            slug,
-            sender_domain,
-            sender_address,
-            direct_care_settings: settings,
-            admin: PlannedAdmin {
-                user_id: admin_user_id,
-                invitation_id: admin_invitation_id,
-                email: admin_email,
-                name: admin_name,
-            },
-            invitees,
-            workflow_id,
-        };
-        let plan = BootstrapPlan {
-            org_id,
-            initiated: initiated.clone(),
-            ttl_seconds: self.config.invitation_ttl.num_seconds(),
-            accept_url: self.config.accept_url.clone(),
-        };
-        let stream_type = StreamType::parse(stream::ORGANIZATION).expect("a valid stream type");
-        let append = AppendRequest::new(
-            stream_type,
-            org_id.into(),
-            vec![initiated.to_event(ctx.metadata(org_id))],
-        )
-        .expect(Expected::NoStream);
-        self.append_applied(&mut tx, append).await?;
-        self.engine
-            .start_in(
-                &mut tx,
-                Start {
-                    id: workflow_id,
-                    kind: bootstrap::KIND.to_owned(),
-                    input: serde_json::to_value(&plan).unwrap_or(Value::Null),
-                    correlation_id: ctx.correlation_id,
-                    org_id: Some(org_id),
-                    actor: Some(ctx.actor()),
-                    parent: None,
+        Ok(BootstrapCommand {
+            request: request.clone(),
+            initiated: BootstrapInitiated {
+                name,
+                slug,
+                sender_domain,
+                sender_address,
+                direct_care_settings: settings,
+                admin: PlannedAdmin {
+                    user_id: admin_user_id,
+                    invitation_id: admin_invitation_id,
+                    email: admin_email,
+                    name: admin_name,
                 },
-            )
-            .await?;
-        let accepted = BootstrapAccepted {
-            org_id,
-            workflow_id,
-            correlation_id: ctx.correlation_id,
-        };
-        self.finish(tx, "bootstrap", ctx, &request_json, &accepted)
-            .await?;
-        Ok(accepted)
+                invitees,
+                workflow_id: WorkflowId::new_v7(),
+            },
+        })
+    }
+}
+
+impl Command for BootstrapCommand {
+    const NAME: &'static str = "bootstrap";
+    type Response = BootstrapAccepted;
+
+    fn request(&self) -> Value {
+        serde_json::to_value(&self.request).unwrap_or(Value::Null)
     }
 
-    async fn live_organization(
-        &self,
-        tx: &mut Tx,
-        org_id: OrgId,
-    ) -> Result<Organization, CommandError> {
-        let organization = queries::organization(&mut tx.conn(), org_id)
-            .await?
-            .ok_or_else(|| CommandError::NotFound {
-                what: "organization",
-                id: org_id.to_string(),
-            })?;
-        if !organization.is_active || organization.status == "failed" {
-            return Err(CommandError::InvalidState {
-                message: format!("organization {org_id} is deactivated"),
-            });
-        }
-        Ok(organization)
-    }
-
-    /// Changes an organization's direct-care settings.
-    pub async fn update_direct_care_settings(
-        &self,
-        ctx: &CommandContext,
-        org_id: OrgId,
-        settings: &DirectCareSettings,
-    ) -> Result<(), CommandError> {
-        ctx.authorize(Action::UpdateDirectCareSettings(org_id))?;
-        let errors: Vec<FieldError> = settings
-            .problems()
-            .into_iter()
-            .map(|(field, message)| invalid(field, message))
-            .collect();
-        if !errors.is_empty() {
-            return Err(CommandError::Invalid(errors));
-        }
-        let request_json = json!({ "org_id": org_id, "settings": settings });
-        let (mut tx, repeated) = self
-            .begin("update_direct_care_settings", ctx, &request_json)
-            .await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        self.live_organization(&mut tx, org_id).await?;
-        let updated = DirectCareSettingsUpdated {
-            settings: settings.clone(),
-        };
-        let stream_type = StreamType::parse(stream::ORGANIZATION).expect("a valid stream type");
-        self.append_applied(
-            &mut tx,
-            AppendRequest::new(
-                stream_type,
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(async move {
+            let slug = &self.initiated.slug;
+            if queries::organization_by_slug(&mut tx.conn(), slug.as_str())
+                .await?
+                .is_some()
+            {
+                return Err(CommandError::Conflict(invalid(
+                    "organization.slug",
+                    format!(
+                        "{slug:?} is taken by another organization",
+                        slug = slug.as_str()
+                    ),
+                )));
+            }
+            // Drawn here, not at validation: a unit of work that runs again (its batch
+            // was retried) uses the same ids, and a repeat with an idempotency key
+            // never gets this far.
+            let org_id = OrgId::new_v7();
+            let initiated = self.initiated.clone();
+            let workflow_id = initiated.workflow_id;
+            let plan = BootstrapPlan {
+                org_id,
+                initiated: initiated.clone(),
+                ttl_seconds: domain.config.invitation_ttl.num_seconds(),
+                accept_url: domain.config.accept_url.clone(),
+            };
+            let append = AppendRequest::new(
+                stream_type(stream::ORGANIZATION),
                 org_id.into(),
-                vec![updated.to_event(ctx.metadata(org_id))],
-            ),
-        )
-        .await?;
-        self.finish(tx, "update_direct_care_settings", ctx, &request_json, &())
-            .await
+                vec![initiated.to_event(ctx.metadata(org_id))],
+            )
+            .expect(Expected::NoStream);
+            Ok(Changes::answer(BootstrapAccepted {
+                org_id,
+                workflow_id,
+                correlation_id: ctx.correlation_id,
+            })
+            .append(append)
+            .start(Start {
+                id: workflow_id,
+                kind: bootstrap::KIND.to_owned(),
+                input: serde_json::to_value(&plan).unwrap_or(Value::Null),
+                correlation_id: ctx.correlation_id,
+                org_id: Some(org_id),
+                actor: Some(ctx.actor()),
+                parent: None,
+            }))
+        })
+    }
+}
+
+struct UpdateSettings {
+    org_id: OrgId,
+    settings: DirectCareSettings,
+}
+
+impl Command for UpdateSettings {
+    const NAME: &'static str = "update_direct_care_settings";
+    type Response = ();
+
+    fn request(&self) -> Value {
+        json!({ "org_id": self.org_id, "settings": self.settings })
     }
 
-    fn delivery_start(
-        &self,
-        ctx: &CommandContext,
-        workflow_id: WorkflowId,
-        mailing: &Mailing,
-    ) -> Start {
-        Start {
-            id: workflow_id,
-            kind: DELIVERY_WORKFLOW.to_owned(),
-            input: serde_json::to_value(mailing).unwrap_or(Value::Null),
-            correlation_id: ctx.correlation_id,
-            org_id: Some(mailing.org_id),
-            actor: Some(ctx.actor()),
-            parent: None,
-        }
+    fn decide<'t>(
+        &'t self,
+        _domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<()>, CommandError>> {
+        Box::pin(async move {
+            live_organization(tx, self.org_id).await?;
+            let updated = DirectCareSettingsUpdated {
+                settings: self.settings.clone(),
+            };
+            Ok(Changes::answer(()).append(AppendRequest::new(
+                stream_type(stream::ORGANIZATION),
+                self.org_id.into(),
+                vec![updated.to_event(ctx.metadata(self.org_id))],
+            )))
+        })
+    }
+}
+
+struct Ping;
+
+impl Command for Ping {
+    const NAME: &'static str = "ping";
+    type Response = crate::probe::Ping;
+
+    fn request(&self) -> Value {
+        Value::Null
     }
 
-    /// The integration probe's synthetic command: a `probe.pinged` event on the probe's
-    /// reserved tenant and a one-step probe workflow, in one transaction. Unlike every
-    /// other command it reports its event's outcome instead of failing on it, so the
-    /// probe can name the hop that broke.
-    pub async fn ping(&self, ctx: &CommandContext) -> Result<crate::probe::Ping, CommandError> {
-        ctx.authorize(Action::RunProbe)?;
-        let ping_id = cairn_types::StreamId::new_v7();
-        let workflow_id = WorkflowId::new_v7();
-        let mut tx = self.store.db().begin().await?;
-        let pinged = crate::probe::ProbePinged {
-            sent_at: self.now(),
-        };
-        let stream_type =
-            StreamType::parse(crate::probe::STREAM_TYPE).expect("a valid stream type");
-        let appended = self
-            .store
-            .append_in(
-                &mut tx,
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        _tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(async move {
+            let ping_id = cairn_types::StreamId::new_v7();
+            let workflow_id = WorkflowId::new_v7();
+            let pinged = crate::probe::ProbePinged {
+                sent_at: domain.now(),
+            };
+            let correlation_id = ctx.correlation_id;
+            Ok(Changes::answer_with(move |appended| {
+                let dispatched = appended
+                    .first()
+                    .and_then(|appended| appended.events.first())
+                    .ok_or_else(|| CommandError::InvalidState {
+                        message: "the probe's append stored no event".to_owned(),
+                    })?;
+                Ok(crate::probe::Ping {
+                    ping_id,
+                    position: dispatched.event.position,
+                    workflow_id,
+                    correlation_id,
+                    outcome: dispatched.outcome.clone(),
+                })
+            })
+            .report(
                 AppendRequest::new(
-                    stream_type,
+                    stream_type(crate::probe::STREAM_TYPE),
                     ping_id,
                     vec![pinged.to_event(ctx.metadata(OrgId::PROBE))],
                 )
                 .expect(Expected::NoStream),
             )
-            .await?;
-        self.engine
-            .start_in(
-                &mut tx,
-                Start {
-                    id: workflow_id,
-                    kind: crate::probe::WORKFLOW.to_owned(),
-                    input: json!({ "ping_id": ping_id }),
-                    correlation_id: ctx.correlation_id,
-                    org_id: Some(OrgId::PROBE),
-                    actor: Some(ctx.actor()),
-                    parent: None,
-                },
-            )
-            .await?;
-        tx.commit().await?;
-        let dispatched =
-            appended
-                .events
-                .into_iter()
-                .next()
-                .ok_or_else(|| CommandError::InvalidState {
-                    message: "the probe's append stored no event".to_owned(),
-                })?;
-        Ok(crate::probe::Ping {
-            ping_id,
-            position: dispatched.event.position,
-            workflow_id,
-            correlation_id: ctx.correlation_id,
-            outcome: dispatched.outcome,
+            .start(Start {
+                id: workflow_id,
+                kind: crate::probe::WORKFLOW.to_owned(),
+                input: json!({ "ping_id": ping_id }),
+                correlation_id,
+                org_id: Some(OrgId::PROBE),
+                actor: Some(ctx.actor()),
+                parent: None,
+            }))
         })
     }
+}
 
-    /// Invites someone to an organization: records the invitation and starts the
-    /// workflow that mails it.
-    pub async fn invite(
-        &self,
-        ctx: &CommandContext,
-        org_id: OrgId,
-        request: &InviteeRequest,
-    ) -> Result<InvitationStarted, CommandError> {
-        ctx.authorize(Action::Invite(org_id))?;
-        let mut errors = Vec::new();
-        let email = parse_email("email".into(), &request.email, &mut errors);
-        let name = parse_name("name".into(), &request.name, &mut errors);
-        let roles = parse_roles("roles", &request.roles, &mut errors);
-        let (Some(email), Some(name), true) = (email, name, errors.is_empty()) else {
-            return Err(CommandError::Invalid(errors));
-        };
-        let request_json = json!({ "org_id": org_id, "invitee": request });
-        let (mut tx, repeated) = self.begin("invite", ctx, &request_json).await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        let organization = self.live_organization(&mut tx, org_id).await?;
-        if let Some(existing) =
-            queries::user_by_email(&mut tx.conn(), org_id, email.as_str()).await?
-        {
-            let what = if existing.status == "invited" {
-                "has already been invited"
-            } else {
-                "is already a member"
+struct Invite {
+    org_id: OrgId,
+    request: InviteeRequest,
+    email: Email,
+    name: Name,
+    roles: Vec<Role>,
+}
+
+impl Command for Invite {
+    const NAME: &'static str = "invite";
+    type Response = InvitationStarted;
+
+    fn request(&self) -> Value {
+        json!({ "org_id": self.org_id, "invitee": self.request })
+    }
+
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(async move {
+            let org_id = self.org_id;
+            let organization = live_organization(tx, org_id).await?;
+            if let Some(existing) =
+                queries::user_by_email(&mut tx.conn(), org_id, self.email.as_str()).await?
+            {
+                let what = if existing.status == "invited" {
+                    "has already been invited"
+                } else {
+                    "is already a member"
+                };
+                return Err(CommandError::Conflict(invalid(
+                    "email",
+                    format!("{} {what}", self.email),
+                )));
+            }
+            let user_id = UserId::new_v7();
+            let invitation_id = InvitationId::new_v7();
+            let workflow_id = WorkflowId::new_v7();
+            let invited = UserInvited {
+                org_id,
+                email: self.email.clone(),
+                name: self.name.clone(),
+                roles: self.roles.clone(),
+                invitation_id,
             };
-            return Err(CommandError::Conflict(invalid(
-                "email",
-                format!("{email} {what}"),
-            )));
-        }
-        let user_id = UserId::new_v7();
-        let invitation_id = InvitationId::new_v7();
-        let workflow_id = WorkflowId::new_v7();
-        let invited = UserInvited {
-            org_id,
-            email: email.clone(),
-            name: name.clone(),
-            roles: roles.clone(),
-            invitation_id,
-        };
-        let stream_type = StreamType::parse(stream::USER).expect("a valid stream type");
-        self.append_applied(
-            &mut tx,
-            AppendRequest::new(
-                stream_type,
-                user_id.into(),
-                vec![invited.to_event(ctx.metadata(org_id))],
-            )
-            .expect(Expected::NoStream),
-        )
-        .await?;
-        let mailing = Mailing {
-            invitation_id,
-            user_id,
-            org_id,
-            org_name: Name::parse(&organization.name)
-                .map_err(|message| CommandError::InvalidState { message })?,
-            sender_address: Email::parse(&organization.sender_address)
-                .map_err(|message| CommandError::InvalidState { message })?,
-            email,
-            name,
-            roles,
-            send_number: 1,
-            ttl_seconds: self.config.invitation_ttl.num_seconds(),
-            accept_url: self.config.accept_url.clone(),
-        };
-        self.engine
-            .start_in(&mut tx, self.delivery_start(ctx, workflow_id, &mailing))
-            .await?;
-        let started = InvitationStarted {
-            invitation_id,
-            user_id,
-            workflow_id,
-            correlation_id: ctx.correlation_id,
-        };
-        self.finish(tx, "invite", ctx, &request_json, &started)
-            .await?;
-        Ok(started)
-    }
-
-    async fn existing_invitation(
-        &self,
-        tx: &mut Tx,
-        invitation_id: InvitationId,
-    ) -> Result<Invitation, CommandError> {
-        queries::invitation(&mut tx.conn(), invitation_id)
-            .await?
-            .ok_or_else(|| CommandError::NotFound {
-                what: "invitation",
-                id: invitation_id.to_string(),
+            let mailing = Mailing {
+                invitation_id,
+                user_id,
+                org_id,
+                org_name: Name::parse(&organization.name)
+                    .map_err(|message| CommandError::InvalidState { message })?,
+                sender_address: Email::parse(&organization.sender_address)
+                    .map_err(|message| CommandError::InvalidState { message })?,
+                email: self.email.clone(),
+                name: self.name.clone(),
+                roles: self.roles.clone(),
+                send_number: 1,
+                ttl_seconds: domain.config.invitation_ttl.num_seconds(),
+                accept_url: domain.config.accept_url.clone(),
+            };
+            Ok(Changes::answer(InvitationStarted {
+                invitation_id,
+                user_id,
+                workflow_id,
+                correlation_id: ctx.correlation_id,
             })
-    }
-
-    /// Sends a pending or expired invitation again, with a new token and expiry.
-    pub async fn resend_invitation(
-        &self,
-        ctx: &CommandContext,
-        invitation_id: InvitationId,
-    ) -> Result<InvitationStarted, CommandError> {
-        let request_json = json!({ "invitation_id": invitation_id });
-        let (mut tx, repeated) = self.begin("resend_invitation", ctx, &request_json).await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        let invitation = self.existing_invitation(&mut tx, invitation_id).await?;
-        ctx.authorize_found(
-            Action::ResendInvitation(invitation.org_id),
-            invitation.org_id,
-            "invitation",
-            invitation_id.to_string(),
-        )?;
-        if invitation.status != "pending" && invitation.status != "expired" {
-            return Err(CommandError::InvalidState {
-                message: format!(
-                    "invitation {invitation_id} is {}: only a pending or expired invitation can be resent",
-                    invitation.status
-                ),
-            });
-        }
-        if let Some(running) = queries::delivery_in_progress(&mut tx.conn(), invitation_id).await? {
-            return Err(CommandError::InvalidState {
-                message: format!(
-                    "invitation {invitation_id} is being sent already (workflow {running}); wait for that email before sending another"
-                ),
-            });
-        }
-        let organization = self.live_organization(&mut tx, invitation.org_id).await?;
-        let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
-        let mailing = Mailing {
-            invitation_id,
-            user_id: invitation.user_id,
-            org_id: invitation.org_id,
-            org_name: Name::parse(&organization.name)
-                .map_err(|message| CommandError::InvalidState { message })?,
-            sender_address: Email::parse(&organization.sender_address)
-                .map_err(|message| CommandError::InvalidState { message })?,
-            email: Email::parse(&invitation.email)
-                .map_err(|message| CommandError::InvalidState { message })?,
-            name: Name::parse(
-                user.as_ref()
-                    .map_or(invitation.email.as_str(), |u| u.name.as_str()),
+            .append(
+                AppendRequest::new(
+                    stream_type(stream::USER),
+                    user_id.into(),
+                    vec![invited.to_event(ctx.metadata(org_id))],
+                )
+                .expect(Expected::NoStream),
             )
-            .map_err(|message| CommandError::InvalidState { message })?,
-            roles: invitation.roles.clone(),
-            send_number: u32::try_from(invitation.send_count + 1).unwrap_or(u32::MAX),
-            ttl_seconds: self.config.invitation_ttl.num_seconds(),
-            accept_url: self.config.accept_url.clone(),
-        };
-        let workflow_id = WorkflowId::new_v7();
-        self.engine
-            .start_in(&mut tx, self.delivery_start(ctx, workflow_id, &mailing))
-            .await?;
-        let started = InvitationStarted {
-            invitation_id,
-            user_id: invitation.user_id,
-            workflow_id,
-            correlation_id: ctx.correlation_id,
-        };
-        self.finish(tx, "resend_invitation", ctx, &request_json, &started)
-            .await?;
-        Ok(started)
+            .start(domain.delivery_start(ctx, workflow_id, &mailing)))
+        })
+    }
+}
+
+struct Resend {
+    invitation_id: InvitationId,
+}
+
+impl Command for Resend {
+    const NAME: &'static str = "resend_invitation";
+    type Response = InvitationStarted;
+
+    fn request(&self) -> Value {
+        json!({ "invitation_id": self.invitation_id })
     }
 
-    /// Withdraws a pending invitation.
-    pub async fn revoke_invitation(
-        &self,
-        ctx: &CommandContext,
-        invitation_id: InvitationId,
-        reason: &str,
-    ) -> Result<(), CommandError> {
-        let reason = reason.trim();
-        let controls = reason
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
-        if reason.is_empty() || reason.chars().count() > 500 || controls {
-            return Err(CommandError::Invalid(vec![invalid(
-                "reason",
-                "give a reason of 1 to 500 characters, without control characters",
-            )]));
-        }
-        let request_json = json!({ "invitation_id": invitation_id, "reason": reason });
-        let (mut tx, repeated) = self.begin("revoke_invitation", ctx, &request_json).await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        let invitation = self.existing_invitation(&mut tx, invitation_id).await?;
-        ctx.authorize_found(
-            Action::RevokeInvitation(invitation.org_id),
-            invitation.org_id,
-            "invitation",
-            invitation_id.to_string(),
-        )?;
-        if invitation.status != "pending" {
-            return Err(CommandError::InvalidState {
-                message: format!(
-                    "invitation {invitation_id} is {}: only a pending invitation can be revoked",
-                    invitation.status
-                ),
-            });
-        }
-        let revoked = InvitationRevoked {
-            reason: reason.to_owned(),
-        };
-        let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
-        self.append_applied(
-            &mut tx,
-            AppendRequest::new(
-                stream_type,
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(async move {
+            let invitation_id = self.invitation_id;
+            let invitation = existing_invitation(tx, invitation_id).await?;
+            ctx.authorize_found(
+                Action::ResendInvitation(invitation.org_id),
+                invitation.org_id,
+                "invitation",
+                invitation_id.to_string(),
+            )?;
+            if invitation.status != "pending" && invitation.status != "expired" {
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "invitation {invitation_id} is {}: only a pending or expired invitation can be resent",
+                        invitation.status
+                    ),
+                });
+            }
+            if let Some(running) =
+                queries::delivery_in_progress(&mut tx.conn(), invitation_id).await?
+            {
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "invitation {invitation_id} is being sent already (workflow {running}); wait for that email before sending another"
+                    ),
+                });
+            }
+            let organization = live_organization(tx, invitation.org_id).await?;
+            let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
+            let mailing = Mailing {
+                invitation_id,
+                user_id: invitation.user_id,
+                org_id: invitation.org_id,
+                org_name: Name::parse(&organization.name)
+                    .map_err(|message| CommandError::InvalidState { message })?,
+                sender_address: Email::parse(&organization.sender_address)
+                    .map_err(|message| CommandError::InvalidState { message })?,
+                email: Email::parse(&invitation.email)
+                    .map_err(|message| CommandError::InvalidState { message })?,
+                name: Name::parse(
+                    user.as_ref()
+                        .map_or(invitation.email.as_str(), |u| u.name.as_str()),
+                )
+                .map_err(|message| CommandError::InvalidState { message })?,
+                roles: invitation.roles.clone(),
+                send_number: u32::try_from(invitation.send_count + 1).unwrap_or(u32::MAX),
+                ttl_seconds: domain.config.invitation_ttl.num_seconds(),
+                accept_url: domain.config.accept_url.clone(),
+            };
+            let workflow_id = WorkflowId::new_v7();
+            Ok(Changes::answer(InvitationStarted {
+                invitation_id,
+                user_id: invitation.user_id,
+                workflow_id,
+                correlation_id: ctx.correlation_id,
+            })
+            .start(domain.delivery_start(ctx, workflow_id, &mailing)))
+        })
+    }
+}
+
+struct Revoke {
+    invitation_id: InvitationId,
+    reason: String,
+}
+
+impl Command for Revoke {
+    const NAME: &'static str = "revoke_invitation";
+    type Response = ();
+
+    fn request(&self) -> Value {
+        json!({ "invitation_id": self.invitation_id, "reason": self.reason })
+    }
+
+    fn decide<'t>(
+        &'t self,
+        _domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<()>, CommandError>> {
+        Box::pin(async move {
+            let invitation_id = self.invitation_id;
+            let invitation = existing_invitation(tx, invitation_id).await?;
+            ctx.authorize_found(
+                Action::RevokeInvitation(invitation.org_id),
+                invitation.org_id,
+                "invitation",
+                invitation_id.to_string(),
+            )?;
+            if invitation.status != "pending" {
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "invitation {invitation_id} is {}: only a pending invitation can be revoked",
+                        invitation.status
+                    ),
+                });
+            }
+            let revoked = InvitationRevoked {
+                reason: self.reason.clone(),
+            };
+            Ok(Changes::answer(()).append(AppendRequest::new(
+                stream_type(stream::INVITATION),
                 invitation_id.into(),
                 vec![revoked.to_event(ctx.metadata(invitation.org_id))],
-            ),
-        )
-        .await?;
-        self.finish(tx, "revoke_invitation", ctx, &request_json, &())
-            .await
+            )))
+        })
+    }
+}
+
+struct Accept {
+    token_hash: String,
+}
+
+impl Command for Accept {
+    const NAME: &'static str = "accept_invitation";
+    type Response = InvitationAcceptance;
+
+    fn request(&self) -> Value {
+        json!({ "token_hash": self.token_hash })
     }
 
-    /// Accepts an invitation by the token from its email. Works once: the invitation is
-    /// then accepted, and a revoked, expired or replaced (resent) token is refused.
-    pub async fn accept_invitation(
-        &self,
-        ctx: &CommandContext,
-        token: &str,
-    ) -> Result<InvitationAcceptance, CommandError> {
-        ctx.authorize(Action::AcceptInvitation)?;
-        let token = token.trim();
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(CommandError::Invalid(vec![invalid(
-                "token",
-                "an invitation token is 64 hexadecimal characters",
-            )]));
-        }
-        let hash = token_hash(token);
-        let request_json = json!({ "token_hash": hash });
-        let (mut tx, repeated) = self.begin("accept_invitation", ctx, &request_json).await?;
-        if let Some(stored) = repeated {
-            return Self::repeat(stored);
-        }
-        let invitation = queries::invitation_by_token_hash(&mut tx.conn(), &hash)
-            .await?
-            .ok_or_else(|| CommandError::NotFound {
-                what: "invitation for this token",
-                id: "(the link may have been replaced by a newer email)".to_owned(),
-            })?;
-        let refuse = |message: String| Err(CommandError::InvalidState { message });
-        match invitation.status.as_str() {
-            "accepted" => {
-                return refuse(
-                    "this invitation was already accepted: its link works once".to_owned(),
-                );
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(async move {
+            let invitation = queries::invitation_by_token_hash(&mut tx.conn(), &self.token_hash)
+                .await?
+                .ok_or_else(|| CommandError::NotFound {
+                    what: "invitation for this token",
+                    id: "(the link may have been replaced by a newer email)".to_owned(),
+                })?;
+            let refuse = |message: &str| {
+                Err(CommandError::InvalidState {
+                    message: message.to_owned(),
+                })
+            };
+            match invitation.status.as_str() {
+                "accepted" => {
+                    return refuse("this invitation was already accepted: its link works once");
+                }
+                "revoked" => return refuse("this invitation was revoked"),
+                "expired" => {
+                    return refuse("this invitation has expired; ask for it to be sent again");
+                }
+                _ => {}
             }
-            "revoked" => return refuse("this invitation was revoked".to_owned()),
-            "expired" => {
-                return refuse(
-                    "this invitation has expired; ask for it to be sent again".to_owned(),
-                );
+            if invitation.expires_at <= domain.now() {
+                return refuse("this invitation has expired; ask for it to be sent again");
             }
-            _ => {}
-        }
-        if invitation.expires_at <= self.now() {
-            return refuse("this invitation has expired; ask for it to be sent again".to_owned());
-        }
-        let mut metadata = ctx.metadata(invitation.org_id);
-        metadata.actor = Some(Actor::User(invitation.user_id));
-        let accepted = InvitationAccepted {
-            user_id: invitation.user_id,
-        };
-        let invitation_stream = StreamType::parse(stream::INVITATION).expect("a valid stream type");
-        self.append_applied(
-            &mut tx,
-            AppendRequest::new(
-                invitation_stream,
-                invitation.id.into(),
-                vec![accepted.to_event(metadata.clone())],
-            ),
-        )
-        .await?;
-        let mut user_events = vec![
-            UserActivated {
-                org_id: invitation.org_id,
-                invitation_id: invitation.id,
-            }
-            .to_event(metadata.clone()),
-        ];
-        for role in &invitation.roles {
-            user_events.push(
-                RoleAssigned {
+            let mut metadata = ctx.metadata(invitation.org_id);
+            metadata.actor = Some(Actor::User(invitation.user_id));
+            let accepted = InvitationAccepted {
+                user_id: invitation.user_id,
+            };
+            let mut user_events = vec![
+                UserActivated {
                     org_id: invitation.org_id,
-                    role: *role,
+                    invitation_id: invitation.id,
                 }
                 .to_event(metadata.clone()),
-            );
-        }
-        let user_stream = StreamType::parse(stream::USER).expect("a valid stream type");
-        self.append_applied(
-            &mut tx,
-            AppendRequest::new(user_stream, invitation.user_id.into(), user_events),
-        )
-        .await?;
-        let acceptance = InvitationAcceptance {
-            invitation_id: invitation.id,
-            user_id: invitation.user_id,
-            org_id: invitation.org_id,
-        };
-        self.finish(tx, "accept_invitation", ctx, &request_json, &acceptance)
-            .await?;
-        Ok(acceptance)
+            ];
+            for role in &invitation.roles {
+                user_events.push(
+                    RoleAssigned {
+                        org_id: invitation.org_id,
+                        role: *role,
+                    }
+                    .to_event(metadata.clone()),
+                );
+            }
+            Ok(Changes::answer(InvitationAcceptance {
+                invitation_id: invitation.id,
+                user_id: invitation.user_id,
+                org_id: invitation.org_id,
+            })
+            .append(AppendRequest::new(
+                stream_type(stream::INVITATION),
+                invitation.id.into(),
+                vec![accepted.to_event(metadata.clone())],
+            ))
+            .append(AppendRequest::new(
+                stream_type(stream::USER),
+                invitation.user_id.into(),
+                user_events,
+            )))
+        })
     }
 }

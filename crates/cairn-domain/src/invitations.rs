@@ -164,7 +164,7 @@ impl Workflow for Expiry {
         }
         if call.name == "expire" {
             let now = ctx.now();
-            let tx = ctx.tx().await?;
+            let tx = ctx.tx()?;
             tx.lock_head().await?;
             let invitation = crate::queries::invitation(&mut tx.conn(), invitation_id)
                 .await?

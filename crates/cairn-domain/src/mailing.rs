@@ -219,7 +219,7 @@ pub async fn record(
     // Under the head lock, so that no revoke or acceptance can slip in between this
     // look and the append: a resend never reopens a closed invitation.
     let status = {
-        let tx = ctx.tx().await?;
+        let tx = ctx.tx()?;
         tx.lock_head().await?;
         crate::queries::invitation(&mut tx.conn(), mailing.invitation_id)
             .await?

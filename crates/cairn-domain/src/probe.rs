@@ -74,7 +74,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
 pub async fn recorded(
     conn: &mut Conn<'_>,
     ping_id: StreamId,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+) -> Result<Option<DateTime<Utc>>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
             "SELECT recorded_at FROM probe_pings WHERE id = $1",

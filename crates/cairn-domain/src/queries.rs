@@ -4,18 +4,17 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 
 use cairn_log::{Arg, Conn, IntoArg, Row, args};
 use cairn_types::{InvitationId, OrgId, UserId, WorkflowId};
 
 use crate::model::{DirectCareSettings, Role};
 
-fn decode<T: serde::de::DeserializeOwned>(column: &str, value: Value) -> Result<T, sqlx::Error> {
-    serde_json::from_value(value).map_err(|e| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    })
+fn decode<T: serde::de::DeserializeOwned>(
+    column: &str,
+    value: Value,
+) -> Result<T, cairn_log::DbError> {
+    serde_json::from_value(value).map_err(|e| cairn_log::DbError::decode(column, e))
 }
 
 /// An organization.
@@ -40,7 +39,7 @@ pub struct Organization {
 const ORG_COLUMNS: &str = "id, name, slug, sender_domain, sender_address, status, is_active, direct_care_settings, \
      workflow_id, failure_reason, created_at, updated_at, deactivated_at";
 
-fn organization_from_row(row: &Row) -> Result<Organization, sqlx::Error> {
+fn organization_from_row(row: &Row) -> Result<Organization, cairn_log::DbError> {
     Ok(Organization {
         id: row.get("id")?,
         name: row.get("name")?,
@@ -100,7 +99,7 @@ pub struct Invitation {
 const INVITATION_COLUMNS: &str = "id, org_id, user_id, email, roles, status, expires_at, send_count, message_id, \
      last_sent_at, accepted_at, revoked_at, revoke_reason, expired_at, created_at, updated_at";
 
-fn invitation_from_row(row: &Row) -> Result<Invitation, sqlx::Error> {
+fn invitation_from_row(row: &Row) -> Result<Invitation, cairn_log::DbError> {
     Ok(Invitation {
         id: row.get("id")?,
         org_id: row.get("org_id")?,
@@ -162,8 +161,8 @@ fn page_sql(
 pub async fn organization(
     conn: &mut Conn<'_>,
     id: OrgId,
-) -> Result<Option<Organization>, sqlx::Error> {
-    let sql = AssertSqlSafe(format!(
+) -> Result<Option<Organization>, cairn_log::DbError> {
+    let sql = cairn_log::Sql::built(format!(
         "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"
     ));
     conn.fetch_optional(sql, args![id])
@@ -177,8 +176,8 @@ pub async fn organization(
 pub async fn organization_by_slug(
     conn: &mut Conn<'_>,
     slug: &str,
-) -> Result<Option<Organization>, sqlx::Error> {
-    let sql = AssertSqlSafe(format!(
+) -> Result<Option<Organization>, cairn_log::DbError> {
+    let sql = cairn_log::Sql::built(format!(
         "SELECT {ORG_COLUMNS} FROM organizations WHERE slug = $1"
     ));
     conn.fetch_optional(sql, args![slug])
@@ -193,7 +192,7 @@ pub async fn organizations(
     conn: &mut Conn<'_>,
     only: Option<OrgId>,
     page: Page<OrgId>,
-) -> Result<Vec<Organization>, sqlx::Error> {
+) -> Result<Vec<Organization>, cairn_log::DbError> {
     let conditions = only
         .map(|id| vec![("id =", id.into_arg())])
         .unwrap_or_default();
@@ -203,11 +202,11 @@ pub async fn organizations(
         page.after.map(IntoArg::into_arg),
         page.limit,
     );
-    let rows = conn.fetch_all(AssertSqlSafe(sql), args).await?;
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
     rows.iter().map(organization_from_row).collect()
 }
 
-async fn roles_of(conn: &mut Conn<'_>, user_id: UserId) -> Result<Vec<Role>, sqlx::Error> {
+async fn roles_of(conn: &mut Conn<'_>, user_id: UserId) -> Result<Vec<Role>, cairn_log::DbError> {
     let rows = conn
         .fetch_all(
             "SELECT role FROM role_assignments WHERE user_id = $1 ORDER BY role",
@@ -217,15 +216,12 @@ async fn roles_of(conn: &mut Conn<'_>, user_id: UserId) -> Result<Vec<Role>, sql
     rows.iter()
         .map(|row| {
             let role: String = row.get("role")?;
-            Role::parse(&role).map_err(|e| sqlx::Error::ColumnDecode {
-                index: "role".into(),
-                source: e.into(),
-            })
+            Role::parse(&role).map_err(|e| cairn_log::DbError::decode("role", e))
         })
         .collect()
 }
 
-async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, sqlx::Error> {
+async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log::DbError> {
     let id: UserId = row.get("id")?;
     Ok(User {
         id,
@@ -240,7 +236,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, sqlx::Err
 }
 
 /// One user.
-pub async fn user(conn: &mut Conn<'_>, id: UserId) -> Result<Option<User>, sqlx::Error> {
+pub async fn user(conn: &mut Conn<'_>, id: UserId) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
             "SELECT id, org_id, email, name, status, created_at, updated_at FROM users WHERE id = $1",
@@ -258,14 +254,14 @@ pub async fn users(
     conn: &mut Conn<'_>,
     org_id: OrgId,
     page: Page<UserId>,
-) -> Result<Vec<User>, sqlx::Error> {
+) -> Result<Vec<User>, cairn_log::DbError> {
     let (sql, args) = page_sql(
         "SELECT id, org_id, email, name, status, created_at, updated_at FROM users",
         vec![("org_id =", org_id.into_arg())],
         page.after.map(IntoArg::into_arg),
         page.limit,
     );
-    let rows = conn.fetch_all(AssertSqlSafe(sql), args).await?;
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
     let mut users = Vec::with_capacity(rows.len());
     for row in &rows {
         users.push(user_from_row(conn, row).await?);
@@ -278,7 +274,7 @@ pub async fn user_by_email(
     conn: &mut Conn<'_>,
     org_id: OrgId,
     email: &str,
-) -> Result<Option<User>, sqlx::Error> {
+) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
             "SELECT id, org_id, email, name, status, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
@@ -295,8 +291,8 @@ pub async fn user_by_email(
 pub async fn invitation(
     conn: &mut Conn<'_>,
     id: InvitationId,
-) -> Result<Option<Invitation>, sqlx::Error> {
-    let sql = AssertSqlSafe(format!(
+) -> Result<Option<Invitation>, cairn_log::DbError> {
+    let sql = cairn_log::Sql::built(format!(
         "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1"
     ));
     conn.fetch_optional(sql, args![id])
@@ -310,8 +306,8 @@ pub async fn invitation(
 pub async fn invitation_by_token_hash(
     conn: &mut Conn<'_>,
     token_hash: &str,
-) -> Result<Option<Invitation>, sqlx::Error> {
-    let sql = AssertSqlSafe(format!(
+) -> Result<Option<Invitation>, cairn_log::DbError> {
+    let sql = cairn_log::Sql::built(format!(
         "SELECT {INVITATION_COLUMNS} FROM invitations WHERE token_hash = $1"
     ));
     conn.fetch_optional(sql, args![token_hash])
@@ -326,14 +322,14 @@ pub async fn invitations(
     conn: &mut Conn<'_>,
     org_id: OrgId,
     page: Page<InvitationId>,
-) -> Result<Vec<Invitation>, sqlx::Error> {
+) -> Result<Vec<Invitation>, cairn_log::DbError> {
     let (sql, args) = page_sql(
         &format!("SELECT {INVITATION_COLUMNS} FROM invitations"),
         vec![("org_id =", org_id.into_arg())],
         page.after.map(IntoArg::into_arg),
         page.limit,
     );
-    let rows = conn.fetch_all(AssertSqlSafe(sql), args).await?;
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
     rows.iter().map(invitation_from_row).collect()
 }
 
@@ -341,7 +337,7 @@ pub async fn invitations(
 pub async fn delivery_in_progress(
     conn: &mut Conn<'_>,
     invitation_id: InvitationId,
-) -> Result<Option<WorkflowId>, sqlx::Error> {
+) -> Result<Option<WorkflowId>, cairn_log::DbError> {
     let sql = cairn_log::sql::dialect(
         conn.backend(),
         "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \

@@ -18,7 +18,7 @@ pub use crate::queries::{Invitation, Organization, Page, User};
 #[derive(Debug, thiserror::Error)]
 pub enum ReadsError {
     #[error("database error while reading")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
     #[error(transparent)]
     Log(#[from] ReadError),
     /// A grant for one action was used for another: a bug in the caller.
@@ -296,7 +296,7 @@ pub async fn system_health(
          OR status = 'compensation_failed'";
     let stuck_workflows: i64 = conn
         .fetch_one(
-            sqlx::AssertSqlSafe(format!(
+            cairn_log::Sql::built(format!(
                 "SELECT COUNT(*) AS n FROM workflow_runs WHERE {stuck_filter}"
             )),
             cairn_log::args![overdue],
@@ -305,7 +305,7 @@ pub async fn system_health(
         .get("n")?;
     let stuck = conn
         .fetch_all(
-            sqlx::AssertSqlSafe(format!(
+            cairn_log::Sql::built(format!(
                 "SELECT id, kind, status, COALESCE(next_run_at, updated_at) AS since FROM workflow_runs \
                  WHERE {stuck_filter} ORDER BY since LIMIT 10"
             )),
@@ -321,7 +321,7 @@ pub async fn system_health(
                 since: row.get("since")?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, cairn_log::DbError>>()?;
     Ok(SystemHealth {
         head: head.last_position,
         unprocessed_events: unprocessed,

@@ -42,7 +42,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("database error while loading the invitation token key")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
     #[error("cannot draw random bytes for the invitation token key: {0}")]
     Random(String),
     #[error("a stored secret is not valid hex")]

@@ -379,7 +379,7 @@ async fn refuse_events(t: &TestDb, name: &str, event_type: &str) -> anyhow::Resu
     };
     let mut tx = t.db().begin().await?;
     tx.conn()
-        .execute_script(sqlx::AssertSqlSafe(script))
+        .execute_script(cairn_log::Sql::built(script))
         .await?;
     tx.commit().await?;
     Ok(())

@@ -527,13 +527,15 @@ pub fn openapi(documented: &[Documented]) -> Value {
                 }),
             );
         } else {
-            responses.insert(
-                "503".into(),
-                problem_response(
-                    "The database cannot be reached.",
-                    &[ProblemCode::Unavailable],
-                ),
+            let mut unavailable = problem_response(
+                "The database cannot be reached, or the log writer's queue is full; nothing was done.",
+                &[ProblemCode::Unavailable, ProblemCode::Overloaded],
             );
+            unavailable["headers"]["Retry-After"] = json!({
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer", "minimum": 0}
+            });
+            responses.insert("503".into(), unavailable);
         }
         responses.insert(
             "default".into(),

@@ -293,6 +293,8 @@ impl Ctx {
             principal: self.principal.clone(),
             correlation_id: self.correlation_id,
             idempotency_key: self.idempotency_key.clone(),
+            // A client is better told to try again than kept waiting.
+            admission: cairn_log::Admission::Refuse,
         }
     }
 }

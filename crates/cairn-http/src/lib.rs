@@ -105,7 +105,7 @@ impl AppState {
     }
 
     /// Whether the database answers.
-    pub async fn database_ready(&self) -> Result<(), cairn_log::SqlError> {
+    pub async fn database_ready(&self) -> Result<(), cairn_log::DbError> {
         let mut reader = self.db().reader().await?;
         reader
             .conn()

@@ -82,12 +82,15 @@ pub enum ProblemCode {
     UpgradeRequired,
     /// 500: a fault in cairn; the correlation id finds it in the logs.
     Internal,
-    /// 503: the database cannot be reached.
+    /// 503: the database cannot be reached. `Retry-After` says when to try again.
     Unavailable,
+    /// 503: the log writer's queue is full; nothing was done. `Retry-After` says when
+    /// to try again.
+    Overloaded,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 17] = [
+    pub const ALL: [ProblemCode; 18] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -105,6 +108,7 @@ impl ProblemCode {
         ProblemCode::UpgradeRequired,
         ProblemCode::Internal,
         ProblemCode::Unavailable,
+        ProblemCode::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +130,7 @@ impl ProblemCode {
             ProblemCode::UpgradeRequired => "upgrade_required",
             ProblemCode::Internal => "internal",
             ProblemCode::Unavailable => "unavailable",
+            ProblemCode::Overloaded => "overloaded",
         }
     }
 
@@ -146,7 +151,7 @@ impl ProblemCode {
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ProblemCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::Unavailable | ProblemCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -169,6 +174,7 @@ impl ProblemCode {
             ProblemCode::UpgradeRequired => "Upgrade required",
             ProblemCode::Internal => "Internal error",
             ProblemCode::Unavailable => "Service unavailable",
+            ProblemCode::Overloaded => "Server overloaded",
         }
     }
 }
@@ -265,6 +271,9 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             let challenge = match self.code {
                 ProblemCode::Unauthenticated => "Bearer realm=\"cairn\"",

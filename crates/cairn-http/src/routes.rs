@@ -52,17 +52,23 @@ pub(crate) fn denied(denial: Denial) -> Problem {
     }
 }
 
-fn database(error: &cairn_log::SqlError) -> Problem {
-    use cairn_log::SqlError as E;
-    match error {
-        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) => {
+/// What a caller is told of a database error: by its kind, never its driver's detail.
+fn database(error: &cairn_log::DbError) -> Problem {
+    use cairn_log::DbErrorKind as Kind;
+    match error.kind() {
+        Kind::Overloaded => Problem::new(ProblemCode::Overloaded, error.to_string()),
+        Kind::Unavailable => {
             tracing::error!(error = %cairn_types::error_chain(error), "database unavailable");
             Problem::new(
                 ProblemCode::Unavailable,
                 "the database cannot be reached; try again",
             )
         }
-        _ => Problem::internal(error),
+        Kind::Conflict => Problem::new(
+            ProblemCode::Conflict,
+            "another request changed the same data at the same time; nothing was done, try again",
+        ),
+        Kind::Failed => Problem::internal(error),
     }
 }
 

@@ -3,8 +3,9 @@
 //! [`Tx::prepare_append`] takes the log head lock, checks the idempotency key and the
 //! expected version, and assigns positions and hashes. The caller then runs whatever
 //! must happen in the same transaction (the dispatcher, updating projections) and
-//! records each event's outcome on the [`PendingAppend`]. [`Tx::write_append`] stores the
-//! rows, complete with their outcomes, and moves the head.
+//! records each event's outcome on the [`PendingAppend`]. [`Tx::write_append`] hands
+//! the rows, complete with their outcomes, to the transaction's log state, which moves
+//! the head in memory and writes the rows with the commit (see [`crate::tx`]).
 //!
 //! Invariant: the head lock is held from `prepare_append` to commit. Appends are
 //! therefore serialized across every process sharing the database, positions are
@@ -14,15 +15,19 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+use uuid::Uuid;
 
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
 use crate::args;
-use crate::db::Tx;
+use crate::error::DbError;
 use crate::event::{AppendRequest, Expected, IdempotencyKey, Outcome, RecordedEvent};
 use crate::hash::{self, HashedColumns};
-use crate::read::{EventFilter, Head, ReadError, head_from_row};
-use crate::sql::{Backend, Conn, dialect};
+use crate::read::{EVENT_COLUMNS, EventFilter, Head, ReadError, event_from_row, head_from_row};
+use crate::spans::SpanRecord;
+use crate::sql::{Backend, Conn, Sql, dialect};
+use crate::tx::{LogState, PendingKey, PendingRow, StreamState, Tx};
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
@@ -57,8 +62,16 @@ pub enum AppendError {
         event_type: EventType,
         reason: String,
     },
-    #[error("database error while appending")]
-    Database(#[from] sqlx::Error),
+    /// The append required every event to be applied, and a handler could not apply
+    /// one: nothing of the append is kept.
+    #[error("event {event_type} could not be applied ({code}: {message}); nothing was written")]
+    NotApplied {
+        event_type: EventType,
+        code: cairn_types::ErrorCode,
+        message: String,
+    },
+    #[error("could not append")]
+    Database(#[from] DbError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -121,18 +134,56 @@ fn fingerprint(request: &AppendRequest) -> String {
     hash::hex(&Sha256::digest(canonical.as_bytes()))
 }
 
+/// Checks and normalizes an append's payloads; returns the metadata as it will be
+/// hashed and stored.
+fn normalize(request: &mut AppendRequest) -> Result<Vec<Value>, AppendError> {
+    let mut metadata_values = Vec::with_capacity(request.events.len());
+    for (index, event) in request.events.iter_mut().enumerate() {
+        let invalid = |reason: String| AppendError::InvalidData {
+            index,
+            event_type: event.event_type.clone(),
+            reason,
+        };
+        hash::normalize_json(&mut event.data, &mut "event_data".to_owned()).map_err(invalid)?;
+        let mut canonical = String::new();
+        hash::canonical_json(&event.data, &mut canonical);
+        if canonical.len() > MAX_EVENT_DATA_BYTES {
+            return Err(invalid(format!(
+                "event_data is {} bytes; the limit is {MAX_EVENT_DATA_BYTES}",
+                canonical.len()
+            )));
+        }
+        let mut metadata = serde_json::to_value(&event.metadata)
+            .map_err(|e| invalid(format!("event_metadata: {e}")))?;
+        hash::normalize_json(&mut metadata, &mut "event_metadata".to_owned()).map_err(invalid)?;
+        metadata_values.push(metadata);
+    }
+    Ok(metadata_values)
+}
+
 impl Tx {
     /// Takes the log head lock and reads the head. Every transaction that appends or
-    /// dispatches takes it first, so they run one at a time across all processes.
-    pub async fn lock_head(&mut self) -> Result<Head, sqlx::Error> {
-        self.conn().lock_head().await
+    /// dispatches takes it first, so they run one at a time across all processes. A
+    /// transaction that holds it already gets the head as it sees it, its own appends
+    /// included.
+    pub async fn lock_head(&mut self) -> Result<Head, DbError> {
+        if let Some(head) = &self.log.head {
+            return Ok(head.clone());
+        }
+        let head = self.conn().lock_head().await?;
+        self.log.head = Some(head.clone());
+        Ok(head)
     }
 
-    /// The current version of a stream and its stream type; `None` if it has no events.
+    /// The current type and version of a stream, as this transaction sees it; `None`
+    /// if it has no events.
     pub async fn stream_version(
         &mut self,
         stream_id: StreamId,
-    ) -> Result<Option<(String, StreamVersion)>, sqlx::Error> {
+    ) -> Result<Option<(String, StreamVersion)>, DbError> {
+        if let Some(state) = self.log.streams.get(&stream_id) {
+            return Ok(state.clone());
+        }
         let row = self
             .conn()
             .fetch_optional(
@@ -141,13 +192,80 @@ impl Tx {
                 args![stream_id],
             )
             .await?;
-        row.map(|row| {
-            Ok((
-                row.get("stream_type")?,
-                StreamVersion::new(row.get("stream_version")?),
-            ))
-        })
-        .transpose()
+        let state: StreamState = row
+            .map(|row| {
+                Ok::<_, DbError>((
+                    row.get("stream_type")?,
+                    StreamVersion::new(row.get("stream_version")?),
+                ))
+            })
+            .transpose()?;
+        self.log.learn_stream(stream_id, state.clone());
+        Ok(state)
+    }
+
+    /// Learns the versions of several streams in one statement, so that appends to
+    /// them in this transaction need not ask one by one. Takes the head lock first:
+    /// versions read without it could be stale by the time they are used.
+    pub async fn prefetch_streams(&mut self, stream_ids: &[StreamId]) -> Result<(), DbError> {
+        self.lock_head().await?;
+        let mut wanted: Vec<StreamId> = stream_ids
+            .iter()
+            .copied()
+            .filter(|id| !self.log.streams.contains_key(id))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut found = std::collections::HashMap::new();
+        let mut conn = self.conn();
+        if let Some(pg) = conn.postgres() {
+            let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
+            let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+                "SELECT DISTINCT ON (stream_id) stream_id, stream_type, stream_version \
+                 FROM domain_events WHERE stream_id = ANY($1) \
+                 ORDER BY stream_id, stream_version DESC",
+            )
+            .bind(ids)
+            .fetch_all(pg)
+            .await?;
+            for (id, stream_type, version) in rows {
+                found.insert(
+                    StreamId::from_uuid(id),
+                    (stream_type, StreamVersion::new(version)),
+                );
+            }
+        } else {
+            for chunk in wanted.chunks(100) {
+                let placeholders: Vec<String> =
+                    (1..=chunk.len()).map(|n| format!("${n}")).collect();
+                let sql = Sql::built(format!(
+                    "SELECT stream_id, stream_type, MAX(stream_version) AS stream_version \
+                     FROM domain_events WHERE stream_id IN ({}) GROUP BY stream_id, stream_type",
+                    placeholders.join(", ")
+                ));
+                let args = chunk
+                    .iter()
+                    .map(|id| crate::sql::IntoArg::into_arg(*id))
+                    .collect();
+                for row in conn.fetch_all(sql, args).await? {
+                    found.insert(
+                        row.get::<StreamId>("stream_id")?,
+                        (
+                            row.get::<String>("stream_type")?,
+                            StreamVersion::new(row.get("stream_version")?),
+                        ),
+                    );
+                }
+            }
+        }
+        for id in wanted {
+            let state = found.remove(&id);
+            self.log.learn_stream(id, state);
+        }
+        Ok(())
     }
 
     /// Phase one of an append: lock, check, assign positions and hashes.
@@ -158,73 +276,29 @@ impl Tx {
         if request.events.is_empty() {
             return Err(AppendError::NoEvents);
         }
-        let mut metadata_values = Vec::with_capacity(request.events.len());
-        for (index, event) in request.events.iter_mut().enumerate() {
-            let invalid = |reason: String| AppendError::InvalidData {
-                index,
-                event_type: event.event_type.clone(),
-                reason,
-            };
-            hash::normalize_json(&mut event.data, &mut "event_data".to_owned()).map_err(invalid)?;
-            let mut canonical = String::new();
-            hash::canonical_json(&event.data, &mut canonical);
-            if canonical.len() > MAX_EVENT_DATA_BYTES {
-                return Err(invalid(format!(
-                    "event_data is {} bytes; the limit is {MAX_EVENT_DATA_BYTES}",
-                    canonical.len()
-                )));
-            }
-            let mut metadata = serde_json::to_value(&event.metadata)
-                .map_err(|e| invalid(format!("event_metadata: {e}")))?;
-            hash::normalize_json(&mut metadata, &mut "event_metadata".to_owned())
-                .map_err(invalid)?;
-            metadata_values.push(metadata);
-        }
-
+        let metadata_values = normalize(&mut request)?;
         let head = self.lock_head().await?;
 
         let idempotency = request
             .idempotency_key
             .as_ref()
             .map(|key| (key.clone(), fingerprint(&request)));
-        if let Some((key, fingerprint)) = &idempotency {
-            let row = self
-                .conn()
-                .fetch_optional(
-                    "SELECT fingerprint, first_position, n_events FROM idempotency_keys WHERE key = $1",
-                    args![key.as_str()],
-                )
-                .await?;
-            if let Some(row) = row {
-                let stored: String = row.get("fingerprint")?;
-                if &stored != fingerprint {
-                    return Err(AppendError::KeyReused {
-                        key: key.as_str().to_owned(),
-                    });
-                }
-                let first: i64 = row.get("first_position")?;
-                let n_events: i64 = row.get("n_events")?;
-                let filter = EventFilter {
-                    after: Position::new(first - 1),
-                    limit: Some(u32::try_from(n_events).unwrap_or(u32::MAX)),
-                    ..EventFilter::default()
-                };
-                let events = self.conn().read_events(&filter).await?;
-                return Ok(Prepared::Repeat(events));
-            }
+        if let Some((key, fingerprint)) = &idempotency
+            && let Some(repeat) = self.repeated_key(key, fingerprint).await?
+        {
+            return Ok(Prepared::Repeat(repeat));
         }
 
-        let current = self.stream_version(request.stream_id).await?;
-        let actual = match &current {
+        let actual = match self.stream_version(request.stream_id).await? {
             Some((existing, version)) => {
                 if existing != request.stream_type.as_str() {
                     return Err(AppendError::StreamTypeMismatch {
                         stream_id: request.stream_id,
-                        existing: existing.clone(),
+                        existing,
                         requested: request.stream_type.clone(),
                     });
                 }
-                *version
+                version
             }
             None => StreamVersion::NONE,
         };
@@ -282,114 +356,183 @@ impl Tx {
         }))
     }
 
-    /// Phase two of an append: store the events with their outcomes and move the head.
+    /// The events an idempotency key wrote before, if it was used before with the
+    /// same request; an error if with another.
+    async fn repeated_key(
+        &mut self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+    ) -> Result<Option<Vec<RecordedEvent>>, AppendError> {
+        let reused = || AppendError::KeyReused {
+            key: key.as_str().to_owned(),
+        };
+        if let Some(pending) = self.log.keys.iter().find(|k| k.key == key.as_str()) {
+            if pending.fingerprint != fingerprint {
+                return Err(reused());
+            }
+            let first = pending.first_position;
+            let n_events = usize::try_from(pending.n_events).unwrap_or(0);
+            let events = self
+                .log
+                .rows
+                .iter()
+                .filter(|row| row.event.position >= first)
+                .take(n_events)
+                .map(|row| row.event.clone())
+                .collect();
+            return Ok(Some(events));
+        }
+        let row = self
+            .conn()
+            .fetch_optional(
+                "SELECT fingerprint, first_position, n_events FROM idempotency_keys WHERE key = $1",
+                args![key.as_str()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let stored: String = row.get("fingerprint")?;
+        if stored != fingerprint {
+            return Err(reused());
+        }
+        let first: i64 = row.get("first_position")?;
+        let n_events: i64 = row.get("n_events")?;
+        let filter = EventFilter {
+            after: Position::new(first - 1),
+            limit: Some(u32::try_from(n_events).unwrap_or(u32::MAX)),
+            ..EventFilter::default()
+        };
+        Ok(Some(self.conn().read_events(&filter).await?))
+    }
+
+    /// Phase two of an append: hand the events, with their outcomes, to the
+    /// transaction, which moves the head and writes them before it commits.
     pub async fn write_append(
         &mut self,
         pending: PendingAppend,
     ) -> Result<Vec<RecordedEvent>, AppendError> {
-        let mut conn = self.conn();
-        let mut n_failed = 0_i64;
-        for (event, metadata) in pending.events.iter().zip(&pending.metadata_values) {
-            let error = event.processing_error.as_ref();
-            n_failed += i64::from(error.is_some());
-            conn.execute(
-                "INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
-                 stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-                 created_at, processed_at, processing_error_code, processing_error_message, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                args![
-                    event.position,
-                    event.event_id,
-                    &event.stream_type,
-                    event.stream_id,
-                    event.stream_version,
-                    &event.event_type,
-                    event.data.clone(),
-                    metadata.clone(),
-                    event.metadata.correlation_id,
-                    event.metadata.org_id,
-                    event.created_at,
-                    event.processed_at,
-                    error.map(|e| e.code),
-                    error.map(|e| e.message.clone()),
-                    event.hash.clone(),
-                ],
-            )
-            .await?;
-        }
         let (Some(first), Some(last)) = (pending.events.first(), pending.events.last()) else {
             return Err(AppendError::NoEvents);
         };
-        conn.execute(
-            "UPDATE log_head SET last_position = $1, last_hash = $2, \
-             failed_events = failed_events + $3 WHERE id = 1",
-            args![last.position, last.hash.clone(), n_failed],
-        )
-        .await?;
-        if conn.backend() == Backend::Postgres {
-            // Transactional: the notification goes out when, and only if, this commits.
-            conn.execute(
-                "SELECT pg_notify('cairn_events', $1)",
-                args![last.position.get().to_string()],
-            )
-            .await?;
-        }
-        if let Some((key, fingerprint)) = &pending.idempotency {
-            conn.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                args![
-                    key.as_str(),
-                    fingerprint.clone(),
-                    first.position,
-                    i64::try_from(pending.events.len()).unwrap_or(i64::MAX),
-                    first.created_at,
-                ],
-            )
-            .await?;
-        }
-        self.note_appended(
-            pending
-                .events
-                .iter()
-                .map(|event| (event.position, event.event_type.to_string())),
+        let n_failed = pending
+            .events
+            .iter()
+            .filter(|event| event.processing_error.is_some())
+            .count() as i64;
+        let mut head = self.lock_head().await?;
+        head.last_position = last.position;
+        head.last_hash.clone_from(&last.hash);
+        head.failed_events += n_failed;
+        self.log.head = Some(head);
+        self.log.head_dirty = true;
+        self.log.failed_unwritten += n_failed;
+        self.log.learn_stream(
+            last.stream_id,
+            Some((last.stream_type.as_str().to_owned(), last.stream_version)),
         );
+        if let Some((key, fingerprint)) = &pending.idempotency {
+            self.log.keys.push(PendingKey {
+                key: key.as_str().to_owned(),
+                fingerprint: fingerprint.clone(),
+                first_position: first.position,
+                n_events: i64::try_from(pending.events.len()).unwrap_or(i64::MAX),
+                created_at: first.created_at,
+            });
+        }
+        for (event, metadata) in pending.events.iter().zip(pending.metadata_values) {
+            self.log.appended.push((
+                event.position,
+                event.event_type.to_string(),
+                event.processing_error.as_ref().map(|e| e.code),
+            ));
+            self.log.rows.push(PendingRow {
+                event: event.clone(),
+                metadata,
+            });
+        }
         Ok(pending.events)
+    }
+
+    /// Events matching a filter, this transaction's own appends included.
+    pub async fn read_events(
+        &mut self,
+        filter: &EventFilter,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.flush(false).await?;
+        self.conn().read_events(filter).await
     }
 
     /// Locks one stored event for reprocessing. Call [`Tx::lock_head`] first.
     pub async fn event_for_update(
         &mut self,
-        event_id: cairn_types::EventId,
+        event_id: EventId,
     ) -> Result<Option<RecordedEvent>, ReadError> {
+        self.flush(false).await?;
         let backend = self.backend();
         let mut conn = self.conn();
-        let event = conn.event_by_id(event_id).await?;
-        if backend == Backend::Postgres && event.is_some() {
-            conn.execute(
-                "SELECT 1 FROM domain_events WHERE event_id = $1 FOR UPDATE",
-                args![event_id],
-            )
-            .await?;
-        }
-        Ok(event)
+        let sql = Sql::built(format!(
+            "SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1{}",
+            if backend == Backend::Postgres {
+                " FOR UPDATE"
+            } else {
+                ""
+            }
+        ));
+        let row = conn.fetch_optional(sql, args![event_id]).await?;
+        row.as_ref().map(event_from_row).transpose()
     }
 
     /// Stores the outcome of reprocessing a stored event and keeps the failed-event
-    /// counter in step. Returns the event as now stored.
+    /// count in step. Returns the event as now stored.
     pub async fn record_outcome(
         &mut self,
         event: &RecordedEvent,
         outcome: &Outcome,
         at: DateTime<Utc>,
-    ) -> Result<RecordedEvent, sqlx::Error> {
-        self.conn().record_outcome(event, outcome, at).await
+    ) -> Result<RecordedEvent, DbError> {
+        let error = outcome.error();
+        self.conn()
+            .execute(
+                "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
+                 processing_error_message = $3 WHERE position = $4",
+                args![
+                    at,
+                    error.map(|e| e.code),
+                    error.map(|e| e.message.clone()),
+                    event.position
+                ],
+            )
+            .await?;
+        let delta = i64::from(error.is_some()) - i64::from(event.is_failed());
+        if delta != 0 {
+            match &mut self.log.head {
+                // The head is written with the commit, the count with it.
+                Some(head) => {
+                    head.failed_events += delta;
+                    self.log.failed_unwritten += delta;
+                    self.log.head_dirty = true;
+                }
+                None => {
+                    self.conn()
+                        .execute(
+                            "UPDATE log_head SET failed_events = failed_events + $1 WHERE id = 1",
+                            args![delta],
+                        )
+                        .await?;
+                }
+            }
+        }
+        let mut updated = event.clone();
+        updated.processed_at = Some(at);
+        updated.processing_error = error.cloned();
+        Ok(updated)
     }
 }
 
 impl Conn<'_> {
     /// Takes the log head lock (on a connection inside a transaction) and reads the head.
-    pub async fn lock_head(&mut self) -> Result<Head, sqlx::Error> {
+    pub async fn lock_head(&mut self) -> Result<Head, DbError> {
         let sql = dialect(
             self.backend(),
             // BEGIN IMMEDIATE already holds SQLite's one write lock.
@@ -401,13 +544,14 @@ impl Conn<'_> {
     }
 
     /// Stores the outcome of reprocessing a stored event and keeps the failed-event
-    /// counter in step. Returns the event as now stored.
+    /// counter in step, on a connection outside any [`Tx`] (a replay's session).
+    /// Returns the event as now stored.
     pub async fn record_outcome(
         &mut self,
         event: &RecordedEvent,
         outcome: &Outcome,
         at: DateTime<Utc>,
-    ) -> Result<RecordedEvent, sqlx::Error> {
+    ) -> Result<RecordedEvent, DbError> {
         let error = outcome.error();
         self.execute(
             "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
@@ -433,4 +577,382 @@ impl Conn<'_> {
         updated.processing_error = error.cloned();
         Ok(updated)
     }
+}
+
+/// Writes what a transaction's log state holds and the spans recorded in it.
+/// `committing` says the transaction commits next: the one moment to notify other
+/// processes of the new head.
+pub(crate) async fn flush(
+    conn: &mut Conn<'_>,
+    log: &mut LogState,
+    spans: &mut Vec<SpanRecord>,
+    committing: bool,
+) -> Result<(), DbError> {
+    let notify = committing && !log.appended.is_empty();
+    let head = log
+        .head_dirty
+        .then(|| log.head.clone())
+        .flatten()
+        .map(|head| (head, log.failed_unwritten));
+    if conn.backend() == Backend::Postgres {
+        flush_postgres(conn, log, spans, head.as_ref(), notify).await?;
+    } else {
+        flush_sqlite(conn, log, spans, head.as_ref()).await?;
+    }
+    log.flushed = log.rows.len();
+    log.keys_flushed = log.keys.len();
+    log.head_dirty = false;
+    log.failed_unwritten = 0;
+    spans.clear();
+    Ok(())
+}
+
+const INSERT_EVENT: &str = "INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
+     stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
+     created_at, processed_at, processing_error_code, processing_error_message, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+const INSERT_KEY: &str = "INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
+     VALUES ($1, $2, $3, $4, $5)";
+
+const INSERT_SPAN: &str = "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, \
+     duration_us, error, attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+fn duration_us(span: &SpanRecord) -> i64 {
+    i64::try_from(span.duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// SQLite: one prepared statement per row, run in the writer's thread.
+async fn flush_sqlite(
+    conn: &mut Conn<'_>,
+    log: &LogState,
+    spans: &[SpanRecord],
+    head: Option<&(Head, i64)>,
+) -> Result<(), DbError> {
+    for row in &log.rows[log.flushed..] {
+        let event = &row.event;
+        let error = event.processing_error.as_ref();
+        conn.execute(
+            INSERT_EVENT,
+            args![
+                event.position,
+                event.event_id,
+                &event.stream_type,
+                event.stream_id,
+                event.stream_version,
+                &event.event_type,
+                event.data.clone(),
+                row.metadata.clone(),
+                event.metadata.correlation_id,
+                event.metadata.org_id,
+                event.created_at,
+                event.processed_at,
+                error.map(|e| e.code),
+                error.map(|e| e.message.clone()),
+                event.hash.clone(),
+            ],
+        )
+        .await?;
+    }
+    for key in &log.keys[log.keys_flushed..] {
+        conn.execute(
+            INSERT_KEY,
+            args![
+                key.key.as_str(),
+                key.fingerprint.as_str(),
+                key.first_position,
+                key.n_events,
+                key.created_at
+            ],
+        )
+        .await?;
+    }
+    for span in spans {
+        conn.execute(
+            INSERT_SPAN,
+            args![
+                span.correlation_id,
+                span.kind.as_str(),
+                span.name.as_str(),
+                span.org_id,
+                span.started_at,
+                duration_us(span),
+                span.error.as_deref(),
+                span.attributes.clone()
+            ],
+        )
+        .await?;
+    }
+    if let Some((head, failed)) = head {
+        conn.execute(
+            "UPDATE log_head SET last_position = $1, last_hash = $2, \
+             failed_events = failed_events + $3 WHERE id = 1",
+            args![head.last_position, head.last_hash.as_str(), *failed],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: one statement for everything, each kind of row bound as arrays and
+/// unnested; the head update and the notification ride along.
+async fn flush_postgres(
+    conn: &mut Conn<'_>,
+    log: &LogState,
+    spans: &[SpanRecord],
+    head: Option<&(Head, i64)>,
+    notify: bool,
+) -> Result<(), DbError> {
+    let rows = &log.rows[log.flushed..];
+    let keys = &log.keys[log.keys_flushed..];
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = 1;
+    let mut placeholders = |n: usize| {
+        let list: Vec<String> = (next..next + n).map(|i| format!("${i}")).collect();
+        next += n;
+        list
+    };
+    if !rows.is_empty() {
+        let p = placeholders(15);
+        parts.push(format!(
+            "e AS (INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
+             stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
+             created_at, processed_at, processing_error_code, processing_error_message, hash) \
+             SELECT * FROM UNNEST({}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::bigint[], \
+             {}::text[], {}::jsonb[], {}::jsonb[], {}::uuid[], {}::uuid[], {}::timestamptz[], \
+             {}::timestamptz[], {}::text[], {}::text[], {}::text[]))",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            p[6],
+            p[7],
+            p[8],
+            p[9],
+            p[10],
+            p[11],
+            p[12],
+            p[13],
+            p[14]
+        ));
+    }
+    if !keys.is_empty() {
+        let p = placeholders(5);
+        parts.push(format!(
+            "k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
+             SELECT * FROM UNNEST({}::text[], {}::text[], {}::bigint[], {}::bigint[], {}::timestamptz[]))",
+            p[0], p[1], p[2], p[3], p[4]
+        ));
+    }
+    if !spans.is_empty() {
+        let p = placeholders(8);
+        parts.push(format!(
+            "s AS (INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, \
+             duration_us, error, attributes) SELECT * FROM UNNEST({}::uuid[], {}::text[], \
+             {}::text[], {}::uuid[], {}::timestamptz[], {}::bigint[], {}::text[], {}::jsonb[]))",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        ));
+    }
+    if head.is_some() {
+        let p = placeholders(3);
+        parts.push(format!(
+            "h AS (UPDATE log_head SET last_position = {}, last_hash = {}, \
+             failed_events = failed_events + {} WHERE id = 1)",
+            p[0], p[1], p[2]
+        ));
+    }
+    let tail = match (notify, head) {
+        (true, Some(_)) | (true, None) => {
+            let p = placeholders(1);
+            format!("SELECT pg_notify('cairn_events', {})", p[0])
+        }
+        (false, _) => "SELECT 1".to_owned(),
+    };
+    if parts.is_empty() && !notify {
+        return Ok(());
+    }
+    let sql = if parts.is_empty() {
+        tail
+    } else {
+        format!("WITH {} {tail}", parts.join(", "))
+    };
+    let Some(pg) = conn.postgres() else {
+        return Ok(());
+    };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if !rows.is_empty() {
+        let events = rows.iter().map(|row| &row.event);
+        query = query
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.position.get())
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.event_id.as_uuid())
+                    .collect::<Vec<Uuid>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.stream_type.as_str().to_owned())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.stream_id.as_uuid())
+                    .collect::<Vec<Uuid>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.stream_version.get())
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.event_type.as_str().to_owned())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| Json(&e.data))
+                    .collect::<Vec<Json<&Value>>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|row| Json(&row.metadata))
+                    .collect::<Vec<Json<&Value>>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.metadata.correlation_id.as_uuid())
+                    .collect::<Vec<Uuid>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.metadata.org_id.map(|org| org.as_uuid()))
+                    .collect::<Vec<Option<Uuid>>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.created_at)
+                    .collect::<Vec<DateTime<Utc>>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.processed_at)
+                    .collect::<Vec<Option<DateTime<Utc>>>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| {
+                        e.processing_error
+                            .as_ref()
+                            .map(|p| p.code.as_str().to_owned())
+                    })
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.processing_error.as_ref().map(|p| p.message.clone()))
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(events.map(|e| e.hash.clone()).collect::<Vec<String>>());
+    }
+    if !keys.is_empty() {
+        query = query
+            .bind(keys.iter().map(|k| k.key.clone()).collect::<Vec<String>>())
+            .bind(
+                keys.iter()
+                    .map(|k| k.fingerprint.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                keys.iter()
+                    .map(|k| k.first_position.get())
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(keys.iter().map(|k| k.n_events).collect::<Vec<i64>>())
+            .bind(
+                keys.iter()
+                    .map(|k| k.created_at)
+                    .collect::<Vec<DateTime<Utc>>>(),
+            );
+    }
+    if !spans.is_empty() {
+        query = query
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.correlation_id.as_uuid())
+                    .collect::<Vec<Uuid>>(),
+            )
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.kind.as_str().to_owned())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.org_id.map(|org| org.as_uuid()))
+                    .collect::<Vec<Option<Uuid>>>(),
+            )
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.started_at)
+                    .collect::<Vec<DateTime<Utc>>>(),
+            )
+            .bind(spans.iter().map(duration_us).collect::<Vec<i64>>())
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.error.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| Json(&s.attributes))
+                    .collect::<Vec<Json<&Value>>>(),
+            );
+    }
+    if let Some((head, failed)) = head {
+        query = query
+            .bind(head.last_position.get())
+            .bind(head.last_hash.clone())
+            .bind(*failed);
+    }
+    if notify {
+        let position = head
+            .map(|(head, _)| head.last_position)
+            .or_else(|| log.head.as_ref().map(|head| head.last_position))
+            .unwrap_or_default();
+        query = query.bind(position.get().to_string());
+    }
+    query.execute(pg).await?;
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! `cairn audit verify`: walking the hash chain.
 
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
@@ -101,7 +100,7 @@ impl Db {
             breach,
         };
         loop {
-            let sql = AssertSqlSafe(format!(
+            let sql = crate::sql::Sql::built(format!(
                 "SELECT position, event_id, stream_type, stream_id, stream_version, event_type, \
                  event_data, event_metadata, created_at, hash FROM domain_events \
                  WHERE position >= $1 ORDER BY position LIMIT {BATCH}"

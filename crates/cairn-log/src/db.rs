@@ -1,20 +1,22 @@
-//! Connecting to a backend, transactions and read connections.
+//! Connecting to a backend, the log writer, transactions and read connections.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Postgres, Sqlite};
 
 use cairn_types::Position;
 
-use crate::sql::{Backend, Conn, dialect};
+use crate::error::DbError;
+use crate::sql::{Backend, Conn, ConnInner, dialect};
+use crate::tx::{DirectTx, Isolation, Tx, TxInner};
+use crate::writer::{self, Home, WriteOptions, WriterConfig, WriterHandle};
 
 /// Where the embedded default keeps its data, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "cairn-data";
@@ -36,7 +38,7 @@ pub enum ConnectError {
     BadUrl {
         url: String,
         #[source]
-        source: sqlx::Error,
+        source: DbError,
     },
     #[error("cannot create the data directory {}", path.display())]
     CreateDir {
@@ -48,18 +50,24 @@ pub enum ConnectError {
     Open {
         target: String,
         #[source]
-        source: sqlx::Error,
+        source: DbError,
     },
+    #[error("cannot start the log writer")]
+    Writer(#[source] std::io::Error),
 }
 
 /// How to open a database.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
-    /// The most connections one process holds (PostgreSQL) or reads with (SQLite).
+    /// The most connections one process reads with (and, on PostgreSQL, runs
+    /// transactions of its own on); the log writer has one more of its own.
     pub max_connections: u32,
     /// On PostgreSQL, the schema to work in instead of the user's default; created if
     /// missing. Used to give benchmarks and tests a place of their own.
     pub schema: Option<String>,
+    /// The log writer's queue, batches and isolation; `None` for the backend's
+    /// defaults ([`WriterConfig::for_backend`]).
+    pub writer: Option<WriterConfig>,
 }
 
 impl Default for DbOptions {
@@ -67,6 +75,7 @@ impl Default for DbOptions {
         Self {
             max_connections: 10,
             schema: None,
+            writer: None,
         }
     }
 }
@@ -74,9 +83,7 @@ impl Default for DbOptions {
 #[derive(Debug)]
 pub(crate) enum Pools {
     Sqlite {
-        /// One connection: SQLite has one writer, and queueing writers in-process avoids
-        /// lock upgrades that would fail with "database is locked".
-        writer: SqlitePool,
+        /// Read-only connections; every write goes through the log writer.
         reader: SqlitePool,
         path: PathBuf,
     },
@@ -87,30 +94,9 @@ pub(crate) enum Pools {
 }
 
 impl Pools {
-    async fn begin(&self) -> Result<TxInner, sqlx::Error> {
-        Ok(match self {
-            Pools::Sqlite { writer, .. } => {
-                TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
-            }
-            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
-        })
-    }
-
-    /// A write transaction that appends no events (spans, coordination).
-    pub(crate) async fn begin_plain(&self) -> Result<Tx, sqlx::Error> {
-        Ok(Tx::read_only(self.begin().await?))
-    }
-
-    async fn head(&self) -> Result<Position, sqlx::Error> {
-        let mut reader = match self {
-            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
-            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
-        };
-        let mut conn = match &mut reader {
-            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
-            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
-        };
-        Ok(conn.head().await?.last_position)
+    async fn head(&self) -> Result<Position, DbError> {
+        let mut reader = Reader::acquire(self).await?;
+        Ok(reader.conn().head().await?.last_position)
     }
 }
 
@@ -185,7 +171,7 @@ async fn follow_head(pools: Arc<Pools>, shared: std::sync::Weak<Shared>) {
 
 /// An open database: the embedded SQLite file or a PostgreSQL server.
 ///
-/// Cheap to clone; clones share the connection pools.
+/// Cheap to clone; clones share the connection pools and the log writer.
 #[derive(Debug, Clone)]
 pub struct Db {
     pools: Arc<Pools>,
@@ -193,28 +179,21 @@ pub struct Db {
 }
 
 /// What the clones of one `Db` share besides the pools. Background tasks hold it
-/// weakly (or, for the span writer, hold only the receiving end of its channel), so
-/// they stop when the last clone of the `Db` is dropped.
+/// weakly (or hold only what they need of it), so they stop when the last clone of the
+/// `Db` is dropped.
 #[derive(Debug)]
-struct Shared {
-    head: HeadWatch,
-    spans: crate::spans::SpanSink,
-}
-
-impl Shared {
-    fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            head: HeadWatch::new(),
-            spans: crate::spans::SpanSink::default(),
-        })
-    }
+pub(crate) struct Shared {
+    pub(crate) head: HeadWatch,
+    pub(crate) spans: crate::spans::SpanSink,
+    pub(crate) writer: WriterHandle,
+    pub(crate) writer_config: WriterConfig,
 }
 
 /// The newest committed position this process knows of, for waking subscribers. It is
 /// only a wake-up: readers always read the log itself, so a missed update delays them
 /// and loses nothing.
 #[derive(Debug)]
-struct HeadWatch {
+pub(crate) struct HeadWatch {
     sender: tokio::sync::watch::Sender<Position>,
     listening: std::sync::atomic::AtomicBool,
     /// Set by `Db::close`: the follower stops and gives its connection back.
@@ -230,7 +209,7 @@ impl HeadWatch {
         }
     }
 
-    fn advance(&self, position: Position) {
+    pub(crate) fn advance(&self, position: Position) {
         self.sender.send_if_modified(|known| {
             if position > *known {
                 *known = position;
@@ -265,7 +244,8 @@ pub fn redact_url(url: &str) -> String {
 
 impl Db {
     /// Opens the database a URL names, creating the SQLite file and its directory when
-    /// missing. Does not run migrations: see [`Db::migrate`].
+    /// missing, and starts its log writer. Does not run migrations: see
+    /// [`Db::migrate`].
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -281,6 +261,23 @@ impl Db {
         }
     }
 
+    fn assemble(pools: Pools, home: Home, config: WriterConfig) -> Result<Db, ConnectError> {
+        let (handle, queue) = writer::queue(&config);
+        let shared = Arc::new(Shared {
+            head: HeadWatch::new(),
+            spans: crate::spans::SpanSink::default(),
+            writer: handle,
+            writer_config: config,
+        });
+        shared.spans.connect(shared.writer.clone());
+        writer::start(queue, home, Arc::downgrade(&shared), config)
+            .map_err(ConnectError::Writer)?;
+        Ok(Db {
+            pools: Arc::new(pools),
+            shared,
+        })
+    }
+
     async fn connect_sqlite(path: &Path, options: &DbOptions) -> Result<Db, ConnectError> {
         if path.as_os_str().is_empty() || path == Path::new(":memory:") {
             return Err(ConnectError::UnsupportedUrl {
@@ -294,36 +291,39 @@ impl Db {
             })?;
         }
         let target = format!("sqlite://{}", path.display());
-        let open = |source| ConnectError::Open {
+        let open = |source: DbError| ConnectError::Open {
             target: target.clone(),
             source,
         };
-        let base = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Every commit reaches the disk: an acknowledged event is never lost.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(base.clone().create_if_missing(true))
-            .await
-            .map_err(open)?;
+        // The writer's connection first: it creates the file and turns on WAL, which
+        // the read-only connections need.
+        let writer_conn = crate::direct::open(path).map_err(open)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .connect_with(base.read_only(true))
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10))
+                    .read_only(true),
+            )
             .await
-            .map_err(open)?;
-        Ok(Db {
-            pools: Arc::new(Pools::Sqlite {
-                writer,
+            .map_err(|e| open(e.into()))?;
+        let config = options
+            .writer
+            .unwrap_or_else(|| WriterConfig::for_backend(Backend::Sqlite));
+        Self::assemble(
+            Pools::Sqlite {
                 reader,
                 path: path.to_owned(),
-            }),
-            shared: Shared::new(),
-        })
+            },
+            Home::Direct {
+                conn: Some(writer_conn),
+                path: path.to_owned(),
+            },
+            config,
+        )
     }
 
     async fn connect_postgres(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
@@ -331,9 +331,13 @@ impl Db {
         let mut connect =
             PgConnectOptions::from_str(url).map_err(|source| ConnectError::BadUrl {
                 url: target.clone(),
-                source,
+                source: source.into(),
             })?;
         connect = connect.application_name("cairn");
+        let open = |source: sqlx::Error| ConnectError::Open {
+            target: target.clone(),
+            source: source.into(),
+        };
         if let Some(schema) = &options.schema {
             // Create the schema with a one-off connection, then point every pooled
             // connection at it.
@@ -341,34 +345,35 @@ impl Db {
                 .max_connections(1)
                 .connect_with(connect.clone())
                 .await
-                .map_err(|source| ConnectError::Open {
-                    target: target.clone(),
-                    source,
-                })?;
+                .map_err(open)?;
             let statement = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema));
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                 .execute(&pool)
                 .await
-                .map_err(|source| ConnectError::Open {
-                    target: target.clone(),
-                    source,
-                })?;
+                .map_err(open)?;
             pool.close().await;
             connect = connect.options([("search_path", schema.as_str())]);
         }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
-            .map_err(|source| ConnectError::Open {
-                target: target.clone(),
-                source,
-            })?;
-        Ok(Db {
-            pools: Arc::new(Pools::Postgres { pool, target }),
-            shared: Shared::new(),
-        })
+            .map_err(open)?;
+        // The writer's own connection: it never waits behind readers for one.
+        let writer_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(connect.clone().application_name("cairn-log-writer"));
+        let config = options
+            .writer
+            .unwrap_or_else(|| WriterConfig::for_backend(Backend::Postgres));
+        Self::assemble(
+            Pools::Postgres { pool, target },
+            Home::Postgres { pool: writer_pool },
+            config,
+        )
     }
 
     /// The backend this database runs on.
@@ -388,30 +393,107 @@ impl Db {
         }
     }
 
-    /// Begins a write transaction. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes never fails to
-    /// upgrade.
-    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let inner = self.pools.begin().await?;
-        Ok(Tx {
+    /// How the log writer runs.
+    pub fn writer_config(&self) -> WriterConfig {
+        self.shared.writer_config
+    }
+
+    /// Units of work waiting for the log writer.
+    pub fn writer_queued(&self) -> usize {
+        self.shared.writer.queued()
+    }
+
+    /// Runs `work` in the log writer's next batch, in one transaction with whatever
+    /// else is waiting, and returns its result once that transaction has committed.
+    ///
+    /// `work` may run more than once (a batch that must be run again runs every unit
+    /// again), so it clones what it needs rather than moving it out. If it returns an
+    /// error or panics, nothing it did is kept, and its neighbours in the batch are
+    /// not affected.
+    ///
+    /// ```no_run
+    /// # async fn example(db: cairn_log::Db) -> Result<(), cairn_log::DbError> {
+    /// use cairn_log::{WriteOptions, args};
+    /// let changed = db
+    ///     .write(WriteOptions::default(), |tx| {
+    ///         Box::pin(async move {
+    ///             tx.conn()
+    ///                 .execute("UPDATE log_head SET failed_events = failed_events WHERE id = $1", args![1_i64])
+    ///                 .await
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = changed;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write<T, E, F>(&self, options: WriteOptions, work: F) -> Result<T, E>
+    where
+        F: for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.shared.writer.write(options, &[], work).await
+    }
+
+    /// [`Db::write`] for work that appends to `streams`: the batch reads their versions
+    /// together, in one statement, instead of each unit asking for its own.
+    pub async fn write_to<T, E, F>(
+        &self,
+        options: WriteOptions,
+        streams: &[cairn_types::StreamId],
+        work: F,
+    ) -> Result<T, E>
+    where
+        F: for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.shared.writer.write(options, streams, work).await
+    }
+
+    /// Begins a write transaction of the caller's own, outside the writer's batches.
+    /// On SQLite it borrows the writer's connection, in turn with the queued work, until
+    /// the transaction ends: hold it briefly, and never wait on the writer while holding
+    /// it. On PostgreSQL it is a pooled connection; appends in it take the head lock.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        let inner = match &*self.pools {
+            Pools::Sqlite { .. } => {
+                let lent = self.shared.writer.lend().await?;
+                TxInner::Direct(DirectTx::begin(lent.conn, Some(lent.home))?)
+            }
+            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
+        };
+        Ok(Tx::new(
             inner,
-            shared: Some(self.shared.clone()),
-            appended: Vec::new(),
-        })
+            Some(self.shared.clone()),
+            Isolation::Standalone,
+        ))
+    }
+
+    /// Holds the log writer still until the pause is dropped: for work on a connection
+    /// of its own that must write without the writer in between (replay's final swap
+    /// on SQLite). Does nothing on PostgreSQL, where the head lock orders writers.
+    pub async fn pause_writer(&self) -> Result<WriterPause, DbError> {
+        match &*self.pools {
+            Pools::Sqlite { .. } => {
+                let lent = self.shared.writer.lend().await?;
+                Ok(WriterPause {
+                    lent: Some((lent.conn, lent.home)),
+                })
+            }
+            Pools::Postgres { .. } => Ok(WriterPause { lent: None }),
+        }
     }
 
     /// A connection for reading. On SQLite it is opened read-only.
-    pub async fn reader(&self) -> Result<Reader, sqlx::Error> {
-        let inner = match &*self.pools {
-            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
-            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
-        };
-        Ok(Reader { inner })
+    pub async fn reader(&self) -> Result<Reader, DbError> {
+        Reader::acquire(&self.pools).await
     }
 
     /// A read-only transaction: every read through it sees one consistent snapshot,
     /// however long it takes, without holding up writers.
-    pub async fn snapshot(&self) -> Result<Snapshot, sqlx::Error> {
+    pub async fn snapshot(&self) -> Result<Snapshot, DbError> {
         let inner = match &*self.pools {
             Pools::Sqlite { reader, .. } => {
                 TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)
@@ -422,31 +504,8 @@ impl Db {
             ),
         };
         Ok(Snapshot {
-            tx: Tx::read_only(inner),
+            tx: Tx::new(inner, None, Isolation::Standalone),
         })
-    }
-
-    /// A read-write snapshot on PostgreSQL (a plain snapshot on SQLite), for work that
-    /// must create temporary tables before turning the transaction read-only.
-    pub async fn shadow_snapshot(&self) -> Result<Snapshot, sqlx::Error> {
-        match &*self.pools {
-            Pools::Sqlite { .. } => self.snapshot().await,
-            Pools::Postgres { pool, .. } => Ok(Snapshot {
-                tx: Tx::read_only(TxInner::Postgres(
-                    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                        .await?,
-                )),
-            }),
-        }
-    }
-
-    /// The PostgreSQL pool, for what only PostgreSQL offers (LISTEN/NOTIFY, advisory
-    /// locks); `None` on SQLite.
-    pub fn postgres_pool(&self) -> Option<&PgPool> {
-        match &*self.pools {
-            Pools::Postgres { pool, .. } => Some(pool),
-            Pools::Sqlite { .. } => None,
-        }
     }
 
     /// A receiver that changes whenever this process learns of a newer committed
@@ -464,9 +523,10 @@ impl Db {
     }
 
     /// Records one hop of a request's path for its timeline. Never waits and never
-    /// fails: spans are written in batches in the background (see [`crate::spans`]).
+    /// fails: spans are written in batches through the log writer (see
+    /// [`crate::spans`]).
     pub fn record_span(&self, span: crate::spans::SpanRecord) {
-        self.shared.spans.record(&self.pools, span);
+        self.shared.spans.record(span);
     }
 
     /// Waits until every span recorded so far is written.
@@ -476,7 +536,7 @@ impl Db {
 
     /// Drops a PostgreSQL schema and everything in it (a benchmark's or a test's own);
     /// does nothing on SQLite.
-    pub async fn drop_schema(&self, schema: &str) -> Result<(), sqlx::Error> {
+    pub async fn drop_schema(&self, schema: &str) -> Result<(), DbError> {
         if let Pools::Postgres { pool, .. } = &*self.pools {
             let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema));
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
@@ -486,48 +546,74 @@ impl Db {
         Ok(())
     }
 
-    /// Closes every connection, after writing the spans recorded so far and stopping
-    /// the head watch, which holds a connection. Waits for connections in use to be
-    /// given back.
+    /// Closes every connection: writes the spans recorded so far, lets the log writer
+    /// finish every unit it has taken, stops the head watch (which holds a connection),
+    /// then waits for connections in use to be given back.
     pub async fn close(&self) {
         self.shared.spans.flush().await;
+        self.shared.spans.disconnect();
+        self.shared.writer.close().await;
         self.shared.head.stop.send_replace(true);
         match &*self.pools {
-            Pools::Sqlite { writer, reader, .. } => {
-                reader.close().await;
-                writer.close().await;
-            }
+            Pools::Sqlite { reader, .. } => reader.close().await,
             Pools::Postgres { pool, .. } => pool.close().await,
         }
     }
 }
 
+/// The log writer held still (see [`Db::pause_writer`]).
+#[derive(Debug)]
+pub struct WriterPause {
+    lent: Option<(
+        rusqlite::Connection,
+        tokio::sync::oneshot::Sender<rusqlite::Connection>,
+    )>,
+}
+
+impl Drop for WriterPause {
+    fn drop(&mut self) {
+        if let Some((conn, home)) = self.lent.take() {
+            let _ = home.send(conn);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SessionInner {
+    Direct(rusqlite::Connection),
+    Postgres(PoolConnection<Postgres>),
+}
+
 /// A connection held across several transactions, for long work that keeps temporary
 /// tables between its transactions (replay rebuilding in batches). The connection is
-/// closed, never returned to the pool, when the session ends: whatever it created and
+/// closed, never returned to a pool, when the session ends: whatever it created and
 /// any transaction it left open die with it.
+///
+/// On SQLite it is a connection of its own, which runs its statements in the calling
+/// thread like the log writer's.
 #[derive(Debug)]
 pub struct Session {
-    inner: Option<ReaderInner>,
+    inner: Option<SessionInner>,
 }
 
 impl Db {
-    /// A session on a connection that may write (SQLite's one writer: other writers in
-    /// this process wait while the session holds it).
-    pub async fn writing_session(&self) -> Result<Session, sqlx::Error> {
+    /// A session that may write. On SQLite, call [`Db::pause_writer`] before a write
+    /// transaction that must not wait on the writer.
+    pub async fn writing_session(&self) -> Result<Session, DbError> {
         let inner = match &*self.pools {
-            Pools::Sqlite { writer, .. } => ReaderInner::Sqlite(writer.acquire().await?),
-            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+            Pools::Sqlite { path, .. } => SessionInner::Direct(crate::direct::open(path)?),
+            Pools::Postgres { pool, .. } => SessionInner::Postgres(pool.acquire().await?),
         };
         Ok(Session { inner: Some(inner) })
     }
 
-    /// A session on a read-only connection (on SQLite; on PostgreSQL the session's
-    /// transactions are made read-only by [`Session::begin_read_only`]).
-    pub async fn reading_session(&self) -> Result<Session, sqlx::Error> {
+    /// A session that only reads (and writes temporary tables).
+    pub async fn reading_session(&self) -> Result<Session, DbError> {
         let inner = match &*self.pools {
-            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
-            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+            Pools::Sqlite { path, .. } => {
+                SessionInner::Direct(crate::direct::open_read_only(path)?)
+            }
+            Pools::Postgres { pool, .. } => SessionInner::Postgres(pool.acquire().await?),
         };
         Ok(Session { inner: Some(inner) })
     }
@@ -536,25 +622,26 @@ impl Db {
 impl Session {
     /// The session's connection.
     pub fn conn(&mut self) -> Conn<'_> {
-        match self
+        let inner = match self
             .inner
             .as_mut()
             .expect("a session holds its connection until dropped")
         {
-            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
-            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
-        }
+            SessionInner::Direct(conn) => ConnInner::Direct(conn),
+            SessionInner::Postgres(conn) => ConnInner::Postgres(conn),
+        };
+        Conn::new(inner, None)
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
-    pub async fn begin(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn begin(&mut self) -> Result<(), DbError> {
         let statement = dialect(self.conn().backend(), "BEGIN IMMEDIATE", "BEGIN");
         self.conn().execute_script(statement).await
     }
 
     /// Begins a transaction that writes nothing but temporary tables, in one snapshot
     /// (`REPEATABLE READ` on PostgreSQL).
-    pub async fn begin_read_only(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn begin_read_only(&mut self) -> Result<(), DbError> {
         let statement = dialect(
             self.conn().backend(),
             "BEGIN DEFERRED",
@@ -564,12 +651,12 @@ impl Session {
     }
 
     /// Commits the current transaction.
-    pub async fn commit(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn commit(&mut self) -> Result<(), DbError> {
         self.conn().execute_script("COMMIT").await
     }
 
     /// Rolls the current transaction back.
-    pub async fn rollback(&mut self) -> Result<(), sqlx::Error> {
+    pub async fn rollback(&mut self) -> Result<(), DbError> {
         self.conn().execute_script("ROLLBACK").await
     }
 }
@@ -579,8 +666,8 @@ impl Drop for Session {
         // Closing the connection (rather than pooling it) drops its temporary tables
         // and rolls back a transaction left open by an error.
         match self.inner.take() {
-            Some(ReaderInner::Sqlite(conn)) => drop(conn.detach()),
-            Some(ReaderInner::Postgres(conn)) => drop(conn.detach()),
+            Some(SessionInner::Direct(conn)) => drop(conn),
+            Some(SessionInner::Postgres(conn)) => drop(conn.detach()),
             None => {}
         }
     }
@@ -635,16 +722,24 @@ impl Db {
     /// `cairn_tenant_reader` role with `cairn.tenant` set, so row-level security hides
     /// every other tenant's rows even from a query that forgot to filter: the second
     /// wall behind the policy's own filters.
-    pub async fn scoped(&self, tenancy: &Tenancy) -> Result<Snapshot, sqlx::Error> {
+    pub async fn scoped(&self, tenancy: &Tenancy) -> Result<Snapshot, DbError> {
         match &*self.pools {
             Pools::Sqlite { reader, .. } => Ok(Snapshot {
-                tx: Tx::read_only(TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)),
+                tx: Tx::new(
+                    TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
+                    None,
+                    Isolation::Standalone,
+                ),
             }),
             Pools::Postgres { pool, .. } => {
-                let mut tx = Tx::read_only(TxInner::Postgres(
-                    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                        .await?,
-                ));
+                let mut tx = Tx::new(
+                    TxInner::Postgres(
+                        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                            .await?,
+                    ),
+                    None,
+                    Isolation::Standalone,
+                );
                 let mut conn = tx.conn();
                 conn.execute_script("SET LOCAL ROLE cairn_tenant_reader")
                     .await?;
@@ -662,134 +757,6 @@ impl Db {
 /// Quotes a PostgreSQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-#[derive(Debug)]
-enum TxInner {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
-    Postgres(sqlx::Transaction<'static, Postgres>),
-}
-
-/// A write transaction. Dropped without [`Tx::commit`], it rolls back.
-#[derive(Debug)]
-pub struct Tx {
-    inner: TxInner,
-    /// Told of the new head when a transaction that appended commits.
-    shared: Option<Arc<Shared>>,
-    /// The events this transaction appended: (position, event type).
-    appended: Vec<(Position, String)>,
-}
-
-impl Tx {
-    fn read_only(inner: TxInner) -> Tx {
-        Tx {
-            inner,
-            shared: None,
-            appended: Vec::new(),
-        }
-    }
-
-    /// Notes events appended in this transaction, for the metrics and the head watch
-    /// once it commits.
-    pub(crate) fn note_appended(&mut self, events: impl IntoIterator<Item = (Position, String)>) {
-        self.appended.extend(events);
-    }
-
-    /// The transaction's connection.
-    pub fn conn(&mut self) -> Conn<'_> {
-        match &mut self.inner {
-            TxInner::Sqlite(tx) => Conn::Sqlite(tx),
-            TxInner::Postgres(tx) => Conn::Postgres(tx),
-        }
-    }
-
-    /// The backend the transaction runs on.
-    pub fn backend(&self) -> Backend {
-        match &self.inner {
-            TxInner::Sqlite(_) => Backend::Sqlite,
-            TxInner::Postgres(_) => Backend::Postgres,
-        }
-    }
-
-    /// Opens a savepoint: work done through it is undone by [`Savepoint::rollback`]
-    /// (or by dropping it) while the rest of the transaction stays.
-    pub async fn savepoint(&mut self) -> Result<Savepoint<'_>, sqlx::Error> {
-        use sqlx::Acquire as _;
-        let inner = match &mut self.inner {
-            TxInner::Sqlite(tx) => SavepointInner::Sqlite(tx.begin().await?),
-            TxInner::Postgres(tx) => SavepointInner::Postgres(tx.begin().await?),
-        };
-        Ok(Savepoint { inner })
-    }
-
-    /// Commits.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self.inner {
-            TxInner::Sqlite(tx) => tx.commit().await?,
-            TxInner::Postgres(tx) => tx.commit().await?,
-        }
-        if let (Some(shared), Some(last)) =
-            (&self.shared, self.appended.iter().map(|(p, _)| *p).max())
-        {
-            let metrics = cairn_observe::metrics();
-            for (_, event_type) in &self.appended {
-                metrics
-                    .events_appended
-                    .get_or_create(&cairn_observe::EventLabels {
-                        event_type: event_type.clone(),
-                    })
-                    .inc();
-            }
-            shared.head.advance(last);
-        }
-        Ok(())
-    }
-
-    /// Rolls back.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.inner {
-            TxInner::Sqlite(tx) => tx.rollback().await,
-            TxInner::Postgres(tx) => tx.rollback().await,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum SavepointInner<'t> {
-    Sqlite(sqlx::Transaction<'t, Sqlite>),
-    Postgres(sqlx::Transaction<'t, Postgres>),
-}
-
-/// A savepoint inside a [`Tx`]. Dropped without [`Savepoint::release`], it rolls back.
-#[derive(Debug)]
-pub struct Savepoint<'t> {
-    inner: SavepointInner<'t>,
-}
-
-impl Savepoint<'_> {
-    /// The savepoint's connection.
-    pub fn conn(&mut self) -> Conn<'_> {
-        match &mut self.inner {
-            SavepointInner::Sqlite(tx) => Conn::Sqlite(tx),
-            SavepointInner::Postgres(tx) => Conn::Postgres(tx),
-        }
-    }
-
-    /// Keeps the work done inside the savepoint.
-    pub async fn release(self) -> Result<(), sqlx::Error> {
-        match self.inner {
-            SavepointInner::Sqlite(tx) => tx.commit().await,
-            SavepointInner::Postgres(tx) => tx.commit().await,
-        }
-    }
-
-    /// Undoes the work done inside the savepoint.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.inner {
-            SavepointInner::Sqlite(tx) => tx.rollback().await,
-            SavepointInner::Postgres(tx) => tx.rollback().await,
-        }
-    }
 }
 
 /// A read-only transaction over one consistent snapshot. Dropping it ends it.
@@ -818,12 +785,21 @@ pub struct Reader {
 }
 
 impl Reader {
+    async fn acquire(pools: &Pools) -> Result<Reader, DbError> {
+        let inner = match pools {
+            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
+            Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
+        };
+        Ok(Reader { inner })
+    }
+
     /// The reader's connection.
     pub fn conn(&mut self) -> Conn<'_> {
-        match &mut self.inner {
-            ReaderInner::Sqlite(conn) => Conn::Sqlite(conn),
-            ReaderInner::Postgres(conn) => Conn::Postgres(conn),
-        }
+        let inner = match &mut self.inner {
+            ReaderInner::Sqlite(conn) => ConnInner::Sqlite(conn),
+            ReaderInner::Postgres(conn) => ConnInner::Postgres(conn),
+        };
+        Conn::new(inner, None)
     }
 }
 

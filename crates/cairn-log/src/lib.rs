@@ -19,19 +19,24 @@
 pub mod append;
 pub mod audit;
 pub mod db;
+mod direct;
+pub mod error;
 pub mod event;
 pub mod hash;
 pub mod migrate;
 pub mod read;
 pub mod spans;
 pub mod sql;
+pub mod tx;
+pub mod writer;
 
 pub use append::{AppendError, PendingAppend, Prepared};
 pub use audit::{AuditReport, Breach, Problem};
 pub use db::{
-    ConnectError, Db, DbOptions, NOTIFY_CHANNEL, Reader, Savepoint, Session, Snapshot,
-    TENANT_READER_ROLE, Tenancy, Tx,
+    ConnectError, Db, DbOptions, NOTIFY_CHANNEL, Reader, Session, Snapshot, TENANT_READER_ROLE,
+    Tenancy, WriterPause,
 };
+pub use error::{DbError, DbErrorKind};
 pub use event::{
     AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent,
@@ -39,7 +44,9 @@ pub use event::{
 pub use migrate::{MigrateError, Migration};
 pub use read::{EventFilter, Head, ReadError};
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
-pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row};
+pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row, Sql};
+pub use tx::{Savepoint, Tx};
+pub use writer::{Admission, Priority, WriteMode, WriteOptions, WriterConfig};
 
-/// The database error type of every storage call.
-pub use sqlx::Error as SqlError;
+/// A unit of work's future, as [`Db::write`] takes it.
+pub use futures::future::BoxFuture;

@@ -79,10 +79,10 @@ pub enum MigrateError {
     Failed {
         id: String,
         #[source]
-        source: sqlx::Error,
+        source: crate::error::DbError,
     },
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] crate::error::DbError),
 }
 
 impl Db {

@@ -1,7 +1,6 @@
 //! Reading the log: by position, by stream, by correlation id, failed events.
 
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 
 use cairn_types::{
     CorrelationId, ErrorCode, EventId, EventType, Metadata, OrgId, Position, StreamId, StreamType,
@@ -9,14 +8,15 @@ use cairn_types::{
 };
 
 use crate::args;
+use crate::error::DbError;
 use crate::event::{ProcessingError, RecordedEvent};
-use crate::sql::{Arg, Conn, IntoArg, Row};
+use crate::sql::{Arg, Conn, IntoArg, Row, Sql};
 
 /// Why events could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("database error while reading the log")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error("the event at position {position} cannot be read: {reason}")]
     Corrupt { position: i64, reason: String },
 }
@@ -142,7 +142,7 @@ pub struct Head {
     pub failed_events: i64,
 }
 
-pub(crate) fn head_from_row(row: &Row) -> Result<Head, sqlx::Error> {
+pub(crate) fn head_from_row(row: &Row) -> Result<Head, DbError> {
     Ok(Head {
         last_position: Position::new(row.get("last_position")?),
         last_hash: row.get("last_hash")?,
@@ -158,7 +158,7 @@ impl Conn<'_> {
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let (sql, args) = filter.to_sql();
         // The statement text is built only from fixed fragments; values are bound.
-        let rows = self.fetch_all(AssertSqlSafe(sql), args).await?;
+        let rows = self.fetch_all(Sql::built(sql), args).await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -167,7 +167,7 @@ impl Conn<'_> {
         &mut self,
         event_id: EventId,
     ) -> Result<Option<RecordedEvent>, ReadError> {
-        let sql = AssertSqlSafe(format!(
+        let sql = Sql::built(format!(
             "SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1"
         ));
         let row = self.fetch_optional(sql, args![event_id]).await?;
@@ -179,7 +179,7 @@ impl Conn<'_> {
         &mut self,
         position: Position,
     ) -> Result<Option<RecordedEvent>, ReadError> {
-        let sql = AssertSqlSafe(format!(
+        let sql = Sql::built(format!(
             "SELECT {EVENT_COLUMNS} FROM domain_events WHERE position = $1"
         ));
         let row = self.fetch_optional(sql, args![position]).await?;
@@ -187,7 +187,7 @@ impl Conn<'_> {
     }
 
     /// The head of the log.
-    pub async fn head(&mut self) -> Result<Head, sqlx::Error> {
+    pub async fn head(&mut self) -> Result<Head, DbError> {
         let row = self
             .fetch_one(
                 "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
@@ -198,7 +198,7 @@ impl Conn<'_> {
     }
 
     /// How many failed events there are for each error code.
-    pub async fn failed_by_code(&mut self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    pub async fn failed_by_code(&mut self) -> Result<Vec<(String, i64)>, DbError> {
         let rows = self
             .fetch_all(
                 "SELECT processing_error_code AS code, COUNT(*) AS n FROM domain_events \

@@ -2,9 +2,11 @@
 //! step attempt, an email, a realtime delivery), keyed by correlation id, for the
 //! request's timeline.
 //!
-//! Recording never waits and never fails the work it describes: spans go through a
-//! bounded channel to one background writer per database, which inserts them in
-//! batches. A span the channel has no room for is counted
+//! Recording never waits and never fails the work it describes. A hop that runs inside
+//! a write transaction (a handler) records its span on the transaction, and it is
+//! written with it. Any other hop's span goes through a bounded channel to one task per
+//! database, which hands spans to the log writer in batches, so they share its commits
+//! instead of adding their own. A span the channel has no room for is counted
 //! (`cairn_trace_spans_dropped_total`) rather than slowing the request down. The log is
 //! the record of what happened; spans add how long each part took.
 
@@ -19,8 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 use cairn_types::{CorrelationId, OrgId};
 
 use crate::args;
-use crate::db::{Pools, Tenancy};
+use crate::db::Tenancy;
+use crate::error::DbError;
 use crate::sql::{Conn, Row};
+use crate::writer::{WriteOptions, WriterHandle};
 
 /// What kind of hop a span describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -122,33 +126,33 @@ impl SpanRecord {
     }
 }
 
-/// How many spans may wait for the writer before new ones are dropped.
+/// How many spans may wait before new ones are dropped.
 const CAPACITY: usize = 16_384;
-/// The most spans one insert carries.
-const BATCH: usize = 200;
+/// The most spans one unit of work carries to the log writer.
+const BATCH: usize = 500;
 
 /// How long the first span of a batch waits for others.
-const LINGER: Duration = Duration::from_millis(50);
+const LINGER: Duration = Duration::from_millis(20);
 
 enum Message {
     Span(Box<SpanRecord>),
     Flush(oneshot::Sender<()>),
 }
 
-/// Every span writer this process started, for [`flush_all_spans`].
-static WRITERS: Mutex<Vec<(mpsc::WeakSender<Message>, tokio::task::JoinHandle<()>)>> =
+/// Every span sink this process started, for [`flush_all_spans`].
+static SINKS: Mutex<Vec<(mpsc::WeakSender<Message>, tokio::task::JoinHandle<()>)>> =
     Mutex::new(Vec::new());
 
 /// Writes the spans every database of this process has recorded so far: flushes the
-/// writers of databases still open, and waits for those of closed ones to finish
+/// sinks of databases still open, and waits for those of closed ones to finish
 /// their last batch. Call it before the process exits, whose runtime would otherwise
 /// cut that batch off.
 pub async fn flush_all_spans() {
-    let writers = WRITERS
+    let sinks = SINKS
         .lock()
-        .map(|mut writers| std::mem::take(&mut *writers))
+        .map(|mut sinks| std::mem::take(&mut *sinks))
         .unwrap_or_default();
-    for (sender, writer) in writers {
+    for (sender, task) in sinks {
         match sender.upgrade() {
             Some(sender) => {
                 let (done, wait) = oneshot::channel();
@@ -156,18 +160,22 @@ pub async fn flush_all_spans() {
                     let _ = wait.await;
                 }
             }
-            // Every sender is gone: the writer drains what is queued, then ends.
+            // Every sender is gone: the sink drains what is queued, then ends.
             None => {
-                let _ = writer.await;
+                let _ = task.await;
             }
         }
     }
 }
 
-/// The sending end of a database's span writer; the writer starts with the first span.
+/// Where a database's spans go: a channel to a task that gathers them into batches
+/// and hands each batch to the log writer as one unit of work. The task starts with
+/// the first span.
 #[derive(Debug, Default)]
 pub(crate) struct SpanSink {
     sender: Mutex<Option<mpsc::Sender<Message>>>,
+    /// The writer to hand batches to, set when the database opens.
+    writer: Mutex<Option<WriterHandle>>,
 }
 
 impl std::fmt::Debug for Message {
@@ -180,24 +188,34 @@ impl std::fmt::Debug for Message {
 }
 
 impl SpanSink {
-    fn sender(&self, pools: &Arc<Pools>) -> Option<mpsc::Sender<Message>> {
+    /// Gives the sink the writer to hand its batches to. The sink's task holds a
+    /// handle of its own only while it has spans to write, so that it never keeps the
+    /// writer from stopping when the database is dropped.
+    pub(crate) fn connect(&self, writer: WriterHandle) {
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = Some(writer);
+        }
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Message>> {
         let mut slot = self.sender.lock().ok()?;
         if slot.is_none() {
             // Outside a runtime there is nowhere to write from: such spans are dropped.
             let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let writer = self.writer.lock().ok()?.clone()?;
             let (sender, receiver) = mpsc::channel(CAPACITY);
-            let writer = runtime.spawn(write_spans(pools.clone(), receiver));
-            if let Ok(mut writers) = WRITERS.lock() {
-                writers.push((sender.downgrade(), writer));
+            let task = runtime.spawn(write_spans(writer, receiver));
+            if let Ok(mut sinks) = SINKS.lock() {
+                sinks.push((sender.downgrade(), task));
             }
             *slot = Some(sender);
         }
         slot.clone()
     }
 
-    pub(crate) fn record(&self, pools: &Arc<Pools>, span: SpanRecord) {
+    pub(crate) fn record(&self, span: SpanRecord) {
         let sent = self
-            .sender(pools)
+            .sender()
             .is_some_and(|sender| sender.try_send(Message::Span(Box::new(span))).is_ok());
         if !sent {
             cairn_observe::metrics().spans_dropped.inc();
@@ -213,16 +231,27 @@ impl SpanSink {
             }
         }
     }
+
+    /// Forgets the writer and the channel, so that the task ends once it has written
+    /// what is queued (the database is closing).
+    pub(crate) fn disconnect(&self) {
+        if let Ok(mut slot) = self.sender.lock() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = None;
+        }
+    }
 }
 
-/// The writer: batches what is waiting and inserts it, until every sender is gone.
-async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
+/// The sink's task: batches what is waiting and hands it to the log writer, until
+/// every sender is gone.
+async fn write_spans(writer: WriterHandle, mut receiver: mpsc::Receiver<Message>) {
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = receiver.recv().await {
-        // Spans come one per hop; written as they come they would cost the log's
-        // writer a transaction each. They wait a little for company instead, unless a
-        // reader asked for them (a flush).
+        // Spans come one per hop. They wait a little for company, unless a reader
+        // asked for them (a flush): the writer's batches are cheap, not free.
         let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
         while let Some(message) = next.take() {
@@ -238,15 +267,27 @@ async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
             }
         }
         if !batch.is_empty() {
-            if let Err(error) = insert(&pools, &batch).await {
+            let spans = Arc::new(std::mem::take(&mut batch));
+            let n_spans = spans.len();
+            let written: Result<(), DbError> = writer
+                .write(WriteOptions::default(), &[], move |tx| {
+                    let spans = spans.clone();
+                    Box::pin(async move {
+                        for span in spans.iter() {
+                            tx.record_span(span.clone());
+                        }
+                        Ok(())
+                    })
+                })
+                .await;
+            if let Err(error) = written {
                 cairn_observe::metrics()
                     .spans_dropped
-                    .inc_by(batch.len() as u64);
-                tracing::warn!(error = %error, spans = batch.len(), "could not write trace spans");
+                    .inc_by(n_spans as u64);
+                tracing::warn!(error = %error, spans = n_spans, "could not write trace spans");
                 // A database that is down would otherwise be retried in a hot loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            batch.clear();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
@@ -254,59 +295,13 @@ async fn write_spans(pools: Arc<Pools>, mut receiver: mpsc::Receiver<Message>) {
     }
 }
 
-/// Rows per `INSERT` statement.
-const ROWS_PER_STATEMENT: usize = 50;
-
-async fn insert(pools: &Pools, batch: &[SpanRecord]) -> Result<(), sqlx::Error> {
-    let mut tx = pools.begin_plain().await?;
-    let mut conn = tx.conn();
-    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, error, attributes) VALUES ",
-        );
-        let mut args = Vec::with_capacity(chunk.len() * 8);
-        for (row, span) in chunk.iter().enumerate() {
-            if row > 0 {
-                sql.push_str(", ");
-            }
-            let first = row * 8;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                first + 1,
-                first + 2,
-                first + 3,
-                first + 4,
-                first + 5,
-                first + 6,
-                first + 7,
-                first + 8
-            ));
-            args.extend(args![
-                span.correlation_id,
-                span.kind.as_str(),
-                span.name.as_str(),
-                span.org_id,
-                span.started_at,
-                i64::try_from(span.duration.as_micros()).unwrap_or(i64::MAX),
-                span.error.as_deref(),
-                span.attributes.clone()
-            ]);
-        }
-        // The statement is built from placeholders only; every value is bound.
-        conn.execute(sqlx::AssertSqlSafe(sql), args).await?;
-    }
-    tx.commit().await
-}
-
-fn span_from_row(row: &Row) -> Result<SpanRecord, sqlx::Error> {
+fn span_from_row(row: &Row) -> Result<SpanRecord, DbError> {
     let kind: String = row.get("kind")?;
     let duration_us: i64 = row.get("duration_us")?;
     Ok(SpanRecord {
         correlation_id: row.get("correlation_id")?,
-        kind: SpanKind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "kind".to_owned(),
-            source: format!("unknown span kind {kind:?}").into(),
-        })?,
+        kind: SpanKind::parse(&kind)
+            .ok_or_else(|| DbError::decode("kind", format!("unknown span kind {kind:?}")))?,
         name: row.get("name")?,
         org_id: row.get("org_id")?,
         started_at: row.get("started_at")?,
@@ -322,7 +317,7 @@ impl Conn<'_> {
         &mut self,
         correlation_id: CorrelationId,
         tenancy: &Tenancy,
-    ) -> Result<Vec<SpanRecord>, sqlx::Error> {
+    ) -> Result<Vec<SpanRecord>, DbError> {
         let rows = match tenancy {
             Tenancy::None => return Ok(Vec::new()),
             Tenancy::All => {

@@ -4,20 +4,31 @@
 //! Arguments are [`Arg`] values, bound with each backend's own type for the value (a
 //! UUID is text on SQLite and `uuid` on PostgreSQL, JSON is text and `jsonb`), so the
 //! same statement works against either. Rows come back as [`Row`], read by column name
-//! into any type both backends can decode ([`DbValue`]).
+//! into any [`DbValue`].
+//!
+//! A [`Conn`] runs statements on one of three connections: a pooled SQLite reader or a
+//! PostgreSQL connection (through sqlx), or the SQLite writer's own connection, which
+//! runs each statement in the calling thread with no hand-off at all (see
+//! [`crate::writer`]). Callers cannot tell them apart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::types::Json;
-use sqlx::{Decode, Postgres, Row as _, SqlSafeStr, Sqlite, Type};
+use sqlx::{AssertSqlSafe, Postgres, Row as _, Sqlite};
 use uuid::Uuid;
 
 use cairn_types::{
     CausationId, CorrelationId, ErrorCode, EventId, EventType, InvitationId, OrgId, Position,
     StreamId, StreamType, StreamVersion, UserId, WorkflowId,
 };
+
+use crate::direct::{self, DirectRow};
+use crate::error::DbError;
 
 /// Which database a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +53,59 @@ impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The text of a statement: a literal, or text built from fixed fragments whose values
+/// are all bound as arguments.
+#[derive(Debug, Clone)]
+pub struct Sql(SqlText);
+
+#[derive(Debug, Clone)]
+enum SqlText {
+    Literal(&'static str),
+    Built(Arc<str>),
+}
+
+impl Sql {
+    /// A statement assembled at run time. Only fixed fragments and placeholders may go
+    /// into the text; every value is bound as an argument.
+    pub fn built(text: impl Into<String>) -> Sql {
+        Sql(SqlText::Built(Arc::from(text.into())))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            SqlText::Literal(text) => text,
+            SqlText::Built(text) => text,
+        }
+    }
+
+    fn for_sqlx(&self) -> SqlxText {
+        match &self.0 {
+            SqlText::Literal(text) => SqlxText::Literal(text),
+            SqlText::Built(text) => SqlxText::Built(AssertSqlSafe(text.clone())),
+        }
+    }
+
+    /// Whether the statement only reads (so a unit of work that ran only such
+    /// statements has nothing to undo).
+    fn reads_only(&self) -> bool {
+        let text = self.as_str().trim_start();
+        let head = text.get(..6).unwrap_or(text);
+        head.eq_ignore_ascii_case("SELECT")
+    }
+}
+
+impl From<&'static str> for Sql {
+    fn from(text: &'static str) -> Sql {
+        Sql(SqlText::Literal(text))
+    }
+}
+
+enum SqlxText {
+    Literal(&'static str),
+    Built(AssertSqlSafe<Arc<str>>),
 }
 
 /// One bound argument. Each variant carries an `Option` so that a NULL still has the
@@ -137,42 +201,230 @@ macro_rules! args {
     };
 }
 
-/// A type both backends can decode from a column.
-pub trait DbValue:
-    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
-{
+/// The text form of a time on SQLite: RFC 3339 in UTC, as sqlx writes it too, so that
+/// values written by either path compare and sort alike.
+pub(crate) fn sqlite_time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
-impl<T> DbValue for T where
-    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
-{
+/// A type that can be read from a column on either backend.
+pub trait DbValue: Sized {
+    /// Reads the value of `column` from `row`.
+    #[doc(hidden)]
+    fn read(row: &Row, column: &str) -> Result<Self, DbError>;
 }
+
+/// Reads a SQLite value (as the writer's own connection returns it) as `T`.
+trait FromDirect: Sized {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String>;
+}
+
+fn wrong_type(value: &rusqlite::types::Value, wanted: &str) -> String {
+    format!("expected {wanted}, found {:?}", value.data_type())
+}
+
+impl FromDirect for i64 {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Integer(v) => Ok(*v),
+            other => Err(wrong_type(other, "an integer")),
+        }
+    }
+}
+
+impl FromDirect for i32 {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        let wide = i64::from_direct(value)?;
+        i32::try_from(wide).map_err(|e| e.to_string())
+    }
+}
+
+impl FromDirect for f64 {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Real(v) => Ok(*v),
+            rusqlite::types::Value::Integer(v) => Ok(*v as f64),
+            other => Err(wrong_type(other, "a number")),
+        }
+    }
+}
+
+impl FromDirect for bool {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        i64::from_direct(value).map(|v| v != 0)
+    }
+}
+
+impl FromDirect for String {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Text(v) => Ok(v.clone()),
+            other => Err(wrong_type(other, "text")),
+        }
+    }
+}
+
+impl FromDirect for DateTime<Utc> {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        let text = String::from_direct(value)?;
+        parse_sqlite_time(&text)
+    }
+}
+
+impl FromDirect for Uuid {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        let text = String::from_direct(value)?;
+        Uuid::parse_str(&text).map_err(|e| format!("{text:?} is not a UUID: {e}"))
+    }
+}
+
+/// Parses a time as SQLite stores it: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fff]` in UTC.
+fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|naive| naive.and_utc())
+        .map_err(|e| format!("{text:?} is not a time: {e}"))
+}
+
+fn direct_value<'r>(
+    row: &'r DirectRow,
+    column: &str,
+) -> Result<&'r rusqlite::types::Value, DbError> {
+    row.value(column)
+        .ok_or_else(|| DbError::decode(column, "no such column in the result"))
+}
+
+/// Types sqlx decodes on both backends as they are stored.
+macro_rules! native_value {
+    ($($ty:ty),*) => {$(
+        impl DbValue for $ty {
+            fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+                match row {
+                    Row::Sqlite(row) => Ok(row.try_get::<$ty, _>(column)?),
+                    Row::Postgres(row) => Ok(row.try_get::<$ty, _>(column)?),
+                    Row::Direct(row) => <$ty as FromDirect>::from_direct(direct_value(row, column)?)
+                        .map_err(|reason| DbError::decode(column, reason)),
+                }
+            }
+        }
+
+        impl DbValue for Option<$ty> {
+            fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+                match row {
+                    Row::Sqlite(row) => Ok(row.try_get::<Option<$ty>, _>(column)?),
+                    Row::Postgres(row) => Ok(row.try_get::<Option<$ty>, _>(column)?),
+                    Row::Direct(row) => match direct_value(row, column)? {
+                        rusqlite::types::Value::Null => Ok(None),
+                        value => <$ty as FromDirect>::from_direct(value)
+                            .map(Some)
+                            .map_err(|reason| DbError::decode(column, reason)),
+                    },
+                }
+            }
+        }
+    )*};
+}
+
+native_value!(i64, i32, f64, bool, String, DateTime<Utc>);
+
+impl DbValue for Uuid {
+    fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+        Option::<Uuid>::read(row, column)?.ok_or_else(|| DbError::decode(column, "unexpected NULL"))
+    }
+}
+
+impl DbValue for Option<Uuid> {
+    fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+        match row {
+            // UUIDs are hyphenated text on SQLite.
+            Row::Sqlite(row) => row
+                .try_get::<Option<String>, _>(column)?
+                .map(|text| {
+                    Uuid::parse_str(&text).map_err(|e| {
+                        DbError::decode(column, format!("{text:?} is not a UUID: {e}"))
+                    })
+                })
+                .transpose(),
+            Row::Postgres(row) => Ok(row.try_get::<Option<Uuid>, _>(column)?),
+            Row::Direct(row) => match direct_value(row, column)? {
+                rusqlite::types::Value::Null => Ok(None),
+                value => Uuid::from_direct(value)
+                    .map(Some)
+                    .map_err(|reason| DbError::decode(column, reason)),
+            },
+        }
+    }
+}
+
+macro_rules! id_value {
+    ($($ty:ty),*) => {$(
+        impl DbValue for $ty {
+            fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+                Uuid::read(row, column).map(<$ty>::from_uuid)
+            }
+        }
+
+        impl DbValue for Option<$ty> {
+            fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+                Option::<Uuid>::read(row, column).map(|uuid| uuid.map(<$ty>::from_uuid))
+            }
+        }
+    )*};
+}
+
+id_value!(
+    EventId,
+    StreamId,
+    CorrelationId,
+    CausationId,
+    OrgId,
+    UserId,
+    WorkflowId,
+    InvitationId
+);
 
 /// One result row from either backend.
 #[derive(Debug)]
 pub enum Row {
+    #[doc(hidden)]
     Sqlite(SqliteRow),
+    #[doc(hidden)]
     Postgres(PgRow),
+    #[doc(hidden)]
+    Direct(DirectRow),
 }
 
 impl Row {
     /// Reads a column by name.
-    pub fn get<T: DbValue>(&self, column: &str) -> Result<T, sqlx::Error> {
-        match self {
-            Row::Sqlite(row) => row.try_get(column),
-            Row::Postgres(row) => row.try_get(column),
-        }
+    pub fn get<T: DbValue>(&self, column: &str) -> Result<T, DbError> {
+        T::read(self, column)
     }
 
     /// Reads a JSON column (text on SQLite, `jsonb` on PostgreSQL).
-    pub fn get_json(&self, column: &str) -> Result<Value, sqlx::Error> {
-        self.get::<Json<Value>>(column).map(|json| json.0)
+    pub fn get_json(&self, column: &str) -> Result<Value, DbError> {
+        self.get_json_opt(column)?
+            .ok_or_else(|| DbError::decode(column, "unexpected NULL"))
     }
 
     /// Reads a nullable JSON column.
-    pub fn get_json_opt(&self, column: &str) -> Result<Option<Value>, sqlx::Error> {
-        self.get::<Option<Json<Value>>>(column)
-            .map(|json| json.map(|json| json.0))
+    pub fn get_json_opt(&self, column: &str) -> Result<Option<Value>, DbError> {
+        match self {
+            Row::Sqlite(row) => Ok(row
+                .try_get::<Option<Json<Value>>, _>(column)?
+                .map(|json| json.0)),
+            Row::Postgres(row) => Ok(row
+                .try_get::<Option<Json<Value>>, _>(column)?
+                .map(|json| json.0)),
+            Row::Direct(row) => match direct_value(row, column)? {
+                rusqlite::types::Value::Null => Ok(None),
+                rusqlite::types::Value::Text(text) => serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| DbError::decode(column, format!("not JSON: {e}"))),
+                other => Err(DbError::decode(column, wrong_type(other, "JSON text"))),
+            },
+        }
     }
 
     /// The column names, in order.
@@ -181,6 +433,7 @@ impl Row {
         match self {
             Row::Sqlite(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
             Row::Postgres(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
+            Row::Direct(row) => row.columns().to_vec(),
         }
     }
 }
@@ -188,8 +441,11 @@ impl Row {
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
-fn bind_sqlite(sql: impl SqlSafeStr, args: Vec<Arg>) -> SqliteQuery<'static> {
-    let mut query = sqlx::query::<Sqlite>(sql);
+fn bind_sqlite(sql: &Sql, args: Vec<Arg>) -> SqliteQuery<'static> {
+    let mut query = match sql.for_sqlx() {
+        SqlxText::Literal(text) => sqlx::query::<Sqlite>(text),
+        SqlxText::Built(text) => sqlx::query::<Sqlite>(text),
+    };
     for arg in args {
         query = match arg {
             Arg::Bool(v) => query.bind(v),
@@ -198,14 +454,17 @@ fn bind_sqlite(sql: impl SqlSafeStr, args: Vec<Arg>) -> SqliteQuery<'static> {
             Arg::Text(v) => query.bind(v),
             Arg::Uuid(v) => query.bind(v.map(|uuid| uuid.hyphenated().to_string())),
             Arg::Json(v) => query.bind(v.map(Json)),
-            Arg::Time(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v.map(|at| sqlite_time(&at))),
         };
     }
     query
 }
 
-fn bind_postgres(sql: impl SqlSafeStr, args: Vec<Arg>) -> PgQuery<'static> {
-    let mut query = sqlx::query::<Postgres>(sql);
+fn bind_postgres(sql: &Sql, args: Vec<Arg>) -> PgQuery<'static> {
+    let mut query = match sql.for_sqlx() {
+        SqlxText::Literal(text) => sqlx::query::<Postgres>(text),
+        SqlxText::Built(text) => sqlx::query::<Postgres>(text),
+    };
     for arg in args {
         query = match arg {
             Arg::Bool(v) => query.bind(v),
@@ -220,111 +479,244 @@ fn bind_postgres(sql: impl SqlSafeStr, args: Vec<Arg>) -> PgQuery<'static> {
     query
 }
 
-/// A borrowed connection of either backend: the one thing queries run on.
-#[derive(Debug)]
-pub enum Conn<'c> {
-    Sqlite(&'c mut SqliteConnection),
-    Postgres(&'c mut PgConnection),
+/// What a transaction's statements did, for the log writer: whether a unit of work
+/// wrote anything (or only read), and whether any statement failed.
+#[derive(Debug, Default)]
+pub(crate) struct Track {
+    pub(crate) writes: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    /// Failures undone by rolling back to a savepoint opened before them.
+    pub(crate) cleared: AtomicU64,
 }
 
-impl Conn<'_> {
+impl Track {
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn poisoned(&self) -> bool {
+        self.failures() > self.cleared.load(Ordering::Relaxed)
+    }
+
+    /// Every failure so far is undone.
+    pub(crate) fn clear(&self) {
+        self.cleared.store(self.failures(), Ordering::Relaxed);
+    }
+}
+
+/// A savepoint opened on a [`Conn`], to roll back to.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a savepoint is released or rolled back"]
+pub struct SavepointMark {
+    /// Whether no failure was pending when it opened: rolling back then undoes every
+    /// failure since.
+    healthy: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum ConnInner<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+    Direct(&'c mut rusqlite::Connection),
+}
+
+/// A borrowed connection of either backend: the one thing queries run on.
+#[derive(Debug)]
+pub struct Conn<'c> {
+    pub(crate) inner: ConnInner<'c>,
+    track: Option<&'c Track>,
+}
+
+impl<'c> Conn<'c> {
+    pub(crate) fn new(inner: ConnInner<'c>, track: Option<&'c Track>) -> Conn<'c> {
+        Conn { inner, track }
+    }
+
     /// A shorter-lived borrow of the same connection.
     pub fn reborrow(&mut self) -> Conn<'_> {
-        match self {
-            Conn::Sqlite(conn) => Conn::Sqlite(conn),
-            Conn::Postgres(conn) => Conn::Postgres(conn),
+        let inner = match &mut self.inner {
+            ConnInner::Sqlite(conn) => ConnInner::Sqlite(conn),
+            ConnInner::Postgres(conn) => ConnInner::Postgres(conn),
+            ConnInner::Direct(conn) => ConnInner::Direct(conn),
+        };
+        Conn {
+            inner,
+            track: self.track,
         }
     }
 
     /// The backend this connection talks to.
     pub fn backend(&self) -> Backend {
-        match self {
-            Conn::Sqlite(_) => Backend::Sqlite,
-            Conn::Postgres(_) => Backend::Postgres,
+        match self.inner {
+            ConnInner::Sqlite(_) | ConnInner::Direct(_) => Backend::Sqlite,
+            ConnInner::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// The PostgreSQL connection, for the log's own statements that bind arrays.
+    pub(crate) fn postgres(&mut self) -> Option<&mut PgConnection> {
+        match &mut self.inner {
+            ConnInner::Postgres(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn before(&self, sql: &Sql) {
+        if let Some(track) = self.track
+            && !sql.reads_only()
+        {
+            track.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn after<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
+        if result.is_err()
+            && let Some(track) = self.track
+        {
+            track.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Opens a savepoint named `name` (one of cairn's own, never input).
+    pub async fn savepoint(&mut self, name: &'static str) -> Result<SavepointMark, DbError> {
+        let healthy = self.track.is_none_or(|track| !track.poisoned());
+        self.execute_script(Sql::built(format!("SAVEPOINT {name}")))
+            .await?;
+        Ok(SavepointMark { healthy })
+    }
+
+    /// Keeps what was done since the savepoint.
+    pub async fn release_savepoint(
+        &mut self,
+        name: &'static str,
+        _mark: SavepointMark,
+    ) -> Result<(), DbError> {
+        self.execute_script(Sql::built(format!("RELEASE SAVEPOINT {name}")))
+            .await
+    }
+
+    /// Undoes what was done since the savepoint, a failed statement included.
+    pub async fn rollback_to_savepoint(
+        &mut self,
+        name: &'static str,
+        mark: SavepointMark,
+    ) -> Result<(), DbError> {
+        self.execute_script(Sql::built(format!(
+            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+        )))
+        .await?;
+        if mark.healthy
+            && let Some(track) = self.track
+        {
+            track.clear();
+        }
+        Ok(())
     }
 
     /// Runs a statement; returns the number of rows it changed.
-    pub async fn execute(
-        &mut self,
-        sql: impl SqlSafeStr,
-        args: Vec<Arg>,
-    ) -> Result<u64, sqlx::Error> {
-        match self {
-            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
+    pub async fn execute(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64, DbError> {
+        let sql = sql.into();
+        self.before(&sql);
+        let result = match &mut self.inner {
+            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .execute(&mut **conn)
-                .await?
-                .rows_affected()),
-            Conn::Postgres(conn) => Ok(bind_postgres(sql, args)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(DbError::from),
+            ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .execute(&mut **conn)
-                .await?
-                .rows_affected()),
-        }
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(DbError::from),
+            ConnInner::Direct(conn) => direct::execute(conn, sql.as_str(), args),
+        };
+        self.after(result)
     }
 
-    /// Runs a statement that takes no arguments, possibly several separated by `;`.
-    pub async fn execute_script(&mut self, sql: impl SqlSafeStr) -> Result<(), sqlx::Error> {
-        let script = sqlx::raw_sql(sql);
-        match self {
-            Conn::Sqlite(conn) => script.execute(&mut **conn).await.map(drop),
-            Conn::Postgres(conn) => script.execute(&mut **conn).await.map(drop),
-        }
+    /// Runs statements that take no arguments, possibly several separated by `;`.
+    pub async fn execute_script(&mut self, sql: impl Into<Sql>) -> Result<(), DbError> {
+        let sql = sql.into();
+        self.before(&sql);
+        let result = match &mut self.inner {
+            ConnInner::Sqlite(conn) => match sql.for_sqlx() {
+                SqlxText::Literal(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
+                SqlxText::Built(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
+            }
+            .map(drop)
+            .map_err(DbError::from),
+            ConnInner::Postgres(conn) => match sql.for_sqlx() {
+                SqlxText::Literal(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
+                SqlxText::Built(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
+            }
+            .map(drop)
+            .map_err(DbError::from),
+            ConnInner::Direct(conn) => conn.execute_batch(sql.as_str()).map_err(DbError::from),
+        };
+        self.after(result)
     }
 
     /// Runs a query and returns every row.
     pub async fn fetch_all(
         &mut self,
-        sql: impl SqlSafeStr,
+        sql: impl Into<Sql>,
         args: Vec<Arg>,
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        match self {
-            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
+    ) -> Result<Vec<Row>, DbError> {
+        let sql = sql.into();
+        self.before(&sql);
+        let result = match &mut self.inner {
+            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .fetch_all(&mut **conn)
-                .await?
-                .into_iter()
-                .map(Row::Sqlite)
-                .collect()),
-            Conn::Postgres(conn) => Ok(bind_postgres(sql, args)
+                .await
+                .map(|rows| rows.into_iter().map(Row::Sqlite).collect())
+                .map_err(DbError::from),
+            ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .fetch_all(&mut **conn)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect()),
-        }
+                .await
+                .map(|rows| rows.into_iter().map(Row::Postgres).collect())
+                .map_err(DbError::from),
+            ConnInner::Direct(conn) => direct::fetch(conn, sql.as_str(), args, None)
+                .map(|rows| rows.into_iter().map(Row::Direct).collect()),
+        };
+        self.after(result)
     }
 
     /// Runs a query and returns its first row, if any.
     pub async fn fetch_optional(
         &mut self,
-        sql: impl SqlSafeStr,
+        sql: impl Into<Sql>,
         args: Vec<Arg>,
-    ) -> Result<Option<Row>, sqlx::Error> {
-        match self {
-            Conn::Sqlite(conn) => Ok(bind_sqlite(sql, args)
+    ) -> Result<Option<Row>, DbError> {
+        let sql = sql.into();
+        self.before(&sql);
+        let result = match &mut self.inner {
+            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .fetch_optional(&mut **conn)
-                .await?
-                .map(Row::Sqlite)),
-            Conn::Postgres(conn) => Ok(bind_postgres(sql, args)
+                .await
+                .map(|row| row.map(Row::Sqlite))
+                .map_err(DbError::from),
+            ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .fetch_optional(&mut **conn)
-                .await?
-                .map(Row::Postgres)),
-        }
+                .await
+                .map(|row| row.map(Row::Postgres))
+                .map_err(DbError::from),
+            ConnInner::Direct(conn) => direct::fetch(conn, sql.as_str(), args, Some(1))
+                .map(|rows| rows.into_iter().next().map(Row::Direct)),
+        };
+        self.after(result)
     }
 
     /// Runs a query that must return exactly one row.
-    pub async fn fetch_one(
-        &mut self,
-        sql: impl SqlSafeStr,
-        args: Vec<Arg>,
-    ) -> Result<Row, sqlx::Error> {
-        match self {
-            Conn::Sqlite(conn) => Ok(Row::Sqlite(
-                bind_sqlite(sql, args).fetch_one(&mut **conn).await?,
-            )),
-            Conn::Postgres(conn) => Ok(Row::Postgres(
-                bind_postgres(sql, args).fetch_one(&mut **conn).await?,
-            )),
-        }
+    pub async fn fetch_one(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Row, DbError> {
+        let sql = sql.into();
+        let text = sql.as_str().to_owned();
+        self.fetch_optional(sql, args)
+            .await?
+            .ok_or_else(|| DbError::decode("(row)", format!("the query returned no row: {text}")))
     }
 }
 
@@ -337,5 +729,29 @@ pub const fn dialect(
     match backend {
         Backend::Sqlite => sqlite,
         Backend::Postgres => postgres,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_selects_count_as_reads() {
+        assert!(Sql::from("SELECT 1").reads_only());
+        assert!(Sql::from("  select x FROM t").reads_only());
+        assert!(!Sql::from("INSERT INTO t VALUES (1)").reads_only());
+        assert!(!Sql::from("WITH x AS (DELETE FROM t RETURNING *) SELECT 1").reads_only());
+        assert!(!Sql::from("SEL").reads_only());
+    }
+
+    #[test]
+    fn sqlite_times_round_trip_in_both_forms() {
+        let at = DateTime::parse_from_rfc3339("2026-11-30T08:45:29.123456Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        assert_eq!(parse_sqlite_time(&sqlite_time(&at)), Ok(at));
+        assert_eq!(parse_sqlite_time("2026-11-30 08:45:29.123456"), Ok(at));
+        assert!(parse_sqlite_time("yesterday").is_err());
     }
 }

@@ -88,6 +88,11 @@ pub struct Metrics {
     pub probe_hop_seconds: Family<HopLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub alerts: Family<AlertLabels, Gauge>,
     pub spans_dropped: Counter,
+    pub writer_batch_units: Histogram,
+    pub writer_batch_seconds: Histogram,
+    pub writer_queued: Gauge,
+    pub writer_reruns: Counter,
+    pub writer_refused: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -209,9 +214,45 @@ impl Metrics {
             "Timeline spans that could not be written (queue full or database error)",
             spans_dropped.clone(),
         );
+        let writer_batch_units =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        registry.register(
+            "writer_batch_units",
+            "Units of work the log writer committed together, per batch",
+            writer_batch_units.clone(),
+        );
+        let writer_batch_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "writer_batch_seconds",
+            "Time the log writer took for one batch, commit included",
+            writer_batch_seconds.clone(),
+        );
+        let writer_queued = Gauge::default();
+        registry.register(
+            "writer_queued",
+            "Units of work waiting for the log writer",
+            writer_queued.clone(),
+        );
+        let writer_reruns = Counter::default();
+        registry.register(
+            "writer_reruns",
+            "Batches the log writer ran again, unit by unit or with savepoints, after a failure",
+            writer_reruns.clone(),
+        );
+        let writer_refused = Counter::default();
+        registry.register(
+            "writer_refused",
+            "Units of work refused because the log writer's queue was full",
+            writer_refused.clone(),
+        );
         Metrics {
             registry,
             spans_dropped,
+            writer_batch_units,
+            writer_batch_seconds,
+            writer_queued,
+            writer_reruns,
+            writer_refused,
             events_appended,
             events_failed,
             events_unprocessed,

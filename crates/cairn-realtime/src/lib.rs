@@ -183,7 +183,7 @@ pub enum SubscribeError {
     #[error(transparent)]
     Denied(#[from] Denial),
     #[error("the log cannot be read")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
 }
 
 struct FeedInner {
@@ -270,7 +270,7 @@ pub(crate) async fn views_of(
     conn: &mut cairn_log::Conn<'_>,
     registry: &Registry,
     event: &RecordedEvent,
-) -> Result<serde_json::Map<String, Value>, sqlx::Error> {
+) -> Result<serde_json::Map<String, Value>, cairn_log::DbError> {
     let mut views = serde_json::Map::new();
     for view in registry.views(&event.stream_type) {
         if let Some(value) = view.read(conn, event.stream_id).await? {

@@ -252,7 +252,7 @@ impl TestDb {
         };
         let options = DbOptions {
             max_connections: 5,
-            schema: None,
+            ..DbOptions::default()
         };
         let db = Db::connect(&place.url, &options)
             .await
@@ -301,7 +301,7 @@ impl TestDb {
             &self.place.url,
             &DbOptions {
                 max_connections: 5,
-                schema: None,
+                ..DbOptions::default()
             },
         )
         .await?)

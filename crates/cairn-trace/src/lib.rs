@@ -27,7 +27,7 @@ use cairn_workflow::events::{
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("database error while reading the timeline")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] cairn_log::DbError),
     #[error(transparent)]
     Read(#[from] cairn_log::ReadError),
     /// A grant for another action: a bug in the caller.

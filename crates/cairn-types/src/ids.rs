@@ -6,11 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sqlx::encode::IsNull;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
-use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
 use uuid::Uuid;
 
 /// A string that is not a valid identifier of the named kind.
@@ -85,45 +80,6 @@ macro_rules! uuid_id {
             }
         }
 
-        impl Type<Sqlite> for $name {
-            fn type_info() -> SqliteTypeInfo {
-                <str as Type<Sqlite>>::type_info()
-            }
-            fn compatible(ty: &SqliteTypeInfo) -> bool {
-                <str as Type<Sqlite>>::compatible(ty)
-            }
-        }
-
-        impl Encode<'_, Sqlite> for $name {
-            fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
-                <String as Encode<Sqlite>>::encode(self.0.hyphenated().to_string(), buf)
-            }
-        }
-
-        impl<'r> Decode<'r, Sqlite> for $name {
-            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-                let text = <&str as Decode<Sqlite>>::decode(value)?;
-                Ok(Self::parse(text)?)
-            }
-        }
-
-        impl Type<Postgres> for $name {
-            fn type_info() -> PgTypeInfo {
-                <Uuid as Type<Postgres>>::type_info()
-            }
-        }
-
-        impl Encode<'_, Postgres> for $name {
-            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-                <Uuid as Encode<Postgres>>::encode_by_ref(&self.0, buf)
-            }
-        }
-
-        impl<'r> Decode<'r, Postgres> for $name {
-            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-                <Uuid as Decode<Postgres>>::decode(value).map(Self)
-            }
-        }
     };
 }
 

@@ -151,13 +151,14 @@ impl From<cairn_log::AppendError> for StepError {
             | E::StreamTypeMismatch { .. }
             | E::KeyReused { .. }
             | E::NoEvents
-            | E::InvalidData { .. } => StepError::permanent(message),
+            | E::InvalidData { .. }
+            | E::NotApplied { .. } => StepError::permanent(message),
         }
     }
 }
 
-impl From<sqlx::Error> for StepError {
-    fn from(error: sqlx::Error) -> Self {
+impl From<cairn_log::DbError> for StepError {
+    fn from(error: cairn_log::DbError) -> Self {
         StepError::retryable(format!(
             "database error: {}",
             cairn_types::error_chain(&error)

@@ -1,38 +1,38 @@
-//! The engine: claims runnable runs with leases, asks each workflow what comes next,
-//! performs it, and records the outcome as events.
+//! The engine: claims runnable runs with leases, asks the plan what comes next for
+//! each, performs it, and records the outcome as events through the log writer.
 //!
-//! Every record is one transaction that (1) checks this engine still holds the run's
+//! Every record is one unit of work that (1) checks this engine still holds the run's
 //! lease (fencing), (2) appends the workflow.* events with the run's expected stream
-//! version, and (3) commits together with whatever the step itself wrote. A step is
-//! therefore recorded at most once even if two engines ever raced for a run: the second
-//! append would conflict and roll back.
+//! version, and (3) commits together with whatever the step itself wrote: a
+//! transactional step runs inside that same unit. A step is therefore recorded at most
+//! once even if two engines ever raced for a run: the second append would conflict and
+//! roll back.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 use tokio::sync::Notify;
 
 use cairn_dispatch::{Appended, EventPayload, EventStore};
-use cairn_log::{AppendError, AppendRequest, Arg, Expected, IntoArg, NewEvent, Outcome, Tx, args};
+use cairn_log::{
+    AppendError, AppendRequest, Arg, DbError, Expected, IntoArg, NewEvent, Sql, Tx, WriteOptions,
+    args,
+};
 use cairn_types::{
     Actor, CausationId, CorrelationId, Metadata, OrgId, StreamId, StreamType, WorkflowId,
 };
 
 use crate::clock::Clock;
-use crate::definition::{
-    Decision, Effect, History, StepCall, StepError, StepKind, StepRecord, StepStatus, Workflow,
-};
-use crate::events::{
-    CompensationFailed, CompensationStarted, STREAM_TYPE, StepAttemptFailed, StepCompleted,
-    StepFailed, StepStarted, TimerFired, TimerStarted, WorkflowCompleted, WorkflowFailed,
-    WorkflowStarted,
-};
-use crate::state::{Run, RunStatus};
+use crate::definition::{StepError, Workflow};
+use crate::events::{STREAM_TYPE, WorkflowStarted};
+use crate::plan::{self, Attempt, Next, Role, RunEvent};
+use crate::state::Run;
 
 /// The actor of every workflow.* event.
 pub const ENGINE_ACTOR: &str = "workflow-engine";
@@ -41,17 +41,11 @@ pub const ENGINE_ACTOR: &str = "workflow-engine";
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("database error in the workflow engine")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error("could not record workflow progress")]
     Append(#[from] AppendError),
     #[error("workflow run {run_id}: another engine took the lease")]
     LeaseLost { run_id: WorkflowId },
-    #[error("workflow run {run_id}: the {event_type} event was not applied: {message}")]
-    NotApplied {
-        run_id: WorkflowId,
-        event_type: String,
-        message: String,
-    },
 }
 
 /// How an engine behaves.
@@ -59,9 +53,13 @@ pub enum EngineError {
 pub struct EngineConfig {
     /// Names this engine in leases and in event metadata.
     pub worker_id: String,
-    /// How long a claim lasts without renewal. Renewed at a third of it while a step runs.
+    /// How long a claim lasts without renewal. Every record renews it; a step that acts
+    /// outside the database renews it at a third of it while it runs.
     pub lease: Duration,
-    /// How often idle workers look for runnable work.
+    /// The longest an idle engine waits before it looks for work without being woken.
+    /// It is woken at once by runs started in this process and by other processes'
+    /// commits (through the log's head watch), and sleeps until the next timer or retry
+    /// is due; this is the backstop.
     pub poll_interval: Duration,
     /// How many runs one engine drives at once.
     pub concurrency: usize,
@@ -83,8 +81,8 @@ impl Default for EngineConfig {
                 &cairn_types::WorkflowId::new_v7().to_string()[24..]
             ),
             lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(200),
-            concurrency: 4,
+            poll_interval: Duration::from_secs(1),
+            concurrency: 32,
             pause_after_records: None,
             pause_after_effects: None,
         }
@@ -125,26 +123,20 @@ pub async fn start_in(
     };
     let request = AppendRequest::new(
         stream_type(),
-        StreamId::from_uuid(id.as_uuid()),
+        run_stream(id),
         vec![started.to_event(metadata)],
     )
     .expect(Expected::NoStream);
-    let appended = store.append_in(tx, request).await?;
-    if let Some(error) = appended.events.iter().find_map(|e| e.outcome.error()) {
-        return Err(AppendError::InvalidData {
-            index: 0,
-            event_type: WorkflowStarted::event_type(),
-            reason: format!(
-                "the workflow.started handler failed: {} {}",
-                error.code, error.message
-            ),
-        });
-    }
+    store.append_applied_in(tx, request).await?;
     Ok(id)
 }
 
 fn stream_type() -> StreamType {
     StreamType::parse(STREAM_TYPE).expect("the workflow stream type is a valid name")
+}
+
+fn run_stream(id: WorkflowId) -> StreamId {
+    StreamId::from_uuid(id.as_uuid())
 }
 
 /// What a run's lease is.
@@ -192,7 +184,8 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// One step attempt's context: its run, its transaction, the event store.
+/// One step attempt's context: its run, its transaction (for a transactional step),
+/// the event store.
 pub struct StepContext<'e> {
     inner: &'e Inner,
     run: &'e Run,
@@ -200,7 +193,7 @@ pub struct StepContext<'e> {
     attempt: u32,
     in_doubt: bool,
     now: DateTime<Utc>,
-    tx: Option<Tx>,
+    tx: Option<&'e mut Tx>,
 }
 
 impl std::fmt::Debug for StepContext<'_> {
@@ -259,45 +252,67 @@ impl StepContext<'_> {
         metadata
     }
 
-    /// The step's transaction, begun on first use. It commits together with the
-    /// step's record, or not at all.
-    pub async fn tx(&mut self) -> Result<&mut Tx, StepError> {
-        if self.tx.is_none() {
-            self.tx = Some(self.inner.store.db().begin().await?);
+    /// The step's transaction: a transactional step's writes commit together with its
+    /// record, or not at all. A step that acts outside the database has none; it
+    /// returns what happened, for a transactional step to record.
+    pub fn tx(&mut self) -> Result<&mut Tx, StepError> {
+        match self.tx.as_deref_mut() {
+            Some(tx) => Ok(tx),
+            None => Err(StepError::permanent(format!(
+                "step {} acts outside the database and has no transaction: return what it \
+                 did, and record that in a transactional step",
+                self.step
+            ))),
         }
-        Ok(self.tx.as_mut().expect("just begun"))
     }
 
-    /// Abandons the step's transaction (rolling back what it did so far); the next call
-    /// to [`StepContext::tx`] begins a fresh one. For a step that must carry on after a
-    /// database error poisoned its transaction.
-    pub fn abandon_tx(&mut self) {
-        self.tx = None;
-    }
-
-    /// Appends events in the step's transaction.
+    /// Appends events in the step's transaction. A handler that cannot apply one
+    /// stores the event with its failure.
     pub async fn append(&mut self, request: AppendRequest) -> Result<Appended, StepError> {
         let store = self.inner.store.clone();
-        let tx = self.tx().await?;
+        let tx = self.tx()?;
         Ok(store.append_in(tx, request).await?)
     }
 
     /// Appends events and requires every one of them to be applied: a handler failure
-    /// fails the step (permanently: retrying the same event will not help).
+    /// fails the step (permanently: retrying the same event will not help), and
+    /// nothing the step did is kept.
     pub async fn append_applied(&mut self, request: AppendRequest) -> Result<Appended, StepError> {
-        let appended = self.append(request).await?;
-        if let Some(dispatched) = appended.events.iter().find(|d| d.outcome.error().is_some()) {
-            let error = dispatched
-                .outcome
-                .error()
-                .map(|e| format!("{} {}", e.code, e.message))
-                .unwrap_or_default();
-            return Err(StepError::permanent(format!(
-                "event {} ({}) was stored but not applied: {error}",
-                dispatched.event.position, dispatched.event.event_type
-            )));
+        let store = self.inner.store.clone();
+        let tx = self.tx()?;
+        Ok(store.append_applied_in(tx, request).await?)
+    }
+
+    /// Appends events (a handler that cannot apply one stores it with its failure),
+    /// and if the append itself fails, undoes it and hands back the error, leaving the
+    /// step's transaction as it was before: for a step with a fallback (the safety
+    /// net).
+    pub async fn try_append(
+        &mut self,
+        request: AppendRequest,
+    ) -> Result<Result<Appended, AppendError>, StepError> {
+        let store = self.inner.store.clone();
+        let tx = self.tx()?;
+        let mut savepoint = tx.savepoint().await?;
+        let appended = match store.append_in(savepoint.tx(), request).await {
+            Ok(appended) => savepoint
+                .tx()
+                .write_pending()
+                .await
+                .map(|()| appended)
+                .map_err(AppendError::from),
+            Err(error) => Err(error),
+        };
+        match appended {
+            Ok(appended) => {
+                savepoint.release().await?;
+                Ok(Ok(appended))
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                Ok(Err(error))
+            }
         }
-        Ok(appended)
     }
 
     /// Starts a child run in the step's transaction.
@@ -317,15 +332,43 @@ impl StepContext<'_> {
         };
         let now = self.now;
         let store = self.inner.store.clone();
-        let tx = self.tx().await?;
+        let tx = self.tx()?;
         Ok(start_in(&store, tx, start, now).await?)
     }
 }
 
-/// What to do with a step's outcome.
-enum Role<'a> {
-    Action,
-    Compensation(&'a StepRecord),
+/// Why a transactional attempt's unit of work did not commit.
+enum UnitError {
+    /// The step failed (or panicked): its outcome is recorded in a unit of its own.
+    Step(StepError),
+    Engine(EngineError),
+}
+
+impl From<DbError> for UnitError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Panicked { message } => UnitError::Step(StepError::retryable(format!(
+                "the step panicked: {message}"
+            ))),
+            other => UnitError::Engine(EngineError::Database(other)),
+        }
+    }
+}
+
+impl From<EngineError> for UnitError {
+    fn from(error: EngineError) -> Self {
+        UnitError::Engine(error)
+    }
+}
+
+/// Aborts a task when dropped: a lease's heartbeat lives exactly as long as the
+/// attempt it keeps alive, even if the attempt panics.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Engine {
@@ -360,17 +403,15 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Starts a run inside the caller's transaction, and wakes this engine's workers
-    /// once the caller commits (they also poll).
+    /// Starts a run inside the caller's transaction. Call [`Engine::wake`] once the
+    /// transaction has committed, so this process's engine claims it at once.
     pub async fn start_in(&self, tx: &mut Tx, start: Start) -> Result<WorkflowId, AppendError> {
-        let id = start_in(&self.inner.store, tx, start, self.now()).await?;
-        self.inner.wake.notify_waiters();
-        Ok(id)
+        start_in(&self.inner.store, tx, start, self.now()).await
     }
 
-    /// Wakes idle workers: call after committing a transaction that started runs.
+    /// Wakes the engine: call after committing a transaction that started runs.
     pub fn wake(&self) {
-        self.inner.wake.notify_waiters();
+        self.inner.wake.notify_one();
     }
 
     /// Drives every run that is runnable now, one after another, until none is left
@@ -378,11 +419,13 @@ impl Engine {
     pub async fn run_until_idle(&self) -> Result<DriveReport, EngineError> {
         let mut report = DriveReport::default();
         let before = self.inner.records.load(Ordering::SeqCst);
-        while let Some(lease) = self.claim().await? {
+        loop {
+            let (leases, _) = self.claim(1).await?;
+            let Some(lease) = leases.into_iter().next() else {
+                break;
+            };
             report.runs_driven += 1;
-            // The lease is renewed here too: a one-shot engine may share the database
-            // with `cairn serve`, and a slow step must not lose its run to it.
-            let result = self.drive_with_heartbeat(lease).await;
+            let result = self.drive(lease).await;
             self.release(lease).await?;
             match result {
                 Ok(()) | Err(EngineError::LeaseLost { .. }) => {}
@@ -393,68 +436,72 @@ impl Engine {
         Ok(report)
     }
 
-    /// Runs workers until `shutdown` resolves.
+    /// Runs until `shutdown` resolves: claims runnable runs as slots free up (at most
+    /// `concurrency` at once) and drives each in a task of its own. When shutdown
+    /// comes, it claims nothing more and waits for the runs it is driving to stop.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut workers = Vec::new();
-        for _ in 0..self.inner.config.concurrency.max(1) {
-            let engine = self.clone();
-            let mut stop = stop_rx.clone();
-            workers.push(tokio::spawn(async move {
-                loop {
-                    if *stop.borrow() {
-                        return;
+        let concurrency = self.inner.config.concurrency.max(1);
+        let poll = self
+            .inner
+            .config
+            .poll_interval
+            .max(Duration::from_millis(10));
+        let mut heads = self.inner.store.db().head_watch();
+        let mut drives = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        let mut quiet_until = tokio::time::Instant::now();
+        loop {
+            let mut due_in = poll;
+            let free = concurrency.saturating_sub(drives.len());
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok((leases, next_due)) => {
+                        // Another process's commit wakes an idle engine through the
+                        // head watch; a busy log commits often, so an engine that
+                        // found nothing listens again only after a pause.
+                        let pause = if leases.is_empty() { 50 } else { 2 };
+                        quiet_until = tokio::time::Instant::now() + Duration::from_millis(pause);
+                        for lease in leases {
+                            let engine = self.clone();
+                            drives.spawn(async move {
+                                if let Err(error) = engine.drive(lease).await {
+                                    tracing::error!(run_id = %lease.run_id, error = %cairn_types::error_chain(&error), "workflow run interrupted");
+                                }
+                                if let Err(error) = engine.release(lease).await {
+                                    tracing::warn!(run_id = %lease.run_id, error = %error, "could not release a lease");
+                                }
+                            });
+                        }
+                        if let Some(due) = next_due {
+                            due_in = (due - self.now()).to_std().unwrap_or_default().min(poll);
+                        }
                     }
-                    match engine.claim().await {
-                        Ok(Some(lease)) => {
-                            if let Err(error) = engine.drive_with_heartbeat(lease).await {
-                                tracing::error!(run_id = %lease.run_id, error = %error, "workflow run interrupted");
-                            }
-                            if let Err(error) = engine.release(lease).await {
-                                tracing::warn!(run_id = %lease.run_id, error = %error, "could not release a lease");
-                            }
-                        }
-                        Ok(None) => {
-                            tokio::select! {
-                                () = engine.inner.wake.notified() => {}
-                                () = tokio::time::sleep(engine.inner.config.poll_interval) => {}
-                                _ = stop.changed() => {}
-                            }
-                        }
-                        Err(error) => {
-                            tracing::error!(error = %error, "cannot claim workflow runs");
-                            tokio::time::sleep(engine.inner.config.poll_interval).await;
-                        }
-                    }
-                }
-            }));
-        }
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        self.inner.wake.notify_waiters();
-        for worker in workers {
-            let _ = worker.await;
-        }
-    }
-
-    async fn drive_with_heartbeat(&self, lease: Lease) -> Result<(), EngineError> {
-        let engine = self.clone();
-        let heartbeat = tokio::spawn(async move {
-            let every = engine.inner.config.lease / 3;
-            loop {
-                tokio::time::sleep(every).await;
-                match engine.renew(lease).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
                     Err(error) => {
-                        tracing::warn!(run_id = %lease.run_id, error = %error, "could not renew a lease")
+                        tracing::error!(error = %cairn_types::error_chain(&error), "cannot claim workflow runs");
+                        quiet_until = tokio::time::Instant::now() + poll;
                     }
                 }
             }
-        });
-        let result = self.drive(lease).await;
-        heartbeat.abort();
-        result
+            let listening = drives.len() < concurrency;
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(finished) = drives.join_next(), if !drives.is_empty() => {
+                    if let Err(error) = finished
+                        && error.is_panic()
+                    {
+                        tracing::error!("a workflow run's task panicked; its lease will expire");
+                    }
+                }
+                () = self.inner.wake.notified() => {}
+                _ = async {
+                    tokio::time::sleep_until(quiet_until).await;
+                    heads.changed().await
+                }, if listening => {}
+                () = tokio::time::sleep(due_in) => {}
+            }
+        }
+        while drives.join_next().await.is_some() {}
     }
 
     fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -462,12 +509,36 @@ impl Engine {
             .unwrap_or(chrono::Duration::seconds(30))
     }
 
-    /// Claims one runnable run, if there is one.
-    async fn claim(&self) -> Result<Option<Lease>, EngineError> {
-        let now = self.now();
-        if self.inner.workflows.is_empty() {
-            return Ok(None);
+    fn write_options(priority: cairn_log::Priority) -> WriteOptions {
+        WriteOptions {
+            priority,
+            admission: cairn_log::Admission::Wait,
         }
+    }
+
+    /// Claims up to `max` runnable runs, in one unit of work. Also says when the next
+    /// run not yet runnable is due.
+    async fn claim(&self, max: usize) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
+        if self.inner.workflows.is_empty() || max == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let engine = self.clone();
+        self.inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                let engine = engine.clone();
+                Box::pin(async move { engine.claim_in(tx, max).await })
+            })
+            .await
+    }
+
+    async fn claim_in(
+        &self,
+        tx: &mut Tx,
+        max: usize,
+    ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
+        let now = self.now();
         let kinds: Vec<&str> = self.inner.workflows.keys().copied().collect();
         let mut args: Vec<Arg> = args![now];
         let placeholders: Vec<String> = kinds
@@ -477,19 +548,21 @@ impl Engine {
                 format!("${}", args.len())
             })
             .collect();
-        let sql = format!(
+        let kinds_in = placeholders.join(", ");
+        args.push(i64::try_from(max * 2).unwrap_or(i64::MAX).into_arg());
+        let sql = Sql::built(format!(
             "SELECT r.id FROM workflow_runs r LEFT JOIN workflow_leases l ON l.run_id = r.id \
-             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({}) \
-             AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT 16",
-            placeholders.join(", ")
-        );
-        let candidates = {
-            let mut reader = self.inner.store.db().reader().await?;
-            reader.conn().fetch_all(AssertSqlSafe(sql), args).await?
-        };
+             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({kinds_in}) \
+             AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT ${}",
+            args.len()
+        ));
+        let candidates = tx.conn().fetch_all(sql, args).await?;
+        let mut leases = Vec::new();
         for candidate in candidates {
+            if leases.len() >= max {
+                break;
+            }
             let run_id: WorkflowId = candidate.get("id")?;
-            let mut tx = self.inner.store.db().begin().await?;
             let row = tx
                 .conn()
                 .fetch_optional(
@@ -501,62 +574,102 @@ impl Engine {
                     args![run_id, self.inner.config.worker_id.as_str(), self.lease_until(now), now],
                 )
                 .await?;
-            tx.commit().await?;
             if let Some(row) = row {
-                return Ok(Some(Lease {
+                leases.push(Lease {
                     run_id,
                     epoch: row.get("epoch")?,
-                }));
+                });
             }
         }
-        Ok(None)
+        let next_due = if leases.is_empty() {
+            let mut args: Vec<Arg> = args![now];
+            args.extend(kinds.iter().map(|kind| (*kind).into_arg()));
+            let sql = Sql::built(format!(
+                "SELECT MIN(next_run_at) AS due FROM workflow_runs \
+                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in})"
+            ));
+            tx.conn()
+                .fetch_optional(sql, args)
+                .await?
+                .map(|row| row.get::<Option<DateTime<Utc>>>("due"))
+                .transpose()?
+                .flatten()
+        } else {
+            None
+        };
+        Ok((leases, next_due))
     }
 
     /// Extends a lease; false when it is no longer ours.
     async fn renew(&self, lease: Lease) -> Result<bool, EngineError> {
-        let mut tx = self.inner.store.db().begin().await?;
-        let changed = tx
-            .conn()
-            .execute(
-                "UPDATE workflow_leases SET expires_at = $3 WHERE run_id = $1 AND epoch = $2",
-                args![lease.run_id, lease.epoch, self.lease_until(self.now())],
-            )
+        let until = self.lease_until(self.now());
+        let changed: u64 = self
+            .inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .execute(
+                            "UPDATE workflow_leases SET expires_at = $3 WHERE run_id = $1 AND epoch = $2",
+                            args![lease.run_id, lease.epoch, until],
+                        )
+                        .await
+                })
+            })
             .await?;
-        tx.commit().await?;
         Ok(changed == 1)
     }
 
     async fn release(&self, lease: Lease) -> Result<(), EngineError> {
-        let mut tx = self.inner.store.db().begin().await?;
-        tx.conn()
-            .execute(
-                "DELETE FROM workflow_leases WHERE run_id = $1 AND epoch = $2",
-                args![lease.run_id, lease.epoch],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .execute(
+                            "DELETE FROM workflow_leases WHERE run_id = $1 AND epoch = $2",
+                            args![lease.run_id, lease.epoch],
+                        )
+                        .await
+                        .map(drop)
+                })
+            })
+            .await
+            .map_err(EngineError::Database)
     }
 
-    /// Records workflow events for a run, fenced by its lease and its stream version,
-    /// in `step_tx` (the step's own work) or a fresh transaction.
-    async fn record(
-        &self,
-        lease: Lease,
-        run: &mut Run,
-        events: Vec<NewEvent>,
-        step_tx: Option<Tx>,
-    ) -> Result<(), EngineError> {
-        let mut tx = match step_tx {
-            Some(tx) => tx,
-            None => self.inner.store.db().begin().await?,
-        };
-        let now = self.now();
+    /// Renews the lease at a third of its length while the returned guard lives.
+    fn heartbeat(&self, lease: Lease) -> AbortOnDrop {
+        let engine = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let every = engine.inner.config.lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                match engine.renew(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(run_id = %lease.run_id, error = %error, "could not renew a lease")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Checks the lease in `tx` and extends it: the fence every record passes.
+    async fn fence(&self, tx: &mut Tx, lease: Lease) -> Result<(), EngineError> {
         let held = tx
             .conn()
             .execute(
                 "UPDATE workflow_leases SET expires_at = $4 WHERE run_id = $1 AND epoch = $2 AND owner = $3",
-                args![lease.run_id, lease.epoch, self.inner.config.worker_id.as_str(), self.lease_until(now)],
+                args![
+                    lease.run_id,
+                    lease.epoch,
+                    self.inner.config.worker_id.as_str(),
+                    self.lease_until(self.now())
+                ],
             )
             .await?;
         if held != 1 {
@@ -564,30 +677,65 @@ impl Engine {
                 run_id: lease.run_id,
             });
         }
-        let n_events = events.len() as i64;
-        let request =
-            AppendRequest::new(stream_type(), StreamId::from_uuid(run.id.as_uuid()), events)
-                .expect(Expected::Exact(cairn_types::StreamVersion::new(
-                    run.version,
-                )));
-        let appended = self.inner.store.append_in(&mut tx, request).await?;
-        for dispatched in &appended.events {
-            if let Outcome::Failed(error) = &dispatched.outcome {
-                return Err(EngineError::NotApplied {
-                    run_id: run.id,
-                    event_type: dispatched.event.event_type.to_string(),
-                    message: format!("{} {}", error.code, error.message),
-                });
-            }
-        }
-        tx.commit().await?;
-        run.version += n_events;
+        Ok(())
+    }
+
+    /// Appends a run's events in `tx`, at the run's expected version.
+    async fn append_run_events(
+        &self,
+        tx: &mut Tx,
+        run_id: WorkflowId,
+        version: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<(), EngineError> {
+        let request = AppendRequest::new(stream_type(), run_stream(run_id), events)
+            .expect(Expected::Exact(cairn_types::StreamVersion::new(version)));
+        self.inner.store.append_applied_in(tx, request).await?;
+        Ok(())
+    }
+
+    /// Records one event of a run in a unit of its own, fenced by its lease and its
+    /// stream version.
+    async fn record(
+        &self,
+        lease: Lease,
+        run: &mut Run,
+        event: &RunEvent,
+        priority: cairn_log::Priority,
+    ) -> Result<(), EngineError> {
+        let engine = self.clone();
+        let event = event.to_event(self.metadata(run));
+        let (run_id, version) = (run.id, run.version);
+        self.inner
+            .store
+            .db()
+            .write_to(
+                Self::write_options(priority),
+                &[run_stream(run_id)],
+                move |tx| {
+                    let engine = engine.clone();
+                    let event = event.clone();
+                    Box::pin(async move {
+                        engine.fence(tx, lease).await?;
+                        engine
+                            .append_run_events(tx, run_id, version, vec![event])
+                            .await
+                    })
+                },
+            )
+            .await?;
+        run.version += 1;
+        self.recorded().await;
+        Ok(())
+    }
+
+    /// Counts a record, and stops here for good if a crash test asked to.
+    async fn recorded(&self) {
         let n_records = self.inner.records.fetch_add(1, Ordering::SeqCst) + 1;
         if self.inner.config.pause_after_records == Some(n_records) {
             eprintln!("cairn: workflow engine paused after {n_records} records (fault injection)");
             std::future::pending::<()>().await;
         }
-        Ok(())
     }
 
     fn metadata(&self, run: &Run) -> Metadata {
@@ -604,7 +752,7 @@ impl Engine {
     /// Drives one claimed run until it finishes, sleeps, or waits for a retry.
     async fn drive(&self, lease: Lease) -> Result<(), EngineError> {
         loop {
-            let (run, history) = {
+            let (mut run, history) = {
                 let mut reader = self.inner.store.db().reader().await?;
                 let Some(run) = crate::state::load_run(&mut reader.conn(), lease.run_id).await?
                 else {
@@ -613,158 +761,23 @@ impl Engine {
                 let history = crate::state::load_history(&mut reader.conn(), lease.run_id).await?;
                 (run, history)
             };
-            let mut run = run;
-            let now = self.now();
-            if run.status.is_finished() || run.next_run_at.is_none_or(|at| at > now) {
-                return Ok(());
-            }
             let Some(workflow) = self.inner.workflows.get(run.kind.as_str()).cloned() else {
                 tracing::warn!(run_id = %run.id, kind = %run.kind, "no workflow of this kind in this build");
                 return Ok(());
             };
-            let metadata = self.metadata(&run);
-            match run.status {
-                RunStatus::Running => {
-                    let decision =
-                        workflow
-                            .decide(&run.input, &history)
-                            .unwrap_or_else(|message| {
-                                Decision::Fail(format!("the workflow cannot go on: {message}"))
-                            });
-                    match decision {
-                        Decision::Run(call) => {
-                            if !self
-                                .step(
-                                    lease,
-                                    &mut run,
-                                    &history,
-                                    workflow.as_ref(),
-                                    &call,
-                                    Role::Action,
-                                )
-                                .await?
-                            {
-                                return Ok(());
-                            }
-                        }
-                        Decision::Sleep { timer, until } => match history.get(&timer) {
-                            None => {
-                                let event = TimerStarted {
-                                    timer,
-                                    until,
-                                    at: now,
-                                };
-                                self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                    .await?;
-                            }
-                            Some(step)
-                                if step.status == StepStatus::Waiting
-                                    && step.wake_at.is_some_and(|at| at <= now) =>
-                            {
-                                let event = TimerFired { timer, at: now };
-                                self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                    .await?;
-                            }
-                            Some(step) if step.status == StepStatus::Waiting => return Ok(()),
-                            Some(_) => {
-                                let event = CompensationStarted {
-                                    reason: format!(
-                                        "the workflow asked to sleep on timer {timer}, which already fired"
-                                    ),
-                                    at: now,
-                                };
-                                self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                    .await?;
-                            }
-                        },
-                        Decision::Complete(output) => {
-                            let event = WorkflowCompleted { output, at: now };
-                            self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                .await?;
-                            return Ok(());
-                        }
-                        Decision::Fail(reason) => {
-                            let event = CompensationStarted { reason, at: now };
-                            self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                .await?;
-                        }
+            match plan::next(workflow.as_ref(), &run, &history, self.now()) {
+                Next::Wait => return Ok(()),
+                Next::Record { event, stop } => {
+                    self.record(lease, &mut run, &event, cairn_log::Priority::Normal)
+                        .await?;
+                    if stop {
+                        return Ok(());
                     }
                 }
-                RunStatus::Compensating => {
-                    // Every compensation runs, newest first, even when an earlier one
-                    // failed for good: one stuck undo must not keep the others (the
-                    // safety net among them) from running.
-                    let compensable = history.steps.iter().rev().filter(|step| {
-                        step.kind == StepKind::Action
-                            && step.compensable
-                            && step.status == StepStatus::Completed
-                    });
-                    let mut pending = None;
-                    let mut failed = Vec::new();
-                    for step in compensable {
-                        match history.get(&compensation_name(&step.name)) {
-                            Some(done) if done.status == StepStatus::Completed => {}
-                            Some(done) if done.status == StepStatus::Failed => {
-                                failed.push((step.name.clone(), done.last_error.clone()));
-                            }
-                            _ => {
-                                pending = Some(step.clone());
-                                break;
-                            }
-                        }
+                Next::Perform(attempt) => {
+                    if !self.attempt(lease, &mut run, workflow, attempt).await? {
+                        return Ok(());
                     }
-                    match pending {
-                        None if failed.is_empty() => {
-                            let reason = run
-                                .failure
-                                .clone()
-                                .unwrap_or_else(|| "the workflow failed".to_owned());
-                            let event = WorkflowFailed { reason, at: now };
-                            self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                .await?;
-                            return Ok(());
-                        }
-                        None => {
-                            let error = failed
-                                .iter()
-                                .map(|(step, error)| {
-                                    format!(
-                                        "undoing {step}: {}",
-                                        error.as_deref().unwrap_or("no message")
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                                .join("; ");
-                            let event = CompensationFailed {
-                                step: failed[0].0.clone(),
-                                error,
-                                at: now,
-                            };
-                            self.record(lease, &mut run, vec![event.to_event(metadata)], None)
-                                .await?;
-                            return Ok(());
-                        }
-                        Some(target) => {
-                            let mut call = StepCall::new(compensation_name(&target.name));
-                            call.retry = workflow.compensation_policy();
-                            if !self
-                                .step(
-                                    lease,
-                                    &mut run,
-                                    &history,
-                                    workflow.as_ref(),
-                                    &call,
-                                    Role::Compensation(&target),
-                                )
-                                .await?
-                            {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                RunStatus::Completed | RunStatus::Failed | RunStatus::CompensationFailed => {
-                    return Ok(());
                 }
             }
         }
@@ -772,167 +785,218 @@ impl Engine {
 
     /// Performs one attempt of a step and records its outcome. Returns whether the run
     /// can go on now (false: it waits for a retry).
-    async fn step(
+    async fn attempt(
         &self,
         lease: Lease,
         run: &mut Run,
-        history: &History,
-        workflow: &dyn Workflow,
-        call: &StepCall,
-        role: Role<'_>,
+        workflow: Arc<dyn Workflow>,
+        attempt: Attempt,
     ) -> Result<bool, EngineError> {
-        let now = self.now();
-        let metadata = self.metadata(run);
-        let compensation = matches!(role, Role::Compensation(_));
-        let previous = history.get(&call.name);
-        if let Some(step) = previous {
-            match step.status {
-                StepStatus::Retrying if step.wake_at.is_some_and(|at| at > now) => {
-                    return Ok(false);
+        let started_at = self.now();
+        let outcome = if attempt.records_start() {
+            self.record(
+                lease,
+                run,
+                &attempt.started(started_at),
+                cairn_log::Priority::Normal,
+            )
+            .await?;
+            let outcome = {
+                let _heartbeat = self.heartbeat(lease);
+                self.perform_outside(run, workflow.as_ref(), &attempt, started_at)
+                    .await
+            };
+            if outcome.is_ok() {
+                let n_effects = self.inner.effects.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.inner.config.pause_after_effects == Some(n_effects) {
+                    eprintln!(
+                        "cairn: workflow engine paused after {n_effects} effects, before recording (fault injection)"
+                    );
+                    std::future::pending::<()>().await;
                 }
-                StepStatus::Completed
-                | StepStatus::Failed
-                | StepStatus::Waiting
-                | StepStatus::Fired => {
-                    let event = CompensationStarted {
-                        reason: format!(
-                            "the workflow asked to run step {}, which is already {:?}: a bug in its decide",
-                            call.name, step.status
-                        ),
-                        at: now,
-                    };
-                    self.record(lease, run, vec![event.to_event(metadata)], None)
-                        .await?;
+            }
+            outcome
+        } else {
+            match self
+                .perform_and_record(lease, run, workflow.clone(), &attempt, started_at)
+                .await
+            {
+                Ok(()) => {
+                    self.count_attempt(run, &attempt, &Ok(Value::Null));
                     return Ok(true);
                 }
-                StepStatus::Running | StepStatus::Retrying => {}
-            }
-        }
-        let attempt = previous.map_or(1, |step| step.attempts + 1);
-        let in_doubt = previous.is_some_and(|step| step.status == StepStatus::Running);
-        if call.effect == Effect::External {
-            let started = StepStarted {
-                step: call.name.clone(),
-                attempt,
-                compensation,
-                at: now,
-            };
-            self.record(lease, run, vec![started.to_event(metadata.clone())], None)
-                .await?;
-        }
-        let run_snapshot = run.clone();
-        let mut ctx = StepContext {
-            inner: &self.inner,
-            run: &run_snapshot,
-            step: call.name.clone(),
-            attempt,
-            in_doubt,
-            now,
-            tx: None,
-        };
-        let step_span = tracing::info_span!(
-            "cairn.workflow.step",
-            workflow = %run_snapshot.kind,
-            run_id = %run_snapshot.id,
-            step = %call.name,
-            attempt,
-            correlation_id = %run_snapshot.correlation_id,
-        );
-        cairn_observe::otel::join_trace(&step_span, run_snapshot.correlation_id.as_uuid(), None);
-        let outcome = {
-            use tracing::Instrument as _;
-            match role {
-                Role::Action => {
-                    workflow
-                        .perform(&run_snapshot.input, call, &mut ctx)
-                        .instrument(step_span)
-                        .await
+                Err(UnitError::Step(error)) => Err(error),
+                // The step's writes could not be stored (a constraint, a trigger): the
+                // database refused them at commit. Nothing was kept; the attempt
+                // failed, and may be retried.
+                Err(UnitError::Engine(EngineError::Database(error)))
+                    if error.kind() == cairn_log::DbErrorKind::Failed =>
+                {
+                    Err(StepError::retryable(format!(
+                        "the step's work could not be stored: {}",
+                        cairn_types::error_chain(&error)
+                    )))
                 }
-                Role::Compensation(target) => {
-                    workflow
-                        .compensate(&run_snapshot.input, target, &mut ctx)
-                        .instrument(step_span)
-                        .await
-                }
+                Err(UnitError::Engine(error)) => return Err(error),
             }
         };
+        self.count_attempt(run, &attempt, &outcome);
+        let finished_at = self.now();
+        let (event, go_on) = plan::after(&attempt, outcome, started_at, finished_at, self.now());
+        if let RunEvent::StepAttemptFailed(failed) = &event {
+            tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, retry_at = %failed.retry_at, "step attempt failed; will retry");
+        } else if let RunEvent::StepFailed(failed) = &event {
+            tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, "step failed for good");
+        }
+        // What an external step did is already done: its record goes ahead of the
+        // queue, so that a crash leaves it in doubt for as short a time as can be.
+        let priority = if attempt.records_start() {
+            cairn_log::Priority::Urgent
+        } else {
+            cairn_log::Priority::Normal
+        };
+        self.record(lease, run, &event, priority).await?;
+        Ok(go_on)
+    }
+
+    fn count_attempt(&self, run: &Run, attempt: &Attempt, outcome: &Result<Value, StepError>) {
         let labels = cairn_observe::WorkflowLabels {
-            kind: run_snapshot.kind.clone(),
+            kind: run.kind.clone(),
         };
         let metrics = cairn_observe::metrics();
-        match &outcome {
+        match outcome {
             Ok(_) => {
                 metrics.workflow_steps.get_or_create(&labels).inc();
             }
-            Err(error) if error.retryable && attempt < call.retry.max_attempts => {
+            Err(error) if error.retryable && attempt.number < attempt.call.retry.max_attempts => {
                 metrics.workflow_step_retries.get_or_create(&labels).inc();
             }
             Err(_) => {}
         }
-        let step_tx = ctx.tx.take();
-        drop(ctx);
-        if call.effect == Effect::External && outcome.is_ok() {
-            let n_effects = self.inner.effects.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.inner.config.pause_after_effects == Some(n_effects) {
-                eprintln!(
-                    "cairn: workflow engine paused after {n_effects} effects, before recording (fault injection)"
-                );
-                std::future::pending::<()>().await;
+    }
+
+    fn step_span(run: &Run, attempt: &Attempt) -> tracing::Span {
+        let span = tracing::info_span!(
+            "cairn.workflow.step",
+            workflow = %run.kind,
+            run_id = %run.id,
+            step = %attempt.call.name,
+            attempt = attempt.number,
+            correlation_id = %run.correlation_id,
+        );
+        cairn_observe::otel::join_trace(&span, run.correlation_id.as_uuid(), None);
+        span
+    }
+
+    /// Runs a step that acts outside the database, with no transaction; a panic is an
+    /// attempt that failed.
+    async fn perform_outside(
+        &self,
+        run: &Run,
+        workflow: &dyn Workflow,
+        attempt: &Attempt,
+        started_at: DateTime<Utc>,
+    ) -> Result<Value, StepError> {
+        use tracing::Instrument as _;
+        let mut ctx = StepContext {
+            inner: &self.inner,
+            run,
+            step: attempt.call.name.clone(),
+            attempt: attempt.number,
+            in_doubt: attempt.in_doubt,
+            now: started_at,
+            tx: None,
+        };
+        let performed =
+            perform(workflow, run, attempt, &mut ctx).instrument(Self::step_span(run, attempt));
+        match AssertUnwindSafe(performed).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic payload".to_owned());
+                tracing::error!(run_id = %run.id, step = %attempt.call.name, panic = %message, "a workflow step panicked");
+                Err(StepError::retryable(format!(
+                    "the step panicked: {message}"
+                )))
             }
         }
-        let finished_at = self.now();
-        match outcome {
-            Ok(result) => {
-                let completed = StepCompleted {
-                    step: call.name.clone(),
-                    attempt,
-                    result,
-                    compensable: call.compensable,
-                    compensation,
-                    started_at: now,
-                    finished_at,
-                };
-                self.record(lease, run, vec![completed.to_event(metadata)], step_tx)
-                    .await?;
-                Ok(true)
-            }
-            Err(error) => {
-                // The step's own writes roll back with its transaction.
-                drop(step_tx);
-                if error.retryable && attempt < call.retry.max_attempts {
-                    let wait = chrono::Duration::from_std(call.retry.backoff(attempt))
-                        .unwrap_or(chrono::Duration::zero());
-                    let retry_at = finished_at + wait;
-                    tracing::warn!(run_id = %run.id, step = %call.name, attempt, error = %error, %retry_at, "step attempt failed; will retry");
-                    let failed = StepAttemptFailed {
-                        step: call.name.clone(),
-                        attempt,
-                        error: error.message,
-                        compensation,
-                        started_at: now,
-                        finished_at,
-                        retry_at,
-                    };
-                    self.record(lease, run, vec![failed.to_event(metadata)], None)
-                        .await?;
-                    Ok(retry_at <= self.now())
-                } else {
-                    tracing::warn!(run_id = %run.id, step = %call.name, attempt, error = %error, "step failed for good");
-                    let failed = StepFailed {
-                        step: call.name.clone(),
-                        attempt,
-                        error: error.message,
-                        permanent: !error.retryable,
-                        compensation,
-                        started_at: now,
-                        finished_at,
-                    };
-                    self.record(lease, run, vec![failed.to_event(metadata)], None)
-                        .await?;
-                    Ok(true)
-                }
-            }
-        }
+    }
+
+    /// Runs a transactional step and records its completion in one unit of work. If
+    /// the step fails (or panics), nothing it did is kept and the failure comes back
+    /// to be recorded on its own.
+    async fn perform_and_record(
+        &self,
+        lease: Lease,
+        run: &mut Run,
+        workflow: Arc<dyn Workflow>,
+        attempt: &Attempt,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), UnitError> {
+        let engine = self.clone();
+        let snapshot = Arc::new(run.clone());
+        let attempt = Arc::new(attempt.clone());
+        let metadata = self.metadata(run);
+        let (run_id, version) = (run.id, run.version);
+        self.inner
+            .store
+            .db()
+            .write_to(
+                Self::write_options(cairn_log::Priority::Normal),
+                &[run_stream(run_id)],
+                move |tx| {
+                    let engine = engine.clone();
+                    let run = snapshot.clone();
+                    let attempt = attempt.clone();
+                    let workflow = workflow.clone();
+                    let metadata = metadata.clone();
+                    Box::pin(async move {
+                        use tracing::Instrument as _;
+                        engine.fence(tx, lease).await?;
+                        let result = {
+                            let mut ctx = StepContext {
+                                inner: &engine.inner,
+                                run: &run,
+                                step: attempt.call.name.clone(),
+                                attempt: attempt.number,
+                                in_doubt: attempt.in_doubt,
+                                now: started_at,
+                                tx: Some(&mut *tx),
+                            };
+                            perform(workflow.as_ref(), &run, &attempt, &mut ctx)
+                                .instrument(Self::step_span(&run, &attempt))
+                                .await
+                                .map_err(UnitError::Step)?
+                        };
+                        let finished_at = engine.now();
+                        let (event, _) =
+                            plan::after(&attempt, Ok(result), started_at, finished_at, finished_at);
+                        engine
+                            .append_run_events(tx, run.id, version, vec![event.to_event(metadata)])
+                            .await?;
+                        Ok::<(), UnitError>(())
+                    })
+                },
+            )
+            .await?;
+        run.version += 1;
+        self.recorded().await;
+        Ok(())
+    }
+}
+
+async fn perform(
+    workflow: &dyn Workflow,
+    run: &Run,
+    attempt: &Attempt,
+    ctx: &mut StepContext<'_>,
+) -> Result<Value, StepError> {
+    match &attempt.role {
+        Role::Action => workflow.perform(&run.input, &attempt.call, ctx).await,
+        Role::Compensation(target) => workflow.compensate(&run.input, target, ctx).await,
     }
 }
 

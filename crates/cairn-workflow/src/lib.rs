@@ -26,6 +26,7 @@ mod clock;
 mod definition;
 mod engine;
 pub mod events;
+mod plan;
 pub mod state;
 
 use cairn_log::Migration;

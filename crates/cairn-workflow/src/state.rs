@@ -3,9 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 
-use cairn_log::{Arg, Conn, IntoArg, Row, args};
+use cairn_log::{Arg, Conn, DbError, IntoArg, Row, Sql, args};
 use cairn_types::{CorrelationId, OrgId, WorkflowId};
 
 use crate::definition::{History, StepKind, StepRecord, StepStatus};
@@ -106,14 +105,11 @@ pub struct RunWithSteps {
 const RUN_COLUMNS: &str = "id, kind, status, input, output, failure, correlation_id, org_id, actor, parent_id, \
      current_step, version, next_run_at, created_at, updated_at";
 
-fn decode_error(column: &str, message: String) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: message.into(),
-    }
+fn decode_error(column: &str, message: String) -> DbError {
+    DbError::decode(column, message)
 }
 
-fn run_from_row(row: &Row) -> Result<Run, sqlx::Error> {
+fn run_from_row(row: &Row) -> Result<Run, DbError> {
     let status: String = row.get("status")?;
     Ok(Run {
         id: row.get("id")?,
@@ -134,7 +130,7 @@ fn run_from_row(row: &Row) -> Result<Run, sqlx::Error> {
     })
 }
 
-fn step_from_row(row: &Row) -> Result<StepRecord, sqlx::Error> {
+fn step_from_row(row: &Row) -> Result<StepRecord, DbError> {
     let kind: String = row.get("kind")?;
     let status: String = row.get("status")?;
     let kind: StepKind = serde_json::from_value(Value::String(kind))
@@ -171,8 +167,8 @@ pub struct RunFilter {
 }
 
 /// One run.
-pub async fn load_run(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<Run>, sqlx::Error> {
-    let sql = AssertSqlSafe(format!(
+pub async fn load_run(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<Run>, DbError> {
+    let sql = Sql::built(format!(
         "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = $1"
     ));
     conn.fetch_optional(sql, args![id])
@@ -183,7 +179,7 @@ pub async fn load_run(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<Run>
 }
 
 /// A run's steps, in the order they first appeared.
-pub async fn load_history(conn: &mut Conn<'_>, id: WorkflowId) -> Result<History, sqlx::Error> {
+pub async fn load_history(conn: &mut Conn<'_>, id: WorkflowId) -> Result<History, DbError> {
     let rows = conn
             .fetch_all(
                 "SELECT name, seq, kind, status, attempts, result, last_error, compensable, started_at, \
@@ -197,10 +193,7 @@ pub async fn load_history(conn: &mut Conn<'_>, id: WorkflowId) -> Result<History
 }
 
 /// A run with its steps.
-pub async fn load(
-    conn: &mut Conn<'_>,
-    id: WorkflowId,
-) -> Result<Option<RunWithSteps>, sqlx::Error> {
+pub async fn load(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<RunWithSteps>, DbError> {
     let Some(run) = load_run(conn, id).await? else {
         return Ok(None);
     };
@@ -209,7 +202,7 @@ pub async fn load(
 }
 
 /// Runs matching a filter, oldest first.
-pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, sqlx::Error> {
+pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, DbError> {
     let mut sql = format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE 1 = 1");
     let mut args: Vec<Arg> = Vec::new();
     let mut condition = |clause: &str, arg: Arg| {
@@ -240,6 +233,6 @@ pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, s
     }
     args.push(i64::from(filter.limit.unwrap_or(100)).into_arg());
     sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
-    let rows = conn.fetch_all(AssertSqlSafe(sql), args).await?;
+    let rows = conn.fetch_all(Sql::built(sql), args).await?;
     rows.iter().map(run_from_row).collect()
 }

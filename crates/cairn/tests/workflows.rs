@@ -507,8 +507,10 @@ backend_test!(
 backend_test!(
     two_processes_share_the_work_and_no_step_runs_twice,
     |t: TestDb| async move {
+        // Each email takes a while, so that neither process can finish all the work
+        // before the other has started.
         let sink = SmtpSink::start(SinkOptions {
-            delay: Duration::from_millis(10),
+            delay: Duration::from_millis(100),
             ..SinkOptions::default()
         })
         .await?;

@@ -80,6 +80,7 @@ impl Place {
                 let options = DbOptions {
                     max_connections: 12,
                     schema: Some(schema.clone()),
+                    ..DbOptions::default()
                 };
                 let db = app::open_db(url, &options).await?;
                 let described = format!(

@@ -1,0 +1,847 @@
+//! The log writer: group commit.
+//!
+//! One writer per [`Db`](crate::Db) takes units of work (appends, commands, workflow
+//! step records, retries, span batches) from a bounded queue and runs as many as are
+//! waiting in one transaction: one head lock, one commit, one disk flush for all of
+//! them. While a batch commits, the next one gathers, so the busier the log, the larger
+//! the batches and the cheaper each write.
+//!
+//! Each unit runs in isolation from its neighbours: a unit that fails (its own error,
+//! a failed statement, a panic) changes nothing and delays the others by no more than
+//! its own running time. Two ways to get there:
+//! - [`WriteMode::Savepoints`]: each unit runs inside a savepoint, rolled back if it
+//!   fails.
+//! - [`WriteMode::Optimistic`]: units run without savepoints. A unit that fails
+//!   without having written anything is simply forgotten; anything else (a failure to
+//!   undo, a handler to roll back) makes the writer roll the batch back and run it again
+//!   with savepoints. Units are closures the writer may call more than once.
+//!
+//! Invariants:
+//! - Nothing accepted is lost: a unit taken into the queue is run, and its caller
+//!   answered, even when the database is shutting down ([`Db::close`](crate::Db::close)
+//!   drains the queue first).
+//! - A caller hears of success only after the commit that made its work durable.
+//! - The queue is bounded: past its capacity a caller waits for room or is refused with
+//!   [`DbError::Overloaded`], as it asked ([`Admission`]). Urgent units (the record of
+//!   an email already sent) are never refused and go first.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, oneshot};
+
+use cairn_types::StreamId;
+
+use crate::db::Shared;
+use crate::error::DbError;
+use crate::tx::{DirectTx, Isolation, Tx, TxInner};
+
+/// How the writer keeps one failing unit from affecting its neighbours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// A savepoint around every unit.
+    Savepoints,
+    /// No savepoints; a batch with a failure to undo runs again with savepoints.
+    Optimistic,
+}
+
+impl WriteMode {
+    /// `savepoints` or `optimistic`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Savepoints => "savepoints",
+            WriteMode::Optimistic => "optimistic",
+        }
+    }
+}
+
+impl std::str::FromStr for WriteMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "savepoints" => Ok(WriteMode::Savepoints),
+            "optimistic" => Ok(WriteMode::Optimistic),
+            other => Err(format!(
+                "{other:?} is not a write mode: use savepoints or optimistic"
+            )),
+        }
+    }
+}
+
+/// Where a unit goes in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Normal,
+    /// Ahead of all normal work, and never refused: the record of something that
+    /// already happened outside the database.
+    Urgent,
+}
+
+/// What to do when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Admission {
+    /// Wait for room: back-pressure for callers that can wait (the command line, the
+    /// workflow engine).
+    #[default]
+    Wait,
+    /// Refuse at once with [`DbError::Overloaded`]: for callers that answer someone who
+    /// should try again later (an HTTP request).
+    Refuse,
+}
+
+/// How a unit is submitted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    pub priority: Priority,
+    pub admission: Admission,
+}
+
+impl WriteOptions {
+    /// Refused when the queue is full.
+    pub fn refuse_when_full() -> Self {
+        Self {
+            priority: Priority::Normal,
+            admission: Admission::Refuse,
+        }
+    }
+
+    /// Ahead of the queue.
+    pub fn urgent() -> Self {
+        Self {
+            priority: Priority::Urgent,
+            admission: Admission::Wait,
+        }
+    }
+}
+
+/// How the writer is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Units waiting at most (urgent ones excepted).
+    pub capacity: usize,
+    /// Units per batch at most.
+    pub max_batch: usize,
+    pub mode: WriteMode,
+}
+
+impl WriterConfig {
+    /// The defaults for a backend: savepoints cost nothing in SQLite's own thread and
+    /// two round trips each on PostgreSQL.
+    pub fn for_backend(backend: crate::Backend) -> Self {
+        Self {
+            capacity: 4096,
+            max_batch: 256,
+            mode: match backend {
+                crate::Backend::Sqlite => WriteMode::Savepoints,
+                crate::Backend::Postgres => WriteMode::Optimistic,
+            },
+        }
+    }
+}
+
+/// How a unit's run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// It returned its result.
+    Done,
+    /// It returned an error (or panicked): whatever it did must be undone.
+    Refused,
+}
+
+/// A unit of work, its result kept until the batch's fate is known.
+pub(crate) trait Job: Send {
+    /// Runs the work in the batch's transaction. May be called again if the batch runs
+    /// again.
+    fn run<'t>(&'t mut self, tx: &'t mut Tx) -> BoxFuture<'t, Ran>;
+    /// The work said it succeeded, but a statement in it failed and was not undone:
+    /// it is rolled back and its caller told so.
+    fn poisoned(&mut self);
+    /// Answers the caller: `Ok` once the batch committed, or the batch's error.
+    fn answer(self: Box<Self>, fate: Result<(), &DbError>);
+    /// Streams the work will append to, if it knows: the batch reads their versions
+    /// in one statement.
+    fn streams(&self) -> &[StreamId];
+}
+
+struct Work<F, T, E> {
+    work: F,
+    streams: Vec<StreamId>,
+    /// The caller's tracing span: the work runs in it, as if the caller ran it.
+    span: tracing::Span,
+    result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
+}
+
+impl<F, T, E> Job for Work<F, T, E>
+where
+    F: for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send,
+    T: Send,
+    E: From<DbError> + Send,
+{
+    fn run<'t>(&'t mut self, tx: &'t mut Tx) -> BoxFuture<'t, Ran> {
+        Box::pin(async move {
+            use tracing::Instrument as _;
+            let future = (self.work)(tx).instrument(self.span.clone());
+            let result = match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(panic = %message, "a unit of work panicked in the log writer; it was rolled back");
+                    Err(E::from(DbError::Panicked { message }))
+                }
+            };
+            let ran = if result.is_ok() {
+                Ran::Done
+            } else {
+                Ran::Refused
+            };
+            self.result = Some(result);
+            ran
+        })
+    }
+
+    fn poisoned(&mut self) {
+        self.result = Some(Err(E::from(DbError::decode(
+            "(unit of work)",
+            "a statement failed inside this work, which went on as if it had not; it was rolled back",
+        ))));
+    }
+
+    fn answer(self: Box<Self>, fate: Result<(), &DbError>) {
+        let Work { result, reply, .. } = *self;
+        let answer = match (fate, result) {
+            // A refusal stands whatever became of the batch.
+            (_, Some(Err(refusal))) => Err(refusal),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(error), _) => Err(E::from(error.duplicate())),
+            (Ok(()), None) => Err(E::from(DbError::decode(
+                "(unit of work)",
+                "the batch committed without running this work",
+            ))),
+        };
+        // The caller may have stopped waiting; its work is committed regardless.
+        let _ = reply.send(answer);
+    }
+
+    fn streams(&self) -> &[StreamId] {
+        &self.streams
+    }
+}
+
+/// The connection the writer lends to a caller of `Db::begin` on SQLite, and takes
+/// back when the caller's transaction ends.
+pub(crate) struct Lent {
+    pub(crate) conn: rusqlite::Connection,
+    pub(crate) home: oneshot::Sender<rusqlite::Connection>,
+}
+
+enum Item {
+    Work(Box<dyn Job>),
+    Lend(oneshot::Sender<Lent>),
+}
+
+#[derive(Default)]
+struct QueueState {
+    urgent: VecDeque<Item>,
+    normal: VecDeque<Item>,
+    closed: bool,
+}
+
+impl QueueState {
+    fn len(&self) -> usize {
+        self.urgent.len() + self.normal.len()
+    }
+}
+
+/// The queue between callers and the writer.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer when work arrives or the queue closes.
+    work: Notify,
+    /// Wakes callers waiting for room.
+    room: Notify,
+    capacity: usize,
+    /// Handles alive; the queue closes when the last one goes.
+    handles: AtomicUsize,
+}
+
+enum Batch {
+    Work(Vec<Box<dyn Job>>),
+    Lend(oneshot::Sender<Lent>),
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the queue inconsistent: every
+        // critical section is a push, a pop or a flag.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn push(&self, item: Item, options: WriteOptions) -> Result<(), DbError> {
+        let mut item = Some(item);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(DbError::WriterStopped);
+                }
+                let queued = state.len();
+                if options.priority == Priority::Urgent || queued < self.capacity {
+                    let item = item.take().expect("pushed once");
+                    match options.priority {
+                        Priority::Urgent => state.urgent.push_back(item),
+                        Priority::Normal => state.normal.push_back(item),
+                    }
+                    drop(state);
+                    self.work.notify_one();
+                    return Ok(());
+                }
+                if options.admission == Admission::Refuse {
+                    cairn_observe::metrics().writer_refused.inc();
+                    return Err(DbError::Overloaded { queued });
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// The next batch: waiting units up to `max`, urgent ones first; or a loan, alone.
+    /// `None` once the queue is closed and empty.
+    async fn next(&self, max: usize) -> Option<Batch> {
+        loop {
+            let work = self.work.notified();
+            tokio::pin!(work);
+            work.as_mut().enable();
+            {
+                let mut state = self.lock();
+                let mut jobs: Vec<Box<dyn Job>> = Vec::new();
+                while jobs.len() < max {
+                    let lane = if state.urgent.is_empty() {
+                        &mut state.normal
+                    } else {
+                        &mut state.urgent
+                    };
+                    match lane.front() {
+                        None => break,
+                        Some(Item::Lend(_)) if !jobs.is_empty() => break,
+                        Some(_) => {}
+                    }
+                    match lane.pop_front() {
+                        Some(Item::Work(job)) => jobs.push(job),
+                        Some(Item::Lend(reply)) => {
+                            drop(state);
+                            self.room.notify_waiters();
+                            return Some(Batch::Lend(reply));
+                        }
+                        None => break,
+                    }
+                }
+                let closed = state.closed;
+                let queued = state.len();
+                drop(state);
+                cairn_observe::metrics().writer_queued.set(queued as i64);
+                if !jobs.is_empty() {
+                    self.room.notify_waiters();
+                    return Some(Batch::Work(jobs));
+                }
+                if closed {
+                    return None;
+                }
+            }
+            work.await;
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+/// A handle on the writer: submits units; the writer stops once every handle is gone
+/// (or [`WriterHandle::close`] is called) and the queue is empty.
+pub(crate) struct WriterHandle {
+    queue: Arc<Queue>,
+    /// Resolves when the writer has stopped.
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle")
+            .field("capacity", &self.queue.capacity)
+            .finish()
+    }
+}
+
+impl Clone for WriterHandle {
+    fn clone(&self) -> Self {
+        self.queue.handles.fetch_add(1, Ordering::SeqCst);
+        Self {
+            queue: self.queue.clone(),
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        if self.queue.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.queue.close();
+        }
+    }
+}
+
+impl WriterHandle {
+    /// Runs `work` in one of the writer's batches and returns its result once the batch
+    /// has committed.
+    pub(crate) async fn write<T, E, F>(
+        &self,
+        options: WriteOptions,
+        streams: &[StreamId],
+        work: F,
+    ) -> Result<T, E>
+    where
+        F: for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Work {
+            work,
+            streams: streams.to_vec(),
+            span: tracing::Span::current(),
+            result: None,
+            reply,
+        };
+        self.queue
+            .push(Item::Work(Box::new(job)), options)
+            .await
+            .map_err(E::from)?;
+        answer.await.unwrap_or_else(|_| {
+            Err(E::from(DbError::Panicked {
+                message: "the log writer failed while running this work".to_owned(),
+            }))
+        })
+    }
+
+    /// Borrows the SQLite writer's connection, in turn with the queued work.
+    pub(crate) async fn lend(&self) -> Result<Lent, DbError> {
+        let (reply, lent) = oneshot::channel();
+        self.queue
+            .push(Item::Lend(reply), WriteOptions::default())
+            .await?;
+        lent.await.map_err(|_| DbError::WriterStopped)
+    }
+
+    /// Stops taking work, and waits until what was taken is done.
+    pub(crate) async fn close(&self) {
+        self.queue.close();
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Units waiting.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.lock().len()
+    }
+}
+
+/// Where the writer's transactions run.
+pub(crate) enum Home {
+    /// SQLite: the writer's own connection, run in the writer's thread.
+    Direct {
+        conn: Option<rusqlite::Connection>,
+        path: PathBuf,
+    },
+    /// PostgreSQL: a pool of one connection, the writer's alone.
+    Postgres { pool: sqlx::PgPool },
+}
+
+impl Home {
+    async fn begin(
+        &mut self,
+        shared: Option<Arc<Shared>>,
+        isolation: Isolation,
+    ) -> Result<Tx, DbError> {
+        match self {
+            Home::Direct { conn, path } => {
+                let connection = match conn.take() {
+                    Some(connection) => connection,
+                    None => crate::direct::open(path)?,
+                };
+                // A connection that cannot begin is closed, and reopened next time.
+                let tx = DirectTx::begin(connection, None)?;
+                Ok(Tx::new(TxInner::Direct(tx), shared, isolation))
+            }
+            Home::Postgres { pool } => Ok(Tx::new(
+                TxInner::Postgres(pool.begin().await?),
+                shared,
+                isolation,
+            )),
+        }
+    }
+
+    /// Commits; `Err((error, before_commit))` says whether it failed before the commit
+    /// statement was sent (nothing happened) or at it.
+    async fn commit(&mut self, mut tx: Tx) -> Result<(), (DbError, bool)> {
+        if tx.is_poisoned() {
+            self.abandon(tx, true);
+            return Err((
+                DbError::decode("(batch)", "a statement failed and was not undone"),
+                true,
+            ));
+        }
+        if let Err(error) = tx.flush(true).await {
+            self.abandon(tx, true);
+            return Err((error, true));
+        }
+        match self {
+            Home::Direct { conn, .. } => {
+                let (result, connection) = tx.commit_direct().await;
+                *conn = connection;
+                result.map_err(|error| (error, false))
+            }
+            Home::Postgres { .. } => tx.commit().await.map_err(|error| (error, false)),
+        }
+    }
+
+    /// Rolls back, keeping the connection.
+    fn abandon(&mut self, tx: Tx, keep_spans: bool) {
+        match self {
+            Home::Direct { conn, .. } => *conn = tx.rollback_direct(keep_spans),
+            Home::Postgres { .. } => {
+                let mut tx = tx;
+                if !keep_spans {
+                    tx.discard_spans();
+                }
+                // Dropping a pool transaction rolls it back when its connection returns.
+                drop(tx);
+            }
+        }
+    }
+
+    /// Lends the connection until the borrower's transaction ends (SQLite only).
+    async fn lend(&mut self, reply: oneshot::Sender<Lent>) {
+        let Home::Direct { conn, path } = self else {
+            return;
+        };
+        let connection = match conn.take() {
+            Some(connection) => connection,
+            None => match crate::direct::open(path) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::error!(error = %error, "the SQLite writer cannot reopen its connection");
+                    return;
+                }
+            },
+        };
+        let (home, back) = oneshot::channel();
+        if let Err(Lent {
+            conn: connection, ..
+        }) = reply.send(Lent {
+            conn: connection,
+            home,
+        }) {
+            *conn = Some(connection);
+            return;
+        }
+        // Whoever borrowed it sends it back when done (or drops it if it panicked:
+        // it is reopened then).
+        *conn = back.await.ok();
+    }
+}
+
+/// What one attempt at a batch came to.
+enum Attempt {
+    Committed,
+    /// An optimistic run met a failure that only a rerun can undo. `refused` names the
+    /// unit that refused after writing: the rerun leaves it out, its refusal stands.
+    /// Without one, a unit needs savepoints to be isolated.
+    Rerun {
+        refused: Option<usize>,
+    },
+    Failed {
+        error: DbError,
+        before_commit: bool,
+    },
+}
+
+/// How many times an optimistic batch is run again without a refused unit before the
+/// writer falls back to savepoints for the whole batch.
+const OPTIMISTIC_RERUNS: usize = 3;
+
+/// The writer's loop: batches from the queue until it closes and empties.
+pub(crate) async fn run(
+    queue: WriterQueue,
+    mut home: Home,
+    shared: Weak<Shared>,
+    config: WriterConfig,
+) {
+    let WriterQueue { queue, stopped } = queue;
+    while let Some(batch) = queue.next(config.max_batch).await {
+        match batch {
+            Batch::Lend(reply) => home.lend(reply).await,
+            Batch::Work(jobs) => {
+                let done = AssertUnwindSafe(commit_batch(&mut home, jobs, config.mode, &shared))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = done {
+                    // The batch's callers hear that the writer failed (their answers
+                    // were dropped); the writer goes on with a fresh connection.
+                    tracing::error!(panic = %panic_message(panic.as_ref()), "the log writer panicked in a batch");
+                    if let Home::Direct { conn, .. } = &mut home {
+                        *conn = None;
+                    }
+                }
+            }
+        }
+    }
+    if let Home::Postgres { pool } = &home {
+        pool.close().await;
+    }
+    let _ = stopped.send(true);
+}
+
+async fn commit_batch(
+    home: &mut Home,
+    mut jobs: Vec<Box<dyn Job>>,
+    mode: WriteMode,
+    shared: &Weak<Shared>,
+) {
+    let metrics = cairn_observe::metrics();
+    metrics.writer_batch_units.observe(jobs.len() as f64);
+    let started = std::time::Instant::now();
+    let mut skip = vec![false; jobs.len()];
+    let mut isolation = match mode {
+        WriteMode::Savepoints => Isolation::Unit,
+        WriteMode::Optimistic => Isolation::Optimistic,
+    };
+    let mut reruns = 0;
+    let outcome = loop {
+        match attempt(home, &mut jobs, isolation, shared, &skip).await {
+            Attempt::Rerun { refused } => {
+                metrics.writer_reruns.inc();
+                reruns += 1;
+                match refused {
+                    // A unit that refused keeps its refusal: it would refuse again
+                    // over the same state, which the units before it recreate.
+                    Some(index) if reruns <= OPTIMISTIC_RERUNS => skip[index] = true,
+                    Some(index) => {
+                        skip[index] = true;
+                        isolation = Isolation::Unit;
+                    }
+                    None => isolation = Isolation::Unit,
+                }
+            }
+            other => break other,
+        }
+    };
+    metrics
+        .writer_batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Attempt::Committed | Attempt::Rerun { .. } => {
+            for job in jobs {
+                job.answer(Ok(()));
+            }
+        }
+        Attempt::Failed {
+            before_commit: true,
+            ..
+        } if jobs.len() > 1 => {
+            // Nothing was written: run each unit alone, so that the one at fault
+            // fails by itself.
+            metrics.writer_reruns.inc();
+            for (job, skipped) in jobs.into_iter().zip(skip) {
+                let mut one = vec![job];
+                let fate = if skipped {
+                    Attempt::Committed
+                } else {
+                    attempt(home, &mut one, Isolation::Unit, shared, &[false]).await
+                };
+                for job in one {
+                    match &fate {
+                        Attempt::Failed { error, .. } => job.answer(Err(error)),
+                        Attempt::Committed | Attempt::Rerun { .. } => job.answer(Ok(())),
+                    }
+                }
+            }
+        }
+        Attempt::Failed { error, .. } => {
+            tracing::error!(error = %cairn_types::error_chain(&error), units = jobs.len(), "a log writer batch failed");
+            for job in jobs {
+                job.answer(Err(&error));
+            }
+        }
+    }
+}
+
+async fn attempt(
+    home: &mut Home,
+    jobs: &mut [Box<dyn Job>],
+    isolation: Isolation,
+    shared: &Weak<Shared>,
+    skip: &[bool],
+) -> Attempt {
+    let mut tx = match home.begin(shared.upgrade(), isolation).await {
+        Ok(tx) => tx,
+        Err(error) => {
+            return Attempt::Failed {
+                error,
+                before_commit: true,
+            };
+        }
+    };
+    let streams: Vec<StreamId> = jobs
+        .iter()
+        .zip(skip)
+        .filter(|(_, skipped)| !**skipped)
+        .flat_map(|(job, _)| job.streams().iter().copied())
+        .collect();
+    if !streams.is_empty()
+        && let Err(error) = tx.prefetch_streams(&streams).await
+    {
+        home.abandon(tx, true);
+        return Attempt::Failed {
+            error,
+            before_commit: true,
+        };
+    }
+    for (index, job) in jobs.iter_mut().enumerate() {
+        if skip.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        let mark = tx.mark();
+        let writes = tx.writes();
+        let failures = tx.failures();
+        let spans = tx.span_count();
+        if isolation == Isolation::Unit
+            && let Err(error) = tx.open_unit().await
+        {
+            home.abandon(tx, true);
+            return Attempt::Failed {
+                error,
+                before_commit: true,
+            };
+        }
+        let ran = job.run(&mut tx).await;
+        match isolation {
+            Isolation::Unit => {
+                let kept = if ran == Ran::Done && tx.is_poisoned() {
+                    job.poisoned();
+                    false
+                } else {
+                    ran == Ran::Done
+                };
+                let step = if kept {
+                    tx.release_unit().await
+                } else {
+                    tx.undo_unit(&mark).await
+                };
+                if let Err(error) = step {
+                    home.abandon(tx, true);
+                    return Attempt::Failed {
+                        error,
+                        before_commit: true,
+                    };
+                }
+            }
+            Isolation::Optimistic | Isolation::Standalone => {
+                // A failure to undo (a failed statement, a handler that failed
+                // without a savepoint) may itself be why the unit refused: it runs
+                // again, with savepoints. A unit that refused on its own after
+                // writing keeps its refusal, and the batch runs again without it.
+                if tx.failures() > failures {
+                    home.abandon(tx, false);
+                    return Attempt::Rerun { refused: None };
+                }
+                if ran == Ran::Refused && tx.writes() > writes {
+                    tx.release_spans_since(spans);
+                    home.abandon(tx, false);
+                    return Attempt::Rerun {
+                        refused: Some(index),
+                    };
+                }
+                if ran == Ran::Refused {
+                    tx.forget_since(&mark);
+                }
+            }
+        }
+    }
+    match home.commit(tx).await {
+        Ok(()) => Attempt::Committed,
+        Err((error, before_commit)) => Attempt::Failed {
+            error,
+            before_commit,
+        },
+    }
+}
+
+/// The writer's end of the queue.
+pub(crate) struct WriterQueue {
+    queue: Arc<Queue>,
+    stopped: tokio::sync::watch::Sender<bool>,
+}
+
+/// A new queue: the handle callers submit through, and the end the writer reads.
+pub(crate) fn queue(config: &WriterConfig) -> (WriterHandle, WriterQueue) {
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState::default()),
+        work: Notify::new(),
+        room: Notify::new(),
+        capacity: config.capacity.max(1),
+        handles: AtomicUsize::new(1),
+    });
+    let (stopped, stopped_rx) = tokio::sync::watch::channel(false);
+    (
+        WriterHandle {
+            queue: queue.clone(),
+            stopped: stopped_rx,
+        },
+        WriterQueue { queue, stopped },
+    )
+}
+
+/// Starts the writer: a thread of its own for SQLite (its statements run there, and so
+/// does its disk flush), a task for PostgreSQL.
+pub(crate) fn start(
+    queue: WriterQueue,
+    home: Home,
+    shared: Weak<Shared>,
+    config: WriterConfig,
+) -> std::io::Result<()> {
+    match home {
+        Home::Direct { .. } => {
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("cairn-log-writer".to_owned())
+                .spawn(move || runtime.block_on(run(queue, home, shared, config)))
+                .map(drop)
+        }
+        Home::Postgres { .. } => {
+            tokio::spawn(run(queue, home, shared, config));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! What the engine does next for a run, decided from the run, its recorded history and
+//! the workflow's own decision, without touching the database.
+//!
+//! [`next`] names one thing: record an event (a timer, a completion, the start of
+//! compensation), perform an attempt of a step, or wait. [`after`] turns an attempt's
+//! outcome into the event that records it. The engine does what they say and nothing
+//! else, so every rule about retries, timers and compensation order lives here, with
+//! tests that need no database.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use cairn_dispatch::EventPayload as _;
+use cairn_log::NewEvent;
+use cairn_types::Metadata;
+
+use crate::definition::{
+    Decision, Effect, History, StepCall, StepError, StepKind, StepRecord, StepStatus, Workflow,
+};
+use crate::engine::compensation_name;
+use crate::events::{
+    CompensationFailed, CompensationStarted, StepAttemptFailed, StepCompleted, StepFailed,
+    StepStarted, TimerFired, TimerStarted, WorkflowCompleted, WorkflowFailed,
+};
+use crate::state::{Run, RunStatus};
+
+/// Whether an attempt performs a step or undoes one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Role {
+    Action,
+    /// Undoes this completed step.
+    Compensation(StepRecord),
+}
+
+/// One attempt of a step, to perform.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Attempt {
+    pub(crate) call: StepCall,
+    pub(crate) role: Role,
+    /// From 1.
+    pub(crate) number: u32,
+    /// An earlier attempt started and never finished: its effect may have happened.
+    pub(crate) in_doubt: bool,
+}
+
+impl Attempt {
+    pub(crate) fn compensation(&self) -> bool {
+        matches!(self.role, Role::Compensation(_))
+    }
+
+    /// Whether the attempt's start is recorded before it runs: a step that acts outside
+    /// the database must be known to be in doubt if the process stops mid-way.
+    pub(crate) fn records_start(&self) -> bool {
+        self.call.effect == Effect::External
+    }
+
+    /// The record of the attempt's start.
+    pub(crate) fn started(&self, at: DateTime<Utc>) -> RunEvent {
+        RunEvent::StepStarted(StepStarted {
+            step: self.call.name.clone(),
+            attempt: self.number,
+            compensation: self.compensation(),
+            at,
+        })
+    }
+}
+
+/// What to do next for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Next {
+    /// Record this event; then look again, unless `stop`.
+    Record { event: RunEvent, stop: bool },
+    /// Perform an attempt of a step.
+    Perform(Attempt),
+    /// Nothing to do now: the run is finished, or waits for a timer or a retry.
+    Wait,
+}
+
+/// An event of a run's stream, before it has metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RunEvent {
+    StepStarted(StepStarted),
+    StepCompleted(StepCompleted),
+    StepAttemptFailed(StepAttemptFailed),
+    StepFailed(StepFailed),
+    TimerStarted(TimerStarted),
+    TimerFired(TimerFired),
+    CompensationStarted(CompensationStarted),
+    Completed(WorkflowCompleted),
+    Failed(WorkflowFailed),
+    CompensationFailed(CompensationFailed),
+}
+
+impl RunEvent {
+    pub(crate) fn to_event(&self, metadata: Metadata) -> NewEvent {
+        match self {
+            RunEvent::StepStarted(e) => e.to_event(metadata),
+            RunEvent::StepCompleted(e) => e.to_event(metadata),
+            RunEvent::StepAttemptFailed(e) => e.to_event(metadata),
+            RunEvent::StepFailed(e) => e.to_event(metadata),
+            RunEvent::TimerStarted(e) => e.to_event(metadata),
+            RunEvent::TimerFired(e) => e.to_event(metadata),
+            RunEvent::CompensationStarted(e) => e.to_event(metadata),
+            RunEvent::Completed(e) => e.to_event(metadata),
+            RunEvent::Failed(e) => e.to_event(metadata),
+            RunEvent::CompensationFailed(e) => e.to_event(metadata),
+        }
+    }
+}
+
+fn record(event: RunEvent) -> Next {
+    Next::Record { event, stop: false }
+}
+
+fn record_and_stop(event: RunEvent) -> Next {
+    Next::Record { event, stop: true }
+}
+
+/// What comes next for `run`, whose recorded steps are `history`, at `now`.
+pub(crate) fn next(
+    workflow: &dyn Workflow,
+    run: &Run,
+    history: &History,
+    now: DateTime<Utc>,
+) -> Next {
+    if run.status.is_finished() || run.next_run_at.is_none_or(|at| at > now) {
+        return Next::Wait;
+    }
+    match run.status {
+        RunStatus::Running => {
+            let decision = workflow
+                .decide(&run.input, history)
+                .unwrap_or_else(|message| {
+                    Decision::Fail(format!("the workflow cannot go on: {message}"))
+                });
+            match decision {
+                Decision::Run(call) => attempt(call, Role::Action, history, now),
+                Decision::Sleep { timer, until } => match history.get(&timer) {
+                    None => record(RunEvent::TimerStarted(TimerStarted {
+                        timer,
+                        until,
+                        at: now,
+                    })),
+                    Some(step)
+                        if step.status == StepStatus::Waiting
+                            && step.wake_at.is_some_and(|at| at <= now) =>
+                    {
+                        record(RunEvent::TimerFired(TimerFired { timer, at: now }))
+                    }
+                    Some(step) if step.status == StepStatus::Waiting => Next::Wait,
+                    Some(_) => record(RunEvent::CompensationStarted(CompensationStarted {
+                        reason: format!(
+                            "the workflow asked to sleep on timer {timer}, which already fired"
+                        ),
+                        at: now,
+                    })),
+                },
+                Decision::Complete(output) => {
+                    record_and_stop(RunEvent::Completed(WorkflowCompleted { output, at: now }))
+                }
+                Decision::Fail(reason) => {
+                    record(RunEvent::CompensationStarted(CompensationStarted {
+                        reason,
+                        at: now,
+                    }))
+                }
+            }
+        }
+        RunStatus::Compensating => compensate(workflow, run, history, now),
+        RunStatus::Completed | RunStatus::Failed | RunStatus::CompensationFailed => Next::Wait,
+    }
+}
+
+/// Every compensation runs, newest first, even when an earlier one failed for good:
+/// one stuck undo must not keep the others (the safety net among them) from running.
+fn compensate(workflow: &dyn Workflow, run: &Run, history: &History, now: DateTime<Utc>) -> Next {
+    let compensable = history.steps.iter().rev().filter(|step| {
+        step.kind == StepKind::Action && step.compensable && step.status == StepStatus::Completed
+    });
+    let mut failed: Vec<(String, Option<String>)> = Vec::new();
+    for step in compensable {
+        match history.get(&compensation_name(&step.name)) {
+            Some(done) if done.status == StepStatus::Completed => {}
+            Some(done) if done.status == StepStatus::Failed => {
+                failed.push((step.name.clone(), done.last_error.clone()));
+            }
+            _ => {
+                let call = StepCall::new(compensation_name(&step.name))
+                    .retry(workflow.compensation_policy());
+                return attempt(call, Role::Compensation(step.clone()), history, now);
+            }
+        }
+    }
+    if failed.is_empty() {
+        let reason = run
+            .failure
+            .clone()
+            .unwrap_or_else(|| "the workflow failed".to_owned());
+        return record_and_stop(RunEvent::Failed(WorkflowFailed { reason, at: now }));
+    }
+    let error = failed
+        .iter()
+        .map(|(step, error)| {
+            format!(
+                "undoing {step}: {}",
+                error.as_deref().unwrap_or("no message")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    record_and_stop(RunEvent::CompensationFailed(CompensationFailed {
+        step: failed[0].0.clone(),
+        error,
+        at: now,
+    }))
+}
+
+fn attempt(call: StepCall, role: Role, history: &History, now: DateTime<Utc>) -> Next {
+    let previous = history.get(&call.name);
+    if let Some(step) = previous {
+        match step.status {
+            StepStatus::Retrying if step.wake_at.is_some_and(|at| at > now) => return Next::Wait,
+            StepStatus::Completed
+            | StepStatus::Failed
+            | StepStatus::Waiting
+            | StepStatus::Fired => {
+                return record(RunEvent::CompensationStarted(CompensationStarted {
+                    reason: format!(
+                        "the workflow asked to run step {}, which is already {:?}: a bug in its decide",
+                        call.name, step.status
+                    ),
+                    at: now,
+                }));
+            }
+            StepStatus::Running | StepStatus::Retrying => {}
+        }
+    }
+    Next::Perform(Attempt {
+        number: previous.map_or(1, |step| step.attempts + 1),
+        in_doubt: previous.is_some_and(|step| step.status == StepStatus::Running),
+        call,
+        role,
+    })
+}
+
+/// The event that records an attempt's outcome, and whether the run can go on at
+/// `now` (false: it waits for a retry).
+pub(crate) fn after(
+    attempt: &Attempt,
+    outcome: Result<Value, StepError>,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (RunEvent, bool) {
+    let step = attempt.call.name.clone();
+    let compensation = attempt.compensation();
+    match outcome {
+        Ok(result) => (
+            RunEvent::StepCompleted(StepCompleted {
+                step,
+                attempt: attempt.number,
+                result,
+                compensable: attempt.call.compensable,
+                compensation,
+                started_at,
+                finished_at,
+            }),
+            true,
+        ),
+        Err(error) if error.retryable && attempt.number < attempt.call.retry.max_attempts => {
+            let wait = chrono::Duration::from_std(attempt.call.retry.backoff(attempt.number))
+                .unwrap_or(chrono::Duration::zero());
+            let retry_at = finished_at + wait;
+            (
+                RunEvent::StepAttemptFailed(StepAttemptFailed {
+                    step,
+                    attempt: attempt.number,
+                    error: error.message,
+                    compensation,
+                    started_at,
+                    finished_at,
+                    retry_at,
+                }),
+                retry_at <= now,
+            )
+        }
+        Err(error) => (
+            RunEvent::StepFailed(StepFailed {
+                step,
+                attempt: attempt.number,
+                error: error.message,
+                permanent: !error.retryable,
+                compensation,
+                started_at,
+                finished_at,
+            }),
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::RetryPolicy;
+    use cairn_types::{CorrelationId, WorkflowId};
+    use serde_json::json;
+
+    /// A workflow that runs `a` then `b` (compensable), then completes; `b` may ask to
+    /// sleep on a timer first.
+    struct Two;
+
+    #[async_trait::async_trait]
+    impl Workflow for Two {
+        fn kind(&self) -> &'static str {
+            "two"
+        }
+
+        fn decide(&self, input: &Value, history: &History) -> Result<Decision, String> {
+            if !history.completed("a") {
+                return Ok(Decision::Run(StepCall::new("a").retry(RetryPolicy {
+                    max_attempts: 3,
+                    initial: std::time::Duration::from_secs(10),
+                    factor: 2.0,
+                    max: std::time::Duration::from_secs(60),
+                })));
+            }
+            if input["sleep"] == json!(true) && history.fired("nap").is_none() {
+                return Ok(Decision::Sleep {
+                    timer: "nap".to_owned(),
+                    until: at(100),
+                });
+            }
+            if !history.completed("b") {
+                return Ok(Decision::Run(StepCall::new("b").compensable()));
+            }
+            Ok(Decision::Complete(json!("done")))
+        }
+
+        async fn perform(
+            &self,
+            _input: &Value,
+            _call: &StepCall,
+            _ctx: &mut crate::StepContext<'_>,
+        ) -> Result<Value, StepError> {
+            Ok(Value::Null)
+        }
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a valid time")
+    }
+
+    fn run(status: RunStatus, input: Value) -> Run {
+        Run {
+            id: WorkflowId::new_v7(),
+            kind: "two".to_owned(),
+            status,
+            input,
+            output: None,
+            failure: Some("b broke".to_owned()),
+            correlation_id: CorrelationId::new_v7(),
+            org_id: None,
+            actor: None,
+            parent_id: None,
+            current_step: None,
+            version: 1,
+            next_run_at: Some(at(0)),
+            created_at: at(0),
+            updated_at: at(0),
+        }
+    }
+
+    fn step(name: &str, kind: StepKind, status: StepStatus, attempts: u32) -> StepRecord {
+        StepRecord {
+            name: name.to_owned(),
+            seq: 0,
+            kind,
+            status,
+            attempts,
+            result: None,
+            last_error: (status == StepStatus::Failed).then(|| format!("{name} broke")),
+            compensable: name == "b",
+            started_at: None,
+            finished_at: None,
+            wake_at: match status {
+                StepStatus::Retrying | StepStatus::Waiting => Some(at(50)),
+                _ => None,
+            },
+        }
+    }
+
+    fn history(steps: &[StepRecord]) -> History {
+        History {
+            steps: steps.to_vec(),
+        }
+    }
+
+    /// One check: the run's status and history at a time, and what must come next.
+    #[track_caller]
+    fn check(status: RunStatus, input: Value, steps: &[StepRecord], now: i64, expect: &str) {
+        let next = next(&Two, &run(status, input), &history(steps), at(now));
+        let said = match &next {
+            Next::Wait => "wait".to_owned(),
+            Next::Perform(attempt) => format!(
+                "perform {} #{}{}{}",
+                attempt.call.name,
+                attempt.number,
+                if attempt.in_doubt { " in doubt" } else { "" },
+                if attempt.compensation() {
+                    " (undo)"
+                } else {
+                    ""
+                }
+            ),
+            Next::Record { event, stop } => format!(
+                "record {}{}",
+                match event {
+                    RunEvent::TimerStarted(_) => "timer started",
+                    RunEvent::TimerFired(_) => "timer fired",
+                    RunEvent::CompensationStarted(_) => "compensation started",
+                    RunEvent::Completed(_) => "completed",
+                    RunEvent::Failed(_) => "failed",
+                    RunEvent::CompensationFailed(_) => "compensation failed",
+                    _ => "a step event",
+                },
+                if *stop { ", stop" } else { "" }
+            ),
+        };
+        assert_eq!(said, expect);
+    }
+
+    #[test]
+    fn the_plan_follows_the_history() {
+        use StepKind::{Action, Compensation, Timer};
+        use StepStatus::*;
+        let run_ = RunStatus::Running;
+        let undo = RunStatus::Compensating;
+        let none = json!({});
+        let sleepy = json!({"sleep": true});
+        check(run_, none.clone(), &[], 0, "perform a #1");
+        check(
+            run_,
+            none.clone(),
+            &[step("a", Action, Running, 1)],
+            0,
+            "perform a #2 in doubt",
+        );
+        check(
+            run_,
+            none.clone(),
+            &[step("a", Action, Retrying, 1)],
+            10,
+            "wait",
+        );
+        check(
+            run_,
+            none.clone(),
+            &[step("a", Action, Retrying, 1)],
+            60,
+            "perform a #2",
+        );
+        check(
+            run_,
+            none.clone(),
+            &[step("a", Action, Completed, 1)],
+            0,
+            "perform b #1",
+        );
+        check(
+            run_,
+            none.clone(),
+            &[
+                step("a", Action, Completed, 1),
+                step("b", Action, Completed, 1),
+            ],
+            0,
+            "record completed, stop",
+        );
+        check(
+            run_,
+            sleepy.clone(),
+            &[step("a", Action, Completed, 1)],
+            0,
+            "record timer started",
+        );
+        check(
+            run_,
+            sleepy.clone(),
+            &[
+                step("a", Action, Completed, 1),
+                step("nap", Timer, Waiting, 0),
+            ],
+            10,
+            "wait",
+        );
+        check(
+            run_,
+            sleepy,
+            &[
+                step("a", Action, Completed, 1),
+                step("nap", Timer, Waiting, 0),
+            ],
+            60,
+            "record timer fired",
+        );
+        check(
+            undo,
+            none.clone(),
+            &[
+                step("a", Action, Completed, 1),
+                step("b", Action, Completed, 1),
+            ],
+            0,
+            "perform compensate:b #1 (undo)",
+        );
+        check(
+            undo,
+            none.clone(),
+            &[
+                step("b", Action, Completed, 1),
+                step("compensate:b", Compensation, Completed, 1),
+            ],
+            0,
+            "record failed, stop",
+        );
+        check(
+            undo,
+            none.clone(),
+            &[
+                step("b", Action, Completed, 1),
+                step("compensate:b", Compensation, Failed, 10),
+            ],
+            0,
+            "record compensation failed, stop",
+        );
+        check(RunStatus::Completed, none, &[], 0, "wait");
+    }
+
+    #[test]
+    fn a_decide_that_repeats_a_finished_step_compensates() {
+        struct Again;
+        #[async_trait::async_trait]
+        impl Workflow for Again {
+            fn kind(&self) -> &'static str {
+                "again"
+            }
+            fn decide(&self, _input: &Value, _history: &History) -> Result<Decision, String> {
+                Ok(Decision::Run(StepCall::new("a")))
+            }
+            async fn perform(
+                &self,
+                _input: &Value,
+                _call: &StepCall,
+                _ctx: &mut crate::StepContext<'_>,
+            ) -> Result<Value, StepError> {
+                Ok(Value::Null)
+            }
+        }
+        let next = next(
+            &Again,
+            &run(RunStatus::Running, json!({})),
+            &history(&[step("a", StepKind::Action, StepStatus::Completed, 1)]),
+            at(0),
+        );
+        assert!(
+            matches!(&next, Next::Record { event: RunEvent::CompensationStarted(e), stop: false } if e.reason.contains("a bug in its decide")),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn outcomes_retry_until_the_policy_gives_up() {
+        let attempt = |number| Attempt {
+            call: StepCall::new("a").retry(RetryPolicy {
+                max_attempts: 3,
+                initial: std::time::Duration::from_secs(10),
+                factor: 2.0,
+                max: std::time::Duration::from_secs(60),
+            }),
+            role: Role::Action,
+            number,
+            in_doubt: false,
+        };
+        let (event, go_on) = after(&attempt(1), Ok(json!(1)), at(0), at(1), at(1));
+        assert!(matches!(event, RunEvent::StepCompleted(_)) && go_on);
+        let (event, go_on) = after(
+            &attempt(2),
+            Err(StepError::retryable("flaky")),
+            at(0),
+            at(1),
+            at(1),
+        );
+        assert!(
+            matches!(&event, RunEvent::StepAttemptFailed(e) if e.retry_at == at(21)) && !go_on,
+            "{event:?}"
+        );
+        let (event, go_on) = after(
+            &attempt(3),
+            Err(StepError::retryable("flaky")),
+            at(0),
+            at(1),
+            at(1),
+        );
+        assert!(
+            matches!(&event, RunEvent::StepFailed(e) if !e.permanent) && go_on,
+            "{event:?}"
+        );
+        let (event, _) = after(
+            &attempt(1),
+            Err(StepError::permanent("no")),
+            at(0),
+            at(1),
+            at(1),
+        );
+        assert!(
+            matches!(&event, RunEvent::StepFailed(e) if e.permanent),
+            "{event:?}"
+        );
+    }
+}
