@@ -222,11 +222,12 @@ impl Tx {
         let mut found = std::collections::HashMap::new();
         let mut conn = self.conn();
         if let Some(pg) = conn.postgres() {
+            // One index seek per stream, however long the streams are.
             let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
             let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-                "SELECT DISTINCT ON (stream_id) stream_id, stream_type, stream_version \
-                 FROM domain_events WHERE stream_id = ANY($1) \
-                 ORDER BY stream_id, stream_version DESC",
+                "SELECT s.id, d.stream_type, d.stream_version FROM UNNEST($1::uuid[]) AS s(id) \
+                 CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
+                 WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d",
             )
             .bind(ids)
             .fetch_all(pg)
@@ -238,21 +239,18 @@ impl Tx {
                 );
             }
         } else {
-            for chunk in wanted.chunks(100) {
-                let placeholders: Vec<String> =
-                    (1..=chunk.len()).map(|n| format!("${n}")).collect();
-                let sql = Sql::built(format!(
-                    "SELECT stream_id, stream_type, MAX(stream_version) AS stream_version \
-                     FROM domain_events WHERE stream_id IN ({}) GROUP BY stream_id, stream_type",
-                    placeholders.join(", ")
-                ));
-                let args = chunk
-                    .iter()
-                    .map(|id| crate::sql::IntoArg::into_arg(*id))
-                    .collect();
-                for row in conn.fetch_all(sql, args).await? {
+            // SQLite runs in this thread: a statement per stream costs no round trip.
+            for id in &wanted {
+                let row = conn
+                    .fetch_optional(
+                        "SELECT stream_type, stream_version FROM domain_events WHERE stream_id = $1 \
+                         ORDER BY stream_version DESC LIMIT 1",
+                        args![*id],
+                    )
+                    .await?;
+                if let Some(row) = row {
                     found.insert(
-                        row.get::<StreamId>("stream_id")?,
+                        *id,
                         (
                             row.get::<String>("stream_type")?,
                             StreamVersion::new(row.get("stream_version")?),

@@ -364,6 +364,9 @@ impl Db {
         let writer_pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
+            // A broken connection fails the batch, which the writer answers and
+            // retries on a fresh one: no ping before every batch.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_lazy_with(connect.clone().application_name("cairn-log-writer"));
         let config = options

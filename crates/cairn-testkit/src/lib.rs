@@ -295,6 +295,20 @@ impl TestDb {
     }
 
     /// Opens a second, independent connection pool to the same database, as another
+    /// process would, with its own log writer set up as `writer` says.
+    pub async fn connect_with(&self, writer: cairn_log::WriterConfig) -> anyhow::Result<Db> {
+        Ok(Db::connect(
+            &self.place.url,
+            &DbOptions {
+                max_connections: 5,
+                writer: Some(writer),
+                ..DbOptions::default()
+            },
+        )
+        .await?)
+    }
+
+    /// Opens a second, independent connection pool to the same database, as another
     /// process would.
     pub async fn connect_again(&self) -> anyhow::Result<Db> {
         Ok(Db::connect(

@@ -528,12 +528,32 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Appends through the dispatcher (1 and 8 writers, batches of 100) and replay.
-    Append(BenchAppendArgs),
+    /// Appends through the dispatcher (1, 8 and 64 writers, batches of 100) and replay.
+    Append(BenchLogArgs),
     /// Bootstrap workflows per second, and the engine's overhead per step.
     Workflow(BenchAppendArgs),
     /// From a command's HTTP request to its event at SSE subscribers (1 and 100).
     Realtime(BenchAppendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLogArgs {
+    /// Concurrent writers, one scenario each: a comma-separated list.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_usize, 8, 64])]
+    pub writers: Vec<usize>,
+    /// Events per append. Without it: single events for each writer count, then
+    /// batches of 100 with one writer.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// How the log writer isolates units of work: savepoints or optimistic (the
+    /// backend's default without it).
+    #[arg(long)]
+    pub mode: Option<cairn_log::WriteMode>,
+    /// Skip the replay scenario.
+    #[arg(long)]
+    pub no_replay: bool,
+    #[command(flatten)]
+    pub common: BenchAppendArgs,
 }
 
 #[derive(Debug, Args)]

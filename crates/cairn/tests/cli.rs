@@ -459,6 +459,11 @@ backend_test!(
         assert_exit(&output, 0);
         let report = json_of(&output);
         assert_eq!(report["backend"], json!(t.backend().as_str()));
+        let default_mode = match t.backend() {
+            Backend::Sqlite => "savepoints",
+            Backend::Postgres => "optimistic",
+        };
+        assert_eq!(report["mode"], json!(default_mode));
         let scenarios = report["scenarios"].as_array().expect("scenarios");
         let names: Vec<&str> = scenarios
             .iter()
@@ -469,6 +474,7 @@ backend_test!(
             [
                 "single event, 1 writer",
                 "single event, 8 writers",
+                "single event, 64 writers",
                 "batch of 100, 1 writer",
                 "replay"
             ]
@@ -480,14 +486,68 @@ backend_test!(
                 "{scenario}"
             );
         }
-        let appended: u64 = scenarios[..3]
+        for scenario in &scenarios[..4] {
+            assert!(
+                scenario["p50_ms"].as_f64() <= scenario["p99_ms"].as_f64(),
+                "{scenario}"
+            );
+        }
+        let appended: u64 = scenarios[..4]
             .iter()
             .filter_map(|s| s["events"].as_u64())
             .sum();
         assert_eq!(
-            scenarios[3]["events"].as_u64(),
+            scenarios[4]["events"].as_u64(),
             Some(appended),
             "replay covers every appended event"
+        );
+
+        // Chosen writer counts and batch, the other write mode, no replay.
+        let other_mode = match t.backend() {
+            Backend::Sqlite => "optimistic",
+            Backend::Postgres => "savepoints",
+        };
+        let output = cairn(
+            t.url(),
+            &[
+                "bench",
+                "append",
+                "--seconds",
+                "0.2",
+                "--writers",
+                "2,4",
+                "--batch",
+                "10",
+                "--mode",
+                other_mode,
+                "--no-replay",
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&output, 0);
+        let report = json_of(&output);
+        assert_eq!(report["mode"], json!(other_mode));
+        let shapes: Vec<(u64, u64)> = report["scenarios"]
+            .as_array()
+            .expect("scenarios")
+            .iter()
+            .map(|s| {
+                (
+                    s["writers"].as_u64().unwrap_or(0),
+                    s["events_per_append"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(shapes, [(2, 10), (4, 10)]);
+
+        // A writer count that makes no sense is refused, saying which.
+        let output = cairn(t.url(), &["bench", "append", "--writers", "8,0"]).await;
+        assert_exit(&output, 2);
+        assert!(
+            stderr(&output).contains("--writers takes counts from 1 to 1024, not 0"),
+            "{}",
+            stderr(&output)
         );
         assert_eq!(
             n_events(t.url()).await,

@@ -13,7 +13,7 @@ use cairn_log::{AppendRequest, Migration, NewEvent, RecordedEvent, args};
 use cairn_types::{EventType, Metadata, StreamId, StreamType};
 
 use crate::app;
-use crate::cli::BenchAppendArgs;
+use crate::cli::BenchLogArgs;
 use crate::ui;
 
 const BENCH_TABLES: &[Migration] = &[Migration {
@@ -64,7 +64,7 @@ fn registry() -> anyhow::Result<Registry> {
 
 #[derive(Debug, Serialize)]
 struct Scenario {
-    name: &'static str,
+    name: String,
     writers: usize,
     events_per_append: usize,
     appends: u64,
@@ -79,6 +79,8 @@ struct Scenario {
 struct BenchReport {
     backend: &'static str,
     place: String,
+    /// How the log writer isolated units of work.
+    mode: &'static str,
     scenarios: Vec<Scenario>,
 }
 
@@ -100,7 +102,7 @@ fn bench_event() -> NewEvent {
 
 async fn run_appends(
     store: &EventStore,
-    name: &'static str,
+    name: String,
     writers: usize,
     events_per_append: usize,
     duration: Duration,
@@ -167,26 +169,78 @@ async fn futures_join<T>(
     results
 }
 
-pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
-    let duration = super::scenario_duration(&args)?;
-    let (place, db, described) = super::Place::open(url).await?;
+/// The scenarios to run: (writers, events per append).
+fn scenarios(args: &BenchLogArgs) -> anyhow::Result<Vec<(usize, usize)>> {
+    anyhow::ensure!(
+        !args.writers.is_empty(),
+        "--writers needs at least one count"
+    );
+    for &writers in &args.writers {
+        anyhow::ensure!(
+            (1..=1024).contains(&writers),
+            "--writers takes counts from 1 to 1024, not {writers}"
+        );
+    }
+    Ok(match args.batch {
+        Some(batch) => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&batch),
+                "--batch takes 1 to 10000 events per append, not {batch}"
+            );
+            args.writers.iter().map(|&w| (w, batch)).collect()
+        }
+        None => {
+            let mut scenarios: Vec<(usize, usize)> = args.writers.iter().map(|&w| (w, 1)).collect();
+            scenarios.push((1, 100));
+            scenarios
+        }
+    })
+}
+
+fn scenario_name(writers: usize, batch: usize) -> String {
+    let what = if batch == 1 {
+        "single event".to_owned()
+    } else {
+        format!("batch of {batch}")
+    };
+    let who = if writers == 1 {
+        "1 writer".to_owned()
+    } else {
+        format!("{writers} writers")
+    };
+    format!("{what}, {who}")
+}
+
+pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
+    let duration = super::scenario_duration(&args.common)?;
+    let planned = scenarios(&args)?;
+    let (place, db, described) = super::Place::open(url, args.mode).await?;
     let mut migrations = app::migrations();
     migrations.push(BENCH_TABLES);
     db.migrate(&migrations).await?;
     let backend = db.backend();
+    let mode = db.writer_config().mode;
     let store = EventStore::new(db.clone(), registry()?);
-    super::announce("append", &described, duration, args.json.json);
+    let described = format!("{described}, writer mode {}", mode.as_str());
+    super::announce("append", &described, duration, args.common.json.json);
     let result = async {
         let mut scenarios = Vec::new();
-        for (name, writers, batch) in [
-            ("single event, 1 writer", 1, 1),
-            ("single event, 8 writers", 8, 1),
-            ("batch of 100, 1 writer", 1, 100),
-        ] {
+        for (writers, batch) in planned {
             let progress = ui::Progress::new("running");
-            let scenario = run_appends(&store, name, writers, batch, duration, &progress).await;
+            let scenario = run_appends(
+                &store,
+                scenario_name(writers, batch),
+                writers,
+                batch,
+                duration,
+                &progress,
+            )
+            .await;
             progress.finish();
             scenarios.push(scenario?);
+        }
+        if args.no_replay {
+            return anyhow::Ok(scenarios);
         }
         let progress = ui::Progress::new("replaying");
         let started = Instant::now();
@@ -205,7 +259,7 @@ pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode
             report.n_failed
         );
         scenarios.push(Scenario {
-            name: "replay",
+            name: "replay".to_owned(),
             writers: 1,
             events_per_append: 0,
             appends: 0,
@@ -224,9 +278,10 @@ pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode
     let report = BenchReport {
         backend: backend.as_str(),
         place: described,
+        mode: mode.as_str(),
         scenarios,
     };
-    if args.json.json {
+    if args.common.json.json {
         ui::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -238,7 +293,7 @@ pub async fn append(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode
     };
     for scenario in &report.scenarios {
         table.add_row(vec![
-            scenario.name.to_owned(),
+            scenario.name.clone(),
             ui::count(scenario.events),
             ui::count(scenario.events_per_second.round() as u64),
             ms(scenario.p50_ms),

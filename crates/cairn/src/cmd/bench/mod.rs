@@ -48,7 +48,18 @@ pub(super) enum Place {
 }
 
 impl Place {
-    pub(super) async fn open(url: &str) -> anyhow::Result<(Place, Db, String)> {
+    /// Opens a place of its own on the backend `url` names, its log writer in `mode`
+    /// (the backend's default without one).
+    pub(super) async fn open(
+        url: &str,
+        mode: Option<cairn_log::WriteMode>,
+    ) -> anyhow::Result<(Place, Db, String)> {
+        let writer = |backend| {
+            mode.map(|mode| cairn_log::WriterConfig {
+                mode,
+                ..cairn_log::WriterConfig::for_backend(backend)
+            })
+        };
         let probe = Db::connect(url, &DbOptions::default()).await?;
         let backend = probe.backend();
         probe.close().await;
@@ -68,7 +79,11 @@ impl Place {
                         format!("creating a temporary directory in {}", parent.display())
                     })?;
                 let bench_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                let db = app::open_db(&bench_url, &DbOptions::default()).await?;
+                let options = DbOptions {
+                    writer: writer(Backend::Sqlite),
+                    ..DbOptions::default()
+                };
+                let db = app::open_db(&bench_url, &options).await?;
                 let described = format!("sqlite, a temporary database in {}", parent.display());
                 Ok((Place::Sqlite { dir }, db, described))
             }
@@ -80,7 +95,7 @@ impl Place {
                 let options = DbOptions {
                     max_connections: 12,
                     schema: Some(schema.clone()),
-                    ..DbOptions::default()
+                    writer: writer(Backend::Postgres),
                 };
                 let db = app::open_db(url, &options).await?;
                 let described = format!(

@@ -211,7 +211,7 @@ async fn scenario(
 
 pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
     let duration = super::scenario_duration(&args)?;
-    let (place, db, described) = super::Place::open(url).await?;
+    let (place, db, described) = super::Place::open(url, None).await?;
     let backend = db.backend();
     super::announce("realtime", &described, duration, args.json.json);
     let result = async {

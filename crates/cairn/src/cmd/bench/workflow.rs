@@ -288,7 +288,7 @@ async fn noop(
 
 pub async fn workflow(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
     let duration = super::scenario_duration(&args)?;
-    let (place, db, described) = super::Place::open(url).await?;
+    let (place, db, described) = super::Place::open(url, None).await?;
     let backend = db.backend();
     let store = EventStore::new(db.clone(), app::registry());
     super::announce("workflow", &described, duration, args.json.json);

@@ -1,0 +1,276 @@
+//! The log writer on both backends and in both write modes: units of work that share
+//! a transaction, neighbours that fail, a bounded queue, panics, and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cairn_log::{
+    Admission, AppendError, AppendRequest, Db, DbError, DbErrorKind, EventFilter, NewEvent,
+    Prepared, RecordedEvent, WriteMode, WriteOptions, WriterConfig, args,
+};
+use cairn_testkit::{TestDb, backend_test};
+use cairn_types::{EventType, Metadata, StreamId, StreamType};
+use serde_json::json;
+
+fn ping(n: i64) -> NewEvent {
+    NewEvent::new(
+        EventType::parse("test.pinged").expect("valid name"),
+        json!({ "n": n }),
+        Metadata::new(),
+    )
+}
+
+fn request(stream_id: StreamId, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest::new(
+        StreamType::parse("test").expect("valid name"),
+        stream_id,
+        events,
+    )
+}
+
+/// A unit of work that appends one event and then, if `fail`, writes a marker row and
+/// refuses (so that it has something to undo).
+async fn append_unit(db: &Db, n: i64, fail: bool) -> Result<Vec<RecordedEvent>, AppendError> {
+    db.write(WriteOptions::default(), move |tx| {
+        Box::pin(async move {
+            let events = match tx
+                .prepare_append(request(StreamId::new_v7(), vec![ping(n)]))
+                .await?
+            {
+                Prepared::New(pending) => tx.write_append(pending).await?,
+                Prepared::Repeat(events) => events,
+            };
+            if fail {
+                tx.conn()
+                    .execute(
+                        "UPDATE log_head SET failed_events = failed_events + 1000 WHERE id = 1",
+                        args![],
+                    )
+                    .await?;
+                return Err(AppendError::NoEvents);
+            }
+            Ok(events)
+        })
+    })
+    .await
+}
+
+async fn all_events(db: &Db) -> anyhow::Result<Vec<RecordedEvent>> {
+    Ok(db
+        .reader()
+        .await?
+        .conn()
+        .read_events(&EventFilter {
+            limit: Some(10_000),
+            ..EventFilter::default()
+        })
+        .await?)
+}
+
+/// Always false; keeps the compiler from seeing that the panic is certain.
+fn pending_is_empty() -> bool {
+    std::hint::black_box(false)
+}
+
+fn config(backend: cairn_testkit::Backend, mode: WriteMode) -> WriterConfig {
+    WriterConfig {
+        mode,
+        ..WriterConfig::for_backend(backend)
+    }
+}
+
+/// Many units at once, every fifth refusing after it wrote: the others commit, the
+/// refused ones leave nothing, positions stay gapless, in both write modes.
+async fn neighbours_are_unaffected(t: &TestDb, mode: WriteMode) -> anyhow::Result<()> {
+    let db = t.connect_with(config(t.backend(), mode)).await?;
+    let mut tasks = Vec::new();
+    for n in 0..200_i64 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            (n, append_unit(&db, n, n % 5 == 0).await)
+        }));
+    }
+    let mut committed = Vec::new();
+    for task in tasks {
+        let (n, result) = task.await?;
+        match result {
+            Ok(events) => committed.push((n, events[0].position)),
+            Err(AppendError::NoEvents) => assert_eq!(n % 5, 0, "unit {n} refused"),
+            Err(other) => anyhow::bail!("unit {n}: {other:#}"),
+        }
+    }
+    assert_eq!(
+        committed.len(),
+        160,
+        "every unit that did not refuse committed"
+    );
+    let events = all_events(&db).await?;
+    let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
+    assert_eq!(
+        positions,
+        (1..=160).collect::<Vec<_>>(),
+        "gapless, refused units left no event"
+    );
+    for (n, position) in committed {
+        let event = &events[usize::try_from(position.get() - 1)?];
+        assert_eq!(
+            event.data,
+            json!({ "n": n }),
+            "each unit got its own event back"
+        );
+    }
+    let head = db.reader().await?.conn().head().await?;
+    assert_eq!(
+        head.failed_events, 0,
+        "the refused units' writes were undone"
+    );
+    assert!(db.verify_chain(&mut |_, _| {}).await?.is_intact());
+    db.close().await;
+    Ok(())
+}
+
+backend_test!(
+    a_refused_unit_leaves_its_neighbours_alone_with_savepoints,
+    |t: TestDb| async move { neighbours_are_unaffected(&t, WriteMode::Savepoints).await }
+);
+
+backend_test!(
+    a_refused_unit_leaves_its_neighbours_alone_optimistically,
+    |t: TestDb| async move { neighbours_are_unaffected(&t, WriteMode::Optimistic).await }
+);
+
+backend_test!(
+    a_panicking_unit_is_rolled_back_alone,
+    |t: TestDb| async move {
+        for mode in [WriteMode::Savepoints, WriteMode::Optimistic] {
+            let db = t.connect_with(config(t.backend(), mode)).await?;
+            let before = all_events(&db).await?.len();
+            let panicking = db.write(WriteOptions::default(), |tx| {
+                Box::pin(async move {
+                    let pending = match tx
+                        .prepare_append(request(StreamId::new_v7(), vec![ping(0)]))
+                        .await?
+                    {
+                        Prepared::New(pending) => pending,
+                        Prepared::Repeat(_) => unreachable!("no key"),
+                    };
+                    tx.write_append(pending).await?;
+                    if !pending_is_empty() {
+                        panic!("the unit of work panics on purpose");
+                    }
+                    Ok::<(), AppendError>(())
+                })
+            });
+            let (panicked, neighbour) = tokio::join!(panicking, append_unit(&db, 1, false));
+            match panicked {
+                Err(AppendError::Database(DbError::Panicked { message })) => {
+                    assert!(message.contains("on purpose"), "{message}");
+                }
+                other => anyhow::bail!("expected a panic to be reported, got {other:?}"),
+            }
+            neighbour?;
+            // The writer goes on.
+            append_unit(&db, 2, false).await?;
+            assert_eq!(all_events(&db).await?.len(), before + 2, "{mode:?}");
+            db.close().await;
+        }
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_full_queue_refuses_or_waits_and_loses_nothing,
+    |t: TestDb| async move {
+        let db = t
+            .connect_with(WriterConfig {
+                capacity: 2,
+                max_batch: 1,
+                ..WriterConfig::for_backend(t.backend())
+            })
+            .await?;
+        let refused = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for n in 0..100_i64 {
+            let db = db.clone();
+            let refused = refused.clone();
+            tasks.push(tokio::spawn(async move {
+                let options = WriteOptions {
+                    admission: if n % 2 == 0 {
+                        Admission::Refuse
+                    } else {
+                        Admission::Wait
+                    },
+                    ..WriteOptions::default()
+                };
+                let result: Result<u64, DbError> = db
+                    .write(options, move |tx| {
+                        Box::pin(async move {
+                            tx.conn()
+                                .execute("UPDATE log_head SET failed_events = failed_events WHERE id = 1", args![])
+                                .await
+                        })
+                    })
+                    .await;
+                match result {
+                    Ok(_) => true,
+                    Err(error) => {
+                        assert_eq!(error.kind(), DbErrorKind::Overloaded, "{error}");
+                        assert_eq!(n % 2, 0, "a waiting caller is never refused");
+                        assert!(error.to_string().contains("try again"), "{error}");
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        false
+                    }
+                }
+            }));
+        }
+        let mut done = 0;
+        for task in tasks {
+            done += usize::from(task.await?);
+        }
+        let refused = refused.load(Ordering::SeqCst);
+        assert!(
+            refused > 0,
+            "a queue of two refuses some of fifty eager callers"
+        );
+        assert_eq!(done + refused, 100, "every caller was answered");
+        db.close().await;
+        Ok(())
+    }
+);
+
+backend_test!(
+    closing_finishes_every_unit_already_taken,
+    |t: TestDb| async move {
+        let db = t.connect_again().await?;
+        let mut tasks = Vec::new();
+        for n in 0..50_i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(
+                async move { append_unit(&db, n, false).await },
+            ));
+        }
+        // Let every unit reach the queue, then close while most still wait.
+        tokio::task::yield_now().await;
+        while db.writer_queued() == 0 && tasks.iter().all(|task| !task.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        let close = db.clone();
+        let closing = tokio::spawn(async move { close.close().await });
+        let mut answered = 0;
+        for task in tasks {
+            match task.await? {
+                Ok(_) => answered += 1,
+                Err(AppendError::Database(DbError::WriterStopped)) => {}
+                Err(other) => anyhow::bail!("{other:#}"),
+            }
+        }
+        closing.await?;
+        let reader = t.connect_again().await?;
+        assert_eq!(
+            all_events(&reader).await?.len(),
+            answered,
+            "every unit answered with success is in the log, and no other"
+        );
+        Ok(())
+    }
+);
