@@ -29,6 +29,9 @@ use crate::spans::SpanRecord;
 use crate::sql::{Backend, Conn, Sql, dialect};
 use crate::tx::{LogState, PendingKey, PendingRow, StreamState, Tx};
 
+/// A row of the head-and-versions query: the head, then one stream (or none).
+type HeadAndStream = (i64, String, i64, Option<Uuid>, Option<String>, Option<i64>);
+
 /// The largest `event_data` accepted, in bytes of canonical JSON.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
 
@@ -204,11 +207,10 @@ impl Tx {
         Ok(state)
     }
 
-    /// Learns the versions of several streams in one statement, so that appends to
-    /// them in this transaction need not ask one by one. Takes the head lock first:
-    /// versions read without it could be stale by the time they are used.
+    /// Takes the head lock and learns the versions of several streams, in one
+    /// statement, so that appends to them in this transaction need not ask one by one.
+    /// Versions read without the head lock could be stale by the time they are used.
     pub async fn prefetch_streams(&mut self, stream_ids: &[StreamId]) -> Result<(), DbError> {
-        self.lock_head().await?;
         let mut wanted: Vec<StreamId> = stream_ids
             .iter()
             .copied()
@@ -216,46 +218,85 @@ impl Tx {
             .collect();
         wanted.sort();
         wanted.dedup();
+        let locked = self.log.head.is_some();
         if wanted.is_empty() {
+            self.lock_head().await?;
             return Ok(());
         }
         let mut found = std::collections::HashMap::new();
         let mut conn = self.conn();
-        if let Some(pg) = conn.postgres() {
-            // One index seek per stream, however long the streams are.
+        conn.send_queued().await?;
+        if !locked && let Some(pg) = conn.postgres() {
+            // The head row locked, and one index seek per stream however long the
+            // streams are, in one round trip.
             let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
-            let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-                "SELECT s.id, d.stream_type, d.stream_version FROM UNNEST($1::uuid[]) AS s(id) \
-                 CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
-                 WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d",
+            let rows: Vec<HeadAndStream> = sqlx::query_as(
+                "WITH head AS (SELECT last_position, last_hash, failed_events FROM log_head \
+                     WHERE id = 1 FOR UPDATE) \
+                     SELECT head.last_position, head.last_hash, head.failed_events, s.id, \
+                     d.stream_type, d.stream_version FROM head \
+                     LEFT JOIN (UNNEST($1::uuid[]) AS s(id) CROSS JOIN LATERAL \
+                     (SELECT stream_type, stream_version FROM domain_events \
+                     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d) ON true",
             )
             .bind(ids)
             .fetch_all(pg)
             .await?;
-            for (id, stream_type, version) in rows {
-                found.insert(
-                    StreamId::from_uuid(id),
-                    (stream_type, StreamVersion::new(version)),
-                );
-            }
-        } else {
-            // SQLite runs in this thread: a statement per stream costs no round trip.
-            for id in &wanted {
-                let row = conn
-                    .fetch_optional(
-                        "SELECT stream_type, stream_version FROM domain_events WHERE stream_id = $1 \
-                         ORDER BY stream_version DESC LIMIT 1",
-                        args![*id],
-                    )
-                    .await?;
-                if let Some(row) = row {
+            let Some(first) = rows.first() else {
+                return Err(DbError::decode("log_head", "the log's head row is missing"));
+            };
+            let head = Head {
+                last_position: Position::new(first.0),
+                last_hash: first.1.clone(),
+                failed_events: first.2,
+            };
+            for (_, _, _, id, stream_type, version) in rows {
+                if let (Some(id), Some(stream_type), Some(version)) = (id, stream_type, version) {
                     found.insert(
-                        *id,
-                        (
-                            row.get::<String>("stream_type")?,
-                            StreamVersion::new(row.get("stream_version")?),
-                        ),
+                        StreamId::from_uuid(id),
+                        (stream_type, StreamVersion::new(version)),
                     );
+                }
+            }
+            self.log.head = Some(head);
+        } else {
+            self.lock_head().await?;
+            let mut conn = self.conn();
+            if let Some(pg) = conn.postgres() {
+                let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
+                let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+                    "SELECT s.id, d.stream_type, d.stream_version FROM UNNEST($1::uuid[]) AS s(id) \
+                     CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
+                     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d",
+                )
+                .bind(ids)
+                .fetch_all(pg)
+                .await?;
+                for (id, stream_type, version) in rows {
+                    found.insert(
+                        StreamId::from_uuid(id),
+                        (stream_type, StreamVersion::new(version)),
+                    );
+                }
+            } else {
+                // SQLite runs in this thread: a statement per stream costs no round trip.
+                for id in &wanted {
+                    let row = conn
+                        .fetch_optional(
+                            "SELECT stream_type, stream_version FROM domain_events WHERE stream_id = $1 \
+                             ORDER BY stream_version DESC LIMIT 1",
+                            args![*id],
+                        )
+                        .await?;
+                    if let Some(row) = row {
+                        found.insert(
+                            *id,
+                            (
+                                row.get::<String>("stream_type")?,
+                                StreamVersion::new(row.get("stream_version")?),
+                            ),
+                        );
+                    }
                 }
             }
         }

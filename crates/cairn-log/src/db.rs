@@ -360,7 +360,12 @@ impl Db {
             .connect_with(connect.clone())
             .await
             .map_err(open)?;
-        // The writer's own connection: it never waits behind readers for one.
+        // The writer's own connection: it never waits behind readers for one. Its
+        // queued writes are written as literals, which needs standard strings (a
+        // backslash is an ordinary character); a new connection has none of the
+        // statements prepared on the one before.
+        let prepared = crate::pipeline::Prepared::default();
+        let forget = prepared.clone();
         let writer_pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
@@ -368,13 +373,31 @@ impl Db {
             // retries on a fresh one: no ping before every batch.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_lazy_with(connect.clone().application_name("cairn-log-writer"));
+            .after_connect(move |_, _| {
+                let forget = forget.clone();
+                Box::pin(async move {
+                    forget
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clear();
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(
+                connect
+                    .clone()
+                    .application_name("cairn-log-writer")
+                    .options([("standard_conforming_strings", "on")]),
+            );
         let config = options
             .writer
             .unwrap_or_else(|| WriterConfig::for_backend(Backend::Postgres));
         Self::assemble(
             Pools::Postgres { pool, target },
-            Home::Postgres { pool: writer_pool },
+            Home::Postgres {
+                pool: writer_pool,
+                prepared,
+            },
             config,
         )
     }

@@ -24,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod hash;
 pub mod migrate;
+mod pipeline;
 pub mod read;
 pub mod spans;
 pub mod sql;

@@ -529,11 +529,35 @@ pub(crate) enum ConnInner<'c> {
 pub struct Conn<'c> {
     pub(crate) inner: ConnInner<'c>,
     track: Option<&'c Track>,
+    /// Where writes wait to go out together (an optimistic batch on PostgreSQL).
+    pipeline: Option<&'c crate::pipeline::Pipeline>,
 }
 
 impl<'c> Conn<'c> {
     pub(crate) fn new(inner: ConnInner<'c>, track: Option<&'c Track>) -> Conn<'c> {
-        Conn { inner, track }
+        Conn {
+            inner,
+            track,
+            pipeline: None,
+        }
+    }
+
+    pub(crate) fn with_pipeline(
+        mut self,
+        pipeline: Option<&'c crate::pipeline::Pipeline>,
+    ) -> Conn<'c> {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// Sends the writes waiting to go out together, and checks their answers.
+    pub(crate) async fn send_queued(&mut self) -> Result<(), DbError> {
+        if let (Some(pipeline), ConnInner::Postgres(conn)) = (self.pipeline, &mut self.inner)
+            && !pipeline.is_empty()
+        {
+            return pipeline.send(conn, self.track).await;
+        }
+        Ok(())
     }
 
     /// A shorter-lived borrow of the same connection.
@@ -546,6 +570,7 @@ impl<'c> Conn<'c> {
         Conn {
             inner,
             track: self.track,
+            pipeline: self.pipeline,
         }
     }
 
@@ -557,7 +582,8 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// The PostgreSQL connection, for the log's own statements that bind arrays.
+    /// The PostgreSQL connection, for the log's own statements that bind arrays. Send
+    /// what is queued first ([`Conn::send_queued`]).
     pub(crate) fn postgres(&mut self) -> Option<&mut PgConnection> {
         match &mut self.inner {
             ConnInner::Postgres(conn) => Some(conn),
@@ -622,6 +648,13 @@ impl<'c> Conn<'c> {
     pub async fn execute(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64, DbError> {
         let sql = sql.into();
         self.before(&sql);
+        if let (Some(pipeline), ConnInner::Postgres(_)) = (self.pipeline, &self.inner)
+            && pipeline.push(&sql, &args)
+        {
+            // Reported as one row changed; checked when the queue goes out.
+            return Ok(1);
+        }
+        self.send_queued().await?;
         let result = match &mut self.inner {
             ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .execute(&mut **conn)
@@ -642,6 +675,7 @@ impl<'c> Conn<'c> {
     pub async fn execute_script(&mut self, sql: impl Into<Sql>) -> Result<(), DbError> {
         let sql = sql.into();
         self.before(&sql);
+        self.send_queued().await?;
         let result = match &mut self.inner {
             ConnInner::Sqlite(conn) => match sql.for_sqlx() {
                 SqlxText::Literal(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
@@ -668,6 +702,7 @@ impl<'c> Conn<'c> {
     ) -> Result<Vec<Row>, DbError> {
         let sql = sql.into();
         self.before(&sql);
+        self.send_queued().await?;
         let result = match &mut self.inner {
             ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .fetch_all(&mut **conn)
@@ -693,6 +728,7 @@ impl<'c> Conn<'c> {
     ) -> Result<Option<Row>, DbError> {
         let sql = sql.into();
         self.before(&sql);
+        self.send_queued().await?;
         let result = match &mut self.inner {
             ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
                 .fetch_optional(&mut **conn)

@@ -261,6 +261,8 @@ pub struct Tx {
     pub(crate) spans: SpanBuffer,
     pub(crate) isolation: Isolation,
     savepoints: u32,
+    /// Writes waiting to go out together (an optimistic batch on PostgreSQL).
+    pipeline: Option<crate::pipeline::Pipeline>,
 }
 
 impl Tx {
@@ -277,7 +279,20 @@ impl Tx {
             },
             isolation,
             savepoints: 0,
+            pipeline: None,
         }
+    }
+
+    /// Queues this transaction's writes to go out together (see [`crate::pipeline`]).
+    pub(crate) fn pipelined(mut self, prepared: crate::pipeline::Prepared) -> Tx {
+        self.pipeline = Some(crate::pipeline::Pipeline::new(prepared));
+        self
+    }
+
+    /// Sends the writes waiting to go out together, and checks their answers: a
+    /// mismatch poisons the transaction.
+    pub(crate) async fn send_queued(&mut self) -> Result<(), DbError> {
+        self.conn().send_queued().await
     }
 
     /// The transaction's connection.
@@ -287,7 +302,7 @@ impl Tx {
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
         };
-        Conn::new(inner, Some(&self.track))
+        Conn::new(inner, Some(&self.track)).with_pipeline(self.pipeline.as_ref())
     }
 
     /// The backend the transaction runs on.
@@ -367,7 +382,10 @@ impl Tx {
     /// Writes what the log state holds: the pending events, idempotency keys and
     /// spans, and the head.
     pub(crate) async fn flush(&mut self, committing: bool) -> Result<(), DbError> {
-        if !self.log.unwritten() && self.spans.spans.is_empty() {
+        if !self.log.unwritten()
+            && self.spans.spans.is_empty()
+            && self.pipeline.as_ref().is_none_or(|p| p.is_empty())
+        {
             return Ok(());
         }
         let inner = match &mut self.inner {
@@ -375,7 +393,8 @@ impl Tx {
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
         };
-        let mut conn = Conn::new(inner, Some(&self.track));
+        let mut conn = Conn::new(inner, Some(&self.track)).with_pipeline(self.pipeline.as_ref());
+        conn.send_queued().await?;
         crate::append::flush(&mut conn, &mut self.log, &mut self.spans.spans, committing).await
     }
 

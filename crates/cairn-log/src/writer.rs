@@ -474,8 +474,12 @@ pub(crate) enum Home {
         conn: Option<rusqlite::Connection>,
         path: PathBuf,
     },
-    /// PostgreSQL: a pool of one connection, the writer's alone.
-    Postgres { pool: sqlx::PgPool },
+    /// PostgreSQL: a pool of one connection, the writer's alone, and the statements
+    /// prepared on it for optimistic batches' queued writes.
+    Postgres {
+        pool: sqlx::PgPool,
+        prepared: crate::pipeline::Prepared,
+    },
 }
 
 impl Home {
@@ -494,11 +498,14 @@ impl Home {
                 let tx = DirectTx::begin(connection, None)?;
                 Ok(Tx::new(TxInner::Direct(tx), shared, isolation))
             }
-            Home::Postgres { pool } => Ok(Tx::new(
-                TxInner::Postgres(pool.begin().await?),
-                shared,
-                isolation,
-            )),
+            Home::Postgres { pool, prepared } => {
+                let tx = Tx::new(TxInner::Postgres(pool.begin().await?), shared, isolation);
+                Ok(if isolation == Isolation::Optimistic {
+                    tx.pipelined(prepared.clone())
+                } else {
+                    tx
+                })
+            }
         }
     }
 
@@ -617,7 +624,7 @@ pub(crate) async fn run(
             }
         }
     }
-    if let Home::Postgres { pool } = &home {
+    if let Home::Postgres { pool, .. } = &home {
         pool.close().await;
     }
     let _ = stopped.send(true);
@@ -787,6 +794,14 @@ async fn attempt(
                     tx.forget_since(&mark);
                 }
             }
+        }
+    }
+    if isolation == Isolation::Optimistic {
+        // Queued writes go out before the commit, and every answer is checked: a
+        // batch decided on a wrong report runs again.
+        if tx.send_queued().await.is_err() || tx.is_poisoned() {
+            home.abandon(tx, false);
+            return Attempt::Rerun { refused: None };
         }
     }
     match home.commit(tx).await {
