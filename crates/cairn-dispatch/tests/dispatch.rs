@@ -791,3 +791,96 @@ fn registration_refuses_bad_names_and_duplicates() {
         .expect_err("twice");
     assert_eq!(err.to_string(), "stream type test is registered twice");
 }
+
+/// Renames a widget, and refuses when there is none: it reads how many rows its write
+/// changed, which an optimistic batch on PostgreSQL reports before it knows.
+struct RenameWidget;
+
+#[async_trait]
+impl Handler for RenameWidget {
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        p: &mut Projections<'_>,
+    ) -> Result<(), HandlerError> {
+        let changed = p
+            .execute(
+                "UPDATE widgets SET name = $2, version = $3 WHERE id = $1",
+                args![
+                    event.stream_id,
+                    event.data["name"].as_str(),
+                    event.stream_version
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(HandlerError::failed("there is no widget to rename"));
+        }
+        Ok(())
+    }
+}
+
+backend_test!(
+    a_write_that_changed_no_row_is_found_out_in_every_write_mode,
+    |t: TestDb| async move {
+        t.migrate_sets(&[cairn_dispatch::MIGRATIONS, WIDGETS])
+            .await?;
+        for mode in [
+            cairn_log::WriteMode::Optimistic,
+            cairn_log::WriteMode::Savepoints,
+        ] {
+            let db = t
+                .connect_with(cairn_log::WriterConfig {
+                    mode,
+                    ..cairn_log::WriterConfig::for_backend(t.backend())
+                })
+                .await?;
+            let routes = widget_routes(Registry::builder()).router("widget", |r| {
+                r.on("widget.created", CreateWidget)
+                    .on("widget.renamed", RenameWidget)
+            });
+            let store = EventStore::new(db.clone(), routes.build()?);
+            let existing = StreamId::new_v7();
+            store
+                .append(append_to(
+                    "widget",
+                    existing,
+                    vec![event(
+                        "widget.created",
+                        json!({"name": format!("{mode:?}")}),
+                    )],
+                ))
+                .await?;
+            // Renames of a widget that exists and of one that does not, in one batch.
+            let missing = StreamId::new_v7();
+            let (good, bad) = tokio::join!(
+                store.append(append_to(
+                    "widget",
+                    existing,
+                    vec![event(
+                        "widget.renamed",
+                        json!({"name": format!("{mode:?} again")})
+                    )]
+                )),
+                store.append(append_to(
+                    "widget",
+                    missing,
+                    vec![event("widget.renamed", json!({"name": "nobody"}))]
+                )),
+            );
+            assert_eq!(good?.events[0].outcome, Outcome::Applied, "{mode:?}");
+            assert_failed(
+                &bad?.events[0].outcome,
+                ErrorCode::HandlerFailed,
+                "there is no widget to rename",
+            );
+            assert_eq!(
+                widget(&t, existing).await?.map(|w| w.0),
+                Some(format!("{mode:?} again"))
+            );
+            assert_eq!(widget(&t, missing).await?, None);
+            db.close().await;
+        }
+        Ok(())
+    }
+);

@@ -995,3 +995,116 @@ async fn flush_postgres(
     query.execute(pg).await?;
     Ok(())
 }
+
+/// The PostgreSQL writer's final statement of an optimistic batch: its rows of the
+/// log, keys and spans (each kind as one JSON array), the head, and the notification.
+const FINAL_ROWS: &str = "WITH e AS (INSERT INTO domain_events (position, event_id, stream_type, \
+     stream_id, stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
+     created_at, processed_at, processing_error_code, processing_error_message, hash) \
+     SELECT position, event_id, stream_type, stream_id, stream_version, event_type, event_data, \
+     event_metadata, correlation_id, org_id, created_at, processed_at, processing_error_code, \
+     processing_error_message, hash FROM jsonb_to_recordset($1) AS r(position bigint, \
+     event_id uuid, stream_type text, stream_id uuid, stream_version bigint, event_type text, \
+     event_data jsonb, event_metadata jsonb, correlation_id uuid, org_id uuid, \
+     created_at timestamptz, processed_at timestamptz, processing_error_code text, \
+     processing_error_message text, hash text)), \
+     k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
+     SELECT key, fingerprint, first_position, n_events, created_at FROM jsonb_to_recordset($2) \
+     AS r(key text, fingerprint text, first_position bigint, n_events bigint, created_at timestamptz)), \
+     s AS (INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, \
+     error, attributes) SELECT correlation_id, kind, name, org_id, started_at, duration_us, error, \
+     attributes FROM jsonb_to_recordset($3) AS r(correlation_id uuid, kind text, name text, \
+     org_id uuid, started_at timestamptz, duration_us bigint, error text, attributes jsonb)), \
+     h AS (UPDATE log_head SET last_position = $4, last_hash = $5, \
+     failed_events = failed_events + $6 WHERE id = 1 AND $4 IS NOT NULL) \
+     SELECT pg_notify('cairn_events', $7) WHERE $7 IS NOT NULL";
+
+fn json_time(at: &DateTime<Utc>) -> Value {
+    Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// Queues what the log state holds, and the spans, as the batch's final statement.
+pub(crate) fn queue_final_rows(
+    pipeline: Option<&crate::pipeline::Pipeline>,
+    log: &mut LogState,
+    spans: &mut Vec<SpanRecord>,
+) {
+    let Some(pipeline) = pipeline else {
+        return;
+    };
+    let rows: Vec<Value> = log.rows[log.flushed..]
+        .iter()
+        .map(|row| {
+            let event = &row.event;
+            let error = event.processing_error.as_ref();
+            serde_json::json!({
+                "position": event.position.get(),
+                "event_id": event.event_id,
+                "stream_type": event.stream_type.as_str(),
+                "stream_id": event.stream_id,
+                "stream_version": event.stream_version.get(),
+                "event_type": event.event_type.as_str(),
+                "event_data": event.data,
+                "event_metadata": row.metadata,
+                "correlation_id": event.metadata.correlation_id,
+                "org_id": event.metadata.org_id,
+                "created_at": json_time(&event.created_at),
+                "processed_at": event.processed_at.as_ref().map(json_time),
+                "processing_error_code": error.map(|e| e.code.as_str()),
+                "processing_error_message": error.map(|e| e.message.as_str()),
+                "hash": event.hash,
+            })
+        })
+        .collect();
+    let keys: Vec<Value> = log.keys[log.keys_flushed..]
+        .iter()
+        .map(|key| {
+            serde_json::json!({
+                "key": key.key,
+                "fingerprint": key.fingerprint,
+                "first_position": key.first_position.get(),
+                "n_events": key.n_events,
+                "created_at": json_time(&key.created_at),
+            })
+        })
+        .collect();
+    let span_rows: Vec<Value> = spans
+        .drain(..)
+        .map(|span| {
+            serde_json::json!({
+                "correlation_id": span.correlation_id,
+                "kind": span.kind.as_str(),
+                "name": span.name,
+                "org_id": span.org_id,
+                "started_at": json_time(&span.started_at),
+                "duration_us": duration_us(&span),
+                "error": span.error,
+                "attributes": span.attributes,
+            })
+        })
+        .collect();
+    let head = log.head_dirty.then(|| log.head.clone()).flatten();
+    let notify = (!log.appended.is_empty())
+        .then(|| {
+            log.head
+                .as_ref()
+                .map(|head| head.last_position.get().to_string())
+        })
+        .flatten();
+    pipeline.push_final(
+        FINAL_ROWS,
+        args![
+            Value::Array(rows),
+            Value::Array(keys),
+            Value::Array(span_rows),
+            head.as_ref().map(|head| head.last_position),
+            head.as_ref().map(|head| head.last_hash.clone()),
+            log.failed_unwritten,
+            notify
+        ],
+    );
+    log.flushed = log.rows.len();
+    log.keys_flushed = log.keys.len();
+    log.head_dirty = false;
+    log.failed_unwritten = 0;
+}

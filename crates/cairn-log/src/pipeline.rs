@@ -1,17 +1,21 @@
-//! PostgreSQL writes sent together: an optimistic batch's statements in one round
-//! trip.
+//! PostgreSQL writes sent together: an optimistic batch in as few round trips as it
+//! has reads, plus one.
 //!
 //! A handler's write waits for PostgreSQL's answer before the next one goes out, and
 //! on a busy log those round trips, not the work, are what a batch spends its time
 //! on. In an optimistic batch (see [`crate::writer`]) a write is therefore queued
 //! instead of sent, and reported as having changed one row, which is what a handler's
 //! write to its own projection row does. The queue goes out as one simple-protocol
-//! script when the transaction next needs an answer (a read, the commit): each
-//! statement prepared once per connection with its parameters' types (as sqlx binds
-//! them), then run with its arguments written as literals. The answers are checked
-//! against what was reported: a write that failed or changed other than one row
-//! poisons the transaction, and the writer runs the batch again with savepoints and
-//! nothing queued, where every statement is answered as it runs.
+//! script when the transaction next needs an answer (a read), or at the end of the
+//! batch together with the rows of the log and the commit itself. Each statement is
+//! prepared once per connection with its parameters' types (as sqlx binds them), and
+//! run with its arguments written as literals.
+//!
+//! The report is checked by PostgreSQL itself: a queued write runs as
+//! `WITH w AS (<write> RETURNING 1) SELECT 1 / (count(*) = 1)::int FROM w`, which
+//! fails when it changed other than one row. A failure stops the script before its
+//! commit; the transaction is rolled back and the writer runs the batch again with
+//! savepoints and nothing queued, where every statement is answered as it runs.
 //!
 //! Literals: every value is a quoted string (`'…'`, quotes doubled), cast by the
 //! prepared statement to its parameter's type, or `NULL`. The connection runs with
@@ -33,11 +37,39 @@ use crate::sql::{Arg, Sql, Track};
 /// pool opens a new connection.
 pub(crate) type Prepared = Arc<Mutex<HashSet<String>>>;
 
+/// One statement waiting to go out: the text to prepare (a write wrapped in its
+/// check, or the batch's own final statement) and its arguments.
+#[derive(Debug)]
+struct Queued {
+    text: String,
+    args: Vec<Arg>,
+}
+
 /// Writes queued in one transaction.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
-    queued: Mutex<Vec<(Sql, Vec<Arg>)>>,
+    queued: Mutex<Vec<Queued>>,
     prepared: Prepared,
+}
+
+/// The write wrapped so that PostgreSQL refuses it unless it changed exactly one row;
+/// `None` for a statement that cannot be wrapped (not a plain write, or one that
+/// already returns rows).
+fn checked(sql: &str) -> Option<String> {
+    let text = sql.trim().trim_end_matches(';').trim_end();
+    let head: String = text
+        .chars()
+        .take(6)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let writes = ["INSERT", "UPDATE", "DELETE"].contains(&head.as_str());
+    let upper = text.to_ascii_uppercase();
+    if !writes || upper.contains("RETURNING") || text.contains(';') || text.contains("--") {
+        return None;
+    }
+    Some(format!(
+        "WITH w AS ({text} RETURNING 1) SELECT 1 / (count(*) = 1)::int AS one FROM w"
+    ))
 }
 
 impl Pipeline {
@@ -48,13 +80,13 @@ impl Pipeline {
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<(Sql, Vec<Arg>)>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
         self.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a write, if it can be written as literals.
+    /// Queues a write, if it can be checked by PostgreSQL and written as literals.
     pub(crate) fn push(&self, sql: &Sql, args: &[Arg]) -> bool {
         // JSON is written with control characters escaped; only text can hold one.
         let has_nul = args
@@ -63,34 +95,43 @@ impl Pipeline {
         if has_nul || sql.as_str().contains('\0') {
             return false;
         }
-        self.queue().push((sql.clone(), args.to_vec()));
+        let Some(text) = checked(sql.as_str()) else {
+            return false;
+        };
+        self.queue().push(Queued {
+            text,
+            args: args.to_vec(),
+        });
         true
+    }
+
+    /// Queues the batch's own final statement (its rows of the log), unchecked.
+    pub(crate) fn push_final(&self, text: &'static str, args: Vec<Arg>) {
+        self.queue().push(Queued {
+            text: text.to_owned(),
+            args,
+        });
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.queue().is_empty()
     }
 
-    /// Sends what is queued, in one round trip, and checks every answer.
+    /// Sends what is queued, in one round trip, followed by `COMMIT` if `commit`. Any
+    /// failure (a write that changed other than one row among them) stops the script
+    /// before the commit, poisons the transaction and comes back as the error.
     pub(crate) async fn send(
         &self,
         conn: &mut PgConnection,
         track: Option<&Track>,
+        commit: bool,
     ) -> Result<(), DbError> {
         let queued = std::mem::take(&mut *self.queue());
-        if queued.is_empty() {
+        if queued.is_empty() && !commit {
             return Ok(());
         }
-        let poison = || {
-            if let Some(track) = track {
-                track
-                    .failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        // What each statement of the script is: a PREPARE (of this name) or an
-        // EXECUTE (expected to change one row).
-        let mut kinds: Vec<Option<String>> = Vec::new();
+        // The name a statement of the script prepares, if it is a PREPARE.
+        let mut prepares: Vec<Option<String>> = Vec::new();
         let mut script = String::new();
         {
             let prepared = self
@@ -98,66 +139,56 @@ impl Pipeline {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut preparing = HashSet::new();
-            for (sql, args) in &queued {
-                let name = statement_name(sql.as_str(), args);
+            for item in &queued {
+                let name = statement_name(&item.text, &item.args);
                 if !prepared.contains(&name) && preparing.insert(name.clone()) {
-                    let types: Vec<&str> = args.iter().map(type_of).collect();
+                    let types: Vec<&str> = item.args.iter().map(type_of).collect();
                     let _ = writeln!(
                         script,
                         "PREPARE {name} ({}) AS {};",
                         types.join(", "),
-                        sql.as_str()
+                        item.text
                     );
-                    kinds.push(Some(name.clone()));
+                    prepares.push(Some(name.clone()));
                 }
                 let _ = write!(script, "EXECUTE {name}(");
-                for (index, arg) in args.iter().enumerate() {
+                for (index, arg) in item.args.iter().enumerate() {
                     if index > 0 {
                         script.push_str(", ");
                     }
                     literal(arg, &mut script);
                 }
                 script.push_str(");\n");
-                kinds.push(None);
+                prepares.push(None);
             }
+        }
+        if commit {
+            script.push_str("COMMIT;");
         }
         let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).execute_many(conn);
         let mut index = 0;
-        let mut mismatch = None;
         loop {
             match results.try_next().await {
-                Ok(Some(done)) => {
-                    match kinds.get(index) {
-                        Some(Some(name)) => {
-                            self.prepared
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(name.clone());
-                        }
-                        Some(None) if done.rows_affected() != 1 && mismatch.is_none() => {
-                            mismatch = Some(done.rows_affected());
-                        }
-                        _ => {}
+                Ok(Some(_)) => {
+                    if let Some(Some(name)) = prepares.get(index) {
+                        self.prepared
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(name.clone());
                     }
                     index += 1;
                 }
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(error) => {
-                    poison();
+                    if let Some(track) = track {
+                        track
+                            .failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     return Err(error.into());
                 }
             }
         }
-        if let Some(rows) = mismatch {
-            // A write reported as changing one row changed another number: what the
-            // caller decided on that report may be wrong. Only a rerun tells.
-            tracing::debug!(
-                rows,
-                "a queued write did not change one row; the batch runs again"
-            );
-            poison();
-        }
-        Ok(())
     }
 }
 
@@ -264,6 +295,22 @@ mod tests {
         check(Arg::Bool(Some(true)), "true");
         check(Arg::Json(Some(json!({"a": "b'c"}))), "'{\"a\":\"b''c\"}'");
         check(Arg::Uuid(None), "NULL");
+    }
+
+    #[test]
+    fn only_plain_writes_are_queued_and_each_is_checked() {
+        assert_eq!(
+            checked("UPDATE t SET x = $1 WHERE id = $2").as_deref(),
+            Some(
+                "WITH w AS (UPDATE t SET x = $1 WHERE id = $2 RETURNING 1) SELECT 1 / (count(*) = 1)::int AS one FROM w"
+            )
+        );
+        assert!(checked("  insert into t values ($1);").is_some());
+        assert!(checked("SELECT 1").is_none());
+        assert!(checked("INSERT INTO t VALUES ($1) RETURNING id").is_none());
+        assert!(checked("DELETE FROM t; DELETE FROM u").is_none());
+        assert!(checked("UPDATE t SET x = 1 -- a comment").is_none());
+        assert!(checked("WITH x AS (DELETE FROM t RETURNING *) SELECT 1").is_none());
     }
 
     #[test]

@@ -555,7 +555,7 @@ impl<'c> Conn<'c> {
         if let (Some(pipeline), ConnInner::Postgres(conn)) = (self.pipeline, &mut self.inner)
             && !pipeline.is_empty()
         {
-            return pipeline.send(conn, self.track).await;
+            return pipeline.send(conn, self.track, false).await;
         }
         Ok(())
     }

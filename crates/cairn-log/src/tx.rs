@@ -43,7 +43,44 @@ pub(crate) enum Isolation {
 pub(crate) enum TxInner {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
+    /// The PostgreSQL writer's optimistic batch, begun and committed by hand so that
+    /// `BEGIN` and `COMMIT` share round trips with the batch's first and last
+    /// statements.
+    PgBatch(PgBatch),
     Direct(DirectTx),
+}
+
+/// A transaction on the PostgreSQL writer's connection, begun and ended by hand.
+pub(crate) struct PgBatch {
+    conn: Option<sqlx::pool::PoolConnection<Postgres>>,
+    open: bool,
+}
+
+impl PgBatch {
+    pub(crate) fn new(conn: sqlx::pool::PoolConnection<Postgres>) -> PgBatch {
+        PgBatch {
+            conn: Some(conn),
+            open: false,
+        }
+    }
+
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a batch holds its connection until it ends")
+    }
+}
+
+impl Drop for PgBatch {
+    fn drop(&mut self) {
+        // A connection left inside a transaction must never serve another batch: it is
+        // closed, and the pool opens a fresh one.
+        if self.open
+            && let Some(conn) = self.conn.take()
+        {
+            drop(conn.detach());
+        }
+    }
 }
 
 impl std::fmt::Debug for TxInner {
@@ -51,6 +88,7 @@ impl std::fmt::Debug for TxInner {
         f.write_str(match self {
             TxInner::Sqlite(_) => "Sqlite",
             TxInner::Postgres(_) => "Postgres",
+            TxInner::PgBatch(_) => "PgBatch",
             TxInner::Direct(_) => "Direct",
         })
     }
@@ -283,16 +321,135 @@ impl Tx {
         }
     }
 
+    pub(crate) fn is_pg_batch(&self) -> bool {
+        matches!(self.inner, TxInner::PgBatch(_))
+    }
+
+    /// Begins the PostgreSQL writer's optimistic batch: `BEGIN`, the head lock and the
+    /// versions of `streams`, in one round trip.
+    pub(crate) async fn open_pg_batch(
+        &mut self,
+        streams: &[cairn_types::StreamId],
+    ) -> Result<(), DbError> {
+        let TxInner::PgBatch(batch) = &mut self.inner else {
+            return Ok(());
+        };
+        let mut wanted: Vec<cairn_types::StreamId> = streams.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        // UUIDs are written as their hyphenated hex digits: nothing to escape.
+        let ids: Vec<String> = wanted
+            .iter()
+            .map(|id| id.as_uuid().hyphenated().to_string())
+            .collect();
+        let script = format!(
+            "BEGIN; WITH head AS (SELECT last_position, last_hash, failed_events FROM log_head \
+             WHERE id = 1 FOR UPDATE) \
+             SELECT head.last_position, head.last_hash, head.failed_events, s.id AS stream_id, \
+             d.stream_type, d.stream_version FROM head \
+             LEFT JOIN (UNNEST('{{{}}}'::uuid[]) AS s(id) CROSS JOIN LATERAL \
+             (SELECT stream_type, stream_version FROM domain_events \
+             WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d) ON true",
+            ids.join(",")
+        );
+        batch.open = true;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .fetch_all(batch.conn())
+            .await?;
+        let mut found = std::collections::HashMap::new();
+        let mut head = None;
+        for row in rows.into_iter().map(crate::sql::Row::Postgres) {
+            if head.is_none() {
+                head = Some(crate::read::head_from_row(&row)?);
+            }
+            let stream: Option<cairn_types::StreamId> = row.get("stream_id")?;
+            let stream_type: Option<String> = row.get("stream_type")?;
+            let version: Option<i64> = row.get("stream_version")?;
+            if let (Some(stream), Some(stream_type), Some(version)) = (stream, stream_type, version)
+            {
+                found.insert(stream, (stream_type, StreamVersion::new(version)));
+            }
+        }
+        let Some(head) = head else {
+            return Err(DbError::decode("log_head", "the log's head row is missing"));
+        };
+        self.log.head = Some(head);
+        for id in wanted {
+            let state = found.remove(&id);
+            self.log.learn_stream(id, state);
+        }
+        Ok(())
+    }
+
+    /// Commits the PostgreSQL writer's optimistic batch: its queued writes, its rows
+    /// of the log, the head and the notification, and `COMMIT`, in one round trip.
+    /// `Err((error, committed_maybe))`: whether the commit may have happened anyway
+    /// (the connection failed), or surely did not (PostgreSQL refused a statement).
+    pub(crate) async fn commit_pg_batch(mut self) -> Result<(), (DbError, bool)> {
+        if self.is_poisoned() {
+            return Err((
+                DbError::decode("(batch)", "a statement failed and was not undone"),
+                false,
+            ));
+        }
+        crate::append::queue_final_rows(
+            self.pipeline.as_ref(),
+            &mut self.log,
+            &mut self.spans.spans,
+        );
+        let sent = {
+            let TxInner::PgBatch(batch) = &mut self.inner else {
+                return Err((DbError::decode("(batch)", "not a PostgreSQL batch"), false));
+            };
+            match &self.pipeline {
+                Some(pipeline) => pipeline.send(batch.conn(), Some(&self.track), true).await,
+                None => Err(DbError::decode("(batch)", "a batch without its queue")),
+            }
+        };
+        match sent {
+            Ok(()) => {
+                if let TxInner::PgBatch(batch) = &mut self.inner {
+                    batch.open = false;
+                }
+                let Tx { shared, log, .. } = self;
+                after_commit(shared.as_deref(), &log.appended);
+                Ok(())
+            }
+            Err(error) => {
+                let in_doubt = error.kind() == crate::error::DbErrorKind::Unavailable;
+                if !in_doubt && let TxInner::PgBatch(batch) = &mut self.inner {
+                    // PostgreSQL stopped the script at the refusal: roll back and keep
+                    // the connection (and the statements prepared on it).
+                    if sqlx::raw_sql("ROLLBACK")
+                        .execute(batch.conn())
+                        .await
+                        .is_ok()
+                    {
+                        batch.open = false;
+                    }
+                }
+                Err((error, in_doubt))
+            }
+        }
+    }
+
     /// Queues this transaction's writes to go out together (see [`crate::pipeline`]).
     pub(crate) fn pipelined(mut self, prepared: crate::pipeline::Prepared) -> Tx {
         self.pipeline = Some(crate::pipeline::Pipeline::new(prepared));
         self
     }
 
-    /// Sends the writes waiting to go out together, and checks their answers: a
-    /// mismatch poisons the transaction.
-    pub(crate) async fn send_queued(&mut self) -> Result<(), DbError> {
-        self.conn().send_queued().await
+    /// Rolls back the PostgreSQL writer's batch, keeping its connection when it can.
+    pub(crate) async fn rollback_pg_batch(mut self) {
+        if let TxInner::PgBatch(batch) = &mut self.inner
+            && batch.open
+            && sqlx::raw_sql("ROLLBACK")
+                .execute(batch.conn())
+                .await
+                .is_ok()
+        {
+            batch.open = false;
+        }
     }
 
     /// The transaction's connection.
@@ -300,6 +457,7 @@ impl Tx {
         let inner = match &mut self.inner {
             TxInner::Sqlite(tx) => ConnInner::Sqlite(tx),
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
+            TxInner::PgBatch(tx) => ConnInner::Postgres(tx.conn()),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
         };
         Conn::new(inner, Some(&self.track)).with_pipeline(self.pipeline.as_ref())
@@ -309,7 +467,7 @@ impl Tx {
     pub fn backend(&self) -> Backend {
         match &self.inner {
             TxInner::Sqlite(_) | TxInner::Direct(_) => Backend::Sqlite,
-            TxInner::Postgres(_) => Backend::Postgres,
+            TxInner::Postgres(_) | TxInner::PgBatch(_) => Backend::Postgres,
         }
     }
 
@@ -391,6 +549,7 @@ impl Tx {
         let inner = match &mut self.inner {
             TxInner::Sqlite(tx) => ConnInner::Sqlite(tx),
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
+            TxInner::PgBatch(tx) => ConnInner::Postgres(tx.conn()),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
         };
         let mut conn = Conn::new(inner, Some(&self.track)).with_pipeline(self.pipeline.as_ref());
@@ -413,6 +572,10 @@ impl Tx {
         match inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::PgBatch(mut tx) => {
+                sqlx::raw_sql("COMMIT").execute(tx.conn()).await?;
+                tx.open = false;
+            }
             TxInner::Direct(mut tx) => tx.finish("COMMIT")?,
         }
         after_commit(shared.as_deref(), &log.appended);
@@ -455,6 +618,10 @@ impl Tx {
         match inner {
             TxInner::Sqlite(tx) => tx.rollback().await?,
             TxInner::Postgres(tx) => tx.rollback().await?,
+            TxInner::PgBatch(mut tx) => {
+                sqlx::raw_sql("ROLLBACK").execute(tx.conn()).await?;
+                tx.open = false;
+            }
             TxInner::Direct(mut tx) => tx.finish("ROLLBACK")?,
         }
         Ok(())

@@ -498,14 +498,13 @@ impl Home {
                 let tx = DirectTx::begin(connection, None)?;
                 Ok(Tx::new(TxInner::Direct(tx), shared, isolation))
             }
-            Home::Postgres { pool, prepared } => {
-                let tx = Tx::new(TxInner::Postgres(pool.begin().await?), shared, isolation);
-                Ok(if isolation == Isolation::Optimistic {
-                    tx.pipelined(prepared.clone())
-                } else {
-                    tx
-                })
-            }
+            Home::Postgres { pool, prepared } => Ok(if isolation == Isolation::Optimistic {
+                // Begun with the batch's first statement (see `Tx::open_pg_batch`).
+                let batch = crate::tx::PgBatch::new(pool.acquire().await?);
+                Tx::new(TxInner::PgBatch(batch), shared, isolation).pipelined(prepared.clone())
+            } else {
+                Tx::new(TxInner::Postgres(pool.begin().await?), shared, isolation)
+            }),
         }
     }
 
@@ -513,14 +512,14 @@ impl Home {
     /// statement was sent (nothing happened) or at it.
     async fn commit(&mut self, mut tx: Tx) -> Result<(), (DbError, bool)> {
         if tx.is_poisoned() {
-            self.abandon(tx, true);
+            self.abandon(tx, true).await;
             return Err((
                 DbError::decode("(batch)", "a statement failed and was not undone"),
                 true,
             ));
         }
         if let Err(error) = tx.flush(true).await {
-            self.abandon(tx, true);
+            self.abandon(tx, true).await;
             return Err((error, true));
         }
         match self {
@@ -534,7 +533,7 @@ impl Home {
     }
 
     /// Rolls back, keeping the connection.
-    fn abandon(&mut self, tx: Tx, keep_spans: bool) {
+    async fn abandon(&mut self, tx: Tx, keep_spans: bool) {
         match self {
             Home::Direct { conn, .. } => *conn = tx.rollback_direct(keep_spans),
             Home::Postgres { .. } => {
@@ -542,8 +541,13 @@ impl Home {
                 if !keep_spans {
                     tx.discard_spans();
                 }
-                // Dropping a pool transaction rolls it back when its connection returns.
-                drop(tx);
+                if tx.is_pg_batch() {
+                    tx.rollback_pg_batch().await;
+                } else {
+                    // Dropping a pool transaction rolls it back when its connection
+                    // returns.
+                    drop(tx);
+                }
             }
         }
     }
@@ -726,10 +730,15 @@ async fn attempt(
         .filter(|(_, skipped)| !**skipped)
         .flat_map(|(job, _)| job.streams().iter().copied())
         .collect();
-    if !streams.is_empty()
-        && let Err(error) = tx.prefetch_streams(&streams).await
-    {
-        home.abandon(tx, true);
+    let opened = if tx.is_pg_batch() {
+        tx.open_pg_batch(&streams).await
+    } else if streams.is_empty() {
+        Ok(())
+    } else {
+        tx.prefetch_streams(&streams).await
+    };
+    if let Err(error) = opened {
+        home.abandon(tx, true).await;
         return Attempt::Failed {
             error,
             before_commit: true,
@@ -746,7 +755,7 @@ async fn attempt(
         if isolation == Isolation::Unit
             && let Err(error) = tx.open_unit().await
         {
-            home.abandon(tx, true);
+            home.abandon(tx, true).await;
             return Attempt::Failed {
                 error,
                 before_commit: true,
@@ -767,7 +776,7 @@ async fn attempt(
                     tx.undo_unit(&mark).await
                 };
                 if let Err(error) = step {
-                    home.abandon(tx, true);
+                    home.abandon(tx, true).await;
                     return Attempt::Failed {
                         error,
                         before_commit: true,
@@ -780,12 +789,12 @@ async fn attempt(
                 // again, with savepoints. A unit that refused on its own after
                 // writing keeps its refusal, and the batch runs again without it.
                 if tx.failures() > failures {
-                    home.abandon(tx, false);
+                    home.abandon(tx, false).await;
                     return Attempt::Rerun { refused: None };
                 }
                 if ran == Ran::Refused && tx.writes() > writes {
                     tx.release_spans_since(spans);
-                    home.abandon(tx, false);
+                    home.abandon(tx, false).await;
                     return Attempt::Rerun {
                         refused: Some(index),
                     };
@@ -796,13 +805,18 @@ async fn attempt(
             }
         }
     }
-    if isolation == Isolation::Optimistic {
-        // Queued writes go out before the commit, and every answer is checked: a
-        // batch decided on a wrong report runs again.
-        if tx.send_queued().await.is_err() || tx.is_poisoned() {
-            home.abandon(tx, false);
-            return Attempt::Rerun { refused: None };
-        }
+    if tx.is_pg_batch() {
+        // The queued writes, the log's rows and the commit go out together; a refusal
+        // among them (a write that changed other than one row) stops the script
+        // before the commit, and the batch runs again with savepoints.
+        return match tx.commit_pg_batch().await {
+            Ok(()) => Attempt::Committed,
+            Err((error, true)) => Attempt::Failed {
+                error,
+                before_commit: false,
+            },
+            Err((_, false)) => Attempt::Rerun { refused: None },
+        };
     }
     match home.commit(tx).await {
         Ok(()) => Attempt::Committed,
