@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Postgres, Sqlite};
 
 use cairn_types::Position;
 
@@ -84,7 +83,7 @@ impl Default for DbOptions {
 pub(crate) enum Pools {
     Sqlite {
         /// Read-only connections; every write goes through the log writer.
-        reader: SqlitePool,
+        readers: Arc<crate::direct::ReadPool>,
         path: PathBuf,
     },
     Postgres {
@@ -298,24 +297,13 @@ impl Db {
         // The writer's connection first: it creates the file and turns on WAL, which
         // the read-only connections need.
         let writer_conn = crate::direct::open(path).map_err(open)?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(path)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(10))
-                    .read_only(true),
-            )
-            .await
-            .map_err(|e| open(e.into()))?;
+        let readers = Arc::new(crate::direct::ReadPool::new(path, options.max_connections));
         let config = options
             .writer
             .unwrap_or_else(|| WriterConfig::for_backend(Backend::Sqlite));
         Self::assemble(
             Pools::Sqlite {
-                reader,
+                readers,
                 path: path.to_owned(),
             },
             Home::Direct {
@@ -521,8 +509,8 @@ impl Db {
     /// however long it takes, without holding up writers.
     pub async fn snapshot(&self) -> Result<Snapshot, DbError> {
         let inner = match &*self.pools {
-            Pools::Sqlite { reader, .. } => {
-                TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?)
+            Pools::Sqlite { readers, .. } => {
+                TxInner::DirectRead(crate::tx::DirectRead::begin(readers.acquire().await?)?)
             }
             Pools::Postgres { pool, .. } => TxInner::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -581,7 +569,7 @@ impl Db {
         self.shared.writer.close().await;
         self.shared.head.stop.send_replace(true);
         match &*self.pools {
-            Pools::Sqlite { reader, .. } => reader.close().await,
+            Pools::Sqlite { readers, .. } => readers.close(),
             Pools::Postgres { pool, .. } => pool.close().await,
         }
     }
@@ -750,9 +738,9 @@ impl Db {
     /// wall behind the policy's own filters.
     pub async fn scoped(&self, tenancy: &Tenancy) -> Result<Snapshot, DbError> {
         match &*self.pools {
-            Pools::Sqlite { reader, .. } => Ok(Snapshot {
+            Pools::Sqlite { readers, .. } => Ok(Snapshot {
                 tx: Tx::new(
-                    TxInner::Sqlite(reader.begin_with("BEGIN DEFERRED").await?),
+                    TxInner::DirectRead(crate::tx::DirectRead::begin(readers.acquire().await?)?),
                     None,
                     Isolation::Standalone,
                 ),
@@ -800,7 +788,7 @@ impl Snapshot {
 
 #[derive(Debug)]
 enum ReaderInner {
-    Sqlite(PoolConnection<Sqlite>),
+    Sqlite(crate::direct::ReadLease),
     Postgres(PoolConnection<Postgres>),
 }
 
@@ -813,7 +801,7 @@ pub struct Reader {
 impl Reader {
     async fn acquire(pools: &Pools) -> Result<Reader, DbError> {
         let inner = match pools {
-            Pools::Sqlite { reader, .. } => ReaderInner::Sqlite(reader.acquire().await?),
+            Pools::Sqlite { readers, .. } => ReaderInner::Sqlite(readers.acquire().await?),
             Pools::Postgres { pool, .. } => ReaderInner::Postgres(pool.acquire().await?),
         };
         Ok(Reader { inner })
@@ -822,7 +810,7 @@ impl Reader {
     /// The reader's connection.
     pub fn conn(&mut self) -> Conn<'_> {
         let inner = match &mut self.inner {
-            ReaderInner::Sqlite(conn) => ConnInner::Sqlite(conn),
+            ReaderInner::Sqlite(lease) => ConnInner::Direct(lease.conn()),
             ReaderInner::Postgres(conn) => ConnInner::Postgres(conn),
         };
         Conn::new(inner, None)

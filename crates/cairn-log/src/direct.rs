@@ -175,3 +175,103 @@ pub(crate) fn fetch(
     }
     Ok(out)
 }
+
+/// Read-only connections to the database file, run in the calling thread like the
+/// writer's: a read costs what SQLite takes to run it, with no hand-off to another
+/// thread and back. A read holds a tokio worker for as long as its statements run,
+/// which for the pages cairn reads (a few hundred rows at most) is microseconds.
+#[derive(Debug)]
+pub(crate) struct ReadPool {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: &Path, max_connections: u32) -> ReadPool {
+        ReadPool {
+            path: path.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(max_connections.max(1)).unwrap_or(1),
+            )),
+        }
+    }
+
+    /// A connection, waiting for one when all are in use.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<ReadLease, DbError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::WriterStopped)?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = open_read_only(&self.path)?;
+                conn.execute_batch("PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;")?;
+                conn
+            }
+        };
+        Ok(ReadLease {
+            conn: Some(std::sync::Mutex::new(conn)),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Closes the idle connections and refuses new leases.
+    pub(crate) fn close(&self) {
+        self.permits.close();
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// A read connection, back to its pool when dropped.
+#[derive(Debug)]
+pub(crate) struct ReadLease {
+    /// In a mutex only so that a lease can be shared between threads; it is only
+    /// ever reached through `&mut`, which takes no lock.
+    conn: Option<std::sync::Mutex<Connection>>,
+    pool: Arc<ReadPool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ReadLease {
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for ReadLease {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let conn = conn
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A read transaction left open would pin an old snapshot of the log.
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return;
+        }
+        self.pool
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+}

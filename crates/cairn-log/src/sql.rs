@@ -6,10 +6,9 @@
 //! same statement works against either. Rows come back as [`Row`], read by column name
 //! into any [`DbValue`].
 //!
-//! A [`Conn`] runs statements on one of three connections: a pooled SQLite reader or a
-//! PostgreSQL connection (through sqlx), or the SQLite writer's own connection, which
-//! runs each statement in the calling thread with no hand-off at all (see
-//! [`crate::writer`]). Callers cannot tell them apart.
+//! A [`Conn`] runs statements on a PostgreSQL connection (through sqlx), or on a SQLite
+//! connection that runs each statement in the calling thread with no hand-off at all
+//! (the writer's, or a reader's; see [`crate::direct`]). Callers cannot tell them apart.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgRow};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, Postgres, Row as _, Sqlite};
+use sqlx::{AssertSqlSafe, Postgres, Row as _};
 use uuid::Uuid;
 
 use cairn_types::{
@@ -302,7 +300,6 @@ macro_rules! native_value {
         impl DbValue for $ty {
             fn read(row: &Row, column: &str) -> Result<Self, DbError> {
                 match row {
-                    Row::Sqlite(row) => Ok(row.try_get::<$ty, _>(column)?),
                     Row::Postgres(row) => Ok(row.try_get::<$ty, _>(column)?),
                     Row::Direct(row) => <$ty as FromDirect>::from_direct(direct_value(row, column)?)
                         .map_err(|reason| DbError::decode(column, reason)),
@@ -313,7 +310,6 @@ macro_rules! native_value {
         impl DbValue for Option<$ty> {
             fn read(row: &Row, column: &str) -> Result<Self, DbError> {
                 match row {
-                    Row::Sqlite(row) => Ok(row.try_get::<Option<$ty>, _>(column)?),
                     Row::Postgres(row) => Ok(row.try_get::<Option<$ty>, _>(column)?),
                     Row::Direct(row) => match direct_value(row, column)? {
                         rusqlite::types::Value::Null => Ok(None),
@@ -339,14 +335,6 @@ impl DbValue for Option<Uuid> {
     fn read(row: &Row, column: &str) -> Result<Self, DbError> {
         match row {
             // UUIDs are hyphenated text on SQLite.
-            Row::Sqlite(row) => row
-                .try_get::<Option<String>, _>(column)?
-                .map(|text| {
-                    Uuid::parse_str(&text).map_err(|e| {
-                        DbError::decode(column, format!("{text:?} is not a UUID: {e}"))
-                    })
-                })
-                .transpose(),
             Row::Postgres(row) => Ok(row.try_get::<Option<Uuid>, _>(column)?),
             Row::Direct(row) => match direct_value(row, column)? {
                 rusqlite::types::Value::Null => Ok(None),
@@ -389,8 +377,6 @@ id_value!(
 #[derive(Debug)]
 pub enum Row {
     #[doc(hidden)]
-    Sqlite(SqliteRow),
-    #[doc(hidden)]
     Postgres(PgRow),
     #[doc(hidden)]
     Direct(DirectRow),
@@ -411,9 +397,6 @@ impl Row {
     /// Reads a nullable JSON column.
     pub fn get_json_opt(&self, column: &str) -> Result<Option<Value>, DbError> {
         match self {
-            Row::Sqlite(row) => Ok(row
-                .try_get::<Option<Json<Value>>, _>(column)?
-                .map(|json| json.0)),
             Row::Postgres(row) => Ok(row
                 .try_get::<Option<Json<Value>>, _>(column)?
                 .map(|json| json.0)),
@@ -431,34 +414,13 @@ impl Row {
     pub fn columns(&self) -> Vec<String> {
         use sqlx::Column as _;
         match self {
-            Row::Sqlite(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
             Row::Postgres(row) => row.columns().iter().map(|c| c.name().to_owned()).collect(),
             Row::Direct(row) => row.columns().to_vec(),
         }
     }
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-fn bind_sqlite(sql: &Sql, args: Vec<Arg>) -> SqliteQuery<'static> {
-    let mut query = match sql.for_sqlx() {
-        SqlxText::Literal(text) => sqlx::query::<Sqlite>(text),
-        SqlxText::Built(text) => sqlx::query::<Sqlite>(text),
-    };
-    for arg in args {
-        query = match arg {
-            Arg::Bool(v) => query.bind(v),
-            Arg::Int(v) => query.bind(v),
-            Arg::Float(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
-            Arg::Uuid(v) => query.bind(v.map(|uuid| uuid.hyphenated().to_string())),
-            Arg::Json(v) => query.bind(v.map(Json)),
-            Arg::Time(v) => query.bind(v.map(|at| sqlite_time(&at))),
-        };
-    }
-    query
-}
 
 fn bind_postgres(sql: &Sql, args: Vec<Arg>) -> PgQuery<'static> {
     let mut query = match sql.for_sqlx() {
@@ -519,7 +481,6 @@ pub struct SavepointMark {
 
 #[derive(Debug)]
 pub(crate) enum ConnInner<'c> {
-    Sqlite(&'c mut SqliteConnection),
     Postgres(&'c mut PgConnection),
     Direct(&'c mut rusqlite::Connection),
 }
@@ -563,7 +524,6 @@ impl<'c> Conn<'c> {
     /// A shorter-lived borrow of the same connection.
     pub fn reborrow(&mut self) -> Conn<'_> {
         let inner = match &mut self.inner {
-            ConnInner::Sqlite(conn) => ConnInner::Sqlite(conn),
             ConnInner::Postgres(conn) => ConnInner::Postgres(conn),
             ConnInner::Direct(conn) => ConnInner::Direct(conn),
         };
@@ -577,7 +537,7 @@ impl<'c> Conn<'c> {
     /// The backend this connection talks to.
     pub fn backend(&self) -> Backend {
         match self.inner {
-            ConnInner::Sqlite(_) | ConnInner::Direct(_) => Backend::Sqlite,
+            ConnInner::Direct(_) => Backend::Sqlite,
             ConnInner::Postgres(_) => Backend::Postgres,
         }
     }
@@ -656,11 +616,6 @@ impl<'c> Conn<'c> {
         }
         self.send_queued().await?;
         let result = match &mut self.inner {
-            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(DbError::from),
             ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .execute(&mut **conn)
                 .await
@@ -677,12 +632,6 @@ impl<'c> Conn<'c> {
         self.before(&sql);
         self.send_queued().await?;
         let result = match &mut self.inner {
-            ConnInner::Sqlite(conn) => match sql.for_sqlx() {
-                SqlxText::Literal(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
-                SqlxText::Built(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
-            }
-            .map(drop)
-            .map_err(DbError::from),
             ConnInner::Postgres(conn) => match sql.for_sqlx() {
                 SqlxText::Literal(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
                 SqlxText::Built(text) => sqlx::raw_sql(text).execute(&mut **conn).await,
@@ -704,11 +653,6 @@ impl<'c> Conn<'c> {
         self.before(&sql);
         self.send_queued().await?;
         let result = match &mut self.inner {
-            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
-                .fetch_all(&mut **conn)
-                .await
-                .map(|rows| rows.into_iter().map(Row::Sqlite).collect())
-                .map_err(DbError::from),
             ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .fetch_all(&mut **conn)
                 .await
@@ -730,11 +674,6 @@ impl<'c> Conn<'c> {
         self.before(&sql);
         self.send_queued().await?;
         let result = match &mut self.inner {
-            ConnInner::Sqlite(conn) => bind_sqlite(&sql, args)
-                .fetch_optional(&mut **conn)
-                .await
-                .map(|row| row.map(Row::Sqlite))
-                .map_err(DbError::from),
             ConnInner::Postgres(conn) => bind_postgres(&sql, args)
                 .fetch_optional(&mut **conn)
                 .await

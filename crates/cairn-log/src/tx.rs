@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Postgres, Sqlite};
+use sqlx::Postgres;
 
 use cairn_types::{ErrorCode, Position, StreamId, StreamVersion};
 
@@ -41,13 +41,27 @@ pub(crate) enum Isolation {
 }
 
 pub(crate) enum TxInner {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// A read snapshot on one of SQLite's read connections.
+    DirectRead(DirectRead),
     Postgres(sqlx::Transaction<'static, Postgres>),
     /// The PostgreSQL writer's optimistic batch, begun and committed by hand so that
     /// `BEGIN` and `COMMIT` share round trips with the batch's first and last
     /// statements.
     PgBatch(PgBatch),
     Direct(DirectTx),
+}
+
+/// A read transaction on one of SQLite's read connections: one snapshot of the file
+/// for every statement in it. Ended (rolled back) when the lease goes home.
+pub(crate) struct DirectRead {
+    lease: crate::direct::ReadLease,
+}
+
+impl DirectRead {
+    pub(crate) fn begin(mut lease: crate::direct::ReadLease) -> Result<DirectRead, DbError> {
+        lease.conn().execute_batch("BEGIN DEFERRED")?;
+        Ok(DirectRead { lease })
+    }
 }
 
 /// A transaction on the PostgreSQL writer's connection, begun and ended by hand.
@@ -86,7 +100,7 @@ impl Drop for PgBatch {
 impl std::fmt::Debug for TxInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TxInner::Sqlite(_) => "Sqlite",
+            TxInner::DirectRead(_) => "DirectRead",
             TxInner::Postgres(_) => "Postgres",
             TxInner::PgBatch(_) => "PgBatch",
             TxInner::Direct(_) => "Direct",
@@ -455,7 +469,7 @@ impl Tx {
     /// The transaction's connection.
     pub fn conn(&mut self) -> Conn<'_> {
         let inner = match &mut self.inner {
-            TxInner::Sqlite(tx) => ConnInner::Sqlite(tx),
+            TxInner::DirectRead(tx) => ConnInner::Direct(tx.lease.conn()),
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
             TxInner::PgBatch(tx) => ConnInner::Postgres(tx.conn()),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
@@ -466,7 +480,7 @@ impl Tx {
     /// The backend the transaction runs on.
     pub fn backend(&self) -> Backend {
         match &self.inner {
-            TxInner::Sqlite(_) | TxInner::Direct(_) => Backend::Sqlite,
+            TxInner::DirectRead(_) | TxInner::Direct(_) => Backend::Sqlite,
             TxInner::Postgres(_) | TxInner::PgBatch(_) => Backend::Postgres,
         }
     }
@@ -547,7 +561,7 @@ impl Tx {
             return Ok(());
         }
         let inner = match &mut self.inner {
-            TxInner::Sqlite(tx) => ConnInner::Sqlite(tx),
+            TxInner::DirectRead(tx) => ConnInner::Direct(tx.lease.conn()),
             TxInner::Postgres(tx) => ConnInner::Postgres(tx),
             TxInner::PgBatch(tx) => ConnInner::Postgres(tx.conn()),
             TxInner::Direct(tx) => ConnInner::Direct(tx.conn()),
@@ -570,7 +584,7 @@ impl Tx {
             inner, shared, log, ..
         } = self;
         match inner {
-            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::DirectRead(mut tx) => tx.lease.conn().execute_batch("COMMIT")?,
             TxInner::Postgres(tx) => tx.commit().await?,
             TxInner::PgBatch(mut tx) => {
                 sqlx::raw_sql("COMMIT").execute(tx.conn()).await?;
@@ -616,7 +630,7 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), DbError> {
         let Tx { inner, .. } = self;
         match inner {
-            TxInner::Sqlite(tx) => tx.rollback().await?,
+            TxInner::DirectRead(mut tx) => tx.lease.conn().execute_batch("ROLLBACK")?,
             TxInner::Postgres(tx) => tx.rollback().await?,
             TxInner::PgBatch(mut tx) => {
                 sqlx::raw_sql("ROLLBACK").execute(tx.conn()).await?;

@@ -534,6 +534,21 @@ pub enum BenchCommand {
     Workflow(BenchAppendArgs),
     /// From a command's HTTP request to its event at SSE subscribers (1 and 100).
     Realtime(BenchAppendArgs),
+    /// A cairn serve process under HTTP load: authenticated reads and commands,
+    /// requests per second, p99, and the server's peak memory.
+    Http(BenchHttpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchHttpArgs {
+    /// Connections sending authenticated reads.
+    #[arg(long, default_value_t = 16)]
+    pub read_connections: usize,
+    /// Connections sending commands.
+    #[arg(long, default_value_t = 64)]
+    pub command_connections: usize,
+    #[command(flatten)]
+    pub common: BenchAppendArgs,
 }
 
 #[derive(Debug, Args)]

@@ -705,3 +705,53 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    bench_http_loads_a_serve_process_and_reports_its_memory,
+    |t: TestDb| async move {
+        let output = cairn(
+            t.url(),
+            &[
+                "bench",
+                "http",
+                "--seconds",
+                "0.5",
+                "--read-connections",
+                "4",
+                "--command-connections",
+                "8",
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&output, 0);
+        let report = json_of(&output);
+        let scenarios = report["scenarios"].as_array().expect("scenarios");
+        let names: Vec<&str> = scenarios
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["authenticated read", "command (direct-care settings)"]
+        );
+        for scenario in scenarios {
+            assert!(scenario["requests"].as_u64() > Some(0), "{scenario}");
+            assert_eq!(scenario["errors"].as_u64(), Some(0), "{scenario}");
+        }
+        assert_eq!(scenarios[0]["connections"].as_u64(), Some(4));
+        assert!(
+            report["server_peak_rss_mib"].as_f64() > Some(1.0),
+            "{report}"
+        );
+
+        let output = cairn(t.url(), &["bench", "http", "--read-connections", "0"]).await;
+        assert_exit(&output, 2);
+        assert!(
+            stderr(&output).contains("--read-connections takes 1 to 1024 connections, not 0"),
+            "{}",
+            stderr(&output)
+        );
+        Ok(())
+    }
+);

@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Append(args)) => bench::append(&url, args).await,
         Command::Bench(BenchCommand::Workflow(args)) => bench::workflow(&url, args).await,
         Command::Bench(BenchCommand::Realtime(args)) => bench::realtime(&url, args).await,
+        Command::Bench(BenchCommand::Http(args)) => bench::http(&url, args).await,
         Command::Demo(args) => demo::run(&url, &runtime, args).await,
         Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
         Command::Org(OrgCommand::Bootstrap(args)) => org::bootstrap(&url, &runtime, args).await,

@@ -5,10 +5,12 @@
 //! in the configured PostgreSQL database.
 
 mod append;
+mod http;
 mod realtime;
 mod workflow;
 
 pub use append::append;
+pub use http::http;
 pub use realtime::realtime;
 pub use workflow::workflow;
 
@@ -110,6 +112,18 @@ impl Place {
                     db,
                     described,
                 ))
+            }
+        }
+    }
+
+    /// The database URL another process uses to work in this place.
+    pub(super) fn url_for_process(&self) -> String {
+        match self {
+            Place::Sqlite { dir } => format!("sqlite://{}", dir.path().join("bench.db").display()),
+            Place::Postgres { url, schema } => {
+                // The schema travels as a startup option, as `search_path`.
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}options=-c%20search_path%3D{schema}")
             }
         }
     }
