@@ -234,7 +234,9 @@ impl EventStore {
     }
 
     /// Dispatches the next batch in a transaction of its own: first without a
-    /// savepoint per handler, and only if a handler fails, again with one each.
+    /// savepoint per handler and, on PostgreSQL, with the handlers' writes sent
+    /// together; only if a handler fails (or a write was not what it seemed), again
+    /// with a savepoint each and every write answered as it runs.
     async fn rebuild_batch_in_own_transaction(
         &self,
         session: &mut Session,
@@ -242,19 +244,27 @@ impl EventStore {
         dispatch_twice: bool,
     ) -> Result<usize, ReplayError> {
         let before = rebuild.clone();
+        session.queue_writes(true);
         session.begin_read_only().await?;
         let fast = self
             .rebuild_batch(&mut session.conn(), rebuild, dispatch_twice, false)
             .await;
+        let fast = match fast {
+            Ok(Some(n)) => session
+                .commit()
+                .await
+                .map(|()| Some(n))
+                .map_err(ReplayError::from),
+            other => other,
+        };
+        session.queue_writes(false);
         match fast {
-            Ok(Some(n)) => {
-                session.commit().await?;
-                return Ok(n);
-            }
+            Ok(Some(n)) => return Ok(n),
             Ok(None) => session.rollback().await?,
             Err(error) => {
-                let _ = session.rollback().await;
-                return Err(error);
+                if session.rollback().await.is_err() {
+                    return Err(error);
+                }
             }
         }
         *rebuild = before;

@@ -608,6 +608,9 @@ enum SessionInner {
 #[derive(Debug)]
 pub struct Session {
     inner: Option<SessionInner>,
+    /// Writes queued to go out together (PostgreSQL), while turned on.
+    pipeline: Option<crate::pipeline::Pipeline>,
+    prepared: crate::pipeline::Prepared,
 }
 
 impl Db {
@@ -618,7 +621,7 @@ impl Db {
             Pools::Sqlite { path, .. } => SessionInner::Direct(crate::direct::open(path)?),
             Pools::Postgres { pool, .. } => SessionInner::Postgres(pool.acquire().await?),
         };
-        Ok(Session { inner: Some(inner) })
+        Ok(Session::new(inner))
     }
 
     /// A session that only reads (and writes temporary tables).
@@ -629,11 +632,30 @@ impl Db {
             }
             Pools::Postgres { pool, .. } => SessionInner::Postgres(pool.acquire().await?),
         };
-        Ok(Session { inner: Some(inner) })
+        Ok(Session::new(inner))
     }
 }
 
 impl Session {
+    fn new(inner: SessionInner) -> Session {
+        Session {
+            inner: Some(inner),
+            pipeline: None,
+            prepared: crate::pipeline::Prepared::default(),
+        }
+    }
+
+    /// Queues writes to go out together, on PostgreSQL, until turned off (see
+    /// [`crate::pipeline`]): each is reported as changing one row and checked when
+    /// the queue goes out, at the next read or at commit, where a write that changed
+    /// another number of rows fails the transaction. For work that can run again
+    /// without the queue when that happens (replay's batches).
+    pub fn queue_writes(&mut self, on: bool) {
+        let postgres = matches!(self.inner, Some(SessionInner::Postgres(_)));
+        self.pipeline =
+            (on && postgres).then(|| crate::pipeline::Pipeline::new(self.prepared.clone()));
+    }
+
     /// The session's connection.
     pub fn conn(&mut self) -> Conn<'_> {
         let inner = match self
@@ -644,7 +666,7 @@ impl Session {
             SessionInner::Direct(conn) => ConnInner::Direct(conn),
             SessionInner::Postgres(conn) => ConnInner::Postgres(conn),
         };
-        Conn::new(inner, None)
+        Conn::new(inner, None).with_pipeline(self.pipeline.as_ref())
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).

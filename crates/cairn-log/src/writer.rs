@@ -671,6 +671,12 @@ async fn commit_batch(
     metrics
         .writer_batch_seconds
         .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        units = jobs.len(),
+        reruns,
+        seconds = started.elapsed().as_secs_f64(),
+        "a log writer batch ended"
+    );
     match outcome {
         Attempt::Committed | Attempt::Rerun { .. } => {
             for job in jobs {

@@ -451,6 +451,10 @@ impl Engine {
         tokio::pin!(shutdown);
         let mut quiet_until = tokio::time::Instant::now();
         loop {
+            // Runs that finished free their slots at once, however many.
+            while let Some(finished) = drives.try_join_next() {
+                report_panic(finished);
+            }
             let mut due_in = poll;
             let free = concurrency.saturating_sub(drives.len());
             if free > 0 {
@@ -486,13 +490,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(finished) = drives.join_next(), if !drives.is_empty() => {
-                    if let Err(error) = finished
-                        && error.is_panic()
-                    {
-                        tracing::error!("a workflow run's task panicked; its lease will expire");
-                    }
-                }
+                Some(finished) = drives.join_next(), if !drives.is_empty() => report_panic(finished),
                 () = self.inner.wake.notified() => {}
                 _ = async {
                     tokio::time::sleep_until(quiet_until).await;
@@ -997,6 +995,14 @@ async fn perform(
     match &attempt.role {
         Role::Action => workflow.perform(&run.input, &attempt.call, ctx).await,
         Role::Compensation(target) => workflow.compensate(&run.input, target, ctx).await,
+    }
+}
+
+fn report_panic(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = finished
+        && error.is_panic()
+    {
+        tracing::error!("a workflow run's task panicked; its lease will expire");
     }
 }
 

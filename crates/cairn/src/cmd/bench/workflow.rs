@@ -83,7 +83,7 @@ impl Workflow for Noop {
 
 #[derive(Debug, Serialize)]
 struct Scenario {
-    name: &'static str,
+    name: String,
     runs: u64,
     steps: u64,
     seconds: f64,
@@ -141,17 +141,15 @@ async fn bootstraps(
     duration: Duration,
     progress: &ui::Progress,
 ) -> anyhow::Result<Scenario> {
-    const IN_FLIGHT: u64 = 16;
+    const IN_FLIGHT: u64 = 64;
+    let config = EngineConfig::default();
+    let workers = config.concurrency;
     let domain = Domain::open(
         store.clone(),
         Arc::new(InstantMailer),
         Arc::new(SystemClock),
         DomainConfig::default(),
-        EngineConfig {
-            concurrency: 4,
-            poll_interval: Duration::from_millis(10),
-            ..EngineConfig::default()
-        },
+        config,
     )
     .await?;
     let engine = domain.engine().clone();
@@ -201,13 +199,13 @@ async fn bootstraps(
     let seconds = started.elapsed().as_secs_f64();
     let steps = steps_of(store, kind).await?;
     Ok(Scenario {
-        name: "bootstrap (3 emails), 4 workers",
+        name: format!("bootstrap (3 emails), {workers} workers"),
         runs,
         steps,
         seconds,
         runs_per_second: runs as f64 / seconds,
         steps_per_second: steps as f64 / seconds,
-        ms_per_step: seconds * 1e3 * 4.0 / steps.max(1) as f64,
+        ms_per_step: seconds * 1e3 * workers as f64 / steps.max(1) as f64,
     })
 }
 
@@ -273,9 +271,9 @@ async fn noop(
     );
     Ok(Scenario {
         name: if external {
-            "20 no-op external steps, 1 worker"
+            "20 no-op external steps, 1 worker".to_owned()
         } else {
-            "20 no-op steps, 1 worker"
+            "20 no-op steps, 1 worker".to_owned()
         },
         runs,
         steps,
