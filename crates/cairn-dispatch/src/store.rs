@@ -202,7 +202,9 @@ impl EventStore {
             };
             let took = clock.elapsed();
             span.record("outcome", outcome_name(&outcome));
-            tx.record_span(handled_span(event, &outcome, started_at, took));
+            if worth_a_span(&outcome, took) {
+                tx.record_span(handled_span(event, &outcome, started_at, took));
+            }
             metrics
                 .handler_seconds
                 .get_or_create(&cairn_observe::EventLabels {
@@ -365,6 +367,17 @@ impl EventStore {
         }
         Ok(report)
     }
+}
+
+/// Handlers that take longer than this leave a span with their duration.
+const SLOW_HANDLER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether a handler's run is worth a row of its own in the timeline: one that failed
+/// (its event may not even be committed) or took long. An event applied quickly says
+/// all there is in its own row (its outcome, and when it was processed); a span per
+/// event would double what the log writes.
+fn worth_a_span(outcome: &Outcome, took: std::time::Duration) -> bool {
+    outcome.error().is_some() || took >= SLOW_HANDLER
 }
 
 /// A span for the timeline of how one event's dispatch went. It is recorded on the

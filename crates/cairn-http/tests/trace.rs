@@ -103,8 +103,8 @@ backend_test!(
         assert!(
             named("event")
                 .iter()
-                .all(|e| e["detail"]["handler"] == "applied" && e["duration_ms"].is_number()),
-            "each event with its handler's time"
+                .all(|e| e["detail"]["handler"] == "applied" && e["at"].is_string()),
+            "each event with its handler's outcome and when it ran"
         );
         let last_workflow = named("workflow")
             .last()

@@ -286,6 +286,7 @@ fn event_entry(event: &RecordedEvent, handler: Option<&SpanRecord>) -> Draft {
             "stream_type": event.stream_type,
             "stream_id": event.stream_id,
             "handler": outcome,
+            "processed_at": event.processed_at,
         }),
     }
 }

@@ -547,6 +547,10 @@ pub struct BenchHttpArgs {
     /// Connections sending commands.
     #[arg(long, default_value_t = 64)]
     pub command_connections: usize,
+    /// How many cairn serve processes share the database, one round each: a
+    /// comma-separated list (PostgreSQL is how several processes share the work).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_usize])]
+    pub processes: Vec<usize>,
     #[command(flatten)]
     pub common: BenchAppendArgs,
 }

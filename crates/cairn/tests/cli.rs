@@ -640,8 +640,9 @@ backend_test!(
         assert!(!events.is_empty());
         for event in events {
             assert!(
-                event["duration_ms"].is_number(),
-                "every event has its handler's span: {event}"
+                event["detail"]["handler"] == "applied"
+                    && event["detail"]["processed_at"].is_string(),
+                "every event says how its handler did, and when: {event}"
             );
         }
 

@@ -1,11 +1,13 @@
-//! `cairn bench http`: a `cairn serve` process under load over loopback.
+//! `cairn bench http`: `cairn serve` processes under load over loopback.
 //!
-//! The server is a child process, started on a place of its own as a user would start
+//! Each server is a child process, started on a place of its own as a user would start
 //! it, so that its memory is its own. Clients are real HTTP/1.1 connections with
 //! keep-alive, each sending its next request as soon as the last one is answered:
 //! an authenticated read (`GET /v1/organizations/{id}`) with 16 connections, and a
 //! command (`PUT /v1/organizations/{id}/direct-care-settings`, one event through the
-//! log writer) with 64.
+//! log writer) with 64. With `--processes 1,2,4`, each count of processes shares one
+//! database and the connections are spread over them: how throughput scales when
+//! several processes share the log (on PostgreSQL, as in production).
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use crate::ui;
 #[derive(Debug, Serialize)]
 struct Scenario {
     name: &'static str,
+    /// `cairn serve` processes sharing the database.
+    processes: usize,
     connections: usize,
     requests: u64,
     requests_per_second: f64,
@@ -38,7 +42,7 @@ struct Scenario {
     /// Answers other than the expected status (503 overloaded among them).
     errors: u64,
     overloaded: u64,
-    /// The server's resident memory at the end of the scenario, in MiB.
+    /// The largest server's resident memory at the end of the scenario, in MiB.
     server_rss_mib: f64,
 }
 
@@ -47,7 +51,7 @@ struct Report {
     backend: &'static str,
     place: String,
     scenarios: Vec<Scenario>,
-    /// The most resident memory the server process ever had, in MiB.
+    /// The most resident memory any server process ever had, in MiB.
     server_peak_rss_mib: f64,
 }
 
@@ -186,7 +190,7 @@ enum Call {
 }
 
 async fn run(
-    server: &Server,
+    servers: &[Server],
     token: &str,
     name: &'static str,
     call: Call,
@@ -203,7 +207,7 @@ async fn run(
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()?;
-        let base = server.base.clone();
+        let base = servers[connection % servers.len()].base.clone();
         let token = token.to_owned();
         let call = call.clone();
         let errors = errors.clone();
@@ -268,6 +272,7 @@ async fn run(
     latencies.sort();
     Ok(Scenario {
         name,
+        processes: servers.len(),
         connections,
         requests: latencies.len() as u64,
         requests_per_second: latencies.len() as f64 / elapsed,
@@ -275,10 +280,10 @@ async fn run(
         p99_ms: percentile(&latencies, 0.99),
         errors: errors.load(Ordering::Relaxed),
         overloaded: overloaded.load(Ordering::Relaxed),
-        server_rss_mib: server
-            .pid()
-            .and_then(|pid| proc_status_mib(pid, "VmRSS:"))
-            .unwrap_or(f64::NAN),
+        server_rss_mib: servers
+            .iter()
+            .filter_map(|server| server.pid().and_then(|pid| proc_status_mib(pid, "VmRSS:")))
+            .fold(f64::NAN, f64::max),
     })
 }
 
@@ -291,6 +296,16 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(
             (1..=1024).contains(&n),
             "{flag} takes 1 to 1024 connections, not {n}"
+        );
+    }
+    anyhow::ensure!(
+        !args.processes.is_empty(),
+        "--processes needs at least one count"
+    );
+    for &n in &args.processes {
+        anyhow::ensure!(
+            (1..=16).contains(&n),
+            "--processes takes counts from 1 to 16, not {n}"
         );
     }
     let (place, db, described) = super::Place::open(url, None).await?;
@@ -309,44 +324,51 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
             secret.as_bytes(),
             Duration::from_secs(3_600),
         )?;
-        let server = Server::start(&place.url_for_process(), &secret).await?;
-        let pid = server.pid();
         let mut scenarios = Vec::new();
-        let plan = [
-            (
-                "authenticated read",
-                Call::Read {
-                    path: format!("/v1/organizations/{org_id}"),
-                },
-                args.read_connections,
-            ),
-            (
-                "command (direct-care settings)",
-                Call::Command {
-                    path: format!("/v1/organizations/{org_id}/direct-care-settings"),
-                },
-                args.command_connections,
-            ),
-        ];
-        for (name, call, connections) in plan {
-            let progress = ui::Progress::new("running");
-            let scenario = run(
-                &server,
-                &token,
-                name,
-                call,
-                connections,
-                duration,
-                &progress,
-            )
-            .await;
-            progress.finish();
-            scenarios.push(scenario?);
+        let mut peak = f64::NAN;
+        for &processes in &args.processes {
+            let mut servers = Vec::with_capacity(processes);
+            for _ in 0..processes {
+                servers.push(Server::start(&place.url_for_process(), &secret).await?);
+            }
+            let plan = [
+                (
+                    "authenticated read",
+                    Call::Read {
+                        path: format!("/v1/organizations/{org_id}"),
+                    },
+                    args.read_connections,
+                ),
+                (
+                    "command (direct-care settings)",
+                    Call::Command {
+                        path: format!("/v1/organizations/{org_id}/direct-care-settings"),
+                    },
+                    args.command_connections,
+                ),
+            ];
+            for (name, call, connections) in plan {
+                let progress = ui::Progress::new("running");
+                let scenario = run(
+                    &servers,
+                    &token,
+                    name,
+                    call,
+                    connections,
+                    duration,
+                    &progress,
+                )
+                .await;
+                progress.finish();
+                scenarios.push(scenario?);
+            }
+            for server in servers {
+                if let Some(mib) = server.pid().and_then(|pid| proc_status_mib(pid, "VmHWM:")) {
+                    peak = peak.max(mib);
+                }
+                server.stop().await;
+            }
         }
-        let peak = pid
-            .and_then(|pid| proc_status_mib(pid, "VmHWM:"))
-            .unwrap_or(f64::NAN);
-        server.stop().await;
         anyhow::Ok((scenarios, peak))
     }
     .await;
@@ -364,6 +386,7 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
     }
     let mut table = ui::table(&[
         "SCENARIO",
+        "PROCESSES",
         "CONNECTIONS",
         "REQUESTS",
         "REQ/S",
@@ -380,6 +403,7 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
     for s in &report.scenarios {
         table.add_row(vec![
             s.name.to_owned(),
+            ui::count(s.processes as u64),
             ui::count(s.connections as u64),
             ui::count(s.requests),
             ui::count(s.requests_per_second.round() as u64),
@@ -401,7 +425,7 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{}",
         style(format!(
-            "a cairn serve process over loopback, clients in this process; the server's peak resident memory: {:.0} MiB",
+            "cairn serve processes over loopback, clients in this process; the largest server's peak resident memory: {:.0} MiB",
             report.server_peak_rss_mib
         ))
         .dim()
