@@ -371,6 +371,22 @@ impl Queue {
         }
     }
 
+    /// Lets callers that the last commit answered queue their next unit before the
+    /// next batch forms: with `last_batch` writers in a closed loop, a batch taken at
+    /// once would hold only the first few of them, and the rest would wait a whole
+    /// commit. Two yields at most, and none when the writer works alone.
+    async fn linger(&self, last_batch: usize) {
+        if last_batch < 2 {
+            return;
+        }
+        for _ in 0..2 {
+            if self.lock().len() >= last_batch {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.work.notify_one();
@@ -610,10 +626,19 @@ pub(crate) async fn run(
     config: WriterConfig,
 ) {
     let WriterQueue { queue, stopped } = queue;
-    while let Some(batch) = queue.next(config.max_batch).await {
+    let mut last_batch = 0;
+    loop {
+        queue.linger(last_batch).await;
+        let Some(batch) = queue.next(config.max_batch).await else {
+            break;
+        };
         match batch {
-            Batch::Lend(reply) => home.lend(reply).await,
+            Batch::Lend(reply) => {
+                last_batch = 0;
+                home.lend(reply).await;
+            }
             Batch::Work(jobs) => {
+                last_batch = jobs.len();
                 let done = AssertUnwindSafe(commit_batch(&mut home, jobs, config.mode, &shared))
                     .catch_unwind()
                     .await;
