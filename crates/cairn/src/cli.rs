@@ -533,7 +533,7 @@ pub enum BenchCommand {
     /// Bootstrap workflows per second, and the engine's overhead per step.
     Workflow(BenchAppendArgs),
     /// From a command's HTTP request to its event at SSE subscribers (1 and 100).
-    Realtime(BenchAppendArgs),
+    Realtime(BenchRealtimeArgs),
     /// A cairn serve process under HTTP load: authenticated reads and commands,
     /// requests per second, p99, and the server's peak memory.
     Http(BenchHttpArgs),
@@ -551,6 +551,16 @@ pub struct BenchHttpArgs {
     /// comma-separated list (PostgreSQL is how several processes share the work).
     #[arg(long, value_delimiter = ',', default_values_t = [1_usize])]
     pub processes: Vec<usize>,
+    #[command(flatten)]
+    pub common: BenchAppendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRealtimeArgs {
+    /// Subscribers following the feed, one scenario each: a comma-separated list
+    /// (1 to 5,000 each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_usize, 100])]
+    pub subscribers: Vec<usize>,
     #[command(flatten)]
     pub common: BenchAppendArgs,
 }

@@ -29,7 +29,7 @@ pub struct Progress {
 
 impl Progress {
     /// A bar labelled `label`, shown only on a terminal.
-    pub fn new(label: &'static str) -> Self {
+    pub fn new(label: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         if !std::io::stderr().is_terminal() {
             return Self { bar: None };
         }

@@ -1,5 +1,6 @@
 //! `cairn bench realtime`: the time from a command's HTTP request to the arrival of
-//! its event at Server-Sent Events subscribers, with 1 and with 100 subscribers.
+//! its event at Server-Sent Events subscribers, with 1 and with 100 subscribers (or the
+//! counts `--subscribers` names, e.g. 1,100,1000).
 //!
 //! The server runs in this process on a loopback port, as `cairn serve` would; the
 //! subscribers and the commands are real HTTP clients over real sockets. A command is
@@ -24,7 +25,7 @@ use cairn_types::{CorrelationId, OrgId};
 use cairn_workflow::{EngineConfig, SystemClock};
 
 use crate::app;
-use crate::cli::BenchAppendArgs;
+use crate::cli::BenchRealtimeArgs;
 use crate::ui;
 
 /// When each command was sent, by correlation id.
@@ -209,7 +210,12 @@ async fn scenario(
     })
 }
 
-pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCode> {
+pub async fn realtime(url: &str, args: BenchRealtimeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(bad) = args.subscribers.iter().find(|n| !(1..=5_000).contains(*n)) {
+        anyhow::bail!("--subscribers: each count must be 1 to 5,000, not {bad}");
+    }
+    let counts = args.subscribers.clone();
+    let args = args.common;
     let duration = super::scenario_duration(&args)?;
     let (place, db, described) = super::Place::open(url, None).await?;
     let backend = db.backend();
@@ -255,8 +261,13 @@ pub async fn realtime(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
             ttl,
         )?;
         let mut scenarios = Vec::new();
-        for subscribers in [1, 100] {
-            let progress = ui::Progress::new(if subscribers == 1 { "1 sub" } else { "100 subs" });
+        for subscribers in counts {
+            let label = if subscribers == 1 {
+                "1 sub".to_owned()
+            } else {
+                format!("{subscribers} subs")
+            };
+            let progress = ui::Progress::new(label);
             let outcome =
                 scenario(&base, &admin, &watcher, org, subscribers, duration, &progress).await;
             progress.finish();
