@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::process::Output;
 
 /// Runs `cairn --database-url URL ARGS…` with no standard input.
