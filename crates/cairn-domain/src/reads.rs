@@ -180,6 +180,23 @@ pub async fn events(
         .collect())
 }
 
+/// How many of the events the grant sees failed, by error code (for [`Action::ListEvents`]).
+pub async fn failures_by_code(
+    db: &Db,
+    grant: &Grant,
+) -> Result<Vec<cairn_log::FailureCount>, ReadsError> {
+    let tenancy = require(grant, Action::ListEvents)?;
+    let org_id = match tenancy {
+        Tenancy::None => return Ok(Vec::new()),
+        Tenancy::Org(org) => Some(*org),
+        Tenancy::All => None,
+    };
+    // The probe's synthetic events show only to whoever asks for them by name.
+    let exclude_org = (org_id != Some(OrgId::PROBE)).then_some(OrgId::PROBE);
+    let mut scoped = db.scoped(tenancy).await?;
+    Ok(scoped.conn().failures_by_code(org_id, exclude_org).await?)
+}
+
 /// One event, if the grant sees its tenant.
 pub async fn event(
     db: &Db,

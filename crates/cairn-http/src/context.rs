@@ -102,7 +102,7 @@ pub struct Caller(std::sync::Arc<std::sync::Mutex<Option<CallerNote>>>);
 type CallerNote = (String, Option<cairn_types::OrgId>);
 
 impl Caller {
-    fn note(&self, principal: &Principal) {
+    pub(crate) fn note(&self, principal: &Principal) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some((principal.describe(), principal.org_id()));
         }
@@ -226,6 +226,8 @@ fn record_request(
         || route.starts_with("/health")
         || route.starts_with("/v1/events/stream")
         || route.starts_with("/v1/events/ws")
+        || route == "/console/live"
+        || route.starts_with("/console/assets")
     {
         return;
     }

@@ -11,6 +11,7 @@
 //! through `cairn_domain::reads`, with a grant from the policy.
 
 pub mod api;
+pub mod console;
 pub mod context;
 pub mod contracts;
 pub mod input;
@@ -45,6 +46,7 @@ struct Inner {
     probe: probe::ProbeState,
     openapi: Value,
     asyncapi: Value,
+    activity: console::Activity,
 }
 
 /// What every handler can reach.
@@ -104,6 +106,11 @@ impl AppState {
         &self.inner.asyncapi
     }
 
+    /// The console's recent activity samples.
+    pub fn activity(&self) -> &console::Activity {
+        &self.inner.activity
+    }
+
     /// Whether the database answers.
     pub async fn database_ready(&self) -> Result<(), cairn_log::DbError> {
         let mut reader = self.db().reader().await?;
@@ -140,6 +147,9 @@ pub struct Options {
     /// `GET /health/integration` answers with a probe result at most this old rather
     /// than start another.
     pub probe_max_age: std::time::Duration,
+    /// Mark the console's cookies `Secure` whatever the request says (the public URL
+    /// is https).
+    pub secure_cookies: bool,
 }
 
 impl Default for Options {
@@ -150,6 +160,7 @@ impl Default for Options {
                 unprocessed_after: chrono::Duration::minutes(1),
             },
             probe_max_age: std::time::Duration::from_secs(5),
+            secure_cookies: false,
         }
     }
 }
@@ -190,6 +201,7 @@ pub fn build(
             probe: probe::ProbeState::default(),
             openapi,
             asyncapi,
+            activity: console::Activity::default(),
         }),
     };
     let router = router
@@ -197,6 +209,7 @@ pub fn build(
             "/invitations/accept",
             axum::routing::get(pages::accept_page).post(pages::accept_form),
         )
+        .merge(console::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -43,7 +43,7 @@ pub use event::{
     ProcessingError, RecordedEvent,
 };
 pub use migrate::{MigrateError, Migration};
-pub use read::{EventFilter, Head, ReadError};
+pub use read::{EventFilter, FailureCount, Head, ReadError};
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
 pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row, Sql};
 pub use tx::{Savepoint, Tx};

@@ -79,6 +79,11 @@ pub struct EventFilter {
     pub failed: bool,
     /// Only failed events with this code (implies `failed`).
     pub error_code: Option<ErrorCode>,
+    /// Only events before this position.
+    pub before: Option<Position>,
+    /// The newest events first (the last `limit` of the matching ones), instead of the
+    /// oldest.
+    pub newest_first: bool,
 }
 
 impl EventFilter {
@@ -125,13 +130,27 @@ impl EventFilter {
                 args.len()
             ));
         }
+        if let Some(before) = self.before {
+            args.push(before.into_arg());
+            sql.push_str(&format!(" AND position < ${}", args.len()));
+        }
         if self.failed {
             sql.push_str(" AND processing_error_code IS NOT NULL");
         }
         args.push(i64::from(self.limit.unwrap_or(Self::DEFAULT_LIMIT)).into_arg());
-        sql.push_str(&format!(" ORDER BY position LIMIT ${}", args.len()));
+        let order = if self.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY position {order} LIMIT ${}", args.len()));
         (sql, args)
     }
+}
+
+/// How many events failed with one code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureCount {
+    pub code: String,
+    pub count: i64,
+    /// The newest failed event's position.
+    pub newest: Position,
 }
 
 /// The head of the log: its last position and hash, and how many events are failed.
@@ -195,6 +214,44 @@ impl Conn<'_> {
             )
             .await?;
         head_from_row(&row)
+    }
+
+    /// How many failed events there are for each error code, among the events of
+    /// `org_id` (all when `None`) except those of `exclude_org`; with the newest failed
+    /// position of each code.
+    pub async fn failures_by_code(
+        &mut self,
+        org_id: Option<OrgId>,
+        exclude_org: Option<OrgId>,
+    ) -> Result<Vec<FailureCount>, DbError> {
+        let mut sql = String::from(
+            "SELECT processing_error_code AS code, COUNT(*) AS n, MAX(position) AS newest \
+             FROM domain_events WHERE processing_error_code IS NOT NULL",
+        );
+        let mut args: Vec<Arg> = args![];
+        if let Some(org_id) = org_id {
+            args.push(org_id.into_arg());
+            sql.push_str(&format!(" AND org_id = ${}", args.len()));
+        }
+        if let Some(excluded) = exclude_org {
+            args.push(excluded.into_arg());
+            sql.push_str(&format!(
+                " AND (org_id IS NULL OR org_id <> ${})",
+                args.len()
+            ));
+        }
+        sql.push_str(" GROUP BY processing_error_code ORDER BY 1");
+        // The statement text is built only from fixed fragments; values are bound.
+        let rows = self.fetch_all(Sql::built(sql), args).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FailureCount {
+                    code: row.get("code")?,
+                    count: row.get("n")?,
+                    newest: Position::new(row.get("newest")?),
+                })
+            })
+            .collect()
     }
 
     /// How many failed events there are for each error code.

@@ -166,7 +166,9 @@ async fn probe_ping(
 }
 
 /// The chain's health: a probe result and the alerts.
-async fn integration_health(state: &AppState) -> Result<crate::probe::IntegrationHealth, Problem> {
+pub(crate) async fn integration_health(
+    state: &AppState,
+) -> Result<crate::probe::IntegrationHealth, Problem> {
     let grant = allow_principal(&cairn_policy::Principal::Anonymous, Action::ReadPublic)?;
     let (age, probe) = crate::probe::probe(state, state.options().probe_max_age).await;
     let system = reads::system_health(state.db(), &grant, state.options().thresholds)

@@ -40,7 +40,7 @@ pub(crate) fn denied(denial: Denial) -> Problem {
 }
 
 /// What a caller is told of a database error: by its kind, never its driver's detail.
-fn database(error: &cairn_log::DbError) -> Problem {
+pub(crate) fn database(error: &cairn_log::DbError) -> Problem {
     use cairn_log::DbErrorKind as Kind;
     match error.kind() {
         Kind::Overloaded => Problem::new(ProblemCode::Overloaded, error.to_string()),
@@ -59,7 +59,7 @@ fn database(error: &cairn_log::DbError) -> Problem {
     }
 }
 
-fn read_problem(error: ReadsError) -> Problem {
+pub(crate) fn read_problem(error: ReadsError) -> Problem {
     match &error {
         ReadsError::Database(e) => database(e),
         ReadsError::Log(cairn_log::ReadError::Database(e)) => database(e),
@@ -212,10 +212,13 @@ mod organizations;
 mod workflows;
 
 pub use documents::Document;
+pub(crate) use events::retry_problem;
 pub use events::{EventPath, EventsQuery, FailedEventsQuery, RetryFailedRequest, TracePath};
 pub use health::Health;
+pub(crate) use health::integration_health;
 pub use invitations::{AcceptRequest, InvitationPath, RevokeRequest, Revoked};
 pub use organizations::{OrgPath, OrgUserPath};
+pub(crate) use workflows::valid_kind;
 pub use workflows::{WorkflowPath, WorkflowsQuery};
 
 /// Every operation of the API.

@@ -110,6 +110,7 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         exclude_org: (!args.probe).then_some(cairn_types::OrgId::PROBE),
         failed: args.failed,
         error_code: args.code,
+        ..EventFilter::default()
     };
     let events = store
         .db()

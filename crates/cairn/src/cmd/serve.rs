@@ -79,7 +79,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         .with_context(|| format!("listening on {}", args.addr))?;
     let address = listener.local_addr()?;
     eprintln!(
-        "{} listening on http://{address}\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json\n  health    http://{address}/health/integration · http://{address}/metrics ({})",
+        "{} listening on http://{address}\n  console   http://{address}/console (sign in with a token from `cairn token`)\n  database  {}\n  mail      {}\n  tokens    {described}\n  contracts http://{address}/v1/openapi.json · http://{address}/v1/asyncapi.json\n  health    http://{address}/health/integration · http://{address}/metrics ({})",
         style("cairn").bold(),
         domain.store().db().describe(),
         runtime.mail_display(),
@@ -109,6 +109,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
                 .context("--stuck-after is too long")?,
             ..defaults.thresholds
         },
+        secure_cookies: runtime.public_url.starts_with("https://"),
         ..defaults
     };
     let built = cairn_http::build(domain, auth, options)?;
@@ -135,6 +136,13 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             }
         })
     });
+    let sampler = {
+        let state = built.state.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(cairn_http::console::run_sampler(state, async move {
+            let _ = stop.changed().await;
+        }))
+    };
     let mut http_stop = stop_rx;
     let server = cairn_http::serve(listener, built.router, async move {
         let _ = http_stop.changed().await;
@@ -155,6 +163,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     if let Some(prober) = prober {
         prober.abort();
     }
+    sampler.abort();
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,247 @@
+//! The health page: the integration probe's hops and the alerts, and the last ten
+//! minutes of events per second and failed events, sampled in this process.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+
+use cairn_domain::reads;
+use cairn_policy::{Action, Principal};
+
+use super::{Layout, Session, millis, problem_page, render, time};
+use crate::AppState;
+use crate::routes::allow_principal;
+
+/// How often the sampler reads the log's head.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How much history the chart shows.
+const WINDOW: chrono::Duration = chrono::Duration::minutes(10);
+
+/// One reading of the log's head.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: DateTime<Utc>,
+    head: i64,
+    failed: i64,
+}
+
+/// The last ten minutes of the log's head, sampled by [`run_sampler`].
+#[derive(Debug, Default)]
+pub struct Activity {
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+impl Activity {
+    fn record(&self, sample: Sample) {
+        if let Ok(mut samples) = self.samples.lock() {
+            samples.push_back(sample);
+            while samples
+                .front()
+                .is_some_and(|s| sample.at - s.at > WINDOW + chrono::Duration::seconds(15))
+            {
+                samples.pop_front();
+            }
+        }
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the head now, for the chart.
+async fn sample(state: &AppState) -> Option<Sample> {
+    let grant = allow_principal(&Principal::Anonymous, Action::ReadPublic).ok()?;
+    let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+        .await
+        .ok()?;
+    Some(Sample {
+        at: Utc::now(),
+        head: system.head.get(),
+        failed: system.failed_events,
+    })
+}
+
+/// Samples the log's head every [`SAMPLE_EVERY`] until `stop` resolves.
+pub async fn run_sampler(state: AppState, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        if let Some(sample) = sample(&state).await {
+            state.activity().record(sample);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// A hop of the last probe.
+pub(crate) struct HopRow {
+    pub hop: String,
+    pub ok: bool,
+    pub latency: String,
+    pub error: Option<String>,
+}
+
+/// An alert.
+pub(crate) struct AlertRow {
+    pub name: String,
+    pub active: bool,
+    pub value: i64,
+    pub message: String,
+}
+
+/// One bar of the chart.
+pub(crate) struct Column {
+    pub x: String,
+    pub y: String,
+    pub height: String,
+    pub title: String,
+}
+
+/// A chart of one series over the window.
+pub(crate) struct Chart {
+    pub columns: Vec<Column>,
+    pub peak: String,
+    pub latest: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/health.html")]
+struct HealthPage {
+    layout: Layout,
+    status: String,
+    probe_at: String,
+    probe_age: String,
+    probe_total: String,
+    probe_correlation: String,
+    hops: Vec<HopRow>,
+    alerts: Vec<AlertRow>,
+    head: i64,
+    failed: i64,
+    unprocessed: i64,
+    workflows: Vec<(String, i64)>,
+    rate: Chart,
+    failures: Chart,
+    since: Option<String>,
+    may_trace: bool,
+}
+
+/// Chart height and width, in SVG units.
+const HEIGHT: f64 = 60.0;
+const WIDTH: f64 = 600.0;
+
+fn chart(points: &[(DateTime<Utc>, f64)], now: DateTime<Utc>, unit: &str) -> Chart {
+    let peak = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let scale = if peak > 0.0 { HEIGHT / peak } else { 0.0 };
+    let window = WINDOW.num_milliseconds() as f64;
+    let slot = WIDTH / (window / SAMPLE_EVERY.as_millis() as f64);
+    let columns = points
+        .iter()
+        .filter_map(|(at, value)| {
+            let age = (now - *at).num_milliseconds() as f64;
+            (age <= window).then(|| {
+                let x = WIDTH - age / window * WIDTH - slot;
+                let height = (value * scale).max(if *value > 0.0 { 1.0 } else { 0.0 });
+                Column {
+                    x: format!("{:.1}", x.max(0.0)),
+                    y: format!("{:.1}", HEIGHT - height),
+                    height: format!("{height:.1}"),
+                    title: format!("{} · {value:.1} {unit}", time(at)),
+                }
+            })
+        })
+        .collect();
+    Chart {
+        columns,
+        peak: format!("{peak:.1} {unit}"),
+        latest: points
+            .last()
+            .map_or_else(|| "–".to_owned(), |p| format!("{:.1} {unit}", p.1)),
+    }
+}
+
+/// `GET /console/health`.
+pub(crate) async fn health(State(state): State<AppState>, session: Session) -> Response {
+    let health = match crate::routes::integration_health(&state).await {
+        Ok(health) => health,
+        Err(problem) => return problem_page(&session, &problem),
+    };
+    let now = Utc::now();
+    let mut samples = state.activity().samples();
+    if let Some(latest) = sample(&state).await {
+        samples.push(latest);
+    }
+    let rates: Vec<(DateTime<Utc>, f64)> = samples
+        .windows(2)
+        .filter_map(|pair| {
+            let seconds = (pair[1].at - pair[0].at).num_milliseconds() as f64 / 1_000.0;
+            (seconds > 0.5).then(|| {
+                (
+                    pair[1].at,
+                    (pair[1].head - pair[0].head).max(0) as f64 / seconds,
+                )
+            })
+        })
+        .collect();
+    let failures: Vec<(DateTime<Utc>, f64)> =
+        samples.iter().map(|s| (s.at, s.failed as f64)).collect();
+    let system = &health.system;
+    let status = match health.status {
+        crate::probe::HealthStatus::Ok => "ok",
+        crate::probe::HealthStatus::Degraded => "degraded",
+        crate::probe::HealthStatus::Failing => "failing",
+    };
+    let page = HealthPage {
+        layout: Layout::new(&session, "Health", "/health"),
+        status: status.to_owned(),
+        probe_at: time(&health.probe.at),
+        probe_age: millis(health.probe_age_ms),
+        probe_total: millis(health.probe.total_ms),
+        probe_correlation: health.probe.correlation_id.to_string(),
+        hops: health
+            .probe
+            .hops
+            .iter()
+            .map(|h| HopRow {
+                hop: h.hop.clone(),
+                ok: h.ok,
+                latency: h.latency_ms.map(millis).unwrap_or_default(),
+                error: h.error.clone(),
+            })
+            .collect(),
+        alerts: health
+            .alerts
+            .iter()
+            .map(|a| AlertRow {
+                name: a.alert.replace('_', " "),
+                active: a.active,
+                value: a.value,
+                message: a.message.clone(),
+            })
+            .collect(),
+        head: system.head.get(),
+        failed: system.failed_events,
+        unprocessed: system.unprocessed_events,
+        workflows: system
+            .workflows
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        rate: chart(&rates, now, "events/s"),
+        failures: chart(&failures, now, "failed"),
+        since: samples.first().map(|s| time(&s.at)),
+        may_trace: session.may(&Action::ReadTrace),
+    };
+    render(StatusCode::OK, &page)
+}

@@ -1,0 +1,892 @@
+//! Onboarding: organizations, their bootstrap, their people, invitations and settings.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use cairn_domain::model::DirectCareSettings;
+use cairn_domain::reads::{self, Page as QueryPage};
+use cairn_domain::{BootstrapRequest, InviteeRequest, OrganizationRequest, PersonRequest};
+use cairn_policy::Action;
+use cairn_types::{InvitationId, OrgId};
+
+use super::{Form, Layout, Session, not_found, problem_page, render, time};
+use crate::AppState;
+use crate::problem::Problem;
+use crate::routes::{allow, command_problem, read_problem};
+
+/// The roles a person can be given, in the order forms show them.
+const ROLES: [&str; 4] = ["admin", "clinician", "coordinator", "viewer"];
+
+/// How many invitee rows the bootstrap form offers.
+const INVITEE_ROWS: usize = 3;
+
+/// One input of a form, with what was typed and what was wrong with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
+    pub id: String,
+    pub name: String,
+    pub label: String,
+    pub kind: &'static str,
+    pub value: String,
+    pub hint: Option<&'static str>,
+    pub error: Option<String>,
+    pub autocomplete: &'static str,
+}
+
+impl Field {
+    fn new(name: &str, label: &str, kind: &'static str) -> Field {
+        Field {
+            id: name.replace(['.', '[', ']'], "-"),
+            name: name.to_owned(),
+            label: label.to_owned(),
+            kind,
+            value: String::new(),
+            hint: None,
+            error: None,
+            autocomplete: "off",
+        }
+    }
+
+    fn hint(mut self, hint: &'static str) -> Field {
+        self.hint = Some(hint);
+        self
+    }
+
+    fn autocomplete(mut self, value: &'static str) -> Field {
+        self.autocomplete = value;
+        self
+    }
+
+    /// Fills in the submitted value and the error for this field, if any.
+    fn from(mut self, form: Option<&Form>, errors: &BTreeMap<String, String>) -> Field {
+        if let Some(form) = form {
+            self.value = form.text(&self.name);
+        }
+        self.error = errors.get(&self.name).cloned();
+        self
+    }
+
+    fn value(mut self, value: impl Into<String>) -> Field {
+        self.value = value.into();
+        self
+    }
+}
+
+/// A group of role checkboxes.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleChoice {
+    pub id: String,
+    pub name: String,
+    pub options: Vec<(String, bool)>,
+    pub error: Option<String>,
+}
+
+impl RoleChoice {
+    fn new(name: &str, form: Option<&Form>, errors: &BTreeMap<String, String>) -> RoleChoice {
+        let chosen: Vec<&str> = form.map(|f| f.all(name)).unwrap_or_default();
+        RoleChoice {
+            id: name.replace(['.', '[', ']'], "-"),
+            name: name.to_owned(),
+            options: ROLES
+                .iter()
+                .map(|role| ((*role).to_owned(), chosen.contains(role)))
+                .collect(),
+            error: errors.get(name).cloned(),
+        }
+    }
+}
+
+/// The field errors of a problem, by field path.
+fn field_errors(problem: &Problem) -> BTreeMap<String, String> {
+    let mut errors = BTreeMap::new();
+    for error in &problem.errors {
+        errors
+            .entry(error.field.clone())
+            .or_insert_with(|| error.message.clone());
+    }
+    errors
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    after: Option<String>,
+}
+
+/// An organization in a list.
+pub(crate) struct OrgRow {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub status: String,
+    pub created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/organizations.html")]
+struct OrganizationsPage {
+    layout: Layout,
+    rows: Vec<OrgRow>,
+    may_bootstrap: bool,
+    next: Option<String>,
+}
+
+const PAGE: u32 = 50;
+
+/// `GET /console/organizations`.
+pub(crate) async fn organizations(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let grant = match allow(&session.ctx, Action::ListOrganizations) {
+        Ok(grant) => grant,
+        Err(problem) => return problem_page(&session, &problem),
+    };
+    let after = query.after.as_deref().and_then(|a| OrgId::parse(a).ok());
+    let orgs =
+        match reads::organizations(state.db(), &grant, QueryPage { after, limit: PAGE }).await {
+            Ok(orgs) => orgs,
+            Err(error) => return problem_page(&session, &read_problem(error)),
+        };
+    let next = (orgs.len() as u32 == PAGE)
+        .then(|| {
+            orgs.last()
+                .map(|o| format!("/console/organizations?after={}", o.id))
+        })
+        .flatten();
+    let rows = orgs
+        .into_iter()
+        .map(|o| OrgRow {
+            id: o.id.to_string(),
+            name: o.name,
+            slug: o.slug,
+            status: o.status,
+            created_at: time(&o.created_at),
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &OrganizationsPage {
+            layout: Layout::new(&session, "Organizations", "/organizations"),
+            rows,
+            may_bootstrap: session.may(&Action::BootstrapOrganization),
+            next,
+        },
+    )
+}
+
+/// One invitee row of the bootstrap form.
+pub(crate) struct InviteeRow {
+    pub email: Field,
+    pub name: Field,
+    pub roles: RoleChoice,
+}
+
+#[derive(Template)]
+#[template(path = "console/organization_new.html")]
+struct NewOrganizationPage {
+    layout: Layout,
+    organization: Vec<Field>,
+    visit_verification: bool,
+    client_assignment: bool,
+    max_caseload: Field,
+    admin: Vec<Field>,
+    invitees: Vec<InviteeRow>,
+    idempotency_key: String,
+    error: Option<String>,
+}
+
+fn new_organization_page(
+    session: &Session,
+    form: Option<&Form>,
+    errors: &BTreeMap<String, String>,
+    error: Option<String>,
+) -> NewOrganizationPage {
+    let defaults = DirectCareSettings::default();
+    let organization = vec![
+        Field::new("organization.name", "Name", "text")
+            .hint("Shown to the people you invite, and in their emails.")
+            .from(form, errors),
+        Field::new("organization.slug", "Slug", "text")
+            .hint("Lower-case words joined by hyphens, unique: sunrise-care.")
+            .from(form, errors),
+        Field::new("organization.sender_domain", "Sender domain", "text")
+            .hint("The host invitations are sent for, e.g. mail.sunrise.example.co.uk.")
+            .from(form, errors),
+    ];
+    let max_caseload = Field::new(
+        "organization.direct_care_settings.max_caseload",
+        "Maximum caseload",
+        "number",
+    )
+    .hint("The most clients one staff member may have, 1 to 500.")
+    .value(defaults.max_caseload.to_string());
+    let max_caseload = match form {
+        Some(_) => max_caseload.from(form, errors),
+        None => max_caseload,
+    };
+    let admin = vec![
+        Field::new("admin.name", "Administrator's name", "text")
+            .autocomplete("name")
+            .from(form, errors),
+        Field::new("admin.email", "Administrator's email", "email")
+            .autocomplete("email")
+            .from(form, errors),
+    ];
+    let invitees = (0..INVITEE_ROWS)
+        .map(|i| InviteeRow {
+            email: Field::new(&format!("invitees[{i}].email"), "Email", "email").from(form, errors),
+            name: Field::new(&format!("invitees[{i}].name"), "Name", "text").from(form, errors),
+            roles: RoleChoice::new(&format!("invitees[{i}].roles"), form, errors),
+        })
+        .collect();
+    let (visit_verification, client_assignment) = match form {
+        Some(form) => (
+            form.checked("organization.direct_care_settings.visit_verification"),
+            form.checked("organization.direct_care_settings.client_assignment"),
+        ),
+        None => (defaults.visit_verification, defaults.client_assignment),
+    };
+    NewOrganizationPage {
+        layout: Layout::new(session, "Bootstrap an organization", "/organizations"),
+        organization,
+        visit_verification,
+        client_assignment,
+        max_caseload,
+        admin,
+        invitees,
+        idempotency_key: form
+            .and_then(|f| f.get("idempotency_key"))
+            .filter(|k| super::valid_token(k))
+            .map_or_else(super::new_token, str::to_owned),
+        error,
+    }
+}
+
+/// `GET /console/organizations/new`: the bootstrap form.
+pub(crate) async fn new_organization(session: Session) -> Response {
+    if let Err(problem) = allow(&session.ctx, Action::BootstrapOrganization) {
+        return problem_page(&session, &problem);
+    }
+    render(
+        StatusCode::OK,
+        &new_organization_page(&session, None, &BTreeMap::new(), None),
+    )
+}
+
+/// A whole number typed into a form, or the error to show at its field.
+fn whole_number(text: &str) -> Result<u32, String> {
+    text.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("must be a whole number, not {:?}", text.trim()))
+}
+
+/// `POST /console/organizations`: bootstraps from the form, then shows its progress.
+pub(crate) async fn bootstrap(
+    State(state): State<AppState>,
+    session: Session,
+    request: Request,
+) -> Response {
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let caseload_field = "organization.direct_care_settings.max_caseload";
+    // A caseload that is not a number is sent as 0, which the domain always refuses,
+    // so that every other field is still checked; its message is this one.
+    let (max_caseload, caseload_error) = match whole_number(&form.text(caseload_field)) {
+        Ok(n) => (n, None),
+        Err(message) => (0, Some(message)),
+    };
+    // Rows left empty are not invitees; the domain numbers the rest from 0, so its
+    // errors are mapped back to the rows they came from.
+    let mut rows = Vec::new();
+    let mut invitees = Vec::new();
+    for i in 0..INVITEE_ROWS {
+        let email = form.text(&format!("invitees[{i}].email"));
+        let name = form.text(&format!("invitees[{i}].name"));
+        let roles: Vec<String> = form
+            .all(&format!("invitees[{i}].roles"))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if email.trim().is_empty() && name.trim().is_empty() && roles.is_empty() {
+            continue;
+        }
+        rows.push(i);
+        invitees.push(InviteeRequest { email, name, roles });
+    }
+    let request = BootstrapRequest {
+        organization: OrganizationRequest {
+            name: form.text("organization.name"),
+            slug: form.text("organization.slug"),
+            sender_domain: form.text("organization.sender_domain"),
+            direct_care_settings: Some(DirectCareSettings {
+                visit_verification: form
+                    .checked("organization.direct_care_settings.visit_verification"),
+                client_assignment: form
+                    .checked("organization.direct_care_settings.client_assignment"),
+                max_caseload,
+            }),
+        },
+        admin: PersonRequest {
+            email: form.text("admin.email"),
+            name: form.text("admin.name"),
+        },
+        invitees,
+    };
+    let refused = |errors: BTreeMap<String, String>, error: Option<String>| {
+        render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &new_organization_page(&session, Some(&form), &errors, error),
+        )
+    };
+    let key = form
+        .get("idempotency_key")
+        .filter(|k| super::valid_token(k))
+        .map(str::to_owned);
+    match state
+        .domain()
+        .bootstrap(&session.command_with_key(key), &request)
+        .await
+    {
+        Ok(accepted) => {
+            Redirect::to(&format!("/console/workflows/{}", accepted.workflow_id)).into_response()
+        }
+        Err(error) => {
+            let problem = command_problem(error);
+            if problem.status >= 500 || problem.status == 401 || problem.status == 403 {
+                return problem_page(&session, &problem);
+            }
+            let mut errors = BTreeMap::new();
+            for (field, message) in field_errors(&problem) {
+                let field = match field
+                    .strip_prefix("invitees[")
+                    .and_then(|r| r.split_once(']'))
+                {
+                    Some((index, rest)) => {
+                        match index.parse::<usize>().ok().and_then(|i| rows.get(i)) {
+                            Some(row) => format!("invitees[{row}]{rest}"),
+                            None => field,
+                        }
+                    }
+                    None => field,
+                };
+                errors.insert(field, message);
+            }
+            if let Some(message) = caseload_error {
+                errors.insert(caseload_field.to_owned(), message);
+            }
+            let summary = if errors.is_empty() {
+                problem.detail.clone()
+            } else {
+                "Nothing was created: correct the fields marked below.".to_owned()
+            };
+            refused(errors, Some(summary))
+        }
+    }
+}
+
+/// A person of an organization.
+pub(crate) struct PersonRow {
+    pub name: String,
+    pub email: String,
+    pub status: String,
+    pub roles: String,
+}
+
+/// An invitation, with its delivery state.
+pub(crate) struct InvitationRow {
+    pub id: String,
+    pub email: String,
+    pub roles: String,
+    pub status: String,
+    pub sends: i64,
+    pub last_sent_at: String,
+    pub expires_at: String,
+    pub pending: bool,
+    pub resendable: bool,
+    pub note: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/organization.html")]
+struct OrganizationPage {
+    layout: Layout,
+    org_id: String,
+    name: String,
+    slug: String,
+    status: String,
+    sender_address: String,
+    created_at: String,
+    failure_reason: Option<String>,
+    workflow_id: Option<String>,
+    people: Vec<PersonRow>,
+    invitations: Vec<InvitationRow>,
+    visit_verification: bool,
+    client_assignment: bool,
+    max_caseload: Field,
+    settings_error: Option<String>,
+    may_edit: bool,
+    may_invite: bool,
+    may_resend: bool,
+    may_revoke: bool,
+    may_see_events: bool,
+    invite_email: Field,
+    invite_name: Field,
+    invite_roles: RoleChoice,
+    invite_error: Option<String>,
+    notice: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct OrgQuery {
+    notice: Option<String>,
+}
+
+fn notice_text(notice: Option<&str>) -> Option<String> {
+    Some(
+        match notice? {
+            "settings" => "The direct-care settings are saved.",
+            "invited" => "The invitation is on its way.",
+            "resent" => {
+                "The invitation was sent again, with a new link; the old link no longer works."
+            }
+            "revoked" => "The invitation is revoked; its link no longer works.",
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+/// What the organization page shows besides its data: a failed form's values and
+/// errors.
+#[derive(Default)]
+struct OrgForms<'a> {
+    settings: Option<(&'a Form, BTreeMap<String, String>, String)>,
+    invite: Option<(&'a Form, BTreeMap<String, String>, String)>,
+    notice: Option<String>,
+}
+
+async fn organization_page(
+    state: &AppState,
+    session: &Session,
+    org_id: OrgId,
+    forms: OrgForms<'_>,
+    status: StatusCode,
+) -> Response {
+    let grant = match allow(&session.ctx, Action::ReadOrganization(org_id)) {
+        Ok(grant) => grant,
+        Err(_) => return not_found(session, "organization"),
+    };
+    let org = match reads::organization(state.db(), &grant, org_id).await {
+        Ok(Some(org)) => org,
+        Ok(None) => return not_found(session, "organization"),
+        Err(error) => return problem_page(session, &read_problem(error)),
+    };
+    let people = match allow(&session.ctx, Action::ReadUsers(org_id)) {
+        Ok(grant) => reads::users(
+            state.db(),
+            &grant,
+            org_id,
+            QueryPage {
+                after: None,
+                limit: 200,
+            },
+        )
+        .await
+        .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let invitations = match allow(&session.ctx, Action::ReadInvitations(org_id)) {
+        Ok(grant) => reads::invitations(
+            state.db(),
+            &grant,
+            org_id,
+            QueryPage {
+                after: None,
+                limit: 200,
+            },
+        )
+        .await
+        .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let join = |roles: &[cairn_policy::Role]| {
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let people = people
+        .into_iter()
+        .map(|u| PersonRow {
+            roles: join(&u.roles),
+            name: u.name,
+            email: u.email,
+            status: u.status,
+        })
+        .collect();
+    let invitations = invitations
+        .into_iter()
+        .map(|i| {
+            let note = match i.status.as_str() {
+                "accepted" => i
+                    .accepted_at
+                    .as_ref()
+                    .map(|at| format!("accepted {}", time(at))),
+                "revoked" => Some(format!(
+                    "revoked{}{}",
+                    i.revoked_at
+                        .as_ref()
+                        .map(|at| format!(" {}", time(at)))
+                        .unwrap_or_default(),
+                    i.revoke_reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )),
+                _ => None,
+            };
+            InvitationRow {
+                id: i.id.to_string(),
+                roles: join(&i.roles),
+                pending: i.status == "pending",
+                resendable: i.status == "pending" || i.status == "expired",
+                sends: i.send_count,
+                last_sent_at: time(&i.last_sent_at),
+                expires_at: time(&i.expires_at),
+                email: i.email,
+                status: i.status,
+                note,
+            }
+        })
+        .collect();
+    let settings = &org.direct_care_settings;
+    let (max_caseload, visit_verification, client_assignment, settings_error) =
+        match &forms.settings {
+            Some((form, errors, summary)) => (
+                Field::new("max_caseload", "Maximum caseload", "number").from(Some(form), errors),
+                form.checked("visit_verification"),
+                form.checked("client_assignment"),
+                Some(summary.clone()),
+            ),
+            None => (
+                Field::new("max_caseload", "Maximum caseload", "number")
+                    .value(settings.max_caseload.to_string()),
+                settings.visit_verification,
+                settings.client_assignment,
+                None,
+            ),
+        };
+    let (invite_form, invite_errors, invite_error) = match &forms.invite {
+        Some((form, errors, summary)) => (Some(*form), errors.clone(), Some(summary.clone())),
+        None => (None, BTreeMap::new(), None),
+    };
+    let page = OrganizationPage {
+        layout: Layout::new(session, org.name.clone(), "/organizations")
+            .live(format!("org_id={org_id}")),
+        org_id: org_id.to_string(),
+        slug: org.slug,
+        status: org.status,
+        sender_address: org.sender_address,
+        created_at: time(&org.created_at),
+        failure_reason: org.failure_reason,
+        workflow_id: org.workflow_id.map(|w| w.to_string()),
+        people,
+        invitations,
+        visit_verification,
+        client_assignment,
+        max_caseload: max_caseload.hint("1 to 500"),
+        settings_error,
+        may_edit: session.may(&Action::UpdateDirectCareSettings(org_id)),
+        may_invite: session.may(&Action::Invite(org_id)),
+        may_resend: session.may(&Action::ResendInvitation(org_id)),
+        may_revoke: session.may(&Action::RevokeInvitation(org_id)),
+        may_see_events: session.may(&Action::ListEvents),
+        invite_email: Field::new("email", "Email", "email").from(invite_form, &invite_errors),
+        invite_name: Field::new("name", "Name", "text").from(invite_form, &invite_errors),
+        invite_roles: RoleChoice::new("roles", invite_form, &invite_errors),
+        invite_error,
+        notice: forms.notice,
+        name: org.name,
+    };
+    render(status, &page)
+}
+
+/// `GET /console/organizations/{org_id}`.
+pub(crate) async fn organization(
+    State(state): State<AppState>,
+    session: Session,
+    Path(org_id): Path<String>,
+    Query(query): Query<OrgQuery>,
+) -> Response {
+    let Ok(org_id) = OrgId::parse(&org_id) else {
+        return not_found(&session, "organization");
+    };
+    let notice = notice_text(query.notice.as_deref());
+    organization_page(
+        &state,
+        &session,
+        org_id,
+        OrgForms {
+            notice,
+            ..OrgForms::default()
+        },
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// `POST /console/organizations/{org_id}/settings`.
+pub(crate) async fn update_settings(
+    State(state): State<AppState>,
+    session: Session,
+    Path(org_id): Path<String>,
+    request: Request,
+) -> Response {
+    let Ok(org_id) = OrgId::parse(&org_id) else {
+        return not_found(&session, "organization");
+    };
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let settings =
+        whole_number(&form.text("max_caseload")).map(|max_caseload| DirectCareSettings {
+            visit_verification: form.checked("visit_verification"),
+            client_assignment: form.checked("client_assignment"),
+            max_caseload,
+        });
+    let result = match settings {
+        Err(message) => Err((BTreeMap::from([("max_caseload".to_owned(), message)]), None)),
+        Ok(settings) => state
+            .domain()
+            .update_direct_care_settings(&session.ctx.command(), org_id, &settings)
+            .await
+            .map_err(|error| {
+                let problem = command_problem(error);
+                (field_errors(&problem), Some(problem))
+            }),
+    };
+    match result {
+        Ok(()) => Redirect::to(&format!("/console/organizations/{org_id}?notice=settings"))
+            .into_response(),
+        Err((_, Some(problem))) if problem.status == 404 || problem.status == 403 => {
+            not_found(&session, "organization")
+        }
+        Err((_, Some(problem))) if problem.status >= 500 => problem_page(&session, &problem),
+        Err((errors, problem)) => {
+            let summary = problem.filter(|_| errors.is_empty()).map_or_else(
+                || "Not saved: correct the fields marked below.".to_owned(),
+                |p| p.detail,
+            );
+            organization_page(
+                &state,
+                &session,
+                org_id,
+                OrgForms {
+                    settings: Some((&form, errors, summary)),
+                    ..OrgForms::default()
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+    }
+}
+
+/// `POST /console/organizations/{org_id}/invitations`.
+pub(crate) async fn invite(
+    State(state): State<AppState>,
+    session: Session,
+    Path(org_id): Path<String>,
+    request: Request,
+) -> Response {
+    let Ok(org_id) = OrgId::parse(&org_id) else {
+        return not_found(&session, "organization");
+    };
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let invitee = InviteeRequest {
+        email: form.text("email"),
+        name: form.text("name"),
+        roles: form.all("roles").into_iter().map(str::to_owned).collect(),
+    };
+    match state
+        .domain()
+        .invite(&session.ctx.command(), org_id, &invitee)
+        .await
+    {
+        Ok(_) => {
+            Redirect::to(&format!("/console/organizations/{org_id}?notice=invited")).into_response()
+        }
+        Err(error) => {
+            let problem = command_problem(error);
+            if problem.status == 404 || problem.status == 403 {
+                return not_found(&session, "organization");
+            }
+            if problem.status >= 500 {
+                return problem_page(&session, &problem);
+            }
+            let errors = field_errors(&problem);
+            let summary = if errors.is_empty() {
+                problem.detail.clone()
+            } else {
+                "Nobody was invited: correct the fields marked below.".to_owned()
+            };
+            organization_page(
+                &state,
+                &session,
+                org_id,
+                OrgForms {
+                    invite: Some((&form, errors, summary)),
+                    ..OrgForms::default()
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+    }
+}
+
+/// The invitation `id` if this person sees it.
+async fn visible_invitation(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+) -> Result<reads::Invitation, Response> {
+    let Ok(id) = InvitationId::parse(id) else {
+        return Err(not_found(session, "invitation"));
+    };
+    let grant = allow(&session.ctx, Action::FindInvitation)
+        .map_err(|_| not_found(session, "invitation"))?;
+    match reads::invitation(state.db(), &grant, id).await {
+        Ok(Some(invitation)) => Ok(invitation),
+        Ok(None) => Err(not_found(session, "invitation")),
+        Err(error) => Err(problem_page(session, &read_problem(error))),
+    }
+}
+
+/// `POST /console/invitations/{invitation_id}/resend`.
+pub(crate) async fn resend(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+    request: Request,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    if let Err(refused) = Form::read(request).await {
+        return refused;
+    }
+    match state
+        .domain()
+        .resend_invitation(&session.ctx.command(), invitation.id)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!(
+            "/console/organizations/{}?notice=resent",
+            invitation.org_id
+        ))
+        .into_response(),
+        Err(error) => problem_page(&session, &command_problem(error)),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/revoke.html")]
+struct RevokePage {
+    layout: Layout,
+    invitation_id: String,
+    org_id: String,
+    email: String,
+    reason: Field,
+}
+
+fn revoke_page_for(session: &Session, invitation: &reads::Invitation, reason: Field) -> RevokePage {
+    RevokePage {
+        layout: Layout::new(session, "Revoke an invitation", "/organizations"),
+        invitation_id: invitation.id.to_string(),
+        org_id: invitation.org_id.to_string(),
+        email: invitation.email.clone(),
+        reason,
+    }
+}
+
+/// `GET /console/invitations/{invitation_id}/revoke`: asks for a reason and a
+/// confirmation.
+pub(crate) async fn revoke_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    if let Err(problem) = allow(&session.ctx, Action::RevokeInvitation(invitation.org_id)) {
+        return problem_page(&session, &problem);
+    }
+    let reason = Field::new("reason", "Why is it withdrawn?", "text")
+        .hint("Kept with the invitation's history.");
+    render(
+        StatusCode::OK,
+        &revoke_page_for(&session, &invitation, reason),
+    )
+}
+
+/// `POST /console/invitations/{invitation_id}/revoke`.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+    request: Request,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let reason = form.text("reason");
+    match state
+        .domain()
+        .revoke_invitation(&session.ctx.command(), invitation.id, &reason)
+        .await
+    {
+        Ok(()) => Redirect::to(&format!(
+            "/console/organizations/{}?notice=revoked",
+            invitation.org_id
+        ))
+        .into_response(),
+        Err(error) => {
+            let problem = command_problem(error);
+            if problem.status >= 500 || problem.errors.is_empty() {
+                return problem_page(&session, &problem);
+            }
+            let errors = field_errors(&problem);
+            let mut field =
+                Field::new("reason", "Why is it withdrawn?", "text").from(Some(&form), &errors);
+            if field.error.is_none() {
+                field.error = Some(problem.detail.clone());
+            }
+            render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &revoke_page_for(&session, &invitation, field),
+            )
+        }
+    }
+}
