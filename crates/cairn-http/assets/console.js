@@ -12,7 +12,7 @@ function setStatus(state, text) {
   status.textContent = text;
 }
 
-function follow(query) {
+function follow(query, url) {
   const source = new EventSource(`/console/live?${query}`);
   let pending = null;
   let refreshing = false;
@@ -21,12 +21,18 @@ function follow(query) {
     if (refreshing) { again = true; return; }
     refreshing = true;
     try {
-      const response = await fetch(location.href, { headers: { accept: "text/html" }, credentials: "same-origin" });
-      if (response.redirected || !response.ok) { location.reload(); return; }
+      const response = await fetch(url, { headers: { accept: "text/html" }, credentials: "same-origin" });
+      if (response.redirected) {
+        // The session ended: the next navigation says why.
+        source.close();
+        setStatus("offline", "signed out: reload to sign in again");
+        return;
+      }
+      if (!response.ok) { setStatus("offline", "offline: reload for the latest"); return; }
       const next = new DOMParser().parseFromString(await response.text(), "text/html");
       for (const region of document.querySelectorAll("[data-region]")) {
         const fresh = next.getElementById(region.id);
-        if (!fresh) continue;
+        if (!fresh || fresh.innerHTML === region.innerHTML) continue;
         const checked = new Set([...region.querySelectorAll("input[type=checkbox]:checked")].map((i) => `${i.name}=${i.value}`));
         const focused = document.activeElement && region.contains(document.activeElement) ? document.activeElement.id : null;
         region.replaceChildren(...fresh.childNodes);
@@ -59,4 +65,4 @@ function follow(query) {
   source.onerror = () => setStatus("offline", "reconnecting…");
 }
 
-if (main) follow(main.dataset.live);
+if (main) follow(main.dataset.live, main.dataset.liveUrl || location.href);

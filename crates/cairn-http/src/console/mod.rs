@@ -331,6 +331,9 @@ pub(crate) struct Layout {
     pub correlation_id: String,
     /// The query for `/console/live` when the page follows the feed.
     pub live: Option<String>,
+    /// Where the page's live regions are fetched again from (its own GET address,
+    /// also when it was rendered as the answer to a form).
+    pub live_url: String,
 }
 
 impl Layout {
@@ -353,7 +356,7 @@ impl Layout {
             .map(|(href, label, _)| NavItem {
                 href,
                 label,
-                current: href.ends_with(section),
+                current: !section.is_empty() && href.ends_with(section),
             })
             .collect();
         Layout {
@@ -364,6 +367,7 @@ impl Layout {
             csrf: session.csrf.clone(),
             correlation_id: session.ctx.correlation_id.to_string(),
             live: None,
+            live_url: String::new(),
         }
     }
 
@@ -377,12 +381,15 @@ impl Layout {
             csrf,
             correlation_id: String::new(),
             live: None,
+            live_url: String::new(),
         }
     }
 
-    /// Makes the page follow the live feed with this `/console/live` query.
-    fn live(mut self, query: impl Into<String>) -> Layout {
+    /// Makes the page follow the live feed with this `/console/live` query, fetching
+    /// its live regions again from `url`.
+    fn live(mut self, query: impl Into<String>, url: impl Into<String>) -> Layout {
         self.live = Some(query.into());
+        self.live_url = url.into();
         self
     }
 }

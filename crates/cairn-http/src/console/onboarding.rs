@@ -590,8 +590,10 @@ async fn organization_page(
         None => (None, BTreeMap::new(), None),
     };
     let page = OrganizationPage {
-        layout: Layout::new(session, org.name.clone(), "/organizations")
-            .live(format!("org_id={org_id}")),
+        layout: Layout::new(session, org.name.clone(), "/organizations").live(
+            format!("views=false&org_id={org_id}"),
+            format!("/console/organizations/{org_id}"),
+        ),
         org_id: org_id.to_string(),
         slug: org.slug,
         status: org.status,

@@ -189,9 +189,10 @@ pub(crate) async fn events(
         })
         .flatten();
     let newest = before.map(|_| format!("/console/events?{}", filters.trim_start_matches('&')));
+    let here = format!("/console/events?{}", filters.trim_start_matches('&'));
     let mut layout = Layout::new(&session, "Events", "/events");
     if before.is_none() && errors.is_empty() {
-        layout = layout.live(live);
+        layout = layout.live(live, here);
     }
     render(
         StatusCode::OK,
@@ -437,7 +438,8 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
     render(
         StatusCode::OK,
         &FailuresPage {
-            layout: Layout::new(&session, "Failures", "/failures").live("views=false"),
+            layout: Layout::new(&session, "Failures", "/failures")
+                .live("views=false", "/console/failures"),
             groups,
             may_retry: session.may(&Action::RetryEvents),
         },
@@ -605,8 +607,10 @@ pub(crate) async fn workflows(
     render(
         StatusCode::OK,
         &WorkflowsPage {
-            layout: Layout::new(&session, "Workflows", "/workflows")
-                .live("views=false&stream_type=workflow_run"),
+            layout: Layout::new(&session, "Workflows", "/workflows").live(
+                "views=false&stream_type=workflow",
+                workflows_here(status, kind.as_deref()),
+            ),
             statuses: RunStatus::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), Some(*s) == status))
@@ -617,6 +621,18 @@ pub(crate) async fn workflows(
             next,
         },
     )
+}
+
+/// The address of the runs page with these filters.
+fn workflows_here(status: Option<RunStatus>, kind: Option<&str>) -> String {
+    let mut url = String::from("/console/workflows?");
+    if let Some(status) = status {
+        url.push_str(&format!("status={}&", status.as_str()));
+    }
+    if let Some(kind) = kind {
+        url.push_str(&format!("kind={}", query_value(kind)));
+    }
+    url
 }
 
 /// A step of a run.
@@ -692,7 +708,10 @@ pub(crate) async fn workflow(
         .collect();
     let mut layout = Layout::new(&session, format!("Run {}", run.run.kind), "/workflows");
     if !finished {
-        layout = layout.live(format!("views=false&stream_id={}", run.run.id));
+        layout = layout.live(
+            format!("views=false&stream_id={}", run.run.id),
+            format!("/console/workflows/{}", run.run.id),
+        );
     }
     render(
         StatusCode::OK,
@@ -800,9 +819,9 @@ pub(crate) async fn trace(
         .enumerate()
         .map(|(index, entry)| {
             let duration = entry.duration_ms.unwrap_or(0.0).max(0.0);
-            let x = (entry.offset_ms / total * 100.0).clamp(0.0, 100.0);
+            let x = (entry.offset_ms / total * 100.0).clamp(0.0, 99.7);
             // A hop too short to see still gets a sliver.
-            let width = (duration / total * 100.0).clamp(0.3, 100.0 - x.min(99.7));
+            let width = (duration / total * 100.0).max(0.3).min(100.0 - x);
             let failed = matches!(
                 entry.status,
                 cairn_trace::Status::Failed | cairn_trace::Status::Retrying

@@ -197,13 +197,12 @@ pub(crate) async fn sign_in(State(state): State<AppState>, request: Request) -> 
             Ok(verified) if matches!(verified.principal, Principal::Anonymous) => {
                 Some("This token names nobody.".to_owned())
             }
-            Ok(verified) => {
-                let seconds = (verified.expires_at - chrono::Utc::now())
-                    .num_seconds()
-                    .max(1);
+            Ok(_) => {
+                // A cookie for the browser's session, not the token's lifetime: when the
+                // token expires, the next page says so instead of forgetting silently.
                 let mut response = Redirect::to(&next).into_response();
                 if let Ok(value) =
-                    HeaderValue::from_str(&set_cookie(SESSION_COOKIE, token, secure, Some(seconds)))
+                    HeaderValue::from_str(&set_cookie(SESSION_COOKIE, token, secure, None))
                 {
                     response.headers_mut().append(header::SET_COOKIE, value);
                 }

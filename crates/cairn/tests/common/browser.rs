@@ -173,12 +173,21 @@ impl Browser {
     }
 
     /// Clicks the first element that matches the CSS selector `css`.
+    ///
+    /// A live page may replace the element between finding and clicking it; then it
+    /// is found again, as a person would click again.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        self.find(css)
-            .await?
-            .click()
-            .await
-            .with_context(|| format!("clicking {css:?}"))
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.find(css).await?.click().await {
+                Ok(()) => return Ok(()),
+                Err(error) if tries < 5 && error.to_string().contains("stale element") => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(error) => return Err(error).with_context(|| format!("clicking {css:?}")),
+            }
+        }
     }
 
     /// Clears the field that matches the CSS selector `css`, then types `value` into it.
