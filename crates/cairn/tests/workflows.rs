@@ -508,9 +508,10 @@ backend_test!(
     two_processes_share_the_work_and_no_step_runs_twice,
     |t: TestDb| async move {
         // Each email takes a while, so that neither process can finish all the work
-        // before the other has started.
+        // before the other has started, even on a busy machine (one process alone
+        // needs 30 × 300 ms / 2 = 4.5 s).
         let sink = SmtpSink::start(SinkOptions {
-            delay: Duration::from_millis(100),
+            delay: Duration::from_millis(300),
             ..SinkOptions::default()
         })
         .await?;
