@@ -125,13 +125,13 @@ async fn sign_in(browser: &Browser, server: &Server, token: &str) -> anyhow::Res
 }
 
 /// The elements that run past the right edge of the window, if the page is wider
-/// than it (tables and code scroll inside their own boxes).
+/// than it.
 async fn overflowing(browser: &Browser) -> anyhow::Result<Value> {
     browser
         .eval(
             "if (document.documentElement.scrollWidth <= window.innerWidth + 1) return []; \
              return [...document.querySelectorAll('body *')] \
-               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('.table-wrap, pre')) \
+               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1) \
                .slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
         )
         .await
