@@ -21,7 +21,7 @@ use cairn_dispatch::{Appended, EventPayload, EventStore};
 use cairn_log::{
     Admission, AppendError, AppendRequest, BoxFuture, DbError, Expected, Tx, WriteOptions, args,
 };
-use cairn_mail::{Mailer, registrable_domain};
+use cairn_mail::Mailer;
 use cairn_policy::{Action, Denial, Grant, Principal, authorize};
 use cairn_types::{
     Actor, CorrelationId, InvitationId, Metadata, OrgId, StreamType, UserId, WorkflowId,
@@ -35,7 +35,7 @@ use crate::events::{
 };
 use crate::invitations::{DELIVERY_WORKFLOW, Delivery, Expiry};
 use crate::mailing::Mailing;
-use crate::model::{DirectCareSettings, Email, Name, Role, Slug};
+use crate::model::{DirectCareSettings, Email, Name, Role, Slug, sender_address};
 use crate::queries::{self, Invitation, Organization};
 use crate::tokens::{KeyError, TokenKey, token_hash};
 
@@ -183,10 +183,7 @@ pub struct BootstrapRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationRequest {
-    #[schemars(
-        length(min = 1, max = 200),
-        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
-    )]
+    #[schemars(length(min = 1, max = 200), pattern(crate::model::NAME_PATTERN))]
     pub name: String,
     /// Lower-case words joined by hyphens, unique: `sunrise-care`.
     #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9]+(-[a-z0-9]+)*$"))]
@@ -207,10 +204,7 @@ pub struct OrganizationRequest {
 pub struct PersonRequest {
     #[schemars(email, length(max = 254))]
     pub email: String,
-    #[schemars(
-        length(min = 1, max = 200),
-        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
-    )]
+    #[schemars(length(min = 1, max = 200), pattern(crate::model::NAME_PATTERN))]
     pub name: String,
 }
 
@@ -219,10 +213,7 @@ pub struct PersonRequest {
 pub struct InviteeRequest {
     #[schemars(email, length(max = 254))]
     pub email: String,
-    #[schemars(
-        length(min = 1, max = 200),
-        pattern(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")
-    )]
+    #[schemars(length(min = 1, max = 200), pattern(crate::model::NAME_PATTERN))]
     pub name: String,
     /// One or more of admin, clinician, coordinator, viewer, each once.
     #[schemars(with = "Vec<Role>", length(min = 1), extend("uniqueItems" = true))]
@@ -290,13 +281,13 @@ impl std::fmt::Debug for Domain {
 }
 
 fn parse_name(field: String, input: &str, errors: &mut Vec<FieldError>) -> Option<Name> {
-    Name::parse(input)
+    Name::parse_input(input)
         .map_err(|message| errors.push(invalid(field, message)))
         .ok()
 }
 
 fn parse_email(field: String, input: &str, errors: &mut Vec<FieldError>) -> Option<Email> {
-    Email::parse(input)
+    Email::parse_input(input)
         .map_err(|message| errors.push(invalid(field, message)))
         .ok()
 }
@@ -780,17 +771,9 @@ impl BootstrapCommand {
             .trim()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let sender_address = match registrable_domain(&sender_domain) {
-            Ok(domain) => parse_email(
-                "organization.sender_domain".into(),
-                &format!("noreply@{domain}"),
-                &mut errors,
-            ),
-            Err(error) => {
-                errors.push(invalid("organization.sender_domain", error.to_string()));
-                None
-            }
-        };
+        let sender_address = sender_address(&sender_domain)
+            .map_err(|message| errors.push(invalid("organization.sender_domain", message)))
+            .ok();
         let settings = org.direct_care_settings.clone().unwrap_or_default();
         for (field, message) in settings.problems() {
             errors.push(invalid(
@@ -896,17 +879,19 @@ impl Command for BootstrapCommand {
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
         Box::pin(async move {
-            let slug = &self.initiated.slug;
-            if queries::organization_by_slug(&mut tx.conn(), slug.as_str())
-                .await?
-                .is_some()
-            {
+            let slug = self.initiated.slug.as_str();
+            if let Some(holder) = queries::organization_by_slug(&mut tx.conn(), slug).await? {
+                let message = if holder.status == "failed" {
+                    format!(
+                        "{slug:?} is still held by organization {}, whose failed bootstrap is being undone: it is free once that organization is deactivated",
+                        holder.id
+                    )
+                } else {
+                    format!("{slug:?} is taken by another organization")
+                };
                 return Err(CommandError::Conflict(invalid(
                     "organization.slug",
-                    format!(
-                        "{slug:?} is taken by another organization",
-                        slug = slug.as_str()
-                    ),
+                    message,
                 )));
             }
             // Drawn here, not at validation: a unit of work that runs again (its batch
@@ -1063,20 +1048,22 @@ impl Command for Invite {
         Box::pin(async move {
             let org_id = self.org_id;
             let organization = live_organization(tx, org_id).await?;
-            if let Some(existing) =
-                queries::user_by_email(&mut tx.conn(), org_id, self.email.as_str()).await?
-            {
-                let what = if existing.status == "invited" {
-                    "has already been invited"
-                } else {
-                    "is already a member"
+            // Someone invited before whose invitation never went out (its delivery
+            // failed) or was revoked is invited again, as the same user.
+            let (user_id, expected) =
+                match queries::user_by_email(&mut tx.conn(), org_id, self.email.as_str()).await? {
+                    None => (UserId::new_v7(), Expected::NoStream),
+                    Some(existing) if existing.status == "invited" => {
+                        invitable_again(tx, &organization, &existing, &self.email).await?;
+                        (existing.id, Expected::Any)
+                    }
+                    Some(_) => {
+                        return Err(CommandError::Conflict(invalid(
+                            "email",
+                            format!("{} is already a member", self.email),
+                        )));
+                    }
                 };
-                return Err(CommandError::Conflict(invalid(
-                    "email",
-                    format!("{} {what}", self.email),
-                )));
-            }
-            let user_id = UserId::new_v7();
             let invitation_id = InvitationId::new_v7();
             let workflow_id = WorkflowId::new_v7();
             let invited = UserInvited {
@@ -1113,11 +1100,47 @@ impl Command for Invite {
                     user_id.into(),
                     vec![invited.to_event(ctx.metadata(org_id))],
                 )
-                .expect(Expected::NoStream),
+                .expect(expected),
             )
             .start(domain.delivery_start(ctx, workflow_id, &mailing)))
         })
     }
+}
+
+/// Whether someone already invited may be invited again: only when no invitation of
+/// theirs is open (pending or expired: those are resent instead) and none is on its
+/// way, in the organization's bootstrap or in a delivery. This is the way out for an
+/// invitee whose invitation email could never be sent, and for one whose invitation
+/// was revoked.
+async fn invitable_again(
+    tx: &mut Tx,
+    organization: &Organization,
+    user: &queries::User,
+    email: &Email,
+) -> Result<(), CommandError> {
+    let conflict = |why: String| CommandError::Conflict(invalid("email", format!("{email} {why}")));
+    if organization.status != "active" {
+        return Err(conflict(
+            "has already been invited: the organization's bootstrap is still sending its invitations"
+                .to_owned(),
+        ));
+    }
+    let invitations = queries::invitations_of_user(&mut tx.conn(), user.id).await?;
+    if let Some(open) = invitations
+        .iter()
+        .find(|invitation| invitation.status == "pending" || invitation.status == "expired")
+    {
+        return Err(conflict(format!(
+            "has already been invited: invitation {} is {}; resend it to send the email again",
+            open.id, open.status
+        )));
+    }
+    if let Some(running) = queries::delivery_in_progress_for_user(&mut tx.conn(), user.id).await? {
+        return Err(conflict(format!(
+            "has already been invited: the invitation email is being sent (workflow {running})"
+        )));
+    }
+    Ok(())
 }
 
 struct Resend {

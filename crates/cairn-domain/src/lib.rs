@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0003_probe.sql"),
         postgres: include_str!("schema/postgres/0003_probe.sql"),
     },
+    Migration {
+        id: "domain/0004_released_slugs",
+        sqlite: include_str!("schema/sqlite/0004_released_slugs.sql"),
+        postgres: include_str!("schema/postgres/0004_released_slugs.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -172,13 +172,16 @@ pub async fn organization(
         .transpose()
 }
 
-/// The organization with a slug.
+/// The organization that holds a slug. An organization whose bootstrap failed lets go
+/// of its slug once it is deactivated (the compensation's last step), so that the
+/// slug can be bootstrapped again; until then it still holds it.
 pub async fn organization_by_slug(
     conn: &mut Conn<'_>,
     slug: &str,
 ) -> Result<Option<Organization>, cairn_log::DbError> {
     let sql = cairn_log::Sql::built(format!(
-        "SELECT {ORG_COLUMNS} FROM organizations WHERE slug = $1"
+        "SELECT {ORG_COLUMNS} FROM organizations WHERE slug = $1 AND (status <> 'failed' OR is_active) \
+         ORDER BY id DESC LIMIT 1"
     ));
     conn.fetch_optional(sql, args![slug])
         .await?
@@ -333,6 +336,18 @@ pub async fn invitations(
     rows.iter().map(invitation_from_row).collect()
 }
 
+/// The invitations of one user, oldest first.
+pub async fn invitations_of_user(
+    conn: &mut Conn<'_>,
+    user_id: UserId,
+) -> Result<Vec<Invitation>, cairn_log::DbError> {
+    let sql = cairn_log::Sql::built(format!(
+        "SELECT {INVITATION_COLUMNS} FROM invitations WHERE user_id = $1 ORDER BY id"
+    ));
+    let rows = conn.fetch_all(sql, args![user_id]).await?;
+    rows.iter().map(invitation_from_row).collect()
+}
+
 /// A delivery of this invitation that has not finished yet, if there is one.
 pub async fn delivery_in_progress(
     conn: &mut Conn<'_>,
@@ -352,6 +367,27 @@ pub async fn delivery_in_progress(
                 crate::invitations::DELIVERY_WORKFLOW,
                 invitation_id.to_string()
             ],
+        )
+        .await?;
+    row.map(|row| row.get::<WorkflowId>("id")).transpose()
+}
+
+/// A delivery to this user that has not finished yet, if there is one.
+pub async fn delivery_in_progress_for_user(
+    conn: &mut Conn<'_>,
+    user_id: UserId,
+) -> Result<Option<WorkflowId>, cairn_log::DbError> {
+    let sql = cairn_log::sql::dialect(
+        conn.backend(),
+        "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
+         AND json_extract(input, '$.user_id') = $2 LIMIT 1",
+        "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
+         AND input->>'user_id' = $2 LIMIT 1",
+    );
+    let row = conn
+        .fetch_optional(
+            sql,
+            args![crate::invitations::DELIVERY_WORKFLOW, user_id.to_string()],
         )
         .await?;
     row.map(|row| row.get::<WorkflowId>("id")).transpose()
