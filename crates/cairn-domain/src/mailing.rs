@@ -83,6 +83,23 @@ pub fn message_id(mailing: &Mailing) -> String {
     )
 }
 
+/// When a link sent at `now`, valid for `ttl_seconds`, stops working. A TTL that ends
+/// outside the years 0 to 9999 is an error no retry can fix: past them chrono cannot
+/// count, and RFC 3339 (how SQLite stores a time, and reads it back) cannot write them.
+pub fn expires_at(now: DateTime<Utc>, ttl_seconds: i64) -> Result<DateTime<Utc>, StepError> {
+    use chrono::Datelike as _;
+    chrono::Duration::try_seconds(ttl_seconds)
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .filter(|at| (0..=9999).contains(&at.year()))
+        .ok_or_else(|| {
+            StepError::permanent(format!(
+                "an invitation valid for {ttl_seconds} seconds from {} would expire outside \
+                 the years 0 to 9999, the dates that can be stored: configure a shorter TTL",
+                now.format("%Y-%m-%d %H:%M UTC")
+            ))
+        })
+}
+
 /// Sends the invitation email.
 pub async fn send(
     mailer: &Arc<dyn Mailer>,
@@ -90,7 +107,7 @@ pub async fn send(
     mailing: &Mailing,
     ctx: &StepContext<'_>,
 ) -> Result<Value, StepError> {
-    let expires_at = ctx.now() + chrono::Duration::seconds(mailing.ttl_seconds);
+    let expires_at = expires_at(ctx.now(), mailing.ttl_seconds)?;
     let token = tokens.token(mailing.invitation_id, mailing.send_number);
     let message_id = message_id(mailing);
     if ctx.in_doubt()
@@ -253,4 +270,41 @@ pub async fn record(
         None
     };
     Ok(json!({ "invitation_id": mailing.invitation_id, "expiry_workflow": expiry }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expires_at;
+    use chrono::{DateTime, Utc};
+
+    #[test]
+    fn an_expiry_past_what_a_date_can_hold_is_a_permanent_error_not_a_panic() {
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .map(|at| at.with_timezone(&Utc))
+            .expect("a valid time");
+        assert_eq!(
+            expires_at(now, 7 * 86_400).ok(),
+            DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+                .map(|at| at.with_timezone(&Utc))
+                .ok()
+        );
+        // (TTL in seconds) → refused: 300000000 days overflows chrono when added to
+        // now; i64::MAX overflows the duration itself; 8,000 years passes 9999.
+        for ttl in [
+            300_000_000 * 86_400,
+            i64::MAX,
+            i64::MIN,
+            8_000 * 366 * 86_400,
+        ] {
+            let error = expires_at(now, ttl).expect_err("refused");
+            assert!(!error.retryable, "{ttl}: no retry can fix it");
+            assert!(
+                error.message.contains("outside the years 0 to 9999"),
+                "{ttl}: {}",
+                error.message
+            );
+        }
+        let last = expires_at(now, (9999 - 2026) * 365 * 86_400).expect("year 9999 is fine");
+        assert!(last.to_rfc3339().starts_with("99"), "{last}");
+    }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::StepContext;
+use crate::context::StepContext;
 
 /// What the workflow wants next.
 #[derive(Debug, Clone, PartialEq)]

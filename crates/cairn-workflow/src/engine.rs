@@ -7,6 +7,16 @@
 //! transactional step runs inside that same unit. A step is therefore recorded at most
 //! once even if two engines ever raced for a run: the second append would conflict and
 //! roll back.
+//!
+//! What to record is decided in [`crate::plan`], from the run, its history and the
+//! workflow's decision, without the database; this module only does what the plan
+//! says. Leases live in [`crate::lease`], the step's view in [`crate::context`].
+//!
+//! Workflow code may panic. A step's or a compensation's panic is caught where the
+//! step runs and recorded as a failed attempt carrying the panic's message, so retries
+//! and compensation apply as for any error; a panicking `decide` fails the run. The
+//! heartbeat that keeps a lease is aborted when the attempt it belongs to ends, however
+//! it ends.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -19,18 +29,16 @@ use futures::FutureExt as _;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use cairn_dispatch::{Appended, EventPayload, EventStore};
-use cairn_log::{
-    AppendError, AppendRequest, Arg, DbError, Expected, IntoArg, NewEvent, Sql, Tx, WriteOptions,
-    args,
-};
-use cairn_types::{
-    Actor, CausationId, CorrelationId, Metadata, OrgId, StreamId, StreamType, WorkflowId,
-};
+use cairn_dispatch::{EventPayload, EventStore};
+use cairn_log::{AppendError, AppendRequest, DbError, Expected, NewEvent, Tx, WriteOptions};
+use cairn_types::{Actor, CorrelationId, Metadata, OrgId, StreamId, StreamType, WorkflowId};
 
 use crate::clock::Clock;
+use crate::context::StepContext;
 use crate::definition::{StepError, Workflow};
 use crate::events::{STREAM_TYPE, WorkflowStarted};
+use crate::health::{EngineHealth, Tracker};
+use crate::lease::Lease;
 use crate::plan::{self, Attempt, Next, Role, RunEvent};
 use crate::state::Run;
 
@@ -54,7 +62,8 @@ pub struct EngineConfig {
     /// Names this engine in leases and in event metadata.
     pub worker_id: String,
     /// How long a claim lasts without renewal. Every record renews it; a step that acts
-    /// outside the database renews it at a third of it while it runs.
+    /// outside the database renews it at a third of it, on the engine's clock, while it
+    /// runs (and not a moment longer).
     pub lease: Duration,
     /// The longest an idle engine waits before it looks for work without being woken.
     /// It is woken at once by runs started in this process and by other processes'
@@ -139,13 +148,6 @@ fn run_stream(id: WorkflowId) -> StreamId {
     StreamId::from_uuid(id.as_uuid())
 }
 
-/// What a run's lease is.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    run_id: WorkflowId,
-    epoch: i64,
-}
-
 /// What the engine did in one pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DriveReport {
@@ -155,21 +157,23 @@ pub struct DriveReport {
     pub records: u64,
 }
 
-struct Inner {
-    store: EventStore,
-    workflows: BTreeMap<&'static str, Arc<dyn Workflow>>,
-    clock: Arc<dyn Clock>,
-    config: EngineConfig,
+pub(crate) struct Inner {
+    pub(crate) store: EventStore,
+    pub(crate) workflows: BTreeMap<&'static str, Arc<dyn Workflow>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: EngineConfig,
     wake: Notify,
     records: AtomicU64,
     /// External steps that acted, for the fault hook.
     effects: AtomicU64,
+    /// The `run` loops, for readiness.
+    health: Tracker,
 }
 
 /// The workflow engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,172 +188,20 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// One step attempt's context: its run, its transaction (for a transactional step),
-/// the event store.
-pub struct StepContext<'e> {
-    inner: &'e Inner,
-    run: &'e Run,
-    step: String,
-    attempt: u32,
-    in_doubt: bool,
-    now: DateTime<Utc>,
-    tx: Option<&'e mut Tx>,
-}
-
-impl std::fmt::Debug for StepContext<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepContext")
-            .field("run", &self.run.id)
-            .field("step", &self.step)
-            .field("attempt", &self.attempt)
-            .field("in_doubt", &self.in_doubt)
-            .finish()
-    }
-}
-
-impl StepContext<'_> {
-    /// The run.
-    pub fn run(&self) -> &Run {
-        self.run
-    }
-
-    /// The step's name.
-    pub fn step(&self) -> &str {
-        &self.step
-    }
-
-    /// Which attempt this is, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// True when an earlier attempt started and never finished (the process stopped):
-    /// an external effect may already have happened. Check before repeating it.
-    pub fn in_doubt(&self) -> bool {
-        self.in_doubt
-    }
-
-    /// The engine's time for this attempt.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.now
-    }
-
-    /// The event store.
-    pub fn store(&self) -> &EventStore {
-        &self.inner.store
-    }
-
-    /// Metadata for events this step appends: the run's correlation id and tenant, the
-    /// run as the cause, the engine as the actor.
-    pub fn metadata(&self) -> Metadata {
-        let mut metadata = Metadata::with_correlation(self.run.correlation_id)
-            .caused_by(CausationId::from_uuid(self.run.id.as_uuid()));
-        metadata.org_id = self.run.org_id;
-        metadata.actor = Actor::service(ENGINE_ACTOR).ok();
-        metadata
-            .extra
-            .insert("workflow_step".to_owned(), Value::String(self.step.clone()));
-        metadata
-    }
-
-    /// The step's transaction: a transactional step's writes commit together with its
-    /// record, or not at all. A step that acts outside the database has none; it
-    /// returns what happened, for a transactional step to record.
-    pub fn tx(&mut self) -> Result<&mut Tx, StepError> {
-        match self.tx.as_deref_mut() {
-            Some(tx) => Ok(tx),
-            None => Err(StepError::permanent(format!(
-                "step {} acts outside the database and has no transaction: return what it \
-                 did, and record that in a transactional step",
-                self.step
-            ))),
-        }
-    }
-
-    /// Appends events in the step's transaction. A handler that cannot apply one
-    /// stores the event with its failure.
-    pub async fn append(&mut self, request: AppendRequest) -> Result<Appended, StepError> {
-        let store = self.inner.store.clone();
-        let tx = self.tx()?;
-        Ok(store.append_in(tx, request).await?)
-    }
-
-    /// Appends events and requires every one of them to be applied: a handler failure
-    /// fails the step (permanently: retrying the same event will not help), and
-    /// nothing the step did is kept.
-    pub async fn append_applied(&mut self, request: AppendRequest) -> Result<Appended, StepError> {
-        let store = self.inner.store.clone();
-        let tx = self.tx()?;
-        Ok(store.append_applied_in(tx, request).await?)
-    }
-
-    /// Appends events (a handler that cannot apply one stores it with its failure),
-    /// and if the append itself fails, undoes it and hands back the error, leaving the
-    /// step's transaction as it was before: for a step with a fallback (the safety
-    /// net).
-    pub async fn try_append(
-        &mut self,
-        request: AppendRequest,
-    ) -> Result<Result<Appended, AppendError>, StepError> {
-        let store = self.inner.store.clone();
-        let tx = self.tx()?;
-        let mut savepoint = tx.savepoint().await?;
-        let appended = match store.append_in(savepoint.tx(), request).await {
-            Ok(appended) => savepoint
-                .tx()
-                .write_pending()
-                .await
-                .map(|()| appended)
-                .map_err(AppendError::from),
-            Err(error) => Err(error),
-        };
-        match appended {
-            Ok(appended) => {
-                savepoint.release().await?;
-                Ok(Ok(appended))
-            }
-            Err(error) => {
-                savepoint.rollback().await?;
-                Ok(Err(error))
-            }
-        }
-    }
-
-    /// Starts a child run in the step's transaction.
-    pub async fn start_workflow(
-        &mut self,
-        kind: &str,
-        input: Value,
-    ) -> Result<WorkflowId, StepError> {
-        let start = Start {
-            id: WorkflowId::new_v7(),
-            kind: kind.to_owned(),
-            input,
-            correlation_id: self.run.correlation_id,
-            org_id: self.run.org_id,
-            actor: Actor::service(ENGINE_ACTOR).ok(),
-            parent: Some(self.run.id),
-        };
-        let now = self.now;
-        let store = self.inner.store.clone();
-        let tx = self.tx()?;
-        Ok(start_in(&store, tx, start, now).await?)
-    }
-}
-
 /// Why a transactional attempt's unit of work did not commit.
 enum UnitError {
-    /// The step failed (or panicked): its outcome is recorded in a unit of its own.
+    /// The step failed: its outcome is recorded in a unit of its own.
     Step(StepError),
+    /// The unit panicked (the log writer caught it and rolled the unit back): a failed
+    /// attempt, recorded like any other.
+    Panicked(String),
     Engine(EngineError),
 }
 
 impl From<DbError> for UnitError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Panicked { message } => UnitError::Step(StepError::retryable(format!(
-                "the step panicked: {message}"
-            ))),
+            DbError::Panicked { message } => UnitError::Panicked(message),
             other => UnitError::Engine(EngineError::Database(other)),
         }
     }
@@ -358,16 +210,6 @@ impl From<DbError> for UnitError {
 impl From<EngineError> for UnitError {
     fn from(error: EngineError) -> Self {
         UnitError::Engine(error)
-    }
-}
-
-/// Aborts a task when dropped: a lease's heartbeat lives exactly as long as the
-/// attempt it keeps alive, even if the attempt panics.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -389,8 +231,29 @@ impl Engine {
                 wake: Notify::new(),
                 records: AtomicU64::new(0),
                 effects: AtomicU64::new(0),
+                health: Tracker::default(),
             }),
         }
+    }
+
+    /// Whether this engine's [`Engine::run`] loop is alive, for a readiness check: see
+    /// [`EngineHealth::ready`]. A loop goes round at least once per poll interval; one
+    /// that has not for 30 poll intervals (at least 30 s) is stuck.
+    pub fn health(&self) -> EngineHealth {
+        let stale_after = (self.poll_interval() * 30).max(Duration::from_secs(30));
+        self.inner.health.snapshot(stale_after)
+    }
+
+    /// Shorthand for `health().alive()`: a `run` loop is running and turning.
+    pub fn alive(&self) -> bool {
+        self.health().alive()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.inner
+            .config
+            .poll_interval
+            .max(Duration::from_millis(10))
     }
 
     /// The event store.
@@ -439,13 +302,13 @@ impl Engine {
     /// Runs until `shutdown` resolves: claims runnable runs as slots free up (at most
     /// `concurrency` at once) and drives each in a task of its own. When shutdown
     /// comes, it claims nothing more and waits for the runs it is driving to stop.
+    ///
+    /// A step that panics is a failed attempt of its run, and the loop goes on; while it
+    /// runs, the loop counts itself in [`Engine::health`].
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let _worker = self.inner.health.worker();
         let concurrency = self.inner.config.concurrency.max(1);
-        let poll = self
-            .inner
-            .config
-            .poll_interval
-            .max(Duration::from_millis(10));
+        let poll = self.poll_interval();
         let mut heads = self.inner.store.db().head_watch();
         let mut drives = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -455,6 +318,7 @@ impl Engine {
             while let Some(finished) = drives.try_join_next() {
                 report_panic(finished);
             }
+            self.inner.health.turn(drives.len());
             let mut due_in = poll;
             let free = concurrency.saturating_sub(drives.len());
             if free > 0 {
@@ -502,180 +366,11 @@ impl Engine {
         while drives.join_next().await.is_some() {}
     }
 
-    fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.inner.config.lease)
-            .unwrap_or(chrono::Duration::seconds(30))
-    }
-
     fn write_options(priority: cairn_log::Priority) -> WriteOptions {
         WriteOptions {
             priority,
             admission: cairn_log::Admission::Wait,
         }
-    }
-
-    /// Claims up to `max` runnable runs, in one unit of work. Also says when the next
-    /// run not yet runnable is due.
-    async fn claim(&self, max: usize) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
-        if self.inner.workflows.is_empty() || max == 0 {
-            return Ok((Vec::new(), None));
-        }
-        let engine = self.clone();
-        self.inner
-            .store
-            .db()
-            .write(WriteOptions::default(), move |tx| {
-                let engine = engine.clone();
-                Box::pin(async move { engine.claim_in(tx, max).await })
-            })
-            .await
-    }
-
-    async fn claim_in(
-        &self,
-        tx: &mut Tx,
-        max: usize,
-    ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
-        let now = self.now();
-        let kinds: Vec<&str> = self.inner.workflows.keys().copied().collect();
-        let mut args: Vec<Arg> = args![now];
-        let placeholders: Vec<String> = kinds
-            .iter()
-            .map(|kind| {
-                args.push((*kind).into_arg());
-                format!("${}", args.len())
-            })
-            .collect();
-        let kinds_in = placeholders.join(", ");
-        args.push(i64::try_from(max * 2).unwrap_or(i64::MAX).into_arg());
-        let sql = Sql::built(format!(
-            "SELECT r.id FROM workflow_runs r LEFT JOIN workflow_leases l ON l.run_id = r.id \
-             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({kinds_in}) \
-             AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT ${}",
-            args.len()
-        ));
-        let candidates = tx.conn().fetch_all(sql, args).await?;
-        let mut leases = Vec::new();
-        for candidate in candidates {
-            if leases.len() >= max {
-                break;
-            }
-            let run_id: WorkflowId = candidate.get("id")?;
-            let row = tx
-                .conn()
-                .fetch_optional(
-                    "INSERT INTO workflow_leases (run_id, owner, epoch, expires_at) VALUES ($1, $2, 1, $3)
-                     ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner,
-                         epoch = workflow_leases.epoch + 1, expires_at = excluded.expires_at
-                     WHERE workflow_leases.expires_at < $4
-                     RETURNING epoch",
-                    args![run_id, self.inner.config.worker_id.as_str(), self.lease_until(now), now],
-                )
-                .await?;
-            if let Some(row) = row {
-                leases.push(Lease {
-                    run_id,
-                    epoch: row.get("epoch")?,
-                });
-            }
-        }
-        let next_due = if leases.is_empty() {
-            let mut args: Vec<Arg> = args![now];
-            args.extend(kinds.iter().map(|kind| (*kind).into_arg()));
-            let sql = Sql::built(format!(
-                "SELECT MIN(next_run_at) AS due FROM workflow_runs \
-                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in})"
-            ));
-            tx.conn()
-                .fetch_optional(sql, args)
-                .await?
-                .map(|row| row.get::<Option<DateTime<Utc>>>("due"))
-                .transpose()?
-                .flatten()
-        } else {
-            None
-        };
-        Ok((leases, next_due))
-    }
-
-    /// Extends a lease; false when it is no longer ours.
-    async fn renew(&self, lease: Lease) -> Result<bool, EngineError> {
-        let until = self.lease_until(self.now());
-        let changed: u64 = self
-            .inner
-            .store
-            .db()
-            .write(WriteOptions::default(), move |tx| {
-                Box::pin(async move {
-                    tx.conn()
-                        .execute(
-                            "UPDATE workflow_leases SET expires_at = $3 WHERE run_id = $1 AND epoch = $2",
-                            args![lease.run_id, lease.epoch, until],
-                        )
-                        .await
-                })
-            })
-            .await?;
-        Ok(changed == 1)
-    }
-
-    async fn release(&self, lease: Lease) -> Result<(), EngineError> {
-        self.inner
-            .store
-            .db()
-            .write(WriteOptions::default(), move |tx| {
-                Box::pin(async move {
-                    tx.conn()
-                        .execute(
-                            "DELETE FROM workflow_leases WHERE run_id = $1 AND epoch = $2",
-                            args![lease.run_id, lease.epoch],
-                        )
-                        .await
-                        .map(drop)
-                })
-            })
-            .await
-            .map_err(EngineError::Database)
-    }
-
-    /// Renews the lease at a third of its length while the returned guard lives.
-    fn heartbeat(&self, lease: Lease) -> AbortOnDrop {
-        let engine = self.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let every = engine.inner.config.lease / 3;
-            loop {
-                tokio::time::sleep(every).await;
-                match engine.renew(lease).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(error) => {
-                        tracing::warn!(run_id = %lease.run_id, error = %error, "could not renew a lease")
-                    }
-                }
-            }
-        }))
-    }
-
-    /// Checks the lease in `tx` and extends it: the fence every record passes.
-    async fn fence(&self, tx: &mut Tx, lease: Lease) -> Result<(), EngineError> {
-        let held = tx
-            .conn()
-            .execute(
-                "UPDATE workflow_leases SET expires_at = $4 WHERE run_id = $1 AND epoch = $2 AND owner = $3",
-                args![
-                    lease.run_id,
-                    lease.epoch,
-                    self.inner.config.worker_id.as_str(),
-                    self.lease_until(self.now())
-                ],
-            )
-            .await?;
-        if held != 1 {
-            return Err(EngineError::LeaseLost {
-                run_id: lease.run_id,
-            });
-        }
-        Ok(())
     }
 
     /// Appends a run's events in `tx`, at the run's expected version.
@@ -824,6 +519,7 @@ impl Engine {
                     return Ok(true);
                 }
                 Err(UnitError::Step(error)) => Err(error),
+                Err(UnitError::Panicked(message)) => Err(self.panicked(run, &attempt, &message)),
                 // The step's writes could not be stored (a constraint, a trigger): the
                 // database refused them at commit. Nothing was kept; the attempt
                 // failed, and may be retried.
@@ -846,15 +542,16 @@ impl Engine {
         } else if let RunEvent::StepFailed(failed) = &event {
             tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, "step failed for good");
         }
-        // What an external step did is already done: its record goes ahead of the
-        // queue, so that a crash leaves it in doubt for as short a time as can be.
-        let priority = if attempt.records_start() {
-            cairn_log::Priority::Urgent
-        } else {
-            cairn_log::Priority::Normal
-        };
-        self.record(lease, run, &event, priority).await?;
+        self.record(lease, run, &event, attempt.outcome_priority())
+            .await?;
         Ok(go_on)
+    }
+
+    /// The failure a step's panic is recorded as; says so in the log and counts it.
+    fn panicked(&self, run: &Run, attempt: &Attempt, message: &str) -> StepError {
+        self.inner.health.panicked();
+        tracing::error!(run_id = %run.id, step = %attempt.call.name, attempt = attempt.number, panic = %message, "a workflow step panicked");
+        plan::panicked(message)
     }
 
     fn count_attempt(&self, run: &Run, attempt: &Attempt, outcome: &Result<Value, StepError>) {
@@ -909,17 +606,7 @@ impl Engine {
             perform(workflow, run, attempt, &mut ctx).instrument(Self::step_span(run, attempt));
         match AssertUnwindSafe(performed).catch_unwind().await {
             Ok(outcome) => outcome,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-text panic payload".to_owned());
-                tracing::error!(run_id = %run.id, step = %attempt.call.name, panic = %message, "a workflow step panicked");
-                Err(StepError::retryable(format!(
-                    "the step panicked: {message}"
-                )))
-            }
+            Err(panic) => Err(self.panicked(run, attempt, &plan::panic_message(panic.as_ref()))),
         }
     }
 

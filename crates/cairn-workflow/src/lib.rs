@@ -18,29 +18,38 @@
 //! - starting a run is an event appended in the caller's transaction;
 //! - engines claim runs with leases, and every record is fenced by the lease and by
 //!   the run's stream version, so several processes on one PostgreSQL database share
-//!   the work and no step is recorded twice.
+//!   the work and no step is recorded twice;
+//! - workflow code that panics fails like code that returns an error: a step's panic is
+//!   a failed attempt (retried, then compensated), a `decide` that panics fails the
+//!   run, and the engine's loop goes on; [`Engine::health`] says whether that loop is
+//!   alive.
 //!
 //! This crate knows nothing about organizations, email or HTTP.
 
 mod clock;
+mod context;
 mod definition;
 mod engine;
 pub mod events;
+mod health;
+mod lease;
 mod plan;
 pub mod state;
 
 use cairn_log::Migration;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::StepContext;
 pub use definition::{
     Decision, Effect, History, RetryPolicy, StepCall, StepError, StepKind, StepRecord, StepStatus,
     Workflow,
 };
 pub use engine::{
-    DriveReport, ENGINE_ACTOR, Engine, EngineConfig, EngineError, Start, StepContext,
-    compensation_name, start_in,
+    DriveReport, ENGINE_ACTOR, Engine, EngineConfig, EngineError, Start, compensation_name,
+    start_in,
 };
 pub use events::routes;
+pub use health::EngineHealth;
 pub use state::{Run, RunFilter, RunStatus, RunWithSteps};
 
 /// The engine's tables.

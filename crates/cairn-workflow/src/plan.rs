@@ -54,6 +54,17 @@ impl Attempt {
         self.call.effect == Effect::External
     }
 
+    /// How urgently the attempt's outcome is recorded. What a step did outside the
+    /// database is already done: its record goes ahead of the queue, so that a crash
+    /// leaves it in doubt for as short a time as can be.
+    pub(crate) fn outcome_priority(&self) -> cairn_log::Priority {
+        if self.records_start() {
+            cairn_log::Priority::Urgent
+        } else {
+            cairn_log::Priority::Normal
+        }
+    }
+
     /// The record of the attempt's start.
     pub(crate) fn started(&self, at: DateTime<Utc>) -> RunEvent {
         RunEvent::StepStarted(StepStarted {
@@ -128,11 +139,19 @@ pub(crate) fn next(
     }
     match run.status {
         RunStatus::Running => {
-            let decision = workflow
-                .decide(&run.input, history)
-                .unwrap_or_else(|message| {
-                    Decision::Fail(format!("the workflow cannot go on: {message}"))
-                });
+            // A panicking decide is a bug like an Err: it would panic again on every
+            // look, so the run fails (and compensates) instead of being stuck.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                workflow.decide(&run.input, history)
+            }));
+            let decision = match decided {
+                Ok(Ok(decision)) => decision,
+                Ok(Err(message)) => Decision::Fail(format!("the workflow cannot go on: {message}")),
+                Err(panic) => Decision::Fail(format!(
+                    "the workflow cannot go on: its decide panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
+            };
             match decision {
                 Decision::Run(call) => attempt(call, Role::Action, history, now),
                 Decision::Sleep { timer, until } => match history.get(&timer) {
@@ -241,6 +260,21 @@ fn attempt(call: StepCall, role: Role, history: &History, now: DateTime<Utc>) ->
         call,
         role,
     })
+}
+
+/// What a panic said, when it said it in text.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
+}
+
+/// The error a panicking attempt failed with: retryable, like any fault that may be
+/// gone next time, so that the step's retry policy and then compensation apply.
+pub(crate) fn panicked(message: &str) -> StepError {
+    StepError::retryable(format!("the step panicked: {message}"))
 }
 
 /// The event that records an attempt's outcome, and whether the run can go on at
@@ -566,6 +600,88 @@ mod tests {
         assert!(
             matches!(&next, Next::Record { event: RunEvent::CompensationStarted(e), stop: false } if e.reason.contains("a bug in its decide")),
             "{next:?}"
+        );
+    }
+
+    #[test]
+    fn a_decide_that_panics_fails_the_run_like_one_that_errs() {
+        struct Broken;
+        #[async_trait::async_trait]
+        impl Workflow for Broken {
+            fn kind(&self) -> &'static str {
+                "broken"
+            }
+            fn decide(&self, input: &Value, _history: &History) -> Result<Decision, String> {
+                match input["how"].as_str() {
+                    Some("err") => Err("input.x is missing".to_owned()),
+                    Some("text") => panic!("index out of bounds"),
+                    Some("formatted") => panic!("{} out of {}", 3, 2),
+                    _ => std::panic::panic_any(42_u8),
+                }
+            }
+            async fn perform(
+                &self,
+                _input: &Value,
+                _call: &StepCall,
+                _ctx: &mut crate::StepContext<'_>,
+            ) -> Result<Value, StepError> {
+                Ok(Value::Null)
+            }
+        }
+        let table = [
+            ("err", "the workflow cannot go on: input.x is missing"),
+            (
+                "text",
+                "the workflow cannot go on: its decide panicked: index out of bounds",
+            ),
+            (
+                "formatted",
+                "the workflow cannot go on: its decide panicked: 3 out of 2",
+            ),
+            (
+                "other",
+                "the workflow cannot go on: its decide panicked: a non-text panic payload",
+            ),
+        ];
+        for (how, reason) in table {
+            let next = next(
+                &Broken,
+                &run(RunStatus::Running, json!({ "how": how })),
+                &history(&[]),
+                at(0),
+            );
+            assert_eq!(
+                next,
+                Next::Record {
+                    event: RunEvent::CompensationStarted(CompensationStarted {
+                        reason: reason.to_owned(),
+                        at: at(0),
+                    }),
+                    stop: false,
+                },
+                "{how}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_is_a_retryable_failure_and_external_outcomes_go_first() {
+        let error = panicked("boom");
+        assert!(error.retryable);
+        assert_eq!(error.message, "the step panicked: boom");
+        let attempt = |call: StepCall| Attempt {
+            call,
+            role: Role::Action,
+            number: 1,
+            in_doubt: false,
+        };
+        assert_eq!(
+            attempt(StepCall::new("send").external()).outcome_priority(),
+            cairn_log::Priority::Urgent
+        );
+        assert_eq!(
+            attempt(StepCall::new("write")).outcome_priority(),
+            cairn_log::Priority::Normal
         );
     }
 

@@ -305,20 +305,55 @@ fn parse_duration(input: &str) -> Result<HumanDuration, String> {
         format!("{input:?} is not a duration: write a number and a unit, e.g. 7d, 36h, 90m or 45s")
     })?;
     let seconds = match unit {
-        "d" => number * 86_400,
-        "h" => number * 3_600,
-        "m" => number * 60,
-        "s" | "" => number,
+        "d" => number.checked_mul(86_400),
+        "h" => number.checked_mul(3_600),
+        "m" => number.checked_mul(60),
+        "s" | "" => Some(number),
         other => {
             return Err(format!(
                 "{other:?} is not a unit: use d, h, m or s (e.g. 7d)"
             ));
         }
     };
+    let seconds = seconds
+        .filter(|seconds| ends_by_year_9999(std::time::Duration::from_secs(*seconds)))
+        .ok_or_else(|| {
+            format!("{input:?} is too long: counted from now it ends after the year 9999")
+        })?;
     if seconds == 0 {
         return Err("the duration must be above zero".to_owned());
     }
     Ok(HumanDuration(std::time::Duration::from_secs(seconds)))
+}
+
+/// Whether `duration`, counted from now, ends by the year 9999. Durations are added to
+/// the current time (an invitation's expiry, a lease, a deadline); past that year a
+/// time can be neither counted by chrono nor written as RFC 3339, so such a setting
+/// could only fail later, on every use.
+fn ends_by_year_9999(duration: std::time::Duration) -> bool {
+    use chrono::Datelike as _;
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|duration| chrono::Utc::now().checked_add_signed(duration))
+        .is_some_and(|end| end.year() <= 9999)
+}
+
+/// A workflow lease in seconds: a finite number whose end, counted from now, can be
+/// counted and stored (see [`ends_by_year_9999`]).
+fn parse_lease_seconds(input: &str) -> Result<f64, String> {
+    let seconds: f64 = input
+        .trim()
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(seconds.max(0.1))
+        .ok()
+        .filter(|lease| ends_by_year_9999(*lease))
+        .map(|_| seconds)
+        .ok_or_else(|| {
+            format!(
+                "{input:?} is not a lease: give a finite number of seconds, ending by the year 9999"
+            )
+        })
 }
 
 /// How the domain and its workflows run.
@@ -352,7 +387,7 @@ pub struct Runtime {
     pub worker_id: Option<String>,
 
     /// How long a workflow engine's claim on a run lasts, in seconds (default 30).
-    #[arg(long, global = true, env = "CAIRN_WORKFLOW_LEASE", hide = true)]
+    #[arg(long, global = true, env = "CAIRN_WORKFLOW_LEASE", hide = true, value_parser = parse_lease_seconds)]
     pub workflow_lease_seconds: Option<f64>,
 
     /// Fault injection for crash tests: the engine stops after this many records.

@@ -1,0 +1,204 @@
+//! Leases: how an engine claims runs, keeps them while it works on them, and lets them
+//! go. A lease names its owner and an epoch that grows with every claim; every record
+//! is fenced by it.
+
+use chrono::{DateTime, Utc};
+
+use cairn_log::{Arg, IntoArg, Sql, Tx, WriteOptions, args};
+use cairn_types::WorkflowId;
+
+use crate::engine::{Engine, EngineError};
+
+/// What a run's lease is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) run_id: WorkflowId,
+    pub(crate) epoch: i64,
+}
+
+/// Aborts a task when dropped: a lease's heartbeat lives exactly as long as the
+/// attempt it keeps alive, however the attempt ends (it returns, panics, or the task
+/// driving it is aborted).
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Engine {
+    pub(crate) fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.inner.config.lease)
+            .unwrap_or(chrono::Duration::seconds(30))
+    }
+
+    /// Claims up to `max` runnable runs, in one unit of work. Also says when the next
+    /// run not yet runnable is due.
+    pub(crate) async fn claim(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
+        if self.inner.workflows.is_empty() || max == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let engine = self.clone();
+        self.inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                let engine = engine.clone();
+                Box::pin(async move { engine.claim_in(tx, max).await })
+            })
+            .await
+    }
+
+    async fn claim_in(
+        &self,
+        tx: &mut Tx,
+        max: usize,
+    ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
+        let now = self.now();
+        let kinds: Vec<&str> = self.inner.workflows.keys().copied().collect();
+        let mut args: Vec<Arg> = args![now];
+        let placeholders: Vec<String> = kinds
+            .iter()
+            .map(|kind| {
+                args.push((*kind).into_arg());
+                format!("${}", args.len())
+            })
+            .collect();
+        let kinds_in = placeholders.join(", ");
+        args.push(i64::try_from(max * 2).unwrap_or(i64::MAX).into_arg());
+        let sql = Sql::built(format!(
+            "SELECT r.id FROM workflow_runs r LEFT JOIN workflow_leases l ON l.run_id = r.id \
+             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({kinds_in}) \
+             AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT ${}",
+            args.len()
+        ));
+        let candidates = tx.conn().fetch_all(sql, args).await?;
+        let mut leases = Vec::new();
+        for candidate in candidates {
+            if leases.len() >= max {
+                break;
+            }
+            let run_id: WorkflowId = candidate.get("id")?;
+            let row = tx
+                .conn()
+                .fetch_optional(
+                    "INSERT INTO workflow_leases (run_id, owner, epoch, expires_at) VALUES ($1, $2, 1, $3)
+                     ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner,
+                         epoch = workflow_leases.epoch + 1, expires_at = excluded.expires_at
+                     WHERE workflow_leases.expires_at < $4
+                     RETURNING epoch",
+                    args![run_id, self.inner.config.worker_id.as_str(), self.lease_until(now), now],
+                )
+                .await?;
+            if let Some(row) = row {
+                leases.push(Lease {
+                    run_id,
+                    epoch: row.get("epoch")?,
+                });
+            }
+        }
+        let next_due = if leases.is_empty() {
+            let mut args: Vec<Arg> = args![now];
+            args.extend(kinds.iter().map(|kind| (*kind).into_arg()));
+            let sql = Sql::built(format!(
+                "SELECT MIN(next_run_at) AS due FROM workflow_runs \
+                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in})"
+            ));
+            tx.conn()
+                .fetch_optional(sql, args)
+                .await?
+                .map(|row| row.get::<Option<DateTime<Utc>>>("due"))
+                .transpose()?
+                .flatten()
+        } else {
+            None
+        };
+        Ok((leases, next_due))
+    }
+
+    /// Extends a lease; false when it is no longer ours.
+    pub(crate) async fn renew(&self, lease: Lease) -> Result<bool, EngineError> {
+        let until = self.lease_until(self.now());
+        let changed: u64 = self
+            .inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .execute(
+                            "UPDATE workflow_leases SET expires_at = $3 WHERE run_id = $1 AND epoch = $2",
+                            args![lease.run_id, lease.epoch, until],
+                        )
+                        .await
+                })
+            })
+            .await?;
+        Ok(changed == 1)
+    }
+
+    pub(crate) async fn release(&self, lease: Lease) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .execute(
+                            "DELETE FROM workflow_leases WHERE run_id = $1 AND epoch = $2",
+                            args![lease.run_id, lease.epoch],
+                        )
+                        .await
+                        .map(drop)
+                })
+            })
+            .await
+            .map_err(EngineError::Database)
+    }
+
+    /// Renews the lease at a third of its length while the returned guard lives.
+    /// Renews the lease at a third of its length, as time passes on the engine's
+    /// clock, while the returned guard lives.
+    pub(crate) fn heartbeat(&self, lease: Lease) -> AbortOnDrop {
+        let engine = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let every = engine.inner.config.lease / 3;
+            loop {
+                engine.inner.clock.sleep(every).await;
+                match engine.renew(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(run_id = %lease.run_id, error = %error, "could not renew a lease")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Checks the lease in `tx` and extends it: the fence every record passes.
+    pub(crate) async fn fence(&self, tx: &mut Tx, lease: Lease) -> Result<(), EngineError> {
+        let held = tx
+            .conn()
+            .execute(
+                "UPDATE workflow_leases SET expires_at = $4 WHERE run_id = $1 AND epoch = $2 AND owner = $3",
+                args![
+                    lease.run_id,
+                    lease.epoch,
+                    self.inner.config.worker_id.as_str(),
+                    self.lease_until(self.now())
+                ],
+            )
+            .await?;
+        if held != 1 {
+            return Err(EngineError::LeaseLost {
+                run_id: lease.run_id,
+            });
+        }
+        Ok(())
+    }
+}
