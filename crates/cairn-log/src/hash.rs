@@ -1,9 +1,12 @@
 //! The tamper-evidence hash chain.
 //!
 //! Each event's hash is `SHA-256(previous hash ‖ canonical form of the event)`, where the
-//! canonical form covers every immutable column. Changing, removing or moving any event
-//! changes every hash from that position on, so `cairn audit verify` can name the first
-//! position at fault.
+//! canonical form covers every immutable column but `correlation_id` and `org_id`: those
+//! are copies of fields of the hashed metadata, and the audit walk holds them to it.
+//! Changing, removing or moving any event changes every hash from that position on, so
+//! `cairn audit verify` can name the first position at fault. The hash is unkeyed:
+//! whoever can rewrite the table can recompute it, which only a signed checkpoint
+//! ([`crate::audit::checkpoint`]) shows.
 //!
 //! JSON is hashed in a canonical form (object keys sorted, no whitespace, serde_json's
 //! number and string rendering) so that PostgreSQL's `jsonb`, which reorders keys and

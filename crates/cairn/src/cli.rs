@@ -139,6 +139,8 @@ pub struct ServeArgs {
     pub stuck_after: HumanDuration,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub audit: AuditScheduleArgs,
 }
 
 #[derive(Debug, Args)]
@@ -557,8 +559,75 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain; exits 1 naming the first bad position.
-    Verify(JsonFlag),
+    /// Walk the hash chain; exits 1 naming the first bad position. With checkpoints,
+    /// also prove the log still holds each signed head, unchanged and not truncated.
+    Verify(AuditVerifyArgs),
+    /// Sign the log's head with a key kept outside the database and write it to a file,
+    /// after checking the chain (from the last checkpoint there, if any).
+    Checkpoint(AuditCheckpointArgs),
+    /// Create an Ed25519 key for signing checkpoints (FILE, owner-only) and its public
+    /// key (FILE.pub).
+    Keygen(AuditKeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// A signed checkpoint the log must still hold (repeat for several).
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    pub checkpoints: Vec<std::path::PathBuf>,
+    /// Every checkpoint (*.json) in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Accept only checkpoints signed by this public key (a .pub file from `cairn audit
+    /// keygen`); by default each checkpoint is verified with the key it names.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["out", "dir"])))]
+pub struct AuditCheckpointArgs {
+    /// The signing key file from `cairn audit keygen`. Without it, the key is read from
+    /// the CAIRN_AUDIT_KEY environment variable (the file's contents).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+    /// Write the checkpoint to this file (replacing the checkpoint there, which the
+    /// chain is checked from).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    /// Add the checkpoint to this directory as a new file (created if missing); the
+    /// chain is checked from the newest checkpoint there.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditKeygenArgs {
+    /// Where to write the secret key (never overwritten); the public key goes to
+    /// FILE.pub.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// Scheduled checkpoints in `cairn serve`.
+#[derive(Debug, Args)]
+pub struct AuditScheduleArgs {
+    /// Write a signed checkpoint of the log's head this often (off by default); needs
+    /// --audit-checkpoint-dir, and --audit-key or CAIRN_AUDIT_KEY.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "audit_checkpoint_dir")]
+    pub audit_checkpoint_every: Option<HumanDuration>,
+    /// The key that signs scheduled checkpoints (from `cairn audit keygen`).
+    #[arg(long, value_name = "FILE", requires = "audit_checkpoint_every")]
+    pub audit_key: Option<std::path::PathBuf>,
+    /// The directory scheduled checkpoints are added to.
+    #[arg(long, value_name = "DIR", requires = "audit_checkpoint_every")]
+    pub audit_checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

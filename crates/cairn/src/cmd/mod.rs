@@ -16,9 +16,7 @@ mod workflows;
 
 use std::process::ExitCode;
 
-use crate::cli::{
-    AuditCommand, BenchCommand, Cli, Command, ContractsCommand, InvitationsCommand, OrgCommand,
-};
+use crate::cli::{BenchCommand, Cli, Command, ContractsCommand, InvitationsCommand, OrgCommand};
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -27,7 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Events(command) => events::run(&url, command).await,
         Command::Replay(args) => replay::run(&url, args).await,
-        Command::Audit(AuditCommand::Verify(args)) => audit::verify(&url, args).await,
+        Command::Audit(command) => audit::run(&url, command).await,
         Command::Status(args) => status::run(&url, args).await,
         Command::Bench(BenchCommand::Append(args)) => bench::append(&url, args).await,
         Command::Bench(BenchCommand::Workflow(args)) => bench::workflow(&url, args).await,

@@ -74,6 +74,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     let domain = app::open_domain(url, runtime).await?;
     let (source, described) = key_source(domain.store().db(), &args.auth).await?;
     let auth = Authenticator::new(&source)?;
+    let audit_checkpoints = super::audit::schedule(domain.store().db(), &args.audit)?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("listening on {}", args.addr))?;
@@ -164,6 +165,9 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         prober.abort();
     }
     sampler.abort();
+    if let Some(audit_checkpoints) = audit_checkpoints {
+        audit_checkpoints.abort();
+    }
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }
