@@ -348,3 +348,26 @@ pub async fn system_health(
         stuck,
     })
 }
+
+/// Whether `correlation_id` is already carried by an event or a span outside `org_id`
+/// (for another tenant or for none; for anyone when `org_id` is `None`). Requests
+/// ask before they honour a correlation id their caller chose, so that no tenant can
+/// write into another tenant's timeline. It answers yes or no, nothing else.
+pub async fn correlation_used_elsewhere(
+    db: &Db,
+    correlation_id: cairn_types::CorrelationId,
+    org_id: Option<OrgId>,
+) -> Result<bool, ReadsError> {
+    let mut reader = db.reader().await?;
+    Ok(reader
+        .conn()
+        .correlation_used_elsewhere(correlation_id, org_id)
+        .await?)
+}
+
+/// The log's last position, read from the database (not from this process's view of
+/// it, which may lag behind another process's appends).
+pub async fn log_head(db: &Db) -> Result<Position, ReadsError> {
+    let mut reader = db.reader().await?;
+    Ok(reader.conn().head().await?.last_position)
+}

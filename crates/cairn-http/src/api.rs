@@ -445,6 +445,7 @@ pub fn openapi(documented: &[Documented]) -> Value {
         ];
         if doc.body.is_some() {
             bad_request.push(ProblemCode::InvalidJson);
+            bad_request.push(ProblemCode::UnreadableBody);
         }
         responses.insert(
             "400".into(),
@@ -487,6 +488,15 @@ pub fn openapi(documented: &[Documented]) -> Value {
                 problem_response("The request conflicts with the current state.", codes),
             );
         }
+        if matches!(doc.produces, Produces::WebSocket | Produces::EventStream) {
+            responses.insert(
+                "429".into(),
+                problem_response(
+                    "The principal has as many live subscriptions open as it may (100 by default, `cairn serve --max-subscriptions`).",
+                    &[ProblemCode::TooManySubscriptions],
+                ),
+            );
+        }
         if doc.produces == Produces::WebSocket {
             responses.insert(
                 "426".into(),
@@ -509,6 +519,13 @@ pub fn openapi(documented: &[Documented]) -> Value {
                 ),
             );
         }
+        responses.insert(
+            "431".into(),
+            problem_response(
+                "The request's headers are larger than 16 KiB. (Headers past 64 KiB are refused by the HTTP layer with a 431 and no body.)",
+                &[ProblemCode::HeadersTooLarge],
+            ),
+        );
         responses.insert(
             "414".into(),
             json!({"description": "The URI is longer than the HTTP layer reads (64 KiB): refused before cairn sees the request, with no body."}),

@@ -19,10 +19,68 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// The header that makes a command safe to repeat.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-/// What the middleware learned about a request before any handler ran.
-#[derive(Debug, Clone, Copy)]
+/// What the middleware learned about a request before any handler ran: its
+/// correlation id. An id the caller chose is honoured only within the caller's own
+/// tenant: once the caller is known ([`Correlation::settle`]), an id that already
+/// belongs to another tenant is replaced by a fresh one, and the response says which
+/// id was used.
+#[derive(Debug, Clone)]
 pub struct Correlation {
-    pub correlation_id: CorrelationId,
+    chosen_by_caller: bool,
+    settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    id: std::sync::Arc<std::sync::Mutex<CorrelationId>>,
+}
+
+impl Correlation {
+    fn new(correlation_id: CorrelationId, chosen_by_caller: bool) -> Correlation {
+        Correlation {
+            chosen_by_caller,
+            settled: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!chosen_by_caller)),
+            id: std::sync::Arc::new(std::sync::Mutex::new(correlation_id)),
+        }
+    }
+
+    /// The id the request carries now.
+    pub fn current(&self) -> CorrelationId {
+        self.id
+            .lock()
+            .map_or_else(|_| CorrelationId::new_v7(), |id| *id)
+    }
+
+    /// The id the request carries once its caller is known: a caller-chosen id that
+    /// is already used outside the caller's tenant (or, for an anonymous caller, used
+    /// at all) is replaced by a fresh one. Platform administrators, operators and
+    /// services see every tenant, and keep theirs.
+    pub async fn settle(&self, state: &AppState, principal: &Principal) -> CorrelationId {
+        use std::sync::atomic::Ordering;
+        if !self.chosen_by_caller || self.settled.swap(true, Ordering::AcqRel) {
+            return self.current();
+        }
+        let scope = match principal {
+            Principal::User { org_id, .. } => Some(Some(*org_id)),
+            Principal::Anonymous => Some(None),
+            Principal::Service { .. }
+            | Principal::PlatformAdmin { .. }
+            | Principal::Operator { .. } => None,
+        };
+        let Some(org) = scope else {
+            return self.current();
+        };
+        let current = self.current();
+        let foreign = cairn_domain::reads::correlation_used_elsewhere(state.db(), current, org)
+            .await
+            // When it cannot be checked, a fresh id is the safe answer.
+            .unwrap_or(true);
+        if !foreign {
+            return current;
+        }
+        let fresh = CorrelationId::new_v7();
+        if let Ok(mut id) = self.id.lock() {
+            *id = fresh;
+        }
+        tracing::info!(chosen = %current, used = %fresh, "a caller's correlation id belongs to another tenant; a fresh one is used");
+        fresh
+    }
 }
 
 pub(crate) fn header_problem(name: &str, message: String) -> Problem {
@@ -103,9 +161,17 @@ type CallerNote = (String, Option<cairn_types::OrgId>);
 
 impl Caller {
     pub(crate) fn note(&self, principal: &Principal) {
+        if matches!(principal, Principal::Anonymous) {
+            return;
+        }
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some((principal.describe(), principal.org_id()));
         }
+    }
+
+    /// Whether the request named a principal (other than anonymous).
+    fn identified(&self) -> bool {
+        self.get().is_some()
     }
 
     fn get(&self) -> Option<CallerNote> {
@@ -124,19 +190,34 @@ pub async fn correlate(
 ) -> Response {
     let started_at = chrono::Utc::now();
     let clock = std::time::Instant::now();
-    let (correlation_id, refused) = match correlation_from(request.headers()) {
+    let chosen_by_caller = request.headers().contains_key(CORRELATION_HEADER)
+        || request.headers().contains_key("traceparent");
+    let (correlation_id, mut refused) = match correlation_from(request.headers()) {
         Ok(id) => (id, None),
         Err(problem) => (CorrelationId::new_v7(), Some(problem)),
     };
+    let correlation = Correlation::new(correlation_id, chosen_by_caller && refused.is_none());
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > crate::server::MAX_HEADER_BYTES {
+        refused = Some(Problem::new(
+            ProblemCode::HeadersTooLarge,
+            format!(
+                "the request's headers take {header_bytes} bytes; at most {} are read",
+                crate::server::MAX_HEADER_BYTES
+            ),
+        ));
+    }
     let method = request.method().clone();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "(no route)".to_owned(), |path| path.as_str().to_owned());
     let caller = Caller::default();
-    request
-        .extensions_mut()
-        .insert(Correlation { correlation_id });
+    request.extensions_mut().insert(correlation.clone());
     request.extensions_mut().insert(caller.clone());
     let span = tracing::info_span!(
         "http.request",
@@ -159,6 +240,7 @@ pub async fn correlate(
     };
     let status = response.status().as_u16();
     span.record("http.status", status);
+    let correlation_id = correlation.current();
     record_request(
         &state,
         correlation_id,
@@ -206,10 +288,11 @@ fn record_request(
     took: std::time::Duration,
 ) {
     let metrics = cairn_observe::metrics();
+    let method = method_label(method);
     metrics
         .http_requests
         .get_or_create(&cairn_observe::HttpLabels {
-            method: method.to_string(),
+            method: method.to_owned(),
             route: route.to_owned(),
             status: status.to_string(),
         })
@@ -217,10 +300,20 @@ fn record_request(
     metrics
         .http_request_seconds
         .get_or_create(&cairn_observe::RouteLabels {
-            method: method.to_string(),
+            method: method.to_owned(),
             route: route.to_owned(),
         })
         .observe(took.as_secs_f64());
+    // A request no route took, or that was refused before anyone was identified,
+    // is not a hop of anything worth keeping: anyone could write such rows forever.
+    let anonymous = !caller.identified();
+    if route == "(no route)"
+        || status == 405
+        || status == 431
+        || (anonymous && (400..500).contains(&status))
+    {
+        return;
+    }
     // The feed's long-lived requests and the scrapers' are not hops of anything.
     if route == "/metrics"
         || route.starts_with("/health")
@@ -246,6 +339,24 @@ fn record_request(
     .error((status >= 500).then(|| format!("answered {status}")));
     span.duration = took;
     state.db().record_span(span);
+}
+
+/// The method as a metric label: the standard ones by name, anything else `other`
+/// (any token is a valid method, and labels must stay few).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Writes the correlation id into a problem document that lacks one.
@@ -305,10 +416,7 @@ impl FromRequestParts<AppState> for Ctx {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let correlation_id = parts
-            .extensions
-            .get::<Correlation>()
-            .map_or_else(CorrelationId::new_v7, |c| c.correlation_id);
+        let correlation = parts.extensions.get::<Correlation>().cloned();
         let (principal, expires_at) = match parts.headers.get(header::AUTHORIZATION) {
             None => (Principal::Anonymous, None),
             Some(value) => {
@@ -344,6 +452,10 @@ impl FromRequestParts<AppState> for Ctx {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             caller.note(&principal);
         }
+        let correlation_id = match correlation {
+            Some(correlation) => correlation.settle(state, &principal).await,
+            None => CorrelationId::new_v7(),
+        };
         Ok(Ctx {
             correlation_id,
             principal,

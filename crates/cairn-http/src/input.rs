@@ -262,18 +262,37 @@ fn find_nul(value: &Value, path: String) -> Option<String> {
     }
 }
 
+/// Why a body could not be read: too large (413), or anything else (a malformed
+/// chunked encoding, a client that hung up mid-body: 400).
+pub fn body_problem(error: &axum::Error, limit: usize) -> Problem {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Problem::new(
+                ProblemCode::PayloadTooLarge,
+                format!("the body is larger than {limit} bytes"),
+            );
+        }
+        source = cause.source();
+    }
+    Problem::new(
+        ProblemCode::UnreadableBody,
+        format!(
+            "the body could not be read: {}",
+            cairn_types::error_chain(error)
+        ),
+    )
+}
+
 /// Reads the body: JSON, within the size limit, every field where it belongs.
 pub async fn body<B: DeserializeOwned>(
     parts: &Parts,
     body: Body,
     fields: &Fields,
 ) -> Result<B, Problem> {
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        Problem::new(
-            ProblemCode::PayloadTooLarge,
-            format!("the body is larger than {BODY_LIMIT} bytes"),
-        )
-    })?;
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|error| body_problem(&error, BODY_LIMIT))?;
     let blank = bytes.iter().all(u8::is_ascii_whitespace);
     if blank {
         if fields.takes_body {

@@ -19,6 +19,7 @@ pub mod pages;
 pub mod probe;
 pub mod problem;
 pub mod routes;
+pub mod server;
 pub mod stream;
 
 use std::future::Future;
@@ -47,6 +48,7 @@ struct Inner {
     openapi: Value,
     asyncapi: Value,
     activity: console::Activity,
+    subscriptions: stream::Subscriptions,
 }
 
 /// What every handler can reach.
@@ -106,6 +108,11 @@ impl AppState {
         &self.inner.asyncapi
     }
 
+    /// The live subscriptions open, by principal.
+    pub fn subscriptions(&self) -> &stream::Subscriptions {
+        &self.inner.subscriptions
+    }
+
     /// The console's recent activity samples.
     pub fn activity(&self) -> &console::Activity {
         &self.inner.activity
@@ -150,6 +157,8 @@ pub struct Options {
     /// Mark the console's cookies `Secure` whatever the request says (the public URL
     /// is https).
     pub secure_cookies: bool,
+    /// The most live subscriptions (SSE and WebSocket) one principal may have open.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Options {
@@ -161,6 +170,7 @@ impl Default for Options {
             },
             probe_max_age: std::time::Duration::from_secs(5),
             secure_cookies: false,
+            max_subscriptions: 100,
         }
     }
 }
@@ -202,6 +212,7 @@ pub fn build(
             openapi,
             asyncapi,
             activity: console::Activity::default(),
+            subscriptions: stream::Subscriptions::default(),
         }),
     };
     let router = router
@@ -221,13 +232,13 @@ pub fn build(
 }
 
 /// Serves the application on a bound listener until `shutdown` resolves, then stops
-/// taking requests and finishes the ones in flight.
+/// taking requests, finishes the ones in flight within `options.shutdown_grace`, and
+/// drops the rest. See [`server`] for the limits and timeouts.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    options: server::ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, app, options, shutdown).await
 }

@@ -74,12 +74,19 @@ pub enum ProblemCode {
     Conflict,
     /// 409: the idempotency key was used before with a different request.
     IdempotencyKeyReused,
+    /// 400: the body could not be read (a malformed chunked encoding, or the client
+    /// hung up mid-body).
+    UnreadableBody,
     /// 413: the body is larger than the limit.
     PayloadTooLarge,
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
     /// 426: a WebSocket endpoint was called without the upgrade.
     UpgradeRequired,
+    /// 429: the principal has as many live subscriptions open as it may.
+    TooManySubscriptions,
+    /// 431: the request's headers are larger than the limit.
+    HeadersTooLarge,
     /// 500: a fault in cairn; the correlation id finds it in the logs.
     Internal,
     /// 503: the database cannot be reached. `Retry-After` says when to try again.
@@ -90,7 +97,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 18] = [
+    pub const ALL: [ProblemCode; 21] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -103,9 +110,12 @@ impl ProblemCode {
         ProblemCode::MethodNotAllowed,
         ProblemCode::Conflict,
         ProblemCode::IdempotencyKeyReused,
+        ProblemCode::UnreadableBody,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
         ProblemCode::UpgradeRequired,
+        ProblemCode::TooManySubscriptions,
+        ProblemCode::HeadersTooLarge,
         ProblemCode::Internal,
         ProblemCode::Unavailable,
         ProblemCode::Overloaded,
@@ -125,9 +135,12 @@ impl ProblemCode {
             ProblemCode::MethodNotAllowed => "method_not_allowed",
             ProblemCode::Conflict => "conflict",
             ProblemCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ProblemCode::UnreadableBody => "unreadable_body",
             ProblemCode::PayloadTooLarge => "payload_too_large",
             ProblemCode::UnsupportedMediaType => "unsupported_media_type",
             ProblemCode::UpgradeRequired => "upgrade_required",
+            ProblemCode::TooManySubscriptions => "too_many_subscriptions",
+            ProblemCode::HeadersTooLarge => "headers_too_large",
             ProblemCode::Internal => "internal",
             ProblemCode::Unavailable => "unavailable",
             ProblemCode::Overloaded => "overloaded",
@@ -139,7 +152,8 @@ impl ProblemCode {
             ProblemCode::InvalidField
             | ProblemCode::UnknownField
             | ProblemCode::WrongLocation
-            | ProblemCode::InvalidJson => StatusCode::BAD_REQUEST,
+            | ProblemCode::InvalidJson
+            | ProblemCode::UnreadableBody => StatusCode::BAD_REQUEST,
             ProblemCode::Unauthenticated
             | ProblemCode::InvalidToken
             | ProblemCode::TokenExpired => StatusCode::UNAUTHORIZED,
@@ -150,6 +164,8 @@ impl ProblemCode {
             ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ProblemCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
+            ProblemCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemCode::Unavailable | ProblemCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -169,9 +185,12 @@ impl ProblemCode {
             ProblemCode::MethodNotAllowed => "Method not allowed",
             ProblemCode::Conflict => "Conflict with the current state",
             ProblemCode::IdempotencyKeyReused => "Idempotency key reused",
+            ProblemCode::UnreadableBody => "The body could not be read",
             ProblemCode::PayloadTooLarge => "Payload too large",
             ProblemCode::UnsupportedMediaType => "Unsupported media type",
             ProblemCode::UpgradeRequired => "Upgrade required",
+            ProblemCode::TooManySubscriptions => "Too many subscriptions",
+            ProblemCode::HeadersTooLarge => "Request headers too large",
             ProblemCode::Internal => "Internal error",
             ProblemCode::Unavailable => "Service unavailable",
             ProblemCode::Overloaded => "Server overloaded",

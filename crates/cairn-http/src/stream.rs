@@ -129,6 +129,9 @@ async fn prepare(
         }
     };
     let after = last_event_id.or(query.after).map(Position::new);
+    if let Some(after) = after {
+        beyond_head(state, after, last_event_id.is_some()).await?;
+    }
     crate::routes::allow_principal(&principal, cairn_policy::Action::Subscribe)?;
     if let Some(org) = query.org_id {
         crate::routes::allow_principal(&principal, cairn_policy::Action::ReceiveEvent(Some(org)))?;
@@ -148,6 +151,90 @@ async fn prepare(
         correlation_id: ctx.correlation_id,
         transport,
     })
+}
+
+/// Refuses to resume after a position the log has not reached: such a feed would
+/// wait, silently, for events that may never come (a client that kept its position
+/// across a restore of the database from a backup).
+async fn beyond_head(state: &AppState, after: Position, from_header: bool) -> Result<(), Problem> {
+    if after <= *state.db().head_watch().borrow() {
+        return Ok(());
+    }
+    // Another process may have appended since this one last heard: ask the database.
+    let head = cairn_domain::reads::log_head(state.db())
+        .await
+        .map_err(crate::routes::read_problem)?;
+    if after <= head {
+        return Ok(());
+    }
+    let (field, location) = if from_header {
+        ("Last-Event-ID", Location::Header)
+    } else {
+        ("after", Location::Query)
+    };
+    Err(query_problem(
+        field,
+        location,
+        format!(
+            "position {} is beyond the end of the log (position {}): nothing there can be \
+             resumed; resume from {} or earlier (was the database restored from a backup?)",
+            after.get(),
+            head.get(),
+            head.get()
+        ),
+    ))
+}
+
+/// A live subscription counted against its principal's allowance, until it ends.
+pub struct Slot {
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(n) = counts.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The subscriptions each principal has open, and the most it may.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Subscriptions {
+    /// Takes a slot for `principal`, or says why there is none.
+    fn take(&self, principal: &cairn_policy::Principal, max: usize) -> Result<Slot, Problem> {
+        let key = principal.actor().to_string();
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = counts.entry(key.clone()).or_insert(0);
+        if *open >= max {
+            return Err(Problem::new(
+                ProblemCode::TooManySubscriptions,
+                format!(
+                    "{} already has {max} live subscriptions open, the most one principal may \
+                     have; close one, or follow several streams with one subscription",
+                    principal.describe()
+                ),
+            ));
+        }
+        *open += 1;
+        Ok(Slot {
+            counts: self.counts.clone(),
+            key,
+        })
+    }
 }
 
 /// Opens the subscription.
@@ -186,11 +273,20 @@ pub async fn sse(
     parts: Parts,
 ) -> Result<Response, Problem> {
     let request = prepare(&state, ctx, query, &parts, "sse").await?;
+    let slot = state
+        .subscriptions()
+        .take(&request.principal, state.options().max_subscriptions)?;
     let subscription = subscribe(&state, request).await?;
-    let messages = futures::stream::unfold(subscription, |mut subscription| async move {
-        let message = subscription.next().await?;
-        Some((Ok::<_, Infallible>(sse_event(&message)), subscription))
-    });
+    let messages = futures::stream::unfold(
+        (subscription, slot),
+        |(mut subscription, slot)| async move {
+            let message = subscription.next().await?;
+            Some((
+                Ok::<_, Infallible>(sse_event(&message)),
+                (subscription, slot),
+            ))
+        },
+    );
     let mut response = Sse::new(messages).into_response();
     // Proxies must pass each event on at once.
     response.headers_mut().insert(
@@ -208,6 +304,9 @@ pub async fn websocket(
     mut parts: Parts,
 ) -> Result<Response, Problem> {
     let request = prepare(&state, ctx, query, &parts, "websocket").await?;
+    let slot = state
+        .subscriptions()
+        .take(&request.principal, state.options().max_subscriptions)?;
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
         .await
         .map_err(|rejection| {
@@ -221,7 +320,10 @@ pub async fn websocket(
             )
         })?;
     let subscription = subscribe(&state, request).await?;
-    Ok(upgrade.on_upgrade(move |socket| run_socket(socket, subscription)))
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        run_socket(socket, subscription).await;
+        drop(slot);
+    }))
 }
 
 /// Sends the subscription's messages as text frames, pings the client, and closes a

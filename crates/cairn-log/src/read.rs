@@ -216,6 +216,36 @@ impl Conn<'_> {
         head_from_row(&row)
     }
 
+    /// Whether anything (an event or a span) carries `correlation_id` outside `org_id`:
+    /// for another tenant, or for none when `org_id` is given; for any tenant when
+    /// `org_id` is `None`. Read without tenancy: it answers yes or no and nothing else.
+    pub async fn correlation_used_elsewhere(
+        &mut self,
+        correlation_id: CorrelationId,
+        org_id: Option<OrgId>,
+    ) -> Result<bool, DbError> {
+        let row = match org_id {
+            Some(org_id) => {
+                self.fetch_one(
+                    "SELECT (EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = $1 \
+                     AND (org_id IS NULL OR org_id <> $2)) OR EXISTS (SELECT 1 FROM trace_spans \
+                     WHERE correlation_id = $1 AND (org_id IS NULL OR org_id <> $2))) AS used",
+                    args![correlation_id, org_id],
+                )
+                .await?
+            }
+            None => {
+                self.fetch_one(
+                    "SELECT (EXISTS (SELECT 1 FROM domain_events WHERE correlation_id = $1) \
+                     OR EXISTS (SELECT 1 FROM trace_spans WHERE correlation_id = $1)) AS used",
+                    args![correlation_id],
+                )
+                .await?
+            }
+        };
+        row.get::<bool>("used")
+    }
+
     /// How many failed events there are for each error code, among the events of
     /// `org_id` (all when `None`) except those of `exclude_org`; with the newest failed
     /// position of each code.

@@ -340,3 +340,35 @@ impl Conn<'_> {
         rows.iter().map(span_from_row).collect()
     }
 }
+
+/// How many spans one pruning transaction deletes, so that pruning never holds the
+/// writer for long.
+const PRUNE_BATCH: i64 = 2_000;
+
+impl crate::db::Db {
+    /// Deletes the spans that started before `cutoff`, oldest first, a batch per
+    /// transaction; how many were deleted.
+    pub async fn prune_spans(&self, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
+        let mut deleted = 0;
+        loop {
+            let batch: u64 = self
+                .write(WriteOptions::default(), move |tx| {
+                    Box::pin(async move {
+                        tx.conn()
+                            .execute(
+                                "DELETE FROM trace_spans WHERE id IN (SELECT id FROM trace_spans \
+                                 WHERE started_at < $1 ORDER BY id LIMIT $2)",
+                                args![cutoff, PRUNE_BATCH],
+                            )
+                            .await
+                    })
+                })
+                .await?;
+            deleted += batch;
+            if batch < PRUNE_BATCH as u64 {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}

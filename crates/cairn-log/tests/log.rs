@@ -675,3 +675,41 @@ async fn on_postgres_a_notification_alone_moves_the_head_watch() -> cairn_testki
     )
     .await
 }
+
+backend_test!(
+    spans_older_than_the_cutoff_are_pruned_in_batches,
+    |t: TestDb| async move {
+        use cairn_log::{SpanKind, SpanRecord};
+        use cairn_types::CorrelationId;
+        let now = chrono::Utc::now();
+        let old = now - chrono::Duration::days(8);
+        let kept = CorrelationId::new_v7();
+        // More old spans than one pruning batch holds.
+        for i in 0..2_500 {
+            t.db().record_span(SpanRecord::ending_now(
+                CorrelationId::new_v7(),
+                SpanKind::Http,
+                format!("old {i}"),
+                old,
+            ));
+        }
+        t.db()
+            .record_span(SpanRecord::ending_now(kept, SpanKind::Http, "new", now));
+        t.db().flush_spans().await;
+        let pruned = t.db().prune_spans(now - chrono::Duration::days(7)).await?;
+        assert_eq!(pruned, 2_500);
+        let mut reader = t.db().reader().await?;
+        let left = reader
+            .conn()
+            .fetch_one("SELECT COUNT(*) AS n FROM trace_spans", args![])
+            .await?
+            .get::<i64>("n")?;
+        assert_eq!(left, 1, "only the new span is left");
+        let spans = reader
+            .conn()
+            .read_spans(kept, &cairn_log::Tenancy::All)
+            .await?;
+        assert_eq!(spans.len(), 1);
+        Ok(())
+    }
+);

@@ -51,6 +51,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: String,
     pub route: String,
@@ -93,6 +98,9 @@ pub struct Metrics {
     pub writer_queued: Gauge,
     pub writer_reruns: Counter,
     pub writer_refused: Counter,
+    pub http_connections: Gauge,
+    pub http_connections_closed: Family<ReasonLabels, Counter>,
+    pub spans_pruned: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -208,6 +216,24 @@ impl Metrics {
             "Active alerts by kind (1 active, 0 clear)",
             alerts.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            http_connections.clone(),
+        );
+        let http_connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections the server closed itself, by reason (header_timeout, idle_timeout, evicted, refused, shutdown)",
+            http_connections_closed.clone(),
+        );
+        let spans_pruned = Counter::default();
+        registry.register(
+            "trace_spans_pruned",
+            "Timeline spans deleted because they were older than the retention period",
+            spans_pruned.clone(),
+        );
         let spans_dropped = Counter::default();
         registry.register(
             "trace_spans_dropped",
@@ -248,6 +274,9 @@ impl Metrics {
         Metrics {
             registry,
             spans_dropped,
+            http_connections,
+            http_connections_closed,
+            spans_pruned,
             writer_batch_units,
             writer_batch_seconds,
             writer_queued,

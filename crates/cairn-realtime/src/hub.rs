@@ -55,7 +55,7 @@ impl Drop for WantsViews {
 }
 
 impl Hub {
-    pub(crate) fn start(db: Db, registry: Registry, closing: watch::Receiver<bool>) -> Hub {
+    pub(crate) fn start(db: Db, registry: Arc<Registry>, closing: watch::Receiver<bool>) -> Hub {
         let (sender, _) = broadcast::channel(BUFFER);
         let wants_views = Arc::new(AtomicUsize::new(0));
         tokio::spawn(follow(
@@ -83,7 +83,7 @@ impl Hub {
 
 async fn follow(
     db: Db,
-    registry: Registry,
+    registry: Arc<Registry>,
     sender: broadcast::Sender<Arc<Batch>>,
     wants_views: Arc<AtomicUsize>,
     mut closing: watch::Receiver<bool>,

@@ -188,7 +188,7 @@ pub enum SubscribeError {
 
 struct FeedInner {
     db: Db,
-    registry: Registry,
+    registry: Arc<Registry>,
     hub: OnceLock<hub::Hub>,
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -213,7 +213,7 @@ impl Feed {
         Feed {
             inner: Arc::new(FeedInner {
                 db,
-                registry,
+                registry: Arc::new(registry),
                 hub: OnceLock::new(),
                 closing: tokio::sync::watch::channel(false).0,
             }),

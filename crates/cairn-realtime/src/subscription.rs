@@ -44,7 +44,7 @@ impl Drop for Open {
 pub struct Subscription {
     id: String,
     db: Db,
-    registry: Registry,
+    registry: Arc<Registry>,
     grant: Grant,
     request: SubscribeRequest,
     live: broadcast::Receiver<Arc<Batch>>,
@@ -63,7 +63,7 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) async fn open(
         db: Db,
-        registry: Registry,
+        registry: Arc<Registry>,
         grant: Grant,
         request: SubscribeRequest,
         live: broadcast::Receiver<Arc<Batch>>,

@@ -137,6 +137,34 @@ pub struct ServeArgs {
     /// A workflow run this long overdue is reported as stuck.
     #[arg(long, env = "CAIRN_STUCK_AFTER", default_value = "15m", value_parser = parse_duration)]
     pub stuck_after: HumanDuration,
+    /// How long a new connection may take to send its first request's header.
+    #[arg(long, env = "CAIRN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: HumanDuration,
+    /// How long a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "CAIRN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: HumanDuration,
+    /// The most connections open at once (by default three quarters of the open-file
+    /// limit). At the limit, the connection idle the longest makes room.
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish before
+    /// they are dropped and the process exits.
+    #[arg(long, env = "CAIRN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration_or_zero)]
+    pub shutdown_grace: HumanDuration,
+    /// The most live subscriptions (SSE and WebSocket) one principal may have open;
+    /// past it, a subscribe is answered 429.
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+    /// Serve tokens signed with the development secret kept in the database even on an
+    /// address other than loopback. Anyone who can read the database, or a backup of
+    /// it, can then mint a platform administrator's token: use --jwt-secret, a public
+    /// key or a JWKS instead wherever others can reach the server.
+    #[arg(long, env = "CAIRN_DEV_TOKENS")]
+    pub dev_tokens: bool,
+    /// How long request timelines (spans) are kept; older ones are pruned in the
+    /// background (0 keeps them forever).
+    #[arg(long, env = "CAIRN_SPAN_RETENTION", default_value = "7d", value_parser = parse_duration_or_zero)]
+    pub span_retention: HumanDuration,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]

@@ -13,81 +13,9 @@ use anyhow::Context as _;
 use cairn_testkit::{Backend, TestDb, backend_test};
 use cairn_testkit::{SinkOptions, SmtpSink};
 use common::browser::Browser;
+use common::server::Server;
 use common::{assert_exit, bootstrap_request, cairn, stdout};
 use serde_json::{Value, json};
-
-/// A `cairn serve` process on a free loopback port.
-struct Server {
-    _child: tokio::process::Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Server {
-    async fn start(url: &str, mail_url: &str) -> anyhow::Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let base = format!("http://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["--database-url", url, "--mail-url", mail_url])
-            .args(["--public-url", &base])
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .args(["--probe-interval", "0"])
-            .env_remove("CAIRN_DATABASE_URL")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        for _ in 0..300 {
-            if let Ok(response) = http.get(format!("{base}/health/ready")).send().await
-                && response.status() == 200
-            {
-                return Ok(Server {
-                    _child: child,
-                    base,
-                    http,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("cairn serve did not get ready")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Bootstraps an organization through the API; its answer.
-    async fn bootstrap(&self, token: &str, body: String) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(self.url("/v1/organizations"))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        anyhow::ensure!(response.status() == 202, "bootstrap: {}", response.status());
-        Ok(response.json().await?)
-    }
-
-    /// `GET` through the API; its JSON.
-    async fn get(&self, token: &str, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?)
-    }
-}
 
 async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut all = vec!["token"];

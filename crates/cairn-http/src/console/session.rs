@@ -82,10 +82,10 @@ impl FromRequestParts<AppState> for Session {
             }
             Err(_) => return Err(to_sign_in(parts, Some("invalid"), true, secure)),
         };
-        let correlation_id = parts
-            .extensions
-            .get::<Correlation>()
-            .map_or_else(cairn_types::CorrelationId::new_v7, |c| c.correlation_id);
+        let correlation_id = match parts.extensions.get::<Correlation>().cloned() {
+            Some(correlation) => correlation.settle(state, &verified.principal).await,
+            None => cairn_types::CorrelationId::new_v7(),
+        };
         if let Some(caller) = parts.extensions.get::<Caller>() {
             caller.note(&verified.principal);
         }

@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::api::{Api, Op, Reply};
 use crate::context::Ctx;
 use crate::input::Empty;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// Whether the process is up, or ready to serve.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -32,7 +32,7 @@ pub(super) fn ops(api: Api) -> Api {
     )
     .op(
         op!(GET "/health/ready", "ready", "health", OK, public: true, command: false,
-            "Is the process ready", "Answers 200 when the database answers, 503 otherwise."),
+            "Is the process ready", "Answers 200 when the database answers and this process's workflow engine (if it runs one) is alive, 503 otherwise."),
         ready,
     )
     .op(
@@ -77,7 +77,7 @@ async fn live(
     }))
 }
 
-/// `GET /health/ready`: whether the database answers.
+/// `GET /health/ready`: whether the database answers and the workflow engine runs.
 async fn ready(
     state: AppState,
     ctx: Ctx,
@@ -87,6 +87,14 @@ async fn ready(
 ) -> Result<Reply<Health>, Problem> {
     allow(&ctx, Action::ReadPublic)?;
     state.database_ready().await.map_err(|e| database(&e))?;
+    let engine = state.domain().engine().health();
+    if !engine.ready() {
+        tracing::error!(engine = ?engine, "the workflow engine is not running");
+        return Err(Problem::new(
+            ProblemCode::Unavailable,
+            "the workflow engine is not running: workflow steps and the probe's workflow hop would not progress",
+        ));
+    }
     Ok(Reply::ok(Health {
         status: "ready".into(),
     }))

@@ -71,8 +71,38 @@ async fn shutdown_signal() {
 
 pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let serve_options = cairn_http::server::ServeOptions {
+        header_timeout: args.header_timeout.0,
+        idle_timeout: args.idle_timeout.0,
+        max_connections: match args.max_connections {
+            Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+            Some(n) => n,
+            None => cairn_http::server::default_max_connections(),
+        },
+        shutdown_grace: args.shutdown_grace.0,
+    };
+    let development_secret = args.auth.jwt_secret.is_none()
+        && args.auth.jwt_public_key.is_none()
+        && args.auth.jwks.is_none();
+    if development_secret && !args.addr.ip().is_loopback() && !args.dev_tokens {
+        anyhow::bail!(
+            "refusing to serve {} with the development token secret: it is kept in the database, \
+             so anyone who can read the database or a backup of it could mint a platform \
+             administrator's token. Give --jwt-secret (or CAIRN_JWT_SECRET), --jwt-public-key or \
+             --jwks, or pass --dev-tokens to accept the risk",
+            args.addr
+        );
+    }
     let domain = app::open_domain(url, runtime).await?;
     let (source, described) = key_source(domain.store().db(), &args.auth).await?;
+    if development_secret && !args.addr.ip().is_loopback() {
+        eprintln!(
+            "{} serving {} with the development token secret (--dev-tokens): anyone who can \
+             read the database can mint tokens",
+            style("warning:").yellow().bold(),
+            args.addr
+        );
+    }
     let auth = Authenticator::new(&source)?;
     let audit_checkpoints = super::audit::schedule(domain.store().db(), &args.audit)?;
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -111,6 +141,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             ..defaults.thresholds
         },
         secure_cookies: runtime.public_url.starts_with("https://"),
+        max_subscriptions: args.max_subscriptions,
         ..defaults
     };
     let built = cairn_http::build(domain, auth, options)?;
@@ -144,8 +175,31 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             let _ = stop.changed().await;
         }))
     };
+    let pruner = (!args.span_retention.0.is_zero()).then(|| {
+        let db = built.state.db().clone();
+        let retention =
+            chrono::Duration::from_std(args.span_retention.0).unwrap_or(chrono::Duration::MAX);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let cutoff = chrono::Utc::now().checked_sub_signed(retention);
+                if let Some(cutoff) = cutoff {
+                    match db.prune_spans(cutoff).await {
+                        Ok(pruned) => {
+                            cairn_observe::metrics().spans_pruned.inc_by(pruned);
+                        }
+                        Err(error) => tracing::warn!(error = %error, "pruning old spans failed"),
+                    };
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    });
     let mut http_stop = stop_rx;
-    let server = cairn_http::serve(listener, built.router, async move {
+    let server = cairn_http::serve(listener, built.router, serve_options, async move {
         let _ = http_stop.changed().await;
     });
     let signal = async {
@@ -167,6 +221,9 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     sampler.abort();
     if let Some(audit_checkpoints) = audit_checkpoints {
         audit_checkpoints.abort();
+    }
+    if let Some(pruner) = pruner {
+        pruner.abort();
     }
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -239,7 +239,7 @@ pub async fn realtime(url: &str, args: BenchRealtimeArgs) -> anyhow::Result<Exit
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         built.state.set_base_url(base.clone());
-        let server = tokio::spawn(cairn_http::serve(listener, built.router, std::future::pending()));
+        let server = tokio::spawn(cairn_http::serve(listener, built.router, cairn_http::server::ServeOptions::default(), std::future::pending()));
 
         let operator = CommandContext::new(Principal::Operator {
             name: "cairn-bench".to_owned(),

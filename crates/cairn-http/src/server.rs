@@ -1,0 +1,415 @@
+//! The HTTP server: connections accepted, limited and timed out, and shut down within a
+//! deadline.
+//!
+//! Every connection is registered with whether a request is in flight on it (a response
+//! body still streaming counts). A connection with nothing in flight for longer than
+//! its allowance is closed: `header_timeout` until its first request arrives (a client
+//! that connects and sends nothing, or half a header), `idle_timeout` between requests
+//! (keep-alive). hyper also closes a connection whose header takes longer than
+//! `header_timeout` to arrive. At `max_connections`, a new connection makes room by
+//! closing the connection idle the longest; when every connection is busy, the new one
+//! is answered `503` and closed. So a client that opens as many sockets as it can never
+//! takes the server's file descriptors, and `/health/ready` still answers.
+//!
+//! On shutdown the listener closes, every connection finishes its request in flight,
+//! and whatever is still open after `shutdown_grace` is dropped.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+
+/// The largest request header the application reads, in bytes; a larger one is
+/// answered `431` with a problem document (hyper itself refuses past four times this, with no body).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// How the server treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How long a new connection may take to send its first request's header.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// The most connections open at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight before it drops them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Three quarters of this process's open-file limit (the rest is for the database,
+/// files and the log), at least 64 and at most 16,384; 768 where the limit is unknown.
+pub fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(3))
+                .and_then(|soft| soft.parse::<usize>().ok())
+        });
+    match soft {
+        Some(soft) => (soft / 4 * 3).clamp(64, 16_384),
+        None => 768,
+    }
+}
+
+/// Milliseconds since the server started: when connections went idle.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One open connection, as the server tracks it.
+#[derive(Clone)]
+struct Tracked {
+    /// Requests in flight, counting response bodies still being sent.
+    busy: Arc<AtomicUsize>,
+    /// When it last went idle (see [`Clock`]).
+    idle_since: Arc<AtomicU64>,
+    /// Requests it has carried.
+    served: Arc<AtomicUsize>,
+    /// Closes it at once.
+    kill: Arc<tokio::sync::Notify>,
+}
+
+impl Tracked {
+    fn new(clock: Clock) -> Tracked {
+        Tracked {
+            busy: Arc::new(AtomicUsize::new(0)),
+            idle_since: Arc::new(AtomicU64::new(clock.now())),
+            served: Arc::new(AtomicUsize::new(0)),
+            kill: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    open: HashMap<u64, Tracked>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+/// Counts a connection the server closed itself.
+fn closed(reason: &'static str) {
+    cairn_observe::metrics()
+        .http_connections_closed
+        .get_or_create(&cairn_observe::ReasonLabels {
+            reason: reason.to_owned(),
+        })
+        .inc();
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains within the grace.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let clock = Clock(Instant::now());
+    let registry: Shared = Arc::new(Mutex::new(Registry::default()));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(reap(registry.clone(), options, clock));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or the peer gave up before the accept:
+                    // make room and carry on rather than spin or stop.
+                    tracing::warn!(error = %error, "accepting a connection failed");
+                    make_room(&registry, 0);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !make_room(&registry, options.max_connections) {
+            closed("refused");
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        let tracked = Tracked::new(clock);
+        let id = {
+            let Ok(mut registry) = registry.lock() else {
+                continue;
+            };
+            registry.next += 1;
+            let id = registry.next;
+            registry.open.insert(id, tracked.clone());
+            id
+        };
+        cairn_observe::metrics().http_connections.inc();
+        tokio::spawn(connection(
+            stream,
+            app.clone(),
+            options,
+            tracked,
+            registry.clone(),
+            id,
+            drain_rx.clone(),
+            clock,
+        ));
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let deadline = Instant::now() + options.shutdown_grace;
+    while open(&registry) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = match registry.lock() {
+        Ok(mut registry) => {
+            let left = registry.open.len();
+            for (_, tracked) in registry.open.drain() {
+                tracked.kill.notify_one();
+                closed("shutdown");
+            }
+            left
+        }
+        Err(_) => 0,
+    };
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            grace = ?options.shutdown_grace,
+            "connections still open after the shutdown grace were dropped"
+        );
+    }
+    reaper.abort();
+    Ok(())
+}
+
+fn open(registry: &Shared) -> usize {
+    registry.lock().map_or(0, |r| r.open.len())
+}
+
+/// Whether a new connection may open under `max`, closing the connection idle the
+/// longest if that makes room. With `max` 0, closes the longest-idle one regardless.
+fn make_room(registry: &Shared, max: usize) -> bool {
+    let Ok(mut registry) = registry.lock() else {
+        return false;
+    };
+    if max > 0 && registry.open.len() < max {
+        return true;
+    }
+    let victim = registry
+        .open
+        .iter()
+        .filter(|(_, t)| t.idle())
+        .min_by_key(|(_, t)| t.idle_since.load(Ordering::Acquire))
+        .map(|(id, _)| *id);
+    // Out of the registry at once, so that it counts once and makes room now.
+    match victim.and_then(|id| registry.open.remove(&id)) {
+        Some(tracked) => {
+            tracked.kill.notify_one();
+            closed("evicted");
+            true
+        }
+        None => false,
+    }
+}
+
+/// Closes connections idle past their allowance, twice a second.
+async fn reap(registry: Shared, options: ServeOptions, clock: Clock) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        let Ok(mut registry) = registry.lock() else {
+            return;
+        };
+        let expired: Vec<(u64, &'static str)> = registry
+            .open
+            .iter()
+            .filter(|(_, t)| t.idle())
+            .filter_map(|(id, tracked)| {
+                let (allowance, reason) = if tracked.served.load(Ordering::Acquire) == 0 {
+                    (options.header_timeout, "header_timeout")
+                } else {
+                    (options.idle_timeout, "idle_timeout")
+                };
+                let idle = now.saturating_sub(tracked.idle_since.load(Ordering::Acquire));
+                (u128::from(idle) > allowance.as_millis()).then_some((*id, reason))
+            })
+            .collect();
+        for (id, reason) in expired {
+            if let Some(tracked) = registry.open.remove(&id) {
+                tracked.kill.notify_one();
+                closed(reason);
+            }
+        }
+    }
+}
+
+/// Answers a connection there is no room for, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let problem = crate::problem::Problem::new(
+        crate::problem::ProblemCode::Overloaded,
+        "the server has as many connections open as it takes; try again shortly",
+    );
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Serves one connection until it ends, is closed, or shutdown drains it.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    options: ServeOptions,
+    tracked: Tracked,
+    registry: Shared,
+    id: u64,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    clock: Clock,
+) {
+    let _ = stream.set_nodelay(true);
+    let handles = tracked.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let app = app.clone();
+        let guard = Busy::start(&handles, clock);
+        async move {
+            let response = app.oneshot(request.map(Body::new)).await;
+            response.map(|response| {
+                response.map(|body| {
+                    Body::new(Guarded {
+                        body,
+                        _guard: guard,
+                    })
+                })
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_headers(100)
+        .max_buf_size(MAX_HEADER_BYTES * 4);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(error = %error, "an HTTP connection ended with an error");
+                }
+                break;
+            }
+            () = tracked.kill.notified() => break,
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    if let Ok(mut registry) = registry.lock() {
+        registry.open.remove(&id);
+    }
+    cairn_observe::metrics().http_connections.dec();
+}
+
+/// A request in flight on a connection, until its response body is sent.
+struct Busy {
+    tracked: Tracked,
+    clock: Clock,
+}
+
+impl Busy {
+    fn start(tracked: &Tracked, clock: Clock) -> Busy {
+        tracked.busy.fetch_add(1, Ordering::AcqRel);
+        tracked.served.fetch_add(1, Ordering::AcqRel);
+        Busy {
+            tracked: tracked.clone(),
+            clock,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.tracked
+            .idle_since
+            .store(self.clock.now(), Ordering::Release);
+        self.tracked.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection counted busy until it is sent.
+struct Guarded {
+    body: Body,
+    _guard: Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
