@@ -168,7 +168,9 @@ impl Subscription {
                 continue;
             }
             if !self.caught_up {
-                self.catch_up().await;
+                // Boxed: reading the log is a large future, and an idle subscription
+                // would otherwise carry its space all the time it waits.
+                Box::pin(self.catch_up()).await;
                 continue;
             }
             self.wait_live().await;
