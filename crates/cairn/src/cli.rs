@@ -331,14 +331,18 @@ fn parse_duration(input: &str) -> Result<HumanDuration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(input.len());
     let (number, unit) = input.split_at(split);
-    let number: u64 = number.parse().map_err(|_| {
-        format!("{input:?} is not a duration: write a number and a unit, e.g. 7d, 36h, 90m or 45s")
-    })?;
+    if number.is_empty() {
+        return Err(format!(
+            "{input:?} is not a duration: write a number and a unit, e.g. 7d, 36h, 90m or 45s"
+        ));
+    }
+    // Only digits: a number that does not fit is too long, not malformed.
+    let number: Option<u64> = number.parse().ok();
     let seconds = match unit {
-        "d" => number.checked_mul(86_400),
-        "h" => number.checked_mul(3_600),
-        "m" => number.checked_mul(60),
-        "s" | "" => Some(number),
+        "d" => number.and_then(|number| number.checked_mul(86_400)),
+        "h" => number.and_then(|number| number.checked_mul(3_600)),
+        "m" => number.and_then(|number| number.checked_mul(60)),
+        "s" | "" => number,
         other => {
             return Err(format!(
                 "{other:?} is not a unit: use d, h, m or s (e.g. 7d)"
@@ -763,5 +767,120 @@ mod tests {
                 .contains("is not a duration")
         );
         assert!(seconds("0s").is_err());
+    }
+}
+
+/// Properties of the duration parser behind every duration setting: it never panics,
+/// reads back what it is given, and refuses what cannot be counted with a message. To
+/// run them at volume: `PROPTEST_CASES=100000 cargo test -p cairn --bin cairn duration_properties`.
+#[cfg(test)]
+mod duration_properties {
+    use proptest::prelude::*;
+
+    use super::{parse_duration, parse_duration_or_zero};
+
+    fn config() -> ProptestConfig {
+        // PROPTEST_CASES in the environment overrides the default count.
+        ProptestConfig {
+            cases: ProptestConfig::default().cases.max(512),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn unit() -> impl Strategy<Value = (&'static str, u64)> {
+        prop::sample::select(vec![
+            ("d", 86_400),
+            ("h", 3_600),
+            ("m", 60),
+            ("s", 1),
+            ("", 1),
+        ])
+    }
+
+    /// Text near a duration and anything at all.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            r"[ \t]{0,2}[0-9]{0,25}[dhmsDHMS xy.+\-]{0,3}[ \t\n]{0,2}",
+            "[0-9]{1,4}(days|hours|min|sec|ms|µs)",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn durations_read_back_what_was_written(
+            number in 1_u64..=1_000_000,
+            (unit, seconds) in unit(),
+            padding in "[ \\t]{0,2}",
+        ) {
+            let text = format!("{padding}{number}{unit}{padding}");
+            let parsed = parse_duration(&text).expect("a duration within the year 9999");
+            prop_assert_eq!(parsed.0.as_secs(), number * seconds);
+            prop_assert_eq!(parsed.0.subsec_nanos(), 0);
+            let again = parse_duration_or_zero(&text).expect("the same duration");
+            prop_assert_eq!(again.0, parsed.0);
+            // Leading zeros change nothing.
+            let padded = parse_duration(&format!("000{number}{unit}")).expect("a duration");
+            prop_assert_eq!(padded.0, parsed.0);
+        }
+
+        #[test]
+        fn any_text_is_a_duration_or_a_message(input in text()) {
+            match parse_duration(&input) {
+                Ok(duration) => {
+                    let seconds = duration.0.as_secs();
+                    prop_assert!(seconds > 0);
+                    let trimmed = input.trim();
+                    let digits = trimmed.trim_end_matches(['d', 'h', 'm', 's']);
+                    prop_assert!(trimmed.len() - digits.len() <= 1, "{input:?}");
+                    prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{input:?}");
+                    // The same count in seconds reads back the same.
+                    let reread = parse_duration(&format!("{seconds}s")).expect("the same duration");
+                    prop_assert_eq!(reread.0, duration.0);
+                }
+                Err(message) => {
+                    prop_assert!(!message.is_empty());
+                    prop_assert!(
+                        message.contains("is not a duration")
+                            || message.contains("is not a unit")
+                            || message.contains("is too long")
+                            || message.contains("must be above zero"),
+                        "{message}"
+                    );
+                }
+            }
+            match parse_duration_or_zero(&input) {
+                Ok(duration) if duration.0.is_zero() => prop_assert_eq!(input.trim(), "0"),
+                Ok(duration) => prop_assert_eq!(Some(duration.0), parse_duration(&input).ok().map(|d| d.0)),
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+
+        #[test]
+        fn overflow_is_refused_as_too_long(
+            number in prop_oneof![
+                (10_000_u64 * 366 * 86_400)..=u64::MAX,
+                Just(u64::MAX),
+            ],
+            extra_digits in "[0-9]{0,6}",
+            (unit, _) in unit(),
+        ) {
+            let text = format!("{number}{extra_digits}{unit}");
+            let message = parse_duration(&text).expect_err("beyond the year 9999");
+            prop_assert!(message.contains("is too long"), "{text}: {message}");
+            prop_assert!(message.contains(&text), "{text}: {message}");
+            prop_assert!(parse_duration_or_zero(&text).is_err());
+        }
+
+        #[test]
+        fn zero_is_never_a_duration_but_may_mean_never(zeros in 1_usize..5, (unit, _) in unit()) {
+            let text = format!("{}{unit}", "0".repeat(zeros));
+            prop_assert!(parse_duration(&text).expect_err("zero").contains("above zero"));
+            let never = parse_duration_or_zero(&text);
+            prop_assert_eq!(never.is_ok(), text == "0");
+        }
     }
 }

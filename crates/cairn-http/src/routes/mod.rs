@@ -235,3 +235,200 @@ pub fn api() -> Api {
     let api = events::trace_ops(api);
     events::ops(api)
 }
+
+/// Properties of the cursors of the list operations: whatever `after` and `limit` a
+/// caller sends, the answer is a page (a size of 1 to 200 and a position of 0 or
+/// more) or a problem naming the field at fault. To run them at volume:
+/// `PROPTEST_CASES=100000 cargo test -p cairn-http --lib cursor_properties`.
+#[cfg(test)]
+mod cursor_properties {
+    use axum::http::Request;
+    use proptest::prelude::*;
+
+    use super::{EventsQuery, FailedEventsQuery, PageQuery, limit, negative_after, page};
+    use crate::input::{self, Empty, Fields};
+    use crate::problem::{Location, Problem, ProblemCode};
+    use cairn_types::{OrgId, Position};
+
+    fn config() -> ProptestConfig {
+        // PROPTEST_CASES in the environment overrides the default count.
+        ProptestConfig {
+            cases: ProptestConfig::default().cases.max(512),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn encode(pairs: &[(&str, &str)]) -> String {
+        let mut serializer = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in pairs {
+            serializer.append_pair(name, value);
+        }
+        serializer.finish()
+    }
+
+    /// The page `GET /v1/events` would read for this query string, as its handler
+    /// reads it.
+    fn events_page(raw: &str) -> Result<(u32, Position), Problem> {
+        let parts = Request::builder()
+            .uri(format!("/v1/events?{raw}"))
+            .body(())
+            .expect("an encoded query is a URI")
+            .into_parts()
+            .0;
+        let query =
+            input::query::<EventsQuery>(&parts, &Fields::of::<Empty, EventsQuery, Empty>())?;
+        let limit = limit(query.limit)?;
+        Ok((limit, negative_after(query.after)?))
+    }
+
+    fn failed_page(raw: &str) -> Result<(u32, Position), Problem> {
+        let parts = Request::builder()
+            .uri(format!("/v1/events/failed?{raw}"))
+            .body(())
+            .expect("an encoded query is a URI")
+            .into_parts()
+            .0;
+        let query = input::query::<FailedEventsQuery>(
+            &parts,
+            &Fields::of::<Empty, FailedEventsQuery, Empty>(),
+        )?;
+        let limit = limit(query.limit)?;
+        Ok((limit, negative_after(query.after)?))
+    }
+
+    fn org_page(raw: &str) -> Result<(u32, Option<OrgId>), Problem> {
+        let parts = Request::builder()
+            .uri(format!("/v1/organizations?{raw}"))
+            .body(())
+            .expect("an encoded query is a URI")
+            .into_parts()
+            .0;
+        let query = input::query::<PageQuery<OrgId>>(
+            &parts,
+            &Fields::of::<Empty, PageQuery<OrgId>, Empty>(),
+        )?;
+        Ok((limit(query.limit)?, query.after))
+    }
+
+    /// The one field a problem names, in the query string.
+    fn named_field(problem: &Problem) -> Option<&str> {
+        match (problem.code, problem.errors.as_slice()) {
+            (ProblemCode::InvalidField, [error]) if error.location == Location::Query => {
+                Some(error.field.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    fn number_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-3_i64..260).prop_map(|n| n.to_string()),
+            any::<u128>().prop_map(|n| n.to_string()),
+            "[0-9]{0,3}(\\.[0-9])?",
+            "( |\\+|-|0x)?[0-9]{1,3}( )?",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn whole_numbers_give_a_page_or_name_the_field(
+            after in prop::option::of(any::<i64>()),
+            size in prop::option::of(prop_oneof![any::<u64>(), 0_u64..260]),
+        ) {
+            let after_text = after.map(|n| n.to_string());
+            let size_text = size.map(|n| n.to_string());
+            let mut pairs = Vec::new();
+            if let Some(text) = &after_text {
+                pairs.push(("after", text.as_str()));
+            }
+            if let Some(text) = &size_text {
+                pairs.push(("limit", text.as_str()));
+            }
+            let raw = encode(&pairs);
+            let size_ok = size.is_none_or(|n| (1..=200).contains(&n));
+            let after_ok = after.is_none_or(|n| n >= 0);
+            for result in [events_page(&raw), failed_page(&raw)] {
+                match result {
+                    Ok((got_limit, got_after)) => {
+                        prop_assert!(size_ok && after_ok, "{raw} gave a page");
+                        prop_assert_eq!(u64::from(got_limit), size.unwrap_or(50));
+                        prop_assert_eq!(got_after.get(), after.unwrap_or(0));
+                    }
+                    Err(problem) => {
+                        let field = named_field(&problem);
+                        prop_assert!(
+                            (field == Some("limit") && !size_ok)
+                                || (field == Some("after") && !after_ok),
+                            "{raw}: {problem:?}"
+                        );
+                        prop_assert_eq!(problem.status, 400);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_text_gives_a_page_or_names_the_field(
+            after in prop::option::of(number_text()),
+            size in prop::option::of(number_text()),
+        ) {
+            let mut pairs = Vec::new();
+            if let Some(text) = &after {
+                pairs.push(("after", text.as_str()));
+            }
+            if let Some(text) = &size {
+                pairs.push(("limit", text.as_str()));
+            }
+            let raw = encode(&pairs);
+            match events_page(&raw) {
+                Ok((got_limit, got_after)) => {
+                    prop_assert!((1..=200).contains(&got_limit));
+                    prop_assert!(got_after.get() >= 0);
+                }
+                Err(problem) => {
+                    let field = named_field(&problem);
+                    prop_assert!(
+                        (field == Some("limit") && size.is_some())
+                            || (field == Some("after") && after.is_some()),
+                        "{raw}: {problem:?}"
+                    );
+                }
+            }
+            match org_page(&raw) {
+                Ok((got_limit, got_after)) => {
+                    prop_assert!((1..=200).contains(&got_limit));
+                    prop_assert_eq!(got_after.is_some(), after.is_some());
+                }
+                Err(problem) => {
+                    let field = named_field(&problem);
+                    prop_assert!(
+                        (field == Some("limit") && size.is_some())
+                            || (field == Some("after") && after.is_some()),
+                        "{raw}: {problem:?}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn a_full_page_points_past_its_last_item(
+            items in prop::collection::vec(any::<i64>(), 0..20),
+            size in 1_u32..20,
+        ) {
+            let given = items.clone();
+            let page = page(items, size, |item| item.to_string());
+            let full = given.len() == size as usize;
+            prop_assert_eq!(page.next_cursor.is_some(), full && !given.is_empty());
+            if let Some(cursor) = page.next_cursor {
+                prop_assert_eq!(Some(cursor), given.last().map(i64::to_string));
+            }
+            prop_assert_eq!(page.items, given);
+        }
+    }
+}
