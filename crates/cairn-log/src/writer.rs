@@ -23,7 +23,9 @@
 //! - A caller hears of success only after the commit that made its work durable.
 //! - The queue is bounded: past its capacity a caller waits for room or is refused with
 //!   [`DbError::Overloaded`], as it asked ([`Admission`]). Urgent units (the record of
-//!   an email already sent) are never refused and go first.
+//!   an email already sent) are never refused and go first, in a batch of their own:
+//!   their commit waits for the batch in progress, never for normal work queued
+//!   behind or beside them.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -78,8 +80,8 @@ impl std::str::FromStr for WriteMode {
 pub enum Priority {
     #[default]
     Normal,
-    /// Ahead of all normal work, and never refused: the record of something that
-    /// already happened outside the database.
+    /// Ahead of all normal work, in batches without normal work, and never refused:
+    /// the record of something that already happened outside the database.
     Urgent,
 }
 
@@ -334,11 +336,14 @@ impl Queue {
             {
                 let mut state = self.lock();
                 let mut jobs: Vec<Box<dyn Job>> = Vec::new();
+                // A batch that starts with urgent units holds only urgent units: their
+                // commit does not wait for normal work to run first.
+                let urgent_only = !state.urgent.is_empty();
                 while jobs.len() < max {
-                    let lane = if state.urgent.is_empty() {
-                        &mut state.normal
-                    } else {
+                    let lane = if urgent_only || !state.urgent.is_empty() {
                         &mut state.urgent
+                    } else {
+                        &mut state.normal
                     };
                     match lane.front() {
                         None => break,
@@ -903,5 +908,91 @@ pub(crate) fn start(
             tokio::spawn(run(queue, home, shared, config));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A unit that does nothing.
+    struct Nothing;
+
+    impl Job for Nothing {
+        fn run<'t>(&'t mut self, _tx: &'t mut Tx) -> BoxFuture<'t, Ran> {
+            Box::pin(async { Ran::Done })
+        }
+        fn poisoned(&mut self) {}
+        fn answer(self: Box<Self>, _fate: Result<(), &DbError>) {}
+        fn streams(&self) -> &[StreamId] {
+            &[]
+        }
+    }
+
+    async fn sizes(queue: &Queue, max: usize) -> Vec<usize> {
+        queue.close();
+        let mut sizes = Vec::new();
+        while let Some(batch) = queue.next(max).await {
+            match batch {
+                Batch::Work(jobs) => sizes.push(jobs.len()),
+                Batch::Lend(_) => sizes.push(0),
+            }
+        }
+        sizes
+    }
+
+    #[tokio::test]
+    async fn urgent_units_commit_in_a_batch_of_their_own() {
+        let config = WriterConfig {
+            capacity: 16,
+            max_batch: 256,
+            mode: WriteMode::Savepoints,
+        };
+        let (handle, _writer) = queue(&config);
+        let queue = handle.queue.clone();
+        let push = |priority| {
+            let queue = queue.clone();
+            async move {
+                let options = WriteOptions {
+                    priority,
+                    admission: Admission::Refuse,
+                };
+                queue.push(Item::Work(Box::new(Nothing)), options).await
+            }
+        };
+        for _ in 0..3 {
+            push(Priority::Normal).await.expect("room");
+        }
+        push(Priority::Urgent).await.expect("room");
+        push(Priority::Normal).await.expect("room");
+        push(Priority::Urgent).await.expect("room");
+        // The two urgent units first, alone; then the normal ones, in one batch.
+        assert_eq!(sizes(&queue, config.max_batch).await, vec![2, 4]);
+
+        // Past the queue's capacity an urgent unit is still taken.
+        let (handle, _writer) = super::queue(&WriterConfig {
+            capacity: 1,
+            ..config
+        });
+        let small = handle.queue.clone();
+        let options = |priority| WriteOptions {
+            priority,
+            admission: Admission::Refuse,
+        };
+        small
+            .push(Item::Work(Box::new(Nothing)), options(Priority::Normal))
+            .await
+            .expect("room");
+        assert!(matches!(
+            small
+                .push(Item::Work(Box::new(Nothing)), options(Priority::Normal))
+                .await,
+            Err(DbError::Overloaded { queued: 1 })
+        ));
+        small
+            .push(Item::Work(Box::new(Nothing)), options(Priority::Urgent))
+            .await
+            .expect("never refused");
+        assert_eq!(sizes(&small, 256).await, vec![1, 1]);
     }
 }

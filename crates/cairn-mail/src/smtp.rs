@@ -1,8 +1,10 @@
 //! Sending through an SMTP server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
 
 use crate::{Delivery, MailConfigError, MailError, Mailer, OutboundMessage, to_lettre};
@@ -10,9 +12,16 @@ use crate::{Delivery, MailConfigError, MailError, Mailer, OutboundMessage, to_le
 /// Sends through an SMTP server named by URL (`smtp://HOST:PORT`, with
 /// `USER:PASS@` for authentication and `?tls=required` for STARTTLS; `smtps://` for
 /// implicit TLS).
+///
+/// Connections are pooled: a send returns as soon as the server has accepted the
+/// message, and the connection goes back to the pool (or is closed) in the background.
+/// Waiting for the reply to `QUIT` would lengthen the time in which the message is
+/// delivered and its sending not yet recorded, in which a crash sends it again.
 #[derive(Clone)]
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    builder: AsyncSmtpTransportBuilder,
+    /// Built at the first send, inside the runtime its pool's task needs.
+    transport: Arc<tokio::sync::OnceCell<AsyncSmtpTransport<Tokio1Executor>>>,
     described: String,
 }
 
@@ -24,20 +33,37 @@ impl std::fmt::Debug for SmtpMailer {
     }
 }
 
+/// Idle connections kept open at most.
+const POOL_SIZE: u32 = 8;
+/// How long an idle connection is kept: well under the five minutes after which a
+/// server may drop it (RFC 5321, 4.5.3.2.7).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
 impl SmtpMailer {
     /// A mailer for the server a URL names.
     pub fn from_url(url: &str) -> Result<Self, MailConfigError> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| MailConfigError::Invalid {
                 url: redact(url),
                 message: e.to_string(),
             })?
             .timeout(Some(Duration::from_secs(30)))
-            .build();
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(POOL_SIZE)
+                    .idle_timeout(POOL_IDLE),
+            );
         Ok(Self {
-            transport,
+            builder,
+            transport: Arc::default(),
             described: redact(url),
         })
+    }
+
+    async fn transport(&self) -> &AsyncSmtpTransport<Tokio1Executor> {
+        self.transport
+            .get_or_init(|| async { self.builder.clone().build() })
+            .await
     }
 }
 
@@ -68,7 +94,12 @@ fn classify(error: &lettre::transport::smtp::Error) -> MailError {
 impl Mailer for SmtpMailer {
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, MailError> {
         let email = to_lettre(message)?;
-        let response = self.transport.send(email).await.map_err(|e| classify(&e))?;
+        let response = self
+            .transport()
+            .await
+            .send(email)
+            .await
+            .map_err(|e| classify(&e))?;
         Ok(Delivery {
             message_id: message.message_id.clone(),
             transport: "smtp",

@@ -126,6 +126,40 @@ impl SmtpSink {
             .collect()
     }
 
+    /// Every message accepted so far with the time the server accepted it (stored it,
+    /// just before its reply), oldest first.
+    pub fn accepted(&self) -> Vec<(std::time::SystemTime, Received)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+            .filter_map(|path| {
+                let nanos = path
+                    .file_stem()?
+                    .to_str()?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((nanos, path))
+            })
+            .collect();
+        found.sort();
+        found
+            .iter()
+            .filter_map(|(nanos, path)| {
+                let raw = std::fs::read_to_string(path).ok()?;
+                Some((
+                    std::time::UNIX_EPOCH + Duration::from_nanos(*nanos),
+                    parse(&raw),
+                ))
+            })
+            .collect()
+    }
+
     /// How many messages the server has held so far (see [`SinkOptions::hold_to`]).
     pub fn held(&self) -> usize {
         std::fs::read_dir(&self.dir).map_or(0, |entries| {
