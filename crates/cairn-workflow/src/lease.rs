@@ -123,11 +123,18 @@ impl Engine {
     /// Extends a lease; false when it is no longer ours.
     pub(crate) async fn renew(&self, lease: Lease) -> Result<bool, EngineError> {
         let until = self.lease_until(self.now());
+        // Urgent: a renewal queued behind command traffic could arrive after the lease
+        // ran out, and another engine would then run the step again (send the email
+        // again) with no crash at all.
+        let options = WriteOptions {
+            priority: cairn_log::Priority::Urgent,
+            ..WriteOptions::default()
+        };
         let changed: u64 = self
             .inner
             .store
             .db()
-            .write(WriteOptions::default(), move |tx| {
+            .write(options, move |tx| {
                 Box::pin(async move {
                     tx.conn()
                         .execute(
