@@ -7,8 +7,10 @@
 //! can be inspected; a test that passes removes it.
 
 mod smtp;
+mod tamper;
 
 pub use smtp::{Received, SinkOptions, SmtpSink, parse as smtp_parse};
+pub use tamper::tamper;
 
 use std::path::PathBuf;
 use std::sync::Arc;
