@@ -4,58 +4,22 @@
 //! input used to lead to have a way out: a failed bootstrap lets go of its slug, and an
 //! invitee whose invitation never went out can be invited again.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use cairn_dispatch::{EventStore, Registry, VerifyOptions};
+use cairn_dispatch::VerifyOptions;
 use cairn_domain::queries::{self, Page};
-use cairn_domain::{
-    BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig, InviteeRequest,
-};
+use cairn_domain::{BootstrapRequest, CommandContext, CommandError, InviteeRequest};
 use cairn_log::args;
 use cairn_mail::{Delivery, MailError, Mailer, OutboundMessage, SmtpMailer};
 use cairn_policy::Principal;
 use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::{OrgId, WorkflowId};
-use cairn_workflow::{Clock, EngineConfig, ManualClock, RunStatus, SystemClock};
+use cairn_workflow::{ManualClock, RunStatus, SystemClock};
+use common::{World, smtp_world, world};
 use serde_json::json;
-
-fn registry() -> Registry {
-    let builder = cairn_workflow::routes(Registry::builder().admin_routes());
-    cairn_domain::routes(builder)
-        .build()
-        .expect("a valid registry")
-}
-
-struct World {
-    t: TestDb,
-    domain: Domain,
-}
-
-async fn world(t: TestDb, mailer: Arc<dyn Mailer>, clock: Arc<dyn Clock>) -> anyhow::Result<World> {
-    t.migrate_sets(&[
-        cairn_dispatch::MIGRATIONS,
-        cairn_workflow::MIGRATIONS,
-        cairn_domain::MIGRATIONS,
-    ])
-    .await?;
-    let store = EventStore::new(t.db().clone(), registry());
-    let config = DomainConfig {
-        accept_url: "https://app.example.com/invitations/accept".to_owned(),
-        ..DomainConfig::default()
-    };
-    let domain = Domain::open(store, mailer, clock, config, EngineConfig::default()).await?;
-    Ok(World { t, domain })
-}
-
-async fn smtp_world(t: TestDb, sink: &SmtpSink) -> anyhow::Result<World> {
-    world(
-        t,
-        Arc::new(SmtpMailer::from_url(&sink.url())?),
-        Arc::new(SystemClock),
-    )
-    .await
-}
 
 /// Sends through an SMTP server, except to the recipients it is told to refuse, which
 /// it refuses for good, as a server answering 550 does.

@@ -3,57 +3,21 @@
 //! net, retries, invitations (accept once, resend, revoke, expire), validation and
 //! idempotency.
 
+mod common;
+
 use std::sync::Arc;
 
-use cairn_dispatch::{DriftKind, EventStore, Registry, VerifyOptions};
+use cairn_dispatch::{DriftKind, VerifyOptions};
 use cairn_domain::queries::{self, Page};
-use cairn_domain::{
-    BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig, InviteeRequest,
-};
+use cairn_domain::{BootstrapRequest, CommandContext, CommandError, InviteeRequest};
 use cairn_log::{AppendRequest, EventFilter, NewEvent, RecordedEvent, args};
-use cairn_mail::{Mailer, SmtpMailer};
+use cairn_mail::SmtpMailer;
 use cairn_policy::Principal;
 use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::{CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
-use cairn_workflow::{Clock, EngineConfig, ManualClock, RunStatus, SystemClock};
+use cairn_workflow::{ManualClock, RunStatus};
+use common::{World, registry, smtp_world, world};
 use serde_json::{Value, json};
-
-fn registry() -> Registry {
-    let builder = cairn_workflow::routes(Registry::builder().admin_routes());
-    cairn_domain::routes(builder)
-        .build()
-        .expect("a valid registry")
-}
-
-struct World {
-    t: TestDb,
-    domain: Domain,
-}
-
-async fn world(t: TestDb, mailer: Arc<dyn Mailer>, clock: Arc<dyn Clock>) -> anyhow::Result<World> {
-    t.migrate_sets(&[
-        cairn_dispatch::MIGRATIONS,
-        cairn_workflow::MIGRATIONS,
-        cairn_domain::MIGRATIONS,
-    ])
-    .await?;
-    let store = EventStore::new(t.db().clone(), registry());
-    let config = DomainConfig {
-        accept_url: "https://app.example.test/invitations/accept".to_owned(),
-        ..DomainConfig::default()
-    };
-    let domain = Domain::open(store, mailer, clock, config, EngineConfig::default()).await?;
-    Ok(World { t, domain })
-}
-
-async fn smtp_world(t: TestDb, sink: &SmtpSink) -> anyhow::Result<World> {
-    world(
-        t,
-        Arc::new(SmtpMailer::from_url(&sink.url())?),
-        Arc::new(SystemClock),
-    )
-    .await
-}
 
 fn admin_actor() -> CommandContext {
     CommandContext::new(Principal::PlatformAdmin {
