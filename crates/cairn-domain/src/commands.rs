@@ -47,6 +47,8 @@ pub struct CommandContext {
     pub correlation_id: CorrelationId,
     /// Makes the command safe to repeat: a repeat returns the first response.
     pub idempotency_key: Option<String>,
+    /// Where a repeat says which request first ran the command.
+    pub first_run: FirstRun,
     /// What to do when the log writer's queue is full: wait for room (the command
     /// line), or refuse at once with [`DbError::Overloaded`] (an HTTP request, whose
     /// client is told to try again).
@@ -60,6 +62,7 @@ impl CommandContext {
             principal,
             correlation_id: CorrelationId::new_v7(),
             idempotency_key: None,
+            first_run: FirstRun::default(),
             admission: Admission::Wait,
         }
     }
@@ -95,6 +98,26 @@ impl CommandContext {
         Metadata::with_correlation(self.correlation_id)
             .actor(self.actor())
             .org(org_id)
+    }
+}
+
+/// Set when a command is answered from its idempotency key's stored response: the
+/// correlation id of the request that first ran it, which its events and its
+/// workflow's hops carry. A caller that retried is told that id, so that the
+/// retry's answer leads to the request's timeline rather than to an empty one.
+#[derive(Debug, Clone, Default)]
+pub struct FirstRun(Arc<std::sync::Mutex<Option<CorrelationId>>>);
+
+impl FirstRun {
+    /// The first request's correlation id, if the command was a repeat.
+    pub fn correlation_id(&self) -> Option<CorrelationId> {
+        self.0.lock().ok().and_then(|id| *id)
+    }
+
+    fn set(&self, id: Option<CorrelationId>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = id;
+        }
     }
 }
 
@@ -493,10 +516,13 @@ impl Domain {
             .idempotency_key
             .as_ref()
             .map(|key| format!("{}|{key}", ctx.actor()));
+        // A batch that is run again runs this unit again: each run says afresh.
+        ctx.first_run.set(None);
         if let Some(key) = &scoped_key
             && let Some(stored) = stored_response(tx, key, C::NAME, ctx, &request).await?
         {
-            return Ok((repeat(stored)?, false));
+            ctx.first_run.set(stored.correlation_id);
+            return Ok((repeat(stored.response)?, false));
         }
         let changes = command.decide(self, ctx, tx).await?;
         for append in changes.appends {
@@ -514,13 +540,14 @@ impl Domain {
         if let Some(key) = &scoped_key {
             tx.conn()
                 .execute(
-                    "INSERT INTO command_results (key, command, fingerprint, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO command_results (key, command, fingerprint, response, created_at, correlation_id) VALUES ($1, $2, $3, $4, $5, $6)",
                     args![
                         key.as_str(),
                         C::NAME,
                         fingerprint(C::NAME, ctx, &request),
                         serde_json::to_value(&response).unwrap_or(Value::Null),
                         cairn_types::now_micros(),
+                        ctx.correlation_id.to_string(),
                     ],
                 )
                 .await?;
@@ -682,6 +709,13 @@ impl Domain {
     }
 }
 
+/// What an idempotency key remembers of the command it was first used for.
+struct Stored {
+    response: Value,
+    /// The first request's; absent on results stored before it was kept.
+    correlation_id: Option<CorrelationId>,
+}
+
 /// The response stored under an idempotency key, if the key was used before: an error
 /// if it was used for another command or another request.
 async fn stored_response(
@@ -690,11 +724,11 @@ async fn stored_response(
     command: &str,
     ctx: &CommandContext,
     request: &Value,
-) -> Result<Option<Value>, CommandError> {
+) -> Result<Option<Stored>, CommandError> {
     let row = tx
         .conn()
         .fetch_optional(
-            "SELECT command, fingerprint, response FROM command_results WHERE key = $1",
+            "SELECT command, fingerprint, response, correlation_id FROM command_results WHERE key = $1",
             args![scoped_key],
         )
         .await?;
@@ -708,7 +742,11 @@ async fn stored_response(
             key: ctx.idempotency_key.clone().unwrap_or_default(),
         });
     }
-    Ok(Some(row.get_json("response")?))
+    let correlation_id: Option<String> = row.get("correlation_id")?;
+    Ok(Some(Stored {
+        response: row.get_json("response")?,
+        correlation_id: correlation_id.and_then(|id| CorrelationId::parse(&id).ok()),
+    }))
 }
 
 fn repeat<R: serde::de::DeserializeOwned>(stored: Value) -> Result<R, CommandError> {

@@ -30,8 +30,8 @@ use cairn_log::Migration;
 
 pub use commands::{
     BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig,
-    FieldError, InvitationAcceptance, InvitationStarted, InviteeRequest, OrganizationRequest,
-    PersonRequest,
+    FieldError, FirstRun, InvitationAcceptance, InvitationStarted, InviteeRequest,
+    OrganizationRequest, PersonRequest,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0004_released_slugs",
         sqlite: include_str!("schema/sqlite/0004_released_slugs.sql"),
         postgres: include_str!("schema/postgres/0004_released_slugs.sql"),
+    },
+    Migration {
+        id: "domain/0005_first_run",
+        sqlite: include_str!("schema/sqlite/0005_first_run.sql"),
+        postgres: include_str!("schema/postgres/0005_first_run.sql"),
     },
 ];
 

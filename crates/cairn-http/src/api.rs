@@ -332,7 +332,7 @@ fn problem_response(description: &str, codes: &[ProblemCode]) -> Value {
 fn response_headers() -> Value {
     json!({
         "x-correlation-id": {
-            "description": "The request's correlation id, also written into every event it causes.",
+            "description": "The request's correlation id, also written into every event it causes. A repeat answered from its Idempotency-Key names the request that first ran the command, whose events carry it; a caller-chosen id already used by another tenant is replaced by a fresh one.",
             "schema": {"type": "string", "format": "uuid"}
         },
         "traceparent": {

@@ -29,6 +29,8 @@ pub struct Correlation {
     chosen_by_caller: bool,
     settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     id: std::sync::Arc<std::sync::Mutex<CorrelationId>>,
+    /// Set when the request's command was a repeat: the first request's id.
+    first_run: cairn_domain::FirstRun,
 }
 
 impl Correlation {
@@ -37,14 +39,35 @@ impl Correlation {
             chosen_by_caller,
             settled: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!chosen_by_caller)),
             id: std::sync::Arc::new(std::sync::Mutex::new(correlation_id)),
+            first_run: cairn_domain::FirstRun::default(),
         }
     }
 
-    /// The id the request carries now.
+    /// The id the request carries now; for a command answered from its idempotency
+    /// key, the id of the request that first ran it.
     pub fn current(&self) -> CorrelationId {
+        if let Some(first) = self.first_run.correlation_id() {
+            return first;
+        }
         self.id
             .lock()
             .map_or_else(|_| CorrelationId::new_v7(), |id| *id)
+    }
+
+    /// The settled id of a request's correlation (a fresh one if it has none), and
+    /// where the domain says that its command was a repeat.
+    pub async fn settled(
+        correlation: Option<Correlation>,
+        state: &AppState,
+        principal: &Principal,
+    ) -> (CorrelationId, cairn_domain::FirstRun) {
+        match correlation {
+            Some(correlation) => (
+                correlation.settle(state, principal).await,
+                correlation.first_run.clone(),
+            ),
+            None => (CorrelationId::new_v7(), cairn_domain::FirstRun::default()),
+        }
     }
 
     /// The id the request carries once its caller is known: a caller-chosen id that
@@ -387,6 +410,9 @@ pub struct Ctx {
     /// When the bearer token expires, if one was sent.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub idempotency_key: Option<String>,
+    /// Told by the domain when the command was a repeat; read back by the request's
+    /// correlation.
+    pub first_run: cairn_domain::FirstRun,
 }
 
 /// The problem for a token that did not verify.
@@ -406,6 +432,7 @@ impl Ctx {
             principal: self.principal.clone(),
             correlation_id: self.correlation_id,
             idempotency_key: self.idempotency_key.clone(),
+            first_run: self.first_run.clone(),
             // A client is better told to try again than kept waiting.
             admission: cairn_log::Admission::Refuse,
         }
@@ -452,15 +479,14 @@ impl FromRequestParts<AppState> for Ctx {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             caller.note(&principal);
         }
-        let correlation_id = match correlation {
-            Some(correlation) => correlation.settle(state, &principal).await,
-            None => CorrelationId::new_v7(),
-        };
+        let (correlation_id, first_run) =
+            Correlation::settled(correlation, state, &principal).await;
         Ok(Ctx {
             correlation_id,
             principal,
             expires_at,
             idempotency_key,
+            first_run,
         })
     }
 }

@@ -372,6 +372,28 @@ backend_test!(
             (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
         );
         assert_eq!(first.body, again.body);
+        // The repeat names the request that ran the command, whose id its events and
+        // its workflow carry, even when the retry came with an id of its own.
+        assert_eq!(
+            again.header("x-correlation-id"),
+            first.header("x-correlation-id")
+        );
+        let retried = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .header("idempotency-key", "bootstrap-42")
+            .header("x-correlation-id", "0195f0c1-1111-7000-8000-000000000042")
+            .json(bootstrap_body("once"))
+            .send(&s.app)
+            .await;
+        assert_eq!(retried.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            retried.header("x-correlation-id"),
+            first.header("x-correlation-id")
+        );
+        assert_eq!(
+            first.body["correlation_id"].as_str(),
+            Some(first.header("x-correlation-id"))
+        );
         let other = call(Method::POST, "/v1/organizations")
             .as_(&admin)
             .header("idempotency-key", "bootstrap-42")

@@ -82,10 +82,9 @@ impl FromRequestParts<AppState> for Session {
             }
             Err(_) => return Err(to_sign_in(parts, Some("invalid"), true, secure)),
         };
-        let correlation_id = match parts.extensions.get::<Correlation>().cloned() {
-            Some(correlation) => correlation.settle(state, &verified.principal).await,
-            None => cairn_types::CorrelationId::new_v7(),
-        };
+        let correlation = parts.extensions.get::<Correlation>().cloned();
+        let (correlation_id, first_run) =
+            Correlation::settled(correlation, state, &verified.principal).await;
         if let Some(caller) = parts.extensions.get::<Caller>() {
             caller.note(&verified.principal);
         }
@@ -101,6 +100,7 @@ impl FromRequestParts<AppState> for Session {
                 principal: verified.principal,
                 expires_at: Some(verified.expires_at),
                 idempotency_key: None,
+                first_run,
             },
             csrf,
         })
