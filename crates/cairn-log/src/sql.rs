@@ -323,7 +323,63 @@ macro_rules! native_value {
     )*};
 }
 
-native_value!(i64, i32, f64, bool, String, DateTime<Utc>);
+native_value!(i64, i32, f64, bool, String);
+
+impl DbValue for DateTime<Utc> {
+    fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+        Option::<DateTime<Utc>>::read(row, column)?
+            .ok_or_else(|| DbError::decode(column, "unexpected NULL"))
+    }
+}
+
+impl DbValue for Option<DateTime<Utc>> {
+    fn read(row: &Row, column: &str) -> Result<Self, DbError> {
+        match row {
+            Row::Postgres(row) => pg_time(row, column),
+            Row::Direct(row) => match direct_value(row, column)? {
+                rusqlite::types::Value::Null => Ok(None),
+                value => DateTime::<Utc>::from_direct(value)
+                    .map(Some)
+                    .map_err(|reason| DbError::decode(column, reason)),
+            },
+        }
+    }
+}
+
+/// A `timestamptz` read with checked arithmetic: the driver adds the stored
+/// microseconds to PostgreSQL's epoch unchecked, and panics on `infinity` or on a time
+/// past chrono's range, which only a hand-edited row holds. Such a row is an error
+/// that names the column instead.
+fn pg_time(row: &PgRow, column: &str) -> Result<Option<DateTime<Utc>>, DbError> {
+    use sqlx::postgres::PgValueFormat;
+    use sqlx::{Row as _, ValueRef as _};
+    let raw = row.try_get_raw(column)?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    if raw.format() != PgValueFormat::Binary {
+        return Ok(row.try_get::<Option<DateTime<Utc>>, _>(column)?);
+    }
+    let bytes = raw
+        .as_bytes()
+        .map_err(|e| DbError::decode(column, e.to_string()))?;
+    let micros = <[u8; 8]>::try_from(bytes)
+        .map(i64::from_be_bytes)
+        .map_err(|_| DbError::decode(column, "a timestamptz is 8 bytes"))?;
+    let epoch = DateTime::<Utc>::from_timestamp(946_684_800, 0)
+        .ok_or_else(|| DbError::decode(column, "PostgreSQL's epoch"))?;
+    epoch
+        .checked_add_signed(chrono::TimeDelta::microseconds(micros))
+        .map(Some)
+        .ok_or_else(|| {
+            let what = match micros {
+                i64::MAX => "infinity".to_owned(),
+                i64::MIN => "-infinity".to_owned(),
+                _ => format!("{micros} µs from 2000-01-01"),
+            };
+            DbError::decode(column, format!("{what} is not a time cairn can read"))
+        })
+}
 
 impl DbValue for Uuid {
     fn read(row: &Row, column: &str) -> Result<Self, DbError> {

@@ -419,6 +419,19 @@ backend_test!(
         let text = stdout(&output);
         assert!(text.contains("hash chain broken at position 1"), "{text}");
         assert!(text.contains(second_column), "{text}");
+        // Reading such a row is an error that names it, not a crash.
+        for args in [&["events", "show", "1"][..], &["events", "list"][..]] {
+            let output = cairn(t.url(), args).await;
+            assert_ne!(
+                output.status.code(),
+                Some(101),
+                "{args:?} panicked: {}",
+                stderr(&output)
+            );
+            assert!(!output.status.success(), "{args:?}");
+            let text = stderr(&output);
+            assert!(text.contains(second_column), "{args:?}: {text}");
+        }
         Ok(())
     }
 );
