@@ -23,9 +23,11 @@
 //! - A caller hears of success only after the commit that made its work durable.
 //! - The queue is bounded: past its capacity a caller waits for room or is refused with
 //!   [`DbError::Overloaded`], as it asked ([`Admission`]). Urgent units (the record of
-//!   an email already sent) are never refused and go first, in a batch of their own:
-//!   their commit waits for the batch in progress, never for normal work queued
-//!   behind or beside them.
+//!   an email already sent) are never refused and go first, in a batch of their own.
+//!   A batch of normal work in progress when one arrives stops taking units: it
+//!   commits what it ran and puts the rest back at the head of the queue. An urgent
+//!   unit so waits for at most one normal unit's running time and one commit before
+//!   its own batch, however long the queue.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -282,7 +284,12 @@ struct Queue {
 }
 
 enum Batch {
-    Work(Vec<Box<dyn Job>>),
+    /// Units to run together; `urgent` when they are urgent units (which no urgent
+    /// arrival cuts short).
+    Work {
+        jobs: Vec<Box<dyn Job>>,
+        urgent: bool,
+    },
     Lend(oneshot::Sender<Lent>),
 }
 
@@ -366,7 +373,10 @@ impl Queue {
                 cairn_observe::metrics().writer_queued.set(queued as i64);
                 if !jobs.is_empty() {
                     self.room.notify_waiters();
-                    return Some(Batch::Work(jobs));
+                    return Some(Batch::Work {
+                        jobs,
+                        urgent: urgent_only,
+                    });
                 }
                 if closed {
                     return None;
@@ -390,6 +400,22 @@ impl Queue {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Whether urgent units are waiting: a normal batch in progress stops for them.
+    fn urgent_waiting(&self) -> bool {
+        !self.lock().urgent.is_empty()
+    }
+
+    /// Puts units a batch did not run back at the head of the normal lane, in their
+    /// order. They were admitted once: capacity does not apply.
+    fn put_back(&self, jobs: Vec<Box<dyn Job>>) {
+        let mut state = self.lock();
+        for job in jobs.into_iter().rev() {
+            state.normal.push_front(Item::Work(job));
+        }
+        drop(state);
+        self.work.notify_one();
     }
 
     fn close(&self) {
@@ -642,11 +668,19 @@ pub(crate) async fn run(
                 last_batch = 0;
                 home.lend(reply).await;
             }
-            Batch::Work(jobs) => {
+            Batch::Work { jobs, urgent } => {
                 last_batch = jobs.len();
-                let done = AssertUnwindSafe(commit_batch(&mut home, jobs, config.mode, &shared))
-                    .catch_unwind()
-                    .await;
+                // Urgent batches are not cut short by urgent arrivals.
+                let yield_to = (!urgent).then_some(&*queue);
+                let done = AssertUnwindSafe(commit_batch(
+                    &mut home,
+                    jobs,
+                    config.mode,
+                    &shared,
+                    yield_to,
+                ))
+                .catch_unwind()
+                .await;
                 if let Err(panic) = done {
                     // The batch's callers hear that the writer failed (their answers
                     // were dropped); the writer goes on with a fresh connection.
@@ -664,11 +698,14 @@ pub(crate) async fn run(
     let _ = stopped.send(true);
 }
 
+/// Runs and commits a batch. With `yield_to`, the batch stops taking units when
+/// urgent work is waiting there, commits the ones it ran, and puts the rest back.
 async fn commit_batch(
     home: &mut Home,
     mut jobs: Vec<Box<dyn Job>>,
     mode: WriteMode,
     shared: &Weak<Shared>,
+    yield_to: Option<&Queue>,
 ) {
     let metrics = cairn_observe::metrics();
     metrics.writer_batch_units.observe(jobs.len() as f64);
@@ -679,8 +716,16 @@ async fn commit_batch(
         WriteMode::Optimistic => Isolation::Optimistic,
     };
     let mut reruns = 0;
+    // How many of the units run: only ever lowered, so that a rerun runs no unit the
+    // attempt before it left out.
+    let mut limit = jobs.len();
     let outcome = loop {
-        match attempt(home, &mut jobs, isolation, shared, &skip).await {
+        let mut run = Run {
+            skip: &skip,
+            limit: &mut limit,
+            yield_to,
+        };
+        match attempt(home, &mut jobs, isolation, shared, &mut run).await {
             Attempt::Rerun { refused } => {
                 metrics.writer_reruns.inc();
                 reruns += 1;
@@ -698,6 +743,13 @@ async fn commit_batch(
             other => break other,
         }
     };
+    if limit < jobs.len() {
+        metrics.writer_cut.inc();
+        skip.truncate(limit);
+        if let Some(queue) = yield_to {
+            queue.put_back(jobs.split_off(limit));
+        }
+    }
     metrics
         .writer_batch_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -725,7 +777,13 @@ async fn commit_batch(
                 let fate = if skipped {
                     Attempt::Committed
                 } else {
-                    attempt(home, &mut one, Isolation::Unit, shared, &[false]).await
+                    let mut alone = 1;
+                    let mut run = Run {
+                        skip: &[false],
+                        limit: &mut alone,
+                        yield_to: None,
+                    };
+                    attempt(home, &mut one, Isolation::Unit, shared, &mut run).await
                 };
                 for job in one {
                     match &fate {
@@ -744,13 +802,24 @@ async fn commit_batch(
     }
 }
 
+/// Which of a batch's units an attempt runs.
+struct Run<'a> {
+    /// Units left out (they refused in an earlier attempt).
+    skip: &'a [bool],
+    /// Units past this one are not run; the attempt lowers it when it stops early.
+    limit: &'a mut usize,
+    /// Where urgent work may be waiting, for a batch that stops for it.
+    yield_to: Option<&'a Queue>,
+}
+
 async fn attempt(
     home: &mut Home,
     jobs: &mut [Box<dyn Job>],
     isolation: Isolation,
     shared: &Weak<Shared>,
-    skip: &[bool],
+    run: &mut Run<'_>,
 ) -> Attempt {
+    let skip = run.skip;
     let mut tx = match home.begin(shared.upgrade(), isolation).await {
         Ok(tx) => tx,
         Err(error) => {
@@ -763,6 +832,7 @@ async fn attempt(
     let streams: Vec<StreamId> = jobs
         .iter()
         .zip(skip)
+        .take(*run.limit)
         .filter(|(_, skipped)| !**skipped)
         .flat_map(|(job, _)| job.streams().iter().copied())
         .collect();
@@ -781,6 +851,15 @@ async fn attempt(
         };
     }
     for (index, job) in jobs.iter_mut().enumerate() {
+        if index >= *run.limit {
+            break;
+        }
+        // One unit at least, so that the batch makes progress; then none once urgent
+        // work waits.
+        if index > 0 && run.yield_to.is_some_and(Queue::urgent_waiting) {
+            *run.limit = index;
+            break;
+        }
         if skip.get(index).copied().unwrap_or(false) {
             continue;
         }
@@ -934,7 +1013,7 @@ mod tests {
         let mut sizes = Vec::new();
         while let Some(batch) = queue.next(max).await {
             match batch {
-                Batch::Work(jobs) => sizes.push(jobs.len()),
+                Batch::Work { jobs, .. } => sizes.push(jobs.len()),
                 Batch::Lend(_) => sizes.push(0),
             }
         }

@@ -274,3 +274,114 @@ backend_test!(
         Ok(())
     }
 );
+
+/// A unit that appends event `n`, and first waits at `gate` if it has one.
+async fn gated_unit(
+    db: &Db,
+    n: i64,
+    options: WriteOptions,
+    gate: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>,
+) -> Result<Vec<RecordedEvent>, AppendError> {
+    db.write(options, move |tx| {
+        let gate = gate.clone();
+        Box::pin(async move {
+            if let Some((started, open)) = gate {
+                let opened = open.notified();
+                started.notify_one();
+                opened.await;
+            }
+            match tx
+                .prepare_append(request(StreamId::new_v7(), vec![ping(n)]))
+                .await?
+            {
+                Prepared::New(pending) => Ok(tx.write_append(pending).await?),
+                Prepared::Repeat(events) => Ok(events),
+            }
+        })
+    })
+    .await
+}
+
+/// Waits until the writer's queue holds `n` units.
+async fn queued(db: &Db, n: usize) {
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while db.writer_queued() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the writer's queue never held {n} units");
+}
+
+/// An urgent unit (the record of an email already sent) that arrives while a long
+/// batch of normal work runs does not wait for the rest of that batch: the batch
+/// commits what it ran and puts the rest back, the urgent unit commits next, and the
+/// rest follow in their order, each once.
+async fn urgent_work_cuts_a_batch_short(t: &TestDb, mode: WriteMode) -> anyhow::Result<()> {
+    let db = t.connect_with(config(t.backend(), mode)).await?;
+    let gate = || {
+        (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    };
+    // A unit that holds the writer while the batch behind it gathers.
+    let (held, release) = gate();
+    let blocker = tokio::spawn({
+        let db = db.clone();
+        let gate = (held.clone(), release.clone());
+        async move { gated_unit(&db, 0, WriteOptions::default(), Some(gate)).await }
+    });
+    held.notified().await;
+    // The batch: a first unit that waits at its own gate, then twenty more.
+    let (first_started, first_open) = gate();
+    let mut normal = Vec::new();
+    for n in 1..=21_i64 {
+        let unit_db = db.clone();
+        let gate = (n == 1).then(|| (first_started.clone(), first_open.clone()));
+        normal.push(tokio::spawn(async move {
+            gated_unit(&unit_db, n, WriteOptions::default(), gate).await
+        }));
+        queued(&db, usize::try_from(n)?).await;
+    }
+    release.notify_one();
+    first_started.notified().await;
+    let urgent = tokio::spawn({
+        let db = db.clone();
+        async move { gated_unit(&db, 100, WriteOptions::urgent(), None).await }
+    });
+    // The batch took the twenty-one: the urgent unit is all that waits.
+    queued(&db, 1).await;
+    first_open.notify_one();
+
+    blocker.await??;
+    let urgent = urgent.await??;
+    for task in normal {
+        task.await??;
+    }
+    let order: Vec<i64> = all_events(&db)
+        .await?
+        .iter()
+        .filter_map(|event| event.data["n"].as_i64())
+        .collect();
+    let mut expected = vec![0, 1, 100];
+    expected.extend(2..=21);
+    assert_eq!(
+        order, expected,
+        "the urgent unit commits right after the unit that was running"
+    );
+    assert_eq!(urgent[0].position.get(), 3);
+    assert!(db.verify_chain(&mut |_, _| {}).await?.is_intact());
+    db.close().await;
+    Ok(())
+}
+
+backend_test!(
+    urgent_work_cuts_a_batch_short_with_savepoints,
+    |t: TestDb| async move { urgent_work_cuts_a_batch_short(&t, WriteMode::Savepoints).await }
+);
+
+backend_test!(
+    urgent_work_cuts_a_batch_short_optimistically,
+    |t: TestDb| async move { urgent_work_cuts_a_batch_short(&t, WriteMode::Optimistic).await }
+);

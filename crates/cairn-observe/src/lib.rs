@@ -97,6 +97,7 @@ pub struct Metrics {
     pub writer_batch_seconds: Histogram,
     pub writer_queued: Gauge,
     pub writer_reruns: Counter,
+    pub writer_cut: Counter,
     pub writer_refused: Counter,
     pub http_connections: Gauge,
     pub http_connections_closed: Family<ReasonLabels, Counter>,
@@ -265,6 +266,12 @@ impl Metrics {
             "Batches the log writer ran again, unit by unit or with savepoints, after a failure",
             writer_reruns.clone(),
         );
+        let writer_cut = Counter::default();
+        registry.register(
+            "writer_batches_cut",
+            "Batches of normal work the log writer committed early, putting their unrun units back, because urgent work arrived",
+            writer_cut.clone(),
+        );
         let writer_refused = Counter::default();
         registry.register(
             "writer_refused",
@@ -281,6 +288,7 @@ impl Metrics {
             writer_batch_seconds,
             writer_queued,
             writer_reruns,
+            writer_cut,
             writer_refused,
             events_appended,
             events_failed,
