@@ -4,7 +4,9 @@
 Every accepted message is stored as a file in --dir. The server can refuse every
 recipient (or, with --refuse-to TEXT, those whose address contains TEXT) with a fixed
 reply (--refuse "550 5.7.1 Sender domain is not verified"), refuse
-the first N messages with a transient reply (--transient-first N), take its time
+the first N messages with a transient reply (--transient-first N), or a random share
+of them (--transient-rate 0.05, --seed S; each such refusal adds a line to
+".transient" in --dir), take its time
 before accepting each message (--delay SECONDS), and hold messages to recipients
 containing TEXT (--hold-to TEXT): the Nth held message leaves a ".held-*" marker in --dir
 and waits until the file "release" there holds a number of at least N.
@@ -14,6 +16,7 @@ Prints "listening on 127.0.0.1:PORT" once it accepts connections; runs until kil
 import argparse
 import asyncio
 import os
+import random
 import time
 
 from aiosmtpd.smtp import SMTP
@@ -28,13 +31,16 @@ def released(directory):
 
 
 class Sink:
-    def __init__(self, directory, refuse, refuse_to, transient_first, delay, hold_to):
+    def __init__(self, directory, refuse, refuse_to, transient_first, delay, hold_to,
+                 transient_rate=0.0, seed=None):
         self.directory = directory
         self.hold_to = hold_to
         self.held = 0
         self.refuse = refuse
         self.refuse_to = refuse_to
         self.transient_left = transient_first
+        self.transient_rate = transient_rate
+        self.random = random.Random(seed)
         self.delay = delay
         os.makedirs(directory, exist_ok=True)
 
@@ -47,6 +53,10 @@ class Sink:
     async def handle_DATA(self, server, session, envelope):
         if self.transient_left > 0:
             self.transient_left -= 1
+            return "451 4.3.0 Try again later"
+        if self.transient_rate and self.random.random() < self.transient_rate:
+            with open(os.path.join(self.directory, ".transient"), "a") as file:
+                file.write(f"{time.time_ns()}\n")
             return "451 4.3.0 Try again later"
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -73,11 +83,15 @@ def main():
     parser.add_argument("--refuse", default=None)
     parser.add_argument("--refuse-to", default=None, help="refuse only recipients containing this text")
     parser.add_argument("--transient-first", type=int, default=0)
+    parser.add_argument("--transient-rate", type=float, default=0.0,
+                        help="refuse this share of messages with a transient 451")
+    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--hold-to", default=None, help="hold messages to recipients containing this text")
     args = parser.parse_args()
 
-    sink = Sink(args.dir, args.refuse, args.refuse_to, args.transient_first, args.delay, args.hold_to)
+    sink = Sink(args.dir, args.refuse, args.refuse_to, args.transient_first, args.delay, args.hold_to,
+                args.transient_rate, args.seed)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(

@@ -527,6 +527,13 @@ pub fn openapi(documented: &[Documented]) -> Value {
             ),
         );
         responses.insert(
+            "408".into(),
+            problem_response(
+                "The request's header did not arrive within the server's header timeout (`--header-timeout`, 10 s by default); the connection is closed. A connection that sent nothing is closed without an answer.",
+                &[ProblemCode::RequestTimeout],
+            ),
+        );
+        responses.insert(
             "414".into(),
             json!({"description": "The URI is longer than the HTTP layer reads (64 KiB): refused before cairn sees the request, with no body."}),
         );

@@ -69,6 +69,8 @@ pub enum ProblemCode {
     NotFound,
     /// 405: the path exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request's header did not arrive in time; the connection is closed.
+    RequestTimeout,
     /// 409: the request conflicts with the current state (a taken slug, an invitation
     /// that is no longer pending, a stream version).
     Conflict,
@@ -97,7 +99,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 21] = [
+    pub const ALL: [ProblemCode; 22] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -108,6 +110,7 @@ impl ProblemCode {
         ProblemCode::Forbidden,
         ProblemCode::NotFound,
         ProblemCode::MethodNotAllowed,
+        ProblemCode::RequestTimeout,
         ProblemCode::Conflict,
         ProblemCode::IdempotencyKeyReused,
         ProblemCode::UnreadableBody,
@@ -133,6 +136,7 @@ impl ProblemCode {
             ProblemCode::Forbidden => "forbidden",
             ProblemCode::NotFound => "not_found",
             ProblemCode::MethodNotAllowed => "method_not_allowed",
+            ProblemCode::RequestTimeout => "request_timeout",
             ProblemCode::Conflict => "conflict",
             ProblemCode::IdempotencyKeyReused => "idempotency_key_reused",
             ProblemCode::UnreadableBody => "unreadable_body",
@@ -160,6 +164,7 @@ impl ProblemCode {
             ProblemCode::Forbidden => StatusCode::FORBIDDEN,
             ProblemCode::NotFound => StatusCode::NOT_FOUND,
             ProblemCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProblemCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProblemCode::Conflict | ProblemCode::IdempotencyKeyReused => StatusCode::CONFLICT,
             ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -183,6 +188,7 @@ impl ProblemCode {
             ProblemCode::Forbidden => "Forbidden",
             ProblemCode::NotFound => "Not found",
             ProblemCode::MethodNotAllowed => "Method not allowed",
+            ProblemCode::RequestTimeout => "Request timeout",
             ProblemCode::Conflict => "Conflict with the current state",
             ProblemCode::IdempotencyKeyReused => "Idempotency key reused",
             ProblemCode::UnreadableBody => "The body could not be read",

@@ -6,7 +6,10 @@
 //! its allowance is closed: `header_timeout` until its first request arrives (a client
 //! that connects and sends nothing, or half a header), `idle_timeout` between requests
 //! (keep-alive). hyper also closes a connection whose header takes longer than
-//! `header_timeout` to arrive. At `max_connections`, a new connection makes room by
+//! `header_timeout` to arrive. A connection closed for a timeout in the middle of a
+//! request's header is answered `408` with a problem document first (through a second
+//! handle on the socket, as hyper has let go of it); one that sent nothing is just
+//! closed. At `max_connections`, a new connection makes room by
 //! closing the connection idle the longest; when every connection is busy, the new one
 //! is answered `503` and closed. So a client that opens as many sockets as it can never
 //! takes the server's file descriptors, and `/health/ready` still answers.
@@ -27,7 +30,6 @@ use axum::body::Body;
 use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -98,6 +100,11 @@ struct Tracked {
     served: Arc<AtomicUsize>,
     /// Closes it at once.
     kill: Arc<tokio::sync::Notify>,
+    /// Bytes read since the last request reached the application: a request's header
+    /// in the making when it is not zero and nothing is in flight.
+    unanswered: Arc<AtomicU64>,
+    /// Set when the reaper closed it for a timeout.
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tracked {
@@ -107,6 +114,8 @@ impl Tracked {
             idle_since: Arc::new(AtomicU64::new(clock.now())),
             served: Arc::new(AtomicUsize::new(0)),
             kill: Arc::new(tokio::sync::Notify::new()),
+            unanswered: Arc::new(AtomicU64::new(0)),
+            timed_out: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -271,6 +280,7 @@ async fn reap(registry: Shared, options: ServeOptions, clock: Clock) {
             .collect();
         for (id, reason) in expired {
             if let Some(tracked) = registry.open.remove(&id) {
+                tracked.timed_out.store(true, Ordering::Release);
                 tracked.kill.notify_one();
                 closed(reason);
             }
@@ -279,21 +289,33 @@ async fn reap(registry: Shared, options: ServeOptions, clock: Clock) {
 }
 
 /// Answers a connection there is no room for, and closes it.
-async fn refuse(mut stream: tokio::net::TcpStream) {
+async fn refuse(stream: tokio::net::TcpStream) {
     let problem = crate::problem::Problem::new(
         crate::problem::ProblemCode::Overloaded,
         "the server has as many connections open as it takes; try again shortly",
     );
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    answer_and_close(&stream, &problem, "retry-after: 1\r\n").await;
+}
+
+/// Writes a problem document as the whole answer on a connection hyper does not
+/// serve (any more), and closes it; a client that does not read loses it after 2 s.
+async fn answer_and_close(
+    stream: &tokio::net::TcpStream,
+    problem: &crate::problem::Problem,
+    extra_headers: &str,
+) {
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let status = problem.code.status();
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\n\
+         {extra_headers}connection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(&body).await;
-        let _ = stream.shutdown().await;
+        write_all(stream, &[head.as_bytes(), &body].concat()).await?;
+        shutdown_write(stream)
     })
     .await;
 }
@@ -311,6 +333,13 @@ async fn connection(
     clock: Clock,
 ) {
     let _ = stream.set_nodelay(true);
+    // The socket stays ours too, to answer a timed-out header after hyper has
+    // dropped the connection.
+    let socket = Arc::new(stream);
+    let stream = Counted {
+        inner: socket.clone(),
+        unanswered: tracked.unanswered.clone(),
+    };
     let handles = tracked.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let app = app.clone();
@@ -333,33 +362,142 @@ async fn connection(
         .header_read_timeout(options.header_timeout)
         .max_headers(100)
         .max_buf_size(MAX_HEADER_BYTES * 4);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
+    // Boxed, so that it can be dropped (and let go of the socket) before a late answer.
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades(),
+    );
     let mut draining = *drain.borrow();
     if draining {
         conn.as_mut().graceful_shutdown();
     }
+    let mut timed_out = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
+                    timed_out = error.is_timeout();
                     tracing::debug!(error = %error, "an HTTP connection ended with an error");
                 }
                 break;
             }
-            () = tracked.kill.notified() => break,
+            () = tracked.kill.notified() => {
+                timed_out = tracked.timed_out.load(Ordering::Acquire);
+                break;
+            }
             _ = drain.changed(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
+    drop(conn);
+    let mid_header = tracked.idle() && tracked.unanswered.load(Ordering::Acquire) > 0 && timed_out;
+    if mid_header {
+        let problem = crate::problem::Problem::new(
+            crate::problem::ProblemCode::RequestTimeout,
+            format!(
+                "the request's header did not arrive within {} s",
+                options.header_timeout.as_secs_f64()
+            ),
+        );
+        answer_and_close(&socket, &problem, "").await;
+    }
     if let Ok(mut registry) = registry.lock() {
         registry.open.remove(&id);
     }
     cairn_observe::metrics().http_connections.dec();
+}
+
+/// Writes all of `bytes` through a shared handle on a socket.
+async fn write_all(stream: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Ends the sending side of a socket: the client reads the end of the stream.
+fn shutdown_write(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+}
+
+/// The connection's socket as hyper sees it: shared with the connection's task, which
+/// may still answer on it once hyper is done, and counting the bytes read since the
+/// last request reached the application.
+struct Counted {
+    inner: Arc<tokio::net::TcpStream>,
+    unanswered: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            match self.inner.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    self.unanswered.fetch_add(read as u64, Ordering::AcqRel);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was cleared: poll it again, which registers the waker.
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write(buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_write_vectored(bufs) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(shutdown_write(&self.inner))
+    }
 }
 
 /// A request in flight on a connection, until its response body is sent.
@@ -371,6 +509,7 @@ struct Busy {
 impl Busy {
     fn start(tracked: &Tracked, clock: Clock) -> Busy {
         tracked.busy.fetch_add(1, Ordering::AcqRel);
+        tracked.unanswered.store(0, Ordering::Release);
         tracked.served.fetch_add(1, Ordering::AcqRel);
         Busy {
             tracked: tracked.clone(),

@@ -118,6 +118,52 @@ backend_test!(
     }
 );
 
+/// Everything the server sends on a socket until it closes it (at most 5 s).
+async fn until_closed(socket: &mut TcpStream) -> anyhow::Result<String> {
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut received))
+        .await
+        .context("the server did not close the socket")??;
+    Ok(String::from_utf8_lossy(&received).into_owned())
+}
+
+backend_test!(
+    a_header_that_times_out_is_answered_408_and_a_silent_socket_is_closed,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start_with(t.url(), &mail, &["--header-timeout", "1s"]).await?;
+        let address = format!("127.0.0.1:{}", server.port);
+        let mut half = TcpStream::connect(&address).await?;
+        half.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await?;
+        let mut silent = TcpStream::connect(&address).await?;
+
+        let answer = until_closed(&mut half).await?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no complete answer: {answer:?}"))?;
+        assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        let problem: Value = serde_json::from_str(body)?;
+        assert_eq!(problem["code"], json!("request_timeout"), "{problem}");
+        assert_eq!(problem["status"], json!(408));
+
+        assert_eq!(
+            until_closed(&mut silent).await?,
+            "",
+            "a socket that sent nothing is closed without an answer"
+        );
+        // And the server goes on answering.
+        let live = reqwest::get(server.url("/health/live")).await?;
+        assert_eq!(live.status(), 200);
+        Ok(())
+    }
+);
+
 backend_test!(
     shutdown_drops_what_is_left_after_the_grace,
     |t: TestDb| async move {
