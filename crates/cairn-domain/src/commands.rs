@@ -487,7 +487,7 @@ impl Domain {
             admission: ctx.admission,
             ..WriteOptions::default()
         };
-        let (response, started) = self
+        let written = self
             .store
             .db()
             .write(options, move |tx| {
@@ -496,7 +496,12 @@ impl Domain {
                 let command = command.clone();
                 Box::pin(async move { domain.run_command(&ctx, command.as_ref(), tx).await })
             })
-            .await?;
+            .await;
+        if written.is_err() {
+            // A failure is this request's own, whatever a repeat found first.
+            ctx.first_run.set(None);
+        }
+        let (response, started) = written?;
         if started {
             self.engine.wake();
         }

@@ -263,6 +263,9 @@ pub async fn correlate(
     };
     let status = response.status().as_u16();
     span.record("http.status", status);
+    // The trace the request's span joined; the id the request ends with may differ (a
+    // caller's id replaced, or a repeat that names the request that first ran).
+    let span_trace = correlation_id;
     let correlation_id = correlation.current();
     record_request(
         &state,
@@ -285,12 +288,15 @@ pub async fn correlate(
     if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
         headers.insert(HeaderName::from_static(CORRELATION_HEADER), value);
     }
-    // The request's own span when spans are exported, so that a caller can hang its
-    // next hop under it; else any span id (the trace id is what identifies).
-    let span_id = span_id.map_or_else(
-        || CorrelationId::new_v7().as_uuid().simple().to_string()[16..].to_owned(),
-        |id| format!("{:016x}", u64::from_be_bytes(id)),
-    );
+    // The request's own span when spans are exported and it is in this trace, so that
+    // a caller can hang its next hop under it; else any span id (the trace id is what
+    // identifies).
+    let span_id = span_id
+        .filter(|_| span_trace == correlation_id)
+        .map_or_else(
+            || CorrelationId::new_v7().as_uuid().simple().to_string()[16..].to_owned(),
+            |id| format!("{:016x}", u64::from_be_bytes(id)),
+        );
     let traceparent = format!("00-{}-{span_id}-01", correlation_id.as_uuid().simple());
     if let Ok(value) = HeaderValue::from_str(&traceparent) {
         headers.insert(HeaderName::from_static("traceparent"), value);

@@ -6,8 +6,8 @@
 //! its allowance is closed: `header_timeout` until its first request arrives (a client
 //! that connects and sends nothing, or half a header), `idle_timeout` between requests
 //! (keep-alive). hyper also closes a connection whose header takes longer than
-//! `header_timeout` to arrive. A connection closed for a timeout in the middle of a
-//! request's header is answered `408` with a problem document first (through a second
+//! `header_timeout` to arrive. A connection closed for a timeout in the middle of its
+//! first request's header is answered `408` with a problem document first (through a second
 //! handle on the socket, as hyper has let go of it); one that sent nothing is just
 //! closed. At `max_connections`, a new connection makes room by
 //! closing the connection idle the longest; when every connection is busy, the new one
@@ -100,8 +100,8 @@ struct Tracked {
     served: Arc<AtomicUsize>,
     /// Closes it at once.
     kill: Arc<tokio::sync::Notify>,
-    /// Bytes read since the last request reached the application: a request's header
-    /// in the making when it is not zero and nothing is in flight.
+    /// Bytes read while nothing was in flight, since the last request ended: a
+    /// request's header in the making when it is not zero.
     unanswered: Arc<AtomicU64>,
     /// Set when the reaper closed it for a timeout.
     timed_out: Arc<std::sync::atomic::AtomicBool>,
@@ -294,15 +294,19 @@ async fn refuse(stream: tokio::net::TcpStream) {
         crate::problem::ProblemCode::Overloaded,
         "the server has as many connections open as it takes; try again shortly",
     );
-    answer_and_close(&stream, &problem, "retry-after: 1\r\n").await;
+    // No lingering here: at the connection limit, file descriptors are what is short.
+    answer_and_close(&stream, &problem, "retry-after: 1\r\n", false).await;
 }
 
 /// Writes a problem document as the whole answer on a connection hyper does not
 /// serve (any more), and closes it; a client that does not read loses it after 2 s.
+/// With `linger`, what the client still sends is read (for a second at most) before
+/// the close, so that the close does not reset the connection under the answer.
 async fn answer_and_close(
     stream: &tokio::net::TcpStream,
     problem: &crate::problem::Problem,
     extra_headers: &str,
+    linger: bool,
 ) {
     let body = serde_json::to_vec(problem).unwrap_or_default();
     let status = problem.code.status();
@@ -316,6 +320,24 @@ async fn answer_and_close(
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         write_all(stream, &[head.as_bytes(), &body].concat()).await?;
         shutdown_write(stream)
+    })
+    .await;
+    if !linger {
+        return;
+    }
+    // Closing with unread bytes from the client would reset the connection, and the
+    // client could lose the answer: read what it still sends, for a second at most.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0_u8; 4096];
+        loop {
+            stream.readable().await?;
+            match stream.try_read(&mut sink) {
+                Ok(0) => return Ok::<(), std::io::Error>(()),
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
     })
     .await;
 }
@@ -338,6 +360,7 @@ async fn connection(
     let socket = Arc::new(stream);
     let stream = Counted {
         inner: socket.clone(),
+        busy: tracked.busy.clone(),
         unanswered: tracked.unanswered.clone(),
     };
     let handles = tracked.clone();
@@ -392,8 +415,14 @@ async fn connection(
             }
         }
     }
+    // Before the connection goes: dropping it ends whatever was in flight. Only a first
+    // request's bytes are surely a header: after a request, hyper may still be reading
+    // the rest of its body with nothing in flight.
+    let mid_header = timed_out
+        && tracked.idle()
+        && tracked.served.load(Ordering::Acquire) == 0
+        && tracked.unanswered.load(Ordering::Acquire) > 0;
     drop(conn);
-    let mid_header = tracked.idle() && tracked.unanswered.load(Ordering::Acquire) > 0 && timed_out;
     if mid_header {
         let problem = crate::problem::Problem::new(
             crate::problem::ProblemCode::RequestTimeout,
@@ -402,7 +431,7 @@ async fn connection(
                 options.header_timeout.as_secs_f64()
             ),
         );
-        answer_and_close(&socket, &problem, "").await;
+        answer_and_close(&socket, &problem, "", true).await;
     }
     if let Ok(mut registry) = registry.lock() {
         registry.open.remove(&id);
@@ -429,10 +458,11 @@ fn shutdown_write(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
 }
 
 /// The connection's socket as hyper sees it: shared with the connection's task, which
-/// may still answer on it once hyper is done, and counting the bytes read since the
-/// last request reached the application.
+/// may still answer on it once hyper is done, and counting the bytes read while no
+/// request is in flight (a request's header, not its body).
 struct Counted {
     inner: Arc<tokio::net::TcpStream>,
+    busy: Arc<AtomicUsize>,
     unanswered: Arc<AtomicU64>,
 }
 
@@ -447,7 +477,9 @@ impl tokio::io::AsyncRead for Counted {
             match self.inner.try_read(buf.initialize_unfilled()) {
                 Ok(read) => {
                     buf.advance(read);
-                    self.unanswered.fetch_add(read as u64, Ordering::AcqRel);
+                    if self.busy.load(Ordering::Acquire) == 0 {
+                        self.unanswered.fetch_add(read as u64, Ordering::AcqRel);
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was cleared: poll it again, which registers the waker.
@@ -520,6 +552,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        self.tracked.unanswered.store(0, Ordering::Release);
         self.tracked
             .idle_since
             .store(self.clock.now(), Ordering::Release);

@@ -352,12 +352,13 @@ impl DbValue for Option<DateTime<Utc>> {
 /// that names the column instead.
 fn pg_time(row: &PgRow, column: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     use sqlx::postgres::PgValueFormat;
-    use sqlx::{Row as _, ValueRef as _};
+    use sqlx::{Row as _, TypeInfo as _, ValueRef as _};
     let raw = row.try_get_raw(column)?;
     if raw.is_null() {
         return Ok(None);
     }
-    if raw.format() != PgValueFormat::Binary {
+    // Anything but a binary timestamptz goes through the driver, which checks the type.
+    if raw.format() != PgValueFormat::Binary || raw.type_info().name() != "TIMESTAMPTZ" {
         return Ok(row.try_get::<Option<DateTime<Utc>>, _>(column)?);
     }
     let bytes = raw

@@ -25,9 +25,10 @@
 //!   [`DbError::Overloaded`], as it asked ([`Admission`]). Urgent units (the record of
 //!   an email already sent) are never refused and go first, in a batch of their own.
 //!   A batch of normal work in progress when one arrives stops taking units: it
-//!   commits what it ran and puts the rest back at the head of the queue. An urgent
-//!   unit so waits for at most one normal unit's running time and one commit before
-//!   its own batch, however long the queue.
+//!   commits what it ran and puts the rest back at the head of the queue (the
+//!   unit-by-unit run after a failed batch stops likewise). An urgent unit so waits for
+//!   at most one normal unit's running time and one commit before its own batch,
+//!   however long the queue; more only when that batch meets a failure and runs again.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -772,7 +773,18 @@ async fn commit_batch(
             // Nothing was written: run each unit alone, so that the one at fault
             // fails by itself.
             metrics.writer_reruns.inc();
-            for (job, skipped) in jobs.into_iter().zip(skip) {
+            let mut units = jobs.into_iter().zip(skip).enumerate();
+            while let Some((index, (job, skipped))) = units.next() {
+                // This too stops for urgent work, one unit at least done.
+                if index > 0
+                    && let Some(queue) = yield_to.filter(|queue| queue.urgent_waiting())
+                {
+                    metrics.writer_cut.inc();
+                    let mut rest = vec![job];
+                    rest.extend(units.map(|(_, (job, _))| job));
+                    queue.put_back(rest);
+                    break;
+                }
                 let mut one = vec![job];
                 let fate = if skipped {
                     Attempt::Committed

@@ -137,6 +137,11 @@ backend_test!(
         half.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await?;
         let mut silent = TcpStream::connect(&address).await?;
+        // A keep-alive connection that was answered, then sat idle.
+        let mut answered = TcpStream::connect(&address).await?;
+        answered
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
 
         let answer = until_closed(&mut half).await?;
         let (head, body) = answer
@@ -156,6 +161,13 @@ backend_test!(
             until_closed(&mut silent).await?,
             "",
             "a socket that sent nothing is closed without an answer"
+        );
+        let said = until_closed(&mut answered).await?;
+        assert!(said.starts_with("HTTP/1.1 200 "), "{said}");
+        assert_eq!(
+            said.matches("HTTP/1.1 ").count(),
+            1,
+            "an idle keep-alive connection is closed with nothing more: {said}"
         );
         // And the server goes on answering.
         let live = reqwest::get(server.url("/health/live")).await?;
