@@ -6,7 +6,10 @@
 //! bootstrap organizations (three emails each) in a loop while the engine sends them
 //! to a real SMTP server; each email's window runs from the moment the server accepted
 //! the message (stored it, just before its reply) to the commit of the step's record,
-//! seen on the log's head watch. The figures are printed (`--nocapture`) and the worst is bounded.
+//! seen on the log's head watch. The test checks that every email was sent, recorded
+//! and seen committed; the figures are printed (`--no-capture`) and are a measurement,
+//! not a check: the bound itself (one unit and one commit) is the writer's, tested
+//! deterministically by `urgent_work_cuts_a_batch_short_*` in cairn-log.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +28,6 @@ use serde_json::json;
 const CLIENTS: usize = 4;
 /// How long they do.
 const LOAD: Duration = Duration::from_secs(6);
-/// The worst window allowed: the record of an accepted send commits after at most the
-/// writer's batch in progress and a batch of its own.
-const BOUND: Duration = Duration::from_millis(400);
 
 fn request(slug: &str) -> anyhow::Result<BootstrapRequest> {
     Ok(serde_json::from_value(json!({
@@ -230,10 +230,6 @@ backend_test!(
             percentile(&loaded, 0.5),
             percentile(&loaded, 0.99),
             percentile(&loaded, 1.0),
-        );
-        assert!(
-            max <= BOUND,
-            "an accepted email waited {max:?} for its record (p50 {p50:?}, p99 {p99:?})"
         );
         sink.stop().await;
         Ok(())
