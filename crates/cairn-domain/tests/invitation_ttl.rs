@@ -2,14 +2,15 @@
 //! for good with a message saying so (no panic, no retries), nothing is sent, and the
 //! bootstrap compensates.
 
+mod common;
+
 use std::sync::Arc;
 
-use cairn_dispatch::{EventStore, Registry};
-use cairn_domain::{BootstrapRequest, CommandContext, Domain, DomainConfig, queries};
+use cairn_domain::{BootstrapRequest, CommandContext, DomainConfig, queries};
 use cairn_log::EventFilter;
 use cairn_policy::Principal;
 use cairn_testkit::{TestDb, backend_test};
-use cairn_workflow::{EngineConfig, RunStatus, SystemClock};
+use cairn_workflow::{RunStatus, SystemClock};
 use serde_json::json;
 
 fn request() -> anyhow::Result<BootstrapRequest> {
@@ -29,30 +30,14 @@ fn request() -> anyhow::Result<BootstrapRequest> {
 backend_test!(
     a_ttl_past_what_a_date_can_hold_fails_the_send_for_good_without_a_panic,
     |t: TestDb| async move {
-        t.migrate_sets(&[
-            cairn_dispatch::MIGRATIONS,
-            cairn_workflow::MIGRATIONS,
-            cairn_domain::MIGRATIONS,
-        ])
-        .await?;
-        let registry =
-            cairn_domain::routes(cairn_workflow::routes(Registry::builder().admin_routes()))
-                .build()?;
-        let store = EventStore::new(t.db().clone(), registry);
         let outbox = tempfile::tempdir()?;
         let mailer = cairn_mail::mailer_from_url(&format!("outbox:{}", outbox.path().display()))?;
         let config = DomainConfig {
             invitation_ttl: chrono::Duration::days(300_000_000),
-            accept_url: "https://app.example.test/invitations/accept".to_owned(),
+            ..common::config()
         };
-        let domain = Domain::open(
-            store,
-            mailer,
-            Arc::new(SystemClock),
-            config,
-            EngineConfig::default(),
-        )
-        .await?;
+        let common::World { t, domain } =
+            common::world_with(t, mailer, Arc::new(SystemClock), config).await?;
         let ctx = CommandContext::new(Principal::PlatformAdmin {
             name: "console".into(),
         });

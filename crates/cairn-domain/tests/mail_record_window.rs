@@ -11,17 +11,17 @@
 //! not a check: the bound itself (one unit and one commit) is the writer's, tested
 //! deterministically by `urgent_work_cuts_a_batch_short_*` in cairn-log.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cairn_dispatch::{EventStore, Registry};
-use cairn_domain::{BootstrapRequest, CommandContext, Domain, DomainConfig};
+use cairn_domain::{BootstrapRequest, CommandContext};
 use cairn_log::EventFilter;
 use cairn_policy::Principal;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::Position;
-use cairn_workflow::{EngineConfig, SystemClock};
 use serde_json::json;
 
 /// Client tasks issuing commands.
@@ -51,30 +51,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 backend_test!(
     the_record_of_an_accepted_email_does_not_wait_behind_commands,
     |t: TestDb| async move {
-        t.migrate_sets(&[
-            cairn_dispatch::MIGRATIONS,
-            cairn_workflow::MIGRATIONS,
-            cairn_domain::MIGRATIONS,
-        ])
-        .await?;
-        let registry =
-            cairn_domain::routes(cairn_workflow::routes(Registry::builder().admin_routes()))
-                .build()?;
-        let store = EventStore::new(t.db().clone(), registry);
         let sink = SmtpSink::start(SinkOptions::default()).await?;
-        let mailer = cairn_mail::mailer_from_url(&sink.url())?;
-        let config = DomainConfig {
-            invitation_ttl: chrono::Duration::days(7),
-            accept_url: "https://app.example.test/invitations/accept".to_owned(),
-        };
-        let domain = Domain::open(
-            store,
-            mailer,
-            Arc::new(SystemClock),
-            config,
-            EngineConfig::default(),
-        )
-        .await?;
+        let common::World { t, domain } = common::smtp_world(t, &sink).await?;
 
         // Every commit this process makes, as the head watch reports it.
         let commits: Arc<Mutex<Vec<(SystemTime, Position)>>> = Arc::default();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_log::EventFilter;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::Position;
+use common::server::Server;
 use common::{assert_exit, bootstrap_request, cairn, stdout};
 use tokio::sync::RwLock;
 
@@ -38,32 +39,8 @@ const WINDOW_MS: i128 = 500;
 /// taken over soon; long enough that a busy server renews it in time (a lease lost
 /// mid-send would be a resend without a kill).
 async fn serve(url: &str, mail: &str) -> anyhow::Result<(tokio::process::Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--database-url", url, "--mail-url", mail])
-        .args(["--public-url", &base])
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["--probe-interval", "0"])
-        .env("CAIRN_WORKFLOW_LEASE", "3")
-        .env_remove("CAIRN_DATABASE_URL")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(response) = http.get(format!("{base}/health/ready")).send().await
-            && response.status() == 200
-        {
-            return Ok((child, base));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("cairn serve did not get ready")
+    let server = Server::start_with(url, mail, &["--workflow-lease-seconds", "3"]).await?;
+    Ok((server.child, server.base))
 }
 
 backend_test!(

@@ -30,6 +30,24 @@ pub async fn world(
     mailer: Arc<dyn Mailer>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<World> {
+    world_with(t, mailer, clock, config()).await
+}
+
+/// The domain's settings in tests: links point at a test address.
+pub fn config() -> DomainConfig {
+    DomainConfig {
+        accept_url: "https://app.example.test/invitations/accept".to_owned(),
+        ..DomainConfig::default()
+    }
+}
+
+/// [`world`] with settings of the test's own.
+pub async fn world_with(
+    t: TestDb,
+    mailer: Arc<dyn Mailer>,
+    clock: Arc<dyn Clock>,
+    config: DomainConfig,
+) -> anyhow::Result<World> {
     t.migrate_sets(&[
         cairn_dispatch::MIGRATIONS,
         cairn_workflow::MIGRATIONS,
@@ -37,10 +55,6 @@ pub async fn world(
     ])
     .await?;
     let store = EventStore::new(t.db().clone(), registry());
-    let config = DomainConfig {
-        accept_url: "https://app.example.test/invitations/accept".to_owned(),
-        ..DomainConfig::default()
-    };
     let domain = Domain::open(store, mailer, clock, config, EngineConfig::default()).await?;
     Ok(World { t, domain })
 }
