@@ -41,8 +41,9 @@ impl Dispatcher {
     }
 
     /// Dispatches one event on `conn`, which must be inside a transaction. Returns the
-    /// outcome; an `Err` means the savepoint itself could not be taken or undone, and
-    /// the whole transaction must be abandoned.
+    /// outcome; an `Err` means the savepoint itself could not be taken or undone, or
+    /// the handler met a conflicting write or a lost connection: the whole unit of
+    /// work must be abandoned (and may be tried again).
     ///
     /// With `isolate`, the handler runs in a savepoint and a failure is undone here.
     /// Without, a failed handler's writes (and, on PostgreSQL, the failed statement)
@@ -96,6 +97,21 @@ impl Dispatcher {
                     conn.release_savepoint("cairn_dispatch", savepoint).await?;
                 }
                 return Ok(Outcome::Applied);
+            }
+            // A conflicting write or a lost connection is the transaction's, not the
+            // handler's: the whole unit of work fails with it, as a write that may
+            // succeed when tried again, instead of the event being stored as failed.
+            Ok(Err(HandlerError::Database(error)))
+                if matches!(
+                    error.kind(),
+                    cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
+                ) =>
+            {
+                if let Some(savepoint) = savepoint {
+                    conn.rollback_to_savepoint("cairn_dispatch", savepoint)
+                        .await?;
+                }
+                return Err(error);
             }
             Ok(Err(error)) => {
                 let code = match &error {

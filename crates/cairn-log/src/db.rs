@@ -476,7 +476,7 @@ impl Db {
                 let lent = self.shared.writer.lend().await?;
                 TxInner::Direct(DirectTx::begin(lent.conn, Some(lent.home))?)
             }
-            Pools::Postgres { pool, .. } => TxInner::Postgres(pool.begin().await?),
+            Pools::Postgres { pool, .. } => TxInner::Postgres(begin_pg(pool, None).await?),
         };
         Ok(Tx::new(
             inner,
@@ -512,10 +512,9 @@ impl Db {
             Pools::Sqlite { readers, .. } => {
                 TxInner::DirectRead(crate::tx::DirectRead::begin(readers.acquire().await?)?)
             }
-            Pools::Postgres { pool, .. } => TxInner::Postgres(
-                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await?,
-            ),
+            Pools::Postgres { pool, .. } => {
+                TxInner::Postgres(begin_pg(pool, Some(READ_ONLY_SNAPSHOT)).await?)
+            }
         };
         Ok(Snapshot {
             tx: Tx::new(inner, None, Isolation::Standalone),
@@ -769,10 +768,7 @@ impl Db {
             }),
             Pools::Postgres { pool, .. } => {
                 let mut tx = Tx::new(
-                    TxInner::Postgres(
-                        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                            .await?,
-                    ),
+                    TxInner::Postgres(begin_pg(pool, Some(READ_ONLY_SNAPSHOT)).await?),
                     None,
                     Isolation::Standalone,
                 );
@@ -788,6 +784,36 @@ impl Db {
             }
         }
     }
+}
+
+/// How a PostgreSQL snapshot begins.
+const READ_ONLY_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Begins a transaction on a pooled PostgreSQL connection, in a task of its own.
+///
+/// sqlx counts a transaction as begun only once PostgreSQL has answered its `BEGIN`.
+/// A caller that goes away while that answer is on its way (a client that hung up, a
+/// timeout) would leave the connection inside a transaction that nothing ends, and the
+/// pool would hand it to the next reader, who would then read that transaction's old
+/// snapshot: a workflow engine that reads its run from before its own last step runs
+/// the step again. In a task of its own the `BEGIN` is always seen through; if the
+/// caller is gone by then, the transaction is dropped there, which rolls it back.
+pub(crate) async fn begin_pg(
+    pool: &PgPool,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, Postgres>, DbError> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    })
+    .await
+    .map_err(|error| DbError::Panicked {
+        message: format!("beginning a PostgreSQL transaction: {error}"),
+    })?;
+    Ok(begun?)
 }
 
 /// Quotes a PostgreSQL identifier.

@@ -551,7 +551,11 @@ impl Home {
                 let batch = crate::tx::PgBatch::new(pool.acquire().await?);
                 Tx::new(TxInner::PgBatch(batch), shared, isolation).pipelined(prepared.clone())
             } else {
-                Tx::new(TxInner::Postgres(pool.begin().await?), shared, isolation)
+                Tx::new(
+                    TxInner::Postgres(crate::db::begin_pg(pool, None).await?),
+                    shared,
+                    isolation,
+                )
             }),
         }
     }
@@ -848,9 +852,13 @@ async fn attempt(
         .filter(|(_, skipped)| !**skipped)
         .flat_map(|(job, _)| job.streams().iter().copied())
         .collect();
+    // On PostgreSQL every writer transaction takes the log head lock before anything
+    // else, so that writers of several processes only ever wait on each other for the
+    // head: a batch that claimed a lease row and then waited for the head, while
+    // another held the head and waited for that row, would be a deadlock.
     let opened = if tx.is_pg_batch() {
         tx.open_pg_batch(&streams).await
-    } else if streams.is_empty() {
+    } else if streams.is_empty() && tx.backend() == crate::Backend::Sqlite {
         Ok(())
     } else {
         tx.prefetch_streams(&streams).await

@@ -713,3 +713,85 @@ backend_test!(
         Ok(())
     }
 );
+
+/// Appends one event through the log writer (no connection of the pool's), and
+/// returns its position.
+async fn write(db: &Db, n: i64) -> anyhow::Result<Position> {
+    let events = db
+        .write(cairn_log::WriteOptions::default(), move |tx| {
+            Box::pin(async move {
+                match tx
+                    .prepare_append(request(StreamId::new_v7(), vec![ping(n)]))
+                    .await?
+                {
+                    Prepared::New(pending) => tx.write_append(pending).await,
+                    Prepared::Repeat(events) => Ok(events),
+                }
+            })
+        })
+        .await
+        .map_err(|e: AppendError| anyhow::anyhow!(e))?;
+    Ok(events[0].position)
+}
+
+/// The moment that matters, made certain: PostgreSQL's answer to `BEGIN` is held back
+/// while the caller gives up. The connection then goes back to the pool inside a
+/// transaction unless its `BEGIN` is seen through; a reader given it afterwards would
+/// read that transaction's old snapshot and miss every later commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_while_postgres_answers_begin_leaves_no_transaction_open()
+-> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        Backend::Postgres,
+        "log::a_caller_gone_while_postgres_answers_begin",
+        |t: TestDb| async move {
+            let proxy = cairn_testkit::HoldingProxy::start(t.url()).await?;
+            let db = Db::connect(
+                proxy.url(),
+                &cairn_log::DbOptions {
+                    max_connections: 2,
+                    ..cairn_log::DbOptions::default()
+                },
+            )
+            .await?;
+            write(&db, 0).await?;
+            let kinds = ["a snapshot", "a tenant's snapshot", "a transaction"];
+            for kind in kinds {
+                proxy.hold_answer_to("BEGIN");
+                let begun: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                    match kind {
+                        "a snapshot" => Box::pin(async {
+                            let _ = db.snapshot().await;
+                        }),
+                        "a tenant's snapshot" => Box::pin(async {
+                            let _ = db.scoped(&cairn_log::Tenancy::All).await;
+                        }),
+                        _ => Box::pin(async {
+                            let _ = db.begin().await;
+                        }),
+                    };
+                tokio::select! {
+                    () = begun => anyhow::bail!("{kind} began although its answer was held"),
+                    () = proxy.holding() => {}
+                }
+                // The caller is gone (the future above is dropped); now the answer comes.
+                proxy.release();
+                for round in 1..=3 {
+                    let position = write(&db, round).await?;
+                    let mut first = db.reader().await?;
+                    let mut second = db.reader().await?;
+                    for (which, reader) in [("one", &mut first), ("the other", &mut second)] {
+                        assert_eq!(
+                            reader.conn().head().await?.last_position,
+                            position,
+                            "after abandoning {kind}, {which} pooled connection sees the \
+                             commit before its read (round {round})"
+                        );
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}

@@ -385,3 +385,153 @@ backend_test!(
     urgent_work_cuts_a_batch_short_optimistically,
     |t: TestDb| async move { urgent_work_cuts_a_batch_short(&t, WriteMode::Optimistic).await }
 );
+
+/// Waits until `flag` is set, or `patience` has passed (then goes on regardless).
+async fn wait_for(flag: &tokio::sync::watch::Sender<bool>, patience: std::time::Duration) {
+    let mut seen = flag.subscribe();
+    let _ = tokio::time::timeout(patience, seen.wait_for(|set| *set)).await;
+}
+
+/// A unit that keeps the writer of `db` busy until `go` is set, so that the units
+/// submitted meanwhile make up its next batch, in their order.
+fn plug(db: &Db, go: Arc<tokio::sync::watch::Sender<bool>>) -> tokio::task::JoinHandle<()> {
+    let db = db.clone();
+    tokio::spawn(async move {
+        let _ = db
+            .write(WriteOptions::default(), move |_tx| {
+                let go = go.clone();
+                Box::pin(async move {
+                    wait_for(&go, std::time::Duration::from_secs(30)).await;
+                    Ok::<(), DbError>(())
+                })
+            })
+            .await;
+    })
+}
+
+/// Two processes' writers on PostgreSQL, each with a batch that locks a row and
+/// appends, in opposite orders: the first locks the row and then wants the log head,
+/// the second holds the head (its append) and then wants the row. Every writer
+/// transaction takes the head first, so neither waits on the other for the row while
+/// holding the head, and both batches commit; before, PostgreSQL broke the cycle by
+/// failing one of them with a deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_two_processes_do_not_deadlock_on_postgres() -> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        cairn_testkit::Backend::Postgres,
+        "writer::writers_of_two_processes_do_not_deadlock",
+        |t: TestDb| async move {
+            let mut setup = t.db().begin().await?;
+            setup
+                .conn()
+                .execute_script(
+                    "CREATE TABLE contended (id BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
+                     INSERT INTO contended VALUES (1, 0)",
+                )
+                .await?;
+            setup.commit().await?;
+            let mode = config(t.backend(), WriteMode::Savepoints);
+            let (first, second) = (t.connect_with(mode).await?, t.connect_with(mode).await?);
+            let flag = || Arc::new(tokio::sync::watch::channel(false).0);
+            let (go, row_locked, head_held) = (flag(), flag(), flag());
+            let patience = std::time::Duration::from_secs(3);
+            let plugs = [plug(&first, go.clone()), plug(&second, go.clone())];
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+            let bump =
+                |db: &Db,
+                 then: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+                 after: Option<Arc<tokio::sync::watch::Sender<bool>>>| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        db.write(WriteOptions::default(), move |tx| {
+                            let (then, after) = (then.clone(), after.clone());
+                            Box::pin(async move {
+                                tx.conn()
+                                    .execute("UPDATE contended SET n = n + 1 WHERE id = 1", args![])
+                                    .await?;
+                                if let Some(then) = then {
+                                    then.send_replace(true);
+                                }
+                                if let Some(after) = after {
+                                    wait_for(&after, patience).await;
+                                }
+                                Ok::<(), AppendError>(())
+                            })
+                        })
+                        .await
+                    })
+                };
+            let appended =
+                |db: &Db,
+                 after: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+                 then: Option<Arc<tokio::sync::watch::Sender<bool>>>| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        db.write(WriteOptions::default(), move |tx| {
+                            let (after, then) = (after.clone(), then.clone());
+                            Box::pin(async move {
+                                if let Some(after) = after {
+                                    wait_for(&after, patience).await;
+                                }
+                                let pending = match tx
+                                    .prepare_append(request(StreamId::new_v7(), vec![ping(1)]))
+                                    .await?
+                                {
+                                    Prepared::New(pending) => pending,
+                                    Prepared::Repeat(_) => return Err(AppendError::NoEvents),
+                                };
+                                tx.write_append(pending).await?;
+                                if let Some(then) = then {
+                                    then.send_replace(true);
+                                }
+                                Ok::<(), AppendError>(())
+                            })
+                        })
+                        .await
+                    })
+                };
+            // The first: lock the row, wait (a while) for the second to hold the head,
+            // then append. The second: once the row is locked, append (the head), then
+            // lock the row.
+            // Submitted one by one, so that each batch holds its units in this order.
+            let pause = std::time::Duration::from_millis(50);
+            let mut units = Vec::new();
+            units.push(bump(
+                &first,
+                Some(row_locked.clone()),
+                Some(head_held.clone()),
+            ));
+            tokio::time::sleep(pause).await;
+            units.push(appended(&first, None, None));
+            tokio::time::sleep(pause).await;
+            units.push(appended(
+                &second,
+                Some(row_locked.clone()),
+                Some(head_held.clone()),
+            ));
+            tokio::time::sleep(pause).await;
+            units.push(bump(&second, None, None));
+            tokio::time::sleep(pause).await;
+            go.send_replace(true);
+            for plug in plugs {
+                plug.await?;
+            }
+            for (index, unit) in units.into_iter().enumerate() {
+                if let Err(error) = unit.await? {
+                    anyhow::bail!("unit {index} failed: {:#}", anyhow::Error::from(error));
+                }
+            }
+            let row = t
+                .db()
+                .reader()
+                .await?
+                .conn()
+                .fetch_one("SELECT n FROM contended WHERE id = 1", args![])
+                .await?;
+            assert_eq!(row.get::<i64>("n")?, 2, "both batches' updates committed");
+            Ok(())
+        },
+    )
+    .await
+}

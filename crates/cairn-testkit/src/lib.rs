@@ -6,9 +6,11 @@
 //! the whole run. A test that fails keeps its database and prints where it is, so it
 //! can be inspected; a test that passes removes it.
 
+mod pg_proxy;
 mod smtp;
 mod tamper;
 
+pub use pg_proxy::HoldingProxy;
 pub use smtp::{Received, SinkOptions, SmtpSink, parse as smtp_parse};
 pub use tamper::tamper;
 

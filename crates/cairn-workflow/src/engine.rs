@@ -56,6 +56,29 @@ pub enum EngineError {
     LeaseLost { run_id: WorkflowId },
 }
 
+/// How many times the outcome of a step that acted outside the database is written
+/// before the run is let go.
+const OUTCOME_TRIES: u32 = 5;
+
+impl EngineError {
+    /// Whether the database refused for a reason that passes (a conflicting write, a
+    /// lost connection, a full queue): nothing was written, and trying again may work.
+    fn is_passing(&self) -> bool {
+        let database = match self {
+            EngineError::Database(error) | EngineError::Append(AppendError::Database(error)) => {
+                error
+            }
+            EngineError::Append(_) | EngineError::LeaseLost { .. } => return false,
+        };
+        matches!(
+            database.kind(),
+            cairn_log::DbErrorKind::Conflict
+                | cairn_log::DbErrorKind::Unavailable
+                | cairn_log::DbErrorKind::Overloaded
+        )
+    }
+}
+
 /// How an engine behaves.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -542,9 +565,42 @@ impl Engine {
         } else if let RunEvent::StepFailed(failed) = &event {
             tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, "step failed for good");
         }
-        self.record(lease, run, &event, attempt.outcome_priority())
-            .await?;
+        if attempt.records_start() {
+            // The step acted outside the database: a record lost now would make the
+            // next claim perform it again (send the email twice). A write that failed
+            // for a passing reason is tried again, fenced as before.
+            self.record_persistently(lease, run, &event, attempt.outcome_priority())
+                .await?;
+        } else {
+            self.record(lease, run, &event, attempt.outcome_priority())
+                .await?;
+        }
         Ok(go_on)
+    }
+
+    /// Records like [`Engine::record`], trying again (a few times, with growing
+    /// pauses) when the database refused for a reason that passes: a conflicting
+    /// write, a lost connection.
+    async fn record_persistently(
+        &self,
+        lease: Lease,
+        run: &mut Run,
+        event: &RunEvent,
+        priority: cairn_log::Priority,
+    ) -> Result<(), EngineError> {
+        let mut pause = Duration::from_millis(20);
+        let mut tries = 1;
+        loop {
+            match self.record(lease, run, event, priority).await {
+                Err(error) if tries < OUTCOME_TRIES && error.is_passing() => {
+                    tracing::warn!(run_id = %run.id, attempt = tries, error = %cairn_types::error_chain(&error), "could not record a step's outcome; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// The failure a step's panic is recorded as; says so in the log and counts it.

@@ -832,3 +832,67 @@ backend_test!(
         Ok(())
     }
 );
+
+/// An external step acted (its email went out); then the record of its outcome met a
+/// conflicting write, twice (the writer's own second try included). The engine writes
+/// the outcome again instead of letting the run go, which would have had the next
+/// claim perform the step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_record_that_meets_a_conflict_is_written_again_not_performed_again()
+-> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        cairn_testkit::Backend::Postgres,
+        "engine::an_outcome_record_that_meets_a_conflict",
+        |t: TestDb| async move {
+            let store = store(&t).await?;
+            let mut setup = t.db().begin().await?;
+            // A sequence, not a table: what a failed statement counted stays counted.
+            setup
+                .conn()
+                .execute_script(
+                    "CREATE SEQUENCE outcome_writes;
+                     CREATE FUNCTION conflict_twice() RETURNS trigger AS $$
+                     BEGIN
+                         IF NEW.name = 'slow' AND NEW.status = 'completed'
+                            AND nextval('outcome_writes') <= 2 THEN
+                             RAISE EXCEPTION 'could not serialize access'
+                                 USING ERRCODE = '40001';
+                         END IF;
+                         RETURN NEW;
+                     END $$ LANGUAGE plpgsql;
+                     CREATE TRIGGER conflict_twice BEFORE INSERT OR UPDATE ON workflow_steps
+                         FOR EACH ROW EXECUTE FUNCTION conflict_twice();",
+                )
+                .await?;
+            setup.commit().await?;
+            let workflow = Arc::new(Scripted::default());
+            let engine = engine(&store, workflow.clone(), Arc::new(SystemClock));
+            let (id, _) = start(&engine, json!({"steps": ["started", "slow"]})).await?;
+
+            engine.run_until_idle().await?;
+            let state = run_state(&engine, id).await?;
+            assert_eq!(state.run.status, RunStatus::Completed);
+            assert_eq!(
+                workflow.log(),
+                vec!["perform started", "perform slow"],
+                "the external step acted once"
+            );
+            let written = t
+                .db()
+                .reader()
+                .await?
+                .conn()
+                .fetch_one("SELECT last_value FROM outcome_writes", cairn_log::args![])
+                .await?;
+            // Counted once per write that reached the trigger (an upsert may count
+            // twice): the first two were refused.
+            assert!(
+                written.get::<i64>("last_value")? >= 3,
+                "the outcome was refused twice, then written"
+            );
+            assert_eq!(state.steps[1].attempts, 1, "one attempt of the step");
+            Ok(())
+        },
+    )
+    .await
+}
