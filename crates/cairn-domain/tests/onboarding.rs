@@ -1370,3 +1370,83 @@ backend_test!(every_command_asks_the_policy, |t: TestDb| async move {
     );
     Ok(())
 });
+
+/// A conflicting write is no reason for the safety net: the deactivation fails as an
+/// attempt, runs again, and is recorded by its event. (A trigger refuses the first two
+/// writes of `organization.deactivated` with SQLSTATE 40001: the writer's first run of
+/// the batch and its second, with savepoints.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivation_that_meets_a_conflict_is_tried_again_not_written_by_the_safety_net()
+-> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        Backend::Postgres,
+        "onboarding::a_deactivation_that_meets_a_conflict",
+        |t: TestDb| async move {
+            let sink = SmtpSink::start(SinkOptions {
+                refuse: Some("550 5.7.1 Sender domain is not verified".into()),
+                ..SinkOptions::default()
+            })
+            .await?;
+            let mut tx = t.db().begin().await?;
+            tx.conn()
+                .execute_script(
+                    "CREATE SEQUENCE deactivation_writes;
+                     CREATE FUNCTION conflict_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN
+                         IF nextval('deactivation_writes') <= 2 THEN
+                             RAISE EXCEPTION 'could not serialize access'
+                                 USING ERRCODE = '40001';
+                         END IF;
+                         RETURN NEW;
+                     END $$;
+                     CREATE TRIGGER conflict_twice BEFORE INSERT ON domain_events FOR EACH ROW
+                     WHEN (NEW.event_type = 'organization.deactivated')
+                     EXECUTE FUNCTION conflict_twice();",
+                )
+                .await?;
+            tx.commit().await?;
+            let w = smtp_world(t, &sink).await?;
+            let ctx = admin_actor();
+            let accepted = w
+                .domain
+                .bootstrap(&ctx, &request("sunrise-conflict"))
+                .await?;
+            // The deactivation's second attempt waits out its retry pause.
+            let mut status = RunStatus::Running;
+            for _ in 0..300 {
+                w.domain.engine().run_until_idle().await?;
+                status = workflow_status(&w, accepted.workflow_id).await?;
+                if status == RunStatus::Failed {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                status,
+                RunStatus::Failed,
+                "the bootstrap failed and compensated"
+            );
+            let org = organization(&w, accepted.org_id).await?;
+            assert_eq!((org.status.as_str(), org.is_active), ("failed", false));
+            let events = events_of(&w, ctx.correlation_id).await?;
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.event_type.as_str() == "organization.deactivated"),
+                "deactivated by its event: {:?}",
+                domain_types(&events)
+            );
+            let audit =
+                w.t.db()
+                    .reader()
+                    .await?
+                    .conn()
+                    .fetch_all("SELECT reason FROM safety_net_writes", args![])
+                    .await?;
+            assert!(audit.is_empty(), "the safety net wrote nothing");
+            assert_no_drift(&w).await?;
+            Ok(())
+        },
+    )
+    .await
+}

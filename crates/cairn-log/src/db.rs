@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use cairn_types::Position;
 
-use crate::error::DbError;
+use crate::error::{DbError, DbErrorKind};
 use crate::sql::{Backend, Conn, ConnInner, dialect};
 use crate::tx::{DirectTx, Isolation, Tx, TxInner};
 use crate::writer::{self, Home, WriteOptions, WriterConfig, WriterHandle};
@@ -789,30 +789,39 @@ impl Db {
 /// How a PostgreSQL snapshot begins.
 const READ_ONLY_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
-/// Begins a transaction on a pooled PostgreSQL connection, in a task of its own.
+/// Begins a transaction on a pooled PostgreSQL connection; the `BEGIN` runs in a task
+/// of its own.
 ///
-/// sqlx counts a transaction as begun only once PostgreSQL has answered its `BEGIN`.
-/// A caller that goes away while that answer is on its way (a client that hung up, a
-/// timeout) would leave the connection inside a transaction that nothing ends, and the
-/// pool would hand it to the next reader, who would then read that transaction's old
-/// snapshot: a workflow engine that reads its run from before its own last step runs
-/// the step again. In a task of its own the `BEGIN` is always seen through; if the
-/// caller is gone by then, the transaction is dropped there, which rolls it back.
+/// sqlx (0.9) counts a transaction as begun only once PostgreSQL has answered its
+/// `BEGIN`. A caller that goes away while that answer is on its way (a client that
+/// hung up, a timeout) would leave the connection inside a transaction that nothing
+/// ends, and the pool would hand it to the next reader, who would then read that
+/// transaction's old snapshot: a workflow engine that reads its run from before its own
+/// last step runs the step again. Waiting for a connection may be given up safely, so
+/// it happens here; the `BEGIN` is always seen through by its task, and if the caller
+/// is gone by then, the transaction is dropped there, which rolls it back.
 pub(crate) async fn begin_pg(
     pool: &PgPool,
     statement: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, Postgres>, DbError> {
-    let pool = pool.clone();
-    let begun = tokio::spawn(async move {
-        match statement {
-            Some(statement) => pool.begin_with(statement).await,
-            None => pool.begin().await,
-        }
-    })
-    .await
-    .map_err(|error| DbError::Panicked {
-        message: format!("beginning a PostgreSQL transaction: {error}"),
-    })?;
+    use tracing::Instrument as _;
+    let conn = pool.acquire().await?;
+    let statement = statement.map(sqlx::SqlSafeStr::into_sql_str);
+    // What `Pool::begin_with` does once it has a connection.
+    let begun = tokio::spawn(sqlx::Transaction::begin(conn, statement).in_current_span())
+        .await
+        .map_err(|error| {
+            if error.is_cancelled() {
+                DbError::from_cause(
+                    DbErrorKind::Unavailable,
+                    "the process is shutting down: a transaction could not begin".into(),
+                )
+            } else {
+                DbError::Panicked {
+                    message: format!("beginning a PostgreSQL transaction: {error}"),
+                }
+            }
+        })?;
     Ok(begun?)
 }
 

@@ -168,7 +168,10 @@ impl DbError {
         }
     }
 
-    fn from_cause(kind: DbErrorKind, cause: Box<dyn std::error::Error + Send + Sync>) -> DbError {
+    pub(crate) fn from_cause(
+        kind: DbErrorKind,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    ) -> DbError {
         let cause = Cause(cause);
         match kind {
             DbErrorKind::Conflict => DbError::Conflict { cause },

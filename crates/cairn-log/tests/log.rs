@@ -787,6 +787,22 @@ async fn a_caller_gone_while_postgres_answers_begin_leaves_no_transaction_open()
                             "after abandoning {kind}, {which} pooled connection sees the \
                              commit before its read (round {round})"
                         );
+                        // Two statements, two transactions: the connection is not inside
+                        // one (a read-committed transaction left open would see fresh
+                        // data, and still hold whatever it locked).
+                        let mut transaction_ids = Vec::new();
+                        for _ in 0..2 {
+                            let row = reader
+                                .conn()
+                                .fetch_one("SELECT txid_current()::text AS id", args![])
+                                .await?;
+                            transaction_ids.push(row.get::<String>("id")?);
+                        }
+                        assert_ne!(
+                            transaction_ids[0], transaction_ids[1],
+                            "after abandoning {kind}, {which} pooled connection runs each \
+                             statement in a transaction of its own (round {round})"
+                        );
                     }
                 }
             }

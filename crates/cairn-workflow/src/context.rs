@@ -114,7 +114,8 @@ impl StepContext<'_> {
     /// Appends events (a handler that cannot apply one stores it with its failure),
     /// and if the append itself fails, undoes it and hands back the error, leaving the
     /// step's transaction as it was before: for a step with a fallback (the safety
-    /// net).
+    /// net). A conflicting write or a lost connection is not handed back: it fails the
+    /// step as an attempt to try again.
     pub async fn try_append(
         &mut self,
         request: AppendRequest,
@@ -138,6 +139,16 @@ impl StepContext<'_> {
             }
             Err(error) => {
                 savepoint.rollback().await?;
+                // A conflicting write or a lost connection is no reason for the
+                // fallback: the step fails, to be tried again, and the append with it.
+                if let AppendError::Database(db) = &error
+                    && matches!(
+                        db.kind(),
+                        cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
+                    )
+                {
+                    return Err(StepError::from(error));
+                }
                 Ok(Err(error))
             }
         }

@@ -62,7 +62,9 @@ const OUTCOME_TRIES: u32 = 5;
 
 impl EngineError {
     /// Whether the database refused for a reason that passes (a conflicting write, a
-    /// lost connection, a full queue): nothing was written, and trying again may work.
+    /// lost connection, a full queue): trying again may work. (After a lost connection
+    /// the write may have committed all the same; then the next try finds the run's
+    /// stream a version further, fails, and the run is loaded again with it.)
     fn is_passing(&self) -> bool {
         let database = match self {
             EngineError::Database(error) | EngineError::Append(AppendError::Database(error)) => {
@@ -509,6 +511,7 @@ impl Engine {
         attempt: Attempt,
     ) -> Result<bool, EngineError> {
         let started_at = self.now();
+        let mut heartbeat = None;
         let outcome = if attempt.records_start() {
             self.record(
                 lease,
@@ -517,17 +520,19 @@ impl Engine {
                 cairn_log::Priority::Normal,
             )
             .await?;
-            let outcome = {
-                let _heartbeat = self.heartbeat(lease);
-                self.perform_outside(run, workflow.as_ref(), &attempt, started_at)
-                    .await
-            };
+            // The lease is renewed until the outcome is recorded, however many tries
+            // that takes: another engine must not perform the step meanwhile.
+            heartbeat = Some(self.heartbeat(lease));
+            let outcome = self
+                .perform_outside(run, workflow.as_ref(), &attempt, started_at)
+                .await;
             if outcome.is_ok() {
                 let n_effects = self.inner.effects.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.inner.config.pause_after_effects == Some(n_effects) {
                     eprintln!(
                         "cairn: workflow engine paused after {n_effects} effects, before recording (fault injection)"
                     );
+                    heartbeat = None;
                     std::future::pending::<()>().await;
                 }
             }
@@ -571,6 +576,7 @@ impl Engine {
             // for a passing reason is tried again, fenced as before.
             self.record_persistently(lease, run, &event, attempt.outcome_priority())
                 .await?;
+            drop(heartbeat);
         } else {
             self.record(lease, run, &event, attempt.outcome_priority())
                 .await?;
