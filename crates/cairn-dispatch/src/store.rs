@@ -346,26 +346,76 @@ impl EventStore {
         }
         let total = failed.len() as u64;
         let mut report = RetryReport::default();
-        let mut retries = futures::stream::iter(failed)
-            .map(|event_id| self.retry(event_id))
-            .buffered(64);
-        while let Some(result) = retries.next().await {
-            match result {
-                Ok(dispatched) => {
-                    report.n_retried += 1;
-                    if dispatched.event.is_failed() {
-                        report.still_failed.push(dispatched);
-                    } else {
-                        report.n_fixed += 1;
+        // Retries that met a conflicting write or a lost connection: tried again, one
+        // at a time, once the others are done.
+        let mut again = Vec::new();
+        {
+            let mut retries = futures::stream::iter(failed)
+                .map(|event_id| async move { (event_id, self.retry(event_id).await) })
+                .buffered(64);
+            while let Some((event_id, result)) = retries.next().await {
+                match result {
+                    Err(RetryError::Database(error)) if is_passing(&error) => {
+                        again.push(event_id);
+                        continue;
                     }
+                    result => report.count(result)?,
                 }
-                // Another process retried it in the meantime.
-                Err(RetryError::NotFailed { .. }) => {}
-                Err(error) => return Err(error),
+                progress(report.n_retried, total);
             }
+        }
+        for event_id in again {
+            let mut pause = std::time::Duration::from_millis(20);
+            let mut tries = 1;
+            let result = loop {
+                match self.retry(event_id).await {
+                    Err(RetryError::Database(error))
+                        if is_passing(&error) && tries < PASSING_TRIES =>
+                    {
+                        tokio::time::sleep(pause).await;
+                        pause *= 4;
+                        tries += 1;
+                    }
+                    result => break result,
+                }
+            };
+            report.count(result)?;
             progress(report.n_retried, total);
         }
         Ok(report)
+    }
+}
+
+/// How many times a retry that meets a conflicting write or a lost connection is
+/// run, one at a time, before the bulk retry gives up with that error.
+const PASSING_TRIES: u32 = 5;
+
+/// A conflicting write or a lost connection: trying again may work.
+fn is_passing(error: &DbError) -> bool {
+    matches!(
+        error.kind(),
+        cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
+    )
+}
+
+impl RetryReport {
+    /// Counts one retry's result; an error other than "not failed any more" is the
+    /// bulk retry's.
+    fn count(&mut self, result: Result<Dispatched, RetryError>) -> Result<(), RetryError> {
+        match result {
+            Ok(dispatched) => {
+                self.n_retried += 1;
+                if dispatched.event.is_failed() {
+                    self.still_failed.push(dispatched);
+                } else {
+                    self.n_fixed += 1;
+                }
+                Ok(())
+            }
+            // Another process retried it in the meantime.
+            Err(RetryError::NotFailed { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -884,3 +884,55 @@ backend_test!(
         Ok(())
     }
 );
+
+/// A bulk retry in which one event's handler meets a conflicting write (a trigger
+/// refuses the first two writes to the projection with SQLSTATE 40001): that event is
+/// tried again on its own, and the bulk retry fixes all three instead of ending with
+/// the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_retry_tries_again_an_event_that_met_a_conflict() -> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        Backend::Postgres,
+        "dispatch::a_bulk_retry_tries_again_an_event_that_met_a_conflict",
+        |t: TestDb| async move {
+            let empty = Registry::builder().router("widget", |r| r).build()?;
+            let before = store(&t, empty).await?;
+            for n in 0..3 {
+                before
+                    .append(append_to(
+                        "widget",
+                        StreamId::new_v7(),
+                        vec![event("widget.created", json!({"name": format!("w{n}")}))],
+                    ))
+                    .await?;
+            }
+            assert_eq!(failed_count(&t).await?, 3);
+            let mut tx = t.db().begin().await?;
+            tx.conn()
+                .execute_script(
+                    "CREATE SEQUENCE widget_writes;
+                     CREATE FUNCTION conflict_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN
+                         IF nextval('widget_writes') <= 2 THEN
+                             RAISE EXCEPTION 'could not serialize access'
+                                 USING ERRCODE = '40001';
+                         END IF;
+                         RETURN NEW;
+                     END $$;
+                     CREATE TRIGGER conflict_twice BEFORE INSERT OR UPDATE ON widgets
+                         FOR EACH ROW EXECUTE FUNCTION conflict_twice();",
+                )
+                .await?;
+            tx.commit().await?;
+
+            let after = EventStore::new(t.db().clone(), registry());
+            let report = after
+                .retry_failed(&RetrySelection::default(), &mut |_, _| {})
+                .await?;
+            assert_eq!((report.n_retried, report.n_fixed), (3, 3));
+            assert_eq!(failed_count(&t).await?, 0);
+            Ok(())
+        },
+    )
+    .await
+}
