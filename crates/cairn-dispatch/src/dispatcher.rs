@@ -101,12 +101,7 @@ impl Dispatcher {
             // A conflicting write or a lost connection is the transaction's, not the
             // handler's: the whole unit of work fails with it, as a write that may
             // succeed when tried again, instead of the event being stored as failed.
-            Ok(Err(HandlerError::Database(error)))
-                if matches!(
-                    error.kind(),
-                    cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
-                ) =>
-            {
+            Ok(Err(HandlerError::Database(error))) if error.is_passing() => {
                 if let Some(savepoint) = savepoint {
                     conn.rollback_to_savepoint("cairn_dispatch", savepoint)
                         .await?;

@@ -355,7 +355,7 @@ impl EventStore {
                 .buffered(64);
             while let Some((event_id, result)) = retries.next().await {
                 match result {
-                    Err(RetryError::Database(error)) if is_passing(&error) => {
+                    Err(RetryError::Database(error)) if error.is_passing() => {
                         again.push(event_id);
                         continue;
                     }
@@ -370,7 +370,7 @@ impl EventStore {
             let result = loop {
                 match self.retry(event_id).await {
                     Err(RetryError::Database(error))
-                        if is_passing(&error) && tries < PASSING_TRIES =>
+                        if error.is_passing() && tries < PASSING_TRIES =>
                     {
                         tokio::time::sleep(pause).await;
                         pause *= 4;
@@ -389,14 +389,6 @@ impl EventStore {
 /// How many times a retry that meets a conflicting write or a lost connection is
 /// run, one at a time, before the bulk retry gives up with that error.
 const PASSING_TRIES: u32 = 5;
-
-/// A conflicting write or a lost connection: trying again may work.
-fn is_passing(error: &DbError) -> bool {
-    matches!(
-        error.kind(),
-        cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
-    )
-}
 
 impl RetryReport {
     /// Counts one retry's result; an error other than "not failed any more" is the

@@ -907,23 +907,8 @@ async fn a_bulk_retry_tries_again_an_event_that_met_a_conflict() -> cairn_testki
                     .await?;
             }
             assert_eq!(failed_count(&t).await?, 3);
-            let mut tx = t.db().begin().await?;
-            tx.conn()
-                .execute_script(
-                    "CREATE SEQUENCE widget_writes;
-                     CREATE FUNCTION conflict_twice() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN
-                         IF nextval('widget_writes') <= 2 THEN
-                             RAISE EXCEPTION 'could not serialize access'
-                                 USING ERRCODE = '40001';
-                         END IF;
-                         RETURN NEW;
-                     END $$;
-                     CREATE TRIGGER conflict_twice BEFORE INSERT OR UPDATE ON widgets
-                         FOR EACH ROW EXECUTE FUNCTION conflict_twice();",
-                )
+            t.conflict_on("widgets", "INSERT OR UPDATE", "true", 2)
                 .await?;
-            tx.commit().await?;
 
             let after = EventStore::new(t.db().clone(), registry());
             let report = after

@@ -1387,24 +1387,13 @@ async fn a_deactivation_that_meets_a_conflict_is_tried_again_not_written_by_the_
                 ..SinkOptions::default()
             })
             .await?;
-            let mut tx = t.db().begin().await?;
-            tx.conn()
-                .execute_script(
-                    "CREATE SEQUENCE deactivation_writes;
-                     CREATE FUNCTION conflict_twice() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN
-                         IF nextval('deactivation_writes') <= 2 THEN
-                             RAISE EXCEPTION 'could not serialize access'
-                                 USING ERRCODE = '40001';
-                         END IF;
-                         RETURN NEW;
-                     END $$;
-                     CREATE TRIGGER conflict_twice BEFORE INSERT ON domain_events FOR EACH ROW
-                     WHEN (NEW.event_type = 'organization.deactivated')
-                     EXECUTE FUNCTION conflict_twice();",
-                )
-                .await?;
-            tx.commit().await?;
+            t.conflict_on(
+                "domain_events",
+                "INSERT",
+                "NEW.event_type = 'organization.deactivated'",
+                2,
+            )
+            .await?;
             let w = smtp_world(t, &sink).await?;
             let ctx = admin_actor();
             let accepted = w

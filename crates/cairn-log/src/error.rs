@@ -112,6 +112,15 @@ impl DbError {
         }
     }
 
+    /// Whether it came from a conflicting write or a lost connection, not from the work
+    /// itself: the same work may succeed when tried again.
+    pub fn is_passing(&self) -> bool {
+        matches!(
+            self.kind(),
+            DbErrorKind::Conflict | DbErrorKind::Unavailable
+        )
+    }
+
     /// A value that could not be decoded, for readers of rows.
     pub fn decode(column: impl Into<String>, reason: impl fmt::Display) -> DbError {
         DbError::Decode {

@@ -285,6 +285,43 @@ impl TestDb {
         &self.place.url
     }
 
+    /// Makes PostgreSQL refuse the first `times` writes (`operations`: `INSERT`,
+    /// `INSERT OR UPDATE`, …) to `table` that match `condition` (over `NEW`) with
+    /// SQLSTATE 40001, a serialization failure: the error a conflicting transaction
+    /// causes. Returns the sequence that counts the matching writes (a refused
+    /// statement's count stays counted).
+    pub async fn conflict_on(
+        &self,
+        table: &str,
+        operations: &str,
+        condition: &str,
+        times: u32,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.backend() == Backend::Postgres,
+            "conflicts are raised by a PostgreSQL trigger"
+        );
+        let name = format!("{table}_conflicts");
+        let script = format!(
+            "CREATE SEQUENCE {name};
+             CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('{name}') <= {times} THEN
+                     RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER {name} BEFORE {operations} ON {table} FOR EACH ROW
+                 WHEN ({condition}) EXECUTE FUNCTION {name}();"
+        );
+        let mut tx = self.db.begin().await?;
+        tx.conn()
+            .execute_script(cairn_log::Sql::built(script))
+            .await?;
+        tx.commit().await?;
+        Ok(name)
+    }
+
     /// Applies more migrations (the log's own are applied already).
     pub async fn migrate(&self, migrations: &[Migration]) -> anyhow::Result<()> {
         self.migrate_sets(&[migrations]).await

@@ -27,6 +27,27 @@ enum Upstream {
     Tcp(String),
 }
 
+/// The two halves of a connection to the server.
+type Halves = (
+    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn AsyncWrite + Unpin + Send>,
+);
+
+impl Upstream {
+    async fn connect(&self) -> std::io::Result<Halves> {
+        Ok(match self {
+            Upstream::Unix(path) => {
+                let (read, write) = tokio::net::UnixStream::connect(path).await?.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Upstream::Tcp(address) => {
+                let (read, write) = tokio::net::TcpStream::connect(address).await?.into_split();
+                (Box::new(read), Box::new(write))
+            }
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Control {
     /// The start of the statement whose answer to hold, when armed.
@@ -122,39 +143,19 @@ async fn accept_loop(
     while let Ok((client, _)) = listener.accept().await {
         let (upstream, control, held) = (upstream.clone(), control.clone(), held.clone());
         connections.spawn(async move {
+            let Ok((server_read, server_write)) = upstream.connect().await else {
+                return;
+            };
             let (client_read, client_write) = client.into_split();
-            match upstream {
-                Upstream::Unix(path) => {
-                    let Ok(server) = tokio::net::UnixStream::connect(&path).await else {
-                        return;
-                    };
-                    let (server_read, server_write) = server.into_split();
-                    relay(
-                        client_read,
-                        client_write,
-                        server_read,
-                        server_write,
-                        control,
-                        held,
-                    )
-                    .await;
-                }
-                Upstream::Tcp(address) => {
-                    let Ok(server) = tokio::net::TcpStream::connect(&address).await else {
-                        return;
-                    };
-                    let (server_read, server_write) = server.into_split();
-                    relay(
-                        client_read,
-                        client_write,
-                        server_read,
-                        server_write,
-                        control,
-                        held,
-                    )
-                    .await;
-                }
-            }
+            relay(
+                client_read,
+                client_write,
+                server_read,
+                server_write,
+                control,
+                held,
+            )
+            .await;
         });
     }
 }

@@ -142,10 +142,7 @@ impl StepContext<'_> {
                 // A conflicting write or a lost connection is no reason for the
                 // fallback: the step fails, to be tried again, and the append with it.
                 if let AppendError::Database(db) = &error
-                    && matches!(
-                        db.kind(),
-                        cairn_log::DbErrorKind::Conflict | cairn_log::DbErrorKind::Unavailable
-                    )
+                    && db.is_passing()
                 {
                     return Err(StepError::from(error));
                 }

@@ -72,12 +72,7 @@ impl EngineError {
             }
             EngineError::Append(_) | EngineError::LeaseLost { .. } => return false,
         };
-        matches!(
-            database.kind(),
-            cairn_log::DbErrorKind::Conflict
-                | cairn_log::DbErrorKind::Unavailable
-                | cairn_log::DbErrorKind::Overloaded
-        )
+        database.is_passing() || database.kind() == cairn_log::DbErrorKind::Overloaded
     }
 }
 

@@ -845,26 +845,14 @@ async fn an_outcome_record_that_meets_a_conflict_is_written_again_not_performed_
         "engine::an_outcome_record_that_meets_a_conflict",
         |t: TestDb| async move {
             let store = store(&t).await?;
-            let mut setup = t.db().begin().await?;
-            // A sequence, not a table: what a failed statement counted stays counted.
-            setup
-                .conn()
-                .execute_script(
-                    "CREATE SEQUENCE outcome_writes;
-                     CREATE FUNCTION conflict_twice() RETURNS trigger AS $$
-                     BEGIN
-                         IF NEW.name = 'slow' AND NEW.status = 'completed'
-                            AND nextval('outcome_writes') <= 2 THEN
-                             RAISE EXCEPTION 'could not serialize access'
-                                 USING ERRCODE = '40001';
-                         END IF;
-                         RETURN NEW;
-                     END $$ LANGUAGE plpgsql;
-                     CREATE TRIGGER conflict_twice BEFORE INSERT OR UPDATE ON workflow_steps
-                         FOR EACH ROW EXECUTE FUNCTION conflict_twice();",
+            let outcome_writes = t
+                .conflict_on(
+                    "workflow_steps",
+                    "INSERT OR UPDATE",
+                    "NEW.name = 'slow' AND NEW.status = 'completed'",
+                    2,
                 )
                 .await?;
-            setup.commit().await?;
             let workflow = Arc::new(Scripted::default());
             let engine = engine(&store, workflow.clone(), Arc::new(SystemClock));
             let (id, _) = start(&engine, json!({"steps": ["started", "slow"]})).await?;
@@ -882,7 +870,10 @@ async fn an_outcome_record_that_meets_a_conflict_is_written_again_not_performed_
                 .reader()
                 .await?
                 .conn()
-                .fetch_one("SELECT last_value FROM outcome_writes", cairn_log::args![])
+                .fetch_one(
+                    cairn_log::Sql::built(format!("SELECT last_value FROM {outcome_writes}")),
+                    cairn_log::args![],
+                )
                 .await?;
             // Counted once per write that reached the trigger (an upsert may count
             // twice): the first two were refused.
