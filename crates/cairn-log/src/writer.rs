@@ -12,9 +12,12 @@
 //! - [`WriteMode::Savepoints`]: each unit runs inside a savepoint, rolled back if it
 //!   fails.
 //! - [`WriteMode::Optimistic`]: units run without savepoints. A unit that fails
-//!   without having written anything is simply forgotten; anything else (a failure to
-//!   undo, a handler to roll back) makes the writer roll the batch back and run it again
-//!   with savepoints. Units are closures the writer may call more than once.
+//!   without having written anything is simply forgotten; one that refused after
+//!   writing keeps its refusal (once its queued writes are confirmed to have done what
+//!   they were reported to do) and the batch runs again without it; anything else (a
+//!   failure to undo, a handler to roll back, a queued write that changed other than
+//!   one row) makes the writer roll the batch back and run it again with savepoints.
+//!   Units are closures the writer may call more than once.
 //!
 //! Invariants:
 //! - Nothing accepted is lost: a unit taken into the queue is run, and its caller
@@ -928,6 +931,15 @@ async fn attempt(
                     return Attempt::Rerun { refused: None };
                 }
                 if ran == Ran::Refused && tx.writes() > writes {
+                    // The refusal may rest on what those writes changed, and a queued
+                    // write was only reported to have changed one row (a lease fence
+                    // that held, say). It stands once PostgreSQL has confirmed every
+                    // report; otherwise the batch runs again with savepoints, where
+                    // the unit sees what its writes really did.
+                    if tx.conn().send_queued().await.is_err() {
+                        home.abandon(tx, false).await;
+                        return Attempt::Rerun { refused: None };
+                    }
                     tx.release_spans_since(spans);
                     home.abandon(tx, false).await;
                     return Attempt::Rerun {

@@ -139,6 +139,53 @@ backend_test!(
     |t: TestDb| async move { neighbours_are_unaffected(&t, WriteMode::Optimistic).await }
 );
 
+/// What a unit that refused says it saw.
+#[derive(Debug)]
+enum Refusal {
+    /// How many rows its write changed, as the unit was told.
+    Changed(u64),
+    Database(DbError),
+}
+
+impl From<DbError> for Refusal {
+    fn from(error: DbError) -> Self {
+        Self::Database(error)
+    }
+}
+
+backend_test!(
+    a_refusal_rests_on_what_its_writes_really_changed,
+    |t: TestDb| async move {
+        // A lease's fence is such a write: it changes its row only if the lease still
+        // holds, and the unit refuses on what it heard. Optimistically on PostgreSQL
+        // the write is queued and reported as having changed one row; the refusal must
+        // not stand on that report when PostgreSQL would deny it.
+        for mode in [WriteMode::Savepoints, WriteMode::Optimistic] {
+            let db = t.connect_with(config(t.backend(), mode)).await?;
+            let fenced = db.write(WriteOptions::default(), |tx| {
+                Box::pin(async move {
+                    let changed = tx
+                        .conn()
+                        .execute(
+                            "UPDATE log_head SET failed_events = failed_events WHERE id = 2",
+                            args![],
+                        )
+                        .await?;
+                    Err::<(), _>(Refusal::Changed(changed))
+                })
+            });
+            let (fenced, neighbour) = tokio::join!(fenced, append_unit(&db, 1, false));
+            match fenced {
+                Err(Refusal::Changed(0)) => {}
+                other => anyhow::bail!("{mode:?}: the write changed no row, yet: {other:?}"),
+            }
+            neighbour?;
+            db.close().await;
+        }
+        Ok(())
+    }
+);
+
 backend_test!(
     a_panicking_unit_is_rolled_back_alone,
     |t: TestDb| async move {
