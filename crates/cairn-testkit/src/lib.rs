@@ -17,6 +17,7 @@ pub use tamper::tamper;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub use cairn_log::Backend;
 use cairn_log::{Db, DbOptions, Migration};
@@ -149,6 +150,26 @@ impl Drop for Place {
                 let _ = dropped.join();
             }
         }
+    }
+}
+
+/// Waits, in real time, until `check` holds; fails naming `what` if it does not within
+/// `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -167,15 +167,18 @@ impl Engine {
             .map_err(EngineError::Database)
     }
 
-    /// Renews the lease at a third of its length while the returned guard lives.
     /// Renews the lease at a third of its length, as time passes on the engine's
-    /// clock, while the returned guard lives.
+    /// clock, while the returned guard lives. Each nap is timed from when the last one
+    /// ended (the first from now), not from when a renewal came back or the task first
+    /// ran: a slow renewal does not push the next one later.
     pub(crate) fn heartbeat(&self, lease: Lease) -> AbortOnDrop {
         let engine = self.clone();
+        let every = engine.inner.config.lease / 3;
+        let mut nap = engine.inner.clock.sleep(every);
         AbortOnDrop(tokio::spawn(async move {
-            let every = engine.inner.config.lease / 3;
             loop {
-                engine.inner.clock.sleep(every).await;
+                nap.await;
+                nap = engine.inner.clock.sleep(every);
                 match engine.renew(lease).await {
                     Ok(true) => {}
                     Ok(false) => return,

@@ -12,10 +12,13 @@ use cairn_log::{EventFilter, Migration};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::{CorrelationId, WorkflowId};
 use cairn_workflow::{
-    Clock, Decision, Engine, EngineConfig, History, ManualClock, RetryPolicy, RunStatus, Start,
-    StepCall, StepContext, StepError, StepRecord, StepStatus, SystemClock, Workflow,
+    Clock, Decision, Engine, EngineConfig, History, RetryPolicy, RunStatus, Start, StepCall,
+    StepContext, StepError, StepRecord, StepStatus, SystemClock, Workflow,
 };
 use serde_json::{Value, json};
+
+mod support;
+use support::{lease_expiry, manual_clock, run_state};
 
 const MIGRATIONS: &[&[Migration]] = &[cairn_dispatch::MIGRATIONS, cairn_workflow::MIGRATIONS];
 
@@ -37,7 +40,8 @@ fn quick_retry(max_attempts: u32) -> RetryPolicy {
 /// A scripted workflow: runs the steps named in its input, in order. A step called
 /// "flaky" fails (retryably) until its attempt number reaches `succeed_on`; "doomed"
 /// fails permanently; "sleep" sleeps `sleep_seconds`; "slow" takes a while and is
-/// external. Every perform and compensation is logged.
+/// external; "gated" is external and waits until the test opens `gate`. Every perform
+/// and compensation is logged.
 #[derive(Default)]
 struct Scripted {
     log: Mutex<Vec<String>>,
@@ -46,6 +50,8 @@ struct Scripted {
     hang_first_attempt: bool,
     /// The step whose compensation always fails.
     compensation_fails: Option<&'static str>,
+    /// Holds every attempt of "gated" until it is true.
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl Scripted {
@@ -98,7 +104,7 @@ impl Workflow for Scripted {
                             input["max_attempts"].as_u64().unwrap_or(5) as u32
                         ));
                     }
-                    if name == "slow" {
+                    if name == "slow" || name == "gated" {
                         call = call.external();
                     }
                     return Ok(Decision::Run(call));
@@ -141,6 +147,13 @@ impl Workflow for Scripted {
             "sleepy" => {
                 let ms = input["sleep_ms"].as_u64().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!(1))
+            }
+            "gated" => {
+                let mut open = self.gate.subscribe();
+                open.wait_for(|open| *open)
+                    .await
+                    .map_err(|_| StepError::retryable("the gate is gone"))?;
                 Ok(json!(1))
             }
             "slow" => {
@@ -201,20 +214,6 @@ async fn start(engine: &Engine, input: Value) -> anyhow::Result<(WorkflowId, Cor
         .await?;
     tx.commit().await?;
     Ok((id, correlation_id))
-}
-
-async fn run_state(
-    engine: &Engine,
-    id: WorkflowId,
-) -> anyhow::Result<cairn_workflow::RunWithSteps> {
-    let mut reader = engine.store().db().reader().await?;
-    cairn_workflow::state::load(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no run {id}"))
-}
-
-fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(chrono::Utc::now()))
 }
 
 backend_test!(
@@ -597,50 +596,185 @@ backend_test!(
     }
 );
 
+/// An engine configuration naming its worker, with a lease of 30 s.
+fn worker(name: &str) -> EngineConfig {
+    EngineConfig {
+        worker_id: name.to_owned(),
+        lease: Duration::from_secs(30),
+        ..EngineConfig::default()
+    }
+}
+
+/// The workers named on the run's events, in order.
+async fn recorded_by(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<(String, String)>> {
+    let filter = EventFilter {
+        correlation_id: Some(run_state(engine, id).await?.run.correlation_id),
+        ..EventFilter::default()
+    };
+    let events = engine
+        .store()
+        .db()
+        .reader()
+        .await?
+        .conn()
+        .read_events(&filter)
+        .await?;
+    Ok(events
+        .into_iter()
+        .map(|event| {
+            let worker = event.metadata.extra.get("worker").and_then(Value::as_str);
+            (
+                event.event_type.as_str().to_owned(),
+                worker.unwrap_or("").to_owned(),
+            )
+        })
+        .collect())
+}
+
 backend_test!(
     a_one_shot_engine_keeps_its_lease_through_a_slow_step,
     |t: TestDb| async move {
         let store = store(&t).await?;
-        // A lease far shorter than the step: only the heartbeat keeps the run.
-        let config = EngineConfig {
-            lease: Duration::from_millis(300),
-            ..EngineConfig::default()
-        };
-        let clock: Arc<dyn Clock> = Arc::new(cairn_workflow::SystemClock);
+        let clock = manual_clock();
         let slow = Arc::new(Scripted::default());
         let first = Engine::new(
             store.clone(),
             vec![slow.clone()],
             clock.clone(),
-            config.clone(),
+            worker("one-shot"),
         );
-        let (id, _) = start(&first, json!({"steps": ["sleepy"], "sleep_ms": 1_500})).await?;
+        let (id, _) = start(&first, json!({"steps": ["gated"]})).await?;
         let one_shot = tokio::spawn({
             let first = first.clone();
             async move { first.run_until_idle().await }
         });
-        // Once the first engine is inside the step, a second one keeps trying to take it.
-        while slow.log().is_empty() {
+        cairn_testkit::eventually("the step starts", Duration::from_secs(20), || async {
             anyhow::ensure!(!one_shot.is_finished(), "the one-shot engine stopped early");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            Ok(!slow.log().is_empty())
+        })
+        .await?;
+        // The step outlasts its lease on the engines' clock; each time a third of it
+        // passes the heartbeat renews it, and another engine finds nothing to take.
         let eager = Arc::new(Scripted::default());
-        let second = Engine::new(store.clone(), vec![eager.clone()], clock, config);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !one_shot.is_finished() && tokio::time::Instant::now() < deadline {
-            second.run_until_idle().await?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = Engine::new(
+            store.clone(),
+            vec![eager.clone()],
+            clock.clone(),
+            worker("eager"),
+        );
+        for _ in 0..4 {
+            clock.advance(chrono::Duration::seconds(11));
+            let renewed_until = clock.now() + chrono::Duration::seconds(30);
+            cairn_testkit::eventually(
+                "the heartbeat renews the lease",
+                Duration::from_secs(20),
+                || async { Ok(lease_expiry(&first, id).await? == Some(renewed_until)) },
+            )
+            .await?;
+            assert_eq!(
+                second.run_until_idle().await?.runs_driven,
+                0,
+                "the run's lease still holds"
+            );
         }
+        slow.gate.send_replace(true);
         one_shot.await??;
         assert_eq!(
             run_state(&first, id).await?.run.status,
             RunStatus::Completed
         );
-        assert_eq!(slow.log(), ["perform sleepy"]);
+        assert_eq!(slow.log(), ["perform gated"]);
+        assert!(eager.log().is_empty(), "{:?}", eager.log());
+        let recorded = recorded_by(&first, id).await?;
+        let engines: Vec<&str> = recorded
+            .iter()
+            .filter(|(kind, _)| kind != "workflow.started")
+            .map(|(_, worker)| worker.as_str())
+            .collect();
         assert!(
-            eager.log().is_empty(),
-            "the other engine never took the run: {:?}",
-            eager.log()
+            !engines.is_empty() && engines.iter().all(|worker| *worker == "one-shot"),
+            "every step record is the one-shot engine's: {recorded:?}"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    an_engine_whose_lease_was_taken_mid_step_hears_so_and_the_run_goes_on,
+    |t: TestDb| async move {
+        let store = store(&t).await?;
+        // Each engine its own clock: the first one's stands still, so its heartbeat
+        // never renews; the second one's has gone past the lease.
+        let (stalled, later) = (manual_clock(), manual_clock());
+        later.advance(chrono::Duration::seconds(31));
+        let workflow = Arc::new(Scripted::default());
+        let first = Engine::new(
+            store.clone(),
+            vec![workflow.clone()],
+            stalled,
+            worker("first"),
+        );
+        let (id, _) = start(&first, json!({"steps": ["gated"]})).await?;
+        let losing = tokio::spawn({
+            let first = first.clone();
+            async move { first.run_until_idle().await }
+        });
+        let performed = |n: usize| {
+            let workflow = workflow.clone();
+            move || {
+                let workflow = workflow.clone();
+                async move { Ok(workflow.log().len() == n) }
+            }
+        };
+        cairn_testkit::eventually(
+            "the first attempt starts",
+            Duration::from_secs(20),
+            performed(1),
+        )
+        .await?;
+        let second = Engine::new(
+            store.clone(),
+            vec![workflow.clone()],
+            later,
+            worker("second"),
+        );
+        let taking = tokio::spawn({
+            let second = second.clone();
+            async move { second.run_until_idle().await }
+        });
+        // The second engine took the run and recorded its own attempt's start before
+        // either attempt ends.
+        cairn_testkit::eventually(
+            "the second attempt starts",
+            Duration::from_secs(20),
+            performed(2),
+        )
+        .await?;
+        workflow.gate.send_replace(true);
+        // The first engine's outcome is refused for the lease it lost, which is no
+        // error of its run: it lets go of the run.
+        losing.await??;
+        taking.await??;
+        let done = run_state(&second, id).await?;
+        assert_eq!(done.run.status, RunStatus::Completed);
+        assert_eq!(
+            workflow.doubts.lock().expect("doubts").clone(),
+            [
+                ("gated".to_owned(), 1, false),
+                ("gated".to_owned(), 2, true)
+            ],
+            "the second attempt knew the first may have acted"
+        );
+        let recorded = recorded_by(&second, id).await?;
+        let completed: Vec<&str> = recorded
+            .iter()
+            .filter(|(kind, _)| kind == "workflow.step_completed")
+            .map(|(_, worker)| worker.as_str())
+            .collect();
+        assert_eq!(
+            completed,
+            ["second"],
+            "one outcome, the lease holder's: {recorded:?}"
         );
         Ok(())
     }

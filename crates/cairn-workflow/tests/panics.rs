@@ -12,14 +12,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_dispatch::{EventStore, Registry};
 use cairn_log::{EventFilter, Migration, args};
-use cairn_testkit::{TestDb, backend_test};
+use cairn_testkit::{TestDb, backend_test, eventually};
 use cairn_types::{CorrelationId, WorkflowId};
 use cairn_workflow::{
-    Clock, Decision, Engine, EngineConfig, History, ManualClock, RetryPolicy, RunStatus, Start,
-    StepCall, StepContext, StepError, StepRecord, StepStatus, SystemClock, Workflow,
+    Clock, Decision, Engine, EngineConfig, History, RetryPolicy, RunStatus, Start, StepCall,
+    StepContext, StepError, StepRecord, StepStatus, SystemClock, Workflow,
 };
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+
+mod support;
+use support::{lease_expiry, manual_clock, run_state};
 
 /// A table a transactional step writes to, to show what its unit kept.
 const MARKS: &[Migration] = &[Migration {
@@ -204,15 +206,8 @@ async fn start(engine: &Engine, input: Value) -> anyhow::Result<WorkflowId> {
     Ok(id)
 }
 
-async fn state(engine: &Engine, id: WorkflowId) -> anyhow::Result<cairn_workflow::RunWithSteps> {
-    let mut reader = engine.store().db().reader().await?;
-    cairn_workflow::state::load(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no run {id}"))
-}
-
 async fn step(engine: &Engine, id: WorkflowId, name: &str) -> anyhow::Result<StepRecord> {
-    state(engine, id)
+    run_state(engine, id)
         .await?
         .steps
         .into_iter()
@@ -220,21 +215,8 @@ async fn step(engine: &Engine, id: WorkflowId, name: &str) -> anyhow::Result<Ste
         .ok_or_else(|| anyhow::anyhow!("no step {name} in run {id}"))
 }
 
-/// When the lease on a run ends, if anyone holds one.
-async fn lease_expiry(engine: &Engine, id: WorkflowId) -> anyhow::Result<Option<DateTime<Utc>>> {
-    let mut reader = engine.store().db().reader().await?;
-    let row = reader
-        .conn()
-        .fetch_optional(
-            "SELECT expires_at FROM workflow_leases WHERE run_id = $1",
-            args![id],
-        )
-        .await?;
-    Ok(row.map(|row| row.get("expires_at")).transpose()?)
-}
-
 async fn event_types(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<String>> {
-    let correlation_id = state(engine, id).await?.run.correlation_id;
+    let correlation_id = run_state(engine, id).await?.run.correlation_id;
     let filter = EventFilter {
         correlation_id: Some(correlation_id),
         ..EventFilter::default()
@@ -251,29 +233,6 @@ async fn event_types(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<Stri
         .into_iter()
         .map(|e| e.event_type.as_str().to_owned())
         .collect())
-}
-
-fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(Utc::now()))
-}
-
-/// Waits (in real time) until `check` holds.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 backend_test!(
@@ -325,7 +284,7 @@ backend_test!(
 
         clock.advance(chrono::Duration::seconds(2));
         engine.run_until_idle().await?;
-        let done = state(&engine, id).await?;
+        let done = run_state(&engine, id).await?;
         assert_eq!(done.run.status, RunStatus::Completed);
         let outside = step(&engine, id, "outside").await?;
         assert_eq!(
@@ -362,7 +321,7 @@ backend_test!(
             engine.run_until_idle().await?;
             clock.advance(chrono::Duration::seconds(10));
         }
-        let done = state(&engine, id).await?;
+        let done = run_state(&engine, id).await?;
         assert_eq!(done.run.status, RunStatus::Failed);
         assert_eq!(done.run.failure.as_deref(), Some("step outside failed"));
         let outside = step(&engine, id, "outside").await?;
@@ -404,7 +363,10 @@ backend_test!(
 
         clock.advance(chrono::Duration::seconds(1));
         engine.run_until_idle().await?;
-        assert_eq!(state(&engine, id).await?.run.status, RunStatus::Completed);
+        assert_eq!(
+            run_state(&engine, id).await?.run.status,
+            RunStatus::Completed
+        );
         let mut reader = store.db().reader().await?;
         let rows = reader
             .conn()
@@ -442,7 +404,7 @@ backend_test!(
             engine.run_until_idle().await?;
             clock.advance(chrono::Duration::seconds(10));
         }
-        let done = state(&engine, id).await?;
+        let done = run_state(&engine, id).await?;
         assert_eq!(done.run.status, RunStatus::CompensationFailed);
         let failure = done.run.failure.unwrap_or_default();
         assert!(
@@ -479,7 +441,7 @@ backend_test!(
             engine.run_until_idle().await?;
             clock.advance(chrono::Duration::seconds(10));
         }
-        let done = state(&engine, id).await?;
+        let done = run_state(&engine, id).await?;
         assert_eq!(done.run.status, RunStatus::Failed);
         let failure = done.run.failure.unwrap_or_default();
         assert!(
@@ -554,7 +516,10 @@ backend_test!(
             config("second"),
         );
         assert_eq!(second.run_until_idle().await?.runs_driven, 1);
-        assert_eq!(state(&second, id).await?.run.status, RunStatus::Completed);
+        assert_eq!(
+            run_state(&second, id).await?.run.status,
+            RunStatus::Completed
+        );
         let doubts = resumed.doubts.lock().map(|d| d.clone()).unwrap_or_default();
         assert_eq!(doubts, [("hold".to_owned(), 2, true)]);
         Ok(())
@@ -608,7 +573,7 @@ backend_test!(
             Duration::from_secs(60),
             || async {
                 for id in &doomed {
-                    if state(&engine, *id).await?.run.status != RunStatus::Failed {
+                    if run_state(&engine, *id).await?.run.status != RunStatus::Failed {
                         return Ok(false);
                     }
                 }
@@ -626,7 +591,7 @@ backend_test!(
         // Every one of those panics is behind it, and the engine still takes new work.
         let fine = start(&engine, json!({"steps": ["first", "second"]})).await?;
         eventually("a new run completes", Duration::from_secs(30), || async {
-            Ok(state(&engine, fine).await?.run.status == RunStatus::Completed)
+            Ok(run_state(&engine, fine).await?.run.status == RunStatus::Completed)
         })
         .await?;
         anyhow::ensure!(!worker.is_finished(), "the engine's loop ended");
