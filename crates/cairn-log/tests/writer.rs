@@ -177,6 +177,7 @@ backend_test!(
             let (fenced, neighbour) = tokio::join!(fenced, append_unit(&db, 1, false));
             match fenced {
                 Err(Refusal::Changed(0)) => {}
+                Err(Refusal::Database(error)) => anyhow::bail!("{mode:?}: {error}"),
                 other => anyhow::bail!("{mode:?}: the write changed no row, yet: {other:?}"),
             }
             neighbour?;
