@@ -303,7 +303,7 @@ backend_test!(
         let s = server(t).await?;
         let org_a = bootstrapped(&s, "socket").await?;
         let address = listen(s.app.clone()).await?;
-        let short = cairn_policy::mint(&admin_of(org_a), SECRET, Duration::from_secs(3))?;
+        let short = cairn_policy::mint(&admin_of(org_a), SECRET, Duration::from_secs(6))?;
         let mut request =
             format!("ws://{address}/v1/events/ws?after=0&heartbeat=1").into_client_request()?;
         request

@@ -553,17 +553,15 @@ backend_test!(
             async move { first.run_until_idle().await }
         });
         // Wait until the external step's start is recorded, then "kill" the engine.
-        for _ in 0..200 {
-            if run_state(&first, id)
-                .await?
-                .steps
-                .iter()
-                .any(|s| s.name == "slow")
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        cairn_testkit::eventually(
+            "the external step's start is recorded",
+            Duration::from_secs(20),
+            || async {
+                let state = run_state(&first, id).await?;
+                Ok(state.steps.iter().any(|s| s.name == "slow"))
+            },
+        )
+        .await?;
         crashed.abort();
         let state = run_state(&first, id).await?;
         let slow = state

@@ -647,16 +647,18 @@ backend_test!(
             .await?;
         assert_eq!(org["direct_care_settings"]["max_caseload"], json!(25));
 
-        // A session whose token expires ends with a message.
+        // A session whose token expires ends with a message. The token lives long
+        // enough for a loaded machine to sign in with it.
+        let minted = tokio::time::Instant::now();
         let short = token(
             t.url(),
-            &["--org", &org_a, "--role", "admin", "--ttl", "1s"],
+            &["--org", &org_a, "--role", "admin", "--ttl", "5s"],
         )
         .await?;
         sign_in(&browser, &server, &short).await?;
         browser.wait_for_title("Organizations").await?;
         // Past its expiry and the verifier's five seconds of leeway for clock skew.
-        tokio::time::sleep(Duration::from_secs(7)).await;
+        tokio::time::sleep_until(minted + Duration::from_secs(11)).await;
         browser
             .goto(&server.url(&format!("/console/organizations/{org_a}")))
             .await?;

@@ -17,7 +17,15 @@ use tokio::io::AsyncBufReadExt as _;
 struct Served {
     child: tokio::process::Child,
     base: String,
+    /// What the server has written to stderr, kept to explain a failure.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
     _outbox: tempfile::TempDir,
+}
+
+impl Served {
+    fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
 }
 
 async fn serve(url: &str, worker: &str) -> anyhow::Result<Served> {
@@ -74,10 +82,22 @@ async fn serve_with(
     .await
     .context("cairn serve did not listen within 30 s")??;
     // Keep reading stderr so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    tokio::spawn({
+        let log = log.clone();
+        async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        }
+    });
     Ok(Served {
         child,
         base,
+        log,
         _outbox: outbox,
     })
 }
@@ -178,8 +198,10 @@ backend_test!(
 backend_test!(
     stopping_a_server_ends_its_subscriptions_with_a_message,
     |t: TestDb| async move {
-        let mut a = serve(t.url(), "server-a").await?;
+        // A short grace, so that the wait for the exit below is well past it.
+        let mut a = serve_with(t.url(), "server-a", &[], &[("CAIRN_SHUTDOWN_GRACE", "2s")]).await?;
         let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
+        assert_exit(&token, 0);
         let token = stdout(&token).trim().to_owned();
         let mut feed = reqwest::Client::new()
             .get(format!("{}/v1/events/stream", a.base))
@@ -189,7 +211,8 @@ backend_test!(
         read_until(&mut feed, Duration::from_secs(10), |text| {
             text.contains("event: subscribed")
         })
-        .await?;
+        .await
+        .with_context(|| format!("the server said:\n{}", a.log()))?;
         let pid = a.child.id().context("a pid")?;
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -198,12 +221,18 @@ backend_test!(
         let text = read_until(&mut feed, Duration::from_secs(10), |text| {
             text.contains("server_shutdown")
         })
-        .await?;
+        .await
+        .with_context(|| format!("the server said:\n{}", a.log()))?;
         assert!(text.contains("event: end"), "{text}");
-        let status = tokio::time::timeout(Duration::from_secs(15), a.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(20), a.child.wait())
             .await
-            .context("cairn serve did not stop within 15 s of SIGTERM")??;
-        assert!(status.success(), "{status}");
+            .with_context(|| {
+                format!(
+                    "cairn serve did not stop within 20 s of SIGTERM; it said:\n{}",
+                    a.log()
+                )
+            })??;
+        assert!(status.success(), "{status}\n{}", a.log());
         Ok(())
     }
 );
