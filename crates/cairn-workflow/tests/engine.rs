@@ -18,7 +18,7 @@ use cairn_workflow::{
 use serde_json::{Value, json};
 
 mod support;
-use support::{lease_expiry, manual_clock, run_state};
+use support::{lease_expiry, manual_clock, run_events, run_state};
 
 const MIGRATIONS: &[&[Migration]] = &[cairn_dispatch::MIGRATIONS, cairn_workflow::MIGRATIONS];
 
@@ -605,18 +605,7 @@ fn worker(name: &str) -> EngineConfig {
 
 /// The workers named on the run's events, in order.
 async fn recorded_by(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<(String, String)>> {
-    let filter = EventFilter {
-        correlation_id: Some(run_state(engine, id).await?.run.correlation_id),
-        ..EventFilter::default()
-    };
-    let events = engine
-        .store()
-        .db()
-        .reader()
-        .await?
-        .conn()
-        .read_events(&filter)
-        .await?;
+    let events = run_events(engine, id).await?;
     Ok(events
         .into_iter()
         .map(|event| {

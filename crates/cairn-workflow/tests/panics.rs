@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_dispatch::{EventStore, Registry};
-use cairn_log::{EventFilter, Migration, args};
+use cairn_log::{Migration, args};
 use cairn_testkit::{TestDb, backend_test, eventually};
 use cairn_types::{CorrelationId, WorkflowId};
 use cairn_workflow::{
@@ -21,7 +21,7 @@ use cairn_workflow::{
 use serde_json::{Value, json};
 
 mod support;
-use support::{lease_expiry, manual_clock, run_state};
+use support::{lease_expiry, manual_clock, run_events, run_state};
 
 /// A table a transactional step writes to, to show what its unit kept.
 const MARKS: &[Migration] = &[Migration {
@@ -216,20 +216,8 @@ async fn step(engine: &Engine, id: WorkflowId, name: &str) -> anyhow::Result<Ste
 }
 
 async fn event_types(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<String>> {
-    let correlation_id = run_state(engine, id).await?.run.correlation_id;
-    let filter = EventFilter {
-        correlation_id: Some(correlation_id),
-        ..EventFilter::default()
-    };
-    let events = engine
-        .store()
-        .db()
-        .reader()
+    Ok(run_events(engine, id)
         .await?
-        .conn()
-        .read_events(&filter)
-        .await?;
-    Ok(events
         .into_iter()
         .map(|e| e.event_type.as_str().to_owned())
         .collect())

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cairn_log::args;
+use cairn_log::{EventFilter, RecordedEvent, args};
 use cairn_types::WorkflowId;
 use cairn_workflow::{Engine, ManualClock, RunWithSteps};
 use chrono::{DateTime, Utc};
@@ -14,6 +14,16 @@ pub async fn run_state(engine: &Engine, id: WorkflowId) -> anyhow::Result<RunWit
     cairn_workflow::state::load(&mut reader.conn(), id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no run {id}"))
+}
+
+/// The events of a run's request, in the order of the log.
+pub async fn run_events(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<RecordedEvent>> {
+    let filter = EventFilter {
+        correlation_id: Some(run_state(engine, id).await?.run.correlation_id),
+        ..EventFilter::default()
+    };
+    let mut reader = engine.store().db().reader().await?;
+    Ok(reader.conn().read_events(&filter).await?)
 }
 
 /// When the lease on a run ends, if anyone holds one.
