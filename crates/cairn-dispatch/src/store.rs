@@ -365,16 +365,11 @@ impl EventStore {
             }
         }
         for event_id in again {
-            let mut pause = std::time::Duration::from_millis(20);
-            let mut tries = 1;
+            let mut retry = cairn_log::PassingRetry::default();
             let result = loop {
                 match self.retry(event_id).await {
-                    Err(RetryError::Database(error))
-                        if error.is_passing() && tries < PASSING_TRIES =>
-                    {
-                        tokio::time::sleep(pause).await;
-                        pause *= 4;
-                        tries += 1;
+                    Err(RetryError::Database(error)) if error.is_passing() && retry.remains() => {
+                        retry.pause().await;
                     }
                     result => break result,
                 }
@@ -385,10 +380,6 @@ impl EventStore {
         Ok(report)
     }
 }
-
-/// How many times a retry that meets a conflicting write or a lost connection is
-/// run, one at a time, before the bulk retry gives up with that error.
-const PASSING_TRIES: u32 = 5;
 
 impl RetryReport {
     /// Counts one retry's result; an error other than "not failed any more" is the

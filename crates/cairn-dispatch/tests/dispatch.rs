@@ -519,20 +519,28 @@ backend_test!(
     }
 );
 
+/// A store whose widget router has no handlers, and `n` widget events appended
+/// through it: each failed for want of a handler, to be retried by a store that has
+/// them.
+async fn unhandled_widgets(t: &TestDb, n: usize) -> anyhow::Result<EventStore> {
+    let empty = Registry::builder().router("widget", |r| r).build()?;
+    let store = store(t, empty).await?;
+    for n in 0..n {
+        store
+            .append(append_to(
+                "widget",
+                StreamId::new_v7(),
+                vec![event("widget.created", json!({"name": format!("w{n}")}))],
+            ))
+            .await?;
+    }
+    Ok(store)
+}
+
 backend_test!(
     retry_all_failed_by_code_or_stream_type,
     |t: TestDb| async move {
-        let empty = Registry::builder().router("widget", |r| r).build()?;
-        let before = store(&t, empty).await?;
-        for n in 0..3 {
-            before
-                .append(append_to(
-                    "widget",
-                    StreamId::new_v7(),
-                    vec![event("widget.created", json!({"name": format!("w{n}")}))],
-                ))
-                .await?;
-        }
+        let before = unhandled_widgets(&t, 3).await?;
         before
             .append(append_to(
                 "test",
@@ -895,17 +903,7 @@ async fn a_bulk_retry_tries_again_an_event_that_met_a_conflict() -> cairn_testki
         Backend::Postgres,
         "dispatch::a_bulk_retry_tries_again_an_event_that_met_a_conflict",
         |t: TestDb| async move {
-            let empty = Registry::builder().router("widget", |r| r).build()?;
-            let before = store(&t, empty).await?;
-            for n in 0..3 {
-                before
-                    .append(append_to(
-                        "widget",
-                        StreamId::new_v7(),
-                        vec![event("widget.created", json!({"name": format!("w{n}")}))],
-                    ))
-                    .await?;
-            }
+            unhandled_widgets(&t, 3).await?;
             assert_eq!(failed_count(&t).await?, 3);
             t.conflict_on("widgets", "INSERT OR UPDATE", "true", 2)
                 .await?;

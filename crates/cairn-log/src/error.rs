@@ -294,3 +294,43 @@ mod tests {
         );
     }
 }
+
+/// How work the database refused for a passing reason ([`DbError::is_passing`]) is
+/// tried again: five tries in all, the second after 20 ms and each next one after a
+/// pause four times longer (about 1.7 s in all).
+#[derive(Debug)]
+pub struct PassingRetry {
+    tries: u32,
+    pause: std::time::Duration,
+}
+
+impl Default for PassingRetry {
+    fn default() -> Self {
+        Self {
+            tries: 1,
+            pause: std::time::Duration::from_millis(20),
+        }
+    }
+}
+
+impl PassingRetry {
+    /// Tries in all, the first included.
+    pub const TRIES: u32 = 5;
+
+    /// Which try failed last (1 for the first).
+    pub fn tries(&self) -> u32 {
+        self.tries
+    }
+
+    /// Whether a try is left.
+    pub fn remains(&self) -> bool {
+        self.tries < Self::TRIES
+    }
+
+    /// Pauses before the next try, and counts it.
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause *= 4;
+        self.tries += 1;
+    }
+}

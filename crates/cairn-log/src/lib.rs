@@ -37,7 +37,7 @@ pub use db::{
     ConnectError, Db, DbOptions, NOTIFY_CHANNEL, Reader, Session, Snapshot, TENANT_READER_ROLE,
     Tenancy, WriterPause,
 };
-pub use error::{DbError, DbErrorKind};
+pub use error::{DbError, DbErrorKind, PassingRetry};
 pub use event::{
     AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent,

@@ -56,10 +56,6 @@ pub enum EngineError {
     LeaseLost { run_id: WorkflowId },
 }
 
-/// How many times the outcome of a step that acted outside the database is written
-/// before the run is let go.
-const OUTCOME_TRIES: u32 = 5;
-
 impl EngineError {
     /// Whether the database refused for a reason that passes (a conflicting write, a
     /// lost connection, a full queue): trying again may work. (After a lost connection
@@ -589,15 +585,12 @@ impl Engine {
         event: &RunEvent,
         priority: cairn_log::Priority,
     ) -> Result<(), EngineError> {
-        let mut pause = Duration::from_millis(20);
-        let mut tries = 1;
+        let mut retry = cairn_log::PassingRetry::default();
         loop {
             match self.record(lease, run, event, priority).await {
-                Err(error) if tries < OUTCOME_TRIES && error.is_passing() => {
-                    tracing::warn!(run_id = %run.id, attempt = tries, error = %cairn_types::error_chain(&error), "could not record a step's outcome; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 4;
-                    tries += 1;
+                Err(error) if error.is_passing() && retry.remains() => {
+                    tracing::warn!(run_id = %run.id, attempt = retry.tries(), error = %cairn_types::error_chain(&error), "could not record a step's outcome; trying again");
+                    retry.pause().await;
                 }
                 done => return done,
             }
