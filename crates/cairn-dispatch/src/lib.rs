@@ -23,10 +23,12 @@
 //! [`Outcome`]: cairn_log::Outcome
 
 mod dispatcher;
+pub mod operations;
 mod projections;
 mod registry;
 mod replay;
 mod safety_net;
+mod sequence;
 mod spec;
 mod store;
 mod views;
@@ -43,5 +45,9 @@ pub use replay::{
 };
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
 pub use spec::{EventPayload, EventSpec};
-pub use store::{Appended, Dispatched, EventStore, RetryError, RetryReport, RetrySelection};
+pub use operations::{HandlerRoute, PausedRoutes, RoutePause};
+pub use store::{
+    Appended, ControlError, Dispatched, EventStore, Operator, Resumed, RetryError, RetryReport,
+    RetrySelection,
+};
 pub use views::{ReadFuture, TypedView, View};

@@ -94,11 +94,19 @@ impl std::fmt::Debug for Route {
 #[derive(Clone, Default)]
 pub struct Router {
     handlers: BTreeMap<EventType, Arc<dyn Handler>>,
+    /// Whether a failed event holds its stream: the stream's later events are stored
+    /// but not applied until it is retried or skipped.
+    holds: bool,
+    /// Why this route may not be paused, if it may not.
+    not_pausable: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.handlers.keys()).finish()
+        f.debug_struct("Router")
+            .field("event_types", &self.handlers.keys().collect::<Vec<_>>())
+            .field("holds", &self.holds)
+            .finish()
     }
 }
 
@@ -111,6 +119,16 @@ impl Router {
     /// The event types this router handles.
     pub fn event_types(&self) -> impl Iterator<Item = &EventType> {
         self.handlers.keys()
+    }
+
+    /// Whether a failed event holds its stream (see [`RouterBuilder::hold_streams`]).
+    pub fn holds(&self) -> bool {
+        self.holds
+    }
+
+    /// Why the route may not be paused, if it may not.
+    pub fn not_pausable(&self) -> Option<&'static str> {
+        self.not_pausable
     }
 }
 
@@ -165,9 +183,10 @@ pub const ADMIN_STREAM_TYPES: [(&str, &str); 3] = [
 ];
 
 impl Registry {
-    /// A registry builder.
+    /// A registry builder, with the router of the operators' decisions (`dispatch`)
+    /// that every registry has.
     pub fn builder() -> RegistryBuilder {
-        RegistryBuilder::default()
+        crate::operations::routes(RegistryBuilder::default())
     }
 
     /// The route for a stream type.
@@ -178,6 +197,46 @@ impl Registry {
     /// Every route, by stream type.
     pub fn routes(&self) -> impl Iterator<Item = (&StreamType, &Route)> {
         self.routes.iter()
+    }
+
+    /// Whether a failure of this event holds its stream.
+    pub fn holds(&self, event: &RecordedEvent) -> bool {
+        matches!(self.route(&event.stream_type), Some(Route::Router(router)) if router.holds)
+    }
+
+    /// Whether a handler route exists and may be paused; the error says why not.
+    pub fn check_pausable(&self, route: &crate::HandlerRoute) -> Result<(), String> {
+        let router = match self.route(&route.stream_type) {
+            None => {
+                return Err(format!(
+                    "there is no handler route for stream type {:?}",
+                    route.stream_type.as_str()
+                ));
+            }
+            Some(Route::NoOp { reason }) => {
+                return Err(format!(
+                    "stream type {:?} has no handlers to pause ({reason})",
+                    route.stream_type.as_str()
+                ));
+            }
+            Some(Route::Router(router)) => router,
+        };
+        if let Some(why) = router.not_pausable {
+            return Err(format!(
+                "the handlers of stream type {:?} cannot be paused: {why}",
+                route.stream_type.as_str()
+            ));
+        }
+        if let Some(event_type) = &route.event_type
+            && router.handler(event_type).is_none()
+        {
+            return Err(format!(
+                "stream type {:?} has no handler for event type {:?}",
+                route.stream_type.as_str(),
+                event_type.as_str()
+            ));
+        }
+        Ok(())
     }
 
     /// The projection tables, in registration order.
@@ -253,6 +312,23 @@ impl RouterBuilder {
                 self.on(P::EVENT_TYPE, handler)
             }
         }
+    }
+
+    /// Holds a stream when one of its events fails: its later events are stored but
+    /// not applied (their outcome says which event they wait behind) until the failed
+    /// one is retried or skipped, and then apply in position order. For streams whose
+    /// events mean something only in order (a state machine, a value replaced by each
+    /// event), so that a late retry never applies an older event over newer ones.
+    pub fn hold_streams(mut self) -> Self {
+        self.router.holds = true;
+        self
+    }
+
+    /// Refuses pauses of this route, saying why (the workflow engine's own records,
+    /// which a pause would strand).
+    pub fn not_pausable(mut self, why: &'static str) -> Self {
+        self.router.not_pausable = Some(why);
+        self
     }
 
     /// Routes `event_type` to `handler`.

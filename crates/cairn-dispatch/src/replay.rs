@@ -8,14 +8,22 @@
 //! instead compares the shadow copies with the live tables row by row, in one snapshot.
 //! A row that differs is a projection changed without an event: a dual write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use cairn_log::db::quote_ident;
-use cairn_log::{Backend, Conn, EventFilter, Outcome, ReadError, RecordedEvent, Session, args};
-use cairn_types::{EventId, EventType, Position};
+use cairn_log::{
+    Backend, Conn, EventFilter, HoldCause, Outcome, ReadError, RecordedEvent, Session,
+    StreamHold, args,
+};
+use cairn_types::{EventId, EventType, Position, StreamId};
+
+use crate::dispatcher::Dispatcher;
+use crate::operations::{HandlerRoute, PausedRoutes};
+use crate::sequence::Ledger;
 
 use crate::registry::ProjectionTable;
 use crate::store::EventStore;
@@ -72,6 +80,8 @@ pub struct ReplayReport {
     pub n_applied: u64,
     pub n_skipped: u64,
     pub n_failed: u64,
+    /// Events stored and held behind an earlier event of their stream.
+    pub n_held: u64,
     /// Events whose recorded outcome changed (and was recorded anew).
     pub changed: Vec<OutcomeChange>,
 }
@@ -148,7 +158,9 @@ const BATCH: u32 = 5_000;
 fn same_outcome(stored: Option<&Outcome>, now: &Outcome) -> bool {
     match (stored, now) {
         (Some(Outcome::Failed(a)), Outcome::Failed(b)) => a == b,
-        (Some(Outcome::Failed(_)), _) | (_, Outcome::Failed(_)) => false,
+        (Some(Outcome::Held { behind: a }), Outcome::Held { behind: b }) => a == b,
+        (Some(Outcome::Failed(_) | Outcome::Held { .. }), _)
+        | (_, Outcome::Failed(_) | Outcome::Held { .. }) => false,
         (Some(_), _) => true,
         (None, _) => false,
     }
@@ -165,16 +177,205 @@ fn change(event: &RecordedEvent, now: &Outcome) -> Option<OutcomeChange> {
     })
 }
 
+/// An event that failed or was held when its turn came: a later record (a retry, a
+/// skip, a release) may change its outcome, so it is compared with the stored one at
+/// the end.
+#[derive(Clone)]
+struct Unsettled {
+    /// The event as stored (with its stored outcome).
+    event: RecordedEvent,
+    now: Outcome,
+}
+
 /// Where a rebuild stands: the last event dispatched into the shadow copies, what
-/// happened to the events, and the outcomes that changed.
+/// happened to the events, the holds and pauses of the log so far, and the outcomes
+/// that changed.
 #[derive(Default, Clone)]
 struct Rebuild {
     after: Position,
     n_events: u64,
     n_applied: u64,
     n_skipped: u64,
-    n_failed: u64,
+    /// Applied or skipped at their turn, with another outcome stored.
     changed: Vec<(RecordedEvent, Outcome)>,
+    unsettled: BTreeMap<Position, Unsettled>,
+    holds: HashMap<StreamId, StreamHold>,
+    /// The paused routes, once read from the rebuilt copy; `None` after a change.
+    paused: Option<Arc<PausedRoutes>>,
+}
+
+impl Rebuild {
+    /// Every event whose outcome now differs from the stored one, in position order.
+    fn changes(&self) -> Vec<(RecordedEvent, Outcome)> {
+        let mut changes: Vec<(RecordedEvent, Outcome)> = self
+            .changed
+            .iter()
+            .cloned()
+            .chain(
+                self.unsettled
+                    .values()
+                    .filter(|u| change(&u.event, &u.now).is_some())
+                    .map(|u| (u.event.clone(), u.now.clone())),
+            )
+            .collect();
+        changes.sort_by_key(|(event, _)| event.position);
+        changes
+    }
+
+    /// How many events end with each outcome: (applied, skipped, failed, held).
+    fn counts(&self) -> (u64, u64, u64, u64) {
+        let (mut applied, mut skipped, mut failed, mut held) =
+            (self.n_applied, self.n_skipped, 0, 0);
+        for unsettled in self.unsettled.values() {
+            match unsettled.now {
+                Outcome::Applied => applied += 1,
+                Outcome::Skipped => skipped += 1,
+                Outcome::Failed(_) => failed += 1,
+                Outcome::Held { .. } => held += 1,
+            }
+        }
+        (applied, skipped, failed, held)
+    }
+
+    /// A stored event with the outcome the rebuild has for it now.
+    fn current(&self, mut event: RecordedEvent) -> RecordedEvent {
+        let at = event.processed_at.unwrap_or(event.created_at);
+        match self.unsettled.get(&event.position) {
+            Some(unsettled) => event.set_outcome(&unsettled.now, at),
+            None => event.set_outcome(&Outcome::Applied, at),
+        }
+        event
+    }
+}
+
+/// A replay's rebuild as the sequence's ledger: handlers write the shadow copies on
+/// the replay's session, and outcomes are kept in memory.
+struct ReplayLedger<'a, 'c> {
+    conn: &'a mut Conn<'c>,
+    rebuild: &'a mut Rebuild,
+    isolate: bool,
+    dispatch_twice: bool,
+    /// A handler failed without a savepoint: the batch must run again with them.
+    rerun: bool,
+}
+
+#[async_trait::async_trait]
+impl Ledger for ReplayLedger<'_, '_> {
+    async fn dispatch(
+        &mut self,
+        dispatcher: &Dispatcher,
+        event: &RecordedEvent,
+    ) -> Result<Outcome, ReadError> {
+        let mut outcome = dispatcher.dispatch(self.conn, event, self.isolate).await?;
+        if self.dispatch_twice && outcome == Outcome::Applied {
+            outcome = dispatcher.dispatch(self.conn, event, self.isolate).await?;
+        }
+        if !self.isolate && outcome.error().is_some() {
+            self.rerun = true;
+            return Err(ReadError::Database(cairn_log::DbError::decode(
+                "(replay)",
+                "a handler failed without a savepoint; the batch runs again with them",
+            )));
+        }
+        Ok(outcome)
+    }
+
+    async fn hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, ReadError> {
+        Ok(self.rebuild.holds.get(&stream_id).copied())
+    }
+
+    async fn set_hold(
+        &mut self,
+        behind: &RecordedEvent,
+        cause: HoldCause,
+    ) -> Result<(), ReadError> {
+        self.conn.write_hold(behind, Some(cause)).await?;
+        self.rebuild.holds.insert(
+            behind.stream_id,
+            StreamHold {
+                behind: behind.position,
+                cause,
+            },
+        );
+        Ok(())
+    }
+
+    async fn lift_hold(&mut self, event: &RecordedEvent) -> Result<(), ReadError> {
+        if self.rebuild.holds.remove(&event.stream_id).is_some() {
+            self.conn.write_hold(event, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn paused_routes(&mut self) -> Result<Arc<PausedRoutes>, ReadError> {
+        if let Some(paused) = &self.rebuild.paused {
+            return Ok(paused.clone());
+        }
+        let paused = Arc::new(PausedRoutes::load(self.conn).await?);
+        self.rebuild.paused = Some(paused.clone());
+        Ok(paused)
+    }
+
+    async fn routes_changed(&mut self, _record: &RecordedEvent) -> Result<(), ReadError> {
+        self.rebuild.paused = None;
+        Ok(())
+    }
+
+    async fn stored(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError> {
+        let event = self.conn.event_at(position).await?;
+        Ok(event.map(|event| self.rebuild.current(event)))
+    }
+
+    async fn stream_events(
+        &mut self,
+        stream_id: StreamId,
+        after: Position,
+        before: Position,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        let mut filter = EventFilter {
+            after,
+            before: Some(before),
+            stream_id: Some(stream_id),
+            ..EventFilter::default()
+        };
+        loop {
+            let page = self.conn.read_events(&filter).await?;
+            let Some(last) = page.last() else { break };
+            filter.after = last.position;
+            events.extend(page.into_iter().map(|event| self.rebuild.current(event)));
+        }
+        Ok(events)
+    }
+
+    async fn set_outcome(
+        &mut self,
+        event: &RecordedEvent,
+        outcome: &Outcome,
+    ) -> Result<(), ReadError> {
+        match self.rebuild.unsettled.get_mut(&event.position) {
+            Some(unsettled) => unsettled.now = outcome.clone(),
+            None => {
+                // Only events that failed or were held at their turn change later;
+                // read the stored one to compare with all the same.
+                let stored = self.conn.event_at(event.position).await?;
+                if let Some(stored) = stored {
+                    self.rebuild.unsettled.insert(
+                        event.position,
+                        Unsettled {
+                            event: stored,
+                            now: outcome.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn held_by_pause(&mut self, route: &HandlerRoute) -> Result<Vec<Position>, ReadError> {
+        Ok(crate::store::held_by_pause(self.conn, route).await?)
+    }
 }
 
 async fn live_schema(conn: &mut Conn<'_>) -> Result<String, ReplayError> {
@@ -212,20 +413,41 @@ impl EventStore {
         };
         let events = conn.read_events(&filter).await?;
         for event in &events {
-            let mut outcome = self.dispatcher().dispatch(conn, event, isolate).await?;
-            if dispatch_twice && outcome == Outcome::Applied {
-                outcome = self.dispatcher().dispatch(conn, event, isolate).await?;
-            }
-            if !isolate && outcome.error().is_some() {
+            let mut ledger = ReplayLedger {
+                conn: &mut *conn,
+                rebuild: &mut *rebuild,
+                isolate,
+                dispatch_twice,
+                rerun: false,
+            };
+            let processed = crate::sequence::process(self.dispatcher(), &mut ledger, event).await;
+            if ledger.rerun {
                 return Ok(None);
             }
+            let outcome = processed.map_err(|error| match error {
+                ReadError::Database(error) => ReplayError::Database(error),
+                other => ReplayError::Read(other),
+            })?;
             match &outcome {
-                Outcome::Applied => rebuild.n_applied += 1,
-                Outcome::Skipped => rebuild.n_skipped += 1,
-                Outcome::Failed(_) => rebuild.n_failed += 1,
-            }
-            if change(event, &outcome).is_some() {
-                rebuild.changed.push((event.clone(), outcome));
+                Outcome::Applied | Outcome::Skipped => {
+                    if matches!(outcome, Outcome::Applied) {
+                        rebuild.n_applied += 1;
+                    } else {
+                        rebuild.n_skipped += 1;
+                    }
+                    if change(event, &outcome).is_some() {
+                        rebuild.changed.push((event.clone(), outcome));
+                    }
+                }
+                Outcome::Failed(_) | Outcome::Held { .. } => {
+                    rebuild.unsettled.insert(
+                        event.position,
+                        Unsettled {
+                            event: event.clone(),
+                            now: outcome,
+                        },
+                    );
+                }
             }
             rebuild.n_events += 1;
             rebuild.after = event.position;
@@ -374,14 +596,16 @@ impl EventStore {
             conn.execute(cairn_log::Sql::built(sql), args![]).await?;
         }
         let processed_at = cairn_types::now_micros();
+        let (n_applied, n_skipped, n_failed, n_held) = rebuild.counts();
         let mut report = ReplayReport {
             n_events: rebuild.n_events,
-            n_applied: rebuild.n_applied,
-            n_skipped: rebuild.n_skipped,
-            n_failed: rebuild.n_failed,
+            n_applied,
+            n_skipped,
+            n_failed,
+            n_held,
             changed: Vec::new(),
         };
-        for (event, outcome) in &rebuild.changed {
+        for (event, outcome) in &rebuild.changes() {
             // The stored outcome may have moved since the batch read it (a retry).
             let Some(current) = conn.event_at(event.position).await? else {
                 continue;
@@ -422,7 +646,7 @@ impl EventStore {
             n_events: rebuild.n_events,
             ..VerifyReport::default()
         };
-        for (event, outcome) in &rebuild.changed {
+        for (event, outcome) in &rebuild.changes() {
             if let Some(changed) = change(event, outcome) {
                 report.outcome_changes.push(changed);
             }

@@ -10,11 +10,18 @@ use cairn_types::CorrelationId;
 use crate::projections::Projections;
 
 /// The dispatcher's own tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "dispatch/0001_safety_net_writes",
-    sqlite: include_str!("schema/sqlite/0001_safety_net.sql"),
-    postgres: include_str!("schema/postgres/0001_safety_net.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "dispatch/0001_safety_net_writes",
+        sqlite: include_str!("schema/sqlite/0001_safety_net.sql"),
+        postgres: include_str!("schema/postgres/0001_safety_net.sql"),
+    },
+    Migration {
+        id: "dispatch/0002_paused_routes",
+        sqlite: include_str!("schema/sqlite/0002_paused_routes.sql"),
+        postgres: include_str!("schema/postgres/0002_paused_routes.sql"),
+    },
+];
 
 /// Why a safety-net write is being made, recorded with it.
 #[derive(Debug, Clone, Serialize)]

@@ -148,6 +148,13 @@ async fn store(t: &TestDb, registry: Registry) -> anyhow::Result<EventStore> {
     Ok(EventStore::new(t.db().clone(), registry))
 }
 
+fn operator() -> cairn_dispatch::Operator {
+    cairn_dispatch::Operator {
+        actor: cairn_types::Actor::Service("test-operator".to_owned()),
+        correlation_id: cairn_types::CorrelationId::new_v7(),
+    }
+}
+
 fn event(event_type: &str, data: Value) -> NewEvent {
     NewEvent::new(
         EventType::parse(event_type).expect("valid name"),
@@ -484,7 +491,7 @@ backend_test!(
         assert_eq!(widget(&t, id).await?, None);
 
         // Retrying without a handler fails again, and says so.
-        let again = before.retry(event_id).await?;
+        let again = before.retry(event_id, &operator()).await?;
         assert_failed(
             &again.outcome,
             ErrorCode::UnknownEventType,
@@ -493,7 +500,7 @@ backend_test!(
         assert_eq!(failed_count(&t).await?, 1);
 
         let after = EventStore::new(t.db().clone(), registry());
-        let fixed = after.retry(event_id).await?;
+        let fixed = after.retry(event_id, &operator()).await?;
         assert_eq!(fixed.outcome, Outcome::Applied);
         assert!(fixed.event.processing_error.is_none());
         assert_eq!(widget(&t, id).await?, Some(("flange".into(), None, 1)));
@@ -508,10 +515,10 @@ backend_test!(
             .expect("stored");
         assert!(stored.processing_error.is_none() && stored.processed_at.is_some());
 
-        let err = after.retry(event_id).await.expect_err("no longer failed");
+        let err = after.retry(event_id, &operator()).await.expect_err("no longer failed");
         assert!(matches!(err, RetryError::NotFailed { .. }), "{err:?}");
         let err = after
-            .retry(cairn_types::EventId::new_v7())
+            .retry(cairn_types::EventId::new_v7(), &operator())
             .await
             .expect_err("no such event");
         assert!(matches!(err, RetryError::NotFound { .. }), "{err:?}");
@@ -555,7 +562,7 @@ backend_test!(
             code: Some(ErrorCode::UnknownStreamType),
             ..RetrySelection::default()
         };
-        let report = after.retry_failed(&only_p9002, &mut |_, _| {}).await?;
+        let report = after.retry_failed(&only_p9002, &operator(), &mut |_, _| {}).await?;
         assert_eq!(
             (report.n_retried, report.n_fixed),
             (1, 1),
@@ -569,7 +576,7 @@ backend_test!(
             ..RetrySelection::default()
         };
         let report = after
-            .retry_failed(&widgets, &mut |done, total| progress.push((done, total)))
+            .retry_failed(&widgets, &operator(), &mut |done, total| progress.push((done, total)))
             .await?;
         assert_eq!((report.n_retried, report.n_fixed), (3, 3));
         assert_eq!(progress.last(), Some(&(3, 3)));
@@ -612,10 +619,12 @@ backend_test!(
             .await?;
         assert!(clean.is_clean(), "{:?}", clean.drift);
         assert_eq!(clean.n_events, 3);
-        assert_eq!(
-            (clean.tables[0].live_rows, clean.tables[0].rebuilt_rows),
-            (3, 3)
-        );
+        let widgets = clean
+            .tables
+            .iter()
+            .find(|table| table.table == "widgets")
+            .expect("the widgets table is verified");
+        assert_eq!((widgets.live_rows, widgets.rebuilt_rows), (3, 3));
 
         dual_write(
             &t,
@@ -910,7 +919,7 @@ async fn a_bulk_retry_tries_again_an_event_that_met_a_conflict() -> cairn_testki
 
             let after = EventStore::new(t.db().clone(), registry());
             let report = after
-                .retry_failed(&RetrySelection::default(), &mut |_, _| {})
+                .retry_failed(&RetrySelection::default(), &operator(), &mut |_, _| {})
                 .await?;
             assert_eq!((report.n_retried, report.n_fixed), (3, 3));
             assert_eq!(failed_count(&t).await?, 0);

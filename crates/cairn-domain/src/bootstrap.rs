@@ -72,6 +72,8 @@ impl BootstrapPlan {
 pub struct Bootstrap {
     pub mailer: Arc<dyn Mailer>,
     pub tokens: TokenKey,
+    /// How its sends are retried (see [`mailing::mail_retry`]).
+    pub mail_retry: cairn_workflow::RetryPolicy,
 }
 
 fn plan(input: &Value) -> Result<BootstrapPlan, String> {
@@ -117,7 +119,7 @@ impl Workflow for Bootstrap {
             let send = format!("send_invitation:{}", mailing.email);
             let record = format!("record_invitation:{}", mailing.email);
             match history.result(&send) {
-                None => steps.push(StepCall::new(send).external().retry(mailing::mail_retry())),
+                None => steps.push(StepCall::new(send).external().retry(self.mail_retry)),
                 Some(sent) => steps.push(StepCall::new(record).args(sent.clone()).compensable()),
             }
             if !history.completed(&format!("record_invitation:{}", mailing.email)) {

@@ -275,6 +275,9 @@ pub struct DomainConfig {
     pub invitation_ttl: Duration,
     /// The page invitation links point at; the token is added as `?token=`.
     pub accept_url: String,
+    /// How long a send keeps being retried while the mail server refuses for now
+    /// (a 4xx reply, a refused connection) before its run pauses.
+    pub mail_retry_for: std::time::Duration,
 }
 
 impl Default for DomainConfig {
@@ -282,6 +285,7 @@ impl Default for DomainConfig {
         Self {
             invitation_ttl: Duration::days(7),
             accept_url: "http://127.0.0.1:8080/v1/invitations/accept".to_owned(),
+            mail_retry_for: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -419,13 +423,23 @@ pub(crate) trait Command: Send + Sync + 'static {
 
 impl Domain {
     /// The workflows this domain runs.
-    pub fn workflows(mailer: Arc<dyn Mailer>, tokens: TokenKey) -> Vec<Arc<dyn Workflow>> {
+    pub fn workflows(
+        mailer: Arc<dyn Mailer>,
+        tokens: TokenKey,
+        config: &DomainConfig,
+    ) -> Vec<Arc<dyn Workflow>> {
+        let mail_retry = crate::mailing::mail_retry(config.mail_retry_for);
         vec![
             Arc::new(Bootstrap {
                 mailer: mailer.clone(),
                 tokens: tokens.clone(),
+                mail_retry,
             }),
-            Arc::new(Delivery { mailer, tokens }),
+            Arc::new(Delivery {
+                mailer,
+                tokens,
+                mail_retry,
+            }),
             Arc::new(Expiry),
             Arc::new(crate::probe::Echo),
         ]
@@ -443,7 +457,7 @@ impl Domain {
         let tokens = TokenKey::load_or_create(store.db()).await?;
         let engine = Engine::new(
             store.clone(),
-            Self::workflows(mailer, tokens),
+            Self::workflows(mailer, tokens, &config),
             clock,
             engine_config,
         );

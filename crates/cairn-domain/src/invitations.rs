@@ -24,6 +24,8 @@ pub const DELIVERY_WORKFLOW: &str = "invitation_delivery";
 pub struct Delivery {
     pub mailer: Arc<dyn Mailer>,
     pub tokens: TokenKey,
+    /// How its send is retried (see [`mailing::mail_retry`]).
+    pub mail_retry: cairn_workflow::RetryPolicy,
 }
 
 fn mailing(input: &Value) -> Result<Mailing, String> {
@@ -50,7 +52,7 @@ impl Workflow for Delivery {
             return Ok(Decision::Run(
                 StepCall::new("send")
                     .external()
-                    .retry(mailing::mail_retry()),
+                    .retry(self.mail_retry),
             ));
         };
         match history.result("record") {

@@ -12,7 +12,7 @@ use cairn_dispatch::EventPayload;
 use cairn_log::{AppendRequest, Expected};
 use cairn_mail::{Mailer, OutboundMessage};
 use cairn_types::{InvitationId, OrgId, StreamType, UserId};
-use cairn_workflow::{RetryPolicy, StepContext, StepError};
+use cairn_workflow::{Exhaustion, RetryPolicy, StepContext, StepError};
 
 use crate::events::{InvitationResent, InvitationSent, stream};
 use crate::model::{Email, Name, Role};
@@ -21,15 +21,23 @@ use crate::tokens::{TokenKey, token_hash};
 /// The kind of the workflow that expires an invitation.
 pub const EXPIRY_WORKFLOW: &str = "invitation_expiry";
 
-/// How mail steps are retried: a refused connection or a 4xx reply is tried again
-/// with growing waits; a 5xx reply fails the step at once.
-pub fn mail_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 5,
-        initial: Duration::from_secs(2),
-        factor: 2.0,
-        max: Duration::from_secs(60),
-    }
+/// The longest wait between two tries of a send: once the mail server is back, every
+/// waiting send goes out within it (and its run finishes within a minute).
+pub const MAIL_RETRY_MAX_WAIT: Duration = Duration::from_secs(45);
+
+/// How mail steps are retried: a refused connection, a timeout or a 4xx reply (the
+/// server says "not now") is tried again with growing waits (2 s, 4 s, … up to
+/// [`MAIL_RETRY_MAX_WAIT`]) for at least `window`; then the run pauses, keeping what it
+/// did, for an operator to resume once mail flows again. A 5xx reply (the server says
+/// "never") fails the step at once, and its run compensates.
+pub fn mail_retry(window: Duration) -> RetryPolicy {
+    RetryPolicy::for_window(
+        Duration::from_secs(2),
+        2.0,
+        MAIL_RETRY_MAX_WAIT,
+        window,
+        Exhaustion::Pause,
+    )
 }
 
 /// Everything needed to send one invitation email.

@@ -432,6 +432,14 @@ pub fn token_problem(error: TokenError) -> Problem {
 }
 
 impl Ctx {
+    /// Who makes an operator's decision in this request, for the record.
+    pub fn operator(&self) -> cairn_dispatch::Operator {
+        cairn_dispatch::Operator {
+            actor: self.principal.actor(),
+            correlation_id: self.correlation_id,
+        }
+    }
+
     /// The domain's command context for this request.
     pub fn command(&self) -> cairn_domain::CommandContext {
         cairn_domain::CommandContext {

@@ -76,6 +76,13 @@ pub enum ProblemCode {
     Conflict,
     /// 409: the idempotency key was used before with a different request.
     IdempotencyKeyReused,
+    /// 409: the events would be held, not applied: their stream waits behind an
+    /// earlier event that failed (retry or skip it first). For a retry or a skip, the
+    /// event named waits behind another one, which the detail names.
+    Held,
+    /// 409: a handler route or a workflow is paused by an operator (the detail says
+    /// who, since when and why); try again once it is resumed.
+    Paused,
     /// 400: the body could not be read (a malformed chunked encoding, or the client
     /// hung up mid-body).
     UnreadableBody,
@@ -99,7 +106,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 22] = [
+    pub const ALL: [ProblemCode; 24] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -113,6 +120,8 @@ impl ProblemCode {
         ProblemCode::RequestTimeout,
         ProblemCode::Conflict,
         ProblemCode::IdempotencyKeyReused,
+        ProblemCode::Held,
+        ProblemCode::Paused,
         ProblemCode::UnreadableBody,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -139,6 +148,8 @@ impl ProblemCode {
             ProblemCode::RequestTimeout => "request_timeout",
             ProblemCode::Conflict => "conflict",
             ProblemCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ProblemCode::Held => "held",
+            ProblemCode::Paused => "paused",
             ProblemCode::UnreadableBody => "unreadable_body",
             ProblemCode::PayloadTooLarge => "payload_too_large",
             ProblemCode::UnsupportedMediaType => "unsupported_media_type",
@@ -165,7 +176,10 @@ impl ProblemCode {
             ProblemCode::NotFound => StatusCode::NOT_FOUND,
             ProblemCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProblemCode::Conflict | ProblemCode::IdempotencyKeyReused => StatusCode::CONFLICT,
+            ProblemCode::Conflict
+            | ProblemCode::IdempotencyKeyReused
+            | ProblemCode::Held
+            | ProblemCode::Paused => StatusCode::CONFLICT,
             ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
@@ -191,6 +205,8 @@ impl ProblemCode {
             ProblemCode::RequestTimeout => "Request timeout",
             ProblemCode::Conflict => "Conflict with the current state",
             ProblemCode::IdempotencyKeyReused => "Idempotency key reused",
+            ProblemCode::Held => "Held behind an earlier event",
+            ProblemCode::Paused => "Paused by an operator",
             ProblemCode::UnreadableBody => "The body could not be read",
             ProblemCode::PayloadTooLarge => "Payload too large",
             ProblemCode::UnsupportedMediaType => "Unsupported media type",

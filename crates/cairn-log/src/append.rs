@@ -22,15 +22,67 @@ use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVers
 
 use crate::args;
 use crate::error::DbError;
-use crate::event::{AppendRequest, Expected, IdempotencyKey, Outcome, RecordedEvent};
+use crate::event::{
+    AppendRequest, Expected, HoldCause, IdempotencyKey, Outcome, RecordedEvent, StreamHold,
+};
 use crate::hash::{self, HashedColumns};
 use crate::read::{EVENT_COLUMNS, EventFilter, Head, ReadError, event_from_row, head_from_row};
 use crate::spans::SpanRecord;
-use crate::sql::{Backend, Conn, Sql, dialect};
-use crate::tx::{LogState, PendingKey, PendingRow, StreamState, Tx};
+use crate::sql::{Backend, Conn, Row, Sql, dialect};
+use crate::tx::{KnownStream, LogState, PendingKey, PendingRow, StreamState, Tx};
 
-/// A row of the head-and-versions query: the head, then one stream (or none).
-type HeadAndStream = (i64, String, i64, Option<Uuid>, Option<String>, Option<i64>);
+/// One stream's type, version and hold.
+const STREAM_STATE: &str = "SELECT d.stream_type, d.stream_version, h.behind AS held_behind, \
+     h.cause AS hold_cause FROM (SELECT stream_type, stream_version FROM domain_events \
+     WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1) AS d \
+     LEFT JOIN stream_holds h ON h.stream_id = $1";
+
+/// PostgreSQL: the head locked, and the type, version and hold of each stream in `$1`
+/// (a row with the head alone when none has events).
+const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_position, last_hash, \
+     failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE) \
+     SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
+     s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \
+     h.cause AS hold_cause FROM head \
+     LEFT JOIN (UNNEST($1::uuid[]) AS s(id) CROSS JOIN LATERAL \
+     (SELECT stream_type, stream_version FROM domain_events \
+     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
+     LEFT JOIN stream_holds h ON h.stream_id = s.id) ON true";
+
+/// PostgreSQL: the type, version and hold of each stream in `$1` that has events.
+const STREAMS_BOUND: &str = "SELECT s.id AS stream_id, d.stream_type, d.stream_version, \
+     h.behind AS held_behind, h.cause AS hold_cause FROM UNNEST($1::uuid[]) AS s(id) \
+     CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
+     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
+     LEFT JOIN stream_holds h ON h.stream_id = s.id";
+
+/// A stream as a row of [`STREAM_STATE`] (or its batch forms) describes it; `None`
+/// when the row names no stream with events.
+pub(crate) fn known_stream(row: &Row) -> Result<StreamState, DbError> {
+    let (Some(stream_type), Some(version)) = (
+        row.get::<Option<String>>("stream_type")?,
+        row.get::<Option<i64>>("stream_version")?,
+    ) else {
+        return Ok(None);
+    };
+    let hold = match (
+        row.get::<Option<i64>>("held_behind")?,
+        row.get::<Option<String>>("hold_cause")?,
+    ) {
+        (Some(behind), Some(cause)) => Some(StreamHold {
+            behind: Position::new(behind),
+            cause: HoldCause::parse(&cause).ok_or_else(|| {
+                DbError::decode("stream_holds.cause", format!("{cause:?} is not a hold cause"))
+            })?,
+        }),
+        _ => None,
+    };
+    Ok(Some(KnownStream {
+        stream_type,
+        version: StreamVersion::new(version),
+        hold,
+    }))
+}
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
@@ -73,6 +125,18 @@ pub enum AppendError {
         code: cairn_types::ErrorCode,
         message: String,
     },
+    /// The append required every event to be applied, and one would have been held:
+    /// its stream waits behind an earlier event, or its handler route is paused.
+    /// Nothing of the append is kept.
+    #[error("event {event_type} was not appended: stream {stream_id} is held behind position {behind} ({detail})")]
+    Held {
+        stream_id: StreamId,
+        event_type: EventType,
+        behind: Position,
+        cause: HoldCause,
+        /// Why, for people: the failure or the pause (who, since when, why).
+        detail: String,
+    },
     #[error("could not append")]
     Database(#[from] DbError),
     #[error(transparent)]
@@ -109,9 +173,7 @@ impl PendingAppend {
     /// # Panics
     /// If `index` is out of range: the caller iterates over [`PendingAppend::events`].
     pub fn record(&mut self, index: usize, outcome: &Outcome, at: DateTime<Utc>) {
-        let event = &mut self.events[index];
-        event.processed_at = Some(at);
-        event.processing_error = outcome.error().cloned();
+        self.events[index].set_outcome(outcome, at);
     }
 }
 
@@ -184,27 +246,78 @@ impl Tx {
         &mut self,
         stream_id: StreamId,
     ) -> Result<Option<(String, StreamVersion)>, DbError> {
+        Ok(self
+            .stream_state(stream_id)
+            .await?
+            .map(|known| (known.stream_type, known.version)))
+    }
+
+    /// Whether a stream is held, as this transaction sees it: its later events are
+    /// stored but not applied until the event it waits behind is resolved. Known
+    /// without asking the database for the streams a unit of work named to the writer.
+    pub async fn stream_hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, DbError> {
+        Ok(self.stream_state(stream_id).await?.and_then(|known| known.hold))
+    }
+
+    async fn stream_state(&mut self, stream_id: StreamId) -> Result<StreamState, DbError> {
         if let Some(state) = self.log.streams.get(&stream_id) {
             return Ok(state.clone());
         }
         let row = self
             .conn()
-            .fetch_optional(
-                "SELECT stream_type, stream_version FROM domain_events WHERE stream_id = $1 \
-                 ORDER BY stream_version DESC LIMIT 1",
-                args![stream_id],
-            )
+            .fetch_optional(STREAM_STATE, args![stream_id])
             .await?;
-        let state: StreamState = row
-            .map(|row| {
-                Ok::<_, DbError>((
-                    row.get("stream_type")?,
-                    StreamVersion::new(row.get("stream_version")?),
-                ))
-            })
-            .transpose()?;
+        let state = match row {
+            Some(row) => known_stream(&row)?,
+            None => None,
+        };
         self.log.learn_stream(stream_id, state.clone());
         Ok(state)
+    }
+
+    /// Holds a stream behind `behind`, one of its events: its later events are stored
+    /// and not applied until the hold is lifted. Replaces an earlier hold.
+    pub async fn hold_stream(
+        &mut self,
+        behind: &RecordedEvent,
+        cause: HoldCause,
+    ) -> Result<(), DbError> {
+        self.conn().write_hold(behind, Some(cause)).await?;
+        let state = self.stream_state(behind.stream_id).await?;
+        // A stream whose first events are being appended is known from them.
+        let mut known = state.unwrap_or_else(|| KnownStream {
+            stream_type: behind.stream_type.as_str().to_owned(),
+            version: behind.stream_version,
+            hold: None,
+        });
+        known.hold = Some(StreamHold {
+            behind: behind.position,
+            cause,
+        });
+        self.log.learn_stream(behind.stream_id, Some(known));
+        Ok(())
+    }
+
+    /// Lifts a stream's hold.
+    pub async fn release_stream(&mut self, stream: &RecordedEvent) -> Result<(), DbError> {
+        self.conn().write_hold(stream, None).await?;
+        let mut state = self.stream_state(stream.stream_id).await?;
+        if let Some(known) = &mut state {
+            known.hold = None;
+        }
+        self.log.learn_stream(stream.stream_id, state);
+        Ok(())
+    }
+
+    /// Says that the handler routes' pauses changed with `event` (a route paused or
+    /// resumed): the head carries its hash from the commit on, so that every writer
+    /// reads the paused routes again.
+    pub async fn controls_changed(&mut self, event: &RecordedEvent) -> Result<(), DbError> {
+        let mut head = self.lock_head().await?;
+        head.controls.clone_from(&event.hash);
+        self.log.head = Some(head);
+        self.log.head_dirty = true;
+        Ok(())
     }
 
     /// Takes the head lock and learns the versions of several streams, in one
@@ -230,32 +343,18 @@ impl Tx {
             // The head row locked, and one index seek per stream however long the
             // streams are, in one round trip.
             let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
-            let rows: Vec<HeadAndStream> = sqlx::query_as(
-                "WITH head AS (SELECT last_position, last_hash, failed_events FROM log_head \
-                     WHERE id = 1 FOR UPDATE) \
-                     SELECT head.last_position, head.last_hash, head.failed_events, s.id, \
-                     d.stream_type, d.stream_version FROM head \
-                     LEFT JOIN (UNNEST($1::uuid[]) AS s(id) CROSS JOIN LATERAL \
-                     (SELECT stream_type, stream_version FROM domain_events \
-                     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d) ON true",
-            )
-            .bind(ids)
-            .fetch_all(pg)
-            .await?;
+            let rows = sqlx::query(HEAD_AND_STREAMS_BOUND)
+                .bind(ids)
+                .fetch_all(pg)
+                .await?;
+            let rows: Vec<Row> = rows.into_iter().map(Row::Postgres).collect();
             let Some(first) = rows.first() else {
                 return Err(DbError::decode("log_head", "the log's head row is missing"));
             };
-            let head = Head {
-                last_position: Position::new(first.0),
-                last_hash: first.1.clone(),
-                failed_events: first.2,
-            };
-            for (_, _, _, id, stream_type, version) in rows {
-                if let (Some(id), Some(stream_type), Some(version)) = (id, stream_type, version) {
-                    found.insert(
-                        StreamId::from_uuid(id),
-                        (stream_type, StreamVersion::new(version)),
-                    );
+            let head = head_from_row(first)?;
+            for row in &rows {
+                if let Some(id) = row.get::<Option<StreamId>>("stream_id")? {
+                    found.insert(id, known_stream(row)?);
                 }
             }
             self.log.head = Some(head);
@@ -264,44 +363,21 @@ impl Tx {
             let mut conn = self.conn();
             if let Some(pg) = conn.postgres() {
                 let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
-                let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-                    "SELECT s.id, d.stream_type, d.stream_version FROM UNNEST($1::uuid[]) AS s(id) \
-                     CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
-                     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d",
-                )
-                .bind(ids)
-                .fetch_all(pg)
-                .await?;
-                for (id, stream_type, version) in rows {
-                    found.insert(
-                        StreamId::from_uuid(id),
-                        (stream_type, StreamVersion::new(version)),
-                    );
+                let rows = sqlx::query(STREAMS_BOUND).bind(ids).fetch_all(pg).await?;
+                for row in rows.into_iter().map(Row::Postgres) {
+                    found.insert(row.get::<StreamId>("stream_id")?, known_stream(&row)?);
                 }
             } else {
                 // SQLite runs in this thread: a statement per stream costs no round trip.
                 for id in &wanted {
-                    let row = conn
-                        .fetch_optional(
-                            "SELECT stream_type, stream_version FROM domain_events WHERE stream_id = $1 \
-                             ORDER BY stream_version DESC LIMIT 1",
-                            args![*id],
-                        )
-                        .await?;
-                    if let Some(row) = row {
-                        found.insert(
-                            *id,
-                            (
-                                row.get::<String>("stream_type")?,
-                                StreamVersion::new(row.get("stream_version")?),
-                            ),
-                        );
+                    if let Some(row) = conn.fetch_optional(STREAM_STATE, args![*id]).await? {
+                        found.insert(*id, known_stream(&row)?);
                     }
                 }
             }
         }
         for id in wanted {
-            let state = found.remove(&id);
+            let state = found.remove(&id).flatten();
             self.log.learn_stream(id, state);
         }
         Ok(())
@@ -385,6 +461,7 @@ impl Tx {
                 created_at,
                 processed_at: None,
                 processing_error: None,
+                held_behind: None,
                 hash,
             });
         }
@@ -466,9 +543,20 @@ impl Tx {
         self.log.head = Some(head);
         self.log.head_dirty = true;
         self.log.failed_unwritten += n_failed;
+        // The stream keeps its hold, if it has one (held events were appended).
+        let hold = self
+            .log
+            .streams
+            .get(&last.stream_id)
+            .and_then(Option::as_ref)
+            .and_then(|known| known.hold);
         self.log.learn_stream(
             last.stream_id,
-            Some((last.stream_type.as_str().to_owned(), last.stream_version)),
+            Some(KnownStream {
+                stream_type: last.stream_type.as_str().to_owned(),
+                version: last.stream_version,
+                hold,
+            }),
         );
         if let Some((key, fingerprint)) = &pending.idempotency {
             self.log.keys.push(PendingKey {
@@ -502,6 +590,13 @@ impl Tx {
         self.conn().read_events(filter).await
     }
 
+    /// The stored event at a position, as this transaction sees it (its own appends
+    /// included).
+    pub async fn event_at(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError> {
+        self.flush(false).await?;
+        self.conn().event_at(position).await
+    }
+
     /// Locks one stored event for reprocessing. Call [`Tx::lock_head`] first.
     pub async fn event_for_update(
         &mut self,
@@ -530,20 +625,8 @@ impl Tx {
         outcome: &Outcome,
         at: DateTime<Utc>,
     ) -> Result<RecordedEvent, DbError> {
-        let error = outcome.error();
-        self.conn()
-            .execute(
-                "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
-                 processing_error_message = $3 WHERE position = $4",
-                args![
-                    at,
-                    error.map(|e| e.code),
-                    error.map(|e| e.message.clone()),
-                    event.position
-                ],
-            )
-            .await?;
-        let delta = i64::from(error.is_some()) - i64::from(event.is_failed());
+        self.flush(false).await?;
+        let (updated, delta) = self.conn().store_outcome(event, outcome, at).await?;
         if delta != 0 {
             match &mut self.log.head {
                 // The head is written with the commit, the count with it.
@@ -562,9 +645,6 @@ impl Tx {
                 }
             }
         }
-        let mut updated = event.clone();
-        updated.processed_at = Some(at);
-        updated.processing_error = error.cloned();
         Ok(updated)
     }
 }
@@ -575,8 +655,8 @@ impl Conn<'_> {
         let sql = dialect(
             self.backend(),
             // BEGIN IMMEDIATE already holds SQLite's one write lock.
-            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
-            "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1 FOR UPDATE",
+            "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1",
+            "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE",
         );
         let row = self.fetch_one(sql, args![]).await?;
         head_from_row(&row)
@@ -591,19 +671,7 @@ impl Conn<'_> {
         outcome: &Outcome,
         at: DateTime<Utc>,
     ) -> Result<RecordedEvent, DbError> {
-        let error = outcome.error();
-        self.execute(
-            "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
-             processing_error_message = $3 WHERE position = $4",
-            args![
-                at,
-                error.map(|e| e.code),
-                error.map(|e| e.message.clone()),
-                event.position
-            ],
-        )
-        .await?;
-        let delta = i64::from(error.is_some()) - i64::from(event.is_failed());
+        let (updated, delta) = self.store_outcome(event, outcome, at).await?;
         if delta != 0 {
             self.execute(
                 "UPDATE log_head SET failed_events = failed_events + $1 WHERE id = 1",
@@ -611,10 +679,70 @@ impl Conn<'_> {
             )
             .await?;
         }
-        let mut updated = event.clone();
-        updated.processed_at = Some(at);
-        updated.processing_error = error.cloned();
         Ok(updated)
+    }
+
+    /// Writes a stored event's new outcome; returns the event as now stored and how
+    /// the count of failed events changes.
+    async fn store_outcome(
+        &mut self,
+        event: &RecordedEvent,
+        outcome: &Outcome,
+        at: DateTime<Utc>,
+    ) -> Result<(RecordedEvent, i64), DbError> {
+        let mut updated = event.clone();
+        updated.set_outcome(outcome, at);
+        let error = updated.processing_error.as_ref();
+        self.execute(
+            "UPDATE domain_events SET processed_at = $1, processing_error_code = $2, \
+             processing_error_message = $3, held_behind = $4 WHERE position = $5",
+            args![
+                updated.processed_at,
+                error.map(|e| e.code),
+                error.map(|e| e.message.clone()),
+                updated.held_behind,
+                event.position
+            ],
+        )
+        .await?;
+        let delta = i64::from(updated.is_failed()) - i64::from(event.is_failed());
+        Ok((updated, delta))
+    }
+
+    /// Writes a stream's hold: held behind `behind` for `cause`, or (`None`) no longer
+    /// held. A hold is derived from the log: replay writes it the same way into its
+    /// rebuilt copy.
+    pub async fn write_hold(
+        &mut self,
+        behind: &RecordedEvent,
+        cause: Option<HoldCause>,
+    ) -> Result<(), DbError> {
+        match cause {
+            Some(cause) => {
+                self.execute(
+                    "INSERT INTO stream_holds (stream_id, stream_type, org_id, behind, cause, since) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_id) DO UPDATE SET \
+                     behind = excluded.behind, cause = excluded.cause, since = excluded.since",
+                    args![
+                        behind.stream_id,
+                        &behind.stream_type,
+                        behind.metadata.org_id,
+                        behind.position,
+                        cause.as_str(),
+                        behind.created_at
+                    ],
+                )
+                .await?
+            }
+            None => {
+                self.execute(
+                    "DELETE FROM stream_holds WHERE stream_id = $1",
+                    args![behind.stream_id],
+                )
+                .await?
+            }
+        };
+        Ok(())
     }
 }
 
@@ -648,8 +776,9 @@ pub(crate) async fn flush(
 
 const INSERT_EVENT: &str = "INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
      stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-     created_at, processed_at, processing_error_code, processing_error_message, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     created_at, processed_at, processing_error_code, processing_error_message, hash, \
+     held_behind) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 const INSERT_KEY: &str = "INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
      VALUES ($1, $2, $3, $4, $5)";
@@ -689,6 +818,7 @@ async fn flush_sqlite(
                 error.map(|e| e.code),
                 error.map(|e| e.message.clone()),
                 event.hash.clone(),
+                event.held_behind,
             ],
         )
         .await?;
@@ -725,8 +855,13 @@ async fn flush_sqlite(
     if let Some((head, failed)) = head {
         conn.execute(
             "UPDATE log_head SET last_position = $1, last_hash = $2, \
-             failed_events = failed_events + $3 WHERE id = 1",
-            args![head.last_position, head.last_hash.as_str(), *failed],
+             failed_events = failed_events + $3, controls = $4 WHERE id = 1",
+            args![
+                head.last_position,
+                head.last_hash.as_str(),
+                *failed,
+                head.controls.as_str()
+            ],
         )
         .await?;
     }
@@ -752,14 +887,15 @@ async fn flush_postgres(
         list
     };
     if !rows.is_empty() {
-        let p = placeholders(15);
+        let p = placeholders(16);
         parts.push(format!(
             "e AS (INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
              stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-             created_at, processed_at, processing_error_code, processing_error_message, hash) \
+             created_at, processed_at, processing_error_code, processing_error_message, hash, \
+             held_behind) \
              SELECT * FROM UNNEST({}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::bigint[], \
              {}::text[], {}::jsonb[], {}::jsonb[], {}::uuid[], {}::uuid[], {}::timestamptz[], \
-             {}::timestamptz[], {}::text[], {}::text[], {}::text[]))",
+             {}::timestamptz[], {}::text[], {}::text[], {}::text[], {}::bigint[]))",
             p[0],
             p[1],
             p[2],
@@ -774,7 +910,8 @@ async fn flush_postgres(
             p[11],
             p[12],
             p[13],
-            p[14]
+            p[14],
+            p[15]
         ));
     }
     if !keys.is_empty() {
@@ -795,11 +932,11 @@ async fn flush_postgres(
         ));
     }
     if head.is_some() {
-        let p = placeholders(3);
+        let p = placeholders(4);
         parts.push(format!(
             "h AS (UPDATE log_head SET last_position = {}, last_hash = {}, \
-             failed_events = failed_events + {} WHERE id = 1)",
-            p[0], p[1], p[2]
+             failed_events = failed_events + {}, controls = {} WHERE id = 1)",
+            p[0], p[1], p[2], p[3]
         ));
     }
     let tail = match (notify, head) {
@@ -911,7 +1048,17 @@ async fn flush_postgres(
                     .map(|e| e.processing_error.as_ref().map(|p| p.message.clone()))
                     .collect::<Vec<Option<String>>>(),
             )
-            .bind(events.map(|e| e.hash.clone()).collect::<Vec<String>>());
+            .bind(
+                events
+                    .clone()
+                    .map(|e| e.hash.clone())
+                    .collect::<Vec<String>>(),
+            )
+            .bind(
+                events
+                    .map(|e| e.held_behind.map(|p| p.get()))
+                    .collect::<Vec<Option<i64>>>(),
+            );
     }
     if !keys.is_empty() {
         query = query
@@ -983,7 +1130,8 @@ async fn flush_postgres(
         query = query
             .bind(head.last_position.get())
             .bind(head.last_hash.clone())
-            .bind(*failed);
+            .bind(*failed)
+            .bind(head.controls.clone());
     }
     if notify {
         let position = head
@@ -1000,14 +1148,14 @@ async fn flush_postgres(
 /// log, keys and spans (each kind as one JSON array), the head, and the notification.
 const FINAL_ROWS: &str = "WITH e AS (INSERT INTO domain_events (position, event_id, stream_type, \
      stream_id, stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-     created_at, processed_at, processing_error_code, processing_error_message, hash) \
+     created_at, processed_at, processing_error_code, processing_error_message, hash, held_behind) \
      SELECT position, event_id, stream_type, stream_id, stream_version, event_type, event_data, \
      event_metadata, correlation_id, org_id, created_at, processed_at, processing_error_code, \
-     processing_error_message, hash FROM jsonb_to_recordset($1) AS r(position bigint, \
+     processing_error_message, hash, held_behind FROM jsonb_to_recordset($1) AS r(position bigint, \
      event_id uuid, stream_type text, stream_id uuid, stream_version bigint, event_type text, \
      event_data jsonb, event_metadata jsonb, correlation_id uuid, org_id uuid, \
      created_at timestamptz, processed_at timestamptz, processing_error_code text, \
-     processing_error_message text, hash text)), \
+     processing_error_message text, hash text, held_behind bigint)), \
      k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
      SELECT key, fingerprint, first_position, n_events, created_at FROM jsonb_to_recordset($2) \
      AS r(key text, fingerprint text, first_position bigint, n_events bigint, created_at timestamptz)), \
@@ -1016,7 +1164,8 @@ const FINAL_ROWS: &str = "WITH e AS (INSERT INTO domain_events (position, event_
      attributes FROM jsonb_to_recordset($3) AS r(correlation_id uuid, kind text, name text, \
      org_id uuid, started_at timestamptz, duration_us bigint, error text, attributes jsonb)), \
      h AS (UPDATE log_head SET last_position = $4, last_hash = $5, \
-     failed_events = failed_events + $6 WHERE id = 1 AND $4 IS NOT NULL) \
+     failed_events = failed_events + $6, controls = COALESCE($8, controls) \
+     WHERE id = 1 AND $4 IS NOT NULL) \
      SELECT pg_notify('cairn_events', $7) WHERE $7 IS NOT NULL";
 
 fn json_time(at: &DateTime<Utc>) -> Value {
@@ -1053,6 +1202,7 @@ pub(crate) fn queue_final_rows(
                 "processing_error_code": error.map(|e| e.code.as_str()),
                 "processing_error_message": error.map(|e| e.message.as_str()),
                 "hash": event.hash,
+                "held_behind": event.held_behind.map(|p| p.get()),
             })
         })
         .collect();
@@ -1100,7 +1250,8 @@ pub(crate) fn queue_final_rows(
             head.as_ref().map(|head| head.last_position),
             head.as_ref().map(|head| head.last_hash.clone()),
             log.failed_unwritten,
-            notify
+            notify,
+            head.as_ref().map(|head| head.controls.clone())
         ],
     );
     log.flushed = log.rows.len();

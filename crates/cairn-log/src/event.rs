@@ -143,6 +143,10 @@ pub enum Outcome {
     Skipped,
     /// It was not applied; its projection writes were rolled back.
     Failed(ProcessingError),
+    /// It is stored and waits, not applied: its stream is held behind the event at
+    /// `behind` (a failure not yet retried or skipped, or an event whose handler route
+    /// is paused). It is applied, in position order, when that event is resolved.
+    Held { behind: Position },
 }
 
 impl Outcome {
@@ -150,9 +154,58 @@ impl Outcome {
     pub fn error(&self) -> Option<&ProcessingError> {
         match self {
             Outcome::Failed(error) => Some(error),
-            Outcome::Applied | Outcome::Skipped => None,
+            Outcome::Applied | Outcome::Skipped | Outcome::Held { .. } => None,
         }
     }
+
+    /// The position a held event waits behind.
+    pub fn held_behind(&self) -> Option<Position> {
+        match self {
+            Outcome::Held { behind } => Some(*behind),
+            Outcome::Applied | Outcome::Skipped | Outcome::Failed(_) => None,
+        }
+    }
+
+    /// Whether the event's projection writes are in the projections.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Skipped)
+    }
+}
+
+/// Why a stream is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldCause {
+    /// The event it waits behind failed, and its handler route holds the stream.
+    Failed,
+    /// The handler route of the event it waits behind is paused.
+    Paused,
+}
+
+impl HoldCause {
+    /// The cause as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldCause::Failed => "failed",
+            HoldCause::Paused => "paused",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<HoldCause> {
+        match text {
+            "failed" => Some(HoldCause::Failed),
+            "paused" => Some(HoldCause::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// A held stream: its later events are stored but not applied until the event at
+/// `behind` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHold {
+    pub behind: Position,
+    pub cause: HoldCause,
 }
 
 /// An event as stored in the log.
@@ -173,6 +226,8 @@ pub struct RecordedEvent {
     pub processed_at: Option<DateTime<Utc>>,
     /// Why the last processing did not apply it.
     pub processing_error: Option<ProcessingError>,
+    /// The position of the event it waits behind, while it is held.
+    pub held_behind: Option<Position>,
     pub hash: String,
 }
 
@@ -182,9 +237,25 @@ impl RecordedEvent {
         self.processing_error.is_some()
     }
 
+    /// Whether it is stored and waits behind another event of its stream.
+    pub fn is_held(&self) -> bool {
+        self.held_behind.is_some()
+    }
+
+    /// Records `outcome`, reached at `at`, on the event as read (not in the database).
+    pub fn set_outcome(&mut self, outcome: &Outcome, at: DateTime<Utc>) {
+        // A held event has not been processed yet.
+        self.processed_at = outcome.held_behind().is_none().then_some(at);
+        self.processing_error = outcome.error().cloned();
+        self.held_behind = outcome.held_behind();
+    }
+
     /// The outcome of the last processing, if there was one. A stored success does not
     /// remember whether a handler or a no-op route took it, so it reads as applied.
     pub fn last_outcome(&self) -> Option<Outcome> {
+        if let Some(behind) = self.held_behind {
+            return Some(Outcome::Held { behind });
+        }
         match (&self.processed_at, &self.processing_error) {
             (_, Some(error)) => Some(Outcome::Failed(error.clone())),
             (Some(_), None) => Some(Outcome::Applied),

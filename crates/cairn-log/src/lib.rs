@@ -39,8 +39,8 @@ pub use db::{
 };
 pub use error::{DbError, DbErrorKind, PassingRetry};
 pub use event::{
-    AppendRequest, Expected, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
-    ProcessingError, RecordedEvent,
+    AppendRequest, Expected, HoldCause, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
+    ProcessingError, RecordedEvent, StreamHold,
 };
 pub use migrate::{MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};

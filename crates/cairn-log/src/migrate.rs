@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0004_unprocessed.sql"),
         postgres: include_str!("schema/postgres/0004_unprocessed.sql"),
     },
+    Migration {
+        id: "log/0005_holds",
+        sqlite: include_str!("schema/sqlite/0005_holds.sql"),
+        postgres: include_str!("schema/postgres/0005_holds.sql"),
+    },
 ];
 
 /// Why migrations did not run.

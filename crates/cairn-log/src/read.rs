@@ -24,7 +24,7 @@ pub enum ReadError {
 /// The columns of `domain_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, stream_version, \
      event_type, event_data, event_metadata, created_at, processed_at, processing_error_code, \
-     processing_error_message, hash";
+     processing_error_message, held_behind, hash";
 
 pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
     let position: i64 = row.get("position")?;
@@ -56,6 +56,7 @@ pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
         created_at: row.get::<DateTime<Utc>>("created_at")?,
         processed_at: row.get::<Option<DateTime<Utc>>>("processed_at")?,
         processing_error,
+        held_behind: row.get::<Option<i64>>("held_behind")?.map(Position::new),
         hash: row.get("hash")?,
     })
 }
@@ -159,6 +160,10 @@ pub struct Head {
     pub last_position: Position,
     pub last_hash: String,
     pub failed_events: i64,
+    /// The hash of the newest event that paused or resumed a handler route (empty
+    /// before the first): whoever caches the paused routes reads them again when it
+    /// changes.
+    pub controls: String,
 }
 
 pub(crate) fn head_from_row(row: &Row) -> Result<Head, DbError> {
@@ -166,6 +171,7 @@ pub(crate) fn head_from_row(row: &Row) -> Result<Head, DbError> {
         last_position: Position::new(row.get("last_position")?),
         last_hash: row.get("last_hash")?,
         failed_events: row.get("failed_events")?,
+        controls: row.get("controls")?,
     })
 }
 
@@ -209,7 +215,7 @@ impl Conn<'_> {
     pub async fn head(&mut self) -> Result<Head, DbError> {
         let row = self
             .fetch_one(
-                "SELECT last_position, last_hash, failed_events FROM log_head WHERE id = 1",
+                "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1",
                 args![],
             )
             .await?;

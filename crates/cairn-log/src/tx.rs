@@ -201,9 +201,16 @@ pub(crate) struct PendingKey {
     pub(crate) created_at: DateTime<Utc>,
 }
 
-/// A stream as this transaction knows it: its type and version, or `None` when it
-/// has no events.
-pub(crate) type StreamState = Option<(String, StreamVersion)>;
+/// A stream with events, as this transaction knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KnownStream {
+    pub(crate) stream_type: String,
+    pub(crate) version: StreamVersion,
+    pub(crate) hold: Option<crate::event::StreamHold>,
+}
+
+/// A stream as this transaction knows it, or `None` when it has no events.
+pub(crate) type StreamState = Option<KnownStream>;
 
 /// What a transaction knows of the log beyond what it has written.
 #[derive(Debug, Default)]
@@ -357,13 +364,15 @@ impl Tx {
             .map(|id| id.as_uuid().hyphenated().to_string())
             .collect();
         let script = format!(
-            "BEGIN; WITH head AS (SELECT last_position, last_hash, failed_events FROM log_head \
-             WHERE id = 1 FOR UPDATE) \
-             SELECT head.last_position, head.last_hash, head.failed_events, s.id AS stream_id, \
-             d.stream_type, d.stream_version FROM head \
+            "BEGIN; WITH head AS (SELECT last_position, last_hash, failed_events, controls \
+             FROM log_head WHERE id = 1 FOR UPDATE) \
+             SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
+             s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \
+             h.cause AS hold_cause FROM head \
              LEFT JOIN (UNNEST('{{{}}}'::uuid[]) AS s(id) CROSS JOIN LATERAL \
              (SELECT stream_type, stream_version FROM domain_events \
-             WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d) ON true",
+             WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
+             LEFT JOIN stream_holds h ON h.stream_id = s.id) ON true",
             ids.join(",")
         );
         batch.open = true;
@@ -377,11 +386,8 @@ impl Tx {
                 head = Some(crate::read::head_from_row(&row)?);
             }
             let stream: Option<cairn_types::StreamId> = row.get("stream_id")?;
-            let stream_type: Option<String> = row.get("stream_type")?;
-            let version: Option<i64> = row.get("stream_version")?;
-            if let (Some(stream), Some(stream_type), Some(version)) = (stream, stream_type, version)
-            {
-                found.insert(stream, (stream_type, StreamVersion::new(version)));
+            if let Some(stream) = stream {
+                found.insert(stream, crate::append::known_stream(&row)?);
             }
         }
         let Some(head) = head else {
@@ -389,7 +395,7 @@ impl Tx {
         };
         self.log.head = Some(head);
         for id in wanted {
-            let state = found.remove(&id);
+            let state = found.remove(&id).flatten();
             self.log.learn_stream(id, state);
         }
         Ok(())

@@ -84,6 +84,12 @@ pub struct Metrics {
     pub workflows: Family<StatusLabels, Gauge>,
     pub workflow_steps: Family<WorkflowLabels, Counter>,
     pub workflow_step_retries: Family<WorkflowLabels, Counter>,
+    pub workflow_steps_blocked: Family<WorkflowLabels, Counter>,
+    pub held_streams: Gauge,
+    pub held_events: Gauge,
+    pub paused_routes: Gauge,
+    pub paused_workflow_kinds: Gauge,
+    pub paused_workflow_runs: Gauge,
     pub realtime_subscribers: Gauge,
     pub realtime_deliveries: Counter,
     pub realtime_delivery_seconds: Histogram,
@@ -165,6 +171,42 @@ impl Metrics {
             "workflow_step_retries",
             "Workflow step attempts that failed and will be retried, by workflow kind",
             workflow_step_retries.clone(),
+        );
+        let workflow_steps_blocked = Family::<WorkflowLabels, Counter>::default();
+        registry.register(
+            "workflow_steps_blocked",
+            "Workflow step attempts that waited because their events would be held (a held stream or a paused route), by workflow kind",
+            workflow_steps_blocked.clone(),
+        );
+        let held_streams = Gauge::default();
+        registry.register(
+            "held_streams",
+            "Streams held behind a failed event or a paused handler route (at scrape time)",
+            held_streams.clone(),
+        );
+        let held_events = Gauge::default();
+        registry.register(
+            "held_events",
+            "Events stored and held, waiting to be applied (at scrape time)",
+            held_events.clone(),
+        );
+        let paused_routes = Gauge::default();
+        registry.register(
+            "paused_routes",
+            "Handler routes paused by an operator (at scrape time)",
+            paused_routes.clone(),
+        );
+        let paused_workflow_kinds = Gauge::default();
+        registry.register(
+            "paused_workflow_kinds",
+            "Workflow kinds paused (at scrape time)",
+            paused_workflow_kinds.clone(),
+        );
+        let paused_workflow_runs = Gauge::default();
+        registry.register(
+            "paused_workflow_runs",
+            "Workflow runs paused on their own, by an operator or when a step's attempts ran out (at scrape time)",
+            paused_workflow_runs.clone(),
         );
         let realtime_subscribers = Gauge::default();
         registry.register(
@@ -299,6 +341,12 @@ impl Metrics {
             workflows,
             workflow_steps,
             workflow_step_retries,
+            workflow_steps_blocked,
+            held_streams,
+            held_events,
+            paused_routes,
+            paused_workflow_kinds,
+            paused_workflow_runs,
             realtime_subscribers,
             realtime_deliveries,
             realtime_delivery_seconds,

@@ -149,6 +149,28 @@ macro_rules! stream_of {
 
 stream_of!(OrgId, UserId, InvitationId, WorkflowId);
 
+impl StreamId {
+    /// The stream of something named rather than created (a handler route, a
+    /// workflow kind, the pauses of one run): the same kind and name give the same
+    /// stream in every process and every release (a UUIDv5).
+    ///
+    /// ```
+    /// use cairn_types::StreamId;
+    ///
+    /// let a = StreamId::named("route", b"organization");
+    /// assert_eq!(a, StreamId::named("route", b"organization"));
+    /// assert_ne!(a, StreamId::named("workflow-kind", b"organization"));
+    /// ```
+    pub fn named(kind: &str, name: &[u8]) -> StreamId {
+        const NAMESPACE: Uuid = Uuid::from_u128(0x6361_6972_6e00_5000_8000_6e616d6564);
+        let mut key = Vec::with_capacity(kind.len() + 1 + name.len());
+        key.extend_from_slice(kind.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(name);
+        StreamId(Uuid::new_v5(&NAMESPACE, &key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ mod ids;
 mod metadata;
 mod names;
 mod numbers;
+mod reason;
 mod schema;
 
 pub use codes::{ErrorCode, UnknownCode};
@@ -22,6 +23,7 @@ pub use ids::{
 pub use metadata::{Actor, ActorError, Metadata, MetadataError};
 pub use names::{EventType, NameError, StreamType};
 pub use numbers::{Position, StreamVersion};
+pub use reason::{Reason, ReasonError};
 
 /// An error with its causes, on one line: `outer: inner: innermost`.
 ///

@@ -35,7 +35,8 @@ pub enum Effect {
     External,
 }
 
-/// How often, and how patiently, to retry a step.
+/// How often, and how patiently, to retry a step, and what happens when its attempts
+/// run out on a failure that might pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
@@ -46,6 +47,22 @@ pub struct RetryPolicy {
     pub factor: f64,
     /// The longest wait.
     pub max: Duration,
+    /// What happens when the attempts run out and the last failure was retryable. A
+    /// permanent failure always fails the step.
+    pub on_exhaustion: Exhaustion,
+}
+
+/// What a step's run does when the step's attempts run out on a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Exhaustion {
+    /// The step fails for good, and the run compensates.
+    #[default]
+    Fail,
+    /// The run pauses (a `workflow_control.run_paused` event, an alert on the health
+    /// checks) and keeps everything it did: an operator resumes it once the cause is
+    /// fixed, and the step is tried again. For failures that mean "not now" (a mail
+    /// server that is down), which undoing the run would only make worse.
+    Pause,
 }
 
 impl RetryPolicy {
@@ -54,6 +71,48 @@ impl RetryPolicy {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let seconds = self.initial.as_secs_f64() * self.factor.powi(exponent);
         Duration::from_secs_f64(seconds.min(self.max.as_secs_f64()).max(0.0))
+    }
+
+    /// A policy that keeps trying, with waits growing from `initial` by `factor` up to
+    /// `max`, for at least `window` (the sum of its waits), and then does what
+    /// `on_exhaustion` says.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cairn_workflow::{Exhaustion, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::for_window(
+    ///     Duration::from_secs(2), 2.0, Duration::from_secs(45),
+    ///     Duration::from_secs(24 * 3600), Exhaustion::Pause,
+    /// );
+    /// let waited: Duration = (1..policy.max_attempts).map(|n| policy.backoff(n)).sum();
+    /// assert!(waited >= Duration::from_secs(24 * 3600));
+    /// assert!(waited < Duration::from_secs(24 * 3600 + 45));
+    /// ```
+    pub fn for_window(
+        initial: Duration,
+        factor: f64,
+        max: Duration,
+        window: Duration,
+        on_exhaustion: Exhaustion,
+    ) -> RetryPolicy {
+        let mut policy = RetryPolicy {
+            max_attempts: 1,
+            initial,
+            factor,
+            max,
+            on_exhaustion,
+        };
+        let mut waited = Duration::ZERO;
+        while waited < window && policy.max_attempts < u32::MAX {
+            let wait = policy.backoff(policy.max_attempts);
+            if wait.is_zero() {
+                break;
+            }
+            waited += wait;
+            policy.max_attempts += 1;
+        }
+        policy
     }
 }
 
@@ -64,6 +123,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_secs(1),
             factor: 2.0,
             max: Duration::from_secs(300),
+            on_exhaustion: Exhaustion::Fail,
         }
     }
 }
@@ -120,6 +180,10 @@ impl StepCall {
 pub struct StepError {
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The step could not write its events: their stream is held behind an earlier
+    /// event, or their handler route is paused. Not a failure of the step: nothing is
+    /// recorded, no attempt is used up, and the engine tries again shortly.
+    pub blocked: bool,
     pub message: String,
 }
 
@@ -128,6 +192,7 @@ impl StepError {
     pub fn retryable(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
+            blocked: false,
             message: message.into(),
         }
     }
@@ -136,6 +201,16 @@ impl StepError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             retryable: false,
+            blocked: false,
+            message: message.into(),
+        }
+    }
+
+    /// The step must wait: its events would be held (see [`StepError::blocked`]).
+    pub fn blocked(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            blocked: true,
             message: message.into(),
         }
     }
@@ -147,6 +222,7 @@ impl From<cairn_log::AppendError> for StepError {
         let message = cairn_types::error_chain(&error);
         match error {
             E::Database(_) | E::Read(_) => StepError::retryable(message),
+            E::Held { .. } => StepError::blocked(message),
             E::Conflict { .. }
             | E::StreamTypeMismatch { .. }
             | E::KeyReused { .. }
@@ -306,6 +382,7 @@ mod tests {
             initial: Duration::from_secs(1),
             factor: 2.0,
             max: Duration::from_secs(10),
+            on_exhaustion: Exhaustion::Fail,
         };
         let waits: Vec<u64> = (1..=6)
             .map(|attempt| policy.backoff(attempt).as_secs())

@@ -204,6 +204,44 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// How driving a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Driven {
+    /// Finished, asleep, waiting for a retry, or paused: its lease is released.
+    Idle,
+    /// Its step could not write its events (their stream is held, or their route
+    /// paused): it is tried again after [`blocked_wait`].
+    Blocked,
+}
+
+/// What a run does after an attempt.
+enum Then {
+    /// Goes on at once.
+    GoOn,
+    /// Waits for a retry, or is paused.
+    Wait,
+    /// Its step could not write its events.
+    Blocked,
+}
+
+/// How long a run whose step could not write its events waits before it is tried
+/// again: short, since the hold or pause that blocks it is lifted by an operator.
+fn blocked_wait() -> chrono::Duration {
+    chrono::Duration::seconds(2)
+}
+
+/// A pause's reason from the engine's own text, cut to what a reason may hold.
+fn pause_reason(text: &str) -> cairn_types::Reason {
+    let cut: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(cairn_types::Reason::MAX_CHARS)
+        .collect();
+    cairn_types::Reason::parse(&cut).unwrap_or_else(|_| {
+        cairn_types::Reason::parse("a step's attempts ran out").expect("a valid reason")
+    })
+}
+
 /// Why a transactional attempt's unit of work did not commit.
 enum UnitError {
     /// The step failed: its outcome is recorded in a unit of its own.
@@ -305,9 +343,9 @@ impl Engine {
             };
             report.runs_driven += 1;
             let result = self.drive(lease).await;
-            self.release(lease).await?;
+            self.let_go(lease, result.as_ref().ok()).await?;
             match result {
-                Ok(()) | Err(EngineError::LeaseLost { .. }) => {}
+                Ok(_) | Err(EngineError::LeaseLost { .. }) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -348,10 +386,11 @@ impl Engine {
                         for lease in leases {
                             let engine = self.clone();
                             drives.spawn(async move {
-                                if let Err(error) = engine.drive(lease).await {
-                                    tracing::error!(run_id = %lease.run_id, error = %cairn_types::error_chain(&error), "workflow run interrupted");
+                                let driven = engine.drive(lease).await;
+                                if let Err(error) = &driven {
+                                    tracing::error!(run_id = %lease.run_id, error = %cairn_types::error_chain(error), "workflow run interrupted");
                                 }
-                                if let Err(error) = engine.release(lease).await {
+                                if let Err(error) = engine.let_go(lease, driven.as_ref().ok()).await {
                                     tracing::warn!(run_id = %lease.run_id, error = %error, "could not release a lease");
                                 }
                             });
@@ -404,17 +443,20 @@ impl Engine {
     }
 
     /// Records one event of a run in a unit of its own, fenced by its lease and its
-    /// stream version.
+    /// stream version; with `pause`, the run's pause commits with it.
     async fn record(
         &self,
         lease: Lease,
         run: &mut Run,
         event: &RunEvent,
+        pause: Option<&str>,
         priority: cairn_log::Priority,
     ) -> Result<(), EngineError> {
         let engine = self.clone();
         let event = event.to_event(self.metadata(run));
         let (run_id, version) = (run.id, run.version);
+        let pause = pause.map(|why| pause_reason(why));
+        let snapshot = Arc::new(run.clone());
         self.inner
             .store
             .db()
@@ -424,11 +466,17 @@ impl Engine {
                 move |tx| {
                     let engine = engine.clone();
                     let event = event.clone();
+                    let pause = pause.clone();
+                    let run = snapshot.clone();
                     Box::pin(async move {
                         engine.fence(tx, lease).await?;
                         engine
                             .append_run_events(tx, run_id, version, vec![event])
-                            .await
+                            .await?;
+                        if let Some(reason) = pause {
+                            engine.pause_in(tx, &run, reason).await?;
+                        }
+                        Ok::<(), EngineError>(())
                     })
                 },
             )
@@ -458,49 +506,65 @@ impl Engine {
         metadata
     }
 
-    /// Drives one claimed run until it finishes, sleeps, or waits for a retry.
-    async fn drive(&self, lease: Lease) -> Result<(), EngineError> {
+    /// Drives one claimed run until it finishes, sleeps, waits for a retry, is paused,
+    /// or cannot write its events (see [`Driven::Blocked`]).
+    async fn drive(&self, lease: Lease) -> Result<Driven, EngineError> {
         loop {
             let (mut run, history) = {
                 let mut reader = self.inner.store.db().reader().await?;
                 let Some(run) = crate::state::load_run(&mut reader.conn(), lease.run_id).await?
                 else {
-                    return Ok(());
+                    return Ok(Driven::Idle);
                 };
                 let history = crate::state::load_history(&mut reader.conn(), lease.run_id).await?;
                 (run, history)
             };
+            if run.is_paused() {
+                // Paused while a step was in flight: that step is recorded; the run
+                // stops here until it is resumed.
+                return Ok(Driven::Idle);
+            }
             let Some(workflow) = self.inner.workflows.get(run.kind.as_str()).cloned() else {
                 tracing::warn!(run_id = %run.id, kind = %run.kind, "no workflow of this kind in this build");
-                return Ok(());
+                return Ok(Driven::Idle);
             };
             match plan::next(workflow.as_ref(), &run, &history, self.now()) {
-                Next::Wait => return Ok(()),
+                Next::Wait => return Ok(Driven::Idle),
                 Next::Record { event, stop } => {
-                    self.record(lease, &mut run, &event, cairn_log::Priority::Normal)
+                    self.record(lease, &mut run, &event, None, cairn_log::Priority::Normal)
                         .await?;
                     if stop {
-                        return Ok(());
+                        return Ok(Driven::Idle);
                     }
                 }
-                Next::Perform(attempt) => {
-                    if !self.attempt(lease, &mut run, workflow, attempt).await? {
-                        return Ok(());
-                    }
-                }
+                Next::Perform(attempt) => match self.attempt(lease, &mut run, workflow, attempt).await? {
+                    Then::GoOn => {}
+                    Then::Wait => return Ok(Driven::Idle),
+                    Then::Blocked => return Ok(Driven::Blocked),
+                },
             }
         }
     }
 
-    /// Performs one attempt of a step and records its outcome. Returns whether the run
-    /// can go on now (false: it waits for a retry).
+    /// Lets a driven run go: releases its lease, or, for a run whose step cannot write
+    /// its events yet, keeps the lease a little while, so that no engine claims it
+    /// again at once.
+    async fn let_go(&self, lease: Lease, driven: Option<&Driven>) -> Result<(), EngineError> {
+        match driven {
+            Some(Driven::Blocked) => self.defer(lease, self.now() + blocked_wait()).await,
+            Some(Driven::Idle) | None => self.release(lease).await,
+        }
+    }
+
+    /// Performs one attempt of a step and records its outcome. Returns what the run
+    /// does next.
     async fn attempt(
         &self,
         lease: Lease,
         run: &mut Run,
         workflow: Arc<dyn Workflow>,
         attempt: Attempt,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Then, EngineError> {
         let started_at = self.now();
         let mut heartbeat = None;
         let outcome = if attempt.records_start() {
@@ -508,6 +572,7 @@ impl Engine {
                 lease,
                 run,
                 &attempt.started(started_at),
+                None,
                 cairn_log::Priority::Normal,
             )
             .await?;
@@ -535,7 +600,19 @@ impl Engine {
             {
                 Ok(()) => {
                     self.count_attempt(run, &attempt, &Ok(Value::Null));
-                    return Ok(true);
+                    return Ok(Then::GoOn);
+                }
+                // Its events would be held (their stream waits behind a failure, or
+                // their route is paused): nothing was kept, no attempt is used up.
+                Err(UnitError::Step(error)) if error.blocked => {
+                    tracing::info!(run_id = %run.id, step = %attempt.call.name, reason = %error.message, "step waits: its events would be held");
+                    cairn_observe::metrics()
+                        .workflow_steps_blocked
+                        .get_or_create(&cairn_observe::WorkflowLabels {
+                            kind: run.kind.clone(),
+                        })
+                        .inc();
+                    return Ok(Then::Blocked);
                 }
                 Err(UnitError::Step(error)) => Err(error),
                 Err(UnitError::Panicked(message)) => Err(self.panicked(run, &attempt, &message)),
@@ -555,24 +632,27 @@ impl Engine {
         };
         self.count_attempt(run, &attempt, &outcome);
         let finished_at = self.now();
-        let (event, go_on) = plan::after(&attempt, outcome, started_at, finished_at, self.now());
-        if let RunEvent::StepAttemptFailed(failed) = &event {
+        let recorded = plan::after(&attempt, outcome, started_at, finished_at, self.now());
+        if let Some(reason) = &recorded.pause {
+            tracing::error!(run_id = %run.id, kind = %run.kind, step = %attempt.call.name, reason = %reason, "a step's attempts ran out: the run is paused until an operator resumes it");
+        } else if let RunEvent::StepAttemptFailed(failed) = &recorded.event {
             tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, retry_at = %failed.retry_at, "step attempt failed; will retry");
-        } else if let RunEvent::StepFailed(failed) = &event {
+        } else if let RunEvent::StepFailed(failed) = &recorded.event {
             tracing::warn!(run_id = %run.id, step = %failed.step, attempt = failed.attempt, error = %failed.error, "step failed for good");
         }
+        let pause = recorded.pause.as_deref();
         if attempt.records_start() {
             // The step acted outside the database: a record lost now would make the
             // next claim perform it again (send the email twice). A write that failed
             // for a passing reason is tried again, fenced as before.
-            self.record_persistently(lease, run, &event, attempt.outcome_priority())
+            self.record_persistently(lease, run, &recorded.event, pause, attempt.outcome_priority())
                 .await?;
             drop(heartbeat);
         } else {
-            self.record(lease, run, &event, attempt.outcome_priority())
+            self.record(lease, run, &recorded.event, pause, attempt.outcome_priority())
                 .await?;
         }
-        Ok(go_on)
+        Ok(if recorded.go_on { Then::GoOn } else { Then::Wait })
     }
 
     /// Records like [`Engine::record`], trying again (a few times, with growing
@@ -583,11 +663,12 @@ impl Engine {
         lease: Lease,
         run: &mut Run,
         event: &RunEvent,
+        pause: Option<&str>,
         priority: cairn_log::Priority,
     ) -> Result<(), EngineError> {
         let mut retry = cairn_log::PassingRetry::default();
         loop {
-            match self.record(lease, run, event, priority).await {
+            match self.record(lease, run, event, pause, priority).await {
                 Err(error) if error.is_passing() && retry.remains() => {
                     tracing::warn!(run_id = %run.id, attempt = retry.tries(), error = %cairn_types::error_chain(&error), "could not record a step's outcome; trying again");
                     retry.pause().await;
@@ -707,10 +788,15 @@ impl Engine {
                                 .map_err(UnitError::Step)?
                         };
                         let finished_at = engine.now();
-                        let (event, _) =
+                        let recorded =
                             plan::after(&attempt, Ok(result), started_at, finished_at, finished_at);
                         engine
-                            .append_run_events(tx, run.id, version, vec![event.to_event(metadata)])
+                            .append_run_events(
+                                tx,
+                                run.id,
+                                version,
+                                vec![recorded.event.to_event(metadata)],
+                            )
                             .await?;
                         Ok::<(), UnitError>(())
                     })

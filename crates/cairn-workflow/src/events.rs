@@ -525,9 +525,9 @@ impl Handler for OnCompensationFailed {
     }
 }
 
-/// Registers the workflow router and its projection tables.
+/// Registers the workflow router, the router of pauses, and their projection tables.
 pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
-    builder
+    crate::control::routes(builder)
         .router(STREAM_TYPE, |r| {
             r.event::<WorkflowStarted>(OnStarted)
                 .event::<StepStarted>(OnStepStarted)
@@ -540,6 +540,9 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<WorkflowCompleted>(OnCompleted)
                 .event::<WorkflowFailed>(OnFailed)
                 .event::<CompensationFailed>(OnCompensationFailed)
+                .not_pausable(
+                    "the engine records every step here; pause a workflow kind or run instead",
+                )
         })
         .projection(ProjectionTable {
             name: "workflow_runs",

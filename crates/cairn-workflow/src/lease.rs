@@ -70,9 +70,13 @@ impl Engine {
             .collect();
         let kinds_in = placeholders.join(", ");
         args.push(i64::try_from(max * 2).unwrap_or(i64::MAX).into_arg());
+        // A paused run, or a run of a paused kind, is not claimed: it keeps its place
+        // (`next_run_at`) and is claimed once resumed.
         let sql = Sql::built(format!(
             "SELECT r.id FROM workflow_runs r LEFT JOIN workflow_leases l ON l.run_id = r.id \
              WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({kinds_in}) \
+             AND r.paused_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM workflow_kind_pauses k WHERE k.kind = r.kind) \
              AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT ${}",
             args.len()
         ));
@@ -105,8 +109,10 @@ impl Engine {
             let mut args: Vec<Arg> = args![now];
             args.extend(kinds.iter().map(|kind| (*kind).into_arg()));
             let sql = Sql::built(format!(
-                "SELECT MIN(next_run_at) AS due FROM workflow_runs \
-                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in})"
+                "SELECT MIN(next_run_at) AS due FROM workflow_runs r \
+                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in}) \
+                 AND paused_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM workflow_kind_pauses k WHERE k.kind = r.kind)"
             ));
             tx.conn()
                 .fetch_optional(sql, args)
@@ -146,6 +152,30 @@ impl Engine {
             })
             .await?;
         Ok(changed == 1)
+    }
+
+    /// Keeps a lease (and so the run from every engine's claims) until `until`.
+    pub(crate) async fn defer(
+        &self,
+        lease: Lease,
+        until: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .db()
+            .write(WriteOptions::default(), move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .execute(
+                            "UPDATE workflow_leases SET expires_at = $3 WHERE run_id = $1 AND epoch = $2",
+                            args![lease.run_id, lease.epoch, until],
+                        )
+                        .await
+                        .map(drop)
+                })
+            })
+            .await
+            .map_err(EngineError::Database)
     }
 
     pub(crate) async fn release(&self, lease: Lease) -> Result<(), EngineError> {

@@ -27,6 +27,7 @@
 //! This crate knows nothing about organizations, email or HTTP.
 
 mod clock;
+pub mod control;
 mod context;
 mod definition;
 mod engine;
@@ -40,9 +41,10 @@ use cairn_log::Migration;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::StepContext;
+pub use control::{ControlError, KindPause};
 pub use definition::{
-    Decision, Effect, History, RetryPolicy, StepCall, StepError, StepKind, StepRecord, StepStatus,
-    Workflow,
+    Decision, Effect, Exhaustion, History, RetryPolicy, StepCall, StepError, StepKind, StepRecord,
+    StepStatus, Workflow,
 };
 pub use engine::{
     DriveReport, ENGINE_ACTOR, Engine, EngineConfig, EngineError, Start, compensation_name,
@@ -50,7 +52,7 @@ pub use engine::{
 };
 pub use events::routes;
 pub use health::EngineHealth;
-pub use state::{Run, RunFilter, RunStatus, RunWithSteps};
+pub use state::{Pause, PauseScope, Run, RunFilter, RunStatus, RunWithSteps};
 
 /// The engine's tables.
 pub const MIGRATIONS: &[Migration] = &[
@@ -63,5 +65,10 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "workflow/0002_tenant_reads",
         sqlite: include_str!("schema/sqlite/0002_tenant_reads.sql"),
         postgres: include_str!("schema/postgres/0002_tenant_reads.sql"),
+    },
+    Migration {
+        id: "workflow/0003_pauses",
+        sqlite: include_str!("schema/sqlite/0003_pauses.sql"),
+        postgres: include_str!("schema/postgres/0003_pauses.sql"),
     },
 ];

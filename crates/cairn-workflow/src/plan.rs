@@ -15,7 +15,8 @@ use cairn_log::NewEvent;
 use cairn_types::Metadata;
 
 use crate::definition::{
-    Decision, Effect, History, StepCall, StepError, StepKind, StepRecord, StepStatus, Workflow,
+    Decision, Effect, Exhaustion, History, StepCall, StepError, StepKind, StepRecord, StepStatus,
+    Workflow,
 };
 use crate::engine::compensation_name;
 use crate::events::{
@@ -277,20 +278,33 @@ pub(crate) fn panicked(message: &str) -> StepError {
     StepError::retryable(format!("the step panicked: {message}"))
 }
 
-/// The event that records an attempt's outcome, and whether the run can go on at
-/// `now` (false: it waits for a retry).
+/// How an attempt's outcome is recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Recorded {
+    /// The event of the run's stream.
+    pub(crate) event: RunEvent,
+    /// Whether the run can go on at `now` (false: it waits for a retry, or pauses).
+    pub(crate) go_on: bool,
+    /// Why the run pauses with this record: the step's attempts ran out on a failure
+    /// that may pass, and its policy says to pause rather than fail.
+    pub(crate) pause: Option<String>,
+}
+
+/// The record of an attempt's outcome.
 pub(crate) fn after(
     attempt: &Attempt,
     outcome: Result<Value, StepError>,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> (RunEvent, bool) {
+) -> Recorded {
     let step = attempt.call.name.clone();
     let compensation = attempt.compensation();
+    let policy = attempt.call.retry;
+    let exhausted = attempt.number >= policy.max_attempts;
     match outcome {
-        Ok(result) => (
-            RunEvent::StepCompleted(StepCompleted {
+        Ok(result) => Recorded {
+            event: RunEvent::StepCompleted(StepCompleted {
                 step,
                 attempt: attempt.number,
                 result,
@@ -299,14 +313,15 @@ pub(crate) fn after(
                 started_at,
                 finished_at,
             }),
-            true,
-        ),
-        Err(error) if error.retryable && attempt.number < attempt.call.retry.max_attempts => {
-            let wait = chrono::Duration::from_std(attempt.call.retry.backoff(attempt.number))
+            go_on: true,
+            pause: None,
+        },
+        Err(error) if error.retryable && !exhausted => {
+            let wait = chrono::Duration::from_std(policy.backoff(attempt.number))
                 .unwrap_or(chrono::Duration::zero());
             let retry_at = finished_at + wait;
-            (
-                RunEvent::StepAttemptFailed(StepAttemptFailed {
+            Recorded {
+                event: RunEvent::StepAttemptFailed(StepAttemptFailed {
                     step,
                     attempt: attempt.number,
                     error: error.message,
@@ -315,11 +330,33 @@ pub(crate) fn after(
                     finished_at,
                     retry_at,
                 }),
-                retry_at <= now,
-            )
+                go_on: retry_at <= now,
+                pause: None,
+            }
         }
-        Err(error) => (
-            RunEvent::StepFailed(StepFailed {
+        // Out of attempts on a failure that may pass: the run keeps what it did and
+        // waits for an operator; resumed, it tries the step again at once.
+        Err(error) if error.retryable && policy.on_exhaustion == Exhaustion::Pause => {
+            let pause = format!(
+                "step {step} failed {} times, the last: {}; resume the run once the cause is fixed",
+                attempt.number, error.message
+            );
+            Recorded {
+                event: RunEvent::StepAttemptFailed(StepAttemptFailed {
+                    step,
+                    attempt: attempt.number,
+                    error: error.message,
+                    compensation,
+                    started_at,
+                    finished_at,
+                    retry_at: finished_at,
+                }),
+                go_on: false,
+                pause: Some(pause),
+            }
+        }
+        Err(error) => Recorded {
+            event: RunEvent::StepFailed(StepFailed {
                 step,
                 attempt: attempt.number,
                 error: error.message,
@@ -328,8 +365,9 @@ pub(crate) fn after(
                 started_at,
                 finished_at,
             }),
-            true,
-        ),
+            go_on: true,
+            pause: None,
+        },
     }
 }
 
@@ -357,6 +395,7 @@ mod tests {
                     initial: std::time::Duration::from_secs(10),
                     factor: 2.0,
                     max: std::time::Duration::from_secs(60),
+                    on_exhaustion: Exhaustion::Fail,
                 })));
             }
             if input["sleep"] == json!(true) && history.fired("nap").is_none() {
@@ -402,6 +441,7 @@ mod tests {
             next_run_at: Some(at(0)),
             created_at: at(0),
             updated_at: at(0),
+            paused: None,
         }
     }
 
@@ -686,52 +726,45 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_retry_until_the_policy_gives_up() {
-        let attempt = |number| Attempt {
+    fn outcomes_retry_until_the_policy_gives_up_or_pauses() {
+        let attempt = |number, on_exhaustion| Attempt {
             call: StepCall::new("a").retry(RetryPolicy {
                 max_attempts: 3,
                 initial: std::time::Duration::from_secs(10),
                 factor: 2.0,
                 max: std::time::Duration::from_secs(60),
+                on_exhaustion,
             }),
             role: Role::Action,
             number,
             in_doubt: false,
         };
-        let (event, go_on) = after(&attempt(1), Ok(json!(1)), at(0), at(1), at(1));
-        assert!(matches!(event, RunEvent::StepCompleted(_)) && go_on);
-        let (event, go_on) = after(
-            &attempt(2),
-            Err(StepError::retryable("flaky")),
-            at(0),
-            at(1),
-            at(1),
-        );
-        assert!(
-            matches!(&event, RunEvent::StepAttemptFailed(e) if e.retry_at == at(21)) && !go_on,
-            "{event:?}"
-        );
-        let (event, go_on) = after(
-            &attempt(3),
-            Err(StepError::retryable("flaky")),
-            at(0),
-            at(1),
-            at(1),
-        );
-        assert!(
-            matches!(&event, RunEvent::StepFailed(e) if !e.permanent) && go_on,
-            "{event:?}"
-        );
-        let (event, _) = after(
-            &attempt(1),
-            Err(StepError::permanent("no")),
-            at(0),
-            at(1),
-            at(1),
-        );
-        assert!(
-            matches!(&event, RunEvent::StepFailed(e) if e.permanent),
-            "{event:?}"
-        );
+        let flaky = || Err(StepError::retryable("flaky"));
+        type Check = fn(&RunEvent) -> bool;
+        #[allow(clippy::type_complexity)]
+        let table: [(u32, Exhaustion, Result<Value, StepError>, Check, bool, Option<&str>); 7] = [
+            (1, Exhaustion::Fail, Ok(json!(1)), |e| matches!(e, RunEvent::StepCompleted(_)), true, None),
+            (2, Exhaustion::Fail, flaky(), |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)), false, None),
+            (3, Exhaustion::Fail, flaky(), |e| matches!(e, RunEvent::StepFailed(f) if !f.permanent), true, None),
+            (1, Exhaustion::Fail, Err(StepError::permanent("no")), |e| matches!(e, RunEvent::StepFailed(f) if f.permanent), true, None),
+            (2, Exhaustion::Pause, flaky(), |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)), false, None),
+            (
+                3,
+                Exhaustion::Pause,
+                flaky(),
+                // Due at once when resumed.
+                |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(1)),
+                false,
+                Some("step a failed 3 times, the last: flaky; resume the run once the cause is fixed"),
+            ),
+            // A permanent failure fails whatever the policy says.
+            (1, Exhaustion::Pause, Err(StepError::permanent("no")), |e| matches!(e, RunEvent::StepFailed(f) if f.permanent), true, None),
+        ];
+        for (number, on_exhaustion, outcome, check, go_on, pause) in table {
+            let recorded = after(&attempt(number, on_exhaustion), outcome, at(0), at(1), at(1));
+            assert!(check(&recorded.event), "attempt {number}, {on_exhaustion:?}: {recorded:?}");
+            assert_eq!(recorded.go_on, go_on, "attempt {number}, {on_exhaustion:?}");
+            assert_eq!(recorded.pause.as_deref(), pause, "attempt {number}, {on_exhaustion:?}");
+        }
     }
 }

@@ -72,6 +72,27 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// What a paused run's pause covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseScope {
+    /// This run.
+    Run,
+    /// Every run of its kind.
+    Kind,
+}
+
+/// Why a run does not move: who paused it (or its kind), why, and since when.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Pause {
+    pub scope: PauseScope,
+    /// The actor of the pause (`user:…`, `service:…`; `service:workflow-engine` when a
+    /// step's attempts ran out).
+    pub paused_by: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
 /// One run, as its projection holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Run {
@@ -92,6 +113,16 @@ pub struct Run {
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while the run, or its kind, is paused: the engine runs none of its steps
+    /// (its timers stay due) until it is resumed.
+    pub paused: Option<Pause>,
+}
+
+impl Run {
+    /// Whether the engine may work on it now.
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
 }
 
 /// A run with its steps.
@@ -102,8 +133,12 @@ pub struct RunWithSteps {
     pub steps: Vec<StepRecord>,
 }
 
-const RUN_COLUMNS: &str = "id, kind, status, input, output, failure, correlation_id, org_id, actor, parent_id, \
-     current_step, version, next_run_at, created_at, updated_at";
+/// A run with its own pause and its kind's.
+const RUN_SELECT: &str = "SELECT r.id, r.kind, r.status, r.input, r.output, r.failure, \
+     r.correlation_id, r.org_id, r.actor, r.parent_id, r.current_step, r.version, r.next_run_at, \
+     r.created_at, r.updated_at, r.paused_at, r.paused_by, r.pause_reason, \
+     k.since AS kind_paused_at, k.paused_by AS kind_paused_by, k.reason AS kind_pause_reason \
+     FROM workflow_runs r LEFT JOIN workflow_kind_pauses k ON k.kind = r.kind";
 
 fn decode_error(column: &str, message: String) -> DbError {
     DbError::decode(column, message)
@@ -127,6 +162,37 @@ fn run_from_row(row: &Row) -> Result<Run, DbError> {
         next_run_at: row.get("next_run_at")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
+        paused: pause_from_row(row)?,
+    })
+}
+
+fn pause_from_row(row: &Row) -> Result<Option<Pause>, DbError> {
+    let own = (
+        row.get::<Option<DateTime<Utc>>>("paused_at")?,
+        row.get::<Option<String>>("paused_by")?,
+        row.get::<Option<String>>("pause_reason")?,
+    );
+    if let (Some(since), Some(paused_by), Some(reason)) = own {
+        return Ok(Some(Pause {
+            scope: PauseScope::Run,
+            paused_by,
+            reason,
+            since,
+        }));
+    }
+    let kind = (
+        row.get::<Option<DateTime<Utc>>>("kind_paused_at")?,
+        row.get::<Option<String>>("kind_paused_by")?,
+        row.get::<Option<String>>("kind_pause_reason")?,
+    );
+    Ok(match kind {
+        (Some(since), Some(paused_by), Some(reason)) => Some(Pause {
+            scope: PauseScope::Kind,
+            paused_by,
+            reason,
+            since,
+        }),
+        _ => None,
     })
 }
 
@@ -163,14 +229,14 @@ pub struct RunFilter {
     pub correlation_id: Option<CorrelationId>,
     /// Only runs whose id sorts after this one (ids are time-ordered): a cursor.
     pub after: Option<WorkflowId>,
+    /// Only runs that are paused (on their own or by their kind).
+    pub paused: bool,
     pub limit: Option<u32>,
 }
 
 /// One run.
 pub async fn load_run(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<Run>, DbError> {
-    let sql = Sql::built(format!(
-        "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = $1"
-    ));
+    let sql = Sql::built(format!("{RUN_SELECT} WHERE r.id = $1"));
     conn.fetch_optional(sql, args![id])
         .await?
         .as_ref()
@@ -203,36 +269,39 @@ pub async fn load(conn: &mut Conn<'_>, id: WorkflowId) -> Result<Option<RunWithS
 
 /// Runs matching a filter, oldest first.
 pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, DbError> {
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE 1 = 1");
+    let mut sql = format!("{RUN_SELECT} WHERE 1 = 1");
     let mut args: Vec<Arg> = Vec::new();
     let mut condition = |clause: &str, arg: Arg| {
         args.push(arg);
         sql.push_str(&format!(" AND {clause} ${}", args.len()));
     };
     if let Some(status) = filter.status {
-        condition("status =", status.as_str().into_arg());
+        condition("r.status =", status.as_str().into_arg());
     }
     if let Some(kind) = &filter.kind {
-        condition("kind =", kind.clone().into_arg());
+        condition("r.kind =", kind.clone().into_arg());
     }
     if let Some(org_id) = filter.org_id {
-        condition("org_id =", org_id.into_arg());
+        condition("r.org_id =", org_id.into_arg());
     }
     if let Some(correlation_id) = filter.correlation_id {
-        condition("correlation_id =", correlation_id.into_arg());
+        condition("r.correlation_id =", correlation_id.into_arg());
     }
     if let Some(after) = filter.after {
-        condition("id >", after.into_arg());
+        condition("r.id >", after.into_arg());
     }
     if let Some(excluded) = filter.exclude_org {
         args.push(excluded.into_arg());
         sql.push_str(&format!(
-            " AND (org_id IS NULL OR org_id <> ${})",
+            " AND (r.org_id IS NULL OR r.org_id <> ${})",
             args.len()
         ));
     }
+    if filter.paused {
+        sql.push_str(" AND (r.paused_at IS NOT NULL OR k.kind IS NOT NULL)");
+    }
     args.push(i64::from(filter.limit.unwrap_or(100)).into_arg());
-    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
+    sql.push_str(&format!(" ORDER BY r.id LIMIT ${}", args.len()));
     let rows = conn.fetch_all(Sql::built(sql), args).await?;
     rows.iter().map(run_from_row).collect()
 }

@@ -34,6 +34,7 @@ fn quick_retry(max_attempts: u32) -> RetryPolicy {
         initial: Duration::from_secs(1),
         factor: 2.0,
         max: Duration::from_secs(60),
+        ..RetryPolicy::default()
     }
 }
 

@@ -101,6 +101,7 @@ impl Workflow for Panicky {
                 initial: Duration::from_millis(number(input, "initial_ms", 1_000)),
                 factor: 2.0,
                 max: Duration::from_secs(60),
+                ..RetryPolicy::default()
             });
             if name == "outside" || name == "hold" {
                 call = call.external();
@@ -172,6 +173,7 @@ impl Workflow for Panicky {
             initial: Duration::from_secs(1),
             factor: 2.0,
             max: Duration::from_secs(60),
+            ..RetryPolicy::default()
         }
     }
 }

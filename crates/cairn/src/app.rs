@@ -38,6 +38,14 @@ pub async fn open(url: &str) -> anyhow::Result<EventStore> {
     Ok(EventStore::new(db, registry()))
 }
 
+/// Who decides at the command line: `service:cairn-cli`, in a request of its own.
+pub fn cli_operator() -> cairn_dispatch::Operator {
+    cairn_dispatch::Operator {
+        actor: cairn_types::Actor::Service("cairn-cli".to_owned()),
+        correlation_id: cairn_types::CorrelationId::new_v7(),
+    }
+}
+
 /// Opens the domain: the event store, the mailer, and the workflow engine.
 pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain> {
     let store = open(url).await?;
@@ -49,6 +57,7 @@ pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain>
             "{}/invitations/accept",
             runtime.public_url.trim_end_matches('/')
         ),
+        mail_retry_for: runtime.mail_retry_for.0,
     };
     let mut engine_config = EngineConfig {
         pause_after_records: runtime.fault_pause_after_records,

@@ -407,6 +407,13 @@ pub struct Runtime {
     #[arg(long, global = true, env = "CAIRN_INVITATION_TTL", default_value = "7d", value_parser = parse_duration)]
     pub invitation_ttl: HumanDuration,
 
+    /// How long an invitation email keeps being retried while the mail server refuses
+    /// for now (a 4xx reply, a refused or timed-out connection), with waits of up to
+    /// 45 s; then its workflow run pauses, keeping what it did, until it is resumed
+    /// (`cairn workflows resume`). A 5xx reply fails the send at once.
+    #[arg(long, global = true, env = "CAIRN_MAIL_RETRY_FOR", default_value = "24h", value_parser = parse_duration)]
+    pub mail_retry_for: HumanDuration,
+
     /// The address people reach cairn at, for links in emails.
     #[arg(
         long,

@@ -357,7 +357,12 @@ async fn retry_ids(
                 continue;
             }
         };
-        match state.domain().store().retry(event.event_id).await {
+        match state
+            .domain()
+            .store()
+            .retry(event.event_id, &session.ctx.operator())
+            .await
+        {
             Ok(dispatched) => rows.push(RetryRow::of(&dispatched)),
             Err(error) => refused.push(format!("event {}: {error}", event.position)),
         }
@@ -476,7 +481,7 @@ pub(crate) async fn retry_many(
         return match state
             .domain()
             .store()
-            .retry_failed(&selection, &mut |_, _| {})
+            .retry_failed(&selection, &session.ctx.operator(), &mut |_, _| {})
             .await
         {
             Ok(report) => {

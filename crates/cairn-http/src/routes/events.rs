@@ -227,7 +227,13 @@ pub(crate) fn retry_problem(error: RetryError) -> Problem {
     match error {
         RetryError::NotFound { .. } => Problem::new(ProblemCode::NotFound, error.to_string()),
         RetryError::NotFailed { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
+        RetryError::Held { .. } => Problem::new(ProblemCode::Held, error.to_string()),
+        RetryError::RoutePaused { .. } => Problem::new(ProblemCode::Paused, error.to_string()),
         RetryError::Database(e) => database(&e),
+        RetryError::Record(e) => match *e {
+            cairn_log::AppendError::Database(e) => database(&e),
+            other => Problem::internal(&other),
+        },
         RetryError::Read(e) => Problem::internal(&e),
     }
 }
@@ -244,7 +250,7 @@ async fn retry_event(
     let retried = state
         .domain()
         .store()
-        .retry(path.event_id)
+        .retry(path.event_id, &ctx.operator())
         .await
         .map_err(retry_problem)?;
     Ok(Reply::ok(retried))
@@ -266,7 +272,7 @@ async fn retry_failed_events(
     let report = state
         .domain()
         .store()
-        .retry_failed(&selection, &mut |_, _| {})
+        .retry_failed(&selection, &ctx.operator(), &mut |_, _| {})
         .await
         .map_err(retry_problem)?;
     Ok(Reply::ok(report))

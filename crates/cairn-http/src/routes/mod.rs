@@ -112,6 +112,13 @@ pub fn command_problem(error: CommandError) -> Problem {
             "another request changed this resource at the same time; try again",
         ),
         CommandError::Append(cairn_log::AppendError::Database(e)) => database(&e),
+        CommandError::Append(error @ cairn_log::AppendError::Held { cause, .. }) => Problem::new(
+            match cause {
+                cairn_log::HoldCause::Failed => ProblemCode::Held,
+                cairn_log::HoldCause::Paused => ProblemCode::Paused,
+            },
+            error.to_string(),
+        ),
         CommandError::NotApplied { .. } => Problem::new(ProblemCode::Internal, error.to_string()),
         CommandError::Append(e) => Problem::internal(&e),
     }

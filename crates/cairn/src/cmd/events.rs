@@ -273,7 +273,7 @@ async fn retry(url: &str, args: RetryArgs) -> anyhow::Result<ExitCode> {
     let store = app::open(url).await?;
     if let Some(event) = args.event {
         let event = find(&store, event).await?;
-        let dispatched = store.retry(event.event_id).await?;
+        let dispatched = store.retry(event.event_id, &app::cli_operator()).await?;
         if args.json.json {
             ui::print_json(&dispatched)?;
         } else {
@@ -291,7 +291,9 @@ async fn retry(url: &str, args: RetryArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = ui::Progress::new("retrying");
     let report = store
-        .retry_failed(&selection, &mut |done, total| progress.update(done, total))
+        .retry_failed(&selection, &app::cli_operator(), &mut |done, total| {
+            progress.update(done, total)
+        })
         .await;
     progress.finish();
     let report = report?;
