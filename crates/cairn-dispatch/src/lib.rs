@@ -34,6 +34,7 @@ mod store;
 mod views;
 
 pub use dispatcher::Dispatcher;
+pub use operations::{HandlerRoute, PausedRoutes, RoutePause};
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,
@@ -45,7 +46,6 @@ pub use replay::{
 };
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
 pub use spec::{EventPayload, EventSpec};
-pub use operations::{HandlerRoute, PausedRoutes, RoutePause};
 pub use store::{
     Appended, ControlError, Dispatched, EventStore, Operator, Resumed, RetryError, RetryReport,
     RetrySelection,

@@ -134,20 +134,17 @@ impl RouteResumed {
 
 impl EventPayload for EventRetried {
     const EVENT_TYPE: &'static str = "dispatch.event_retried";
-    const DESCRIPTION: &'static str =
-        "An operator retried a failed event: it was dispatched again at this record's place in the log.";
+    const DESCRIPTION: &'static str = "An operator retried a failed event: it was dispatched again at this record's place in the log.";
 }
 
 impl EventPayload for EventSkipped {
     const EVENT_TYPE: &'static str = "dispatch.event_skipped";
-    const DESCRIPTION: &'static str =
-        "An operator marked a failed event as not to be applied, with a reason; the events held behind it apply.";
+    const DESCRIPTION: &'static str = "An operator marked a failed event as not to be applied, with a reason; the events held behind it apply.";
 }
 
 impl EventPayload for RoutePaused {
     const EVENT_TYPE: &'static str = "dispatch.route_paused";
-    const DESCRIPTION: &'static str =
-        "An operator paused a handler route: its events are stored and held, not applied, until it is resumed.";
+    const DESCRIPTION: &'static str = "An operator paused a handler route: its events are stored and held, not applied, until it is resumed.";
 }
 
 impl EventPayload for RouteResumed {
@@ -246,9 +243,10 @@ impl PausedRoutes {
             stream_type: event.stream_type.clone(),
             event_type: Some(event.event_type.clone()),
         };
-        self.by_route
-            .get(&own)
-            .or_else(|| self.by_route.get(&HandlerRoute::stream_type(event.stream_type.clone())))
+        self.by_route.get(&own).or_else(|| {
+            self.by_route
+                .get(&HandlerRoute::stream_type(event.stream_type.clone()))
+        })
     }
 
     /// The pause of exactly this route.

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use cairn_log::db::quote_ident;
 use cairn_log::{
-    Backend, Conn, EventFilter, HoldCause, Outcome, ReadError, RecordedEvent, Session,
-    StreamHold, args,
+    Backend, Conn, EventFilter, HoldCause, Outcome, ReadError, RecordedEvent, Session, StreamHold,
+    args,
 };
 use cairn_types::{EventId, EventType, Position, StreamId};
 

@@ -33,9 +33,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use cairn_log::{
-    HoldCause, Outcome, ReadError, RecordedEvent, StreamHold,
-};
+use cairn_log::{HoldCause, Outcome, ReadError, RecordedEvent, StreamHold};
 use cairn_types::{Position, StreamId};
 
 use crate::dispatcher::Dispatcher;
@@ -109,8 +107,11 @@ pub(crate) trait Ledger: Send {
     ) -> Result<Vec<RecordedEvent>, ReadError>;
 
     /// Records a stored event's new outcome.
-    async fn set_outcome(&mut self, event: &RecordedEvent, outcome: &Outcome)
-    -> Result<(), ReadError>;
+    async fn set_outcome(
+        &mut self,
+        event: &RecordedEvent,
+        outcome: &Outcome,
+    ) -> Result<(), ReadError>;
 
     /// The positions that streams held by a pause wait behind, for events of `route`,
     /// in position order.
@@ -249,7 +250,10 @@ async fn release(
     record: Position,
 ) -> Result<(), ReadError> {
     ledger.lift_hold(stream).await?;
-    for event in ledger.stream_events(stream.stream_id, after, record).await? {
+    for event in ledger
+        .stream_events(stream.stream_id, after, record)
+        .await?
+    {
         let outcome = apply(dispatcher, ledger, &event).await?;
         ledger.set_outcome(&event, &outcome).await?;
     }

@@ -207,7 +207,11 @@ impl EventStore {
             }
             Prepared::New(pending) => pending,
         };
+        // An event whose failure fails the caller's unit needs no savepoint of its own
+        // where the unit has one; the events its processing resolves (a retried
+        // event, a released stream's) record their failures, so they need one.
         let isolate = tx.handler_needs_savepoint(require_applied);
+        let isolate_resolved = tx.handler_needs_savepoint(false);
         let events = pending.events().to_vec();
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
@@ -217,7 +221,9 @@ impl EventStore {
                 let mut ledger = LiveLedger {
                     store: self,
                     tx: &mut *tx,
+                    appending: event.position,
                     isolate,
+                    isolate_resolved,
                 };
                 crate::sequence::process(&self.dispatcher, &mut ledger, event)
                     .await
@@ -466,11 +472,14 @@ impl EventStore {
             StreamId::from_uuid(target.event_id.as_uuid()),
             vec![record],
         );
-        let appended = self.append_in(tx, request).await.map_err(|error| match error {
-            AppendError::Database(error) => RetryError::Database(error),
-            AppendError::Read(error) => RetryError::Read(error),
-            other => RetryError::Record(Box::new(other)),
-        })?;
+        let appended = self
+            .append_in(tx, request)
+            .await
+            .map_err(|error| match error {
+                AppendError::Database(error) => RetryError::Database(error),
+                AppendError::Read(error) => RetryError::Read(error),
+                other => RetryError::Record(Box::new(other)),
+            })?;
         if let Some(Outcome::Failed(error)) = appended.events.first().map(|d| &d.outcome) {
             return Err(RetryError::Record(Box::new(AppendError::NotApplied {
                 event_type: target.event_type.clone(),
@@ -701,8 +710,8 @@ impl Operator {
     /// The metadata of a record about one event: in its request's timeline and tenant,
     /// caused by it, naming the request the decision was made in.
     fn metadata_for(&self, target: &RecordedEvent) -> Metadata {
-        let mut metadata = Metadata::with_correlation(target.metadata.correlation_id)
-            .actor(self.actor.clone());
+        let mut metadata =
+            Metadata::with_correlation(target.metadata.correlation_id).actor(self.actor.clone());
         metadata.org_id = target.metadata.org_id;
         metadata.causation_id = Some(cairn_types::CausationId::from_uuid(
             target.event_id.as_uuid(),
@@ -760,12 +769,12 @@ impl RetryReport {
 /// What a caller is told of a held event's stream.
 fn held_detail(cause: HoldCause, behind: Position) -> String {
     match cause {
-        HoldCause::Failed => format!(
-            "the event at position {behind} failed and holds its stream: retry or skip it"
-        ),
-        HoldCause::Paused => format!(
-            "the handler route of the event at position {behind} is paused: resume it"
-        ),
+        HoldCause::Failed => {
+            format!("the event at position {behind} failed and holds its stream: retry or skip it")
+        }
+        HoldCause::Paused => {
+            format!("the handler route of the event at position {behind} is paused: resume it")
+        }
     }
 }
 
@@ -782,7 +791,12 @@ fn append_error(error: ReadError) -> AppendError {
 struct LiveLedger<'a> {
     store: &'a EventStore,
     tx: &'a mut Tx,
+    /// The position of the event being appended.
+    appending: Position,
+    /// Whether the event being appended runs in a savepoint of its own.
     isolate: bool,
+    /// Whether the stored events its processing resolves do.
+    isolate_resolved: bool,
 }
 
 #[async_trait::async_trait]
@@ -806,10 +820,15 @@ impl Ledger for LiveLedger<'_> {
             // handler starts its event's trace itself.
             cairn_observe::otel::join_trace(&span, event.metadata.correlation_id.as_uuid(), None);
         }
+        let isolate = if event.position == self.appending {
+            self.isolate
+        } else {
+            self.isolate_resolved
+        };
         let outcome = {
             use tracing::Instrument as _;
             dispatcher
-                .dispatch(&mut self.tx.conn(), event, self.isolate)
+                .dispatch(&mut self.tx.conn(), event, isolate)
                 .instrument(span.clone())
                 .await?
         };
@@ -825,7 +844,7 @@ impl Ledger for LiveLedger<'_> {
                 event_type: event.event_type.to_string(),
             })
             .observe(took.as_secs_f64());
-        if outcome.error().is_some() && !self.isolate {
+        if outcome.error().is_some() && !isolate {
             // The handler's writes are still in the transaction.
             self.tx.poison();
         }

@@ -50,9 +50,7 @@ impl Workflow for Delivery {
         }
         let Some(sent) = history.result("send") else {
             return Ok(Decision::Run(
-                StepCall::new("send")
-                    .external()
-                    .retry(self.mail_retry),
+                StepCall::new("send").external().retry(self.mail_retry),
             ));
         };
         match history.result("record") {

@@ -72,7 +72,10 @@ pub(crate) fn known_stream(row: &Row) -> Result<StreamState, DbError> {
         (Some(behind), Some(cause)) => Some(StreamHold {
             behind: Position::new(behind),
             cause: HoldCause::parse(&cause).ok_or_else(|| {
-                DbError::decode("stream_holds.cause", format!("{cause:?} is not a hold cause"))
+                DbError::decode(
+                    "stream_holds.cause",
+                    format!("{cause:?} is not a hold cause"),
+                )
             })?,
         }),
         _ => None,
@@ -128,7 +131,9 @@ pub enum AppendError {
     /// The append required every event to be applied, and one would have been held:
     /// its stream waits behind an earlier event, or its handler route is paused.
     /// Nothing of the append is kept.
-    #[error("event {event_type} was not appended: stream {stream_id} is held behind position {behind} ({detail})")]
+    #[error(
+        "event {event_type} was not appended: stream {stream_id} is held behind position {behind} ({detail})"
+    )]
     Held {
         stream_id: StreamId,
         event_type: EventType,
@@ -255,8 +260,14 @@ impl Tx {
     /// Whether a stream is held, as this transaction sees it: its later events are
     /// stored but not applied until the event it waits behind is resolved. Known
     /// without asking the database for the streams a unit of work named to the writer.
-    pub async fn stream_hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, DbError> {
-        Ok(self.stream_state(stream_id).await?.and_then(|known| known.hold))
+    pub async fn stream_hold(
+        &mut self,
+        stream_id: StreamId,
+    ) -> Result<Option<StreamHold>, DbError> {
+        Ok(self
+            .stream_state(stream_id)
+            .await?
+            .and_then(|known| known.hold))
     }
 
     async fn stream_state(&mut self, stream_id: StreamId) -> Result<StreamState, DbError> {
@@ -592,7 +603,10 @@ impl Tx {
 
     /// The stored event at a position, as this transaction sees it (its own appends
     /// included).
-    pub async fn event_at(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError> {
+    pub async fn event_at(
+        &mut self,
+        position: Position,
+    ) -> Result<Option<RecordedEvent>, ReadError> {
         self.flush(false).await?;
         self.conn().event_at(position).await
     }

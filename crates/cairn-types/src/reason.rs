@@ -130,6 +130,9 @@ mod tests {
                 (got, want) => panic!("{input:?}: got {got:?}, expected {want:?}"),
             }
         }
-        assert!(Reason::parse(&"é".repeat(500)).is_ok(), "characters, not bytes");
+        assert!(
+            Reason::parse(&"é".repeat(500)).is_ok(),
+            "characters, not bytes"
+        );
     }
 }

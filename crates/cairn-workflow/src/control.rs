@@ -64,8 +64,7 @@ pub struct KindResumed {
 
 impl EventPayload for RunPaused {
     const EVENT_TYPE: &'static str = "workflow_control.run_paused";
-    const DESCRIPTION: &'static str =
-        "A workflow run was paused (by an operator, or by the engine when a step's attempts ran out): it stops after the step in flight.";
+    const DESCRIPTION: &'static str = "A workflow run was paused (by an operator, or by the engine when a step's attempts ran out): it stops after the step in flight.";
 }
 
 impl EventPayload for RunResumed {
@@ -81,7 +80,8 @@ impl EventPayload for KindPaused {
 
 impl EventPayload for KindResumed {
     const EVENT_TYPE: &'static str = "workflow_control.kind_resumed";
-    const DESCRIPTION: &'static str = "The runs of a paused workflow kind go on where they stopped.";
+    const DESCRIPTION: &'static str =
+        "The runs of a paused workflow kind go on where they stopped.";
 }
 
 /// The stream of one run's pauses.

@@ -537,11 +537,13 @@ impl Engine {
                         return Ok(Driven::Idle);
                     }
                 }
-                Next::Perform(attempt) => match self.attempt(lease, &mut run, workflow, attempt).await? {
-                    Then::GoOn => {}
-                    Then::Wait => return Ok(Driven::Idle),
-                    Then::Blocked => return Ok(Driven::Blocked),
-                },
+                Next::Perform(attempt) => {
+                    match self.attempt(lease, &mut run, workflow, attempt).await? {
+                        Then::GoOn => {}
+                        Then::Wait => return Ok(Driven::Idle),
+                        Then::Blocked => return Ok(Driven::Blocked),
+                    }
+                }
             }
         }
     }
@@ -645,14 +647,30 @@ impl Engine {
             // The step acted outside the database: a record lost now would make the
             // next claim perform it again (send the email twice). A write that failed
             // for a passing reason is tried again, fenced as before.
-            self.record_persistently(lease, run, &recorded.event, pause, attempt.outcome_priority())
-                .await?;
+            self.record_persistently(
+                lease,
+                run,
+                &recorded.event,
+                pause,
+                attempt.outcome_priority(),
+            )
+            .await?;
             drop(heartbeat);
         } else {
-            self.record(lease, run, &recorded.event, pause, attempt.outcome_priority())
-                .await?;
+            self.record(
+                lease,
+                run,
+                &recorded.event,
+                pause,
+                attempt.outcome_priority(),
+            )
+            .await?;
         }
-        Ok(if recorded.go_on { Then::GoOn } else { Then::Wait })
+        Ok(if recorded.go_on {
+            Then::GoOn
+        } else {
+            Then::Wait
+        })
     }
 
     /// Records like [`Engine::record`], trying again (a few times, with growing

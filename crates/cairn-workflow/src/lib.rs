@@ -27,8 +27,8 @@
 //! This crate knows nothing about organizations, email or HTTP.
 
 mod clock;
-pub mod control;
 mod context;
+pub mod control;
 mod definition;
 mod engine;
 pub mod events;

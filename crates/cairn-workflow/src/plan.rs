@@ -742,12 +742,54 @@ mod tests {
         let flaky = || Err(StepError::retryable("flaky"));
         type Check = fn(&RunEvent) -> bool;
         #[allow(clippy::type_complexity)]
-        let table: [(u32, Exhaustion, Result<Value, StepError>, Check, bool, Option<&str>); 7] = [
-            (1, Exhaustion::Fail, Ok(json!(1)), |e| matches!(e, RunEvent::StepCompleted(_)), true, None),
-            (2, Exhaustion::Fail, flaky(), |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)), false, None),
-            (3, Exhaustion::Fail, flaky(), |e| matches!(e, RunEvent::StepFailed(f) if !f.permanent), true, None),
-            (1, Exhaustion::Fail, Err(StepError::permanent("no")), |e| matches!(e, RunEvent::StepFailed(f) if f.permanent), true, None),
-            (2, Exhaustion::Pause, flaky(), |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)), false, None),
+        let table: [(
+            u32,
+            Exhaustion,
+            Result<Value, StepError>,
+            Check,
+            bool,
+            Option<&str>,
+        ); 7] = [
+            (
+                1,
+                Exhaustion::Fail,
+                Ok(json!(1)),
+                |e| matches!(e, RunEvent::StepCompleted(_)),
+                true,
+                None,
+            ),
+            (
+                2,
+                Exhaustion::Fail,
+                flaky(),
+                |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)),
+                false,
+                None,
+            ),
+            (
+                3,
+                Exhaustion::Fail,
+                flaky(),
+                |e| matches!(e, RunEvent::StepFailed(f) if !f.permanent),
+                true,
+                None,
+            ),
+            (
+                1,
+                Exhaustion::Fail,
+                Err(StepError::permanent("no")),
+                |e| matches!(e, RunEvent::StepFailed(f) if f.permanent),
+                true,
+                None,
+            ),
+            (
+                2,
+                Exhaustion::Pause,
+                flaky(),
+                |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(21)),
+                false,
+                None,
+            ),
             (
                 3,
                 Exhaustion::Pause,
@@ -755,16 +797,38 @@ mod tests {
                 // Due at once when resumed.
                 |e| matches!(e, RunEvent::StepAttemptFailed(f) if f.retry_at == at(1)),
                 false,
-                Some("step a failed 3 times, the last: flaky; resume the run once the cause is fixed"),
+                Some(
+                    "step a failed 3 times, the last: flaky; resume the run once the cause is fixed",
+                ),
             ),
             // A permanent failure fails whatever the policy says.
-            (1, Exhaustion::Pause, Err(StepError::permanent("no")), |e| matches!(e, RunEvent::StepFailed(f) if f.permanent), true, None),
+            (
+                1,
+                Exhaustion::Pause,
+                Err(StepError::permanent("no")),
+                |e| matches!(e, RunEvent::StepFailed(f) if f.permanent),
+                true,
+                None,
+            ),
         ];
         for (number, on_exhaustion, outcome, check, go_on, pause) in table {
-            let recorded = after(&attempt(number, on_exhaustion), outcome, at(0), at(1), at(1));
-            assert!(check(&recorded.event), "attempt {number}, {on_exhaustion:?}: {recorded:?}");
+            let recorded = after(
+                &attempt(number, on_exhaustion),
+                outcome,
+                at(0),
+                at(1),
+                at(1),
+            );
+            assert!(
+                check(&recorded.event),
+                "attempt {number}, {on_exhaustion:?}: {recorded:?}"
+            );
             assert_eq!(recorded.go_on, go_on, "attempt {number}, {on_exhaustion:?}");
-            assert_eq!(recorded.pause.as_deref(), pause, "attempt {number}, {on_exhaustion:?}");
+            assert_eq!(
+                recorded.pause.as_deref(),
+                pause,
+                "attempt {number}, {on_exhaustion:?}"
+            );
         }
     }
 }

@@ -73,7 +73,9 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// What a paused run's pause covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PauseScope {
     /// This run.

@@ -8,6 +8,8 @@ use cairn_dispatch::{
 };
 use cairn_log::{AppendRequest, EventFilter, Migration, NewEvent, Outcome, RecordedEvent, args};
 use cairn_testkit::{Backend, TestDb, backend_test};
+
+use crate::operator;
 use cairn_types::{ErrorCode, EventType, Metadata, StreamId, StreamType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -146,13 +148,6 @@ async fn store(t: &TestDb, registry: Registry) -> anyhow::Result<EventStore> {
     t.migrate_sets(&[cairn_dispatch::MIGRATIONS, WIDGETS])
         .await?;
     Ok(EventStore::new(t.db().clone(), registry))
-}
-
-fn operator() -> cairn_dispatch::Operator {
-    cairn_dispatch::Operator {
-        actor: cairn_types::Actor::Service("test-operator".to_owned()),
-        correlation_id: cairn_types::CorrelationId::new_v7(),
-    }
 }
 
 fn event(event_type: &str, data: Value) -> NewEvent {
@@ -515,7 +510,10 @@ backend_test!(
             .expect("stored");
         assert!(stored.processing_error.is_none() && stored.processed_at.is_some());
 
-        let err = after.retry(event_id, &operator()).await.expect_err("no longer failed");
+        let err = after
+            .retry(event_id, &operator())
+            .await
+            .expect_err("no longer failed");
         assert!(matches!(err, RetryError::NotFailed { .. }), "{err:?}");
         let err = after
             .retry(cairn_types::EventId::new_v7(), &operator())
@@ -562,7 +560,9 @@ backend_test!(
             code: Some(ErrorCode::UnknownStreamType),
             ..RetrySelection::default()
         };
-        let report = after.retry_failed(&only_p9002, &operator(), &mut |_, _| {}).await?;
+        let report = after
+            .retry_failed(&only_p9002, &operator(), &mut |_, _| {})
+            .await?;
         assert_eq!(
             (report.n_retried, report.n_fixed),
             (1, 1),
@@ -576,7 +576,9 @@ backend_test!(
             ..RetrySelection::default()
         };
         let report = after
-            .retry_failed(&widgets, &operator(), &mut |done, total| progress.push((done, total)))
+            .retry_failed(&widgets, &operator(), &mut |done, total| {
+                progress.push((done, total))
+            })
             .await?;
         assert_eq!((report.n_retried, report.n_fixed), (3, 3));
         assert_eq!(progress.last(), Some(&(3, 3)));
