@@ -299,6 +299,21 @@ pub const TABLES: [ProjectionTable; 4] = [
 ];
 
 /// Registers the organization, user and invitation routers and their projections.
+///
+/// Which routes hold a stream behind a failed event (see
+/// [`cairn_dispatch::RouterBuilder::hold_streams`]):
+/// - `invitation` holds: an invitation is a state machine (sent, resent, then accepted,
+///   revoked or expired), and `invitation.resent` makes it pending again with a new
+///   token. Applied late, after a retry, it would reopen an accepted or revoked
+///   invitation with a live link. Its later events wait for the failed one instead.
+/// - `user` holds: `user.created` and `user.invited` replace the person's name and
+///   email; applied late, they would put back an older name over a newer one.
+/// - `organization` does not: its usual failure is "the organization does not exist
+///   yet" (an event appended before the one that creates it), which is fixed by
+///   appending the creating event to the same stream and then retrying. A hold would
+///   keep that creating event from ever applying. Its other events replace one value
+///   each (the settings, the status), and the bootstrap's commands never append on
+///   top of a failure (they require every event applied).
 pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
     let builder = builder
         .router(stream::ORGANIZATION, |r| {
@@ -314,6 +329,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<UserInvited>(OnUserInvited)
                 .event::<RoleAssigned>(OnRoleAssigned)
                 .event::<UserActivated>(OnUserActivated)
+                .hold_streams()
         })
         .router(stream::INVITATION, |r| {
             r.event::<InvitationSent>(OnInvitationSent)
@@ -321,6 +337,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<InvitationAccepted>(OnInvitationAccepted)
                 .event::<InvitationRevoked>(OnInvitationRevoked)
                 .event::<InvitationExpired>(OnInvitationExpired)
+                .hold_streams()
         });
     let builder = builder
         .view(

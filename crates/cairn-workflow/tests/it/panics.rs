@@ -20,8 +20,7 @@ use cairn_workflow::{
 };
 use serde_json::{Value, json};
 
-mod support;
-use support::{lease_expiry, manual_clock, run_events, run_state};
+use crate::support::{lease_expiry, manual_clock, run_events, run_state};
 
 /// A table a transactional step writes to, to show what its unit kept.
 const MARKS: &[Migration] = &[Migration {

@@ -17,8 +17,7 @@ use cairn_workflow::{
 };
 use serde_json::{Value, json};
 
-mod support;
-use support::{lease_expiry, manual_clock, run_events, run_state};
+use crate::support::{lease_expiry, manual_clock, run_events, run_state};
 
 const MIGRATIONS: &[&[Migration]] = &[cairn_dispatch::MIGRATIONS, cairn_workflow::MIGRATIONS];
 
