@@ -34,7 +34,9 @@ mod store;
 mod views;
 
 pub use dispatcher::Dispatcher;
-pub use operations::{HandlerRoute, PausedRoutes, RoutePause};
+pub use operations::{
+    HandlerRoute, HeldBehind, HeldStream, PausedRoutes, RoutePause, held_counts, held_streams,
+};
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,

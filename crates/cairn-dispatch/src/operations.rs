@@ -363,3 +363,104 @@ pub(crate) fn routes(builder: RegistryBuilder) -> RegistryBuilder {
             key: &["stream_id"],
         })
 }
+
+/// A stream held behind one of its events: its later events are stored, not applied.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HeldStream {
+    pub stream_type: StreamType,
+    pub stream_id: StreamId,
+    pub org_id: Option<cairn_types::OrgId>,
+    pub cause: cairn_log::HoldCause,
+    /// The event the stream waits behind: retry or skip it (failed), or resume its
+    /// route (paused).
+    pub behind: HeldBehind,
+    /// Since the event it waits behind was appended.
+    pub since: DateTime<Utc>,
+    /// How many of its events wait.
+    pub n_held: u64,
+}
+
+/// The event a held stream waits behind.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HeldBehind {
+    pub position: Position,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    /// Why it failed, for a failure.
+    pub error: Option<cairn_log::ProcessingError>,
+}
+
+/// Held streams, in the order of the events they wait behind, after `after` (that
+/// position), at most `limit` (as the connection sees them: a tenant's scoped
+/// snapshot shows its own).
+pub async fn held_streams(
+    conn: &mut Conn<'_>,
+    after: Position,
+    limit: u32,
+) -> Result<Vec<HeldStream>, DbError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT h.stream_id, h.stream_type, h.org_id, h.behind, h.cause, h.since, \
+             e.event_id, e.event_type, e.processing_error_code, e.processing_error_message, \
+             (SELECT COUNT(*) FROM domain_events x WHERE x.stream_id = h.stream_id \
+              AND x.held_behind IS NOT NULL) AS n_held \
+             FROM stream_holds h JOIN domain_events e ON e.position = h.behind \
+             WHERE h.behind > $1 ORDER BY h.behind LIMIT $2",
+            args![after, i64::from(limit)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let bad = |column: &str, message: String| DbError::decode(column, message);
+            let stream_type: String = row.get("stream_type")?;
+            let event_type: String = row.get("event_type")?;
+            let cause: String = row.get("cause")?;
+            let code: Option<String> = row.get("processing_error_code")?;
+            let message: Option<String> = row.get("processing_error_message")?;
+            let error = match (code, message) {
+                (Some(code), Some(message)) => Some(cairn_log::ProcessingError {
+                    code: code
+                        .parse()
+                        .map_err(|e| bad("processing_error_code", format!("{e}")))?,
+                    message,
+                }),
+                _ => None,
+            };
+            Ok(HeldStream {
+                stream_type: StreamType::parse(&stream_type)
+                    .map_err(|e| bad("stream_type", e.to_string()))?,
+                stream_id: row.get("stream_id")?,
+                org_id: row.get("org_id")?,
+                cause: match cause.as_str() {
+                    "failed" => cairn_log::HoldCause::Failed,
+                    "paused" => cairn_log::HoldCause::Paused,
+                    other => return Err(bad("cause", format!("{other:?} is not a hold cause"))),
+                },
+                behind: HeldBehind {
+                    position: Position::new(row.get("behind")?),
+                    event_id: row.get("event_id")?,
+                    event_type: EventType::parse(&event_type)
+                        .map_err(|e| bad("event_type", e.to_string()))?,
+                    error,
+                },
+                since: row.get("since")?,
+                n_held: u64::try_from(row.get::<i64>("n_held")?).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// How many streams are held, and how many events wait in them.
+pub async fn held_counts(conn: &mut Conn<'_>) -> Result<(u64, u64), DbError> {
+    let row = conn
+        .fetch_one(
+            "SELECT (SELECT COUNT(*) FROM stream_holds) AS streams, \
+             (SELECT COUNT(*) FROM domain_events WHERE held_behind IS NOT NULL) AS events",
+            args![],
+        )
+        .await?;
+    let count = |column: &str| -> Result<u64, DbError> {
+        Ok(u64::try_from(row.get::<i64>(column)?).unwrap_or(0))
+    };
+    Ok((count("streams")?, count("events")?))
+}

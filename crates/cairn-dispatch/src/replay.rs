@@ -280,6 +280,10 @@ impl Ledger for ReplayLedger<'_, '_> {
         Ok(outcome)
     }
 
+    fn fails_unit(&self, _event: &RecordedEvent) -> bool {
+        false
+    }
+
     async fn hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, ReadError> {
         Ok(self.rebuild.holds.get(&stream_id).copied())
     }

@@ -78,6 +78,10 @@ pub(crate) trait Ledger: Send {
         event: &RecordedEvent,
     ) -> Result<Outcome, ReadError>;
 
+    /// Whether a failure of this event fails the caller's whole unit of work (an
+    /// append that requires its events applied): nothing more is written after it.
+    fn fails_unit(&self, event: &RecordedEvent) -> bool;
+
     /// A stream's hold, now.
     async fn hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, ReadError>;
 
@@ -155,6 +159,9 @@ async fn apply(
         }
         Admission::Apply => {
             let outcome = ledger.dispatch(dispatcher, event).await?;
+            if outcome.error().is_some() && ledger.fails_unit(event) {
+                return Ok(outcome);
+            }
             if holds_stream(&outcome, dispatcher.registry().holds(event)) {
                 ledger.set_hold(event, HoldCause::Failed).await?;
             }

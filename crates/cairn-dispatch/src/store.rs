@@ -222,6 +222,7 @@ impl EventStore {
                     store: self,
                     tx: &mut *tx,
                     appending: event.position,
+                    required: require_applied,
                     isolate,
                     isolate_resolved,
                 };
@@ -793,6 +794,8 @@ struct LiveLedger<'a> {
     tx: &'a mut Tx,
     /// The position of the event being appended.
     appending: Position,
+    /// Whether it must be applied (its failure fails the unit).
+    required: bool,
     /// Whether the event being appended runs in a savepoint of its own.
     isolate: bool,
     /// Whether the stored events its processing resolves do.
@@ -849,6 +852,10 @@ impl Ledger for LiveLedger<'_> {
             self.tx.poison();
         }
         Ok(outcome)
+    }
+
+    fn fails_unit(&self, event: &RecordedEvent) -> bool {
+        self.required && event.position == self.appending
     }
 
     async fn hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, ReadError> {

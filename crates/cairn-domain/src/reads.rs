@@ -238,6 +238,100 @@ pub async fn probe_facts(
     })
 }
 
+/// Streams held behind one of their events, oldest first, after the position a
+/// previous page ended at: a tenant sees its own.
+pub async fn held_streams(
+    db: &Db,
+    grant: &Grant,
+    after: Position,
+    limit: u32,
+) -> Result<Vec<cairn_dispatch::HeldStream>, ReadsError> {
+    let tenancy = require(grant, Action::ListEvents)?;
+    if *tenancy == Tenancy::None {
+        return Ok(Vec::new());
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    let held = cairn_dispatch::held_streams(&mut scoped.conn(), after, limit).await?;
+    Ok(held
+        .into_iter()
+        .filter(|held| tenancy.sees(held.org_id))
+        .collect())
+}
+
+/// The paused handler routes: platform-wide, so anyone who may read events sees
+/// them (their own commands are refused while one is paused).
+pub async fn paused_routes(
+    db: &Db,
+    grant: &Grant,
+) -> Result<Vec<cairn_dispatch::RoutePause>, ReadsError> {
+    let tenancy = require(grant, Action::ListEvents)?;
+    if *tenancy == Tenancy::None {
+        return Ok(Vec::new());
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    let paused = cairn_dispatch::PausedRoutes::load(&mut scoped.conn()).await?;
+    Ok(paused.iter().cloned().collect())
+}
+
+/// The paused workflow kinds: platform-wide, like the paused routes.
+pub async fn paused_kinds(
+    db: &Db,
+    grant: &Grant,
+) -> Result<Vec<cairn_workflow::KindPause>, ReadsError> {
+    let tenancy = require(grant, Action::ListWorkflows)?;
+    if *tenancy == Tenancy::None {
+        return Ok(Vec::new());
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    Ok(cairn_workflow::control::kind_pauses(&mut scoped.conn()).await?)
+}
+
+/// Everything that is paused or held, for the health checks: who, why and since when.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+pub struct Paused {
+    /// Paused handler routes.
+    pub routes: Vec<cairn_dispatch::RoutePause>,
+    /// Paused workflow kinds.
+    pub workflow_kinds: Vec<cairn_workflow::KindPause>,
+    /// Runs paused on their own (by an operator, or when a step's attempts ran out).
+    pub workflow_runs: i64,
+    /// The first of them.
+    pub runs: Vec<PausedRun>,
+    /// Streams held behind a failed event or a paused route.
+    pub held_streams: i64,
+    /// Events that wait in them.
+    pub held_events: i64,
+    /// The first of the held streams.
+    pub held: Vec<cairn_dispatch::HeldStream>,
+}
+
+/// A run paused on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct PausedRun {
+    pub id: WorkflowId,
+    pub kind: String,
+    pub paused_by: String,
+    pub reason: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whose run this is (`Some(None)`: a run of no organization), or `None` when there
+/// is no such run: what the policy needs to decide who may pause it. It answers that
+/// and nothing else.
+pub async fn run_tenant(db: &Db, id: WorkflowId) -> Result<Option<Option<OrgId>>, ReadsError> {
+    let mut reader = db.reader().await?;
+    let row = reader
+        .conn()
+        .fetch_optional(
+            "SELECT org_id FROM workflow_runs WHERE id = $1",
+            cairn_log::args![id],
+        )
+        .await?;
+    Ok(row
+        .map(|row| row.get::<Option<OrgId>>("org_id"))
+        .transpose()?)
+}
+
 /// A workflow run that should have moved on and has not.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StuckRun {
@@ -260,10 +354,13 @@ pub struct SystemHealth {
     pub failed_events: i64,
     /// Workflow runs by status.
     pub workflows: std::collections::BTreeMap<String, i64>,
-    /// Runs overdue by more than the deadline, and runs whose compensation failed.
+    /// Runs overdue by more than the deadline, and runs whose compensation failed
+    /// (paused runs are not stuck: they are counted in `paused`).
     pub stuck_workflows: i64,
     /// The first of them.
     pub stuck: Vec<StuckRun>,
+    /// What operators paused, and what is held.
+    pub paused: Paused,
 }
 
 /// When things count as stuck.
@@ -293,7 +390,8 @@ pub async fn system_health(
     let unprocessed: i64 = conn
         .fetch_one(
             "SELECT COUNT(*) AS n FROM domain_events \
-             WHERE processed_at IS NULL AND processing_error_code IS NULL AND created_at < $1",
+             WHERE processed_at IS NULL AND processing_error_code IS NULL AND created_at < $1 \
+             AND held_behind IS NULL",
             cairn_log::args![now - unprocessed_after],
         )
         .await?
@@ -309,8 +407,9 @@ pub async fn system_health(
         workflows.insert(row.get::<String>("status")?, row.get::<i64>("n")?);
     }
     let overdue = now - stuck_after;
-    let stuck_filter = "(status IN ('running', 'compensating') AND next_run_at IS NOT NULL AND next_run_at < $1) \
-         OR status = 'compensation_failed'";
+    let stuck_filter = "((status IN ('running', 'compensating') AND next_run_at IS NOT NULL AND next_run_at < $1 \
+         AND paused_at IS NULL AND kind NOT IN (SELECT kind FROM workflow_kind_pauses)) \
+         OR status = 'compensation_failed')";
     let stuck_workflows: i64 = conn
         .fetch_one(
             cairn_log::Sql::built(format!(
@@ -339,6 +438,7 @@ pub async fn system_health(
             })
         })
         .collect::<Result<Vec<_>, cairn_log::DbError>>()?;
+    let paused = paused(&mut conn).await?;
     Ok(SystemHealth {
         head: head.last_position,
         unprocessed_events: unprocessed,
@@ -346,6 +446,54 @@ pub async fn system_health(
         workflows,
         stuck_workflows,
         stuck,
+        paused,
+    })
+}
+
+/// What is paused or held, with the first few of each.
+async fn paused(conn: &mut cairn_log::Conn<'_>) -> Result<Paused, ReadsError> {
+    const FIRST: u32 = 10;
+    let routes = cairn_dispatch::PausedRoutes::load(conn)
+        .await?
+        .iter()
+        .cloned()
+        .collect();
+    let workflow_kinds = cairn_workflow::control::kind_pauses(conn).await?;
+    let workflow_runs: i64 = conn
+        .fetch_one(
+            "SELECT COUNT(*) AS n FROM workflow_runs WHERE paused_at IS NOT NULL",
+            cairn_log::args![],
+        )
+        .await?
+        .get("n")?;
+    let runs = conn
+        .fetch_all(
+            "SELECT id, kind, paused_by, pause_reason, paused_at FROM workflow_runs \
+             WHERE paused_at IS NOT NULL ORDER BY paused_at LIMIT $1",
+            cairn_log::args![i64::from(FIRST)],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(PausedRun {
+                id: row.get("id")?,
+                kind: row.get("kind")?,
+                paused_by: row.get("paused_by")?,
+                reason: row.get("pause_reason")?,
+                since: row.get("paused_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, cairn_log::DbError>>()?;
+    let (held_streams, held_events) = cairn_dispatch::held_counts(conn).await?;
+    let held = cairn_dispatch::held_streams(conn, Position::START, FIRST).await?;
+    Ok(Paused {
+        routes,
+        workflow_kinds,
+        workflow_runs,
+        runs,
+        held_streams: i64::try_from(held_streams).unwrap_or(i64::MAX),
+        held_events: i64::try_from(held_events).unwrap_or(i64::MAX),
+        held,
     })
 }
 

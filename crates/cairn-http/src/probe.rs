@@ -65,7 +65,8 @@ pub struct ProbeReport {
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Alert {
-    /// `probe_failing`, `unprocessed_events`, `failed_events` or `stuck_workflows`.
+    /// `probe_failing`, `unprocessed_events`, `failed_events`, `stuck_workflows`,
+    /// `paused_routes`, `paused_workflows` or `held_streams`.
     pub alert: String,
     pub active: bool,
     /// How many things it counts (1 or 0 for the probe).
@@ -465,7 +466,116 @@ pub fn alerts(system: &SystemHealth, probe: &ProbeReport) -> Vec<Alert> {
             },
             "no stuck workflows",
         ),
+        paused_routes_alert(&system.paused),
+        paused_workflows_alert(&system.paused),
+        held_streams_alert(&system.paused),
     ]
+}
+
+/// `who since when: why`, for a pause.
+fn who_why(by: &str, since: DateTime<Utc>, reason: &str) -> String {
+    format!(
+        "by {by} since {}: {reason}",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+fn paused_routes_alert(paused: &reads::Paused) -> Alert {
+    counted(
+        "paused_routes",
+        i64::try_from(paused.routes.len()).unwrap_or(i64::MAX),
+        |n| {
+            let routes: Vec<String> = paused
+                .routes
+                .iter()
+                .map(|pause| {
+                    format!(
+                        "{} ({})",
+                        pause.route,
+                        who_why(&pause.paused_by, pause.since, &pause.reason)
+                    )
+                })
+                .collect();
+            format!(
+                "{n} handler routes are paused: {}; their events are stored and held until the route is resumed (cairn handlers resume)",
+                routes.join("; ")
+            )
+        },
+        "no handler route is paused",
+    )
+}
+
+fn paused_workflows_alert(paused: &reads::Paused) -> Alert {
+    let n_kinds = i64::try_from(paused.workflow_kinds.len()).unwrap_or(i64::MAX);
+    counted(
+        "paused_workflows",
+        n_kinds.saturating_add(paused.workflow_runs),
+        |_| {
+            let mut parts: Vec<String> = paused
+                .workflow_kinds
+                .iter()
+                .map(|kind| {
+                    format!(
+                        "every {} run ({})",
+                        kind.kind,
+                        who_why(&kind.paused_by, kind.since, &kind.reason)
+                    )
+                })
+                .collect();
+            parts.extend(paused.runs.iter().map(|run| {
+                format!(
+                    "run {} of {} ({})",
+                    run.id,
+                    run.kind,
+                    who_why(&run.paused_by, run.since, &run.reason)
+                )
+            }));
+            if paused.workflow_runs > i64::try_from(paused.runs.len()).unwrap_or(i64::MAX) {
+                parts.push(format!(
+                    "{} more runs",
+                    paused.workflow_runs - i64::try_from(paused.runs.len()).unwrap_or(0)
+                ));
+            }
+            format!(
+                "paused workflows: {}; they run nothing until resumed (cairn workflows resume)",
+                parts.join("; ")
+            )
+        },
+        "no workflow is paused",
+    )
+}
+
+fn held_streams_alert(paused: &reads::Paused) -> Alert {
+    counted(
+        "held_streams",
+        paused.held_streams,
+        |n| {
+            let first: Vec<String> = paused
+                .held
+                .iter()
+                .take(3)
+                .map(|held| {
+                    let why = match &held.behind.error {
+                        Some(error) => format!(
+                            "{} failed: {} {}",
+                            held.behind.event_type, error.code, error.message
+                        ),
+                        None => format!("{}'s route is paused", held.behind.event_type),
+                    };
+                    format!(
+                        "{} {} behind position {} ({why})",
+                        held.stream_type, held.stream_id, held.behind.position
+                    )
+                })
+                .collect();
+            format!(
+                "{n} streams wait behind an event that failed or whose route is paused, {} events held: {}; retry or skip the event, or resume the route (cairn streams held)",
+                paused.held_events,
+                first.join("; ")
+            )
+        },
+        "no stream is held",
+    )
 }
 
 /// An alert that is active while a count is above zero.
@@ -487,6 +597,16 @@ pub fn set_gauges(system: &SystemHealth, alerts: &[Alert]) {
     let metrics = cairn_observe::metrics();
     metrics.events_unprocessed.set(system.unprocessed_events);
     metrics.events_failed_now.set(system.failed_events);
+    let paused = &system.paused;
+    metrics.held_streams.set(paused.held_streams);
+    metrics.held_events.set(paused.held_events);
+    metrics
+        .paused_routes
+        .set(i64::try_from(paused.routes.len()).unwrap_or(i64::MAX));
+    metrics
+        .paused_workflow_kinds
+        .set(i64::try_from(paused.workflow_kinds.len()).unwrap_or(i64::MAX));
+    metrics.paused_workflow_runs.set(paused.workflow_runs);
     for status in RunStatus::ALL {
         metrics
             .workflows

@@ -29,6 +29,14 @@ pub enum Action {
     /// List or look up events, within the tenants the principal sees.
     ListEvents,
     RetryEvents,
+    /// Mark a failed event as not to be applied.
+    SkipEvents,
+    /// Pause or resume a handler route (for every tenant).
+    PauseHandlers,
+    /// Pause or resume every run of a workflow kind (for every tenant).
+    PauseWorkflowKinds,
+    /// Pause or resume one workflow run, of this organization (or of none).
+    PauseRun(Option<OrgId>),
     /// Subscribe to the live feed.
     Subscribe,
     /// Receive one event on a subscription.
@@ -60,6 +68,13 @@ impl Action {
             Action::ListWorkflows => "read workflows".into(),
             Action::ListEvents => "read events".into(),
             Action::RetryEvents => "retry failed events".into(),
+            Action::SkipEvents => "skip failed events".into(),
+            Action::PauseHandlers => "pause or resume handler routes".into(),
+            Action::PauseWorkflowKinds => "pause or resume workflow kinds".into(),
+            Action::PauseRun(Some(org)) => {
+                format!("pause or resume workflow runs of organization {org}")
+            }
+            Action::PauseRun(None) => "pause or resume workflow runs".into(),
             Action::Subscribe => "subscribe to the event feed".into(),
             Action::ReceiveEvent(_) => "receive this event".into(),
             Action::ReadTrace => "read request timelines".into(),
@@ -144,6 +159,7 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_) => needs_admin("managing the organization"),
         Action::ListWorkflows => needs_admin("reading workflows"),
+        Action::PauseRun(_) => needs_admin("pausing the organization's workflow runs"),
         Action::ListEvents | Action::Subscribe | Action::ReceiveEvent(_) | Action::ReadTrace => {
             needs_admin("reading events")
         }
@@ -151,6 +167,15 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
             Err("only platform administrators bootstrap organizations".to_owned())
         }
         Action::RetryEvents => Err("only platform administrators retry events".to_owned()),
+        Action::SkipEvents => Err("only platform administrators skip events".to_owned()),
+        Action::PauseHandlers => Err(
+            "only platform administrators pause handler routes: a pause holds every tenant's events"
+                .to_owned(),
+        ),
+        Action::PauseWorkflowKinds => Err(
+            "only platform administrators pause workflow kinds: a pause holds every tenant's runs; pause a run instead"
+                .to_owned(),
+        ),
         Action::RunProbe => Err("only the platform runs the integration probe".to_owned()),
     }
 }
@@ -171,7 +196,9 @@ fn scope_for(action: &Action) -> Option<Scope> {
         | Action::RevokeInvitation(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
         Action::ListEvents | Action::ReadTrace => Some(Scope::EventsRead),
-        Action::RetryEvents => Some(Scope::EventsRetry),
+        Action::RetryEvents | Action::SkipEvents => Some(Scope::EventsRetry),
+        Action::PauseHandlers => Some(Scope::HandlersPause),
+        Action::PauseWorkflowKinds | Action::PauseRun(_) => Some(Scope::WorkflowsPause),
         Action::Subscribe | Action::ReceiveEvent(_) => Some(Scope::EventsSubscribe),
         Action::RunProbe => Some(Scope::HealthProbe),
     }
@@ -187,7 +214,7 @@ fn tenant_of(action: &Action) -> Option<Option<OrgId>> {
         | Action::Invite(org)
         | Action::ResendInvitation(org)
         | Action::RevokeInvitation(org) => Some(Some(*org)),
-        Action::ReceiveEvent(org) => Some(*org),
+        Action::ReceiveEvent(org) | Action::PauseRun(org) => Some(*org),
         _ => None,
     }
 }

@@ -80,9 +80,15 @@ pub enum Scope {
     /// Read every event.
     #[serde(rename = "events:read")]
     EventsRead,
-    /// Retry failed events.
+    /// Retry or skip failed events.
     #[serde(rename = "events:retry")]
     EventsRetry,
+    /// Pause and resume handler routes.
+    #[serde(rename = "handlers:pause")]
+    HandlersPause,
+    /// Pause and resume workflow kinds and any workflow run.
+    #[serde(rename = "workflows:pause")]
+    WorkflowsPause,
     /// Subscribe to the live feed of every tenant's events.
     #[serde(rename = "events:subscribe")]
     EventsSubscribe,
@@ -99,13 +105,15 @@ pub struct UnknownScope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 10] = [
         Scope::OrganizationsBootstrap,
         Scope::OrganizationsRead,
         Scope::OrganizationsWrite,
         Scope::WorkflowsRead,
         Scope::EventsRead,
         Scope::EventsRetry,
+        Scope::HandlersPause,
+        Scope::WorkflowsPause,
         Scope::EventsSubscribe,
         Scope::HealthProbe,
     ];
@@ -118,6 +126,8 @@ impl Scope {
             Scope::WorkflowsRead => "workflows:read",
             Scope::EventsRead => "events:read",
             Scope::EventsRetry => "events:retry",
+            Scope::HandlersPause => "handlers:pause",
+            Scope::WorkflowsPause => "workflows:pause",
             Scope::EventsSubscribe => "events:subscribe",
             Scope::HealthProbe => "health:probe",
         }

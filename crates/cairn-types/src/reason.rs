@@ -7,7 +7,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// An operator's reason: 1 to [`Reason::MAX_CHARS`] characters of text, not all
-/// blank, with no control characters but newlines and tabs. Leading and trailing
+/// blank, with no control characters but tabs and line breaks. Leading and trailing
 /// white space is trimmed.
 ///
 /// ```
@@ -28,7 +28,9 @@ pub enum ReasonError {
     Empty,
     #[error("a reason is at most {max} characters; this one has {chars}", max = Reason::MAX_CHARS)]
     TooLong { chars: usize },
-    #[error("a reason may not contain control characters (found {found:?} at character {at})")]
+    #[error(
+        "a reason may not contain control characters but tabs and line breaks (found {found:?} at character {at})"
+    )]
     Control { found: char, at: usize },
 }
 
@@ -49,7 +51,7 @@ impl Reason {
         if let Some((at, found)) = text
             .chars()
             .enumerate()
-            .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
+            .find(|(_, c)| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
         {
             return Err(ReasonError::Control { found, at: at + 1 });
         }
@@ -100,8 +102,8 @@ impl JsonSchema for Reason {
             "type": "string",
             "minLength": 1,
             "maxLength": Reason::MAX_CHARS,
-            "pattern": "\\S",
-            "description": "Why: text for the people who read the log later (1 to 500 characters, not blank, no control characters but newlines and tabs)."
+            "pattern": "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f][^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$",
+            "description": "Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks."
         })
     }
 }

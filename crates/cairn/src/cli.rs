@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use cairn_types::{ErrorCode, EventId, EventType, Position, StreamId, StreamType};
+use cairn_types::{ErrorCode, EventId, EventType, Position, Reason, StreamId, StreamType};
 
 /// cairn: an event-sourced, multi-tenant backend in one binary.
 ///
@@ -63,9 +63,15 @@ pub enum Command {
     Bench(BenchCommand),
     /// Bootstrap a sample organization end to end and show what happened.
     Demo(JsonFlag),
-    /// List, show and run workflows.
+    /// List, show, run, pause and resume workflows.
     #[command(subcommand)]
     Workflows(WorkflowsCommand),
+    /// List, pause and resume handler routes.
+    #[command(subcommand)]
+    Handlers(HandlersCommand),
+    /// Streams held behind a failed event or a paused route.
+    #[command(subcommand)]
+    Streams(StreamsCommand),
     /// Organization commands.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -228,6 +234,29 @@ pub enum WorkflowsCommand {
     /// Run the workflow engine: until stopped (Ctrl-C), or with --until-idle until
     /// nothing is runnable now.
     Run(WorkflowRunArgs),
+    /// Pause one run (it stops after the step in flight) or, with --kind, every run of
+    /// a kind (new runs are recorded and wait).
+    Pause(WorkflowPauseArgs),
+    /// Resume a paused run, or with --kind a paused kind: it goes on where it stopped.
+    Resume(WorkflowPauseArgs),
+    /// The workflow kinds, and which are paused.
+    Kinds(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "kind"])))]
+pub struct WorkflowPauseArgs {
+    /// The run's id.
+    #[arg(value_parser = cairn_types::WorkflowId::parse)]
+    pub id: Option<cairn_types::WorkflowId>,
+    /// Every run of this kind instead (organization_bootstrap, invitation_delivery, …).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Why, for the record.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Reason,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -475,6 +504,69 @@ pub enum EventsCommand {
     Show(ShowArgs),
     /// Dispatch a failed event again (or every failed event) and record the outcome.
     Retry(RetryArgs),
+    /// Mark a failed event as not to be applied, with a reason; the events of its
+    /// stream held behind it apply.
+    Skip(SkipArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SkipArgs {
+    /// The failed event's id or position.
+    #[arg(value_parser = parse_event_ref)]
+    pub event: EventRef,
+    /// Why it is not to be applied, for the record.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Reason,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+fn parse_reason(input: &str) -> Result<Reason, String> {
+    Reason::parse(input).map_err(|e| e.to_string())
+}
+
+/// `cairn handlers …`
+#[derive(Debug, Subcommand)]
+pub enum HandlersCommand {
+    /// List the handler routes: their event types, whether a failure holds its
+    /// stream, and what is paused.
+    List(JsonFlag),
+    /// Pause a handler route: its events are stored and held, not applied, until it
+    /// is resumed.
+    Pause(RouteArgs),
+    /// Resume a paused handler route: the events it held apply, in order.
+    Resume(RouteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// The stream type whose handlers to pause or resume (organization, user, …).
+    #[arg(value_parser = StreamType::parse)]
+    pub stream_type: StreamType,
+    /// Only this event type of the stream type.
+    #[arg(long, value_parser = EventType::parse)]
+    pub event_type: Option<EventType>,
+    /// Why, for the record.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Reason,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `cairn streams …`
+#[derive(Debug, Subcommand)]
+pub enum StreamsCommand {
+    /// Streams whose events wait behind a failed event or a paused route.
+    Held(HeldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeldArgs {
+    /// At most this many streams.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

@@ -120,9 +120,18 @@ pub(super) fn ops(api: Api) -> Api {
         Op {
             idempotency_key: false,
             ..op!(POST "/v1/events/{event_id}/retry", "retryEvent", "events", OK, public: false, command: true,
-                "Retry a failed event", "Dispatches the event again and records the new outcome. A repeat after a success answers 409: the event is no longer failed.")
+                "Retry a failed event", "Appends dispatch.event_retried and dispatches the event again at that record's place in the log (where replay applies it too), recording its new outcome; if it applies, the events of its stream held behind it apply after it. A repeat after a success answers 409: the event is no longer failed. 409 `held` for an event that waits behind another (retry that one), 409 `paused` while its handler route is paused.")
         },
         retry_event,
+    )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/events/{event_id}/skip", "skipEvent", "events", OK, public: false, command: true,
+                "Skip a failed event",
+                "Appends dispatch.event_skipped with the reason: the event is marked not to be applied (replay skips it too), and the events of its stream held behind it apply, in position order. 409 when it is not failed, or waits behind another event (the detail names it).")
+        },
+        skip_event,
     )
     .op(
         Op {
@@ -254,6 +263,24 @@ async fn retry_event(
         .await
         .map_err(retry_problem)?;
     Ok(Reply::ok(retried))
+}
+
+/// `POST /v1/events/{event_id}/skip`: marks a failed event as not to be applied.
+async fn skip_event(
+    state: AppState,
+    ctx: Ctx,
+    path: EventPath,
+    _: Empty,
+    body: crate::routes::Because,
+) -> Result<Reply<Dispatched>, Problem> {
+    allow(&ctx, Action::SkipEvents)?;
+    let skipped = state
+        .domain()
+        .store()
+        .skip(path.event_id, &ctx.operator(), body.reason)
+        .await
+        .map_err(retry_problem)?;
+    Ok(Reply::ok(skipped))
 }
 
 /// `POST /v1/events/retry-failed`: retries every failed event the filters match.

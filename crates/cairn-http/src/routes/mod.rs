@@ -213,6 +213,7 @@ macro_rules! op {
 // The resource modules use `op!`, so they are declared after it.
 mod documents;
 mod events;
+mod handlers;
 mod health;
 mod invitations;
 mod organizations;
@@ -221,12 +222,13 @@ mod workflows;
 pub use documents::Document;
 pub(crate) use events::retry_problem;
 pub use events::{EventPath, EventsQuery, FailedEventsQuery, RetryFailedRequest, TracePath};
+pub use handlers::{HandlerRouteInfo, HeldQuery, RouteDecision};
 pub use health::Health;
 pub(crate) use health::integration_health;
 pub use invitations::{AcceptRequest, InvitationPath, RevokeRequest, Revoked};
 pub use organizations::{OrgPath, OrgUserPath};
 pub(crate) use workflows::valid_kind;
-pub use workflows::{WorkflowPath, WorkflowsQuery};
+pub use workflows::{Because, KindPath, WorkflowKind, WorkflowPath, WorkflowsQuery};
 
 /// Every operation of the API.
 pub fn api() -> Api {
@@ -240,7 +242,8 @@ pub fn api() -> Api {
     let api = events::list_ops(api);
     let api = health::probe_ops(api);
     let api = events::trace_ops(api);
-    events::ops(api)
+    let api = events::ops(api);
+    handlers::ops(api)
 }
 
 /// Properties of the cursors of the list operations: whatever `after` and `limit` a

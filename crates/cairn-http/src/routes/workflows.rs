@@ -4,12 +4,14 @@ use axum::http::{Method, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use cairn_domain::reads;
-use cairn_policy::Action;
-use cairn_types::WorkflowId;
-use cairn_workflow::{Run, RunFilter, RunStatus, RunWithSteps};
+use serde::Serialize;
 
-use super::{Page, allow, limit, not_found, page, read_problem};
+use cairn_domain::reads;
+use cairn_policy::{Action, Denial, Principal};
+use cairn_types::{Reason, WorkflowId};
+use cairn_workflow::{ControlError, KindPause, Run, RunFilter, RunStatus, RunWithSteps};
+
+use super::{Page, allow, database, denied, limit, not_found, page, read_problem};
 use crate::AppState;
 use crate::api::{Api, Op, Reply};
 use crate::context::Ctx;
@@ -37,6 +39,29 @@ pub struct WorkflowsQuery {
     pub limit: Option<u32>,
 }
 
+/// Why: the body of a pause, a resume or a skip.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Because {
+    pub reason: Reason,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KindPath {
+    /// A workflow kind (`organization_bootstrap`, `invitation_delivery`, …).
+    #[schemars(length(min = 1, max = 128), pattern(r"^[a-z][a-z0-9_]*$"))]
+    pub kind: String,
+}
+
+/// A workflow kind, and its pause.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkflowKind {
+    pub kind: String,
+    /// Set while every run of the kind is paused.
+    pub paused: Option<KindPause>,
+}
+
 /// The workflow runs.
 pub(super) fn ops(api: Api) -> Api {
     api.op(
@@ -49,6 +74,176 @@ pub(super) fn ops(api: Api) -> Api {
             "Read a workflow run", "Its status, current step, failure, and every step with its attempts, times and last error."),
         get_workflow,
     )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflows/{workflow_id}/pause", "pauseWorkflow", "workflows", OK, public: false, command: true,
+                "Pause a workflow run",
+                "Appends workflow_control.run_paused: the run stops after the step in flight (which is recorded) and runs nothing until it is resumed; its timers stay due. An organization's admin may pause its own runs; platform administrators and service accounts with `workflows:pause` any run. 404 for a run the caller cannot see, 409 for a finished or already paused run.")
+        },
+        pause_workflow,
+    )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflows/{workflow_id}/resume", "resumeWorkflow", "workflows", OK, public: false, command: true,
+                "Resume a paused workflow run",
+                "Appends workflow_control.run_resumed: the run goes on where it stopped (a step whose attempts ran out is tried again at once). 409 when the run is not paused on its own.")
+        },
+        resume_workflow,
+    )
+    .op(
+        op!(GET "/v1/workflow-kinds", "listWorkflowKinds", "workflows", OK, public: false, command: false,
+            "List workflow kinds", "Every kind of workflow this server runs, with its pause if it is paused."),
+        list_kinds,
+    )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflow-kinds/{kind}/pause", "pauseWorkflowKind", "workflows", OK, public: false, command: true,
+                "Pause every run of a workflow kind",
+                "Appends workflow_control.kind_paused: every run of the kind stops after its step in flight; new runs are recorded (their commands succeed) and wait; timers stay due. For platform administrators and service accounts with `workflows:pause`. 404 for an unknown kind, 409 when it is paused already.")
+        },
+        pause_kind,
+    )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflow-kinds/{kind}/resume", "resumeWorkflowKind", "workflows", OK, public: false, command: true,
+                "Resume a paused workflow kind",
+                "Appends workflow_control.kind_resumed: its runs go on where they stopped, due timers first. 409 when the kind is not paused.")
+        },
+        resume_kind,
+    )
+}
+
+/// What a caller is told when a pause or a resume of a workflow is refused.
+fn control_problem(error: ControlError) -> Problem {
+    match error {
+        ControlError::NotFound { .. } | ControlError::UnknownKind { .. } => {
+            Problem::new(ProblemCode::NotFound, error.to_string())
+        }
+        ControlError::Finished { .. }
+        | ControlError::AlreadyPaused { .. }
+        | ControlError::NotPaused { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
+        ControlError::Database(e) | ControlError::Append(cairn_log::AppendError::Database(e)) => {
+            database(&e)
+        }
+        ControlError::Append(e) => Problem::internal(&e),
+    }
+}
+
+/// Asks the policy whether the caller may pause or resume this run. A run of another
+/// tenant is the same 404 as a missing one.
+async fn may_pause(state: &AppState, ctx: &Ctx, id: WorkflowId) -> Result<(), Problem> {
+    let tenant = reads::run_tenant(state.db(), id)
+        .await
+        .map_err(read_problem)?
+        .ok_or_else(|| not_found("workflow run", &id))?;
+    match cairn_policy::authorize(&ctx.principal, &Action::PauseRun(tenant)) {
+        Ok(_) => Ok(()),
+        Err(Denial::Forbidden { .. }) if matches!(&ctx.principal, Principal::User { org_id, .. } if Some(*org_id) != tenant) => {
+            Err(not_found("workflow run", &id))
+        }
+        Err(denial) => Err(denied(denial)),
+    }
+}
+
+/// `POST /v1/workflows/{workflow_id}/pause`.
+async fn pause_workflow(
+    state: AppState,
+    ctx: Ctx,
+    path: WorkflowPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<Run>, Problem> {
+    may_pause(&state, &ctx, path.workflow_id).await?;
+    let run = state
+        .domain()
+        .engine()
+        .pause_run(path.workflow_id, &ctx.operator(), body.reason)
+        .await
+        .map_err(control_problem)?;
+    Ok(Reply::ok(run))
+}
+
+/// `POST /v1/workflows/{workflow_id}/resume`.
+async fn resume_workflow(
+    state: AppState,
+    ctx: Ctx,
+    path: WorkflowPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<Run>, Problem> {
+    may_pause(&state, &ctx, path.workflow_id).await?;
+    let run = state
+        .domain()
+        .engine()
+        .resume_run(path.workflow_id, &ctx.operator(), body.reason)
+        .await
+        .map_err(control_problem)?;
+    Ok(Reply::ok(run))
+}
+
+/// `GET /v1/workflow-kinds`.
+async fn list_kinds(
+    state: AppState,
+    ctx: Ctx,
+    _: Empty,
+    _: Empty,
+    _: Empty,
+) -> Result<Reply<Vec<WorkflowKind>>, Problem> {
+    let grant = allow(&ctx, Action::ListWorkflows)?;
+    let paused = reads::paused_kinds(state.db(), &grant)
+        .await
+        .map_err(read_problem)?;
+    let kinds = state
+        .domain()
+        .engine()
+        .kinds()
+        .into_iter()
+        .map(|kind| WorkflowKind {
+            kind: kind.to_owned(),
+            paused: paused.iter().find(|pause| pause.kind == kind).cloned(),
+        })
+        .collect();
+    Ok(Reply::ok(kinds))
+}
+
+/// `POST /v1/workflow-kinds/{kind}/pause`.
+async fn pause_kind(
+    state: AppState,
+    ctx: Ctx,
+    path: KindPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<KindPause>, Problem> {
+    allow(&ctx, Action::PauseWorkflowKinds)?;
+    let pause = state
+        .domain()
+        .engine()
+        .pause_kind(&path.kind, &ctx.operator(), body.reason)
+        .await
+        .map_err(control_problem)?;
+    Ok(Reply::ok(pause))
+}
+
+/// `POST /v1/workflow-kinds/{kind}/resume`.
+async fn resume_kind(
+    state: AppState,
+    ctx: Ctx,
+    path: KindPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<KindPause>, Problem> {
+    allow(&ctx, Action::PauseWorkflowKinds)?;
+    let pause = state
+        .domain()
+        .engine()
+        .resume_kind(&path.kind, &ctx.operator(), body.reason)
+        .await
+        .map_err(control_problem)?;
+    Ok(Reply::ok(pause))
 }
 
 /// Whether `kind` reads as a workflow kind: lower-case letters, digits and underscores.

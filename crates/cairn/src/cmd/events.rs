@@ -12,7 +12,7 @@ use cairn_log::{AppendRequest, EventFilter, Expected, IdempotencyKey, NewEvent, 
 use cairn_types::{Actor, Metadata, Position, StreamVersion};
 
 use crate::app;
-use crate::cli::{AppendArgs, EventRef, EventsCommand, ListArgs, RetryArgs, ShowArgs};
+use crate::cli::{AppendArgs, EventRef, EventsCommand, ListArgs, RetryArgs, ShowArgs, SkipArgs};
 use crate::ui;
 
 pub async fn run(url: &str, command: EventsCommand) -> anyhow::Result<ExitCode> {
@@ -21,6 +21,7 @@ pub async fn run(url: &str, command: EventsCommand) -> anyhow::Result<ExitCode> 
         EventsCommand::List(args) => list(url, args).await,
         EventsCommand::Show(args) => show(url, args).await,
         EventsCommand::Retry(args) => retry(url, args).await,
+        EventsCommand::Skip(args) => skip(url, args).await,
     }
 }
 
@@ -90,6 +91,9 @@ async fn append(url: &str, args: AppendArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn status_text(event: &RecordedEvent) -> String {
+    if let Some(behind) = event.held_behind {
+        return format!("held behind {behind}");
+    }
     match (&event.processing_error, event.processed_at) {
         (Some(error), _) => format!("failed {}", error.code),
         (None, Some(_)) => "processed".to_owned(),
@@ -212,6 +216,12 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         event.created_at.format("%Y-%m-%d %H:%M:%S%.6f UTC")
     );
     let status = match (&event.processing_error, event.processed_at) {
+        _ if event.held_behind.is_some() => style(format!(
+            "held behind position {} (applied once that event is retried, skipped or its route resumed; cairn streams held)",
+            event.held_behind.map(|p| p.get()).unwrap_or_default()
+        ))
+        .yellow()
+        .to_string(),
         (Some(error), Some(at)) => format!(
             "{} at {}\n{}{}",
             style(format!("failed {} ({})", error.code, error.code.title())).red(),
@@ -317,4 +327,23 @@ async fn retry(url: &str, args: RetryArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn skip(url: &str, args: SkipArgs) -> anyhow::Result<ExitCode> {
+    let store = app::open(url).await?;
+    let event = find(&store, args.event).await?;
+    let skipped = store
+        .skip(event.event_id, &app::cli_operator(), args.reason)
+        .await?;
+    if args.json.json {
+        ui::print_json(&skipped)?;
+    } else {
+        println!(
+            "{} event {} ({}) is skipped: it will not be applied, and replay skips it too",
+            style("✓").green().bold(),
+            skipped.event.position,
+            skipped.event.event_type
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

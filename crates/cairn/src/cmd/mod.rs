@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod demo;
 mod events;
+mod handlers;
 mod health;
 mod org;
 mod replay;
@@ -33,6 +34,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Http(args)) => bench::http(&url, args).await,
         Command::Demo(args) => demo::run(&url, &runtime, args).await,
         Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
+        Command::Handlers(command) => handlers::run(&url, command).await,
+        Command::Streams(command) => handlers::streams(&url, command).await,
         Command::Org(OrgCommand::Bootstrap(args)) => org::bootstrap(&url, &runtime, args).await,
         Command::Invitations(InvitationsCommand::Accept(args)) => {
             org::accept(&url, &runtime, args).await

@@ -13,6 +13,17 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
     let mut reader = store.db().reader().await?;
     let head = reader.conn().head().await?;
     let failed = reader.conn().failed_by_code().await?;
+    let (held_streams, held_events) = cairn_dispatch::held_counts(&mut reader.conn()).await?;
+    let paused_routes = cairn_dispatch::PausedRoutes::load(&mut reader.conn()).await?;
+    let paused_kinds = cairn_workflow::control::kind_pauses(&mut reader.conn()).await?;
+    let paused_runs: i64 = reader
+        .conn()
+        .fetch_one(
+            "SELECT COUNT(*) AS n FROM workflow_runs WHERE paused_at IS NOT NULL",
+            cairn_log::args![],
+        )
+        .await?
+        .get("n")?;
     if args.json {
         let by_code: serde_json::Map<String, serde_json::Value> = failed
             .iter()
@@ -25,6 +36,11 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             "head_hash": head.last_hash,
             "failed_events": head.failed_events,
             "failed_by_code": by_code,
+            "held_streams": held_streams,
+            "held_events": held_events,
+            "paused_routes": paused_routes.iter().collect::<Vec<_>>(),
+            "paused_workflow_kinds": paused_kinds,
+            "paused_workflow_runs": paused_runs,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -51,6 +67,50 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             style("failed  ").dim(),
             style(head.failed_events).red().bold(),
             codes.join(", ")
+        );
+    }
+    if held_streams > 0 {
+        println!(
+            "{} {} ({} waiting)  → cairn streams held",
+            style("held    ").dim(),
+            style(ui::plural(held_streams, "stream", "streams"))
+                .yellow()
+                .bold(),
+            ui::plural(held_events, "event", "events")
+        );
+    }
+    for pause in paused_routes.iter() {
+        println!(
+            "{} handler route {} by {} since {}: {}  → cairn handlers resume",
+            style("paused  ").dim(),
+            style(&pause.route).yellow().bold(),
+            pause.paused_by,
+            pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            pause.reason
+        );
+    }
+    for pause in &paused_kinds {
+        println!(
+            "{} every {} run, by {} since {}: {}  → cairn workflows resume --kind {}",
+            style("paused  ").dim(),
+            style(&pause.kind).yellow().bold(),
+            pause.paused_by,
+            pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            pause.reason,
+            pause.kind
+        );
+    }
+    if paused_runs > 0 {
+        println!(
+            "{} {}  → cairn workflows list, cairn workflows resume ID",
+            style("paused  ").dim(),
+            style(ui::plural(
+                u64::try_from(paused_runs).unwrap_or(0),
+                "workflow run",
+                "workflow runs"
+            ))
+            .yellow()
+            .bold()
         );
     }
     Ok(ExitCode::SUCCESS)

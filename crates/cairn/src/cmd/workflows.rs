@@ -8,7 +8,10 @@ use console::style;
 use cairn_workflow::{RunFilter, RunStatus, RunWithSteps, StepKind, StepRecord, StepStatus};
 
 use crate::app;
-use crate::cli::{Runtime, WorkflowListArgs, WorkflowRunArgs, WorkflowShowArgs, WorkflowsCommand};
+use crate::cli::{
+    Runtime, WorkflowListArgs, WorkflowPauseArgs, WorkflowRunArgs, WorkflowShowArgs,
+    WorkflowsCommand,
+};
 use crate::ui;
 
 pub async fn run(
@@ -20,7 +23,116 @@ pub async fn run(
         WorkflowsCommand::List(args) => list(url, args).await,
         WorkflowsCommand::Show(args) => show(url, args).await,
         WorkflowsCommand::Run(args) => run_engine(url, runtime, args).await,
+        WorkflowsCommand::Pause(args) => pause(url, runtime, args, true).await,
+        WorkflowsCommand::Resume(args) => pause(url, runtime, args, false).await,
+        WorkflowsCommand::Kinds(args) => kinds(url, runtime, args).await,
     }
+}
+
+/// `cairn workflows pause|resume`: one run, or with --kind every run of a kind.
+async fn pause(
+    url: &str,
+    runtime: &Runtime,
+    args: WorkflowPauseArgs,
+    pausing: bool,
+) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    let engine = domain.engine();
+    let by = app::cli_operator();
+    let reason = args.reason.clone();
+    let verb = if pausing { "paused" } else { "resumed" };
+    match (args.id, &args.kind) {
+        (Some(id), _) => {
+            let run = if pausing {
+                engine.pause_run(id, &by, reason).await?
+            } else {
+                engine.resume_run(id, &by, reason).await?
+            };
+            if args.json.json {
+                ui::print_json(&run)?;
+            } else {
+                println!(
+                    "{} workflow run {id} ({}) is {verb}",
+                    mark(pausing),
+                    run.kind
+                );
+                if let Some(pause) = &run.paused
+                    && !pausing
+                {
+                    println!(
+                        "  its kind {} is still paused ({}): cairn workflows resume --kind {}",
+                        run.kind, pause.reason, run.kind
+                    );
+                }
+            }
+        }
+        (None, Some(kind)) => {
+            let pause = if pausing {
+                engine.pause_kind(kind, &by, reason).await?
+            } else {
+                engine.resume_kind(kind, &by, reason).await?
+            };
+            if args.json.json {
+                ui::print_json(&pause)?;
+            } else if pausing {
+                println!(
+                    "{} every {kind} run is paused: new runs are recorded and wait; `cairn workflows resume --kind {kind}` lets them go on",
+                    mark(true)
+                );
+            } else {
+                println!("{} every {kind} run goes on where it stopped", mark(false));
+            }
+        }
+        (None, None) => anyhow::bail!("name a run, or a kind with --kind"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mark(pausing: bool) -> console::StyledObject<&'static str> {
+    if pausing {
+        style("⏸").yellow().bold()
+    } else {
+        style("▶").green().bold()
+    }
+}
+
+/// `cairn workflows kinds`.
+async fn kinds(
+    url: &str,
+    runtime: &Runtime,
+    args: crate::cli::JsonFlag,
+) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    let mut reader = domain.store().db().reader().await?;
+    let paused = cairn_workflow::control::kind_pauses(&mut reader.conn()).await?;
+    let kinds: Vec<serde_json::Value> = domain
+        .engine()
+        .kinds()
+        .into_iter()
+        .map(|kind| {
+            serde_json::json!({
+                "kind": kind,
+                "paused": paused.iter().find(|p| p.kind == kind),
+            })
+        })
+        .collect();
+    if args.json {
+        ui::print_json(&kinds)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for kind in domain.engine().kinds() {
+        match paused.iter().find(|p| p.kind == kind) {
+            Some(pause) => println!(
+                "{} {kind:<24} paused by {} since {}: {}",
+                mark(true),
+                pause.paused_by,
+                pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                pause.reason
+            ),
+            None => println!("{} {kind:<24} running", style("•").green()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A status with its mark, for people.
@@ -105,7 +217,11 @@ async fn list(url: &str, args: WorkflowListArgs) -> anyhow::Result<ExitCode> {
         table.add_row(vec![
             run.id.to_string(),
             run.kind.clone(),
-            run.status.to_string(),
+            if run.is_paused() && !run.status.is_finished() {
+                format!("{} (paused)", run.status)
+            } else {
+                run.status.to_string()
+            },
             run.current_step.clone().unwrap_or_default(),
             run.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         ]);
@@ -150,6 +266,20 @@ pub fn print_run(run: &RunWithSteps) {
     }
     if let Some(failure) = &r.failure {
         println!("{}{}", label("failure"), style(failure).red());
+    }
+    if let Some(pause) = &r.paused {
+        let what = match pause.scope {
+            cairn_workflow::PauseScope::Run => "paused",
+            cairn_workflow::PauseScope::Kind => "paused with its kind",
+        };
+        println!(
+            "{}{} by {} since {}: {}",
+            label("state"),
+            style(what).yellow().bold(),
+            pause.paused_by,
+            pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            pause.reason
+        );
     }
     println!("{}", label("steps"));
     for step in &run.steps {
