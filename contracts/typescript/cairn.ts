@@ -10,12 +10,18 @@ export type AcceptRequest = {
 /** One alert. */
 export type Alert = {
   active: boolean;
-  /** `probe_failing`, `unprocessed_events`, `failed_events` or `stuck_workflows`. */
+  /** `probe_failing`, `unprocessed_events`, `failed_events`, `stuck_workflows`, `paused_routes`, `paused_workflows` or `held_streams`. */
   alert: string;
   /** What is wrong and what to do, for people. */
   message: string;
   /** How many things it counts (1 or 0 for the probe). */
   value: number;
+};
+
+/** Why: the body of a pause, a resume or a skip. */
+export type Because = {
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
 };
 
 /** A bootstrap was accepted: the workflow is running. */
@@ -114,6 +120,10 @@ export type Dispatched = ({
   outcome: "skipped";
 }) | (ProcessingError & {
   outcome: "failed";
+}) | ({
+  /** A global position in the log. */
+  behind: number;
+  outcome: "held";
 });
 
 /** No input of this kind: no path parameters, no query parameters, or no body. */
@@ -149,6 +159,24 @@ export type Entry = {
 export type EventPath = {
   /** An event id (UUIDv7). */
   event_id: string;
+};
+
+/** A failed event was dispatched again at this record's place in the log. */
+export type EventRetried = {
+  /** An event id (UUIDv7). */
+  event_id: string;
+  /** A global position in the log. */
+  position: number;
+};
+
+/** A failed event is not to be applied, for a reason; the events held behind it apply. */
+export type EventSkipped = {
+  /** An event id (UUIDv7). */
+  event_id: string;
+  /** A global position in the log. */
+  position: number;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
 };
 
 export type EventsQuery = {
@@ -188,6 +216,20 @@ export type FieldProblem = {
   message: string;
 };
 
+/** One stream type's handlers: what they handle, whether a failure holds its stream, and what is paused. */
+export type HandlerRouteInfo = {
+  /** The event types it has handlers for. */
+  event_types: Array<string>;
+  /** Whether a failed event holds its stream (its later events wait for it). */
+  holds_streams: boolean;
+  /** Why its handlers cannot be paused, when they cannot. */
+  not_pausable?: string | null;
+  /** Its pauses: of the whole stream type, or of one event type. */
+  paused: Array<RoutePause>;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
 /** Whether the process is up, or ready to serve. */
 export type Health = {
   status: string;
@@ -201,6 +243,46 @@ export type Heartbeat = {
   /** A global position in the log. */
   position: number;
 };
+
+/** The event a held stream waits behind. */
+export type HeldBehind = {
+  /** Why it failed, for a failure. */
+  error?: (ProcessingError) | (null);
+  /** An event id (UUIDv7). */
+  event_id: string;
+  /** An event type: levels joined by dots, words by underscores (organization.direct_care_settings_updated). */
+  event_type: string;
+  /** A global position in the log. */
+  position: number;
+};
+
+/** A page of held streams. */
+export type HeldQuery = {
+  /** Streams held behind a position after this one (the `next_cursor` of the previous page). */
+  after?: number | null;
+  /** How many streams, 1 to 200 (50 by default). */
+  limit?: number | null;
+};
+
+/** A stream held behind one of its events: its later events are stored, not applied. */
+export type HeldStream = {
+  /** The event the stream waits behind: retry or skip it (failed), or resume its route (paused). */
+  behind: HeldBehind;
+  cause: HoldCause;
+  /** How many of its events wait. */
+  n_held: number;
+  /** An organization (tenant) id. */
+  org_id?: string | null;
+  /** Since the event it waits behind was appended. */
+  since: string;
+  /** A stream (aggregate) id. */
+  stream_id: string;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
+/** Why a stream is held. */
+export type HoldCause = ("failed") | ("paused");
 
 /** What kind of hop an entry is. */
 export type Hop = ("http") | ("event") | ("handler") | ("workflow") | ("step") | ("timer") | ("email") | ("delivery") | ("probe");
@@ -322,6 +404,35 @@ export type InviteeRequest = {
   roles: Array<Role>;
 };
 
+export type KindPath = {
+  /** A workflow kind (`organization_bootstrap`, `invitation_delivery`, …). */
+  kind: string;
+};
+
+/** A paused workflow kind: who paused it, why, since when, and how many of its runs wait. */
+export type KindPause = {
+  kind: string;
+  paused_by: string;
+  /** A global position in the log. */
+  position: number;
+  reason: string;
+  since: string;
+};
+
+/** Every run of a kind stops after its step in flight; new runs are recorded and wait. */
+export type KindPaused = {
+  kind: string;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+};
+
+/** The runs of a paused kind go on where they stopped. */
+export type KindResumed = {
+  kind: string;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+};
+
 /** Where in a request a field is. */
 export type Location = "body" | "query" | "path" | "header";
 
@@ -411,6 +522,10 @@ export type Outcome = ({
   outcome: "skipped";
 }) | (ProcessingError & {
   outcome: "failed";
+}) | ({
+  /** A global position in the log. */
+  behind: number;
+  outcome: "held";
 });
 
 /** A page of a list. */
@@ -448,6 +563,13 @@ export type Page5 = {
   next_cursor?: string | null;
 };
 
+/** A page of a list. */
+export type Page6 = {
+  items: Array<HeldStream>;
+  /** Pass as `after` for the next page; absent on the last page. */
+  next_cursor?: string | null;
+};
+
 /** A cursor and a page size. */
 export type PageQuery = {
   /** Return items after this one (the `next_cursor` of the previous page). */
@@ -470,6 +592,46 @@ export type PageQuery3 = {
   after?: string | null;
   /** How many items, 1 to 200 (50 by default). */
   limit?: number | null;
+};
+
+/** Why a run does not move: who paused it (or its kind), why, and since when. */
+export type Pause = {
+  /** The actor of the pause (`user:…`, `service:…`; `service:workflow-engine` when a step's attempts ran out). */
+  paused_by: string;
+  reason: string;
+  scope: PauseScope;
+  since: string;
+};
+
+/** What a paused run's pause covers. */
+export type PauseScope = ("run") | ("kind");
+
+/** Everything that is paused or held, for the health checks: who, why and since when. */
+export type Paused = {
+  /** The first of the held streams. */
+  held: Array<HeldStream>;
+  /** Events that wait in them. */
+  held_events: number;
+  /** Streams held behind a failed event or a paused route. */
+  held_streams: number;
+  /** Paused handler routes. */
+  routes: Array<RoutePause>;
+  /** The first of them. */
+  runs: Array<PausedRun>;
+  /** Paused workflow kinds. */
+  workflow_kinds: Array<KindPause>;
+  /** Runs paused on their own (by an operator, or when a step's attempts ran out). */
+  workflow_runs: number;
+};
+
+/** A run paused on its own. */
+export type PausedRun = {
+  /** A workflow run id. */
+  id: string;
+  kind: string;
+  paused_by: string;
+  reason: string;
+  since: string;
 };
 
 export type PersonRequest = {
@@ -547,7 +709,7 @@ export type Problem = {
 };
 
 /** The stable, machine-readable problem codes. */
-export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("request_timeout") | ("conflict") | ("idempotency_key_reused") | ("unreadable_body") | ("payload_too_large") | ("unsupported_media_type") | ("upgrade_required") | ("too_many_subscriptions") | ("headers_too_large") | ("internal") | ("unavailable") | ("overloaded");
+export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("request_timeout") | ("conflict") | ("idempotency_key_reused") | ("held") | ("paused") | ("unreadable_body") | ("payload_too_large") | ("unsupported_media_type") | ("upgrade_required") | ("too_many_subscriptions") | ("headers_too_large") | ("internal") | ("unavailable") | ("overloaded");
 
 /** Why an event was not applied: a stable code and a message for people. */
 export type ProcessingError = {
@@ -568,6 +730,8 @@ export type RecordedEvent = {
   /** An event type: levels joined by dots, words by underscores (organization.direct_care_settings_updated). */
   event_type: string;
   hash: string;
+  /** The position of the event it waits behind, while it is held. */
+  held_behind?: number | null;
   /** A global position in the log. */
   position: number;
   /** When the dispatcher last processed it; `None` until then. */
@@ -582,6 +746,18 @@ export type RecordedEvent = {
   stream_version: number;
 };
 
+/** What resuming a route did. */
+export type Resumed = {
+  /** One event type of the stream type; absent for all of them. */
+  event_type?: string | null;
+  /** Streams whose held events applied. */
+  n_streams_released: number;
+  /** Streams still held: an event that failed as it was released, or met another pause, holds the rest of its stream again. */
+  n_streams_still_held: number;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
 /** Which failed events to retry. */
 export type RetryFailedRequest = {
   /** Only events failed with this code. */
@@ -594,6 +770,8 @@ export type RetryFailedRequest = {
 export type RetryReport = {
   /** Of those, how many are now processed. */
   n_fixed: number;
+  /** Events left as they were: their route is paused, or they wait behind an earlier failure of their stream (which the retry retries first). */
+  n_not_retried: number;
   /** Events retried. */
   n_retried: number;
   /** The events that failed again, with their new outcomes. */
@@ -623,6 +801,50 @@ export type RoleAssigned = {
   role: Role;
 };
 
+/** A handler route to pause or resume, and why. */
+export type RouteDecision = {
+  /** Only this event type of it; absent for every event type of the stream type. */
+  event_type?: string | null;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** The stream type whose handlers to pause or resume (`organization`, `user`, `invitation`, …). */
+  stream_type: string;
+};
+
+/** One paused handler route: who paused it, why, and since when. */
+export type RoutePause = {
+  /** One event type of the stream type; absent for all of them. */
+  event_type?: string | null;
+  /** The actor of the pause (`user:…` or `service:…`). */
+  paused_by: string;
+  /** The position of the `dispatch.route_paused` event. */
+  position: number;
+  reason: string;
+  since: string;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
+/** From this record on, the events of a handler route are stored and held, not applied. */
+export type RoutePaused = {
+  /** An event type: levels joined by dots, words by underscores (organization.direct_care_settings_updated). */
+  event_type?: string | null;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
+/** A paused handler route applies again: the events held by its pause apply, in position order, at this record. */
+export type RouteResumed = {
+  /** An event type: levels joined by dots, words by underscores (organization.direct_care_settings_updated). */
+  event_type?: string | null;
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
 /** One run, as its projection holds it. */
 export type Run = {
   actor?: string | null;
@@ -642,10 +864,28 @@ export type Run = {
   output?: unknown;
   /** A workflow run id. */
   parent_id?: string | null;
+  /** Set while the run, or its kind, is paused: the engine runs none of its steps (its timers stay due) until it is resumed. */
+  paused?: (Pause) | (null);
   status: RunStatus;
   updated_at: string;
   /** The version of the run's event stream. */
   version: number;
+};
+
+/** A run stops after the step in flight, until it is resumed. */
+export type RunPaused = {
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A workflow run id. */
+  run_id: string;
+};
+
+/** A paused run goes on where it stopped. */
+export type RunResumed = {
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A workflow run id. */
+  run_id: string;
 };
 
 /** Where a run stands. */
@@ -670,6 +910,8 @@ export type RunWithSteps = {
   output?: unknown;
   /** A workflow run id. */
   parent_id?: string | null;
+  /** Set while the run, or its kind, is paused: the engine runs none of its steps (its timers stay due) until it is resumed. */
+  paused?: (Pause) | (null);
   status: RunStatus;
   steps: Array<StepRecord>;
   updated_at: string;
@@ -792,9 +1034,11 @@ export type SystemHealth = {
   failed_events: number;
   /** The log's last position. */
   head: number;
+  /** What operators paused, and what is held. */
+  paused: Paused;
   /** The first of them. */
   stuck: Array<StuckRun>;
-  /** Runs overdue by more than the deadline, and runs whose compensation failed. */
+  /** Runs overdue by more than the deadline, and runs whose compensation failed (paused runs are not stuck: they are counted in `paused`). */
   stuck_workflows: number;
   /** Events stored a while ago and never processed (should stay 0). */
   unprocessed_events: number;
@@ -890,6 +1134,13 @@ export type WorkflowFailed = {
   reason: string;
 };
 
+/** A workflow kind, and its pause. */
+export type WorkflowKind = {
+  kind: string;
+  /** Set while every run of the kind is paused. */
+  paused?: (KindPause) | (null);
+};
+
 export type WorkflowPath = {
   /** A workflow run id. */
   workflow_id: string;
@@ -917,6 +1168,10 @@ export type WorkflowsQuery = {
 
 /** Every event type, by name, with its payload type. */
 export interface EventPayloads {
+  "dispatch.event_retried": EventRetried;
+  "dispatch.event_skipped": EventSkipped;
+  "dispatch.route_paused": RoutePaused;
+  "dispatch.route_resumed": RouteResumed;
   "feed_message": unknown;
   "invitation.accepted": InvitationAccepted;
   "invitation.expired": InvitationExpired;
@@ -946,4 +1201,8 @@ export interface EventPayloads {
   "workflow.step_started": StepStarted;
   "workflow.timer_fired": TimerFired;
   "workflow.timer_started": TimerStarted;
+  "workflow_control.kind_paused": KindPaused;
+  "workflow_control.kind_resumed": KindResumed;
+  "workflow_control.run_paused": RunPaused;
+  "workflow_control.run_resumed": RunResumed;
 }

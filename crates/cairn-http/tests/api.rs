@@ -609,3 +609,401 @@ fn a_user_principal_is_what_its_token_says() {
     );
     assert_ne!(principal, Principal::Anonymous);
 }
+
+/// Appends one event of `event_type` to a stream, as a raw append (no command): its
+/// handler may fail it, and then it is stored failed.
+async fn raw_append(
+    s: &common::Server,
+    org: cairn_types::OrgId,
+    stream_type: &str,
+    stream: cairn_types::StreamId,
+    event_type: &str,
+    data: Value,
+) -> anyhow::Result<cairn_dispatch::Dispatched> {
+    let appended = s
+        .domain
+        .store()
+        .append(cairn_log::AppendRequest::new(
+            cairn_types::StreamType::parse(stream_type)?,
+            stream,
+            vec![cairn_log::NewEvent::new(
+                cairn_types::EventType::parse(event_type)?,
+                data,
+                cairn_types::Metadata::new().org(org),
+            )],
+        ))
+        .await?;
+    Ok(appended.events.into_iter().next().expect("one event"))
+}
+
+// Issue "Through outages and mistakes": retries, skips and held streams through the API.
+backend_test!(
+    held_streams_retries_and_skips_answer_plainly,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let org = bootstrapped(&s, "held").await?;
+        let person = cairn_types::StreamId::new_v7();
+        // A user event before the user exists fails, and holds the user's stream.
+        let early = raw_append(
+            &s,
+            org,
+            "user",
+            person,
+            "user.activated",
+            json!({"org_id": org, "invitation_id": cairn_types::InvitationId::new_v7()}),
+        )
+        .await?;
+        assert!(early.event.is_failed());
+        let created = raw_append(
+            &s,
+            org,
+            "user",
+            person,
+            "user.created",
+            json!({"org_id": org, "email": "late@example.com", "name": "Late Comer"}),
+        )
+        .await?;
+        assert!(created.event.is_held());
+
+        let held = call(Method::GET, "/v1/streams/held")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(held.status, StatusCode::OK, "{:#}", held.body);
+        let items = held.body["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "{:#}", held.body);
+        assert_eq!(items[0]["stream_id"], json!(person));
+        assert_eq!(items[0]["cause"], json!("failed"));
+        assert_eq!(items[0]["n_held"], json!(1));
+        assert_eq!(items[0]["behind"]["event_id"], json!(early.event.event_id));
+        assert_eq!(items[0]["behind"]["error"]["code"], json!("P9003"));
+        // The organization's admin sees its own held streams; another tenant's, none.
+        let own = call(Method::GET, "/v1/streams/held")
+            .as_(&user(org, Role::Admin))
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            own.body["items"].as_array().map(Vec::len),
+            Some(1),
+            "{:#}",
+            own.body
+        );
+        let other = bootstrapped(&s, "other").await?;
+        let theirs = call(Method::GET, "/v1/streams/held")
+            .as_(&user(other, Role::Admin))
+            .send(&s.app)
+            .await;
+        assert_eq!(theirs.body["items"], json!([]), "{:#}", theirs.body);
+
+        // A held event cannot be retried directly: 409, naming what it waits behind.
+        let reply = call(
+            Method::POST,
+            format!("/v1/events/{}/retry", created.event.event_id),
+        )
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+        assert_problem(&reply, StatusCode::CONFLICT, "held");
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&early.event.event_id.to_string())),
+            "{:#}",
+            reply.body
+        );
+
+        // A skip needs a reason.
+        let skip = format!("/v1/events/{}/skip", early.event.event_id);
+        for body in [
+            json!({}),
+            json!({"reason": "   "}),
+            json!({"reason": "a\u{7}b"}),
+        ] {
+            let reply = call(Method::POST, skip.clone())
+                .as_(&admin)
+                .json(body.clone())
+                .send(&s.app)
+                .await;
+            assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+            assert_eq!(reply.body["errors"][0]["field"], json!("reason"), "{body}");
+        }
+        let reply = call(Method::POST, skip.clone())
+            .as_(&admin)
+            .json(json!({"reason": "activated before it existed"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:#}", reply.body);
+        assert_eq!(reply.body["processing_error"], Value::Null);
+        // The held event applied behind it.
+        let after = call(
+            Method::GET,
+            format!("/v1/events/{}", created.event.event_id),
+        )
+        .as_(&admin)
+        .send(&s.app)
+        .await;
+        assert_eq!(after.body["held_behind"], Value::Null, "{:#}", after.body);
+        assert!(after.body["processed_at"].is_string());
+        let held = call(Method::GET, "/v1/streams/held")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(held.body["items"], json!([]));
+        let again = call(Method::POST, skip)
+            .as_(&admin)
+            .json(json!({"reason": "twice"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&again, StatusCode::CONFLICT, "conflict");
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_paused_route_refuses_commands_until_it_is_resumed,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let org = bootstrapped(&s, "paused").await?;
+        let pause = |body: Value| {
+            call(Method::POST, "/v1/handlers/pause")
+                .as_(&admin)
+                .json(body)
+        };
+        for (body, field) in [
+            (
+                json!({"stream_type": "nothing", "reason": "x"}),
+                "stream_type",
+            ),
+            (
+                json!({"stream_type": "workflow", "reason": "x"}),
+                "stream_type",
+            ),
+            (json!({"stream_type": "organization"}), "reason"),
+            (
+                json!({"stream_type": "organization", "event_type": "organization.sold", "reason": "x"}),
+                "stream_type",
+            ),
+        ] {
+            let reply = pause(body.clone()).send(&s.app).await;
+            assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+            assert_eq!(
+                reply.body["errors"][0]["field"],
+                json!(field),
+                "{body}: {:#}",
+                reply.body
+            );
+        }
+        let reply = pause(json!({"stream_type": "organization", "reason": "settings handler fix"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:#}", reply.body);
+        assert_eq!(reply.body["paused_by"], json!("service:platform-admin-ops"));
+        let again = pause(json!({"stream_type": "organization", "reason": "twice"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&again, StatusCode::CONFLICT, "conflict");
+
+        let settings =
+            json!({"visit_verification": true, "client_assignment": false, "max_caseload": 9});
+        let refused = call(
+            Method::PUT,
+            format!("/v1/organizations/{org}/direct-care-settings"),
+        )
+        .as_(&admin)
+        .json(settings.clone())
+        .send(&s.app)
+        .await;
+        assert_problem(&refused, StatusCode::CONFLICT, "paused");
+        assert!(
+            refused.body["detail"].as_str().is_some_and(
+                |d| d.contains("settings handler fix") && d.contains("platform-admin-ops")
+            ),
+            "{:#}",
+            refused.body
+        );
+        let routes = call(Method::GET, "/v1/handlers")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        let organization = routes.body.as_array().and_then(|routes| {
+            routes
+                .iter()
+                .find(|r| r["stream_type"] == json!("organization"))
+        });
+        assert_eq!(
+            organization.map(|r| r["paused"][0]["reason"].clone()),
+            Some(json!("settings handler fix")),
+            "{:#}",
+            routes.body
+        );
+        let health = call(Method::GET, "/health/integration").send(&s.app).await;
+        let alert = health.body["alerts"]
+            .as_array()
+            .and_then(|alerts| alerts.iter().find(|a| a["alert"] == json!("paused_routes")))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(alert["active"], json!(true), "{:#}", health.body);
+
+        let resume = call(Method::POST, "/v1/handlers/resume")
+            .as_(&admin)
+            .json(json!({"stream_type": "organization", "reason": "fixed"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(resume.status, StatusCode::OK, "{:#}", resume.body);
+        let accepted = call(
+            Method::PUT,
+            format!("/v1/organizations/{org}/direct-care-settings"),
+        )
+        .as_(&admin)
+        .json(settings)
+        .send(&s.app)
+        .await;
+        assert_eq!(accepted.status, StatusCode::OK, "{:#}", accepted.body);
+        let resume = call(Method::POST, "/v1/handlers/resume")
+            .as_(&admin)
+            .json(json!({"stream_type": "organization", "reason": "again"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&resume, StatusCode::CONFLICT, "conflict");
+        Ok(())
+    }
+);
+
+backend_test!(
+    runs_and_kinds_pause_and_resume_through_the_api,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let admin = platform_admin();
+        let org = bootstrapped(&s, "first").await?;
+        // A bootstrap whose run has not started yet.
+        let started = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(bootstrap_body("second"))
+            .send(&s.app)
+            .await;
+        let run = started.body["workflow_id"]
+            .as_str()
+            .expect("a run")
+            .to_owned();
+        let new_org: cairn_types::OrgId = serde_json::from_value(started.body["org_id"].clone())?;
+        let path = |verb: &str| format!("/v1/workflows/{run}/{verb}");
+
+        // Its organization's admin may pause it; another's is told there is no such run.
+        let reply = call(Method::POST, path("pause"))
+            .as_(&user(org, Role::Admin))
+            .json(json!({"reason": "not yours"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::NOT_FOUND, "not_found");
+        let reply = call(Method::POST, path("pause"))
+            .as_(&user(new_org, Role::Admin))
+            .json(json!({}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        let reply = call(Method::POST, path("pause"))
+            .as_(&user(new_org, Role::Admin))
+            .json(json!({"reason": "checking the invitees first"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:#}", reply.body);
+        assert_eq!(reply.body["paused"]["scope"], json!("run"));
+        assert_eq!(
+            reply.body["paused"]["reason"],
+            json!("checking the invitees first")
+        );
+        s.domain.engine().run_until_idle().await?;
+        let state = call(Method::GET, format!("/v1/workflows/{run}"))
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            state.body["status"],
+            json!("running"),
+            "nothing ran while paused"
+        );
+        assert!(state.body["steps"].as_array().is_some_and(Vec::is_empty));
+        let again = call(Method::POST, path("pause"))
+            .as_(&admin)
+            .json(json!({"reason": "twice"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&again, StatusCode::CONFLICT, "conflict");
+        let unknown = call(
+            Method::POST,
+            format!("/v1/workflows/{}/pause", cairn_types::WorkflowId::new_v7()),
+        )
+        .as_(&admin)
+        .json(json!({"reason": "x"}))
+        .send(&s.app)
+        .await;
+        assert_problem(&unknown, StatusCode::NOT_FOUND, "not_found");
+
+        let reply = call(Method::POST, path("resume"))
+            .as_(&admin)
+            .json(json!({"reason": "invitees checked"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:#}", reply.body);
+        s.domain.engine().run_until_idle().await?;
+        let state = call(Method::GET, format!("/v1/workflows/{run}"))
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        assert_eq!(state.body["status"], json!("completed"), "{:#}", state.body);
+        let finished = call(Method::POST, path("pause"))
+            .as_(&admin)
+            .json(json!({"reason": "too late"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&finished, StatusCode::CONFLICT, "conflict");
+
+        let unknown_kind = call(Method::POST, "/v1/workflow-kinds/nothing_here/pause")
+            .as_(&admin)
+            .json(json!({"reason": "x"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&unknown_kind, StatusCode::NOT_FOUND, "not_found");
+        let kind = call(
+            Method::POST,
+            "/v1/workflow-kinds/organization_bootstrap/pause",
+        )
+        .as_(&admin)
+        .json(json!({"reason": "mail provider maintenance"}))
+        .send(&s.app)
+        .await;
+        assert_eq!(kind.status, StatusCode::OK, "{:#}", kind.body);
+        let kinds = call(Method::GET, "/v1/workflow-kinds")
+            .as_(&admin)
+            .send(&s.app)
+            .await;
+        let bootstrap = kinds.body.as_array().and_then(|kinds| {
+            kinds
+                .iter()
+                .find(|k| k["kind"] == json!("organization_bootstrap"))
+        });
+        assert_eq!(
+            bootstrap.map(|k| k["paused"]["reason"].clone()),
+            Some(json!("mail provider maintenance"))
+        );
+        // A bootstrap is still accepted while its kind is paused: it waits.
+        let waiting = call(Method::POST, "/v1/organizations")
+            .as_(&admin)
+            .json(bootstrap_body("third"))
+            .send(&s.app)
+            .await;
+        assert_eq!(waiting.status, StatusCode::ACCEPTED, "{:#}", waiting.body);
+        let resumed = call(
+            Method::POST,
+            "/v1/workflow-kinds/organization_bootstrap/resume",
+        )
+        .as_(&admin)
+        .json(json!({"reason": "maintenance over"}))
+        .send(&s.app)
+        .await;
+        assert_eq!(resumed.status, StatusCode::OK, "{:#}", resumed.body);
+        Ok(())
+    }
+);

@@ -292,6 +292,88 @@ backend_test!(
                 Some(Scope::EventsRetry),
                 [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, OK],
             ),
+            (
+                // Applied, not failed: those allowed are told so.
+                Method::POST,
+                format!("/v1/events/{}/skip", f.event_a),
+                Some(json!({"reason": "matrix"})),
+                Some(Scope::EventsRetry),
+                [UNAUTH, FORBID, FORBID, FORBID, CONFLICT, FORBID, CONFLICT],
+            ),
+            (
+                Method::GET,
+                "/v1/streams/held".into(),
+                None,
+                Some(Scope::EventsRead),
+                [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
+            ),
+            (
+                Method::GET,
+                "/v1/handlers".into(),
+                None,
+                Some(Scope::EventsRead),
+                [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
+            ),
+            (
+                // The first allowed pauses it; the second finds it paused.
+                Method::POST,
+                "/v1/handlers/pause".into(),
+                Some(
+                    json!({"stream_type": "invitation", "event_type": "invitation.expired", "reason": "matrix"}),
+                ),
+                Some(Scope::HandlersPause),
+                [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, CONFLICT],
+            ),
+            (
+                Method::POST,
+                "/v1/handlers/resume".into(),
+                Some(
+                    json!({"stream_type": "invitation", "event_type": "invitation.expired", "reason": "matrix"}),
+                ),
+                Some(Scope::HandlersPause),
+                [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, CONFLICT],
+            ),
+            (
+                Method::GET,
+                "/v1/workflow-kinds".into(),
+                None,
+                Some(Scope::WorkflowsRead),
+                [UNAUTH, FORBID, OK, OK, OK, FORBID, OK],
+            ),
+            (
+                Method::POST,
+                "/v1/workflow-kinds/invitation_expiry/pause".into(),
+                Some(json!({"reason": "matrix"})),
+                Some(Scope::WorkflowsPause),
+                [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, CONFLICT],
+            ),
+            (
+                Method::POST,
+                "/v1/workflow-kinds/invitation_expiry/resume".into(),
+                Some(json!({"reason": "matrix"})),
+                Some(Scope::WorkflowsPause),
+                [UNAUTH, FORBID, FORBID, FORBID, OK, FORBID, CONFLICT],
+            ),
+            (
+                // The bootstrap finished: those allowed are told so; another tenant's
+                // admin is told there is no such run.
+                Method::POST,
+                format!("/v1/workflows/{}/pause", f.workflow_a),
+                Some(json!({"reason": "matrix"})),
+                Some(Scope::WorkflowsPause),
+                [
+                    UNAUTH, FORBID, CONFLICT, MISSING, CONFLICT, FORBID, CONFLICT,
+                ],
+            ),
+            (
+                Method::POST,
+                format!("/v1/workflows/{}/resume", f.workflow_a),
+                Some(json!({"reason": "matrix"})),
+                Some(Scope::WorkflowsPause),
+                [
+                    UNAUTH, FORBID, CONFLICT, MISSING, CONFLICT, FORBID, CONFLICT,
+                ],
+            ),
         ];
         let mut failures = Vec::new();
         let mut n = 0;
