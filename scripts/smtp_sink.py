@@ -9,7 +9,9 @@ of them (--transient-rate 0.05, --seed S; each such refusal adds a line to
 ".transient" in --dir), take its time
 before accepting each message (--delay SECONDS), and hold messages to recipients
 containing TEXT (--hold-to TEXT): the Nth held message leaves a ".held-*" marker in --dir
-and waits until the file "release" there holds a number of at least N.
+and waits until the file "release" there holds a number of at least N. While the file
+"outage" exists in --dir, every recipient is refused with a transient 451 (a mail
+provider's maintenance window), each refusal adding a line to ".outage" there.
 
 Prints "listening on 127.0.0.1:PORT" once it accepts connections; runs until killed.
 """
@@ -45,6 +47,10 @@ class Sink:
         os.makedirs(directory, exist_ok=True)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if os.path.exists(os.path.join(self.directory, "outage")):
+            with open(os.path.join(self.directory, ".outage"), "a") as file:
+                file.write(f"{time.time_ns()}\n")
+            return "451 4.3.2 System not accepting network messages"
         if self.refuse and (self.refuse_to is None or self.refuse_to in address):
             return self.refuse
         envelope.rcpt_tos.append(address)

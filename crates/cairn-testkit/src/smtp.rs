@@ -193,6 +193,24 @@ impl SmtpSink {
         Ok(())
     }
 
+    /// Starts or ends an outage: while it lasts, the server refuses every recipient
+    /// with "451 4.3.2 System not accepting network messages".
+    pub fn set_outage(&self, on: bool) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let marker = self.dir.join("outage");
+        if on {
+            std::fs::write(&marker, b"")?;
+        } else if marker.exists() {
+            std::fs::remove_file(&marker)?;
+        }
+        Ok(())
+    }
+
+    /// How many recipients the server refused during outages.
+    pub fn refused_in_outages(&self) -> usize {
+        std::fs::read_to_string(self.dir.join(".outage")).map_or(0, |text| text.lines().count())
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
