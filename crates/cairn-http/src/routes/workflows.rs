@@ -111,7 +111,7 @@ pub(super) fn ops(api: Api) -> Api {
             idempotency_key: false,
             ..op!(POST "/v1/workflow-kinds/{kind}/resume", "resumeWorkflowKind", "workflows", OK, public: false, command: true,
                 "Resume a paused workflow kind",
-                "Appends workflow_control.kind_resumed: its runs go on where they stopped, due timers first. 409 when the kind is not paused.")
+                "Appends workflow_control.kind_resumed: its runs go on where they stopped, due timers first. Answers with the pause it ended. 409 when the kind is not paused.")
         },
         resume_kind,
     )

@@ -1,5 +1,6 @@
-//! `cairn bench workflow`: bootstrap workflows per second (with an instant mailer), and
-//! the engine's own cost per step.
+//! `cairn bench workflow`: bootstrap workflows per second (with an instant mailer), the
+//! engine's own cost per step, and how soon a paused kind's run takes its first step
+//! once the kind is resumed.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -91,6 +92,10 @@ struct Scenario {
     steps_per_second: f64,
     /// Wall time per step with the engine driving runs one after another.
     ms_per_step: f64,
+    /// For the resume scenario: from the resume's record to the run's first step
+    /// record, in milliseconds (p50, p99, worst).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume_ms: Option<[f64; 3]>,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,6 +211,7 @@ async fn bootstraps(
         runs_per_second: runs as f64 / seconds,
         steps_per_second: steps as f64 / seconds,
         ms_per_step: seconds * 1e3 * workers as f64 / steps.max(1) as f64,
+        resume_ms: None,
     })
 }
 
@@ -281,6 +287,134 @@ async fn noop(
         runs_per_second: runs as f64 / seconds,
         steps_per_second: steps as f64 / seconds,
         ms_per_step: seconds * 1e3 / steps.max(1) as f64,
+        resume_ms: None,
+    })
+}
+
+/// When the first event of `event_type` on `stream` was recorded, if it was.
+async fn recorded_at(
+    store: &EventStore,
+    correlation_id: CorrelationId,
+    event_type: &str,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let mut reader = store.db().reader().await?;
+    let events = reader
+        .conn()
+        .read_events(&cairn_log::EventFilter {
+            correlation_id: Some(correlation_id),
+            event_type: Some(cairn_types::EventType::parse(event_type)?),
+            limit: Some(1),
+            ..cairn_log::EventFilter::default()
+        })
+        .await?;
+    Ok(events.first().map(|event| event.created_at))
+}
+
+/// A paused kind, a run started while it is paused, the kind resumed: the time from
+/// the resume's record to the run's first step record, with the engine running as a
+/// server runs it (woken by the resume's commit).
+async fn resume(
+    store: &EventStore,
+    duration: Duration,
+    progress: &ui::Progress,
+) -> anyhow::Result<Scenario> {
+    let kind = "bench_resume";
+    let engine = Engine::new(
+        store.clone(),
+        vec![Arc::new(Noop {
+            kind,
+            steps: 1,
+            external: false,
+        })],
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    );
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run(async move {
+                    let _ = stop_rx.changed().await;
+                })
+                .await;
+        }
+    });
+    let reason = cairn_types::Reason::parse("benchmark")?;
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let result = async {
+        while started.elapsed() < duration {
+            let operator = cairn_dispatch::Operator {
+                actor: cairn_types::Actor::Service("cairn-bench".to_owned()),
+                correlation_id: CorrelationId::new_v7(),
+            };
+            engine.pause_kind(kind, &operator, reason.clone()).await?;
+            let correlation_id = CorrelationId::new_v7();
+            let mut tx = store.db().begin().await?;
+            let start = Start {
+                id: WorkflowId::new_v7(),
+                kind: kind.to_owned(),
+                input: Value::Null,
+                correlation_id,
+                org_id: None,
+                actor: None,
+                parent: None,
+            };
+            engine.start_in(&mut tx, start).await?;
+            tx.commit().await?;
+            engine.resume_kind(kind, &operator, reason.clone()).await?;
+            let resumed = recorded_at(
+                store,
+                operator.correlation_id,
+                "workflow_control.kind_resumed",
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the resume is not in the log"))?;
+            let waited = Instant::now();
+            let first_step = loop {
+                if let Some(at) =
+                    recorded_at(store, correlation_id, "workflow.step_completed").await?
+                {
+                    break at;
+                }
+                anyhow::ensure!(
+                    waited.elapsed() < Duration::from_secs(30),
+                    "a resumed run took no step within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            let latency = (first_step - resumed).to_std().unwrap_or_default();
+            latencies.push(latency.as_secs_f64() * 1e3);
+            progress.update(
+                started.elapsed().as_millis() as u64,
+                duration.as_millis() as u64,
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    worker.await?;
+    result?;
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len().saturating_sub(1)) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let runs = latencies.len() as u64;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Scenario {
+        name: "resume a paused kind: to its run's first step".to_owned(),
+        runs,
+        steps: runs,
+        seconds,
+        runs_per_second: runs as f64 / seconds,
+        steps_per_second: runs as f64 / seconds,
+        ms_per_step: seconds * 1e3 / runs.max(1) as f64,
+        resume_ms: Some([at(0.5), at(0.99), at(1.0)]),
     })
 }
 
@@ -300,7 +434,10 @@ pub async fn workflow(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
         let progress = ui::Progress::new("external");
         let third = noop(&store, true, duration, &progress).await;
         progress.finish();
-        anyhow::Ok(vec![first?, second?, third?])
+        let progress = ui::Progress::new("resume");
+        let fourth = resume(&store, duration, &progress).await;
+        progress.finish();
+        anyhow::Ok(vec![first?, second?, third?, fourth?])
     }
     .await;
     db.close().await;
@@ -326,6 +463,14 @@ pub async fn workflow(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
         ]);
     }
     println!("{table}");
+    for s in &report.scenarios {
+        if let Some([p50, p99, worst]) = s.resume_ms {
+            println!(
+                "resume to first step: p50 {p50:.1} ms, p99 {p99:.1} ms, worst {worst:.1} ms ({} resumes)",
+                s.runs
+            );
+        }
+    }
     println!(
         "{}",
         style("per step: wall time one worker spends on a step, recording it included; a bootstrap has 10 steps").dim()
