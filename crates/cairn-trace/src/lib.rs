@@ -69,7 +69,8 @@ pub enum Status {
     Retrying,
     /// Started and not finished (a step whose process stopped mid-attempt is in doubt).
     InProgress,
-    /// A timer waiting to fire.
+    /// A timer waiting to fire, or an event held behind an earlier one of its stream
+    /// (a failure not yet retried or skipped, or a paused handler route).
     Waiting,
 }
 
@@ -258,20 +259,26 @@ pub fn assemble(
 }
 
 fn event_entry(event: &RecordedEvent, handler: Option<&SpanRecord>) -> Draft {
-    let (status, error) = match &event.processing_error {
-        Some(error) => (
+    let (status, error) = match (&event.processing_error, event.held_behind) {
+        (Some(error), _) => (
             Status::Failed,
             Some(format!("{}: {}", error.code, error.message)),
         ),
-        None => (Status::Ok, None),
+        (None, Some(_)) => (Status::Waiting, None),
+        (None, None) => (Status::Ok, None),
     };
-    let outcome = handler
-        .and_then(|span| span.attributes["outcome"].as_str())
-        .unwrap_or(if event.processed_at.is_some() {
-            "applied"
-        } else {
-            "not processed"
-        });
+    let held = event
+        .held_behind
+        .map(|behind| format!("held behind position {behind}"));
+    let outcome = held.as_deref().unwrap_or_else(|| {
+        handler
+            .and_then(|span| span.attributes["outcome"].as_str())
+            .unwrap_or(if event.processed_at.is_some() {
+                "applied"
+            } else {
+                "not processed"
+            })
+    });
     Draft {
         at: event.created_at,
         order: (event.position.get(), 0),

@@ -756,3 +756,180 @@ backend_test!(
         Ok(())
     }
 );
+
+// Issue "Through outages and mistakes", as a new user tried it: an event appended
+// before its organization fails; the organization is appended; the failed event is
+// retried. `replay --verify` used to report drift, since replay applied the retried
+// event at its own position, before the organization existed.
+backend_test!(
+    a_retry_after_the_fix_replays_the_same,
+    |t: TestDb| async move {
+        let org = new_id();
+        let settings = r#"{"settings": {"visit_verification": true, "client_assignment": false, "max_caseload": 5}}"#;
+        let first = append(
+            t.url(),
+            "organization",
+            &org,
+            "organization.direct_care_settings_updated",
+            settings,
+        )
+        .await;
+        assert_exit(&first, 0);
+        assert!(stderr(&first).contains("P9003"), "{}", stderr(&first));
+        let created = append(
+            t.url(),
+            "organization",
+            &org,
+            "organization.created",
+            r#"{"name": "Acme", "slug": "acme", "sender_domain": "acme.example", "sender_address": "noreply@acme.example",
+                "direct_care_settings": {"visit_verification": false, "client_assignment": false, "max_caseload": 1}}"#,
+        )
+        .await;
+        assert_exit(&created, 0);
+        let retried = cairn(t.url(), &["events", "retry", "1"]).await;
+        assert_exit(&retried, 0);
+        assert!(
+            stdout(&retried)
+                .contains("event 1 (organization.direct_care_settings_updated) is now processed")
+        );
+        let verified = cairn(t.url(), &["replay", "--verify", "--json"]).await;
+        assert_exit(&verified, 0);
+        let report = json_of(&verified);
+        assert_eq!(report["drift"], json!([]), "{report:#}");
+        assert_eq!(report["outcome_changes"], json!([]), "{report:#}");
+        // The retry is in the log, after the organization.
+        let listed = cairn(t.url(), &["events", "list", "--json"]).await;
+        let types: Vec<Value> = json_of(&listed)
+            .as_array()
+            .map(|events| events.iter().map(|e| e["event_type"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            types,
+            [
+                json!("organization.direct_care_settings_updated"),
+                json!("organization.created"),
+                json!("dispatch.event_retried")
+            ]
+        );
+        Ok(())
+    }
+);
+
+// Holds, skips and pauses at the command line, with their refusals.
+backend_test!(
+    held_streams_skips_and_pauses_at_the_command_line,
+    |t: TestDb| async move {
+        let person = new_id();
+        let org = new_id();
+        let activated = format!(r#"{{"org_id": "{org}", "invitation_id": "{}"}}"#, new_id());
+        assert_exit(
+            &append(t.url(), "user", &person, "user.activated", &activated).await,
+            0,
+        );
+        let created =
+            format!(r#"{{"org_id": "{org}", "email": "held@example.com", "name": "Held"}}"#);
+        let held = append(t.url(), "user", &person, "user.created", &created).await;
+        assert_exit(&held, 0);
+        assert_eq!(json_of(&held)[0]["held_behind"], json!(1));
+
+        let listed = cairn(t.url(), &["streams", "held", "--json"]).await;
+        assert_exit(&listed, 0);
+        let streams = json_of(&listed);
+        assert_eq!(streams[0]["stream_id"], json!(person), "{streams:#}");
+        assert_eq!(streams[0]["n_held"], json!(1));
+        let status = cairn(t.url(), &["status"]).await;
+        assert!(stdout(&status).contains("1 stream"), "{}", stdout(&status));
+
+        // A held event is not retried directly; a skip needs a reason.
+        let refused = cairn(t.url(), &["events", "retry", "2"]).await;
+        assert_exit(&refused, 2);
+        assert!(
+            stderr(&refused).contains("held behind position 1"),
+            "{}",
+            stderr(&refused)
+        );
+        let no_reason = cairn(t.url(), &["events", "skip", "1", "--reason", "  "]).await;
+        assert_exit(&no_reason, 2);
+        assert!(
+            stderr(&no_reason).contains("reason"),
+            "{}",
+            stderr(&no_reason)
+        );
+        let skipped = cairn(
+            t.url(),
+            &[
+                "events",
+                "skip",
+                "1",
+                "--reason",
+                "activated before created",
+            ],
+        )
+        .await;
+        assert_exit(&skipped, 0);
+        let listed = cairn(t.url(), &["streams", "held", "--json"]).await;
+        assert_eq!(json_of(&listed), json!([]));
+
+        // A paused route holds its events until it is resumed.
+        let paused = cairn(
+            t.url(),
+            &[
+                "handlers",
+                "pause",
+                "organization",
+                "--reason",
+                "maintenance",
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&paused, 0);
+        assert_eq!(json_of(&paused)["paused_by"], json!("service:cairn-cli"));
+        let twice = cairn(
+            t.url(),
+            &["handlers", "pause", "organization", "--reason", "again"],
+        )
+        .await;
+        assert_exit(&twice, 2);
+        assert!(
+            stderr(&twice).contains("already paused"),
+            "{}",
+            stderr(&twice)
+        );
+        let waiting = append(
+            t.url(),
+            "organization",
+            &new_id(),
+            "organization.created",
+            r#"{"name": "Later", "slug": "later", "sender_domain": "later.example", "sender_address": "noreply@later.example",
+                "direct_care_settings": {"visit_verification": false, "client_assignment": false, "max_caseload": 1}}"#,
+        )
+        .await;
+        assert_exit(&waiting, 0);
+        assert!(json_of(&waiting)[0]["held_behind"].is_number());
+        let resumed = cairn(
+            t.url(),
+            &[
+                "handlers",
+                "resume",
+                "organization",
+                "--reason",
+                "done",
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&resumed, 0);
+        assert_eq!(json_of(&resumed)["n_streams_released"], json!(1));
+        let unknown = cairn(t.url(), &["handlers", "pause", "nothing", "--reason", "x"]).await;
+        assert_exit(&unknown, 2);
+        assert!(
+            stderr(&unknown).contains("no handler route"),
+            "{}",
+            stderr(&unknown)
+        );
+        let verified = cairn(t.url(), &["replay", "--verify"]).await;
+        assert_exit(&verified, 0);
+        Ok(())
+    }
+);
