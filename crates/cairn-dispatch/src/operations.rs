@@ -300,7 +300,8 @@ impl Handler for OnRoutePaused {
     }
 }
 
-/// Removes a route's pause from `dispatch_paused_routes`.
+/// Removes a route's pause from `dispatch_paused_routes`. Idempotent like every
+/// handler: the command checked that the route was paused before it recorded this.
 struct OnRouteResumed;
 
 #[async_trait]
@@ -312,17 +313,11 @@ impl Handler for OnRouteResumed {
     ) -> Result<(), HandlerError> {
         let resumed: RouteResumed = payload(event)?;
         let route = resumed.route();
-        let changed = p
-            .execute(
-                "DELETE FROM dispatch_paused_routes WHERE stream_type = $1 AND event_type = $2",
-                args![route.stream_type.as_str(), route.event_type_column()],
-            )
-            .await?;
-        if changed == 0 {
-            return Err(HandlerError::failed(format!(
-                "handler route {route} is not paused"
-            )));
-        }
+        p.execute(
+            "DELETE FROM dispatch_paused_routes WHERE stream_type = $1 AND event_type = $2",
+            args![route.stream_type.as_str(), route.event_type_column()],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -145,13 +145,13 @@ impl Handler for OnRunResumed {
         let changed = p
             .execute(
                 "UPDATE workflow_runs SET paused_at = NULL, paused_by = NULL, pause_reason = NULL \
-                 WHERE id = $1 AND paused_at IS NOT NULL",
+                 WHERE id = $1",
                 args![resumed.run_id],
             )
             .await?;
         if changed == 0 {
             return Err(HandlerError::failed(format!(
-                "workflow run {} is not paused",
+                "there is no workflow run {}",
                 resumed.run_id
             )));
         }
@@ -197,18 +197,11 @@ impl Handler for OnKindResumed {
         p: &mut Projections<'_>,
     ) -> Result<(), HandlerError> {
         let resumed: KindResumed = payload(event)?;
-        let changed = p
-            .execute(
-                "DELETE FROM workflow_kind_pauses WHERE kind = $1",
-                args![resumed.kind.as_str()],
-            )
-            .await?;
-        if changed == 0 {
-            return Err(HandlerError::failed(format!(
-                "workflow kind {} is not paused",
-                resumed.kind
-            )));
-        }
+        p.execute(
+            "DELETE FROM workflow_kind_pauses WHERE kind = $1",
+            args![resumed.kind.as_str()],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -199,9 +199,15 @@ async fn start(engine: &Engine, steps: &[&str]) -> anyhow::Result<WorkflowId> {
     Ok(id)
 }
 
+/// `replay --verify` is clean, every handler applied twice (they must be idempotent).
 async fn verify(store: &EventStore) -> anyhow::Result<()> {
     let report = store
-        .verify_projections(VerifyOptions::default(), &mut |_, _| {})
+        .verify_projections(
+            VerifyOptions {
+                dispatch_twice: true,
+            },
+            &mut |_, _| {},
+        )
         .await?;
     anyhow::ensure!(
         report.is_clean() && report.outcome_changes.is_empty(),
