@@ -271,7 +271,7 @@ async fn skip_event(
     ctx: Ctx,
     path: EventPath,
     _: Empty,
-    body: crate::routes::Because,
+    body: super::Because,
 ) -> Result<Reply<Dispatched>, Problem> {
     allow(&ctx, Action::SkipEvents)?;
     let skipped = state

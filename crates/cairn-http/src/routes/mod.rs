@@ -124,6 +124,13 @@ pub fn command_problem(error: CommandError) -> Problem {
     }
 }
 
+/// Why: the body of a pause, a resume or a skip.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Because {
+    pub reason: cairn_types::Reason,
+}
+
 /// A page of a list.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Page<T> {
@@ -228,7 +235,7 @@ pub(crate) use health::integration_health;
 pub use invitations::{AcceptRequest, InvitationPath, RevokeRequest, Revoked};
 pub use organizations::{OrgPath, OrgUserPath};
 pub(crate) use workflows::valid_kind;
-pub use workflows::{Because, KindPath, WorkflowKind, WorkflowPath, WorkflowsQuery};
+pub use workflows::{KindPath, WorkflowKind, WorkflowPath, WorkflowsQuery};
 
 /// Every operation of the API.
 pub fn api() -> Api {

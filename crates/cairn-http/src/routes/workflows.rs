@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use cairn_domain::reads;
 use cairn_policy::{Action, Denial, Principal};
-use cairn_types::{Reason, WorkflowId};
+use cairn_types::WorkflowId;
 use cairn_workflow::{ControlError, KindPause, Run, RunFilter, RunStatus, RunWithSteps};
 
-use super::{Page, allow, database, denied, limit, not_found, page, read_problem};
+use super::{Because, Page, allow, database, denied, limit, not_found, page, read_problem};
 use crate::AppState;
 use crate::api::{Api, Op, Reply};
 use crate::context::Ctx;
@@ -37,13 +37,6 @@ pub struct WorkflowsQuery {
     /// How many runs, 1 to 200 (50 by default).
     #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
-}
-
-/// Why: the body of a pause, a resume or a skip.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Because {
-    pub reason: Reason,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
