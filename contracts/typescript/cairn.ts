@@ -281,6 +281,21 @@ export type HeldStream = {
   stream_type: string;
 };
 
+/** A held stream, as the health checks show it. */
+export type HeldSummary = {
+  /** The position of the event it waits behind. */
+  behind: number;
+  /** That event's type. */
+  behind_event_type: string;
+  cause: HoldCause;
+  n_held: number;
+  since: string;
+  /** A stream (aggregate) id. */
+  stream_id: string;
+  /** A stream type: one level (organization, user, invitation, workflow). */
+  stream_type: string;
+};
+
 /** Why a stream is held. */
 export type HoldCause = ("failed") | ("paused");
 
@@ -606,10 +621,10 @@ export type Pause = {
 /** What a paused run's pause covers. */
 export type PauseScope = ("run") | ("kind");
 
-/** Everything that is paused or held, for the health checks: who, why and since when. */
+/** Everything that is paused or held, for the health checks, which anyone may read: platform-wide pauses with who, why and since when; runs and streams by id, who and since when, never with text that may be a tenant's (a run's reason can quote a mail server's refusal of someone's address; a failure's message, someone's data). The runs' own pages and `/v1/streams/held` have the rest, for those who may read them. */
 export type Paused = {
   /** The first of the held streams. */
-  held: Array<HeldStream>;
+  held: Array<HeldSummary>;
   /** Events that wait in them. */
   held_events: number;
   /** Streams held behind a failed event or a paused route. */
@@ -629,8 +644,8 @@ export type PausedRun = {
   /** A workflow run id. */
   id: string;
   kind: string;
+  /** `service:workflow-engine` when a step's attempts ran out. */
   paused_by: string;
-  reason: string;
   since: string;
 };
 

@@ -277,7 +277,7 @@ impl EventStore {
                     Some(pause) if *behind == event.position => (
                         HoldCause::Paused,
                         format!(
-                            "its handler route {} is paused by {} since {}: {}",
+                            "its handler route {} is paused by {} since {}: {}; try again once it is resumed",
                             pause.route,
                             pause.paused_by,
                             pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -287,7 +287,14 @@ impl EventStore {
                     _ => match tx.stream_hold(event.stream_id).await {
                         Ok(hold) => {
                             let cause = hold.map_or(HoldCause::Failed, |hold| hold.cause);
-                            (cause, held_detail(cause, *behind))
+                            (
+                                cause,
+                                format!(
+                                    "stream {} is held behind position {behind}: {}",
+                                    event.stream_id,
+                                    held_detail(cause, *behind)
+                                ),
+                            )
                         }
                         Err(error) => return AppendError::Database(error),
                     },

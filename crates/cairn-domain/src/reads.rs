@@ -286,7 +286,11 @@ pub async fn paused_kinds(
     Ok(cairn_workflow::control::kind_pauses(&mut scoped.conn()).await?)
 }
 
-/// Everything that is paused or held, for the health checks: who, why and since when.
+/// Everything that is paused or held, for the health checks, which anyone may read:
+/// platform-wide pauses with who, why and since when; runs and streams by id, who and
+/// since when, never with text that may be a tenant's (a run's reason can quote a mail
+/// server's refusal of someone's address; a failure's message, someone's data). The
+/// runs' own pages and `/v1/streams/held` have the rest, for those who may read them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 pub struct Paused {
     /// Paused handler routes.
@@ -302,7 +306,7 @@ pub struct Paused {
     /// Events that wait in them.
     pub held_events: i64,
     /// The first of the held streams.
-    pub held: Vec<cairn_dispatch::HeldStream>,
+    pub held: Vec<HeldSummary>,
 }
 
 /// A run paused on its own.
@@ -310,8 +314,22 @@ pub struct Paused {
 pub struct PausedRun {
     pub id: WorkflowId,
     pub kind: String,
+    /// `service:workflow-engine` when a step's attempts ran out.
     pub paused_by: String,
-    pub reason: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// A held stream, as the health checks show it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HeldSummary {
+    pub stream_type: cairn_types::StreamType,
+    pub stream_id: cairn_types::StreamId,
+    pub cause: cairn_log::HoldCause,
+    /// The position of the event it waits behind.
+    pub behind: Position,
+    /// That event's type.
+    pub behind_event_type: cairn_types::EventType,
+    pub n_held: u64,
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
@@ -468,7 +486,7 @@ async fn paused(conn: &mut cairn_log::Conn<'_>) -> Result<Paused, ReadsError> {
         .get("n")?;
     let runs = conn
         .fetch_all(
-            "SELECT id, kind, paused_by, pause_reason, paused_at FROM workflow_runs \
+            "SELECT id, kind, paused_by, paused_at FROM workflow_runs \
              WHERE paused_at IS NOT NULL ORDER BY paused_at LIMIT $1",
             cairn_log::args![i64::from(FIRST)],
         )
@@ -479,13 +497,24 @@ async fn paused(conn: &mut cairn_log::Conn<'_>) -> Result<Paused, ReadsError> {
                 id: row.get("id")?,
                 kind: row.get("kind")?,
                 paused_by: row.get("paused_by")?,
-                reason: row.get("pause_reason")?,
                 since: row.get("paused_at")?,
             })
         })
         .collect::<Result<Vec<_>, cairn_log::DbError>>()?;
     let (held_streams, held_events) = cairn_dispatch::held_counts(conn).await?;
-    let held = cairn_dispatch::held_streams(conn, Position::START, FIRST).await?;
+    let held = cairn_dispatch::held_streams(conn, Position::START, FIRST)
+        .await?
+        .into_iter()
+        .map(|held| HeldSummary {
+            stream_type: held.stream_type,
+            stream_id: held.stream_id,
+            cause: held.cause,
+            behind: held.behind.position,
+            behind_event_type: held.behind.event_type,
+            n_held: held.n_held,
+            since: held.since,
+        })
+        .collect();
     Ok(Paused {
         routes,
         workflow_kinds,

@@ -497,7 +497,8 @@ fn paused_routes_alert(paused: &reads::Paused) -> Alert {
                 })
                 .collect();
             format!(
-                "{n} handler routes are paused: {}; their events are stored and held until the route is resumed (cairn handlers resume)",
+                "{} paused: {}; their events are stored and held until the route is resumed (cairn handlers resume)",
+                plural(n, "handler route is", "handler routes are"),
                 routes.join("; ")
             )
         },
@@ -523,11 +524,16 @@ fn paused_workflows_alert(paused: &reads::Paused) -> Alert {
                 })
                 .collect();
             parts.extend(paused.runs.iter().map(|run| {
+                let by = if run.paused_by == format!("service:{}", cairn_workflow::ENGINE_ACTOR) {
+                    "by the engine: a step's attempts ran out".to_owned()
+                } else {
+                    format!("by {}", run.paused_by)
+                };
                 format!(
-                    "run {} of {} ({})",
+                    "run {} of {} ({by} since {})",
                     run.id,
                     run.kind,
-                    who_why(&run.paused_by, run.since, &run.reason)
+                    run.since.format("%Y-%m-%d %H:%M:%S UTC")
                 )
             }));
             if paused.workflow_runs > i64::try_from(paused.runs.len()).unwrap_or(i64::MAX) {
@@ -555,27 +561,30 @@ fn held_streams_alert(paused: &reads::Paused) -> Alert {
                 .iter()
                 .take(3)
                 .map(|held| {
-                    let why = match &held.behind.error {
-                        Some(error) => format!(
-                            "{} failed: {} {}",
-                            held.behind.event_type, error.code, error.message
-                        ),
-                        None => format!("{}'s route is paused", held.behind.event_type),
+                    let why = match held.cause {
+                        cairn_log::HoldCause::Failed => "failed",
+                        cairn_log::HoldCause::Paused => "has its route paused",
                     };
                     format!(
-                        "{} {} behind position {} ({why})",
-                        held.stream_type, held.stream_id, held.behind.position
+                        "{} {} behind position {} ({} {why})",
+                        held.stream_type, held.stream_id, held.behind, held.behind_event_type
                     )
                 })
                 .collect();
             format!(
-                "{n} streams wait behind an event that failed or whose route is paused, {} events held: {}; retry or skip the event, or resume the route (cairn streams held)",
-                paused.held_events,
+                "{} behind an event that failed or whose route is paused, {} held: {}; retry or skip the event, or resume the route (cairn streams held)",
+                plural(n, "stream waits", "streams wait"),
+                plural(paused.held_events, "event", "events"),
                 first.join("; ")
             )
         },
         "no stream is held",
     )
+}
+
+/// `1 thing`, `2 things`.
+fn plural(n: i64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// An alert that is active while a count is above zero.

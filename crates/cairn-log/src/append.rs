@@ -139,7 +139,7 @@ pub enum AppendError {
         event_type: EventType,
         behind: Position,
         cause: HoldCause,
-        /// Why, for people: the failure or the pause (who, since when, why).
+        /// Why, for people: the hold, or the route's pause (who, since when, why).
         detail: String,
     },
     #[error("could not append")]

@@ -162,7 +162,7 @@ impl StreamId {
     /// assert_ne!(a, StreamId::named("workflow-kind", b"organization"));
     /// ```
     pub fn named(kind: &str, name: &[u8]) -> StreamId {
-        const NAMESPACE: Uuid = Uuid::from_u128(0x6361_6972_6e00_5000_8000_6e616d6564);
+        const NAMESPACE: Uuid = Uuid::from_u128(0x6361_6972_6e00_5000_8000_0000_6e61_6d65);
         let mut key = Vec::with_capacity(kind.len() + 1 + name.len());
         key.extend_from_slice(kind.as_bytes());
         key.push(b':');

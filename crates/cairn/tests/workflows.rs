@@ -618,11 +618,16 @@ backend_test!(
         assert_exit(&output, 0);
         let report = json_of(&output);
         let scenarios = report["scenarios"].as_array().expect("scenarios");
-        assert_eq!(scenarios.len(), 3);
+        assert_eq!(scenarios.len(), 4);
         for scenario in scenarios {
             assert!(scenario["runs"].as_u64() > Some(0), "{scenario}");
             assert!(scenario["ms_per_step"].as_f64() > Some(0.0), "{scenario}");
         }
+        let resume = &scenarios[3]["resume_ms"];
+        assert!(
+            resume[0].as_f64() > Some(0.0) && resume[1].as_f64() >= resume[0].as_f64(),
+            "p50 and p99 from a resume to the first step: {resume}"
+        );
         Ok(())
     }
 );

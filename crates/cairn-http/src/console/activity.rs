@@ -1,5 +1,6 @@
 //! The health page: the integration probe's hops and the alerts, and the last ten
-//! minutes of events per second and failed events, sampled in this process.
+//! minutes of events per second and failed events, sampled in this process; and what
+//! else the console keeps between requests ([`Activity`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -31,13 +32,20 @@ struct Sample {
     failed: i64,
 }
 
-/// The last ten minutes of the log's head, sampled by [`run_sampler`].
+/// What the console keeps between requests: the last ten minutes of the log's head,
+/// sampled by [`run_sampler`], and the attention banner as last read (see
+/// [`super::attention`]).
 #[derive(Debug, Default)]
 pub struct Activity {
     samples: Mutex<VecDeque<Sample>>,
+    attention: super::attention::Cache,
 }
 
 impl Activity {
+    pub(crate) fn attention(&self) -> &super::attention::Cache {
+        &self.attention
+    }
+
     fn record(&self, sample: Sample) {
         if let Ok(mut samples) = self.samples.lock() {
             samples.push_back(sample);
@@ -95,10 +103,74 @@ pub(crate) struct HopRow {
 
 /// An alert.
 pub(crate) struct AlertRow {
-    pub name: String,
+    /// The alert's name, as `/health/integration` and the metrics call it.
+    pub alert: String,
+    pub title: String,
     pub active: bool,
+    /// An operator's pause, or what waits behind one or behind a failure: the system
+    /// is degraded, not broken (a warning, not an error).
+    pub paused: bool,
     pub value: i64,
     pub message: String,
+    /// Where to act on it in the console, if this person may go there.
+    pub act: Option<(&'static str, &'static str)>,
+}
+
+impl AlertRow {
+    fn of(alert: &crate::probe::Alert, session: &Session) -> AlertRow {
+        let (title, act, needs) = match alert.alert.as_str() {
+            "probe_failing" => ("Integration probe", None, None),
+            "unprocessed_events" => ("Unprocessed events", None, None),
+            "failed_events" => (
+                "Failed events",
+                Some(("/console/failures", "See the failures")),
+                Some(Action::ListEvents),
+            ),
+            "stuck_workflows" => (
+                "Stuck workflow runs",
+                Some(("/console/workflows", "See the runs")),
+                Some(Action::ListWorkflows),
+            ),
+            "paused_routes" => (
+                "Paused handler routes",
+                Some(("/console/handlers", "Resume them on the handlers page")),
+                Some(Action::ListEvents),
+            ),
+            "paused_workflows" => (
+                "Paused workflows",
+                Some((
+                    "/console/workflows?paused=1",
+                    "See the paused runs and kinds",
+                )),
+                Some(Action::ListWorkflows),
+            ),
+            "held_streams" => (
+                "Held streams",
+                Some((
+                    "/console/failures#held",
+                    "Release them on the failures page",
+                )),
+                Some(Action::ListEvents),
+            ),
+            _ => ("", None, None),
+        };
+        AlertRow {
+            alert: alert.alert.clone(),
+            title: if title.is_empty() {
+                alert.alert.replace('_', " ")
+            } else {
+                title.to_owned()
+            },
+            active: alert.active,
+            paused: matches!(
+                alert.alert.as_str(),
+                "paused_routes" | "paused_workflows" | "held_streams"
+            ),
+            value: alert.value,
+            message: alert.message.clone(),
+            act: act.filter(|_| alert.active && needs.is_none_or(|action| session.may(&action))),
+        }
+    }
 }
 
 /// One bar of the chart.
@@ -171,7 +243,8 @@ fn chart(points: &[(DateTime<Utc>, f64)], now: DateTime<Utc>, unit: &str) -> Cha
     }
 }
 
-/// `GET /console/health`.
+/// `GET /console/health`: the probe, the alerts (active first, each leading to where to
+/// act), and the last ten minutes.
 pub(crate) async fn health(State(state): State<AppState>, session: Session) -> Response {
     let health = match crate::routes::integration_health(&state).await {
         Ok(health) => health,
@@ -179,9 +252,13 @@ pub(crate) async fn health(State(state): State<AppState>, session: Session) -> R
     };
     let now = Utc::now();
     let mut samples = state.activity().samples();
-    if let Some(latest) = sample(&state).await {
-        samples.push(latest);
-    }
+    // The system was read just now for the alerts: its head is the chart's latest
+    // point, without reading it all again.
+    samples.push(Sample {
+        at: now,
+        head: health.system.head.get(),
+        failed: health.system.failed_events,
+    });
     let rates: Vec<(DateTime<Utc>, f64)> = samples
         .windows(2)
         .filter_map(|pair| {
@@ -202,8 +279,15 @@ pub(crate) async fn health(State(state): State<AppState>, session: Session) -> R
         crate::probe::HealthStatus::Degraded => "degraded",
         crate::probe::HealthStatus::Failing => "failing",
     };
+    let mut alerts: Vec<AlertRow> = health
+        .alerts
+        .iter()
+        .map(|a| AlertRow::of(a, &session))
+        .collect();
+    alerts.sort_by_key(|a| !a.active);
     let page = HealthPage {
-        layout: Layout::new(&session, "Health", "/health"),
+        layout: Layout::new(&session, "Health", "/health")
+            .attention(super::attention::banner(&state, &session).await),
         status: status.to_owned(),
         probe_at: time(&health.probe.at),
         probe_age: millis(health.probe_age_ms),
@@ -220,16 +304,7 @@ pub(crate) async fn health(State(state): State<AppState>, session: Session) -> R
                 error: h.error.clone(),
             })
             .collect(),
-        alerts: health
-            .alerts
-            .iter()
-            .map(|a| AlertRow {
-                name: a.alert.replace('_', " "),
-                active: a.active,
-                value: a.value,
-                message: a.message.clone(),
-            })
-            .collect(),
+        alerts,
         head: system.head.get(),
         failed: system.failed_events,
         unprocessed: system.unprocessed_events,

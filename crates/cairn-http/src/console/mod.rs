@@ -16,9 +16,15 @@
 
 mod activity;
 mod assets;
+mod attention;
+mod confirm;
+mod handlers;
+mod held;
 mod onboarding;
 mod operations;
+mod pauses;
 mod session;
+mod skip;
 
 use std::time::Instant;
 
@@ -91,13 +97,42 @@ pub fn router() -> Router<AppState> {
             post(operations::retry_one),
         )
         .route(
+            "/console/events/{event_id}/skip",
+            get(skip::skip_page).post(skip::skip),
+        )
+        .route(
             "/console/failures",
             get(operations::failures).post(operations::retry_many),
+        )
+        .route("/console/handlers", get(handlers::handlers))
+        .route(
+            "/console/handlers/pause",
+            get(handlers::pause_page).post(handlers::pause),
+        )
+        .route(
+            "/console/handlers/resume",
+            get(handlers::resume_page).post(handlers::resume),
         )
         .route("/console/workflows", get(operations::workflows))
         .route(
             "/console/workflows/{workflow_id}",
             get(operations::workflow),
+        )
+        .route(
+            "/console/workflows/{workflow_id}/pause",
+            get(pauses::run_pause_page).post(pauses::run_pause),
+        )
+        .route(
+            "/console/workflows/{workflow_id}/resume",
+            get(pauses::run_resume_page).post(pauses::run_resume),
+        )
+        .route(
+            "/console/workflow-kinds/{kind}/pause",
+            get(pauses::kind_pause_page).post(pauses::kind_pause),
+        )
+        .route(
+            "/console/workflow-kinds/{kind}/resume",
+            get(pauses::kind_resume_page).post(pauses::kind_resume),
         )
         .route("/console/traces", get(operations::find_trace))
         .route("/console/traces/{correlation_id}", get(operations::trace))
@@ -334,12 +369,15 @@ pub(crate) struct Layout {
     /// Where the page's live regions are fetched again from (its own GET address,
     /// also when it was rendered as the answer to a form).
     pub live_url: String,
+    /// What is paused or held, on the operations pages (`None` elsewhere: the page
+    /// has no banner, not even an empty one to refresh).
+    pub attention: Option<attention::Attention>,
 }
 
 impl Layout {
     /// The frame of a page for a signed-in person; `section` is the nav entry to mark.
     fn new(session: &Session, title: impl Into<String>, section: &str) -> Layout {
-        let entries: [(&'static str, &'static str, Action); 5] = [
+        let entries: [(&'static str, &'static str, Action); 6] = [
             (
                 "/console/organizations",
                 "Organizations",
@@ -347,6 +385,7 @@ impl Layout {
             ),
             ("/console/events", "Events", Action::ListEvents),
             ("/console/failures", "Failures", Action::ListEvents),
+            ("/console/handlers", "Handlers", Action::ListEvents),
             ("/console/workflows", "Workflows", Action::ListWorkflows),
             ("/console/health", "Health", Action::ReadPublic),
         ];
@@ -368,6 +407,7 @@ impl Layout {
             correlation_id: session.ctx.correlation_id.to_string(),
             live: None,
             live_url: String::new(),
+            attention: None,
         }
     }
 
@@ -382,6 +422,7 @@ impl Layout {
             correlation_id: String::new(),
             live: None,
             live_url: String::new(),
+            attention: None,
         }
     }
 
@@ -390,6 +431,12 @@ impl Layout {
     fn live(mut self, query: impl Into<String>, url: impl Into<String>) -> Layout {
         self.live = Some(query.into());
         self.live_url = url.into();
+        self
+    }
+
+    /// Shows the attention banner at the top of the page.
+    fn attention(mut self, attention: attention::Attention) -> Layout {
+        self.attention = Some(attention);
         self
     }
 }
@@ -507,6 +554,15 @@ async fn not_found_page(uri: axum::http::Uri) -> Response {
 /// A time for people, in UTC to the second.
 fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// A count with its noun: `1 event`, `3 events`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 /// Milliseconds for people: 0.42 ms, 12 ms, 1.4 s.

@@ -685,6 +685,12 @@ pub(crate) async fn update_settings(
         }
         Err((_, Some(problem))) if problem.status >= 500 => problem_page(&session, &problem),
         Err((errors, problem)) => {
+            // A refusal that is not about a field (a paused or held stream: 409) keeps
+            // its status, so that the page answers as the API would.
+            let status = match &problem {
+                Some(problem) if errors.is_empty() && problem.status == 409 => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
             let summary = problem.filter(|_| errors.is_empty()).map_or_else(
                 || "Not saved: correct the fields marked below.".to_owned(),
                 |p| p.detail,
@@ -697,7 +703,7 @@ pub(crate) async fn update_settings(
                     settings: Some((&form, errors, summary)),
                     ..OrgForms::default()
                 },
-                StatusCode::UNPROCESSABLE_ENTITY,
+                status,
             )
             .await
         }

@@ -1,5 +1,7 @@
 //! Operations: the event log, failures and their retry, workflow runs, a request's
-//! timeline, and the live feed the pages follow.
+//! timeline, and the live feed the pages follow. The operators' decisions these pages
+//! lead to (skips, pauses, resumes) have modules of their own: `skip`, `handlers`,
+//! `pauses`.
 
 use askama::Template;
 use axum::extract::{Path, Query, Request, State};
@@ -12,9 +14,14 @@ use cairn_domain::reads;
 use cairn_log::{EventFilter, Outcome, RecordedEvent};
 use cairn_policy::Action;
 use cairn_types::{CorrelationId, ErrorCode, EventId, EventType, Position, StreamId, WorkflowId};
-use cairn_workflow::{RunFilter, RunStatus};
+use cairn_workflow::{PauseScope, Run, RunFilter, RunStatus};
 
-use super::{Form, Layout, Session, millis, not_found, problem_page, query_value, render, time};
+use super::held::{self, HeldRow};
+use super::pauses::{self, KindRow};
+use super::skip::{self, DecisionRow};
+use super::{
+    Form, Layout, Session, millis, not_found, plural, problem_page, query_value, render, time,
+};
 use crate::AppState;
 use crate::routes::{allow, read_problem};
 
@@ -36,14 +43,18 @@ pub(crate) struct EventRow {
     pub at: String,
     pub event_type: String,
     pub stream: String,
-    /// `applied`, `failed`, `skipped` or `pending`.
+    /// `applied`, `failed`, `held` or `pending` (and `skipped` on an event's page, which
+    /// reads its decisions).
     pub state: &'static str,
     pub error: Option<String>,
+    /// For a failed event its stream waits behind: how many of its events wait.
+    pub holding: Option<String>,
 }
 
 fn state_of(event: &RecordedEvent) -> &'static str {
     match event.last_outcome() {
         Some(Outcome::Failed(_)) => "failed",
+        Some(Outcome::Held { .. }) => "held",
         Some(_) => "applied",
         None => "pending",
     }
@@ -62,6 +73,7 @@ impl EventRow {
                 .processing_error
                 .as_ref()
                 .map(|e| format!("{}: {}", e.code, e.message)),
+            holding: None,
         }
     }
 }
@@ -190,7 +202,8 @@ pub(crate) async fn events(
         .flatten();
     let newest = before.map(|_| format!("/console/events?{}", filters.trim_start_matches('&')));
     let here = format!("/console/events?{}", filters.trim_start_matches('&'));
-    let mut layout = Layout::new(&session, "Events", "/events");
+    let mut layout = Layout::new(&session, "Events", "/events")
+        .attention(super::attention::banner(&state, &session).await);
     if before.is_none() && errors.is_empty() {
         layout = layout.live(live, here);
     }
@@ -224,12 +237,99 @@ struct EventPage {
     processed_at: Option<String>,
     hash: String,
     related: Vec<EventRow>,
+    held: Option<Waiting>,
+    decisions: Vec<DecisionRow>,
+    notice: Option<&'static str>,
     may_retry: bool,
+    may_skip: bool,
     may_trace: bool,
 }
 
+/// What a held event waits for, for its page.
+pub(crate) struct Waiting {
+    /// The event it waits behind: itself when its own route is paused.
+    pub behind_event_id: Option<String>,
+    pub behind_position: i64,
+    pub behind_itself: bool,
+    /// Why that one does not apply (a clause: `failed with …`, or `its handler route …
+    /// is paused …` for itself), and what releases it.
+    pub why: String,
+    pub releases: String,
+    /// The route's resume page, when a pause holds it.
+    pub resume_href: Option<String>,
+}
+
+/// What `event`, held behind the event at `behind`, waits for: that event's failure or
+/// its route's pause, and what releases it.
+async fn waiting(
+    state: &AppState,
+    grant: &cairn_policy::Grant,
+    event: &RecordedEvent,
+    behind: Position,
+) -> Result<Waiting, reads::ReadsError> {
+    let first = if behind == event.position {
+        Some(event.clone())
+    } else {
+        let filter = EventFilter {
+            stream_id: Some(event.stream_id),
+            after: Position::new(behind.get() - 1),
+            limit: Some(1),
+            ..EventFilter::default()
+        };
+        reads::events(state.db(), grant, filter)
+            .await?
+            .into_iter()
+            .find(|e| e.position == behind)
+    };
+    let paused = reads::paused_routes(state.db(), grant).await?;
+    let pause = first
+        .as_ref()
+        .filter(|first| first.is_held())
+        .and_then(|first| held::covering(&paused, &first.stream_type, &first.event_type));
+    let (why, releases) = match (&first, pause) {
+        (Some(first), _) if first.is_failed() => (
+            format!(
+                "failed with {}",
+                first
+                    .processing_error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.code, e.message))
+                    .unwrap_or_default()
+            ),
+            "It applies, in position order, once that event is retried (when its cause is \
+             fixed) or skipped."
+                .to_owned(),
+        ),
+        (_, Some(pause)) if behind == event.position => (
+            format!("its {}", held::pause_text(pause)),
+            "It applies, in position order, once the route is resumed.".to_owned(),
+        ),
+        (_, Some(pause)) => (
+            format!("is held because its {}", held::pause_text(pause)),
+            "It applies, in position order, once the route is resumed.".to_owned(),
+        ),
+        _ => (
+            "is not applied yet".to_owned(),
+            "It applies, in position order, once that event is.".to_owned(),
+        ),
+    };
+    Ok(Waiting {
+        behind_event_id: first.as_ref().map(|e| e.event_id.to_string()),
+        behind_position: behind.get(),
+        behind_itself: behind == event.position,
+        why,
+        releases,
+        resume_href: pause.map(|p| held::resume_href(&p.route)),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NoticeQuery {
+    notice: Option<String>,
+}
+
 /// The event `id` if this person sees it.
-async fn visible_event(
+pub(crate) async fn visible_event(
     state: &AppState,
     session: &Session,
     id: &str,
@@ -245,32 +345,51 @@ async fn visible_event(
     }
 }
 
-/// `GET /console/events/{event_id}`.
+/// `GET /console/events/{event_id}`: the event, what it waits for if it is held, and
+/// the operators' decisions about it.
 pub(crate) async fn event(
     State(state): State<AppState>,
     session: Session,
     Path(event_id): Path<String>,
+    Query(query): Query<NoticeQuery>,
 ) -> Response {
     let event = match visible_event(&state, &session, &event_id).await {
         Ok(event) => event,
         Err(response) => return response,
     };
-    let related = match allow(&session.ctx, Action::ListEvents) {
-        Ok(grant) => reads::events(
-            state.db(),
-            &grant,
-            EventFilter {
-                correlation_id: Some(event.metadata.correlation_id),
-                limit: Some(200),
-                ..EventFilter::default()
-            },
-        )
-        .await
-        .unwrap_or_default(),
-        Err(_) => Vec::new(),
+    let (related, held) = match allow(&session.ctx, Action::ListEvents) {
+        Ok(grant) => {
+            let related = reads::events(
+                state.db(),
+                &grant,
+                EventFilter {
+                    correlation_id: Some(event.metadata.correlation_id),
+                    limit: Some(200),
+                    ..EventFilter::default()
+                },
+            )
+            .await
+            .unwrap_or_default();
+            let held = match event.held_behind {
+                Some(behind) => match waiting(&state, &grant, &event, behind).await {
+                    Ok(waiting) => Some(waiting),
+                    Err(error) => return problem_page(&session, &read_problem(error)),
+                },
+                None => None,
+            };
+            (related, held)
+        }
+        Err(_) => (Vec::new(), None),
     };
+    let decisions = skip::decisions(&state, &session, &event).await;
+    let mut row = EventRow::of(&event);
+    if row.state == "applied" && decisions.last().is_some_and(|d| d.what == "skipped") {
+        row.state = "skipped";
+    }
+    let decidable = event.is_failed() && !event.is_held();
     let page = EventPage {
-        layout: Layout::new(&session, format!("Event {}", event.position), "/events"),
+        layout: Layout::new(&session, format!("Event {}", event.position), "/events")
+            .attention(super::attention::banner(&state, &session).await),
         stream_type: event.stream_type.to_string(),
         stream_id: event.stream_id.to_string(),
         version: event.stream_version.get(),
@@ -280,9 +399,19 @@ pub(crate) async fn event(
         processed_at: event.processed_at.as_ref().map(time),
         hash: event.hash.clone(),
         related: related.iter().map(EventRow::of).collect(),
-        may_retry: event.is_failed() && session.may(&Action::RetryEvents),
+        held,
+        decisions,
+        notice: match query.notice.as_deref() {
+            Some("skipped") if row.state == "skipped" => Some(
+                "The event is skipped: it will never be applied. The events its stream held \
+                 behind it, if any, were released in position order.",
+            ),
+            _ => None,
+        },
+        may_retry: decidable && session.may(&Action::RetryEvents),
+        may_skip: decidable && session.may(&Action::SkipEvents),
         may_trace: session.may(&Action::ReadTrace),
-        event: EventRow::of(&event),
+        event: row,
     };
     render(StatusCode::OK, &page)
 }
@@ -320,6 +449,8 @@ struct RetriedPage {
     fixed: u64,
     rows: Vec<RetryRow>,
     refused: Vec<String>,
+    /// Events a bulk retry left as they were (held, or their route paused).
+    not_retried: Option<String>,
 }
 
 fn retried_page(
@@ -337,6 +468,7 @@ fn retried_page(
             fixed,
             rows,
             refused,
+            not_retried: None,
         },
     )
 }
@@ -400,18 +532,26 @@ pub(crate) struct FailureGroup {
 #[template(path = "console/failures.html")]
 struct FailuresPage {
     layout: Layout,
+    held: Vec<HeldRow>,
     groups: Vec<FailureGroup>,
     may_retry: bool,
+    may_skip: bool,
+    may_pause: bool,
 }
 
 /// Failed events shown per code.
 const PER_GROUP: u32 = 20;
 
-/// `GET /console/failures`: failed events grouped by code.
+/// `GET /console/failures`: the held streams first, then failed events grouped by
+/// code.
 pub(crate) async fn failures(State(state): State<AppState>, session: Session) -> Response {
     let grant = match allow(&session.ctx, Action::ListEvents) {
         Ok(grant) => grant,
         Err(problem) => return problem_page(&session, &problem),
+    };
+    let held = match held::rows(&state, &grant).await {
+        Ok(held) => held,
+        Err(error) => return problem_page(&session, &read_problem(error)),
     };
     let counts = match reads::failures_by_code(state.db(), &grant).await {
         Ok(counts) => counts,
@@ -430,7 +570,17 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
             ..EventFilter::default()
         };
         let rows = match reads::events(state.db(), &grant, filter).await {
-            Ok(events) => events.iter().map(EventRow::of).collect(),
+            Ok(events) => events
+                .iter()
+                .map(|event| {
+                    let mut row = EventRow::of(event);
+                    row.holding = held
+                        .iter()
+                        .find(|h| h.failed && h.behind_event_id == row.event_id)
+                        .map(|h| format!("holds its stream: {} waiting", h.n_held));
+                    row
+                })
+                .collect(),
             Err(error) => return problem_page(&session, &read_problem(error)),
         };
         groups.push(FailureGroup {
@@ -444,9 +594,13 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
         StatusCode::OK,
         &FailuresPage {
             layout: Layout::new(&session, "Failures", "/failures")
-                .live("views=false", "/console/failures"),
+                .live("views=false", "/console/failures")
+                .attention(super::attention::banner(&state, &session).await),
+            held,
             groups,
             may_retry: session.may(&Action::RetryEvents),
+            may_skip: session.may(&Action::SkipEvents),
+            may_pause: session.may(&Action::PauseHandlers),
         },
     )
 }
@@ -484,10 +638,23 @@ pub(crate) async fn retry_many(
             .retry_failed(&selection, &session.ctx.operator(), &mut |_, _| {})
             .await
         {
-            Ok(report) => {
-                let rows = report.still_failed.iter().map(RetryRow::of).collect();
-                retried_page(&session, report.n_retried, report.n_fixed, rows, Vec::new())
-            }
+            Ok(report) => render(
+                StatusCode::OK,
+                &RetriedPage {
+                    layout: Layout::new(&session, "Retried", "/failures"),
+                    retried: report.n_retried,
+                    fixed: report.n_fixed,
+                    rows: report.still_failed.iter().map(RetryRow::of).collect(),
+                    refused: Vec::new(),
+                    not_retried: (report.n_not_retried > 0).then(|| {
+                        format!(
+                            "{} not retried: each waits behind an earlier failure of its \
+                             stream, or its handler route is paused.",
+                            plural(report.n_not_retried, "event", "events"),
+                        )
+                    }),
+                },
+            ),
             Err(error) => problem_page(&session, &crate::routes::retry_problem(error)),
         };
     }
@@ -518,27 +685,75 @@ pub(crate) struct RunRow {
     pub org: String,
     pub created_at: String,
     pub updated_at: String,
+    /// `paused`, or `paused with its kind`, while it is paused.
+    pub paused: Option<&'static str>,
+}
+
+impl RunRow {
+    fn of(run: Run) -> RunRow {
+        RunRow {
+            id: run.id.to_string(),
+            status: run.status.as_str().to_owned(),
+            step: run.current_step.unwrap_or_default(),
+            org: run.org_id.map(|o| o.to_string()).unwrap_or_default(),
+            created_at: time(&run.created_at),
+            updated_at: time(&run.updated_at),
+            paused: run.paused.map(|pause| match pause.scope {
+                PauseScope::Run => "paused",
+                PauseScope::Kind => "paused with its kind",
+            }),
+            kind: run.kind,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct WorkflowsQuery {
     status: Option<String>,
     kind: Option<String>,
+    paused: Option<String>,
     after: Option<String>,
+    notice: Option<String>,
+    kind_changed: Option<String>,
 }
 
 #[derive(Template)]
 #[template(path = "console/workflows.html")]
 struct WorkflowsPage {
     layout: Layout,
+    notice: Option<String>,
+    kinds: Vec<KindRow>,
+    may_pause_kinds: bool,
     statuses: Vec<(String, bool)>,
     kind: String,
+    paused: bool,
     errors: Vec<String>,
     rows: Vec<RunRow>,
     next: Option<String>,
 }
 
-/// `GET /console/workflows`: runs by status and kind.
+/// What the runs page says after a kind was paused or resumed; only for a kind the
+/// engine runs, so that a link cannot put words in the console's mouth.
+fn kinds_notice(state: &AppState, query: &WorkflowsQuery) -> Option<String> {
+    let kind = query.kind_changed.as_deref()?;
+    let kind = state
+        .domain()
+        .engine()
+        .kinds()
+        .into_iter()
+        .find(|k| *k == kind)?;
+    match query.notice.as_deref()? {
+        "kind-paused" => Some(format!(
+            "Every {kind} run is paused: each stops after its step in flight, and new ones wait."
+        )),
+        "kind-resumed" => Some(format!(
+            "The {kind} runs are resumed: they go on where they stopped."
+        )),
+        _ => None,
+    }
+}
+
+/// `GET /console/workflows`: the kinds with their state, then runs by status and kind.
 pub(crate) async fn workflows(
     State(state): State<AppState>,
     session: Session,
@@ -568,10 +783,16 @@ pub(crate) async fn workflows(
         |t| WorkflowId::parse(t).map_err(|e| e.to_string()),
         &mut errors,
     );
+    let paused = query.paused.as_deref().is_some_and(|p| !p.is_empty());
+    let kinds = match pauses::kind_rows(&state, &grant).await {
+        Ok(kinds) => kinds,
+        Err(error) => return problem_page(&session, &read_problem(error)),
+    };
     let runs = if errors.is_empty() {
         let filter = RunFilter {
             status,
             kind: kind.clone(),
+            paused,
             after,
             limit: Some(PAGE),
             ..RunFilter::default()
@@ -593,34 +814,32 @@ pub(crate) async fn workflows(
                 if let Some(kind) = &kind {
                     url.push_str(&format!("&kind={}", query_value(kind)));
                 }
+                if paused {
+                    url.push_str("&paused=1");
+                }
                 url
             })
         })
         .flatten();
-    let rows = runs
-        .into_iter()
-        .map(|r| RunRow {
-            id: r.id.to_string(),
-            kind: r.kind,
-            status: r.status.as_str().to_owned(),
-            step: r.current_step.unwrap_or_default(),
-            org: r.org_id.map(|o| o.to_string()).unwrap_or_default(),
-            created_at: time(&r.created_at),
-            updated_at: time(&r.updated_at),
-        })
-        .collect();
+    let rows = runs.into_iter().map(RunRow::of).collect();
     render(
         StatusCode::OK,
         &WorkflowsPage {
-            layout: Layout::new(&session, "Workflows", "/workflows").live(
-                "views=false&stream_type=workflow",
-                workflows_here(status, kind.as_deref()),
-            ),
+            layout: Layout::new(&session, "Workflows", "/workflows")
+                .live(
+                    "views=false&stream_type=workflow",
+                    workflows_here(status, kind.as_deref(), paused),
+                )
+                .attention(super::attention::banner(&state, &session).await),
+            notice: kinds_notice(&state, &query),
+            kinds,
+            may_pause_kinds: session.may(&Action::PauseWorkflowKinds),
             statuses: RunStatus::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), Some(*s) == status))
                 .collect(),
             kind: query.kind.unwrap_or_default(),
+            paused,
             errors,
             rows,
             next,
@@ -629,13 +848,16 @@ pub(crate) async fn workflows(
 }
 
 /// The address of the runs page with these filters.
-fn workflows_here(status: Option<RunStatus>, kind: Option<&str>) -> String {
+fn workflows_here(status: Option<RunStatus>, kind: Option<&str>, paused: bool) -> String {
     let mut url = String::from("/console/workflows?");
     if let Some(status) = status {
         url.push_str(&format!("status={}&", status.as_str()));
     }
     if let Some(kind) = kind {
-        url.push_str(&format!("kind={}", query_value(kind)));
+        url.push_str(&format!("kind={}&", query_value(kind)));
+    }
+    if paused {
+        url.push_str("paused=1");
     }
     url
 }
@@ -652,14 +874,30 @@ pub(crate) struct StepRow {
     pub error: Option<String>,
 }
 
+/// Why a run does not move, for its page.
+pub(crate) struct RunPause {
+    /// Paused with its kind (else on its own).
+    pub by_kind: bool,
+    /// The engine paused it when a step's attempts ran out.
+    pub by_engine: bool,
+    pub by: String,
+    pub since: String,
+    pub reason: String,
+}
+
 #[derive(Template)]
 #[template(path = "console/workflow.html")]
 struct WorkflowPage {
     layout: Layout,
+    notice: Option<&'static str>,
     id: String,
     kind: String,
     status: String,
     finished: bool,
+    paused: Option<RunPause>,
+    may_pause: bool,
+    may_resume: bool,
+    may_resume_kind: bool,
     step: String,
     failure: Option<String>,
     org: Option<String>,
@@ -670,11 +908,13 @@ struct WorkflowPage {
     may_trace: bool,
 }
 
-/// `GET /console/workflows/{workflow_id}`: a run and its steps; live until it ends.
+/// `GET /console/workflows/{workflow_id}`: a run, its pause, and its steps; live until
+/// it ends.
 pub(crate) async fn workflow(
     State(state): State<AppState>,
     session: Session,
     Path(workflow_id): Path<String>,
+    Query(query): Query<NoticeQuery>,
 ) -> Response {
     let Ok(id) = WorkflowId::parse(&workflow_id) else {
         return not_found(&session, "workflow run");
@@ -688,10 +928,7 @@ pub(crate) async fn workflow(
         Ok(None) => return not_found(&session, "workflow run"),
         Err(error) => return problem_page(&session, &read_problem(error)),
     };
-    let finished = matches!(
-        run.run.status,
-        RunStatus::Completed | RunStatus::Failed | RunStatus::CompensationFailed
-    );
+    let finished = run.run.status.is_finished();
     let steps = run
         .steps
         .iter()
@@ -711,21 +948,49 @@ pub(crate) async fn workflow(
             error: s.last_error.clone(),
         })
         .collect();
-    let mut layout = Layout::new(&session, format!("Run {}", run.run.kind), "/workflows");
+    let mut layout = Layout::new(&session, format!("Run {}", run.run.kind), "/workflows")
+        .attention(super::attention::banner(&state, &session).await);
     if !finished {
-        layout = layout.live(
-            format!("views=false&stream_id={}", run.run.id),
-            format!("/console/workflows/{}", run.run.id),
-        );
+        // A paused run changes next by a resume, on a stream of its own (or its kind's):
+        // it follows every event until then; a running run follows its own stream.
+        let feed = if run.run.is_paused() {
+            "views=false".to_owned()
+        } else {
+            format!("views=false&stream_id={}", run.run.id)
+        };
+        layout = layout.live(feed, format!("/console/workflows/{}", run.run.id));
     }
+    let paused = run.run.paused.as_ref().map(|pause| RunPause {
+        by_kind: pause.scope == PauseScope::Kind,
+        by_engine: pause.paused_by == format!("service:{}", cairn_workflow::ENGINE_ACTOR),
+        by: pause.paused_by.clone(),
+        since: time(&pause.since),
+        reason: pause.reason.clone(),
+    });
+    let may_control = !finished && session.may(&Action::PauseRun(run.run.org_id));
+    let own_pause = paused.as_ref().is_some_and(|p| !p.by_kind);
     render(
         StatusCode::OK,
         &WorkflowPage {
             layout,
+            notice: match query.notice.as_deref() {
+                Some("paused") if own_pause => {
+                    Some("The run is paused: it stops after the step in flight.")
+                }
+                Some("resumed") if paused.is_none() => {
+                    Some("The run is resumed: it goes on where it stopped.")
+                }
+                _ => None,
+            },
             id: run.run.id.to_string(),
             kind: run.run.kind.clone(),
             status: run.run.status.as_str().to_owned(),
             finished,
+            may_pause: may_control && !own_pause,
+            may_resume: may_control && own_pause,
+            may_resume_kind: paused.as_ref().is_some_and(|p| p.by_kind)
+                && session.may(&Action::PauseWorkflowKinds),
+            paused,
             step: run.run.current_step.clone().unwrap_or_default(),
             failure: run.run.failure.clone(),
             org: run.run.org_id.map(|o| o.to_string()),

@@ -124,8 +124,8 @@ async fn list_routes(
     Ok(Reply::ok(routes))
 }
 
-/// What a caller is told when a pause or a resume is refused.
-fn control_problem(error: ControlError) -> Problem {
+/// What a caller is told when a pause or a resume of a handler route is refused.
+pub(crate) fn route_control_problem(error: ControlError) -> Problem {
     match error {
         ControlError::NotPausable(message) => Problem::field(
             ProblemCode::InvalidField,
@@ -167,7 +167,7 @@ async fn pause_route(
         .store()
         .pause_route(route_of(&body), &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(route_control_problem)?;
     Ok(Reply::ok(pause))
 }
 
@@ -185,7 +185,7 @@ async fn resume_route(
         .store()
         .resume_route(route_of(&body), &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(route_control_problem)?;
     // Runs whose steps waited on the route go on at once.
     state.domain().engine().wake();
     Ok(Reply::ok(resumed))

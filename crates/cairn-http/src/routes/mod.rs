@@ -229,13 +229,14 @@ mod workflows;
 pub use documents::Document;
 pub(crate) use events::retry_problem;
 pub use events::{EventPath, EventsQuery, FailedEventsQuery, RetryFailedRequest, TracePath};
+pub(crate) use handlers::route_control_problem;
 pub use handlers::{HandlerRouteInfo, HeldQuery, RouteDecision};
 pub use health::Health;
 pub(crate) use health::integration_health;
 pub use invitations::{AcceptRequest, InvitationPath, RevokeRequest, Revoked};
 pub use organizations::{OrgPath, OrgUserPath};
-pub(crate) use workflows::valid_kind;
 pub use workflows::{KindPath, WorkflowKind, WorkflowPath, WorkflowsQuery};
+pub(crate) use workflows::{valid_kind, workflow_control_problem};
 
 /// Every operation of the API.
 pub fn api() -> Api {

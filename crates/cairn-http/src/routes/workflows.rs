@@ -111,7 +111,7 @@ pub(super) fn ops(api: Api) -> Api {
 }
 
 /// What a caller is told when a pause or a resume of a workflow is refused.
-fn control_problem(error: ControlError) -> Problem {
+pub(crate) fn workflow_control_problem(error: ControlError) -> Problem {
     match error {
         ControlError::NotFound { .. } | ControlError::UnknownKind { .. } => {
             Problem::new(ProblemCode::NotFound, error.to_string())
@@ -156,7 +156,7 @@ async fn pause_workflow(
         .engine()
         .pause_run(path.workflow_id, &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(workflow_control_problem)?;
     Ok(Reply::ok(run))
 }
 
@@ -174,7 +174,7 @@ async fn resume_workflow(
         .engine()
         .resume_run(path.workflow_id, &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(workflow_control_problem)?;
     Ok(Reply::ok(run))
 }
 
@@ -217,7 +217,7 @@ async fn pause_kind(
         .engine()
         .pause_kind(&path.kind, &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(workflow_control_problem)?;
     Ok(Reply::ok(pause))
 }
 
@@ -235,7 +235,7 @@ async fn resume_kind(
         .engine()
         .resume_kind(&path.kind, &ctx.operator(), body.reason)
         .await
-        .map_err(control_problem)?;
+        .map_err(workflow_control_problem)?;
     Ok(Reply::ok(pause))
 }
 
