@@ -39,7 +39,7 @@ const STREAM_STATE: &str = "SELECT d.stream_type, d.stream_version, h.behind AS 
 
 /// PostgreSQL: the head locked, and the type, version and hold of each stream in `$1`
 /// (a row with the head alone when none has events).
-const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_position, last_hash, \
+pub(crate) const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_position, last_hash, \
      failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE) \
      SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
      s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \

@@ -117,6 +117,22 @@ impl Pipeline {
         self.queue().is_empty()
     }
 
+    /// Whether a statement of this name is prepared on the connection.
+    pub(crate) fn is_prepared(&self, name: &str) -> bool {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
+
+    /// Remembers that a statement of this name is prepared on the connection.
+    pub(crate) fn mark_prepared(&self, name: &str) {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
+    }
+
     /// Sends what is queued, in one round trip, followed by `COMMIT` if `commit`. Any
     /// failure (a write that changed other than one row among them) stops the script
     /// before the commit, poisons the transaction and comes back as the error.

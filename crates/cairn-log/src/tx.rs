@@ -363,22 +363,50 @@ impl Tx {
             .iter()
             .map(|id| id.as_uuid().hyphenated().to_string())
             .collect();
+        // A prepared statement, so that its plan is kept: planned anew for every batch,
+        // the head-and-streams query costs more than it takes to run. Prepared on the
+        // connection with the batch's first use of it, in the same round trip.
+        const NAME: &str = "cairn_open_batch";
+        let prepared = self
+            .pipeline
+            .as_ref()
+            .is_some_and(|pipeline| pipeline.is_prepared(NAME));
+        let prepare = if prepared {
+            String::new()
+        } else {
+            format!(
+                "PREPARE {NAME} (uuid[]) AS {};",
+                crate::append::HEAD_AND_STREAMS_BOUND
+            )
+        };
         let script = format!(
-            "BEGIN; WITH head AS (SELECT last_position, last_hash, failed_events, controls \
-             FROM log_head WHERE id = 1 FOR UPDATE) \
-             SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
-             s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \
-             h.cause AS hold_cause FROM head \
-             LEFT JOIN (UNNEST('{{{}}}'::uuid[]) AS s(id) CROSS JOIN LATERAL \
-             (SELECT stream_type, stream_version FROM domain_events \
-             WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
-             LEFT JOIN stream_holds h ON h.stream_id = s.id) ON true",
+            "BEGIN; {prepare} EXECUTE {NAME}('{{{}}}')",
             ids.join(",")
         );
         batch.open = true;
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(script))
-            .fetch_all(batch.conn())
-            .await?;
+        // The statements answer in order: BEGIN, then the PREPARE (remembered as soon
+        // as it is answered, so that a failure after it never prepares it twice), then
+        // the rows.
+        let mut rows = Vec::new();
+        let mut answered = 0;
+        {
+            use futures::TryStreamExt as _;
+            let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).fetch_many(batch.conn());
+            while let Some(result) = results.try_next().await? {
+                match result {
+                    sqlx::Either::Left(_) => {
+                        answered += 1;
+                        if answered == 2
+                            && !prepared
+                            && let Some(pipeline) = &self.pipeline
+                        {
+                            pipeline.mark_prepared(NAME);
+                        }
+                    }
+                    sqlx::Either::Right(row) => rows.push(row),
+                }
+            }
+        }
         let mut found = std::collections::HashMap::new();
         let mut head = None;
         for row in rows.into_iter().map(crate::sql::Row::Postgres) {
