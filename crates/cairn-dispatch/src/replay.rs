@@ -259,7 +259,6 @@ struct ReplayLedger<'a, 'c> {
     rerun: bool,
 }
 
-#[async_trait::async_trait]
 impl Ledger for ReplayLedger<'_, '_> {
     async fn dispatch(
         &mut self,

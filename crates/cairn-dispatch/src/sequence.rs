@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use std::future::Future;
 
 use cairn_log::{HoldCause, Outcome, ReadError, RecordedEvent, StreamHold};
 use cairn_types::{Position, StreamId};
@@ -69,63 +69,85 @@ pub(crate) fn holds_stream(outcome: &Outcome, route_holds: bool) -> bool {
 }
 
 /// What the sequence reads and writes: the live transaction, or a replay's rebuild.
-#[async_trait]
+///
+/// Its methods return futures rather than boxing them: they run for every event
+/// appended or replayed.
 pub(crate) trait Ledger: Send {
     /// Dispatches one event to its handler, isolated as this ledger must be.
-    async fn dispatch(
+    fn dispatch(
         &mut self,
         dispatcher: &Dispatcher,
         event: &RecordedEvent,
-    ) -> Result<Outcome, ReadError>;
+    ) -> impl Future<Output = Result<Outcome, ReadError>> + Send;
 
     /// Whether a failure of this event fails the caller's whole unit of work (an
     /// append that requires its events applied): nothing more is written after it.
     fn fails_unit(&self, event: &RecordedEvent) -> bool;
 
     /// A stream's hold, now.
-    async fn hold(&mut self, stream_id: StreamId) -> Result<Option<StreamHold>, ReadError>;
+    fn hold(
+        &mut self,
+        stream_id: StreamId,
+    ) -> impl Future<Output = Result<Option<StreamHold>, ReadError>> + Send;
 
     /// Holds `behind`'s stream behind it.
-    async fn set_hold(&mut self, behind: &RecordedEvent, cause: HoldCause)
-    -> Result<(), ReadError>;
+    fn set_hold(
+        &mut self,
+        behind: &RecordedEvent,
+        cause: HoldCause,
+    ) -> impl Future<Output = Result<(), ReadError>> + Send;
 
     /// Lifts the hold of `event`'s stream.
-    async fn lift_hold(&mut self, event: &RecordedEvent) -> Result<(), ReadError>;
+    fn lift_hold(
+        &mut self,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), ReadError>> + Send;
 
     /// The paused handler routes, now.
-    async fn paused_routes(&mut self) -> Result<Arc<PausedRoutes>, ReadError>;
+    fn paused_routes(
+        &mut self,
+    ) -> impl Future<Output = Result<Arc<PausedRoutes>, ReadError>> + Send;
 
     /// Says that `record` paused or resumed a route.
-    async fn routes_changed(&mut self, record: &RecordedEvent) -> Result<(), ReadError>;
+    fn routes_changed(
+        &mut self,
+        record: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), ReadError>> + Send;
 
     /// A stored event, with its outcome as it stands now.
-    async fn stored(&mut self, position: Position) -> Result<Option<RecordedEvent>, ReadError>;
+    fn stored(
+        &mut self,
+        position: Position,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, ReadError>> + Send;
 
     /// A stream's stored events after `after` and before `before`, in position
     /// order, with their outcomes as they stand now.
-    async fn stream_events(
+    fn stream_events(
         &mut self,
         stream_id: StreamId,
         after: Position,
         before: Position,
-    ) -> Result<Vec<RecordedEvent>, ReadError>;
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, ReadError>> + Send;
 
     /// Records a stored event's new outcome.
-    async fn set_outcome(
+    fn set_outcome(
         &mut self,
         event: &RecordedEvent,
         outcome: &Outcome,
-    ) -> Result<(), ReadError>;
+    ) -> impl Future<Output = Result<(), ReadError>> + Send;
 
     /// The positions that streams held by a pause wait behind, for events of `route`,
     /// in position order.
-    async fn held_by_pause(&mut self, route: &HandlerRoute) -> Result<Vec<Position>, ReadError>;
+    fn held_by_pause(
+        &mut self,
+        route: &HandlerRoute,
+    ) -> impl Future<Output = Result<Vec<Position>, ReadError>> + Send;
 }
 
 /// Applies the event at its place in the log, and returns its outcome.
 pub(crate) async fn process(
     dispatcher: &Dispatcher,
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     event: &RecordedEvent,
 ) -> Result<Outcome, ReadError> {
     let Some(decision) = Decision::of(event) else {
@@ -141,7 +163,7 @@ pub(crate) async fn process(
 /// An event of an ordinary stream, by the rules of the module's documentation.
 async fn apply(
     dispatcher: &Dispatcher,
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     event: &RecordedEvent,
 ) -> Result<Outcome, ReadError> {
     let hold = ledger.hold(event.stream_id).await?;
@@ -173,7 +195,7 @@ async fn apply(
 /// Acts on an operator's decision, at its record.
 async fn act(
     dispatcher: &Dispatcher,
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     record: &RecordedEvent,
     decision: Decision,
 ) -> Result<(), ReadError> {
@@ -219,7 +241,7 @@ async fn act(
 
 /// The event a retry or a skip names, if it is still failed.
 async fn failed_target(
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     position: Position,
     event_id: cairn_types::EventId,
 ) -> Result<Option<RecordedEvent>, ReadError> {
@@ -232,7 +254,7 @@ async fn failed_target(
 /// Releases `resolved`'s stream if it is held behind it.
 async fn release_if_behind(
     dispatcher: &Dispatcher,
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     resolved: &RecordedEvent,
     record: Position,
 ) -> Result<(), ReadError> {
@@ -251,7 +273,7 @@ async fn release_if_behind(
 /// the rules: one that fails or meets a pause holds the rest behind itself.
 async fn release(
     dispatcher: &Dispatcher,
-    ledger: &mut dyn Ledger,
+    ledger: &mut impl Ledger,
     stream: &RecordedEvent,
     after: Position,
     record: Position,

@@ -111,8 +111,11 @@ pub struct EventStore {
     db: Db,
     dispatcher: Dispatcher,
     /// The paused handler routes last read, keyed by the head's `controls` then.
-    paused: Arc<Mutex<Option<(String, Arc<PausedRoutes>)>>>,
+    paused: Arc<Mutex<Option<PausedAt>>>,
 }
+
+/// Paused routes as read when the head's `controls` was the first.
+type PausedAt = (String, Arc<PausedRoutes>);
 
 impl EventStore {
     /// An event store over a database and a routing table.
@@ -318,17 +321,21 @@ impl EventStore {
     /// The paused handler routes as `tx` sees them: read again only when the head says
     /// a route was paused or resumed since they were last read.
     pub(crate) async fn paused_routes_in(&self, tx: &mut Tx) -> Result<Arc<PausedRoutes>, DbError> {
-        let head = tx.lock_head().await?;
+        if tx.locked_controls().is_none() {
+            tx.lock_head().await?;
+        }
+        let controls = tx.locked_controls().unwrap_or_default();
         if let Some((key, paused)) = &*self.paused.lock().unwrap_or_else(PoisonError::into_inner)
-            && *key == head.controls
+            && key == controls
         {
             return Ok(paused.clone());
         }
+        let controls = controls.to_owned();
         let paused = Arc::new(PausedRoutes::load(&mut tx.conn()).await?);
         // Keyed by the hash of the event that last changed them: a transaction that
         // paused a route and then rolled back leaves a key no committed head has.
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((head.controls, paused.clone()));
+            Some((controls, paused.clone()));
         Ok(paused)
     }
 
@@ -809,7 +816,6 @@ struct LiveLedger<'a> {
     isolate_resolved: bool,
 }
 
-#[async_trait::async_trait]
 impl Ledger for LiveLedger<'_> {
     async fn dispatch(
         &mut self,

@@ -264,10 +264,18 @@ impl Tx {
         &mut self,
         stream_id: StreamId,
     ) -> Result<Option<StreamHold>, DbError> {
+        if let Some(state) = self.log.streams.get(&stream_id) {
+            return Ok(state.as_ref().and_then(|known| known.hold));
+        }
         Ok(self
             .stream_state(stream_id)
             .await?
             .and_then(|known| known.hold))
+    }
+
+    /// The `controls` of the head this transaction holds locked, if it holds it.
+    pub fn locked_controls(&self) -> Option<&str> {
+        self.log.head.as_ref().map(|head| head.controls.as_str())
     }
 
     async fn stream_state(&mut self, stream_id: StreamId) -> Result<StreamState, DbError> {
@@ -1200,7 +1208,7 @@ pub(crate) fn queue_final_rows(
         .map(|row| {
             let event = &row.event;
             let error = event.processing_error.as_ref();
-            serde_json::json!({
+            let mut row = serde_json::json!({
                 "position": event.position.get(),
                 "event_id": event.event_id,
                 "stream_type": event.stream_type.as_str(),
@@ -1216,8 +1224,12 @@ pub(crate) fn queue_final_rows(
                 "processing_error_code": error.map(|e| e.code.as_str()),
                 "processing_error_message": error.map(|e| e.message.as_str()),
                 "hash": event.hash,
-                "held_behind": event.held_behind.map(|p| p.get()),
-            })
+            });
+            // Absent reads as NULL; most events are not held.
+            if let (Some(behind), Value::Object(fields)) = (event.held_behind, &mut row) {
+                fields.insert("held_behind".to_owned(), Value::from(behind.get()));
+            }
+            row
         })
         .collect();
     let keys: Vec<Value> = log.keys[log.keys_flushed..]

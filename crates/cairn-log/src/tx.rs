@@ -379,10 +379,7 @@ impl Tx {
                 crate::append::HEAD_AND_STREAMS_BOUND
             )
         };
-        let script = format!(
-            "BEGIN; {prepare} EXECUTE {NAME}('{{{}}}')",
-            ids.join(",")
-        );
+        let script = format!("BEGIN; {prepare} EXECUTE {NAME}('{{{}}}')", ids.join(","));
         batch.open = true;
         // The statements answer in order: BEGIN, then the PREPARE (remembered as soon
         // as it is answered, so that a failure after it never prepares it twice), then

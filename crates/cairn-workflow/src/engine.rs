@@ -455,7 +455,7 @@ impl Engine {
         let engine = self.clone();
         let event = event.to_event(self.metadata(run));
         let (run_id, version) = (run.id, run.version);
-        let pause = pause.map(|why| pause_reason(why));
+        let pause = pause.map(pause_reason);
         let snapshot = Arc::new(run.clone());
         self.inner
             .store
