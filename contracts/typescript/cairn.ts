@@ -90,8 +90,8 @@ export type Delivery = {
   event: RecordedEvent;
   /** The event's global position: resume after it with `Last-Event-ID` or `?after=`. */
   position: number;
-  /** The current views of the event's stream (`organization`, `user`, `invitation`, `workflow_run`, …), when the subscription asked for them. */
-  views: {
+  /** The current views of the event's stream (`organization`, `user`, `invitation`, `workflow_run`, …), when the subscription asked for them; absent when it did not, or when the stream has none (an operator's decision, a workflow control). */
+  views?: {
     [key: string]: unknown;
   };
   /** The log position the views were read at (at or after `position`). */
@@ -1152,6 +1152,8 @@ export type WorkflowFailed = {
 /** A workflow kind, and its pause. */
 export type WorkflowKind = {
   kind: string;
+  /** Why its runs cannot be paused, when they cannot. */
+  not_pausable?: string | null;
   /** Set while every run of the kind is paused. */
   paused?: (KindPause) | (null);
 };

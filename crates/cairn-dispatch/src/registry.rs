@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use cairn_log::RecordedEvent;
 use cairn_types::{EventType, NameError, StreamType};
 
+use crate::ControlError;
 use crate::projections::Projections;
 use crate::spec::{EventPayload, EventSpec};
 
@@ -204,37 +205,36 @@ impl Registry {
         matches!(self.route(&event.stream_type), Some(Route::Router(router)) if router.holds)
     }
 
-    /// Whether a handler route exists and may be paused; the error says why not.
-    pub fn check_pausable(&self, route: &crate::HandlerRoute) -> Result<(), String> {
+    /// Whether a handler route exists and may be paused; the error says why not:
+    /// [`ControlError::UnknownRoute`] for a route there is no handler for,
+    /// [`ControlError::NotPausable`] for one that exists but cannot be paused.
+    pub fn check_pausable(&self, route: &crate::HandlerRoute) -> Result<(), ControlError> {
+        let stream_type = route.stream_type.as_str();
         let router = match self.route(&route.stream_type) {
             None => {
-                return Err(format!(
-                    "there is no handler route for stream type {:?}",
-                    route.stream_type.as_str()
-                ));
+                return Err(ControlError::UnknownRoute(format!(
+                    "there is no handler route for stream type {stream_type:?}"
+                )));
             }
             Some(Route::NoOp { reason }) => {
-                return Err(format!(
-                    "stream type {:?} has no handlers to pause ({reason})",
-                    route.stream_type.as_str()
-                ));
+                return Err(ControlError::NotPausable(format!(
+                    "stream type {stream_type:?} has no handlers to pause ({reason})"
+                )));
             }
             Some(Route::Router(router)) => router,
         };
-        if let Some(why) = router.not_pausable {
-            return Err(format!(
-                "the handlers of stream type {:?} cannot be paused: {why}",
-                route.stream_type.as_str()
-            ));
-        }
         if let Some(event_type) = &route.event_type
             && router.handler(event_type).is_none()
         {
-            return Err(format!(
-                "stream type {:?} has no handler for event type {:?}",
-                route.stream_type.as_str(),
+            return Err(ControlError::UnknownRoute(format!(
+                "stream type {stream_type:?} has no handler for event type {:?}",
                 event_type.as_str()
-            ));
+            )));
+        }
+        if let Some(why) = router.not_pausable {
+            return Err(ControlError::NotPausable(format!(
+                "the handlers of stream type {stream_type:?} cannot be paused: {why}"
+            )));
         }
         Ok(())
     }

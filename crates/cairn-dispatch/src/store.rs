@@ -580,10 +580,7 @@ impl EventStore {
         by: &Operator,
         reason: Reason,
     ) -> Result<RoutePause, ControlError> {
-        self.dispatcher
-            .registry()
-            .check_pausable(&route)
-            .map_err(ControlError::NotPausable)?;
+        self.dispatcher.registry().check_pausable(&route)?;
         let store = self.clone();
         let by = by.clone();
         self.db
@@ -742,6 +739,12 @@ impl Operator {
 /// Why a pause or a resume of a handler route was refused. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// There is no handler for the route: no router for the stream type, or no
+    /// handler for the event type.
+    #[error("{0}")]
+    UnknownRoute(String),
+    /// The route exists but cannot be paused: it has no handlers, or its router says
+    /// it must not be.
     #[error("{0}")]
     NotPausable(String),
     #[error("handler route {} is already paused (by {}, since {}: {})", .0.route, .0.paused_by, .0.since.format("%Y-%m-%d %H:%M:%S UTC"), .0.reason)]

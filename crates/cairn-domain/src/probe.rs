@@ -23,6 +23,10 @@ use cairn_workflow::{Decision, History, StepCall, StepContext, StepError, Workfl
 
 /// The probe's stream type.
 pub const STREAM_TYPE: &str = "probe";
+
+/// Why neither the probe's handlers nor its workflow can be paused: a paused hop
+/// would make the probe report the chain broken when it is not.
+const NOT_PAUSABLE: &str = "the integration probe checks that the chain works, and a paused hop of its own would report a break that is not there";
 /// The probe's workflow kind.
 pub const WORKFLOW: &str = "probe";
 
@@ -63,7 +67,9 @@ impl Handler for OnPinged {
 /// Registers the probe's router and projection.
 pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
     builder
-        .router(STREAM_TYPE, |r| r.event::<ProbePinged>(OnPinged))
+        .router(STREAM_TYPE, |r| {
+            r.event::<ProbePinged>(OnPinged).not_pausable(NOT_PAUSABLE)
+        })
         .projection(ProjectionTable {
             name: "probe_pings",
             key: &["id"],
@@ -105,6 +111,10 @@ pub struct Echo;
 impl Workflow for Echo {
     fn kind(&self) -> &'static str {
         WORKFLOW
+    }
+
+    fn not_pausable(&self) -> Option<&'static str> {
+        Some(NOT_PAUSABLE)
     }
 
     fn decide(&self, _input: &Value, history: &History) -> Result<Decision, String> {

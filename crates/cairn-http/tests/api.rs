@@ -771,26 +771,50 @@ backend_test!(
                 .as_(&admin)
                 .json(body)
         };
-        for (body, field) in [
+        let reply = pause(json!({"stream_type": "organization"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(
+            reply.body["errors"][0]["field"],
+            json!("reason"),
+            "{:#}",
+            reply.body
+        );
+        // No handler for the route: 404; a route that cannot be paused (the engine's
+        // own records, the probe's): 409, saying why.
+        for (body, status, code, says) in [
             (
                 json!({"stream_type": "nothing", "reason": "x"}),
-                "stream_type",
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no handler route for stream type \"nothing\"",
+            ),
+            (
+                json!({"stream_type": "organization", "event_type": "organization.sold", "reason": "x"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no handler for event type \"organization.sold\"",
             ),
             (
                 json!({"stream_type": "workflow", "reason": "x"}),
-                "stream_type",
+                StatusCode::CONFLICT,
+                "conflict",
+                "cannot be paused",
             ),
-            (json!({"stream_type": "organization"}), "reason"),
             (
-                json!({"stream_type": "organization", "event_type": "organization.sold", "reason": "x"}),
-                "stream_type",
+                json!({"stream_type": "probe", "reason": "x"}),
+                StatusCode::CONFLICT,
+                "conflict",
+                "cannot be paused",
             ),
         ] {
             let reply = pause(body.clone()).send(&s.app).await;
-            assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_field");
-            assert_eq!(
-                reply.body["errors"][0]["field"],
-                json!(field),
+            assert_problem(&reply, status, code);
+            assert!(
+                reply.body["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(says)),
                 "{body}: {:#}",
                 reply.body
             );
@@ -966,6 +990,19 @@ backend_test!(
             .send(&s.app)
             .await;
         assert_problem(&unknown_kind, StatusCode::NOT_FOUND, "not_found");
+        let probe = call(Method::POST, "/v1/workflow-kinds/probe/pause")
+            .as_(&admin)
+            .json(json!({"reason": "x"}))
+            .send(&s.app)
+            .await;
+        assert_problem(&probe, StatusCode::CONFLICT, "conflict");
+        assert!(
+            probe.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("workflow kind probe cannot be paused")),
+            "{:#}",
+            probe.body
+        );
         let kind = call(
             Method::POST,
             "/v1/workflow-kinds/organization_bootstrap/pause",
@@ -987,6 +1024,15 @@ backend_test!(
         assert_eq!(
             bootstrap.map(|k| k["paused"]["reason"].clone()),
             Some(json!("mail provider maintenance"))
+        );
+        let probe = kinds
+            .body
+            .as_array()
+            .and_then(|kinds| kinds.iter().find(|k| k["kind"] == json!("probe")));
+        assert!(
+            probe.is_some_and(|k| k["not_pausable"].is_string() && k["paused"].is_null()),
+            "{:#}",
+            kinds.body
         );
         // A bootstrap is still accepted while its kind is paused: it waits.
         let waiting = call(Method::POST, "/v1/organizations")

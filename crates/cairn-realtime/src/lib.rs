@@ -141,8 +141,9 @@ pub struct Delivery {
     pub position: Position,
     pub event: RecordedEvent,
     /// The current views of the event's stream (`organization`, `user`, `invitation`,
-    /// `workflow_run`, …), when the subscription asked for them.
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    /// `workflow_run`, …), when the subscription asked for them; absent when it did not,
+    /// or when the stream has none (an operator's decision, a workflow control).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schemars(with = "std::collections::BTreeMap<String, Value>")]
     pub views: serde_json::Map<String, Value>,
     /// The log position the views were read at (at or after `position`).

@@ -72,15 +72,55 @@ fn request(principal: Principal, after: Position) -> SubscribeRequest {
     }
 }
 
-/// The next message, or an error after `within`.
+/// The next message, or an error after `within`. Every message is checked against
+/// its contract on the way.
 async fn next(
     subscription: &mut cairn_realtime::Subscription,
     within: Duration,
 ) -> anyhow::Result<Message> {
-    tokio::time::timeout(within, subscription.next())
+    let message = tokio::time::timeout(within, subscription.next())
         .await
         .map_err(|_| anyhow::anyhow!("no message within {within:?}"))?
-        .ok_or_else(|| anyhow::anyhow!("the subscription ended"))
+        .ok_or_else(|| anyhow::anyhow!("the subscription ended"))?;
+    assert_has_what_its_contract_requires(&message)?;
+    Ok(message)
+}
+
+/// Every field the `Message` schema requires of this message's type, and of the
+/// objects it names (a delivery's event), is in its JSON: a field the server may leave
+/// out must not be promised.
+fn assert_has_what_its_contract_requires(message: &Message) -> anyhow::Result<()> {
+    let schema = serde_json::to_value(schemars::schema_for!(Message))?;
+    let json = serde_json::to_value(message)?;
+    let definition = |reference: &serde_json::Value| {
+        let name = reference.as_str()?.rsplit('/').next()?;
+        schema["$defs"].get(name)
+    };
+    let variant = schema["oneOf"]
+        .as_array()
+        .and_then(|variants| {
+            variants
+                .iter()
+                .find(|v| v["properties"]["type"]["const"] == json["type"])
+        })
+        .ok_or_else(|| anyhow::anyhow!("no variant of the contract for {json}"))?;
+    let mut objects = vec![(variant.clone(), json.clone())];
+    if let Some(body) = definition(&variant["$ref"]) {
+        objects.push((body.clone(), json.clone()));
+        if let Some(event) = body["properties"]["event"].get("$ref").and_then(definition) {
+            objects.push((event.clone(), json["event"].clone()));
+        }
+    }
+    for (object, value) in objects {
+        for field in object["required"].as_array().into_iter().flatten() {
+            let field = field.as_str().unwrap_or_default();
+            anyhow::ensure!(
+                value.get(field).is_some(),
+                "the contract requires `{field}` but the message has none: {json}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Collects the positions of the next `n` events (skipping heartbeats).

@@ -261,6 +261,8 @@ pub enum ControlError {
     NotFound { run_id: WorkflowId },
     #[error("there is no workflow kind {kind:?}; the kinds are {}", kinds.join(", "))]
     UnknownKind { kind: String, kinds: Vec<String> },
+    #[error("{what} cannot be paused: {why}")]
+    NotPausable { what: String, why: &'static str },
     #[error("workflow run {run_id} is {status}: a finished run cannot be paused")]
     Finished {
         run_id: WorkflowId,
@@ -289,7 +291,14 @@ impl Engine {
         by: &Operator,
         reason: Reason,
     ) -> Result<Run, ControlError> {
+        let engine = self.clone();
         self.control_run(run_id, by, move |run| {
+            if let Some(why) = engine.not_pausable(&run.kind) {
+                return Err(ControlError::NotPausable {
+                    what: format!("workflow run {run_id} (a {} run)", run.kind),
+                    why,
+                });
+            }
             if run.status.is_finished() {
                 return Err(ControlError::Finished {
                     run_id,
@@ -385,6 +394,12 @@ impl Engine {
         reason: Reason,
     ) -> Result<KindPause, ControlError> {
         let kind = self.known_kind(kind)?;
+        if let Some(why) = self.not_pausable(&kind) {
+            return Err(ControlError::NotPausable {
+                what: format!("workflow kind {kind}"),
+                why,
+            });
+        }
         let event = KindPaused {
             kind: kind.clone(),
             reason,
@@ -414,6 +429,12 @@ impl Engine {
     /// The kinds of the workflows this engine runs.
     pub fn kinds(&self) -> Vec<&'static str> {
         self.inner.workflows.keys().copied().collect()
+    }
+
+    /// Why runs of `kind` cannot be paused, when they cannot
+    /// ([`Workflow::not_pausable`](crate::Workflow::not_pausable)).
+    pub fn not_pausable(&self, kind: &str) -> Option<&'static str> {
+        self.inner.workflows.get(kind)?.not_pausable()
     }
 
     fn known_kind(&self, kind: &str) -> Result<String, ControlError> {

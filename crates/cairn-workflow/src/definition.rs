@@ -362,6 +362,13 @@ pub trait Workflow: Send + Sync + 'static {
         )))
     }
 
+    /// Why runs of this workflow cannot be paused, when they must not be (the
+    /// integration probe's, whose answer is that the chain works now). `None`, by
+    /// default: operators may pause the kind and its runs.
+    fn not_pausable(&self) -> Option<&'static str> {
+        None
+    }
+
     /// How compensations are retried.
     fn compensation_policy(&self) -> RetryPolicy {
         RetryPolicy {

@@ -760,6 +760,13 @@ backend_test!(
         browser
             .wait_for_text(&format!("{expiry} [data-kind-state]"), "active")
             .await?;
+        // The probe's kind says why it cannot be paused, and offers no button.
+        browser
+            .wait_for_text(
+                "li[data-kind='probe'] [data-kind-not-pausable]",
+                "Cannot be paused",
+            )
+            .await?;
         browser
             .click(&format!("{expiry} a[data-action='pause-kind']"))
             .await?;
@@ -1065,7 +1072,8 @@ backend_test!(
 
         // Forms that are not right are refused, and write nothing: no reason (400),
         // an event type the route does not have (404), a route that cannot be paused
-        // (400), a kind the engine does not run (404), no CSRF token (403).
+        // (409), a kind the engine does not run (404), a kind that cannot be paused
+        // (409), no CSRF token (403).
         for (path, body, status) in [
             (
                 "/console/handlers/pause",
@@ -1080,8 +1088,9 @@ backend_test!(
             (
                 "/console/handlers/pause",
                 "stream_type=dispatch&event_type=&reason=x",
-                400,
+                409,
             ),
+            ("/console/workflow-kinds/probe/pause", "reason=x", 409),
             (
                 "/console/workflow-kinds/no_such_kind/pause",
                 "reason=x",

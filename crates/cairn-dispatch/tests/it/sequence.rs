@@ -571,30 +571,37 @@ backend_test!(
         let store = store(&t).await?;
         let head = store.db().reader().await?.conn().head().await?;
         let route = |name: &str| HandlerRoute::stream_type(StreamType::parse(name).expect("valid"));
+        // (route, what the refusal says, whether the route is unknown rather than
+        // not pausable)
         let cases = [
             (
                 route("nothing"),
                 "there is no handler route for stream type \"nothing\"",
+                true,
             ),
-            (route("test"), "has no handlers to pause"),
-            (route("dispatch"), "cannot be paused"),
+            (route("test"), "has no handlers to pause", false),
+            (route("dispatch"), "cannot be paused", false),
             (
                 HandlerRoute {
                     stream_type: StreamType::parse("widget")?,
                     event_type: Some(EventType::parse("widget.sold")?),
                 },
                 "has no handler for event type \"widget.sold\"",
+                true,
             ),
         ];
-        for (route, message) in cases {
+        for (route, message, unknown) in cases {
             let error = store
                 .pause_route(route.clone(), &operator(), reason("why not"))
                 .await
                 .expect_err("refused");
             assert!(
-                matches!(&error, ControlError::NotPausable(_))
-                    && error.to_string().contains(message),
-                "{route}: {error}"
+                if unknown {
+                    matches!(&error, ControlError::UnknownRoute(_))
+                } else {
+                    matches!(&error, ControlError::NotPausable(_))
+                } && error.to_string().contains(message),
+                "{route}: {error:?}"
             );
         }
         let error = store

@@ -986,7 +986,13 @@ pub(crate) async fn workflow(
             kind: run.run.kind.clone(),
             status: run.run.status.as_str().to_owned(),
             finished,
-            may_pause: may_control && !own_pause,
+            may_pause: may_control
+                && !own_pause
+                && state
+                    .domain()
+                    .engine()
+                    .not_pausable(&run.run.kind)
+                    .is_none(),
             may_resume: may_control && own_pause,
             may_resume_kind: paused.as_ref().is_some_and(|p| p.by_kind)
                 && session.may(&Action::PauseWorkflowKinds),

@@ -27,6 +27,8 @@ pub(crate) struct KindRow {
     pub kind: String,
     /// `by … since …: why`, while it is paused.
     pub paused: Option<String>,
+    /// Why it cannot be paused, when it cannot.
+    pub not_pausable: Option<&'static str>,
 }
 
 /// Every kind the engine runs, in name order, with its pause.
@@ -35,12 +37,14 @@ pub(crate) async fn kind_rows(
     grant: &cairn_policy::Grant,
 ) -> Result<Vec<KindRow>, reads::ReadsError> {
     let paused = reads::paused_kinds(state.db(), grant).await?;
-    let mut kinds = state.domain().engine().kinds();
+    let engine = state.domain().engine();
+    let mut kinds = engine.kinds();
     kinds.sort_unstable();
     Ok(kinds
         .into_iter()
         .map(|kind| KindRow {
             kind: kind.to_owned(),
+            not_pausable: engine.not_pausable(kind),
             paused: paused
                 .iter()
                 .find(|p| p.kind == kind)
@@ -169,6 +173,21 @@ fn kind_page_for(
     page.show()
 }
 
+/// Why a kind cannot be paused, as the engine would refuse it (a kind that cannot be
+/// paused is never paused, so resuming it is refused as "not paused").
+fn kind_refusal(state: &AppState, turn: Turn, kind: &str) -> Option<ControlError> {
+    let why = state.domain().engine().not_pausable(kind)?;
+    (turn == Turn::Pause).then(|| ControlError::NotPausable {
+        what: format!("workflow kind {kind}"),
+        why,
+    })
+}
+
+/// The page that says why a pause or a resume is refused.
+fn refused_page(session: &Session, refused: ControlError) -> Response {
+    problem_page(session, &crate::routes::workflow_control_problem(refused))
+}
+
 /// `GET /console/workflow-kinds/{kind}/pause`.
 pub(crate) async fn kind_pause_page(
     State(state): State<AppState>,
@@ -189,6 +208,9 @@ pub(crate) async fn kind_resume_page(
 
 async fn kind_page(state: &AppState, session: &Session, turn: Turn, kind: &str) -> Response {
     match known_kind(state, session, kind).await {
+        Ok((kind, _)) if let Some(refused) = kind_refusal(state, turn, kind) => {
+            refused_page(session, refused)
+        }
         Ok((kind, pause)) => kind_page_for(
             session,
             turn,
@@ -232,6 +254,9 @@ async fn decide_kind(
         Ok(found) => found,
         Err(response) => return response,
     };
+    if let Some(refused) = kind_refusal(state, turn, kind) {
+        return refused_page(session, refused);
+    }
     let form = match Form::read(request).await {
         Ok(form) => form,
         Err(refused) => return refused,
@@ -275,9 +300,13 @@ async fn pausable_run(state: &AppState, session: &Session, id: &str) -> Result<R
 }
 
 /// Why `run` cannot be turned as asked, as the engine would refuse it.
-fn run_refusal(turn: Turn, run: &Run) -> Option<ControlError> {
+fn run_refusal(turn: Turn, run: &Run, not_pausable: Option<&'static str>) -> Option<ControlError> {
     let what = || format!("workflow run {}", run.id);
     match (turn, &run.paused) {
+        (Turn::Pause, _) if let Some(why) = not_pausable => Some(ControlError::NotPausable {
+            what: format!("{} (a {} run)", what(), run.kind),
+            why,
+        }),
         (Turn::Pause, _) if run.status.is_finished() => Some(ControlError::Finished {
             run_id: run.id,
             status: run.status,
@@ -305,9 +334,16 @@ fn run_refusal(turn: Turn, run: &Run) -> Option<ControlError> {
 }
 
 /// The confirmation page for pausing or resuming `run`; a 409 page when it cannot be.
-fn run_page_for(session: &Session, turn: Turn, run: &Run, reason: ReasonField) -> Response {
-    if let Some(refused) = run_refusal(turn, run) {
-        return problem_page(session, &crate::routes::workflow_control_problem(refused));
+fn run_page_for(
+    state: &AppState,
+    session: &Session,
+    turn: Turn,
+    run: &Run,
+    reason: ReasonField,
+) -> Response {
+    let not_pausable = state.domain().engine().not_pausable(&run.kind);
+    if let Some(refused) = run_refusal(turn, run, not_pausable) {
+        return refused_page(session, refused);
     }
     let href = format!("/console/workflows/{}", run.id);
     let mut page = match turn {
@@ -382,7 +418,7 @@ pub(crate) async fn run_resume_page(
 
 async fn run_page(state: &AppState, session: &Session, turn: Turn, id: &str) -> Response {
     match pausable_run(state, session, id).await {
-        Ok(run) => run_page_for(session, turn, &run, ReasonField::blank(HINT)),
+        Ok(run) => run_page_for(state, session, turn, &run, ReasonField::blank(HINT)),
         Err(response) => response,
     }
 }
@@ -425,7 +461,7 @@ async fn decide_run(
     };
     let reason = match reason_of(&form, HINT) {
         Ok(reason) => reason,
-        Err(field) => return run_page_for(session, turn, &run, field),
+        Err(field) => return run_page_for(state, session, turn, &run, field),
     };
     let engine = state.domain().engine();
     let operator = session.ctx.operator();

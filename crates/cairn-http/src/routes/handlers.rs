@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::api::{Api, Op, Reply};
 use crate::context::Ctx;
 use crate::input::Empty;
-use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
+use crate::problem::{Problem, ProblemCode};
 
 /// A handler route to pause or resume, and why.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -70,7 +70,7 @@ pub(super) fn ops(api: Api) -> Api {
             idempotency_key: false,
             ..op!(POST "/v1/handlers/pause", "pauseHandlerRoute", "handlers", OK, public: false, command: true,
                 "Pause a handler route",
-                "Appends dispatch.route_paused: from it on, events of the route (a stream type, or one event type of it) are stored and held, not applied, and their streams wait behind them; commands that append them are refused with 409 `paused`. For platform administrators and service accounts with `handlers:pause`. 409 when the route is paused already.")
+                "Appends dispatch.route_paused: from it on, events of the route (a stream type, or one event type of it) are stored and held, not applied, and their streams wait behind them; commands that append them are refused with 409 `paused`. For platform administrators and service accounts with `handlers:pause`. 404 when there is no handler for the route; 409 when it is paused already or cannot be paused (`not_pausable` in the route list says why).")
         },
         pause_route,
     )
@@ -127,18 +127,10 @@ async fn list_routes(
 /// What a caller is told when a pause or a resume of a handler route is refused.
 pub(crate) fn route_control_problem(error: ControlError) -> Problem {
     match error {
-        ControlError::NotPausable(message) => Problem::field(
-            ProblemCode::InvalidField,
-            FieldProblem {
-                field: "stream_type".into(),
-                location: Location::Body,
-                expected_location: None,
-                message,
-            },
-        ),
-        ControlError::AlreadyPaused(_) | ControlError::NotPaused { .. } => {
-            Problem::new(ProblemCode::Conflict, error.to_string())
-        }
+        ControlError::UnknownRoute(message) => Problem::new(ProblemCode::NotFound, message),
+        ControlError::NotPausable(_)
+        | ControlError::AlreadyPaused(_)
+        | ControlError::NotPaused { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
         ControlError::Database(e) | ControlError::Append(cairn_log::AppendError::Database(e)) => {
             database(&e)
         }

@@ -51,6 +51,8 @@ pub struct KindPath {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct WorkflowKind {
     pub kind: String,
+    /// Why its runs cannot be paused, when they cannot.
+    pub not_pausable: Option<String>,
     /// Set while every run of the kind is paused.
     pub paused: Option<KindPause>,
 }
@@ -72,7 +74,7 @@ pub(super) fn ops(api: Api) -> Api {
             idempotency_key: false,
             ..op!(POST "/v1/workflows/{workflow_id}/pause", "pauseWorkflow", "workflows", OK, public: false, command: true,
                 "Pause a workflow run",
-                "Appends workflow_control.run_paused: the run stops after the step in flight (which is recorded) and runs nothing until it is resumed; its timers stay due. An organization's admin may pause its own runs; platform administrators and service accounts with `workflows:pause` any run. 404 for a run the caller cannot see, 409 for a finished or already paused run.")
+                "Appends workflow_control.run_paused: the run stops after the step in flight (which is recorded) and runs nothing until it is resumed; its timers stay due. An organization's admin may pause its own runs; platform administrators and service accounts with `workflows:pause` any run. 404 for a run the caller cannot see, 409 for a finished or already paused run, or one of a kind that cannot be paused (the integration probe's).")
         },
         pause_workflow,
     )
@@ -95,7 +97,7 @@ pub(super) fn ops(api: Api) -> Api {
             idempotency_key: false,
             ..op!(POST "/v1/workflow-kinds/{kind}/pause", "pauseWorkflowKind", "workflows", OK, public: false, command: true,
                 "Pause every run of a workflow kind",
-                "Appends workflow_control.kind_paused: every run of the kind stops after its step in flight; new runs are recorded (their commands succeed) and wait; timers stay due. For platform administrators and service accounts with `workflows:pause`. 404 for an unknown kind, 409 when it is paused already.")
+                "Appends workflow_control.kind_paused: every run of the kind stops after its step in flight; new runs are recorded (their commands succeed) and wait; timers stay due. For platform administrators and service accounts with `workflows:pause`. 404 for an unknown kind, 409 when it is paused already or cannot be paused (`not_pausable` in the kind list says why).")
         },
         pause_kind,
     )
@@ -117,6 +119,7 @@ pub(crate) fn workflow_control_problem(error: ControlError) -> Problem {
             Problem::new(ProblemCode::NotFound, error.to_string())
         }
         ControlError::Finished { .. }
+        | ControlError::NotPausable { .. }
         | ControlError::AlreadyPaused { .. }
         | ControlError::NotPaused { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
         ControlError::Database(e) | ControlError::Append(cairn_log::AppendError::Database(e)) => {
@@ -190,13 +193,13 @@ async fn list_kinds(
     let paused = reads::paused_kinds(state.db(), &grant)
         .await
         .map_err(read_problem)?;
-    let kinds = state
-        .domain()
-        .engine()
+    let engine = state.domain().engine();
+    let kinds = engine
         .kinds()
         .into_iter()
         .map(|kind| WorkflowKind {
             kind: kind.to_owned(),
+            not_pausable: engine.not_pausable(kind).map(str::to_owned),
             paused: paused.iter().find(|pause| pause.kind == kind).cloned(),
         })
         .collect();

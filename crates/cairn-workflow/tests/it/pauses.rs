@@ -168,6 +168,36 @@ impl Workflow for Paced {
     }
 }
 
+/// A workflow whose runs must not be paused (as the integration probe's): one step.
+struct Vital;
+
+#[async_trait]
+impl Workflow for Vital {
+    fn kind(&self) -> &'static str {
+        "vital"
+    }
+
+    fn not_pausable(&self) -> Option<&'static str> {
+        Some("it checks the engine itself")
+    }
+
+    fn decide(&self, _input: &Value, history: &History) -> Result<Decision, String> {
+        Ok(match history.result("only") {
+            Some(result) => Decision::Complete(result.clone()),
+            None => Decision::Run(StepCall::new("only")),
+        })
+    }
+
+    async fn perform(
+        &self,
+        _input: &Value,
+        _call: &StepCall,
+        _ctx: &mut StepContext<'_>,
+    ) -> Result<Value, StepError> {
+        Ok(json!(1))
+    }
+}
+
 fn operator() -> Operator {
     Operator {
         actor: Actor::Service("test-operator".to_owned()),
@@ -391,6 +421,67 @@ backend_test!(
             .await
             .expect_err("not paused");
         assert!(matches!(error, ControlError::NotPaused { .. }), "{error:?}");
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_kind_that_must_not_be_paused_refuses_pauses_of_it_and_of_its_runs,
+    |t: TestDb| async move {
+        let store = store(&t).await?;
+        let engine = Engine::new(
+            store.clone(),
+            vec![Arc::new(Paced::default()), Arc::new(Vital)],
+            manual_clock(),
+            EngineConfig::default(),
+        );
+        assert_eq!(engine.not_pausable("paced"), None);
+        assert_eq!(
+            engine.not_pausable("vital"),
+            Some("it checks the engine itself")
+        );
+        let mut tx = store.db().begin().await?;
+        let run = engine
+            .start_in(
+                &mut tx,
+                Start {
+                    id: WorkflowId::new_v7(),
+                    kind: "vital".into(),
+                    input: json!({}),
+                    correlation_id: CorrelationId::new_v7(),
+                    org_id: None,
+                    actor: None,
+                    parent: None,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        let head = store.db().reader().await?.conn().head().await?;
+        let error = engine
+            .pause_kind("vital", &operator(), reason("x"))
+            .await
+            .expect_err("not pausable");
+        assert!(
+            matches!(&error, ControlError::NotPausable { .. })
+                && error.to_string()
+                    == "workflow kind vital cannot be paused: it checks the engine itself",
+            "{error}"
+        );
+        let error = engine
+            .pause_run(run, &operator(), reason("x"))
+            .await
+            .expect_err("not pausable");
+        assert!(
+            matches!(&error, ControlError::NotPausable { .. })
+                && error.to_string().contains("a vital run"),
+            "{error}"
+        );
+        assert_eq!(store.db().reader().await?.conn().head().await?, head);
+        engine.run_until_idle().await?;
+        assert_eq!(
+            run_state(&engine, run).await?.run.status,
+            RunStatus::Completed
+        );
         Ok(())
     }
 );

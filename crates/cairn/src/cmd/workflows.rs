@@ -112,6 +112,7 @@ async fn kinds(
         .map(|kind| {
             serde_json::json!({
                 "kind": kind,
+                "not_pausable": domain.engine().not_pausable(kind),
                 "paused": paused.iter().find(|p| p.kind == kind),
             })
         })
@@ -129,7 +130,13 @@ async fn kinds(
                 pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
                 pause.reason
             ),
-            None => println!("{} {kind:<24} running", style("•").green()),
+            None => match domain.engine().not_pausable(kind) {
+                Some(why) => println!(
+                    "{} {kind:<24} running (cannot be paused: {why})",
+                    style("•").green()
+                ),
+                None => println!("{} {kind:<24} running", style("•").green()),
+            },
         }
     }
     Ok(ExitCode::SUCCESS)
