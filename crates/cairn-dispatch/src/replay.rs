@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use cairn_log::db::quote_ident;
+use cairn_log::quote_ident;
 use cairn_log::{
     Backend, Conn, EventFilter, HoldCause, Outcome, ReadError, RecordedEvent, Session, StreamHold,
     args,

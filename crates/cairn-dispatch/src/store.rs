@@ -210,11 +210,6 @@ impl EventStore {
             }
             Prepared::New(pending) => pending,
         };
-        // An event whose failure fails the caller's unit needs no savepoint of its own
-        // where the unit has one; the events its processing resolves (a retried
-        // event, a released stream's) record their failures, so they need one.
-        let isolate = tx.handler_needs_savepoint(require_applied);
-        let isolate_resolved = tx.handler_needs_savepoint(false);
         let events = pending.events().to_vec();
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
@@ -226,8 +221,6 @@ impl EventStore {
                     tx: &mut *tx,
                     appending: event.position,
                     required: require_applied,
-                    isolate,
-                    isolate_resolved,
                 };
                 crate::sequence::process(&self.dispatcher, &mut ledger, event)
                     .await
@@ -678,9 +671,9 @@ fn operations_stream() -> StreamType {
 
 /// How many streams a pause of `route` holds.
 async fn held_by_route(tx: &mut Tx, route: &HandlerRoute) -> Result<u64, DbError> {
-    tx.write_pending().await?;
     let row = tx
-        .conn()
+        .settled_conn()
+        .await?
         .fetch_one(
             "SELECT COUNT(*) AS n FROM stream_holds h JOIN domain_events e ON e.position = h.behind \
              WHERE h.cause = 'paused' AND e.stream_type = $1 AND ($2 = '' OR e.event_type = $2)",
@@ -813,10 +806,6 @@ struct LiveLedger<'a> {
     appending: Position,
     /// Whether it must be applied (its failure fails the unit).
     required: bool,
-    /// Whether the event being appended runs in a savepoint of its own.
-    isolate: bool,
-    /// Whether the stored events its processing resolves do.
-    isolate_resolved: bool,
 }
 
 impl Ledger for LiveLedger<'_> {
@@ -839,15 +828,18 @@ impl Ledger for LiveLedger<'_> {
             // handler starts its event's trace itself.
             cairn_observe::otel::join_trace(&span, event.metadata.correlation_id.as_uuid(), None);
         }
-        let isolate = if event.position == self.appending {
-            self.isolate
-        } else {
-            self.isolate_resolved
-        };
+        // An event whose failure fails the caller's unit needs no isolation of its own
+        // where the unit has it; the events its processing resolves (a retried event,
+        // a released stream's) record their failures, so they need it.
+        let fails_unit = self.fails_unit(event);
         let outcome = {
             use tracing::Instrument as _;
-            dispatcher
-                .dispatch(&mut self.tx.conn(), event, isolate)
+            self.tx
+                .isolated(fails_unit, async |conn| {
+                    let outcome = dispatcher.dispatch(conn, event, false).await?;
+                    let keep = outcome.error().is_none();
+                    Ok((outcome, keep))
+                })
                 .instrument(span.clone())
                 .await?
         };
@@ -863,10 +855,6 @@ impl Ledger for LiveLedger<'_> {
                 event_type: event.event_type.to_string(),
             })
             .observe(took.as_secs_f64());
-        if outcome.error().is_some() && !isolate {
-            // The handler's writes are still in the transaction.
-            self.tx.poison();
-        }
         Ok(outcome)
     }
 
@@ -936,8 +924,7 @@ impl Ledger for LiveLedger<'_> {
     }
 
     async fn held_by_pause(&mut self, route: &HandlerRoute) -> Result<Vec<Position>, ReadError> {
-        self.tx.write_pending().await?;
-        Ok(held_by_pause(&mut self.tx.conn(), route).await?)
+        Ok(held_by_pause(&mut self.tx.settled_conn().await?, route).await?)
     }
 }
 

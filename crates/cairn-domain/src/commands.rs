@@ -342,11 +342,11 @@ fn parse_roles(field: &str, input: &[String], errors: &mut Vec<FieldError>) -> V
 
 fn fingerprint(command: &str, ctx: &CommandContext, request: &Value) -> String {
     let mut canonical = String::new();
-    cairn_log::hash::canonical_json(
+    cairn_log::canonical_json(
         &json!([command, ctx.actor().to_string(), request]),
         &mut canonical,
     );
-    cairn_log::hash::hex(&Sha256::digest(canonical.as_bytes()))
+    cairn_log::hex(&Sha256::digest(canonical.as_bytes()))
 }
 
 /// How a command answers, from what its reported appends stored.

@@ -38,7 +38,7 @@ pub use commands::{
 /// the workflow engine, the domain.
 pub fn all_migrations() -> Vec<&'static [Migration]> {
     vec![
-        cairn_log::migrate::MIGRATIONS,
+        cairn_log::MIGRATIONS,
         cairn_dispatch::MIGRATIONS,
         cairn_workflow::MIGRATIONS,
         MIGRATIONS,

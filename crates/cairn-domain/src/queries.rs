@@ -353,7 +353,7 @@ pub async fn delivery_in_progress(
     conn: &mut Conn<'_>,
     invitation_id: InvitationId,
 ) -> Result<Option<WorkflowId>, cairn_log::DbError> {
-    let sql = cairn_log::sql::dialect(
+    let sql = cairn_log::dialect(
         conn.backend(),
         "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
          AND json_extract(input, '$.invitation_id') = $2 LIMIT 1",
@@ -377,7 +377,7 @@ pub async fn delivery_in_progress_for_user(
     conn: &mut Conn<'_>,
     user_id: UserId,
 ) -> Result<Option<WorkflowId>, cairn_log::DbError> {
-    let sql = cairn_log::sql::dialect(
+    let sql = cairn_log::dialect(
         conn.backend(),
         "SELECT id FROM workflow_runs WHERE kind = $1 AND status IN ('running', 'compensating') \
          AND json_extract(input, '$.user_id') = $2 LIMIT 1",

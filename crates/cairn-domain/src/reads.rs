@@ -4,8 +4,9 @@
 //! filters by the tenancy in SQL as well, so a grant for organization A can never
 //! return a row of organization B.
 
-use cairn_log::{Db, EventFilter, ReadError, RecordedEvent, Tenancy};
+use cairn_log::{Db, EventFilter, ReadError, RecordedEvent};
 use cairn_policy::{Action, Grant};
+use cairn_types::Tenancy;
 use cairn_types::{EventId, InvitationId, OrgId, Position, UserId, WorkflowId};
 use cairn_workflow::{Run, RunFilter, RunWithSteps};
 use schemars::JsonSchema;

@@ -25,7 +25,7 @@ impl std::fmt::Debug for TokenKey {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    cairn_log::hash::hex(bytes)
+    cairn_log::hex(bytes)
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

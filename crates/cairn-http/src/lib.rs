@@ -120,12 +120,7 @@ impl AppState {
 
     /// Whether the database answers.
     pub async fn database_ready(&self) -> Result<(), cairn_log::DbError> {
-        let mut reader = self.db().reader().await?;
-        reader
-            .conn()
-            .fetch_one("SELECT 1 AS one", cairn_log::args![])
-            .await?;
-        Ok(())
+        self.db().ping().await
     }
 }
 

@@ -3,8 +3,9 @@
 
 mod common;
 
-use cairn_log::{Tenancy, args};
+use cairn_log::args;
 use cairn_testkit::{Backend, TestDb};
+use cairn_types::Tenancy;
 use common::{bootstrapped, server};
 
 async fn ids(

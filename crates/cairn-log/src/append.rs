@@ -15,80 +15,26 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::types::Json;
-use uuid::Uuid;
 
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
 use crate::args;
+use crate::backend::Conn;
 use crate::error::DbError;
 use crate::event::{
     AppendRequest, Expected, HoldCause, IdempotencyKey, Outcome, RecordedEvent, StreamHold,
 };
 use crate::hash::{self, HashedColumns};
 use crate::read::{EVENT_COLUMNS, EventFilter, Head, ReadError, event_from_row, head_from_row};
-use crate::spans::SpanRecord;
-use crate::sql::{Backend, Conn, Row, Sql, dialect};
-use crate::tx::{KnownStream, LogState, PendingKey, PendingRow, StreamState, Tx};
-
-/// One stream's type, version and hold.
-const STREAM_STATE: &str = "SELECT d.stream_type, d.stream_version, h.behind AS held_behind, \
-     h.cause AS hold_cause FROM (SELECT stream_type, stream_version FROM domain_events \
-     WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1) AS d \
-     LEFT JOIN stream_holds h ON h.stream_id = $1";
-
-/// PostgreSQL: the head locked, and the type, version and hold of each stream in `$1`
-/// (a row with the head alone when none has events).
-pub(crate) const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_position, last_hash, \
-     failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE) \
-     SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
-     s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \
-     h.cause AS hold_cause FROM head \
-     LEFT JOIN (UNNEST($1::uuid[]) AS s(id) CROSS JOIN LATERAL \
-     (SELECT stream_type, stream_version FROM domain_events \
-     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
-     LEFT JOIN stream_holds h ON h.stream_id = s.id) ON true";
-
-/// PostgreSQL: the type, version and hold of each stream in `$1` that has events.
-const STREAMS_BOUND: &str = "SELECT s.id AS stream_id, d.stream_type, d.stream_version, \
-     h.behind AS held_behind, h.cause AS hold_cause FROM UNNEST($1::uuid[]) AS s(id) \
-     CROSS JOIN LATERAL (SELECT stream_type, stream_version FROM domain_events \
-     WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) AS d \
-     LEFT JOIN stream_holds h ON h.stream_id = s.id";
-
-/// A stream as a row of [`STREAM_STATE`] (or its batch forms) describes it; `None`
-/// when the row names no stream with events.
-pub(crate) fn known_stream(row: &Row) -> Result<StreamState, DbError> {
-    let (Some(stream_type), Some(version)) = (
-        row.get::<Option<String>>("stream_type")?,
-        row.get::<Option<i64>>("stream_version")?,
-    ) else {
-        return Ok(None);
-    };
-    let hold = match (
-        row.get::<Option<i64>>("held_behind")?,
-        row.get::<Option<String>>("hold_cause")?,
-    ) {
-        (Some(behind), Some(cause)) => Some(StreamHold {
-            behind: Position::new(behind),
-            cause: HoldCause::parse(&cause).ok_or_else(|| {
-                DbError::decode(
-                    "stream_holds.cause",
-                    format!("{cause:?} is not a hold cause"),
-                )
-            })?,
-        }),
-        _ => None,
-    };
-    Ok(Some(KnownStream {
-        stream_type,
-        version: StreamVersion::new(version),
-        hold,
-    }))
-}
+use crate::state::{
+    HEAD_AND_STREAMS_BOUND, HEAD_AND_STREAMS_SQLITE, KnownStream, PendingKey, PendingRow,
+    STREAM_STATE, STREAMS_BOUND, STREAMS_SQLITE, StreamState, known_stream,
+};
+use crate::tx::Tx;
+use crate::value::{Arg, ArgType, IntoArg as _, Sql, dialect};
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
-pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
 
 /// Why an append wrote nothing.
 #[derive(Debug, thiserror::Error)]
@@ -342,7 +288,7 @@ impl Tx {
     /// Takes the head lock and learns the versions of several streams, in one
     /// statement, so that appends to them in this transaction need not ask one by one.
     /// Versions read without the head lock could be stale by the time they are used.
-    pub async fn prefetch_streams(&mut self, stream_ids: &[StreamId]) -> Result<(), DbError> {
+    pub(crate) async fn prefetch_streams(&mut self, stream_ids: &[StreamId]) -> Result<(), DbError> {
         let mut wanted: Vec<StreamId> = stream_ids
             .iter()
             .copied()
@@ -350,56 +296,31 @@ impl Tx {
             .collect();
         wanted.sort();
         wanted.dedup();
-        let locked = self.log.head.is_some();
         if wanted.is_empty() {
             self.lock_head().await?;
             return Ok(());
         }
-        let mut found = std::collections::HashMap::new();
+        let ids = Arg::Array(
+            ArgType::Uuid,
+            wanted.iter().map(|id| id.into_arg()).collect(),
+        );
+        let locked = self.log.head.is_some();
         let mut conn = self.conn();
-        conn.send_queued().await?;
-        if !locked && let Some(pg) = conn.postgres() {
+        if locked {
+            let sql = dialect(conn.backend(), STREAMS_SQLITE, STREAMS_BOUND);
+            let rows = conn.fetch_all(sql, vec![ids]).await?;
+            self.log.learn_streams(&rows, wanted)
+        } else {
             // The head row locked, and one index seek per stream however long the
             // streams are, in one round trip.
-            let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
-            let rows = sqlx::query(HEAD_AND_STREAMS_BOUND)
-                .bind(ids)
-                .fetch_all(pg)
-                .await?;
-            let rows: Vec<Row> = rows.into_iter().map(Row::Postgres).collect();
-            let Some(first) = rows.first() else {
-                return Err(DbError::decode("log_head", "the log's head row is missing"));
-            };
-            let head = head_from_row(first)?;
-            for row in &rows {
-                if let Some(id) = row.get::<Option<StreamId>>("stream_id")? {
-                    found.insert(id, known_stream(row)?);
-                }
-            }
-            self.log.head = Some(head);
-        } else {
-            self.lock_head().await?;
-            let mut conn = self.conn();
-            if let Some(pg) = conn.postgres() {
-                let ids: Vec<Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
-                let rows = sqlx::query(STREAMS_BOUND).bind(ids).fetch_all(pg).await?;
-                for row in rows.into_iter().map(Row::Postgres) {
-                    found.insert(row.get::<StreamId>("stream_id")?, known_stream(&row)?);
-                }
-            } else {
-                // SQLite runs in this thread: a statement per stream costs no round trip.
-                for id in &wanted {
-                    if let Some(row) = conn.fetch_optional(STREAM_STATE, args![*id]).await? {
-                        found.insert(*id, known_stream(&row)?);
-                    }
-                }
-            }
+            let sql = dialect(
+                conn.backend(),
+                HEAD_AND_STREAMS_SQLITE,
+                HEAD_AND_STREAMS_BOUND,
+            );
+            let rows = conn.fetch_all(sql, vec![ids]).await?;
+            self.log.learn_head_and_streams(&rows, wanted)
         }
-        for id in wanted {
-            let state = found.remove(&id).flatten();
-            self.log.learn_stream(id, state);
-        }
-        Ok(())
     }
 
     /// Phase one of an append: lock, check, assign positions and hashes.
@@ -625,15 +546,10 @@ impl Tx {
         event_id: EventId,
     ) -> Result<Option<RecordedEvent>, ReadError> {
         self.flush(false).await?;
-        let backend = self.backend();
         let mut conn = self.conn();
         let sql = Sql::built(format!(
             "SELECT {EVENT_COLUMNS} FROM domain_events WHERE event_id = $1{}",
-            if backend == Backend::Postgres {
-                " FOR UPDATE"
-            } else {
-                ""
-            }
+            dialect(conn.backend(), "", " FOR UPDATE")
         ));
         let row = conn.fetch_optional(sql, args![event_id]).await?;
         row.as_ref().map(event_from_row).transpose()
@@ -766,522 +682,4 @@ impl Conn<'_> {
         };
         Ok(())
     }
-}
-
-/// Writes what a transaction's log state holds and the spans recorded in it.
-/// `committing` says the transaction commits next: the one moment to notify other
-/// processes of the new head.
-pub(crate) async fn flush(
-    conn: &mut Conn<'_>,
-    log: &mut LogState,
-    spans: &mut Vec<SpanRecord>,
-    committing: bool,
-) -> Result<(), DbError> {
-    let notify = committing && !log.appended.is_empty();
-    let head = log
-        .head_dirty
-        .then(|| log.head.clone())
-        .flatten()
-        .map(|head| (head, log.failed_unwritten));
-    if conn.backend() == Backend::Postgres {
-        flush_postgres(conn, log, spans, head.as_ref(), notify).await?;
-    } else {
-        flush_sqlite(conn, log, spans, head.as_ref()).await?;
-    }
-    log.flushed = log.rows.len();
-    log.keys_flushed = log.keys.len();
-    log.head_dirty = false;
-    log.failed_unwritten = 0;
-    spans.clear();
-    Ok(())
-}
-
-const INSERT_EVENT: &str = "INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
-     stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-     created_at, processed_at, processing_error_code, processing_error_message, hash, \
-     held_behind) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
-
-const INSERT_KEY: &str = "INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
-     VALUES ($1, $2, $3, $4, $5)";
-
-const INSERT_SPAN: &str = "INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, \
-     duration_us, error, attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-
-fn duration_us(span: &SpanRecord) -> i64 {
-    i64::try_from(span.duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// SQLite: one prepared statement per row, run in the writer's thread.
-async fn flush_sqlite(
-    conn: &mut Conn<'_>,
-    log: &LogState,
-    spans: &[SpanRecord],
-    head: Option<&(Head, i64)>,
-) -> Result<(), DbError> {
-    for row in &log.rows[log.flushed..] {
-        let event = &row.event;
-        let error = event.processing_error.as_ref();
-        conn.execute(
-            INSERT_EVENT,
-            args![
-                event.position,
-                event.event_id,
-                &event.stream_type,
-                event.stream_id,
-                event.stream_version,
-                &event.event_type,
-                event.data.clone(),
-                row.metadata.clone(),
-                event.metadata.correlation_id,
-                event.metadata.org_id,
-                event.created_at,
-                event.processed_at,
-                error.map(|e| e.code),
-                error.map(|e| e.message.clone()),
-                event.hash.clone(),
-                event.held_behind,
-            ],
-        )
-        .await?;
-    }
-    for key in &log.keys[log.keys_flushed..] {
-        conn.execute(
-            INSERT_KEY,
-            args![
-                key.key.as_str(),
-                key.fingerprint.as_str(),
-                key.first_position,
-                key.n_events,
-                key.created_at
-            ],
-        )
-        .await?;
-    }
-    for span in spans {
-        conn.execute(
-            INSERT_SPAN,
-            args![
-                span.correlation_id,
-                span.kind.as_str(),
-                span.name.as_str(),
-                span.org_id,
-                span.started_at,
-                duration_us(span),
-                span.error.as_deref(),
-                span.attributes.clone()
-            ],
-        )
-        .await?;
-    }
-    if let Some((head, failed)) = head {
-        conn.execute(
-            "UPDATE log_head SET last_position = $1, last_hash = $2, \
-             failed_events = failed_events + $3, controls = $4 WHERE id = 1",
-            args![
-                head.last_position,
-                head.last_hash.as_str(),
-                *failed,
-                head.controls.as_str()
-            ],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// PostgreSQL: one statement for everything, each kind of row bound as arrays and
-/// unnested; the head update and the notification ride along.
-async fn flush_postgres(
-    conn: &mut Conn<'_>,
-    log: &LogState,
-    spans: &[SpanRecord],
-    head: Option<&(Head, i64)>,
-    notify: bool,
-) -> Result<(), DbError> {
-    let rows = &log.rows[log.flushed..];
-    let keys = &log.keys[log.keys_flushed..];
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = 1;
-    let mut placeholders = |n: usize| {
-        let list: Vec<String> = (next..next + n).map(|i| format!("${i}")).collect();
-        next += n;
-        list
-    };
-    if !rows.is_empty() {
-        let p = placeholders(16);
-        parts.push(format!(
-            "e AS (INSERT INTO domain_events (position, event_id, stream_type, stream_id, \
-             stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-             created_at, processed_at, processing_error_code, processing_error_message, hash, \
-             held_behind) \
-             SELECT * FROM UNNEST({}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::bigint[], \
-             {}::text[], {}::jsonb[], {}::jsonb[], {}::uuid[], {}::uuid[], {}::timestamptz[], \
-             {}::timestamptz[], {}::text[], {}::text[], {}::text[], {}::bigint[]))",
-            p[0],
-            p[1],
-            p[2],
-            p[3],
-            p[4],
-            p[5],
-            p[6],
-            p[7],
-            p[8],
-            p[9],
-            p[10],
-            p[11],
-            p[12],
-            p[13],
-            p[14],
-            p[15]
-        ));
-    }
-    if !keys.is_empty() {
-        let p = placeholders(5);
-        parts.push(format!(
-            "k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
-             SELECT * FROM UNNEST({}::text[], {}::text[], {}::bigint[], {}::bigint[], {}::timestamptz[]))",
-            p[0], p[1], p[2], p[3], p[4]
-        ));
-    }
-    if !spans.is_empty() {
-        let p = placeholders(8);
-        parts.push(format!(
-            "s AS (INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, \
-             duration_us, error, attributes) SELECT * FROM UNNEST({}::uuid[], {}::text[], \
-             {}::text[], {}::uuid[], {}::timestamptz[], {}::bigint[], {}::text[], {}::jsonb[]))",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
-        ));
-    }
-    if head.is_some() {
-        let p = placeholders(4);
-        parts.push(format!(
-            "h AS (UPDATE log_head SET last_position = {}, last_hash = {}, \
-             failed_events = failed_events + {}, controls = {} WHERE id = 1)",
-            p[0], p[1], p[2], p[3]
-        ));
-    }
-    let tail = match (notify, head) {
-        (true, Some(_)) | (true, None) => {
-            let p = placeholders(1);
-            format!("SELECT pg_notify('cairn_events', {})", p[0])
-        }
-        (false, _) => "SELECT 1".to_owned(),
-    };
-    if parts.is_empty() && !notify {
-        return Ok(());
-    }
-    let sql = if parts.is_empty() {
-        tail
-    } else {
-        format!("WITH {} {tail}", parts.join(", "))
-    };
-    let Some(pg) = conn.postgres() else {
-        return Ok(());
-    };
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    if !rows.is_empty() {
-        let events = rows.iter().map(|row| &row.event);
-        query = query
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.position.get())
-                    .collect::<Vec<i64>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.event_id.as_uuid())
-                    .collect::<Vec<Uuid>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.stream_type.as_str().to_owned())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.stream_id.as_uuid())
-                    .collect::<Vec<Uuid>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.stream_version.get())
-                    .collect::<Vec<i64>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.event_type.as_str().to_owned())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| Json(&e.data))
-                    .collect::<Vec<Json<&Value>>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|row| Json(&row.metadata))
-                    .collect::<Vec<Json<&Value>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.metadata.correlation_id.as_uuid())
-                    .collect::<Vec<Uuid>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.metadata.org_id.map(|org| org.as_uuid()))
-                    .collect::<Vec<Option<Uuid>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.created_at)
-                    .collect::<Vec<DateTime<Utc>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.processed_at)
-                    .collect::<Vec<Option<DateTime<Utc>>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| {
-                        e.processing_error
-                            .as_ref()
-                            .map(|p| p.code.as_str().to_owned())
-                    })
-                    .collect::<Vec<Option<String>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.processing_error.as_ref().map(|p| p.message.clone()))
-                    .collect::<Vec<Option<String>>>(),
-            )
-            .bind(
-                events
-                    .clone()
-                    .map(|e| e.hash.clone())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                events
-                    .map(|e| e.held_behind.map(|p| p.get()))
-                    .collect::<Vec<Option<i64>>>(),
-            );
-    }
-    if !keys.is_empty() {
-        query = query
-            .bind(keys.iter().map(|k| k.key.clone()).collect::<Vec<String>>())
-            .bind(
-                keys.iter()
-                    .map(|k| k.fingerprint.clone())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                keys.iter()
-                    .map(|k| k.first_position.get())
-                    .collect::<Vec<i64>>(),
-            )
-            .bind(keys.iter().map(|k| k.n_events).collect::<Vec<i64>>())
-            .bind(
-                keys.iter()
-                    .map(|k| k.created_at)
-                    .collect::<Vec<DateTime<Utc>>>(),
-            );
-    }
-    if !spans.is_empty() {
-        query = query
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.correlation_id.as_uuid())
-                    .collect::<Vec<Uuid>>(),
-            )
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.kind.as_str().to_owned())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect::<Vec<String>>(),
-            )
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.org_id.map(|org| org.as_uuid()))
-                    .collect::<Vec<Option<Uuid>>>(),
-            )
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.started_at)
-                    .collect::<Vec<DateTime<Utc>>>(),
-            )
-            .bind(spans.iter().map(duration_us).collect::<Vec<i64>>())
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| s.error.clone())
-                    .collect::<Vec<Option<String>>>(),
-            )
-            .bind(
-                spans
-                    .iter()
-                    .map(|s| Json(&s.attributes))
-                    .collect::<Vec<Json<&Value>>>(),
-            );
-    }
-    if let Some((head, failed)) = head {
-        query = query
-            .bind(head.last_position.get())
-            .bind(head.last_hash.clone())
-            .bind(*failed)
-            .bind(head.controls.clone());
-    }
-    if notify {
-        let position = head
-            .map(|(head, _)| head.last_position)
-            .or_else(|| log.head.as_ref().map(|head| head.last_position))
-            .unwrap_or_default();
-        query = query.bind(position.get().to_string());
-    }
-    query.execute(pg).await?;
-    Ok(())
-}
-
-/// The PostgreSQL writer's final statement of an optimistic batch: its rows of the
-/// log, keys and spans (each kind as one JSON array), the head, and the notification.
-const FINAL_ROWS: &str = "WITH e AS (INSERT INTO domain_events (position, event_id, stream_type, \
-     stream_id, stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-     created_at, processed_at, processing_error_code, processing_error_message, hash, held_behind) \
-     SELECT position, event_id, stream_type, stream_id, stream_version, event_type, event_data, \
-     event_metadata, correlation_id, org_id, created_at, processed_at, processing_error_code, \
-     processing_error_message, hash, held_behind FROM jsonb_to_recordset($1) AS r(position bigint, \
-     event_id uuid, stream_type text, stream_id uuid, stream_version bigint, event_type text, \
-     event_data jsonb, event_metadata jsonb, correlation_id uuid, org_id uuid, \
-     created_at timestamptz, processed_at timestamptz, processing_error_code text, \
-     processing_error_message text, hash text, held_behind bigint)), \
-     k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
-     SELECT key, fingerprint, first_position, n_events, created_at FROM jsonb_to_recordset($2) \
-     AS r(key text, fingerprint text, first_position bigint, n_events bigint, created_at timestamptz)), \
-     s AS (INSERT INTO trace_spans (correlation_id, kind, name, org_id, started_at, duration_us, \
-     error, attributes) SELECT correlation_id, kind, name, org_id, started_at, duration_us, error, \
-     attributes FROM jsonb_to_recordset($3) AS r(correlation_id uuid, kind text, name text, \
-     org_id uuid, started_at timestamptz, duration_us bigint, error text, attributes jsonb)), \
-     h AS (UPDATE log_head SET last_position = $4, last_hash = $5, \
-     failed_events = failed_events + $6, controls = COALESCE($8, controls) \
-     WHERE id = 1 AND $4 IS NOT NULL) \
-     SELECT pg_notify('cairn_events', $7) WHERE $7 IS NOT NULL";
-
-fn json_time(at: &DateTime<Utc>) -> Value {
-    Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
-/// Queues what the log state holds, and the spans, as the batch's final statement.
-pub(crate) fn queue_final_rows(
-    pipeline: Option<&crate::pipeline::Pipeline>,
-    log: &mut LogState,
-    spans: &mut Vec<SpanRecord>,
-) {
-    let Some(pipeline) = pipeline else {
-        return;
-    };
-    let rows: Vec<Value> = log.rows[log.flushed..]
-        .iter()
-        .map(|row| {
-            let event = &row.event;
-            let error = event.processing_error.as_ref();
-            let mut row = serde_json::json!({
-                "position": event.position.get(),
-                "event_id": event.event_id,
-                "stream_type": event.stream_type.as_str(),
-                "stream_id": event.stream_id,
-                "stream_version": event.stream_version.get(),
-                "event_type": event.event_type.as_str(),
-                "event_data": event.data,
-                "event_metadata": row.metadata,
-                "correlation_id": event.metadata.correlation_id,
-                "org_id": event.metadata.org_id,
-                "created_at": json_time(&event.created_at),
-                "processed_at": event.processed_at.as_ref().map(json_time),
-                "processing_error_code": error.map(|e| e.code.as_str()),
-                "processing_error_message": error.map(|e| e.message.as_str()),
-                "hash": event.hash,
-            });
-            // Absent reads as NULL; most events are not held.
-            if let (Some(behind), Value::Object(fields)) = (event.held_behind, &mut row) {
-                fields.insert("held_behind".to_owned(), Value::from(behind.get()));
-            }
-            row
-        })
-        .collect();
-    let keys: Vec<Value> = log.keys[log.keys_flushed..]
-        .iter()
-        .map(|key| {
-            serde_json::json!({
-                "key": key.key,
-                "fingerprint": key.fingerprint,
-                "first_position": key.first_position.get(),
-                "n_events": key.n_events,
-                "created_at": json_time(&key.created_at),
-            })
-        })
-        .collect();
-    let span_rows: Vec<Value> = spans
-        .drain(..)
-        .map(|span| {
-            serde_json::json!({
-                "correlation_id": span.correlation_id,
-                "kind": span.kind.as_str(),
-                "name": span.name,
-                "org_id": span.org_id,
-                "started_at": json_time(&span.started_at),
-                "duration_us": duration_us(&span),
-                "error": span.error,
-                "attributes": span.attributes,
-            })
-        })
-        .collect();
-    let head = log.head_dirty.then(|| log.head.clone()).flatten();
-    let notify = (!log.appended.is_empty())
-        .then(|| {
-            log.head
-                .as_ref()
-                .map(|head| head.last_position.get().to_string())
-        })
-        .flatten();
-    pipeline.push_final(
-        FINAL_ROWS,
-        args![
-            Value::Array(rows),
-            Value::Array(keys),
-            Value::Array(span_rows),
-            head.as_ref().map(|head| head.last_position),
-            head.as_ref().map(|head| head.last_hash.clone()),
-            log.failed_unwritten,
-            notify,
-            head.as_ref().map(|head| head.controls.clone())
-        ],
-    );
-    log.flushed = log.rows.len();
-    log.keys_flushed = log.keys.len();
-    log.head_dirty = false;
-    log.failed_unwritten = 0;
 }

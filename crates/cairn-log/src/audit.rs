@@ -7,7 +7,7 @@
 //! the head. A [`checkpoint`] signed outside the database fixes a head; a walk given its
 //! [`Anchor`] proves the log still holds that hash at that position.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 
 use std::collections::BTreeMap;
 
@@ -19,11 +19,12 @@ use cairn_types::{
 };
 
 use crate::args;
+use crate::backend::Row;
 use crate::db::Db;
 use crate::error::DbError;
 use crate::hash::{self, GENESIS, HashedColumns};
 use crate::read::ReadError;
-use crate::sql::{Backend, Row};
+use crate::value::dialect;
 
 /// What is wrong at the first bad position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -398,11 +399,8 @@ impl Db {
             return Ok(finish(0, Some(breach), anchors));
         }
 
-        let created_at = match conn.backend() {
-            Backend::Sqlite => "created_at",
-            Backend::Postgres => PG_CREATED_AT,
-        };
-        let sql = crate::sql::Sql::built(format!(
+        let created_at = dialect(conn.backend(), "created_at", PG_CREATED_AT);
+        let sql = crate::value::Sql::built(format!(
             "SELECT position, event_id, stream_type, stream_id, stream_version, event_type, \
              event_data, event_metadata, correlation_id, org_id, {created_at}, hash \
              FROM domain_events WHERE position >= $1 ORDER BY position LIMIT {BATCH}"

@@ -7,6 +7,7 @@
 //! types stay inside this crate.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// What a caller can do about a [`DbError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,18 +139,7 @@ impl DbError {
             | DbError::Failed { cause } => cause,
             _ => return None,
         };
-        if let Some(error) = cause.0.downcast_ref::<sqlx::Error>() {
-            return error
-                .as_database_error()
-                .and_then(|e| e.code())
-                .map(|c| c.into_owned());
-        }
-        if let Some(rusqlite::Error::SqliteFailure(error, _)) =
-            cause.0.downcast_ref::<rusqlite::Error>()
-        {
-            return Some(error.extended_code.to_string());
-        }
-        None
+        crate::backend::error_code(cause.0.as_ref())
     }
 
     /// The same error again, for each of several callers that share it.
@@ -190,109 +180,34 @@ impl DbError {
     }
 }
 
-/// SQLSTATE classes and codes that mean "try again" or "cannot reach the database".
-fn postgres_kind(code: &str) -> DbErrorKind {
-    match code {
-        // serialization_failure, deadlock_detected, lock_not_available
-        "40001" | "40P01" | "55P03" => DbErrorKind::Conflict,
-        // too_many_connections, admin_shutdown, crash_shutdown, cannot_connect_now,
-        // disk_full, out_of_memory, read_only_sql_transaction (a standby)
-        "53300" | "57P01" | "57P02" | "57P03" | "53100" | "53200" | "25006" => {
-            DbErrorKind::Unavailable
-        }
-        _ if code.starts_with("08") => DbErrorKind::Unavailable,
-        _ => DbErrorKind::Failed,
-    }
-}
-
-fn sqlite_kind(primary_code: i32) -> DbErrorKind {
-    use rusqlite::ffi;
-    match primary_code {
-        ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED => DbErrorKind::Conflict,
-        ffi::SQLITE_FULL
-        | ffi::SQLITE_IOERR
-        | ffi::SQLITE_CANTOPEN
-        | ffi::SQLITE_READONLY
-        | ffi::SQLITE_NOMEM => DbErrorKind::Unavailable,
-        _ => DbErrorKind::Failed,
-    }
-}
-
-impl From<sqlx::Error> for DbError {
-    fn from(error: sqlx::Error) -> DbError {
-        use sqlx::Error as E;
-        let kind = match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                DbErrorKind::Unavailable
-            }
-            E::Database(database) => {
-                match database.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                    Some(pg) => postgres_kind(pg.code()),
-                    None => database
-                        .code()
-                        .and_then(|code| code.parse::<i32>().ok())
-                        .map_or(DbErrorKind::Failed, |code| sqlite_kind(code & 0xff)),
-                }
-            }
-            E::ColumnDecode { index, source } => {
-                return DbError::decode(index.clone(), source);
-            }
-            _ => DbErrorKind::Failed,
-        };
-        DbError::from_cause(kind, Box::new(error))
-    }
-}
-
-impl From<rusqlite::Error> for DbError {
-    fn from(error: rusqlite::Error) -> DbError {
-        let kind = match &error {
-            rusqlite::Error::SqliteFailure(failure, _) => sqlite_kind(failure.extended_code & 0xff),
-            _ => DbErrorKind::Failed,
-        };
-        DbError::from_cause(kind, Box::new(error))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postgres_codes_say_what_to_do() {
-        assert_eq!(postgres_kind("40001"), DbErrorKind::Conflict);
-        assert_eq!(postgres_kind("40P01"), DbErrorKind::Conflict);
-        assert_eq!(postgres_kind("08006"), DbErrorKind::Unavailable);
-        assert_eq!(postgres_kind("57P01"), DbErrorKind::Unavailable);
-        assert_eq!(postgres_kind("23505"), DbErrorKind::Failed);
-    }
-
-    #[test]
-    fn sqlite_codes_say_what_to_do() {
-        assert_eq!(
-            sqlite_kind(rusqlite::ffi::SQLITE_BUSY),
-            DbErrorKind::Conflict
-        );
-        assert_eq!(
-            sqlite_kind(rusqlite::ffi::SQLITE_FULL),
-            DbErrorKind::Unavailable
-        );
-        assert_eq!(
-            sqlite_kind(rusqlite::ffi::SQLITE_CONSTRAINT),
-            DbErrorKind::Failed
-        );
-    }
-
-    #[test]
-    fn pool_exhaustion_is_unavailability() {
-        assert_eq!(
-            DbError::from(sqlx::Error::PoolTimedOut).kind(),
-            DbErrorKind::Unavailable
-        );
-        assert_eq!(
-            DbError::Overloaded { queued: 3 }.kind(),
-            DbErrorKind::Overloaded
-        );
-    }
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "database URL {url:?} is not supported: use sqlite://PATH (the embedded default) \
+         or postgres://USER@HOST/DATABASE"
+    )]
+    UnsupportedUrl { url: String },
+    #[error("database URL {url:?} is not valid")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("cannot create the data directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {target}")]
+    Open {
+        target: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("cannot start the log writer")]
+    Writer(#[source] std::io::Error),
 }
 
 /// How work the database refused for a passing reason ([`DbError::is_passing`]) is

@@ -72,7 +72,7 @@ fn push_string(text: &str, out: &mut String) {
 }
 
 /// The canonical form of an instant: RFC 3339, UTC, microseconds.
-pub fn canonical_time(at: DateTime<Utc>) -> String {
+pub(crate) fn canonical_time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

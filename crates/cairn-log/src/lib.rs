@@ -7,47 +7,66 @@
 //! Invariants this crate keeps:
 //! - Positions are gapless and never go backwards for a reader: once a reader has seen
 //!   N, it never finds a newly committed event below N (appends serialize on the log
-//!   head lock; see [`append`]).
-//! - Events are immutable: only `processed_at` and `processing_error` change after an
-//!   append, and the database itself refuses anything else (triggers on both backends).
+//!   head lock; see [`Tx::prepare_append`]).
+//! - Events are immutable: only `processed_at`, `processing_error` and `held_behind`
+//!   change after an append, and the database itself refuses anything else (triggers
+//!   on both backends).
 //! - Each event's hash chains to the previous one, so an edited, deleted or reordered
 //!   event is found by [`Db::verify_chain`].
 //!
 //! This crate knows nothing about handlers, projections, workflows or HTTP: it stores
 //! the outcome the dispatcher hands it, and nothing more.
+//!
+//! Its floors, each of which uses only those below it:
+//! 1. values: [`value`](crate::Sql) (statements, arguments), `error`, `hash`, `event`;
+//! 2. `backend`: SQLite and PostgreSQL, the only modules that know a driver, behind one
+//!    [`Conn`] and one [`Row`];
+//! 3. reads (`read`, `spans`) on a [`Conn`];
+//! 4. `state`: what a transaction knows of the log before it commits, and how it is
+//!    written; `tx`: the transaction; `append`: the append protocol on it;
+//! 5. `writer`: group commit; `db`: the ways in (its opening table says which to use);
+//!    `audit` and `migrate` on a [`Db`].
+//!
+//! Everything other crates use is re-exported here; the modules are private.
+#![warn(unreachable_pub)]
 
-pub mod append;
-pub mod audit;
-pub mod db;
-mod direct;
-pub mod error;
-pub mod event;
-pub mod hash;
-pub mod migrate;
-mod pipeline;
-pub mod read;
-pub mod spans;
-pub mod sql;
-pub mod tx;
-pub mod writer;
+mod append;
+mod audit;
+mod backend;
+mod db;
+mod error;
+mod event;
+mod hash;
+mod migrate;
+mod read;
+mod spans;
+mod state;
+mod tx;
+mod value;
+mod watch;
+mod writer;
 
 pub use append::{AppendError, PendingAppend, Prepared};
-pub use audit::{AuditReport, Breach, Problem};
+pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
+pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
+pub use backend::{Conn, Row};
 pub use db::{
-    ConnectError, Db, DbOptions, NOTIFY_CHANNEL, Reader, Session, Snapshot, TENANT_READER_ROLE,
-    Tenancy, WriterPause,
+    Db, DbOptions, Reader, Session, Snapshot, WriterPause,
+    default_url, quote_ident, redact_url,
 };
-pub use error::{DbError, DbErrorKind, PassingRetry};
+pub use error::{ConnectError, DbError, DbErrorKind, PassingRetry};
 pub use event::{
     AppendRequest, Expected, HoldCause, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent, StreamHold,
 };
-pub use migrate::{MigrateError, Migration};
+pub use hash::{GENESIS, HashedColumns, canonical_json, event_hash, hex, normalize_json};
+pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
-pub use sql::{Arg, Backend, Conn, DbValue, IntoArg, Row, Sql};
-pub use tx::{Savepoint, Tx};
+pub use value::{Arg, Backend, DbValue, IntoArg, Sql, dialect};
 pub use writer::{Admission, Priority, WriteMode, WriteOptions, WriterConfig};
 
 /// A unit of work's future, as [`Db::write`] takes it.
 pub use futures::future::BoxFuture;
+
+pub use tx::Tx;

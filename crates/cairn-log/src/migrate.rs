@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::db::Db;
-use crate::sql::{Backend, dialect};
+use crate::value::{Backend, dialect};
 use crate::{args, hash};
 
 /// One schema change, written once for each backend.
@@ -108,10 +108,16 @@ impl Db {
         }
         let mut tx = self.begin().await?;
         let mut conn = tx.conn();
-        if backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_xact_lock(7307443390862245888)", args![])
-                .await?;
-        }
+        // PostgreSQL: one process migrates at a time (SQLite's writer is one already).
+        conn.execute(
+            dialect(
+                backend,
+                "SELECT 1",
+                "SELECT pg_advisory_xact_lock(7307443390862245888)",
+            ),
+            args![],
+        )
+        .await?;
         conn.execute_script(dialect(
             backend,
             "CREATE TABLE IF NOT EXISTS cairn_migrations (

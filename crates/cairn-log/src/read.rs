@@ -8,9 +8,10 @@ use cairn_types::{
 };
 
 use crate::args;
+use crate::backend::{Conn, Row};
 use crate::error::DbError;
 use crate::event::{ProcessingError, RecordedEvent};
-use crate::sql::{Arg, Conn, IntoArg, Row, Sql};
+use crate::value::{Arg, IntoArg, Sql};
 
 /// Why events could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -20,11 +20,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_types::{CorrelationId, OrgId};
 
+use cairn_types::Tenancy;
+use futures::future::BoxFuture;
+
 use crate::args;
-use crate::db::Tenancy;
+use crate::backend::{Conn, Row};
 use crate::error::DbError;
-use crate::sql::{Conn, Row};
-use crate::writer::{WriteOptions, WriterHandle};
 
 /// What kind of hop a span describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -168,14 +169,24 @@ pub async fn flush_all_spans() {
     }
 }
 
+/// Hands a batch of spans to the log writer, as one unit of work.
+pub(crate) type WriteSpans =
+    Arc<dyn Fn(Arc<Vec<SpanRecord>>) -> BoxFuture<'static, Result<(), DbError>> + Send + Sync>;
+
 /// Where a database's spans go: a channel to a task that gathers them into batches
 /// and hands each batch to the log writer as one unit of work. The task starts with
 /// the first span.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct SpanSink {
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     /// The writer to hand batches to, set when the database opens.
-    writer: Mutex<Option<WriterHandle>>,
+    writer: Mutex<Option<WriteSpans>>,
+}
+
+impl std::fmt::Debug for SpanSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpanSink")
+    }
 }
 
 impl std::fmt::Debug for Message {
@@ -191,7 +202,7 @@ impl SpanSink {
     /// Gives the sink the writer to hand its batches to. The sink's task holds a
     /// handle of its own only while it has spans to write, so that it never keeps the
     /// writer from stopping when the database is dropped.
-    pub(crate) fn connect(&self, writer: WriterHandle) {
+    pub(crate) fn connect(&self, writer: WriteSpans) {
         if let Ok(mut slot) = self.writer.lock() {
             *slot = Some(writer);
         }
@@ -246,7 +257,7 @@ impl SpanSink {
 
 /// The sink's task: batches what is waiting and hands it to the log writer, until
 /// every sender is gone.
-async fn write_spans(writer: WriterHandle, mut receiver: mpsc::Receiver<Message>) {
+async fn write_spans(writer: WriteSpans, mut receiver: mpsc::Receiver<Message>) {
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -269,17 +280,7 @@ async fn write_spans(writer: WriterHandle, mut receiver: mpsc::Receiver<Message>
         if !batch.is_empty() {
             let spans = Arc::new(std::mem::take(&mut batch));
             let n_spans = spans.len();
-            let written: Result<(), DbError> = writer
-                .write(WriteOptions::default(), &[], move |tx| {
-                    let spans = spans.clone();
-                    Box::pin(async move {
-                        for span in spans.iter() {
-                            tx.record_span(span.clone());
-                        }
-                        Ok(())
-                    })
-                })
-                .await;
+            let written = writer(spans).await;
             if let Err(error) = written {
                 cairn_observe::metrics()
                     .spans_dropped
@@ -338,37 +339,5 @@ impl Conn<'_> {
             }
         };
         rows.iter().map(span_from_row).collect()
-    }
-}
-
-/// How many spans one pruning transaction deletes, so that pruning never holds the
-/// writer for long.
-const PRUNE_BATCH: i64 = 2_000;
-
-impl crate::db::Db {
-    /// Deletes the spans that started before `cutoff`, oldest first, a batch per
-    /// transaction; how many were deleted.
-    pub async fn prune_spans(&self, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
-        let mut deleted = 0;
-        loop {
-            let batch: u64 = self
-                .write(WriteOptions::default(), move |tx| {
-                    Box::pin(async move {
-                        tx.conn()
-                            .execute(
-                                "DELETE FROM trace_spans WHERE id IN (SELECT id FROM trace_spans \
-                                 WHERE started_at < $1 ORDER BY id LIMIT $2)",
-                                args![cutoff, PRUNE_BATCH],
-                            )
-                            .await
-                    })
-                })
-                .await?;
-            deleted += batch;
-            if batch < PRUNE_BATCH as u64 {
-                return Ok(deleted);
-            }
-            tokio::task::yield_now().await;
-        }
     }
 }

@@ -35,7 +35,6 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -45,9 +44,11 @@ use tokio::sync::{Notify, oneshot};
 
 use cairn_types::StreamId;
 
-use crate::db::Shared;
+use crate::backend::WriterHome;
+use crate::backend::sqlite::Lent;
 use crate::error::DbError;
-use crate::tx::{DirectTx, Isolation, Tx, TxInner};
+use crate::spans::{SpanRecord, WriteSpans};
+use crate::tx::{AfterCommit, Isolation, Tx};
 
 /// How the writer keeps one failing unit from affecting its neighbours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +112,6 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
-    /// Refused when the queue is full.
-    pub fn refuse_when_full() -> Self {
-        Self {
-            priority: Priority::Normal,
-            admission: Admission::Refuse,
-        }
-    }
-
     /// Ahead of the queue.
     pub fn urgent() -> Self {
         Self {
@@ -248,13 +241,6 @@ where
     fn streams(&self) -> &[StreamId] {
         &self.streams
     }
-}
-
-/// The connection the writer lends to a caller of `Db::begin` on SQLite, and takes
-/// back when the caller's transaction ends.
-pub(crate) struct Lent {
-    pub(crate) conn: rusqlite::Connection,
-    pub(crate) home: oneshot::Sender<rusqlite::Connection>,
 }
 
 enum Item {
@@ -496,6 +482,27 @@ impl WriterHandle {
         })
     }
 
+    /// Hands span batches to this writer, each as a unit of work of its own.
+    pub(crate) fn span_writer(&self) -> WriteSpans {
+        let writer = self.clone();
+        Arc::new(move |spans: Arc<Vec<SpanRecord>>| {
+            let writer = writer.clone();
+            Box::pin(async move {
+                writer
+                    .write(WriteOptions::default(), &[], move |tx| {
+                        let spans = spans.clone();
+                        Box::pin(async move {
+                            for span in spans.iter() {
+                                tx.record_span(span.clone());
+                            }
+                            Ok::<_, DbError>(())
+                        })
+                    })
+                    .await
+            })
+        })
+    }
+
     /// Borrows the SQLite writer's connection, in turn with the queued work.
     pub(crate) async fn lend(&self) -> Result<Lent, DbError> {
         let (reply, lent) = oneshot::channel();
@@ -518,123 +525,31 @@ impl WriterHandle {
     }
 }
 
-/// Where the writer's transactions run.
-pub(crate) enum Home {
-    /// SQLite: the writer's own connection, run in the writer's thread.
-    Direct {
-        conn: Option<rusqlite::Connection>,
-        path: PathBuf,
-    },
-    /// PostgreSQL: a pool of one connection, the writer's alone, and the statements
-    /// prepared on it for optimistic batches' queued writes.
-    Postgres {
-        pool: sqlx::PgPool,
-        prepared: crate::pipeline::Prepared,
-    },
-}
+/// Where the writer's transactions run, and how they end.
+struct Home(WriterHome);
 
 impl Home {
     async fn begin(
         &mut self,
-        shared: Option<Arc<Shared>>,
+        after: Option<Arc<AfterCommit>>,
         isolation: Isolation,
     ) -> Result<Tx, DbError> {
-        match self {
-            Home::Direct { conn, path } => {
-                let connection = match conn.take() {
-                    Some(connection) => connection,
-                    None => crate::direct::open(path)?,
-                };
-                // A connection that cannot begin is closed, and reopened next time.
-                let tx = DirectTx::begin(connection, None)?;
-                Ok(Tx::new(TxInner::Direct(tx), shared, isolation))
-            }
-            Home::Postgres { pool, prepared } => Ok(if isolation == Isolation::Optimistic {
-                // Begun with the batch's first statement (see `Tx::open_pg_batch`).
-                let batch = crate::tx::PgBatch::new(pool.acquire().await?);
-                Tx::new(TxInner::PgBatch(batch), shared, isolation).pipelined(prepared.clone())
-            } else {
-                Tx::new(
-                    TxInner::Postgres(crate::db::begin_pg(pool, None).await?),
-                    shared,
-                    isolation,
-                )
-            }),
-        }
+        let (transaction, prepared) = self.0.begin(isolation == Isolation::Optimistic).await?;
+        Ok(Tx::new(transaction, after, isolation).pipelined(prepared))
     }
 
     /// Commits; `Err((error, before_commit))` says whether it failed before the commit
     /// statement was sent (nothing happened) or at it.
-    async fn commit(&mut self, mut tx: Tx) -> Result<(), (DbError, bool)> {
-        if tx.is_poisoned() {
-            self.abandon(tx, true).await;
-            return Err((
-                DbError::decode("(batch)", "a statement failed and was not undone"),
-                true,
-            ));
-        }
-        if let Err(error) = tx.flush(true).await {
-            self.abandon(tx, true).await;
-            return Err((error, true));
-        }
-        match self {
-            Home::Direct { conn, .. } => {
-                let (result, connection) = tx.commit_direct().await;
-                *conn = connection;
-                result.map_err(|error| (error, false))
-            }
-            Home::Postgres { .. } => tx.commit().await.map_err(|error| (error, false)),
-        }
+    async fn commit(&mut self, tx: Tx) -> Result<(), (DbError, bool)> {
+        let (result, conn) = tx.commit_returning().await;
+        self.0.put_back(conn);
+        result
     }
 
     /// Rolls back, keeping the connection.
     async fn abandon(&mut self, tx: Tx, keep_spans: bool) {
-        match self {
-            Home::Direct { conn, .. } => *conn = tx.rollback_direct(keep_spans),
-            Home::Postgres { .. } => {
-                let mut tx = tx;
-                if !keep_spans {
-                    tx.discard_spans();
-                }
-                if tx.is_pg_batch() {
-                    tx.rollback_pg_batch().await;
-                } else {
-                    // Dropping a pool transaction rolls it back when its connection
-                    // returns.
-                    drop(tx);
-                }
-            }
-        }
-    }
-
-    /// Lends the connection until the borrower's transaction ends (SQLite only).
-    async fn lend(&mut self, reply: oneshot::Sender<Lent>) {
-        let Home::Direct { conn, path } = self else {
-            return;
-        };
-        let connection = match conn.take() {
-            Some(connection) => connection,
-            None => match crate::direct::open(path) {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::error!(error = %error, "the SQLite writer cannot reopen its connection");
-                    return;
-                }
-            },
-        };
-        let (home, back) = oneshot::channel();
-        if let Err(Lent {
-            conn: connection, ..
-        }) = reply.send(Lent {
-            conn: connection,
-            home,
-        }) {
-            *conn = Some(connection);
-            return;
-        }
-        // Whoever borrowed it sends it back when done (or drops it if it panicked:
-        // it is reopened then).
-        *conn = back.await.ok();
+        let (_, conn) = tx.rollback_returning(keep_spans).await;
+        self.0.put_back(conn);
     }
 }
 
@@ -658,12 +573,7 @@ enum Attempt {
 const OPTIMISTIC_RERUNS: usize = 3;
 
 /// The writer's loop: batches from the queue until it closes and empties.
-pub(crate) async fn run(
-    queue: WriterQueue,
-    mut home: Home,
-    shared: Weak<Shared>,
-    config: WriterConfig,
-) {
+async fn run(queue: WriterQueue, mut home: Home, shared: Weak<AfterCommit>, config: WriterConfig) {
     let WriterQueue { queue, stopped } = queue;
     let mut last_batch = 0;
     loop {
@@ -674,7 +584,7 @@ pub(crate) async fn run(
         match batch {
             Batch::Lend(reply) => {
                 last_batch = 0;
-                home.lend(reply).await;
+                home.0.lend(reply).await;
             }
             Batch::Work { jobs, urgent } => {
                 last_batch = jobs.len();
@@ -693,16 +603,13 @@ pub(crate) async fn run(
                     // The batch's callers hear that the writer failed (their answers
                     // were dropped); the writer goes on with a fresh connection.
                     tracing::error!(panic = %panic_message(panic.as_ref()), "the log writer panicked in a batch");
-                    if let Home::Direct { conn, .. } = &mut home {
-                        *conn = None;
-                    }
+                    home.0.reset();
                 }
             }
         }
     }
-    if let Home::Postgres { pool, .. } = &home {
-        pool.close().await;
-    }
+    let mut home = home;
+    home.0.close().await;
     let _ = stopped.send(true);
 }
 
@@ -712,7 +619,7 @@ async fn commit_batch(
     home: &mut Home,
     mut jobs: Vec<Box<dyn Job>>,
     mode: WriteMode,
-    shared: &Weak<Shared>,
+    shared: &Weak<AfterCommit>,
     yield_to: Option<&Queue>,
 ) {
     let metrics = cairn_observe::metrics();
@@ -835,7 +742,7 @@ async fn attempt(
     home: &mut Home,
     jobs: &mut [Box<dyn Job>],
     isolation: Isolation,
-    shared: &Weak<Shared>,
+    shared: &Weak<AfterCommit>,
     run: &mut Run<'_>,
 ) -> Attempt {
     let skip = run.skip;
@@ -859,12 +766,13 @@ async fn attempt(
     // else, so that writers of several processes only ever wait on each other for the
     // head: a batch that claimed a lease row and then waited for the head, while
     // another held the head and waited for that row, would be a deadlock.
-    let opened = if tx.is_pg_batch() {
-        tx.open_pg_batch(&streams).await
-    } else if streams.is_empty() && tx.backend() == crate::Backend::Sqlite {
-        Ok(())
-    } else {
-        tx.prefetch_streams(&streams).await
+    let opened = match tx.open_batch(&streams).await {
+        Ok(true) => Ok(()),
+        // SQLite's write lock is taken with BEGIN: no need to read the head before work
+        // that names no stream.
+        Ok(false) if streams.is_empty() && tx.backend() == crate::Backend::Sqlite => Ok(()),
+        Ok(false) => tx.prefetch_streams(&streams).await,
+        Err(error) => Err(error),
     };
     if let Err(error) = opened {
         home.abandon(tx, true).await;
@@ -952,11 +860,11 @@ async fn attempt(
             }
         }
     }
-    if tx.is_pg_batch() {
+    if tx.is_batch() {
         // The queued writes, the log's rows and the commit go out together; a refusal
         // among them (a write that changed other than one row) stops the script
         // before the commit, and the batch runs again with savepoints.
-        return match tx.commit_pg_batch().await {
+        return match tx.commit_batch().await {
             Ok(()) => Attempt::Committed,
             Err((error, true)) => Attempt::Failed {
                 error,
@@ -1003,19 +911,21 @@ pub(crate) fn queue(config: &WriterConfig) -> (WriterHandle, WriterQueue) {
 /// does its disk flush), a task for PostgreSQL.
 pub(crate) fn start(
     queue: WriterQueue,
-    home: Home,
-    shared: Weak<Shared>,
+    home: WriterHome,
+    shared: Weak<AfterCommit>,
     config: WriterConfig,
 ) -> std::io::Result<()> {
-    match home {
-        Home::Direct { .. } => {
+    let threaded = home.runs_in_a_thread();
+    let home = Home(home);
+    match threaded {
+        true => {
             let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name("cairn-log-writer".to_owned())
                 .spawn(move || runtime.block_on(run(queue, home, shared, config)))
                 .map(drop)
         }
-        Home::Postgres { .. } => {
+        false => {
             tokio::spawn(run(queue, home, shared, config));
             Ok(())
         }

@@ -3,8 +3,8 @@
 //! every hash and cut tails; the columns reads filter on are held to the hashed
 //! metadata; a row that no longer decodes is a breach at its position.
 
-use cairn_log::audit::{Anchor, AnchorStatus, AuditReport, ChainCheck, Problem};
-use cairn_log::hash::GENESIS;
+use cairn_log::GENESIS;
+use cairn_log::{Anchor, AnchorStatus, AuditReport, ChainCheck, Problem};
 use cairn_log::{AppendRequest, Db, NewEvent, Prepared, args};
 use cairn_testkit::{Backend, TestDb, backend_test, tamper};
 use cairn_types::{EventType, Metadata, OrgId, Position, StreamId, StreamType};

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use cairn_log::hash::{self, HashedColumns};
+use cairn_log::HashedColumns;
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
 fn config() -> ProptestConfig {
@@ -64,7 +64,7 @@ fn json() -> impl Strategy<Value = Value> {
 
 fn canonical(value: &Value) -> String {
     let mut out = String::new();
-    hash::canonical_json(value, &mut out);
+    cairn_log::canonical_json(value, &mut out);
     out
 }
 
@@ -176,8 +176,8 @@ fn event() -> impl Strategy<Value = Event> {
 
 fn previous() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just(hash::GENESIS.to_owned()),
-        any::<[u8; 32]>().prop_map(|bytes| hash::hex(&bytes)),
+        Just(cairn_log::GENESIS.to_owned()),
+        any::<[u8; 32]>().prop_map(|bytes| cairn_log::hex(&bytes)),
     ]
 }
 
@@ -246,13 +246,13 @@ proptest! {
     fn normalizing_refuses_exactly_the_nuls_and_is_stable(value in json()) {
         let mut normalized = value.clone();
         let mut path = "event_data".to_owned();
-        match hash::normalize_json(&mut normalized, &mut path) {
+        match cairn_log::normalize_json(&mut normalized, &mut path) {
             Ok(()) => {
                 prop_assert!(!has_nul(&value));
                 prop_assert_eq!(&path, "event_data");
                 // Idempotent, and what it gives hashes the same after a round trip.
                 let mut again = normalized.clone();
-                hash::normalize_json(&mut again, &mut String::new()).expect("still valid");
+                cairn_log::normalize_json(&mut again, &mut String::new()).expect("still valid");
                 prop_assert_eq!(&again, &normalized);
                 let form = canonical(&normalized);
                 prop_assert!(!has_negative_zero(&normalized), "{}", form);
@@ -269,10 +269,10 @@ proptest! {
 
     #[test]
     fn hashing_is_deterministic_and_ignores_key_order(event in event(), previous in previous()) {
-        let hash = hash::event_hash(&previous, &event.columns());
+        let hash = cairn_log::event_hash(&previous, &event.columns());
         prop_assert_eq!(hash.len(), 64);
         prop_assert!(hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        prop_assert_eq!(&hash, &hash::event_hash(&previous, &event.columns()));
+        prop_assert_eq!(&hash, &cairn_log::event_hash(&previous, &event.columns()));
         // The same event read back from storage: JSON re-read from text with its keys
         // in another order.
         let mut data = String::new();
@@ -284,7 +284,7 @@ proptest! {
             metadata: serde_json::from_str(&metadata).expect("reads back"),
             ..event
         };
-        prop_assert_eq!(hash, hash::event_hash(&previous, &reread.columns()));
+        prop_assert_eq!(hash, cairn_log::event_hash(&previous, &reread.columns()));
     }
 
     #[test]
@@ -295,31 +295,31 @@ proptest! {
         previous in previous(),
         shift in 1_i64..1_000,
     ) {
-        let hash = hash::event_hash(&previous, &event.columns());
+        let hash = cairn_log::event_hash(&previous, &event.columns());
         if canonical(&other_data) != canonical(&event.data) {
             let changed = Event { data: other_data.clone(), ..event.clone() };
-            prop_assert_ne!(&hash, &hash::event_hash(&previous, &changed.columns()));
+            prop_assert_ne!(&hash, &cairn_log::event_hash(&previous, &changed.columns()));
             // Moving a payload from data to metadata is a change too.
             let swapped = Event { data: event.metadata.clone(), metadata: event.data.clone(), ..event.clone() };
             if canonical(&event.data) != canonical(&event.metadata) {
-                prop_assert_ne!(&hash, &hash::event_hash(&previous, &swapped.columns()));
+                prop_assert_ne!(&hash, &cairn_log::event_hash(&previous, &swapped.columns()));
             }
         }
         if other_previous != previous {
-            prop_assert_ne!(&hash, &hash::event_hash(&other_previous, &event.columns()));
+            prop_assert_ne!(&hash, &cairn_log::event_hash(&other_previous, &event.columns()));
         }
         let moved = Event {
             position: Position::new(event.position.get().saturating_add(shift).max(1)),
             ..event.clone()
         };
         if moved.position != event.position {
-            prop_assert_ne!(&hash, &hash::event_hash(&previous, &moved.columns()));
+            prop_assert_ne!(&hash, &cairn_log::event_hash(&previous, &moved.columns()));
         }
         let later = Event {
             created_at: event.created_at + chrono::Duration::microseconds(shift),
             ..event.clone()
         };
-        prop_assert_ne!(&hash, &hash::event_hash(&previous, &later.columns()));
+        prop_assert_ne!(&hash, &cairn_log::event_hash(&previous, &later.columns()));
     }
 
     #[test]
@@ -333,7 +333,7 @@ proptest! {
             let form = canonical(&value);
             let reread: Value = serde_json::from_str(&form).expect("reads back");
             prop_assert_eq!(canonical(&reread), form);
-            let _ = hash::normalize_json(&mut value, &mut String::new());
+            let _ = cairn_log::normalize_json(&mut value, &mut String::new());
         }
     }
 }

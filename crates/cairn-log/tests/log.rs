@@ -409,7 +409,7 @@ backend_test!(
     migrations_are_checked_and_applied_once,
     |t: TestDb| async move {
         let db = t.db();
-        let applied = db.migrate(&[cairn_log::migrate::MIGRATIONS]).await?;
+        let applied = db.migrate(&[cairn_log::MIGRATIONS]).await?;
         assert!(applied.is_empty(), "already applied: {applied:?}");
 
         const EXTRA: &[cairn_log::Migration] = &[cairn_log::Migration {
@@ -418,12 +418,12 @@ backend_test!(
             postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY)",
         }];
         assert_eq!(
-            db.migrate(&[cairn_log::migrate::MIGRATIONS, EXTRA]).await?,
+            db.migrate(&[cairn_log::MIGRATIONS, EXTRA]).await?,
             ["test/0001_extra"]
         );
 
         let err = db
-            .migrate(&[cairn_log::migrate::MIGRATIONS])
+            .migrate(&[cairn_log::MIGRATIONS])
             .await
             .expect_err("unknown applied migration");
         assert!(err.to_string().contains("test/0001_extra"), "{err}");
@@ -434,7 +434,7 @@ backend_test!(
             postgres: "CREATE TABLE extra (id BIGINT PRIMARY KEY, more TEXT)",
         }];
         let err = db
-            .migrate(&[cairn_log::migrate::MIGRATIONS, CHANGED])
+            .migrate(&[cairn_log::MIGRATIONS, CHANGED])
             .await
             .expect_err("changed");
         assert!(
@@ -586,7 +586,8 @@ backend_test!(
 backend_test!(
     spans_are_written_in_the_background_and_read_by_tenancy,
     |t: TestDb| async move {
-        use cairn_log::{SpanKind, SpanRecord, Tenancy};
+        use cairn_log::{SpanKind, SpanRecord};
+        use cairn_types::Tenancy;
         use cairn_types::{CorrelationId, OrgId};
         let correlation = CorrelationId::new_v7();
         let (org_a, org_b) = (OrgId::new_v7(), OrgId::new_v7());
@@ -707,7 +708,7 @@ backend_test!(
         assert_eq!(left, 1, "only the new span is left");
         let spans = reader
             .conn()
-            .read_spans(kept, &cairn_log::Tenancy::All)
+            .read_spans(kept, &cairn_types::Tenancy::All)
             .await?;
         assert_eq!(spans.len(), 1);
         Ok(())
@@ -764,7 +765,7 @@ async fn a_caller_gone_while_postgres_answers_begin_leaves_no_transaction_open()
                             let _ = db.snapshot().await;
                         }),
                         "a tenant's snapshot" => Box::pin(async {
-                            let _ = db.scoped(&cairn_log::Tenancy::All).await;
+                            let _ = db.scoped(&cairn_types::Tenancy::All).await;
                         }),
                         _ => Box::pin(async {
                             let _ = db.begin().await;

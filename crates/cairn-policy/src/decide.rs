@@ -1,7 +1,7 @@
 //! The policy: one function that decides every access.
 
-use cairn_log::Tenancy;
 use cairn_types::OrgId;
+use cairn_types::Tenancy;
 
 use crate::principal::{Principal, Role, Scope};
 

@@ -16,7 +16,7 @@ mod decide;
 mod principal;
 mod token;
 
-pub use cairn_log::Tenancy;
+pub use cairn_types::Tenancy;
 pub use decide::{Action, Denial, Grant, authorize};
 pub use principal::{Principal, Role, Scope, UnknownScope, reserved_service_name};
 pub use token::{Authenticator, Claims, KeySource, TokenError, TokenKind, Verified, mint};

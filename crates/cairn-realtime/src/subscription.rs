@@ -9,9 +9,10 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use cairn_dispatch::Registry;
-use cairn_log::{Db, EventFilter, RecordedEvent, SpanKind, SpanRecord, Tenancy};
+use cairn_log::{Db, EventFilter, RecordedEvent, SpanKind, SpanRecord};
 use cairn_policy::{Action, Grant, authorize};
 use cairn_types::Position;
+use cairn_types::Tenancy;
 
 use crate::hub::{BATCH, Batch, WantsViews};
 use crate::{

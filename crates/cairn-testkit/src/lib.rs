@@ -282,7 +282,7 @@ impl TestDb {
         let db = Db::connect(&place.url, &options)
             .await
             .unwrap_or_else(|e| panic!("cannot open test database {}: {e:#?}", place.url));
-        db.migrate(&[cairn_log::migrate::MIGRATIONS])
+        db.migrate(&[cairn_log::MIGRATIONS])
             .await
             .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e:#?}", place.url));
         TestDb {
@@ -350,7 +350,7 @@ impl TestDb {
 
     /// Applies several sets of migrations, in order, after the log's own.
     pub async fn migrate_sets(&self, sets: &[&[Migration]]) -> anyhow::Result<()> {
-        let mut all: Vec<&[Migration]> = vec![cairn_log::migrate::MIGRATIONS];
+        let mut all: Vec<&[Migration]> = vec![cairn_log::MIGRATIONS];
         all.extend_from_slice(sets);
         self.db.migrate(&all).await?;
         Ok(())

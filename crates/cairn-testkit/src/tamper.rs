@@ -1,7 +1,7 @@
 //! Tampering as a database administrator could: the audit tests' adversary.
 
-use cairn_log::hash::{self, GENESIS, HashedColumns};
 use cairn_log::{Backend, Db, Sql, args};
+use cairn_log::{GENESIS, HashedColumns};
 use cairn_types::{EventId, EventType, Position, StreamId, StreamType, StreamVersion};
 
 /// Lifts the immutability triggers, runs `statements` and, with `recompute`, rewrites
@@ -41,7 +41,7 @@ pub async fn tamper(db: &Db, statements: &str, recompute: bool) -> anyhow::Resul
             let event_type = EventType::parse(&row.get::<String>("event_type")?)?;
             let data = row.get_json("event_data")?;
             let metadata = row.get_json("event_metadata")?;
-            let hash = hash::event_hash(
+            let hash = cairn_log::event_hash(
                 &previous,
                 &HashedColumns {
                     position: Position::new(position),

@@ -15,8 +15,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use cairn_log::{Db, EventFilter, RecordedEvent, SpanKind, SpanRecord, Tenancy};
+use cairn_log::{Db, EventFilter, RecordedEvent, SpanKind, SpanRecord};
 use cairn_policy::{Action, Grant};
+use cairn_types::Tenancy;
 use cairn_types::{CorrelationId, StreamId};
 use cairn_workflow::events::{
     CompensationFailed, CompensationStarted, StepAttemptFailed, StepCompleted, StepFailed,

@@ -15,6 +15,7 @@ mod names;
 mod numbers;
 mod reason;
 mod schema;
+mod tenancy;
 
 pub use codes::{ErrorCode, UnknownCode};
 pub use ids::{
@@ -24,6 +25,7 @@ pub use metadata::{Actor, ActorError, Metadata, MetadataError};
 pub use names::{EventType, NameError, StreamType};
 pub use numbers::{Position, StreamVersion};
 pub use reason::{Reason, ReasonError};
+pub use tenancy::Tenancy;
 
 /// An error with its causes, on one line: `outer: inner: innermost`.
 ///

@@ -122,23 +122,12 @@ impl StepContext<'_> {
     ) -> Result<Result<Appended, AppendError>, StepError> {
         let store = self.inner.store.clone();
         let tx = self.tx()?;
-        let mut savepoint = tx.savepoint().await?;
-        let appended = match store.append_in(savepoint.tx(), request).await {
-            Ok(appended) => savepoint
-                .tx()
-                .write_pending()
-                .await
-                .map(|()| appended)
-                .map_err(AppendError::from),
-            Err(error) => Err(error),
-        };
-        match appended {
-            Ok(appended) => {
-                savepoint.release().await?;
-                Ok(Ok(appended))
-            }
+        match tx
+            .attempt(async |tx| store.append_in(tx, request).await)
+            .await?
+        {
+            Ok(appended) => Ok(Ok(appended)),
             Err(error) => {
-                savepoint.rollback().await?;
                 // A conflicting write or a lost connection is no reason for the
                 // fallback: the step fails, to be tried again, and the append with it.
                 if let AppendError::Database(db) = &error

@@ -23,7 +23,7 @@ pub struct Cli {
         long,
         global = true,
         env = "CAIRN_DATABASE_URL",
-        default_value_t = cairn_log::db::default_url(),
+        default_value_t = cairn_log::default_url(),
         hide_env_values = true
     )]
     pub database_url: String,
@@ -483,7 +483,7 @@ pub struct Runtime {
 impl Runtime {
     /// The mail URL for output, with any password hidden.
     pub fn mail_display(&self) -> String {
-        cairn_log::db::redact_url(&self.mail_url)
+        cairn_log::redact_url(&self.mail_url)
     }
 }
 

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 
 use cairn_dispatch::RoutePause;
 use cairn_domain::reads::{self, ReadsError};
-use cairn_log::Tenancy;
 use cairn_policy::{Action, Grant};
 use cairn_types::Position;
+use cairn_types::Tenancy;
 use cairn_workflow::{KindPause, RunFilter};
 
 use super::{Session, plural, time};

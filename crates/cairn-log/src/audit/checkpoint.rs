@@ -27,7 +27,7 @@ use super::Anchor;
 use crate::hash::{canonical_time, hex};
 
 /// The `format` of a checkpoint, and the first line of its signed message.
-pub const FORMAT: &str = "cairn-audit-checkpoint/1";
+pub(crate) const FORMAT: &str = "cairn-audit-checkpoint/1";
 
 const SECRET_PREFIX: &str = "ed25519-secret-key:";
 const PUBLIC_PREFIX: &str = "ed25519-public-key:";

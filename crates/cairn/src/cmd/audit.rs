@@ -15,8 +15,8 @@ use console::style;
 use serde::Serialize;
 
 use cairn_log::Db;
-use cairn_log::audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
-use cairn_log::audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
+use cairn_log::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
+use cairn_log::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 use cairn_types::Position;
 
 use crate::app;

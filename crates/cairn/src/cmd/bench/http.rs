@@ -316,7 +316,7 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
         db.close().await;
         let mut secret = [0_u8; 32];
         getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let secret = cairn_log::hash::hex(&secret);
+        let secret = cairn_log::hex(&secret);
         let token = cairn_policy::mint(
             &Principal::PlatformAdmin {
                 name: "bench".to_owned(),

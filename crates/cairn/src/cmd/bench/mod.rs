@@ -102,7 +102,7 @@ impl Place {
                 let db = app::open_db(url, &options).await?;
                 let described = format!(
                     "postgres, a temporary schema {schema} in {}",
-                    cairn_log::db::redact_url(url)
+                    cairn_log::redact_url(url)
                 );
                 Ok((
                     Place::Postgres {
