@@ -4,14 +4,13 @@
 //! open subscriptions with a message instead of hanging, and spans reach an OTLP
 //! collector as one trace per correlation id.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{TestDb, backend_test};
-use common::{assert_exit, bootstrap_request, cairn, cairn_in, stdout};
 use tokio::io::AsyncBufReadExt as _;
+
+use crate::common::{assert_exit, bootstrap_request, cairn, cairn_in, json_of, stdout};
 
 /// A running `cairn serve`, killed when dropped.
 struct Served {
@@ -180,7 +179,7 @@ backend_test!(
         }
         let json = cairn_in(t.url(), &["health", "--url", &b.base, "--json"], &[], None).await;
         assert_exit(&json, 0);
-        assert_eq!(common::json_of(&json)["status"], "ok");
+        assert_eq!(json_of(&json)["status"], "ok");
         let nobody = cairn_in(
             t.url(),
             &["health", "--url", "http://127.0.0.1:9"],

@@ -3,15 +3,14 @@
 //! edited columns outside the hash, rows that no longer decode; signed checkpoints,
 //! their keys and their schedule in `cairn serve`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{Backend, TestDb, backend_test};
-use common::{assert_exit, cairn, cairn_in, json_of, stderr, stdout};
 use serde_json::{Value, json};
+
+use crate::common::{assert_exit, cairn, cairn_in, json_of, stderr, stdout};
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

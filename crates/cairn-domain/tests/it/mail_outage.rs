@@ -3,9 +3,7 @@
 //! a 451 for ten minutes of the engine's clock, then recovers. Every send is retried
 //! with waits of at most 45 s; no organization is deactivated, and every bootstrap
 //! completes within a minute of the server's return. The same with `kill -9` during
-//! the outage, in real time, is `crates/cairn/tests/mail_outage.rs`.
-
-mod common;
+//! the outage, in real time, is `crates/cairn/tests/it/mail_outage.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +15,8 @@ use cairn_policy::Principal;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_workflow::{Clock, ManualClock, RunFilter, RunStatus};
 use serde_json::json;
+
+use crate::common;
 
 const BOOTSTRAPS: usize = 200;
 

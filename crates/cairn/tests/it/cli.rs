@@ -1,13 +1,12 @@
 //! The command line as a process, on both backends: what it prints, what it refuses,
 //! and its exit codes (0 fine, 1 a check found a problem, 2 an error).
 
-mod common;
-
 use std::process::Output;
 
 use cairn_testkit::{Backend, TestDb, backend_test};
-use common::{assert_exit, cairn, json_of, stderr, stdout};
 use serde_json::{Value, json};
+
+use crate::common::{assert_exit, cairn, cairn_in, json_of, stderr, stdout};
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -596,8 +595,7 @@ backend_test!(
     |t: TestDb| async move {
         let outbox = tempfile::tempdir()?;
         let mail = format!("outbox:{}", outbox.path().display());
-        let demo =
-            common::cairn_in(t.url(), &["--mail-url", &mail, "demo", "--json"], &[], None).await;
+        let demo = cairn_in(t.url(), &["--mail-url", &mail, "demo", "--json"], &[], None).await;
         assert_exit(&demo, 0);
         fn first_correlation(value: &Value) -> Option<String> {
             match value {

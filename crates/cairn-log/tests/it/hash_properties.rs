@@ -4,7 +4,7 @@
 //! run them at volume:
 //!
 //! ```text
-//! PROPTEST_CASES=100000 cargo test -p cairn-log --test hash_properties
+//! PROPTEST_CASES=100000 cargo nextest run -p cairn-log -E 'test(/^hash_properties::/)'
 //! ```
 
 use chrono::{DateTime, TimeZone, Utc};

@@ -2,8 +2,6 @@
 //! for good with a message saying so (no panic, no retries), nothing is sent, and the
 //! bootstrap compensates.
 
-mod common;
-
 use std::sync::Arc;
 
 use cairn_domain::{BootstrapRequest, CommandContext, DomainConfig, queries};
@@ -12,6 +10,8 @@ use cairn_policy::Principal;
 use cairn_testkit::{TestDb, backend_test};
 use cairn_workflow::{RunStatus, SystemClock};
 use serde_json::json;
+
+use crate::common;
 
 fn request() -> anyhow::Result<BootstrapRequest> {
     Ok(serde_json::from_value(json!({

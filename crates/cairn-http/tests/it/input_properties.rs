@@ -6,7 +6,7 @@
 //! run them at volume:
 //!
 //! ```text
-//! PROPTEST_CASES=100000 cargo test -p cairn-http --test input_properties
+//! PROPTEST_CASES=100000 cargo nextest run -p cairn-http -E 'test(/^input_properties::/)'
 //! ```
 
 use axum::body::Body;

@@ -4,18 +4,17 @@
 //! Each test saves screenshots of the pages it visits to `target/console/` (from the
 //! SQLite run), which the README shows.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{Backend, TestDb, backend_test};
 use cairn_testkit::{SinkOptions, SmtpSink};
-use common::browser::Browser;
-use common::server::Server;
-use common::{assert_exit, bootstrap_request, cairn, stdout};
 use serde_json::{Value, json};
+
+use crate::common::browser::Browser;
+use crate::common::server::Server;
+use crate::common::{assert_exit, bootstrap_request, cairn, stdout};
 
 async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut all = vec!["token"];

@@ -11,8 +11,6 @@
 //! not a check: the bound itself (one unit and one commit) is the writer's, tested
 //! deterministically by `urgent_work_cuts_a_batch_short_*` in cairn-log.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +21,8 @@ use cairn_policy::Principal;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::Position;
 use serde_json::json;
+
+use crate::common;
 
 /// Client tasks issuing commands.
 const CLIENTS: usize = 4;

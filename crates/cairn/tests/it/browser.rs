@@ -2,15 +2,14 @@
 //! over WebDriver through chromedriver): the link opens a page and spends nothing; the
 //! button accepts, once; a second try says why not.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{TestDb, backend_test};
-use common::browser::Browser;
-use common::{bootstrap_request, cairn, stdout};
 use serde_json::Value;
+
+use crate::common::browser::Browser;
+use crate::common::{bootstrap_request, cairn, stdout};
 
 /// A free port on loopback, for a server whose public URL must be known before it
 /// starts.

@@ -2,16 +2,15 @@
 //! accept commands, a process killed mid-workflow and restarted, and two processes
 //! sharing one database.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cairn_log::EventFilter;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
-use common::{assert_exit, bootstrap_request, cairn, cairn_in, json_of, stderr, stdout};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
+
+use crate::common::{assert_exit, bootstrap_request, cairn, cairn_in, json_of, stderr, stdout};
 
 fn outbox_url(dir: &std::path::Path) -> String {
     format!("outbox:{}", dir.display())

@@ -8,8 +8,6 @@
 //! prints the duplicates and how long before each kill their first copy was accepted:
 //! the in-doubt window under load.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_log::EventFilter;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::Position;
-use common::server::Server;
-use common::{assert_exit, bootstrap_request, cairn, stdout};
 use tokio::sync::RwLock;
+
+use crate::common::server::Server;
+use crate::common::{assert_exit, bootstrap_request, cairn, stdout};
 
 /// Client tasks bootstrapping at once.
 const CLIENTS: usize = 3;

@@ -2,8 +2,6 @@
 //! decision asserted, on both backends. One policy decides them all; this proves the
 //! routes ask it, and that a tenant never sees another tenant's rows.
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use axum::http::{Method, StatusCode};
@@ -12,8 +10,9 @@ use cairn_domain::{CommandContext, InviteeRequest};
 use cairn_policy::{Principal, Role, Scope};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::{InvitationId, OrgId};
-use common::{bootstrapped, call, platform_admin, server, service, user};
 use serde_json::{Value, json};
+
+use crate::common::{self, bootstrapped, call, platform_admin, server, service, user};
 
 /// The kinds of principal, in the order of each row's expectations.
 const KINDS: [&str; 7] = [

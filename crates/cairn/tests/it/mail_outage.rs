@@ -6,16 +6,15 @@
 //! organization); no organization is deactivated, every bootstrap completes within a
 //! minute of the server's return, no email goes out twice, and the log verifies. The
 //! ten-minute version, on a clock the test moves, is
-//! `crates/cairn-domain/tests/mail_outage.rs`.
-
-mod common;
+//! `crates/cairn-domain/tests/it/mail_outage.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
-use common::server::Server;
-use common::{assert_exit, cairn, stdout};
+
+use crate::common::server::Server;
+use crate::common::{assert_exit, cairn, stdout};
 
 const BOOTSTRAPS: usize = 200;
 /// The outage, in real time: more than twice the half minute of retries a send used

@@ -2,8 +2,6 @@
 //! WebSocket, tenant isolation, resuming with `Last-Event-ID`, refusals as problems,
 //! heartbeats and token expiry.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,8 +9,11 @@ use anyhow::Context as _;
 use cairn_policy::{Principal, Role, Scope};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::OrgId;
-use common::{SECRET, bootstrap_body, bootstrapped, platform_admin, server, service, token, user};
 use serde_json::Value;
+
+use crate::common::{
+    self, SECRET, bootstrap_body, bootstrapped, platform_admin, server, service, token, user,
+};
 
 /// Serves the app on a loopback port.
 async fn listen(app: axum::Router) -> anyhow::Result<SocketAddr> {

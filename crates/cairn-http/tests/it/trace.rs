@@ -1,8 +1,6 @@
 //! A request's timeline, on both backends: a bootstrap over HTTP, followed by a live
 //! subscriber, read back as one ordered timeline with every hop.
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,8 +8,9 @@ use axum::http::{Method, StatusCode};
 use cairn_policy::{Role, Scope};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::CorrelationId;
-use common::{bootstrap_body, call, platform_admin, server, service, token, user};
 use serde_json::Value;
+
+use crate::common::{self, bootstrap_body, call, platform_admin, server, service, token, user};
 
 backend_test!(
     the_timeline_of_a_bootstrap_has_every_hop_in_order,

@@ -4,8 +4,6 @@
 //! input used to lead to have a way out: a failed bootstrap lets go of its slug, and an
 //! invitee whose invitation never went out can be invited again.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,8 +16,9 @@ use cairn_policy::Principal;
 use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::{OrgId, WorkflowId};
 use cairn_workflow::{ManualClock, RunStatus, SystemClock};
-use common::{World, smtp_world, world};
 use serde_json::json;
+
+use crate::common::{World, smtp_world, world};
 
 /// Sends through an SMTP server, except to the recipients it is told to refuse, which
 /// it refuses for good, as a server answering 550 does.

@@ -2,12 +2,11 @@
 //! backends: a clear message naming the setting and exit status 2, instead of a server
 //! that starts and then panics (or fails) on every use of the setting.
 
-mod common;
-
 use std::time::Duration;
 
 use cairn_testkit::{TestDb, backend_test};
-use common::stderr;
+
+use crate::common::stderr;
 
 /// Runs `cairn … serve …` and waits at most 20 s for it to exit.
 async fn start(url: &str, global: &[&str], serve: &[&str]) -> anyhow::Result<std::process::Output> {

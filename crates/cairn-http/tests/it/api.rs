@@ -2,15 +2,14 @@
 //! place, unknown fields, limits, correlation ids, idempotency keys, tokens, paging,
 //! and the contracts it serves.
 
-mod common;
-
 use axum::http::{Method, StatusCode};
 use cairn_log::EventFilter;
 use cairn_policy::{Principal, Role};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::CorrelationId;
-use common::{bootstrap_body, bootstrapped, call, platform_admin, server, user};
 use serde_json::{Value, json};
+
+use crate::common::{self, bootstrap_body, bootstrapped, call, platform_admin, server, user};
 
 #[track_caller]
 fn assert_problem(reply: &common::Reply, status: StatusCode, code: &str) {

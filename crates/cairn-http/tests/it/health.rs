@@ -1,14 +1,13 @@
 //! The health of the chain, on both backends: the integration probe passing, the probe
 //! naming the hop that broke, the alerts, and the metrics.
 
-mod common;
-
 use axum::http::{Method, StatusCode};
 use cairn_policy::Role;
 use cairn_testkit::{Backend, TestDb, backend_test};
 use cairn_types::OrgId;
-use common::{bootstrapped, call, platform_admin, server, server_with, user};
 use serde_json::Value;
+
+use crate::common::{self, bootstrapped, call, platform_admin, server, server_with, user};
 
 fn hop<'a>(health: &'a Value, name: &str) -> &'a Value {
     health["probe"]["hops"]

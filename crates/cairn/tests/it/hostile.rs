@@ -4,17 +4,16 @@
 //! the head; another tenant's correlation id; too many subscriptions; development
 //! tokens on a public address.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cairn_testkit::{TestDb, backend_test};
-use common::server::Server;
-use common::{assert_exit, bootstrap_request, cairn, stderr, stdout};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+
+use crate::common::server::Server;
+use crate::common::{assert_exit, bootstrap_request, cairn, stderr, stdout};
 
 async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut all = vec!["token"];

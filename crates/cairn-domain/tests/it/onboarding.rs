@@ -3,8 +3,6 @@
 //! net, retries, invitations (accept once, resend, revoke, expire), validation and
 //! idempotency.
 
-mod common;
-
 use std::sync::Arc;
 
 use cairn_dispatch::{DriftKind, VerifyOptions};
@@ -16,8 +14,9 @@ use cairn_policy::Principal;
 use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::{CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
 use cairn_workflow::{ManualClock, RunStatus};
-use common::{World, registry, smtp_world, world};
 use serde_json::{Value, json};
+
+use crate::common::{World, registry, smtp_world, world};
 
 fn admin_actor() -> CommandContext {
     CommandContext::new(Principal::PlatformAdmin {

@@ -1,11 +1,10 @@
 //! PostgreSQL's row-level security, the second wall: a tenant-scoped read that forgot
 //! its tenant filter still sees only its tenant's rows.
 
-mod common;
-
 use cairn_log::{Tenancy, args};
 use cairn_testkit::{Backend, TestDb};
-use common::{bootstrapped, server};
+
+use crate::common::{bootstrapped, server};
 
 async fn ids(
     db: &cairn_log::Db,
