@@ -7,18 +7,19 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use cairn_dispatch::VerifyOptions;
 use cairn_domain::queries::{self, Page};
 use cairn_domain::{BootstrapRequest, CommandContext, CommandError, InviteeRequest};
 use cairn_log::args;
 use cairn_mail::{Delivery, MailError, Mailer, OutboundMessage, SmtpMailer};
 use cairn_policy::Principal;
-use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
-use cairn_types::{OrgId, WorkflowId};
+use cairn_testkit::{Backend, SinkOptions, SmtpSink, TestDb, backend_test};
+use cairn_types::OrgId;
 use cairn_workflow::{ManualClock, RunStatus, SystemClock};
 use serde_json::json;
 
-use crate::common::{World, smtp_world, world};
+use crate::common::{
+    World, admin_actor, assert_no_drift, organization, smtp_world, token_in, workflow_status, world,
+};
 
 /// Sends through an SMTP server, except to the recipients it is told to refuse, which
 /// it refuses for good, as a server answering 550 does.
@@ -57,12 +58,6 @@ impl Mailer for Refusing {
     }
 }
 
-fn admin_actor() -> CommandContext {
-    CommandContext::new(Principal::PlatformAdmin {
-        name: "console".into(),
-    })
-}
-
 fn request_with(slug: &str, admin_email: &str) -> BootstrapRequest {
     serde_json::from_value(json!({
         "organization": {"name": "Sunrise Care", "slug": slug, "sender_domain": "mail.sunrise.example.co.uk"},
@@ -98,21 +93,6 @@ async fn active_org(w: &World, slug: &str) -> anyhow::Result<OrgId> {
     Ok(accepted.org_id)
 }
 
-async fn workflow_status(w: &World, id: WorkflowId) -> anyhow::Result<RunStatus> {
-    let mut reader = w.t.db().reader().await?;
-    Ok(cairn_workflow::state::load_run(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no run {id}"))?
-        .status)
-}
-
-async fn organization(w: &World, id: OrgId) -> anyhow::Result<queries::Organization> {
-    let mut reader = w.t.db().reader().await?;
-    queries::organization(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no organization {id}"))
-}
-
 async fn count(w: &World, table: &str) -> anyhow::Result<i64> {
     let sql = format!("SELECT COUNT(*) AS n FROM {table}");
     Ok(w.t
@@ -123,26 +103,6 @@ async fn count(w: &World, table: &str) -> anyhow::Result<i64> {
         .fetch_one(cairn_log::Sql::built(sql), args![])
         .await?
         .get::<i64>("n")?)
-}
-
-async fn assert_no_drift(w: &World) -> anyhow::Result<()> {
-    let report = w
-        .domain
-        .store()
-        .verify_projections(
-            VerifyOptions {
-                dispatch_twice: true,
-            },
-            &mut |_, _| {},
-        )
-        .await?;
-    assert!(report.is_clean(), "drift: {:#?}", report.drift);
-    Ok(())
-}
-
-fn token_in(message: &Received) -> String {
-    let start = message.body.find("token=").expect("a token in the link") + "token=".len();
-    message.body[start..start + 64].to_owned()
 }
 
 /// The field errors of a command refused as invalid.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_dispatch::{EventStore, Registry, VerifyOptions};
+use cairn_dispatch::{EventStore, VerifyOptions};
 use cairn_domain::queries;
 use cairn_domain::{
     BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig, InviteeRequest,
@@ -24,16 +24,11 @@ use cairn_types::{CorrelationId, InvitationId, OrgId, Position};
 use cairn_workflow::{EngineConfig, SystemClock};
 use serde_json::json;
 
+use crate::common::registry;
+
 const WRITERS: usize = 64;
 const ROUNDS: usize = 6;
 const ORGS: usize = 4;
-
-fn registry() -> Registry {
-    let builder = cairn_workflow::routes(Registry::builder().admin_routes());
-    cairn_domain::routes(builder)
-        .build()
-        .expect("a valid registry")
-}
 
 fn admin() -> CommandContext {
     CommandContext::new(Principal::PlatformAdmin {

@@ -11,18 +11,15 @@ use cairn_domain::{BootstrapRequest, CommandContext, CommandError, InviteeReques
 use cairn_log::{AppendRequest, EventFilter, NewEvent, RecordedEvent, args};
 use cairn_mail::SmtpMailer;
 use cairn_policy::Principal;
-use cairn_testkit::{Backend, Received, SinkOptions, SmtpSink, TestDb, backend_test};
+use cairn_testkit::{Backend, SinkOptions, SmtpSink, TestDb, backend_test};
 use cairn_types::{CorrelationId, EventType, Metadata, OrgId, StreamId, StreamType};
 use cairn_workflow::{ManualClock, RunStatus};
 use serde_json::{Value, json};
 
-use crate::common::{World, registry, smtp_world, world};
-
-fn admin_actor() -> CommandContext {
-    CommandContext::new(Principal::PlatformAdmin {
-        name: "console".into(),
-    })
-}
+use crate::common::{
+    World, admin_actor, assert_no_drift, organization, registry, smtp_world, token_in,
+    workflow_status, world,
+};
 
 fn request(slug: &str) -> BootstrapRequest {
     serde_json::from_value(json!({
@@ -55,41 +52,6 @@ fn domain_types(events: &[RecordedEvent]) -> Vec<&str> {
         .map(|e| e.event_type.as_str())
         .filter(|t| !t.starts_with("workflow."))
         .collect()
-}
-
-async fn organization(w: &World, id: OrgId) -> anyhow::Result<queries::Organization> {
-    let mut reader = w.t.db().reader().await?;
-    queries::organization(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no organization {id}"))
-}
-
-async fn workflow_status(w: &World, id: cairn_types::WorkflowId) -> anyhow::Result<RunStatus> {
-    let mut reader = w.t.db().reader().await?;
-    Ok(cairn_workflow::state::load_run(&mut reader.conn(), id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no run {id}"))?
-        .status)
-}
-
-async fn assert_no_drift(w: &World) -> anyhow::Result<()> {
-    let report = w
-        .domain
-        .store()
-        .verify_projections(
-            VerifyOptions {
-                dispatch_twice: true,
-            },
-            &mut |_, _| {},
-        )
-        .await?;
-    assert!(report.is_clean(), "drift: {:#?}", report.drift);
-    Ok(())
-}
-
-fn token_in(message: &Received) -> String {
-    let start = message.body.find("token=").expect("a token in the link") + "token=".len();
-    message.body[start..start + 64].to_owned()
 }
 
 backend_test!(

@@ -5,10 +5,12 @@
 
 use cairn_log::audit::{Anchor, AnchorStatus, AuditReport, ChainCheck, Problem};
 use cairn_log::hash::GENESIS;
-use cairn_log::{AppendRequest, Db, NewEvent, Prepared, args};
+use cairn_log::{Db, NewEvent, args};
 use cairn_testkit::{Backend, TestDb, backend_test, tamper};
-use cairn_types::{EventType, Metadata, OrgId, Position, StreamId, StreamType};
+use cairn_types::{EventType, Metadata, OrgId, Position, StreamId};
 use serde_json::json;
+
+use crate::common::{append, assert_breach, request};
 
 /// Appends `n` events, each on its own stream; the even ones belong to an organization.
 async fn append_events(db: &Db, n: i64) -> anyhow::Result<()> {
@@ -18,13 +20,7 @@ async fn append_events(db: &Db, n: i64) -> anyhow::Result<()> {
             metadata.org_id = Some(OrgId::new_v7());
         }
         let event = NewEvent::new(EventType::parse("test.pinged")?, json!({"n": i}), metadata);
-        let request =
-            AppendRequest::new(StreamType::parse("test")?, StreamId::new_v7(), vec![event]);
-        let mut tx = db.begin().await?;
-        if let Prepared::New(pending) = tx.prepare_append(request).await? {
-            tx.write_append(pending).await?;
-        }
-        tx.commit().await?;
+        append(db, request(StreamId::new_v7(), vec![event])).await?;
     }
     Ok(())
 }
@@ -58,16 +54,6 @@ fn anchored(anchors: Vec<Anchor>) -> ChainCheck {
         anchors,
         start: None,
     }
-}
-
-#[track_caller]
-fn assert_breach(report: &AuditReport, position: i64, problem: Problem) {
-    let breach = report.breach.as_ref().expect("a breach");
-    assert_eq!(
-        (breach.position, breach.problem),
-        (Position::new(position), problem),
-        "{breach:?}"
-    );
 }
 
 fn edit_data(backend: Backend, position: i64) -> String {

@@ -8,36 +8,11 @@ use cairn_log::{
     AppendError, AppendRequest, Db, EventFilter, Expected, IdempotencyKey, NewEvent, Prepared,
     Problem, RecordedEvent, args,
 };
-use cairn_testkit::{Backend, TestDb, backend_test};
+use cairn_testkit::{Backend, TestDb, backend_test, tamper};
 use cairn_types::{EventType, Metadata, Position, StreamId, StreamType, StreamVersion};
 use serde_json::{Value, json};
 
-fn ping(n: i64) -> NewEvent {
-    NewEvent::new(
-        EventType::parse("test.pinged").expect("valid name"),
-        json!({ "n": n }),
-        Metadata::new(),
-    )
-}
-
-fn request(stream_id: StreamId, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest::new(
-        StreamType::parse("test").expect("valid name"),
-        stream_id,
-        events,
-    )
-}
-
-/// Appends without a dispatcher: the log alone.
-async fn append(db: &Db, request: AppendRequest) -> Result<Vec<RecordedEvent>, AppendError> {
-    let mut tx = db.begin().await?;
-    let events = match tx.prepare_append(request).await? {
-        Prepared::New(pending) => tx.write_append(pending).await?,
-        Prepared::Repeat(events) => events,
-    };
-    tx.commit().await?;
-    Ok(events)
-}
+use crate::common::{all_events, append, assert_breach, ping, request};
 
 async fn read_stream(db: &Db, stream_id: StreamId) -> anyhow::Result<Vec<RecordedEvent>> {
     let filter = EventFilter {
@@ -45,15 +20,6 @@ async fn read_stream(db: &Db, stream_id: StreamId) -> anyhow::Result<Vec<Recorde
         ..EventFilter::default()
     };
     Ok(db.reader().await?.conn().read_events(&filter).await?)
-}
-
-async fn all_events(db: &Db) -> anyhow::Result<Vec<RecordedEvent>> {
-    Ok(db
-        .reader()
-        .await?
-        .conn()
-        .read_events(&EventFilter::default())
-        .await?)
 }
 
 backend_test!(
@@ -296,41 +262,11 @@ backend_test!(
 
 /// Lets a test tamper with the log as a database administrator could, by lifting the
 /// immutability triggers.
-async fn tamper(db: &Db, statement: &'static str) -> anyhow::Result<()> {
-    let mut tx = db.begin().await?;
-    let mut conn = tx.conn();
-    match conn.backend() {
-        Backend::Sqlite => {
-            conn.execute_script(
-                "DROP TRIGGER domain_events_immutable; DROP TRIGGER domain_events_no_delete",
-            )
-            .await?;
-        }
-        Backend::Postgres => {
-            conn.execute_script("ALTER TABLE domain_events DISABLE TRIGGER USER")
-                .await?
-        }
-    }
-    conn.execute_script(statement).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 async fn five_events(db: &Db) -> anyhow::Result<()> {
     for n in 1..=5 {
         append(db, request(StreamId::new_v7(), vec![ping(n)])).await?;
     }
     Ok(())
-}
-
-#[track_caller]
-fn assert_breach(report: &cairn_log::AuditReport, position: i64, problem: Problem) {
-    let breach = report.breach.as_ref().expect("a breach");
-    assert_eq!(
-        (breach.position, breach.problem),
-        (Position::new(position), problem),
-        "{breach:?}"
-    );
 }
 
 backend_test!(audit_finds_an_edited_event, |t: TestDb| async move {
@@ -343,7 +279,7 @@ backend_test!(audit_finds_an_edited_event, |t: TestDb| async move {
             "UPDATE domain_events SET event_data = '{\"n\":30}'::jsonb WHERE position = 3"
         }
     };
-    tamper(db, edit).await?;
+    tamper(db, edit, false).await?;
     let report = db.verify_chain(&mut |_, _| {}).await?;
     assert_breach(&report, 3, Problem::HashMismatch);
     assert_eq!(report.n_checked, 2);
@@ -363,7 +299,7 @@ backend_test!(
                 "UPDATE domain_events SET event_metadata = event_metadata || '{\"actor\":\"service:intruder\"}' WHERE position = 2"
             }
         };
-        tamper(db, edit).await?;
+        tamper(db, edit, false).await?;
         assert_breach(
             &db.verify_chain(&mut |_, _| {}).await?,
             2,
@@ -376,7 +312,7 @@ backend_test!(
 backend_test!(audit_finds_a_deleted_event, |t: TestDb| async move {
     let db = t.db();
     five_events(db).await?;
-    tamper(db, "DELETE FROM domain_events WHERE position = 2").await?;
+    tamper(db, "DELETE FROM domain_events WHERE position = 2", false).await?;
     let report = db.verify_chain(&mut |_, _| {}).await?;
     assert_breach(&report, 2, Problem::Missing);
     Ok(())
@@ -385,7 +321,7 @@ backend_test!(audit_finds_a_deleted_event, |t: TestDb| async move {
 backend_test!(audit_finds_a_deleted_last_event, |t: TestDb| async move {
     let db = t.db();
     five_events(db).await?;
-    tamper(db, "DELETE FROM domain_events WHERE position = 5").await?;
+    tamper(db, "DELETE FROM domain_events WHERE position = 5", false).await?;
     assert_breach(&db.verify_chain(&mut |_, _| {}).await?, 5, Problem::Missing);
     Ok(())
 });
@@ -398,6 +334,7 @@ backend_test!(audit_finds_reordered_events, |t: TestDb| async move {
         "UPDATE domain_events SET position = 100 WHERE position = 3; \
          UPDATE domain_events SET position = 3 WHERE position = 4; \
          UPDATE domain_events SET position = 4 WHERE position = 100;",
+        false,
     )
     .await?;
     let report = db.verify_chain(&mut |_, _| {}).await?;

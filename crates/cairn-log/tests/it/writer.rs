@@ -5,28 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cairn_log::{
-    Admission, AppendError, AppendRequest, Db, DbError, DbErrorKind, EventFilter, NewEvent,
-    Prepared, RecordedEvent, WriteMode, WriteOptions, WriterConfig, args,
+    Admission, AppendError, Db, DbError, DbErrorKind, Prepared, RecordedEvent, WriteMode,
+    WriteOptions, WriterConfig, args,
 };
 use cairn_testkit::{TestDb, backend_test};
-use cairn_types::{EventType, Metadata, StreamId, StreamType};
+use cairn_types::StreamId;
 use serde_json::json;
 
-fn ping(n: i64) -> NewEvent {
-    NewEvent::new(
-        EventType::parse("test.pinged").expect("valid name"),
-        json!({ "n": n }),
-        Metadata::new(),
-    )
-}
-
-fn request(stream_id: StreamId, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest::new(
-        StreamType::parse("test").expect("valid name"),
-        stream_id,
-        events,
-    )
-}
+use crate::common::{all_events, ping, request};
 
 /// A unit of work that appends one event and then, if `fail`, writes a marker row and
 /// refuses (so that it has something to undo).
@@ -53,18 +39,6 @@ async fn append_unit(db: &Db, n: i64, fail: bool) -> Result<Vec<RecordedEvent>, 
         })
     })
     .await
-}
-
-async fn all_events(db: &Db) -> anyhow::Result<Vec<RecordedEvent>> {
-    Ok(db
-        .reader()
-        .await?
-        .conn()
-        .read_events(&EventFilter {
-            limit: Some(10_000),
-            ..EventFilter::default()
-        })
-        .await?)
 }
 
 /// Always false; keeps the compiler from seeing that the panic is certain.

@@ -10,11 +10,7 @@ use anyhow::Context as _;
 use cairn_testkit::{Backend, TestDb, backend_test};
 use serde_json::{Value, json};
 
-use crate::common::{assert_exit, cairn, cairn_in, json_of, stderr, stdout};
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+use crate::common::{assert_exit, cairn, cairn_in, json_of, new_id, outbox, stderr, stdout};
 
 /// Appends `n` events through the command line, each with its own correlation id and,
 /// for even `n`, an organization.
@@ -442,11 +438,9 @@ backend_test!(
         let key = keygen(files.path()).await;
         let dir = files.path().join("checkpoints");
         append_events(t.url(), 2).await?;
-        let outbox = tempfile::tempdir()?;
+        let (_outbox, mail) = outbox()?;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["--database-url", t.url()])
-            .arg("--mail-url")
-            .arg(format!("outbox:{}", outbox.path().display()))
+            .args(["--database-url", t.url(), "--mail-url", &mail])
             .args(["serve", "--addr", "127.0.0.1:0", "--probe-interval", "0"])
             .args(["--audit-checkpoint-every", "1s", "--audit-key"])
             .arg(&key)

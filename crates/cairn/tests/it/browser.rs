@@ -6,60 +6,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{TestDb, backend_test};
-use serde_json::Value;
 
 use crate::common::browser::Browser;
-use crate::common::{bootstrap_request, cairn, stdout};
-
-/// A free port on loopback, for a server whose public URL must be known before it
-/// starts.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::common::server::Server;
+use crate::common::{bootstrap_request, outbox, token};
 
 backend_test!(
     an_invitation_link_opens_a_page_whose_button_accepts_once,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let base = format!("http://127.0.0.1:{}", free_port()?);
-        let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["--database-url", t.url()])
-            .arg("--mail-url")
-            .arg(format!("outbox:{}", outbox.path().display()))
-            .args(["--public-url", &base])
-            .args(["serve", "--addr", base.trim_start_matches("http://")])
-            .args(["--probe-interval", "0"])
-            .env_remove("CAIRN_DATABASE_URL")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let client = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..300 {
-            if let Ok(response) = client.get(format!("{base}/health/ready")).send().await
-                && response.status() == 200
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::ensure!(ready, "cairn serve did not get ready");
-        let token = stdout(&cairn(t.url(), &["token", "--platform-admin", "ops"]).await)
-            .trim()
-            .to_owned();
-        let accepted: Value = client
-            .post(format!("{base}/v1/organizations"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(bootstrap_request("browser-care"))
-            .send()
-            .await?
-            .json()
+        let (outbox, mail) = outbox()?;
+        let mut server = Server::start(t.url(), &mail).await?;
+        let base = server.base.clone();
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&token, bootstrap_request("browser-care"))
             .await?;
         let org = accepted["org_id"].as_str().context("org_id")?.to_owned();
 
@@ -84,12 +44,8 @@ backend_test!(
         }
         let link = link.context("no invitation email to grace with a link")?;
         let statuses = || async {
-            let page: Value = client
-                .get(format!("{base}/v1/organizations/{org}/invitations"))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
+            let page = server
+                .get(&token, &format!("/v1/organizations/{org}/invitations"))
                 .await?;
             let grace = page["items"]
                 .as_array()
@@ -131,7 +87,7 @@ backend_test!(
         let text = browser.wait_for_title("This link is incomplete").await?;
         assert!(text.contains("has no token"), "{text}");
         browser.close().await?;
-        server.kill().await?;
+        server.child.kill().await?;
         Ok(())
     }
 );

@@ -14,15 +14,7 @@ use serde_json::{Value, json};
 
 use crate::common::browser::Browser;
 use crate::common::server::Server;
-use crate::common::{assert_exit, bootstrap_request, cairn, stdout};
-
-async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["token"];
-    all.extend_from_slice(args);
-    let output = cairn(url, &all).await;
-    assert_exit(&output, 0);
-    Ok(stdout(&output).trim().to_owned())
-}
+use crate::common::{append, bootstrap_request, new_id, outbox, token};
 
 /// Where a screenshot goes; only the SQLite run writes them.
 fn shot(t: &TestDb, name: &str) -> Option<PathBuf> {
@@ -297,31 +289,11 @@ async fn listed_org(server: &Server, token: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
-async fn append(url: &str, stream_type: &str, stream_id: &str, event_type: &str, data: &str) {
-    let output = cairn(
-        url,
-        &[
-            "events",
-            "append",
-            "--stream-type",
-            stream_type,
-            "--stream-id",
-            stream_id,
-            "--type",
-            event_type,
-            "--data",
-            data,
-        ],
-    )
-    .await;
-    assert_exit(&output, 0);
-}
-
 backend_test!(
     the_console_retries_failures_and_draws_a_timeline,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let server = Server::start(t.url(), &format!("outbox:{}", outbox.path().display())).await?;
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
         let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
         let accepted = server
             .bootstrap(&admin, bootstrap_request("sunrise-care"))
@@ -333,7 +305,7 @@ backend_test!(
 
         // An event that fails because its organization does not exist yet, and one
         // whose payload is hostile markup.
-        let missing = uuid::Uuid::now_v7().to_string();
+        let missing = new_id();
         append(
             t.url(),
             "organization",
@@ -343,14 +315,7 @@ backend_test!(
         )
         .await;
         let hostile = r#"{"note":"<script>window.cairnOwned=1</script>\"><img src=x onerror=\"window.cairnOwned=2\">"}"#;
-        append(
-            t.url(),
-            "gadget",
-            &uuid::Uuid::now_v7().to_string(),
-            "gadget.made",
-            hostile,
-        )
-        .await;
+        append(t.url(), "gadget", &new_id(), "gadget.made", hostile).await;
 
         let browser = Browser::launch().await?;
         sign_in(&browser, &server, &admin).await?;
@@ -513,8 +478,8 @@ backend_test!(
 backend_test!(
     the_console_keeps_tenants_apart_refuses_forged_forms_and_ends_expired_sessions,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let server = Server::start(t.url(), &format!("outbox:{}", outbox.path().display())).await?;
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
         let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
         let a = server
             .bootstrap(&admin, bootstrap_request("care-a"))
@@ -739,8 +704,8 @@ async fn error_summary_has_focus(browser: &Browser) -> anyhow::Result<bool> {
 backend_test!(
     the_console_pauses_and_resumes_a_workflow_kind_and_a_handler_route_with_a_reason,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let server = Server::start(t.url(), &format!("outbox:{}", outbox.path().display())).await?;
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
         let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
         let accepted = server
             .bootstrap(&admin, bootstrap_request("sunrise-care"))
@@ -1175,8 +1140,8 @@ backend_test!(
 backend_test!(
     the_console_releases_held_streams_by_a_retry_and_by_a_skip_with_its_reason,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let server = Server::start(t.url(), &format!("outbox:{}", outbox.path().display())).await?;
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
         let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
         let accepted = server
             .bootstrap(&admin, bootstrap_request("sunrise-care"))
@@ -1194,8 +1159,8 @@ backend_test!(
 
         // Two people with one email: the second `user.created` fails, and the `user`
         // route holds its stream, so its role waits behind it.
-        let first = uuid::Uuid::now_v7().to_string();
-        let second = uuid::Uuid::now_v7().to_string();
+        let first = new_id();
+        let second = new_id();
         append(
             t.url(),
             "user",
@@ -1320,7 +1285,7 @@ backend_test!(
 
         // A `user.activated` for a person who never existed holds its stream; the
         // `user.created` after it waits. It will never apply: it is skipped.
-        let stranger = uuid::Uuid::now_v7().to_string();
+        let stranger = new_id();
         append(
             t.url(),
             "user",

@@ -13,21 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::common::server::Server;
-use crate::common::{assert_exit, bootstrap_request, cairn, stderr, stdout};
-
-async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["token"];
-    all.extend_from_slice(args);
-    let output = cairn(url, &all).await;
-    assert_exit(&output, 0);
-    Ok(stdout(&output).trim().to_owned())
-}
-
-fn outbox() -> anyhow::Result<(tempfile::TempDir, String)> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("outbox:{}", dir.path().display());
-    Ok((dir, url))
-}
+use crate::common::{assert_exit, bootstrap_request, cairn, outbox, stderr, token};
 
 /// Whether the server closes this socket (a read sees the end, or an error) within
 /// `within`.

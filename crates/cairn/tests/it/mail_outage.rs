@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 
 use crate::common::server::Server;
-use crate::common::{assert_exit, cairn, stdout};
+use crate::common::{assert_exit, cairn, token};
 
 const BOOTSTRAPS: usize = 200;
 /// The outage, in real time: more than twice the half minute of retries a send used
@@ -27,10 +27,6 @@ fn request(n: usize) -> String {
         "admin": {"email": format!("admin-{n}@example.com"), "name": "Ada Lovelace"},
     })
     .to_string()
-}
-
-async fn serve(url: &str, mail: &str) -> anyhow::Result<Server> {
-    Server::start_with(url, mail, &["--workflow-lease-seconds", "3"]).await
 }
 
 /// Bootstrap runs by status.
@@ -58,10 +54,8 @@ backend_test!(
         sink.set_outage(true)?;
         let outage_began = Instant::now();
         let mail = sink.url();
-        let mut server = serve(t.url(), &mail).await?;
-        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
-        assert_exit(&token, 0);
-        let token = stdout(&token).trim().to_owned();
+        let mut server = Server::with_short_lease(t.url(), &mail).await?;
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
 
         let mut requests = tokio::task::JoinSet::new();
         for client in 0..8 {
@@ -92,7 +86,7 @@ backend_test!(
         // Mid-outage, the server is killed and started again.
         tokio::time::sleep(Duration::from_secs(20)).await;
         server.child.kill().await?;
-        let server = serve(t.url(), &mail).await?;
+        let server = Server::with_short_lease(t.url(), &mail).await?;
         tokio::time::sleep(OUTAGE.saturating_sub(outage_began.elapsed())).await;
         let during = statuses(&t).await?;
         assert_eq!(

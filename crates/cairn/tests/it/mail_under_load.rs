@@ -19,7 +19,7 @@ use cairn_types::Position;
 use tokio::sync::RwLock;
 
 use crate::common::server::Server;
-use crate::common::{assert_exit, bootstrap_request, cairn, stdout};
+use crate::common::{bootstrap_request, token};
 
 /// Client tasks bootstrapping at once.
 const CLIENTS: usize = 3;
@@ -34,11 +34,9 @@ const DUPLICATES_PER_KILL: usize = 12;
 /// in-doubt window under load, with room for a slow test machine.
 const WINDOW_MS: i128 = 500;
 
-/// A `cairn serve` with a short workflow lease, so that a killed server's runs are
-/// taken over soon; long enough that a busy server renews it in time (a lease lost
-/// mid-send would be a resend without a kill).
+/// A `cairn serve` with a short workflow lease: its process and base URL.
 async fn serve(url: &str, mail: &str) -> anyhow::Result<(tokio::process::Child, String)> {
-    let server = Server::start_with(url, mail, &["--workflow-lease-seconds", "3"]).await?;
+    let server = Server::with_short_lease(url, mail).await?;
     Ok((server.child, server.base))
 }
 
@@ -49,9 +47,7 @@ backend_test!(
         let sink = SmtpSink::start(SinkOptions::default()).await?;
         let mail = sink.url();
         let (mut server, base) = serve(t.url(), &mail).await?;
-        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
-        assert_exit(&token, 0);
-        let token = stdout(&token).trim().to_owned();
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
 
         // The clients bootstrap through whichever server is up; a request the kill cut
         // off, or one the server refused, is simply not counted.

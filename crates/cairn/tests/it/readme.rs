@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Stdio;
 
+use crate::common::free_port;
+
 fn quickstart() -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
@@ -21,14 +23,6 @@ fn quickstart() -> String {
         .expect("the end of the code block")
         + code_start;
     block[code_start..code_end].to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
 }
 
 #[test]

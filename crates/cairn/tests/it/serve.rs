@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use cairn_testkit::{TestDb, backend_test};
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::common::{assert_exit, bootstrap_request, cairn, cairn_in, json_of, stdout};
+use crate::common::{assert_exit, bootstrap_request, cairn_in, json_of, outbox, stdout, token};
 
 /// A running `cairn serve`, killed when dropped.
 struct Served {
@@ -38,8 +38,7 @@ async fn serve_with(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> anyhow::Result<Served> {
-    let outbox = tempfile::tempdir()?;
-    let mail = format!("outbox:{}", outbox.path().display());
+    let (outbox, mail) = outbox()?;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
     command
         .args([
@@ -127,9 +126,7 @@ backend_test!(
     |t: TestDb| async move {
         let a = serve(t.url(), "server-a").await?;
         let b = serve(t.url(), "server-b").await?;
-        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
-        assert_exit(&token, 0);
-        let token = stdout(&token).trim().to_owned();
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
         let client = reqwest::Client::new();
 
         let mut feed = client
@@ -199,9 +196,7 @@ backend_test!(
     |t: TestDb| async move {
         // A short grace, so that the wait for the exit below is well past it.
         let mut a = serve_with(t.url(), "server-a", &[], &[("CAIRN_SHUTDOWN_GRACE", "2s")]).await?;
-        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
-        assert_exit(&token, 0);
-        let token = stdout(&token).trim().to_owned();
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
         let mut feed = reqwest::Client::new()
             .get(format!("{}/v1/events/stream", a.base))
             .bearer_auth(&token)
@@ -305,8 +300,7 @@ backend_test!(
             &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
         )
         .await?;
-        let token = cairn(t.url(), &["token", "--platform-admin", "ops"]).await;
-        let token = stdout(&token).trim().to_owned();
+        let token = token(t.url(), &["--platform-admin", "ops"]).await?;
         let client = reqwest::Client::new();
 
         // A subscriber, so that deliveries are hops too.

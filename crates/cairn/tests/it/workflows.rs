@@ -10,11 +10,9 @@ use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::common::{assert_exit, bootstrap_request, cairn, cairn_in, json_of, stderr, stdout};
-
-fn outbox_url(dir: &std::path::Path) -> String {
-    format!("outbox:{}", dir.display())
-}
+use crate::common::{
+    assert_exit, bootstrap_request, cairn, cairn_in, json_of, outbox, stderr, stdout,
+};
 
 /// Starts bootstraps with the command only; no engine runs them yet.
 async fn start_bootstraps(url: &str, n: usize, prefix: &str) -> Vec<Value> {
@@ -110,8 +108,7 @@ fn the_demo_runs_on_the_embedded_default() {
 backend_test!(
     bootstrap_accept_and_inspect_from_the_command_line,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mail = outbox_url(outbox.path());
+        let (outbox, mail) = outbox()?;
         let request = bootstrap_request("sunrise-cli");
         let output = cairn_in(
             t.url(),
@@ -367,8 +364,7 @@ async fn kill_in_the_in_doubt_window(t: &TestDb, mail: &str) -> anyhow::Result<u
 backend_test!(
     a_kill_after_an_email_reached_the_outbox_settles_it_without_sending_again,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mail = outbox_url(outbox.path());
+        let (outbox, mail) = outbox()?;
         start_bootstraps(t.url(), 1, "doubt-outbox").await;
         let kills = kill_in_the_in_doubt_window(&t, &mail).await?;
         assert!(
@@ -415,8 +411,7 @@ backend_test!(
 backend_test!(
     random_kills_never_lose_or_repeat_an_outbox_email,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mail = outbox_url(outbox.path());
+        let (outbox, mail) = outbox()?;
         start_bootstraps(t.url(), 3, "random").await;
         let mut delays = [7_u64, 23, 3, 41, 13, 61, 29, 5, 37, 17]
             .into_iter()

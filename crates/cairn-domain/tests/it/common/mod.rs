@@ -4,11 +4,14 @@
 
 use std::sync::Arc;
 
-use cairn_dispatch::{EventStore, Registry};
-use cairn_domain::{Domain, DomainConfig};
+use cairn_dispatch::{EventStore, Registry, VerifyOptions};
+use cairn_domain::queries;
+use cairn_domain::{CommandContext, Domain, DomainConfig};
 use cairn_mail::{Mailer, SmtpMailer};
-use cairn_testkit::{SmtpSink, TestDb};
-use cairn_workflow::{Clock, EngineConfig, SystemClock};
+use cairn_policy::Principal;
+use cairn_testkit::{Received, SmtpSink, TestDb};
+use cairn_types::{OrgId, WorkflowId};
+use cairn_workflow::{Clock, EngineConfig, RunStatus, SystemClock};
 
 /// Every route the domain and the workflow engine register.
 pub fn registry() -> Registry {
@@ -67,4 +70,50 @@ pub async fn smtp_world(t: TestDb, sink: &SmtpSink) -> anyhow::Result<World> {
         Arc::new(SystemClock),
     )
     .await
+}
+
+/// A platform administrator, as the console acts.
+pub fn admin_actor() -> CommandContext {
+    CommandContext::new(Principal::PlatformAdmin {
+        name: "console".into(),
+    })
+}
+
+/// The status of the workflow run `id`.
+pub async fn workflow_status(w: &World, id: WorkflowId) -> anyhow::Result<RunStatus> {
+    let mut reader = w.t.db().reader().await?;
+    Ok(cairn_workflow::state::load_run(&mut reader.conn(), id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {id}"))?
+        .status)
+}
+
+/// The organization `id`, as the queries read it.
+pub async fn organization(w: &World, id: OrgId) -> anyhow::Result<queries::Organization> {
+    let mut reader = w.t.db().reader().await?;
+    queries::organization(&mut reader.conn(), id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no organization {id}"))
+}
+
+/// Replaying the log (each event dispatched twice) gives the projections as they are.
+pub async fn assert_no_drift(w: &World) -> anyhow::Result<()> {
+    let report = w
+        .domain
+        .store()
+        .verify_projections(
+            VerifyOptions {
+                dispatch_twice: true,
+            },
+            &mut |_, _| {},
+        )
+        .await?;
+    assert!(report.is_clean(), "drift: {:#?}", report.drift);
+    Ok(())
+}
+
+/// The invitation token in the link of an email.
+pub fn token_in(message: &Received) -> String {
+    let start = message.body.find("token=").expect("a token in the link") + "token=".len();
+    message.body[start..start + 64].to_owned()
 }

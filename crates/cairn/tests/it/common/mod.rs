@@ -91,3 +91,63 @@ pub fn bootstrap_request(slug: &str) -> String {
     })
     .to_string()
 }
+
+/// A fresh id (a UUIDv7), for streams, organizations and correlation ids.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A bearer token from `cairn token ARGS…`.
+pub async fn token(url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    let output = cairn(url, &all).await;
+    assert_exit(&output, 0);
+    Ok(stdout(&output).trim().to_owned())
+}
+
+/// `cairn events append` of one event with `data`, which the command line accepts
+/// (exit 0: an event whose handler fails is stored all the same).
+pub async fn append(
+    url: &str,
+    stream_type: &str,
+    stream_id: &str,
+    event_type: &str,
+    data: &str,
+) -> Output {
+    let output = cairn(
+        url,
+        &[
+            "events",
+            "append",
+            "--stream-type",
+            stream_type,
+            "--stream-id",
+            stream_id,
+            "--type",
+            event_type,
+            "--data",
+            data,
+        ],
+    )
+    .await;
+    assert_exit(&output, 0);
+    output
+}
+
+/// A file outbox in a fresh temporary directory: the directory (removed when it is
+/// dropped) and the mail URL that writes to it.
+pub fn outbox() -> anyhow::Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("outbox:{}", dir.path().display());
+    Ok((dir, url))
+}
+
+/// A free port on loopback, for a server whose address must be known before it
+/// starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on loopback")
+        .port()
+}

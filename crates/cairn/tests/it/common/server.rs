@@ -18,11 +18,16 @@ impl Server {
         Server::start_with(url, mail_url, &[]).await
     }
 
+    /// Starts `cairn serve` with a short workflow lease, so that a killed server's runs
+    /// are taken over soon; long enough that a busy server renews it in time (a lease
+    /// lost mid-send would be a resend without a kill).
+    pub async fn with_short_lease(url: &str, mail_url: &str) -> anyhow::Result<Server> {
+        Server::start_with(url, mail_url, &["--workflow-lease-seconds", "3"]).await
+    }
+
     /// Starts `cairn serve` with extra arguments for `serve`.
     pub async fn start_with(url: &str, mail_url: &str, extra: &[&str]) -> anyhow::Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = super::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["--database-url", url, "--mail-url", mail_url])
