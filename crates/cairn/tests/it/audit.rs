@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_testkit::{Backend, TestDb, backend_test};
+use expect_test::expect;
 use serde_json::{Value, json};
 
-use crate::common::{assert_exit, cairn, cairn_in, json_of, new_id, outbox, stderr, stdout};
+use crate::common::{
+    assert_exit, cairn, cairn_in, json_of, new_id, outbox, redact, stderr, stdout,
+};
 
 /// Appends `n` events through the command line, each with its own correlation id and,
 /// for even `n`, an organization.
@@ -114,19 +117,20 @@ backend_test!(
         // itself: this is what the checkpoints are for.
         let alone = cairn(t.url(), &["audit", "verify"]).await;
         assert_exit(&alone, 0);
-        assert!(
-            stdout(&alone).contains("only a signed checkpoint"),
-            "{}",
-            stdout(&alone)
-        );
+        expect![[r#"
+            ✓ hash chain intact: 5 events, head at position 5
+              the chain is consistent with itself; only a signed checkpoint (--checkpoint) shows it was not rewritten with every hash recomputed
+        "#]].assert_eq(&redact(&stdout(&alone)));
 
         let dir_arg = path_arg(&dir);
         let verified = cairn(t.url(), &["audit", "verify", "--checkpoint-dir", &dir_arg]).await;
         assert_exit(&verified, 1);
-        let text = stdout(&verified);
-        assert!(text.contains("hash chain broken at position 5"), "{text}");
-        assert!(text.contains("rewritten at or before position 5"), "{text}");
-        assert!(text.contains("holds"), "the checkpoint at 3 holds: {text}");
+        expect![[r#"
+            ✗ hash chain broken at position 5: a signed checkpoint records hash [hash] here but the log holds [hash]: the log was rewritten at or before position 5
+              4 events before it check out
+            ✓ checkpoint [path] (position 3): holds
+            ✗ checkpoint [path] (position 5): contradicted: the log holds another hash there
+        "#]].assert_eq(&redact(&stdout(&verified)));
 
         let json = json_of(
             &cairn(
@@ -193,9 +197,11 @@ backend_test!(
         let out_arg = path_arg(&out);
         let verified = cairn(t.url(), &["audit", "verify", "--checkpoint", &out_arg]).await;
         assert_exit(&verified, 1);
-        let text = stdout(&verified);
-        assert!(text.contains("hash chain broken at position 4"), "{text}");
-        assert!(text.contains("the log ends at position 3"), "{text}");
+        expect![[r#"
+            ✗ hash chain broken at position 4: a signed checkpoint records an event at position 5 (hash [hash]) but the log ends at position 3: events were removed and the head rewritten to match
+              3 events before it check out
+            ✗ checkpoint [path] (position 5): beyond the end of the log: events were removed
+        "#]].assert_eq(&redact(&stdout(&verified)));
         let json = json_of(
             &cairn(
                 t.url(),
@@ -238,16 +244,11 @@ backend_test!(
         )
         .await;
         assert_exit(&holds, 0);
-        assert!(
-            stdout(&holds).contains("hash chain intact: 3 events"),
-            "{}",
-            stdout(&holds)
-        );
-        assert!(
-            stdout(&holds).contains("checkpoint holds"),
-            "{}",
-            stdout(&holds)
-        );
+        expect![[r#"
+            ✓ hash chain intact: 3 events, head at position 3
+            ✓ checkpoint holds: the log still holds the signed head at position 2
+        "#]]
+        .assert_eq(&redact(&stdout(&holds)));
 
         // Pinning another key refuses a checkpoint signed with this one.
         let other_dir = tempfile::tempdir()?;
@@ -278,11 +279,10 @@ backend_test!(
         std::fs::write(&out, serde_json::to_string_pretty(&forged)?)?;
         let bad = cairn(t.url(), &["audit", "verify", "--checkpoint", &out_arg]).await;
         assert_exit(&bad, 1);
-        assert!(
-            stdout(&bad).contains("signature does not verify"),
-            "{}",
-            stdout(&bad)
-        );
+        expect![[r#"
+            ✓ hash chain intact: 3 events, head at position 3
+            ✗ checkpoint [path] (position 2): the signature does not verify: the checkpoint was altered after it was signed, or was never signed by the key it names
+        "#]].assert_eq(&redact(&stdout(&bad)));
 
         // Not a checkpoint at all: reported, named, exit 1.
         std::fs::write(&out, "{\"position\": ")?;
@@ -329,9 +329,10 @@ backend_test!(
         tamper(&t, &edit, false).await?;
         let broken = cairn(t.url(), &["audit", "verify"]).await;
         assert_exit(&broken, 1);
-        let text = stdout(&broken);
-        assert!(text.contains("hash chain broken at position 2"), "{text}");
-        assert!(text.contains("org_id"), "{text}");
+        expect![[r#"
+            ✗ hash chain broken at position 2: column org_id is [uuid] but the hashed metadata says [uuid]: the event is missing from its organization's reads
+              1 event before it checks out
+        "#]].assert_eq(&redact(&stdout(&broken)));
         let json = json_of(&cairn(t.url(), &["audit", "verify", "--json"]).await);
         assert_eq!(json["breach"]["problem"], json!("column_mismatch"));
 

@@ -2,10 +2,11 @@
 //! and its exit codes (0 fine, 1 a check found a problem, 2 an error).
 
 use cairn_testkit::{Backend, TestDb, backend_test};
+use expect_test::expect;
 use serde_json::{Value, json};
 
 use crate::common::{
-    append, assert_exit, cairn, cairn_in, json_of, new_id, outbox, stderr, stdout,
+    append, assert_exit, cairn, cairn_in, json_of, new_id, outbox, redact, stderr, stdout,
 };
 
 async fn n_events(url: &str) -> usize {
@@ -95,6 +96,14 @@ backend_test!(
             stdout(&human)
         );
 
+        let human = cairn(t.url(), &["status"]).await;
+        assert_exit(&human, 0);
+        expect![[r#"
+            database [database]
+            head     1 event (hash [hash]…)
+            failed   1 (P9002 ×1)  → cairn events list --failed
+        "#]]
+        .assert_eq(&redact(&stdout(&human)));
         let status = cairn(t.url(), &["status", "--json"]).await;
         let status = json_of(&status);
         assert_eq!(status["failed_events"], json!(1));
@@ -351,11 +360,10 @@ backend_test!(
         }
         let intact = cairn(t.url(), &["audit", "verify"]).await;
         assert_exit(&intact, 0);
-        assert!(
-            stdout(&intact).contains("hash chain intact: 4 events, head at position 4"),
-            "{}",
-            stdout(&intact)
-        );
+        expect![[r#"
+            ✓ hash chain intact: 4 events, head at position 4
+              the chain is consistent with itself; only a signed checkpoint (--checkpoint) shows it was not rewritten with every hash recomputed
+        "#]].assert_eq(&redact(&stdout(&intact)));
 
         let mut tx = t.db().begin().await?;
         let mut conn = tx.conn();
@@ -381,11 +389,10 @@ backend_test!(
 
         let broken = cairn(t.url(), &["audit", "verify"]).await;
         assert_exit(&broken, 1);
-        assert!(
-            stdout(&broken).contains("hash chain broken at position 3"),
-            "{}",
-            stdout(&broken)
-        );
+        expect![[r#"
+            ✗ hash chain broken at position 3: stored hash [hash] but the event and the chain before it hash to [hash]: the event was edited or moved
+              2 events before it check out
+        "#]].assert_eq(&redact(&stdout(&broken)));
         let json = json_of(&cairn(t.url(), &["audit", "verify", "--json"]).await);
         assert_eq!(json["breach"]["position"], json!(3));
         assert_eq!(json["breach"]["problem"], json!("hash_mismatch"));
@@ -403,11 +410,20 @@ backend_test!(
         assert_eq!(json_of(&replayed)["n_events"], json!(1));
         let verified = cairn(t.url(), &["replay", "--verify"]).await;
         assert_exit(&verified, 0);
-        assert!(
-            stdout(&verified).contains("the projections are exactly what the log produces"),
-            "{}",
-            stdout(&verified)
-        );
+        expect![[r#"
+            rebuilt 10 projection tables from 1 event into a shadow copy and compared it with the live tables:
+              ✓ dispatch_paused_routes          0 live         0 rebuilt
+              ✓ stream_holds                    0 live         0 rebuilt
+              ✓ workflow_kind_pauses            0 live         0 rebuilt
+              ✓ workflow_runs                   0 live         0 rebuilt
+              ✓ workflow_steps                  0 live         0 rebuilt
+              ✓ organizations                   0 live         0 rebuilt
+              ✓ users                           0 live         0 rebuilt
+              ✓ role_assignments                0 live         0 rebuilt
+              ✓ invitations                     0 live         0 rebuilt
+              ✓ probe_pings                     0 live         0 rebuilt
+            ✓ the projections are exactly what the log produces
+        "#]].assert_eq(&redact(&stdout(&verified)));
         Ok(())
     }
 );
@@ -573,16 +589,45 @@ backend_test!(
 
         let shown = cairn(t.url(), &["trace", &correlation]).await;
         assert_exit(&shown, 0);
-        let text = stdout(&shown);
-        for expected in [
-            "no errors",
-            "organization_bootstrap started",
-            "email",
-            "invitation email to ada@example.com",
-            "organization_bootstrap completed",
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
-        }
+        expect![[r#"
+            trace [uuid]  35 hops · [duration] · no errors
+              started [time]
+              ✓ +[duration]            event     organization.bootstrap.initiated #1
+              ✓ +[duration]            workflow  organization_bootstrap started
+              ✓ +[duration] [duration]  step      organization_bootstrap › create_organization
+              ✓ +[duration]            event     organization.created #3
+              ✓ +[duration] [duration]  step      organization_bootstrap › create_admin
+              ✓ +[duration]            event     user.created #5
+              ✓ +[duration]            event     user.role_assigned #6
+              ✓ +[duration] [duration]  step      organization_bootstrap › invite:grace@example.com
+              ✓ +[duration]            event     user.invited #8
+              ✓ +[duration] [duration]  step      organization_bootstrap › invite:alan@example.org
+              ✓ +[duration]            event     user.invited #10
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:ada@example.com
+              ✓ +[duration] [duration]  email     invitation email to ada@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:ada@example.com
+              ✓ +[duration]            event     invitation.sent #14
+              ✓ +[duration]            workflow  invitation_expiry …[id] started
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:grace@example.com
+              ✓ +[duration] [duration]  email     invitation email to grace@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:grace@example.com
+              ✓ +[duration]            event     invitation.sent #19
+              ✓ +[duration]            workflow  invitation_expiry …[id] started
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:alan@example.org
+              ✓ +[duration] [duration]  email     invitation email to alan@example.org
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:alan@example.org
+              ✓ +[duration]            event     invitation.sent #24
+              ✓ +[duration]            workflow  invitation_expiry …[id] started
+              ✓ +[duration] [duration]  step      organization_bootstrap › complete
+              ✓ +[duration]            event     organization.bootstrap.completed #27
+              ✓ +[duration]            workflow  organization_bootstrap completed
+              ✓ +[duration] [duration]  step      invitation_expiry …[id] › check:1
+              ◷ +[duration]            timer     invitation_expiry …[id] › sleeps on wait:1 until [time]
+              ✓ +[duration] [duration]  step      invitation_expiry …[id] › check:1
+              ◷ +[duration]            timer     invitation_expiry …[id] › sleeps on wait:1 until [time]
+              ✓ +[duration] [duration]  step      invitation_expiry …[id] › check:1
+              ◷ +[duration]            timer     invitation_expiry …[id] › sleeps on wait:1 until [time]
+        "#]].assert_eq(&redact(&stdout(&shown)));
         let json = cairn(t.url(), &["trace", &correlation, "--json"]).await;
         assert_exit(&json, 0);
         let timeline = json_of(&json);
@@ -790,7 +835,14 @@ backend_test!(
         assert_eq!(streams[0]["stream_id"], json!(person), "{streams:#}");
         assert_eq!(streams[0]["n_held"], json!(1));
         let status = cairn(t.url(), &["status"]).await;
-        assert!(stdout(&status).contains("1 stream"), "{}", stdout(&status));
+        assert_exit(&status, 0);
+        expect![[r#"
+            database [database]
+            head     2 events (hash [hash]…)
+            failed   1 (P9003 ×1)  → cairn events list --failed
+            held     1 stream (1 event waiting)  → cairn streams held
+        "#]]
+        .assert_eq(&redact(&stdout(&status)));
 
         // A held event is not retried directly; a skip needs a reason.
         let refused = cairn(t.url(), &["events", "retry", "2"]).await;
@@ -858,6 +910,15 @@ backend_test!(
         )
         .await;
         assert!(json_of(&waiting)[0]["held_behind"].is_number());
+        let status = cairn(t.url(), &["status"]).await;
+        assert_exit(&status, 0);
+        expect![[r#"
+            database [database]
+            head     5 events (hash [hash]…)
+            failed   none
+            held     1 stream (1 event waiting)  → cairn streams held
+            paused   handler route organization by service:cairn-cli since [time]: maintenance  → cairn handlers resume
+        "#]].assert_eq(&redact(&stdout(&status)));
         let resumed = cairn(
             t.url(),
             &[
@@ -881,6 +942,97 @@ backend_test!(
         );
         let verified = cairn(t.url(), &["replay", "--verify"]).await;
         assert_exit(&verified, 0);
+        Ok(())
+    }
+);
+
+// Projection rows changed without an event: `replay --verify` names each row that
+// differs and how, and exits 1.
+backend_test!(
+    replay_verify_reports_each_row_that_drifted,
+    |t: TestDb| async move {
+        let organization = |slug: &str| {
+            format!(
+                r#"{{"name": "{slug} care", "slug": "{slug}", "sender_domain": "{slug}.example", "sender_address": "noreply@{slug}.example",
+                    "direct_care_settings": {{"visit_verification": false, "client_assignment": false, "max_caseload": 1}}}}"#
+            )
+        };
+        let (edited, removed) = (new_id(), new_id());
+        append(
+            t.url(),
+            "organization",
+            &edited,
+            "organization.created",
+            &organization("edited"),
+        )
+        .await;
+        append(
+            t.url(),
+            "organization",
+            &removed,
+            "organization.created",
+            &organization("removed"),
+        )
+        .await;
+        let cast = match t.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => "::uuid",
+        };
+        let mut tx = t.db().begin().await?;
+        tx.conn()
+            .execute_script(cairn_log::Sql::built(format!(
+                "UPDATE organizations SET name = 'Renamed by hand', status = 'failed' WHERE id = '{edited}'{cast}; \
+                 DELETE FROM organizations WHERE id = '{removed}'{cast}"
+            )))
+            .await?;
+        tx.commit().await?;
+
+        let verified = cairn(t.url(), &["replay", "--verify"]).await;
+        assert_exit(&verified, 1);
+        // The row the log produces is shown as each backend stores it.
+        match t.backend() {
+            Backend::Sqlite => expect![[r#"
+                rebuilt 10 projection tables from 2 events into a shadow copy and compared it with the live tables:
+                  ✓ dispatch_paused_routes          0 live         0 rebuilt
+                  ✓ stream_holds                    0 live         0 rebuilt
+                  ✓ workflow_kind_pauses            0 live         0 rebuilt
+                  ✓ workflow_runs                   0 live         0 rebuilt
+                  ✓ workflow_steps                  0 live         0 rebuilt
+                  ✗ organizations                   1 live         2 rebuilt  2 rows differ
+                  ✓ users                           0 live         0 rebuilt
+                  ✓ role_assignments                0 live         0 rebuilt
+                  ✓ invitations                     0 live         0 rebuilt
+                  ✓ probe_pings                     0 live         0 rebuilt
+                    organizations {"id":"[uuid]"}: name is "Renamed by hand" live, "edited care" from the log
+                    organizations {"id":"[uuid]"}: status is "failed" live, "bootstrapping" from the log
+                    organizations {"id":"[uuid]"}: missing from the live table; the log produces {"created_at":"[time]","deactivated_at":null,"direct_care_settings":"{\"client_assignment\":false,\"max_caseload\":1,\"visit_verification\":false}","failure_reason":null,"id":"[uuid]","is_active":1,"name":"removed care","sender_address":"noreply@removed.example","sender_domain":"removed.example","slug":"removed","status":"bootstrapping","updated_at":"[time]","workflow_id":null}
+                ✗ 2 rows differ: projections were changed without an event
+            "#]],
+            Backend::Postgres => expect![[r#"
+                rebuilt 10 projection tables from 2 events into a shadow copy and compared it with the live tables:
+                  ✓ dispatch_paused_routes          0 live         0 rebuilt
+                  ✓ stream_holds                    0 live         0 rebuilt
+                  ✓ workflow_kind_pauses            0 live         0 rebuilt
+                  ✓ workflow_runs                   0 live         0 rebuilt
+                  ✓ workflow_steps                  0 live         0 rebuilt
+                  ✗ organizations                   1 live         2 rebuilt  2 rows differ
+                  ✓ users                           0 live         0 rebuilt
+                  ✓ role_assignments                0 live         0 rebuilt
+                  ✓ invitations                     0 live         0 rebuilt
+                  ✓ probe_pings                     0 live         0 rebuilt
+                    organizations {"id":"[uuid]"}: name is "Renamed by hand" live, "edited care" from the log
+                    organizations {"id":"[uuid]"}: status is "failed" live, "bootstrapping" from the log
+                    organizations {"id":"[uuid]"}: missing from the live table; the log produces {"created_at":"[time]","deactivated_at":null,"direct_care_settings":{"client_assignment":false,"max_caseload":1,"visit_verification":false},"failure_reason":null,"id":"[uuid]","is_active":true,"name":"removed care","sender_address":"noreply@removed.example","sender_domain":"removed.example","slug":"removed","status":"bootstrapping","updated_at":"[time]","workflow_id":null}
+                ✗ 2 rows differ: projections were changed without an event
+            "#]],
+        }
+        .assert_eq(&redact(&stdout(&verified)));
+        let report = json_of(&cairn(t.url(), &["replay", "--verify", "--json"]).await);
+        assert_eq!(
+            report["drift"].as_array().map(Vec::len),
+            Some(2),
+            "{report:#}"
+        );
         Ok(())
     }
 );

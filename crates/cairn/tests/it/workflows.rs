@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use cairn_log::EventFilter;
 use cairn_testkit::{SinkOptions, SmtpSink, TestDb, backend_test};
+use expect_test::expect;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::common::{
-    assert_exit, bootstrap_request, cairn, cairn_in, json_of, outbox, stderr, stdout,
+    assert_exit, bootstrap_request, cairn, cairn_in, json_of, outbox, redact, stderr, stdout,
 };
 
 /// Starts bootstraps with the command only; no engine runs them yet.
@@ -65,21 +66,80 @@ fn the_demo_runs_on_the_embedded_default() {
     };
     let human = run(false);
     assert_exit(&human, 0);
-    let text = stdout(&human);
-    for expected in [
-        "cairn demo · bootstrapping a sample organization on sqlite://cairn-data/cairn.db",
-        "✓ active",
-        "noreply@example.co.uk",
-        "Workflow organization_bootstrap",
-        "✓ create_organization",
-        "✓ send_invitation:grace@example.com",
-        "✓ complete",
-        "✉ ada@example.com",
-        "organization.bootstrap.completed",
-        "invitation expiry workflows sleep on durable timers",
-    ] {
-        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
-    }
+    expect![[r#"
+        cairn demo · bootstrapping a sample organization on sqlite://cairn-data/cairn.db
+
+          Sunrise Care (sunrise-care-[suffix])  ✓ active
+            organization [uuid]
+            sender       noreply@example.co.uk  (the registrable domain of mail.sunrise.example.co.uk)
+            people       Ada Lovelace <ada@example.com>, active: admin
+                         Grace Hopper <grace@example.com>, invited: roles granted when the invitation is accepted
+                         Alan Turing <alan@example.org>, invited: roles granted when the invitation is accepted
+
+          Workflow organization_bootstrap [uuid]  ✓ completed in [duration]
+            ✓ create_organization                           1 attempt [duration]
+            ✓ create_admin                                  1 attempt [duration]
+            ✓ invite:grace@example.com                      1 attempt [duration]
+            ✓ invite:alan@example.org                       1 attempt [duration]
+            ✓ send_invitation:ada@example.com               1 attempt [duration]
+            ✓ record_invitation:ada@example.com             1 attempt [duration]
+            ✓ send_invitation:grace@example.com             1 attempt [duration]
+            ✓ record_invitation:grace@example.com           1 attempt [duration]
+            ✓ send_invitation:alan@example.org              1 attempt [duration]
+            ✓ record_invitation:alan@example.org            1 attempt [duration]
+            ✓ complete                                      1 attempt [duration]
+            slowest step: [step] ([duration])
+
+          Emails (outbox:cairn-data/outbox)
+            ✉ ada@example.com        You're invited to join Sunrise Care on cairn
+              cairn-data/outbox/invitation-[uuid]-1@example.co.uk.eml
+            ✉ grace@example.com      You're invited to join Sunrise Care on cairn
+              cairn-data/outbox/invitation-[uuid]-1@example.co.uk.eml
+            ✉ alan@example.org       You're invited to join Sunrise Care on cairn
+              cairn-data/outbox/invitation-[uuid]-1@example.co.uk.eml
+
+          Events of correlation [uuid] (35, in order)
+             POS   TIME (UTC)     EVENT TYPE                         STREAM                       STATUS
+            ──────────────────────────────────────────────────────────────────────────────────────────────
+             1     [time]         organization.bootstrap.initiated   organization …[id]           applied
+             2     [time]         workflow.started                   workflow …[id]               applied
+             3     [time]         organization.created               organization …[id]           applied
+             4     [time]         workflow.step_completed            workflow …[id]               applied
+             5     [time]         user.created                       user …[id]                   applied
+             6     [time]         user.role_assigned                 user …[id]                   applied
+             7     [time]         workflow.step_completed            workflow …[id]               applied
+             8     [time]         user.invited                       user …[id]                   applied
+             9     [time]         workflow.step_completed            workflow …[id]               applied
+             10    [time]         user.invited                       user …[id]                   applied
+             11    [time]         workflow.step_completed            workflow …[id]               applied
+             12    [time]         workflow.step_started              workflow …[id]               applied
+             13    [time]         workflow.step_completed            workflow …[id]               applied
+             14    [time]         invitation.sent                    invitation …[id]             applied
+             15    [time]         workflow.started                   workflow …[id]               applied
+             16    [time]         workflow.step_completed            workflow …[id]               applied
+             17    [time]         workflow.step_started              workflow …[id]               applied
+             18    [time]         workflow.step_completed            workflow …[id]               applied
+             19    [time]         invitation.sent                    invitation …[id]             applied
+             20    [time]         workflow.started                   workflow …[id]               applied
+             21    [time]         workflow.step_completed            workflow …[id]               applied
+             22    [time]         workflow.step_started              workflow …[id]               applied
+             23    [time]         workflow.step_completed            workflow …[id]               applied
+             24    [time]         invitation.sent                    invitation …[id]             applied
+             25    [time]         workflow.started                   workflow …[id]               applied
+             26    [time]         workflow.step_completed            workflow …[id]               applied
+             27    [time]         organization.bootstrap.completed   organization …[id]           applied
+             28    [time]         workflow.step_completed            workflow …[id]               applied
+             29    [time]         workflow.completed                 workflow …[id]               applied
+             30    [time]         workflow.step_completed            workflow …[id]               applied
+             31    [time]         workflow.timer_started             workflow …[id]               applied
+             32    [time]         workflow.step_completed            workflow …[id]               applied
+             33    [time]         workflow.timer_started             workflow …[id]               applied
+             34    [time]         workflow.step_completed            workflow …[id]               applied
+             35    [time]         workflow.timer_started             workflow …[id]               applied
+
+          3 invitation expiry workflows sleep on durable timers until [time].
+          Done in [duration]. Next: cairn trace [uuid]  ·  cairn workflows show [uuid]  ·  cairn replay --verify
+    "#]].assert_eq(&redact(&stdout(&human)));
 
     let report = json_of(&run(true));
     assert_eq!(report["organization"]["status"], json!("active"));

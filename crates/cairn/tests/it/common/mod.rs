@@ -6,6 +6,9 @@ pub mod browser;
 pub mod server;
 
 use std::process::Output;
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
 
 /// Runs `cairn --database-url URL ARGS…` with no standard input.
 pub async fn cairn(url: &str, args: &[&str]) -> Output {
@@ -150,4 +153,116 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free port on loopback")
         .port()
+}
+
+/// What changes from one run to the next in the output of a command, what stands for
+/// it in snapshots, and whether the stand-in keeps the width of what it replaces when
+/// a column follows (in tables).
+static VARYING: LazyLock<Vec<(Regex, &'static str, bool)>> = LazyLock::new(|| {
+    [
+        // A test database: a file in a temporary directory, or a PostgreSQL database
+        // of its own (the demo's relative default stays as it is).
+        (r"sqlite:///\S+|postgres(?:ql)?://\S+", "[database]", false),
+        (
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "[uuid]",
+            false,
+        ),
+        // The tail of an id, as tables (twelve digits) and timelines (six) show it.
+        (r"…[0-9a-f]{12}\b", "…[id]", true),
+        (r"…[0-9a-f]{6}\b", "…[id]", false),
+        (r"\b[0-9a-f]{12,64}\b", "[hash]", false),
+        (
+            r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?: UTC|Z|[+-]\d{2}:\d{2})?",
+            "[time]",
+            false,
+        ),
+        (r"\b\d{2}:\d{2}:\d{2}\.\d{3}\b", "[time]", true),
+        (r"\b[\d,]+(?:\.\d+)? (\w+)/s\b", "[rate] $1/s", false),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[port]", false),
+        // The demo's organization gets a slug of its own on every run, and which of
+        // its steps is the slowest is a matter of chance.
+        (
+            r"\bsunrise-care-[0-9a-f]{4}\b",
+            "sunrise-care-[suffix]",
+            false,
+        ),
+        (r"slowest step: \S+", "slowest step: [step]", false),
+    ]
+    .into_iter()
+    .map(|(pattern, replacement, keep_width)| {
+        (
+            Regex::new(pattern).expect("a valid pattern"),
+            replacement,
+            keep_width,
+        )
+    })
+    .collect()
+});
+
+/// A path in the temporary directory, where tests keep their files.
+static TEMPORARY: LazyLock<Regex> = LazyLock::new(|| {
+    let dir = std::env::temp_dir();
+    let dir = dir.to_string_lossy();
+    Regex::new(&format!(
+        r#"{}/?[^\s:,;)'"]*"#,
+        regex::escape(dir.trim_end_matches('/'))
+    ))
+    .expect("a valid pattern")
+});
+
+/// A duration for people (`850µs`, `+12.3ms`, `4.56s`), with the spaces that pad it
+/// to a column's width: its width varies, so it takes one space, or none.
+static DURATION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"( *)(\+?)\b\d+(?:\.\d+)?(?:µs|ms|s)\b").expect("a valid pattern")
+});
+
+/// An event's row in a timeline (`cairn trace`) shows its handler's time only when
+/// the handler took a millisecond or more: by chance, on a busy machine.
+static EVENT_HANDLER_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(\+\[duration\]) \[duration\](  event )").expect("a valid pattern")
+});
+
+/// The output of a command as a snapshot holds it: ids, hashes, times, durations,
+/// rates, paths, ports and database URLs replaced by placeholders (`[uuid]`, `…[id]`,
+/// `[hash]`, `[time]`, `[duration]`, `[rate]`, `[path]`, `[port]`, `[database]`), and
+/// no spaces at the ends of lines.
+///
+/// The snapshots are `expect![[…]]` literals; `UPDATE_EXPECT=1 cargo test -p cairn
+/// --test it` rewrites them in one process (under nextest, the two backends' copies of
+/// a test would be two processes rewriting the same file).
+pub fn redact(text: &str) -> String {
+    let mut text = text.to_owned();
+    for (pattern, replacement, keep_width) in VARYING.iter() {
+        let before = text;
+        text = pattern
+            .replace_all(&before, |c: &Captures<'_>| {
+                let mut stand_in = String::new();
+                c.expand(replacement, &mut stand_in);
+                let whole = c.get(0).expect("the whole match");
+                let width = whole.as_str().chars().count();
+                if *keep_width && before[whole.end()..].starts_with(' ') {
+                    while stand_in.chars().count() < width {
+                        stand_in.push(' ');
+                    }
+                }
+                stand_in
+            })
+            .into_owned();
+    }
+    text = TEMPORARY.replace_all(&text, "[path]").into_owned();
+    text = DURATION
+        .replace_all(&text, |c: &Captures<'_>| {
+            let space = if c[1].is_empty() { "" } else { " " };
+            format!("{space}{}[duration]", &c[2])
+        })
+        .into_owned();
+    text = EVENT_HANDLER_TIME
+        .replace_all(&text, "$1          $2")
+        .into_owned();
+    let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    while lines.last() == Some(&"") {
+        lines.pop();
+    }
+    lines.join("\n") + "\n"
 }
