@@ -1,0 +1,12 @@
+//! The domain's integration tests, on both backends: onboarding, the commands at the
+//! door, group commit, invitations' lifetimes and mail outages. One binary, so that
+//! helpers are shared rather than copied.
+
+mod common;
+
+mod at_the_door;
+mod group_commit;
+mod invitation_ttl;
+mod mail_outage;
+mod mail_record_window;
+mod onboarding;

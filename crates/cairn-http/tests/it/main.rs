@@ -1,0 +1,14 @@
+//! The HTTP API's integration tests, on both backends: the routes, the authorization
+//! matrix, health, the realtime feed, tracing, row-level security, the contracts and
+//! the parsing of input. One binary, so that helpers are shared rather than copied.
+
+mod common;
+
+mod api;
+mod contracts;
+mod health;
+mod input_properties;
+mod matrix;
+mod realtime;
+mod rls;
+mod trace;

@@ -1,0 +1,1412 @@
+//! The web console in a real browser (headless Chromium through chromedriver), against
+//! a real `cairn serve` on each backend and, for onboarding, a real SMTP server.
+//!
+//! Each test saves screenshots of the pages it visits to `target/console/` (from the
+//! SQLite run), which the README shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cairn_testkit::{Backend, TestDb, backend_test};
+use cairn_testkit::{SinkOptions, SmtpSink};
+use serde_json::{Value, json};
+
+use crate::common::browser::Browser;
+use crate::common::server::Server;
+use crate::common::{append, bootstrap_request, new_id, outbox, token};
+
+/// Where a screenshot goes; only the SQLite run writes them.
+fn shot(t: &TestDb, name: &str) -> Option<PathBuf> {
+    (t.backend() == Backend::Sqlite).then(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/console")
+            .join(format!("{name}.png"))
+    })
+}
+
+async fn screenshot(browser: &Browser, t: &TestDb, name: &str) -> anyhow::Result<()> {
+    if let Some(path) = shot(t, name) {
+        browser.screenshot(path).await?;
+    }
+    Ok(())
+}
+
+/// Signs in with `token` from the sign-in page; the page it lands on.
+async fn sign_in(browser: &Browser, server: &Server, token: &str) -> anyhow::Result<()> {
+    browser.goto(&server.url("/console/sign-in")).await?;
+    browser.wait_for_title("Sign in").await?;
+    browser.fill("#token", token).await?;
+    browser
+        .click("form[action='/console/sign-in'] button[type=submit]")
+        .await?;
+    Ok(())
+}
+
+/// The elements that run past the right edge of the window, if the page is wider
+/// than it.
+async fn overflowing(browser: &Browser) -> anyhow::Result<Value> {
+    browser
+        .eval(
+            "if (document.documentElement.scrollWidth <= window.innerWidth + 1) return []; \
+             return [...document.querySelectorAll('body *')] \
+               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1) \
+               .slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+        )
+        .await
+}
+
+backend_test!(
+    the_console_bootstraps_an_organization_and_manages_its_invitations,
+    |t: TestDb| async move {
+        // Grace's invitations are held by the mail server until the test lets them
+        // through, so that the bootstrap is still running while the page watches it.
+        let sink = SmtpSink::start(SinkOptions {
+            hold_to: Some("grace".to_owned()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let server = Server::start(t.url(), &sink.url()).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let browser = Browser::launch().await?;
+
+        // `/` leads to the sign-in page; a token signs in.
+        browser.goto(&server.url("/")).await?;
+        let text = browser.wait_for_title("Sign in").await?;
+        assert!(text.contains("Bearer token"), "{text}");
+        screenshot(&browser, &t, "sign-in").await?;
+        browser.fill("#token", "not-a-token").await?;
+        browser.click("button.primary").await?;
+        browser
+            .wait_for_text("#token-error", "This token is not accepted")
+            .await?;
+        browser.fill("#token", &admin).await?;
+        browser.click("button.primary").await?;
+        browser.wait_for_title("Organizations").await?;
+        let text = browser.text().await?;
+        assert!(text.contains("ops (platform administrator)"), "{text}");
+        assert!(text.contains("No organization yet"), "{text}");
+
+        // A bootstrap refused field by field: each message at its field, what was
+        // typed kept, nothing created.
+        browser
+            .click("a[href='/console/organizations/new']")
+            .await?;
+        browser.wait_for_title("Bootstrap an organization").await?;
+        browser.fill("#organization-slug", "Bad Slug").await?;
+        browser.fill("#organization-sender_domain", "co.uk").await?;
+        browser
+            .fill("#organization-direct_care_settings-max_caseload", "many")
+            .await?;
+        browser.fill("#admin-name", "Ada Lovelace").await?;
+        browser.fill("#admin-email", "ada-at-example.com").await?;
+        browser
+            .fill("#invitees-1--email", "grace@example.com")
+            .await?;
+        browser.click("form button.primary").await?;
+        browser
+            .wait_for_text("#form-error", "correct the fields")
+            .await?;
+        for (field, message) in [
+            ("organization.name", "must not be empty"),
+            ("organization.slug", "is not a slug"),
+            ("organization.sender_domain", "it is itself a public suffix"),
+            (
+                "organization.direct_care_settings.max_caseload",
+                "must be a whole number",
+            ),
+            ("admin.email", "not a valid email address"),
+            ("invitees[1].name", ""),
+            ("invitees[1].roles", "at least one role"),
+        ] {
+            let text = browser
+                .wait_for_text(&format!("[data-field='{field}']"), message)
+                .await?;
+            assert!(text.contains(message), "{field}: {text}");
+        }
+        let kept = browser
+            .eval("return document.getElementById('organization-slug').value")
+            .await?;
+        assert_eq!(kept, json!("Bad Slug"));
+        let invalid = browser
+            .eval(
+                "return document.getElementById('organization-slug').getAttribute('aria-invalid')",
+            )
+            .await?;
+        assert_eq!(invalid, json!("true"));
+        screenshot(&browser, &t, "bootstrap-refused").await?;
+        let listed = server.get(&admin, "/v1/organizations").await?;
+        assert_eq!(
+            listed["items"],
+            json!([]),
+            "a refused bootstrap creates nothing"
+        );
+
+        // The same form, corrected: the run's page shows its progress live.
+        browser.fill("#organization-name", "Sunrise Care").await?;
+        browser.fill("#organization-slug", "sunrise-care").await?;
+        browser
+            .fill("#organization-sender_domain", "mail.sunrise.example.co.uk")
+            .await?;
+        browser
+            .fill("#organization-direct_care_settings-max_caseload", "30")
+            .await?;
+        browser.fill("#admin-email", "ada@example.com").await?;
+        browser.fill("#invitees-1--name", "Grace Hopper").await?;
+        browser
+            .click("input[name='invitees[1].roles'][value='clinician']")
+            .await?;
+        browser.click("form button.primary").await?;
+        browser.wait_for_title("organization_bootstrap").await?;
+        browser
+            .wait_for_text("[data-run-status]", "running")
+            .await?;
+        sink.wait_held(1, Duration::from_secs(30)).await?;
+        // The page survives a reload mid-run.
+        let here = browser.client().current_url().await?.to_string();
+        browser.goto(&here).await?;
+        browser
+            .wait_for_text("[data-run-status]", "running")
+            .await?;
+        browser.wait_for_text("[data-live-status]", "live").await?;
+        browser
+            .eval("window.cairnTestMarker = 'still here'; return true")
+            .await?;
+        screenshot(&browser, &t, "bootstrap-running").await?;
+        sink.release(1)?;
+        browser
+            .wait_for_text("[data-run-status]", "completed")
+            .await?;
+        let text = browser.text().await?;
+        assert!(text.contains("send_invitation:grace@example.com"), "{text}");
+        assert_eq!(
+            browser.eval("return window.cairnTestMarker").await?,
+            json!("still here"),
+            "the steps arrived over the live feed, without a reload"
+        );
+        screenshot(&browser, &t, "bootstrap-completed").await?;
+
+        // The organization's page: its people, its invitations with their delivery.
+        browser.click("a[href^='/console/organizations/']").await?;
+        let text = browser.wait_for_title("Sunrise Care").await?;
+        assert!(text.contains("Ada Lovelace"), "{text}");
+        assert!(text.contains("Grace Hopper"), "{text}");
+        let grace = "tr[data-invitation='grace@example.com']";
+        browser
+            .wait_for_text(&format!("{grace} [data-delivery]"), "sent 1×")
+            .await?;
+        screenshot(&browser, &t, "organization").await?;
+
+        // Resent: a new link goes out, and the page follows it live.
+        browser
+            .click(&format!("{grace} button[data-action='resend']"))
+            .await?;
+        browser.wait_for_text("p.notice", "sent again").await?;
+        sink.wait_held(2, Duration::from_secs(30)).await?;
+        browser
+            .eval("window.cairnTestMarker = 'resent'; return true")
+            .await?;
+        sink.release(2)?;
+        browser
+            .wait_for_text(&format!("{grace} [data-delivery]"), "sent 2×")
+            .await?;
+        assert_eq!(
+            browser.eval("return window.cairnTestMarker").await?,
+            json!("resent")
+        );
+
+        // Revoked, after a confirmation that asks why.
+        browser
+            .click(&format!("{grace} a[data-action='revoke']"))
+            .await?;
+        browser.wait_for_title("Revoke an invitation").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("[data-field='reason']", "").await?;
+        browser.fill("#reason", "Took another job").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("p.notice", "revoked").await?;
+        let row = browser.wait_for_text(grace, "revoked").await?;
+        assert!(row.contains("Took another job"), "{row}");
+        let invitations = server
+            .get(
+                &admin,
+                &format!(
+                    "/v1/organizations/{}/invitations",
+                    listed_org(&server, &admin).await?
+                ),
+            )
+            .await?;
+        let revoked = invitations["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["email"] == "grace@example.com"))
+            .context("grace's invitation")?;
+        assert_eq!(revoked["status"], json!("revoked"));
+        assert_eq!(revoked["send_count"], json!(2));
+
+        // Settings: a refusal at the field, then saved.
+        browser.fill("#max_caseload", "900").await?;
+        browser
+            .click("form[action$='/settings'] button.primary")
+            .await?;
+        browser
+            .wait_for_text("[data-field='max_caseload']", "500")
+            .await?;
+        browser.fill("#max_caseload", "40").await?;
+        browser
+            .click("form[action$='/settings'] button.primary")
+            .await?;
+        browser
+            .wait_for_text("p.notice", "settings are saved")
+            .await?;
+        let org = server
+            .get(
+                &admin,
+                &format!("/v1/organizations/{}", listed_org(&server, &admin).await?),
+            )
+            .await?;
+        assert_eq!(org["direct_care_settings"]["max_caseload"], json!(40));
+
+        // At a phone's width nothing runs off the side.
+        browser.set_window_size(390, 844).await?;
+        browser
+            .goto(browser.client().current_url().await?.as_ref())
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        let over = overflowing(&browser).await?;
+        assert_eq!(over, json!([]), "the organization page overflows at 390 px");
+        screenshot(&browser, &t, "organization-phone").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+/// The one organization the API lists.
+async fn listed_org(server: &Server, token: &str) -> anyhow::Result<String> {
+    let listed = server.get(token, "/v1/organizations").await?;
+    Ok(listed["items"][0]["id"]
+        .as_str()
+        .context("an organization")?
+        .to_owned())
+}
+
+backend_test!(
+    the_console_retries_failures_and_draws_a_timeline,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("sunrise-care"))
+            .await?;
+        let correlation = accepted["correlation_id"]
+            .as_str()
+            .context("a correlation id")?
+            .to_owned();
+
+        // An event that fails because its organization does not exist yet, and one
+        // whose payload is hostile markup.
+        let missing = new_id();
+        append(
+            t.url(),
+            "organization",
+            &missing,
+            "organization.direct_care_settings_updated",
+            r#"{"settings":{"visit_verification":true,"client_assignment":false,"max_caseload":10}}"#,
+        )
+        .await;
+        let hostile = r#"{"note":"<script>window.cairnOwned=1</script>\"><img src=x onerror=\"window.cairnOwned=2\">"}"#;
+        append(t.url(), "gadget", &new_id(), "gadget.made", hostile).await;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.wait_for_title("Organizations").await?;
+
+        // The log, newest first, with its failures marked.
+        browser.goto(&server.url("/console/events")).await?;
+        let text = browser.wait_for_title("Events").await?;
+        assert!(text.contains("gadget.made"), "{text}");
+        assert!(text.contains("organization.bootstrap.initiated"), "{text}");
+        let positions = browser
+            .eval("return [...document.querySelectorAll('table.events tbody tr td:first-child')].map(td => Number(td.innerText))")
+            .await?;
+        let positions: Vec<i64> = serde_json::from_value(positions)?;
+        assert!(
+            positions.windows(2).all(|w| w[0] > w[1]),
+            "newest first: {positions:?}"
+        );
+        let row = browser
+            .eval("return [...document.querySelectorAll('table.events tbody tr')].find(tr => tr.innerText.includes('gadget.made'))?.innerText")
+            .await?;
+        assert!(row.as_str().is_some_and(|r| r.contains("failed")), "{row}");
+        screenshot(&browser, &t, "events").await?;
+
+        // A hostile payload is text, not markup.
+        let href = browser
+            .eval("return [...document.querySelectorAll('table.events tbody tr')].find(tr => tr.innerText.includes('gadget.made')).querySelector('a').getAttribute('href')")
+            .await?;
+        browser
+            .goto(&server.url(href.as_str().context("the event's link")?))
+            .await?;
+        browser.wait_for_title("Event").await?;
+        let payload = browser.wait_for_text("[data-payload]", "<script>").await?;
+        assert!(payload.contains("onerror"), "{payload}");
+        assert_eq!(
+            browser
+                .eval("return window.cairnOwned === undefined")
+                .await?,
+            json!(true)
+        );
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('main img, main script').length")
+                .await?,
+            json!(0)
+        );
+        screenshot(&browser, &t, "event").await?;
+
+        // Failures by code; the organization appears; retrying the selected event
+        // fixes it, and the page says so.
+        browser.goto(&server.url("/console/failures")).await?;
+        let text = browser.wait_for_title("Failures").await?;
+        assert!(text.contains("P9002"), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        screenshot(&browser, &t, "failures").await?;
+        append(
+            t.url(),
+            "organization",
+            &missing,
+            "organization.created",
+            r#"{"name":"Late Care","slug":"late-care","sender_domain":"mail.late.example.com","sender_address":"noreply@late.example.com","direct_care_settings":{"visit_verification":true,"client_assignment":true,"max_caseload":25}}"#,
+        )
+        .await;
+        let failed: Value = server.get(&admin, "/v1/events/failed").await?;
+        let event_id = failed["items"]
+            .as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|e| e["event_type"] == "organization.direct_care_settings_updated")
+            })
+            .and_then(|e| e["event_id"].as_str())
+            .context("the failed settings event")?
+            .to_owned();
+        browser
+            .click(&format!("input[name='event_id'][value='{event_id}']"))
+            .await?;
+        browser
+            .click("button[data-action='retry-selected']")
+            .await?;
+        let summary = browser
+            .wait_for_text("[data-retry-summary]", "retried")
+            .await?;
+        assert!(
+            summary.contains("1 retried: 1 fixed, 0 failed again"),
+            "{summary}"
+        );
+        screenshot(&browser, &t, "retried").await?;
+        browser
+            .goto(&server.url(&format!("/console/events/{event_id}")))
+            .await?;
+        browser.wait_for_title("Event").await?;
+        browser.wait_for_text(".heading .badge", "applied").await?;
+
+        // Retrying every event of a code that cannot be fixed says what failed again.
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        browser
+            .click("button[name='retry_code'][value='P9002']")
+            .await?;
+        let summary = browser
+            .wait_for_text("[data-retry-summary]", "retried")
+            .await?;
+        assert!(
+            summary.contains("1 retried: 0 fixed, 1 failed again"),
+            "{summary}"
+        );
+
+        // The bootstrap's timeline as a waterfall: the request, its events, the
+        // workflow's steps and the emails, each bar leading to its hop.
+        browser
+            .goto(&server.url(&format!("/console/traces/{correlation}")))
+            .await?;
+        browser.wait_for_title("Trace").await?;
+        for hop in ["http", "event", "workflow", "step", "email"] {
+            let count = browser
+                .eval(&format!(
+                    "return document.querySelectorAll('svg.bars a[data-hop=\"{hop}\"]').length"
+                ))
+                .await?;
+            assert!(count.as_u64().unwrap_or(0) >= 1, "a {hop} bar: {count}");
+        }
+        let bars = browser
+            .eval("return document.querySelectorAll('svg.bars rect.bar').length")
+            .await?;
+        let hops = browser
+            .eval("return document.querySelectorAll('ol.hops li').length")
+            .await?;
+        assert_eq!(bars, hops, "one bar per hop");
+        let emails = browser
+            .eval("return document.querySelectorAll('ol.hops li[data-hop=\"email\"]').length")
+            .await?;
+        assert_eq!(emails, json!(3), "ada's, grace's and alan's invitations");
+        screenshot(&browser, &t, "trace").await?;
+        browser.click("svg.bars a[data-hop='email']").await?;
+        let target = browser.eval("return location.hash").await?;
+        assert!(
+            target.as_str().is_some_and(|h| h.starts_with("#hop-")),
+            "{target}"
+        );
+        let shown = browser
+            .eval("return document.querySelector(location.hash).dataset.hop")
+            .await?;
+        assert_eq!(shown, json!("email"), "the bar leads to its hop");
+
+        browser.goto(&server.url("/console/workflows")).await?;
+        let text = browser.wait_for_title("Workflows").await?;
+        assert!(text.contains("organization_bootstrap"), "{text}");
+        screenshot(&browser, &t, "workflows").await?;
+        browser.goto(&server.url("/console/health")).await?;
+        let text = browser.wait_for_title("Health").await?;
+        assert!(text.contains("Integration probe"), "{text}");
+        assert!(text.contains("Events per second"), "{text}");
+        screenshot(&browser, &t, "health").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    the_console_keeps_tenants_apart_refuses_forged_forms_and_ends_expired_sessions,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let a = server
+            .bootstrap(&admin, bootstrap_request("care-a"))
+            .await?;
+        let b = server
+            .bootstrap(&admin, bootstrap_request("care-b"))
+            .await?;
+        let (org_a, org_b) = (
+            a["org_id"].as_str().context("a")?.to_owned(),
+            b["org_id"].as_str().context("b")?.to_owned(),
+        );
+        let run_b = b["workflow_id"].as_str().context("b's run")?.to_owned();
+        let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin_a).await?;
+        let text = browser.wait_for_title("Organizations").await?;
+        assert_eq!(
+            text.matches("Sunrise Care").count(),
+            1,
+            "A sees only A: {text}"
+        );
+
+        // B's pages, typed into the address bar, are not found.
+        let b_event: Value = server
+            .get(&admin, &format!("/v1/events?stream_id={org_b}"))
+            .await?;
+        let b_event = b_event["items"][0]["event_id"]
+            .as_str()
+            .context("an event of b")?
+            .to_owned();
+        for path in [
+            format!("/console/organizations/{org_b}"),
+            format!("/console/workflows/{run_b}"),
+            format!("/console/events/{b_event}"),
+            format!(
+                "/console/traces/{}",
+                b["correlation_id"].as_str().unwrap_or_default()
+            ),
+        ] {
+            browser.goto(&server.url(&path)).await?;
+            let text = browser.wait_for_title("Not found").await?;
+            assert!(!text.contains("care-b"), "{path}: {text}");
+        }
+        let cookies = browser.cookies().await?;
+        let session = cookies
+            .iter()
+            .find(|c| c.name() == "cairn_session")
+            .context("a session cookie")?;
+        assert_eq!(session.http_only(), Some(true));
+        assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
+        let csrf = cookies
+            .iter()
+            .find(|c| c.name() == "cairn_csrf")
+            .context("a CSRF cookie")?
+            .value()
+            .to_owned();
+        let jar = format!("cairn_session={}; cairn_csrf={csrf}", session.value());
+        let status = server
+            .http
+            .get(server.url(&format!("/console/organizations/{org_b}")))
+            .header("cookie", &jar)
+            .send()
+            .await?
+            .status();
+        assert_eq!(status, 404);
+
+        // A form without the CSRF token, with a wrong one, or from another site, is
+        // refused and changes nothing.
+        let settings = format!("/console/organizations/{org_a}/settings");
+        for (body, cross_site) in [
+            ("max_caseload=7".to_owned(), false),
+            ("max_caseload=7&csrf=0000".to_owned(), false),
+            (format!("max_caseload=7&csrf={csrf}"), true),
+        ] {
+            let mut request = server
+                .http
+                .post(server.url(&settings))
+                .header("cookie", &jar)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.clone());
+            if cross_site {
+                request = request.header("sec-fetch-site", "cross-site");
+            }
+            let response = request.send().await?;
+            assert_eq!(response.status(), 403, "{body} cross-site={cross_site}");
+            let csp = response
+                .headers()
+                .get("content-security-policy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        }
+        let org: Value = server
+            .get(&admin, &format!("/v1/organizations/{org_a}"))
+            .await?;
+        assert_eq!(
+            org["direct_care_settings"]["max_caseload"],
+            json!(25),
+            "nothing changed"
+        );
+        // The same form with its token goes through.
+        let response = server
+            .http
+            .post(server.url(&settings))
+            .header("cookie", &jar)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("max_caseload=7&csrf={csrf}"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 303);
+        let org: Value = server
+            .get(&admin, &format!("/v1/organizations/{org_a}"))
+            .await?;
+        assert_eq!(org["direct_care_settings"]["max_caseload"], json!(7));
+        // A's admin may not post to B's settings either.
+        let response = server
+            .http
+            .post(server.url(&format!("/console/organizations/{org_b}/settings")))
+            .header("cookie", &jar)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("max_caseload=9&csrf={csrf}"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 404);
+        let org: Value = server
+            .get(&admin, &format!("/v1/organizations/{org_b}"))
+            .await?;
+        assert_eq!(org["direct_care_settings"]["max_caseload"], json!(25));
+
+        // A session whose token expires ends with a message. The token lives long
+        // enough for a loaded machine to sign in with it.
+        let minted = tokio::time::Instant::now();
+        let short = token(
+            t.url(),
+            &["--org", &org_a, "--role", "admin", "--ttl", "5s"],
+        )
+        .await?;
+        sign_in(&browser, &server, &short).await?;
+        browser.wait_for_title("Organizations").await?;
+        // Past its expiry and the verifier's five seconds of leeway for clock skew.
+        tokio::time::sleep_until(minted + Duration::from_secs(11)).await;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org_a}")))
+            .await?;
+        let text = browser.wait_for_title("Sign in").await?;
+        assert!(text.contains("expired"), "{text}");
+        let cookies = browser.cookies().await?;
+        assert!(
+            cookies.iter().all(|c| c.name() != "cairn_session"),
+            "the expired session's cookie is removed"
+        );
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+/// Waits until the run `workflow_id` has completed.
+async fn wait_completed(server: &Server, token: &str, workflow_id: &str) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let run = server
+            .get(token, &format!("/v1/workflows/{workflow_id}"))
+            .await?;
+        if run["status"] == "completed" {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run did not complete: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The browser's session and CSRF cookies, as a `Cookie` header, and the CSRF token.
+async fn session_jar(browser: &Browser) -> anyhow::Result<(String, String)> {
+    let cookies = browser.cookies().await?;
+    let value = |name: &str| {
+        cookies
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_owned())
+            .with_context(|| format!("a {name} cookie"))
+    };
+    let csrf = value("cairn_csrf")?;
+    Ok((
+        format!(
+            "cairn_session={}; cairn_csrf={csrf}",
+            value("cairn_session")?
+        ),
+        csrf,
+    ))
+}
+
+/// Posts a console form with the browser's cookies; the response.
+async fn post_form(
+    server: &Server,
+    jar: &str,
+    path: &str,
+    body: String,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(server
+        .http
+        .post(server.url(path))
+        .header("cookie", jar)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?)
+}
+
+/// Whether the focused element is the error summary of a refused confirmation.
+async fn error_summary_has_focus(browser: &Browser) -> anyhow::Result<bool> {
+    let focused = browser
+        .eval("return document.activeElement?.hasAttribute('data-error-summary') ?? false")
+        .await?;
+    Ok(focused == json!(true))
+}
+
+backend_test!(
+    the_console_pauses_and_resumes_a_workflow_kind_and_a_handler_route_with_a_reason,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("sunrise-care"))
+            .await?;
+        let org = accepted["org_id"].as_str().context("an org")?.to_owned();
+        let run = accepted["workflow_id"].as_str().context("a run")?;
+        wait_completed(&server, &admin, run).await?;
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.wait_for_title("Organizations").await?;
+
+        // A workflow kind, paused from the runs page after a confirmation that asks why.
+        browser.goto(&server.url("/console/workflows")).await?;
+        browser.wait_for_title("Workflows").await?;
+        let expiry = "li[data-kind='invitation_expiry']";
+        browser
+            .wait_for_text(&format!("{expiry} [data-kind-state]"), "active")
+            .await?;
+        // The probe's kind says why it cannot be paused, and offers no button.
+        browser
+            .wait_for_text(
+                "li[data-kind='probe'] [data-kind-not-pausable]",
+                "Cannot be paused",
+            )
+            .await?;
+        browser
+            .click(&format!("{expiry} a[data-action='pause-kind']"))
+            .await?;
+        let text = browser
+            .wait_for_title("Pause every invitation_expiry run?")
+            .await?;
+        assert!(text.contains("stops after the step"), "{text}");
+        // Without a reason nothing is done, and the page says why where the eye is.
+        browser.click("button[data-action='confirm']").await?;
+        browser
+            .wait_for_text("[data-error-summary]", "A reason is required")
+            .await?;
+        assert!(
+            error_summary_has_focus(&browser).await?,
+            "the error summary takes the focus"
+        );
+        browser
+            .wait_for_text("[data-field='reason']", "A reason is required")
+            .await?;
+        screenshot(&browser, &t, "pause-refused").await?;
+        let kinds = server.get(&admin, "/v1/workflow-kinds").await?;
+        assert!(
+            kinds
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().all(|k| k["paused"].is_null())),
+            "nothing was paused: {kinds}"
+        );
+        browser.fill("#reason", "Expiry rules under review").await?;
+        browser.click("button[data-action='confirm']").await?;
+        browser.wait_for_text("p.notice", "is paused").await?;
+        let row = browser.wait_for_text(expiry, "paused").await?;
+        assert!(row.contains("Expiry rules under review"), "{row}");
+        assert!(row.contains("ops"), "who paused it: {row}");
+        let banner = browser
+            .wait_for_text("[data-attention]", "invitation_expiry")
+            .await?;
+        assert!(banner.contains("Expiry rules under review"), "{banner}");
+        let kinds = server.get(&admin, "/v1/workflow-kinds").await?;
+        let paused = kinds
+            .as_array()
+            .and_then(|kinds| kinds.iter().find(|k| k["kind"] == "invitation_expiry"))
+            .context("the kind")?;
+        assert_eq!(
+            paused["paused"]["reason"],
+            json!("Expiry rules under review")
+        );
+        // Its runs are marked in the list.
+        browser
+            .goto(&server.url("/console/workflows?paused=1"))
+            .await?;
+        browser.wait_for_title("Workflows").await?;
+        browser
+            .wait_for_text("[data-run-paused]", "paused with its kind")
+            .await?;
+        screenshot(&browser, &t, "workflow-kinds-paused").await?;
+
+        // Resumed the same way.
+        browser
+            .click(&format!("{expiry} a[data-action='resume-kind']"))
+            .await?;
+        let text = browser
+            .wait_for_title("Resume every invitation_expiry run?")
+            .await?;
+        assert!(text.contains("Expiry rules under review"), "{text}");
+        browser.fill("#reason", "Rules confirmed").await?;
+        browser.click("button[data-action='confirm']").await?;
+        browser.wait_for_text("p.notice", "resumed").await?;
+        browser
+            .wait_for_text(&format!("{expiry} [data-kind-state]"), "active")
+            .await?;
+        let kinds = server.get(&admin, "/v1/workflow-kinds").await?;
+        assert!(
+            kinds
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().all(|k| k["paused"].is_null())),
+            "{kinds}"
+        );
+
+        // One run, paused and resumed from its own page, which says who paused it and
+        // why while it is paused.
+        let runs = server
+            .get(
+                &admin,
+                "/v1/workflows?kind=invitation_expiry&status=running",
+            )
+            .await?;
+        let expiry_run = runs["items"][0]["id"]
+            .as_str()
+            .context("a running invitation_expiry run")?
+            .to_owned();
+        browser
+            .goto(&server.url(&format!("/console/workflows/{expiry_run}")))
+            .await?;
+        browser.wait_for_title("Run invitation_expiry").await?;
+        browser.click("a[data-action='pause-run']").await?;
+        browser
+            .wait_for_title("Pause this invitation_expiry run?")
+            .await?;
+        browser.fill("#reason", "Customer asked to wait").await?;
+        browser.click("button[data-action='confirm']").await?;
+        let banner = browser
+            .wait_for_text("[data-run-pause='run']", "Customer asked to wait")
+            .await?;
+        assert!(banner.contains("ops"), "{banner}");
+        screenshot(&browser, &t, "run-paused").await?;
+        browser.click("a[data-action='resume-run']").await?;
+        browser
+            .wait_for_title("Resume this invitation_expiry run?")
+            .await?;
+        browser.fill("#reason", "Customer is ready").await?;
+        browser.click("button[data-action='confirm']").await?;
+        browser.wait_for_text("p.notice", "resumed").await?;
+        let run = server
+            .get(&admin, &format!("/v1/workflows/{expiry_run}"))
+            .await?;
+        assert_eq!(run["paused"], Value::Null, "{run}");
+
+        // A handler route: every event type of `organization`.
+        browser.goto(&server.url("/console/handlers")).await?;
+        browser.wait_for_title("Handlers").await?;
+        let organization = "tr[data-route='organization']";
+        browser
+            .wait_for_text(&format!("{organization} [data-route-state]"), "applying")
+            .await?;
+        let dispatch = browser
+            .wait_for_text("tr[data-route='dispatch']", "Cannot be paused")
+            .await?;
+        assert!(dispatch.contains("decisions"), "{dispatch}");
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll(\"tr[data-route='dispatch'] a[data-action]\").length")
+                .await?,
+            json!(0),
+            "no button for a route that cannot be paused"
+        );
+        browser
+            .click(&format!("{organization} a[data-action='pause']"))
+            .await?;
+        let text = browser
+            .wait_for_title("Pause the handlers of organization?")
+            .await?;
+        assert!(text.contains("refused with 409"), "{text}");
+        assert_eq!(
+            browser
+                .eval("return document.querySelector('input[name=event_type]:checked').value")
+                .await?,
+            json!(""),
+            "every event type, unless one is chosen"
+        );
+        browser
+            .fill("#reason", "Settings projection under repair")
+            .await?;
+        screenshot(&browser, &t, "pause-route").await?;
+        browser.click("button[data-action='confirm']").await?;
+        browser.wait_for_text("p.notice", "is paused").await?;
+        let state = browser
+            .wait_for_text(&format!("{organization} [data-route-state]"), "paused")
+            .await?;
+        assert!(
+            state.contains("Settings projection under repair"),
+            "{state}"
+        );
+        assert!(state.contains("every event type"), "{state}");
+        screenshot(&browser, &t, "handlers-paused").await?;
+
+        // Its commands are refused, in the console as in the API.
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        browser.fill("#max_caseload", "12").await?;
+        browser
+            .click("form[action$='/settings'] button.primary")
+            .await?;
+        let refused = browser
+            .wait_for_text("section[aria-labelledby='settings'] .alert", "paused")
+            .await?;
+        assert!(
+            refused.contains("Settings projection under repair"),
+            "{refused}"
+        );
+        let (jar, csrf) = session_jar(&browser).await?;
+        let response = post_form(
+            &server,
+            &jar,
+            &format!("/console/organizations/{org}/settings"),
+            format!("max_caseload=13&csrf={csrf}"),
+        )
+        .await?;
+        assert_eq!(response.status(), 409, "the paused problem's status");
+        let saved = server
+            .get(&admin, &format!("/v1/organizations/{org}"))
+            .await?;
+        assert_eq!(saved["direct_care_settings"]["max_caseload"], json!(25));
+
+        // Every operations page says so at the top, and leads to where to act.
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        let banner = browser
+            .wait_for_text("[data-attention]", "organization")
+            .await?;
+        assert!(
+            banner.contains("Settings projection under repair"),
+            "{banner}"
+        );
+        browser
+            .click("[data-attention] a[href='/console/handlers']")
+            .await?;
+        browser.wait_for_title("Handlers").await?;
+
+        // Resumed: the settings save again.
+        browser
+            .click(&format!("{organization} a[data-action='resume']"))
+            .await?;
+        let text = browser
+            .wait_for_title("Resume handler route organization?")
+            .await?;
+        assert!(text.contains("Settings projection under repair"), "{text}");
+        browser.fill("#reason", "Projection repaired").await?;
+        browser.click("button[data-action='confirm']").await?;
+        browser.wait_for_text("p.notice", "resumed").await?;
+        browser
+            .wait_for_text(&format!("{organization} [data-route-state]"), "applying")
+            .await?;
+        let response = post_form(
+            &server,
+            &jar,
+            &format!("/console/organizations/{org}/settings"),
+            format!("max_caseload=13&csrf={csrf}"),
+        )
+        .await?;
+        assert_eq!(response.status(), 303);
+        let saved = server
+            .get(&admin, &format!("/v1/organizations/{org}"))
+            .await?;
+        assert_eq!(saved["direct_care_settings"]["max_caseload"], json!(13));
+        let paused = server.get(&admin, "/v1/handlers").await?;
+        assert!(
+            paused
+                .as_array()
+                .is_some_and(|routes| routes.iter().all(|r| r["paused"] == json!([]))),
+            "{paused}"
+        );
+
+        // A pause made elsewhere (here through the API) shows on the open page live,
+        // with its banner.
+        browser
+            .eval("window.cairnTestMarker = 'still here'; return true")
+            .await?;
+        browser.wait_for_text("[data-live-status]", "live").await?;
+        let response = server
+            .http
+            .post(server.url("/v1/handlers/pause"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(r#"{"stream_type":"user","event_type":"user.invited","reason":"Invitations double-counted"}"#)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+        let state = browser
+            .wait_for_text("tr[data-route='user'] [data-route-state]", "user.invited")
+            .await?;
+        assert!(state.contains("Invitations double-counted"), "{state}");
+        browser
+            .wait_for_text("[data-attention]", "user/user.invited")
+            .await?;
+        assert_eq!(
+            browser.eval("return window.cairnTestMarker").await?,
+            json!("still here"),
+            "the pause arrived over the live feed, without a reload"
+        );
+
+        // The health page's alerts say what is paused and lead to where to act.
+        browser.goto(&server.url("/console/health")).await?;
+        browser.wait_for_title("Health").await?;
+        let alert = browser
+            .wait_for_text("li[data-alert='paused_routes']", "Paused handler routes")
+            .await?;
+        assert!(alert.contains("Invitations double-counted"), "{alert}");
+        screenshot(&browser, &t, "health-paused").await?;
+        browser
+            .click("li[data-alert='paused_routes'] a[data-act]")
+            .await?;
+        browser.wait_for_title("Handlers").await?;
+
+        // At a phone's width nothing runs off the side of the handlers page or of a
+        // confirmation.
+        browser.set_window_size(390, 844).await?;
+        browser.goto(&server.url("/console/handlers")).await?;
+        browser.wait_for_title("Handlers").await?;
+        let over = overflowing(&browser).await?;
+        assert_eq!(over, json!([]), "the handlers page overflows at 390 px");
+        screenshot(&browser, &t, "handlers-phone").await?;
+        browser
+            .click("tr[data-route='user'] a[data-action='resume']")
+            .await?;
+        browser
+            .wait_for_title("Resume handler route user/user.invited?")
+            .await?;
+        let over = overflowing(&browser).await?;
+        assert_eq!(over, json!([]), "a confirmation overflows at 390 px");
+        browser.close().await?;
+
+        // Forms that are not right are refused, and write nothing: no reason (400),
+        // an event type the route does not have (404), a route that cannot be paused
+        // (409), a kind the engine does not run (404), a kind that cannot be paused
+        // (409), no CSRF token (403).
+        for (path, body, status) in [
+            (
+                "/console/handlers/pause",
+                "stream_type=invitation&event_type=&reason=%20",
+                400,
+            ),
+            (
+                "/console/handlers/pause",
+                "stream_type=invitation&event_type=invitation.lost&reason=x",
+                404,
+            ),
+            (
+                "/console/handlers/pause",
+                "stream_type=dispatch&event_type=&reason=x",
+                409,
+            ),
+            ("/console/workflow-kinds/probe/pause", "reason=x", 409),
+            (
+                "/console/workflow-kinds/no_such_kind/pause",
+                "reason=x",
+                404,
+            ),
+            (
+                "/console/workflow-kinds/invitation_expiry/pause",
+                "reason=",
+                400,
+            ),
+        ] {
+            let response = post_form(&server, &jar, path, format!("{body}&csrf={csrf}")).await?;
+            assert_eq!(response.status(), status, "{path} {body}");
+        }
+        let response = post_form(
+            &server,
+            &jar,
+            "/console/handlers/pause",
+            "stream_type=invitation&event_type=&reason=x".to_owned(),
+        )
+        .await?;
+        assert_eq!(response.status(), 403, "no CSRF token");
+        let routes = server.get(&admin, "/v1/handlers").await?;
+        let paused: Vec<&Value> = routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["paused"].as_array().into_iter().flatten())
+            .collect();
+        assert_eq!(paused.len(), 1, "only user/user.invited: {routes}");
+        let kinds = server.get(&admin, "/v1/workflow-kinds").await?;
+        assert!(
+            kinds
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().all(|k| k["paused"].is_null())),
+            "{kinds}"
+        );
+
+        // An organization's admin sees the pauses but may not make them; a run of
+        // their own they may pause.
+        let org_admin = token(t.url(), &["--org", &org, "--role", "admin"]).await?;
+        let tenant_jar = format!("cairn_session={org_admin}; cairn_csrf={csrf}");
+        let page = server
+            .http
+            .get(server.url("/console/handlers"))
+            .header("cookie", &tenant_jar)
+            .send()
+            .await?
+            .text()
+            .await?;
+        assert!(page.contains("Invitations double-counted"), "{page}");
+        assert!(!page.contains("data-action=\"pause\""), "{page}");
+        let response = post_form(
+            &server,
+            &tenant_jar,
+            "/console/handlers/resume",
+            format!("stream_type=user&event_type=user.invited&reason=x&csrf={csrf}"),
+        )
+        .await?;
+        assert_eq!(response.status(), 403);
+        let runs = server
+            .get(
+                &admin,
+                "/v1/workflows?kind=invitation_expiry&status=running",
+            )
+            .await?;
+        let own_run = runs["items"][0]["id"].as_str().context("a run")?;
+        let page = server
+            .http
+            .get(server.url(&format!("/console/workflows/{own_run}/pause")))
+            .header("cookie", &tenant_jar)
+            .send()
+            .await?;
+        assert_eq!(
+            page.status(),
+            200,
+            "an admin pauses the organization's runs"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    the_console_releases_held_streams_by_a_retry_and_by_a_skip_with_its_reason,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("sunrise-care"))
+            .await?;
+        let org = accepted["org_id"].as_str().context("an org")?.to_owned();
+        wait_completed(
+            &server,
+            &admin,
+            accepted["workflow_id"].as_str().context("a run")?,
+        )
+        .await?;
+        let user = |email: &str, name: &str| {
+            format!(r#"{{"org_id":"{org}","email":"{email}","name":"{name}"}}"#)
+        };
+
+        // Two people with one email: the second `user.created` fails, and the `user`
+        // route holds its stream, so its role waits behind it.
+        let first = new_id();
+        let second = new_id();
+        append(
+            t.url(),
+            "user",
+            &first,
+            "user.created",
+            &user("late@example.com", "First"),
+        )
+        .await;
+        append(
+            t.url(),
+            "user",
+            &second,
+            "user.created",
+            &user("late@example.com", "Second"),
+        )
+        .await;
+        append(
+            t.url(),
+            "user",
+            &second,
+            "user.role_assigned",
+            &format!(r#"{{"org_id":"{org}","role":"viewer"}}"#),
+        )
+        .await;
+        let events = server
+            .get(&admin, &format!("/v1/events?stream_id={second}"))
+            .await?;
+        let failed = events["items"][0]["event_id"]
+            .as_str()
+            .context("the failed event")?
+            .to_owned();
+        let failed_position = events["items"][0]["position"].clone();
+        let role = events["items"][1]["event_id"]
+            .as_str()
+            .context("the held event")?
+            .to_owned();
+        assert_eq!(events["items"][1]["held_behind"], failed_position);
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.wait_for_title("Organizations").await?;
+
+        // The failures page lists the held stream first: what it waits behind, why,
+        // how many wait.
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        let held = format!("tr[data-held='{second}']");
+        let row = browser.wait_for_text(&held, "user.created").await?;
+        assert!(row.contains("failed"), "{row}");
+        assert!(row.contains("UNIQUE") || row.contains("unique"), "{row}");
+        assert!(row.contains("1 event"), "{row}");
+        let banner = browser
+            .wait_for_text("[data-attention]", "1 stream held")
+            .await?;
+        assert!(banner.contains("1 event waiting"), "{banner}");
+        screenshot(&browser, &t, "failures-held").await?;
+        browser.set_window_size(390, 844).await?;
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        let over = overflowing(&browser).await?;
+        assert_eq!(over, json!([]), "the failures page overflows at 390 px");
+        screenshot(&browser, &t, "failures-held-phone").await?;
+        browser.set_window_size(1280, 900).await?;
+
+        // The held event's page says what it waits behind, and what releases it.
+        browser
+            .goto(&server.url(&format!("/console/events/{role}")))
+            .await?;
+        browser.wait_for_title("Event").await?;
+        browser.wait_for_text(".heading .badge", "held").await?;
+        let alert = browser.wait_for_text(".alert-held", "waits behind").await?;
+        assert!(
+            alert.contains(&format!("position {failed_position}")),
+            "{alert}"
+        );
+        assert!(alert.contains("retried"), "{alert}");
+        screenshot(&browser, &t, "event-held").await?;
+        browser
+            .click(&format!(".alert-held a[href='/console/events/{failed}']"))
+            .await?;
+        browser
+            .wait_for_title(&format!("Event {failed_position}"))
+            .await?;
+        // A held event cannot be skipped: the page says why, as the API would.
+        let (jar, csrf) = session_jar(&browser).await?;
+        let response = server
+            .http
+            .get(server.url(&format!("/console/events/{role}/skip")))
+            .header("cookie", &jar)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 409);
+        let body = response.text().await?;
+        assert!(body.contains("is held behind position"), "{body}");
+
+        // The cause fixed (the first person's email changed), a retry from the held
+        // row applies the failed event, and the role held behind it.
+        append(
+            t.url(),
+            "user",
+            &first,
+            "user.created",
+            &user("first@example.com", "First"),
+        )
+        .await;
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        browser
+            .click(&format!("{held} button[data-action='retry']"))
+            .await?;
+        let summary = browser
+            .wait_for_text("[data-retry-summary]", "retried")
+            .await?;
+        assert!(
+            summary.contains("1 retried: 1 fixed, 0 failed again"),
+            "{summary}"
+        );
+        let released = server.get(&admin, &format!("/v1/events/{role}")).await?;
+        assert_eq!(released["held_behind"], Value::Null, "{released}");
+        assert_eq!(released["processing_error"], Value::Null, "{released}");
+        assert!(released["processed_at"].is_string(), "{released}");
+
+        // A `user.activated` for a person who never existed holds its stream; the
+        // `user.created` after it waits. It will never apply: it is skipped.
+        let stranger = new_id();
+        append(
+            t.url(),
+            "user",
+            &stranger,
+            "user.activated",
+            &format!(
+                r#"{{"org_id":"{org}","invitation_id":"{}"}}"#,
+                uuid::Uuid::now_v7()
+            ),
+        )
+        .await;
+        append(
+            t.url(),
+            "user",
+            &stranger,
+            "user.created",
+            &user("stranger@example.com", "Stranger"),
+        )
+        .await;
+        let events = server
+            .get(&admin, &format!("/v1/events?stream_id={stranger}"))
+            .await?;
+        let activated = events["items"][0]["event_id"]
+            .as_str()
+            .context("the activation")?
+            .to_owned();
+        let created = events["items"][1]["event_id"]
+            .as_str()
+            .context("the creation")?
+            .to_owned();
+
+        // An empty reason is refused with 400, and nothing is written.
+        let response = post_form(
+            &server,
+            &jar,
+            &format!("/console/events/{activated}/skip"),
+            format!("reason=%20%20&csrf={csrf}"),
+        )
+        .await?;
+        assert_eq!(response.status(), 400);
+        let body = response.text().await?;
+        assert!(body.contains("A reason is required"), "{body}");
+        let decisions = server
+            .get(&admin, "/v1/events?stream_type=dispatch&limit=200")
+            .await?;
+        assert!(
+            decisions["items"].as_array().is_some_and(|items| items
+                .iter()
+                .all(|e| e["event_type"] != "dispatch.event_skipped")),
+            "nothing was skipped: {decisions}"
+        );
+        let still = server
+            .get(&admin, &format!("/v1/events/{activated}"))
+            .await?;
+        assert!(still["processing_error"].is_object(), "{still}");
+
+        // In the browser: from the held row to the confirmation, which says what a skip
+        // means and how many events wait.
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        browser
+            .click(&format!("tr[data-held='{stranger}'] a[data-action='skip']"))
+            .await?;
+        let text = browser.wait_for_title("Skip event").await?;
+        assert!(text.contains("never be applied"), "{text}");
+        assert!(text.contains("replay skips it too"), "{text}");
+        assert!(
+            text.contains("1 event of its stream waits behind it"),
+            "{text}"
+        );
+        browser.click("button[data-action='confirm']").await?;
+        browser
+            .wait_for_text("[data-error-summary]", "A reason is required")
+            .await?;
+        assert!(error_summary_has_focus(&browser).await?);
+        browser.click("[data-error-summary] a").await?;
+        let focused = browser.eval("return document.activeElement?.id").await?;
+        assert_eq!(focused, json!("reason"), "the summary leads to the field");
+        screenshot(&browser, &t, "skip-refused").await?;
+        browser
+            .fill("#reason", "Activation sent by mistake: never invited")
+            .await?;
+        browser.click("button[data-action='confirm']").await?;
+
+        // The event's page shows it skipped, by whom and why; its stream applied.
+        browser.wait_for_text(".heading .badge", "skipped").await?;
+        let decision = browser
+            .wait_for_text("li[data-decision='skipped']", "never invited")
+            .await?;
+        assert!(decision.contains("ops"), "who skipped it: {decision}");
+        browser.wait_for_text("p.notice", "skipped").await?;
+        screenshot(&browser, &t, "event-skipped").await?;
+        let applied = server.get(&admin, &format!("/v1/events/{created}")).await?;
+        assert_eq!(applied["held_behind"], Value::Null, "{applied}");
+        assert!(applied["processed_at"].is_string(), "{applied}");
+        let decisions = server
+            .get(&admin, "/v1/events?stream_type=dispatch&limit=200")
+            .await?;
+        let skipped = decisions["items"]
+            .as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|e| e["event_type"] == "dispatch.event_skipped")
+            })
+            .context("the skip's record")?;
+        assert_eq!(
+            skipped["event_data"]["reason"],
+            json!("Activation sent by mistake: never invited")
+        );
+
+        // Nothing is held any more: no section, no banner.
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('tr[data-held], [data-attention]').length")
+                .await?,
+            json!(0)
+        );
+        browser.close().await?;
+        Ok(())
+    }
+);

@@ -1,0 +1,18 @@
+//! The `cairn` binary's integration tests: the command line, `cairn serve`, the
+//! console in a real browser, the README and the architecture, on both backends. One
+//! binary, so that helpers are shared rather than copied.
+
+mod common;
+
+mod architecture;
+mod audit;
+mod browser;
+mod cli;
+mod console;
+mod hostile;
+mod mail_outage;
+mod mail_under_load;
+mod readme;
+mod serve;
+mod settings;
+mod workflows;
