@@ -288,7 +288,10 @@ impl Tx {
     /// Takes the head lock and learns the versions of several streams, in one
     /// statement, so that appends to them in this transaction need not ask one by one.
     /// Versions read without the head lock could be stale by the time they are used.
-    pub(crate) async fn prefetch_streams(&mut self, stream_ids: &[StreamId]) -> Result<(), DbError> {
+    pub(crate) async fn prefetch_streams(
+        &mut self,
+        stream_ids: &[StreamId],
+    ) -> Result<(), DbError> {
         let mut wanted: Vec<StreamId> = stream_ids
             .iter()
             .copied()

@@ -119,7 +119,7 @@ impl Db {
         {
             open_sqlite(Path::new(path), options)?
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            crate::backend::postgres::connect(
+            crate::backend::connect_postgres(
                 url,
                 options.max_connections,
                 options.schema.as_deref(),
@@ -392,7 +392,7 @@ fn open_sqlite(
             source,
         })?;
     }
-    crate::backend::sqlite::connect(path, options.max_connections).map_err(|source| {
+    crate::backend::connect_sqlite(path, options.max_connections).map_err(|source| {
         ConnectError::Open {
             target: format!("sqlite://{}", path.display()),
             source,

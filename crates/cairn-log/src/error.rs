@@ -44,17 +44,22 @@ impl fmt::Display for DbErrorKind {
 
 /// A driver's error, kept opaque: its message is part of a [`DbError`]'s (its own
 /// source, if any, is not repeated).
-pub struct Cause(Box<dyn std::error::Error + Send + Sync + 'static>);
+pub struct Cause {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// The SQLSTATE (PostgreSQL) or extended result code (SQLite), if the database gave
+    /// one.
+    code: Option<String>,
+}
 
 impl fmt::Debug for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        fmt::Debug::fmt(&self.error, f)
     }
 }
 
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.error, f)
     }
 }
 
@@ -139,12 +144,15 @@ impl DbError {
             | DbError::Failed { cause } => cause,
             _ => return None,
         };
-        crate::backend::error_code(cause.0.as_ref())
+        cause.code.clone()
     }
 
     /// The same error again, for each of several callers that share it.
     pub(crate) fn duplicate(&self) -> DbError {
-        let again = |cause: &Cause| Cause(Box::new(Message(cairn_types::error_chain(cause))));
+        let again = |cause: &Cause| Cause {
+            error: Box::new(Message(cairn_types::error_chain(cause))),
+            code: cause.code.clone(),
+        };
         match self {
             DbError::Overloaded { queued } => DbError::Overloaded { queued: *queued },
             DbError::Unavailable { cause } => DbError::Unavailable {
@@ -167,11 +175,13 @@ impl DbError {
         }
     }
 
+    /// A driver's error as `kind`, with the database's code for it, if any.
     pub(crate) fn from_cause(
         kind: DbErrorKind,
-        cause: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
+        code: Option<String>,
     ) -> DbError {
-        let cause = Cause(cause);
+        let cause = Cause { error, code };
         match kind {
             DbErrorKind::Conflict => DbError::Conflict { cause },
             DbErrorKind::Unavailable => DbError::Unavailable { cause },

@@ -5,8 +5,8 @@
 //! are copies of fields of the hashed metadata, and the audit walk holds them to it.
 //! Changing, removing or moving any event changes every hash from that position on, so
 //! `cairn audit verify` can name the first position at fault. The hash is unkeyed:
-//! whoever can rewrite the table can recompute it, which only a signed checkpoint
-//! ([`crate::audit::checkpoint`]) shows.
+//! whoever can rewrite the table can recompute it, which only a signed checkpoint of
+//! the audit shows.
 //!
 //! JSON is hashed in a canonical form (object keys sorted, no whitespace, serde_json's
 //! number and string rendering) so that PostgreSQL's `jsonb`, which reorders keys and

@@ -49,10 +49,9 @@ mod writer;
 pub use append::{AppendError, PendingAppend, Prepared};
 pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
-pub use backend::{Conn, Row};
+pub use backend::{Conn, DbValue, Row};
 pub use db::{
-    Db, DbOptions, Reader, Session, Snapshot, WriterPause,
-    default_url, quote_ident, redact_url,
+    Db, DbOptions, Reader, Session, Snapshot, WriterPause, default_url, quote_ident, redact_url,
 };
 pub use error::{ConnectError, DbError, DbErrorKind, PassingRetry};
 pub use event::{
@@ -63,7 +62,7 @@ pub use hash::{GENESIS, HashedColumns, canonical_json, event_hash, hex, normaliz
 pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
-pub use value::{Arg, Backend, DbValue, IntoArg, Sql, dialect};
+pub use value::{Arg, Backend, IntoArg, Sql, dialect};
 pub use writer::{Admission, Priority, WriteMode, WriteOptions, WriterConfig};
 
 /// A unit of work's future, as [`Db::write`] takes it.

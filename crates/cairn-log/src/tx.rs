@@ -325,6 +325,10 @@ impl Tx {
                 pipeline,
             )
             .await?;
+        let rows: Vec<crate::backend::Row> = rows
+            .into_iter()
+            .map(crate::backend::Row::postgres)
+            .collect();
         self.log.learn_head_and_streams(&rows, wanted)?;
         Ok(true)
     }

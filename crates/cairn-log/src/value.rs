@@ -3,9 +3,8 @@
 //! Queries use `$1, $2, …` placeholders, which SQLite and PostgreSQL both accept.
 //! Arguments are [`Arg`] values, bound by each backend with its own type for the value
 //! (a UUID is text on SQLite and `uuid` on PostgreSQL, JSON is text and `jsonb`), so
-//! the same statement works against either. Rows come back as [`Row`](crate::Row),
-//! read by column name into any [`DbValue`]. Nothing here knows a driver: the backends
-//! (`crate::backend`) bind, run and read.
+//! the same statement works against either. Nothing here knows a driver: the backends
+//! bind, run and read.
 
 use std::sync::Arc;
 
@@ -17,9 +16,6 @@ use cairn_types::{
     CausationId, CorrelationId, ErrorCode, EventId, EventType, InvitationId, OrgId, Position,
     StreamId, StreamType, StreamVersion, UserId, WorkflowId,
 };
-
-use crate::backend::Row;
-use crate::error::DbError;
 
 /// Which database a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,13 +227,6 @@ macro_rules! args {
     ($($value:expr),* $(,)?) => {
         vec![$($crate::IntoArg::into_arg($value)),*]
     };
-}
-
-/// A type that can be read from a column on either backend.
-pub trait DbValue: Sized {
-    /// Reads the value of `column` from `row`.
-    #[doc(hidden)]
-    fn read(row: &Row, column: &str) -> Result<Self, DbError>;
 }
 
 /// Picks the statement text for the backend at hand, where the dialects differ.

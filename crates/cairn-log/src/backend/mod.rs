@@ -9,8 +9,11 @@
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod track;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use track::Track;
+
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -21,36 +24,7 @@ use cairn_types::{
 };
 
 use crate::error::DbError;
-use crate::value::{Arg, Backend, Columns, DbValue, Sql};
-
-/// What a transaction's statements did, for the log writer: whether a unit of work
-/// wrote anything (or only read), and whether any statement failed.
-#[derive(Debug, Default)]
-pub(crate) struct Track {
-    pub(crate) writes: AtomicU64,
-    pub(crate) failures: AtomicU64,
-    /// Failures undone by rolling back to a savepoint opened before them.
-    pub(crate) cleared: AtomicU64,
-}
-
-impl Track {
-    pub(crate) fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn poisoned(&self) -> bool {
-        self.failures() > self.cleared.load(Ordering::Relaxed)
-    }
-
-    /// Every failure so far is undone.
-    pub(crate) fn clear(&self) {
-        self.cleared.store(self.failures(), Ordering::Relaxed);
-    }
-}
+use crate::value::{Arg, Backend, Columns, Sql};
 
 /// A savepoint opened on a [`Conn`], to roll back to.
 #[derive(Debug, Clone, Copy)]
@@ -346,6 +320,13 @@ impl Row {
     }
 }
 
+/// A type that can be read from a column on either backend.
+pub trait DbValue: Sized {
+    /// Reads the value of `column` from `row`.
+    #[doc(hidden)]
+    fn read(row: &Row, column: &str) -> Result<Self, DbError>;
+}
+
 /// Types read the same way on both backends, as they are stored.
 macro_rules! native_value {
     ($($ty:ty),*) => {$(
@@ -413,6 +394,46 @@ id_value!(
     WorkflowId,
     InvitationId
 );
+
+/// Opens the SQLite file: the writer's connection first (it creates the file and
+/// turns on WAL, which the read-only connections need), then the readers' pool.
+pub(crate) fn connect_sqlite(
+    path: &std::path::Path,
+    max_connections: u32,
+) -> Result<(Pools, WriterHome), DbError> {
+    let writer = sqlite::open(path)?;
+    let readers = std::sync::Arc::new(sqlite::ReadPool::new(path, max_connections));
+    Ok((
+        Pools::Sqlite {
+            readers,
+            path: path.to_owned(),
+        },
+        WriterHome::Sqlite {
+            conn: Some(writer),
+            path: path.to_owned(),
+        },
+    ))
+}
+
+/// Connects to PostgreSQL: a pool for readers and transactions of their own (in
+/// `schema`, created when missing), and the log writer's own connection.
+pub(crate) async fn connect_postgres(
+    url: &str,
+    max_connections: u32,
+    schema: Option<&str>,
+) -> Result<(Pools, WriterHome), crate::error::ConnectError> {
+    let connected = postgres::connect(url, max_connections, schema).await?;
+    Ok((
+        Pools::Postgres {
+            pool: connected.pool,
+            target: connected.target,
+        },
+        WriterHome::Postgres {
+            pool: connected.writer,
+            prepared: connected.prepared,
+        },
+    ))
+}
 
 /// One backend's transaction, begun and ended as that backend needs.
 pub(crate) enum Transaction {
@@ -723,9 +744,4 @@ impl WriterHome {
             pool.close().await;
         }
     }
-}
-
-/// The DbError's driver code, if any.
-pub(crate) fn error_code(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    postgres::error_code(cause).or_else(|| sqlite::error_code(cause))
 }

@@ -4,7 +4,7 @@
 //! Writes sent together (an optimistic batch of the log writer) go out in as few round
 //! trips as the batch has reads, plus one. A handler's write waits for PostgreSQL's answer before the next one goes out, and
 //! on a busy log those round trips, not the work, are what a batch spends its time
-//! on. In an optimistic batch (see [`crate::writer`]) a write is therefore queued
+//! on. In an optimistic batch (see the log writer) a write is therefore queued
 //! instead of sent, and reported as having changed one row, which is what a handler's
 //! write to its own projection row does. The queue goes out as one simple-protocol
 //! script when the transaction next needs an answer (a read), or at the end of the
@@ -36,7 +36,7 @@ pub(crate) use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
-use super::Track;
+use super::track::Track;
 use crate::error::{DbError, DbErrorKind};
 use crate::value::{Arg, ArgType, Sql, SqlText};
 
@@ -458,7 +458,7 @@ impl PgBatch {
         statement: &str,
         ids: &[uuid::Uuid],
         pipeline: &Pipeline,
-    ) -> Result<Vec<super::Row>, DbError> {
+    ) -> Result<Vec<PgRow>, DbError> {
         let prepared = pipeline.is_prepared(name);
         // UUIDs are written as their hyphenated hex digits: nothing to escape.
         let ids: Vec<String> = ids.iter().map(|id| id.hyphenated().to_string()).collect();
@@ -483,7 +483,7 @@ impl PgBatch {
                         pipeline.mark_prepared(name);
                     }
                 }
-                sqlx::Either::Right(row) => rows.push(super::Row::postgres(row)),
+                sqlx::Either::Right(row) => rows.push(row),
             }
         }
         Ok(rows)
@@ -567,6 +567,7 @@ pub(crate) async fn begin_pg(
                 DbError::from_cause(
                     DbErrorKind::Unavailable,
                     "the process is shutting down: a transaction could not begin".into(),
+                    None,
                 )
             } else {
                 DbError::Panicked {
@@ -599,33 +600,20 @@ impl From<sqlx::Error> for DbError {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
                 DbErrorKind::Unavailable
             }
-            E::Database(database) => {
-                match database.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                    Some(pg) => postgres_kind(pg.code()),
-                    None => database
-                        .code()
-                        .and_then(|code| code.parse::<i32>().ok())
-                        .map_or(DbErrorKind::Failed, |code| {
-                            super::sqlite::sqlite_kind(code & 0xff)
-                        }),
-                }
-            }
+            E::Database(database) => database
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .map_or(DbErrorKind::Failed, |pg| postgres_kind(pg.code())),
             E::ColumnDecode { index, source } => {
                 return DbError::decode(index.clone(), source);
             }
             _ => DbErrorKind::Failed,
         };
-        DbError::from_cause(kind, Box::new(error))
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        DbError::from_cause(kind, Box::new(error), code)
     }
-}
-
-/// The SQLSTATE of a failed statement, if the cause is PostgreSQL's.
-pub(crate) fn error_code(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    cause
-        .downcast_ref::<sqlx::Error>()?
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned())
 }
 
 /// Rows of several tables, a statement that changes one row, and a notification, as
@@ -711,9 +699,11 @@ pub(crate) fn close(conn: PooledConn) {
 /// Confines a read transaction to a tenant: PostgreSQL's row-level security, as the
 /// tenant reader role.
 pub(crate) async fn scope(tx: &mut PoolTx, tenant: String) -> Result<(), DbError> {
-    sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL ROLE {TENANT_READER_ROLE}")))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET LOCAL ROLE {TENANT_READER_ROLE}"
+    )))
+    .execute(&mut **tx)
+    .await?;
     sqlx::query("SELECT set_config('cairn.tenant', $1, true)")
         .bind(tenant)
         .execute(&mut **tx)
@@ -764,13 +754,22 @@ impl Listener {
     }
 }
 
+/// A connected database: the pool, the URL for people, and the writer's own pool of one
+/// with what is prepared on it.
+pub(crate) struct Connected {
+    pub(crate) pool: PgPool,
+    pub(crate) target: String,
+    pub(crate) writer: PgPool,
+    pub(crate) prepared: Prepared,
+}
+
 /// Connects: a pool for readers and transactions of their own (in `schema`, created
 /// when missing), and the log writer's own connection.
 pub(crate) async fn connect(
     url: &str,
     max_connections: u32,
     schema: Option<&str>,
-) -> Result<(super::Pools, super::WriterHome), crate::error::ConnectError> {
+) -> Result<Connected, crate::error::ConnectError> {
     use crate::error::ConnectError;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use std::str::FromStr as _;
@@ -836,13 +835,12 @@ pub(crate) async fn connect(
                 .application_name("cairn-log-writer")
                 .options([("standard_conforming_strings", "on")]),
         );
-    Ok((
-        super::Pools::Postgres { pool, target },
-        super::WriterHome::Postgres {
-            pool: writer_pool,
-            prepared,
-        },
-    ))
+    Ok(Connected {
+        pool,
+        target,
+        writer: writer_pool,
+        prepared,
+    })
 }
 
 #[cfg(test)]

@@ -523,7 +523,7 @@ impl Drop for DirectTx {
     }
 }
 
-pub(crate) fn sqlite_kind(primary_code: i32) -> DbErrorKind {
+fn sqlite_kind(primary_code: i32) -> DbErrorKind {
     use rusqlite::ffi;
     match primary_code {
         ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED => DbErrorKind::Conflict,
@@ -538,19 +538,14 @@ pub(crate) fn sqlite_kind(primary_code: i32) -> DbErrorKind {
 
 impl From<rusqlite::Error> for DbError {
     fn from(error: rusqlite::Error) -> DbError {
-        let kind = match &error {
-            rusqlite::Error::SqliteFailure(failure, _) => sqlite_kind(failure.extended_code & 0xff),
-            _ => DbErrorKind::Failed,
+        let (kind, code) = match &error {
+            rusqlite::Error::SqliteFailure(failure, _) => (
+                sqlite_kind(failure.extended_code & 0xff),
+                Some(failure.extended_code.to_string()),
+            ),
+            _ => (DbErrorKind::Failed, None),
         };
-        DbError::from_cause(kind, Box::new(error))
-    }
-}
-
-/// The extended result code of a failed statement, if the cause is SQLite's.
-pub(crate) fn error_code(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    match cause.downcast_ref::<rusqlite::Error>() {
-        Some(rusqlite::Error::SqliteFailure(error, _)) => Some(error.extended_code.to_string()),
-        _ => None,
+        DbError::from_cause(kind, Box::new(error), code)
     }
 }
 
@@ -599,26 +594,6 @@ pub(crate) async fn lend(
     // Whoever borrowed it sends it back when done (or drops it if it panicked: it is
     // reopened then).
     *slot = back.await.ok();
-}
-
-/// Opens the database file: the writer's connection first (it creates the file and
-/// turns on WAL, which the read-only connections need), then the readers' pool.
-pub(crate) fn connect(
-    path: &Path,
-    max_connections: u32,
-) -> Result<(super::Pools, super::WriterHome), DbError> {
-    let writer = open(path)?;
-    let readers = Arc::new(ReadPool::new(path, max_connections));
-    Ok((
-        super::Pools::Sqlite {
-            readers,
-            path: path.to_owned(),
-        },
-        super::WriterHome::Sqlite {
-            conn: Some(writer),
-            path: path.to_owned(),
-        },
-    ))
 }
 
 #[cfg(test)]
