@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use cairn_realtime::{
-    EndReason, Message, Selector, SubscribeError, SubscribeRequest, Subscription,
+    Encoded, EndReason, Selector, SubscribeError, SubscribeRequest, Subscription,
 };
 use cairn_types::{EventType, OrgId, Position, StreamId, StreamType};
 
@@ -249,20 +249,15 @@ async fn subscribe(state: &AppState, request: SubscribeRequest) -> Result<Subscr
         })
 }
 
-fn sse_event(message: &Message) -> SseEvent {
-    let mut event = SseEvent::default().event(message.kind());
-    if let Some(position) = message.position() {
+fn sse_event(message: &Encoded) -> SseEvent {
+    let mut event = SseEvent::default().event(message.kind);
+    if let Some(position) = message.position {
         event = event.id(position.get().to_string());
     }
-    if matches!(message, Message::Subscribed(_)) {
+    if message.kind == "subscribed" {
         event = event.retry(Duration::from_secs(1));
     }
-    match event.json_data(message) {
-        Ok(event) => event,
-        Err(error) => SseEvent::default()
-            .event("error")
-            .data(format!("a message could not be encoded: {error}")),
-    }
+    event.data(&*message.json)
 }
 
 /// `GET /v1/events/stream`.
@@ -280,7 +275,7 @@ pub async fn sse(
     let messages = futures::stream::unfold(
         (subscription, slot),
         |(mut subscription, slot)| async move {
-            let message = subscription.next().await?;
+            let message = subscription.next_encoded().await?;
             Some((
                 Ok::<_, Infallible>(sse_event(&message)),
                 (subscription, slot),
@@ -335,19 +330,12 @@ async fn run_socket(mut socket: WebSocket, mut subscription: Subscription) {
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            message = subscription.next() => {
+            message = subscription.next_encoded() => {
                 let Some(message) = message else { break };
-                let text = match serde_json::to_string(&message) {
-                    Ok(text) => text,
-                    Err(error) => {
-                        tracing::error!(error = %error, "a realtime message could not be encoded");
-                        continue;
-                    }
-                };
-                if socket.send(Frame::Text(text.into())).await.is_err() {
+                if socket.send(Frame::Text(message.json.to_string().into())).await.is_err() {
                     return;
                 }
-                if let Message::End(end) = &message {
+                if let Some(end) = &message.end {
                     let code = match end.reason {
                         EndReason::TokenExpired => 4001,
                         EndReason::ServerShutdown => 1001,

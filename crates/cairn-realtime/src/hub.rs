@@ -37,6 +37,55 @@ pub(crate) struct HubEvent {
     /// The views of the event's stream as of `through`; empty when no subscription
     /// asked for views.
     pub views: serde_json::Map<String, Value>,
+    /// The event's `Message` as JSON, without and with the views: encoded by the first
+    /// subscription that sends it, for all of them.
+    encoded: [std::sync::OnceLock<Arc<str>>; 2],
+}
+
+impl HubEvent {
+    pub(crate) fn new(event: RecordedEvent, views: serde_json::Map<String, Value>) -> HubEvent {
+        HubEvent {
+            event,
+            views,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The delivery of this event, in a batch read through `through`.
+    pub(crate) fn delivery(&self, views: bool, through: Position) -> crate::Delivery {
+        crate::Delivery {
+            position: self.event.position,
+            event: self.event.clone(),
+            views: if views {
+                self.views.clone()
+            } else {
+                serde_json::Map::new()
+            },
+            views_as_of: views.then_some(through),
+        }
+    }
+
+    /// The delivery's `Message` as JSON, encoded once.
+    pub(crate) fn encoded(&self, views: bool, through: Position) -> Arc<str> {
+        self.encoded[usize::from(views)]
+            .get_or_init(|| {
+                let message = crate::Message::Event(Box::new(self.delivery(views, through)));
+                match serde_json::to_string(&message) {
+                    Ok(json) => Arc::from(json),
+                    Err(error) => {
+                        tracing::error!(error = %error, position = %self.event.position, "a realtime delivery could not be encoded");
+                        Arc::from(
+                            serde_json::json!({
+                                "type": "error",
+                                "message": format!("the event at position {} could not be encoded: {error}", self.event.position),
+                            })
+                            .to_string(),
+                        )
+                    }
+                }
+            })
+            .clone()
+    }
 }
 
 pub(crate) struct Hub {
@@ -184,7 +233,7 @@ async fn read_batch(
         } else {
             serde_json::Map::new()
         };
-        out.push(HubEvent { event, views });
+        out.push(HubEvent::new(event, views));
     }
     Ok(Batch {
         after,

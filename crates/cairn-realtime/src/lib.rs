@@ -33,7 +33,7 @@ use cairn_log::{Db, RecordedEvent};
 use cairn_policy::{Action, Denial, Principal, authorize};
 use cairn_types::{CorrelationId, EventType, OrgId, Position, StreamId, StreamType};
 
-pub use subscription::Subscription;
+pub use subscription::{Encoded, Subscription};
 
 /// Which events a subscription receives. Every condition narrows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -39,6 +39,32 @@ impl Drop for Open {
     }
 }
 
+/// A message waiting to be sent: one of its own, or an event of a live batch, which
+/// every subscription that sends it shares (see [`Encoded`]).
+#[derive(Debug)]
+enum Queued {
+    Message(Message),
+    Live {
+        batch: Arc<Batch>,
+        index: usize,
+        views: bool,
+    },
+}
+
+/// A message ready to send: its type and position (for SSE's `event:` and `id:`), and
+/// its JSON, encoded once for every subscription that sends the same message.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The message's `type`.
+    pub kind: &'static str,
+    /// The position a client resumes after, if the message carries one.
+    pub position: Option<Position>,
+    /// The message as JSON.
+    pub json: Arc<str>,
+    /// The `end` message's terms, when this is the last message.
+    pub end: Option<End>,
+}
+
 /// An open subscription. [`Subscription::next`] yields its messages: `subscribed`
 /// first, then events and heartbeats, and `end` last.
 #[derive(Debug)]
@@ -53,7 +79,7 @@ pub struct Subscription {
     /// Every position up to here has been delivered or was not for this subscription.
     cursor: Position,
     caught_up: bool,
-    queue: VecDeque<Message>,
+    queue: VecDeque<Queued>,
     ended: bool,
     last_sent: Instant,
     failing_since: Option<Instant>,
@@ -107,7 +133,7 @@ impl Subscription {
             live,
             closing,
             caught_up: false,
-            queue: VecDeque::from([Message::Subscribed(subscribed)]),
+            queue: VecDeque::from([Queued::Message(Message::Subscribed(subscribed))]),
             ended: false,
             last_sent: Instant::now(),
             failing_since: None,
@@ -132,11 +158,60 @@ impl Subscription {
         self.cursor
     }
 
+    /// The next message, encoded to send: a live event's JSON is encoded once and
+    /// shared by every subscription that sends it. `None` after the `end` message.
+    pub async fn next_encoded(&mut self) -> Option<Encoded> {
+        match self.next_queued().await? {
+            Queued::Message(message) => {
+                let json = match serde_json::to_string(&message) {
+                    Ok(json) => Arc::from(json),
+                    Err(error) => {
+                        tracing::error!(error = %error, "a realtime message could not be encoded");
+                        return None;
+                    }
+                };
+                Some(Encoded {
+                    kind: message.kind(),
+                    position: message.position(),
+                    json,
+                    end: match message {
+                        Message::End(end) => Some(end),
+                        _ => None,
+                    },
+                })
+            }
+            Queued::Live {
+                batch,
+                index,
+                views,
+            } => {
+                let hub_event = &batch.events[index];
+                Some(Encoded {
+                    kind: "event",
+                    position: Some(hub_event.event.position),
+                    json: hub_event.encoded(views, batch.through),
+                    end: None,
+                })
+            }
+        }
+    }
+
     /// The next message, waiting for one; `None` after the `end` message.
     pub async fn next(&mut self) -> Option<Message> {
+        Some(match self.next_queued().await? {
+            Queued::Message(message) => message,
+            Queued::Live {
+                batch,
+                index,
+                views,
+            } => Message::Event(Box::new(batch.events[index].delivery(views, batch.through))),
+        })
+    }
+
+    async fn next_queued(&mut self) -> Option<Queued> {
         loop {
             if let Some(message) = self.queue.pop_front() {
-                if matches!(message, Message::End(_)) {
+                if matches!(message, Queued::Message(Message::End(_))) {
                     self.ended = true;
                     tracing::info!(subscription = %self.id, after = %self.cursor, "subscription ended");
                 }
@@ -179,11 +254,11 @@ impl Subscription {
     }
 
     fn end(&mut self, reason: EndReason, message: String) {
-        self.queue.push_back(Message::End(End {
+        self.queue.push_back(Queued::Message(Message::End(End {
             reason,
             message,
             resume_after: self.cursor,
-        }));
+        })));
     }
 
     /// Whether the subscription may receive this event: its filters, its tenancy, and
@@ -209,8 +284,11 @@ impl Subscription {
                 for delivery in &deliveries {
                     self.record_delivery(&delivery.event, true);
                 }
-                self.queue
-                    .extend(deliveries.into_iter().map(|d| Message::Event(Box::new(d))));
+                self.queue.extend(
+                    deliveries
+                        .into_iter()
+                        .map(|d| Queued::Message(Message::Event(Box::new(d)))),
+                );
                 self.cursor = self.cursor.max(through);
                 if done {
                     self.caught_up = true;
@@ -303,7 +381,7 @@ impl Subscription {
 
     /// Takes the events of a live batch that follow the cursor; a batch that starts
     /// past the cursor would leave a gap, so the log is read instead.
-    fn take(&mut self, batch: &Batch) {
+    fn take(&mut self, batch: &Arc<Batch>) {
         if batch.through <= self.cursor {
             return;
         }
@@ -313,7 +391,7 @@ impl Subscription {
         }
         let metrics = cairn_observe::metrics();
         let now = Utc::now();
-        for hub_event in &batch.events {
+        for (index, hub_event) in batch.events.iter().enumerate() {
             let event = &hub_event.event;
             if event.position <= self.cursor || !self.admits(event) {
                 continue;
@@ -324,17 +402,11 @@ impl Subscription {
                 .realtime_delivery_seconds
                 .observe(latency.as_secs_f64());
             self.record_delivery(event, false);
-            let views = if self.request.selector.views {
-                hub_event.views.clone()
-            } else {
-                serde_json::Map::new()
-            };
-            self.queue.push_back(Message::Event(Box::new(Delivery {
-                position: event.position,
-                event: event.clone(),
-                views,
-                views_as_of: self.request.selector.views.then_some(batch.through),
-            })));
+            self.queue.push_back(Queued::Live {
+                batch: batch.clone(),
+                index,
+                views: self.request.selector.views,
+            });
         }
         self.cursor = batch.through;
     }
@@ -409,10 +481,10 @@ impl Subscription {
                 }
             },
             () = tokio::time::sleep_until(heartbeat_at) => {
-                self.queue.push_back(Message::Heartbeat(Heartbeat {
+                self.queue.push_back(Queued::Message(Message::Heartbeat(Heartbeat {
                     position: self.cursor,
                     at: Utc::now(),
-                }));
+                })));
             }
             () = expired => {}
             changed = self.closing.changed() => {
