@@ -78,6 +78,64 @@ pub(crate) struct LogState {
     pub(crate) appended: Vec<(Position, String, Option<ErrorCode>)>,
 }
 
+/// What the PostgreSQL writer knows of the log as its last batch left it: the head,
+/// and the state of the streams it read or appended to. While the head is unchanged,
+/// no other transaction has appended, so these still hold: the next batch starts from
+/// them and checks the head in the same round trip as its writes
+/// ([`HEAD_IS`]), instead of reading them first.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownLog {
+    pub(crate) head: Head,
+    pub(crate) streams: HashMap<StreamId, StreamState>,
+}
+
+impl KnownLog {
+    /// The most streams kept; past it, only the last batch's.
+    const MAX_STREAMS: usize = 4096;
+
+    /// What a committed batch leaves known: its head and streams, with those known
+    /// before when the batch started from them (nothing else committed in between).
+    pub(crate) fn after(
+        before: Option<KnownLog>,
+        head: Head,
+        streams: HashMap<StreamId, StreamState>,
+    ) -> KnownLog {
+        let mut known = match before {
+            Some(before) if before.streams.len() + streams.len() <= Self::MAX_STREAMS => {
+                before.streams
+            }
+            _ => HashMap::new(),
+        };
+        known.extend(streams);
+        KnownLog {
+            head,
+            streams: known,
+        }
+    }
+
+    /// Whether every one of `streams` is known.
+    pub(crate) fn covers(&self, streams: &[StreamId]) -> bool {
+        streams.iter().all(|id| self.streams.contains_key(id))
+    }
+
+    /// The arguments of [`HEAD_IS`].
+    pub(crate) fn head_args(&self) -> Vec<Arg> {
+        args![
+            self.head.last_position,
+            self.head.last_hash.as_str(),
+            self.head.failed_events,
+            self.head.controls.as_str()
+        ]
+    }
+}
+
+/// PostgreSQL: the head row locked, if it is still as the writer left it; a failure
+/// otherwise (which rolls back the batch, and the writer runs it again, reading the
+/// head).
+pub(crate) const HEAD_IS: &str = "SELECT 1 / (count(*) = 1)::int AS one FROM (SELECT 1 \
+     FROM log_head WHERE id = 1 AND last_position = $1 AND last_hash = $2 \
+     AND failed_events = $3 AND controls = $4 FOR UPDATE) AS head";
+
 /// A point to roll the log state back to.
 #[derive(Debug, Clone)]
 pub(crate) struct Mark {

@@ -14,7 +14,7 @@ use crate::backend::postgres::{Pipeline, Prepared};
 use crate::backend::{Conn, Track, Transaction};
 use crate::error::DbError;
 use crate::spans::{SpanRecord, SpanSink};
-use crate::state::{LogState, Mark};
+use crate::state::{KnownLog, LogState, Mark};
 use crate::value::{Backend, Sql};
 use crate::watch::HeadWatch;
 
@@ -52,6 +52,9 @@ pub struct Tx {
     savepoints: u32,
     /// Writes waiting to go out together (an optimistic batch on PostgreSQL).
     pipeline: Option<Pipeline>,
+    /// The optimistic batch started from what the writer knew of the log, and checks
+    /// the head with its first statement.
+    from_known: bool,
 }
 
 impl Tx {
@@ -72,6 +75,7 @@ impl Tx {
             isolation,
             savepoints: 0,
             pipeline: None,
+            from_known: false,
         }
     }
 
@@ -304,9 +308,16 @@ impl Tx {
         matches!(self.inner, Transaction::PgBatch(_))
     }
 
-    /// Begins the PostgreSQL writer's optimistic batch: `BEGIN`, the head lock and the
-    /// states of `streams`, in one round trip. Nothing to do on other transactions.
-    pub(crate) async fn open_batch(&mut self, streams: &[StreamId]) -> Result<bool, DbError> {
+    /// Begins the PostgreSQL writer's optimistic batch. When the writer knows the
+    /// head and every one of `streams` from its last batch (`known`), nothing is read:
+    /// `BEGIN` and the check that the head is unchanged go out with the batch's first
+    /// script, often its only one. Otherwise `BEGIN`, the head lock and the states of
+    /// `streams`, in one round trip. Nothing to do on other transactions.
+    pub(crate) async fn open_batch(
+        &mut self,
+        streams: &[StreamId],
+        known: Option<&KnownLog>,
+    ) -> Result<bool, DbError> {
         let (Transaction::PgBatch(batch), Some(pipeline)) = (&mut self.inner, &self.pipeline)
         else {
             return Ok(false);
@@ -314,6 +325,17 @@ impl Tx {
         let mut wanted: Vec<StreamId> = streams.to_vec();
         wanted.sort();
         wanted.dedup();
+        if let Some(known) = known.filter(|known| known.covers(&wanted)) {
+            batch.begin_lazily();
+            pipeline.begin_with(crate::state::HEAD_IS, known.head_args());
+            self.log.head = Some(known.head.clone());
+            for id in wanted {
+                let state = known.streams.get(&id).cloned().flatten();
+                self.log.learn_stream(id, state);
+            }
+            self.from_known = true;
+            return Ok(true);
+        }
         let ids: Vec<uuid::Uuid> = wanted.iter().map(StreamId::as_uuid).collect();
         // A prepared statement, so that its plan is kept: planned anew for every batch,
         // the head-and-streams query costs more than it takes to run.
@@ -333,11 +355,19 @@ impl Tx {
         Ok(true)
     }
 
+    /// Whether the batch started from what the writer knew.
+    pub(crate) fn started_from_known(&self) -> bool {
+        self.from_known
+    }
+
     /// Commits the PostgreSQL writer's optimistic batch: its queued writes, its rows
     /// of the log, the head and the notification, and `COMMIT`, in one round trip.
     /// `Err((error, committed_maybe))`: whether the commit may have happened anyway
     /// (the connection failed), or surely did not (PostgreSQL refused a statement).
-    pub(crate) async fn commit_batch(mut self) -> Result<(), (DbError, bool)> {
+    pub(crate) async fn commit_batch(
+        mut self,
+        known: Option<KnownLog>,
+    ) -> Result<Option<KnownLog>, (DbError, bool)> {
         if self.is_poisoned() {
             return Err((
                 DbError::decode("(batch)", "a statement failed and was not undone"),
@@ -350,9 +380,13 @@ impl Tx {
         };
         crate::state::queue_final_rows(Some(pipeline), &mut self.log, &mut self.spans.spans);
         batch.commit(pipeline, &self.track).await?;
+        let from_known = self.from_known;
         let Tx { after, log, .. } = self;
         after_commit(after.as_deref(), &log.appended);
-        Ok(())
+        // What this batch leaves known; what was known before it still holds when the
+        // batch started from it (the head was unchanged, so nothing else committed).
+        let LogState { head, streams, .. } = log;
+        Ok(head.map(|head| KnownLog::after(known.filter(|_| from_known), head, streams)))
     }
 
     /// How many spans were recorded so far.

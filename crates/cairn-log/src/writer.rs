@@ -19,6 +19,13 @@
 //!   one row) makes the writer roll the batch back and run it again with savepoints.
 //!   Units are closures the writer may call more than once.
 //!
+//! On PostgreSQL an optimistic batch starts from the head and the stream versions the
+//! writer's last batch left, and sends `BEGIN`, a check that the head is unchanged
+//! (which locks it), the units' writes, the log's rows and `COMMIT` as one script: one
+//! round trip for a batch whose units read nothing. If another process moved the head
+//! meanwhile, the check fails, nothing is kept, and the batch runs again reading the
+//! head first, as batches then do for a while (other processes are writing).
+//!
 //! Invariants:
 //! - Nothing accepted is lost: a unit taken into the queue is run, and its caller
 //!   answered, even when the database is shutting down ([`Db::close`](crate::Db::close)
@@ -48,6 +55,7 @@ use crate::backend::WriterHome;
 use crate::backend::sqlite::Lent;
 use crate::error::DbError;
 use crate::spans::{SpanRecord, WriteSpans};
+use crate::state::KnownLog;
 use crate::tx::{AfterCommit, Isolation, Tx};
 
 /// How the writer keeps one failing unit from affecting its neighbours.
@@ -525,8 +533,32 @@ impl WriterHandle {
     }
 }
 
-/// Where the writer's transactions run, and how they end.
-struct Home(WriterHome);
+/// Where the writer's transactions run, how they end, and what the writer knows of the
+/// log from its last batch (PostgreSQL's optimistic batches start from it).
+struct Home(WriterHome, Option<KnownLog>, Known);
+
+/// Whether batches start from what the writer knows. A batch that did, and found that
+/// another process had moved the head, ran every unit for nothing: while other
+/// processes write too, batches read the head first again, for a while.
+#[derive(Debug, Default)]
+struct Known {
+    /// Batches read the head first until then.
+    not_before: Option<std::time::Instant>,
+}
+
+impl Known {
+    /// How long batches read the head first after one found it moved.
+    const BACK_OFF: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn usable(&self) -> bool {
+        self.not_before
+            .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    fn stale(&mut self) {
+        self.not_before = Some(std::time::Instant::now() + Self::BACK_OFF);
+    }
+}
 
 impl Home {
     async fn begin(
@@ -541,6 +573,7 @@ impl Home {
     /// Commits; `Err((error, before_commit))` says whether it failed before the commit
     /// statement was sent (nothing happened) or at it.
     async fn commit(&mut self, tx: Tx) -> Result<(), (DbError, bool)> {
+        self.1 = None;
         let (result, conn) = tx.commit_returning().await;
         self.0.put_back(conn);
         result
@@ -566,6 +599,30 @@ enum Attempt {
         error: DbError,
         before_commit: bool,
     },
+    /// An optimistic batch that started from what the writer knew of the log failed,
+    /// perhaps only because another process moved the head meanwhile: it runs again
+    /// as it was, reading the head, before anything is blamed on a unit.
+    Stale,
+}
+
+/// The error a unit would hear if a stale batch were its end.
+fn stale() -> DbError {
+    DbError::decode(
+        "(batch)",
+        "the log moved while the batch ran; nothing was written, try again",
+    )
+}
+
+impl Attempt {
+    /// Every unit runs again: as it was if the batch started from what the writer
+    /// knew (`stale`), else with savepoints.
+    fn rerun_all(stale: bool) -> Attempt {
+        if stale {
+            Attempt::Stale
+        } else {
+            Attempt::Rerun { refused: None }
+        }
+    }
 }
 
 /// How many times an optimistic batch is run again without a refused unit before the
@@ -641,6 +698,11 @@ async fn commit_batch(
             yield_to,
         };
         match attempt(home, &mut jobs, isolation, shared, &mut run).await {
+            Attempt::Stale => {
+                metrics.writer_reruns.inc();
+                home.1 = None;
+                home.2.stale();
+            }
             Attempt::Rerun { refused } => {
                 metrics.writer_reruns.inc();
                 reruns += 1;
@@ -711,12 +773,29 @@ async fn commit_batch(
                     };
                     attempt(home, &mut one, Isolation::Unit, shared, &mut run).await
                 };
+                let fate = match fate {
+                    // Not an optimistic batch: never stale; said so, were it ever.
+                    Attempt::Stale => Attempt::Failed {
+                        error: stale(),
+                        before_commit: true,
+                    },
+                    fate => fate,
+                };
                 for job in one {
                     match &fate {
                         Attempt::Failed { error, .. } => job.answer(Err(error)),
-                        Attempt::Committed | Attempt::Rerun { .. } => job.answer(Ok(())),
+                        Attempt::Committed | Attempt::Rerun { .. } | Attempt::Stale => {
+                            job.answer(Ok(()));
+                        }
                     }
                 }
+            }
+        }
+        // Run again inside the loop above; never its outcome.
+        Attempt::Stale => {
+            let error = stale();
+            for job in jobs {
+                job.answer(Err(&error));
             }
         }
         Attempt::Failed { error, .. } => {
@@ -766,7 +845,8 @@ async fn attempt(
     // else, so that writers of several processes only ever wait on each other for the
     // head: a batch that claimed a lease row and then waited for the head, while
     // another held the head and waited for that row, would be a deadlock.
-    let opened = match tx.open_batch(&streams).await {
+    let known = home.1.as_ref().filter(|_| home.2.usable());
+    let opened = match tx.open_batch(&streams, known).await {
         Ok(true) => Ok(()),
         // SQLite's write lock is taken with BEGIN: no need to read the head before work
         // that names no stream.
@@ -835,8 +915,9 @@ async fn attempt(
                 // again, with savepoints. A unit that refused on its own after
                 // writing keeps its refusal, and the batch runs again without it.
                 if tx.failures() > failures {
+                    let stale = tx.started_from_known();
                     home.abandon(tx, false).await;
-                    return Attempt::Rerun { refused: None };
+                    return Attempt::rerun_all(stale);
                 }
                 if ran == Ran::Refused && tx.writes() > writes {
                     // The refusal may rest on what those writes changed, and a queued
@@ -845,8 +926,9 @@ async fn attempt(
                     // report; otherwise the batch runs again with savepoints, where
                     // the unit sees what its writes really did.
                     if tx.conn().send_queued().await.is_err() {
+                        let stale = tx.started_from_known();
                         home.abandon(tx, false).await;
-                        return Attempt::Rerun { refused: None };
+                        return Attempt::rerun_all(stale);
                     }
                     tx.release_spans_since(spans);
                     home.abandon(tx, false).await;
@@ -864,13 +946,17 @@ async fn attempt(
         // The queued writes, the log's rows and the commit go out together; a refusal
         // among them (a write that changed other than one row) stops the script
         // before the commit, and the batch runs again with savepoints.
-        return match tx.commit_batch().await {
-            Ok(()) => Attempt::Committed,
+        let stale = tx.started_from_known();
+        return match tx.commit_batch(home.1.take()).await {
+            Ok(known) => {
+                home.1 = known;
+                Attempt::Committed
+            }
             Err((error, true)) => Attempt::Failed {
                 error,
                 before_commit: false,
             },
-            Err((_, false)) => Attempt::Rerun { refused: None },
+            Err((_, false)) => Attempt::rerun_all(stale),
         };
     }
     match home.commit(tx).await {
@@ -916,7 +1002,7 @@ pub(crate) fn start(
     config: WriterConfig,
 ) -> std::io::Result<()> {
     let threaded = home.runs_in_a_thread();
-    let home = Home(home);
+    let home = Home(home, None, Known::default());
     match threaded {
         true => {
             let runtime = tokio::runtime::Handle::current();

@@ -57,6 +57,8 @@ struct Queued {
 pub(crate) struct Pipeline {
     queued: Mutex<Vec<Queued>>,
     prepared: Prepared,
+    /// The transaction begins with the next script (`BEGIN` goes out with it).
+    begin: std::sync::atomic::AtomicBool,
 }
 
 /// The write wrapped so that PostgreSQL refuses it unless it changed exactly one row;
@@ -84,6 +86,7 @@ impl Pipeline {
         Pipeline {
             queued: Mutex::new(Vec::new()),
             prepared,
+            begin: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -112,6 +115,19 @@ impl Pipeline {
             args: args.to_vec(),
         });
         true
+    }
+
+    /// Begins the transaction with the next script, `statement` first in it (the
+    /// batch's check that the log's head is as the writer left it), unchecked.
+    pub(crate) fn begin_with(&self, statement: &'static str, args: Vec<Arg>) {
+        self.begin.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.queue().insert(
+            0,
+            Queued {
+                text: statement.to_owned(),
+                args,
+            },
+        );
     }
 
     /// Queues the batch's own final statement (its rows of the log), unchecked.
@@ -158,6 +174,10 @@ impl Pipeline {
         // The name a statement of the script prepares, if it is a PREPARE.
         let mut prepares: Vec<Option<String>> = Vec::new();
         let mut script = String::new();
+        if self.begin.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            script.push_str("BEGIN;\n");
+            prepares.push(None);
+        }
         {
             let prepared = self
                 .prepared
@@ -449,6 +469,12 @@ impl PgBatch {
 }
 
 impl PgBatch {
+    /// Begins the batch with the first script its pipeline sends (see
+    /// [`Pipeline::begin_with`]).
+    pub(crate) fn begin_lazily(&mut self) {
+        self.open = true;
+    }
+
     /// Begins the batch: `BEGIN` and `statement` (prepared as `name` with one `uuid[]`
     /// parameter, once per connection) run with `ids`, in one round trip. Returns the
     /// statement's rows.

@@ -557,3 +557,68 @@ async fn writers_of_two_processes_do_not_deadlock_on_postgres() -> cairn_testkit
     )
     .await
 }
+
+/// Appends `n` to `stream` through `db`'s writer, expecting the stream at `version`.
+async fn append_to(
+    db: &Db,
+    stream: StreamId,
+    version: i64,
+    n: i64,
+) -> Result<Vec<RecordedEvent>, AppendError> {
+    db.write_to(WriteOptions::default(), &[stream], move |tx| {
+        Box::pin(async move {
+            let request = request(stream, vec![ping(n)]).expect(cairn_log::Expected::Exact(
+                cairn_types::StreamVersion::new(version),
+            ));
+            match tx.prepare_append(request).await? {
+                Prepared::New(pending) => tx.write_append(pending).await,
+                Prepared::Repeat(events) => Ok(events),
+            }
+        })
+    })
+    .await
+}
+
+backend_test!(
+    writers_of_two_processes_taking_turns_on_one_stream_see_each_others_appends,
+    |t: TestDb| async move {
+        // The PostgreSQL writer starts a batch from the head and stream versions its
+        // last batch left, checking in the same round trip that the head is unchanged:
+        // another process's append in between must be seen, never overwritten or
+        // reported as a conflict.
+        let first = t.connect_again().await?;
+        let second = t.connect_again().await?;
+        let stream = StreamId::new_v7();
+        let mut positions = Vec::new();
+        let reruns = cairn_observe::metrics().writer_reruns.get();
+        for n in 0..40_i64 {
+            let db = if n % 3 == 2 { &second } else { &first };
+            let events = append_to(db, stream, n, n).await?;
+            assert_eq!(events[0].stream_version.get(), n + 1, "append {n}");
+            positions.push(events[0].position.get());
+        }
+        // A stale expectation is a conflict, from either process, and writes nothing.
+        let stale = append_to(&first, stream, 10, 99).await;
+        assert!(
+            matches!(stale, Err(AppendError::Conflict { .. })),
+            "{stale:?}"
+        );
+        if t.backend() == cairn_testkit::Backend::Postgres {
+            // A writer whose batch started from what it knew found the head moved by
+            // the other process, and ran the batch again reading it (then read the head
+            // first for a while).
+            assert!(
+                cairn_observe::metrics().writer_reruns.get() > reruns,
+                "the writers never started a batch from what they knew"
+            );
+        }
+        let all = all_events(t.db()).await?;
+        assert_eq!(all.len(), 40);
+        let expected: Vec<i64> = (1..=40).collect();
+        assert_eq!(positions, expected);
+        assert!(t.db().verify_chain(&mut |_, _| {}).await?.is_intact());
+        first.close().await;
+        second.close().await;
+        Ok(())
+    }
+);
