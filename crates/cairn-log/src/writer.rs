@@ -700,6 +700,7 @@ async fn commit_batch(
         match attempt(home, &mut jobs, isolation, shared, &mut run).await {
             Attempt::Stale => {
                 metrics.writer_reruns.inc();
+                metrics.writer_stale_batches.inc();
                 home.1 = None;
                 home.2.stale();
             }

@@ -103,6 +103,7 @@ pub struct Metrics {
     pub writer_batch_seconds: Histogram,
     pub writer_queued: Gauge,
     pub writer_reruns: Counter,
+    pub writer_stale_batches: Counter,
     pub writer_cut: Counter,
     pub writer_refused: Counter,
     pub http_connections: Gauge,
@@ -308,6 +309,12 @@ impl Metrics {
             "Batches the log writer ran again, unit by unit or with savepoints, after a failure",
             writer_reruns.clone(),
         );
+        let writer_stale_batches = Counter::default();
+        registry.register(
+            "writer_stale_batches",
+            "PostgreSQL batches that started from what the log writer knew of the log and found the head moved by another process: they ran again, reading it",
+            writer_stale_batches.clone(),
+        );
         let writer_cut = Counter::default();
         registry.register(
             "writer_batches_cut",
@@ -330,6 +337,7 @@ impl Metrics {
             writer_batch_seconds,
             writer_queued,
             writer_reruns,
+            writer_stale_batches,
             writer_cut,
             writer_refused,
             events_appended,

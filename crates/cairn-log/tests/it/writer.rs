@@ -591,6 +591,7 @@ backend_test!(
         let stream = StreamId::new_v7();
         let mut positions = Vec::new();
         let reruns = cairn_observe::metrics().writer_reruns.get();
+        let stale_batches = cairn_observe::metrics().writer_stale_batches.get();
         for n in 0..40_i64 {
             let db = if n % 3 == 2 { &second } else { &first };
             let events = append_to(db, stream, n, n).await?;
@@ -608,7 +609,8 @@ backend_test!(
             // the other process, and ran the batch again reading it (then read the head
             // first for a while).
             assert!(
-                cairn_observe::metrics().writer_reruns.get() > reruns,
+                cairn_observe::metrics().writer_reruns.get() > reruns
+                    && cairn_observe::metrics().writer_stale_batches.get() > stale_batches,
                 "the writers never started a batch from what they knew"
             );
         }
