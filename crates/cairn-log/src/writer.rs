@@ -774,20 +774,12 @@ async fn commit_batch(
                     };
                     attempt(home, &mut one, Isolation::Unit, shared, &mut run).await
                 };
-                let fate = match fate {
-                    // Not an optimistic batch: never stale; said so, were it ever.
-                    Attempt::Stale => Attempt::Failed {
-                        error: stale(),
-                        before_commit: true,
-                    },
-                    fate => fate,
-                };
                 for job in one {
                     match &fate {
                         Attempt::Failed { error, .. } => job.answer(Err(error)),
-                        Attempt::Committed | Attempt::Rerun { .. } | Attempt::Stale => {
-                            job.answer(Ok(()));
-                        }
+                        // Not an optimistic batch: never stale; said so, were it ever.
+                        Attempt::Stale => job.answer(Err(&stale())),
+                        Attempt::Committed | Attempt::Rerun { .. } => job.answer(Ok(())),
                     }
                 }
             }
