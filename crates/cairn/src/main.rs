@@ -3,6 +3,17 @@
 //! This is the only crate that reads the environment, parses the command line and
 //! chooses the database. Everything below it is handed what it needs.
 
+/// Prints a line to standard output like `println!`, but a reader that has gone away
+/// (`cairn status | head -2`) ends the command quietly instead of with a panic.
+macro_rules! outln {
+    () => {
+        $crate::ui::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::ui::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod app;
 mod cli;
 mod cmd;

@@ -6,6 +6,21 @@ use std::time::Duration;
 use console::style;
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Writes to standard output. A closed pipe means the reader has all it wants, as for
+/// `cat`: the process ends at once with success, and nothing more is printed. Any
+/// other failure to write ends it with exit code 2 and says why on stderr.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("{} writing to standard output: {error}", style("error:").red().bold());
+        std::process::exit(2);
+    }
+}
+
 /// Prints an error on one line, with its causes, to stderr.
 pub fn print_error(error: &anyhow::Error) {
     eprintln!("{} {error:#}", style("error:").red().bold());
@@ -18,7 +33,7 @@ pub fn warn(message: &str) {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

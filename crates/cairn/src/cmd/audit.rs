@@ -127,7 +127,7 @@ fn keygen(args: AuditKeygenArgs) -> anyhow::Result<ExitCode> {
             public_key: public.to_hex(),
         })?;
     } else {
-        println!(
+        outln!(
             "{} wrote the signing key {} (readable by you only) and its public key {}\n  \
              public key {}\n  keep the signing key out of the database's reach; give the public \
              key to whoever verifies (cairn audit verify --public-key {})",
@@ -345,7 +345,7 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
                     breach: None,
                 })?;
             } else {
-                println!(
+                outln!(
                     "{} signed the head at position {} (hash {}) and wrote {}\n  the chain \
                      checks out {}: {} rehashed",
                     style("✓").green().bold(),
@@ -369,7 +369,7 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
                     breach: report.breach.as_ref(),
                 })?;
             } else if let Some(breach) = &report.breach {
-                println!(
+                outln!(
                     "{} not signed: the hash chain is broken at position {}: {}\n  checked {}; \
                      run cairn audit verify with your checkpoints to see more",
                     style("✗").red().bold(),
@@ -557,13 +557,13 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned: bool) {
     match &report.breach {
-        None => println!(
+        None => outln!(
             "{} hash chain intact: {}, head at position {}",
             style("✓").green().bold(),
             ui::plural(report.n_checked, "event", "events"),
             report.head
         ),
-        Some(breach) => println!(
+        Some(breach) => outln!(
             "{} hash chain broken at position {}: {}\n  {} before it {}",
             style("✗").red().bold(),
             style(breach.position).bold(),
@@ -578,7 +578,7 @@ fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned
     }
     if results.is_empty() {
         if report.is_intact() {
-            println!(
+            outln!(
                 "  {}",
                 style(
                     "the chain is consistent with itself; only a signed checkpoint (--checkpoint) \
@@ -594,7 +594,7 @@ fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned
         positions.sort_unstable();
         positions.dedup();
         let positions: Vec<String> = positions.iter().map(u64::to_string).collect();
-        println!(
+        outln!(
             "{} {}: the log still holds the signed {} at {} {}",
             style("✓").green().bold(),
             if results.len() == 1 {
@@ -617,7 +617,7 @@ fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned
                 .collect();
             keys.sort_unstable();
             keys.dedup();
-            println!(
+            outln!(
                 "  {}",
                 style(format!(
                     "signed by {} {}; --public-key pins the key you expect",
@@ -644,7 +644,7 @@ fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned
             (Some(detail), _) => detail.clone(),
             (None, status) => status.describe().to_owned(),
         };
-        println!(
+        outln!(
             "{mark} checkpoint {}{position}: {detail}",
             result.file.display()
         );

@@ -152,7 +152,7 @@ pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result
 fn print_report(report: &DemoReport, request: &BootstrapRequest) {
     let org = &report.organization;
     let label = |text: &str| style(format!("    {text:<13}")).dim().to_string();
-    println!(
+    outln!(
         "{} · bootstrapping a sample organization on {}\n",
         style("cairn demo").bold(),
         report.database
@@ -162,9 +162,9 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
     } else {
         style(format!("✗ {}", org.status)).red().to_string()
     };
-    println!("  {} ({})  {status}", style(&org.name).bold(), org.slug);
-    println!("{}{}", label("organization"), org.id);
-    println!(
+    outln!("  {} ({})  {status}", style(&org.name).bold(), org.slug);
+    outln!("{}{}", label("organization"), org.id);
+    outln!(
         "{}{}  (the registrable domain of {})",
         label("sender"),
         org.sender_address,
@@ -172,7 +172,7 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
     );
     for (index, user) in report.users.iter().enumerate() {
         let heading = if index == 0 { "people" } else { "" };
-        println!(
+        outln!(
             "{}{} <{}>, {}: {}",
             label(heading),
             user.name,
@@ -194,7 +194,7 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
              (a, b)| { Some(span.map_or((a, b), |(lo, hi)| (lo.min(a), hi.max(b)))) },
         )
         .and_then(|(lo, hi)| (hi - lo).to_std().ok());
-    println!(
+    outln!(
         "\n  {} {} {}  {}{}",
         style("Workflow").bold(),
         run.kind,
@@ -205,7 +205,7 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
             .unwrap_or_default()
     );
     for step in &report.workflow.steps {
-        println!("    {}", step_line(step));
+        outln!("    {}", step_line(step));
     }
     let slowest = report
         .workflow
@@ -214,19 +214,19 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
         .filter_map(|s| step_duration(s).map(|d| (d, s.name.as_str())))
         .max();
     if let Some((duration, name)) = slowest {
-        println!(
+        outln!(
             "    {}",
             style(format!("slowest step: {name} ({})", ui::duration(duration))).dim()
         );
     }
 
-    println!("\n  {} ({})", style("Emails").bold(), report.mail);
+    outln!("\n  {} ({})", style("Emails").bold(), report.mail);
     for email in &report.emails {
-        println!("    ✉ {:<22} {}", email.to, email.subject);
-        println!("      {}", style(&email.detail).dim());
+        outln!("    ✉ {:<22} {}", email.to, email.subject);
+        outln!("      {}", style(&email.detail).dim());
     }
 
-    println!(
+    outln!(
         "\n  {} of correlation {} ({}, in order)",
         style("Events").bold(),
         run.correlation_id,
@@ -246,11 +246,11 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
         ]);
     }
     for line in table.to_string().lines() {
-        println!("    {line}");
+        outln!("    {line}");
     }
 
     if let Some(first) = report.child_workflows.first() {
-        println!(
+        outln!(
             "\n  {} invitation expiry workflows sleep on durable timers until {}.",
             report.child_workflows.len(),
             first.next_run_at.map_or("later".to_owned(), |at| at
@@ -258,7 +258,7 @@ fn print_report(report: &DemoReport, request: &BootstrapRequest) {
                 .to_string())
         );
     }
-    println!(
+    outln!(
         "  Done in {}. Next: {}",
         ui::duration(std::time::Duration::from_secs_f64(report.elapsed_ms / 1e3)),
         style(format!(

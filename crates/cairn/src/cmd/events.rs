@@ -128,7 +128,7 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if events.is_empty() {
-        println!("{}", style("no events match").dim());
+        outln!("{}", style("no events match").dim());
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = ui::table(&[
@@ -149,7 +149,7 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
             status_text(event),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     let n_failed = events.iter().filter(|e| e.is_failed()).count() as u64;
     let mut footer = ui::plural(events.len() as u64, "event", "events");
     if n_failed > 0 {
@@ -163,7 +163,7 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
     {
         footer.push_str(&format!("; more may follow: --after {}", last.position));
     }
-    println!("{footer}");
+    outln!("{footer}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,21 +196,21 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let label = |text: &str| style(format!("  {text:<13}")).dim().to_string();
-    println!(
+    outln!(
         "{} {}  {}",
         style("event").bold(),
         style(event.event_id).bold(),
         style(format!("position {}", event.position)).cyan()
     );
-    println!("{}{}", label("type"), event.event_type);
-    println!(
+    outln!("{}{}", label("type"), event.event_type);
+    outln!(
         "{}{} {} (version {})",
         label("stream"),
         event.stream_type,
         event.stream_id,
         event.stream_version
     );
-    println!(
+    outln!(
         "{}{}",
         label("created"),
         event.created_at.format("%Y-%m-%d %H:%M:%S%.6f UTC")
@@ -237,21 +237,21 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => style("not processed yet").yellow().to_string(),
     };
-    println!("{}{}", label("status"), status);
-    println!("{}{}", label("correlation"), event.metadata.correlation_id);
+    outln!("{}{}", label("status"), status);
+    outln!("{}{}", label("correlation"), event.metadata.correlation_id);
     if let Some(causation) = event.metadata.causation_id {
-        println!("{}{}", label("causation"), causation);
+        outln!("{}{}", label("causation"), causation);
     }
     if let Some(actor) = &event.metadata.actor {
-        println!("{}{}", label("actor"), actor);
+        outln!("{}{}", label("actor"), actor);
     }
     if let Some(org) = event.metadata.org_id {
-        println!("{}{}", label("organization"), org);
+        outln!("{}{}", label("organization"), org);
     }
-    println!("{}{}", label("hash"), event.hash);
-    println!("{}\n{}", label("data"), indented_json(&event.data));
+    outln!("{}{}", label("hash"), event.hash);
+    outln!("{}\n{}", label("data"), indented_json(&event.data));
     if !event.metadata.extra.is_empty() {
-        println!(
+        outln!(
             "{}\n{}",
             label("extras"),
             indented_json(&Value::Object(event.metadata.extra.clone()))
@@ -262,13 +262,13 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 fn print_retried(dispatched: &Dispatched) {
     match &dispatched.event.processing_error {
-        None => println!(
+        None => outln!(
             "{} event {} ({}) is now processed",
             style("✓").green().bold(),
             dispatched.event.position,
             dispatched.event.event_type
         ),
-        Some(error) => println!(
+        Some(error) => outln!(
             "{} event {} ({}) failed again: {} {}",
             style("✗").red().bold(),
             dispatched.event.position,
@@ -310,12 +310,12 @@ async fn retry(url: &str, args: RetryArgs) -> anyhow::Result<ExitCode> {
     if args.json.json {
         ui::print_json(&report)?;
     } else if report.n_retried == 0 {
-        println!("{}", style("no failed events match").dim());
+        outln!("{}", style("no failed events match").dim());
     } else {
         for dispatched in &report.still_failed {
             print_retried(dispatched);
         }
-        println!(
+        outln!(
             "retried {}: {} now processed, {} still failed",
             ui::plural(report.n_retried, "event", "events"),
             ui::count(report.n_fixed),
@@ -338,7 +338,7 @@ async fn skip(url: &str, args: SkipArgs) -> anyhow::Result<ExitCode> {
     if args.json.json {
         ui::print_json(&skipped)?;
     } else {
-        println!(
+        outln!(
             "{} event {} ({}) is skipped: it will not be applied, and replay skips it too",
             style("✓").green().bold(),
             skipped.event.position,

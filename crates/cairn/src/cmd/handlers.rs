@@ -88,7 +88,7 @@ async fn list(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             state,
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -107,7 +107,7 @@ async fn pause(url: &str, args: RouteArgs) -> anyhow::Result<ExitCode> {
     if args.json.json {
         ui::print_json(&pause)?;
     } else {
-        println!(
+        outln!(
             "{} handler route {} is paused (position {}): its events are stored and held until `cairn handlers resume {}`",
             style("⏸").yellow().bold(),
             pause.route,
@@ -126,14 +126,14 @@ async fn resume(url: &str, args: RouteArgs) -> anyhow::Result<ExitCode> {
     if args.json.json {
         ui::print_json(&resumed)?;
     } else {
-        println!(
+        outln!(
             "{} handler route {} is resumed: {} released",
             style("▶").green().bold(),
             resumed.route,
             ui::plural(resumed.n_streams_released, "stream", "streams")
         );
         if resumed.n_streams_still_held > 0 {
-            println!(
+            outln!(
                 "  {} still held behind an event that failed as it was released: cairn streams held",
                 ui::plural(resumed.n_streams_still_held, "stream", "streams")
             );
@@ -153,7 +153,7 @@ async fn held(url: &str, args: HeldArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if held.is_empty() {
-        println!("{}", style("no stream is held").green());
+        outln!("{}", style("no stream is held").green());
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = ui::table(&["STREAM", "WAITS BEHIND", "WHY", "HELD", "SINCE (UTC)"]);
@@ -187,8 +187,8 @@ async fn held(url: &str, args: HeldArgs) -> anyhow::Result<ExitCode> {
             stream.since.format("%Y-%m-%d %H:%M:%S").to_string(),
         ]);
     }
-    println!("{table}");
-    println!(
+    outln!("{table}");
+    outln!(
         "{}: retry or skip the event they wait behind (cairn events retry|skip POS), or resume its route (cairn handlers resume)",
         ui::plural(held.len() as u64, "held stream", "held streams")
     );

@@ -24,7 +24,7 @@ fn print(url: &str, health: &Value) {
         "degraded" => style(status).yellow().bold(),
         _ => style(status).red().bold(),
     };
-    println!(
+    outln!(
         "{} {url} · {styled} (probe {}, {} old)",
         style("cairn health").bold(),
         ms(&health["probe"]["total_ms"]),
@@ -37,7 +37,7 @@ fn print(url: &str, health: &Value) {
         } else {
             style("✗").red().bold()
         };
-        println!(
+        outln!(
             "  {mark} {:<11} {:>9}  {}",
             hop["hop"].as_str().unwrap_or_default(),
             if ok {
@@ -51,7 +51,7 @@ fn print(url: &str, health: &Value) {
                 .unwrap_or_default(),
         );
     }
-    println!("  {}", style("alerts").bold());
+    outln!("  {}", style("alerts").bold());
     for alert in health["alerts"].as_array().into_iter().flatten() {
         let active = alert["active"] == true;
         let mark = if active {
@@ -59,7 +59,7 @@ fn print(url: &str, health: &Value) {
         } else {
             style("✓").green()
         };
-        println!(
+        outln!(
             "  {mark} {:<19} {}",
             alert["alert"].as_str().unwrap_or_default(),
             alert["message"].as_str().unwrap_or_default()
@@ -68,7 +68,7 @@ fn print(url: &str, health: &Value) {
     if let Some(id) = health["probe"]["correlation_id"].as_str()
         && health["probe"]["ok"] != true
     {
-        println!("\n  the probe's whole path: cairn trace {id}");
+        outln!("\n  the probe's whole path: cairn trace {id}");
     }
 }
 

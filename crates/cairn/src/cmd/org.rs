@@ -61,7 +61,7 @@ pub async fn bootstrap(
     if args.json.json {
         ui::print_json(&accepted)?;
     } else {
-        println!(
+        outln!(
             "{} bootstrap of {} accepted\n  organization  {}\n  workflow      {}\n  correlation   {}",
             style("✓").green().bold(),
             style(&request.organization.name).bold(),
@@ -70,7 +70,7 @@ pub async fn bootstrap(
             accepted.correlation_id
         );
         if !args.wait {
-            println!(
+            outln!(
                 "  a workflow engine runs it: `cairn workflows run`, then `cairn workflows show {}`",
                 accepted.workflow_id
             );
@@ -91,7 +91,7 @@ pub async fn accept(url: &str, runtime: &Runtime, args: AcceptArgs) -> anyhow::R
     if args.json.json {
         ui::print_json(&acceptance)?;
     } else {
-        println!(
+        outln!(
             "{} invitation {} accepted: user {} is active in organization {}",
             style("✓").green().bold(),
             acceptance.invitation_id,

@@ -21,7 +21,7 @@ fn print_changes(changes: &[OutcomeChange]) {
             }
             _ => style("applied").green().to_string(),
         };
-        println!(
+        outln!(
             "  event {} ({}): now {now}",
             change.position, change.event_type
         );
@@ -48,7 +48,7 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let elapsed = started.elapsed();
-        println!(
+        outln!(
             "{} rebuilt {} from {} in {} ({} events/s): {} applied, {} skipped, {} failed",
             style("✓").green().bold(),
             ui::plural(
@@ -64,7 +64,7 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             ui::count(report.n_failed),
         );
         if !report.changed.is_empty() {
-            println!(
+            outln!(
                 "{} outcome changed and recorded:",
                 ui::plural(report.changed.len() as u64, "event's", "events'")
             );
@@ -84,7 +84,7 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.json.json {
         ui::print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "rebuilt {} from {} into a shadow copy and compared it with the live tables:",
             ui::plural(
                 report.tables.len() as u64,
@@ -104,7 +104,7 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             } else {
                 style("✗").red()
             };
-            println!(
+            outln!(
                 "  {mark} {:<24} {:>8} live  {:>8} rebuilt  {}",
                 table.table,
                 ui::count(table.live_rows),
@@ -123,20 +123,20 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             match &drift.kind {
                 DriftKind::Differs { columns } => {
                     for column in columns {
-                        println!(
+                        outln!(
                             "    {} {key}: {} is {} live, {} from the log",
                             drift.table, column.column, column.live, column.rebuilt
                         );
                     }
                 }
                 DriftKind::OnlyLive { live } => {
-                    println!(
+                    outln!(
                         "    {} {key}: only in the live table, no event produced it: {live}",
                         drift.table
                     );
                 }
                 DriftKind::OnlyRebuilt { rebuilt } => {
-                    println!(
+                    outln!(
                         "    {} {key}: missing from the live table; the log produces {rebuilt}",
                         drift.table
                     );
@@ -144,19 +144,19 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if !report.outcome_changes.is_empty() {
-            println!(
+            outln!(
                 "{} would have a different outcome now (`cairn replay` records it):",
                 ui::plural(report.outcome_changes.len() as u64, "event", "events")
             );
             print_changes(&report.outcome_changes);
         }
         if report.is_clean() {
-            println!(
+            outln!(
                 "{} the projections are exactly what the log produces",
                 style("✓").green().bold()
             );
         } else {
-            println!(
+            outln!(
                 "{} {}: projections were changed without an event",
                 style("✗").red().bold(),
                 ui::plural(report.drift.len() as u64, "row differs", "rows differ")

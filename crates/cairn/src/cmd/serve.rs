@@ -253,7 +253,7 @@ pub async fn token(url: &str, args: TokenArgs) -> anyhow::Result<ExitCode> {
     let secret = secret(&db, args.jwt_secret.as_deref()).await?;
     anyhow::ensure!(secret.len() >= 32, "the JWT secret needs at least 32 bytes");
     let token = cairn_policy::mint(&principal, &secret, args.ttl.0)?;
-    println!("{token}");
+    outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -264,7 +264,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let asyncapi = cairn_http::contracts::asyncapi(&registry);
     let written = cairn_http::contracts::export(&args.out, &openapi, &asyncapi, &registry)
         .with_context(|| format!("writing the contracts to {}", args.out.display()))?;
-    println!(
+    outln!(
         "{} wrote {} to {}",
         style("✓").green().bold(),
         ui::plural(written.len() as u64, "file", "files"),

@@ -44,8 +44,8 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {}", style("database").dim(), store.db().describe());
-    println!(
+    outln!("{} {}", style("database").dim(), store.db().describe());
+    outln!(
         "{} {} (hash {}…)",
         style("head    ").dim(),
         ui::plural(
@@ -56,13 +56,13 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         &head.last_hash[..12]
     );
     if head.failed_events == 0 {
-        println!("{} {}", style("failed  ").dim(), style("none").green());
+        outln!("{} {}", style("failed  ").dim(), style("none").green());
     } else {
         let codes: Vec<String> = failed
             .iter()
             .map(|(code, n)| format!("{code} ×{n}"))
             .collect();
-        println!(
+        outln!(
             "{} {} ({})  → cairn events list --failed",
             style("failed  ").dim(),
             style(head.failed_events).red().bold(),
@@ -70,7 +70,7 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         );
     }
     if held_streams > 0 {
-        println!(
+        outln!(
             "{} {} ({} waiting)  → cairn streams held",
             style("held    ").dim(),
             style(ui::plural(held_streams, "stream", "streams"))
@@ -80,7 +80,7 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         );
     }
     for pause in paused_routes.iter() {
-        println!(
+        outln!(
             "{} handler route {} by {} since {}: {}  → cairn handlers resume",
             style("paused  ").dim(),
             style(&pause.route).yellow().bold(),
@@ -90,7 +90,7 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         );
     }
     for pause in &paused_kinds {
-        println!(
+        outln!(
             "{} every {} run, by {} since {}: {}  → cairn workflows resume --kind {}",
             style("paused  ").dim(),
             style(&pause.kind).yellow().bold(),
@@ -101,7 +101,7 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         );
     }
     if paused_runs > 0 {
-        println!(
+        outln!(
             "{} {}  → cairn workflows list, cairn workflows resume ID",
             style("paused  ").dim(),
             style(ui::plural(

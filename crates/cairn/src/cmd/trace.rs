@@ -34,7 +34,7 @@ fn hop_name(hop: Hop) -> &'static str {
 /// The timeline for people: one line per hop, offset from the start, time taken,
 /// and errors in full under the hop they belong to.
 pub fn print(timeline: &Timeline) {
-    println!(
+    outln!(
         "{} {}  {} · {} · {}",
         style("trace").bold(),
         timeline.correlation_id,
@@ -48,7 +48,7 @@ pub fn print(timeline: &Timeline) {
                 .to_string()
         },
     );
-    println!(
+    outln!(
         "{}",
         style(format!(
             "  started {}",
@@ -65,7 +65,7 @@ pub fn print(timeline: &Timeline) {
             Status::Waiting => style("◷").cyan(),
         };
         let took = entry.duration_ms.map(millis).unwrap_or_default();
-        println!(
+        outln!(
             "  {mark} {:>10}  {:>8}  {:<8}  {}",
             format!("+{}", millis(entry.offset_ms)),
             took,
@@ -73,7 +73,7 @@ pub fn print(timeline: &Timeline) {
             entry.name
         );
         if let Some(error) = &entry.error {
-            println!("  {:>32}{}", "", style(error).red());
+            outln!("  {:>32}{}", "", style(error).red());
         }
     }
 }

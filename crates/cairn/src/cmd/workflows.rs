@@ -51,7 +51,7 @@ async fn pause(
             if args.json.json {
                 ui::print_json(&run)?;
             } else {
-                println!(
+                outln!(
                     "{} workflow run {id} ({}) is {verb}",
                     mark(pausing),
                     run.kind
@@ -59,7 +59,7 @@ async fn pause(
                 if let Some(pause) = &run.paused
                     && !pausing
                 {
-                    println!(
+                    outln!(
                         "  its kind {} is still paused ({}): cairn workflows resume --kind {}",
                         run.kind, pause.reason, run.kind
                     );
@@ -75,12 +75,12 @@ async fn pause(
             if args.json.json {
                 ui::print_json(&pause)?;
             } else if pausing {
-                println!(
+                outln!(
                     "{} every {kind} run is paused: new runs are recorded and wait; `cairn workflows resume --kind {kind}` lets them go on",
                     mark(true)
                 );
             } else {
-                println!("{} every {kind} run goes on where it stopped", mark(false));
+                outln!("{} every {kind} run goes on where it stopped", mark(false));
             }
         }
         (None, None) => anyhow::bail!("name a run, or a kind with --kind"),
@@ -123,7 +123,7 @@ async fn kinds(
     }
     for kind in domain.engine().kinds() {
         match paused.iter().find(|p| p.kind == kind) {
-            Some(pause) => println!(
+            Some(pause) => outln!(
                 "{} {kind:<24} paused by {} since {}: {}",
                 mark(true),
                 pause.paused_by,
@@ -131,11 +131,11 @@ async fn kinds(
                 pause.reason
             ),
             None => match domain.engine().not_pausable(kind) {
-                Some(why) => println!(
+                Some(why) => outln!(
                     "{} {kind:<24} running (cannot be paused: {why})",
                     style("•").green()
                 ),
-                None => println!("{} {kind:<24} running", style("•").green()),
+                None => outln!("{} {kind:<24} running", style("•").green()),
             },
         }
     }
@@ -216,7 +216,7 @@ async fn list(url: &str, args: WorkflowListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("{}", style("no workflow runs match").dim());
+        outln!("{}", style("no workflow runs match").dim());
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = ui::table(&["ID", "KIND", "STATUS", "CURRENT STEP", "CREATED (UTC)"]);
@@ -233,15 +233,15 @@ async fn list(url: &str, args: WorkflowListArgs) -> anyhow::Result<ExitCode> {
             run.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         ]);
     }
-    println!("{table}");
-    println!("{}", ui::plural(runs.len() as u64, "run", "runs"));
+    outln!("{table}");
+    outln!("{}", ui::plural(runs.len() as u64, "run", "runs"));
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a run with its steps.
 pub fn print_run(run: &RunWithSteps) {
     let r = &run.run;
-    println!(
+    outln!(
         "{} {} {}  {}",
         style("workflow").bold(),
         style(r.id).bold(),
@@ -249,14 +249,14 @@ pub fn print_run(run: &RunWithSteps) {
         status_mark(r.status)
     );
     let label = |text: &str| style(format!("  {text:<13}")).dim().to_string();
-    println!("{}{}", label("correlation"), r.correlation_id);
+    outln!("{}{}", label("correlation"), r.correlation_id);
     if let Some(org) = r.org_id {
-        println!("{}{}", label("organization"), org);
+        outln!("{}{}", label("organization"), org);
     }
     if let Some(parent) = r.parent_id {
-        println!("{}{}", label("parent"), parent);
+        outln!("{}{}", label("parent"), parent);
     }
-    println!(
+    outln!(
         "{}{}  (updated {})",
         label("created"),
         r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
@@ -265,21 +265,21 @@ pub fn print_run(run: &RunWithSteps) {
     if let Some(next) = r.next_run_at
         && !r.status.is_finished()
     {
-        println!(
+        outln!(
             "{}{}",
             label("next run"),
             next.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }
     if let Some(failure) = &r.failure {
-        println!("{}{}", label("failure"), style(failure).red());
+        outln!("{}{}", label("failure"), style(failure).red());
     }
     if let Some(pause) = &r.paused {
         let what = match pause.scope {
             cairn_workflow::PauseScope::Run => "paused",
             cairn_workflow::PauseScope::Kind => "paused with its kind",
         };
-        println!(
+        outln!(
             "{}{} by {} since {}: {}",
             label("state"),
             style(what).yellow().bold(),
@@ -288,12 +288,12 @@ pub fn print_run(run: &RunWithSteps) {
             pause.reason
         );
     }
-    println!("{}", label("steps"));
+    outln!("{}", label("steps"));
     for step in &run.steps {
-        println!("    {}", step_line(step));
+        outln!("    {}", step_line(step));
     }
     if let Some(output) = &r.output {
-        println!("{}{}", label("output"), output);
+        outln!("{}{}", label("output"), output);
     }
 }
 

@@ -1036,3 +1036,32 @@ backend_test!(
         Ok(())
     }
 );
+
+// Issue 20, point 12: `cairn status | head -2` panicked with "failed printing to
+// stdout: Broken pipe". A reader that stops early ends any command quietly.
+backend_test!(
+    a_reader_that_stops_early_ends_the_command_quietly,
+    |t: TestDb| async move {
+        for n in 0..3 {
+            let output = append(t.url(), "test", &new_id(), "test.pinged", "{}").await;
+            assert_exit(&output, 0);
+            assert_eq!(json_of(&output)[0]["position"], json!(n + 1));
+        }
+        for args in [&["status"][..], &["events", "list"], &["events", "list", "--json"]] {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(["--database-url", t.url()])
+                .args(args)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+            // The reader is gone before the first line is written.
+            drop(child.stdout.take());
+            let output = child.wait_with_output()?;
+            assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+            assert_eq!(stderr(&output), "", "{args:?}");
+        }
+        Ok(())
+    }
+);

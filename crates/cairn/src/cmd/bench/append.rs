@@ -300,7 +300,7 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             ms(scenario.p99_ms),
         ]);
     }
-    println!("{table}");
-    println!("{}", style("latencies are per append call (a batch counts once); replay rebuilds every event written above").dim());
+    outln!("{table}");
+    outln!("{}", style("latencies are per append call (a batch counts once); replay rebuilds every event written above").dim());
     Ok(ExitCode::SUCCESS)
 }

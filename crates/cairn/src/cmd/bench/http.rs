@@ -421,8 +421,8 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
             format!("{:.0} MiB", s.server_rss_mib),
         ]);
     }
-    println!("{table}");
-    println!(
+    outln!("{table}");
+    outln!(
         "{}",
         style(format!(
             "cairn serve processes over loopback, clients in this process; the largest server's peak resident memory: {:.0} MiB",

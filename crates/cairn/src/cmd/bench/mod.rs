@@ -35,7 +35,7 @@ pub(super) fn scenario_duration(
 /// The benchmark's title line, for people (nothing with `--json`).
 pub(super) fn announce(name: &str, described: &str, duration: std::time::Duration, json: bool) {
     if !json {
-        println!(
+        outln!(
             "{} {name} · {described} · {} per scenario",
             console::style("cairn bench").bold(),
             crate::ui::duration(duration)

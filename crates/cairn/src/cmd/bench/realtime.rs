@@ -323,8 +323,8 @@ pub async fn realtime(url: &str, args: BenchRealtimeArgs) -> anyhow::Result<Exit
             ms(s.command_p50_ms),
         ]);
     }
-    println!("{table}");
-    println!(
+    outln!("{table}");
+    outln!(
         "{}",
         style("from sending a command's HTTP request to its event arriving at each SSE subscriber, over loopback, server and clients in this process").dim()
     );

@@ -462,16 +462,16 @@ pub async fn workflow(url: &str, args: BenchAppendArgs) -> anyhow::Result<ExitCo
             ui::duration(Duration::from_secs_f64(s.ms_per_step / 1e3)),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     for s in &report.scenarios {
         if let Some([p50, p99, worst]) = s.resume_ms {
-            println!(
+            outln!(
                 "resume to first step: p50 {p50:.1} ms, p99 {p99:.1} ms, worst {worst:.1} ms ({} resumes)",
                 s.runs
             );
         }
     }
-    println!(
+    outln!(
         "{}",
         style("per step: wall time one worker spends on a step, recording it included; a bootstrap has 10 steps").dim()
     );
