@@ -131,6 +131,35 @@ pub fn mailer_from_url(url: &str) -> Result<Arc<dyn Mailer>, MailConfigError> {
     })
 }
 
+/// The `Subject` header, which people read as the sender wrote it.
+///
+/// The subject carries text from outside (an organization's name). A word of plain
+/// ASCII would otherwise go out as it is, and a word that is itself an RFC 2047
+/// encoded-word (`=?utf-8?b?…?=`) would be decoded by the reader's mail client into
+/// whatever it hides: line breaks, a fake `Bcc:` line, markup. So a subject holding
+/// anything but printable ASCII words, or anything that could open an encoded-word,
+/// is encoded whole, and a client decodes it exactly once, back to the text written.
+fn subject(text: &str) -> lettre::message::header::HeaderValue {
+    use lettre::message::header::{Header as _, HeaderName, HeaderValue, Subject};
+    let plain = !text.contains("=?") && text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    if plain {
+        return Subject::from(text.to_owned()).display();
+    }
+    let name = HeaderName::new_from_ascii_str("Subject");
+    let mut encoded = String::new();
+    {
+        let mut writer = email_encoding::headers::writer::EmailWriter::new(
+            &mut encoded,
+            "Subject: ".len(),
+            0,
+            false,
+        );
+        // Writing into a `String` cannot fail.
+        let _ = email_encoding::headers::rfc2047::encode(text, &mut writer);
+    }
+    HeaderValue::dangerous_new_pre_encoded(name, text.to_owned(), encoded)
+}
+
 /// Builds the RFC 5322 form of a message.
 pub(crate) fn to_lettre(message: &OutboundMessage) -> Result<lettre::Message, MailError> {
     use lettre::message::{Mailbox, header::ContentType};
@@ -145,7 +174,7 @@ pub(crate) fn to_lettre(message: &OutboundMessage) -> Result<lettre::Message, Ma
         .message_id(Some(format!("<{}>", message.message_id)))
         .from(mailbox(&message.from, &message.from_name)?)
         .to(mailbox(&message.to, &message.to_name)?)
-        .subject(message.subject.clone())
+        .raw_header(subject(&message.subject))
         .header(ContentType::TEXT_PLAIN)
         .body(message.text.clone())
         .map_err(|e| MailError::permanent(format!("cannot build the message: {e}")))

@@ -99,3 +99,48 @@ fn unsupported_mail_urls_say_what_is_supported() {
         "{error}"
     );
 }
+
+/// Issue 20, point 11: an organization named like an RFC 2047 encoded-word reached the
+/// reader's mail client decoded, as the line break and `Bcc:` line it hid.
+#[tokio::test]
+async fn a_subject_that_looks_encoded_reaches_the_reader_as_written() -> anyhow::Result<()> {
+    // "x\r\nBcc: mallory@evil.example" as an encoded-word.
+    let hostile = "=?utf-8?b?eA0KQmNjOiBtYWxsb3J5QGV2aWwuZXhhbXBsZQ==?=";
+    let sink = SmtpSink::start(SinkOptions::default()).await?;
+    let mailer = SmtpMailer::from_url(&sink.url())?;
+    let cases = [
+        format!("You're invited to join {hostile} on cairn"),
+        "You're invited to join Zoë's Clinic on cairn".to_owned(),
+        "You're invited to join Sunrise Care on cairn".to_owned(),
+    ];
+    for (n, subject) in cases.iter().enumerate() {
+        let mut sent = message(&format!("inv-5.{n}@example.co.uk"));
+        sent.subject = subject.clone();
+        mailer.send(&sent).await?;
+    }
+    let received = sink.messages();
+    assert_eq!(received.len(), cases.len());
+    for (subject, message) in cases.iter().zip(&received) {
+        let headers = cairn_testkit::decoded_headers(&message.raw)?;
+        let shown: Vec<&str> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("subject"))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(shown, [subject.as_str()], "{}", message.raw);
+        assert!(
+            !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("bcc")),
+            "{headers:?}"
+        );
+    }
+    assert!(
+        received[2]
+            .raw
+            .contains("Subject: You're invited to join Sunrise Care on cairn\r\n"),
+        "a plain subject stays readable on the wire: {}",
+        received[2].raw
+    );
+    Ok(())
+}

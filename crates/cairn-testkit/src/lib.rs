@@ -11,7 +11,7 @@ mod smtp;
 mod tamper;
 
 pub use pg_proxy::HoldingProxy;
-pub use smtp::{Received, SinkOptions, SmtpSink, parse as smtp_parse};
+pub use smtp::{Received, SinkOptions, SmtpSink, decoded_headers, parse as smtp_parse};
 pub use tamper::tamper;
 
 use std::path::PathBuf;

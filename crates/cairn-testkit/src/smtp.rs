@@ -256,6 +256,36 @@ pub fn parse(raw: &str) -> Received {
     }
 }
 
+/// The headers of a raw message as a mail client shows them: decoded from RFC 2047 by
+/// Python's `email` package (the sink's own runtime), one `name: value` line each, in
+/// order, with any line break inside a value kept as `\r`/`\n`.
+pub fn decoded_headers(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::Write as _;
+    let program = "import email, email.policy, json, sys\n\
+        m = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.default)\n\
+        print(json.dumps([[k, str(v)] for k, v in m.items()]))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", program])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running python3 to decode a message")?;
+    child
+        .stdin
+        .take()
+        .context("python3's standard input")?
+        .write_all(raw.as_bytes())?;
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "python3 could not decode the message: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&output.stdout)?;
+    Ok(pairs)
+}
+
 /// Undoes quoted-printable encoding (RFC 2045): soft line breaks and `=XX` escapes.
 pub fn decode_quoted_printable(body: &str) -> String {
     let joined = body.replace("=\n", "");
