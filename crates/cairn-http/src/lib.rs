@@ -124,14 +124,21 @@ impl AppState {
     }
 }
 
-async fn no_route(method: Method, uri: axum::http::Uri) -> impl IntoResponse {
+async fn no_route(method: Method, uri: axum::http::Uri) -> axum::response::Response {
+    if console::owns(uri.path()) {
+        return console::not_found_page(uri.path());
+    }
     Problem::new(
         ProblemCode::NotFound,
         format!("there is no operation {method} {}", uri.path()),
     )
+    .into_response()
 }
 
-async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse {
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> axum::response::Response {
+    if console::owns(uri.path()) {
+        return console::wrong_method_page(&method, uri.path());
+    }
     Problem::new(
         ProblemCode::MethodNotAllowed,
         format!(
@@ -139,6 +146,7 @@ async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse
             uri.path()
         ),
     )
+    .into_response()
 }
 
 /// How the application watches itself.
@@ -154,6 +162,9 @@ pub struct Options {
     pub secure_cookies: bool,
     /// The most live subscriptions (SSE and WebSocket) one principal may have open.
     pub max_subscriptions: usize,
+    /// The origin (`https://console.example.com`) people reach the console at, besides
+    /// the address a request names: a console form posted from it is the console's own.
+    pub public_origin: Option<String>,
 }
 
 impl Default for Options {
@@ -166,6 +177,7 @@ impl Default for Options {
             probe_max_age: std::time::Duration::from_secs(5),
             secure_cookies: false,
             max_subscriptions: 100,
+            public_origin: None,
         }
     }
 }
@@ -215,7 +227,7 @@ pub fn build(
             "/invitations/accept",
             axum::routing::get(pages::accept_page).post(pages::accept_form),
         )
-        .merge(console::router())
+        .merge(console::router(&state))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

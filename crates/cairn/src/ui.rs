@@ -16,7 +16,10 @@ pub fn write_out(args: std::fmt::Arguments<'_>) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("{} writing to standard output: {error}", style("error:").red().bold());
+        eprintln!(
+            "{} writing to standard output: {error}",
+            style("error:").red().bold()
+        );
         std::process::exit(2);
     }
 }

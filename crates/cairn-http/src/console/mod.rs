@@ -11,8 +11,10 @@
 //! (`cairn_policy::authorize`) with the signed-in principal, reads through
 //! `cairn_domain::reads` with the grant, and changes things only through the domain's
 //! commands. Its session is the bearer token itself, kept in an `HttpOnly`,
-//! `SameSite=Strict` cookie and verified on every request; every form carries a CSRF
-//! token that must match a cookie of its own.
+//! `SameSite=Strict` cookie (named `__Host-…` over https) and verified on every
+//! request. Every form carries a CSRF token derived from that session, so a token
+//! from one browser or person is worth nothing in another's; and a form is refused
+//! unless the browser says it was sent from the console's own origin.
 
 mod activity;
 mod assets;
@@ -44,15 +46,38 @@ use crate::problem::Problem;
 pub use activity::{Activity, run_sampler};
 pub(crate) use session::Session;
 
-/// The session cookie: the bearer token the person signed in with.
-const SESSION_COOKIE: &str = "cairn_session";
-/// The CSRF cookie: a random value every form repeats in a hidden field.
-const CSRF_COOKIE: &str = "cairn_csrf";
+/// The names of the console's cookies: the session (the bearer token the person signed
+/// in with) and, before signing in, a random value the sign-in form repeats.
+///
+/// Over https they carry the `__Host-` prefix: a browser then accepts them only from
+/// this origin, `Secure`, on `/` and without a `Domain`, so neither a sibling subdomain
+/// nor a plain-http page on another port of the host can plant one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CookieNames {
+    session: &'static str,
+    csrf: &'static str,
+}
+
+impl CookieNames {
+    fn new(secure: bool) -> CookieNames {
+        if secure {
+            CookieNames {
+                session: "__Host-cairn_session",
+                csrf: "__Host-cairn_csrf",
+            }
+        } else {
+            CookieNames {
+                session: "cairn_session",
+                csrf: "cairn_csrf",
+            }
+        }
+    }
+}
 /// The largest form the console accepts.
 const FORM_LIMIT: usize = 64 * 1024;
 
 /// Every page of the console, and `/` leading to it.
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console", get(home))
@@ -139,8 +164,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/health", get(activity::health))
         .route("/console/live", get(operations::live))
         .route("/console/assets/{name}", get(assets::asset))
-        .fallback(not_found_page)
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
 }
 
 /// `GET /console`: the first page a person may see.
@@ -153,8 +177,9 @@ async fn home(session: Session) -> Response {
     Redirect::to(target).into_response()
 }
 
-/// The CSRF token of this request: from its cookie, or new (and then set by
-/// [`guard`] on the response).
+/// The CSRF token this request's forms carry and must send back: derived from the
+/// session when there is one; before signing in, the random value of its own cookie
+/// (new, and then set by [`guard`] on the response, when the browser has none).
 #[derive(Debug, Clone)]
 pub(crate) struct Csrf(pub String);
 
@@ -162,38 +187,52 @@ pub(crate) struct Csrf(pub String);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Https(pub bool);
 
-/// Middleware for every console response: a CSRF cookie, cross-site posts refused,
-/// security headers, no caching, and the server's time in `Server-Timing`.
-async fn guard(mut request: Request, next: Next) -> Response {
+/// Middleware for every console response: the form token, forms from anywhere but the
+/// console's own pages refused, security headers, no caching, and the server's time in
+/// `Server-Timing`.
+async fn guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let existing = cookie(request.headers(), CSRF_COOKIE).filter(|t| valid_token(t));
-    let csrf = existing.clone().unwrap_or_else(new_token);
     let https = request
         .headers()
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
         || request.uri().scheme_str() == Some("https");
+    let secure = https || state.options().secure_cookies;
+    let names = CookieNames::new(secure);
+    let session = cookie(request.headers(), names.session).filter(|t| !t.is_empty());
+    let anonymous = cookie(request.headers(), names.csrf).filter(|t| valid_token(t));
+    let csrf = match (&session, &anonymous) {
+        (Some(session), _) => session_csrf(session),
+        (None, Some(anonymous)) => anonymous.clone(),
+        (None, None) => new_token(),
+    };
+    let set_anonymous = session.is_none() && anonymous.is_none();
     request.extensions_mut().insert(Csrf(csrf.clone()));
     request.extensions_mut().insert(Https(https));
-    let cross_site = request
-        .headers()
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
-    let mut response = if request.method() != axum::http::Method::GET
-        && request.method() != axum::http::Method::HEAD
-        && cross_site
-    {
-        message_page(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "This form was sent from another site. Open the console and try again from there.",
-        )
-    } else {
-        next.run(request).await
+    let changes_state =
+        request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD;
+    let refused = changes_state
+        .then(|| from_own_pages(request.headers(), state.options().public_origin.as_deref()).err())
+        .flatten();
+    let mut response = match refused {
+        Some(why) => {
+            tracing::warn!(reason = why, path = %request.uri().path(), "a console form from elsewhere was refused");
+            message_page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "This form was not sent from the console's own pages, so nothing was done. \
+                 Open the console and try again from there.",
+            )
+        }
+        None => next.run(request).await,
     };
     let headers = response.headers_mut();
-    if existing.is_none()
-        && let Ok(value) = HeaderValue::from_str(&set_cookie(CSRF_COOKIE, &csrf, https, None))
+    if set_anonymous
+        && let Ok(value) = HeaderValue::from_str(&set_cookie(names.csrf, &csrf, secure, None))
     {
         headers.append(header::SET_COOKIE, value);
     }
@@ -203,6 +242,67 @@ async fn guard(mut request: Request, next: Next) -> Response {
         headers.insert("server-timing", value);
     }
     response
+}
+
+/// The CSRF token of a session: a one-way digest of its token, so it proves the form
+/// came from a page of this very session, needs no storage shared between processes,
+/// and reveals nothing of the token it is derived from.
+fn session_csrf(session: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"cairn console form\0")
+        .chain_update(session.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a state-changing request did not come from the console's own pages, if it did
+/// not. A browser says where a request came from in `Sec-Fetch-Site` and `Origin`:
+/// the first must be `same-origin` (or `none`, the person's own action), and the
+/// second, when sent, must be this server as the request addressed it, or the public
+/// URL it is configured with. A client that sends neither (not a browser, or a very
+/// old one) is left to the form token, which binds the form to the session anyway.
+fn from_own_pages(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), &'static str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+        && site.as_bytes() != b"none"
+    {
+        return Err("Sec-Fetch-Site is not same-origin");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let Ok(origin) = origin.to_str() else {
+        return Err("Origin is not text");
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    if public_origin.is_some_and(|public| public.eq_ignore_ascii_case(&origin)) {
+        return Ok(());
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err("Origin is not a scheme and host");
+    };
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Err("Origin is not http or https"),
+    };
+    let origin_authority = authority.strip_suffix(default_port).unwrap_or(authority);
+    let same = |host: &str| {
+        let host = host.trim().to_ascii_lowercase();
+        let host = host
+            .strip_suffix(default_port)
+            .map(str::to_owned)
+            .unwrap_or(host);
+        host == origin_authority
+    };
+    let addressed = [text("x-forwarded-host"), text(header::HOST.as_str())];
+    if addressed.into_iter().flatten().any(same) {
+        Ok(())
+    } else {
+        Err("Origin is another site")
+    }
 }
 
 /// The headers every console page carries.
@@ -543,12 +643,35 @@ fn not_found(session: &Session, what: &str) -> Response {
     )
 }
 
-async fn not_found_page(uri: axum::http::Uri) -> Response {
-    message_page(
+/// Whether a path is the console's: its pages answer for it, not the API.
+pub(crate) fn owns(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
+/// The console's page for an address it has no page at, with the headers of every
+/// console page.
+pub(crate) fn not_found_page(path: &str) -> Response {
+    let mut response = message_page(
         StatusCode::NOT_FOUND,
         "Not found",
-        &format!("The console has no page at {}.", uri.path()),
-    )
+        &format!("The console has no page at {path}."),
+    );
+    security_headers(response.headers_mut());
+    response
+}
+
+/// The console's page for a method an address does not take (a form posted to a page
+/// that only shows), with the headers of every console page.
+pub(crate) fn wrong_method_page(method: &axum::http::Method, path: &str) -> Response {
+    let mut response = message_page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Not possible here",
+        &format!(
+            "The console page at {path} does not take {method}. Go back and try again from the page itself."
+        ),
+    );
+    security_headers(response.headers_mut());
+    response
 }
 
 /// A time for people, in UTC to the second.
@@ -596,6 +719,140 @@ mod tests {
         assert!(!super::same_secret("abc", "abd"));
         assert!(!super::same_secret("abc", "abcd"));
         assert!(!super::same_secret("", "a"));
+    }
+
+    #[test]
+    fn a_form_is_the_consoles_own_only_when_the_browser_says_so() {
+        use axum::http::{HeaderMap, HeaderName, HeaderValue};
+        let public = Some("https://console.example.com");
+        /// Sec-Fetch-Site, Origin, Host, X-Forwarded-Host, and whether it is accepted.
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            bool,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                Some("same-origin"),
+                Some("http://127.0.0.1:8080"),
+                "127.0.0.1:8080",
+                None,
+                true,
+            ),
+            (Some("none"), None, "127.0.0.1:8080", None, true),
+            (None, None, "127.0.0.1:8080", None, true),
+            (
+                None,
+                Some("http://127.0.0.1:8080"),
+                "127.0.0.1:8080",
+                None,
+                true,
+            ),
+            (
+                None,
+                Some("HTTP://LOCALHOST:8080"),
+                "localhost:8080",
+                None,
+                true,
+            ),
+            (
+                None,
+                Some("https://example.com"),
+                "example.com:443",
+                None,
+                true,
+            ),
+            (None, Some("http://example.com"), "example.com", None, true),
+            (
+                None,
+                Some("https://console.example.com"),
+                "10.0.0.5:8080",
+                None,
+                true,
+            ),
+            (
+                None,
+                Some("https://a.example.com"),
+                "10.0.0.5:8080",
+                Some("a.example.com"),
+                true,
+            ),
+            (
+                Some("same-site"),
+                Some("http://127.0.0.1:8080"),
+                "127.0.0.1:8080",
+                None,
+                false,
+            ),
+            (Some("cross-site"), None, "127.0.0.1:8080", None, false),
+            (
+                Some("same-origin"),
+                Some("http://127.0.0.1:9090"),
+                "127.0.0.1:8080",
+                None,
+                false,
+            ),
+            (
+                None,
+                Some("http://127.0.0.1:9090"),
+                "127.0.0.1:8080",
+                None,
+                false,
+            ),
+            (
+                None,
+                Some("https://evil.example.com"),
+                "example.com",
+                None,
+                false,
+            ),
+            (None, Some("null"), "127.0.0.1:8080", None, false),
+            (
+                None,
+                Some("ftp://127.0.0.1:8080"),
+                "127.0.0.1:8080",
+                None,
+                false,
+            ),
+            (
+                None,
+                Some("http://example.com:443"),
+                "example.com",
+                None,
+                false,
+            ),
+        ];
+        for &(site, origin, host, forwarded, accepted) in cases {
+            let mut headers = HeaderMap::new();
+            let mut put = |name: &'static str, value: Option<&str>| {
+                if let Some(value) = value {
+                    headers.insert(
+                        HeaderName::from_static(name),
+                        HeaderValue::from_str(value).expect("a header value"),
+                    );
+                }
+            };
+            put("sec-fetch-site", site);
+            put("origin", origin);
+            put("host", Some(host));
+            put("x-forwarded-host", forwarded);
+            assert_eq!(
+                super::from_own_pages(&headers, public).is_ok(),
+                accepted,
+                "{site:?} {origin:?} {host} {forwarded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sessions_form_token_is_its_own() {
+        let a = super::session_csrf("token-a");
+        assert_eq!(a, super::session_csrf("token-a"));
+        assert_ne!(a, super::session_csrf("token-b"));
+        assert!(super::valid_token(&a), "{a}");
+        assert!(!a.contains("token"), "{a}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use cairn_policy::{Principal, TokenError};
 
-use super::{CSRF_COOKIE, Csrf, Form, Https, Layout, SESSION_COOKIE, cookie, render, set_cookie};
+use super::{CookieNames, Csrf, Form, Https, Layout, cookie, render, set_cookie};
 use crate::AppState;
 use crate::context::{Caller, Correlation, Ctx};
 
@@ -51,7 +51,12 @@ fn to_sign_in(parts: &Parts, reason: Option<&str>, clear: bool, secure: bool) ->
     }
     let mut response = Redirect::to(&target).into_response();
     if clear
-        && let Ok(value) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", secure, Some(0)))
+        && let Ok(value) = HeaderValue::from_str(&set_cookie(
+            CookieNames::new(secure).session,
+            "",
+            secure,
+            Some(0),
+        ))
     {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -61,6 +66,10 @@ fn to_sign_in(parts: &Parts, reason: Option<&str>, clear: bool, secure: bool) ->
 /// Whether `next` stays inside the console (no open redirect).
 fn safe_next(next: &str) -> bool {
     next.starts_with("/console")
+        // Nothing a `Location` header cannot carry: no control character, space or
+        // anything beyond ASCII (a `next` of `/console%0A` arrives decoded).
+        && next.bytes().all(|b| b.is_ascii_graphic())
+        && next.parse::<axum::http::uri::PathAndQuery>().is_ok()
         && !next.starts_with("//")
         && !next.contains('\\')
         && !next.starts_with("/console/sign-")
@@ -72,7 +81,8 @@ impl FromRequestParts<AppState> for Session {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let secure = secure(parts, state);
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| !t.is_empty()) else {
+        let names = CookieNames::new(secure);
+        let Some(token) = cookie(&parts.headers, names.session).filter(|t| !t.is_empty()) else {
             return Err(to_sign_in(parts, None, false, secure));
         };
         let verified = match state.auth().verify(token.trim()) {
@@ -201,9 +211,12 @@ pub(crate) async fn sign_in(State(state): State<AppState>, request: Request) -> 
                 // A cookie for the browser's session, not the token's lifetime: when the
                 // token expires, the next page says so instead of forgetting silently.
                 let mut response = Redirect::to(&next).into_response();
-                if let Ok(value) =
-                    HeaderValue::from_str(&set_cookie(SESSION_COOKIE, token, secure, None))
-                {
+                if let Ok(value) = HeaderValue::from_str(&set_cookie(
+                    CookieNames::new(secure).session,
+                    token,
+                    secure,
+                    None,
+                )) {
                     response.headers_mut().append(header::SET_COOKIE, value);
                 }
                 return response;
@@ -231,7 +244,8 @@ pub(crate) async fn sign_out(State(state): State<AppState>, request: Request) ->
         return refused;
     }
     let mut response = Redirect::to("/console/sign-in?reason=signed-out").into_response();
-    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+    let names = CookieNames::new(secure);
+    for name in [names.session, names.csrf] {
         if let Ok(value) = HeaderValue::from_str(&set_cookie(name, "", secure, Some(0))) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
@@ -250,6 +264,11 @@ mod tests {
             "/console/sign-in",
             "/consoleevil\\x",
             "/v1/events",
+            "/console\n",
+            "/console\r\nSet-Cookie: x=1",
+            "/console/events?q=a b",
+            "/console/événements",
+            "/console\u{7f}",
         ] {
             assert!(!super::safe_next(bad), "{bad}");
         }

@@ -23,7 +23,8 @@ fn print_changes(changes: &[OutcomeChange]) {
         };
         outln!(
             "  event {} ({}): now {now}",
-            change.position, change.event_type
+            change.position,
+            change.event_type
         );
     }
 }
@@ -125,7 +126,10 @@ pub async fn run(url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     for column in columns {
                         outln!(
                             "    {} {key}: {} is {} live, {} from the log",
-                            drift.table, column.column, column.live, column.rebuilt
+                            drift.table,
+                            column.column,
+                            column.live,
+                            column.rebuilt
                         );
                     }
                 }

@@ -142,6 +142,10 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         },
         secure_cookies: runtime.public_url.starts_with("https://"),
         max_subscriptions: args.max_subscriptions,
+        public_origin: reqwest::Url::parse(&runtime.public_url)
+            .ok()
+            .map(|url| url.origin().ascii_serialization())
+            .filter(|origin| origin != "null"),
         ..defaults
     };
     let built = cairn_http::build(domain, auth, options)?;

@@ -61,7 +61,9 @@ async fn pause(
                 {
                     outln!(
                         "  its kind {} is still paused ({}): cairn workflows resume --kind {}",
-                        run.kind, pause.reason, run.kind
+                        run.kind,
+                        pause.reason,
+                        run.kind
                     );
                 }
             }

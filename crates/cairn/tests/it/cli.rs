@@ -1047,7 +1047,11 @@ backend_test!(
             assert_exit(&output, 0);
             assert_eq!(json_of(&output)[0]["position"], json!(n + 1));
         }
-        for args in [&["status"][..], &["events", "list"], &["events", "list", "--json"]] {
+        for args in [
+            &["status"][..],
+            &["events", "list"],
+            &["events", "list", "--json"],
+        ] {
             let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
                 .args(["--database-url", t.url()])
                 .args(args)

@@ -531,13 +531,8 @@ backend_test!(
             .context("a session cookie")?;
         assert_eq!(session.http_only(), Some(true));
         assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
-        let csrf = cookies
-            .iter()
-            .find(|c| c.name() == "cairn_csrf")
-            .context("a CSRF cookie")?
-            .value()
-            .to_owned();
-        let jar = format!("cairn_session={}; cairn_csrf={csrf}", session.value());
+        let jar = format!("cairn_session={}", session.value());
+        let csrf = server.form_token(&jar).await?;
         let status = server
             .http
             .get(server.url(&format!("/console/organizations/{org_b}")))
@@ -656,24 +651,22 @@ async fn wait_completed(server: &Server, token: &str, workflow_id: &str) -> anyh
     }
 }
 
-/// The browser's session and CSRF cookies, as a `Cookie` header, and the CSRF token.
+/// The browser's session cookie, as a `Cookie` header, and the form token of its pages.
 async fn session_jar(browser: &Browser) -> anyhow::Result<(String, String)> {
     let cookies = browser.cookies().await?;
-    let value = |name: &str| {
-        cookies
-            .iter()
-            .find(|c| c.name() == name)
-            .map(|c| c.value().to_owned())
-            .with_context(|| format!("a {name} cookie"))
-    };
-    let csrf = value("cairn_csrf")?;
-    Ok((
-        format!(
-            "cairn_session={}; cairn_csrf={csrf}",
-            value("cairn_session")?
-        ),
-        csrf,
-    ))
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "cairn_session")
+        .map(|c| c.value().to_owned())
+        .context("a cairn_session cookie")?;
+    let csrf = browser
+        .eval("return document.querySelector('input[name=csrf]')?.value ?? ''")
+        .await?
+        .as_str()
+        .filter(|token| token.len() == 64)
+        .context("a form token on the page")?
+        .to_owned();
+    Ok((format!("cairn_session={session}"), csrf))
 }
 
 /// Posts a console form with the browser's cookies; the response.
@@ -1096,7 +1089,8 @@ backend_test!(
         // An organization's admin sees the pauses but may not make them; a run of
         // their own they may pause.
         let org_admin = token(t.url(), &["--org", &org, "--role", "admin"]).await?;
-        let tenant_jar = format!("cairn_session={org_admin}; cairn_csrf={csrf}");
+        let tenant_jar = format!("cairn_session={org_admin}");
+        let tenant_csrf = server.form_token(&tenant_jar).await?;
         let page = server
             .http
             .get(server.url("/console/handlers"))
@@ -1111,7 +1105,7 @@ backend_test!(
             &server,
             &tenant_jar,
             "/console/handlers/resume",
-            format!("stream_type=user&event_type=user.invited&reason=x&csrf={csrf}"),
+            format!("stream_type=user&event_type=user.invited&reason=x&csrf={tenant_csrf}"),
         )
         .await?;
         assert_eq!(response.status(), 403);

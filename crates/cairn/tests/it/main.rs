@@ -9,6 +9,7 @@ mod audit;
 mod browser;
 mod cli;
 mod console;
+mod console_trust;
 mod hostile;
 mod mail_outage;
 mod mail_under_load;

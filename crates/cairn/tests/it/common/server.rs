@@ -78,6 +78,27 @@ impl Server {
         Ok(response.json().await?)
     }
 
+    /// The form token the console's pages carry for the session in the `Cookie`
+    /// header `jar`.
+    pub async fn form_token(&self, jar: &str) -> anyhow::Result<String> {
+        const FIELD: &str = "name=\"csrf\" value=\"";
+        let page = self
+            .http
+            .get(self.url("/console/events"))
+            .header("cookie", jar)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let start = page
+            .find(FIELD)
+            .ok_or_else(|| anyhow::anyhow!("no form token on the page: {page}"))?
+            + FIELD.len();
+        page.get(start..start + 64)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("a cut form token: {page}"))
+    }
+
     /// `GET` through the API; its JSON.
     pub async fn get(&self, token: &str, path: &str) -> anyhow::Result<Value> {
         Ok(self
