@@ -412,6 +412,18 @@ pub(crate) trait Command: Send + Sync + 'static {
     /// The request as its idempotency key remembers it.
     fn request(&self) -> Value;
 
+    /// Asks the policy about what the command concerns when that must be read first
+    /// (an invitation's organization); commands that name their tenant are asked
+    /// before they are run. This runs before a repeated idempotency key is answered,
+    /// so a stored answer goes only to someone who may run the command now.
+    fn authorize<'t>(
+        &'t self,
+        _ctx: &'t CommandContext,
+        _tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Checks the current state and decides the changes.
     fn decide<'t>(
         &'t self,
@@ -530,14 +542,15 @@ impl Domain {
         tx: &mut Tx,
     ) -> Result<(C::Response, bool), CommandError> {
         tx.lock_head().await?;
+        // A batch that is run again runs this unit again: each run says afresh.
+        ctx.first_run.set(None);
+        command.authorize(ctx, tx).await?;
         let request = command.request();
         let scoped_key = ctx
             .idempotency_key
             .as_ref()
-            .map(|key| format!("{}|{key}", ctx.actor()));
-        // A batch that is run again runs this unit again: each run says afresh.
-        ctx.first_run.set(None);
-        if let Some(key) = &scoped_key
+            .map(|key| format!("{}|{key}", ctx.principal.state_key()));
+        if let Some(key) = &ctx.idempotency_key
             && let Some(stored) = stored_response(tx, key, C::NAME, ctx, &request).await?
         {
             ctx.first_run.set(stored.correlation_id);
@@ -735,22 +748,36 @@ struct Stored {
     correlation_id: Option<CorrelationId>,
 }
 
-/// The response stored under an idempotency key, if the key was used before: an error
-/// if it was used for another command or another request.
+/// The response stored under an idempotency key, if the principal used the key before:
+/// an error if it was used for another command or another request.
+///
+/// Answers are stored under the principal's [`Principal::state_key`] and the key.
+/// Releases before it stored them under the actor alone (`user:ID|KEY`); such an
+/// answer is still found, so a retry that spans an upgrade is not run twice. That is
+/// safe because the policy has been asked about this very command before (see
+/// [`Command::authorize`]), and the fingerprint below covers the request.
 async fn stored_response(
     tx: &mut Tx,
-    scoped_key: &str,
+    key: &str,
     command: &str,
     ctx: &CommandContext,
     request: &Value,
 ) -> Result<Option<Stored>, CommandError> {
-    let row = tx
-        .conn()
-        .fetch_optional(
-            "SELECT command, fingerprint, response, correlation_id FROM command_results WHERE key = $1",
-            args![scoped_key],
-        )
-        .await?;
+    let scoped_key = format!("{}|{key}", ctx.principal.state_key());
+    let legacy_key = format!("{}|{key}", ctx.actor());
+    let mut row = None;
+    for candidate in [scoped_key, legacy_key] {
+        row = tx
+            .conn()
+            .fetch_optional(
+                "SELECT command, fingerprint, response, correlation_id FROM command_results WHERE key = $1",
+                args![candidate.as_str()],
+            )
+            .await?;
+        if row.is_some() {
+            break;
+        }
+    }
     let Some(row) = row else {
         return Ok(None);
     };
@@ -1212,6 +1239,23 @@ impl Command for Resend {
         json!({ "invitation_id": self.invitation_id })
     }
 
+    fn authorize<'t>(
+        &'t self,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(async move {
+            let invitation = existing_invitation(tx, self.invitation_id).await?;
+            ctx.authorize_found(
+                Action::ResendInvitation(invitation.org_id),
+                invitation.org_id,
+                "invitation",
+                self.invitation_id.to_string(),
+            )?;
+            Ok(())
+        })
+    }
+
     fn decide<'t>(
         &'t self,
         domain: &'t Domain,
@@ -1221,12 +1265,6 @@ impl Command for Resend {
         Box::pin(async move {
             let invitation_id = self.invitation_id;
             let invitation = existing_invitation(tx, invitation_id).await?;
-            ctx.authorize_found(
-                Action::ResendInvitation(invitation.org_id),
-                invitation.org_id,
-                "invitation",
-                invitation_id.to_string(),
-            )?;
             if invitation.status != "pending" && invitation.status != "expired" {
                 return Err(CommandError::InvalidState {
                     message: format!(
@@ -1291,6 +1329,23 @@ impl Command for Revoke {
         json!({ "invitation_id": self.invitation_id, "reason": self.reason })
     }
 
+    fn authorize<'t>(
+        &'t self,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(async move {
+            let invitation = existing_invitation(tx, self.invitation_id).await?;
+            ctx.authorize_found(
+                Action::RevokeInvitation(invitation.org_id),
+                invitation.org_id,
+                "invitation",
+                self.invitation_id.to_string(),
+            )?;
+            Ok(())
+        })
+    }
+
     fn decide<'t>(
         &'t self,
         _domain: &'t Domain,
@@ -1300,12 +1355,6 @@ impl Command for Revoke {
         Box::pin(async move {
             let invitation_id = self.invitation_id;
             let invitation = existing_invitation(tx, invitation_id).await?;
-            ctx.authorize_found(
-                Action::RevokeInvitation(invitation.org_id),
-                invitation.org_id,
-                "invitation",
-                invitation_id.to_string(),
-            )?;
             if invitation.status != "pending" {
                 return Err(CommandError::InvalidState {
                     message: format!(

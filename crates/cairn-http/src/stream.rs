@@ -213,7 +213,7 @@ pub struct Subscriptions {
 impl Subscriptions {
     /// Takes a slot for `principal`, or says why there is none.
     fn take(&self, principal: &cairn_policy::Principal, max: usize) -> Result<Slot, Problem> {
-        let key = principal.actor().to_string();
+        let key = principal.state_key();
         let mut counts = self
             .counts
             .lock()

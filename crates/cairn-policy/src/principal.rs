@@ -187,6 +187,22 @@ pub fn reserved_service_name(name: &str) -> Option<&'static str> {
 }
 
 impl Principal {
+    /// The key under which cairn keeps what belongs to this principal: the answers
+    /// stored under its idempotency keys and its share of live subscriptions. A person
+    /// is keyed within their organization, so a token of one tenant whose subject is
+    /// another tenant's user id reaches nothing of that user's.
+    pub fn state_key(&self) -> String {
+        match self {
+            Principal::User {
+                user_id, org_id, ..
+            } => format!("org:{org_id}/user:{user_id}"),
+            Principal::Operator { name } => format!("operator:{name}"),
+            Principal::Anonymous | Principal::Service { .. } | Principal::PlatformAdmin { .. } => {
+                self.actor().to_string()
+            }
+        }
+    }
+
     /// The actor recorded on the events this principal causes.
     pub fn actor(&self) -> Actor {
         match self {

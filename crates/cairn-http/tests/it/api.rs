@@ -9,25 +9,9 @@ use cairn_testkit::{TestDb, backend_test};
 use cairn_types::CorrelationId;
 use serde_json::{Value, json};
 
-use crate::common::{self, bootstrap_body, bootstrapped, call, platform_admin, server, user};
-
-#[track_caller]
-fn assert_problem(reply: &common::Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{:#}", reply.body);
-    assert_eq!(reply.header("content-type"), "application/problem+json");
-    assert_eq!(reply.body["code"], json!(code), "{:#}", reply.body);
-    assert_eq!(reply.body["status"], json!(status.as_u16()));
-    assert_eq!(
-        reply.body["type"],
-        json!(format!("https://cairn.dev/problems/{code}"))
-    );
-    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-    assert_eq!(
-        reply.body["correlation_id"],
-        json!(reply.header("x-correlation-id")),
-        "every problem names its request"
-    );
-}
+use crate::common::{
+    self, assert_problem, bootstrap_body, bootstrapped, call, platform_admin, server, user,
+};
 
 backend_test!(
     a_bootstrap_through_the_api_runs_to_the_end,

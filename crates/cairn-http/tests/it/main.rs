@@ -11,4 +11,5 @@ mod input_properties;
 mod matrix;
 mod realtime;
 mod rls;
+mod tenant_keys;
 mod trace;

@@ -233,3 +233,22 @@ pub async fn bootstrapped(server: &Server, slug: &str) -> anyhow::Result<OrgId> 
     server.domain.engine().run_until_idle().await?;
     Ok(accepted.org_id)
 }
+
+/// Asserts that a reply is the problem+json of `status` and `code`, naming its request.
+#[track_caller]
+pub fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:#}", reply.body);
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_eq!(reply.body["code"], json!(code), "{:#}", reply.body);
+    assert_eq!(reply.body["status"], json!(status.as_u16()));
+    assert_eq!(
+        reply.body["type"],
+        json!(format!("https://cairn.dev/problems/{code}"))
+    );
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(
+        reply.body["correlation_id"],
+        json!(reply.header("x-correlation-id")),
+        "every problem names its request"
+    );
+}
