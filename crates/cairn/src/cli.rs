@@ -725,13 +725,17 @@ pub struct AuditCheckpointArgs {
     #[arg(long, value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
     /// Write the checkpoint to this file (replacing the checkpoint there, which the
-    /// chain is checked from).
+    /// log must still hold).
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,
-    /// Add the checkpoint to this directory as a new file (created if missing); the
-    /// chain is checked from the newest checkpoint there.
+    /// Add the checkpoint to this directory as a new file (created if missing).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<std::path::PathBuf>,
+    /// Rehash only the events after the newest checkpoint at --out or --dir (whose hash
+    /// must still be at its position), not the whole chain: faster on a long log, but
+    /// an edit made before that checkpoint is then found only by `cairn audit verify`.
+    #[arg(long)]
+    pub since_last: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }

@@ -255,29 +255,61 @@ enum Signed {
     /// The head is the last checkpoint's: nothing written.
     Unchanged,
     /// The chain is broken, or no longer holds the last checkpoint: nothing signed.
-    Refused(AuditReport),
+    Refused {
+        report: AuditReport,
+        /// What became of the last checkpoint, when the whole chain was walked.
+        last_checkpoint: Option<(Position, AnchorStatus)>,
+    },
 }
 
-/// Checks the chain from the last checkpoint at `target` (or from the first event) and,
-/// if it is intact, signs the head it ends at and writes it to `target`.
+/// How much of the chain is rehashed before a head is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Every event from the first, and the last checkpoint must still hold: an edit
+    /// anywhere in the log refuses the signature.
+    Whole,
+    /// Only the events after the last checkpoint (whose hash must still be at its
+    /// position). Cheaper on a long log, but an edit made before that checkpoint is
+    /// found only by `audit verify`, not here.
+    SinceLast,
+}
+
+/// Checks the chain (see [`Walk`]) and, if it is intact and still holds the last
+/// checkpoint at `target`, signs the head it ends at and writes it to `target`.
 async fn sign_head(
     db: &Db,
     key: &AuditKey,
     target: &Target,
+    walk: Walk,
     skip_unchanged: bool,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> anyhow::Result<Signed> {
     let last = target.last_checkpoint(&key.public_key())?;
-    let check = ChainCheck {
-        anchors: Vec::new(),
-        start: last.as_ref().map(|last| Anchor {
-            position: last.log_position(),
-            hash: last.hash.clone(),
-        }),
+    let last_anchor = last.as_ref().map(|last| Anchor {
+        position: last.log_position(),
+        hash: last.hash.clone(),
+    });
+    let check = match walk {
+        Walk::Whole => ChainCheck {
+            anchors: last_anchor.clone().into_iter().collect(),
+            start: None,
+        },
+        Walk::SinceLast => ChainCheck {
+            anchors: Vec::new(),
+            start: last_anchor.clone(),
+        },
     };
     let report = db.verify_chain_with(&check, progress).await?;
-    if !report.is_intact() {
-        return Ok(Signed::Refused(report));
+    let last_checkpoint = last_anchor
+        .as_ref()
+        .zip(report.anchors.first())
+        .map(|(anchor, status)| (anchor.position, *status));
+    let last_holds = last_checkpoint.is_none_or(|(_, status)| status == AnchorStatus::Holds);
+    if !report.is_intact() || !last_holds {
+        return Ok(Signed::Refused {
+            report,
+            last_checkpoint,
+        });
     }
     if skip_unchanged
         && last
@@ -313,6 +345,10 @@ struct CheckpointOutput<'a> {
     checked_from: Position,
     n_checked: u64,
     breach: Option<&'a Breach>,
+    /// What became of the last checkpoint there, when the whole chain was walked and it
+    /// did not hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_checkpoint: Option<AnchorStatus>,
 }
 
 async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<ExitCode> {
@@ -324,9 +360,19 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
     };
     let store = app::open(url).await?;
     let progress = ui::Progress::new("checking");
-    let signed = sign_head(store.db(), &key, &target, false, &mut |done, total| {
-        progress.update(done, total)
-    })
+    let walk = if args.since_last {
+        Walk::SinceLast
+    } else {
+        Walk::Whole
+    };
+    let signed = sign_head(
+        store.db(),
+        &key,
+        &target,
+        walk,
+        false,
+        &mut |done, total| progress.update(done, total),
+    )
     .await;
     progress.finish();
     match signed? {
@@ -343,6 +389,7 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
                     checked_from: report.from,
                     n_checked: report.n_checked,
                     breach: None,
+                    last_checkpoint: None,
                 })?;
             } else {
                 outln!(
@@ -358,7 +405,11 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        Signed::Refused(report) => {
+        Signed::Refused {
+            report,
+            last_checkpoint,
+        } => {
+            let lost = last_checkpoint.filter(|(_, status)| *status != AnchorStatus::Holds);
             if args.json.json {
                 ui::print_json(&CheckpointOutput {
                     signed: false,
@@ -367,7 +418,22 @@ async fn checkpoint(url: &str, args: AuditCheckpointArgs) -> anyhow::Result<Exit
                     checked_from: report.from,
                     n_checked: report.n_checked,
                     breach: report.breach.as_ref(),
+                    last_checkpoint: lost.map(|(_, status)| status),
                 })?;
+            } else if let Some((position, status)) = lost
+                && report.breach.is_none()
+            {
+                let why = match status {
+                    AnchorStatus::Contradicted => "the log holds another hash there",
+                    AnchorStatus::BeyondTheLog => "the log ends before it: events were removed",
+                    AnchorStatus::Holds | AnchorStatus::NotReached => "it was not reached",
+                };
+                outln!(
+                    "{} not signed: the log no longer holds the last checkpoint, at position {}: \
+                     {why}\n  run cairn audit verify with your checkpoints to see more",
+                    style("✗").red().bold(),
+                    style(position).bold(),
+                );
             } else if let Some(breach) = &report.breach {
                 outln!(
                     "{} not signed: the hash chain is broken at position {}: {}\n  checked {}; \
@@ -545,14 +611,22 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_verification(&report, &results, pinned.is_some());
     }
-    if let Some(dir) = empty_dir {
-        ui::warn(&format!("no checkpoints (*.json) in {}", dir.display()));
+    // Asked to check against checkpoints and given none (a directory emptied or
+    // mounted wrong): that proves nothing, so a scheduled check must not pass.
+    if let Some(dir) = &empty_dir {
+        eprintln!(
+            "{} no checkpoints (*.json) in {}: nothing was checked against signed heads",
+            style("error:").red().bold(),
+            dir.display()
+        );
     }
-    Ok(if report.is_intact() && !checkpoints_fail {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if report.is_intact() && !checkpoints_fail && empty_dir.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned: bool) {
@@ -699,7 +773,10 @@ pub fn schedule(
     Ok(Some(tokio::spawn(async move {
         loop {
             tokio::time::sleep(every.0).await;
-            match sign_head(&db, &key, &target, true, &mut |_, _| {}).await {
+            // Each period rehashes only what was appended since the last checkpoint,
+            // so its cost does not grow with the log; `audit verify` (and `audit
+            // checkpoint` at the command line) walk the whole chain.
+            match sign_head(&db, &key, &target, Walk::SinceLast, true, &mut |_, _| {}).await {
                 Ok(Signed::Written {
                     file, checkpoint, ..
                 }) => tracing::info!(
@@ -708,7 +785,7 @@ pub fn schedule(
                     "audit checkpoint written"
                 ),
                 Ok(Signed::Unchanged) => {}
-                Ok(Signed::Refused(report)) => {
+                Ok(Signed::Refused { report, .. }) => {
                     if let Some(breach) = &report.breach {
                         ui::warn(&format!(
                             "audit checkpoint not signed: the hash chain is broken at position \

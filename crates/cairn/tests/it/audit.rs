@@ -102,13 +102,18 @@ backend_test!(
             0,
         );
         append_events(t.url(), 2).await?;
-        let signed = checkpoint(t.url(), &key, &["--dir", &path_arg(&dir), "--json"]).await;
+        let signed = checkpoint(
+            t.url(),
+            &key,
+            &["--dir", &path_arg(&dir), "--since-last", "--json"],
+        )
+        .await;
         assert_exit(&signed, 0);
         assert_eq!(json_of(&signed)["checkpoint"]["position"], json!(5));
         assert_eq!(
             json_of(&signed)["checked_from"],
             json!(3),
-            "the chain is checked on from the newest checkpoint in the directory"
+            "with --since-last the chain is checked on from the newest checkpoint"
         );
 
         tamper(&t, &edit_data(t.backend(), 4), true).await?;
@@ -585,6 +590,118 @@ backend_test!(
         .await;
         assert_exit(&wrong, 2);
         assert!(stderr(&wrong).contains("public key"), "{}", stderr(&wrong));
+        Ok(())
+    }
+);
+
+// Issue 20, point 10: `audit checkpoint` walked the chain only from its last
+// checkpoint, so it signed a new head over an edit made before it.
+backend_test!(
+    a_checkpoint_walks_the_whole_chain_before_it_signs,
+    |t: TestDb| async move {
+        let files = tempfile::tempdir()?;
+        let key = keygen(files.path()).await;
+        let dir = files.path().join("checkpoints");
+        let dir_arg = path_arg(&dir);
+        append_events(t.url(), 3).await?;
+        assert_exit(&checkpoint(t.url(), &key, &["--dir", &dir_arg]).await, 0);
+        append_events(t.url(), 2).await?;
+        let n_files = || std::fs::read_dir(&dir).map(|entries| entries.count());
+
+        // A naive edit before the last checkpoint.
+        tamper(&t, &edit_data(t.backend(), 2), false).await?;
+        let refused = checkpoint(t.url(), &key, &["--dir", &dir_arg, "--json"]).await;
+        assert_exit(&refused, 1);
+        let report = json_of(&refused);
+        assert_eq!(report["signed"], json!(false));
+        assert_eq!(report["checked_from"], json!(0));
+        assert_eq!(report["breach"]["position"], json!(2), "{report}");
+        assert_eq!(n_files()?, 1, "nothing was signed");
+        let text = checkpoint(t.url(), &key, &["--dir", &dir_arg]).await;
+        assert_exit(&text, 1);
+        assert!(
+            stdout(&text).contains("not signed: the hash chain is broken at position 2"),
+            "{}",
+            stdout(&text)
+        );
+        // Asked only for what came after the last checkpoint, it says where it began.
+        let since = checkpoint(t.url(), &key, &["--dir", &dir_arg, "--since-last"]).await;
+        assert_exit(&since, 0);
+        assert!(
+            stdout(&since).contains("from the checkpoint at position 3"),
+            "{}",
+            stdout(&since)
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_checkpoint_is_not_signed_over_a_rewrite_of_what_the_last_one_signed,
+    |t: TestDb| async move {
+        let files = tempfile::tempdir()?;
+        let key = keygen(files.path()).await;
+        let out = files.path().join("head.json");
+        let out_arg = path_arg(&out);
+        append_events(t.url(), 3).await?;
+        assert_exit(&checkpoint(t.url(), &key, &["--out", &out_arg]).await, 0);
+        let signed_before = std::fs::read_to_string(&out)?;
+        append_events(t.url(), 1).await?;
+        // Every hash recomputed from the edit on: the chain is consistent with itself,
+        // but no longer holds the head the last checkpoint signed.
+        tamper(&t, &edit_data(t.backend(), 2), true).await?;
+        let refused = checkpoint(t.url(), &key, &["--out", &out_arg]).await;
+        assert_exit(&refused, 1);
+        assert!(
+            stdout(&refused).contains(
+                "not signed: the hash chain is broken at position 3: a signed checkpoint records hash"
+            ),
+            "{}",
+            stdout(&refused)
+        );
+        let json = json_of(&checkpoint(t.url(), &key, &["--out", &out_arg, "--json"]).await);
+        assert_eq!(json["last_checkpoint"], json!("contradicted"), "{json}");
+        assert_eq!(
+            std::fs::read_to_string(&out)?,
+            signed_before,
+            "the last checkpoint is left as it was"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    verifying_against_an_empty_checkpoint_directory_fails,
+    |t: TestDb| async move {
+        let files = tempfile::tempdir()?;
+        let empty = files.path().join("mounted-wrong");
+        std::fs::create_dir_all(&empty)?;
+        append_events(t.url(), 2).await?;
+        let verified = cairn(
+            t.url(),
+            &["audit", "verify", "--checkpoint-dir", &path_arg(&empty)],
+        )
+        .await;
+        assert_exit(&verified, 1);
+        assert!(
+            stderr(&verified).contains("no checkpoints (*.json) in"),
+            "{}",
+            stderr(&verified)
+        );
+        let json = cairn(
+            t.url(),
+            &[
+                "audit",
+                "verify",
+                "--checkpoint-dir",
+                &path_arg(&empty),
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&json, 1);
+        // Without a directory, nothing was asked of checkpoints: the chain alone decides.
+        assert_exit(&cairn(t.url(), &["audit", "verify"]).await, 0);
         Ok(())
     }
 );
