@@ -11,6 +11,7 @@ mod cli;
 mod console;
 mod hostile;
 mod mail_outage;
+mod mail_stall;
 mod mail_under_load;
 mod readme;
 mod serve;
