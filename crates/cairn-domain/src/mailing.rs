@@ -198,6 +198,12 @@ pub async fn send(
             mailing.email,
             mailer.describe()
         ))),
+        // The server may have taken it: the retry sends it again under the same
+        // Message-ID, as after a crash, so that a receiver can drop the copy.
+        Err(error) if error.in_doubt => Err(StepError::retryable(format!(
+            "mail to {} is in doubt: {error}; the retry sends it again as {message_id}",
+            mailing.email
+        ))),
         Err(error) => Err(StepError::retryable(format!(
             "mail to {} could not be sent through {}: {error}",
             mailing.email,

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 
 pub use address::{DomainError, EmailAddress, EmailError, registrable_domain};
 pub use outbox::OutboxMailer;
-pub use smtp::SmtpMailer;
+pub use smtp::{DEFAULT_DEADLINE, SmtpMailer};
 
 /// One message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,10 @@ pub struct Delivery {
 pub struct MailError {
     /// True when retrying cannot help (a 5xx reply, a malformed message).
     pub permanent: bool,
+    /// True when the message may have been delivered all the same: it went out and
+    /// the server's answer never came. A retry sends it again under the same
+    /// Message-ID, so that a receiver can drop the copy.
+    pub in_doubt: bool,
     /// The SMTP reply code, when a server answered.
     pub code: Option<u16>,
     pub message: String,
@@ -64,6 +68,7 @@ impl MailError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             permanent: false,
+            in_doubt: false,
             code: None,
             message: message.into(),
         }
@@ -73,6 +78,18 @@ impl MailError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             permanent: true,
+            in_doubt: false,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// A failure after which the message may have been delivered: a retry may fix it,
+    /// and may send a second copy.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            in_doubt: true,
             code: None,
             message: message.into(),
         }
@@ -109,7 +126,8 @@ pub enum MailConfigError {
 }
 
 /// The mailer a URL names: `outbox:PATH` (or `outbox://PATH`) writes `.eml` files;
-/// `smtp://[USER:PASS@]HOST:PORT` and `smtps://…` send through a server.
+/// `smtp://[USER:PASS@]HOST:PORT` and `smtps://…` send through a server, each send
+/// within `?timeout=` (30 s by default).
 pub fn mailer_from_url(url: &str) -> Result<Arc<dyn Mailer>, MailConfigError> {
     if let Some(path) = url
         .strip_prefix("outbox://")

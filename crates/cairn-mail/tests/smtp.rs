@@ -1,9 +1,9 @@
-//! SMTP delivery against a real server on loopback.
+//! SMTP delivery against a real server on loopback, and against one that stalls.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_mail::{EmailAddress, Mailer, OutboundMessage, SmtpMailer, mailer_from_url};
-use cairn_testkit::{SinkOptions, SmtpSink};
+use cairn_testkit::{SinkOptions, SmtpSink, Stall, StallingSmtp};
 
 fn message(id: &str) -> OutboundMessage {
     OutboundMessage {
@@ -143,4 +143,78 @@ async fn a_subject_that_looks_encoded_reaches_the_reader_as_written() -> anyhow:
         received[2].raw
     );
     Ok(())
+}
+
+/// Issue 20, point 3: a server that accepts the connection and never greets held a
+/// send for good (lettre's timeout covers the TCP connect only). The deadline in the
+/// mail URL now ends it, as a transient failure: nothing was handed over.
+#[tokio::test]
+async fn a_server_that_never_greets_fails_the_send_within_its_deadline() -> anyhow::Result<()> {
+    let smtp = StallingSmtp::start(Stall::Greeting).await?;
+    let mailer = mailer_from_url(&format!("{}?timeout=300ms", smtp.url()))?;
+    let began = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        mailer.send(&message("inv-5.1@example.co.uk")),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the send still waited for a greeting after 10 s"))?
+    .expect_err("no greeting");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!error.permanent && !error.in_doubt, "{error:?}");
+    assert!(error.message.contains("not handed over"), "{error}");
+    assert_eq!(smtp.stalled(), 1);
+    Ok(())
+}
+
+/// Issue 20, point 3: a server that takes the message and never answers its final `.`
+/// held a send for good. The deadline now ends it in doubt (the server may have
+/// accepted it), the cut-off connection is never used again (its late reply would be
+/// read as another message's), and the retry goes through under the same Message-ID.
+#[tokio::test]
+async fn a_server_that_never_answers_the_final_dot_fails_the_send_in_doubt() -> anyhow::Result<()> {
+    let smtp = StallingSmtp::start(Stall::Nowhere).await?;
+    let mailer = SmtpMailer::from_url(&smtp.url())?.with_deadline(Duration::from_millis(300));
+    // A first message leaves a connection in the pool.
+    mailer.send(&message("inv-6.1@example.co.uk")).await?;
+    smtp.set_stall(Stall::FinalDot);
+    let began = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        mailer.send(&message("inv-6.2@example.co.uk")),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the send still waited for the reply after 10 s"))?
+    .expect_err("no reply to the final dot");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!error.permanent && error.in_doubt, "{error:?}");
+    assert!(error.message.contains("may have accepted"), "{error}");
+    assert_eq!(smtp.stalled(), 1);
+
+    smtp.set_stall(Stall::Nowhere);
+    let delivery = mailer.send(&message("inv-6.2@example.co.uk")).await?;
+    assert!(delivery.detail.starts_with("250"), "{}", delivery.detail);
+    assert_eq!(
+        smtp.accepted(),
+        ["inv-6.1@example.co.uk", "inv-6.2@example.co.uk"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_deadline_that_is_not_a_duration_is_refused() {
+    let error = mailer_from_url("smtp://127.0.0.1:2525?timeout=soon")
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("timeout=\"soon\""), "{error}");
+    let mailer = SmtpMailer::from_url("smtp://127.0.0.1:2525").expect("valid");
+    assert_eq!(mailer.deadline(), cairn_mail::DEFAULT_DEADLINE);
 }

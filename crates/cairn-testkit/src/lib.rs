@@ -8,10 +8,12 @@
 
 mod pg_proxy;
 mod smtp;
+mod stall;
 mod tamper;
 
 pub use pg_proxy::HoldingProxy;
 pub use smtp::{Received, SinkOptions, SmtpSink, decoded_headers, parse as smtp_parse};
+pub use stall::{Stall, StallingSmtp};
 pub use tamper::tamper;
 
 use std::path::PathBuf;

@@ -355,11 +355,37 @@ impl Engine {
 
     /// Runs until `shutdown` resolves: claims runnable runs as slots free up (at most
     /// `concurrency` at once) and drives each in a task of its own. When shutdown
-    /// comes, it claims nothing more and waits for the runs it is driving to stop.
+    /// comes, it claims nothing more and waits for the runs it is driving to stop,
+    /// however long their steps take (see [`Engine::run_with_grace`] for a bound).
     ///
     /// A step that panics is a failed attempt of its run, and the loop goes on; while it
     /// runs, the loop counts itself in [`Engine::health`].
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        self.run_until(shutdown, None).await;
+    }
+
+    /// [`Engine::run`], except that once `shutdown` resolves the runs in flight have
+    /// `grace` to stop. Those still going then are abandoned where they stand, as a
+    /// crash would leave them: their leases are not released, so no engine takes them
+    /// before the leases expire, and a step that was acting outside the database is
+    /// then in doubt and performed again. Returns how many runs were abandoned.
+    ///
+    /// A step can outlast any grace (a mail server that never answers holds its send
+    /// until the mailer's own deadline); a process that must stop within its grace
+    /// cannot wait for it.
+    pub async fn run_with_grace(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        grace: Duration,
+    ) -> usize {
+        self.run_until(shutdown, Some(grace)).await
+    }
+
+    async fn run_until(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        grace: Option<Duration>,
+    ) -> usize {
         let _worker = self.inner.health.worker();
         let concurrency = self.inner.config.concurrency.max(1);
         let poll = self.poll_interval();
@@ -418,7 +444,26 @@ impl Engine {
                 () = tokio::time::sleep(due_in) => {}
             }
         }
+        let stopped = async { while drives.join_next().await.is_some() {} };
+        let Some(grace) = grace else {
+            stopped.await;
+            return 0;
+        };
+        if tokio::time::timeout(grace, stopped).await.is_ok() {
+            return 0;
+        }
+        // Dropping a run's task drops its heartbeat with it: the lease runs out on its
+        // own, and nothing is released or recorded on the way out.
+        let abandoned = drives.len();
+        tracing::warn!(
+            runs = abandoned,
+            grace = ?grace,
+            "workflow runs still in flight after the shutdown grace were abandoned; \
+             they run again once their leases expire"
+        );
+        drives.abort_all();
         while drives.join_next().await.is_some() {}
+        abandoned
     }
 
     fn write_options(priority: cairn_log::Priority) -> WriteOptions {

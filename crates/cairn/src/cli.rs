@@ -153,8 +153,9 @@ pub struct ServeArgs {
     /// limit). At the limit, the connection idle the longest makes room.
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish before
-    /// they are dropped and the process exits.
+    /// On SIGTERM or Ctrl-C, how long requests and workflow steps in flight may take
+    /// to finish before they are dropped and the process exits (a dropped step runs
+    /// again once its lease expires).
     #[arg(long, env = "CAIRN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration_or_zero)]
     pub shutdown_grace: HumanDuration,
     /// The most live subscriptions (SSE and WebSocket) one principal may have open;

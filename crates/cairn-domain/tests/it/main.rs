@@ -1,5 +1,5 @@
 //! The domain's integration tests, on both backends: onboarding, the commands at the
-//! door, group commit, invitations' lifetimes and mail outages. One binary, so that
+//! door, group commit, invitations' lifetimes, mail outages and mail servers that stall. One binary, so that
 //! helpers are shared rather than copied.
 
 mod common;
@@ -9,4 +9,5 @@ mod group_commit;
 mod invitation_ttl;
 mod mail_outage;
 mod mail_record_window;
+mod mail_stall;
 mod onboarding;

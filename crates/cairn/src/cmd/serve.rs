@@ -126,12 +126,18 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let engine = domain.engine().clone();
     let mut engine_stop = stop_rx.clone();
+    // Steps in flight get the same grace as requests: a step stuck on a mail server
+    // that never answers must not keep the process from stopping.
+    let engine_grace = args.shutdown_grace.0;
     let worker = tokio::spawn(async move {
         engine
-            .run(async move {
-                let _ = engine_stop.changed().await;
-            })
-            .await;
+            .run_with_grace(
+                async move {
+                    let _ = engine_stop.changed().await;
+                },
+                engine_grace,
+            )
+            .await
     });
     let defaults = cairn_http::Options::default();
     let options = cairn_http::Options {
@@ -218,7 +224,13 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     };
     let (served, ()) = tokio::join!(server, signal);
     served.context("serving HTTP")?;
-    worker.await.context("stopping the workflow engine")?;
+    let abandoned = worker.await.context("stopping the workflow engine")?;
+    if abandoned > 0 {
+        eprintln!(
+            "abandoned {} in flight after the grace: they run again once their leases expire",
+            ui::plural(abandoned as u64, "workflow run", "workflow runs")
+        );
+    }
     if let Some(prober) = prober {
         prober.abort();
     }

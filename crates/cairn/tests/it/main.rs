@@ -12,6 +12,7 @@ mod console;
 mod console_trust;
 mod hostile;
 mod mail_outage;
+mod mail_stall;
 mod mail_under_load;
 mod readme;
 mod serve;
