@@ -11,6 +11,7 @@
 //! through `cairn_domain::reads`, with a grant from the policy.
 
 pub mod api;
+pub mod capacity;
 pub mod console;
 pub mod context;
 pub mod contracts;
@@ -49,6 +50,7 @@ struct Inner {
     asyncapi: Value,
     activity: console::Activity,
     subscriptions: stream::Subscriptions,
+    capacity: capacity::Capacity,
 }
 
 /// What every handler can reach.
@@ -113,6 +115,11 @@ impl AppState {
         &self.inner.subscriptions
     }
 
+    /// The live subscriptions open, in all and by organization.
+    pub fn capacity(&self) -> &capacity::Capacity {
+        &self.inner.capacity
+    }
+
     /// The console's recent activity samples.
     pub fn activity(&self) -> &console::Activity {
         &self.inner.activity
@@ -154,6 +161,9 @@ pub struct Options {
     pub secure_cookies: bool,
     /// The most live subscriptions (SSE and WebSocket) one principal may have open.
     pub max_subscriptions: usize,
+    /// The most live subscriptions open in all and per organization: below the
+    /// server's connection cap, so that requests keep connections of their own.
+    pub subscription_bounds: capacity::Bounds,
 }
 
 impl Default for Options {
@@ -166,6 +176,7 @@ impl Default for Options {
             probe_max_age: std::time::Duration::from_secs(5),
             secure_cookies: false,
             max_subscriptions: 100,
+            subscription_bounds: capacity::Bounds::default(),
         }
     }
 }
@@ -208,6 +219,7 @@ pub fn build(
             asyncapi,
             activity: console::Activity::default(),
             subscriptions: stream::Subscriptions::default(),
+            capacity: capacity::Capacity::default(),
         }),
     };
     let router = router
