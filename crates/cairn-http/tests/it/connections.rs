@@ -48,12 +48,21 @@ async fn serve(server: &Server, options: ServeOptions) -> anyhow::Result<SocketA
 }
 
 /// One HTTP response as it came over the socket.
-#[derive(Debug)]
 struct Answer {
     status: u16,
     /// Names in lower case.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
 }
 
 impl Answer {
