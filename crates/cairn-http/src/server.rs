@@ -120,26 +120,73 @@ impl Clock {
     }
 }
 
-/// A time on the [`Clock`] that has not come: the state it dates is not on.
-const NEVER: u64 = u64::MAX;
+/// When a state of a connection began, on the [`Clock`]; nothing while it is off.
+struct Since(AtomicU64);
+
+impl Since {
+    /// The mark of a state that is off: a time that never comes.
+    const OFF: u64 = u64::MAX;
+
+    fn off() -> Since {
+        Since(AtomicU64::new(Since::OFF))
+    }
+
+    fn now(clock: Clock) -> Since {
+        Since(AtomicU64::new(clock.now()))
+    }
+
+    fn get(&self) -> Option<u64> {
+        let since = self.0.load(Ordering::Acquire);
+        (since != Since::OFF).then_some(since)
+    }
+
+    /// The state begins now, unless it is already on.
+    fn begin(&self, clock: Clock) {
+        if self.0.load(Ordering::Relaxed) == Since::OFF {
+            let _ = self.0.compare_exchange(
+                Since::OFF,
+                clock.now(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The state begins again now.
+    fn restart(&self, clock: Clock) {
+        self.0.store(clock.now(), Ordering::Release);
+    }
+
+    fn end(&self) {
+        if self.0.load(Ordering::Relaxed) != Since::OFF {
+            self.0.store(Since::OFF, Ordering::Release);
+        }
+    }
+
+    /// Whether the state has been on for longer than `allowance` at `now`.
+    fn past(&self, allowance: Duration, now: u64) -> bool {
+        self.get()
+            .is_some_and(|since| u128::from(now.saturating_sub(since)) > allowance.as_millis())
+    }
+}
 
 /// One open connection, as the server tracks it.
 struct Tracked {
     /// Requests in flight, counting response bodies still being sent.
     busy: AtomicUsize,
     /// When it last went idle.
-    idle_since: AtomicU64,
+    idle_since: Since,
     /// Requests it has carried.
     served: AtomicUsize,
     /// Bytes read while nothing was in flight, since the last request ended: a
     /// request's header in the making when it is not zero.
     unanswered: AtomicU64,
     /// When the header in the making sent its first byte.
-    header_since: AtomicU64,
+    header_since: Since,
     /// When the request in flight began waiting for more of its body.
-    waiting_since: AtomicU64,
+    waiting_since: Since,
     /// When a write began waiting for the client to take it.
-    stalled_since: AtomicU64,
+    stalled_since: Since,
     /// Whether the connection was handed to a WebSocket: hyper no longer serves it,
     /// and it is a live subscription, bounded by the application rather than evicted.
     upgraded: AtomicBool,
@@ -160,12 +207,12 @@ impl Tracked {
     fn new(clock: Clock, socket: &Arc<TcpStream>) -> Tracked {
         Tracked {
             busy: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(clock.now()),
+            idle_since: Since::now(clock),
             served: AtomicUsize::new(0),
             unanswered: AtomicU64::new(0),
-            header_since: AtomicU64::new(NEVER),
-            waiting_since: AtomicU64::new(NEVER),
-            stalled_since: AtomicU64::new(NEVER),
+            header_since: Since::off(),
+            waiting_since: Since::off(),
+            stalled_since: Since::off(),
             upgraded: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
             stream_started: tokio::sync::Notify::new(),
@@ -186,27 +233,12 @@ impl Tracked {
         if self.upgraded.load(Ordering::Acquire) {
             return None;
         }
-        let since = if self.idle() {
-            self.idle_since.load(Ordering::Acquire)
-        } else {
-            self.waiting_since
-                .load(Ordering::Acquire)
-                .min(self.stalled_since.load(Ordering::Acquire))
-        };
-        (since != NEVER).then_some(since)
-    }
-
-    /// Marks `since` (one of the state times) as now, unless it is already on.
-    fn begin(since: &AtomicU64, clock: Clock) {
-        if since.load(Ordering::Relaxed) == NEVER {
-            let _ = since.compare_exchange(NEVER, clock.now(), Ordering::AcqRel, Ordering::Relaxed);
+        if self.idle() {
+            return self.idle_since.get();
         }
-    }
-
-    /// Marks the state `since` dates as over.
-    fn end(since: &AtomicU64) {
-        if since.load(Ordering::Relaxed) != NEVER {
-            since.store(NEVER, Ordering::Release);
+        match (self.waiting_since.get(), self.stalled_since.get()) {
+            (Some(waiting), Some(stalled)) => Some(waiting.min(stalled)),
+            (waiting, stalled) => waiting.or(stalled),
         }
     }
 
@@ -380,9 +412,6 @@ fn make_room(registry: &Shared, max: usize) -> bool {
 async fn reap(registry: Shared, options: ServeOptions, clock: Clock) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let past = |since: u64, allowance: Duration, now: u64| {
-        since != NEVER && u128::from(now.saturating_sub(since)) > allowance.as_millis()
-    };
     loop {
         tick.tick().await;
         let now = clock.now();
@@ -393,37 +422,26 @@ async fn reap(registry: Shared, options: ServeOptions, clock: Clock) {
             .open
             .iter()
             .filter_map(|(id, tracked)| {
-                if past(
-                    tracked.stalled_since.load(Ordering::Acquire),
-                    options.send_timeout,
-                    now,
-                ) {
-                    return Some((*id, "send_timeout"));
-                }
-                if tracked.upgraded.load(Ordering::Acquire) || !tracked.idle() {
-                    return None;
-                }
-                let expired = if tracked.unanswered.load(Ordering::Acquire) > 0 {
-                    past(
-                        tracked.header_since.load(Ordering::Acquire),
-                        options.header_timeout,
-                        now,
-                    )
-                    .then_some("header_timeout")
+                let expired = if tracked.stalled_since.past(options.send_timeout, now) {
+                    Some("send_timeout")
+                } else if tracked.upgraded.load(Ordering::Acquire) || !tracked.idle() {
+                    None
+                } else if tracked.unanswered.load(Ordering::Acquire) > 0 {
+                    // A header has started: its own allowance, from its first byte.
+                    tracked
+                        .header_since
+                        .past(options.header_timeout, now)
+                        .then_some("header_timeout")
                 } else if tracked.served.load(Ordering::Acquire) == 0 {
-                    past(
-                        tracked.idle_since.load(Ordering::Acquire),
-                        options.header_timeout,
-                        now,
-                    )
-                    .then_some("header_timeout")
+                    tracked
+                        .idle_since
+                        .past(options.header_timeout, now)
+                        .then_some("header_timeout")
                 } else {
-                    past(
-                        tracked.idle_since.load(Ordering::Acquire),
-                        options.idle_timeout,
-                        now,
-                    )
-                    .then_some("idle_timeout")
+                    tracked
+                        .idle_since
+                        .past(options.idle_timeout, now)
+                        .then_some("idle_timeout")
                 };
                 expired.map(|reason| (*id, reason))
             })
@@ -628,6 +646,7 @@ async fn answer(
         if response.status() != StatusCode::REQUEST_TIMEOUT {
             response = body_timed_out(&response, options.body_timeout);
         }
+        closed("body_timeout");
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -768,14 +787,14 @@ impl hyper::body::Body for RequestBody {
                 });
                 if deadline.as_mut().poll(cx).is_ready() {
                     this.progress.timed_out.store(true, Ordering::Release);
-                    Tracked::end(&this.tracked.waiting_since);
+                    this.tracked.waiting_since.end();
                     return Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.allowance)))));
                 }
-                Tracked::begin(&this.tracked.waiting_since, this.clock);
+                this.tracked.waiting_since.begin(this.clock);
                 Poll::Pending
             }
             Poll::Ready(frame) => {
-                Tracked::end(&this.tracked.waiting_since);
+                this.tracked.waiting_since.end();
                 if frame.is_none() || inner.is_end_stream() {
                     this.progress.finished.store(true, Ordering::Release);
                 }
@@ -797,7 +816,7 @@ impl hyper::body::Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        Tracked::end(&self.tracked.waiting_since);
+        self.tracked.waiting_since.end();
         let unread = !self.progress.finished.load(Ordering::Acquire)
             && !self.progress.timed_out.load(Ordering::Acquire);
         if unread
@@ -849,7 +868,7 @@ impl Counted {
         loop {
             match self.inner.poll_write_ready(cx) {
                 Poll::Pending => {
-                    Tracked::begin(&self.tracked.stalled_since, self.clock);
+                    self.tracked.stalled_since.begin(self.clock);
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -858,7 +877,7 @@ impl Counted {
             match write(&self.inner) {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 done => {
-                    Tracked::end(&self.tracked.stalled_since);
+                    self.tracked.stalled_since.end();
                     return Poll::Ready(done);
                 }
             }
@@ -883,7 +902,7 @@ impl tokio::io::AsyncRead for Counted {
                             .unanswered
                             .fetch_add(read as u64, Ordering::AcqRel);
                         if before == 0 {
-                            Tracked::begin(&self.tracked.header_since, self.clock);
+                            self.tracked.header_since.begin(self.clock);
                         }
                     }
                     return Poll::Ready(Ok(()));
@@ -936,7 +955,7 @@ impl Busy {
     fn start(tracked: &Arc<Tracked>, clock: Clock) -> Busy {
         tracked.busy.fetch_add(1, Ordering::AcqRel);
         tracked.unanswered.store(0, Ordering::Release);
-        Tracked::end(&tracked.header_since);
+        tracked.header_since.end();
         tracked.served.fetch_add(1, Ordering::AcqRel);
         Busy {
             tracked: tracked.clone(),
@@ -949,12 +968,10 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let tracked = &self.tracked;
         tracked.unanswered.store(0, Ordering::Release);
-        Tracked::end(&tracked.header_since);
-        Tracked::end(&tracked.waiting_since);
+        tracked.header_since.end();
+        tracked.waiting_since.end();
         tracked.streaming.store(false, Ordering::Release);
-        tracked
-            .idle_since
-            .store(self.clock.now(), Ordering::Release);
+        tracked.idle_since.restart(self.clock);
         tracked.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
