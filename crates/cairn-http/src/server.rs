@@ -140,8 +140,8 @@ impl Since {
         (since != Since::OFF).then_some(since)
     }
 
-    /// The state begins now, unless it is already on.
-    fn begin(&self, clock: Clock) {
+    /// The state starts now, unless it is already on.
+    fn start(&self, clock: Clock) {
         if self.0.load(Ordering::Relaxed) == Since::OFF {
             let _ = self.0.compare_exchange(
                 Since::OFF,
@@ -152,7 +152,7 @@ impl Since {
         }
     }
 
-    /// The state begins again now.
+    /// The state starts again now.
     fn restart(&self, clock: Clock) {
         self.0.store(clock.now(), Ordering::Release);
     }
@@ -790,7 +790,7 @@ impl hyper::body::Body for RequestBody {
                     this.tracked.waiting_since.end();
                     return Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.allowance)))));
                 }
-                this.tracked.waiting_since.begin(this.clock);
+                this.tracked.waiting_since.start(this.clock);
                 Poll::Pending
             }
             Poll::Ready(frame) => {
@@ -868,7 +868,7 @@ impl Counted {
         loop {
             match self.inner.poll_write_ready(cx) {
                 Poll::Pending => {
-                    self.tracked.stalled_since.begin(self.clock);
+                    self.tracked.stalled_since.start(self.clock);
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -902,7 +902,7 @@ impl tokio::io::AsyncRead for Counted {
                             .unanswered
                             .fetch_add(read as u64, Ordering::AcqRel);
                         if before == 0 {
-                            self.tracked.header_since.begin(self.clock);
+                            self.tracked.header_since.start(self.clock);
                         }
                     }
                     return Poll::Ready(Ok(()));
