@@ -724,7 +724,7 @@ export type Problem = {
 };
 
 /** The stable, machine-readable problem codes. */
-export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("request_timeout") | ("conflict") | ("idempotency_key_reused") | ("held") | ("paused") | ("unreadable_body") | ("payload_too_large") | ("unsupported_media_type") | ("upgrade_required") | ("too_many_subscriptions") | ("headers_too_large") | ("internal") | ("unavailable") | ("overloaded");
+export type ProblemCode = ("invalid_field") | ("unknown_field") | ("wrong_location") | ("invalid_json") | ("unauthenticated") | ("invalid_token") | ("token_expired") | ("forbidden") | ("not_found") | ("method_not_allowed") | ("request_timeout") | ("conflict") | ("idempotency_key_reused") | ("held") | ("paused") | ("unreadable_body") | ("payload_too_large") | ("unsupported_media_type") | ("upgrade_required") | ("too_many_subscriptions") | ("too_many_organization_subscriptions") | ("headers_too_large") | ("internal") | ("unavailable") | ("overloaded") | ("subscriptions_at_capacity");
 
 /** Why an event was not applied: a stable code and a message for people. */
 export type ProcessingError = {

@@ -492,8 +492,11 @@ pub fn openapi(documented: &[Documented]) -> Value {
             responses.insert(
                 "429".into(),
                 problem_response(
-                    "The principal has as many live subscriptions open as it may (100 by default, `cairn serve --max-subscriptions`).",
-                    &[ProblemCode::TooManySubscriptions],
+                    "The principal has as many live subscriptions open as it may (100 by default, `cairn serve --max-subscriptions`), or its organization holds as many as one organization may (`--max-subscriptions-per-organization`; principals of no organization share one such bound).",
+                    &[
+                        ProblemCode::TooManySubscriptions,
+                        ProblemCode::TooManyOrganizationSubscriptions,
+                    ],
                 ),
             );
         }
@@ -529,7 +532,7 @@ pub fn openapi(documented: &[Documented]) -> Value {
         responses.insert(
             "408".into(),
             problem_response(
-                "The request's header did not arrive within the server's header timeout (`--header-timeout`, 10 s by default); the connection is closed. A connection that sent nothing is closed without an answer.",
+                "The request's header did not arrive within the server's header timeout (`--header-timeout`, 10 s by default), or its body within the body timeout (`--body-timeout`, 30 s by default); the connection is closed. A connection that sent nothing is closed without an answer.",
                 &[ProblemCode::RequestTimeout],
             ),
         );
@@ -550,6 +553,20 @@ pub fn openapi(documented: &[Documented]) -> Value {
                     "content": {"application/json": {"schema": message_schema_for_503}},
                 }),
             );
+        } else if matches!(doc.produces, Produces::WebSocket | Produces::EventStream) {
+            let mut unavailable = problem_response(
+                "The database cannot be reached, the server is overloaded, or it holds as many live subscriptions as it takes (`--max-subscriptions-total`: by default three quarters of its connections, the rest kept for requests).",
+                &[
+                    ProblemCode::Unavailable,
+                    ProblemCode::Overloaded,
+                    ProblemCode::SubscriptionsAtCapacity,
+                ],
+            );
+            unavailable["headers"]["Retry-After"] = json!({
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer", "minimum": 0}
+            });
+            responses.insert("503".into(), unavailable);
         } else {
             let mut unavailable = problem_response(
                 "The database cannot be reached, or the log writer's queue is full; nothing was done.",

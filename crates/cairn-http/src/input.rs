@@ -262,8 +262,8 @@ fn find_nul(value: &Value, path: String) -> Option<String> {
     }
 }
 
-/// Why a body could not be read: too large (413), or anything else (a malformed
-/// chunked encoding, a client that hung up mid-body: 400).
+/// Why a body could not be read: too large (413), not there in time (408), or anything
+/// else (a malformed chunked encoding, a client that hung up mid-body: 400).
 pub fn body_problem(error: &axum::Error, limit: usize) -> Problem {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
@@ -272,6 +272,9 @@ pub fn body_problem(error: &axum::Error, limit: usize) -> Problem {
                 ProblemCode::PayloadTooLarge,
                 format!("the body is larger than {limit} bytes"),
             );
+        }
+        if let Some(timed_out) = cause.downcast_ref::<crate::server::BodyTimedOut>() {
+            return Problem::new(ProblemCode::RequestTimeout, timed_out.to_string());
         }
         source = cause.source();
     }

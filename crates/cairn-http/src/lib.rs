@@ -11,6 +11,7 @@
 //! through `cairn_domain::reads`, with a grant from the policy.
 
 pub mod api;
+pub mod capacity;
 pub mod console;
 pub mod context;
 pub mod contracts;
@@ -49,6 +50,7 @@ struct Inner {
     asyncapi: Value,
     activity: console::Activity,
     subscriptions: stream::Subscriptions,
+    capacity: capacity::Capacity,
 }
 
 /// What every handler can reach.
@@ -113,6 +115,11 @@ impl AppState {
         &self.inner.subscriptions
     }
 
+    /// The live subscriptions open, in all and by organization.
+    pub fn capacity(&self) -> &capacity::Capacity {
+        &self.inner.capacity
+    }
+
     /// The console's recent activity samples.
     pub fn activity(&self) -> &console::Activity {
         &self.inner.activity
@@ -165,6 +172,9 @@ pub struct Options {
     /// The origin (`https://console.example.com`) people reach the console at, besides
     /// the address a request names: a console form posted from it is the console's own.
     pub public_origin: Option<String>,
+    /// The most live subscriptions open in all and per organization: below the
+    /// server's connection cap, so that requests keep connections of their own.
+    pub subscription_bounds: capacity::Bounds,
 }
 
 impl Default for Options {
@@ -178,6 +188,7 @@ impl Default for Options {
             secure_cookies: false,
             max_subscriptions: 100,
             public_origin: None,
+            subscription_bounds: capacity::Bounds::default(),
         }
     }
 }
@@ -220,6 +231,7 @@ pub fn build(
             asyncapi,
             activity: console::Activity::default(),
             subscriptions: stream::Subscriptions::default(),
+            capacity: capacity::Capacity::default(),
         }),
     };
     let router = router

@@ -69,7 +69,8 @@ pub enum ProblemCode {
     NotFound,
     /// 405: the path exists but not with this method.
     MethodNotAllowed,
-    /// 408: the request's header did not arrive in time; the connection is closed.
+    /// 408: the request's header, or its body, did not arrive in time; the connection is
+    /// closed.
     RequestTimeout,
     /// 409: the request conflicts with the current state (a taken slug, an invitation
     /// that is no longer pending, a stream version).
@@ -94,6 +95,10 @@ pub enum ProblemCode {
     UpgradeRequired,
     /// 429: the principal has as many live subscriptions open as it may.
     TooManySubscriptions,
+    /// 429: the principal's organization (or, for a principal of no organization, all
+    /// such principals together) holds as many live subscriptions as one organization
+    /// may on this server.
+    TooManyOrganizationSubscriptions,
     /// 431: the request's headers are larger than the limit.
     HeadersTooLarge,
     /// 500: a fault in cairn; the correlation id finds it in the logs.
@@ -103,10 +108,13 @@ pub enum ProblemCode {
     /// 503: the log writer's queue is full; nothing was done. `Retry-After` says when
     /// to try again.
     Overloaded,
+    /// 503: the server holds as many live subscriptions as it takes (the rest of its
+    /// connections are kept for requests). `Retry-After` says when to try again.
+    SubscriptionsAtCapacity,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 24] = [
+    pub const ALL: [ProblemCode; 26] = [
         ProblemCode::InvalidField,
         ProblemCode::UnknownField,
         ProblemCode::WrongLocation,
@@ -127,10 +135,12 @@ impl ProblemCode {
         ProblemCode::UnsupportedMediaType,
         ProblemCode::UpgradeRequired,
         ProblemCode::TooManySubscriptions,
+        ProblemCode::TooManyOrganizationSubscriptions,
         ProblemCode::HeadersTooLarge,
         ProblemCode::Internal,
         ProblemCode::Unavailable,
         ProblemCode::Overloaded,
+        ProblemCode::SubscriptionsAtCapacity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -155,10 +165,12 @@ impl ProblemCode {
             ProblemCode::UnsupportedMediaType => "unsupported_media_type",
             ProblemCode::UpgradeRequired => "upgrade_required",
             ProblemCode::TooManySubscriptions => "too_many_subscriptions",
+            ProblemCode::TooManyOrganizationSubscriptions => "too_many_organization_subscriptions",
             ProblemCode::HeadersTooLarge => "headers_too_large",
             ProblemCode::Internal => "internal",
             ProblemCode::Unavailable => "unavailable",
             ProblemCode::Overloaded => "overloaded",
+            ProblemCode::SubscriptionsAtCapacity => "subscriptions_at_capacity",
         }
     }
 
@@ -183,10 +195,14 @@ impl ProblemCode {
             ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ProblemCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
+            ProblemCode::TooManySubscriptions | ProblemCode::TooManyOrganizationSubscriptions => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProblemCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ProblemCode::Unavailable | ProblemCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::Unavailable
+            | ProblemCode::Overloaded
+            | ProblemCode::SubscriptionsAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -212,10 +228,16 @@ impl ProblemCode {
             ProblemCode::UnsupportedMediaType => "Unsupported media type",
             ProblemCode::UpgradeRequired => "Upgrade required",
             ProblemCode::TooManySubscriptions => "Too many subscriptions",
+            ProblemCode::TooManyOrganizationSubscriptions => {
+                "Too many subscriptions for one organization"
+            }
             ProblemCode::HeadersTooLarge => "Request headers too large",
             ProblemCode::Internal => "Internal error",
             ProblemCode::Unavailable => "Service unavailable",
             ProblemCode::Overloaded => "Server overloaded",
+            ProblemCode::SubscriptionsAtCapacity => {
+                "The server holds all the subscriptions it takes"
+            }
         }
     }
 }

@@ -271,6 +271,10 @@ pub async fn sse(
     let slot = state
         .subscriptions()
         .take(&request.principal, state.options().max_subscriptions)?;
+    let seat = state
+        .capacity()
+        .seat(&request.principal, state.options().subscription_bounds)?;
+    let slot = (slot, seat);
     let subscription = subscribe(&state, request).await?;
     let messages = futures::stream::unfold(
         (subscription, slot),
@@ -302,6 +306,10 @@ pub async fn websocket(
     let slot = state
         .subscriptions()
         .take(&request.principal, state.options().max_subscriptions)?;
+    let seat = state
+        .capacity()
+        .seat(&request.principal, state.options().subscription_bounds)?;
+    let slot = (slot, seat);
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
         .await
         .map_err(|rejection| {

@@ -269,7 +269,7 @@ impl Metrics {
         let http_connections_closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "http_connections_closed",
-            "HTTP connections the server closed itself, by reason (header_timeout, idle_timeout, evicted, refused, shutdown)",
+            "HTTP connections the server closed itself, by reason (header_timeout, body_timeout, idle_timeout, send_timeout, evicted, refused, shutdown)",
             http_connections_closed.clone(),
         );
         let spans_pruned = Counter::default();

@@ -143,12 +143,21 @@ pub struct ServeArgs {
     /// A workflow run this long overdue is reported as stuck.
     #[arg(long, env = "CAIRN_STUCK_AFTER", default_value = "15m", value_parser = parse_duration)]
     pub stuck_after: HumanDuration,
-    /// How long a new connection may take to send its first request's header.
+    /// How long a new connection may take to send its first byte, and a request's
+    /// header to arrive once it has started (408 past it).
     #[arg(long, env = "CAIRN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: HumanDuration,
     /// How long a keep-alive connection may sit idle between requests.
     #[arg(long, env = "CAIRN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: HumanDuration,
+    /// How long a request's whole body may take to arrive after its header (408 past
+    /// it, and the connection is closed).
+    #[arg(long, env = "CAIRN_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: HumanDuration,
+    /// How long a write may wait for the client to take it (a response or a
+    /// subscription it does not read); past it the connection is closed.
+    #[arg(long, env = "CAIRN_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub send_timeout: HumanDuration,
     /// The most connections open at once (by default three quarters of the open-file
     /// limit). At the limit, the connection idle the longest makes room.
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
@@ -162,6 +171,16 @@ pub struct ServeArgs {
     /// past it, a subscribe is answered 429.
     #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
+    /// The most live subscriptions open on this server in all, below
+    /// --max-connections (by default three quarters of it: the rest is kept for
+    /// requests); past it, a subscribe is answered 503.
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS_TOTAL")]
+    pub max_subscriptions_total: Option<usize>,
+    /// The most live subscriptions one organization may hold (principals of no
+    /// organization count as one); by default a quarter of
+    /// --max-subscriptions-total. Past it, a subscribe is answered 429.
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS_PER_ORGANIZATION")]
+    pub max_subscriptions_per_organization: Option<usize>,
     /// Serve tokens signed with the development secret kept in the database even on an
     /// address other than loopback. Anyone who can read the database, or a backup of
     /// it, can then mint a platform administrator's token: use --jwt-secret, a public

@@ -1,10 +1,12 @@
 //! The HTTP API's integration tests, on both backends: the routes, the authorization
-//! matrix, health, the realtime feed, tracing, row-level security, the contracts and
-//! the parsing of input. One binary, so that helpers are shared rather than copied.
+//! matrix, health, the realtime feed, tracing, row-level security, the contracts, the
+//! parsing of input, and the server's connections over real sockets. One binary, so
+//! that helpers are shared rather than copied.
 
 mod common;
 
 mod api;
+mod connections;
 mod contracts;
 mod health;
 mod input_properties;

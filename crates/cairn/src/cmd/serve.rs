@@ -69,11 +69,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// The bounds on live subscriptions: as given, or derived from the connection cap; in
+/// all, always below it, so that requests keep connections of their own.
+fn subscription_bounds(
+    args: &ServeArgs,
+    max_connections: usize,
+) -> anyhow::Result<cairn_http::capacity::Bounds> {
+    let total = args
+        .max_subscriptions_total
+        .unwrap_or(cairn_http::capacity::Bounds::for_connections(max_connections).total);
+    anyhow::ensure!(
+        total < max_connections,
+        "--max-subscriptions-total ({total}) must be below --max-connections \
+         ({max_connections}): a subscription holds its connection, and requests need \
+         connections of their own"
+    );
+    let per_organization = args
+        .max_subscriptions_per_organization
+        .unwrap_or(cairn_http::capacity::Bounds::for_total(total).per_organization);
+    Ok(cairn_http::capacity::Bounds {
+        total,
+        per_organization,
+    })
+}
+
 pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     let serve_options = cairn_http::server::ServeOptions {
         header_timeout: args.header_timeout.0,
         idle_timeout: args.idle_timeout.0,
+        body_timeout: args.body_timeout.0,
+        send_timeout: args.send_timeout.0,
         max_connections: match args.max_connections {
             Some(0) => anyhow::bail!("--max-connections must be at least 1"),
             Some(n) => n,
@@ -81,6 +107,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         },
         shutdown_grace: args.shutdown_grace.0,
     };
+    let subscription_bounds = subscription_bounds(&args, serve_options.max_connections)?;
     let development_secret = args.auth.jwt_secret.is_none()
         && args.auth.jwt_public_key.is_none()
         && args.auth.jwks.is_none();
@@ -152,6 +179,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             .ok()
             .map(|url| url.origin().ascii_serialization())
             .filter(|origin| origin != "null"),
+        subscription_bounds,
         ..defaults
     };
     let built = cairn_http::build(domain, auth, options)?;

@@ -1,8 +1,9 @@
 //! `cairn serve` under hostile and careless traffic: sockets that send nothing, half a
-//! header or sit idle; a shutdown with a stalled client; floods of unrouted requests
-//! and invented methods; bodies and headers that cannot be read; a feed resumed past
-//! the head; another tenant's correlation id; too many subscriptions; development
-//! tokens on a public address.
+//! header, a trickle of body, or sit idle; a shutdown with a stalled client; floods of
+//! unrouted requests and invented methods; bodies and headers that cannot be read; a
+//! feed resumed past the head; another tenant's correlation id; too many subscriptions,
+//! and a WebSocket flood under a small file limit; development tokens on a public
+//! address.
 
 use std::time::{Duration, Instant};
 
@@ -118,7 +119,12 @@ backend_test!(
     a_header_that_times_out_is_answered_408_and_a_silent_socket_is_closed,
     |t: TestDb| async move {
         let (_outbox, mail) = outbox()?;
-        let server = Server::start_with(t.url(), &mail, &["--header-timeout", "1s"]).await?;
+        let server = Server::start_with(
+            t.url(),
+            &mail,
+            &["--header-timeout", "1s", "--idle-timeout", "2s"],
+        )
+        .await?;
         let address = format!("127.0.0.1:{}", server.port);
         let mut half = TcpStream::connect(&address).await?;
         half.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -500,6 +506,152 @@ backend_test!(
             stderr(&output).contains("--dev-tokens"),
             "{}",
             stderr(&output)
+        );
+        Ok(())
+    }
+);
+
+/// What the server sends on a socket until it closes it (a reset included), or `None`
+/// if it is still open after `within`.
+async fn said_until_closed(socket: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut said = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&said).into_owned()),
+            Ok(Ok(read)) => said.extend_from_slice(&buffer[..read]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `GET /health/ready` on a new connection, within 5 s: its status.
+async fn ready(server: &Server) -> anyhow::Result<u16> {
+    let response = reqwest::Client::new()
+        .get(server.url("/health/ready"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+// Issue 20, point 1: 64 anonymous forms that send their header, `Content-Length: 4000`
+// and 11 bytes of body made a server with `--max-connections 64` answer 503 to every
+// request, `/health/ready` included, for as long as they stayed open.
+backend_test!(
+    slow_bodies_neither_lock_everyone_out_nor_stay_open,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start_with(
+            t.url(),
+            &mail,
+            &["--max-connections", "64", "--body-timeout", "2s"],
+        )
+        .await?;
+        let address = format!("127.0.0.1:{}", server.port);
+        let forms = [
+            ("/v1/invitations/accept", "application/json"),
+            ("/invitations/accept", "application/x-www-form-urlencoded"),
+            ("/console/sign-in", "application/x-www-form-urlencoded"),
+        ];
+        let mut slow = Vec::new();
+        for i in 0..64 {
+            let (path, content_type) = forms[i % forms.len()];
+            let mut socket = TcpStream::connect(&address).await?;
+            socket
+                .write_all(
+                    format!(
+                        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+                         Content-Length: 4000\r\n\r\n{{\"token\": \""
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            slow.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..5 {
+            assert_eq!(ready(&server).await?, 200);
+        }
+        // Every one of them is closed: evicted to make room, or answered 408 when its
+        // body's two seconds ran out.
+        let mut timed_out = 0;
+        for socket in &mut slow {
+            let said = said_until_closed(socket, Duration::from_secs(10))
+                .await
+                .context("a slow body's connection is still open")?;
+            timed_out += usize::from(said.starts_with("HTTP/1.1 408 "));
+        }
+        assert!(timed_out > 0, "no slow body was answered 408");
+        Ok(())
+    }
+);
+
+// Issue 20, point 2: under `ulimit -n 256`, three principals' WebSockets (which left
+// the connection count when they upgraded) exhausted the process's file descriptors,
+// and health checks timed out.
+backend_test!(
+    a_websocket_flood_under_a_small_file_limit_leaves_room_for_requests,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        // 256 files: 192 connections at most by default, of which 144 may be live
+        // subscriptions, 36 per organization.
+        let server = Server::start_with_file_limit(t.url(), &mail, &[], 256).await?;
+        let address = format!("127.0.0.1:{}", server.port);
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            let org = cairn_types::OrgId::new_v7().to_string();
+            tokens.push(token(t.url(), &["--org", &org, "--role", "admin"]).await?);
+        }
+        let mut upgraded = Vec::new();
+        let mut refused = std::collections::BTreeMap::<String, usize>::new();
+        for i in 0..300 {
+            let mut socket = TcpStream::connect(&address).await?;
+            socket
+                .write_all(
+                    format!(
+                        "GET /v1/events/ws?heartbeat=300 HTTP/1.1\r\nHost: x\r\n\
+                         Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                         Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+                        tokens[i % tokens.len()]
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            let mut head = [0_u8; 12];
+            tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut head))
+                .await
+                .context("no answer to a WebSocket handshake within 5 s")??;
+            let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+            if status == "101" {
+                upgraded.push(socket);
+            } else {
+                *refused.entry(status).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            upgraded.len(),
+            3 * 36,
+            "each organization holds its 36 subscriptions; refused: {refused:?}"
+        );
+        assert_eq!(refused.get("429"), Some(&(300 - 3 * 36)), "{refused:?}");
+        for _ in 0..5 {
+            assert_eq!(ready(&server).await?, 200);
+        }
+        // The upgraded sockets count as connections.
+        let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
+        let connections = metrics
+            .lines()
+            .find(|l| l.starts_with("cairn_http_connections "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .context("cairn_http_connections in /metrics")?;
+        assert!(
+            connections >= upgraded.len() as f64,
+            "{connections} connections counted with {} WebSockets open",
+            upgraded.len()
         );
         Ok(())
     }

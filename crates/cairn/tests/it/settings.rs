@@ -40,7 +40,7 @@ async fn start(url: &str, global: &[&str], serve: &[&str]) -> anyhow::Result<std
 backend_test!(
     settings_whose_arithmetic_cannot_hold_are_refused_at_start_up,
     |t: TestDb| async move {
-        let cases: [(&[&str], &[&str], &str); 6] = [
+        let cases: [(&[&str], &[&str], &str); 7] = [
             // 300,000,000 days from now is past any date chrono can count: every
             // invitation email would fail.
             (&["--invitation-ttl", "300000000d"], &[], "--invitation-ttl"),
@@ -63,6 +63,13 @@ backend_test!(
                 "--workflow-lease-seconds",
             ),
             (&[], &["--stuck-after", "300000000d"], "--stuck-after"),
+            // Subscriptions hold their connections: as many as the cap would leave
+            // none for requests.
+            (
+                &[],
+                &["--max-connections", "64", "--max-subscriptions-total", "64"],
+                "--max-subscriptions-total",
+            ),
         ];
         for (global, serve, flag) in cases {
             let output = start(t.url(), global, serve).await?;

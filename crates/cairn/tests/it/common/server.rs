@@ -27,9 +27,37 @@ impl Server {
 
     /// Starts `cairn serve` with extra arguments for `serve`.
     pub async fn start_with(url: &str, mail_url: &str, extra: &[&str]) -> anyhow::Result<Server> {
+        let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        Server::start_command(command, url, mail_url, extra).await
+    }
+
+    /// Starts `cairn serve` with extra arguments for `serve`, in a process that may
+    /// open at most `open_files` files (`ulimit -n`).
+    pub async fn start_with_file_limit(
+        url: &str,
+        mail_url: &str,
+        extra: &[&str],
+        open_files: u32,
+    ) -> anyhow::Result<Server> {
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_cairn"));
+        Server::start_command(command, url, mail_url, extra).await
+    }
+
+    /// Starts `command` (which runs `cairn` with the arguments it is given) as
+    /// `cairn serve`.
+    async fn start_command(
+        mut command: tokio::process::Command,
+        url: &str,
+        mail_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
         let port = super::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let child = command
             .args(["--database-url", url, "--mail-url", mail_url])
             .args(["--public-url", &base])
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
