@@ -403,7 +403,6 @@ pub(crate) fn connect_sqlite(
 ) -> Result<(Pools, WriterHome), DbError> {
     let writer = sqlite::open(path)?;
     let readers = std::sync::Arc::new(sqlite::ReadPool::new(path, max_connections));
-    sqlite::checkpoint_apart(&writer, path, std::sync::Arc::downgrade(&readers))?;
     Ok((
         Pools::Sqlite {
             readers,

@@ -48,47 +48,6 @@ pub(crate) fn open(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// How often the checkpointer copies the write-ahead log into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Hands the writer's connection's checkpoints to a thread of their own, for as long
-/// as `alive` has an owner.
-///
-/// SQLite copies the write-ahead log into the database file (and, with
-/// `synchronous=FULL`, flushes that file) inside the commit that takes the log past a
-/// thousand pages. Run in the log writer's commit, that copy held every unit queued
-/// behind it, the urgent record of an email already sent included: under load, a
-/// batch of such records waited for seconds, each one an email sent again if the
-/// process was killed meanwhile. A passive checkpoint on another connection copies
-/// the same pages while the writer goes on committing; it never waits for a writer or
-/// a reader.
-pub(crate) fn checkpoint_apart(
-    writer: &Connection,
-    path: &Path,
-    alive: std::sync::Weak<ReadPool>,
-) -> Result<(), DbError> {
-    let checkpointer = open(path)?;
-    writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
-    checkpointer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
-    let spawned = std::thread::Builder::new()
-        .name("cairn-sqlite-checkpoint".to_owned())
-        .spawn(move || {
-            while alive.strong_count() > 0 {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(error) =
-                    checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %error, "a SQLite checkpoint failed");
-                }
-            }
-        });
-    if spawned.is_err() {
-        // Without the thread, the writer checkpoints in its commits, as SQLite does.
-        writer.execute_batch("PRAGMA wal_autocheckpoint = 1000")?;
-    }
-    Ok(())
-}
-
 /// Opens the database file for reading only (and for temporary tables, which live
 /// apart from it).
 pub(crate) fn open_read_only(path: &Path) -> Result<Connection, DbError> {
