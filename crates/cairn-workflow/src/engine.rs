@@ -88,6 +88,13 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// How many runs one engine drives at once.
     pub concurrency: usize,
+    /// How many steps that act outside the database (an email sent) one engine has in
+    /// flight at once, counted from just before the step acts until its outcome is
+    /// recorded. A process killed meanwhile leaves at most this many steps in doubt,
+    /// each performed again by the next claim (an email sent twice, under the same
+    /// `Message-ID`): it is the bound on duplicates per crash, whatever `concurrency`
+    /// is.
+    pub effects_in_doubt: usize,
     /// Fault injection for crash tests: after this many records, the engine stops
     /// making progress and says so on stderr, so a test can kill the process at a
     /// known point. `None` in normal operation.
@@ -108,6 +115,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             concurrency: 32,
+            effects_in_doubt: 8,
             pause_after_records: None,
             pause_after_effects: None,
         }
@@ -182,6 +190,9 @@ pub(crate) struct Inner {
     records: AtomicU64,
     /// External steps that acted, for the fault hook.
     effects: AtomicU64,
+    /// One permit per external step between acting and its recorded outcome: see
+    /// [`EngineConfig::effects_in_doubt`].
+    in_doubt: tokio::sync::Semaphore,
     /// The `run` loops, for readiness.
     health: Tracker,
 }
@@ -276,8 +287,10 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         let workflows = workflows.into_iter().map(|w| (w.kind(), w)).collect();
+        let in_doubt = tokio::sync::Semaphore::new(config.effects_in_doubt.max(1));
         Self {
             inner: Arc::new(Inner {
+                in_doubt,
                 store,
                 workflows,
                 clock,
@@ -614,6 +627,7 @@ impl Engine {
     ) -> Result<Then, EngineError> {
         let started_at = self.now();
         let mut heartbeat = None;
+        let mut in_doubt = None;
         let outcome = if attempt.records_start() {
             self.record(
                 lease,
@@ -626,6 +640,9 @@ impl Engine {
             // The lease is renewed until the outcome is recorded, however many tries
             // that takes: another engine must not perform the step meanwhile.
             heartbeat = Some(self.heartbeat(lease));
+            // Held until the outcome is recorded: a crash leaves no more steps in
+            // doubt than there are permits. The semaphore is never closed.
+            in_doubt = self.inner.in_doubt.acquire().await.ok();
             let outcome = self
                 .perform_outside(run, workflow.as_ref(), &attempt, started_at)
                 .await;
@@ -700,6 +717,7 @@ impl Engine {
                 attempt.outcome_priority(),
             )
             .await?;
+            drop(in_doubt);
             drop(heartbeat);
         } else {
             self.record(

@@ -24,7 +24,7 @@ use crate::common::server::Server;
 use crate::common::token;
 
 /// Duplicates allowed per kill, as the README's "Guarantees" states them.
-const DUPLICATES_PER_KILL: usize = 12;
+const DUPLICATES_PER_KILL: usize = 8;
 /// How long before a kill a duplicate's first copy may have been accepted, as the
 /// README states it.
 const WINDOW_MS: i128 = 500;
@@ -318,32 +318,35 @@ async fn check(t: &TestDb, workload: Workload) -> anyhow::Result<()> {
         .collect();
     assert!(unknown.is_empty(), "delivered, never recorded: {unknown:?}");
 
-    // Each duplicate's first copy against the kill nearest to it: positive when it was
-    // accepted before the kill, negative when the server stored it only after (the
-    // whole message had gone out before the kill; the reply never came back).
+    // Each copy but the last was followed by another: it was in doubt at a kill, which
+    // is the one nearest to it. The gap is positive when the copy was accepted before
+    // the kill, negative when the server stored it only after (the whole message had
+    // gone out before the kill; the reply never came back). A message sent three
+    // times was in doubt at two kills, once at each.
     let mut gaps: Vec<i128> = Vec::new();
     let mut per_kill = vec![0usize; kills.len()];
     for times in copies.values().filter(|times| times.len() > 1) {
-        let first = times[0];
-        let nearest = kills
-            .iter()
-            .enumerate()
-            .map(|(index, kill)| match kill.duration_since(first) {
-                Ok(before) => (
-                    index,
-                    i128::try_from(before.as_millis()).unwrap_or(i128::MAX),
-                ),
-                Err(after) => (
-                    index,
-                    -i128::try_from(after.duration().as_millis()).unwrap_or(i128::MAX),
-                ),
-            })
-            .min_by_key(|(_, gap)| gap.abs());
-        if let Some((index, gap)) = nearest {
-            per_kill[index] += times.len() - 1;
-            gaps.push(gap);
-        } else {
-            gaps.push(i128::MAX);
+        for &sent in &times[..times.len() - 1] {
+            let nearest = kills
+                .iter()
+                .enumerate()
+                .map(|(index, kill)| match kill.duration_since(sent) {
+                    Ok(before) => (
+                        index,
+                        i128::try_from(before.as_millis()).unwrap_or(i128::MAX),
+                    ),
+                    Err(after) => (
+                        index,
+                        -i128::try_from(after.duration().as_millis()).unwrap_or(i128::MAX),
+                    ),
+                })
+                .min_by_key(|(_, gap)| gap.abs());
+            if let Some((index, gap)) = nearest {
+                per_kill[index] += 1;
+                gaps.push(gap);
+            } else {
+                gaps.push(i128::MAX);
+            }
         }
     }
     gaps.sort();
@@ -351,8 +354,8 @@ async fn check(t: &TestDb, workload: Workload) -> anyhow::Result<()> {
     eprintln!(
         "{}: {completed} bootstraps of {} emails ({accepted} accepted over HTTP by {} clients \
          in {loaded:?}), {invited} invites, {} kills, {} emails delivered, {} distinct, \
-         {duplicates} sent twice ({per_kill:?} per kill); their first copies were accepted \
-         {gaps:?} ms before the nearest kill",
+         {duplicates} sent again ({per_kill:?} per kill); each copy that had to be sent again \
+         was accepted {gaps:?} ms before the nearest kill",
         t.backend(),
         workload.invitees + 1,
         workload.clients,
@@ -362,7 +365,7 @@ async fn check(t: &TestDb, workload: Workload) -> anyhow::Result<()> {
     );
     assert!(
         gaps.iter().all(|gap| gap.abs() <= WINDOW_MS),
-        "an email was sent twice though its first copy was accepted more than \
+        "an email was sent again though its earlier copy was accepted more than \
          {WINDOW_MS} ms away from any kill: {gaps:?}"
     );
     assert!(
