@@ -1033,3 +1033,114 @@ async fn an_outcome_record_that_meets_a_conflict_is_written_again_not_performed_
     )
     .await
 }
+
+// Issue 20, point 5: each run sending when its process was killed left one email in
+// doubt, so a kill amid 32 runs could send 32 emails again. The engine holds at most
+// `effects_in_doubt` steps between acting and their recorded outcome.
+backend_test!(
+    no_more_steps_act_at_once_than_may_be_left_in_doubt,
+    |t: TestDb| async move {
+        const RUNS: usize = 12;
+        const IN_DOUBT: usize = 3;
+        let store = store(&t).await?;
+
+        #[derive(Default)]
+        struct Acting {
+            now: std::sync::atomic::AtomicUsize,
+            most: std::sync::atomic::AtomicUsize,
+        }
+        struct Sending(Arc<Acting>);
+        #[async_trait]
+        impl Workflow for Sending {
+            fn kind(&self) -> &'static str {
+                "sending"
+            }
+            fn decide(&self, _input: &Value, history: &History) -> Result<Decision, String> {
+                Ok(if history.completed("send") {
+                    Decision::Complete(Value::Null)
+                } else {
+                    Decision::Run(StepCall::new("send").external())
+                })
+            }
+            async fn perform(
+                &self,
+                _input: &Value,
+                _call: &StepCall,
+                _ctx: &mut StepContext<'_>,
+            ) -> Result<Value, StepError> {
+                let now = self.0.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.0.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.0.now.fetch_sub(1, Ordering::SeqCst);
+                Ok(Value::Null)
+            }
+        }
+
+        let acting = Arc::new(Acting::default());
+        let engine = Engine::new(
+            store.clone(),
+            vec![Arc::new(Sending(acting.clone()))],
+            Arc::new(SystemClock),
+            EngineConfig {
+                poll_interval: Duration::from_millis(20),
+                concurrency: 16,
+                effects_in_doubt: IN_DOUBT,
+                ..EngineConfig::default()
+            },
+        );
+        for _ in 0..RUNS {
+            let mut tx = store.db().begin().await?;
+            let start = Start {
+                id: WorkflowId::new_v7(),
+                kind: "sending".into(),
+                input: Value::Null,
+                correlation_id: CorrelationId::new_v7(),
+                org_id: None,
+                actor: None,
+                parent: None,
+            };
+            engine.start_in(&mut tx, start).await?;
+            tx.commit().await?;
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                engine
+                    .run(async move {
+                        let _ = stop_rx.changed().await;
+                    })
+                    .await
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut reader = store.db().reader().await?;
+            let filter = cairn_workflow::RunFilter {
+                status: Some(RunStatus::Completed),
+                limit: Some(1_000),
+                ..Default::default()
+            };
+            let done = cairn_workflow::state::list(&mut reader.conn(), &filter)
+                .await?
+                .len();
+            if done == RUNS {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {done} of {RUNS} runs completed in time"
+            );
+            drop(reader);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(true);
+        running.await?;
+        assert_eq!(
+            acting.most.load(Ordering::SeqCst),
+            IN_DOUBT,
+            "at most {IN_DOUBT} sends at once, and the engine used them all"
+        );
+        Ok(())
+    }
+);
