@@ -817,6 +817,24 @@ async fn live_organization(tx: &mut Tx, org_id: OrgId) -> Result<Organization, C
     Ok(organization)
 }
 
+/// Asks the policy about `action` on an invitation, read for its organization: to a
+/// user of another tenant it does not exist.
+async fn authorize_invitation(
+    ctx: &CommandContext,
+    tx: &mut Tx,
+    invitation_id: InvitationId,
+    action: fn(OrgId) -> Action,
+) -> Result<(), CommandError> {
+    let invitation = existing_invitation(tx, invitation_id).await?;
+    ctx.authorize_found(
+        action(invitation.org_id),
+        invitation.org_id,
+        "invitation",
+        invitation_id.to_string(),
+    )?;
+    Ok(())
+}
+
 async fn existing_invitation(
     tx: &mut Tx,
     invitation_id: InvitationId,
@@ -1244,16 +1262,12 @@ impl Command for Resend {
         ctx: &'t CommandContext,
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<(), CommandError>> {
-        Box::pin(async move {
-            let invitation = existing_invitation(tx, self.invitation_id).await?;
-            ctx.authorize_found(
-                Action::ResendInvitation(invitation.org_id),
-                invitation.org_id,
-                "invitation",
-                self.invitation_id.to_string(),
-            )?;
-            Ok(())
-        })
+        Box::pin(authorize_invitation(
+            ctx,
+            tx,
+            self.invitation_id,
+            Action::ResendInvitation,
+        ))
     }
 
     fn decide<'t>(
@@ -1334,16 +1348,12 @@ impl Command for Revoke {
         ctx: &'t CommandContext,
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<(), CommandError>> {
-        Box::pin(async move {
-            let invitation = existing_invitation(tx, self.invitation_id).await?;
-            ctx.authorize_found(
-                Action::RevokeInvitation(invitation.org_id),
-                invitation.org_id,
-                "invitation",
-                self.invitation_id.to_string(),
-            )?;
-            Ok(())
-        })
+        Box::pin(authorize_invitation(
+            ctx,
+            tx,
+            self.invitation_id,
+            Action::RevokeInvitation,
+        ))
     }
 
     fn decide<'t>(

@@ -253,7 +253,7 @@ fn session_csrf(session: &str) -> String {
         .chain_update(b"cairn console form\0")
         .chain_update(session.as_bytes())
         .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest)
 }
 
 /// Why a state-changing request did not come from the console's own pages, if it did
@@ -361,6 +361,11 @@ fn new_token() -> String {
         // Without randomness no form can be trusted: a value no form will match.
         return "0".repeat(64);
     }
+    hex(&bytes)
+}
+
+/// Bytes as lowercase hex, the form of every console token.
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -27,6 +27,31 @@ async fn store(t: &TestDb) -> anyhow::Result<EventStore> {
     Ok(EventStore::new(t.db().clone(), registry))
 }
 
+/// Waits until `runs` runs have completed, for a minute at most.
+async fn wait_completed(store: &EventStore, runs: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut reader = store.db().reader().await?;
+        let filter = cairn_workflow::RunFilter {
+            status: Some(RunStatus::Completed),
+            limit: Some(1_000),
+            ..Default::default()
+        };
+        let done = cairn_workflow::state::list(&mut reader.conn(), &filter)
+            .await?
+            .len();
+        if done == runs {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of {runs} runs completed in time"
+        );
+        drop(reader);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn quick_retry(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
         max_attempts,
@@ -867,27 +892,7 @@ backend_test!(
             let stop = stopped(stop_rx.clone());
             async move { engine.run(stop).await }
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut reader = store_a.db().reader().await?;
-            let filter = cairn_workflow::RunFilter {
-                status: Some(RunStatus::Completed),
-                limit: Some(1_000),
-                ..Default::default()
-            };
-            let done = cairn_workflow::state::list(&mut reader.conn(), &filter)
-                .await?
-                .len();
-            if done == RUNS {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "only {done} of {RUNS} runs completed in time"
-            );
-            drop(reader);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_completed(&store_a, RUNS).await?;
         let _ = stop_tx.send(true);
         a.await?;
         b.await?;
@@ -1113,27 +1118,7 @@ backend_test!(
                     .await
             }
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut reader = store.db().reader().await?;
-            let filter = cairn_workflow::RunFilter {
-                status: Some(RunStatus::Completed),
-                limit: Some(1_000),
-                ..Default::default()
-            };
-            let done = cairn_workflow::state::list(&mut reader.conn(), &filter)
-                .await?
-                .len();
-            if done == RUNS {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "only {done} of {RUNS} runs completed in time"
-            );
-            drop(reader);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_completed(&store, RUNS).await?;
         let _ = stop_tx.send(true);
         running.await?;
         assert_eq!(

@@ -219,25 +219,12 @@ async fn check(t: &TestDb, workload: Workload) -> anyhow::Result<()> {
     );
 
     // What the log says was sent.
-    let mut reader = t.db().reader().await?;
     let mut recorded = BTreeSet::new();
-    let mut after = Position::START;
-    loop {
-        let filter = EventFilter {
-            after,
-            event_type: Some(cairn_types::EventType::parse("invitation.sent")?),
-            limit: Some(1_000),
-            ..EventFilter::default()
-        };
-        let page = reader.conn().read_events(&filter).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for event in &page {
-            let id = event.data["message_id"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("no message_id in {}", event.data))?;
-            recorded.insert(id.to_owned());
-        }
+    for event in &events_of(t, "invitation.sent").await? {
+        let id = event.data["message_id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no message_id in {}", event.data))?;
+        recorded.insert(id.to_owned());
     }
     let invited = invited.load(Ordering::SeqCst);
     assert!(
@@ -259,24 +246,12 @@ async fn check(t: &TestDb, workload: Workload) -> anyhow::Result<()> {
         .map(|(at, message)| (message.message_id.as_str(), *at))
         .collect();
     let mut lags: Vec<i64> = Vec::new();
-    let mut after = Position::START;
-    loop {
-        let filter = EventFilter {
-            after,
-            event_type: Some(cairn_types::EventType::parse("workflow.step_completed")?),
-            limit: Some(1_000),
-            ..EventFilter::default()
-        };
-        let page = reader.conn().read_events(&filter).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for event in &page {
-            if let Some(message_id) = event.data["result"]["message_id"].as_str()
-                && let Some(accepted) = last_accepted.get(message_id)
-            {
-                let accepted = chrono::DateTime::<chrono::Utc>::from(*accepted);
-                lags.push((event.created_at - accepted).num_milliseconds());
-            }
+    for event in &events_of(t, "workflow.step_completed").await? {
+        if let Some(message_id) = event.data["result"]["message_id"].as_str()
+            && let Some(accepted) = last_accepted.get(message_id)
+        {
+            let accepted = chrono::DateTime::<chrono::Utc>::from(*accepted);
+            lags.push((event.created_at - accepted).num_milliseconds());
         }
     }
     lags.sort();
@@ -412,3 +387,23 @@ backend_test!(
         .await
     }
 );
+
+/// Every event of one type in the log, read a page at a time.
+async fn events_of(t: &TestDb, event_type: &str) -> anyhow::Result<Vec<cairn_log::RecordedEvent>> {
+    let mut reader = t.db().reader().await?;
+    let mut events = Vec::new();
+    let mut after = Position::START;
+    loop {
+        let filter = EventFilter {
+            after,
+            event_type: Some(cairn_types::EventType::parse(event_type)?),
+            limit: Some(1_000),
+            ..EventFilter::default()
+        };
+        let page = reader.conn().read_events(&filter).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        events.extend(page);
+    }
+    Ok(events)
+}
