@@ -369,3 +369,31 @@ cairn_testkit::backend_test!(
         Ok(())
     }
 );
+
+/// One event as release 0.1.0 hashed it. Stored hashes and signed checkpoints of every
+/// earlier release depend on this value: it must never change.
+#[test]
+fn an_event_hashes_as_release_0_1_0_did() {
+    let event = Event {
+        position: Position::new(42),
+        event_id: EventId::from_uuid(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_0001,
+        )),
+        stream_type: StreamType::parse("organization").expect("a stream type"),
+        stream_id: StreamId::from_uuid(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_0002,
+        )),
+        stream_version: StreamVersion::new(3),
+        event_type: EventType::parse("organization.created").expect("an event type"),
+        data: serde_json::json!({"name": "Acme Ltd", "domain": "acme.co.uk", "seats": 5, "tags": ["a", "b"]}),
+        metadata: serde_json::json!({"org_id": "0190", "correlation_id": "c-1", "actor": {"kind": "system"}}),
+        created_at: Utc
+            .timestamp_opt(1_765_000_000, 123_456_000)
+            .single()
+            .expect("in range"),
+    };
+    assert_eq!(
+        cairn_log::event_hash(cairn_log::GENESIS, &event.columns()),
+        "d02bc9c3bf11ed77ffc7004829a7567340ab2c513096a3d3ac4e99c3f9c7e58f"
+    );
+}
