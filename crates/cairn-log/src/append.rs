@@ -140,7 +140,11 @@ fn fingerprint(request: &AppendRequest) -> String {
                 object.remove("correlation_id");
                 object.remove("causation_id");
             }
-            serde_json::json!([event.event_type, event.data, metadata])
+            // Version 1 is left out, so keys of earlier releases still match.
+            match event.stored_version() {
+                1 => serde_json::json!([event.event_type, event.data, metadata]),
+                version => serde_json::json!([event.event_type, event.data, metadata, version]),
+            }
         })
         .collect();
     let expected = serde_json::to_value(request.expected).unwrap_or(Value::Null);
@@ -377,6 +381,7 @@ impl Tx {
             position = position.next();
             version = version.next();
             let event_id = EventId::new_v7();
+            let event_version = event.stored_version();
             let hash = hash::event_hash(
                 &previous_hash,
                 &HashedColumns {
@@ -386,6 +391,7 @@ impl Tx {
                     stream_id: request.stream_id,
                     stream_version: version,
                     event_type: &event.event_type,
+                    event_version,
                     data: &event.data,
                     metadata: metadata_value,
                     created_at,
@@ -399,6 +405,8 @@ impl Tx {
                 stream_id: request.stream_id,
                 stream_version: version,
                 event_type: event.event_type,
+                event_version,
+                stored_version: event_version,
                 data: event.data,
                 metadata: event.metadata,
                 created_at,

@@ -166,6 +166,12 @@ fn check_row(row: &Row, previous: &str) -> Result<String, RowFault> {
     let event_type: String = decode(row.get("event_type"))?;
     let event_type = EventType::parse(&event_type)
         .map_err(|e| RowFault::undecodable(format!("column event_type: {e}")))?;
+    let event_version: i64 = decode(row.get("event_version"))?;
+    let event_version = u32::try_from(event_version).map_err(|_| {
+        RowFault::undecodable(format!(
+            "column event_version: {event_version} is not a version"
+        ))
+    })?;
     let data = decode(row.get_json("event_data"))?;
     let metadata = decode(row.get_json("event_metadata"))?;
     let created_at: DateTime<Utc> = decode(row.get::<Option<DateTime<Utc>>>("created_at"))?
@@ -179,6 +185,7 @@ fn check_row(row: &Row, previous: &str) -> Result<String, RowFault> {
         stream_id: decode(row.get::<StreamId>("stream_id"))?,
         stream_version: StreamVersion::new(decode(row.get("stream_version"))?),
         event_type: &event_type,
+        event_version,
         data: &data,
         metadata: &metadata,
         created_at,
@@ -402,7 +409,7 @@ impl Db {
         let created_at = dialect(conn.backend(), "created_at", PG_CREATED_AT);
         let sql = crate::value::Sql::built(format!(
             "SELECT position, event_id, stream_type, stream_id, stream_version, event_type, \
-             event_data, event_metadata, correlation_id, org_id, {created_at}, hash \
+             event_version, event_data, event_metadata, correlation_id, org_id, {created_at}, hash \
              FROM domain_events WHERE position >= $1 ORDER BY position LIMIT {BATCH}"
         ));
         let mut expected = from.next();

@@ -14,16 +14,33 @@ pub struct NewEvent {
     pub event_type: EventType,
     pub data: Value,
     pub metadata: Metadata,
+    /// The version of the event type's payload `data` is written at; `None` is the
+    /// current version of a registered type, and 1 for a type with no contract. Only
+    /// an import may declare an older version.
+    pub version: Option<u32>,
 }
 
 impl NewEvent {
-    /// An event with the given type, payload and metadata.
+    /// An event with the given type, payload and metadata, at the current version.
     pub fn new(event_type: EventType, data: Value, metadata: Metadata) -> Self {
         Self {
             event_type,
             data,
             metadata,
+            version: None,
         }
+    }
+
+    /// The same event, declaring the payload version `data` is written at.
+    pub fn at_version(mut self, version: u32) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// The version stored with the event: the declared one, else 1. Appends through
+    /// the dispatcher set the current version of registered types before this.
+    pub fn stored_version(&self) -> u32 {
+        self.version.unwrap_or(1)
     }
 }
 
@@ -99,6 +116,9 @@ pub struct AppendRequest {
     pub expected: Expected,
     pub events: Vec<NewEvent>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Whether the events come from an import, which may write payloads at the older
+    /// versions they were recorded at elsewhere.
+    pub importing: bool,
 }
 
 impl AppendRequest {
@@ -110,6 +130,7 @@ impl AppendRequest {
             expected: Expected::Any,
             events,
             idempotency_key: None,
+            importing: false,
         }
     }
 
@@ -122,6 +143,12 @@ impl AppendRequest {
     /// Sets the idempotency key.
     pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
         self.idempotency_key = Some(key);
+        self
+    }
+
+    /// Marks the request as an import's (see [`AppendRequest::importing`]).
+    pub fn importing(mut self) -> Self {
+        self.importing = true;
         self
     }
 }
@@ -217,6 +244,11 @@ pub struct RecordedEvent {
     pub stream_id: StreamId,
     pub stream_version: StreamVersion,
     pub event_type: EventType,
+    /// The version of the payload `event_data` holds: the stored version as read, the
+    /// current version once the registry has upcast it.
+    pub event_version: u32,
+    /// The version the event was written at, which the hash covers; never changes.
+    pub stored_version: u32,
     #[serde(rename = "event_data")]
     pub data: Value,
     #[serde(rename = "event_metadata")]

@@ -8,6 +8,9 @@
 //! whoever can rewrite the table can recompute it, which only a signed checkpoint of
 //! the audit shows.
 //!
+//! The payload version is hashed only when it is not 1: every event written before
+//! versions were recorded is version 1 and keeps the hash it was written with.
+//!
 //! JSON is hashed in a canonical form (object keys sorted, no whitespace, serde_json's
 //! number and string rendering) so that PostgreSQL's `jsonb`, which reorders keys and
 //! drops whitespace, hashes the same as SQLite's text.
@@ -85,6 +88,10 @@ pub struct HashedColumns<'a> {
     pub stream_id: StreamId,
     pub stream_version: StreamVersion,
     pub event_type: &'a EventType,
+    /// The version of the event type's payload the event was written at. The hash
+    /// covers it only when it is not 1, the version of every event written before
+    /// versions were recorded, so their hashes are unchanged.
+    pub event_version: u32,
     pub data: &'a Value,
     pub metadata: &'a Value,
     pub created_at: DateTime<Utc>,
@@ -112,6 +119,11 @@ pub fn event_hash(previous: &str, columns: &HashedColumns<'_>) -> String {
     canonical_json(columns.metadata, &mut canonical);
     canonical.push('\n');
     canonical.push_str(&canonical_time(columns.created_at));
+    if columns.event_version != 1 {
+        // The time has no newline, so this suffix cannot be confused with a field.
+        canonical.push_str("\nv");
+        canonical.push_str(&columns.event_version.to_string());
+    }
     hex(&Sha256::digest(canonical.as_bytes()))
 }
 

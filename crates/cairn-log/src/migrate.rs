@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0005_holds.sql"),
         postgres: include_str!("schema/postgres/0005_holds.sql"),
     },
+    Migration {
+        id: "log/0006_event_versions",
+        sqlite: include_str!("schema/sqlite/0006_event_versions.sql"),
+        postgres: include_str!("schema/postgres/0006_event_versions.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -24,8 +24,8 @@ pub enum ReadError {
 
 /// The columns of `domain_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, stream_version, \
-     event_type, event_data, event_metadata, created_at, processed_at, processing_error_code, \
-     processing_error_message, held_behind, hash";
+     event_type, event_version, event_data, event_metadata, created_at, processed_at, \
+     processing_error_code, processing_error_message, held_behind, hash";
 
 pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
     let position: i64 = row.get("position")?;
@@ -33,6 +33,8 @@ pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
     let stream_type: String = row.get("stream_type")?;
     let event_type: String = row.get("event_type")?;
     let metadata = row.get_json("event_metadata")?;
+    let event_version = u32::try_from(row.get::<i64>("event_version")?)
+        .map_err(|_| corrupt("event_version: not a version".to_owned()))?;
     let code: Option<String> = row.get("processing_error_code")?;
     let message: Option<String> = row.get("processing_error_message")?;
     let processing_error = match (code, message) {
@@ -51,6 +53,8 @@ pub(crate) fn event_from_row(row: &Row) -> Result<RecordedEvent, ReadError> {
         stream_id: row.get::<StreamId>("stream_id")?,
         stream_version: StreamVersion::new(row.get::<i64>("stream_version")?),
         event_type: EventType::parse(&event_type).map_err(|e| corrupt(e.to_string()))?,
+        event_version,
+        stored_version: event_version,
         data: row.get_json("event_data")?,
         metadata: serde_json::from_value::<Metadata>(metadata)
             .map_err(|e| corrupt(format!("event_metadata: {e}")))?,

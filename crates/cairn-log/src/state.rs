@@ -392,6 +392,7 @@ const EVENT_ROW: &[(&str, ArgType)] = &[
     ("stream_id", ArgType::Uuid),
     ("stream_version", ArgType::Int),
     ("event_type", ArgType::Text),
+    ("event_version", ArgType::Int),
     ("event_data", ArgType::Json),
     ("event_metadata", ArgType::Json),
     ("correlation_id", ArgType::Uuid),
@@ -436,6 +437,7 @@ fn event_args(row: &PendingRow) -> Vec<Arg> {
         event.stream_id,
         event.stream_version,
         &event.event_type,
+        i64::from(event.stored_version),
         event.data.clone(),
         row.metadata.clone(),
         event.metadata.correlation_id,
@@ -470,14 +472,16 @@ fn duration_us(span: &SpanRecord) -> i64 {
 /// log, keys and spans (each kind as one JSON array), the head, and the notification.
 const FINAL_ROWS: &str = "WITH e AS (INSERT INTO domain_events (position, event_id, stream_type, \
      stream_id, stream_version, event_type, event_data, event_metadata, correlation_id, org_id, \
-     created_at, processed_at, processing_error_code, processing_error_message, hash, held_behind) \
+     created_at, processed_at, processing_error_code, processing_error_message, hash, held_behind, \
+     event_version) \
      SELECT position, event_id, stream_type, stream_id, stream_version, event_type, event_data, \
      event_metadata, correlation_id, org_id, created_at, processed_at, processing_error_code, \
-     processing_error_message, hash, held_behind FROM jsonb_to_recordset($1) AS r(position bigint, \
+     processing_error_message, hash, held_behind, COALESCE(event_version, 1) \
+     FROM jsonb_to_recordset($1) AS r(position bigint, \
      event_id uuid, stream_type text, stream_id uuid, stream_version bigint, event_type text, \
      event_data jsonb, event_metadata jsonb, correlation_id uuid, org_id uuid, \
      created_at timestamptz, processed_at timestamptz, processing_error_code text, \
-     processing_error_message text, hash text, held_behind bigint)), \
+     processing_error_message text, hash text, held_behind bigint, event_version bigint)), \
      k AS (INSERT INTO idempotency_keys (key, fingerprint, first_position, n_events, created_at) \
      SELECT key, fingerprint, first_position, n_events, created_at FROM jsonb_to_recordset($2) \
      AS r(key text, fingerprint text, first_position bigint, n_events bigint, created_at timestamptz)), \
@@ -528,6 +532,12 @@ pub(crate) fn queue_final_rows(
             // Absent reads as NULL; most events are not held.
             if let (Some(behind), Value::Object(fields)) = (event.held_behind, &mut row) {
                 fields.insert("held_behind".to_owned(), Value::from(behind.get()));
+            }
+            // Absent reads as 1; most events are at version 1.
+            if let (version, Value::Object(fields)) = (event.stored_version, &mut row)
+                && version != 1
+            {
+                fields.insert("event_version".to_owned(), Value::from(version));
             }
             row
         })

@@ -29,7 +29,7 @@ pub async fn tamper(db: &Db, statements: &str, recompute: bool) -> anyhow::Resul
         let rows = conn
             .fetch_all(
                 "SELECT position, event_id, stream_type, stream_id, stream_version, event_type, \
-                 event_data, event_metadata, created_at FROM domain_events ORDER BY position",
+                 event_version, event_data, event_metadata, created_at FROM domain_events ORDER BY position",
                 args![],
             )
             .await?;
@@ -50,6 +50,7 @@ pub async fn tamper(db: &Db, statements: &str, recompute: bool) -> anyhow::Resul
                     stream_id: row.get::<StreamId>("stream_id")?,
                     stream_version: StreamVersion::new(row.get("stream_version")?),
                     event_type: &event_type,
+                    event_version: u32::try_from(row.get::<i64>("event_version")?)?,
                     data: &data,
                     metadata: &metadata,
                     created_at: row.get("created_at")?,

@@ -122,6 +122,7 @@ struct Event {
     stream_id: StreamId,
     stream_version: StreamVersion,
     event_type: EventType,
+    event_version: u32,
     data: Value,
     metadata: Value,
     created_at: DateTime<Utc>,
@@ -136,6 +137,7 @@ impl Event {
             stream_id: self.stream_id,
             stream_version: self.stream_version,
             event_type: &self.event_type,
+            event_version: self.event_version,
             data: &self.data,
             metadata: &self.metadata,
             created_at: self.created_at,
@@ -166,6 +168,7 @@ fn event() -> impl Strategy<Value = Event> {
                     stream_version: StreamVersion::new(version),
                     event_type: EventType::parse(&format!("{stream}.{fact}"))
                         .expect("an event type"),
+                    event_version: 1,
                     data,
                     metadata,
                     created_at: at,
@@ -323,6 +326,23 @@ proptest! {
     }
 
     #[test]
+    fn the_version_changes_the_hash_and_version_1_hashes_as_before_versions(
+        event in event(),
+        previous in previous(),
+        version in prop_oneof![Just(0_u32), 2_u32..u32::MAX],
+        other in 2_u32..u32::MAX,
+    ) {
+        let unversioned = cairn_log::event_hash(&previous, &event.columns());
+        let versioned = Event { event_version: version, ..event.clone() };
+        let hash = cairn_log::event_hash(&previous, &versioned.columns());
+        prop_assert_ne!(&hash, &unversioned);
+        if other != version {
+            let other = Event { event_version: other, ..event.clone() };
+            prop_assert_ne!(&hash, &cairn_log::event_hash(&previous, &other.columns()));
+        }
+    }
+
+    #[test]
     fn any_text_that_is_json_canonicalizes_without_panicking(
         text in prop_oneof![
             "[\\[\\]{}\":,0-9.eE+\\- a-z\\\\]{0,40}",
@@ -385,6 +405,7 @@ fn an_event_hashes_as_release_0_1_0_did() {
         )),
         stream_version: StreamVersion::new(3),
         event_type: EventType::parse("organization.created").expect("an event type"),
+        event_version: 1,
         data: serde_json::json!({"name": "Acme Ltd", "domain": "acme.co.uk", "seats": 5, "tags": ["a", "b"]}),
         metadata: serde_json::json!({"org_id": "0190", "correlation_id": "c-1", "actor": {"kind": "system"}}),
         created_at: Utc

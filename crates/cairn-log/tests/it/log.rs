@@ -217,6 +217,62 @@ backend_test!(
 );
 
 backend_test!(
+    the_payload_version_is_stored_hashed_and_immutable,
+    |t: TestDb| async move {
+        let db = t.db();
+        let stream = StreamId::new_v7();
+        // One event at the default version, two declaring versions (one of them 1),
+        // in one append, and one alone: both write paths of each backend.
+        let written = append(
+            db,
+            request(
+                stream,
+                vec![ping(1), ping(2).at_version(3), ping(3).at_version(1)],
+            ),
+        )
+        .await?;
+        append(db, request(stream, vec![ping(4).at_version(0)])).await?;
+        let versions = |events: &[RecordedEvent]| -> Vec<(u32, u32)> {
+            events
+                .iter()
+                .map(|e| (e.stored_version, e.event_version))
+                .collect()
+        };
+        assert_eq!(versions(&written), [(1, 1), (3, 3), (1, 1)]);
+        let stored = read_stream(db, stream).await?;
+        assert_eq!(versions(&stored), [(1, 1), (3, 3), (1, 1), (0, 0)]);
+        assert_eq!(&stored[..3], &written[..]);
+        assert!(db.verify_chain(&mut |_, _| {}).await?.is_intact());
+
+        let mut tx = db.begin().await?;
+        let err = tx
+            .conn()
+            .execute(
+                "UPDATE domain_events SET event_version = 1 WHERE position = 2",
+                args![],
+            )
+            .await
+            .expect_err("event_version cannot change");
+        assert!(err.to_string().contains("append-only"), "{err}");
+        drop(tx);
+
+        // Rewritten behind the trigger's back, the version breaks the chain there.
+        tamper(
+            db,
+            "UPDATE domain_events SET event_version = 1 WHERE position = 2",
+            false,
+        )
+        .await?;
+        assert_breach(
+            &db.verify_chain(&mut |_, _| {}).await?,
+            2,
+            Problem::HashMismatch,
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
     json_survives_the_round_trip_and_keeps_the_chain,
     |t: TestDb| async move {
         let db = t.db();
