@@ -15,7 +15,9 @@ use crate::registry::{HandlerError, Registry, Route};
 ///
 /// Never fails silently: an unknown stream type (`P9002`), an unknown event type
 /// (`P9001`), a handler error (`P9003`, `P9004`) or a handler panic (`P9003`) is an
-/// [`Outcome::Failed`] that the caller stores on the event. The handler's writes are
+/// [`Outcome::Failed`] that the caller stores on the event. A handler sees the payload
+/// at its type's current version: an older one is upcast first, and one that cannot be
+/// (`P9005`) or was written by a newer build (`P9006`) fails without reaching it. The handler's writes are
 /// rolled back to the savepoint taken before it ran, so an event is applied whole or
 /// not at all.
 #[derive(Debug, Clone)]
@@ -81,6 +83,20 @@ impl Dispatcher {
             ));
         };
 
+        let event = match self.registry.upcast(event) {
+            Ok(event) => event,
+            Err(error) => {
+                let outcome = Outcome::Failed(error.to_processing_error());
+                tracing::warn!(
+                    position = %event.position,
+                    event_type = %event.event_type,
+                    outcome = ?outcome,
+                    "event not applied"
+                );
+                return Ok(outcome);
+            }
+        };
+        let event = event.as_ref();
         let savepoint = match isolate {
             true => Some(conn.savepoint("cairn_dispatch").await?),
             false => None,

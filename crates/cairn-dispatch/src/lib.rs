@@ -39,15 +39,15 @@ pub use operations::{
 };
 pub use projections::Projections;
 pub use registry::{
-    ADMIN_STREAM_TYPES, Handler, HandlerError, ProjectionTable, Registry, RegistryBuilder,
-    RegistryError, Route, Router, RouterBuilder, payload,
+    ADMIN_STREAM_TYPES, DecodeError, Handler, HandlerError, ProjectionTable, Registry,
+    RegistryBuilder, RegistryError, Route, Router, RouterBuilder, payload,
 };
 pub use replay::{
     ColumnDiff, Drift, DriftKind, OutcomeChange, ReplayError, ReplayOptions, ReplayReport,
     SafetyNetWrite, TableSummary, VerifyOptions, VerifyReport,
 };
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
-pub use spec::{EventPayload, EventSpec};
+pub use spec::{EventPayload, EventSpec, Upcaster, VersionError};
 pub use store::{
     Appended, ControlError, Dispatched, EventStore, Operator, Resumed, RetryError, RetryReport,
     RetrySelection,

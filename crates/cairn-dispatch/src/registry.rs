@@ -1,16 +1,17 @@
 //! The routing table: stream type → router → event type → handler.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use cairn_log::RecordedEvent;
-use cairn_types::{EventType, NameError, StreamType};
+use cairn_log::{ProcessingError, RecordedEvent};
+use cairn_types::{ErrorCode, EventType, NameError, Position, StreamType};
 
 use crate::ControlError;
 use crate::projections::Projections;
-use crate::spec::{EventPayload, EventSpec};
+use crate::spec::{EventPayload, EventSpec, VersionError};
 
 /// Why a handler did not apply an event. Its projection writes are rolled back and the
 /// error is recorded on the event.
@@ -152,6 +153,55 @@ pub enum RegistryError {
     DuplicatePayload { event_type: String },
     #[error("stream type {stream_type} has two views named {name}")]
     DuplicateView { stream_type: String, name: String },
+    #[error("the upcaster chain of event type {event_type} has a gap: {fault}")]
+    UpcasterGap { event_type: String, fault: String },
+}
+
+/// Why a stored event could not be read as its type's current version. Recorded on the
+/// event when the dispatcher meets it, and shown beside the stored payload by reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// `P9006`: written by a newer build; never applied by this one.
+    #[error(
+        "event {position} ({event_type}) was written at payload version {stored} by a newer \
+         build; this build reads up to version {current}"
+    )]
+    Newer {
+        position: Position,
+        event_type: EventType,
+        stored: u32,
+        current: u32,
+    },
+    /// `P9005`: a step of the chain failed, or there is none from the stored version.
+    #[error(
+        "event {position} ({event_type}) could not be upcast from payload version {from} to \
+         {to}: {message}"
+    )]
+    Upcast {
+        position: Position,
+        event_type: EventType,
+        from: u32,
+        to: u32,
+        message: String,
+    },
+}
+
+impl DecodeError {
+    /// The stable code recorded on the event.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::Newer { .. } => ErrorCode::NewerVersion,
+            DecodeError::Upcast { .. } => ErrorCode::UpcastFailed,
+        }
+    }
+
+    /// The failure as recorded on the event.
+    pub fn to_processing_error(&self) -> ProcessingError {
+        ProcessingError {
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
 }
 
 /// The complete routing table. Built once at start-up; names are checked as they are
@@ -249,6 +299,55 @@ impl Registry {
         self.specs.get(event_type)
     }
 
+    /// The event with its payload at the current version of its type: borrowed when it
+    /// is already (every event appended by this build), upcast through the type's chain
+    /// when it was written at an older one. An event of a type with no contract is
+    /// returned as it is. The one way every reader of payloads decodes a stored event.
+    pub fn upcast<'a>(
+        &self,
+        event: &'a RecordedEvent,
+    ) -> Result<Cow<'a, RecordedEvent>, DecodeError> {
+        match self.spec(&event.event_type) {
+            Some(spec) if spec.version != event.event_version => {
+                let mut owned = event.clone();
+                self.upcast_with(spec, &mut owned)?;
+                Ok(Cow::Owned(owned))
+            }
+            _ => Ok(Cow::Borrowed(event)),
+        }
+    }
+
+    /// [`Registry::upcast`] on an event the caller owns, without copying it. On an
+    /// error the payload is left as the failing step found it: read the event again
+    /// before showing or dispatching it.
+    pub fn upcast_in_place(&self, event: &mut RecordedEvent) -> Result<(), DecodeError> {
+        match self.spec(&event.event_type) {
+            Some(spec) if spec.version != event.event_version => self.upcast_with(spec, event),
+            _ => Ok(()),
+        }
+    }
+
+    fn upcast_with(&self, spec: &EventSpec, event: &mut RecordedEvent) -> Result<(), DecodeError> {
+        spec.upcast(event.event_version, &mut event.data)
+            .map_err(|error| match error {
+                VersionError::Newer { stored, current } => DecodeError::Newer {
+                    position: event.position,
+                    event_type: event.event_type.clone(),
+                    stored,
+                    current,
+                },
+                VersionError::Upcast { from, to, message } => DecodeError::Upcast {
+                    position: event.position,
+                    event_type: event.event_type.clone(),
+                    from,
+                    to,
+                    message,
+                },
+            })?;
+        event.event_version = spec.version;
+        Ok(())
+    }
+
     /// Every registered payload contract, by event type.
     pub fn specs(&self) -> impl Iterator<Item = &EventSpec> {
         self.specs.values()
@@ -307,8 +406,15 @@ impl RouterBuilder {
                 self
             }
             Ok(event_type) => {
-                self.specs
-                    .push(EventSpec::of::<P>(event_type, self.stream_type.clone()));
+                let spec = EventSpec::of::<P>(event_type, self.stream_type.clone());
+                if let Some(fault) = spec.chain_fault() {
+                    self.error = Some(RegistryError::UpcasterGap {
+                        event_type: P::EVENT_TYPE.to_owned(),
+                        fault,
+                    });
+                    return self;
+                }
+                self.specs.push(spec);
                 self.on(P::EVENT_TYPE, handler)
             }
         }

@@ -402,6 +402,25 @@ impl EventStore {
     /// Dispatches the next batch of events into the shadow copies. Returns how many,
     /// or `None` when a handler failed without `isolate` (its writes are still in the
     /// transaction, which must be rolled back and the batch run again isolated).
+    /// Brings a page's payloads to their current versions in place, so that the
+    /// dispatcher copies none of them. An event that does not upcast is read again as
+    /// stored: its dispatch fails it with the reason.
+    async fn upcast_page(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &mut [RecordedEvent],
+    ) -> Result<(), ReadError> {
+        let registry = self.dispatcher().registry();
+        for event in events.iter_mut() {
+            if registry.upcast_in_place(event).is_err()
+                && let Some(stored) = conn.event_at(event.position).await?
+            {
+                *event = stored;
+            }
+        }
+        Ok(())
+    }
+
     async fn rebuild_batch(
         &self,
         conn: &mut Conn<'_>,
@@ -414,7 +433,8 @@ impl EventStore {
             limit: Some(BATCH),
             ..EventFilter::default()
         };
-        let events = conn.read_events(&filter).await?;
+        let mut events = conn.read_events(&filter).await?;
+        self.upcast_page(conn, &mut events).await?;
         for event in &events {
             let mut ledger = ReplayLedger {
                 conn: &mut *conn,

@@ -4,10 +4,15 @@
 //! event of a registered type into it before anything is written (the JSON Schema in
 //! the contracts is derived from the same type, so the two cannot disagree) and
 //! refuses a payload that does not fit with an error naming the field.
+//!
+//! A payload type has a version. Changing its shape means a new version and an
+//! [`Upcaster`] from the previous one, registered beside the type: stored events are
+//! never rewritten, and every reader brings an older payload up to the current version
+//! through the chain, on one path ([`crate::Registry::upcast`]).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use cairn_log::NewEvent;
 use cairn_types::{EventType, Metadata, StreamType};
@@ -35,6 +40,15 @@ pub trait EventPayload:
     const EVENT_TYPE: &'static str;
     /// One sentence for the contracts.
     const DESCRIPTION: &'static str;
+    /// The current version of the payload. Appends write it; older stored versions
+    /// are brought up to it by [`EventPayload::upcasters`].
+    const VERSION: u32 = 1;
+
+    /// One upcaster from each older version to the next, up to [`EventPayload::VERSION`].
+    /// Registration refuses a chain with a gap.
+    fn upcasters() -> Vec<Upcaster> {
+        Vec::new()
+    }
 
     /// The parsed event type.
     fn event_type() -> EventType {
@@ -60,12 +74,107 @@ pub struct EventSpec {
     /// The Rust type's name, for contracts and messages.
     pub payload_type: &'static str,
     pub description: &'static str,
-    /// The payload's JSON Schema (2020-12).
+    /// The payload's JSON Schema (2020-12), at the current version.
     pub schema: Value,
+    /// The current version.
+    pub version: u32,
+    /// The chain from the oldest version to the current one, in order; registration
+    /// has checked it has no gap.
+    pub upcasters: Vec<Upcaster>,
     check: fn(&Value) -> Result<(), String>,
 }
 
-fn check<P: EventPayload>(data: &Value) -> Result<(), String> {
+/// Why a stored payload could not be brought to its type's current version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// Written at a version newer than this build's.
+    #[error("payload version {stored} is newer than this build's, {current}")]
+    Newer { stored: u32, current: u32 },
+    /// The step from `from` failed, or there is none.
+    #[error("the payload does not upcast from version {from} to {to}: {message}")]
+    Upcast { from: u32, to: u32, message: String },
+}
+
+/// One step of an event type's upcaster chain: brings a payload stored at version
+/// `from` to version `from + 1`, editing its JSON object in place.
+///
+/// The step works on JSON rather than on typed values so that a replay that upcasts
+/// every event costs little more than one that does not; the older version's Rust type
+/// is kept for its schema (the contracts publish every version) and to check payloads
+/// an import declares at that version.
+#[derive(Clone)]
+pub struct Upcaster {
+    /// The version it reads; it writes `from + 1`.
+    pub from: u32,
+    /// The Rust type of version `from`, for contracts and messages.
+    pub payload_type: &'static str,
+    schema: fn() -> Value,
+    check: fn(&Value) -> Result<(), String>,
+    apply: fn(&mut Map<String, Value>) -> Result<(), String>,
+}
+
+impl std::fmt::Debug for Upcaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upcaster")
+            .field("from", &self.from)
+            .field("payload_type", &self.payload_type)
+            .finish()
+    }
+}
+
+fn schema_of<P: schemars::JsonSchema>() -> Value {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<P>()
+        .to_value()
+}
+
+impl Upcaster {
+    /// The step from version `from`, whose payloads have the shape of `Old`.
+    pub fn new<Old: DeserializeOwned + schemars::JsonSchema>(
+        from: u32,
+        apply: fn(&mut Map<String, Value>) -> Result<(), String>,
+    ) -> Self {
+        Self {
+            from,
+            payload_type: short_type_name::<Old>(),
+            schema: schema_of::<Old>,
+            check: check::<Old>,
+            apply,
+        }
+    }
+
+    /// The JSON Schema of version `from`.
+    pub fn schema(&self) -> Value {
+        (self.schema)()
+    }
+
+    /// Checks a payload against version `from`; the error names the field at fault.
+    pub fn validate(&self, data: &Value) -> Result<(), String> {
+        (self.check)(data)
+    }
+
+    /// Brings `data` from version `from` to `from + 1`. A panicking step is an error.
+    pub fn apply(&self, data: &mut Value) -> Result<(), String> {
+        let Value::Object(object) = data else {
+            return Err("event_data is not a JSON object".to_owned());
+        };
+        let apply = self.apply;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(object))) {
+            Ok(result) => result,
+            Err(panic) => Err(format!(
+                "the upcaster panicked: {}",
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic payload".to_owned())
+            )),
+        }
+    }
+}
+
+fn check<P: DeserializeOwned>(data: &Value) -> Result<(), String> {
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(data, &mut track);
     match P::deserialize(deserializer) {
@@ -89,21 +198,117 @@ fn short_type_name<P>() -> &'static str {
 
 impl EventSpec {
     pub(crate) fn of<P: EventPayload>(event_type: EventType, stream_type: StreamType) -> Self {
-        let schema = schemars::generate::SchemaSettings::draft2020_12()
-            .into_generator()
-            .into_root_schema_for::<P>();
+        let mut upcasters = P::upcasters();
+        upcasters.sort_by_key(|upcaster| upcaster.from);
         Self {
             event_type,
             stream_type,
             payload_type: short_type_name::<P>(),
             description: P::DESCRIPTION,
-            schema: schema.to_value(),
+            schema: schema_of::<P>(),
+            version: P::VERSION,
+            upcasters,
             check: check::<P>,
         }
     }
 
-    /// Checks a payload against the type; the error names the field at fault.
+    /// Checks a payload against the current version; the error names the field at
+    /// fault.
     pub fn validate(&self, data: &Value) -> Result<(), String> {
         (self.check)(data)
+    }
+
+    /// The oldest version the chain reads.
+    pub fn oldest_version(&self) -> u32 {
+        self.upcasters
+            .first()
+            .map_or(self.version, |first| first.from)
+    }
+
+    /// Checks a payload against the version it declares; the error names the field.
+    pub fn validate_at(&self, version: u32, data: &Value) -> Result<(), String> {
+        if version == self.version {
+            return self.validate(data);
+        }
+        match self.upcasters.iter().find(|up| up.from == version) {
+            Some(upcaster) => upcaster.validate(data),
+            None => Err(format!(
+                "{} has no version {version} (it reads versions {} to {})",
+                self.event_type,
+                self.oldest_version(),
+                self.version
+            )),
+        }
+    }
+
+    /// Brings `data`, stored at `version`, to the current version. On an error `data`
+    /// is left as the failing step found it.
+    pub fn upcast(&self, version: u32, data: &mut Value) -> Result<(), VersionError> {
+        if version > self.version {
+            return Err(VersionError::Newer {
+                stored: version,
+                current: self.version,
+            });
+        }
+        let oldest = self.oldest_version();
+        if version < oldest {
+            return Err(VersionError::Upcast {
+                from: version,
+                to: version + 1,
+                message: format!(
+                    "there is no upcaster from version {version}; the oldest version read is \
+                     {oldest}"
+                ),
+            });
+        }
+        // The chain is contiguous, so the step from `version` is at this index.
+        let start = usize::try_from(version - oldest).unwrap_or(usize::MAX);
+        for upcaster in self.upcasters.iter().skip(start) {
+            upcaster
+                .apply(data)
+                .map_err(|message| VersionError::Upcast {
+                    from: upcaster.from,
+                    to: upcaster.from + 1,
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The first version the chain misses between its oldest and the current one, or
+    /// a step that is there twice or goes past the current version.
+    pub(crate) fn chain_fault(&self) -> Option<String> {
+        // Every type reads version 1, the version of everything written before
+        // versions were recorded; version 0 is the seed's shape, for imports.
+        let mut expected = self.oldest_version().min(1);
+        for upcaster in &self.upcasters {
+            if upcaster.from >= self.version {
+                return Some(format!(
+                    "it is at version {} but has an upcaster from version {}",
+                    self.version, upcaster.from
+                ));
+            }
+            if upcaster.from < expected {
+                return Some(format!(
+                    "it has two upcasters from version {}",
+                    upcaster.from
+                ));
+            }
+            if upcaster.from > expected {
+                return Some(format!(
+                    "it is at version {} but has no upcaster from version {expected} to {}",
+                    self.version,
+                    expected + 1
+                ));
+            }
+            expected += 1;
+        }
+        (expected != self.version).then(|| {
+            format!(
+                "it is at version {} but has no upcaster from version {expected} to {}",
+                self.version,
+                expected + 1
+            )
+        })
     }
 }

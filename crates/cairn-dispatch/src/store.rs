@@ -193,7 +193,8 @@ impl EventStore {
         request: AppendRequest,
         require_applied: bool,
     ) -> Result<Appended, AppendError> {
-        self.check_payloads(&request)?;
+        let mut request = request;
+        self.check_payloads(&mut request)?;
         let mut pending = match tx.prepare_append(request).await? {
             Prepared::Repeat(events) => {
                 let events = events
@@ -332,10 +333,14 @@ impl EventStore {
         Ok(paused)
     }
 
-    /// Refuses events whose payload does not fit the registered payload type, or whose
-    /// event type belongs to another stream type.
-    fn check_payloads(&self, request: &AppendRequest) -> Result<(), AppendError> {
-        for (index, event) in request.events.iter().enumerate() {
+    /// Refuses events whose payload does not fit the registered payload type at the
+    /// version it declares, whose event type belongs to another stream type, or that
+    /// declare an older version outside an import; sets the current version on those
+    /// that declare none.
+    fn check_payloads(&self, request: &mut AppendRequest) -> Result<(), AppendError> {
+        let importing = request.importing;
+        let stream_type = request.stream_type.clone();
+        for (index, event) in request.events.iter_mut().enumerate() {
             let Some(spec) = self.dispatcher.registry().spec(&event.event_type) else {
                 continue;
             };
@@ -344,14 +349,40 @@ impl EventStore {
                 event_type: event.event_type.clone(),
                 reason,
             };
-            if spec.stream_type != request.stream_type {
+            if spec.stream_type != stream_type {
                 return Err(invalid(format!(
                     "this event type belongs to stream type {:?}, not {:?}",
                     spec.stream_type.as_str(),
-                    request.stream_type.as_str()
+                    stream_type.as_str()
                 )));
             }
-            spec.validate(&event.data).map_err(invalid)?;
+            let version = *event.version.get_or_insert(spec.version);
+            if version > spec.version {
+                return Err(invalid(format!(
+                    "payload version {version} is newer than this build's, {}",
+                    spec.version
+                )));
+            }
+            if version < spec.version && !importing {
+                return Err(invalid(format!(
+                    "payload version {version} is older than the current one, {}: only an \
+                     import may write older versions",
+                    spec.version
+                )));
+            }
+            spec.validate_at(version, &event.data).map_err(invalid)?;
+            if version < spec.version {
+                // An import must write only what this build can read.
+                let mut data = event.data.clone();
+                spec.upcast(version, &mut data)
+                    .map_err(|error| invalid(error.to_string()))?;
+                spec.validate(&data).map_err(|reason| {
+                    invalid(format!(
+                        "upcast to version {}, the payload does not fit: {reason}",
+                        spec.version
+                    ))
+                })?;
+            }
         }
         Ok(())
     }

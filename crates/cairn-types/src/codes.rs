@@ -23,15 +23,25 @@ pub enum ErrorCode {
     /// `P9004`: the stored payload does not match the payload type the handler expects
     /// (an event written before a change to its schema, or by a foreign writer).
     PayloadMismatch,
+    /// `P9005`: an upcaster could not bring the stored payload from its version to the
+    /// next (or the chain has no step from that version). The message names the
+    /// position, the event type and both versions.
+    UpcastFailed,
+    /// `P9006`: the event was written by a newer build, at a payload version this build
+    /// does not have; it is never applied by an older build. The message names both
+    /// versions. Retry it once the newer build runs again.
+    NewerVersion,
 }
 
 impl ErrorCode {
     /// Every code, in code order.
-    pub const ALL: [ErrorCode; 4] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::UnknownEventType,
         ErrorCode::UnknownStreamType,
         ErrorCode::HandlerFailed,
         ErrorCode::PayloadMismatch,
+        ErrorCode::UpcastFailed,
+        ErrorCode::NewerVersion,
     ];
 
     /// The code as stored and shown: `P9001`, …
@@ -41,6 +51,8 @@ impl ErrorCode {
             ErrorCode::UnknownStreamType => "P9002",
             ErrorCode::HandlerFailed => "P9003",
             ErrorCode::PayloadMismatch => "P9004",
+            ErrorCode::UpcastFailed => "P9005",
+            ErrorCode::NewerVersion => "P9006",
         }
     }
 
@@ -51,13 +63,15 @@ impl ErrorCode {
             ErrorCode::UnknownStreamType => "unknown stream type",
             ErrorCode::HandlerFailed => "handler failed",
             ErrorCode::PayloadMismatch => "payload does not match its type",
+            ErrorCode::UpcastFailed => "payload could not be upcast",
+            ErrorCode::NewerVersion => "written by a newer build",
         }
     }
 }
 
 /// Text that is not one of the codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not an error code; the codes are P9001, P9002, P9003 and P9004")]
+#[error("{input:?} is not an error code; the codes are P9001 to P9006")]
 pub struct UnknownCode {
     input: String,
 }

@@ -3,6 +3,7 @@
 
 mod dispatch;
 mod sequence;
+mod upcasting;
 
 /// Who decides in the tests.
 pub fn operator() -> cairn_dispatch::Operator {
