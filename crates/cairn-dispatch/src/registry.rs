@@ -317,6 +317,21 @@ impl Registry {
         }
     }
 
+    /// The event as readers serve it: at the current version of its type or, when it
+    /// cannot be brought there, as stored (its `event_version` then says which version
+    /// `event_data` holds, and its dispatch records why).
+    pub fn to_current(&self, event: RecordedEvent) -> RecordedEvent {
+        let current = match self.upcast(&event) {
+            Ok(Cow::Owned(current)) => Some(current),
+            Ok(Cow::Borrowed(_)) => None,
+            Err(error) => {
+                tracing::warn!(%error, "event served as stored");
+                None
+            }
+        };
+        current.unwrap_or(event)
+    }
+
     /// [`Registry::upcast`] on an event the caller owns, without copying it. On an
     /// error the payload is left as the failing step found it: read the event again
     /// before showing or dispatching it.

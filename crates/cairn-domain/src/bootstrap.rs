@@ -198,6 +198,8 @@ impl Workflow for Bootstrap {
                 name: invitee.name.clone(),
                 roles: invitee.roles.clone(),
                 invitation_id: invitee.invitation_id,
+                // Whoever started the bootstrap.
+                invited_by: ctx.run().actor.as_deref().and_then(|a| a.parse().ok()),
             };
             let request = AppendRequest::new(
                 stream(stream::USER),

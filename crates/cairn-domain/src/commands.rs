@@ -1174,6 +1174,7 @@ impl Command for Invite {
                 name: self.name.clone(),
                 roles: self.roles.clone(),
                 invitation_id,
+                invited_by: Some(ctx.actor()),
             };
             let mailing = Mailing {
                 invitation_id,

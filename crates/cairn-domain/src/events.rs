@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use cairn_dispatch::EventPayload;
-use cairn_types::{InvitationId, OrgId, UserId, WorkflowId};
+use cairn_dispatch::{EventPayload, Upcaster};
+use cairn_types::{Actor, InvitationId, OrgId, UserId, WorkflowId};
+use serde_json::{Map, Value};
 
 use crate::model::{DirectCareSettings, Email, Name, Role, Slug};
 
@@ -105,6 +106,9 @@ pub struct UserCreated {
 }
 
 /// A person was invited; they become an active user when they accept.
+///
+/// Version 2: who invited them (`invited_by`). Version 1 did not record it, and an
+/// upcast version 1 event says `null`: nobody knows, rather than a guess.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInvited {
@@ -113,6 +117,29 @@ pub struct UserInvited {
     pub name: Name,
     pub roles: Vec<Role>,
     pub invitation_id: InvitationId,
+    /// Who invited them: a user, or a service (the bootstrap's engine); `null` when
+    /// the event was written before this was recorded.
+    pub invited_by: Option<Actor>,
+}
+
+/// `user.invited` as version 1 wrote it, before `invited_by`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInvitedV1 {
+    pub org_id: OrgId,
+    pub email: Email,
+    pub name: Name,
+    pub roles: Vec<Role>,
+    pub invitation_id: InvitationId,
+}
+
+/// `user.invited` v1 → v2: the inviter was not recorded.
+pub fn user_invited_v1_to_v2(data: &mut Map<String, Value>) -> Result<(), String> {
+    if data.contains_key("invited_by") {
+        return Err("event_data.invited_by is already there at version 1".to_owned());
+    }
+    data.insert("invited_by".to_owned(), Value::Null);
+    Ok(())
 }
 
 /// A user was given a role.
@@ -184,6 +211,19 @@ macro_rules! payload {
             const DESCRIPTION: &'static str = $description;
         }
     };
+    (
+        $ty:ident, $event_type:literal, $description:literal,
+        version: $version:literal, upcasters: [$($upcaster:expr),+ $(,)?]
+    ) => {
+        impl EventPayload for $ty {
+            const EVENT_TYPE: &'static str = $event_type;
+            const DESCRIPTION: &'static str = $description;
+            const VERSION: u32 = $version;
+            fn upcasters() -> Vec<Upcaster> {
+                vec![$($upcaster),+]
+            }
+        }
+    };
 }
 
 payload!(
@@ -224,7 +264,9 @@ payload!(
 payload!(
     UserInvited,
     "user.invited",
-    "A person was invited to an organization."
+    "A person was invited to an organization.",
+    version: 2,
+    upcasters: [Upcaster::new::<UserInvitedV1>(1, user_invited_v1_to_v2)]
 );
 payload!(
     RoleAssigned,

@@ -53,10 +53,14 @@ pub fn routes(builder: cairn_dispatch::RegistryBuilder) -> cairn_dispatch::Regis
 /// The full routing table: the administrative no-op routes, the workflow engine's
 /// router, and the domain's routers.
 pub fn registry() -> cairn_dispatch::Registry {
+    try_registry().expect("the built-in registry is checked by the full_registry_is_valid test")
+}
+
+/// [`registry`], or the registration it refuses (a gap in an upcaster chain, say), for
+/// start-up to report.
+pub fn try_registry() -> Result<cairn_dispatch::Registry, cairn_dispatch::RegistryError> {
     let builder = cairn_dispatch::Registry::builder().admin_routes();
-    routes(cairn_workflow::routes(builder))
-        .build()
-        .expect("the built-in registry is checked by the full_registry_is_valid test")
+    routes(cairn_workflow::routes(builder)).build()
 }
 
 /// The domain's tables.
@@ -85,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0005_first_run",
         sqlite: include_str!("schema/sqlite/0005_first_run.sql"),
         postgres: include_str!("schema/postgres/0005_first_run.sql"),
+    },
+    Migration {
+        id: "domain/0006_invited_by",
+        sqlite: include_str!("schema/sqlite/0006_invited_by.sql"),
+        postgres: include_str!("schema/postgres/0006_invited_by.sql"),
     },
 ];
 

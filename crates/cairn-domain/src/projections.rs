@@ -165,16 +165,18 @@ handler!(OnUserCreated, UserCreated, |event, e, p| {
 
 handler!(OnUserInvited, UserInvited, |event, e, p| {
     p.execute(
-        "INSERT INTO users (id, org_id, email, name, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'invited', $5, $5)
+        "INSERT INTO users (id, org_id, email, name, status, created_at, updated_at, invited_by)
+         VALUES ($1, $2, $3, $4, 'invited', $5, $5, $6)
          ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,
-             name = excluded.name, updated_at = excluded.updated_at",
+             name = excluded.name, updated_at = excluded.updated_at,
+             invited_by = excluded.invited_by",
         args![
             event.stream_id,
             e.org_id,
             e.email.as_str(),
             e.name.as_str(),
-            event.created_at
+            event.created_at,
+            e.invited_by.as_ref().map(ToString::to_string)
         ],
     )
     .await?;

@@ -70,6 +70,10 @@ pub struct User {
     /// `invited` or `active`.
     pub status: String,
     pub roles: Vec<Role>,
+    /// Who invited them (`user:<uuid>` or `service:<name>`); absent for users created
+    /// directly, and for those invited before it was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invited_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -233,6 +237,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
         name: row.get("name")?,
         status: row.get("status")?,
         roles: roles_of(conn, id).await?,
+        invited_by: row.get("invited_by")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
@@ -242,7 +247,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
 pub async fn user(conn: &mut Conn<'_>, id: UserId) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, created_at, updated_at FROM users WHERE id = $1",
+            "SELECT id, org_id, email, name, status, invited_by, created_at, updated_at FROM users WHERE id = $1",
             args![id],
         )
         .await?;
@@ -259,7 +264,7 @@ pub async fn users(
     page: Page<UserId>,
 ) -> Result<Vec<User>, cairn_log::DbError> {
     let (sql, args) = page_sql(
-        "SELECT id, org_id, email, name, status, created_at, updated_at FROM users",
+        "SELECT id, org_id, email, name, status, invited_by, created_at, updated_at FROM users",
         vec![("org_id =", org_id.into_arg())],
         page.after.map(IntoArg::into_arg),
         page.limit,
@@ -280,7 +285,7 @@ pub async fn user_by_email(
 ) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
+            "SELECT id, org_id, email, name, status, invited_by, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
             args![org_id, email],
         )
         .await?;

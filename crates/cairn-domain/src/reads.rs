@@ -4,6 +4,7 @@
 //! filters by the tenancy in SQL as well, so a grant for organization A can never
 //! return a row of organization B.
 
+use cairn_dispatch::EventStore;
 use cairn_log::{Db, EventFilter, ReadError, RecordedEvent};
 use cairn_policy::{Action, Grant};
 use cairn_types::Tenancy;
@@ -157,12 +158,13 @@ pub async fn workflow(
     Ok(found.filter(|run| tenancy.sees(run.run.org_id)))
 }
 
-/// Events the grant sees.
+/// Events the grant sees, at the current versions of their payloads.
 pub async fn events(
-    db: &Db,
+    store: &EventStore,
     grant: &Grant,
     mut filter: EventFilter,
 ) -> Result<Vec<RecordedEvent>, ReadsError> {
+    let (db, registry) = (store.db(), store.dispatcher().registry());
     let tenancy = require(grant, Action::ListEvents)?;
     match tenancy {
         Tenancy::None => return Ok(Vec::new()),
@@ -178,6 +180,7 @@ pub async fn events(
     Ok(events
         .into_iter()
         .filter(|e| tenancy.sees(e.metadata.org_id))
+        .map(|e| registry.to_current(e))
         .collect())
 }
 
@@ -198,16 +201,18 @@ pub async fn failures_by_code(
     Ok(scoped.conn().failures_by_code(org_id, exclude_org).await?)
 }
 
-/// One event, if the grant sees its tenant.
+/// One event, if the grant sees its tenant, at the current version of its payload.
 pub async fn event(
-    db: &Db,
+    store: &EventStore,
     grant: &Grant,
     id: EventId,
 ) -> Result<Option<RecordedEvent>, ReadsError> {
     let tenancy = require(grant, Action::ListEvents)?;
-    let mut scoped = db.scoped(tenancy).await?;
+    let mut scoped = store.db().scoped(tenancy).await?;
     let found = scoped.conn().event_by_id(id).await?;
-    Ok(found.filter(|e| tenancy.sees(e.metadata.org_id)))
+    Ok(found
+        .filter(|e| tenancy.sees(e.metadata.org_id))
+        .map(|e| store.dispatcher().registry().to_current(e)))
 }
 
 /// What the integration probe reads to check its hops: its event in the log, its row

@@ -102,6 +102,11 @@ impl AppState {
         self.inner.domain.store().db()
     }
 
+    /// The log with its registry: what reads of events go through.
+    pub fn store(&self) -> &cairn_dispatch::EventStore {
+        self.inner.domain.store()
+    }
+
     pub fn openapi(&self) -> &Value {
         &self.inner.openapi
     }

@@ -343,6 +343,7 @@ impl Subscription {
             if !self.admits(&event) {
                 continue;
             }
+            let event = self.registry.to_current(event);
             let (views, views_as_of) = if selector.views {
                 (
                     crate::views_of(&mut conn, &self.registry, &event).await?,

@@ -126,6 +126,7 @@ struct Draft {
 /// `None` when it sees nothing of it.
 pub async fn timeline(
     db: &Db,
+    registry: &cairn_dispatch::Registry,
     grant: &Grant,
     correlation_id: CorrelationId,
 ) -> Result<Option<Timeline>, TraceError> {
@@ -155,6 +156,7 @@ pub async fn timeline(
     let events: Vec<RecordedEvent> = events
         .into_iter()
         .filter(|event| tenancy.sees(event.metadata.org_id))
+        .map(|event| registry.to_current(event))
         .collect();
     Ok(assemble(correlation_id, &events, &spans))
 }

@@ -32,10 +32,13 @@ pub async fn open_db(url: &str, options: &DbOptions) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Opens the database and the event store over it.
+/// Opens the database and the event store over it. A registry this build cannot
+/// accept (a gap in an upcaster chain) is refused before the database is opened.
 pub async fn open(url: &str) -> anyhow::Result<EventStore> {
+    let registry = cairn_domain::try_registry()
+        .context("this build's event contracts are inconsistent; it cannot start")?;
     let db = open_db(url, &DbOptions::default()).await?;
-    Ok(EventStore::new(db, registry()))
+    Ok(EventStore::new(db, registry))
 }
 
 /// Who decides at the command line: `service:cairn-cli`, in a request of its own.

@@ -11,3 +11,4 @@ mod mail_outage;
 mod mail_record_window;
 mod mail_stall;
 mod onboarding;
+mod versions;

@@ -171,7 +171,7 @@ pub(crate) async fn events(
         ..EventFilter::default()
     };
     let events = if errors.is_empty() {
-        match reads::events(state.db(), &grant, filter).await {
+        match reads::events(state.store(), &grant, filter).await {
             Ok(events) => events,
             Err(error) => return problem_page(&session, &read_problem(error)),
         }
@@ -276,7 +276,7 @@ async fn waiting(
             limit: Some(1),
             ..EventFilter::default()
         };
-        reads::events(state.db(), grant, filter)
+        reads::events(state.store(), grant, filter)
             .await?
             .into_iter()
             .find(|e| e.position == behind)
@@ -338,7 +338,7 @@ pub(crate) async fn visible_event(
         return Err(not_found(session, "event"));
     };
     let grant = allow(&session.ctx, Action::ListEvents).map_err(|_| not_found(session, "event"))?;
-    match reads::event(state.db(), &grant, id).await {
+    match reads::event(state.store(), &grant, id).await {
         Ok(Some(event)) => Ok(event),
         Ok(None) => Err(not_found(session, "event")),
         Err(error) => Err(problem_page(session, &read_problem(error))),
@@ -360,7 +360,7 @@ pub(crate) async fn event(
     let (related, held) = match allow(&session.ctx, Action::ListEvents) {
         Ok(grant) => {
             let related = reads::events(
-                state.db(),
+                state.store(),
                 &grant,
                 EventFilter {
                     correlation_id: Some(event.metadata.correlation_id),
@@ -569,7 +569,7 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
             newest_first: true,
             ..EventFilter::default()
         };
-        let rows = match reads::events(state.db(), &grant, filter).await {
+        let rows = match reads::events(state.store(), &grant, filter).await {
             Ok(events) => events
                 .iter()
                 .map(|event| {
@@ -1083,7 +1083,14 @@ pub(crate) async fn trace(
         Err(_) => return not_found(&session, "trace"),
     };
     state.db().flush_spans().await;
-    let timeline = match cairn_trace::timeline(state.db(), &grant, correlation_id).await {
+    let timeline = match cairn_trace::timeline(
+        state.db(),
+        state.store().dispatcher().registry(),
+        &grant,
+        correlation_id,
+    )
+    .await
+    {
         Ok(Some(timeline)) => timeline,
         Ok(None) => return not_found(&session, "trace"),
         Err(error) => return problem_page(&session, &crate::problem::Problem::internal(&error)),

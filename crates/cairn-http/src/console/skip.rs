@@ -79,7 +79,7 @@ pub(crate) async fn decisions(
         limit: Some(DECISIONS),
         ..EventFilter::default()
     };
-    match reads::events(state.db(), &grant, filter).await {
+    match reads::events(state.store(), &grant, filter).await {
         Ok(records) => records.iter().filter_map(DecisionRow::of).collect(),
         Err(error) => {
             tracing::warn!(error = %error, "an event's decisions could not be read");
@@ -94,7 +94,7 @@ async fn refusal(state: &AppState, session: &Session, event: &RecordedEvent) -> 
     if let Some(behind) = event.held_behind {
         let behind_event = match allow(&session.ctx, Action::ListEvents) {
             Ok(grant) => reads::events(
-                state.db(),
+                state.store(),
                 &grant,
                 EventFilter {
                     stream_id: Some(event.stream_id),

@@ -162,7 +162,7 @@ async fn list_events(
         correlation_id: query.correlation_id,
         ..EventFilter::default()
     };
-    let items = reads::events(state.db(), &grant, filter)
+    let items = reads::events(state.store(), &grant, filter)
         .await
         .map_err(read_problem)?;
     Ok(Reply::ok(event_page(items, limit)))
@@ -179,12 +179,17 @@ async fn get_trace(
     let grant = allow(&ctx, Action::ReadTrace)?;
     // Spans are written in the background: let the queue drain first.
     state.db().flush_spans().await;
-    let timeline = cairn_trace::timeline(state.db(), &grant, path.correlation_id)
-        .await
-        .map_err(|error| match error {
-            cairn_trace::TraceError::Database(e) => database(&e),
-            other => Problem::internal(&other),
-        })?;
+    let timeline = cairn_trace::timeline(
+        state.db(),
+        state.store().dispatcher().registry(),
+        &grant,
+        path.correlation_id,
+    )
+    .await
+    .map_err(|error| match error {
+        cairn_trace::TraceError::Database(e) => database(&e),
+        other => Problem::internal(&other),
+    })?;
     timeline
         .map(Reply::ok)
         .ok_or_else(|| not_found("trace with correlation id", &path.correlation_id))
@@ -208,7 +213,7 @@ async fn list_failed_events(
         error_code: query.code,
         ..EventFilter::default()
     };
-    let items = reads::events(state.db(), &grant, filter)
+    let items = reads::events(state.store(), &grant, filter)
         .await
         .map_err(read_problem)?;
     Ok(Reply::ok(event_page(items, limit)))
@@ -223,7 +228,7 @@ async fn get_event(
     _: Empty,
 ) -> Result<Reply<RecordedEvent>, Problem> {
     let grant = allow(&ctx, Action::ListEvents)?;
-    let event = reads::event(state.db(), &grant, path.event_id)
+    let event = reads::event(state.store(), &grant, path.event_id)
         .await
         .map_err(read_problem)?;
     event

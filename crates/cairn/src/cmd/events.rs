@@ -116,13 +116,17 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         error_code: args.code,
         ..EventFilter::default()
     };
-    let events = store
+    let registry = store.dispatcher().registry();
+    let events: Vec<RecordedEvent> = store
         .db()
         .reader()
         .await?
         .conn()
         .read_events(&filter)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|event| registry.to_current(event))
+        .collect();
     if args.json.json {
         ui::print_json(&events)?;
         return Ok(ExitCode::SUCCESS);
@@ -191,6 +195,12 @@ fn indented_json(value: &Value) -> String {
 async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let store = app::open(url).await?;
     let event = find(&store, args.event).await?;
+    let current = store
+        .dispatcher()
+        .registry()
+        .spec(&event.event_type)
+        .map(|spec| spec.version);
+    let event = store.dispatcher().registry().to_current(event);
     if args.json.json {
         ui::print_json(&event)?;
         return Ok(ExitCode::SUCCESS);
@@ -249,6 +259,21 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         outln!("{}{}", label("organization"), org);
     }
     outln!("{}{}", label("hash"), event.hash);
+    let version = match (event.stored_version, current) {
+        (stored, Some(_)) if stored != event.event_version => format!(
+            "version {}, upcast from version {stored} as stored",
+            event.event_version
+        ),
+        (stored, Some(current)) if stored != current => {
+            style(format!(
+                "version {stored} as stored; this build reads version {current} (it could not be upcast)"
+            ))
+            .red()
+            .to_string()
+        }
+        (stored, _) => format!("version {stored}"),
+    };
+    outln!("{}{}", label("payload"), version);
     outln!("{}\n{}", label("data"), indented_json(&event.data));
     if !event.metadata.extra.is_empty() {
         outln!(

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use console::style;
 
-use cairn_log::DbOptions;
 use cairn_policy::{Action, Principal, authorize};
 use cairn_trace::{Hop, Status, Timeline};
 
@@ -79,13 +78,21 @@ pub fn print(timeline: &Timeline) {
 }
 
 pub async fn run(url: &str, args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let db = app::open_db(url, &DbOptions::default()).await?;
+    let store = app::open(url).await?;
+    let db = store.db();
     let operator = Principal::Operator {
         name: "cairn-cli".to_owned(),
     };
     let grant =
         authorize(&operator, &Action::ReadTrace).map_err(|denial| anyhow::anyhow!("{denial}"))?;
-    let Some(timeline) = cairn_trace::timeline(&db, &grant, args.correlation_id).await? else {
+    let Some(timeline) = cairn_trace::timeline(
+        db,
+        store.dispatcher().registry(),
+        &grant,
+        args.correlation_id,
+    )
+    .await?
+    else {
         anyhow::bail!(
             "nothing in {} carries correlation id {}: no event, no request, no step",
             db.describe(),
