@@ -4,7 +4,8 @@
 //! SQLite tests get a file in a fresh temporary directory. PostgreSQL tests get a fresh
 //! database on the server named by `CAIRN_TEST_PG_URL`, which `scripts/test` starts for
 //! the whole run. A test that fails keeps its database and prints where it is, so it
-//! can be inspected; a test that passes removes it.
+//! can be inspected; a test that passes removes it. Upgrade tests restore, unmigrated,
+//! a database an earlier release wrote instead ([`TestDb::restore`]).
 
 mod pg_proxy;
 mod smtp;
@@ -40,8 +41,44 @@ pub type TestResult = anyhow::Result<()>;
 ///     Ok(())
 /// });
 /// ```
+///
+/// With `unmigrated`, the body gets no database: it is given the backend and the test's
+/// name, and makes its own, such as [`TestDb::restore`] of a database an earlier
+/// release wrote.
+///
+/// ```text
+/// backend_test!(old_databases_open, unmigrated, |backend: Backend, name: &'static str| async move {
+///     let t = TestDb::restore(backend, name, &source).await?;
+///     // …
+///     Ok(())
+/// });
+/// ```
 #[macro_export]
 macro_rules! backend_test {
+    ($name:ident, unmigrated, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> $crate::TestResult {
+                ($body)(
+                    $crate::Backend::Sqlite,
+                    concat!(module_path!(), "::", stringify!($name)),
+                )
+                .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> $crate::TestResult {
+                ($body)(
+                    $crate::Backend::Postgres,
+                    concat!(module_path!(), "::", stringify!($name)),
+                )
+                .await
+            }
+        }
+    };
     ($name:ident, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
@@ -101,6 +138,55 @@ struct Place {
 }
 
 impl Place {
+    /// A fresh, empty database on `backend`, named after the test: a temporary
+    /// directory for a SQLite file, or a database on the test server.
+    async fn fresh(backend: Backend, test_name: &str) -> Place {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("cairn-{}-", sanitize(test_name)))
+                    .tempdir()
+                    .expect("a temporary directory can be created")
+                    .keep();
+                let url = format!("sqlite://{}", dir.join("cairn.db").display());
+                Place {
+                    location: Location::Sqlite { dir },
+                    url,
+                    kept: AtomicBool::new(false),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = pg_admin_url();
+                let suffix = uuid::Uuid::now_v7().simple().to_string();
+                // The end of a version 7 UUID is random.
+                let database = format!("t_{}_{}", sanitize(test_name), &suffix[24..]);
+                let statement = format!("CREATE DATABASE \"{database}\"");
+                {
+                    use sqlx::Connection as _;
+                    let mut conn = sqlx::PgConnection::connect(&admin_url)
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!("cannot reach the test PostgreSQL server at {admin_url}: {e}")
+                        });
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap_or_else(|e| panic!("cannot create test database {database}: {e}"));
+                    let _ = conn.close().await;
+                }
+                let url = with_database(&admin_url, &database);
+                Place {
+                    location: Location::Postgres {
+                        admin_url,
+                        database,
+                    },
+                    url,
+                    kept: AtomicBool::new(false),
+                }
+            }
+        }
+    }
+
     fn keep(&self, why: &str) {
         if !self.kept.swap(true, Ordering::SeqCst) {
             let where_ = match &self.location {
@@ -175,7 +261,35 @@ where
     }
 }
 
-/// A fresh database for one test, with the event log's migrations applied.
+/// Opens a test database, without migrating it.
+async fn connect(url: &str) -> Db {
+    let options = DbOptions {
+        max_connections: 5,
+        ..DbOptions::default()
+    };
+    Db::connect(url, &options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open test database {url}: {e:#?}"))
+}
+
+/// PostgreSQL's client, `psql`: on the `PATH`, or in `PG_BIN` (the directory
+/// `scripts/test` starts the server from, by default PostgreSQL 15's).
+fn psql() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("psql"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(
+            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()),
+        )
+        .join("psql")
+    })
+}
+
+/// A database for one test: a fresh one with the event log's migrations applied
+/// ([`TestDb::new`]), or one an earlier release wrote, as it was ([`TestDb::restore`]).
 #[derive(Debug, Clone)]
 pub struct TestDb {
     db: Db,
@@ -233,57 +347,8 @@ pub fn with_database(url: &str, database: &str) -> String {
 impl TestDb {
     /// A fresh, migrated database on `backend`, named after the test.
     pub async fn new(backend: Backend, test_name: &str) -> TestDb {
-        let place = match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::Builder::new()
-                    .prefix(&format!("cairn-{}-", sanitize(test_name)))
-                    .tempdir()
-                    .expect("a temporary directory can be created")
-                    .keep();
-                let url = format!("sqlite://{}", dir.join("cairn.db").display());
-                Place {
-                    location: Location::Sqlite { dir },
-                    url,
-                    kept: AtomicBool::new(false),
-                }
-            }
-            Backend::Postgres => {
-                let admin_url = pg_admin_url();
-                let suffix = uuid::Uuid::now_v7().simple().to_string();
-                // The end of a version 7 UUID is random.
-                let database = format!("t_{}_{}", sanitize(test_name), &suffix[24..]);
-                let statement = format!("CREATE DATABASE \"{database}\"");
-                {
-                    use sqlx::Connection as _;
-                    let mut conn = sqlx::PgConnection::connect(&admin_url)
-                        .await
-                        .unwrap_or_else(|e| {
-                            panic!("cannot reach the test PostgreSQL server at {admin_url}: {e}")
-                        });
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                        .execute(&mut conn)
-                        .await
-                        .unwrap_or_else(|e| panic!("cannot create test database {database}: {e}"));
-                    let _ = conn.close().await;
-                }
-                let url = with_database(&admin_url, &database);
-                Place {
-                    location: Location::Postgres {
-                        admin_url,
-                        database,
-                    },
-                    url,
-                    kept: AtomicBool::new(false),
-                }
-            }
-        };
-        let options = DbOptions {
-            max_connections: 5,
-            ..DbOptions::default()
-        };
-        let db = Db::connect(&place.url, &options)
-            .await
-            .unwrap_or_else(|e| panic!("cannot open test database {}: {e:#?}", place.url));
+        let place = Place::fresh(backend, test_name).await;
+        let db = connect(&place.url).await;
         db.migrate(&[cairn_log::MIGRATIONS])
             .await
             .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e:#?}", place.url));
@@ -291,6 +356,97 @@ impl TestDb {
             db,
             place: Arc::new(place),
         }
+    }
+
+    /// A database restored from a copy an earlier release wrote, and not migrated:
+    /// `source` is a SQLite database file, copied into a fresh temporary directory, or
+    /// a plain-text `pg_dump` of a PostgreSQL database, run with `psql` in a fresh
+    /// database after the role its row-level security names (`cairn_tenant_reader`,
+    /// which the log's migrations create) is made, if the server has none yet.
+    pub async fn restore(
+        backend: Backend,
+        test_name: &str,
+        source: &std::path::Path,
+    ) -> anyhow::Result<TestDb> {
+        use anyhow::Context as _;
+        let place = Place::fresh(backend, test_name).await;
+        match &place.location {
+            Location::Sqlite { dir } => {
+                std::fs::copy(source, dir.join("cairn.db")).with_context(|| {
+                    format!("copying {} into {}", source.display(), dir.display())
+                })?;
+            }
+            Location::Postgres { admin_url, .. } => {
+                use sqlx::Connection as _;
+                let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+                sqlx::raw_sql(
+                    "DO $$
+                     BEGIN
+                         CREATE ROLE cairn_tenant_reader NOLOGIN;
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                         NULL;
+                     END
+                     $$",
+                )
+                .execute(&mut admin)
+                .await
+                .context("creating the role cairn_tenant_reader")?;
+                let _ = admin.close().await;
+                let psql = psql();
+                let output = tokio::process::Command::new(&psql)
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
+                    .arg("-d")
+                    .arg(&place.url)
+                    .arg("-f")
+                    .arg(source)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "running {} (PostgreSQL's client; set PG_BIN to the directory \
+                             that holds it)",
+                            psql.display()
+                        )
+                    })?;
+                if !output.status.success() {
+                    place.keep("the restore failed");
+                    anyhow::bail!(
+                        "psql -f {} into {}: {}\n{}",
+                        source.display(),
+                        place.url,
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+                // Tenant-scoped reads switch to the role, so the user the tests connect
+                // as must be a member, as the migration that made the role arranged
+                // (a superuser needs no membership).
+                let mut conn = sqlx::PgConnection::connect(&place.url).await?;
+                sqlx::raw_sql(
+                    "DO $$
+                     BEGIN
+                         EXECUTE format('GRANT cairn_tenant_reader TO %I', current_user);
+                     EXCEPTION WHEN others THEN
+                         NULL;
+                     END
+                     $$",
+                )
+                .execute(&mut conn)
+                .await?;
+                let _ = conn.close().await;
+            }
+        }
+        let db = connect(&place.url).await;
+        Ok(TestDb {
+            db,
+            place: Arc::new(place),
+        })
+    }
+
+    /// Keeps the database for inspection, saying why, as a failed test does.
+    pub fn keep(&self, why: &str) {
+        self.place.keep(why);
     }
 
     /// The database.

@@ -17,4 +17,5 @@ mod mail_under_load;
 mod readme;
 mod serve;
 mod settings;
+mod upgrade;
 mod workflows;
