@@ -22,6 +22,7 @@
 //!
 //! [`Outcome`]: cairn_log::Outcome
 
+mod check_log;
 mod dispatcher;
 pub mod operations;
 mod projections;
@@ -33,6 +34,7 @@ mod spec;
 mod store;
 mod views;
 
+pub use check_log::{CheckLogReport, FailureStage, LogFailure, VersionCount};
 pub use dispatcher::Dispatcher;
 pub use operations::{
     HandlerRoute, HeldBehind, HeldStream, PausedRoutes, RoutePause, held_counts, held_streams,

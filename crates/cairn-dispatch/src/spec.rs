@@ -82,6 +82,7 @@ pub struct EventSpec {
     /// has checked it has no gap.
     pub upcasters: Vec<Upcaster>,
     check: fn(&Value) -> Result<(), String>,
+    decodes: fn(&Value) -> bool,
 }
 
 /// Why a stored payload could not be brought to its type's current version.
@@ -209,7 +210,14 @@ impl EventSpec {
             version: P::VERSION,
             upcasters,
             check: check::<P>,
+            decodes: |data| P::deserialize(data).is_ok(),
         }
+    }
+
+    /// Whether a payload decodes into the current version's type: [`EventSpec::validate`]
+    /// without tracking the path, for scans of the whole log.
+    pub fn decodes(&self, data: &Value) -> bool {
+        (self.decodes)(data)
     }
 
     /// Checks a payload against the current version; the error names the field at

@@ -236,6 +236,16 @@ fn parse_scope(input: &str) -> Result<cairn_policy::Scope, String> {
 pub enum ContractsCommand {
     /// Write openapi.json, asyncapi.json, the event schemas and TypeScript types.
     Export(ExportArgs),
+    /// Read every stored event through its upcaster chain into the current version of
+    /// its payload type; exit 1 naming the first that fails. Run it against a copy of
+    /// production before deploying a build that changes a payload.
+    CheckLog(CheckLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckLogArgs {
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

@@ -463,3 +463,91 @@ backend_test!(
         Ok(())
     }
 );
+
+/// Version 1 changed in place, without a new version: the mistake `check-log` is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ChangedInPlace {
+    title: String,
+}
+
+impl EventPayload for ChangedInPlace {
+    const EVENT_TYPE: &'static str = "gadget.made";
+    const DESCRIPTION: &'static str = "Version 1, changed without a new version.";
+}
+
+backend_test!(
+    check_log_reads_every_event_and_names_each_that_fails,
+    |t: TestDb| async move {
+        let old = store(&t, old_build()).await?;
+        for name in ["a", "refused", "b", "c"] {
+            old.append(made(StreamId::new_v7(), json!({"name": name})))
+                .await?;
+        }
+        let new = store(&t, new_build()).await?;
+        new.append(made(
+            StreamId::new_v7(),
+            json!({"title": "d", "color": null}),
+        ))
+        .await?;
+
+        let mut calls = Vec::new();
+        let report = new
+            .check_log(&mut |done, total| calls.push((done, total)))
+            .await?;
+        assert_eq!(
+            (report.n_events, report.n_upcast, report.n_failed),
+            (5, 4, 1),
+            "{report:#?}"
+        );
+        assert_eq!(calls.last(), Some(&(5, 5)));
+        let failure = &report.failures[0];
+        assert_eq!(
+            (
+                failure.position,
+                failure.stored_version,
+                failure.current_version
+            ),
+            (2, 1, 3)
+        );
+        assert_eq!(failure.stage, cairn_dispatch::FailureStage::Upcast);
+        assert!(failure.message.contains("cannot be upcast"), "{failure:?}");
+        let versions: Vec<(u32, u64)> = report
+            .versions
+            .iter()
+            .map(|count| (count.stored_version, count.n_events))
+            .collect();
+        assert_eq!(versions, [(1, 4), (3, 1)]);
+
+        // The old build reads its own events, and not the newer one.
+        let report = old.check_log(&mut |_, _| {}).await?;
+        assert_eq!(report.n_failed, 1);
+        assert_eq!(
+            (
+                report.failures[0].position,
+                report.failures[0].stage.clone()
+            ),
+            (5, cairn_dispatch::FailureStage::Newer)
+        );
+
+        // A payload changed without a new version: every old event fails to decode,
+        // and the message names the field.
+        let changed = projections(Registry::builder())
+            .router("gadget", |r| r.event::<ChangedInPlace>(Record))
+            .build()?;
+        let report = store(&t, changed).await?.check_log(&mut |_, _| {}).await?;
+        assert_eq!(report.n_failed, 5, "{report:#?}");
+        assert_eq!(
+            report.failures[0].stage,
+            cairn_dispatch::FailureStage::Decode
+        );
+        assert!(
+            report.failures[0]
+                .message
+                .contains("event_data.name: unknown field `name`, expected `title`"),
+            "{:?}",
+            report.failures[0]
+        );
+        Ok(())
+    }
+);

@@ -4,6 +4,7 @@
 
 mod audit;
 mod bench;
+mod contracts;
 mod demo;
 mod events;
 mod handlers;
@@ -42,7 +43,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => serve::serve(&url, &runtime, args).await,
         Command::Token(args) => serve::token(&url, args).await,
-        Command::Contracts(ContractsCommand::Export(args)) => serve::export(args).await,
+        Command::Contracts(ContractsCommand::Export(args)) => contracts::export(args).await,
+        Command::Contracts(ContractsCommand::CheckLog(args)) => {
+            contracts::check_log(&url, args).await
+        }
         Command::Trace(args) => trace::run(&url, args).await,
         Command::Health(args) => health::run(args).await,
     }

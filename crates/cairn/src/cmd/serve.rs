@@ -1,4 +1,4 @@
-//! `cairn serve`, `cairn token` and `cairn contracts export`.
+//! `cairn serve` and `cairn token`.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use cairn_log::Db;
 use cairn_policy::{Authenticator, KeySource, Principal};
 
 use crate::app;
-use crate::cli::{AuthArgs, ExportArgs, Runtime, ServeArgs, TokenArgs};
+use crate::cli::{AuthArgs, Runtime, ServeArgs, TokenArgs};
 use crate::ui;
 
 /// The name of the development HS256 secret kept in the database.
@@ -298,21 +298,5 @@ pub async fn token(url: &str, args: TokenArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(secret.len() >= 32, "the JWT secret needs at least 32 bytes");
     let token = cairn_policy::mint(&principal, &secret, args.ttl.0)?;
     outln!("{token}");
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let registry = app::registry();
-    let (_, documented) = cairn_http::routes::api().finish();
-    let openapi = cairn_http::api::openapi(&documented);
-    let asyncapi = cairn_http::contracts::asyncapi(&registry);
-    let written = cairn_http::contracts::export(&args.out, &openapi, &asyncapi, &registry)
-        .with_context(|| format!("writing the contracts to {}", args.out.display()))?;
-    outln!(
-        "{} wrote {} to {}",
-        style("✓").green().bold(),
-        ui::plural(written.len() as u64, "file", "files"),
-        args.out.display()
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -135,8 +135,18 @@ async fn upgrade(t: &TestDb, fixture: &Path, expected: &Value) -> anyhow::Result
     ];
     assert_exit(&cairn(url, &audit).await, 0);
 
+    // Every stored event reads as the current version of its type, the old
+    // `user.invited` events through their upcaster.
+    let checked = cairn(url, &["contracts", "check-log", "--json"]).await;
+    assert_exit(&checked, 0);
+    let checked = json_of(&checked);
+    assert_eq!(checked["n_failed"], 0, "{checked}");
+    assert!(
+        checked["n_upcast"].as_u64().unwrap_or(0) > 0,
+        "the old log has user.invited v1 events to upcast: {checked}"
+    );
+
     // Later checks of the old log go here, each as a command that must exit 0:
-    // `cairn contracts check-log` (every stored event is one its contract accepts) and
     // `cairn workflows check` (every run's steps are ones its definition knows).
 
     // The engine finishes the runs the old release left: the one killed in flight
