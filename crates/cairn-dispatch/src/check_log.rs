@@ -203,3 +203,72 @@ impl Check {
         self.report
     }
 }
+
+/// Events of a type stored at a version newer than this build's: written by a newer
+/// build that ran against this log. This build never applies them (`P9006`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct NewerEvents {
+    pub event_type: String,
+    /// The newest version stored.
+    pub stored_version: u32,
+    /// The version this build reads.
+    pub current_version: u32,
+}
+
+impl std::fmt::Display for NewerEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} v{} (this build reads v{})",
+            self.event_type, self.stored_version, self.current_version
+        )
+    }
+}
+
+/// The registered types with events stored at a newer version than this build's. One
+/// query, one index probe per type (on the index of events not at version 1), so it
+/// is cheap enough for every health check.
+pub async fn newer_events(
+    conn: &mut cairn_log::Conn<'_>,
+    registry: &Registry,
+) -> Result<Vec<NewerEvents>, cairn_log::DbError> {
+    let specs: Vec<_> = registry.specs().collect();
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args = Vec::with_capacity(specs.len() * 2);
+    let probes: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            args.push(cairn_log::IntoArg::into_arg(spec.event_type.as_str()));
+            args.push(cairn_log::IntoArg::into_arg(spec.version));
+            let (t, v) = (2 * index + 1, 2 * index + 2);
+            format!(
+                "SELECT ${t} AS event_type, (SELECT MAX(event_version) FROM domain_events \
+                 WHERE event_type = ${t} AND event_version <> 1 AND event_version > ${v}) AS newest"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT event_type, newest FROM ({}) AS probes WHERE newest IS NOT NULL",
+        probes.join(" UNION ALL ")
+    );
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
+    let mut newer = Vec::new();
+    for row in &rows {
+        let event_type: String = row.get("event_type")?;
+        let newest: i64 = row.get("newest")?;
+        if let Some(spec) = specs
+            .iter()
+            .find(|spec| spec.event_type.as_str() == event_type)
+        {
+            newer.push(NewerEvents {
+                event_type,
+                stored_version: u32::try_from(newest).unwrap_or(u32::MAX),
+                current_version: spec.version,
+            });
+        }
+    }
+    Ok(newer)
+}

@@ -34,7 +34,9 @@ mod spec;
 mod store;
 mod views;
 
-pub use check_log::{CheckLogReport, FailureStage, LogFailure, VersionCount};
+pub use check_log::{
+    CheckLogReport, FailureStage, LogFailure, NewerEvents, VersionCount, newer_events,
+};
 pub use dispatcher::Dispatcher;
 pub use operations::{
     HandlerRoute, HeldBehind, HeldStream, PausedRoutes, RoutePause, held_counts, held_streams,

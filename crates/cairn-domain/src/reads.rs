@@ -385,6 +385,9 @@ pub struct SystemHealth {
     pub stuck: Vec<StuckRun>,
     /// What operators paused, and what is held.
     pub paused: Paused,
+    /// Event types with events a newer build wrote, at versions this build does not
+    /// read (should stay empty: this build is older than the log).
+    pub newer_events: Vec<cairn_dispatch::NewerEvents>,
 }
 
 /// When things count as stuck.
@@ -398,10 +401,11 @@ pub struct Thresholds {
 
 /// Reads [`SystemHealth`].
 pub async fn system_health(
-    db: &Db,
+    store: &EventStore,
     grant: &Grant,
     thresholds: Thresholds,
 ) -> Result<SystemHealth, ReadsError> {
+    let db = store.db();
     let Thresholds {
         stuck_after,
         unprocessed_after,
@@ -463,6 +467,8 @@ pub async fn system_health(
         })
         .collect::<Result<Vec<_>, cairn_log::DbError>>()?;
     let paused = paused(&mut conn).await?;
+    let newer_events =
+        cairn_dispatch::newer_events(&mut conn, store.dispatcher().registry()).await?;
     Ok(SystemHealth {
         head: head.last_position,
         unprocessed_events: unprocessed,
@@ -471,6 +477,7 @@ pub async fn system_health(
         stuck_workflows,
         stuck,
         paused,
+        newer_events,
     })
 }
 

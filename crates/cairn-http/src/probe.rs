@@ -466,6 +466,22 @@ pub fn alerts(system: &SystemHealth, probe: &ProbeReport) -> Vec<Alert> {
             },
             "no stuck workflows",
         ),
+        counted(
+            "newer_events",
+            i64::try_from(system.newer_events.len()).unwrap_or(i64::MAX),
+            |_| {
+                let types: Vec<String> = system
+                    .newer_events
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                format!(
+                    "a newer build wrote events this build cannot read and never applies (P9006): {}; run the newer build, then retry them",
+                    types.join(", ")
+                )
+            },
+            "no events from a newer build",
+        ),
         paused_routes_alert(&system.paused),
         paused_workflows_alert(&system.paused),
         held_streams_alert(&system.paused),

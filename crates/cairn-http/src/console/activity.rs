@@ -69,7 +69,7 @@ impl Activity {
 /// Reads the head now, for the chart.
 async fn sample(state: &AppState) -> Option<Sample> {
     let grant = allow_principal(&Principal::Anonymous, Action::ReadPublic).ok()?;
-    let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+    let system = reads::system_health(state.store(), &grant, state.options().thresholds)
         .await
         .ok()?;
     Some(Sample {
@@ -121,6 +121,7 @@ impl AlertRow {
         let (title, act, needs) = match alert.alert.as_str() {
             "probe_failing" => ("Integration probe", None, None),
             "unprocessed_events" => ("Unprocessed events", None, None),
+            "newer_events" => ("Events from a newer build", None, None),
             "failed_events" => (
                 "Failed events",
                 Some(("/console/failures", "See the failures")),

@@ -95,6 +95,23 @@ async fn ready(
             "the workflow engine is not running: workflow steps and the probe's workflow hop would not progress",
         ));
     }
+    let newer = {
+        let mut reader = state.db().reader().await.map_err(|e| database(&e))?;
+        cairn_dispatch::newer_events(&mut reader.conn(), state.store().dispatcher().registry())
+            .await
+            .map_err(|e| database(&e))?
+    };
+    if !newer.is_empty() {
+        let types: Vec<String> = newer.iter().map(ToString::to_string).collect();
+        tracing::error!(newer = ?types, "the log holds events of a newer build");
+        return Err(Problem::new(
+            ProblemCode::Unavailable,
+            format!(
+                "the log holds events a newer build wrote, which this build cannot read: {}; run the newer build",
+                types.join(", ")
+            ),
+        ));
+    }
     Ok(Reply::ok(Health {
         status: "ready".into(),
     }))
@@ -129,7 +146,7 @@ async fn metrics(
     _parts: axum::http::request::Parts,
 ) -> Result<axum::response::Response, Problem> {
     let grant = allow(&ctx, Action::ReadPublic)?;
-    let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+    let system = reads::system_health(state.store(), &grant, state.options().thresholds)
         .await
         .map_err(read_problem)?;
     let alerts = match state.probe_state().last() {
@@ -179,7 +196,7 @@ pub(crate) async fn integration_health(
 ) -> Result<crate::probe::IntegrationHealth, Problem> {
     let grant = allow_principal(&cairn_policy::Principal::Anonymous, Action::ReadPublic)?;
     let (age, probe) = crate::probe::probe(state, state.options().probe_max_age).await;
-    let system = reads::system_health(state.db(), &grant, state.options().thresholds)
+    let system = reads::system_health(state.store(), &grant, state.options().thresholds)
         .await
         .map_err(read_problem)?;
     let alerts = crate::probe::alerts(&system, &probe);

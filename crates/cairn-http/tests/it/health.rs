@@ -252,3 +252,61 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    events_a_newer_build_wrote_make_the_server_unready_and_raise_an_alert,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let ready = call(Method::GET, "/health/ready").send(&s.app).await;
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+
+        // A newer build's user.invited, at a version this build does not read: written
+        // under the dispatcher, as that build's own append would have been.
+        let mut tx = s.t.db().begin().await?;
+        let request = cairn_log::AppendRequest::new(
+            cairn_types::StreamType::parse("user")?,
+            cairn_types::StreamId::new_v7(),
+            vec![
+                cairn_log::NewEvent::new(
+                    cairn_types::EventType::parse("user.invited")?,
+                    serde_json::json!({"shape": "of a later release"}),
+                    cairn_types::Metadata::new(),
+                )
+                .at_version(9),
+            ],
+        );
+        if let cairn_log::Prepared::New(mut pending) = tx.prepare_append(request).await? {
+            pending.record(0, &cairn_log::Outcome::Applied, chrono::Utc::now());
+            tx.write_append(pending).await?;
+        }
+        tx.commit().await?;
+
+        let ready = call(Method::GET, "/health/ready").send(&s.app).await;
+        assert_eq!(
+            ready.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            ready.body
+        );
+        let detail = ready.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("user.invited v9 (this build reads v2)"),
+            "{}",
+            ready.body
+        );
+        let health = call(Method::GET, "/health/integration").send(&s.app).await;
+        let newer = alert(&health.body, "newer_events");
+        assert_eq!(
+            (newer["active"].as_bool(), newer["value"].as_i64()),
+            (Some(true), Some(1))
+        );
+        assert!(
+            newer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("user.invited v9"),
+            "{newer}"
+        );
+        Ok(())
+    }
+);

@@ -24,6 +24,14 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
         )
         .await?
         .get("n")?;
+    let newer =
+        cairn_dispatch::newer_events(&mut reader.conn(), store.dispatcher().registry()).await?;
+    // A log a newer build wrote into is not one this build should run against.
+    let exit = if newer.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if args.json {
         let by_code: serde_json::Map<String, serde_json::Value> = failed
             .iter()
@@ -41,8 +49,9 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             "paused_routes": paused_routes.iter().collect::<Vec<_>>(),
             "paused_workflow_kinds": paused_kinds,
             "paused_workflow_runs": paused_runs,
+            "newer_events": newer,
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit);
     }
     outln!("{} {}", style("database").dim(), store.db().describe());
     outln!(
@@ -67,6 +76,13 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             style("failed  ").dim(),
             style(head.failed_events).red().bold(),
             codes.join(", ")
+        );
+    }
+    for newer in &newer {
+        outln!(
+            "{} {}: written by a newer build, never applied by this one (P9006)  → run the newer build",
+            style("newer   ").dim(),
+            style(newer).red().bold()
         );
     }
     if held_streams > 0 {
@@ -113,5 +129,5 @@ pub async fn run(url: &str, args: JsonFlag) -> anyhow::Result<ExitCode> {
             .bold()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit)
 }
