@@ -475,6 +475,15 @@ export type Metadata = {
   [key: string]: unknown;
 };
 
+/** Events of a type stored at a version newer than this build's: written by a newer build that ran against this log. This build never applies them (`P9006`). */
+export type NewerEvents = {
+  /** The version this build reads. */
+  current_version: number;
+  event_type: string;
+  /** The newest version stored. */
+  stored_version: number;
+};
+
 export type OrgPath = {
   /** An organization (tenant) id. */
   org_id: string;
@@ -732,8 +741,8 @@ export type ProcessingError = {
   message: string;
 };
 
-/** P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type. */
-export type ProcessingErrorCode = "P9001" | "P9002" | "P9003" | "P9004";
+/** P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type, P9005 payload could not be upcast, P9006 written by a newer build. */
+export type ProcessingErrorCode = "P9001" | "P9002" | "P9003" | "P9004" | "P9005" | "P9006";
 
 /** An event as stored in the log. */
 export type RecordedEvent = {
@@ -744,6 +753,8 @@ export type RecordedEvent = {
   event_metadata: Metadata;
   /** An event type: levels joined by dots, words by underscores (organization.direct_care_settings_updated). */
   event_type: string;
+  /** The version of the payload `event_data` holds: the stored version as read, the current version once the registry has upcast it. */
+  event_version: number;
   hash: string;
   /** The position of the event it waits behind, while it is held. */
   held_behind?: number | null;
@@ -753,6 +764,8 @@ export type RecordedEvent = {
   processed_at?: string | null;
   /** Why the last processing did not apply it. */
   processing_error?: (ProcessingError) | (null);
+  /** The version the event was written at, which the hash covers; never changes. */
+  stored_version: number;
   /** A stream (aggregate) id. */
   stream_id: string;
   /** A stream type: one level (organization, user, invitation, workflow). */
@@ -1049,6 +1062,8 @@ export type SystemHealth = {
   failed_events: number;
   /** The log's last position. */
   head: number;
+  /** Event types with events a newer build wrote, at versions this build does not read (should stay empty: this build is older than the log). */
+  newer_events: Array<NewerEvents>;
   /** What operators paused, and what is held. */
   paused: Paused;
   /** The first of them. */
@@ -1101,6 +1116,8 @@ export type User = {
   email: string;
   /** A user id. */
   id: string;
+  /** Who invited them (`user:<uuid>` or `service:<name>`); absent for users created directly, and for those invited before it was recorded. */
+  invited_by?: string | null;
   name: string;
   /** An organization (tenant) id. */
   org_id: string;
@@ -1126,11 +1143,13 @@ export type UserCreated = {
   org_id: string;
 };
 
-/** A person was invited; they become an active user when they accept. */
+/** A person was invited; they become an active user when they accept.  Version 2: who invited them (`invited_by`). Version 1 did not record it, and an upcast version 1 event says `null`: nobody knows, rather than a guess. */
 export type UserInvited = {
   email: string;
   /** An invitation id. */
   invitation_id: string;
+  /** Who invited them: a user, or a service (the bootstrap's engine); `null` when the event was written before this was recorded. */
+  invited_by?: string | null;
   name: string;
   /** An organization (tenant) id. */
   org_id: string;

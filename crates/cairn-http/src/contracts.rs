@@ -91,6 +91,42 @@ pub fn asyncapi(registry: &Registry) -> Value {
                 );
             }
             let name = spec.event_type.as_str().to_owned();
+            // Older versions: what earlier releases stored. Never delivered as such
+            // (every reader gets the current version), so in the components only.
+            for upcaster in &spec.upcasters {
+                let mut old_schema = upcaster.schema();
+                if let Some(object) = old_schema.as_object_mut() {
+                    object.insert("x-event-version".into(), json!(upcaster.from));
+                    object.insert("x-current".into(), json!(false));
+                }
+                hoist(upcaster.payload_type, &old_schema, &mut schemas);
+                let mut old_payload = payload.clone();
+                if let Some(properties) = old_payload
+                    .get_mut("properties")
+                    .and_then(Value::as_object_mut)
+                {
+                    properties.insert(
+                        "event_data".into(),
+                        json!({"$ref": format!("#/components/schemas/{}", upcaster.payload_type)}),
+                    );
+                }
+                let old_name = format!("{name}.v{}", upcaster.from);
+                messages.insert(
+                    old_name.clone(),
+                    json!({
+                        "name": old_name,
+                        "title": format!("{} (version {})", spec.event_type, upcaster.from),
+                        "summary": format!(
+                            "{} Version {} as earlier releases stored it; every reader gets it upcast to version {}.",
+                            spec.description, upcaster.from, spec.version
+                        ),
+                        "contentType": "application/json",
+                        "payload": old_payload,
+                        "x-event-version": upcaster.from,
+                        "x-current": false,
+                    }),
+                );
+            }
             messages.insert(
                 name.clone(),
                 json!({
@@ -99,6 +135,7 @@ pub fn asyncapi(registry: &Registry) -> Value {
                     "summary": spec.description,
                     "contentType": "application/json",
                     "payload": payload,
+                    "x-event-version": spec.version,
                 }),
             );
             channel_messages.insert(
@@ -342,7 +379,11 @@ fn ts_object(object: &Map<String, Value>, indent: usize) -> String {
     format!("{{\n{}\n{}}}", lines.join("\n"), "  ".repeat(indent))
 }
 
-/// TypeScript declarations for every schema of the contracts.
+fn is_current(schema: &Value) -> bool {
+    schema.get("x-current") != Some(&Value::Bool(false))
+}
+
+/// TypeScript declarations for every schema of the contracts, at current versions.
 pub fn typescript(openapi: &Value, asyncapi: &Value) -> String {
     let mut schemas = Map::new();
     for document in [openapi, asyncapi] {
@@ -350,7 +391,9 @@ pub fn typescript(openapi: &Value, asyncapi: &Value) -> String {
             .pointer("/components/schemas")
             .and_then(Value::as_object)
         {
-            for (name, schema) in found {
+            // Older payload versions are for reading stored events, not for clients:
+            // every API and feed serves the current version.
+            for (name, schema) in found.iter().filter(|(_, schema)| is_current(schema)) {
                 schemas
                     .entry(name.clone())
                     .or_insert_with(|| schema.clone());
@@ -380,7 +423,7 @@ pub fn typescript(openapi: &Value, asyncapi: &Value) -> String {
         .and_then(Value::as_object)
     {
         out.push_str("\n/** Every event type, by name, with its payload type. */\nexport interface EventPayloads {\n");
-        for (name, message) in messages {
+        for (name, message) in messages.iter().filter(|(_, message)| is_current(message)) {
             let payload = message
                 .pointer("/payload/properties/event_data/$ref")
                 .and_then(Value::as_str)
@@ -409,21 +452,42 @@ pub fn files(openapi: &Value, asyncapi: &Value, registry: &Registry) -> Vec<(Pat
         ),
     ];
     for spec in registry.specs() {
-        let mut schema = spec.schema.clone();
-        if let Some(object) = schema.as_object_mut() {
-            object.insert(
-                "$id".into(),
-                json!(format!(
-                    "https://cairn.dev/schemas/events/{}.json",
-                    spec.event_type
-                )),
-            );
-            object.insert("description".into(), json!(spec.description));
+        // `<type>.json` is the current version; `<type>.v<N>.json` each version,
+        // the current one included, so that a consumer pinned to a version keeps it.
+        let versions = spec
+            .upcasters
+            .iter()
+            .map(|upcaster| (upcaster.from, upcaster.schema(), false))
+            .chain([(spec.version, spec.schema.clone(), true)]);
+        for (version, mut schema, current) in versions {
+            let description = if current {
+                format!("{} (version {version})", spec.description)
+            } else {
+                format!(
+                    "{} Version {version} as earlier releases stored it; readers get it upcast \
+                     to version {}.",
+                    spec.description, spec.version
+                )
+            };
+            let mut files_of = vec![format!("{}.v{version}.json", spec.event_type)];
+            if current {
+                files_of.insert(0, format!("{}.json", spec.event_type));
+            }
+            for file in files_of {
+                if let Some(object) = schema.as_object_mut() {
+                    object.insert(
+                        "$id".into(),
+                        json!(format!("https://cairn.dev/schemas/events/{file}")),
+                    );
+                    object.insert("description".into(), json!(description));
+                    object.insert("x-event-version".into(), json!(version));
+                }
+                files.push((
+                    PathBuf::from(format!("schemas/events/{file}")),
+                    pretty(&schema),
+                ));
+            }
         }
-        files.push((
-            PathBuf::from(format!("schemas/events/{}.json", spec.event_type)),
-            pretty(&schema),
-        ));
     }
     files
 }
