@@ -165,11 +165,11 @@ pub(crate) enum Decision {
 impl Decision {
     /// The decision a record carries; `None` for an event of another stream type, or
     /// one whose payload does not decode (its handler fails it, and nothing is done).
-    pub(crate) fn of(event: &RecordedEvent) -> Option<Decision> {
+    pub(crate) fn of(registry: &crate::Registry, event: &RecordedEvent) -> Option<Decision> {
         if event.stream_type.as_str() != STREAM_TYPE {
             return None;
         }
-        let data = event.data.clone();
+        let data = registry.upcast(event).ok()?.into_owned().data;
         match event.event_type.as_str() {
             EventRetried::EVENT_TYPE => serde_json::from_value(data).ok().map(Decision::Retried),
             EventSkipped::EVENT_TYPE => serde_json::from_value(data).ok().map(Decision::Skipped),

@@ -150,7 +150,7 @@ pub(crate) async fn process(
     ledger: &mut impl Ledger,
     event: &RecordedEvent,
 ) -> Result<Outcome, ReadError> {
-    let Some(decision) = Decision::of(event) else {
+    let Some(decision) = Decision::of(dispatcher.registry(), event) else {
         return apply(dispatcher, ledger, event).await;
     };
     let outcome = ledger.dispatch(dispatcher, event).await?;

@@ -399,6 +399,17 @@ pub struct Thresholds {
     pub unprocessed_after: chrono::Duration,
 }
 
+/// Event types with events a newer build wrote (see [`SystemHealth::newer_events`]),
+/// alone: cheap enough for every readiness check.
+pub async fn newer_events(
+    store: &EventStore,
+    grant: &Grant,
+) -> Result<Vec<cairn_dispatch::NewerEvents>, ReadsError> {
+    require(grant, Action::ReadPublic)?;
+    let mut reader = store.db().reader().await?;
+    Ok(cairn_dispatch::newer_events(&mut reader.conn(), store.dispatcher().registry()).await?)
+}
+
 /// Reads [`SystemHealth`].
 pub async fn system_health(
     store: &EventStore,

@@ -85,7 +85,7 @@ async fn ready(
     _: Empty,
     _: Empty,
 ) -> Result<Reply<Health>, Problem> {
-    allow(&ctx, Action::ReadPublic)?;
+    let grant = allow(&ctx, Action::ReadPublic)?;
     state.database_ready().await.map_err(|e| database(&e))?;
     let engine = state.domain().engine().health();
     if !engine.ready() {
@@ -95,12 +95,9 @@ async fn ready(
             "the workflow engine is not running: workflow steps and the probe's workflow hop would not progress",
         ));
     }
-    let newer = {
-        let mut reader = state.db().reader().await.map_err(|e| database(&e))?;
-        cairn_dispatch::newer_events(&mut reader.conn(), state.store().dispatcher().registry())
-            .await
-            .map_err(|e| database(&e))?
-    };
+    let newer = reads::newer_events(state.store(), &grant)
+        .await
+        .map_err(read_problem)?;
     if !newer.is_empty() {
         let types: Vec<String> = newer.iter().map(ToString::to_string).collect();
         tracing::error!(newer = ?types, "the log holds events of a newer build");

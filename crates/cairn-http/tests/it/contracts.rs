@@ -21,10 +21,7 @@ fn the_committed_contracts_match_the_code() {
         .map(|entries| entries.count())
         .unwrap_or(0);
     // `<type>.json` (current), and `<type>.v<N>.json` for each version it reads.
-    let expected: usize = registry
-        .specs()
-        .map(|spec| 2 + spec.upcasters.len())
-        .sum();
+    let expected: usize = registry.specs().map(|spec| 2 + spec.upcasters.len()).sum();
     assert_eq!(
         on_disk, expected,
         "contracts/schemas/events has the current schema and one per version of each event type"
@@ -67,5 +64,8 @@ fn every_version_of_a_payload_is_in_the_contracts_and_only_the_current_in_typesc
     );
     let typescript = cairn_http::contracts::typescript(&openapi, &asyncapi);
     assert!(typescript.contains("export type UserInvited ="));
-    assert!(!typescript.contains("UserInvitedV1"), "old versions are not client types");
+    assert!(
+        !typescript.contains("UserInvitedV1"),
+        "old versions are not client types"
+    );
 }

@@ -296,3 +296,50 @@ fn inside_the_log_only_the_backends_name_a_driver() {
         offences.join("\n")
     );
 }
+
+/// A stored payload is decoded only after the registry brought it to its current
+/// version (`Registry::upcast`): in the handlers' `payload`, the operators' decisions
+/// and the trace's timeline, which upcast first, and in the payload contracts that
+/// check a payload at the version it declares. Decoding `event.data` anywhere else
+/// would read older events as if they were current.
+#[test]
+fn stored_payloads_are_decoded_only_after_the_registry_upcast_them() {
+    let allowed = [
+        "crates/cairn-dispatch/src/registry.rs",
+        "crates/cairn-dispatch/src/spec.rs",
+        "crates/cairn-dispatch/src/operations.rs",
+        "crates/cairn-trace/src/lib.rs",
+    ];
+    let mut offences = Vec::new();
+    let mut n_files = 0;
+    for krate in std::fs::read_dir(workspace_root().join("crates")).expect("crates/") {
+        let src = krate.expect("an entry").path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        for path in rust_files(&src) {
+            n_files += 1;
+            let relative = path
+                .strip_prefix(workspace_root())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            if allowed.contains(&relative.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            for (number, line) in text.lines().enumerate() {
+                let decodes = line.contains("from_value") || line.contains("::deserialize(");
+                if decodes && (line.contains(".data") || line.contains("(data")) {
+                    offences.push(format!("{relative}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(n_files > 100, "found only {n_files} source files");
+    assert!(
+        offences.is_empty(),
+        "stored payloads decoded around the registry's upcast:\n{}",
+        offences.join("\n")
+    );
+}
