@@ -847,9 +847,14 @@ pub struct BenchLogArgs {
     /// backend's default without it).
     #[arg(long)]
     pub mode: Option<cairn_log::WriteMode>,
-    /// Skip the replay scenario.
+    /// Skip the replay and check-log scenarios.
     #[arg(long)]
     pub no_replay: bool,
+    /// Upcaster steps (0 to 3) every event goes through when replay and check-log
+    /// read it: the events are written at version 1 of a payload that is now at
+    /// version 1 + N.
+    #[arg(long, default_value_t = 0)]
+    pub upcasts: u32,
     #[command(flatten)]
     pub common: BenchAppendArgs,
 }

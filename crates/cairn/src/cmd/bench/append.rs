@@ -52,9 +52,101 @@ impl Handler for RecordTotal {
     }
 }
 
-fn registry() -> anyhow::Result<Registry> {
+/// The payload of `bench.recorded` in four versions, so that a replay can upcast
+/// every event through 1 to 3 steps; each step edits the JSON map as a real one would
+/// (a rename, a new field with a default).
+mod versions {
+    use cairn_dispatch::{EventPayload, Upcaster};
+    use serde::{Deserialize, Serialize};
+    use serde_json::{Map, Value};
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct V1 {
+        note: String,
+        amount: i64,
+    }
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct V2 {
+        memo: String,
+        amount: i64,
+    }
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct V3 {
+        memo: String,
+        amount: i64,
+        unit: String,
+    }
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct V4 {
+        memo: String,
+        amount: i64,
+        unit: String,
+        source: String,
+    }
+
+    fn rename_note(data: &mut Map<String, Value>) -> Result<(), String> {
+        let note = data.remove("note").ok_or("event_data.note is missing")?;
+        data.insert("memo".to_owned(), note);
+        Ok(())
+    }
+
+    fn add_unit(data: &mut Map<String, Value>) -> Result<(), String> {
+        data.insert("unit".to_owned(), Value::from("items"));
+        Ok(())
+    }
+
+    fn add_source(data: &mut Map<String, Value>) -> Result<(), String> {
+        data.insert("source".to_owned(), Value::from("bench"));
+        Ok(())
+    }
+
+    fn chain(steps: usize) -> Vec<Upcaster> {
+        [
+            Upcaster::new::<V1>(1, rename_note),
+            Upcaster::new::<V2>(2, add_unit),
+            Upcaster::new::<V3>(3, add_source),
+        ]
+        .into_iter()
+        .take(steps)
+        .collect()
+    }
+
+    macro_rules! version {
+        ($ty:ident, $version:literal) => {
+            impl EventPayload for $ty {
+                const EVENT_TYPE: &'static str = "bench.recorded";
+                const DESCRIPTION: &'static str = "A benchmark event.";
+                const VERSION: u32 = $version;
+                fn upcasters() -> Vec<Upcaster> {
+                    chain($version - 1)
+                }
+            }
+        };
+    }
+    version!(V2, 2);
+    version!(V3, 3);
+    version!(V4, 4);
+}
+
+/// The bench's routes. With no upcasts, `bench.recorded` has no payload contract, as
+/// before versions existed, so that appends and replay measure what they always did;
+/// with `upcasts` steps, its events are written at version 1 and every read upcasts
+/// them to version 1 + `upcasts`.
+fn registry(upcasts: u32) -> anyhow::Result<Registry> {
     Ok(Registry::builder()
-        .router("bench", |r| r.on("bench.recorded", RecordTotal))
+        .router("bench", |r| match upcasts {
+            0 => r.on("bench.recorded", RecordTotal),
+            1 => r.event::<versions::V2>(RecordTotal),
+            2 => r.event::<versions::V3>(RecordTotal),
+            _ => r.event::<versions::V4>(RecordTotal),
+        })
         .projection(ProjectionTable {
             name: "bench_totals",
             key: &["stream_id"],
@@ -81,6 +173,8 @@ struct BenchReport {
     place: String,
     /// How the log writer isolated units of work.
     mode: &'static str,
+    /// Upcaster steps every event went through in replay.
+    upcasts: u32,
     scenarios: Vec<Scenario>,
 }
 
@@ -98,6 +192,7 @@ fn bench_event() -> NewEvent {
         json!({"note": "benchmark event", "amount": 42}),
         Metadata::new(),
     )
+    .at_version(1)
 }
 
 async fn run_appends(
@@ -120,7 +215,9 @@ async fn run_appends(
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let events = (0..events_per_append).map(|_| bench_event()).collect();
-                let request = AppendRequest::new(stream_type.clone(), stream_id, events);
+                let mut request = AppendRequest::new(stream_type.clone(), stream_id, events);
+                // Version 1 events under a newer contract: what an import writes.
+                request.importing = true;
                 let begun = Instant::now();
                 store.append(request).await?;
                 latencies.push(begun.elapsed());
@@ -220,7 +317,12 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
     db.migrate(&migrations).await?;
     let backend = db.backend();
     let mode = db.writer_config().mode;
-    let store = EventStore::new(db.clone(), registry()?);
+    anyhow::ensure!(
+        args.upcasts <= 3,
+        "--upcasts takes 0 to 3 steps, not {}",
+        args.upcasts
+    );
+    let store = EventStore::new(db.clone(), registry(args.upcasts)?);
     let described = format!("{described}, writer mode {}", mode.as_str());
     super::announce("append", &described, duration, args.common.json.json);
     let result = async {
@@ -258,14 +360,43 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             "{} events failed during replay",
             report.n_failed
         );
+        let replay_name = match args.upcasts {
+            0 => "replay".to_owned(),
+            1 => "replay, 1 upcast per event".to_owned(),
+            n => format!("replay, {n} upcasts per event"),
+        };
         scenarios.push(Scenario {
-            name: "replay".to_owned(),
+            name: replay_name,
             writers: 1,
             events_per_append: 0,
             appends: 0,
             events: report.n_events,
             seconds: elapsed,
             events_per_second: report.n_events as f64 / elapsed,
+            p50_ms: None,
+            p99_ms: None,
+        });
+        let progress = ui::Progress::new("checking");
+        let started = Instant::now();
+        let checked = store
+            .check_log(&mut |done, total| progress.update(done, total))
+            .await;
+        progress.finish();
+        let checked = checked?;
+        let elapsed = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            checked.is_clean(),
+            "{} events failed the log check",
+            checked.n_failed
+        );
+        scenarios.push(Scenario {
+            name: "contracts check-log".to_owned(),
+            writers: 1,
+            events_per_append: 0,
+            appends: 0,
+            events: checked.n_events,
+            seconds: elapsed,
+            events_per_second: checked.n_events as f64 / elapsed,
             p50_ms: None,
             p99_ms: None,
         });
@@ -279,6 +410,7 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
         backend: backend.as_str(),
         place: described,
         mode: mode.as_str(),
+        upcasts: args.upcasts,
         scenarios,
     };
     if args.common.json.json {
