@@ -23,10 +23,20 @@ pub const STREAM_TYPE: &str = "workflow";
 #[serde(deny_unknown_fields)]
 pub struct WorkflowStarted {
     pub kind: String,
+    /// The version of the kind's definition the run started on, and finishes on
+    /// ([`Workflow::version`](crate::Workflow::version)). Always written; events
+    /// stored before definitions had versions lack it, and were all version 1.
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<WorkflowId>,
     pub at: DateTime<Utc>,
+}
+
+/// The version of every run started before definitions had versions.
+fn first_version() -> u32 {
+    1
 }
 
 /// An attempt of a step that acts outside the database began.
@@ -265,13 +275,15 @@ impl Handler for OnStarted {
         let started: WorkflowStarted = payload(event)?;
         let metadata = &event.metadata;
         p.execute(
-            "INSERT INTO workflow_runs (id, kind, status, input, correlation_id, org_id, actor, parent_id,
-                 version, next_run_at, created_at, updated_at)
-             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10)
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, input = excluded.input,
-                 correlation_id = excluded.correlation_id, org_id = excluded.org_id, actor = excluded.actor,
-                 parent_id = excluded.parent_id, version = excluded.version, next_run_at = excluded.next_run_at,
-                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+            "INSERT INTO workflow_runs (id, kind, definition_version, status, input, correlation_id, org_id,
+                 actor, parent_id, version, next_run_at, created_at, updated_at)
+             VALUES ($1, $2, $11, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10)
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,
+                 definition_version = excluded.definition_version, status = excluded.status,
+                 input = excluded.input, correlation_id = excluded.correlation_id, org_id = excluded.org_id,
+                 actor = excluded.actor, parent_id = excluded.parent_id, version = excluded.version,
+                 next_run_at = excluded.next_run_at, created_at = excluded.created_at,
+                 updated_at = excluded.updated_at",
             args![
                 event.stream_id,
                 started.kind,
@@ -283,6 +295,7 @@ impl Handler for OnStarted {
                 event.stream_version,
                 started.at,
                 event.created_at,
+                started.version,
             ],
         )
         .await?;
