@@ -867,6 +867,8 @@ export type Run = {
   correlation_id: string;
   created_at: string;
   current_step?: string | null;
+  /** The version of its kind's definition the run started on, and finishes on. */
+  definition_version: number;
   failure?: string | null;
   /** A workflow run id. */
   id: string;
@@ -913,6 +915,8 @@ export type RunWithSteps = {
   correlation_id: string;
   created_at: string;
   current_step?: string | null;
+  /** The version of its kind's definition the run started on, and finishes on. */
+  definition_version: number;
   failure?: string | null;
   /** A workflow run id. */
   id: string;
@@ -1170,6 +1174,8 @@ export type WorkflowStarted = {
   kind: string;
   /** A workflow run id. */
   parent?: string | null;
+  /** The version of the kind's definition the run started on, and finishes on. Always written; events stored before definitions had versions lack it, and were all version 1. */
+  version?: number;
 };
 
 export type WorkflowsQuery = {

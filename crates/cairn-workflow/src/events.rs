@@ -23,9 +23,9 @@ pub const STREAM_TYPE: &str = "workflow";
 #[serde(deny_unknown_fields)]
 pub struct WorkflowStarted {
     pub kind: String,
-    /// The version of the kind's definition the run started on, and finishes on
-    /// ([`Workflow::version`](crate::Workflow::version)). Always written; events
-    /// stored before definitions had versions lack it, and were all version 1.
+    /// The version of the kind's definition the run started on, and finishes on.
+    /// Always written; events stored before definitions had versions lack it, and
+    /// were all version 1.
     #[serde(default = "first_version")]
     pub version: u32,
     pub input: Value,
