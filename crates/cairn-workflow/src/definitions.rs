@@ -97,7 +97,7 @@ pub(crate) fn versions_text(kind: &str, versions: &[u32]) -> String {
     }
 }
 
-/// One unfinished run checked against the definitions, as `cairn workflows check`
+/// An unfinished run that does not fit its definition, as `cairn workflows check`
 /// reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunCheck {
@@ -105,8 +105,8 @@ pub struct RunCheck {
     pub kind: String,
     pub version: u32,
     pub status: RunStatus,
-    /// Why the run's history no longer fits its definition; `None` when it fits.
-    pub misfit: Option<Misfit>,
+    /// Why the run's history no longer fits its definition.
+    pub misfit: Misfit,
 }
 
 /// What [`Engine::check_runs`] found.
@@ -233,7 +233,7 @@ impl Engine {
                             kind: run.kind,
                             version: run.definition_version,
                             status: run.status,
-                            misfit: Some(misfit),
+                            misfit,
                         });
                     }
                 }

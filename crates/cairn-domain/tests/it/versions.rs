@@ -522,7 +522,7 @@ backend_test!(workflows_check_reports_a_misfit, |t: TestDb| async move {
 
     let report = engine.check_runs().await?;
     assert_eq!(report.checked, 4);
-    let misfits: Vec<(WorkflowId, u32, Option<Misfit>)> = report
+    let misfits: Vec<(WorkflowId, u32, Misfit)> = report
         .misfits
         .iter()
         .map(|check| (check.run_id, check.version, check.misfit.clone()))
@@ -533,20 +533,20 @@ backend_test!(workflows_check_reports_a_misfit, |t: TestDb| async move {
             (
                 skipped,
                 2,
-                Some(Misfit::Diverges {
+                Misfit::Diverges {
                     at: 0,
                     recorded: "step create_admin".to_owned(),
                     decided: "step create_organization".to_owned(),
-                })
+                }
             ),
             (
                 newer,
                 3,
-                Some(Misfit::MissingDefinition {
+                Misfit::MissingDefinition {
                     kind: bootstrap::KIND.to_owned(),
                     version: 3,
                     have: vec![1, 2],
-                })
+                }
             ),
         ]
     );

@@ -275,16 +275,7 @@ backend_test!(
         let misfits: Vec<(WorkflowId, String)> = report
             .misfits
             .iter()
-            .map(|check| {
-                (
-                    check.run_id,
-                    check
-                        .misfit
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|check| (check.run_id, check.misfit.to_string()))
             .collect();
         let diverges =
             "after 0 steps the definition asks for step a-renamed, but the run recorded step a";
@@ -300,11 +291,11 @@ backend_test!(
         assert_eq!(report.misfits.len(), 2);
         assert_eq!(
             report.misfits[0].misfit,
-            Some(Misfit::MissingDefinition {
+            Misfit::MissingDefinition {
                 kind: KIND.to_owned(),
                 version: 1,
                 have: vec![2],
-            })
+            }
         );
         Ok(())
     }

@@ -62,11 +62,7 @@ async fn check(
             check.kind.clone(),
             format!("v{}", check.version),
             check.status.to_string(),
-            check
-                .misfit
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            check.misfit.to_string(),
         ]);
     }
     outln!("{table}");
