@@ -880,6 +880,8 @@ export type Run = {
   correlation_id: string;
   created_at: string;
   current_step?: string | null;
+  /** The version of its kind's definition the run started on, and finishes on. */
+  definition_version: number;
   failure?: string | null;
   /** A workflow run id. */
   id: string;
@@ -926,6 +928,8 @@ export type RunWithSteps = {
   correlation_id: string;
   created_at: string;
   current_step?: string | null;
+  /** The version of its kind's definition the run started on, and finishes on. */
+  definition_version: number;
   failure?: string | null;
   /** A workflow run id. */
   id: string;
@@ -1182,13 +1186,15 @@ export type WorkflowPath = {
   workflow_id: string;
 };
 
-/** A run began. Appended by the command that starts it, in the command's transaction. */
+/** A run began. Appended by the command that starts it, in the command's transaction.  Payload version 2: the version of the kind's definition (`version`). Version 1 events, written before definitions had versions, are upcast to definition version 1, the only one there was. */
 export type WorkflowStarted = {
   at: string;
   input: unknown;
   kind: string;
   /** A workflow run id. */
   parent?: string | null;
+  /** The version of the kind's definition the run started on, and finishes on. */
+  version: number;
 };
 
 export type WorkflowsQuery = {

@@ -28,7 +28,7 @@ use cairn_types::{
 };
 use cairn_workflow::{Clock, Engine, EngineConfig, Start, Workflow};
 
-use crate::bootstrap::{self, Bootstrap, BootstrapPlan};
+use crate::bootstrap;
 use crate::events::{
     BootstrapInitiated, DirectCareSettingsUpdated, InvitationAccepted, InvitationRevoked,
     PlannedAdmin, PlannedInvitee, RoleAssigned, UserActivated, UserInvited, stream,
@@ -442,7 +442,13 @@ impl Domain {
     ) -> Vec<Arc<dyn Workflow>> {
         let mail_retry = crate::mailing::mail_retry(config.mail_retry_for);
         vec![
-            Arc::new(Bootstrap {
+            // Runs of version 1 finish on it; new runs start on version 2.
+            Arc::new(bootstrap::v1::Bootstrap {
+                mailer: mailer.clone(),
+                tokens: tokens.clone(),
+                mail_retry,
+            }),
+            Arc::new(bootstrap::v2::Bootstrap {
                 mailer: mailer.clone(),
                 tokens: tokens.clone(),
                 mail_retry,
@@ -1002,12 +1008,13 @@ impl Command for BootstrapCommand {
             let org_id = OrgId::new_v7();
             let initiated = self.initiated.clone();
             let workflow_id = initiated.workflow_id;
-            let plan = BootstrapPlan {
+            // Ids only: the people are in the initiated event, which the run reads.
+            let plan = bootstrap::v2::BootstrapPlan::new(
                 org_id,
-                initiated: initiated.clone(),
-                ttl_seconds: domain.config.invitation_ttl.num_seconds(),
-                accept_url: domain.config.accept_url.clone(),
-            };
+                &initiated,
+                domain.config.invitation_ttl.num_seconds(),
+                domain.config.accept_url.clone(),
+            );
             let append = AppendRequest::new(
                 stream_type(stream::ORGANIZATION),
                 org_id.into(),

@@ -140,7 +140,8 @@ impl StepContext<'_> {
         }
     }
 
-    /// Starts a child run in the step's transaction.
+    /// Starts a child run in the step's transaction, on the latest version of its kind
+    /// the engine has.
     pub async fn start_workflow(
         &mut self,
         kind: &str,
@@ -156,8 +157,9 @@ impl StepContext<'_> {
             parent: Some(self.run.id),
         };
         let now = self.now;
+        let version = self.inner.workflows.start_version(kind);
         let store = self.inner.store.clone();
         let tx = self.tx()?;
-        Ok(start_in(&store, tx, start, now).await?)
+        Ok(start_in(&store, tx, start, version, now).await?)
     }
 }

@@ -428,17 +428,17 @@ impl Engine {
 
     /// The kinds of the workflows this engine runs.
     pub fn kinds(&self) -> Vec<&'static str> {
-        self.inner.workflows.keys().copied().collect()
+        self.inner.workflows.kinds()
     }
 
     /// Why runs of `kind` cannot be paused, when they cannot
     /// ([`Workflow::not_pausable`](crate::Workflow::not_pausable)).
     pub fn not_pausable(&self, kind: &str) -> Option<&'static str> {
-        self.inner.workflows.get(kind)?.not_pausable()
+        self.inner.workflows.latest(kind)?.not_pausable()
     }
 
     fn known_kind(&self, kind: &str) -> Result<String, ControlError> {
-        if self.inner.workflows.contains_key(kind) {
+        if self.inner.workflows.latest(kind).is_some() {
             Ok(kind.to_owned())
         } else {
             Err(ControlError::UnknownKind {

@@ -131,7 +131,7 @@ impl Default for RetryPolicy {
 /// One step to perform.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepCall {
-    /// Unique within the run; a loop names each iteration (`send_invitation:ada@…`).
+    /// Unique within the run; a loop names each iteration (`send_invitation:0190…`).
     pub name: String,
     /// What the step needs, beyond the workflow's input.
     pub args: Value,
@@ -334,6 +334,15 @@ impl History {
 pub trait Workflow: Send + Sync + 'static {
     /// The name runs of this workflow are started under.
     fn kind(&self) -> &'static str;
+
+    /// The version of this definition of the kind, from 1. A run records the version it
+    /// started on and finishes on it: a change to the steps a kind's `decide` asks for,
+    /// or to how it reads its input, is a new version (a new type, registered beside the
+    /// old one), while the engine still runs the old version's runs. New runs start on
+    /// the latest version an engine has.
+    fn version(&self) -> u32 {
+        1
+    }
 
     /// What comes next. An `Err` is a bug in the workflow or its input; the run fails
     /// (and compensates) with that message.

@@ -18,7 +18,6 @@
 //! heartbeat that keeps a lease is aborted when the attempt it belongs to ends, however
 //! it ends.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +35,7 @@ use cairn_types::{Actor, CorrelationId, Metadata, OrgId, StreamId, StreamType, W
 use crate::clock::Clock;
 use crate::context::StepContext;
 use crate::definition::{StepError, Workflow};
+use crate::definitions::{Definitions, versions_text};
 use crate::events::{STREAM_TYPE, WorkflowStarted};
 use crate::health::{EngineHealth, Tracker};
 use crate::lease::Lease;
@@ -54,6 +54,24 @@ pub enum EngineError {
     Append(#[from] AppendError),
     #[error("workflow run {run_id}: another engine took the lease")]
     LeaseLost { run_id: WorkflowId },
+    /// An unfinished run is of a kind and version this engine does not have, so it
+    /// would never finish: see [`Engine::check_definitions`].
+    #[error(
+        "run {run_id} is {kind} v{version}, which this build does not have (it has {}){}; \
+         finish {} with a build that has {kind} v{version}",
+        versions_text(kind, have),
+        if *n_runs > 1 { format!(", nor {} other unfinished runs of that version", n_runs - 1) } else { String::new() },
+        if *n_runs > 1 { "them" } else { "it" },
+    )]
+    MissingDefinition {
+        run_id: WorkflowId,
+        kind: String,
+        version: u32,
+        /// The versions of `kind` this engine has, oldest first.
+        have: Vec<u32>,
+        /// How many unfinished runs are of that kind and version.
+        n_runs: u64,
+    },
 }
 
 impl EngineError {
@@ -66,7 +84,9 @@ impl EngineError {
             EngineError::Database(error) | EngineError::Append(AppendError::Database(error)) => {
                 error
             }
-            EngineError::Append(_) | EngineError::LeaseLost { .. } => return false,
+            EngineError::Append(_)
+            | EngineError::LeaseLost { .. }
+            | EngineError::MissingDefinition { .. } => return false,
         };
         database.is_passing() || database.kind() == cairn_log::DbErrorKind::Overloaded
     }
@@ -137,11 +157,13 @@ pub struct Start {
 }
 
 /// Starts a run inside the caller's transaction: if the caller's work rolls back, the
-/// run never existed; if it commits, the run cannot be lost.
+/// run never existed; if it commits, the run cannot be lost. The run is of `version`
+/// of its kind's definition, and only that version drives it.
 pub async fn start_in(
     store: &EventStore,
     tx: &mut Tx,
     start: Start,
+    version: u32,
     now: DateTime<Utc>,
 ) -> Result<WorkflowId, AppendError> {
     let id = start.id;
@@ -150,6 +172,7 @@ pub async fn start_in(
     metadata.actor = start.actor;
     let started = WorkflowStarted {
         kind: start.kind,
+        version,
         input: start.input,
         parent: start.parent,
         at: now,
@@ -183,7 +206,7 @@ pub struct DriveReport {
 
 pub(crate) struct Inner {
     pub(crate) store: EventStore,
-    pub(crate) workflows: BTreeMap<&'static str, Arc<dyn Workflow>>,
+    pub(crate) workflows: Definitions,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: EngineConfig,
     wake: Notify,
@@ -207,10 +230,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("worker_id", &self.inner.config.worker_id)
-            .field(
-                "workflows",
-                &self.inner.workflows.keys().collect::<Vec<_>>(),
-            )
+            .field("workflows", &self.inner.workflows.pairs())
             .finish()
     }
 }
@@ -279,14 +299,16 @@ impl From<EngineError> for UnitError {
 }
 
 impl Engine {
-    /// An engine for these workflows.
+    /// An engine for these workflows: each kind at one or more versions
+    /// ([`Workflow::version`]). New runs start on a kind's latest version; a run goes
+    /// on with the version it started on.
     pub fn new(
         store: EventStore,
         workflows: Vec<Arc<dyn Workflow>>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Self {
-        let workflows = workflows.into_iter().map(|w| (w.kind(), w)).collect();
+        let workflows = Definitions::new(workflows);
         let in_doubt = tokio::sync::Semaphore::new(config.effects_in_doubt.max(1));
         Self {
             inner: Arc::new(Inner {
@@ -333,10 +355,12 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Starts a run inside the caller's transaction. Call [`Engine::wake`] once the
-    /// transaction has committed, so this process's engine claims it at once.
+    /// Starts a run inside the caller's transaction, on the latest version of its kind
+    /// this engine has (version 1 for a kind it does not run). Call [`Engine::wake`]
+    /// once the transaction has committed, so this process's engine claims it at once.
     pub async fn start_in(&self, tx: &mut Tx, start: Start) -> Result<WorkflowId, AppendError> {
-        start_in(&self.inner.store, tx, start, self.now()).await
+        let version = self.inner.workflows.start_version(&start.kind);
+        start_in(&self.inner.store, tx, start, version, self.now()).await
     }
 
     /// Wakes the engine: call after committing a transaction that started runs.
@@ -582,8 +606,15 @@ impl Engine {
                 // stops here until it is resumed.
                 return Ok(Driven::Idle);
             }
-            let Some(workflow) = self.inner.workflows.get(run.kind.as_str()).cloned() else {
-                tracing::warn!(run_id = %run.id, kind = %run.kind, "no workflow of this kind in this build");
+            let Some(workflow) = self
+                .inner
+                .workflows
+                .get(&run.kind, run.definition_version)
+                .cloned()
+            else {
+                // Claims leave such runs alone; one can only get here if it changed
+                // under the claim.
+                tracing::warn!(run_id = %run.id, kind = %run.kind, version = run.definition_version, "no workflow of this kind and version in this build");
                 return Ok(Driven::Idle);
             };
             match plan::next(workflow.as_ref(), &run, &history, self.now()) {

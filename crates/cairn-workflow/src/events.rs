@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use cairn_dispatch::{
     EventPayload, Handler, HandlerError, ProjectionTable, Projections, ReadFuture, RegistryBuilder,
-    TypedView, payload,
+    TypedView, Upcaster, payload,
 };
 use cairn_log::{RecordedEvent, args};
 use cairn_types::WorkflowId;
@@ -19,14 +19,41 @@ use cairn_types::WorkflowId;
 pub const STREAM_TYPE: &str = "workflow";
 
 /// A run began. Appended by the command that starts it, in the command's transaction.
+///
+/// Payload version 2: the version of the kind's definition (`version`). Version 1
+/// events, written before definitions had versions, are upcast to definition
+/// version 1, the only one there was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowStarted {
+    pub kind: String,
+    /// The version of the kind's definition the run started on, and finishes on.
+    pub version: u32,
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<WorkflowId>,
+    pub at: DateTime<Utc>,
+}
+
+/// `workflow.started` as payload version 1 wrote it, before definitions had versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStartedV1 {
     pub kind: String,
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<WorkflowId>,
     pub at: DateTime<Utc>,
+}
+
+/// `workflow.started` v1 → v2: every run started before definitions had versions
+/// started on version 1.
+pub fn workflow_started_v1_to_v2(data: &mut Map<String, Value>) -> Result<(), String> {
+    if data.contains_key("version") {
+        return Err("event_data.version is already there at version 1".to_owned());
+    }
+    data.insert("version".to_owned(), Value::from(1));
+    Ok(())
 }
 
 /// An attempt of a step that acts outside the database began.
@@ -138,11 +165,19 @@ macro_rules! payload {
     };
 }
 
-payload!(
-    WorkflowStarted,
-    "workflow.started",
-    "A workflow run began, atomically with the command that asked for it."
-);
+impl EventPayload for WorkflowStarted {
+    const EVENT_TYPE: &'static str = "workflow.started";
+    const DESCRIPTION: &'static str =
+        "A workflow run began, atomically with the command that asked for it.";
+    const VERSION: u32 = 2;
+
+    fn upcasters() -> Vec<Upcaster> {
+        vec![Upcaster::new::<WorkflowStartedV1>(
+            1,
+            workflow_started_v1_to_v2,
+        )]
+    }
+}
 payload!(
     StepStarted,
     "workflow.step_started",
@@ -265,13 +300,15 @@ impl Handler for OnStarted {
         let started: WorkflowStarted = payload(event)?;
         let metadata = &event.metadata;
         p.execute(
-            "INSERT INTO workflow_runs (id, kind, status, input, correlation_id, org_id, actor, parent_id,
-                 version, next_run_at, created_at, updated_at)
-             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10)
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, input = excluded.input,
-                 correlation_id = excluded.correlation_id, org_id = excluded.org_id, actor = excluded.actor,
-                 parent_id = excluded.parent_id, version = excluded.version, next_run_at = excluded.next_run_at,
-                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+            "INSERT INTO workflow_runs (id, kind, definition_version, status, input, correlation_id, org_id,
+                 actor, parent_id, version, next_run_at, created_at, updated_at)
+             VALUES ($1, $2, $11, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10)
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,
+                 definition_version = excluded.definition_version, status = excluded.status,
+                 input = excluded.input, correlation_id = excluded.correlation_id, org_id = excluded.org_id,
+                 actor = excluded.actor, parent_id = excluded.parent_id, version = excluded.version,
+                 next_run_at = excluded.next_run_at, created_at = excluded.created_at,
+                 updated_at = excluded.updated_at",
             args![
                 event.stream_id,
                 started.kind,
@@ -283,6 +320,7 @@ impl Handler for OnStarted {
                 event.stream_version,
                 started.at,
                 event.created_at,
+                started.version,
             ],
         )
         .await?;

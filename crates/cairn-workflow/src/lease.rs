@@ -59,22 +59,29 @@ impl Engine {
         max: usize,
     ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), EngineError> {
         let now = self.now();
-        let kinds: Vec<&str> = self.inner.workflows.keys().copied().collect();
+        // Only runs of a kind and version this engine has: another version's runs are
+        // left to an engine that has it.
+        let pairs = self.inner.workflows.pairs();
         let mut args: Vec<Arg> = args![now];
-        let placeholders: Vec<String> = kinds
+        let conditions: Vec<String> = pairs
             .iter()
-            .map(|kind| {
+            .map(|(kind, version)| {
                 args.push((*kind).into_arg());
-                format!("${}", args.len())
+                args.push((*version).into_arg());
+                format!(
+                    "(r.kind = ${} AND r.definition_version = ${})",
+                    args.len() - 1,
+                    args.len()
+                )
             })
             .collect();
-        let kinds_in = placeholders.join(", ");
+        let defined = conditions.join(" OR ");
         args.push(i64::try_from(max * 2).unwrap_or(i64::MAX).into_arg());
         // A paused run, or a run of a paused kind, is not claimed: it keeps its place
         // (`next_run_at`) and is claimed once resumed.
         let sql = Sql::built(format!(
             "SELECT r.id FROM workflow_runs r LEFT JOIN workflow_leases l ON l.run_id = r.id \
-             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND r.kind IN ({kinds_in}) \
+             WHERE r.next_run_at IS NOT NULL AND r.next_run_at <= $1 AND ({defined}) \
              AND r.paused_at IS NULL \
              AND NOT EXISTS (SELECT 1 FROM workflow_kind_pauses k WHERE k.kind = r.kind) \
              AND (l.run_id IS NULL OR l.expires_at < $1) ORDER BY r.next_run_at LIMIT ${}",
@@ -107,10 +114,13 @@ impl Engine {
         }
         let next_due = if leases.is_empty() {
             let mut args: Vec<Arg> = args![now];
-            args.extend(kinds.iter().map(|kind| (*kind).into_arg()));
+            for (kind, version) in &pairs {
+                args.push((*kind).into_arg());
+                args.push((*version).into_arg());
+            }
             let sql = Sql::built(format!(
                 "SELECT MIN(next_run_at) AS due FROM workflow_runs r \
-                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND kind IN ({kinds_in}) \
+                 WHERE next_run_at IS NOT NULL AND next_run_at > $1 AND ({defined}) \
                  AND paused_at IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM workflow_kind_pauses k WHERE k.kind = r.kind)"
             ));

@@ -22,7 +22,11 @@
 //! - workflow code that panics fails like code that returns an error: a step's panic is
 //!   a failed attempt (retried, then compensated), a `decide` that panics fails the
 //!   run, and the engine's loop goes on; [`Engine::health`] says whether that loop is
-//!   alive.
+//!   alive;
+//! - a run finishes on the version of its kind's definition it started on: an engine
+//!   has one or more versions of each kind, starts new runs on the latest, claims only
+//!   runs whose version it has, and [`Engine::check_definitions`] refuses while a run
+//!   needs a version it lacks.
 //!
 //! This crate knows nothing about organizations, email or HTTP.
 
@@ -30,8 +34,10 @@ mod clock;
 mod context;
 pub mod control;
 mod definition;
+mod definitions;
 mod engine;
 pub mod events;
+pub mod fit;
 mod health;
 mod lease;
 mod plan;
@@ -46,6 +52,7 @@ pub use definition::{
     Decision, Effect, Exhaustion, History, RetryPolicy, StepCall, StepError, StepKind, StepRecord,
     StepStatus, Workflow,
 };
+pub use definitions::{CheckReport, RunCheck};
 pub use engine::{
     DriveReport, ENGINE_ACTOR, Engine, EngineConfig, EngineError, Start, compensation_name,
     start_in,
@@ -70,5 +77,10 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "workflow/0003_pauses",
         sqlite: include_str!("schema/sqlite/0003_pauses.sql"),
         postgres: include_str!("schema/postgres/0003_pauses.sql"),
+    },
+    Migration {
+        id: "workflow/0004_definition_version",
+        sqlite: include_str!("schema/sqlite/0004_definition_version.sql"),
+        postgres: include_str!("schema/postgres/0004_definition_version.sql"),
     },
 ];

@@ -428,6 +428,7 @@ mod tests {
         Run {
             id: WorkflowId::new_v7(),
             kind: "two".to_owned(),
+            definition_version: 1,
             status,
             input,
             output: None,

@@ -100,6 +100,8 @@ pub struct Pause {
 pub struct Run {
     pub id: WorkflowId,
     pub kind: String,
+    /// The version of its kind's definition the run started on, and finishes on.
+    pub definition_version: u32,
     pub status: RunStatus,
     pub input: Value,
     pub output: Option<Value>,
@@ -136,7 +138,7 @@ pub struct RunWithSteps {
 }
 
 /// A run with its own pause and its kind's.
-const RUN_SELECT: &str = "SELECT r.id, r.kind, r.status, r.input, r.output, r.failure, \
+const RUN_SELECT: &str = "SELECT r.id, r.kind, r.definition_version, r.status, r.input, r.output, r.failure, \
      r.correlation_id, r.org_id, r.actor, r.parent_id, r.current_step, r.version, r.next_run_at, \
      r.created_at, r.updated_at, r.paused_at, r.paused_by, r.pause_reason, \
      k.since AS kind_paused_at, k.paused_by AS kind_paused_by, k.reason AS kind_pause_reason \
@@ -151,6 +153,8 @@ fn run_from_row(row: &Row) -> Result<Run, DbError> {
     Ok(Run {
         id: row.get("id")?,
         kind: row.get("kind")?,
+        definition_version: u32::try_from(row.get::<i64>("definition_version")?)
+            .map_err(|e| decode_error("definition_version", e.to_string()))?,
         status: RunStatus::parse(&status).map_err(|e| decode_error("status", e))?,
         input: row.get_json("input")?,
         output: row.get_json_opt("output")?,

@@ -269,8 +269,13 @@ pub enum WorkflowsCommand {
     Pause(WorkflowPauseArgs),
     /// Resume a paused run, or with --kind a paused kind: it goes on where it stopped.
     Resume(WorkflowPauseArgs),
-    /// The workflow kinds, and which are paused.
+    /// The workflow kinds, their versions, and which are paused.
     Kinds(JsonFlag),
+    /// Replay each unfinished run's recorded steps through its definition and report
+    /// the runs that no longer fit (exit 1): a run of a version this build does not
+    /// have, a step recorded where the definition asks for another, a decide that
+    /// fails.
+    Check(JsonFlag),
 }
 
 #[derive(Debug, Args)]

@@ -62,7 +62,8 @@ async fn break_handlers(t: &TestDb, db: &Db) -> anyhow::Result<()> {
             "CREATE TRIGGER refuse_mallory BEFORE INSERT ON users WHEN NEW.name = 'Mallory Refused'
              BEGIN SELECT RAISE(ABORT, 'users refuses Mallory'); END;
              CREATE TRIGGER refuse_runs BEFORE INSERT ON workflow_runs
-             WHEN NEW.input LIKE '%refused-bootstrap%'
+             WHEN EXISTS (SELECT 1 FROM organizations o
+                          WHERE o.id = NEW.org_id AND o.slug LIKE 'refused-bootstrap%')
              BEGIN SELECT RAISE(ABORT, 'workflow_runs refuses this run'); END;"
         }
         Backend::Postgres => {
@@ -70,8 +71,16 @@ async fn break_handlers(t: &TestDb, db: &Db) -> anyhow::Result<()> {
              BEGIN RAISE EXCEPTION '% refuses this row', TG_TABLE_NAME; END $$;
              CREATE TRIGGER refuse_mallory BEFORE INSERT ON users FOR EACH ROW
              WHEN (NEW.name = 'Mallory Refused') EXECUTE FUNCTION refuse_row();
+             CREATE FUNCTION refuse_run() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM organizations o
+                            WHERE o.id = NEW.org_id AND o.slug LIKE 'refused-bootstrap%') THEN
+                     RAISE EXCEPTION 'workflow_runs refuses this run';
+                 END IF;
+                 RETURN NEW;
+             END $$;
              CREATE TRIGGER refuse_runs BEFORE INSERT ON workflow_runs FOR EACH ROW
-             WHEN (NEW.input::text LIKE '%refused-bootstrap%') EXECUTE FUNCTION refuse_row();"
+             EXECUTE FUNCTION refuse_run();"
         }
     };
     let mut tx = db.begin().await?;

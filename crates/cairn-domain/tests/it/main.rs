@@ -1,5 +1,5 @@
 //! The domain's integration tests, on both backends: onboarding, the commands at the
-//! door, group commit, invitations' lifetimes, mail outages and mail servers that stall. One binary, so that
+//! door, group commit, invitations' lifetimes, mail outages and mail servers that stall, and the bootstrap's versions. One binary, so that
 //! helpers are shared rather than copied.
 
 mod common;
@@ -11,4 +11,5 @@ mod mail_outage;
 mod mail_record_window;
 mod mail_stall;
 mod onboarding;
-mod versions;
+mod payload_versions;
+mod workflow_versions;

@@ -17,7 +17,7 @@ use cairn_workflow::{ManualClock, RunStatus};
 use serde_json::{Value, json};
 
 use crate::common::{
-    World, admin_actor, assert_no_drift, organization, registry, smtp_world, token_in,
+    World, admin_actor, assert_no_drift, organization, person, registry, smtp_world, token_in,
     workflow_status, world,
 };
 
@@ -196,8 +196,9 @@ backend_test!(
         assert_eq!((org.status.as_str(), org.is_active), ("failed", false));
         assert!(org.deactivated_at.is_some());
         let reason = org.failure_reason.unwrap_or_default();
+        let ada = person(&w, accepted.org_id, "ada@example.com").await?;
         assert!(
-            reason.contains("send_invitation:ada@example.com") && reason.contains("not verified"),
+            reason.contains(&ada.step("send_invitation")) && reason.contains("not verified"),
             "{reason}"
         );
 
@@ -266,16 +267,18 @@ backend_test!(
             .filter(|s| s.name.starts_with("compensate:"))
             .map(|s| s.name.as_str())
             .collect();
+        drop(reader);
+        let ada = person(&w, accepted.org_id, "ada@example.com").await?;
+        let grace = person(&w, accepted.org_id, "grace@example.com").await?;
         assert_eq!(
             compensations,
             [
-                "compensate:record_invitation:grace@example.com",
-                "compensate:record_invitation:ada@example.com",
-                "compensate:create_organization",
+                format!("compensate:{}", grace.step("record_invitation")),
+                format!("compensate:{}", ada.step("record_invitation")),
+                "compensate:create_organization".to_owned(),
             ],
             "newest first"
         );
-        drop(reader);
         assert_eq!(sink.messages().len(), 2);
         assert_no_drift(&w).await?;
         Ok(())
@@ -352,9 +355,11 @@ backend_test!(
             .await?
             .expect("the run");
         let failure = run.run.failure.clone().unwrap_or_default();
+        let ada = person(&w, accepted.org_id, "ada@example.com").await?;
+        let grace = person(&w, accepted.org_id, "grace@example.com").await?;
         assert!(
-            failure.contains("undoing record_invitation:ada@example.com")
-                && failure.contains("undoing record_invitation:grace@example.com"),
+            failure.contains(&format!("undoing {}", ada.step("record_invitation")))
+                && failure.contains(&format!("undoing {}", grace.step("record_invitation"))),
             "{failure}"
         );
         drop(reader);
@@ -525,10 +530,11 @@ backend_test!(
         let run = cairn_workflow::state::load(&mut reader.conn(), accepted.workflow_id)
             .await?
             .expect("run");
+        let ada = person(&w, accepted.org_id, "ada@example.com").await?;
         let first_send = run
             .steps
             .iter()
-            .find(|s| s.name == "send_invitation:ada@example.com")
+            .find(|s| s.name == ada.step("send_invitation"))
             .expect("step");
         assert_eq!(first_send.attempts, 3, "two 451 replies, then accepted");
         assert_eq!(sink.messages().len(), 3, "each email exactly once");

@@ -5,3 +5,4 @@ mod engine;
 mod panics;
 mod pauses;
 mod support;
+mod versions;

@@ -74,6 +74,7 @@ fn roles_text(user: &User) -> String {
 pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let domain = app::open_domain(url, runtime).await?;
+    domain.engine().check_definitions().await?;
     let request = sample_request()?;
     let ctx = CommandContext::new(Principal::Operator {
         name: "cairn-demo".to_owned(),
@@ -88,6 +89,13 @@ pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result
         .await?
         .context("the organization is missing after its bootstrap")?;
     let users = queries::users(&mut conn, accepted.org_id, Page::default()).await?;
+    // Each send step names its invitation, whose email address is the recipient.
+    let recipients: std::collections::BTreeMap<String, String> =
+        queries::invitations(&mut conn, accepted.org_id, Page::default())
+            .await?
+            .into_iter()
+            .map(|invitation| (invitation.id.to_string(), invitation.email))
+            .collect();
     let workflow = cairn_workflow::state::load(&mut conn, accepted.workflow_id)
         .await?
         .context("the bootstrap workflow is missing")?;
@@ -112,7 +120,8 @@ pub async fn run(url: &str, runtime: &Runtime, args: JsonFlag) -> anyhow::Result
         .steps
         .iter()
         .filter_map(|step| {
-            let to = step.name.strip_prefix("send_invitation:")?;
+            let invitation = step.name.strip_prefix("send_invitation:")?;
+            let to = recipients.get(invitation)?;
             let result = step.result.as_ref()?;
             let text = |key: &str| {
                 result

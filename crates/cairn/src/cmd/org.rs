@@ -50,6 +50,10 @@ pub async fn bootstrap(
     let request: BootstrapRequest =
         serde_json::from_str(&text).context("--request is not a valid bootstrap request")?;
     let domain = app::open_domain(url, runtime).await?;
+    if args.wait {
+        // Before the bootstrap is recorded: a build that would strand runs starts none.
+        domain.engine().check_definitions().await?;
+    }
     let mut ctx = CommandContext::new(Principal::Operator {
         name: "cairn-cli".to_owned(),
     });

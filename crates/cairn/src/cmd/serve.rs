@@ -121,6 +121,9 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         );
     }
     let domain = app::open_domain(url, runtime).await?;
+    // A build that lacks the version an unfinished run started on would strand it:
+    // it refuses to serve, naming the run, before it listens or runs anything.
+    domain.engine().check_definitions().await?;
     let (source, described) = key_source(domain.store().db(), &args.auth).await?;
     if development_secret && !args.addr.ip().is_loopback() {
         eprintln!(

@@ -26,7 +26,57 @@ pub async fn run(
         WorkflowsCommand::Pause(args) => pause(url, runtime, args, true).await,
         WorkflowsCommand::Resume(args) => pause(url, runtime, args, false).await,
         WorkflowsCommand::Kinds(args) => kinds(url, runtime, args).await,
+        WorkflowsCommand::Check(args) => check(url, runtime, args).await,
     }
+}
+
+/// `cairn workflows check`: exit 1 when a run no longer fits its definition.
+async fn check(
+    url: &str,
+    runtime: &Runtime,
+    args: crate::cli::JsonFlag,
+) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    let report = domain.engine().check_runs().await?;
+    let code = if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if args.json {
+        ui::print_json(&report)?;
+        return Ok(code);
+    }
+    let checked = ui::plural(report.checked, "unfinished run", "unfinished runs");
+    if report.is_clean() {
+        outln!(
+            "{} {checked} checked: each fits its definition",
+            style("✓").green().bold()
+        );
+        return Ok(code);
+    }
+    let mut table = ui::table(&["RUN", "KIND", "VERSION", "STATUS", "MISFIT"]);
+    for check in &report.misfits {
+        table.add_row(vec![
+            check.run_id.to_string(),
+            check.kind.clone(),
+            format!("v{}", check.version),
+            check.status.to_string(),
+            check.misfit.to_string(),
+        ]);
+    }
+    outln!("{table}");
+    outln!(
+        "{} {} of {checked} no longer {}",
+        style("✗").red().bold(),
+        report.misfits.len(),
+        if report.misfits.len() == 1 {
+            "fits its definition"
+        } else {
+            "fit their definitions"
+        },
+    );
+    Ok(code)
 }
 
 /// `cairn workflows pause|resume`: one run, or with --kind every run of a kind.
@@ -114,6 +164,7 @@ async fn kinds(
         .map(|kind| {
             serde_json::json!({
                 "kind": kind,
+                "versions": domain.engine().versions(kind),
                 "not_pausable": domain.engine().not_pausable(kind),
                 "paused": paused.iter().find(|p| p.kind == kind),
             })
@@ -321,6 +372,7 @@ async fn run_engine(
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     let domain = app::open_domain(url, runtime).await?;
     let engine = domain.engine().clone();
+    engine.check_definitions().await?;
     if args.until_idle {
         let report = engine.run_until_idle().await?;
         eprintln!(

@@ -599,23 +599,23 @@ backend_test!(
               ✓ +[duration] [duration]  step      organization_bootstrap › create_admin
               ✓ +[duration]            event     user.created #5
               ✓ +[duration]            event     user.role_assigned #6
-              ✓ +[duration] [duration]  step      organization_bootstrap › invite:grace@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › invite:[uuid]
               ✓ +[duration]            event     user.invited #8
-              ✓ +[duration] [duration]  step      organization_bootstrap › invite:alan@example.org
+              ✓ +[duration] [duration]  step      organization_bootstrap › invite:[uuid]
               ✓ +[duration]            event     user.invited #10
-              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:ada@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
               ✓ +[duration] [duration]  email     invitation email to ada@example.com
-              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:ada@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #14
               ✓ +[duration]            workflow  invitation_expiry …[id] started
-              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:grace@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
               ✓ +[duration] [duration]  email     invitation email to grace@example.com
-              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:grace@example.com
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #19
               ✓ +[duration]            workflow  invitation_expiry …[id] started
-              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:alan@example.org
+              ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
               ✓ +[duration] [duration]  email     invitation email to alan@example.org
-              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:alan@example.org
+              ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #24
               ✓ +[duration]            workflow  invitation_expiry …[id] started
               ✓ +[duration] [duration]  step      organization_bootstrap › complete

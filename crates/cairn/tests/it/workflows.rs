@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::common::{
-    assert_exit, bootstrap_request, cairn, cairn_in, json_of, outbox, redact, stderr, stdout,
+    append, assert_exit, bootstrap_request, cairn, cairn_in, json_of, new_id, outbox, redact,
+    stderr, stdout,
 };
 
 /// Starts bootstraps with the command only; no engine runs them yet.
@@ -79,14 +80,14 @@ fn the_demo_runs_on_the_embedded_default() {
           Workflow organization_bootstrap [uuid]  ✓ completed in [duration]
             ✓ create_organization                           1 attempt [duration]
             ✓ create_admin                                  1 attempt [duration]
-            ✓ invite:grace@example.com                      1 attempt [duration]
-            ✓ invite:alan@example.org                       1 attempt [duration]
-            ✓ send_invitation:ada@example.com               1 attempt [duration]
-            ✓ record_invitation:ada@example.com             1 attempt [duration]
-            ✓ send_invitation:grace@example.com             1 attempt [duration]
-            ✓ record_invitation:grace@example.com           1 attempt [duration]
-            ✓ send_invitation:alan@example.org              1 attempt [duration]
-            ✓ record_invitation:alan@example.org            1 attempt [duration]
+            ✓ invite:[uuid]   1 attempt [duration]
+            ✓ invite:[uuid]   1 attempt [duration]
+            ✓ send_invitation:[uuid]  1 attempt [duration]
+            ✓ record_invitation:[uuid]  1 attempt [duration]
+            ✓ send_invitation:[uuid]  1 attempt [duration]
+            ✓ record_invitation:[uuid]  1 attempt [duration]
+            ✓ send_invitation:[uuid]  1 attempt [duration]
+            ✓ record_invitation:[uuid]  1 attempt [duration]
             ✓ complete                                      1 attempt [duration]
             slowest step: [step] ([duration])
 
@@ -197,9 +198,10 @@ backend_test!(
         assert_eq!(run["steps"].as_array().map(Vec::len), Some(11));
         let human = stdout(&cairn(t.url(), &["workflows", "show", &workflow_id]).await);
         assert!(
-            human.contains("✓ send_invitation:ada@example.com") && human.contains("✓ completed"),
+            human.contains("✓ send_invitation:") && human.contains("✓ completed"),
             "{human}"
         );
+        assert!(!human.contains('@'), "no email address in a run: {human}");
 
         let listed = json_of(
             &cairn(
@@ -682,6 +684,179 @@ backend_test!(
             resume[0].as_f64() > Some(0.0) && resume[1].as_f64() >= resume[0].as_f64(),
             "p50 and p99 from a resume to the first step: {resume}"
         );
+        Ok(())
+    }
+);
+
+/// Appends a `workflow.started` of the bootstrap's kind at `version`, with `input`, as
+/// another build could have: returns the run's id.
+async fn start_run_of_version(url: &str, version: u32, input: Value) -> String {
+    let run_id = new_id();
+    let started = json!({
+        "kind": "organization_bootstrap",
+        "version": version,
+        "input": input,
+        "at": "2026-12-01T10:00:00Z",
+    });
+    append(
+        url,
+        "workflow",
+        &run_id,
+        "workflow.started",
+        &started.to_string(),
+    )
+    .await;
+    run_id
+}
+
+backend_test!(
+    workflows_check_is_clean_on_healthy_runs_and_reports_a_misfit,
+    |t: TestDb| async move {
+        // A bootstrap recorded and not yet driven: in flight, on version 2.
+        let request = bootstrap_request("sunrise-check");
+        let output = cairn_in(
+            t.url(),
+            &["org", "bootstrap", "--request", "-"],
+            &[],
+            Some(&request),
+        )
+        .await;
+        assert_exit(&output, 0);
+        let clean = cairn(t.url(), &["workflows", "check"]).await;
+        assert_exit(&clean, 0);
+        expect![[r#"
+            ✓ 1 unfinished run checked: each fits its definition
+        "#]]
+        .assert_eq(&redact(&stdout(&clean)));
+        let clean = json_of(&cairn(t.url(), &["workflows", "check", "--json"]).await);
+        assert_eq!(clean, json!({"checked": 1, "misfits": []}));
+        let kinds = json_of(&cairn(t.url(), &["workflows", "kinds", "--json"]).await);
+        let bootstrap = kinds
+            .as_array()
+            .and_then(|kinds| kinds.iter().find(|k| k["kind"] == "organization_bootstrap"))
+            .expect("the bootstrap's kind");
+        assert_eq!(bootstrap["versions"], json!([1, 2]));
+
+        // A run of version 2 whose first recorded step is not the definition's first,
+        // and a run of a version this build does not have.
+        let plan = json!({
+            "org_id": new_id(),
+            "admin": {"user_id": new_id(), "invitation_id": new_id()},
+            "invitees": [],
+            "ttl_seconds": 3600,
+            "accept_url": "https://app.example.test/invitations/accept",
+        });
+        let skipped = start_run_of_version(t.url(), 2, plan).await;
+        let completed = json!({
+            "step": "create_admin",
+            "attempt": 1,
+            "result": {},
+            "compensable": false,
+            "compensation": false,
+            "started_at": "2026-12-01T10:00:01Z",
+            "finished_at": "2026-12-01T10:00:02Z",
+        });
+        append(
+            t.url(),
+            "workflow",
+            &skipped,
+            "workflow.step_completed",
+            &completed.to_string(),
+        )
+        .await;
+        let newer = start_run_of_version(t.url(), 9, json!({})).await;
+
+        let misfit = cairn(t.url(), &["workflows", "check"]).await;
+        assert_exit(&misfit, 1);
+        expect![[r#"
+             RUN                                    KIND                     VERSION   STATUS    MISFIT
+            ────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
+             [uuid]   organization_bootstrap   v2        running   after 0 steps the definition asks for step create_organization, but the run recorded step create_admin
+             [uuid]   organization_bootstrap   v9        running   this build does not have organization_bootstrap v9 (it has v1 and v2)
+            ✗ 2 of 3 unfinished runs no longer fit their definitions
+        "#]]
+        .assert_eq(&redact(&stdout(&misfit)));
+
+        let misfit = cairn(t.url(), &["workflows", "check", "--json"]).await;
+        assert_exit(&misfit, 1);
+        let report = json_of(&misfit);
+        assert_eq!(report["checked"], json!(3));
+        let misfits = report["misfits"].as_array().expect("misfits");
+        assert_eq!(misfits.len(), 2);
+        assert_eq!(misfits[0]["run_id"], json!(skipped));
+        assert_eq!(misfits[0]["kind"], json!("organization_bootstrap"));
+        assert_eq!(misfits[0]["version"], json!(2));
+        assert_eq!(misfits[0]["status"], json!("running"));
+        assert_eq!(
+            misfits[0]["misfit"],
+            json!({
+                "misfit": "diverges",
+                "at": 0,
+                "recorded": "step create_admin",
+                "decided": "step create_organization",
+            })
+        );
+        assert_eq!(misfits[1]["run_id"], json!(newer));
+        assert_eq!(
+            misfits[1]["misfit"],
+            json!({
+                "misfit": "missing_definition",
+                "kind": "organization_bootstrap",
+                "version": 9,
+                "have": [1, 2],
+            })
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_build_without_a_runs_version_refuses_to_drive_runs,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let newer = start_run_of_version(t.url(), 9, json!({})).await;
+        let refusal = format!(
+            "run {newer} is organization_bootstrap v9, which this build does not have (it has \
+             v1 and v2); finish it with a build that has organization_bootstrap v9"
+        );
+        let request = bootstrap_request("sunrise-refused");
+        for args in [
+            &["workflows", "run", "--until-idle"][..],
+            &["demo"][..],
+            &["org", "bootstrap", "--request", "-", "--wait"][..],
+            &["serve", "--addr", "127.0.0.1:0", "--probe-interval", "0"][..],
+        ] {
+            let mut all = vec!["--mail-url", mail.as_str()];
+            all.extend_from_slice(args);
+            let output = tokio::time::timeout(
+                Duration::from_secs(60),
+                cairn_in(t.url(), &all, &[], Some(&request)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("`cairn {}` did not refuse", args.join(" ")));
+            assert_exit(&output, 2);
+            assert!(
+                stderr(&output).contains(&refusal),
+                "`cairn {}`: {}",
+                args.join(" "),
+                stderr(&output)
+            );
+        }
+        // Nothing was started meanwhile, and the run was left as it was.
+        let runs = json_of(&cairn(t.url(), &["workflows", "list", "--json"]).await);
+        assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+        assert_eq!(runs[0]["id"], json!(newer));
+        assert_eq!(runs[0]["definition_version"], json!(9));
+        assert_eq!(runs[0]["status"], json!("running"));
+        // Recording a bootstrap, which drives nothing, is still allowed.
+        let output = cairn_in(
+            t.url(),
+            &["org", "bootstrap", "--request", "-"],
+            &[],
+            Some(&request),
+        )
+        .await;
+        assert_exit(&output, 0);
         Ok(())
     }
 );

@@ -10,7 +10,7 @@ use cairn_domain::{CommandContext, Domain, DomainConfig};
 use cairn_mail::{Mailer, SmtpMailer};
 use cairn_policy::Principal;
 use cairn_testkit::{Received, SmtpSink, TestDb};
-use cairn_types::{OrgId, WorkflowId};
+use cairn_types::{InvitationId, OrgId, UserId, WorkflowId};
 use cairn_workflow::{Clock, EngineConfig, RunStatus, SystemClock};
 
 /// Every route the domain and the workflow engine register.
@@ -116,4 +116,58 @@ pub async fn assert_no_drift(w: &World) -> anyhow::Result<()> {
 pub fn token_in(message: &Received) -> String {
     let start = message.body.find("token=").expect("a token in the link") + "token=".len();
     message.body[start..start + 64].to_owned()
+}
+
+/// A person of a bootstrap, by the ids its command drew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Person {
+    pub user_id: UserId,
+    pub invitation_id: InvitationId,
+}
+
+impl Person {
+    /// The name of this person's step `step` (`send_invitation`, …) in a bootstrap run.
+    pub fn step(&self, step: &str) -> String {
+        match step {
+            "invite" => format!("invite:{}", self.user_id),
+            _ => format!("{step}:{}", self.invitation_id),
+        }
+    }
+}
+
+/// The person the bootstrap of `org_id` planned for the email address `email`: from
+/// the organization's `organization.bootstrap.initiated` event, the only place that
+/// holds both.
+pub async fn person(w: &World, org_id: OrgId, email: &str) -> anyhow::Result<Person> {
+    let mut reader = w.t.db().reader().await?;
+    let filter = cairn_log::EventFilter {
+        stream_id: Some(org_id.into()),
+        event_type: Some(cairn_types::EventType::parse(
+            "organization.bootstrap.initiated",
+        )?),
+        ..cairn_log::EventFilter::default()
+    };
+    let events = reader.conn().read_events(&filter).await?;
+    let initiated: cairn_domain::events::BootstrapInitiated = serde_json::from_value(
+        events
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("organization {org_id} was never bootstrapped"))?
+            .data
+            .clone(),
+    )?;
+    if initiated.admin.email.as_str() == email {
+        return Ok(Person {
+            user_id: initiated.admin.user_id,
+            invitation_id: initiated.admin.invitation_id,
+        });
+    }
+    initiated
+        .invitees
+        .iter()
+        .find(|invitee| invitee.email.as_str() == email)
+        .map(|invitee| Person {
+            user_id: invitee.user_id,
+            invitation_id: invitee.invitation_id,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {email} in the bootstrap of {org_id}"))
 }

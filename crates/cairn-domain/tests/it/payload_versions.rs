@@ -113,6 +113,53 @@ proptest! {
     }
 }
 
+fn started_v1() -> impl Strategy<Value = cairn_workflow::events::WorkflowStartedV1> {
+    let input = prop_oneof![
+        Just(json!({})),
+        ("[a-z]{1,8}", any::<i32>()).prop_map(|(key, n)| json!({ key: n })),
+        "[ -~]{0,20}".prop_map(|text| json!({"note": text, "list": [1, 2]})),
+    ];
+    (
+        "[a-z_]{1,20}",
+        input,
+        proptest::option::of(any::<u128>()),
+        0_i64..4_000_000_000,
+    )
+        .prop_map(
+            |(kind, input, parent, seconds)| cairn_workflow::events::WorkflowStartedV1 {
+                kind,
+                input,
+                parent: parent
+                    .map(|id| cairn_types::WorkflowId::from_uuid(uuid::Uuid::from_u128(id))),
+                at: chrono::DateTime::from_timestamp(seconds, 0).expect("in range"),
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn upcasting_a_generated_v1_workflow_started_equals_writing_v2_directly(old in started_v1()) {
+        let registry = registry();
+        let mut event = stored(1, serde_json::to_value(&old).expect("serializes"));
+        event.event_type = cairn_workflow::events::WorkflowStarted::event_type();
+        event.stream_type = StreamType::parse("workflow").expect("a stream type");
+        let current = registry.upcast(&event).expect("v1 upcasts");
+        let direct = cairn_workflow::events::WorkflowStarted {
+            kind: old.kind.clone(),
+            version: 1,
+            input: old.input.clone(),
+            parent: old.parent,
+            at: old.at,
+        };
+        prop_assert_eq!(
+            canonical(&current.data),
+            canonical(&serde_json::to_value(&direct).expect("serializes"))
+        );
+    }
+}
+
 #[test]
 fn a_v1_payload_that_already_names_an_inviter_does_not_upcast() {
     let registry = registry();
