@@ -146,8 +146,10 @@ async fn upgrade(t: &TestDb, fixture: &Path, expected: &Value) -> anyhow::Result
         "the old log has user.invited v1 events to upcast: {checked}"
     );
 
-    // Later checks of the old log go here, each as a command that must exit 0:
-    // `cairn workflows check` (every run's steps are ones its definition knows).
+    // Every unfinished run's history still fits the definition it began on: the
+    // bootstrap killed in flight is organization_bootstrap v1, with email step names.
+    let fits = cairn(url, &["workflows", "check", "--json"]).await;
+    assert_exit(&fits, 0);
 
     // The engine finishes the runs the old release left: the one killed in flight
     // goes on from its last recorded step, and the one never started runs.
@@ -182,6 +184,11 @@ async fn upgrade(t: &TestDb, fixture: &Path, expected: &Value) -> anyhow::Result
         anyhow::ensure!(
             shown["status"] == "completed",
             "the run left in flight did not complete: {shown}"
+        );
+        // It finished on the definition it began on, the only one there was.
+        anyhow::ensure!(
+            shown["definition_version"] == 1,
+            "the run left in flight changed definition: {shown}"
         );
         let steps = list(&shown["steps"], "steps");
         let before = list(&in_flight["steps"], "in_flight.steps");
