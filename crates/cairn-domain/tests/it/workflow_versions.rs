@@ -107,7 +107,8 @@ async fn start_v1(w: &World, slug: &str) -> anyhow::Result<StartedV1> {
         "input": plan,
         "at": w.domain.engine().now(),
     });
-    append_run_event(w, run_id, "workflow.started", started, &metadata).await?;
+    // Payload version 1 of workflow.started, without the definition's version.
+    append_run_event_at(w, run_id, "workflow.started", started, &metadata, Some(1)).await?;
     Ok(StartedV1 { org_id, run_id })
 }
 
@@ -119,19 +120,27 @@ async fn append_run_event(
     data: Value,
     metadata: &Metadata,
 ) -> anyhow::Result<()> {
-    let appended = w
-        .domain
-        .store()
-        .append(AppendRequest::new(
-            StreamType::parse("workflow")?,
-            StreamId::from_uuid(run_id.as_uuid()),
-            vec![NewEvent::new(
-                EventType::parse(event_type)?,
-                data,
-                metadata.clone(),
-            )],
-        ))
-        .await?;
+    append_run_event_at(w, run_id, event_type, data, metadata, None).await
+}
+
+/// [`append_run_event`] at a payload version an earlier release wrote.
+async fn append_run_event_at(
+    w: &World,
+    run_id: WorkflowId,
+    event_type: &str,
+    data: Value,
+    metadata: &Metadata,
+    payload_version: Option<u32>,
+) -> anyhow::Result<()> {
+    let mut event = NewEvent::new(EventType::parse(event_type)?, data, metadata.clone());
+    event.version = payload_version;
+    let mut request = AppendRequest::new(
+        StreamType::parse("workflow")?,
+        StreamId::from_uuid(run_id.as_uuid()),
+        vec![event],
+    );
+    request.importing = payload_version.is_some();
+    let appended = w.domain.store().append(request).await?;
     assert!(appended.events[0].outcome.error().is_none());
     Ok(())
 }

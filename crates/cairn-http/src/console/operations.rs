@@ -232,6 +232,8 @@ struct EventPage {
     stream_id: String,
     version: i64,
     payload: String,
+    /// Which version of its type the payload is shown at, and how it was stored.
+    payload_version: String,
     metadata: String,
     correlation_id: String,
     processed_at: Option<String>,
@@ -243,6 +245,28 @@ struct EventPage {
     may_retry: bool,
     may_skip: bool,
     may_trace: bool,
+}
+
+/// "version 2", "version 2, upcast from version 1 as stored", or, for an event this
+/// build cannot read at its current version, what was stored and what it reads.
+fn payload_version(state: &AppState, event: &RecordedEvent) -> String {
+    let current = state
+        .store()
+        .dispatcher()
+        .registry()
+        .spec(&event.event_type)
+        .map(|spec| spec.version);
+    match current {
+        Some(current) if event.event_version != current => format!(
+            "version {} as stored; this build reads version {current} and could not bring it there",
+            event.stored_version
+        ),
+        _ if event.stored_version != event.event_version => format!(
+            "version {}, upcast from version {} as stored",
+            event.event_version, event.stored_version
+        ),
+        _ => format!("version {}", event.event_version),
+    }
 }
 
 /// What a held event waits for, for its page.
@@ -394,6 +418,7 @@ pub(crate) async fn event(
         stream_id: event.stream_id.to_string(),
         version: event.stream_version.get(),
         payload: serde_json::to_string_pretty(&event.data).unwrap_or_default(),
+        payload_version: payload_version(&state, &event),
         metadata: serde_json::to_string_pretty(&event.metadata).unwrap_or_default(),
         correlation_id: event.metadata.correlation_id.to_string(),
         processed_at: event.processed_at.as_ref().map(time),

@@ -452,7 +452,8 @@ backend_test!(
                 "single event, 8 writers",
                 "single event, 64 writers",
                 "batch of 100, 1 writer",
-                "replay"
+                "replay",
+                "contracts check-log"
             ]
         );
         for scenario in scenarios {
@@ -476,6 +477,11 @@ backend_test!(
             scenarios[4]["events"].as_u64(),
             Some(appended),
             "replay covers every appended event"
+        );
+        assert_eq!(
+            scenarios[5]["events"].as_u64(),
+            Some(appended),
+            "the log check reads every appended event"
         );
 
         // Chosen writer counts and batch, the other write mode, no replay.
