@@ -17,6 +17,7 @@
 pub mod bootstrap;
 mod commands;
 pub mod events;
+pub mod import;
 pub mod invitations;
 pub mod mailing;
 pub mod model;
@@ -85,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0005_first_run",
         sqlite: include_str!("schema/sqlite/0005_first_run.sql"),
         postgres: include_str!("schema/postgres/0005_first_run.sql"),
+    },
+    Migration {
+        id: "domain/0007_import",
+        sqlite: include_str!("schema/sqlite/0007_import.sql"),
+        postgres: include_str!("schema/postgres/0007_import.sql"),
     },
 ];
 
