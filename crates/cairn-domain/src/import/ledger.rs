@@ -47,6 +47,8 @@ pub struct Standing {
     pub order: Order,
     /// The source has been read up to here.
     pub read_through: String,
+    /// Where the source was read up to when `import.completed` was last appended.
+    pub completed_through: Option<String>,
     /// The stream of `import.started` and `import.completed`.
     pub stream_id: StreamId,
     /// The position of `import.started`.
@@ -66,7 +68,7 @@ pub async fn standing(db: &Db) -> Result<Option<Standing>, DbError> {
         .conn()
         .fetch_optional(
             "SELECT source, source_database, source_first_id, source_order, read_through,
-                    stream_id, started_position, signed_position, n_read, n_imported,
+                    completed_through, stream_id, started_position, signed_position, n_read, n_imported,
                     n_unmapped, started_at
              FROM import_cursor WHERE id = 1",
             args![],
@@ -85,6 +87,7 @@ pub async fn standing(db: &Db) -> Result<Option<Standing>, DbError> {
         source_first_id: row.get("source_first_id")?,
         order,
         read_through: row.get("read_through")?,
+        completed_through: row.get("completed_through")?,
         stream_id: row.get("stream_id")?,
         started_position: Position::new(row.get("started_position")?),
         signed_position: row
@@ -182,6 +185,7 @@ pub async fn start(store: &EventStore, start: Start) -> Result<Standing, ImportE
         source_first_id: start.source_first_id,
         order: start.order,
         read_through: String::new(),
+        completed_through: None,
         stream_id,
         started_position,
         signed_position: None,
@@ -208,21 +212,40 @@ pub async fn signed(db: &Db, position: Position) -> Result<(), DbError> {
     .await
 }
 
-/// Appends `import.completed`: the source was read to its end, with these totals.
+/// Appends `import.completed` (the source was read to its end, with these totals)
+/// and records where, together. Returns its position.
 pub async fn complete(store: &EventStore, standing: &Standing) -> Result<Position, ImportError> {
-    let event = NewEvent::new(
-        EventType::parse("import.completed").expect("a valid event type"),
-        json!({
-            "read_through": standing.read_through,
-            "n_read": standing.n_read,
-            "n_imported": standing.n_imported,
-            "n_unmapped": standing.n_unmapped,
-        }),
-        import_metadata(CorrelationId::new_v7()),
-    );
-    let request = AppendRequest::new(admin_stream(), standing.stream_id, vec![event]);
-    let appended = store.append(request).await?;
-    Ok(appended.events[0].event.position)
+    let standing = standing.clone();
+    let store_for_unit = store.clone();
+    let correlation_id = CorrelationId::new_v7();
+    store
+        .db()
+        .write_to(WriteOptions::default(), &[standing.stream_id], move |tx| {
+            let store = store_for_unit.clone();
+            let standing = standing.clone();
+            Box::pin(async move {
+                let event = NewEvent::new(
+                    EventType::parse("import.completed").expect("a valid event type"),
+                    json!({
+                        "read_through": standing.read_through,
+                        "n_read": standing.n_read,
+                        "n_imported": standing.n_imported,
+                        "n_unmapped": standing.n_unmapped,
+                    }),
+                    import_metadata(correlation_id),
+                );
+                let request = AppendRequest::new(admin_stream(), standing.stream_id, vec![event]);
+                let appended = store.append_in(tx, request).await?;
+                tx.conn()
+                    .execute(
+                        "UPDATE import_cursor SET completed_through = read_through WHERE id = 1",
+                        args![],
+                    )
+                    .await?;
+                Ok::<_, ImportError>(appended.events[0].event.position)
+            })
+        })
+        .await
 }
 
 /// What the import knows of the target's streams when it resumes: every stream of

@@ -168,6 +168,15 @@ pub fn rule(stream_type: &str, event_type: &str) -> Option<Rule> {
         .map(|(_, _, rule)| *rule)
 }
 
+/// The seed's event type a cairn event type is imported from, where the rules say.
+pub fn seed_type_of(cairn_type: &str) -> Option<&'static str> {
+    RULES.iter().find_map(|(_, seed_type, rule)| match rule {
+        Rule::Same { to, .. } if *to == cairn_type => Some(*seed_type),
+        Rule::InvitationFromInviter if cairn_type == "invitation.sent" => Some(*seed_type),
+        _ => None,
+    })
+}
+
 /// Why a seed event was not imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,6 +8,7 @@ mod demo;
 mod events;
 mod handlers;
 mod health;
+mod import;
 mod org;
 mod replay;
 mod serve;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Workflow(args)) => bench::workflow(&url, args).await,
         Command::Bench(BenchCommand::Realtime(args)) => bench::realtime(&url, args).await,
         Command::Bench(BenchCommand::Http(args)) => bench::http(&url, args).await,
+        Command::Bench(BenchCommand::Import(args)) => bench::import(&url, args).await,
         Command::Demo(args) => demo::run(&url, &runtime, args).await,
         Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
         Command::Handlers(command) => handlers::run(&url, command).await,
@@ -45,5 +47,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contracts(ContractsCommand::Export(args)) => serve::export(args).await,
         Command::Trace(args) => trace::run(&url, args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Import(args) => import::run(&url, args).await,
     }
 }

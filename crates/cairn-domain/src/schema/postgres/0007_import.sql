@@ -9,6 +9,7 @@ CREATE TABLE import_cursor (
     source_first_id    UUID        NOT NULL,
     source_order       TEXT        NOT NULL CHECK (source_order IN ('position', 'created_at')),
     read_through       TEXT        NOT NULL,
+    completed_through  TEXT,
     stream_id          UUID        NOT NULL,
     started_position   BIGINT      NOT NULL,
     signed_position    BIGINT,

@@ -9,6 +9,7 @@ CREATE TABLE import_cursor (
     source_first_id    TEXT    NOT NULL,
     source_order       TEXT    NOT NULL CHECK (source_order IN ('position', 'created_at')),
     read_through       TEXT    NOT NULL,
+    completed_through  TEXT,
     stream_id          TEXT    NOT NULL,
     started_position   INTEGER NOT NULL,
     signed_position    INTEGER,
