@@ -6,11 +6,13 @@
 //! the whole run. A test that fails keeps its database and prints where it is, so it
 //! can be inspected; a test that passes removes it.
 
+mod foreign;
 mod pg_proxy;
 mod smtp;
 mod stall;
 mod tamper;
 
+pub use foreign::ForeignPg;
 pub use pg_proxy::HoldingProxy;
 pub use smtp::{Received, SinkOptions, SmtpSink, decoded_headers, parse as smtp_parse};
 pub use stall::{Stall, StallingSmtp};

@@ -25,6 +25,10 @@ pub const REQUIRED_COLUMNS: [&str; 10] = [
 /// Why the source cannot be read as the seed's event store.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error(
+        "the source {source_url} is not a PostgreSQL database: the seed's event store is a postgres:// URL"
+    )]
+    NotPostgres { source_url: String },
     #[error("cannot open the source")]
     Connect(#[from] ConnectError),
     #[error("the source {source_url} has no domain_events table: it is not the seed's event store")]
@@ -127,6 +131,11 @@ impl Source {
     /// table (found on the connection's search path) with every column an import
     /// reads. Reads by `position` when the table has one.
     pub async fn open(url: &str) -> Result<Source, SourceError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(SourceError::NotPostgres {
+                source_url: cairn_log::redact_url(url),
+            });
+        }
         let db = ForeignDb::connect(url, 2).await?;
         let mut reader = db.reader().await?;
         let mut conn = reader.conn();

@@ -428,18 +428,16 @@ impl Report {
         };
         if self.run.read == 0 {
             outln!(
-                "{mark} nothing new in {} (database {}): the import has read all {}",
+                "{mark} nothing new in {}: the import has read all {}",
                 self.source,
-                self.source_database,
                 ui::plural(n(self.total.read), "seed event", "seed events"),
             );
         } else {
             outln!(
-                "{mark} imported {} of {} from {} (database {}) into {}",
+                "{mark} imported {} of {} from {} into {}",
                 ui::count(n(self.total.imported)),
                 ui::plural(n(self.total.read), "seed event", "seed events"),
                 self.source,
-                self.source_database,
                 self.target,
             );
             outln!(
