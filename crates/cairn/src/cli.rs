@@ -117,8 +117,9 @@ pub struct ImportArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: std::path::PathBuf,
     /// Seed events per unit of work: each unit appends its events and moves the
-    /// import's cursor in one transaction.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// import's cursor in one transaction. Past about a thousand, a unit's appends
+    /// take longer per event.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
     /// Fault injection for crash tests: the import stops after this many events were
     /// imported, between two units of work.
@@ -845,7 +846,7 @@ pub struct BenchImportArgs {
     #[arg(long, value_name = "URL")]
     pub seed_url: String,
     /// Seed events per unit of work.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 500)]
     pub batch: u32,
     #[command(flatten)]
     pub json: JsonFlag,

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use cairn_dispatch::EventStore;
 use cairn_domain::import::{
-    Cursor, ImportError, LeftOut, Mapper, Order, Source, Standing, Start, Unit, ledger,
+    Cursor, ImportError, LeftOut, Mapper, Source, Standing, Start, Unit, ledger,
 };
 use cairn_log::{AuditKey, Db};
 use cairn_types::Position;
@@ -47,7 +47,7 @@ pub async fn run(url: &str, args: ImportArgs) -> anyhow::Result<ExitCode> {
     .await;
     progress.finish();
     source.close().await;
-    let report = Report::of(&store, &source, ran?).await?;
+    let report = Report::of(&store, ran?).await?;
     if args.json.json {
         ui::print_json(&report)?;
     } else {
@@ -97,6 +97,8 @@ pub(crate) struct Ran {
     /// took writes behind the cursor while it was read.
     pub(crate) missed: i64,
     pub(crate) elapsed: Duration,
+    /// Of `elapsed`, the time spent checking the chain and signing checkpoints.
+    pub(crate) signing: Duration,
 }
 
 /// Imports the source into `store` (a fresh database, or one an earlier run of the
@@ -130,11 +132,14 @@ pub(crate) async fn import(
         None => begin(store, source).await?,
     };
     let mut checkpoints = Vec::new();
+    let mut signing = Duration::ZERO;
     if standing.signed_position.is_none() {
         // Nothing of the seed is appended before the start is signed.
+        let signing_started = Instant::now();
         let signed = sign(db, key, target, Walk::Whole)
             .await
             .context("signing the import's start")?;
+        signing += signing_started.elapsed();
         ledger::signed(db, signed.0).await?;
         checkpoints.push(signed);
     }
@@ -213,12 +218,14 @@ pub(crate) async fn import(
     }
     let head = db.reader().await?.conn().head().await?.last_position;
     if standing.signed_position != Some(head) {
+        let signing_started = Instant::now();
         let signed = sign(db, key, target, Walk::SinceLast)
             .await
             .context("signing the imported log's head")?;
+        signing += signing_started.elapsed();
         ledger::signed(db, signed.0).await?;
+        standing.signed_position = Some(signed.0);
         checkpoints.push(signed);
-        standing.signed_position = Some(signed_position(&checkpoints));
     }
     Ok(Ran {
         standing,
@@ -226,13 +233,8 @@ pub(crate) async fn import(
         checkpoints,
         missed,
         elapsed: started.elapsed(),
+        signing,
     })
-}
-
-fn signed_position(checkpoints: &[(Position, PathBuf)]) -> Position {
-    checkpoints
-        .last()
-        .map_or(Position::START, |(position, _)| *position)
 }
 
 /// Starts an import in a fresh database.
@@ -372,7 +374,7 @@ struct Report {
 const LISTED: usize = 50;
 
 impl Report {
-    async fn of(store: &EventStore, source: &Source, ran: Ran) -> anyhow::Result<Report> {
+    async fn of(store: &EventStore, ran: Ran) -> anyhow::Result<Report> {
         let db = store.db();
         let imported = ledger::imported(db, &ran.standing).await?;
         let unmapped: Vec<UnmappedEvent> = ledger::left_out(db)
@@ -385,10 +387,7 @@ impl Report {
             source: ran.standing.source.clone(),
             source_database: ran.standing.source_database.clone(),
             target: db.describe(),
-            order: match source.order() {
-                Order::Position => "position",
-                Order::CreatedAt => "created_at",
-            },
+            order: ran.standing.order.as_str(),
             started_position: ran.standing.started_position,
             run: ran.run,
             total: Totals {

@@ -487,3 +487,42 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_seed_table_without_positions_is_read_by_time_then_id,
+    |t: TestDb| async move {
+        let seed = seed_log("import_by_time").await?;
+        seed.run_script("ALTER TABLE domain_events DROP COLUMN position CASCADE")
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let key = signing_key(t.url(), dir.path()).await;
+        let output = import(
+            t.url(),
+            seed.url(),
+            &key,
+            dir.path(),
+            &["--json", "--batch", "4"],
+        )
+        .await;
+        assert_exit(&output, 1);
+        let report = json_of(&output);
+        assert_eq!(report["order"], json!("created_at"));
+        assert_eq!(
+            report["total"],
+            json!({"read": 18, "imported": 13, "unmapped": 5, "failed": 1, "held": 0})
+        );
+        let orphan = &report["unmapped"][2];
+        assert_eq!(orphan["source_position"], json!(null));
+        assert!(
+            orphan["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("its earlier event at seed event ")),
+            "{orphan}"
+        );
+        let (ids, n) = imported_ids(&t).await?;
+        assert_eq!((ids.len(), n), (13, 13));
+        let again = import(t.url(), seed.url(), &key, dir.path(), &["--json"]).await;
+        assert_eq!(json_of(&again)["run"]["read"], json!(0));
+        Ok(())
+    }
+);
