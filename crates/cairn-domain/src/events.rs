@@ -224,6 +224,17 @@ macro_rules! payload {
             }
         }
     };
+    // Version 1 read from older versions through `$upcasters()`.
+    ($ty:ident, $event_type:literal, $description:literal, upcasters: $upcasters:path) => {
+        impl EventPayload for $ty {
+            const EVENT_TYPE: &'static str = $event_type;
+            const DESCRIPTION: &'static str = $description;
+
+            fn upcasters() -> Vec<cairn_dispatch::Upcaster> {
+                $upcasters()
+            }
+        }
+    };
 }
 
 payload!(
@@ -234,7 +245,8 @@ payload!(
 payload!(
     OrganizationCreated,
     "organization.created",
-    "The organization exists."
+    "The organization exists.",
+    upcasters: crate::import::shapes::organization_created
 );
 payload!(
     DirectCareSettingsUpdated,
@@ -259,7 +271,8 @@ payload!(
 payload!(
     UserCreated,
     "user.created",
-    "A user account exists and is active."
+    "A user account exists and is active.",
+    upcasters: crate::import::shapes::user_created
 );
 payload!(
     UserInvited,
@@ -271,7 +284,8 @@ payload!(
 payload!(
     RoleAssigned,
     "user.role_assigned",
-    "A user was given a role."
+    "A user was given a role.",
+    upcasters: crate::import::shapes::role_assigned
 );
 payload!(
     UserActivated,
@@ -281,7 +295,8 @@ payload!(
 payload!(
     InvitationSent,
     "invitation.sent",
-    "An invitation email went out."
+    "An invitation email went out.",
+    upcasters: crate::import::shapes::invitation_sent
 );
 payload!(
     InvitationResent,

@@ -17,6 +17,7 @@
 pub mod bootstrap;
 mod commands;
 pub mod events;
+pub mod import;
 pub mod invitations;
 pub mod mailing;
 pub mod model;
@@ -94,6 +95,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0006_invited_by",
         sqlite: include_str!("schema/sqlite/0006_invited_by.sql"),
         postgres: include_str!("schema/postgres/0006_invited_by.sql"),
+    },
+    Migration {
+        id: "domain/0007_import",
+        sqlite: include_str!("schema/sqlite/0007_import.sql"),
+        postgres: include_str!("schema/postgres/0007_import.sql"),
     },
 ];
 

@@ -34,7 +34,7 @@ use crate::tx::Tx;
 use crate::value::{Arg, ArgType, IntoArg as _, Sql, dialect};
 
 /// The largest `event_data` accepted, in bytes of canonical JSON.
-pub(crate) const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
+pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
 
 /// Why an append wrote nothing.
 #[derive(Debug, thiserror::Error)]

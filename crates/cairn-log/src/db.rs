@@ -560,6 +560,10 @@ pub struct Reader {
 }
 
 impl Reader {
+    pub(crate) fn new(inner: ReaderConn) -> Reader {
+        Reader { inner }
+    }
+
     /// The reader's connection.
     pub fn conn(&mut self) -> Conn<'_> {
         self.inner.conn()

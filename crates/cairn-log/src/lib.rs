@@ -25,7 +25,8 @@
 //! 4. `state`: what a transaction knows of the log before it commits, and how it is
 //!    written; `tx`: the transaction; `append`: the append protocol on it;
 //! 5. `writer`: group commit; `db`: the ways in (its opening table says which to use);
-//!    `audit` and `migrate` on a [`Db`].
+//!    `audit` and `migrate` on a [`Db`]; `foreign`: another system's database, only
+//!    read (an import's source).
 //!
 //! Everything other crates use is re-exported here; the modules are private.
 #![warn(unreachable_pub)]
@@ -36,6 +37,7 @@ mod backend;
 mod db;
 mod error;
 mod event;
+mod foreign;
 mod hash;
 mod migrate;
 mod read;
@@ -46,7 +48,7 @@ mod value;
 mod watch;
 mod writer;
 
-pub use append::{AppendError, PendingAppend, Prepared};
+pub use append::{AppendError, MAX_EVENT_DATA_BYTES, PendingAppend, Prepared};
 pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
 pub use backend::{Conn, DbValue, Row};
@@ -58,6 +60,7 @@ pub use event::{
     AppendRequest, Expected, HoldCause, IdempotencyKey, IdempotencyKeyError, NewEvent, Outcome,
     ProcessingError, RecordedEvent, StreamHold,
 };
+pub use foreign::ForeignDb;
 pub use hash::{GENESIS, HashedColumns, canonical_json, event_hash, hex, normalize_json};
 pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};

@@ -7,11 +7,13 @@
 //! can be inspected; a test that passes removes it. Upgrade tests restore, unmigrated,
 //! a database an earlier release wrote instead ([`TestDb::restore`]).
 
+mod foreign;
 mod pg_proxy;
 mod smtp;
 mod stall;
 mod tamper;
 
+pub use foreign::ForeignPg;
 pub use pg_proxy::HoldingProxy;
 pub use smtp::{Received, SinkOptions, SmtpSink, decoded_headers, parse as smtp_parse};
 pub use stall::{Stall, StallingSmtp};

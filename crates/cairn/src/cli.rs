@@ -92,6 +92,41 @@ pub enum Command {
     /// Ask a running server whether its whole chain works: it runs its integration
     /// probe and reports each hop and every alert. Exits 1 when degraded or failing.
     Health(HealthArgs),
+    /// Import the seed stack's event store (its domain_events table on PostgreSQL)
+    /// into a fresh cairn database, or resume an import. The imported log starts with
+    /// a signed checkpoint. Exits 1 when a seed event could not be mapped (each is
+    /// listed with its reason), 2 when the source is not the seed's event store.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The seed's PostgreSQL database, read and never written.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CAIRN_IMPORT_FROM",
+        hide_env_values = true
+    )]
+    pub from: String,
+    /// The key that signs the imported log's checkpoints (from `cairn audit keygen`).
+    /// Without it, the key is read from the CAIRN_AUDIT_KEY environment variable.
+    #[arg(long, value_name = "FILE")]
+    pub audit_key: Option<std::path::PathBuf>,
+    /// The directory the checkpoints are added to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: std::path::PathBuf,
+    /// Seed events per unit of work: each unit appends its events and moves the
+    /// import's cursor in one transaction. Past about a thousand, a unit's appends
+    /// take longer per event.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    /// Fault injection for crash tests: the import stops after this many events were
+    /// imported, between two units of work.
+    #[arg(long, env = "CAIRN_FAULT_PAUSE_AFTER_IMPORTED", hide = true)]
+    pub fault_pause_after_imported: Option<u64>,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -811,6 +846,25 @@ pub enum BenchCommand {
     /// A cairn serve process under HTTP load: authenticated reads and commands,
     /// requests per second, p99, and the server's peak memory.
     Http(BenchHttpArgs),
+    /// `cairn import` of generated seed events: the seed's schema in a schema of its
+    /// own in --seed-url, filled, then imported into a fresh cairn database.
+    Import(BenchImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchImportArgs {
+    /// Seed events to generate and import.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// The PostgreSQL database the seed's event store is built in (in a schema of its
+    /// own, removed afterwards).
+    #[arg(long, value_name = "URL")]
+    pub seed_url: String,
+    /// Seed events per unit of work.
+    #[arg(long, default_value_t = 500)]
+    pub batch: u32,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

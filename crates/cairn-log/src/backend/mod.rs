@@ -435,6 +435,16 @@ pub(crate) async fn connect_postgres(
     ))
 }
 
+/// Connects to another system's PostgreSQL database, read-only (see
+/// [`crate::ForeignDb`]).
+pub(crate) async fn connect_foreign(
+    url: &str,
+    max_connections: u32,
+) -> Result<Pools, crate::error::ConnectError> {
+    let (pool, target) = postgres::connect_foreign(url, max_connections).await?;
+    Ok(Pools::Postgres { pool, target })
+}
+
 /// One backend's transaction, begun and ended as that backend needs.
 pub(crate) enum Transaction {
     /// A read snapshot on one of SQLite's read connections.

@@ -869,6 +869,37 @@ pub(crate) async fn connect(
     })
 }
 
+/// Connects to another system's database, to read it and never write: every
+/// transaction on the pool is read-only (`default_transaction_read_only`), so a
+/// statement that would write there fails instead.
+pub(crate) async fn connect_foreign(
+    url: &str,
+    max_connections: u32,
+) -> Result<(PgPool, String), crate::error::ConnectError> {
+    use crate::error::ConnectError;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr as _;
+    use std::time::Duration;
+    let target = crate::redact_url(url);
+    let connect = PgConnectOptions::from_str(url)
+        .map_err(|source| ConnectError::BadUrl {
+            url: target.clone(),
+            source: source.into(),
+        })?
+        .application_name("cairn-import")
+        .options([("default_transaction_read_only", "on")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(connect)
+        .await
+        .map_err(|source| ConnectError::Open {
+            target: target.clone(),
+            source: source.into(),
+        })?;
+    Ok((pool, target))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,7 +40,7 @@ pub async fn run(url: &str, command: AuditCommand) -> anyhow::Result<ExitCode> {
 
 /// Reads the signing key from `file`, or else from CAIRN_AUDIT_KEY; `flag` names the
 /// option in messages.
-fn load_key(file: Option<&Path>, flag: &str) -> anyhow::Result<AuditKey> {
+pub(crate) fn load_key(file: Option<&Path>, flag: &str) -> anyhow::Result<AuditKey> {
     if let Some(file) = file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the signing key {}", file.display()))?;
@@ -169,7 +169,7 @@ fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Where a new checkpoint goes.
-enum Target {
+pub(crate) enum Target {
     /// This file, replaced whole.
     File(PathBuf),
     /// A new file in this directory.
@@ -245,7 +245,7 @@ impl Target {
 }
 
 /// What became of a request for a checkpoint.
-enum Signed {
+pub(crate) enum Signed {
     /// Signed and written.
     Written {
         file: PathBuf,
@@ -264,7 +264,7 @@ enum Signed {
 
 /// How much of the chain is rehashed before a head is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Walk {
+pub(crate) enum Walk {
     /// Every event from the first, and the last checkpoint must still hold: an edit
     /// anywhere in the log refuses the signature.
     Whole,
@@ -276,7 +276,7 @@ enum Walk {
 
 /// Checks the chain (see [`Walk`]) and, if it is intact and still holds the last
 /// checkpoint at `target`, signs the head it ends at and writes it to `target`.
-async fn sign_head(
+pub(crate) async fn sign_head(
     db: &Db,
     key: &AuditKey,
     target: &Target,

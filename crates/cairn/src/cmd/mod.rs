@@ -9,6 +9,7 @@ mod demo;
 mod events;
 mod handlers;
 mod health;
+mod import;
 mod org;
 mod replay;
 mod serve;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Workflow(args)) => bench::workflow(&url, args).await,
         Command::Bench(BenchCommand::Realtime(args)) => bench::realtime(&url, args).await,
         Command::Bench(BenchCommand::Http(args)) => bench::http(&url, args).await,
+        Command::Bench(BenchCommand::Import(args)) => bench::import(&url, args).await,
         Command::Demo(args) => demo::run(&url, &runtime, args).await,
         Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
         Command::Handlers(command) => handlers::run(&url, command).await,
@@ -49,5 +51,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Trace(args) => trace::run(&url, args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Import(args) => import::run(&url, args).await,
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod console;
 mod console_trust;
 mod hostile;
+mod import;
 mod mail_outage;
 mod mail_stall;
 mod mail_under_load;

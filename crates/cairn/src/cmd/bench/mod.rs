@@ -6,11 +6,13 @@
 
 mod append;
 mod http;
+mod import;
 mod realtime;
 mod workflow;
 
 pub use append::append;
 pub use http::http;
+pub use import::import;
 pub use realtime::realtime;
 pub use workflow::workflow;
 
