@@ -253,6 +253,17 @@ backend_test!(
             [["grace@example.com", "accepted"]]
         );
         assert_exit(&cairn(t.url(), &["replay", "--verify"]).await, 0);
+        // Every imported event reads as the current version of its type, the seed's
+        // shapes (version 0) through their upcasters.
+        let checked = cairn(t.url(), &["contracts", "check-log", "--json"]).await;
+        assert_exit(&checked, 0);
+        let checked = json_of(&checked);
+        assert!(
+            checked["versions"]
+                .as_array()
+                .is_some_and(|counts| counts.iter().any(|c| c["stored_version"] == 0)),
+            "seed shapes are stored as version 0: {checked}"
+        );
         let checkpoints = dir.path().join("checkpoints").display().to_string();
         assert_exit(
             &cairn(
