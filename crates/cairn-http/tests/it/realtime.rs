@@ -339,3 +339,66 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    the_feed_and_the_api_serve_an_older_event_at_its_current_version,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let org = bootstrapped(&s, "feed-versions").await?;
+        // A user.invited a release before wrote: payload version 1, without invited_by.
+        let user = cairn_types::StreamId::new_v7();
+        let v1 = serde_json::json!({
+            "org_id": org,
+            "email": "grace@example.com",
+            "name": "Grace Hopper",
+            "roles": ["clinician"],
+            "invitation_id": cairn_types::InvitationId::new_v7(),
+        });
+        let appended = s
+            .domain
+            .store()
+            .append(
+                cairn_log::AppendRequest::new(
+                    cairn_types::StreamType::parse("user")?,
+                    user,
+                    vec![
+                        cairn_log::NewEvent::new(
+                            cairn_types::EventType::parse("user.invited")?,
+                            v1,
+                            cairn_types::Metadata::new().org(org),
+                        )
+                        .at_version(1),
+                    ],
+                )
+                .importing(),
+            )
+            .await?;
+        let stored = &appended.events[0].event;
+
+        let check = |event: &Value| {
+            assert_eq!(event["stored_version"], 1, "{event}");
+            assert_eq!(event["event_version"], 2, "{event}");
+            assert_eq!(event["event_data"]["invited_by"], Value::Null, "{event}");
+            assert_eq!(event["event_data"]["name"], "Grace Hopper", "{event}");
+        };
+        let one = common::call(
+            axum::http::Method::GET,
+            &format!("/v1/events/{}", stored.event_id),
+        )
+        .as_(&admin_of(org))
+        .send(&s.app)
+        .await;
+        assert_eq!(one.status, 200, "{:?}", one.body);
+        check(&one.body);
+
+        let address = listen(s.app.clone()).await?;
+        let after = stored.position.get() - 1;
+        let url = format!("http://{address}/v1/events/stream?after={after}&heartbeat=1");
+        let mut feed = SseClient::open(url, Some(&token(&admin_of(org))), None).await?;
+        assert_eq!(feed.next_message().await?.event, "subscribed");
+        let delivered = feed.next_message().await?;
+        assert_eq!(delivered.id, Some(stored.position.get()));
+        check(&delivered.data["event"]);
+        Ok(())
+    }
+);
