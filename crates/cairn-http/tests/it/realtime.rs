@@ -383,7 +383,7 @@ backend_test!(
         };
         let one = common::call(
             axum::http::Method::GET,
-            &format!("/v1/events/{}", stored.event_id),
+            format!("/v1/events/{}", stored.event_id),
         )
         .as_(&admin_of(org))
         .send(&s.app)
