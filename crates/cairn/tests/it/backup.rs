@@ -112,19 +112,49 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
+/// PostgreSQL's `pg_dump`: on the `PATH`, or in `PG_BIN`.
+fn pg_dump() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("pg_dump"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(
+            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()),
+        )
+        .join("pg_dump")
+    })
+}
+
+/// The README's steps on PostgreSQL: a checkpoint signed, then `pg_dump`, whose copy
+/// holds at least that head; returns the checkpoint's `audit checkpoint --json`.
+async fn sign_and_dump(
+    url: &str,
+    key: &Path,
+    checkpoints: &Path,
+    out: &Path,
+) -> anyhow::Result<Value> {
+    let signed = checkpoint(url, key, checkpoints).await;
+    let dumped = tokio::process::Command::new(pg_dump())
+        .args(["--no-owner", "--file"])
+        .arg(out)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running pg_dump")?;
+    anyhow::ensure!(
+        dumped.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    Ok(signed)
+}
+
 backend_test!(
     a_backup_taken_under_load_restores_and_verifies,
     |t: TestDb| async move {
-        if t.backend() == Backend::Postgres {
-            // cairn does not copy PostgreSQL itself, and says which tool does.
-            let files = tempfile::tempdir()?;
-            let out = files.path().join("cairn.backup");
-            let refused = cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await;
-            assert_exit(&refused, 2);
-            assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
-            assert!(!out.exists());
-            return Ok(());
-        }
         t.db().migrate(&cairn_domain::all_migrations()).await?;
         let store = EventStore::new(t.db().clone(), cairn_domain::registry());
         let files = tempfile::tempdir()?;
@@ -142,49 +172,80 @@ backend_test!(
         let mut head = t.db().head_watch();
         head.wait_for(|position| position.get() >= 200).await?;
         let out = files.path().join("cairn.backup");
-        let backup = cairn(
-            t.url(),
-            &[
-                "backup",
-                "--out",
-                &path_arg(&out),
-                "--key",
-                &path_arg(&key),
-                "--checkpoint-dir",
-                &path_arg(&checkpoints),
-                "--json",
-            ],
-        )
-        .await;
-        assert_exit(&backup, 0);
-        let backup = json_of(&backup);
-        assert!(
-            !files.path().join("cairn.backup-wal").exists(),
-            "the backup is one file"
-        );
+        let (backup_head, backup_checkpoint) = match t.backend() {
+            Backend::Sqlite => {
+                let backup = cairn(
+                    t.url(),
+                    &[
+                        "backup",
+                        "--out",
+                        &path_arg(&out),
+                        "--key",
+                        &path_arg(&key),
+                        "--checkpoint-dir",
+                        &path_arg(&checkpoints),
+                        "--json",
+                    ],
+                )
+                .await;
+                assert_exit(&backup, 0);
+                let backup = json_of(&backup);
+                assert!(
+                    !files.path().join("cairn.backup-wal").exists(),
+                    "the backup is one file"
+                );
+                let copied = backup["head"].as_u64().context("head")?;
+                assert_eq!(backup["checkpoint"]["position"], json!(copied));
+                let file = backup["checkpoint_file"].as_str().context("file")?;
+                (copied, file.to_owned())
+            }
+            Backend::Postgres => {
+                // cairn does not copy PostgreSQL itself, and says which tool does.
+                let refused = cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await;
+                assert_exit(&refused, 2);
+                assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
+                let signed = sign_and_dump(t.url(), &key, &checkpoints, &out).await?;
+                let position = signed["checkpoint"]["position"]
+                    .as_u64()
+                    .context("position")?;
+                let file = signed["file"].as_str().context("file")?;
+                (position, file.to_owned())
+            }
+        };
         // The writers go on after the copy, so that the log outgrows it.
-        let copied = backup["head"].as_u64().context("head")?;
-        head.wait_for(|position| position.get() as u64 >= copied + 200)
+        head.wait_for(|position| position.get() as u64 >= backup_head + 200)
             .await?;
         stop.store(true, Ordering::Relaxed);
         let appended = writers.await??;
-        assert!(copied >= 200 && copied < 3 + appended, "{backup}");
-        assert_eq!(backup["checkpoint"]["position"], json!(copied));
+        assert!(backup_head >= 200 && backup_head < 3 + appended);
         let after = checkpoint(t.url(), &key, &checkpoints).await;
         assert_eq!(after["checkpoint"]["position"], json!(3 + appended));
 
-        let restored = files.path().join("restored").join("cairn.db");
-        let restore = cairn(
-            &sqlite_url(&restored),
-            &["restore", "--from", &path_arg(&out), "--json"],
-        )
-        .await;
-        assert_exit(&restore, 0);
-        assert_eq!(json_of(&restore)["head"], json!(copied));
+        let (restored_url, _restored) = match t.backend() {
+            Backend::Sqlite => {
+                let restored = files.path().join("restored").join("cairn.db");
+                let restored_url = sqlite_url(&restored);
+                let restore = cairn(
+                    &restored_url,
+                    &["restore", "--from", &path_arg(&out), "--json"],
+                )
+                .await;
+                assert_exit(&restore, 0);
+                assert_eq!(json_of(&restore)["head"], json!(backup_head));
+                (restored_url, None)
+            }
+            Backend::Postgres => {
+                let restored = TestDb::restore(
+                    Backend::Postgres,
+                    "backup::a_backup_taken_under_load_restores_and_verifies::restored",
+                    &out,
+                )
+                .await?;
+                (restored.url().to_owned(), Some(restored))
+            }
+        };
 
-        let restored_url = sqlite_url(&restored);
         assert_exit(&cairn(&restored_url, &["replay", "--verify"]).await, 0);
-        let backup_checkpoint = backup["checkpoint_file"].as_str().context("file")?;
         let verified = cairn(
             &restored_url,
             &[
@@ -193,7 +254,7 @@ backend_test!(
                 "--checkpoint-dir",
                 &path_arg(&checkpoints),
                 "--backup-checkpoint",
-                backup_checkpoint,
+                &backup_checkpoint,
                 "--json",
             ],
         )
@@ -201,12 +262,18 @@ backend_test!(
         assert_exit(&verified, 0);
         let report = json_of(&verified);
         assert_eq!(report["breach"], Value::Null);
-        assert_eq!(report["head"], json!(copied));
+        let restored_head = report["head"].as_u64().context("head")?;
+        match t.backend() {
+            Backend::Sqlite => assert_eq!(restored_head, backup_head),
+            // pg_dump starts after the checkpoint is signed, so it may hold more.
+            Backend::Postgres => assert!(restored_head >= backup_head),
+        }
+        assert!(restored_head < 3 + appended);
         assert_eq!(
             statuses(&report)?,
             vec![
                 (json!(3), json!("holds")),
-                (json!(copied), json!("holds")),
+                (json!(backup_head), json!("holds")),
                 (json!(3 + appended), json!("beyond_the_restored_log")),
             ]
         );
