@@ -23,9 +23,9 @@ use crate::cli::{BackupArgs, RestoreArgs};
 use crate::cmd::audit::{Signed, Target, Walk, load_key, sign_head};
 use crate::ui;
 
-const POSTGRES_STEPS: &str = "on PostgreSQL, take the copy with pg_dump (pg_dump --format=custom \
-     --file=FILE URL) and bring it back with pg_restore into an empty database; see the \
-     README's Backups section";
+const POSTGRES_STEPS: &str = "on PostgreSQL, sign a checkpoint (cairn audit checkpoint), take \
+     the copy with pg_dump (pg_dump --no-owner --file=FILE URL) and load it into an empty \
+     database with psql; the README's Backups section gives the steps";
 
 /// The SQLite file a URL names, or `None` for PostgreSQL.
 fn sqlite_path(url: &str) -> Option<PathBuf> {

@@ -204,6 +204,9 @@ backend_test!(
                 let refused = cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await;
                 assert_exit(&refused, 2);
                 assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
+                let refused = cairn(t.url(), &["restore", "--from", &path_arg(&out)]).await;
+                assert_exit(&refused, 2);
+                assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
                 let signed = sign_and_dump(t.url(), &key, &checkpoints, &out).await?;
                 let position = signed["checkpoint"]["position"]
                     .as_u64()
