@@ -25,7 +25,7 @@
 //! 4. `state`: what a transaction knows of the log before it commits, and how it is
 //!    written; `tx`: the transaction; `append`: the append protocol on it;
 //! 5. `writer`: group commit; `db`: the ways in (its opening table says which to use);
-//!    `audit` and `migrate` on a [`Db`]; `foreign`: another system's database, only
+//!    `audit`, `backup` and `migrate` on a [`Db`]; `foreign`: another system's database, only
 //!    read (an import's source).
 //!
 //! Everything other crates use is re-exported here; the modules are private.
@@ -34,6 +34,7 @@
 mod append;
 mod audit;
 mod backend;
+mod backup;
 mod db;
 mod error;
 mod event;
@@ -52,6 +53,7 @@ pub use append::{AppendError, MAX_EVENT_DATA_BYTES, PendingAppend, Prepared};
 pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
 pub use backend::{Conn, DbValue, Row};
+pub use backup::BackupError;
 pub use db::{
     Db, DbOptions, Reader, Session, Snapshot, WriterPause, default_url, quote_ident, redact_url,
 };

@@ -97,6 +97,44 @@ pub enum Command {
     /// a signed checkpoint. Exits 1 when a seed event could not be mapped (each is
     /// listed with its reason), 2 when the source is not the seed's event store.
     Import(ImportArgs),
+    /// Copy the running SQLite database to a new file, in one consistent snapshot,
+    /// and check the copy's hash chain; with --checkpoint-dir, sign a checkpoint of
+    /// the head it copied. On PostgreSQL, use pg_dump (see the README).
+    Backup(BackupArgs),
+    /// Bring an SQLite backup back as the database --database-url names (stop `cairn
+    /// serve` first). Refuses a file that is not a cairn backup, a backup from a newer
+    /// release, and a database that holds events unless --force; nothing is
+    /// overwritten when it refuses.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file the copy is written to; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    /// Sign a checkpoint of the head the copy holds and add it to this directory (the
+    /// one `audit verify --checkpoint-dir` reads).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// The signing key file from `cairn audit keygen`. Without it, the key is read from
+    /// the CAIRN_AUDIT_KEY environment variable.
+    #[arg(long, value_name = "FILE", requires = "checkpoint_dir")]
+    pub key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file from `cairn backup --out`.
+    #[arg(long, value_name = "FILE")]
+    pub from: std::path::PathBuf,
+    /// Replace a database that already holds events.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -783,6 +821,11 @@ pub struct AuditVerifyArgs {
     /// keygen`); by default each checkpoint is verified with the key it names.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<std::path::PathBuf>,
+    /// The checkpoint `cairn backup` signed of the backup this database was restored
+    /// from. The log must hold it; checkpoints signed after it, past its position,
+    /// are reported as beyond the restored log rather than as events removed.
+    #[arg(long, value_name = "FILE")]
+    pub backup_checkpoint: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub json: JsonFlag,
 }

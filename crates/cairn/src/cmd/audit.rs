@@ -462,6 +462,9 @@ enum CheckpointStatus {
     Contradicted,
     /// The log ends before its position.
     BeyondTheLog,
+    /// Signed after the backup this database was restored from, past its head: not
+    /// checked, since the restored log does not hold what was appended after it.
+    BeyondTheRestoredLog,
     /// The walk stopped at an earlier breach.
     NotReached,
     /// Its signature does not verify.
@@ -474,7 +477,12 @@ enum CheckpointStatus {
 
 impl CheckpointStatus {
     fn is_problem(self) -> bool {
-        !matches!(self, CheckpointStatus::Holds | CheckpointStatus::NotReached)
+        !matches!(
+            self,
+            CheckpointStatus::Holds
+                | CheckpointStatus::NotReached
+                | CheckpointStatus::BeyondTheRestoredLog
+        )
     }
 
     fn describe(self) -> &'static str {
@@ -482,6 +490,9 @@ impl CheckpointStatus {
             CheckpointStatus::Holds => "holds",
             CheckpointStatus::Contradicted => "contradicted: the log holds another hash there",
             CheckpointStatus::BeyondTheLog => "beyond the end of the log: events were removed",
+            CheckpointStatus::BeyondTheRestoredLog => {
+                "beyond the restored log: signed after the backup it was restored from"
+            }
             CheckpointStatus::NotReached => "not reached: the chain breaks before it",
             CheckpointStatus::BadSignature => "the signature does not verify",
             CheckpointStatus::UnknownKey => "signed by another key than the pinned one",
@@ -535,6 +546,27 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         }
         files.extend(found);
     }
+    // The backup's own checkpoint is one the restored log must hold; those signed
+    // after it, past its head, describe a log the backup never held.
+    let backup = match &args.backup_checkpoint {
+        Some(file) => {
+            let checkpoint = read_checkpoint(file)?
+                .with_context(|| format!("--backup-checkpoint {}", file.display()))?;
+            checkpoint
+                .verify(pinned.as_ref())
+                .with_context(|| format!("--backup-checkpoint {}", file.display()))?;
+            let same = |f: &PathBuf| {
+                f.canonicalize()
+                    .ok()
+                    .is_some_and(|f| Some(f) == file.canonicalize().ok())
+            };
+            if !files.iter().any(same) {
+                files.insert(0, file.clone());
+            }
+            Some(checkpoint)
+        }
+        None => None,
+    };
 
     // Each checkpoint whose signature verifies becomes an anchor the log must hold.
     let mut results = Vec::with_capacity(files.len());
@@ -556,7 +588,20 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 result.detail = Some(e.to_string());
             }
             Ok(checkpoint) => {
+                let after_backup = backup.as_ref().filter(|backup| {
+                    checkpoint.position > backup.position && checkpoint.time > backup.time
+                });
                 match checkpoint.verify(pinned.as_ref()) {
+                    Ok(_) if after_backup.is_some() => {
+                        result.status = CheckpointStatus::BeyondTheRestoredLog;
+                        result.detail = after_backup.map(|backup| {
+                            format!(
+                                "beyond the restored log: signed after the backup, whose head \
+                                 is at position {}",
+                                backup.position
+                            )
+                        });
+                    }
                     Ok(anchor) => {
                         anchor_of.push(results.len());
                         anchors.push(anchor);

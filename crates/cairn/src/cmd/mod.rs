@@ -3,6 +3,7 @@
 //! in `main`.
 
 mod audit;
+mod backup;
 mod bench;
 mod contracts;
 mod demo;
@@ -52,5 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => trace::run(&url, args).await,
         Command::Health(args) => health::run(args).await,
         Command::Import(args) => import::run(&url, args).await,
+        Command::Backup(args) => backup::backup(&url, args).await,
+        Command::Restore(args) => backup::restore(&url, args).await,
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod architecture;
 mod audit;
+mod backup;
 mod browser;
 mod cli;
 mod console;
