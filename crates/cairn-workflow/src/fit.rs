@@ -151,8 +151,7 @@ pub fn check_fit(workflow: &dyn Workflow, run: &Run, history: &History) -> Resul
 mod tests {
     use super::*;
     use crate::definition::{StepCall, StepError, StepRecord};
-    use cairn_types::{CorrelationId, WorkflowId};
-    use chrono::{DateTime, Utc};
+    use crate::testing::at;
     use serde_json::json;
 
     /// Runs `a`, sleeps on `nap`, runs `b`; with `{"v": 2}` in its input it names `b`
@@ -205,30 +204,8 @@ mod tests {
         }
     }
 
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a valid time")
-    }
-
     fn run(status: RunStatus, input: Value) -> Run {
-        Run {
-            id: WorkflowId::new_v7(),
-            kind: "nap".to_owned(),
-            definition_version: 1,
-            status,
-            input,
-            output: None,
-            failure: None,
-            correlation_id: CorrelationId::new_v7(),
-            org_id: None,
-            actor: None,
-            parent_id: None,
-            current_step: None,
-            version: 1,
-            next_run_at: Some(at(0)),
-            created_at: at(0),
-            updated_at: at(0),
-            paused: None,
-        }
+        crate::testing::run("nap", status, input)
     }
 
     /// A recorded step: `a`, `b`… are actions, `nap` a timer, `compensate:…` undoes.

@@ -42,6 +42,8 @@ mod health;
 mod lease;
 mod plan;
 pub mod state;
+#[cfg(test)]
+mod testing;
 
 use cairn_log::Migration;
 

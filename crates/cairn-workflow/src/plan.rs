@@ -375,7 +375,7 @@ pub(crate) fn after(
 mod tests {
     use super::*;
     use crate::definition::RetryPolicy;
-    use cairn_types::{CorrelationId, WorkflowId};
+    use crate::testing::at;
     use serde_json::json;
 
     /// A workflow that runs `a` then `b` (compensable), then completes; `b` may ask to
@@ -420,30 +420,10 @@ mod tests {
         }
     }
 
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a valid time")
-    }
-
     fn run(status: RunStatus, input: Value) -> Run {
-        Run {
-            id: WorkflowId::new_v7(),
-            kind: "two".to_owned(),
-            definition_version: 1,
-            status,
-            input,
-            output: None,
-            failure: Some("b broke".to_owned()),
-            correlation_id: CorrelationId::new_v7(),
-            org_id: None,
-            actor: None,
-            parent_id: None,
-            current_step: None,
-            version: 1,
-            next_run_at: Some(at(0)),
-            created_at: at(0),
-            updated_at: at(0),
-            paused: None,
-        }
+        let mut run = crate::testing::run("two", status, input);
+        run.failure = Some("b broke".to_owned());
+        run
     }
 
     fn step(name: &str, kind: StepKind, status: StepStatus, attempts: u32) -> StepRecord {
