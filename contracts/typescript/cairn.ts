@@ -328,6 +328,8 @@ export type Invitation = {
   accepted_at?: string | null;
   created_at: string;
   email: string;
+  /** When the invitee was erased: the address is gone (empty here). */
+  erased_at?: string | null;
   expired_at?: string | null;
   expires_at: string;
   /** An invitation id. */
@@ -388,7 +390,7 @@ export type InvitationRevoked = {
 
 /** An invitation email went out. The token itself is never stored: only its hash. */
 export type InvitationSent = {
-  email: string;
+  email: Personal_Email;
   expires_at: string;
   message_id: string;
   /** An organization (tenant) id. */
@@ -663,6 +665,12 @@ export type PersonRequest = {
   name: string;
 };
 
+/** Personal data: the value, or {"withheld": "erased"} once its person was erased ("unreadable" when its seal cannot be opened). The log stores it sealed; reads never serve the sealed form. */
+export type Personal_Email = (string) | (Withheld) | (SealedField);
+
+/** Personal data: the value, or {"withheld": "erased"} once its person was erased ("unreadable" when its seal cannot be opened). The log stores it sealed; reads never serve the sealed form. */
+export type Personal_Name = (string) | (Withheld) | (SealedField);
+
 /** What the probe's command did. */
 export type Ping = {
   /** The request this belongs to; every hop it causes carries it. */
@@ -679,6 +687,16 @@ export type Ping = {
 
 /** A person the bootstrap creates or invites. */
 export type PlannedAdmin = {
+  email: Personal_Email;
+  /** An invitation id. */
+  invitation_id: string;
+  name: Personal_Name;
+  /** A user id. */
+  user_id: string;
+};
+
+/** The admin of `organization.bootstrap.initiated` version 1. */
+export type PlannedAdminV1 = {
   email: string;
   /** An invitation id. */
   invitation_id: string;
@@ -689,6 +707,17 @@ export type PlannedAdmin = {
 
 /** An invitee the bootstrap will invite. */
 export type PlannedInvitee = {
+  email: Personal_Email;
+  /** An invitation id. */
+  invitation_id: string;
+  name: Personal_Name;
+  roles: Array<Role>;
+  /** A user id. */
+  user_id: string;
+};
+
+/** An invitee of `organization.bootstrap.initiated` version 1. */
+export type PlannedInviteeV1 = {
   email: string;
   /** An invitation id. */
   invitation_id: string;
@@ -741,8 +770,8 @@ export type ProcessingError = {
   message: string;
 };
 
-/** P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type, P9005 payload could not be upcast, P9006 written by a newer build. */
-export type ProcessingErrorCode = "P9001" | "P9002" | "P9003" | "P9004" | "P9005" | "P9006";
+/** P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type, P9005 payload could not be upcast, P9006 written by a newer build, P9007 sealed field unreadable. */
+export type ProcessingErrorCode = "P9001" | "P9002" | "P9003" | "P9004" | "P9005" | "P9006" | "P9007";
 
 /** An event as stored in the log. */
 export type RecordedEvent = {
@@ -951,6 +980,21 @@ export type RunWithSteps = {
   version: number;
 };
 
+/** A personal field as the log stores it, sealed under its person's data key. Reads never serve this form. */
+export type SealedField = {
+  "$sealed": SealedField2;
+};
+
+/** The envelope of a sealed field: whose key seals it, where in the payload it was sealed (bound into the seal with the event's type and stream), and the nonce and ciphertext. */
+export type SealedField2 = {
+  /** XChaCha20-Poly1305: the 24-byte nonce, then the ciphertext and tag; base64url. */
+  data: string;
+  /** The field's JSON pointer in the payload when it was sealed, e.g. `/admin/email`. */
+  field: string;
+  /** The person the field is about; their data key seals it. */
+  subject: string;
+};
+
 /** How a hop went. */
 export type Status = ("ok" | "failed") | ("retrying") | ("in_progress") | ("waiting");
 
@@ -1118,6 +1162,8 @@ export type TracePath = {
 export type User = {
   created_at: string;
   email: string;
+  /** When they were erased at their request: their name and address are gone (empty here), and every event about them reads them as `{"withheld": "erased"}`. */
+  erased_at?: string | null;
   /** A user id. */
   id: string;
   /** Who invited them (`user:<uuid>` or `service:<name>`); absent for users created directly, and for those invited before it was recorded. */
@@ -1141,24 +1187,42 @@ export type UserActivated = {
 
 /** A user account exists and is active. */
 export type UserCreated = {
-  email: string;
-  name: string;
+  email: Personal_Email;
+  name: Personal_Name;
   /** An organization (tenant) id. */
   org_id: string;
 };
 
-/** A person was invited; they become an active user when they accept.  Version 2: who invited them (`invited_by`). Version 1 did not record it, and an upcast version 1 event says `null`: nobody knows, rather than a guess. */
+/** A person was erased at their request: their data key is destroyed, so every personal field sealed under it reads as erased, and their projection rows keep no name or address. Carries no personal data. */
+export type UserErased = {
+  /** Who caused it: user:<uuid> or service:<name>. */
+  erased_by: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** Why, as the person who erased them gave it (never the erased person's data). */
+  reason: string;
+};
+
+/** A person was invited; they become an active user when they accept.  Version 2: who invited them (`invited_by`). Version 1 did not record it, and an upcast version 1 event says `null`: nobody knows, rather than a guess. Version 3: the name and address are sealed. */
 export type UserInvited = {
-  email: string;
+  email: Personal_Email;
   /** An invitation id. */
   invitation_id: string;
   /** Who invited them: a user, or a service (the bootstrap's engine); `null` when the event was written before this was recorded. */
   invited_by?: string | null;
-  name: string;
+  name: Personal_Name;
   /** An organization (tenant) id. */
   org_id: string;
   roles: Array<Role>;
 };
+
+/** Why a personal field's value is not shown. */
+export type Withheld = {
+  withheld: WithheldReason;
+};
+
+/** Why a value is withheld. */
+export type WithheldReason = ("erased") | ("unreadable");
 
 /** The run finished successfully. */
 export type WorkflowCompleted = {
@@ -1230,6 +1294,7 @@ export interface EventPayloads {
   "socket_message": unknown;
   "user.activated": UserActivated;
   "user.created": UserCreated;
+  "user.erased": UserErased;
   "user.invited": UserInvited;
   "user.role_assigned": RoleAssigned;
   "workflow.compensation_failed": CompensationFailed;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 
-use cairn_log::{Conn, DbError, Outcome, ProcessingError, RecordedEvent};
+use cairn_log::{Conn, DbError, Keyring, Outcome, ProcessingError, RecordedEvent};
 use cairn_types::ErrorCode;
 
 use crate::projections::Projections;
@@ -23,6 +23,7 @@ use crate::registry::{HandlerError, Registry, Route};
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     registry: Arc<Registry>,
+    keyring: Arc<Keyring>,
 }
 
 fn failed(code: ErrorCode, message: String) -> Outcome {
@@ -30,10 +31,11 @@ fn failed(code: ErrorCode, message: String) -> Outcome {
 }
 
 impl Dispatcher {
-    /// A dispatcher over a registry.
-    pub fn new(registry: Registry) -> Self {
+    /// A dispatcher over a registry, opening sealed personal fields with `keyring`.
+    pub fn new(registry: Registry, keyring: Arc<Keyring>) -> Self {
         Self {
             registry: Arc::new(registry),
+            keyring,
         }
     }
 
@@ -96,6 +98,28 @@ impl Dispatcher {
                 return Ok(outcome);
             }
         };
+        // A handler sees personal fields opened. The live path hands over the event as
+        // it was given (sealed only in storage); retries and replays open it here.
+        let mut event = event;
+        let mut faults = Vec::new();
+        if let Some((opened, seal_faults)) =
+            crate::personal::open_for_dispatch(&self.keyring, conn, &self.registry, &event).await?
+        {
+            event = std::borrow::Cow::Owned(opened);
+            faults = seal_faults;
+        }
+        if !faults.is_empty() {
+            let messages: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            return Ok(failed(
+                ErrorCode::SealUnreadable,
+                format!(
+                    "event {} ({}): {}",
+                    event.position,
+                    event.event_type,
+                    messages.join("; ")
+                ),
+            ));
+        }
         let event = event.as_ref();
         let savepoint = match isolate {
             true => Some(conn.savepoint("cairn_dispatch").await?),

@@ -25,6 +25,7 @@
 mod check_log;
 mod dispatcher;
 pub mod operations;
+mod personal;
 mod projections;
 mod registry;
 mod replay;
@@ -41,6 +42,7 @@ pub use dispatcher::Dispatcher;
 pub use operations::{
     HandlerRoute, HeldBehind, HeldStream, PausedRoutes, RoutePause, held_counts, held_streams,
 };
+pub use personal::{current_event, current_events, current_events_in};
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, DecodeError, Handler, HandlerError, ProjectionTable, Registry,
@@ -51,7 +53,7 @@ pub use replay::{
     SafetyNetWrite, TableSummary, VerifyOptions, VerifyReport,
 };
 pub use safety_net::{MIGRATIONS, SafetyNet, SafetyNetRecord};
-pub use spec::{EventPayload, EventSpec, Upcaster, VersionError};
+pub use spec::{EventPayload, EventSpec, PersonalPath, Upcaster, VersionError, personal_fields};
 pub use store::{
     Appended, ControlError, Dispatched, EventStore, Operator, Resumed, RetryError, RetryReport,
     RetrySelection,

@@ -418,6 +418,18 @@ impl EventStore {
                 *event = stored;
             }
         }
+        // The page's data keys, read once through the readers and kept, so that the
+        // dispatcher opens each sealed field without a read of its own.
+        let mut subjects: Vec<cairn_types::UserId> = events
+            .iter()
+            .flat_map(|event| registry.personal_fields(event))
+            .map(|field| field.subject)
+            .collect();
+        if !subjects.is_empty() {
+            subjects.sort_unstable();
+            subjects.dedup();
+            self.db().keyring().keys(self.db(), &subjects).await?;
+        }
         Ok(())
     }
 

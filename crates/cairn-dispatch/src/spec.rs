@@ -9,13 +9,17 @@
 //! [`Upcaster`] from the previous one, registered beside the type: stored events are
 //! never rewritten, and every reader brings an older payload up to the current version
 //! through the chain, on one path ([`crate::Registry::upcast`]).
+//!
+//! A payload type names its personal fields ([`EventPayload::PERSONAL`]). The store
+//! seals them under their person's data key before the event is stored, and every
+//! reader opens them on the same path as the upcast ([`crate::open_events`]).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use cairn_log::NewEvent;
-use cairn_types::{EventType, Metadata, StreamType};
+use cairn_log::{NewEvent, PersonalField};
+use cairn_types::{EventType, Metadata, StreamId, StreamType, UserId};
 
 /// The payload of one event type.
 ///
@@ -43,6 +47,10 @@ pub trait EventPayload:
     /// The current version of the payload. Appends write it; older stored versions
     /// are brought up to it by [`EventPayload::upcasters`].
     const VERSION: u32 = 1;
+
+    /// The fields that identify a person (names, email addresses, free text about
+    /// them), which the log seals under that person's data key.
+    const PERSONAL: &'static [PersonalPath] = &[];
 
     /// One upcaster from each older version to the next, up to [`EventPayload::VERSION`].
     /// Registration refuses a chain with a gap.
@@ -81,8 +89,96 @@ pub struct EventSpec {
     /// The chain from the oldest version to the current one, in order; registration
     /// has checked it has no gap.
     pub upcasters: Vec<Upcaster>,
+    /// The personal fields of the current version, sealed by the log.
+    pub personal: &'static [PersonalPath],
     check: fn(&Value) -> Result<(), String>,
     decodes: fn(&Value) -> bool,
+}
+
+/// A personal field of a payload type: where it is and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersonalPath {
+    /// The field's JSON pointer; a `*` segment stands for each element of an array.
+    pub field: &'static str,
+    /// Whose it is: a pointer (with the same `*`) to the person's user id in the
+    /// payload, or `None` for the person whose stream the event is on.
+    pub subject: Option<&'static str>,
+}
+
+impl PersonalPath {
+    /// A field of the person whose stream the event is on.
+    pub const fn of_stream(field: &'static str) -> Self {
+        Self {
+            field,
+            subject: None,
+        }
+    }
+
+    /// A field of the person whose user id is at `subject`.
+    pub const fn of(field: &'static str, subject: &'static str) -> Self {
+        Self {
+            field,
+            subject: Some(subject),
+        }
+    }
+}
+
+/// The concrete personal fields of one payload: each `*` expanded over its array. A
+/// field that is absent or `null` is left out; a field whose person cannot be found is
+/// an error naming it.
+pub fn personal_fields(
+    paths: &[PersonalPath],
+    stream_id: StreamId,
+    data: &Value,
+) -> Result<Vec<PersonalField>, String> {
+    let mut fields = Vec::new();
+    for path in paths {
+        expand(path.field, path.subject, data, &mut |field, subject| {
+            if data.pointer(&field).is_none_or(Value::is_null) {
+                return Ok(());
+            }
+            let subject = match subject {
+                None => UserId::from_uuid(stream_id.as_uuid()),
+                Some(pointer) => data
+                    .pointer(&pointer)
+                    .and_then(Value::as_str)
+                    .and_then(|text| text.parse::<UserId>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "event_data{} is personal data, and event_data{pointer} does not name its person (a user id)",
+                            field.replace('/', ".")
+                        )
+                    })?,
+            };
+            fields.push(PersonalField {
+                pointer: field,
+                subject,
+            });
+            Ok(())
+        })?;
+    }
+    Ok(fields)
+}
+
+/// Calls `each` with every concrete pointer `field` stands for, and its subject's.
+fn expand(
+    field: &str,
+    subject: Option<&str>,
+    data: &Value,
+    each: &mut dyn FnMut(String, Option<String>) -> Result<(), String>,
+) -> Result<(), String> {
+    let Some((prefix, rest)) = field.split_once("/*") else {
+        return each(field.to_owned(), subject.map(str::to_owned));
+    };
+    let Some(items) = data.pointer(prefix).and_then(Value::as_array) else {
+        return Ok(());
+    };
+    for index in 0..items.len() {
+        let concrete = format!("{prefix}/{index}{rest}");
+        let subject = subject.map(|s| s.replacen("/*", &format!("/{index}"), 1));
+        expand(&concrete, subject.as_deref(), data, each)?;
+    }
+    Ok(())
 }
 
 /// Why a stored payload could not be brought to its type's current version.
@@ -209,6 +305,7 @@ impl EventSpec {
             schema: schema_of::<P>(),
             version: P::VERSION,
             upcasters,
+            personal: P::PERSONAL,
             check: check::<P>,
             decodes: |data| P::deserialize(data).is_ok(),
         }

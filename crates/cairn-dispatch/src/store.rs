@@ -3,12 +3,14 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
+use serde_json::Value;
 
 use futures::StreamExt as _;
 
 use cairn_log::{
     AppendError, AppendRequest, Db, DbError, EventFilter, HoldCause, NewEvent, Outcome, Prepared,
-    ReadError, RecordedEvent, SpanKind, SpanRecord, StreamHold, Tx, WriteOptions, args,
+    ReadError, RecordedEvent, SealError, SealPlace, SpanKind, SpanRecord, StreamHold, Tx,
+    WriteOptions, args,
 };
 use cairn_types::{
     Actor, CorrelationId, ErrorCode, EventId, EventType, Metadata, Position, Reason, StreamId,
@@ -121,8 +123,8 @@ impl EventStore {
     /// An event store over a database and a routing table.
     pub fn new(db: Db, registry: Registry) -> Self {
         Self {
+            dispatcher: Dispatcher::new(registry, db.keyring().clone()),
             db,
-            dispatcher: Dispatcher::new(registry),
             paused: Arc::new(Mutex::new(None)),
         }
     }
@@ -195,6 +197,7 @@ impl EventStore {
     ) -> Result<Appended, AppendError> {
         let mut request = request;
         self.check_payloads(&mut request)?;
+        let plain = self.seal(tx, &mut request).await?;
         let mut pending = match tx.prepare_append(request).await? {
             Prepared::Repeat(events) => {
                 let events = events
@@ -215,7 +218,19 @@ impl EventStore {
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
         let dispatch_started = std::time::Instant::now();
-        for (index, event) in events.iter().enumerate() {
+        for (index, stored) in events.iter().enumerate() {
+            // Handlers see personal fields as given; only the stored copy is sealed.
+            let opened;
+            let event = match plain.get(index).cloned().flatten() {
+                Some(data) => {
+                    opened = RecordedEvent {
+                        data,
+                        ..stored.clone()
+                    };
+                    &opened
+                }
+                None => stored,
+            };
             let outcome = {
                 let mut ledger = LiveLedger {
                     store: self,
@@ -331,6 +346,58 @@ impl EventStore {
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((controls, paused.clone()));
         Ok(paused)
+    }
+
+    /// Seals the personal fields of each event in place, under their people's data
+    /// keys (made in this transaction for people who have none). Returns each event's
+    /// payload as given, for the handlers, where anything was sealed.
+    async fn seal(
+        &self,
+        tx: &mut Tx,
+        request: &mut AppendRequest,
+    ) -> Result<Vec<Option<Value>>, AppendError> {
+        let registry = self.dispatcher.registry();
+        let mut plain = Vec::new();
+        for (index, event) in request.events.iter_mut().enumerate() {
+            let Some(spec) = registry.spec(&event.event_type) else {
+                plain.push(None);
+                continue;
+            };
+            if spec.personal.is_empty() || event.version != Some(spec.version) {
+                plain.push(None);
+                continue;
+            }
+            let fields =
+                crate::spec::personal_fields(spec.personal, request.stream_id, &event.data)
+                    .map_err(|reason| AppendError::InvalidData {
+                        index,
+                        event_type: event.event_type.clone(),
+                        reason,
+                    })?;
+            if fields.is_empty() {
+                plain.push(None);
+                continue;
+            }
+            let given = event.data.clone();
+            let place = SealPlace {
+                event_type: event.event_type.as_str(),
+                stream_id: request.stream_id,
+            };
+            self.db
+                .keyring()
+                .seal_in(&mut tx.conn(), place, &mut event.data, &fields)
+                .await
+                .map_err(|error| match error {
+                    SealError::Database(error) => AppendError::Database(error),
+                    error => AppendError::Seal {
+                        index,
+                        event_type: event.event_type.clone(),
+                        error,
+                    },
+                })?;
+            plain.push(Some(given));
+        }
+        Ok(plain)
     }
 
     /// Refuses events whose payload does not fit the registered payload type at the

@@ -31,7 +31,7 @@ use cairn_workflow::{Clock, Engine, EngineConfig, Start, Workflow};
 use crate::bootstrap;
 use crate::events::{
     BootstrapInitiated, DirectCareSettingsUpdated, InvitationAccepted, InvitationRevoked,
-    PlannedAdmin, PlannedInvitee, RoleAssigned, UserActivated, UserInvited, stream,
+    PlannedAdmin, PlannedInvitee, RoleAssigned, UserActivated, UserErased, UserInvited, stream,
 };
 use crate::invitations::{DELIVERY_WORKFLOW, Delivery, Expiry};
 use crate::mailing::Mailing;
@@ -296,6 +296,7 @@ pub struct Domain {
     store: EventStore,
     engine: Engine,
     config: DomainConfig,
+    mailer: Arc<dyn Mailer>,
 }
 
 impl std::fmt::Debug for Domain {
@@ -475,7 +476,7 @@ impl Domain {
         let tokens = TokenKey::load_or_create(store.db()).await?;
         let engine = Engine::new(
             store.clone(),
-            Self::workflows(mailer, tokens, &config),
+            Self::workflows(mailer.clone(), tokens, &config),
             clock,
             engine_config,
         );
@@ -483,6 +484,7 @@ impl Domain {
             store,
             engine,
             config,
+            mailer,
         })
     }
 
@@ -496,6 +498,11 @@ impl Domain {
         &self.store
     }
 
+    /// Where mail goes.
+    pub fn mailer(&self) -> &Arc<dyn Mailer> {
+        &self.mailer
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DomainConfig {
         &self.config
@@ -507,7 +514,7 @@ impl Domain {
 
     /// Runs a command through the pipeline, as one unit of work of the log writer, and
     /// wakes the engine for the runs it started once it has committed.
-    async fn execute<C: Command>(
+    pub(crate) async fn execute<C: Command>(
         &self,
         ctx: &CommandContext,
         command: C,
@@ -841,7 +848,7 @@ async fn authorize_invitation(
     Ok(())
 }
 
-async fn existing_invitation(
+pub(crate) async fn existing_invitation(
     tx: &mut Tx,
     invitation_id: InvitationId,
 ) -> Result<Invitation, CommandError> {
@@ -853,7 +860,7 @@ async fn existing_invitation(
         })
 }
 
-fn stream_type(name: &str) -> StreamType {
+pub(crate) fn stream_type(name: &str) -> StreamType {
     StreamType::parse(name).expect("the domain's stream types are valid names")
 }
 
@@ -927,8 +934,8 @@ impl BootstrapCommand {
                 invitees.push(PlannedInvitee {
                     user_id: UserId::new_v7(),
                     invitation_id: InvitationId::new_v7(),
-                    email,
-                    name,
+                    email: email.into(),
+                    name: name.into(),
                     roles,
                 });
             }
@@ -962,8 +969,8 @@ impl BootstrapCommand {
                 admin: PlannedAdmin {
                     user_id: admin_user_id,
                     invitation_id: admin_invitation_id,
-                    email: admin_email,
-                    name: admin_name,
+                    email: admin_email.into(),
+                    name: admin_name.into(),
                 },
                 invitees,
                 workflow_id: WorkflowId::new_v7(),
@@ -1177,8 +1184,8 @@ impl Command for Invite {
             let workflow_id = WorkflowId::new_v7();
             let invited = UserInvited {
                 org_id,
-                email: self.email.clone(),
-                name: self.name.clone(),
+                email: self.email.clone().into(),
+                name: self.name.clone().into(),
                 roles: self.roles.clone(),
                 invitation_id,
                 invited_by: Some(ctx.actor()),
@@ -1191,8 +1198,8 @@ impl Command for Invite {
                     .map_err(|message| CommandError::InvalidState { message })?,
                 sender_address: Email::parse(&organization.sender_address)
                     .map_err(|message| CommandError::InvalidState { message })?,
-                email: self.email.clone(),
-                name: self.name.clone(),
+                email: None,
+                name: None,
                 roles: self.roles.clone(),
                 send_number: 1,
                 ttl_seconds: domain.config.invitation_ttl.num_seconds(),
@@ -1306,6 +1313,14 @@ impl Command for Resend {
             }
             let organization = live_organization(tx, invitation.org_id).await?;
             let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
+            if user.as_ref().is_some_and(|user| user.erased_at.is_some()) {
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "user {} was erased: no invitation goes to them again",
+                        invitation.user_id
+                    ),
+                });
+            }
             let mailing = Mailing {
                 invitation_id,
                 user_id: invitation.user_id,
@@ -1314,13 +1329,9 @@ impl Command for Resend {
                     .map_err(|message| CommandError::InvalidState { message })?,
                 sender_address: Email::parse(&organization.sender_address)
                     .map_err(|message| CommandError::InvalidState { message })?,
-                email: Email::parse(&invitation.email)
-                    .map_err(|message| CommandError::InvalidState { message })?,
-                name: Name::parse(
-                    user.as_ref()
-                        .map_or(invitation.email.as_str(), |u| u.name.as_str()),
-                )
-                .map_err(|message| CommandError::InvalidState { message })?,
+                // The send reads the address and name from the person's row.
+                email: None,
+                name: None,
                 roles: invitation.roles.clone(),
                 send_number: u32::try_from(invitation.send_count + 1).unwrap_or(u32::MAX),
                 ttl_seconds: domain.config.invitation_ttl.num_seconds(),
@@ -1335,6 +1346,253 @@ impl Command for Resend {
             })
             .start(domain.delivery_start(ctx, workflow_id, &mailing)))
         })
+    }
+}
+
+/// What an erasure returns, and returns again if the person is erased again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErasureReceipt {
+    pub subject_id: UserId,
+    pub org_id: OrgId,
+    pub erased_at: DateTime<Utc>,
+    /// Who erased them: `user:<uuid>` or `service:<name>`.
+    pub erased_by: String,
+    pub reason: String,
+    /// The request that erased them: its timeline shows the erasure.
+    pub correlation_id: CorrelationId,
+    /// Whether this answer is the receipt of an earlier erasure.
+    #[serde(default)]
+    pub repeated: bool,
+}
+
+/// Where a person stands, for `GET /v1/subjects/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SubjectStatus {
+    pub subject_id: UserId,
+    pub org_id: OrgId,
+    /// `active` (their data is sealed under a live key, or was written before sealing
+    /// and is kept) or `erased`.
+    pub state: String,
+    /// The erasure's receipt, once erased.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureReceipt>,
+}
+
+struct Erase {
+    user_id: UserId,
+    reason: String,
+}
+
+impl Command for Erase {
+    const NAME: &'static str = "erase_subject";
+    type Response = ErasureReceipt;
+
+    fn request(&self) -> Value {
+        json!({ "user_id": self.user_id, "reason": self.reason })
+    }
+
+    fn authorize<'t>(
+        &'t self,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(async move {
+            let user = existing_user(tx, self.user_id).await?;
+            ctx.authorize_found(
+                Action::EraseSubject(user.org_id),
+                user.org_id,
+                "user",
+                self.user_id.to_string(),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<ErasureReceipt>, CommandError>> {
+        Box::pin(async move {
+            let user = existing_user(tx, self.user_id).await?;
+            let receipt = ErasureReceipt {
+                subject_id: self.user_id,
+                org_id: user.org_id,
+                erased_at: domain.now(),
+                erased_by: ctx.actor().to_string(),
+                reason: self.reason.clone(),
+                correlation_id: ctx.correlation_id,
+                repeated: false,
+            };
+            let stored =
+                serde_json::to_value(&receipt).map_err(|e| CommandError::InvalidState {
+                    message: format!("the receipt cannot be encoded: {e}"),
+                })?;
+            let erasure = domain
+                .store
+                .db()
+                .keyring()
+                .erase_in(&mut tx.conn(), self.user_id, stored)
+                .await?;
+            match erasure {
+                cairn_log::Erasure::Already { receipt } => {
+                    let mut first: ErasureReceipt =
+                        serde_json::from_value(receipt).map_err(|e| {
+                            CommandError::InvalidState {
+                                message: format!("the first erasure's receipt cannot be read: {e}"),
+                            }
+                        })?;
+                    first.repeated = true;
+                    Ok(Changes::answer(first))
+                }
+                cairn_log::Erasure::Erased { .. } => {
+                    let erased = UserErased {
+                        org_id: user.org_id,
+                        reason: self.reason.clone(),
+                        erased_by: ctx.actor(),
+                    };
+                    Ok(Changes::answer(receipt).append(AppendRequest::new(
+                        stream_type(stream::USER),
+                        self.user_id.into(),
+                        vec![erased.to_event(ctx.metadata(user.org_id))],
+                    )))
+                }
+            }
+        })
+    }
+}
+
+async fn existing_user(tx: &mut Tx, user_id: UserId) -> Result<queries::User, CommandError> {
+    queries::user(&mut tx.conn(), user_id)
+        .await?
+        .ok_or_else(|| CommandError::NotFound {
+            what: "user",
+            id: user_id.to_string(),
+        })
+}
+
+impl Domain {
+    /// Erases a person at their request, in one unit of work: their data key is
+    /// destroyed (every personal field sealed under it can never be read again), a
+    /// `user.erased` event with no personal data is appended, and their projection
+    /// rows become tombstones. Then the copies cairn made outside the database (outbox
+    /// files) are removed. Erasing again returns the first receipt.
+    pub async fn erase_subject(
+        &self,
+        ctx: &CommandContext,
+        user_id: UserId,
+        reason: &str,
+    ) -> Result<ErasureReceipt, CommandError> {
+        let reason = reason.trim();
+        let controls = reason
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
+        if reason.is_empty() || reason.chars().count() > 500 || controls {
+            return Err(CommandError::Invalid(vec![invalid(
+                "reason",
+                "give a reason of 1 to 500 characters, without control characters",
+            )]));
+        }
+        let receipt = self
+            .execute(
+                ctx,
+                Erase {
+                    user_id,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await?;
+        self.store.db().keyring().forget(user_id);
+        if let Err(error) = self.store.db().compact_wal().await {
+            tracing::warn!(%user_id, %error, "the write-ahead log was not emptied after an erasure");
+        }
+        if let Err(error) = self.sweep_subject(user_id).await {
+            // Swept again at the next start: the erasure itself is complete.
+            tracing::error!(%user_id, error = %cairn_types::error_chain(&*error), "the copies outside the database of an erased person were not removed yet");
+        }
+        Ok(receipt)
+    }
+
+    /// Where a person stands. A person of another tenant is not found.
+    pub async fn subject_status(
+        &self,
+        ctx: &CommandContext,
+        user_id: UserId,
+    ) -> Result<SubjectStatus, CommandError> {
+        let mut reader = self.store.db().reader().await?;
+        let user = queries::user(&mut reader.conn(), user_id)
+            .await?
+            .ok_or_else(|| CommandError::NotFound {
+                what: "user",
+                id: user_id.to_string(),
+            })?;
+        drop(reader);
+        ctx.authorize_found(
+            Action::ReadUsers(user.org_id),
+            user.org_id,
+            "user",
+            user_id.to_string(),
+        )?;
+        let state = self
+            .store
+            .db()
+            .keyring()
+            .state(self.store.db(), user_id)
+            .await?;
+        Ok(match state {
+            cairn_log::SubjectState::Erased { receipt } => SubjectStatus {
+                subject_id: user_id,
+                org_id: user.org_id,
+                state: "erased".to_owned(),
+                erasure: serde_json::from_value(receipt).ok(),
+            },
+            _ => SubjectStatus {
+                subject_id: user_id,
+                org_id: user.org_id,
+                state: "active".to_owned(),
+                erasure: None,
+            },
+        })
+    }
+
+    /// Removes the copies cairn made outside the database of an erased person (the
+    /// outbox's `.eml` files of their invitations), then records that it did.
+    async fn sweep_subject(
+        &self,
+        user_id: UserId,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut reader = self.store.db().reader().await?;
+        let invitations = queries::invitations_of_user(&mut reader.conn(), user_id).await?;
+        drop(reader);
+        let mut message_ids = Vec::new();
+        for invitation in &invitations {
+            let domain = invitation
+                .message_id
+                .rsplit_once('@')
+                .map_or("", |(_, domain)| domain);
+            for n in 1..=invitation.send_count.max(1) {
+                message_ids.push(format!("invitation-{}-{n}@{domain}", invitation.id));
+            }
+        }
+        self.mailer.forget(&message_ids).await?;
+        self.store
+            .db()
+            .keyring()
+            .mark_swept(self.store.db(), user_id)
+            .await?;
+        Ok(())
+    }
+
+    /// Finishes every erasure whose copies outside the database were not removed yet
+    /// (a process stopped between the erasure's commit and the sweep). Run at start.
+    pub async fn sweep_erased(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let pending = self.store.db().keyring().unswept(self.store.db()).await?;
+        for user_id in &pending {
+            self.store.db().keyring().forget(*user_id);
+            self.sweep_subject(*user_id).await?;
+        }
+        Ok(pending.len())
     }
 }
 

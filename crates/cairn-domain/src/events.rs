@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use cairn_dispatch::{EventPayload, Upcaster};
-use cairn_types::{Actor, InvitationId, OrgId, UserId, WorkflowId};
+use cairn_dispatch::{EventPayload, PersonalPath, Upcaster};
+use cairn_types::{Actor, InvitationId, OrgId, Personal, UserId, WorkflowId};
 use serde_json::{Map, Value};
 
 use crate::model::{DirectCareSettings, Email, Name, Role, Slug};
@@ -23,8 +23,8 @@ pub mod stream {
 pub struct PlannedAdmin {
     pub user_id: UserId,
     pub invitation_id: InvitationId,
-    pub email: Email,
-    pub name: Name,
+    pub email: Personal<Email>,
+    pub name: Personal<Name>,
 }
 
 /// An invitee the bootstrap will invite.
@@ -33,8 +33,8 @@ pub struct PlannedAdmin {
 pub struct PlannedInvitee {
     pub user_id: UserId,
     pub invitation_id: InvitationId,
-    pub email: Email,
-    pub name: Name,
+    pub email: Personal<Email>,
+    pub name: Personal<Name>,
     pub roles: Vec<Role>,
 }
 
@@ -52,6 +52,48 @@ pub struct BootstrapInitiated {
     pub admin: PlannedAdmin,
     pub invitees: Vec<PlannedInvitee>,
     pub workflow_id: WorkflowId,
+}
+
+/// `organization.bootstrap.initiated` as version 1 wrote it, before its people's
+/// names and addresses were sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapInitiatedV1 {
+    pub name: Name,
+    pub slug: Slug,
+    pub sender_domain: String,
+    pub sender_address: Email,
+    pub direct_care_settings: DirectCareSettings,
+    pub admin: PlannedAdminV1,
+    pub invitees: Vec<PlannedInviteeV1>,
+    pub workflow_id: WorkflowId,
+}
+
+/// The admin of `organization.bootstrap.initiated` version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedAdminV1 {
+    pub user_id: UserId,
+    pub invitation_id: InvitationId,
+    pub email: Email,
+    pub name: Name,
+}
+
+/// An invitee of `organization.bootstrap.initiated` version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedInviteeV1 {
+    pub user_id: UserId,
+    pub invitation_id: InvitationId,
+    pub email: Email,
+    pub name: Name,
+    pub roles: Vec<Role>,
+}
+
+/// Version 1 → 2 of the payloads whose personal fields are sealed from version 2 on:
+/// the fields keep their names, and a value written in the clear reads as it is.
+pub fn sealed_from_v2(_: &mut Map<String, Value>) -> Result<(), String> {
+    Ok(())
 }
 
 /// The organization exists.
@@ -101,24 +143,58 @@ pub struct OrganizationDeactivated {
 #[serde(deny_unknown_fields)]
 pub struct UserCreated {
     pub org_id: OrgId,
+    pub email: Personal<Email>,
+    pub name: Personal<Name>,
+}
+
+/// `user.created` as version 1 wrote it, before names and addresses were sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserCreatedV1 {
+    pub org_id: OrgId,
     pub email: Email,
     pub name: Name,
+}
+
+/// A person was erased at their request: their data key is destroyed, so every
+/// personal field sealed under it reads as erased, and their projection rows keep no
+/// name or address. Carries no personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserErased {
+    pub org_id: OrgId,
+    /// Why, as the person who erased them gave it (never the erased person's data).
+    pub reason: String,
+    pub erased_by: Actor,
 }
 
 /// A person was invited; they become an active user when they accept.
 ///
 /// Version 2: who invited them (`invited_by`). Version 1 did not record it, and an
-/// upcast version 1 event says `null`: nobody knows, rather than a guess.
+/// upcast version 1 event says `null`: nobody knows, rather than a guess. Version 3:
+/// the name and address are sealed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInvited {
+    pub org_id: OrgId,
+    pub email: Personal<Email>,
+    pub name: Personal<Name>,
+    pub roles: Vec<Role>,
+    pub invitation_id: InvitationId,
+    /// Who invited them: a user, or a service (the bootstrap's engine); `null` when
+    /// the event was written before this was recorded.
+    pub invited_by: Option<Actor>,
+}
+
+/// `user.invited` as version 2 wrote it, before names and addresses were sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInvitedV2 {
     pub org_id: OrgId,
     pub email: Email,
     pub name: Name,
     pub roles: Vec<Role>,
     pub invitation_id: InvitationId,
-    /// Who invited them: a user, or a service (the bootstrap's engine); `null` when
-    /// the event was written before this was recorded.
     pub invited_by: Option<Actor>,
 }
 
@@ -162,6 +238,20 @@ pub struct UserActivated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvitationSent {
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub email: Personal<Email>,
+    pub roles: Vec<Role>,
+    pub token_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub message_id: String,
+    pub send_number: u32,
+}
+
+/// `invitation.sent` as version 1 wrote it, before addresses were sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationSentV1 {
     pub org_id: OrgId,
     pub user_id: UserId,
     pub email: Email,
@@ -224,6 +314,21 @@ macro_rules! payload {
             }
         }
     };
+    (
+        $ty:ident, $event_type:literal, $description:literal,
+        version: $version:literal, personal: [$($personal:expr),+ $(,)?],
+        upcasters: $upcasters:expr
+    ) => {
+        impl EventPayload for $ty {
+            const EVENT_TYPE: &'static str = $event_type;
+            const DESCRIPTION: &'static str = $description;
+            const VERSION: u32 = $version;
+            const PERSONAL: &'static [PersonalPath] = &[$($personal),+];
+            fn upcasters() -> Vec<Upcaster> {
+                $upcasters
+            }
+        }
+    };
     // Version 1 read from older versions through `$upcasters()`.
     ($ty:ident, $event_type:literal, $description:literal, upcasters: $upcasters:path) => {
         impl EventPayload for $ty {
@@ -240,7 +345,15 @@ macro_rules! payload {
 payload!(
     BootstrapInitiated,
     "organization.bootstrap.initiated",
-    "Someone asked for an organization to be bootstrapped."
+    "Someone asked for an organization to be bootstrapped.",
+    version: 2,
+    personal: [
+        PersonalPath::of("/admin/email", "/admin/user_id"),
+        PersonalPath::of("/admin/name", "/admin/user_id"),
+        PersonalPath::of("/invitees/*/email", "/invitees/*/user_id"),
+        PersonalPath::of("/invitees/*/name", "/invitees/*/user_id"),
+    ],
+    upcasters: vec![Upcaster::new::<BootstrapInitiatedV1>(1, sealed_from_v2)]
 );
 payload!(
     OrganizationCreated,
@@ -272,14 +385,29 @@ payload!(
     UserCreated,
     "user.created",
     "A user account exists and is active.",
-    upcasters: crate::import::shapes::user_created
+    version: 2,
+    personal: [PersonalPath::of_stream("/email"), PersonalPath::of_stream("/name")],
+    upcasters: {
+        let mut chain = crate::import::shapes::user_created();
+        chain.push(Upcaster::new::<UserCreatedV1>(1, sealed_from_v2));
+        chain
+    }
+);
+payload!(
+    UserErased,
+    "user.erased",
+    "A person was erased at their request; their personal data can no longer be read."
 );
 payload!(
     UserInvited,
     "user.invited",
     "A person was invited to an organization.",
-    version: 2,
-    upcasters: [Upcaster::new::<UserInvitedV1>(1, user_invited_v1_to_v2)]
+    version: 3,
+    personal: [PersonalPath::of_stream("/email"), PersonalPath::of_stream("/name")],
+    upcasters: vec![
+        Upcaster::new::<UserInvitedV1>(1, user_invited_v1_to_v2),
+        Upcaster::new::<UserInvitedV2>(2, sealed_from_v2),
+    ]
 );
 payload!(
     RoleAssigned,
@@ -296,7 +424,13 @@ payload!(
     InvitationSent,
     "invitation.sent",
     "An invitation email went out.",
-    upcasters: crate::import::shapes::invitation_sent
+    version: 2,
+    personal: [PersonalPath::of("/email", "/user_id")],
+    upcasters: {
+        let mut chain = crate::import::shapes::invitation_sent();
+        chain.push(Upcaster::new::<InvitationSentV1>(1, sealed_from_v2));
+        chain
+    }
 );
 payload!(
     InvitationResent,

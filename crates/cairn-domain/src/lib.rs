@@ -31,8 +31,8 @@ use cairn_log::Migration;
 
 pub use commands::{
     BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig,
-    FieldError, FirstRun, InvitationAcceptance, InvitationStarted, InviteeRequest,
-    OrganizationRequest, PersonRequest,
+    ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted, InviteeRequest,
+    OrganizationRequest, PersonRequest, SubjectStatus,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0007_import",
         sqlite: include_str!("schema/sqlite/0007_import.sql"),
         postgres: include_str!("schema/postgres/0007_import.sql"),
+    },
+    Migration {
+        id: "domain/0008_erasure",
+        sqlite: include_str!("schema/sqlite/0008_erasure.sql"),
+        postgres: include_str!("schema/postgres/0008_erasure.sql"),
     },
 ];
 

@@ -49,8 +49,14 @@ pub struct Mailing {
     pub org_id: OrgId,
     pub org_name: Name,
     pub sender_address: Email,
-    pub email: Email,
-    pub name: Name,
+    /// The address and name the bootstrap planned, kept only in memory: the send
+    /// reads them from the person's projection row, so a run's stored input carries
+    /// no personal data and an erased person is never mailed. Inputs stored by
+    /// earlier releases may carry them; they are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Email>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
     pub roles: Vec<Role>,
     /// 1 for the first email, then 2, 3, … for each resend.
     pub send_number: u32,
@@ -134,12 +140,13 @@ pub async fn send(
         };
         return serde_json::to_value(sent).map_err(|e| StepError::permanent(e.to_string()));
     }
+    let (email, name) = recipient(ctx.store(), mailing.user_id).await?;
     let message = OutboundMessage {
         message_id: message_id.clone(),
         from: mailing.sender_address.address().clone(),
         from_name: Some(mailing.org_name.to_string()),
-        to: mailing.email.address().clone(),
-        to_name: Some(mailing.name.to_string()),
+        to: email.address().clone(),
+        to_name: Some(name.to_string()),
         subject: format!("You're invited to join {} on cairn", mailing.org_name),
         text: format!(
             "Hello {name},\n\n\
@@ -148,7 +155,7 @@ pub async fn send(
              The link works once, and expires on {expires} UTC.\n\
              If you did not expect this email, you can ignore it.\n\n\
              -- {org}, via cairn\n",
-            name = mailing.name,
+            name = name,
             org = mailing.org_name,
             roles = roles_text(&mailing.roles),
             url = mailing.accept_url,
@@ -172,7 +179,7 @@ pub async fn send(
         cairn_log::SpanRecord::ending_now(
             ctx.run().correlation_id,
             cairn_log::SpanKind::Email,
-            format!("invitation email to {}", mailing.email),
+            format!("invitation email to user {}", mailing.user_id),
             started_at,
         )
         .org(Some(mailing.org_id))
@@ -180,7 +187,11 @@ pub async fn send(
         .attribute("via", mailer.describe())
         .attribute("attempt", ctx.attempt())
         .attribute("step", ctx.step())
-        .error(sent.as_ref().err().map(ToString::to_string)),
+        .error(
+            sent.as_ref()
+                .err()
+                .map(|error| without_address(&error.to_string(), &email)),
+        ),
     );
     match sent {
         Ok(delivery) => {
@@ -193,23 +204,66 @@ pub async fn send(
             };
             serde_json::to_value(sent).map_err(|e| StepError::permanent(e.to_string()))
         }
+        // What the server said may quote the address: it is cut out, so that failures,
+        // spans and step records name the person only by id.
         Err(error) if error.permanent => Err(StepError::permanent(format!(
-            "mail to {} was refused for good by {}: {error}",
-            mailing.email,
-            mailer.describe()
+            "mail to user {} was refused for good by {}: {}",
+            mailing.user_id,
+            mailer.describe(),
+            without_address(&error.to_string(), &email)
         ))),
         // The server may have taken it: the retry sends it again under the same
         // Message-ID, as after a crash, so that a receiver can drop the copy.
         Err(error) if error.in_doubt => Err(StepError::retryable(format!(
-            "mail to {} is in doubt: {error}; the retry sends it again as {message_id}",
-            mailing.email
+            "mail to user {} is in doubt: {}; the retry sends it again as {message_id}",
+            mailing.user_id,
+            without_address(&error.to_string(), &email)
         ))),
         Err(error) => Err(StepError::retryable(format!(
-            "mail to {} could not be sent through {}: {error}",
-            mailing.email,
-            mailer.describe()
+            "mail to user {} could not be sent through {}: {}",
+            mailing.user_id,
+            mailer.describe(),
+            without_address(&error.to_string(), &email)
         ))),
     }
+}
+
+/// The address and name an invitation goes to, read from the person's projection
+/// row: never from a run's input, so that an erased person is never mailed.
+async fn recipient(
+    store: &cairn_dispatch::EventStore,
+    user_id: UserId,
+) -> Result<(Email, Name), StepError> {
+    let mut reader = store.db().reader().await?;
+    let user = crate::queries::user(&mut reader.conn(), user_id)
+        .await?
+        .ok_or_else(|| StepError::permanent(format!("user {user_id} does not exist")))?;
+    if user.erased_at.is_some() {
+        return Err(StepError::permanent(format!(
+            "user {user_id} was erased: no invitation goes to them"
+        )));
+    }
+    let email = Email::parse(&user.email)
+        .map_err(|e| StepError::permanent(format!("user {user_id}'s address: {e}")))?;
+    let name = Name::parse(&user.name)
+        .map_err(|e| StepError::permanent(format!("user {user_id}'s name: {e}")))?;
+    Ok((email, name))
+}
+
+/// `text` with every copy of the address cut out (as the server wrote it, in any
+/// case).
+fn without_address(text: &str, email: &Email) -> String {
+    let address = email.as_str().to_ascii_lowercase();
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(&address) {
+        out.push_str(&text[rest..at]);
+        out.push_str("<recipient>");
+        rest = at + address.len();
+    }
+    out.push_str(&text[rest..]);
+    out
 }
 
 /// Records that the invitation was sent (or sent again), and for a first send starts
@@ -227,10 +281,11 @@ pub async fn record(
     metadata.org_id = Some(mailing.org_id);
     let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
     let (event, expected) = if mailing.send_number == 1 {
+        let (email, _) = recipient(ctx.store(), mailing.user_id).await?;
         let payload = InvitationSent {
             org_id: mailing.org_id,
             user_id: mailing.user_id,
-            email: mailing.email.clone(),
+            email: email.into(),
             roles: mailing.roles.clone(),
             token_hash,
             expires_at: sent.expires_at,
@@ -288,7 +343,20 @@ pub async fn record(
 
 #[cfg(test)]
 mod tests {
-    use super::expires_at;
+    use super::{expires_at, without_address};
+
+    #[test]
+    fn a_servers_reply_keeps_no_copy_of_the_address() {
+        let email = crate::model::Email::parse("Ada.L@Example.com").unwrap();
+        assert_eq!(
+            without_address(
+                "550 5.1.1 <ada.l@example.com>: unknown; ADA.L@EXAMPLE.COM",
+                &email
+            ),
+            "550 5.1.1 <<recipient>>: unknown; <recipient>"
+        );
+        assert_eq!(without_address("421 try later", &email), "421 try later");
+    }
     use chrono::{DateTime, Utc};
 
     #[test]

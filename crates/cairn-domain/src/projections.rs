@@ -17,7 +17,7 @@ use crate::events::{
     BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
     InvitationAccepted, InvitationExpired, InvitationResent, InvitationRevoked, InvitationSent,
     OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated, UserCreated,
-    UserInvited, stream,
+    UserErased, UserInvited, stream,
 };
 
 macro_rules! handler {
@@ -155,8 +155,8 @@ handler!(OnUserCreated, UserCreated, |event, e, p| {
         args![
             event.stream_id,
             e.org_id,
-            e.email.as_str(),
-            e.name.as_str(),
+            e.email.known().map_or("", |email| email.as_str()),
+            e.name.known().map_or("", |name| name.as_str()),
             event.created_at
         ],
     )
@@ -173,11 +173,28 @@ handler!(OnUserInvited, UserInvited, |event, e, p| {
         args![
             event.stream_id,
             e.org_id,
-            e.email.as_str(),
-            e.name.as_str(),
+            e.email.known().map_or("", |email| email.as_str()),
+            e.name.known().map_or("", |name| name.as_str()),
             event.created_at,
             e.invited_by.as_ref().map(ToString::to_string)
         ],
+    )
+    .await?;
+});
+
+// The tombstone of an erased person: their rows stay (ids, status, roles: what the
+// organization's records need), with no name or address.
+handler!(OnUserErased, UserErased, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE users SET email = '', name = '', erased_at = $2, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+    p.execute(
+        "UPDATE invitations SET email = '', erased_at = $2, updated_at = $2 WHERE user_id = $1",
+        args![event.stream_id, event.created_at],
     )
     .await?;
 });
@@ -215,7 +232,7 @@ handler!(OnInvitationSent, InvitationSent, |event, e, p| {
             event.stream_id,
             e.org_id,
             e.user_id,
-            e.email.as_str(),
+            e.email.known().map_or("", |email| email.as_str()),
             json(&e.roles),
             e.token_hash.as_str(),
             e.expires_at,
@@ -331,6 +348,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<UserInvited>(OnUserInvited)
                 .event::<RoleAssigned>(OnRoleAssigned)
                 .event::<UserActivated>(OnUserActivated)
+                .event::<UserErased>(OnUserErased)
                 .hold_streams()
         })
         .router(stream::INVITATION, |r| {

@@ -88,6 +88,14 @@ pub enum AppendError {
         /// Why, for people: the hold, or the route's pause (who, since when, why).
         detail: String,
     },
+    /// A personal field could not be sealed: its person was erased, or this process
+    /// has no personal-data key (or an outdated one). Nothing was written.
+    #[error("event {index} ({event_type}): {error}")]
+    Seal {
+        index: usize,
+        event_type: EventType,
+        error: crate::SealError,
+    },
     #[error("could not append")]
     Database(#[from] DbError),
     #[error(transparent)]

@@ -106,6 +106,7 @@ struct Shared {
     after: Arc<AfterCommit>,
     writer: WriterHandle,
     writer_config: WriterConfig,
+    keyring: Arc<crate::seal::Keyring>,
 }
 
 impl Db {
@@ -146,8 +147,13 @@ impl Db {
                 after,
                 writer: handle,
                 writer_config: config,
+                keyring: Arc::default(),
             }),
         })
+    }
+
+    pub(crate) fn keyring_ref(&self) -> &Arc<crate::seal::Keyring> {
+        &self.shared.keyring
     }
 
     /// The backend this database runs on.

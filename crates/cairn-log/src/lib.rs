@@ -42,6 +42,7 @@ mod foreign;
 mod hash;
 mod migrate;
 mod read;
+mod seal;
 mod spans;
 mod state;
 mod tx;
@@ -66,6 +67,10 @@ pub use foreign::ForeignDb;
 pub use hash::{GENESIS, HashedColumns, canonical_json, event_hash, hex, normalize_json};
 pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};
+pub use seal::{
+    Erasure, Kek, KekError, KekMismatch, KeySet, Keyring, PersonalField, RotateError, SealError,
+    SealFault, SealPlace, SubjectState,
+};
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
 pub use value::{Arg, Backend, IntoArg, Sql, dialect};
 pub use writer::{Admission, Priority, WriteMode, WriteOptions, WriterConfig};

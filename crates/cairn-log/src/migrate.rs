@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0006_event_versions.sql"),
         postgres: include_str!("schema/postgres/0006_event_versions.sql"),
     },
+    Migration {
+        id: "log/0007_subject_keys",
+        sqlite: include_str!("schema/sqlite/0007_subject_keys.sql"),
+        postgres: include_str!("schema/postgres/0007_subject_keys.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -110,6 +110,14 @@ pub trait Mailer: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Removes what this transport kept of these messages (an outbox's files), for
+    /// the erasure of the person they went to. Returns how many it removed; a
+    /// transport that keeps nothing (a mail server) removes nothing.
+    async fn forget(&self, message_ids: &[String]) -> Result<usize, MailError> {
+        let _ = message_ids;
+        Ok(0)
+    }
+
     /// Where mail goes, for people.
     fn describe(&self) -> String;
 }

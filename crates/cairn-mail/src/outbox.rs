@@ -122,6 +122,23 @@ impl Mailer for OutboxMailer {
             }))
     }
 
+    async fn forget(&self, message_ids: &[String]) -> Result<usize, MailError> {
+        let mut removed = 0;
+        for message_id in message_ids {
+            match std::fs::remove_file(self.path_for(message_id)) {
+                Ok(()) => removed += 1,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(MailError::transient(format!(
+                        "cannot remove {}: {error}",
+                        self.path_for(message_id).display()
+                    )));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn describe(&self) -> String {
         format!("outbox:{}", self.dir.display())
     }

@@ -20,6 +20,8 @@ pub enum Action {
     Invite(OrgId),
     ResendInvitation(OrgId),
     RevokeInvitation(OrgId),
+    /// Erase a person of this organization at their request.
+    EraseSubject(OrgId),
     /// Look an invitation up by its id, within the tenants the principal sees.
     FindInvitation,
     /// Accept an invitation: the token is the credential.
@@ -63,6 +65,7 @@ impl Action {
             Action::Invite(org) => format!("invite people to organization {org}"),
             Action::ResendInvitation(org) => format!("resend invitations of organization {org}"),
             Action::RevokeInvitation(org) => format!("revoke invitations of organization {org}"),
+            Action::EraseSubject(org) => format!("erase people of organization {org}"),
             Action::FindInvitation => "read invitations".into(),
             Action::AcceptInvitation => "accept an invitation".into(),
             Action::ListWorkflows => "read workflows".into(),
@@ -157,7 +160,8 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
         | Action::FindInvitation
         | Action::Invite(_)
         | Action::ResendInvitation(_)
-        | Action::RevokeInvitation(_) => needs_admin("managing the organization"),
+        | Action::RevokeInvitation(_)
+        | Action::EraseSubject(_) => needs_admin("managing the organization"),
         Action::ListWorkflows => needs_admin("reading workflows"),
         Action::PauseRun(_) => needs_admin("pausing the organization's workflow runs"),
         Action::ListEvents | Action::Subscribe | Action::ReceiveEvent(_) | Action::ReadTrace => {
@@ -193,7 +197,8 @@ fn scope_for(action: &Action) -> Option<Scope> {
         Action::UpdateDirectCareSettings(_)
         | Action::Invite(_)
         | Action::ResendInvitation(_)
-        | Action::RevokeInvitation(_) => Some(Scope::OrganizationsWrite),
+        | Action::RevokeInvitation(_)
+        | Action::EraseSubject(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
         Action::ListEvents | Action::ReadTrace => Some(Scope::EventsRead),
         Action::RetryEvents | Action::SkipEvents => Some(Scope::EventsRetry),
@@ -213,7 +218,8 @@ fn tenant_of(action: &Action) -> Option<Option<OrgId>> {
         | Action::ReadInvitations(org)
         | Action::Invite(org)
         | Action::ResendInvitation(org)
-        | Action::RevokeInvitation(org) => Some(Some(*org)),
+        | Action::RevokeInvitation(org)
+        | Action::EraseSubject(org) => Some(Some(*org)),
         Action::ReceiveEvent(org) | Action::PauseRun(org) => Some(*org),
         _ => None,
     }

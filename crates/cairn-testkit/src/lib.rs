@@ -263,6 +263,16 @@ where
     }
 }
 
+/// The personal-data key every test database is given: the same in every process of a
+/// test, as a deployment gives all its processes one key.
+pub fn test_kek() -> cairn_log::Kek {
+    cairn_log::Kek::parse(
+        "Y2Fpcm4tdGVzdC1rZXktZW5jcnlwdGlvbi1rZXkhISE",
+        "the test key",
+    )
+    .expect("the test key is 32 bytes of base64")
+}
+
 /// Opens a test database, without migrating it.
 async fn connect(url: &str) -> Db {
     let options = DbOptions {
@@ -354,6 +364,9 @@ impl TestDb {
         db.migrate(&[cairn_log::MIGRATIONS])
             .await
             .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e:#?}", place.url));
+        db.install_kek(test_kek())
+            .await
+            .unwrap_or_else(|e| panic!("cannot give test database {} its key: {e:#?}", place.url));
         TestDb {
             db,
             place: Arc::new(place),
@@ -519,7 +532,7 @@ impl TestDb {
     /// Opens a second, independent connection pool to the same database, as another
     /// process would, with its own log writer set up as `writer` says.
     pub async fn connect_with(&self, writer: cairn_log::WriterConfig) -> anyhow::Result<Db> {
-        Ok(Db::connect(
+        let db = Db::connect(
             &self.place.url,
             &DbOptions {
                 max_connections: 5,
@@ -527,20 +540,24 @@ impl TestDb {
                 ..DbOptions::default()
             },
         )
-        .await?)
+        .await?;
+        db.install_kek(test_kek()).await?;
+        Ok(db)
     }
 
     /// Opens a second, independent connection pool to the same database, as another
     /// process would.
     pub async fn connect_again(&self) -> anyhow::Result<Db> {
-        Ok(Db::connect(
+        let db = Db::connect(
             &self.place.url,
             &DbOptions {
                 max_connections: 5,
                 ..DbOptions::default()
             },
         )
-        .await?)
+        .await?;
+        db.install_kek(test_kek()).await?;
+        Ok(db)
     }
 }
 

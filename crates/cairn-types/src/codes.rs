@@ -31,17 +31,22 @@ pub enum ErrorCode {
     /// does not have; it is never applied by an older build. The message names both
     /// versions. Retry it once the newer build runs again.
     NewerVersion,
+    /// `P9007`: a sealed personal field could not be opened: its seal does not match
+    /// what was sealed (tampered with), or its data key is wrapped by a key this
+    /// process was not given. The message names the field and the person.
+    SealUnreadable,
 }
 
 impl ErrorCode {
     /// Every code, in code order.
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::UnknownEventType,
         ErrorCode::UnknownStreamType,
         ErrorCode::HandlerFailed,
         ErrorCode::PayloadMismatch,
         ErrorCode::UpcastFailed,
         ErrorCode::NewerVersion,
+        ErrorCode::SealUnreadable,
     ];
 
     /// The code as stored and shown: `P9001`, …
@@ -53,6 +58,7 @@ impl ErrorCode {
             ErrorCode::PayloadMismatch => "P9004",
             ErrorCode::UpcastFailed => "P9005",
             ErrorCode::NewerVersion => "P9006",
+            ErrorCode::SealUnreadable => "P9007",
         }
     }
 
@@ -65,13 +71,14 @@ impl ErrorCode {
             ErrorCode::PayloadMismatch => "payload does not match its type",
             ErrorCode::UpcastFailed => "payload could not be upcast",
             ErrorCode::NewerVersion => "written by a newer build",
+            ErrorCode::SealUnreadable => "sealed field unreadable",
         }
     }
 }
 
 /// Text that is not one of the codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not an error code; the codes are P9001 to P9006")]
+#[error("{input:?} is not an error code; the codes are P9001 to P9007")]
 pub struct UnknownCode {
     input: String,
 }

@@ -13,6 +13,7 @@ mod ids;
 mod metadata;
 mod names;
 mod numbers;
+mod personal;
 mod reason;
 mod schema;
 mod tenancy;
@@ -24,6 +25,9 @@ pub use ids::{
 pub use metadata::{Actor, ActorError, Metadata, MetadataError};
 pub use names::{EventType, NameError, StreamType};
 pub use numbers::{Position, StreamVersion};
+pub use personal::{
+    Personal, SEALED_KEY, Sealed, SealedField, WITHHELD_KEY, Withheld, WithheldReason,
+};
 pub use reason::{Reason, ReasonError};
 pub use tenancy::Tenancy;
 

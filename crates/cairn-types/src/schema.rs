@@ -122,7 +122,7 @@ impl JsonSchema for ErrorCode {
         json_schema!({
             "type": "string",
             "enum": codes,
-            "description": "P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type, P9005 payload could not be upcast, P9006 written by a newer build."
+            "description": "P9001 unknown event type, P9002 unknown stream type, P9003 handler failed, P9004 payload does not match its type, P9005 payload could not be upcast, P9006 written by a newer build, P9007 sealed field unreadable."
         })
     }
 }

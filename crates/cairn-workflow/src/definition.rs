@@ -223,7 +223,16 @@ impl From<cairn_log::AppendError> for StepError {
         match error {
             E::Database(_) | E::Read(_) => StepError::retryable(message),
             E::Held { .. } => StepError::blocked(message),
-            E::Conflict { .. }
+            // Waits for the process to be given the right personal-data key.
+            E::Seal {
+                error:
+                    cairn_log::SealError::NoKey { .. }
+                    | cairn_log::SealError::Rotated { .. }
+                    | cairn_log::SealError::Unwrap { .. },
+                ..
+            } => StepError::blocked(message),
+            E::Seal { .. }
+            | E::Conflict { .. }
             | E::StreamTypeMismatch { .. }
             | E::KeyReused { .. }
             | E::NoEvents

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 
 use cairn_dispatch::{EventStore, Registry};
 use cairn_domain::{Domain, DomainConfig};
-use cairn_log::{Db, DbOptions, Migration};
+use std::path::{Path, PathBuf};
+
+use cairn_log::{Db, DbOptions, Kek, Migration};
 use cairn_workflow::{EngineConfig, SystemClock};
 
 use crate::cli::Runtime;
@@ -23,13 +25,79 @@ pub fn registry() -> Registry {
     cairn_domain::registry()
 }
 
-/// Opens the database a URL names and brings its schema up to date.
+/// Opens the database a URL names, brings its schema up to date, and gives it the
+/// personal-data key.
 pub async fn open_db(url: &str, options: &DbOptions) -> anyhow::Result<Db> {
     let db = Db::connect(url, options).await?;
     db.migrate(&migrations())
         .await
         .with_context(|| format!("migrating {}", db.describe()))?;
+    install_pii_key(&db, url).await?;
     Ok(db)
+}
+
+static PII_KEY_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The key file `--pii-key` names, for every database this process opens.
+pub fn set_pii_key_file(path: Option<PathBuf>) {
+    if let Some(path) = path {
+        let _ = PII_KEY_FILE.set(path);
+    }
+}
+
+/// Where the key file is when `--pii-key` does not say: beside the SQLite database,
+/// or `cairn-data/pii.key` with PostgreSQL.
+fn default_key_file(url: &str) -> PathBuf {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .and_then(|path| Path::new(path).parent().map(|dir| dir.join("pii.key")))
+        .unwrap_or_else(|| PathBuf::from("cairn-data/pii.key"))
+}
+
+/// Gives the database its personal-data key: `CAIRN_PII_KEY`, else the key file. A
+/// database that has none yet gets a new key, written to a new key file; one whose
+/// data is sealed under a key this process was not given is refused, naming it.
+async fn install_pii_key(db: &Db, url: &str) -> anyhow::Result<()> {
+    let from_env = std::env::var("CAIRN_PII_KEY")
+        .ok()
+        .filter(|text| !text.trim().is_empty());
+    let kek = match from_env {
+        Some(text) => Kek::parse(&text, "CAIRN_PII_KEY")?,
+        None => {
+            let path = PII_KEY_FILE
+                .get()
+                .cloned()
+                .unwrap_or_else(|| default_key_file(url));
+            if path.exists() {
+                Kek::load(&path)?
+            } else if let Some(current) = db.current_kek_id().await? {
+                anyhow::bail!(
+                    "this database's personal data is sealed under key {current}, and the key \
+                     file {} does not exist: start with --pii-key FILE (or CAIRN_PII_KEY_FILE, \
+                     or the key itself in CAIRN_PII_KEY) naming key {current}",
+                    path.display()
+                );
+            } else {
+                let kek = Kek::generate()?;
+                kek.write_new(&path)?;
+                tracing::warn!(
+                    key_id = kek.id(),
+                    path = %path.display(),
+                    "made a new personal-data key: keep it safe and apart from the database's backups"
+                );
+                kek
+            }
+        }
+    };
+    db.install_kek(kek).await?;
+    Ok(())
+}
+
+/// The key-encryption key `db` was given when it was opened.
+pub fn current_kek(db: &Db) -> anyhow::Result<Kek> {
+    db.keyring()
+        .kek()
+        .ok_or_else(|| anyhow::anyhow!("the database was opened without a personal-data key"))
 }
 
 /// Opens the database and the event store over it. A registry this build cannot

@@ -28,6 +28,13 @@ pub struct Cli {
     )]
     pub database_url: String,
 
+    /// The personal-data key file: it unwraps every person's data key. By default
+    /// pii.key beside the SQLite database (cairn-data/pii.key with PostgreSQL), made on
+    /// first start. Every process sharing a database needs the same key; CAIRN_PII_KEY
+    /// may hold the key itself instead.
+    #[arg(long, global = true, env = "CAIRN_PII_KEY_FILE", value_name = "FILE")]
+    pub pii_key: Option<std::path::PathBuf>,
+
     /// More log output on stderr (-v: info, -vv: debug). CAIRN_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -78,6 +85,12 @@ pub enum Command {
     /// Invitation commands.
     #[command(subcommand)]
     Invitations(InvitationsCommand),
+    /// People whose data cairn keeps: where they stand, and erasure at their request.
+    #[command(subcommand)]
+    Subjects(SubjectsCommand),
+    /// The personal-data key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Serve the HTTP API, with the workflow engine in the same process.
     Serve(ServeArgs),
     /// Mint a development bearer token.
@@ -593,6 +606,50 @@ impl Runtime {
     pub fn mail_display(&self) -> String {
         cairn_log::redact_url(&self.mail_url)
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubjectsCommand {
+    /// Erase a person at their request: destroys their data key, records the erasure
+    /// (with no personal data) and empties their rows. Erasing again prints the first
+    /// receipt.
+    Erase(EraseArgs),
+    /// Where a person stands: active or erased (with the erasure's receipt).
+    Show(SubjectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    /// Why (kept with the erasure; never the person's own data).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct SubjectArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every person's data key under a new key (all or nothing), which becomes
+    /// the database's current key; the old one is retired. Restart every process with
+    /// the new key afterwards.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The new key file; made (with a new random key) when it does not exist.
+    #[arg(long, value_name = "FILE")]
+    pub to: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -113,8 +113,8 @@ fn mailings(
         org_id,
         org_name: initiated.name.clone(),
         sender_address: initiated.sender_address.clone(),
-        email: initiated.admin.email.clone(),
-        name: initiated.admin.name.clone(),
+        email: initiated.admin.email.known().cloned(),
+        name: initiated.admin.name.known().cloned(),
         roles: vec![Role::Admin],
         send_number: 1,
         ttl_seconds,
@@ -123,8 +123,8 @@ fn mailings(
     let invitees = initiated.invitees.iter().map(|invitee| Mailing {
         invitation_id: invitee.invitation_id,
         user_id: invitee.user_id,
-        email: invitee.email.clone(),
-        name: invitee.name.clone(),
+        email: invitee.email.known().cloned(),
+        name: invitee.name.known().cloned(),
         roles: invitee.roles.clone(),
         ..admin.clone()
     });

@@ -77,7 +77,13 @@ impl Workflow for Bootstrap {
         let recipients: Vec<String> = plan
             .mailings()
             .iter()
-            .map(|mailing| mailing.email.to_string())
+            .map(|mailing| {
+                mailing
+                    .email
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            })
             .collect();
         let output = json!({
             "org_id": plan.org_id,
@@ -112,14 +118,14 @@ impl Workflow for Bootstrap {
             let invitee = initiated
                 .invitees
                 .iter()
-                .find(|invitee| invitee.email.as_str() == email)
+                .find(|invitee| invitee.email.known().is_some_and(|e| e.as_str() == email))
                 .ok_or_else(|| StepError::permanent(format!("no invitee {email} in the plan")))?;
             return super::invite(org_id, invitee, ctx).await;
         }
         let mailing_for = |email: &str| {
             plan.mailings()
                 .into_iter()
-                .find(|mailing| mailing.email.as_str() == email)
+                .find(|mailing| mailing.email.as_ref().is_some_and(|e| e.as_str() == email))
                 .ok_or_else(|| StepError::permanent(format!("no recipient {email} in the plan")))
         };
         if let Some(email) = name.strip_prefix(SEND) {

@@ -110,12 +110,30 @@ async fn initiated(
         ..EventFilter::default()
     };
     let store = ctx.store().clone();
+    let registry = store.dispatcher().registry();
+    // Read as every reader does: at the payload's current version, its people's names
+    // and addresses opened.
     let read = match ctx.tx() {
-        Ok(tx) => tx.conn().read_events(&filter).await,
+        Ok(tx) => match tx.conn().read_events(&filter).await {
+            Ok(events) => cairn_dispatch::current_events_in(
+                &mut tx.conn(),
+                store.db().keyring(),
+                registry,
+                events,
+            )
+            .await
+            .map_err(cairn_log::ReadError::from),
+            Err(error) => Err(error),
+        },
         // A step that acts outside the database has no transaction: it reads on its own.
         Err(_) => {
             let mut reader = store.db().reader().await?;
-            reader.conn().read_events(&filter).await
+            match reader.conn().read_events(&filter).await {
+                Ok(events) => cairn_dispatch::current_events(store.db(), registry, events)
+                    .await
+                    .map_err(cairn_log::ReadError::from),
+                Err(error) => Err(error),
+            }
         }
     };
     let events = read.map_err(|error| {
@@ -124,21 +142,13 @@ async fn initiated(
             cairn_types::error_chain(&error)
         ))
     })?;
-    let event = events.first().ok_or_else(|| {
+    let event = events.into_iter().next().ok_or_else(|| {
         StepError::permanent(format!(
             "organization {} has no {} event",
             plan.org_id,
             BootstrapInitiated::EVENT_TYPE
         ))
     })?;
-    // Read as every reader does: at the payload's current version.
-    let event = store
-        .dispatcher()
-        .registry()
-        .upcast(event)
-        .map_err(|error| {
-            StepError::permanent(format!("the bootstrap's request cannot be read: {error}"))
-        })?;
     let initiated: BootstrapInitiated = cairn_dispatch::payload(&event).map_err(|error| {
         StepError::permanent(format!("the bootstrap's request cannot be read: {error}"))
     })?;

@@ -5,6 +5,7 @@
 mod common;
 
 mod at_the_door;
+mod erasure;
 mod group_commit;
 mod invitation_ttl;
 mod mail_outage;

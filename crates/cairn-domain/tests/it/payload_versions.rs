@@ -93,12 +93,12 @@ proptest! {
         let registry: Registry = registry();
         let event = stored(1, serde_json::to_value(&old).expect("serializes"));
         let current = registry.upcast(&event).expect("v1 upcasts");
-        prop_assert_eq!((current.stored_version, current.event_version), (1, 2));
+        prop_assert_eq!((current.stored_version, current.event_version), (1, 3));
 
         let direct = UserInvited {
             org_id: old.org_id,
-            email: old.email.clone(),
-            name: old.name.clone(),
+            email: old.email.clone().into(),
+            name: old.name.clone().into(),
             roles: old.roles.clone(),
             invitation_id: old.invitation_id,
             invited_by: None,

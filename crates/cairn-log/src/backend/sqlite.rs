@@ -39,10 +39,12 @@ pub(crate) fn open(path: &Path) -> Result<Connection, DbError> {
     }
     // Every commit reaches the disk: an acknowledged event is never lost. The page
     // cache holds the hot end of the log and the projections (64 MiB); reads past it
-    // are mapped rather than copied.
+    // are mapped rather than copied. What is deleted or overwritten (an erased
+    // person's projection rows, a destroyed data key) is zeroed on its page, not left
+    // in free space.
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -65536;",
+         PRAGMA cache_size = -65536; PRAGMA secure_delete = ON;",
     )?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)

@@ -15,6 +15,7 @@ mod org;
 mod replay;
 mod serve;
 mod status;
+mod subjects;
 mod trace;
 mod workflows;
 
@@ -24,6 +25,7 @@ use crate::cli::{BenchCommand, Cli, Command, ContractsCommand, InvitationsComman
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::app::set_pii_key_file(cli.pii_key);
     let url = cli.database_url;
     let runtime = cli.runtime;
     match cli.command {
@@ -44,6 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invitations(InvitationsCommand::Accept(args)) => {
             org::accept(&url, &runtime, args).await
         }
+        Command::Subjects(command) => subjects::run(&url, &runtime, command).await,
+        Command::Keys(command) => subjects::keys(&url, command).await,
         Command::Serve(args) => serve::serve(&url, &runtime, args).await,
         Command::Token(args) => serve::token(&url, args).await,
         Command::Contracts(ContractsCommand::Export(args)) => contracts::export(args).await,

@@ -121,6 +121,14 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
         );
     }
     let domain = app::open_domain(url, runtime).await?;
+    // An erasure whose copies outside the database were not removed before a stop.
+    match domain.sweep_erased().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "finished removing the outbox files of erased people"),
+        Err(error) => {
+            tracing::error!(%error, "cannot finish removing the outbox files of erased people")
+        }
+    }
     // A build that lacks the version an unfinished run started on would strand it:
     // it refuses to serve, naming the run, before it listens or runs anything.
     domain.engine().check_definitions().await?;

@@ -148,6 +148,10 @@ pub async fn person(w: &World, org_id: OrgId, email: &str) -> anyhow::Result<Per
         ..cairn_log::EventFilter::default()
     };
     let events = reader.conn().read_events(&filter).await?;
+    drop(reader);
+    let events =
+        cairn_dispatch::current_events(w.t.db(), w.domain.store().dispatcher().registry(), events)
+            .await?;
     let initiated: cairn_domain::events::BootstrapInitiated = serde_json::from_value(
         events
             .first()
@@ -155,7 +159,12 @@ pub async fn person(w: &World, org_id: OrgId, email: &str) -> anyhow::Result<Per
             .data
             .clone(),
     )?;
-    if initiated.admin.email.as_str() == email {
+    if initiated
+        .admin
+        .email
+        .known()
+        .is_some_and(|e| e.as_str() == email)
+    {
         return Ok(Person {
             user_id: initiated.admin.user_id,
             invitation_id: initiated.admin.invitation_id,
@@ -164,7 +173,7 @@ pub async fn person(w: &World, org_id: OrgId, email: &str) -> anyhow::Result<Per
     initiated
         .invitees
         .iter()
-        .find(|invitee| invitee.email.as_str() == email)
+        .find(|invitee| invitee.email.known().is_some_and(|e| e.as_str() == email))
         .map(|invitee| Person {
             user_id: invitee.user_id,
             invitation_id: invitee.invitation_id,

@@ -1,0 +1,256 @@
+//! Personal data is sealed in the log and erased by destroying one key: after an
+//! erasure the chain (with a checkpoint signed before it) verifies, replay rebuilds
+//! the same projections, reads show the erased marker, and neither the database nor
+//! the outbox holds one byte of the person's name or address.
+
+use std::sync::Arc;
+
+use cairn_dispatch::current_events;
+use cairn_domain::queries;
+use cairn_domain::{BootstrapRequest, CommandError};
+use cairn_log::{Anchor, AnchorStatus, AuditKey, Backend, ChainCheck, EventFilter, args};
+use cairn_mail::OutboxMailer;
+use cairn_testkit::{TestDb, backend_test};
+use cairn_types::UserId;
+use cairn_workflow::SystemClock;
+use serde_json::json;
+
+use crate::common::{admin_actor, assert_no_drift, world};
+
+const EMAIL: &str = "rosalind.franklin@example.co.uk";
+const NAME: &str = "Rosalind Franklin";
+
+fn request() -> BootstrapRequest {
+    serde_json::from_value(json!({
+        "organization": {
+            "name": "Sealed Care",
+            "slug": "sealed-care",
+            "sender_domain": "mail.sealed.example.co.uk",
+            "direct_care_settings": {"visit_verification": true, "client_assignment": false, "max_caseload": 12}
+        },
+        "admin": {"email": "ada@example.com", "name": "Ada Lovelace"},
+        "invitees": [{"email": EMAIL, "name": NAME, "roles": ["clinician"]}]
+    }))
+    .expect("a well-formed request")
+}
+
+/// Every byte the database holds that a dump would show: on SQLite the database file
+/// and its write-ahead log after a checkpoint, on PostgreSQL every row of every table
+/// of the test's schema, as text.
+async fn dump(t: &TestDb) -> anyhow::Result<Vec<u8>> {
+    let db = t.db();
+    match t.backend() {
+        Backend::Sqlite => {
+            db.compact_wal().await?;
+            let path = t
+                .url()
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .to_owned();
+            let mut bytes = std::fs::read(&path)?;
+            if let Ok(wal) = std::fs::read(format!("{path}-wal")) {
+                bytes.extend(wal);
+            }
+            Ok(bytes)
+        }
+        Backend::Postgres => {
+            let mut reader = db.reader().await?;
+            let mut conn = reader.conn();
+            let tables = conn
+                .fetch_all(
+                    "SELECT table_name::text AS name FROM information_schema.tables \
+                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                    args![],
+                )
+                .await?;
+            let mut bytes = Vec::new();
+            for table in tables {
+                let name: String = table.get("name")?;
+                let rows = conn
+                    .fetch_all(
+                        cairn_log::Sql::built(format!(
+                            "SELECT row_to_json(t)::text AS row FROM {} t",
+                            cairn_log::quote_ident(&name)
+                        )),
+                        args![],
+                    )
+                    .await?;
+                for row in rows {
+                    bytes.extend(row.get::<String>("row")?.into_bytes());
+                }
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+fn count(haystack: &[u8], needle: &str) -> usize {
+    let needle = needle.as_bytes();
+    haystack
+        .windows(needle.len())
+        .filter(|window| window.eq_ignore_ascii_case(needle))
+        .count()
+}
+
+fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            bytes.extend(std::fs::read(entry.path())?);
+        }
+    }
+    Ok(bytes)
+}
+
+backend_test!(
+    an_erased_person_leaves_no_byte_behind_and_the_chain_and_replay_still_verify,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let ctx = admin_actor();
+        let accepted = w.domain.bootstrap(&ctx, &request()).await?;
+        w.domain.engine().run_until_idle().await?;
+
+        let mut reader = w.t.db().reader().await?;
+        let users = queries::users(
+            &mut reader.conn(),
+            accepted.org_id,
+            queries::Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await?;
+        drop(reader);
+        let rosalind = users
+            .iter()
+            .find(|user| user.email == EMAIL)
+            .expect("the invitee is a user")
+            .id;
+
+        // Sealed in the log from the start: the projections and the outbox have it,
+        // the events do not.
+        let stored = {
+            let mut reader = w.t.db().reader().await?;
+            reader.conn().read_events(&EventFilter::default()).await?
+        };
+        let raw = serde_json::to_string(&stored.iter().map(|e| &e.data).collect::<Vec<_>>())?;
+        assert_eq!(count(raw.as_bytes(), EMAIL), 0, "{raw}");
+        assert_eq!(count(raw.as_bytes(), NAME), 0, "{raw}");
+        assert!(raw.contains("$sealed"));
+        assert!(
+            count(&files_under(outbox.path())?, EMAIL) > 0,
+            "the invitation was written"
+        );
+        let opened =
+            current_events(w.t.db(), w.domain.store().dispatcher().registry(), stored).await?;
+        let opened_text =
+            serde_json::to_string(&opened.iter().map(|e| &e.data).collect::<Vec<_>>())?;
+        assert!(opened_text.contains(EMAIL) && opened_text.contains(NAME));
+
+        // A checkpoint signed before the erasure.
+        let head = {
+            let mut reader = w.t.db().reader().await?;
+            reader.conn().head().await?
+        };
+        let key = AuditKey::from_seed([9; 32]);
+        let checkpoint = key.sign(head.last_position, &head.last_hash, chrono::Utc::now());
+
+        let receipt = w
+            .domain
+            .erase_subject(&ctx, rosalind, "asked on 2026-12-07")
+            .await?;
+        assert!(!receipt.repeated);
+        let again = w
+            .domain
+            .erase_subject(&ctx, rosalind, "asked twice")
+            .await?;
+        assert!(again.repeated, "the first receipt comes back");
+        assert_eq!(again.erased_at, receipt.erased_at);
+        assert_eq!(again.reason, "asked on 2026-12-07");
+
+        // Reads show the marker, never ciphertext.
+        let stored = {
+            let mut reader = w.t.db().reader().await?;
+            reader.conn().read_events(&EventFilter::default()).await?
+        };
+        let opened =
+            current_events(w.t.db(), w.domain.store().dispatcher().registry(), stored).await?;
+        let opened_text =
+            serde_json::to_string(&opened.iter().map(|e| &e.data).collect::<Vec<_>>())?;
+        assert!(!opened_text.contains(EMAIL) && !opened_text.contains(NAME));
+        assert!(opened_text.contains(r#"{"withheld":"erased"}"#));
+        assert!(
+            opened_text.contains("ada@example.com"),
+            "others are untouched"
+        );
+        let status = w.domain.subject_status(&ctx, rosalind).await?;
+        assert_eq!(status.state, "erased");
+
+        // Not one byte of them anywhere.
+        let bytes = dump(&w.t).await?;
+        assert_eq!(
+            count(&bytes, EMAIL),
+            0,
+            "the address is still in the database"
+        );
+        assert_eq!(count(&bytes, NAME), 0, "the name is still in the database");
+        assert!(
+            count(&bytes, "ada@example.com") > 0,
+            "the dump reads the database"
+        );
+        let files = files_under(outbox.path())?;
+        assert_eq!(
+            count(&files, EMAIL),
+            0,
+            "the outbox still holds their invitation"
+        );
+        assert!(count(&files, "ada@example.com") > 0);
+
+        // The chain still verifies, the checkpoint signed before included; replay
+        // rebuilds the same tombstones.
+        let audit =
+            w.t.db()
+                .verify_chain_with(
+                    &ChainCheck {
+                        anchors: vec![Anchor {
+                            position: checkpoint.log_position(),
+                            hash: head.last_hash.clone(),
+                        }],
+                        start: None,
+                    },
+                    &mut |_, _| {},
+                )
+                .await?;
+        assert!(audit.is_intact(), "{audit:?}");
+        assert_eq!(audit.anchors, vec![AnchorStatus::Holds]);
+        assert_no_drift(&w).await?;
+
+        // Nothing about them can be recorded again.
+        let mut reader = w.t.db().reader().await?;
+        let invitations = queries::invitations_of_user(&mut reader.conn(), rosalind).await?;
+        drop(reader);
+        let resend = w.domain.resend_invitation(&ctx, invitations[0].id).await;
+        assert!(
+            matches!(&resend, Err(CommandError::InvalidState { message }) if message.contains("erased")),
+            "{resend:?}"
+        );
+        // And a person of another tenant, or nobody, is not found.
+        let nobody = w
+            .domain
+            .erase_subject(&ctx, UserId::new_v7(), "no one")
+            .await;
+        assert!(
+            matches!(nobody, Err(CommandError::NotFound { .. })),
+            "{nobody:?}"
+        );
+        let no_reason = w.domain.erase_subject(&ctx, rosalind, "  ").await;
+        assert!(
+            matches!(no_reason, Err(CommandError::Invalid(_))),
+            "{no_reason:?}"
+        );
+        Ok(())
+    }
+);

@@ -1,0 +1,1073 @@
+//! Personal data sealed under a data key per person, and erased by destroying it.
+//!
+//! - A person's (a subject's) fields are sealed with XChaCha20-Poly1305 under their own
+//!   data key, with the event's type and stream, the field and the person bound into
+//!   the seal: a sealed value moved to another field or event no longer opens.
+//! - Data keys are stored wrapped by the key-encryption key ([`Kek`]), which lives
+//!   outside the database. `pii_keys` records which one is current, so a process given
+//!   another key refuses to start instead of sealing under a key the others lack.
+//! - Erasing a person destroys their data key in the unit of work that records the
+//!   erasure. The chain covers only the sealed form, so it still verifies.
+//! - Keys are cached only once committed: a key read inside a write transaction may be
+//!   that transaction's own, and die with it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use cairn_types::{SEALED_KEY, SealedField, StreamId, UserId, Withheld, WithheldReason};
+
+use crate::args;
+use crate::backend::Conn;
+use crate::db::Db;
+use crate::error::DbError;
+
+const NONCE_LEN: usize = 24;
+
+/// The key-encryption key: wraps every person's data key. Kept in a file (or an
+/// environment variable) apart from the database and its backups.
+#[derive(Clone)]
+pub struct Kek {
+    id: String,
+    key: Key,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a key-encryption key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KekError {
+    #[error("cannot read the personal-data key file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{place} is not a personal-data key: {reason}")]
+    Malformed { place: String, reason: String },
+    #[error("cannot write the personal-data key file {path}: {reason}")]
+    Unwritable { path: String, reason: String },
+}
+
+impl Kek {
+    /// A new random key.
+    pub fn generate() -> Result<Kek, KekError> {
+        let mut bytes = [0_u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| KekError::Unwritable {
+            path: "(new key)".to_owned(),
+            reason: format!("no randomness: {e}"),
+        })?;
+        Ok(Kek::from_bytes(bytes))
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> Kek {
+        let mut digest = Sha256::new();
+        digest.update(b"cairn-pii-kek\0");
+        digest.update(bytes);
+        let id = crate::hex(&digest.finalize()[..8]);
+        Kek {
+            id,
+            key: Key::from(bytes),
+        }
+    }
+
+    /// Reads a key from its text: 32 bytes in base64 (standard or URL-safe), on the
+    /// first line that is not a `#` comment. `place` names where the text came from.
+    pub fn parse(text: &str, place: &str) -> Result<Kek, KekError> {
+        let malformed = |reason: String| KekError::Malformed {
+            place: place.to_owned(),
+            reason,
+        };
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'))
+            .ok_or_else(|| malformed("it is empty".to_owned()))?;
+        let bytes = B64
+            .decode(
+                line.trim_end_matches('=')
+                    .replace('+', "-")
+                    .replace('/', "_"),
+            )
+            .map_err(|e| malformed(format!("not base64: {e}")))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| malformed(format!("{} bytes, not 32", b.len())))?;
+        Ok(Kek::from_bytes(bytes))
+    }
+
+    /// Reads the key file at `path`.
+    pub fn load(path: &Path) -> Result<Kek, KekError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KekError::Unreadable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Kek::parse(&text, &path.display().to_string())
+    }
+
+    /// Writes this key to a new file at `path` (never over an existing one), readable
+    /// by its owner only.
+    pub fn write_new(&self, path: &Path) -> Result<(), KekError> {
+        use std::io::Write as _;
+        let unwritable = |e: std::io::Error| KekError::Unwritable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(unwritable)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(unwritable)?;
+        write!(
+            file,
+            "# cairn personal-data key {}: it unwraps every person's data key.\n\
+             # Keep it secret, and keep it apart from the database and its backups.\n{}\n",
+            self.id,
+            B64.encode(&self.key[..])
+        )
+        .and_then(|()| file.sync_all())
+        .map_err(unwritable)
+    }
+
+    /// The key's id: a digest of it, safe to show and store.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap(&self, subject: UserId, data_key: &Key) -> Result<String, SealError> {
+        seal_bytes(&self.key, &wrap_aad(subject), &data_key[..])
+    }
+
+    fn unwrap_key(&self, subject: UserId, wrapped: &str) -> Option<Key> {
+        let bytes = open_bytes(&self.key, &wrap_aad(subject), wrapped)?;
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        Some(Key::from(bytes))
+    }
+}
+
+fn wrap_aad(subject: UserId) -> Vec<u8> {
+    format!("cairn-dek-v1\0{subject}").into_bytes()
+}
+
+/// Seals `plaintext`. The nonce is synthetic: a keyed digest of the place and the
+/// plaintext, so the same value sealed at the same place under the same key seals the
+/// same (a repeated request with an idempotency key matches its first copy, and no
+/// digest of the plaintext itself is ever stored), and a nonce never repeats for two
+/// different plaintexts.
+fn seal_bytes(key: &Key, aad: &[u8], plaintext: &[u8]) -> Result<String, SealError> {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&key[..])
+        .map_err(|e| SealError::Randomness(e.to_string()))?;
+    mac.update(b"cairn-seal-nonce-v1\0");
+    mac.update(&(aad.len() as u64).to_be_bytes());
+    mac.update(aad);
+    mac.update(plaintext);
+    let digest = mac.finalize().into_bytes();
+    let mut nonce = [0_u8; NONCE_LEN];
+    nonce.copy_from_slice(&digest[..NONCE_LEN]);
+    let ciphertext = XChaCha20Poly1305::new(key)
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| SealError::Randomness("the cipher refused the input".to_owned()))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(B64.encode(out))
+}
+
+fn open_bytes(key: &Key, aad: &[u8], data: &str) -> Option<Vec<u8>> {
+    let bytes = B64.decode(data).ok()?;
+    if bytes.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    XChaCha20Poly1305::new(key)
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+}
+
+/// What a seal is bound to besides the person and the field: the event's type and
+/// stream.
+#[derive(Debug, Clone, Copy)]
+pub struct SealPlace<'a> {
+    pub event_type: &'a str,
+    pub stream_id: StreamId,
+}
+
+impl SealPlace<'_> {
+    fn aad(&self, field: &str, subject: UserId) -> Vec<u8> {
+        format!(
+            "cairn-seal-v1\0{}\0{}\0{field}\0{subject}",
+            self.event_type, self.stream_id
+        )
+        .into_bytes()
+    }
+}
+
+/// A personal field of one event: where it is (a JSON pointer) and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalField {
+    pub pointer: String,
+    pub subject: UserId,
+}
+
+/// Why personal data was not sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(
+        "person {subject} was erased: no personal data about them can be recorded again (field {field})"
+    )]
+    Erased { subject: UserId, field: String },
+    #[error(
+        "no personal-data key was given to this process, so it cannot seal field {field}; start it with --pii-key"
+    )]
+    NoKey { field: String },
+    #[error(
+        "the personal-data key {kek_id} this process was given is no longer the database's current key (it was rotated); restart with the current key"
+    )]
+    Rotated { kek_id: String },
+    #[error(
+        "field {field} is already sealed: personal data is given in the clear and sealed by the log"
+    )]
+    AlreadySealed { field: String },
+    #[error("the data key of person {subject} cannot be unwrapped by key {kek_id}")]
+    Unwrap { subject: UserId, kek_id: String },
+    #[error("cannot seal: {0}")]
+    Randomness(String),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+/// A sealed field that could not be opened. The field is read as
+/// `{"withheld": "unreadable"}` and the fault says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sealed field {pointer} of person {subject} cannot be opened: {reason}")]
+pub struct SealFault {
+    pub pointer: String,
+    pub subject: UserId,
+    pub reason: String,
+}
+
+/// What is known of one person's data key.
+#[derive(Clone)]
+enum KeyState {
+    Active(Arc<Key>),
+    Erased,
+    /// No key was ever made for them (their data predates sealing, or there is none).
+    Absent,
+    /// The key is there but this process's key-encryption key does not unwrap it.
+    Unreadable(String),
+}
+
+/// The data keys a batch of events needs, read once before opening them.
+#[derive(Default, Clone)]
+pub struct KeySet {
+    keys: HashMap<UserId, KeyState>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("subjects", &self.keys.len())
+            .finish()
+    }
+}
+
+/// Where a person stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubjectState {
+    /// Their data is sealed under a live key (since `since`).
+    Active { since: DateTime<Utc> },
+    /// Erased: the receipt the erasure returned.
+    Erased { receipt: Value },
+    /// cairn has sealed nothing about them.
+    Unknown,
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Erasure {
+    /// The key was destroyed now; the receipt is stored with it.
+    Erased { receipt: Value },
+    /// The person was erased before: the first erasure's receipt.
+    Already { receipt: Value },
+}
+
+/// The personal-data keys of one database: the key-encryption key this process was
+/// given, and the data keys it has read, once committed.
+#[derive(Default)]
+pub struct Keyring {
+    kek: RwLock<Option<Arc<Kek>>>,
+    cache: Mutex<HashMap<UserId, KeyState>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("kek", &self.kek_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a key-encryption key was refused for a database.
+#[derive(Debug, thiserror::Error)]
+pub enum KekMismatch {
+    #[error(
+        "the personal-data key given (key id {given}) opens nothing in this database: its data keys are wrapped by key id {current}. Start with the key whose id is {current}"
+    )]
+    Other { given: String, current: String },
+    #[error(
+        "the personal-data key given (key id {given}) was retired by a rotation; the current key is {current}"
+    )]
+    Retired { given: String, current: String },
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+impl Keyring {
+    fn kek_arc(&self) -> Option<Arc<Kek>> {
+        self.kek
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The key-encryption key this process was given.
+    pub fn kek(&self) -> Option<Kek> {
+        self.kek_arc().map(|kek| kek.as_ref().clone())
+    }
+
+    /// The id of the key-encryption key this process was given.
+    pub fn kek_id(&self) -> Option<String> {
+        self.kek_arc().map(|kek| kek.id.clone())
+    }
+
+    fn cached(&self, subject: UserId) -> Option<KeyState> {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&subject)
+            .cloned()
+    }
+
+    /// Remembers that `subject` was erased (after the erasure committed).
+    pub fn forget(&self, subject: UserId) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(subject, KeyState::Erased);
+    }
+
+    async fn read_rows(
+        &self,
+        conn: &mut Conn<'_>,
+        subjects: &[UserId],
+    ) -> Result<HashMap<UserId, KeyState>, DbError> {
+        let mut found = HashMap::with_capacity(subjects.len());
+        for chunk in subjects.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT subject_id, state, kek_id, wrapped FROM subject_keys \
+                 WHERE subject_id IN ({})",
+                placeholders.join(", ")
+            );
+            let args = chunk.iter().map(|s| crate::IntoArg::into_arg(*s)).collect();
+            for row in conn.fetch_all(crate::Sql::built(sql), args).await? {
+                let subject: UserId = row.get("subject_id")?;
+                let state: String = row.get("state")?;
+                let kek_id: Option<String> = row.get("kek_id")?;
+                let wrapped: Option<String> = row.get("wrapped")?;
+                let key = match (state.as_str(), kek_id, wrapped) {
+                    ("erased", _, _) => KeyState::Erased,
+                    (_, Some(kek_id), Some(wrapped)) => match self
+                        .kek_arc()
+                        .filter(|kek| kek.id == kek_id)
+                        .and_then(|kek| kek.unwrap_key(subject, &wrapped))
+                    {
+                        Some(key) => KeyState::Active(Arc::new(key)),
+                        None => KeyState::Unreadable(kek_id),
+                    },
+                    _ => KeyState::Unreadable("(none)".to_owned()),
+                };
+                found.insert(subject, key);
+            }
+        }
+        for subject in subjects {
+            found.entry(*subject).or_insert(KeyState::Absent);
+        }
+        Ok(found)
+    }
+
+    /// The keys of `subjects`, read through the database's readers (committed keys
+    /// only) where this process does not hold them yet; what was read is kept.
+    pub async fn keys(&self, db: &Db, subjects: &[UserId]) -> Result<KeySet, DbError> {
+        let (mut set, missing) = self.from_cache(subjects);
+        if !missing.is_empty() {
+            let mut reader = db.reader().await?;
+            let read = self.read_rows(&mut reader.conn(), &missing).await?;
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for (subject, state) in read {
+                // An erasure learnt meanwhile wins over what the read saw before it.
+                if matches!(state, KeyState::Active(_) | KeyState::Erased) {
+                    cache.entry(subject).or_insert_with(|| state.clone());
+                }
+                set.keys.insert(subject, state);
+            }
+        }
+        Ok(set)
+    }
+
+    /// The keys of `subjects`, read inside a write transaction: what is read there is
+    /// not kept, as the transaction may yet roll back.
+    pub async fn keys_in(
+        &self,
+        conn: &mut Conn<'_>,
+        subjects: &[UserId],
+    ) -> Result<KeySet, DbError> {
+        let (mut set, missing) = self.from_cache(subjects);
+        if !missing.is_empty() {
+            set.keys.extend(self.read_rows(conn, &missing).await?);
+        }
+        Ok(set)
+    }
+
+    fn from_cache(&self, subjects: &[UserId]) -> (KeySet, Vec<UserId>) {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = KeySet::default();
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match cache.get(subject) {
+                Some(state) => {
+                    set.keys.insert(*subject, state.clone());
+                }
+                None if !missing.contains(subject) => missing.push(*subject),
+                None => {}
+            }
+        }
+        (set, missing)
+    }
+
+    /// Seals `fields` of `data` in place, inside the write transaction that stores the
+    /// event. A person with no data key gets one, in the same transaction. Refuses a
+    /// person who was erased.
+    pub async fn seal_in(
+        &self,
+        conn: &mut Conn<'_>,
+        place: SealPlace<'_>,
+        data: &mut Value,
+        fields: &[PersonalField],
+    ) -> Result<(), SealError> {
+        for field in fields {
+            let Some(value) = data.pointer_mut(&field.pointer) else {
+                continue;
+            };
+            if value.is_null() {
+                continue;
+            }
+            if value.get(SEALED_KEY).is_some() {
+                return Err(SealError::AlreadySealed {
+                    field: field.pointer.clone(),
+                });
+            }
+            let key = self.key_for_sealing(conn, field).await?;
+            let plaintext = serde_json::to_vec(value)
+                .map_err(|e| SealError::Randomness(format!("cannot encode the field: {e}")))?;
+            let sealed = seal_bytes(&key, &place.aad(&field.pointer, field.subject), &plaintext)?;
+            *value = serde_json::json!({
+                SEALED_KEY: SealedField {
+                    subject: field.subject,
+                    field: field.pointer.clone(),
+                    data: sealed,
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn key_for_sealing(
+        &self,
+        conn: &mut Conn<'_>,
+        field: &PersonalField,
+    ) -> Result<Arc<Key>, SealError> {
+        let subject = field.subject;
+        let erased = || SealError::Erased {
+            subject,
+            field: field.pointer.clone(),
+        };
+        match self.cached(subject) {
+            Some(KeyState::Active(key)) => return Ok(key),
+            Some(KeyState::Erased) => return Err(erased()),
+            _ => {}
+        }
+        let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
+            field: field.pointer.clone(),
+        })?;
+        match self
+            .read_rows(conn, &[subject])
+            .await?
+            .remove(&subject)
+            .unwrap_or(KeyState::Absent)
+        {
+            KeyState::Active(key) => Ok(key),
+            KeyState::Erased => Err(erased()),
+            KeyState::Unreadable(kek_id) => Err(SealError::Unwrap { subject, kek_id }),
+            KeyState::Absent => {
+                let mut bytes = [0_u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| SealError::Randomness(e.to_string()))?;
+                let key = Key::from(bytes);
+                let wrapped = kek.wrap(subject, &key)?;
+                let inserted = conn
+                    .execute(
+                        "INSERT INTO subject_keys (subject_id, state, kek_id, wrapped, created_at) \
+                         SELECT $1, 'active', $2, $3, $4 \
+                         WHERE EXISTS (SELECT 1 FROM pii_keys WHERE kek_id = $2 AND state = 'current')",
+                        args![subject, kek.id.clone(), wrapped, Utc::now()],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(SealError::Rotated {
+                        kek_id: kek.id.clone(),
+                    });
+                }
+                Ok(Arc::new(key))
+            }
+        }
+    }
+
+    /// Opens the sealed `fields` of `data` in place with `keys`: each becomes its
+    /// value, or `{"withheld": "erased"}` when its person was erased. A field stored
+    /// in the clear (written before sealing) is withheld too once its person is
+    /// erased. A seal that does not open becomes `{"withheld": "unreadable"}`, and the
+    /// fault is returned.
+    pub fn open(
+        keys: &KeySet,
+        place: SealPlace<'_>,
+        data: &mut Value,
+        fields: &[PersonalField],
+    ) -> Vec<SealFault> {
+        let mut faults = Vec::new();
+        for field in fields {
+            let Some(value) = data.pointer_mut(&field.pointer) else {
+                continue;
+            };
+            let envelope = match value.get(SEALED_KEY) {
+                Some(envelope) => envelope,
+                None => {
+                    if !value.is_null()
+                        && matches!(keys.keys.get(&field.subject), Some(KeyState::Erased))
+                    {
+                        *value = Withheld::ERASED.to_value();
+                    }
+                    continue;
+                }
+            };
+            let opened = match serde_json::from_value::<SealedField>(envelope.clone()) {
+                Err(e) => Err(format!("its envelope is malformed: {e}")),
+                Ok(sealed) => match keys.keys.get(&sealed.subject) {
+                    Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
+                    Some(KeyState::Active(key)) => {
+                        open_bytes(key, &place.aad(&sealed.field, sealed.subject), &sealed.data)
+                            .ok_or_else(|| {
+                                "the seal does not match what was sealed (tampered with, or moved)"
+                                    .to_owned()
+                            })
+                            .and_then(|bytes| {
+                                serde_json::from_slice(&bytes)
+                                    .map_err(|e| format!("what it holds is not JSON: {e}"))
+                            })
+                    }
+                    Some(KeyState::Unreadable(kek_id)) => Err(format!(
+                        "its data key is wrapped by key id {kek_id}, which this process was not given"
+                    )),
+                    Some(KeyState::Absent) | None => {
+                        Err("there is no data key for its person".to_owned())
+                    }
+                },
+            };
+            match opened {
+                Ok(opened) => *value = opened,
+                Err(reason) => {
+                    *value = Withheld {
+                        withheld: WithheldReason::Unreadable,
+                    }
+                    .to_value();
+                    faults.push(SealFault {
+                        pointer: field.pointer.clone(),
+                        subject: field.subject,
+                        reason,
+                    });
+                }
+            }
+        }
+        faults
+    }
+
+    /// Destroys `subject`'s data key inside the caller's write transaction (the unit
+    /// of work that records the erasure), storing `receipt`. A person erased before
+    /// gets the first receipt back and nothing changes. Call [`Keyring::forget`] once
+    /// the transaction has committed.
+    pub async fn erase_in(
+        &self,
+        conn: &mut Conn<'_>,
+        subject: UserId,
+        receipt: Value,
+    ) -> Result<Erasure, DbError> {
+        let existing = conn
+            .fetch_optional(
+                "SELECT state, erasure FROM subject_keys WHERE subject_id = $1",
+                args![subject],
+            )
+            .await?;
+        let now = Utc::now();
+        match existing {
+            Some(row) if row.get::<String>("state")? == "erased" => Ok(Erasure::Already {
+                receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
+            }),
+            Some(_) => {
+                conn.execute(
+                    "UPDATE subject_keys SET state = 'erased', kek_id = NULL, wrapped = NULL, \
+                     erased_at = $2, erasure = $3 WHERE subject_id = $1",
+                    args![subject, now, receipt.clone()],
+                )
+                .await?;
+                Ok(Erasure::Erased { receipt })
+            }
+            None => {
+                conn.execute(
+                    "INSERT INTO subject_keys (subject_id, state, created_at, erased_at, erasure) \
+                     VALUES ($1, 'erased', $2, $2, $3)",
+                    args![subject, now, receipt.clone()],
+                )
+                .await?;
+                Ok(Erasure::Erased { receipt })
+            }
+        }
+    }
+
+    /// Where `subject` stands.
+    pub async fn state(&self, db: &Db, subject: UserId) -> Result<SubjectState, DbError> {
+        let mut reader = db.reader().await?;
+        let row = reader
+            .conn()
+            .fetch_optional(
+                "SELECT state, created_at, erasure FROM subject_keys WHERE subject_id = $1",
+                args![subject],
+            )
+            .await?;
+        Ok(match row {
+            None => SubjectState::Unknown,
+            Some(row) if row.get::<String>("state")? == "erased" => SubjectState::Erased {
+                receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
+            },
+            Some(row) => SubjectState::Active {
+                since: row.get("created_at")?,
+            },
+        })
+    }
+
+    /// The people erased whose copies outside the database are not yet removed.
+    pub async fn unswept(&self, db: &Db) -> Result<Vec<UserId>, DbError> {
+        let mut reader = db.reader().await?;
+        let rows = reader
+            .conn()
+            .fetch_all(
+                "SELECT subject_id FROM subject_keys WHERE state = 'erased' AND swept_at IS NULL",
+                Vec::new(),
+            )
+            .await?;
+        rows.iter().map(|row| row.get("subject_id")).collect()
+    }
+
+    /// Records that `subject`'s copies outside the database were removed.
+    pub async fn mark_swept(&self, db: &Db, subject: UserId) -> Result<(), DbError> {
+        let mut tx = db.begin().await?;
+        tx.conn()
+            .execute(
+                "UPDATE subject_keys SET swept_at = $2 WHERE subject_id = $1",
+                args![subject, Utc::now()],
+            )
+            .await?;
+        tx.commit().await
+    }
+}
+
+impl Db {
+    /// The personal-data keys of this database.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        self.keyring_ref()
+    }
+
+    /// The id of this database's current key-encryption key, if it has one yet.
+    pub async fn current_kek_id(&self) -> Result<Option<String>, DbError> {
+        let mut reader = self.reader().await?;
+        let row = reader
+            .conn()
+            .fetch_optional(
+                "SELECT kek_id FROM pii_keys WHERE state = 'current'",
+                Vec::new(),
+            )
+            .await?;
+        row.map(|row| row.get("kek_id")).transpose()
+    }
+
+    /// Gives this process its key-encryption key. The first key given to a database
+    /// becomes its current one; any other is refused, naming both ids.
+    pub async fn install_kek(&self, kek: Kek) -> Result<(), KekMismatch> {
+        let mut tx = self.begin().await?;
+        let mut conn = tx.conn();
+        conn.execute(
+            "INSERT INTO pii_keys (kek_id, state, created_at) \
+             SELECT $1, 'current', $2 WHERE NOT EXISTS (SELECT 1 FROM pii_keys)",
+            args![kek.id.clone(), Utc::now()],
+        )
+        .await?;
+        let rows = conn
+            .fetch_all("SELECT kek_id, state FROM pii_keys", Vec::new())
+            .await?;
+        drop(conn);
+        tx.commit().await?;
+        let mut current = None;
+        let mut retired = false;
+        for row in rows {
+            let id: String = row.get("kek_id")?;
+            let state: String = row.get("state")?;
+            if state == "current" {
+                current = Some(id);
+            } else if id == kek.id {
+                retired = true;
+            }
+        }
+        let current = current.unwrap_or_default();
+        if current != kek.id {
+            return Err(match retired {
+                true => KekMismatch::Retired {
+                    given: kek.id,
+                    current,
+                },
+                false => KekMismatch::Other {
+                    given: kek.id,
+                    current,
+                },
+            });
+        }
+        *self
+            .keyring_ref()
+            .kek
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(kek));
+        Ok(())
+    }
+
+    /// Re-wraps every live data key under `new`, which becomes the current key; `old`
+    /// (the current one) is retired. One transaction: all or nothing. Returns how many
+    /// data keys were re-wrapped. Processes still running with `old` refuse to seal
+    /// for new people until they restart with `new`.
+    pub async fn rotate_kek(&self, old: &Kek, new: &Kek) -> Result<u64, RotateError> {
+        let current = self.current_kek_id().await?;
+        if current.as_deref() != Some(old.id()) {
+            return Err(RotateError::NotCurrent {
+                given: old.id.clone(),
+                current: current.unwrap_or_else(|| "none".to_owned()),
+            });
+        }
+        if old.id == new.id {
+            return Err(RotateError::Same);
+        }
+        let mut tx = self.begin().await?;
+        let mut conn = tx.conn();
+        let rows = conn
+            .fetch_all(
+                "SELECT subject_id, kek_id, wrapped FROM subject_keys WHERE state = 'active'",
+                Vec::new(),
+            )
+            .await?;
+        let mut n = 0;
+        for row in rows {
+            let subject: UserId = row.get("subject_id")?;
+            let kek_id: String = row.get("kek_id")?;
+            let wrapped: String = row.get("wrapped")?;
+            let key = (kek_id == old.id)
+                .then(|| old.unwrap_key(subject, &wrapped))
+                .flatten()
+                .ok_or_else(|| RotateError::Unwrap {
+                    subject,
+                    kek_id: kek_id.clone(),
+                })?;
+            let rewrapped = new
+                .wrap(subject, &key)
+                .map_err(|e| RotateError::Seal(e.to_string()))?;
+            conn.execute(
+                "UPDATE subject_keys SET kek_id = $2, wrapped = $3 WHERE subject_id = $1",
+                args![subject, new.id.clone(), rewrapped],
+            )
+            .await?;
+            n += 1;
+        }
+        conn.execute(
+            "UPDATE pii_keys SET state = 'retired' WHERE kek_id = $1",
+            args![old.id.clone()],
+        )
+        .await?;
+        conn.execute(
+            "INSERT INTO pii_keys (kek_id, state, created_at) VALUES ($1, 'current', $2)",
+            args![new.id.clone(), Utc::now()],
+        )
+        .await?;
+        drop(conn);
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// On SQLite, copies the write-ahead log into the database and empties it, so
+    /// that no page image from before an erasure stays in it (deleted content is
+    /// zeroed in the database itself). Best effort: a reader in the middle of a long
+    /// read may keep it from finishing, and the next erasure tries again. Nothing on
+    /// PostgreSQL, whose old row versions go with VACUUM.
+    pub async fn compact_wal(&self) -> Result<(), DbError> {
+        if self.backend() == crate::Backend::Sqlite {
+            let mut session = self.writing_session().await?;
+            session
+                .conn()
+                .execute_script("PRAGMA wal_checkpoint(TRUNCATE)")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many people have a live data key.
+    pub async fn sealed_subjects(&self) -> Result<i64, DbError> {
+        let mut reader = self.reader().await?;
+        let row = reader
+            .conn()
+            .fetch_one(
+                "SELECT COUNT(*) AS n FROM subject_keys WHERE state = 'active'",
+                Vec::new(),
+            )
+            .await?;
+        row.get("n")
+    }
+}
+
+/// Why a rotation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("the key given as the old one (key id {given}) is not the current key ({current})")]
+    NotCurrent { given: String, current: String },
+    #[error("the new key is the current key: give another")]
+    Same,
+    #[error(
+        "the data key of person {subject} is wrapped by key id {kek_id}, which the old key is not: nothing was changed"
+    )]
+    Unwrap { subject: UserId, kek_id: String },
+    #[error("cannot wrap: {0}")]
+    Seal(String),
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place() -> (StreamId, &'static str) {
+        (StreamId::new_v7(), "user.created")
+    }
+
+    #[test]
+    fn a_key_reads_back_from_its_file_text_and_keeps_its_id() {
+        let kek = Kek::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/pii.key");
+        kek.write_new(&path).unwrap();
+        let read = Kek::load(&path).unwrap();
+        assert_eq!(read.id(), kek.id());
+        assert_eq!(read.id().len(), 16);
+        assert!(kek.write_new(&path).is_err(), "never overwrites a key");
+    }
+
+    #[test]
+    fn text_that_is_no_key_is_refused_saying_why() {
+        for (text, why) in [
+            ("", "it is empty"),
+            ("# only a comment\n", "it is empty"),
+            ("not base64 at all!", "not base64"),
+            ("AAAA", "3 bytes, not 32"),
+        ] {
+            let error = Kek::parse(text, "CAIRN_PII_KEY").unwrap_err().to_string();
+            assert!(
+                error.contains("CAIRN_PII_KEY") && error.contains(why),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_only_with_its_kek_and_for_its_subject() {
+        let kek = Kek::generate().unwrap();
+        let other = Kek::generate().unwrap();
+        let subject = UserId::new_v7();
+        let key = Key::from([7_u8; 32]);
+        let wrapped = kek.wrap(subject, &key).unwrap();
+        assert_eq!(kek.unwrap_key(subject, &wrapped), Some(key));
+        assert_eq!(other.unwrap_key(subject, &wrapped), None);
+        assert_eq!(kek.unwrap_key(UserId::new_v7(), &wrapped), None);
+    }
+
+    fn sealed_with(
+        key: &Key,
+        place: SealPlace<'_>,
+        field: &str,
+        subject: UserId,
+        value: &Value,
+    ) -> Value {
+        let data = seal_bytes(
+            key,
+            &place.aad(field, subject),
+            &serde_json::to_vec(value).unwrap(),
+        )
+        .unwrap();
+        serde_json::json!({ SEALED_KEY: { "subject": subject, "field": field, "data": data } })
+    }
+
+    #[test]
+    fn the_same_value_seals_the_same_at_the_same_place_and_differently_elsewhere() {
+        let key = Key::from([3_u8; 32]);
+        let a = seal_bytes(&key, b"place one", b"\"ada@example.com\"").unwrap();
+        assert_eq!(
+            a,
+            seal_bytes(&key, b"place one", b"\"ada@example.com\"").unwrap()
+        );
+        assert_ne!(
+            a,
+            seal_bytes(&key, b"place two", b"\"ada@example.com\"").unwrap()
+        );
+        assert_ne!(
+            a,
+            seal_bytes(&key, b"place one", b"\"bob@example.com\"").unwrap()
+        );
+        assert_ne!(
+            a,
+            seal_bytes(&Key::from([4_u8; 32]), b"place one", b"\"ada@example.com\"").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_seal_opens_only_where_it_was_sealed() {
+        let (stream_id, event_type) = place();
+        let place = SealPlace {
+            event_type,
+            stream_id,
+        };
+        let subject = UserId::new_v7();
+        let key = Key::from([1_u8; 32]);
+        let mut keys = KeySet::default();
+        keys.keys.insert(subject, KeyState::Active(Arc::new(key)));
+        let fields = [PersonalField {
+            pointer: "/email".to_owned(),
+            subject,
+        }];
+        let sealed = sealed_with(
+            &key,
+            place,
+            "/email",
+            subject,
+            &serde_json::json!("ada@example.com"),
+        );
+
+        // Where it was sealed: the value.
+        let mut data = serde_json::json!({ "email": sealed.clone() });
+        assert!(Keyring::open(&keys, place, &mut data, &fields).is_empty());
+        assert_eq!(data["email"], "ada@example.com");
+
+        // Another stream, or another event type: unreadable, and the fault says so.
+        for other in [
+            SealPlace {
+                event_type,
+                stream_id: StreamId::new_v7(),
+            },
+            SealPlace {
+                event_type: "user.invited",
+                stream_id,
+            },
+        ] {
+            let mut data = serde_json::json!({ "email": sealed.clone() });
+            let faults = Keyring::open(&keys, other, &mut data, &fields);
+            assert_eq!(faults.len(), 1, "{faults:?}");
+            assert!(faults[0].reason.contains("does not match"), "{faults:?}");
+            assert_eq!(data["email"], serde_json::json!({"withheld": "unreadable"}));
+        }
+
+        // One flipped character of the ciphertext: unreadable.
+        let mut tampered = sealed.clone();
+        let text = tampered[SEALED_KEY]["data"].as_str().unwrap().to_owned();
+        let flipped = if text.ends_with('A') { "B" } else { "A" };
+        tampered[SEALED_KEY]["data"] = Value::from(format!("{}{flipped}", &text[..text.len() - 1]));
+        let mut data = serde_json::json!({ "email": tampered });
+        assert_eq!(Keyring::open(&keys, place, &mut data, &fields).len(), 1);
+    }
+
+    #[test]
+    fn an_erased_persons_fields_read_as_erased_sealed_or_not() {
+        let (stream_id, event_type) = place();
+        let place = SealPlace {
+            event_type,
+            stream_id,
+        };
+        let subject = UserId::new_v7();
+        let key = Key::from([2_u8; 32]);
+        let mut keys = KeySet::default();
+        keys.keys.insert(subject, KeyState::Erased);
+        let fields = [
+            PersonalField {
+                pointer: "/email".to_owned(),
+                subject,
+            },
+            PersonalField {
+                pointer: "/name".to_owned(),
+                subject,
+            },
+        ];
+        let mut data = serde_json::json!({
+            "email": sealed_with(&key, place, "/email", subject, &serde_json::json!("ada@example.com")),
+            "name": "Ada, written before sealing",
+            "org_id": "kept",
+        });
+        assert!(Keyring::open(&keys, place, &mut data, &fields).is_empty());
+        assert_eq!(
+            data,
+            serde_json::json!({
+                "email": {"withheld": "erased"},
+                "name": {"withheld": "erased"},
+                "org_id": "kept",
+            })
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Personal data in event payloads: a person's name, email address or any free text
+//! about them. In the log such a field is sealed under the person's data key; read
+//! back, it is the value, or a marker saying why the value is withheld.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::UserId;
+
+/// The key of the object a sealed field is stored as: `{"$sealed": {…}}`.
+pub const SEALED_KEY: &str = "$sealed";
+/// The key of the object a withheld field is read as: `{"withheld": "erased"}`.
+pub const WITHHELD_KEY: &str = "withheld";
+
+/// A personal field of an event payload.
+///
+/// Written, it is [`Personal::Known`]: the log seals it before the event is stored.
+/// Read, it is the value when its person's data key opens it, and
+/// [`Personal::Withheld`] when the person was erased (their key is gone) or the seal
+/// cannot be opened. [`Personal::Sealed`] is the stored form, seen only by readers of
+/// the raw log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Personal<T> {
+    Known(T),
+    Withheld(Withheld),
+    Sealed(Sealed),
+}
+
+impl<T> Personal<T> {
+    /// The value, when it is known.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Personal::Known(value) => Some(value),
+            Personal::Withheld(_) | Personal::Sealed(_) => None,
+        }
+    }
+
+    /// The value, when it is known.
+    pub fn into_known(self) -> Option<T> {
+        match self {
+            Personal::Known(value) => Some(value),
+            Personal::Withheld(_) | Personal::Sealed(_) => None,
+        }
+    }
+}
+
+impl<T> From<T> for Personal<T> {
+    fn from(value: T) -> Self {
+        Personal::Known(value)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Personal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Personal::Known(value) => value.fmt(f),
+            Personal::Withheld(withheld) => write!(f, "[{}]", withheld.withheld.as_str()),
+            Personal::Sealed(_) => f.write_str("[sealed]"),
+        }
+    }
+}
+
+/// Why a personal field's value is not shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Withheld {
+    pub withheld: WithheldReason,
+}
+
+impl Withheld {
+    /// The marker of an erased person's field.
+    pub const ERASED: Withheld = Withheld {
+        withheld: WithheldReason::Erased,
+    };
+
+    /// The marker as JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({ WITHHELD_KEY: self.withheld.as_str() })
+    }
+}
+
+/// Why a value is withheld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WithheldReason {
+    /// The person was erased: their data key is destroyed and the value is gone.
+    Erased,
+    /// The seal could not be opened: it was tampered with, or its key is wrapped by a
+    /// key this process was not given. The event's failure says which.
+    Unreadable,
+}
+
+impl WithheldReason {
+    /// The reason as shown: `erased`, `unreadable`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WithheldReason::Erased => "erased",
+            WithheldReason::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// A sealed field as the log stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    #[serde(rename = "$sealed")]
+    pub sealed: SealedField,
+}
+
+/// The envelope of a sealed field: whose key seals it, where in the payload it was
+/// sealed (bound into the seal with the event's type and stream), and the nonce and
+/// ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SealedField {
+    /// The person the field is about; their data key seals it.
+    pub subject: UserId,
+    /// The field's JSON pointer in the payload when it was sealed, e.g. `/admin/email`.
+    pub field: String,
+    /// XChaCha20-Poly1305: the 24-byte nonce, then the ciphertext and tag; base64url.
+    pub data: String,
+}
+
+impl JsonSchema for Sealed {
+    fn schema_name() -> Cow<'static, str> {
+        "SealedField".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let field = generator.subschema_for::<SealedField>();
+        json_schema!({
+            "type": "object",
+            "description": "A personal field as the log stores it, sealed under its person's data key. Reads never serve this form.",
+            "properties": { SEALED_KEY: field },
+            "required": [SEALED_KEY],
+            "additionalProperties": false
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Personal<T> {
+    fn schema_name() -> Cow<'static, str> {
+        format!("Personal_{}", T::schema_name()).into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let known = generator.subschema_for::<T>();
+        let withheld = generator.subschema_for::<Withheld>();
+        let sealed = generator.subschema_for::<Sealed>();
+        json_schema!({
+            "description": "Personal data: the value, or {\"withheld\": \"erased\"} once its person was erased (\"unreadable\" when its seal cannot be opened). The log stores it sealed; reads never serve the sealed form.",
+            "anyOf": [known, withheld, sealed]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_form_reads_back_as_itself() {
+        let known: Personal<String> = serde_json::from_value(serde_json::json!("Ada")).unwrap();
+        assert_eq!(known, Personal::Known("Ada".to_owned()));
+        let withheld: Personal<String> =
+            serde_json::from_value(serde_json::json!({"withheld": "erased"})).unwrap();
+        assert_eq!(withheld, Personal::Withheld(Withheld::ERASED));
+        assert_eq!(withheld.to_string(), "[erased]");
+        let subject = UserId::new_v7();
+        let sealed: Personal<String> = serde_json::from_value(serde_json::json!({
+            "$sealed": {"subject": subject, "field": "/name", "data": "AAAA"}
+        }))
+        .unwrap();
+        assert!(matches!(sealed, Personal::Sealed(ref s) if s.sealed.subject == subject));
+        assert_eq!(sealed.known(), None);
+    }
+
+    #[test]
+    fn a_marker_that_is_neither_is_refused() {
+        let wrong: Result<Personal<u32>, _> =
+            serde_json::from_value(serde_json::json!({"withheld": "forgotten"}));
+        assert!(wrong.is_err());
+    }
+}
