@@ -177,11 +177,12 @@ pub async fn events(
     }
     let mut scoped = db.scoped(tenancy).await?;
     let events = scoped.conn().read_events(&filter).await?;
-    Ok(events
+    drop(scoped);
+    let seen: Vec<RecordedEvent> = events
         .into_iter()
         .filter(|e| tenancy.sees(e.metadata.org_id))
-        .map(|e| registry.to_current(e))
-        .collect())
+        .collect();
+    Ok(cairn_dispatch::current_events(db, registry, seen).await?)
 }
 
 /// How many of the events the grant sees failed, by error code (for [`Action::ListEvents`]).
@@ -210,9 +211,14 @@ pub async fn event(
     let tenancy = require(grant, Action::ListEvents)?;
     let mut scoped = store.db().scoped(tenancy).await?;
     let found = scoped.conn().event_by_id(id).await?;
-    Ok(found
-        .filter(|e| tenancy.sees(e.metadata.org_id))
-        .map(|e| store.dispatcher().registry().to_current(e)))
+    drop(scoped);
+    match found.filter(|e| tenancy.sees(e.metadata.org_id)) {
+        Some(event) => Ok(Some(
+            cairn_dispatch::current_event(store.db(), store.dispatcher().registry(), event)
+                .await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// What the integration probe reads to check its hops: its event in the log, its row

@@ -429,7 +429,7 @@ impl Keyring {
     /// The keys of `subjects`, read through the database's readers (committed keys
     /// only) where this process does not hold them yet; what was read is kept.
     pub async fn keys(&self, db: &Db, subjects: &[UserId]) -> Result<KeySet, DbError> {
-        let (mut set, missing) = self.from_cache(subjects);
+        let (mut set, missing) = self.cached_keys(subjects);
         if !missing.is_empty() {
             let mut reader = db.reader().await?;
             let read = self.read_rows(&mut reader.conn(), &missing).await?;
@@ -452,14 +452,14 @@ impl Keyring {
         conn: &mut Conn<'_>,
         subjects: &[UserId],
     ) -> Result<KeySet, DbError> {
-        let (mut set, missing) = self.from_cache(subjects);
+        let (mut set, missing) = self.cached_keys(subjects);
         if !missing.is_empty() {
             set.keys.extend(self.read_rows(conn, &missing).await?);
         }
         Ok(set)
     }
 
-    fn from_cache(&self, subjects: &[UserId]) -> (KeySet, Vec<UserId>) {
+    fn cached_keys(&self, subjects: &[UserId]) -> (KeySet, Vec<UserId>) {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let mut set = KeySet::default();
         let mut missing = Vec::new();
@@ -752,7 +752,6 @@ impl Db {
         let rows = conn
             .fetch_all("SELECT kek_id, state FROM pii_keys", Vec::new())
             .await?;
-        drop(conn);
         tx.commit().await?;
         let mut current = None;
         let mut retired = false;
@@ -841,7 +840,6 @@ impl Db {
             args![new.id.clone(), Utc::now()],
         )
         .await?;
-        drop(conn);
         tx.commit().await?;
         Ok(n)
     }

@@ -218,10 +218,11 @@ async fn read_batch(
     } else {
         head
     };
+    // Decoded once for every subscriber: current versions, personal fields opened.
+    let events = cairn_dispatch::current_events(db, registry, events).await?;
     let mut cache: BTreeMap<StreamId, serde_json::Map<String, Value>> = BTreeMap::new();
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let event = registry.to_current(event);
         let views = if with_views {
             match cache.get(&event.stream_id) {
                 Some(views) => views.clone(),

@@ -338,12 +338,13 @@ impl Subscription {
         } else {
             events.last().map_or(head, |e| e.position)
         };
+        let admitted: Vec<_> = events
+            .into_iter()
+            .filter(|event| self.admits(event))
+            .collect();
+        let admitted = cairn_dispatch::current_events(&self.db, &self.registry, admitted).await?;
         let mut deliveries = Vec::new();
-        for event in events {
-            if !self.admits(&event) {
-                continue;
-            }
-            let event = self.registry.to_current(event);
+        for event in admitted {
             let (views, views_as_of) = if selector.views {
                 (
                     crate::views_of(&mut conn, &self.registry, &event).await?,

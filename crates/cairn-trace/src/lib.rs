@@ -156,8 +156,8 @@ pub async fn timeline(
     let events: Vec<RecordedEvent> = events
         .into_iter()
         .filter(|event| tenancy.sees(event.metadata.org_id))
-        .map(|event| registry.to_current(event))
         .collect();
+    let events = cairn_dispatch::current_events(db, registry, events).await?;
     Ok(assemble(correlation_id, &events, &spans))
 }
 

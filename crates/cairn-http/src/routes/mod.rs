@@ -112,6 +112,12 @@ pub fn command_problem(error: CommandError) -> Problem {
             "another request changed this resource at the same time; try again",
         ),
         CommandError::Append(cairn_log::AppendError::Database(e)) => database(&e),
+        CommandError::Append(
+            error @ cairn_log::AppendError::Seal {
+                error: cairn_log::SealError::Erased { .. },
+                ..
+            },
+        ) => Problem::new(ProblemCode::Conflict, error.to_string()),
         CommandError::Append(error @ cairn_log::AppendError::Held { cause, .. }) => Problem::new(
             match cause {
                 cairn_log::HoldCause::Failed => ProblemCode::Held,
@@ -224,6 +230,7 @@ mod handlers;
 mod health;
 mod invitations;
 mod organizations;
+mod subjects;
 mod workflows;
 
 pub use documents::Document;
@@ -235,6 +242,7 @@ pub use health::Health;
 pub(crate) use health::integration_health;
 pub use invitations::{AcceptRequest, InvitationPath, RevokeRequest, Revoked};
 pub use organizations::{OrgPath, OrgUserPath};
+pub use subjects::{ErasureRequest, SubjectPath};
 pub use workflows::{KindPath, WorkflowKind, WorkflowPath, WorkflowsQuery};
 pub(crate) use workflows::{valid_kind, workflow_control_problem};
 
@@ -246,6 +254,7 @@ pub fn api() -> Api {
     let api = documents::ops(api);
     let api = organizations::ops(api);
     let api = invitations::ops(api);
+    let api = subjects::ops(api);
     let api = workflows::ops(api);
     let api = events::list_ops(api);
     let api = health::probe_ops(api);

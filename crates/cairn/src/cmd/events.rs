@@ -117,16 +117,15 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         ..EventFilter::default()
     };
     let registry = store.dispatcher().registry();
-    let events: Vec<RecordedEvent> = store
+    let stored = store
         .db()
         .reader()
         .await?
         .conn()
         .read_events(&filter)
-        .await?
-        .into_iter()
-        .map(|event| registry.to_current(event))
-        .collect();
+        .await?;
+    let events: Vec<RecordedEvent> =
+        cairn_dispatch::current_events(store.db(), registry, stored).await?;
     if args.json.json {
         ui::print_json(&events)?;
         return Ok(ExitCode::SUCCESS);
@@ -200,7 +199,8 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         .registry()
         .spec(&event.event_type)
         .map(|spec| spec.version);
-    let event = store.dispatcher().registry().to_current(event);
+    let event =
+        cairn_dispatch::current_event(store.db(), store.dispatcher().registry(), event).await?;
     if args.json.json {
         ui::print_json(&event)?;
         return Ok(ExitCode::SUCCESS);

@@ -343,3 +343,46 @@ fn stored_payloads_are_decoded_only_after_the_registry_upcast_them() {
         offences.join("\n")
     );
 }
+
+/// `Registry::to_current` brings a payload to its current version but leaves its
+/// personal fields sealed: a reader serving events would show envelopes. Every reader
+/// goes through `cairn_dispatch::current_events` (or `current_event`,
+/// `current_events_in`), which upcasts and opens them.
+#[test]
+fn readers_open_personal_fields_on_the_one_decoding_path() {
+    let allowed = [
+        "crates/cairn-dispatch/src/registry.rs",
+        "crates/cairn-dispatch/src/personal.rs",
+    ];
+    let mut offences = Vec::new();
+    let mut n_files = 0;
+    for krate in std::fs::read_dir(workspace_root().join("crates")).expect("crates/") {
+        let src = krate.expect("an entry").path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        for path in rust_files(&src) {
+            n_files += 1;
+            let relative = path
+                .strip_prefix(workspace_root())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            if allowed.contains(&relative.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            for (number, line) in text.lines().enumerate() {
+                if line.contains(".to_current(") {
+                    offences.push(format!("{relative}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(n_files > 100, "found only {n_files} source files");
+    assert!(
+        offences.is_empty(),
+        "events served without their personal fields opened:\n{}",
+        offences.join("\n")
+    );
+}

@@ -1,0 +1,83 @@
+//! People as data subjects: where one stands, and their erasure at their request.
+
+use axum::http::{Method, StatusCode};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use cairn_domain::{ErasureReceipt, SubjectStatus};
+use cairn_types::UserId;
+
+use super::command_problem;
+use crate::AppState;
+use crate::api::{Api, Op, Reply};
+use crate::context::Ctx;
+use crate::input::Empty;
+use crate::problem::Problem;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectPath {
+    /// The person's user id.
+    pub subject_id: UserId,
+}
+
+/// Why a person is erased.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    /// 1 to 500 characters, not only spaces, no control characters but tabs and
+    /// newlines. Kept with the erasure: it must not carry the person's own data.
+    #[schemars(
+        length(min = 1, max = 500),
+        pattern(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
+    )]
+    pub reason: String,
+}
+
+/// Where a person stands, and their erasure.
+pub(super) fn ops(api: Api) -> Api {
+    api.op(
+        op!(GET "/v1/subjects/{subject_id}", "getSubject", "subjects", OK, public: false, command: false,
+            "Where a person stands",
+            "Active, or erased with the erasure's receipt. A person of another organization, or nobody, is 404."),
+        get_subject,
+    )
+    .op(
+        op!(POST "/v1/subjects/{subject_id}/erasure", "eraseSubject", "subjects", OK, public: false, command: true,
+            "Erase a person at their request",
+            "One unit of work destroys the person's data key (every name and address sealed under it can never be read again), records user.erased with no personal data, and empties their rows; the outbox's copies of their invitations are removed after it. The person's organization admin or a platform administrator may. Erasing again returns the first receipt, with repeated: true."),
+        erase_subject,
+    )
+}
+
+/// `GET /v1/subjects/{subject_id}`: where a person stands.
+async fn get_subject(
+    state: AppState,
+    ctx: Ctx,
+    path: SubjectPath,
+    _: Empty,
+    _: Empty,
+) -> Result<Reply<SubjectStatus>, Problem> {
+    let status = state
+        .domain()
+        .subject_status(&ctx.command(), path.subject_id)
+        .await
+        .map_err(command_problem)?;
+    Ok(Reply::ok(status))
+}
+
+/// `POST /v1/subjects/{subject_id}/erasure`: erases a person.
+async fn erase_subject(
+    state: AppState,
+    ctx: Ctx,
+    path: SubjectPath,
+    _: Empty,
+    body: ErasureRequest,
+) -> Result<Reply<ErasureReceipt>, Problem> {
+    let receipt = state
+        .domain()
+        .erase_subject(&ctx.command(), path.subject_id, &body.reason)
+        .await
+        .map_err(command_problem)?;
+    Ok(Reply::ok(receipt))
+}
