@@ -156,6 +156,28 @@ export type Entry = {
   status: Status;
 };
 
+/** What an erasure returns, and returns again if the person is erased again. */
+export type ErasureReceipt = {
+  /** The request that erased them: its timeline shows the erasure. */
+  correlation_id: string;
+  erased_at: string;
+  /** Who erased them: `user:<uuid>` or `service:<name>`. */
+  erased_by: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  reason: string;
+  /** Whether this answer is the receipt of an earlier erasure. */
+  repeated?: boolean;
+  /** A user id. */
+  subject_id: string;
+};
+
+/** Why a person is erased. */
+export type ErasureRequest = {
+  /** 1 to 500 characters, not only spaces, no control characters but tabs and newlines. Kept with the erasure: it must not carry the person's own data. */
+  reason: string;
+};
+
 export type EventPath = {
   /** An event id (UUIDv7). */
   event_id: string;
@@ -1089,6 +1111,23 @@ export type StuckRun = {
   /** When it was due, or when it last changed. */
   since: string;
   status: string;
+};
+
+export type SubjectPath = {
+  /** The person's user id. */
+  subject_id: string;
+};
+
+/** Where a person stands, for `GET /v1/subjects/{id}`. */
+export type SubjectStatus = {
+  /** The erasure's receipt, once erased. */
+  erasure?: (ErasureReceipt) | (null);
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** `active` (their data is sealed under a live key, or was written before sealing and is kept) or `erased`. */
+  state: string;
+  /** A user id. */
+  subject_id: string;
 };
 
 export type Subscribed = {

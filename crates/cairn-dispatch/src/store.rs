@@ -385,7 +385,7 @@ impl EventStore {
             };
             self.db
                 .keyring()
-                .seal_in(&mut tx.conn(), place, &mut event.data, &fields)
+                .seal_in(tx, place, &mut event.data, &fields)
                 .await
                 .map_err(|error| match error {
                     SealError::Database(error) => AppendError::Database(error),
@@ -449,6 +449,12 @@ impl EventStore {
                         spec.version
                     ))
                 })?;
+                // Personal data is never stored in the clear: an imported event of a
+                // type with personal fields is stored at the current version, sealed.
+                if !spec.personal.is_empty() {
+                    event.data = data;
+                    event.version = Some(spec.version);
+                }
             }
         }
         Ok(())

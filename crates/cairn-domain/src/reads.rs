@@ -214,8 +214,7 @@ pub async fn event(
     drop(scoped);
     match found.filter(|e| tenancy.sees(e.metadata.org_id)) {
         Some(event) => Ok(Some(
-            cairn_dispatch::current_event(store.db(), store.dispatcher().registry(), event)
-                .await?,
+            cairn_dispatch::current_event(store.db(), store.dispatcher().registry(), event).await?,
         )),
         None => Ok(None),
     }

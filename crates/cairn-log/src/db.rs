@@ -135,9 +135,11 @@ impl Db {
             .writer
             .unwrap_or_else(|| WriterConfig::for_backend(pools.backend()));
         let (handle, queue) = writer::queue(&config);
+        let keyring: Arc<crate::seal::Keyring> = Arc::default();
         let after = Arc::new(AfterCommit {
             head: HeadWatch::new(),
             spans: SpanSink::default(),
+            keyring: keyring.clone(),
         });
         after.spans.connect(handle.span_writer());
         writer::start(queue, home, Arc::downgrade(&after), config).map_err(ConnectError::Writer)?;
@@ -147,7 +149,7 @@ impl Db {
                 after,
                 writer: handle,
                 writer_config: config,
-                keyring: Arc::default(),
+                keyring,
             }),
         })
     }

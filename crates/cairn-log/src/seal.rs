@@ -32,6 +32,9 @@ use crate::error::DbError;
 
 const NONCE_LEN: usize = 24;
 
+/// A person's data key, unwrapped.
+pub(crate) type DataKey = Arc<Key>;
+
 /// The key-encryption key: wraps every person's data key. Kept in a file (or an
 /// environment variable) apart from the database and its backups.
 #[derive(Clone)]
@@ -378,6 +381,16 @@ impl Keyring {
             .cloned()
     }
 
+    /// Keeps keys a committed transaction sealed with (never over an erasure learnt).
+    pub(crate) fn remember(&self, keys: &[(UserId, DataKey)]) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        for (subject, key) in keys {
+            cache
+                .entry(*subject)
+                .or_insert_with(|| KeyState::Active(key.clone()));
+        }
+    }
+
     /// Remembers that `subject` was erased (after the erasure committed).
     pub fn forget(&self, subject: UserId) {
         self.cache
@@ -480,7 +493,7 @@ impl Keyring {
     /// person who was erased.
     pub async fn seal_in(
         &self,
-        conn: &mut Conn<'_>,
+        tx: &mut crate::Tx,
         place: SealPlace<'_>,
         data: &mut Value,
         fields: &[PersonalField],
@@ -497,7 +510,7 @@ impl Keyring {
                     field: field.pointer.clone(),
                 });
             }
-            let key = self.key_for_sealing(conn, field).await?;
+            let key = self.key_for_sealing(tx, field).await?;
             let plaintext = serde_json::to_vec(value)
                 .map_err(|e| SealError::Randomness(format!("cannot encode the field: {e}")))?;
             let sealed = seal_bytes(&key, &place.aad(&field.pointer, field.subject), &plaintext)?;
@@ -514,7 +527,7 @@ impl Keyring {
 
     async fn key_for_sealing(
         &self,
-        conn: &mut Conn<'_>,
+        tx: &mut crate::Tx,
         field: &PersonalField,
     ) -> Result<Arc<Key>, SealError> {
         let subject = field.subject;
@@ -530,13 +543,17 @@ impl Keyring {
         let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
             field: field.pointer.clone(),
         })?;
-        match self
-            .read_rows(conn, &[subject])
-            .await?
-            .remove(&subject)
-            .unwrap_or(KeyState::Absent)
-        {
-            KeyState::Active(key) => Ok(key),
+        // Made or read in this transaction: kept by the keyring once it commits, and
+        // meanwhile found again here by the transaction's later seals.
+        if let Some((_, key)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
+            return Ok(key.clone());
+        }
+        let read = self.read_rows(&mut tx.conn(), &[subject]).await?;
+        match read.get(&subject).cloned().unwrap_or(KeyState::Absent) {
+            KeyState::Active(key) => {
+                tx.log.sealed_keys.push((subject, key.clone()));
+                Ok(key)
+            }
             KeyState::Erased => Err(erased()),
             KeyState::Unreadable(kek_id) => Err(SealError::Unwrap { subject, kek_id }),
             KeyState::Absent => {
@@ -544,7 +561,8 @@ impl Keyring {
                 getrandom::fill(&mut bytes).map_err(|e| SealError::Randomness(e.to_string()))?;
                 let key = Key::from(bytes);
                 let wrapped = kek.wrap(subject, &key)?;
-                let inserted = conn
+                let inserted = tx
+                    .conn()
                     .execute(
                         "INSERT INTO subject_keys (subject_id, state, kek_id, wrapped, created_at) \
                          SELECT $1, 'active', $2, $3, $4 \
@@ -557,7 +575,9 @@ impl Keyring {
                         kek_id: kek.id.clone(),
                     });
                 }
-                Ok(Arc::new(key))
+                let key = Arc::new(key);
+                tx.log.sealed_keys.push((subject, key.clone()));
+                Ok(key)
             }
         }
     }

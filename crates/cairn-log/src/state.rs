@@ -76,6 +76,8 @@ pub(crate) struct LogState {
     pub(crate) keys_flushed: usize,
     /// Events appended, for the metrics and the head watch once committed.
     pub(crate) appended: Vec<(Position, String, Option<ErrorCode>)>,
+    /// Data keys sealed with (made or read here), kept by the keyring once committed.
+    pub(crate) sealed_keys: Vec<(cairn_types::UserId, crate::seal::DataKey)>,
 }
 
 /// What the PostgreSQL writer knows of the log as its last batch left it: the head,
@@ -148,6 +150,7 @@ pub(crate) struct Mark {
     keys: usize,
     keys_flushed: usize,
     appended: usize,
+    sealed_keys: usize,
 }
 
 impl LogState {
@@ -162,6 +165,7 @@ impl LogState {
             keys: self.keys.len(),
             keys_flushed: self.keys_flushed,
             appended: self.appended.len(),
+            sealed_keys: self.sealed_keys.len(),
         }
     }
 
@@ -181,6 +185,7 @@ impl LogState {
         self.rows.truncate(mark.rows);
         self.keys.truncate(mark.keys);
         self.appended.truncate(mark.appended);
+        self.sealed_keys.truncate(mark.sealed_keys);
         while self.undo.len() > mark.undo {
             if let Some((stream_id, previous)) = self.undo.pop() {
                 match previous {

@@ -38,6 +38,8 @@ pub(crate) enum Isolation {
 pub(crate) struct AfterCommit {
     pub(crate) head: HeadWatch,
     pub(crate) spans: SpanSink,
+    /// Keeps the data keys a committed transaction sealed with.
+    pub(crate) keyring: Arc<crate::seal::Keyring>,
 }
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.
@@ -276,6 +278,7 @@ impl Tx {
         let (result, conn) = inner.end(true).await;
         if result.is_ok() {
             after_commit(after.as_deref(), &log.appended);
+            remember_keys(after.as_deref(), &log.sealed_keys);
         }
         (result.map_err(|error| (error, false)), conn)
     }
@@ -383,6 +386,7 @@ impl Tx {
         let from_known = self.from_known;
         let Tx { after, log, .. } = self;
         after_commit(after.as_deref(), &log.appended);
+        remember_keys(after.as_deref(), &log.sealed_keys);
         // What this batch leaves known; what was known before it still holds when the
         // batch started from it (the head was unchanged, so nothing else committed).
         let LogState { head, streams, .. } = log;
@@ -456,6 +460,18 @@ impl Drop for SpanBuffer {
                 after.spans.record(span);
             }
         }
+    }
+}
+
+/// Keys sealed with in a committed transaction are committed: the keyring keeps them.
+fn remember_keys(
+    after: Option<&AfterCommit>,
+    keys: &[(cairn_types::UserId, crate::seal::DataKey)],
+) {
+    if let Some(after) = after
+        && !keys.is_empty()
+    {
+        after.keyring.remember(keys);
     }
 }
 

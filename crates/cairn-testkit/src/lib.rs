@@ -266,11 +266,38 @@ where
 /// The personal-data key every test database is given: the same in every process of a
 /// test, as a deployment gives all its processes one key.
 pub fn test_kek() -> cairn_log::Kek {
-    cairn_log::Kek::parse(
-        "Y2Fpcm4tdGVzdC1rZXktZW5jcnlwdGlvbi1rZXkhISE",
-        "the test key",
-    )
-    .expect("the test key is 32 bytes of base64")
+    cairn_log::Kek::parse(TEST_PII_KEY, "the test key").expect("the test key is 32 bytes of base64")
+}
+
+/// [`test_kek`] as text, for a `cairn` process a test starts (`CAIRN_PII_KEY`).
+pub const TEST_PII_KEY: &str = "Y2Fpcm4tdGVzdC1rZXktZW5jcnlwdGlvbi1rZXkhISE";
+
+/// Writes `request`'s events as an earlier release wrote them, at the versions they
+/// declare, below the dispatcher (no upcast, no seal), each stored as failed
+/// (`P9003`): retrying it applies it through this build's decoding path, as an
+/// upgraded database's retry would. The stored events.
+pub async fn written_by_a_release(
+    db: &Db,
+    request: cairn_log::AppendRequest,
+) -> anyhow::Result<Vec<cairn_log::RecordedEvent>> {
+    let mut tx = db.begin().await?;
+    let stored = match tx.prepare_append(request).await? {
+        cairn_log::Prepared::New(mut pending) => {
+            let failed = cairn_log::Outcome::Failed(cairn_log::ProcessingError {
+                code: cairn_types::ErrorCode::HandlerFailed,
+                message: "written by an earlier release; retry it to apply it".to_owned(),
+            });
+            for index in 0..pending.events().len() {
+                pending.record(index, &failed, chrono::Utc::now());
+            }
+            let events = pending.events().to_vec();
+            tx.write_append(pending).await?;
+            events
+        }
+        cairn_log::Prepared::Repeat(events) => events,
+    };
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// Opens a test database, without migrating it.

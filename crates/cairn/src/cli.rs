@@ -949,6 +949,20 @@ pub enum BenchCommand {
     /// `cairn import` of generated seed events: the seed's schema in a schema of its
     /// own in --seed-url, filled, then imported into a fresh cairn database.
     Import(BenchImportArgs),
+    /// Erasing a person: p50 and p99, for people mentioned by few and by many events.
+    Erase(BenchEraseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEraseArgs {
+    /// Events that carry each person's name and address, one scenario per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_u64, 10_000])]
+    pub mentions: Vec<u64>,
+    /// People erased per scenario.
+    #[arg(long, default_value_t = 50)]
+    pub people: usize,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

@@ -254,3 +254,91 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_tampered_seal_is_named_by_its_failure_and_read_as_unreadable_never_as_ciphertext,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let ctx = admin_actor();
+        w.domain.bootstrap(&ctx, &request()).await?;
+        w.domain.engine().run_until_idle().await?;
+
+        // An administrator edits one sealed byte of a user.created and rehashes the
+        // chain to hide it: the seal no longer opens.
+        let (position, data) = {
+            let mut reader = w.t.db().reader().await?;
+            let events = reader.conn().read_events(&EventFilter::default()).await?;
+            let event = events
+                .into_iter()
+                .find(|e| e.event_type.as_str() == "user.created")
+                .expect("the admin was created");
+            (event.position, event.data)
+        };
+        let mut tampered = data.clone();
+        let sealed = tampered["name"]["$sealed"]["data"]
+            .as_str()
+            .expect("the name is sealed")
+            .to_owned();
+        let last = if sealed.ends_with('A') { 'B' } else { 'A' };
+        tampered["name"]["$sealed"]["data"] =
+            json!(format!("{}{last}", &sealed[..sealed.len() - 1]));
+        let text = serde_json::to_string(&tampered)?.replace('\'', "''");
+        let cast = match w.t.backend() {
+            Backend::Sqlite => format!("'{text}'"),
+            Backend::Postgres => format!("'{text}'::jsonb"),
+        };
+        cairn_testkit::tamper(
+            w.t.db(),
+            &format!(
+                "UPDATE domain_events SET event_data = {cast} WHERE position = {}",
+                position.get()
+            ),
+            true,
+        )
+        .await?;
+
+        // Reads: a marker, never the envelope.
+        let stored = {
+            let mut reader = w.t.db().reader().await?;
+            reader.conn().read_events(&EventFilter::default()).await?
+        };
+        let opened =
+            current_events(w.t.db(), w.domain.store().dispatcher().registry(), stored).await?;
+        let event = opened
+            .iter()
+            .find(|e| e.position == position)
+            .expect("still there");
+        assert_eq!(event.data["name"], json!({"withheld": "unreadable"}));
+        assert_eq!(
+            event.data["email"], "ada@example.com",
+            "the other field opens"
+        );
+
+        // Replay: the event fails with P9007, naming the field and the person.
+        let report = w
+            .domain
+            .store()
+            .verify_projections(cairn_dispatch::VerifyOptions::default(), &mut |_, _| {})
+            .await?;
+        let change = report
+            .outcome_changes
+            .iter()
+            .find(|c| c.position == position)
+            .expect("its outcome changes");
+        match &change.now {
+            cairn_log::Outcome::Failed(error) => {
+                assert_eq!(error.code, cairn_types::ErrorCode::SealUnreadable);
+                assert!(error.message.contains("/name"), "{}", error.message);
+                assert!(
+                    error.message.contains("does not match"),
+                    "{}",
+                    error.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+);

@@ -368,12 +368,19 @@ backend_test!(
                 }
             }
         }
-        // The people are in the request's event, where a step reads them.
+        // The people are in the request's event, sealed, where a step reads them.
         let initiated = events
             .iter()
             .find(|e| e.event_type.as_str() == "organization.bootstrap.initiated")
             .ok_or_else(|| anyhow::anyhow!("no initiated event"))?;
-        assert!(initiated.data.to_string().contains("grace@example.com"));
+        assert!(!initiated.data.to_string().contains("grace@example.com"));
+        let opened = cairn_dispatch::current_event(
+            w.t.db(),
+            w.domain.store().dispatcher().registry(),
+            initiated.clone(),
+        )
+        .await?;
+        assert!(opened.data.to_string().contains("grace@example.com"));
         let mut to: Vec<String> = sink.messages().into_iter().map(|m| m.to).collect();
         to.sort();
         assert_eq!(

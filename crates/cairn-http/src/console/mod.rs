@@ -115,6 +115,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/console/invitations/{invitation_id}/revoke",
             get(onboarding::revoke_page).post(onboarding::revoke),
         )
+        .route(
+            "/console/organizations/{org_id}/people/{user_id}/erase",
+            get(onboarding::erase_page).post(onboarding::erase),
+        )
         .route("/console/events", get(operations::events))
         .route("/console/events/{event_id}", get(operations::event))
         .route(

@@ -394,16 +394,20 @@ pub(crate) async fn bootstrap(
 
 /// A person of an organization.
 pub(crate) struct PersonRow {
+    pub id: String,
     pub name: String,
     pub email: String,
     pub status: String,
     pub roles: String,
+    /// Erased at their request: no name or address is left to show.
+    pub erased: bool,
 }
 
 /// An invitation, with its delivery state.
 pub(crate) struct InvitationRow {
     pub id: String,
     pub email: String,
+    pub erased: bool,
     pub roles: String,
     pub status: String,
     pub sends: i64,
@@ -436,6 +440,7 @@ struct OrganizationPage {
     may_invite: bool,
     may_resend: bool,
     may_revoke: bool,
+    may_erase: bool,
     may_see_events: bool,
     invite_email: Field,
     invite_name: Field,
@@ -458,6 +463,9 @@ fn notice_text(notice: Option<&str>) -> Option<String> {
                 "The invitation was sent again, with a new link; the old link no longer works."
             }
             "revoked" => "The invitation is revoked; its link no longer works.",
+            "erased" => {
+                "The person is erased: their data key is destroyed, and no name or address of theirs is left."
+            }
             _ => return None,
         }
         .to_owned(),
@@ -527,7 +535,9 @@ async fn organization_page(
     let people = people
         .into_iter()
         .map(|u| PersonRow {
+            id: u.id.to_string(),
             roles: join(&u.roles),
+            erased: u.erased_at.is_some(),
             name: u.name,
             email: u.email,
             status: u.status,
@@ -556,6 +566,7 @@ async fn organization_page(
             };
             InvitationRow {
                 id: i.id.to_string(),
+                erased: i.erased_at.is_some(),
                 roles: join(&i.roles),
                 pending: i.status == "pending",
                 resendable: i.status == "pending" || i.status == "expired",
@@ -611,6 +622,7 @@ async fn organization_page(
         may_invite: session.may(&Action::Invite(org_id)),
         may_resend: session.may(&Action::ResendInvitation(org_id)),
         may_revoke: session.may(&Action::RevokeInvitation(org_id)),
+        may_erase: session.may(&Action::EraseSubject(org_id)),
         may_see_events: session.may(&Action::ListEvents),
         invite_email: Field::new("email", "Email", "email").from(invite_form, &invite_errors),
         invite_name: Field::new("name", "Name", "text").from(invite_form, &invite_errors),
@@ -894,6 +906,118 @@ pub(crate) async fn revoke(
             render(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &revoke_page_for(&session, &invitation, field),
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/erase.html")]
+struct ErasePage {
+    layout: Layout,
+    org_id: String,
+    user_id: String,
+    name: String,
+    email: String,
+    reason: Field,
+}
+
+fn erase_page_for(session: &Session, user: &reads::User, reason: Field) -> ErasePage {
+    ErasePage {
+        layout: Layout::new(session, "Erase a person", "/organizations"),
+        org_id: user.org_id.to_string(),
+        user_id: user.id.to_string(),
+        name: user.name.clone(),
+        email: user.email.clone(),
+        reason,
+    }
+}
+
+fn erase_reason() -> Field {
+    Field::new("reason", "Why are they erased?", "text")
+        .hint("Kept with the erasure, so write the request's reference, never their own details.")
+}
+
+/// A person of an organization the session may erase people of; anything else is
+/// the same 404 as a missing person.
+async fn erasable_person(
+    state: &AppState,
+    session: &Session,
+    org_id: &str,
+    user_id: &str,
+) -> Result<reads::User, Response> {
+    let (Ok(org_id), Ok(user_id)) = (OrgId::parse(org_id), cairn_types::UserId::parse(user_id))
+    else {
+        return Err(not_found(session, "person"));
+    };
+    let grant =
+        allow(&session.ctx, Action::ReadUsers(org_id)).map_err(|_| not_found(session, "person"))?;
+    let user = match reads::user(state.db(), &grant, org_id, user_id).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return Err(not_found(session, "person")),
+        Err(error) => return Err(problem_page(session, &read_problem(error))),
+    };
+    if let Err(problem) = allow(&session.ctx, Action::EraseSubject(org_id)) {
+        return Err(problem_page(session, &problem));
+    }
+    Ok(user)
+}
+
+/// `GET /console/organizations/{org_id}/people/{user_id}/erase`: asks for a reason
+/// and a confirmation.
+pub(crate) async fn erase_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path((org_id, user_id)): Path<(String, String)>,
+) -> Response {
+    match erasable_person(&state, &session, &org_id, &user_id).await {
+        Ok(user) => render(
+            StatusCode::OK,
+            &erase_page_for(&session, &user, erase_reason()),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `POST /console/organizations/{org_id}/people/{user_id}/erase`.
+pub(crate) async fn erase(
+    State(state): State<AppState>,
+    session: Session,
+    Path((org_id, user_id)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let user = match erasable_person(&state, &session, &org_id, &user_id).await {
+        Ok(user) => user,
+        Err(response) => return response,
+    };
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let reason = form.text("reason");
+    match state
+        .domain()
+        .erase_subject(&session.ctx.command(), user.id, &reason)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!(
+            "/console/organizations/{}?notice=erased",
+            user.org_id
+        ))
+        .into_response(),
+        Err(error) => {
+            let problem = command_problem(error);
+            if problem.status >= 500 || problem.errors.is_empty() {
+                return problem_page(&session, &problem);
+            }
+            let errors = field_errors(&problem);
+            let mut field = erase_reason().from(Some(&form), &errors);
+            if field.error.is_none() {
+                field.error = Some(problem.detail.clone());
+            }
+            render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &erase_page_for(&session, &user, field),
             )
         }
     }

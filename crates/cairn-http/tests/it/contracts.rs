@@ -49,14 +49,22 @@ fn every_version_of_a_payload_is_in_the_contracts_and_only_the_current_in_typesc
     };
     let v1 = file("user.invited.v1.json");
     let v2 = file("user.invited.v2.json");
+    let v3 = file("user.invited.v3.json");
     assert_eq!(v1["x-event-version"], 1);
     assert!(v1["properties"].get("invited_by").is_none(), "{v1}");
     assert_eq!(v2["x-event-version"], 2);
     assert!(v2["properties"].get("invited_by").is_some(), "{v2}");
-    assert_eq!(file("user.invited.json")["properties"], v2["properties"]);
+    assert_eq!(v2["properties"]["email"]["type"], "string", "{v2}");
+    // Version 3: the name and address are personal, sealed in the log.
+    assert_eq!(v3["x-event-version"], 3);
+    assert_eq!(
+        v3["properties"]["email"]["$ref"], "#/$defs/Personal_Email",
+        "{v3}"
+    );
+    assert_eq!(file("user.invited.json")["properties"], v3["properties"]);
 
     let messages = &asyncapi["components"]["messages"];
-    assert_eq!(messages["user.invited"]["x-event-version"], 2);
+    assert_eq!(messages["user.invited"]["x-event-version"], 3);
     assert_eq!(messages["user.invited.v1"]["x-current"], false);
     assert_eq!(
         messages["user.invited.v1"]["payload"]["properties"]["event_data"]["$ref"],

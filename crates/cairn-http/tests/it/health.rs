@@ -290,7 +290,7 @@ backend_test!(
         );
         let detail = ready.body["detail"].as_str().unwrap_or_default();
         assert!(
-            detail.contains("user.invited v9 (this build reads v2)"),
+            detail.contains("user.invited v9 (this build reads v3)"),
             "{}",
             ready.body
         );

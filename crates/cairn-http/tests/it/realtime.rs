@@ -354,30 +354,27 @@ backend_test!(
             "roles": ["clinician"],
             "invitation_id": cairn_types::InvitationId::new_v7(),
         });
-        let appended = s
-            .domain
-            .store()
-            .append(
-                cairn_log::AppendRequest::new(
-                    cairn_types::StreamType::parse("user")?,
-                    user,
-                    vec![
-                        cairn_log::NewEvent::new(
-                            cairn_types::EventType::parse("user.invited")?,
-                            v1,
-                            cairn_types::Metadata::new().org(org),
-                        )
-                        .at_version(1),
-                    ],
-                )
-                .importing(),
-            )
-            .await?;
-        let stored = &appended.events[0].event;
+        let written = cairn_testkit::written_by_a_release(
+            s.domain.store().db(),
+            cairn_log::AppendRequest::new(
+                cairn_types::StreamType::parse("user")?,
+                user,
+                vec![
+                    cairn_log::NewEvent::new(
+                        cairn_types::EventType::parse("user.invited")?,
+                        v1,
+                        cairn_types::Metadata::new().org(org),
+                    )
+                    .at_version(1),
+                ],
+            ),
+        )
+        .await?;
+        let stored = &written[0];
 
         let check = |event: &Value| {
             assert_eq!(event["stored_version"], 1, "{event}");
-            assert_eq!(event["event_version"], 2, "{event}");
+            assert_eq!(event["event_version"], 3, "{event}");
             assert_eq!(event["event_data"]["invited_by"], Value::Null, "{event}");
             assert_eq!(event["event_data"]["name"], "Grace Hopper", "{event}");
         };

@@ -38,6 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Realtime(args)) => bench::realtime(&url, args).await,
         Command::Bench(BenchCommand::Http(args)) => bench::http(&url, args).await,
         Command::Bench(BenchCommand::Import(args)) => bench::import(&url, args).await,
+        Command::Bench(BenchCommand::Erase(args)) => bench::erase(&url, args).await,
         Command::Demo(args) => demo::run(&url, &runtime, args).await,
         Command::Workflows(command) => workflows::run(&url, &runtime, command).await,
         Command::Handlers(command) => handlers::run(&url, command).await,

@@ -445,7 +445,7 @@ backend_test!(
         let dir = files.path().join("checkpoints");
         append_events(t.url(), 2).await?;
         let (_outbox, mail) = outbox()?;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut child = crate::common::cairn_tokio()
             .args(["--database-url", t.url(), "--mail-url", &mail])
             .args(["serve", "--addr", "127.0.0.1:0", "--probe-interval", "0"])
             .args(["--audit-checkpoint-every", "1s", "--audit-key"])

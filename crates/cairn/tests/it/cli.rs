@@ -543,7 +543,7 @@ backend_test!(
 #[test]
 fn with_no_configuration_data_lives_in_cairn_data() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let output = crate::common::cairn_std()
         .args(["status", "--json"])
         .current_dir(dir.path())
         .env_remove("CAIRN_DATABASE_URL")
@@ -559,7 +559,7 @@ fn with_no_configuration_data_lives_in_cairn_data() {
 
 #[test]
 fn an_unsupported_database_url_says_what_is_supported() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let output = crate::common::cairn_std()
         .args(["--database-url", "mysql://root@localhost/cairn", "status"])
         .output()
         .expect("cairn runs");
@@ -610,17 +610,17 @@ backend_test!(
               ✓ +[duration] [duration]  step      organization_bootstrap › invite:[uuid]
               ✓ +[duration]            event     user.invited #10
               ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
-              ✓ +[duration] [duration]  email     invitation email to ada@example.com
+              ✓ +[duration] [duration]  email     invitation email to user [uuid]
               ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #14
               ✓ +[duration]            workflow  invitation_expiry …[id] started
               ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
-              ✓ +[duration] [duration]  email     invitation email to grace@example.com
+              ✓ +[duration] [duration]  email     invitation email to user [uuid]
               ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #19
               ✓ +[duration]            workflow  invitation_expiry …[id] started
               ✓ +[duration] [duration]  step      organization_bootstrap › send_invitation:[uuid]
-              ✓ +[duration] [duration]  email     invitation email to alan@example.org
+              ✓ +[duration] [duration]  email     invitation email to user [uuid]
               ✓ +[duration] [duration]  step      organization_bootstrap › record_invitation:[uuid]
               ✓ +[duration]            event     invitation.sent #24
               ✓ +[duration]            workflow  invitation_expiry …[id] started
@@ -1058,7 +1058,7 @@ backend_test!(
             &["events", "list"],
             &["events", "list", "--json"],
         ] {
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            let mut child = crate::common::cairn_std()
                 .args(["--database-url", t.url()])
                 .args(args)
                 .env("RUST_BACKTRACE", "1")

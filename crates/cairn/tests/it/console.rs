@@ -1408,3 +1408,122 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    the_console_erases_a_person_after_a_confirmation_and_shows_the_marker_wherever_they_appeared,
+    |t: TestDb| async move {
+        let (outbox, mail) = outbox()?;
+        let mut server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("erasure-care"))
+            .await?;
+        let org = accepted["org_id"].as_str().context("org_id")?.to_owned();
+        let correlation = accepted["correlation_id"]
+            .as_str()
+            .context("correlation_id")?
+            .to_owned();
+        // Every invitation is out (in the outbox) before the erasure.
+        let mut sent = 0;
+        for _ in 0..300 {
+            sent = std::fs::read_dir(outbox.path())?.count();
+            if sent >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(sent, 3, "three invitations went out");
+        let users = server
+            .get(&admin, &format!("/v1/organizations/{org}/users"))
+            .await?;
+        let grace = users["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|u| u["email"] == "grace@example.com"))
+            .and_then(|u| u["id"].as_str())
+            .context("grace")?
+            .to_owned();
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        let row = format!("tr[data-person='{grace}']");
+        browser
+            .click(&format!("{row} a[data-action='erase']"))
+            .await?;
+        browser.wait_for_title("Erase a person").await?;
+        let text = browser.text().await?;
+        assert!(
+            text.contains("Erase Grace Hopper?") && text.contains("cannot be undone"),
+            "{text}"
+        );
+        // No reason: refused at the field, nothing erased.
+        browser.click("button.danger").await?;
+        browser.wait_for_text("[data-field='reason']", "").await?;
+        let status = server.get(&admin, &format!("/v1/subjects/{grace}")).await?;
+        assert_eq!(status["state"], json!("active"));
+        browser.fill("#reason", "Request 2026-118").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("p.notice", "erased").await?;
+        let erased_row = browser.wait_for_text(&row, "erased").await?;
+        assert!(!erased_row.contains("Grace"), "{erased_row}");
+        screenshot(&browser, &t, "erased").await?;
+        let page = browser.text().await?;
+        assert!(
+            !page.contains("grace@example.com") && !page.contains("Grace Hopper"),
+            "{page}"
+        );
+        assert!(page.contains("ada@example.com"), "the others stay: {page}");
+
+        // The event log, an event's page and the request's timeline: the marker, never
+        // her name, address or a sealed envelope.
+        for path in [
+            "/console/events".to_owned(),
+            format!("/console/traces/{correlation}"),
+        ] {
+            browser.goto(&server.url(&path)).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let text = browser.text().await?;
+            assert!(
+                !text.contains("grace@example.com") && !text.contains("Grace Hopper"),
+                "{path}: {text}"
+            );
+            assert!(!text.contains("$sealed"), "{path}: {text}");
+        }
+        let events = server
+            .get(&admin, &format!("/v1/events?stream_id={grace}"))
+            .await?;
+        let invited = events["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|e| e["event_type"] == "user.invited"))
+            .context("grace's user.invited")?;
+        assert_eq!(
+            invited["event_data"]["email"],
+            json!({"withheld": "erased"})
+        );
+        let event_id = invited["event_id"].as_str().context("event_id")?;
+        browser
+            .goto(&server.url(&format!("/console/events/{event_id}")))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = browser.text().await?;
+        assert!(text.contains("erased"), "{text}");
+        assert!(!text.contains("grace@example.com"), "{text}");
+
+        // The API says erased; the outbox no longer holds her invitation.
+        let status = server.get(&admin, &format!("/v1/subjects/{grace}")).await?;
+        assert_eq!(status["state"], json!("erased"));
+        assert_eq!(status["erasure"]["reason"], json!("Request 2026-118"));
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir(outbox.path())?.filter_map(Result::ok) {
+            left.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+        assert_eq!(left.len(), 2, "her invitation's file is removed");
+        assert!(left.iter().all(|mail| !mail.contains("grace@example.com")));
+        browser.close().await?;
+        server.child.kill().await?;
+        Ok(())
+    }
+);

@@ -168,14 +168,16 @@ backend_test!(
             "{signed:?}"
         );
 
-        // The seed's data is stored as it was, at the version it is of cairn's type,
-        // with the seed's ids, times and outcome in the metadata.
+        // The seed's data holds personal data: it is stored at the current version of
+        // cairn's type, its address sealed, with the seed's ids, times and outcome in
+        // the metadata.
         let sent = log
             .iter()
             .find(|e| e.event_type.as_str() == "invitation.sent")
             .expect("the invitation was imported");
-        assert_eq!(sent.stored_version, 0);
-        assert_eq!(sent.data["role"], json!("clinician"));
+        assert_eq!(sent.stored_version, 2);
+        assert_eq!(sent.data["roles"], json!(["clinician"]));
+        assert!(sent.data["email"].get("$sealed").is_some(), "{}", sent.data);
         assert_eq!(
             sent.stream_id.to_string(),
             "c0000000-0000-4000-8000-000000000001"
@@ -324,7 +326,7 @@ async fn import_and_kill(
     pause_after: u64,
 ) -> anyhow::Result<bool> {
     let checkpoints = dir.join("checkpoints").display().to_string();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mut child = crate::common::cairn_tokio()
         .args([
             "--database-url",
             url,

@@ -16,6 +16,7 @@ mod import;
 mod mail_outage;
 mod mail_stall;
 mod mail_under_load;
+mod personal_data;
 mod readme;
 mod serve;
 mod settings;

@@ -39,7 +39,7 @@ async fn serve_with(
     envs: &[(&str, &str)],
 ) -> anyhow::Result<Served> {
     let (outbox, mail) = outbox()?;
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    let mut command = crate::common::cairn_tokio();
     command
         .args([
             "--database-url",
@@ -441,7 +441,7 @@ backend_test!(
 
 #[tokio::test]
 async fn a_bad_otlp_endpoint_is_refused_before_anything_runs() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let output = crate::common::cairn_tokio()
         .args(["--otlp-endpoint", "collector:4318", "status"])
         .stdin(std::process::Stdio::null())
         .output()

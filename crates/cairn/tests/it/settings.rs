@@ -12,7 +12,7 @@ use crate::common::stderr;
 async fn start(url: &str, global: &[&str], serve: &[&str]) -> anyhow::Result<std::process::Output> {
     let dir = tempfile::tempdir()?;
     let mail = format!("outbox:{}", dir.path().join("outbox").display());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let child = crate::common::cairn_tokio()
         .current_dir(dir.path())
         .args(["--database-url", url, "--mail-url", &mail])
         .args(global)

@@ -52,7 +52,7 @@ async fn bootstrap_statuses(t: &TestDb) -> anyhow::Result<Vec<String>> {
 fn the_demo_runs_on_the_embedded_default() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let run = |json: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let mut command = crate::common::cairn_std();
         command
             .arg("demo")
             .current_dir(dir.path())
@@ -279,7 +279,7 @@ async fn run_and_kill_at(url: &str, mail: &str, pause_after: u64) -> anyhow::Res
 /// Spawns `cairn workflows run --until-idle` with a fault hook (`hook` set to `n`) and
 /// kills it with SIGKILL where the hook pauses it. Returns whether it was killed.
 async fn run_and_kill(url: &str, mail: &str, hook: &str, n: u64) -> anyhow::Result<bool> {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mut child = crate::common::cairn_tokio()
         .args([
             "--database-url",
             url,
@@ -479,7 +479,7 @@ backend_test!(
             .into_iter()
             .cycle();
         let engine = || {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            crate::common::cairn_tokio()
                 .args([
                     "--database-url",
                     t.url(),
@@ -573,7 +573,7 @@ backend_test!(
         .await?;
         start_bootstraps(t.url(), 10, "shared").await;
         let spawn = |worker: &str| {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            crate::common::cairn_tokio()
                 .args([
                     "--database-url",
                     t.url(),

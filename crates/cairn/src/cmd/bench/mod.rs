@@ -5,12 +5,14 @@
 //! in the configured PostgreSQL database.
 
 mod append;
+mod erase;
 mod http;
 mod import;
 mod realtime;
 mod workflow;
 
 pub use append::append;
+pub use erase::erase;
 pub use http::http;
 pub use import::import;
 pub use realtime::realtime;

@@ -23,7 +23,7 @@ pub async fn cairn_in(
     stdin: Option<&str>,
 ) -> Output {
     use tokio::io::AsyncWriteExt as _;
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    let mut command = cairn_tokio();
     command
         .arg("--database-url")
         .arg(url)
@@ -265,4 +265,18 @@ pub fn redact(text: &str) -> String {
         lines.pop();
     }
     lines.join("\n") + "\n"
+}
+
+/// The `cairn` binary, given the personal-data key every test database has.
+pub fn cairn_tokio() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    command.env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY);
+    command
+}
+
+/// [`cairn_tokio`], blocking.
+pub fn cairn_std() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    command.env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY);
+    command
 }

@@ -27,7 +27,7 @@ impl Server {
 
     /// Starts `cairn serve` with extra arguments for `serve`.
     pub async fn start_with(url: &str, mail_url: &str, extra: &[&str]) -> anyhow::Result<Server> {
-        let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let command = crate::common::cairn_tokio();
         Server::start_command(command, url, mail_url, extra).await
     }
 
@@ -41,6 +41,7 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let mut command = tokio::process::Command::new("sh");
         command
+            .env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY)
             .arg("-c")
             .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_cairn"));
