@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0006_event_versions.sql"),
         postgres: include_str!("schema/postgres/0006_event_versions.sql"),
     },
+    Migration {
+        id: "log/0008_access_log",
+        sqlite: include_str!("schema/sqlite/0008_access_log.sql"),
+        postgres: include_str!("schema/postgres/0008_access_log.sql"),
+    },
 ];
 
 /// Why migrations did not run.

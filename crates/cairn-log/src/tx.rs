@@ -38,6 +38,8 @@ pub(crate) enum Isolation {
 pub(crate) struct AfterCommit {
     pub(crate) head: HeadWatch,
     pub(crate) spans: SpanSink,
+    /// Where access records queue for the log writer.
+    pub(crate) access: crate::access::AccessSink,
 }
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.
