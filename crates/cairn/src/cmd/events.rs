@@ -127,6 +127,12 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|event| registry.to_current(event))
         .collect();
+    app::record_read(
+        store.db(),
+        "events".to_owned(),
+        cairn_log::personal_subjects(&events),
+    )
+    .await?;
     if args.json.json {
         ui::print_json(&events)?;
         return Ok(ExitCode::SUCCESS);
@@ -201,6 +207,12 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         .spec(&event.event_type)
         .map(|spec| spec.version);
     let event = store.dispatcher().registry().to_current(event);
+    app::record_read(
+        store.db(),
+        format!("event {}", event.event_id),
+        cairn_log::personal_subjects([&event]),
+    )
+    .await?;
     if args.json.json {
         ui::print_json(&event)?;
         return Ok(ExitCode::SUCCESS);
