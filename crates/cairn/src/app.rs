@@ -76,18 +76,6 @@ pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain>
     Ok(Domain::open(store, mailer, Arc::new(SystemClock), config, engine_config).await?)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn registry_is_valid() {
-        let registry = super::registry();
-        for stream_type in ["test", "workflow", "organization", "user", "invitation"] {
-            let stream_type = cairn_types::StreamType::parse(stream_type).expect("name");
-            assert!(registry.route(&stream_type).is_some(), "{stream_type}");
-        }
-    }
-}
-
 /// Who reads at the command line, for the access log: `operator:<login>` (from USER or
 /// LOGNAME; `operator:unknown` when neither is set).
 pub fn cli_reader() -> String {
@@ -120,4 +108,16 @@ pub async fn record_read(
     db.write_access(vec![record])
         .await
         .context("recording this read of personal data in the access log (nothing was shown)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_is_valid() {
+        let registry = super::registry();
+        for stream_type in ["test", "workflow", "organization", "user", "invitation"] {
+            let stream_type = cairn_types::StreamType::parse(stream_type).expect("name");
+            assert!(registry.route(&stream_type).is_some(), "{stream_type}");
+        }
+    }
 }

@@ -79,7 +79,7 @@ pub enum Command {
     #[command(subcommand)]
     Invitations(InvitationsCommand),
     /// Serve the HTTP API, with the workflow engine in the same process.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development bearer token.
     Token(TokenArgs),
     /// The OpenAPI and AsyncAPI contracts.

@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invitations(InvitationsCommand::Accept(args)) => {
             org::accept(&url, &runtime, args).await
         }
-        Command::Serve(args) => serve::serve(&url, &runtime, args).await,
+        Command::Serve(args) => serve::serve(&url, &runtime, *args).await,
         Command::Token(args) => serve::token(&url, args).await,
         Command::Contracts(ContractsCommand::Export(args)) => contracts::export(args).await,
         Command::Contracts(ContractsCommand::CheckLog(args)) => {
