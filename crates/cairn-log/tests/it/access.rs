@@ -164,3 +164,19 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_record_that_cannot_be_written_is_counted_not_dropped_silently,
+    |t: TestDb| async move {
+        let db = t.connect_again().await?;
+        db.record_access(read("user:reader", Vec::new(), 0)).await;
+        db.close().await;
+        let failed = cairn_observe::metrics().access_records_failed.get();
+        // The database is closed: the record cannot be queued, and says so.
+        db.record_access(read("user:reader", Vec::new(), 0)).await;
+        assert!(cairn_observe::metrics().access_records_failed.get() > failed);
+        // What was queued before the close was written.
+        assert_eq!(verify(t.db()).await?.n_checked, 1);
+        Ok(())
+    }
+);
