@@ -10,6 +10,7 @@
 //! Nothing below this crate knows HTTP. This crate reads projections and the log only
 //! through `cairn_domain::reads`, with a grant from the policy.
 
+pub(crate) mod access;
 pub mod api;
 pub mod capacity;
 pub mod console;

@@ -140,8 +140,10 @@ impl Db {
             head: HeadWatch::new(),
             spans: SpanSink::default(),
             keyring: keyring.clone(),
+            access: crate::access::AccessSink::default(),
         });
         after.spans.connect(handle.span_writer());
+        after.access.connect(handle.access_writer());
         writer::start(queue, home, Arc::downgrade(&after), config).map_err(ConnectError::Writer)?;
         Ok(Db {
             pools: Arc::new(pools),
@@ -336,6 +338,19 @@ impl Db {
         self.shared.after.spans.flush().await;
     }
 
+    /// Puts a read of people's data on record in the access log. Waits only for room
+    /// in the access log's queue, never for a commit: records are written in batches
+    /// through the log writer, and one that cannot be written after every retry is
+    /// counted and logged as an error (see [`crate::access`]).
+    pub async fn record_access(&self, record: crate::access::AccessRecord) {
+        self.shared.after.access.record(record).await;
+    }
+
+    /// Waits until every access record queued so far is written (or reported lost).
+    pub async fn flush_access(&self) {
+        self.shared.after.access.flush().await;
+    }
+
     /// Deletes the spans that started before `cutoff`, oldest first, a batch per
     /// transaction; how many were deleted.
     pub async fn prune_spans(&self, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
@@ -368,13 +383,14 @@ impl Db {
         self.pools.drop_schema(schema).await
     }
 
-    /// Closes every connection: writes the spans recorded so far, lets the log writer
+    /// Closes every connection: writes the spans and access records recorded so far, lets the log writer
     /// finish every unit it has taken, stops the head watch (which holds a connection),
     /// then waits for connections in use to be given back.
     pub async fn close(&self) {
         let after = &self.shared.after;
         after.spans.flush().await;
         after.spans.disconnect();
+        after.access.disconnect().await;
         self.shared.writer.close().await;
         after.head.stop.send_replace(true);
         self.pools.close().await;

@@ -13,6 +13,10 @@
 //!   on both backends).
 //! - Each event's hash chains to the previous one, so an edited, deleted or reordered
 //!   event is found by [`Db::verify_chain`].
+//! - Every read of people's data is on record in the access log ([`Db::record_access`]):
+//!   a hash chain of its own, append-only (triggers on both backends), pruned only from
+//!   its oldest end past its retention ([`Db::prune_access`]), checked by
+//!   [`Db::verify_access_chain`].
 //!
 //! This crate knows nothing about handlers, projections, workflows or HTTP: it stores
 //! the outcome the dispatcher hands it, and nothing more.
@@ -25,12 +29,13 @@
 //! 4. `state`: what a transaction knows of the log before it commits, and how it is
 //!    written; `tx`: the transaction; `append`: the append protocol on it;
 //! 5. `writer`: group commit; `db`: the ways in (its opening table says which to use);
-//!    `audit`, `backup` and `migrate` on a [`Db`]; `foreign`: another system's database, only
+//!    `audit`, `access`, `backup` and `migrate` on a [`Db`]; `foreign`: another system's database, only
 //!    read (an import's source).
 //!
 //! Everything other crates use is re-exported here; the modules are private.
 #![warn(unreachable_pub)]
 
+mod access;
 mod append;
 mod audit;
 mod backend;
@@ -50,6 +55,10 @@ mod value;
 mod watch;
 mod writer;
 
+pub use access::{
+    AccessAuditReport, AccessBreach, AccessRecord, AccessVia, PERSONAL_EVENT_TYPES, StoredAccess,
+    is_personal, personal_subjects,
+};
 pub use append::{AppendError, MAX_EVENT_DATA_BYTES, PendingAppend, Prepared};
 pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};

@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0007_subject_keys.sql"),
         postgres: include_str!("schema/postgres/0007_subject_keys.sql"),
     },
+    Migration {
+        id: "log/0008_access_log",
+        sqlite: include_str!("schema/sqlite/0008_access_log.sql"),
+        postgres: include_str!("schema/postgres/0008_access_log.sql"),
+    },
 ];
 
 /// Why migrations did not run.

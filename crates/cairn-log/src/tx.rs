@@ -40,6 +40,8 @@ pub(crate) struct AfterCommit {
     pub(crate) spans: SpanSink,
     /// Keeps the data keys a committed transaction sealed with.
     pub(crate) keyring: Arc<crate::seal::Keyring>,
+    /// Where access records queue for the log writer.
+    pub(crate) access: crate::access::AccessSink,
 }
 
 /// A write transaction. Dropped without [`Tx::commit`], it rolls back.

@@ -511,6 +511,22 @@ impl WriterHandle {
         })
     }
 
+    /// Hands access record batches to this writer, each as a unit of work of its own.
+    pub(crate) fn access_writer(&self) -> crate::access::WriteAccess {
+        let writer = self.clone();
+        Arc::new(move |records: Arc<Vec<crate::access::AccessRecord>>| {
+            let writer = writer.clone();
+            Box::pin(async move {
+                writer
+                    .write(WriteOptions::default(), &[], move |tx| {
+                        let records = records.clone();
+                        Box::pin(async move { crate::access::append(tx, &records).await })
+                    })
+                    .await
+            })
+        })
+    }
+
     /// Borrows the SQLite writer's connection, in turn with the queued work.
     pub(crate) async fn lend(&self) -> Result<Lent, DbError> {
         let (reply, lent) = oneshot::channel();

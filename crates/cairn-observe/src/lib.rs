@@ -109,6 +109,13 @@ pub struct Metrics {
     pub http_connections: Gauge,
     pub http_connections_closed: Family<ReasonLabels, Counter>,
     pub spans_pruned: Counter,
+    /// Access records (reads of personal data) written to the access log.
+    pub access_records_written: Counter,
+    /// Access records that could not be written after every retry: each is also logged
+    /// as an error with what it recorded.
+    pub access_records_failed: Counter,
+    /// Access records deleted because they were older than the access log's retention.
+    pub access_records_pruned: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -278,6 +285,24 @@ impl Metrics {
             "Timeline spans deleted because they were older than the retention period",
             spans_pruned.clone(),
         );
+        let access_records_written = Counter::default();
+        registry.register(
+            "access_records_written",
+            "Access records (reads of personal data) written to the access log",
+            access_records_written.clone(),
+        );
+        let access_records_failed = Counter::default();
+        registry.register(
+            "access_records_failed",
+            "Access records that could not be written to the access log after every retry",
+            access_records_failed.clone(),
+        );
+        let access_records_pruned = Counter::default();
+        registry.register(
+            "access_records_pruned",
+            "Access records deleted because they were older than the access log's retention",
+            access_records_pruned.clone(),
+        );
         let spans_dropped = Counter::default();
         registry.register(
             "trace_spans_dropped",
@@ -333,6 +358,9 @@ impl Metrics {
             http_connections,
             http_connections_closed,
             spans_pruned,
+            access_records_written,
+            access_records_failed,
+            access_records_pruned,
             writer_batch_units,
             writer_batch_seconds,
             writer_queued,

@@ -214,6 +214,18 @@ impl Principal {
         }
     }
 
+    /// Who read, as the access log records it: `user:<id>`, `service:<name>`,
+    /// `platform-admin:<name>`, `operator:<name>` or `anonymous`.
+    pub fn who(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".to_owned(),
+            Principal::User { user_id, .. } => format!("user:{user_id}"),
+            Principal::Service { name, .. } => format!("service:{name}"),
+            Principal::PlatformAdmin { name } => format!("platform-admin:{name}"),
+            Principal::Operator { name } => format!("operator:{name}"),
+        }
+    }
+
     /// The organization a user belongs to.
     pub fn org_id(&self) -> Option<OrgId> {
         match self {

@@ -83,6 +83,9 @@ pub struct Subscription {
     ended: bool,
     last_sent: Instant,
     failing_since: Option<Instant>,
+    /// Events of personal types taken from live batches and not yet on record in the
+    /// access log: recorded, as one record, before the next message goes out.
+    unrecorded: Vec<RecordedEvent>,
     _open: Open,
     _views: Option<WantsViews>,
 }
@@ -137,6 +140,7 @@ impl Subscription {
             ended: false,
             last_sent: Instant::now(),
             failing_since: None,
+            unrecorded: Vec::new(),
             _open: Open::new(),
             _views: views,
         })
@@ -210,6 +214,10 @@ impl Subscription {
 
     async fn next_queued(&mut self) -> Option<Queued> {
         loop {
+            if !self.unrecorded.is_empty() {
+                let events = std::mem::take(&mut self.unrecorded);
+                self.record_access(&events).await;
+            }
             if let Some(message) = self.queue.pop_front() {
                 if matches!(message, Queued::Message(Message::End(_))) {
                     self.ended = true;
@@ -284,6 +292,12 @@ impl Subscription {
                 for delivery in &deliveries {
                     self.record_delivery(&delivery.event, true);
                 }
+                let personal: Vec<RecordedEvent> = deliveries
+                    .iter()
+                    .filter(|d| cairn_log::is_personal(&d.event.event_type))
+                    .map(|d| d.event.clone())
+                    .collect();
+                self.record_access(&personal).await;
                 self.queue.extend(
                     deliveries
                         .into_iter()
@@ -404,6 +418,9 @@ impl Subscription {
                 .realtime_delivery_seconds
                 .observe(latency.as_secs_f64());
             self.record_delivery(event, false);
+            if cairn_log::is_personal(&event.event_type) {
+                self.unrecorded.push(event.clone());
+            }
             self.queue.push_back(Queued::Live {
                 batch: batch.clone(),
                 index,
@@ -411,6 +428,35 @@ impl Subscription {
             });
         }
         self.cursor = batch.through;
+    }
+
+    /// Puts a batch of deliveries that carry people's data on record in the access log:
+    /// one record per batch (a catch-up read, or the events taken from one live
+    /// batch), not one per event, naming the people and the positions.
+    async fn record_access(&self, events: &[RecordedEvent]) {
+        let Some(subjects) = cairn_log::personal_subjects(events) else {
+            return;
+        };
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let positions = if first.position == last.position {
+            format!("event {}", first.position)
+        } else {
+            format!("events {} to {}", first.position, last.position)
+        };
+        let record = cairn_log::AccessRecord::now(
+            self.request.principal.who(),
+            cairn_log::AccessVia::Feed,
+            self.request.correlation_id,
+            format!(
+                "{} subscription {}: {positions}",
+                self.request.transport, self.id
+            ),
+            subjects,
+        )
+        .org(self.grant.tenancy().org());
+        self.db.record_access(record).await;
     }
 
     /// Records a delivery as a hop of the event's request. A catch-up delivery of an

@@ -17,7 +17,7 @@ pub use foreign::ForeignPg;
 pub use pg_proxy::HoldingProxy;
 pub use smtp::{Received, SinkOptions, SmtpSink, decoded_headers, parse as smtp_parse};
 pub use stall::{Stall, StallingSmtp};
-pub use tamper::tamper;
+pub use tamper::{tamper, tamper_access};
 
 use std::path::PathBuf;
 use std::sync::Arc;

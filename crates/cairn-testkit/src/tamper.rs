@@ -73,3 +73,30 @@ pub async fn tamper(db: &Db, statements: &str, recompute: bool) -> anyhow::Resul
     tx.commit().await?;
     Ok(())
 }
+
+/// Lifts the access log's append-only triggers and runs `statements` on its tables,
+/// as a database administrator could; hashes are left as they are.
+pub async fn tamper_access(db: &Db, statements: &str) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    let mut conn = tx.conn();
+    match conn.backend() {
+        Backend::Sqlite => {
+            conn.execute_script(
+                "DROP TRIGGER IF EXISTS access_log_no_update; \
+                 DROP TRIGGER IF EXISTS access_log_no_delete; \
+                 DROP TRIGGER IF EXISTS access_head_forward",
+            )
+            .await?
+        }
+        Backend::Postgres => {
+            conn.execute_script(
+                "ALTER TABLE access_log DISABLE TRIGGER USER; \
+                 ALTER TABLE access_head DISABLE TRIGGER USER",
+            )
+            .await?
+        }
+    }
+    conn.execute_script(Sql::built(statements)).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -104,6 +104,12 @@ pub struct Timeline {
     /// Hops that failed, or failed and will be retried.
     pub errors: usize,
     pub entries: Vec<Entry>,
+    /// The people whose data the timeline's events carry (see
+    /// [`cairn_log::personal_subjects`]), for the access log; `None` when none of its
+    /// events is of a personal type. Not part of the timeline's JSON.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub subjects: Option<Vec<cairn_types::UserId>>,
 }
 
 fn millis(duration: chrono::Duration) -> f64 {
@@ -158,7 +164,12 @@ pub async fn timeline(
         .filter(|event| tenancy.sees(event.metadata.org_id))
         .collect();
     let events = cairn_dispatch::current_events(db, registry, events).await?;
-    Ok(assemble(correlation_id, &events, &spans))
+    Ok(
+        assemble(correlation_id, &events, &spans).map(|mut timeline| {
+            timeline.subjects = cairn_log::personal_subjects(&events);
+            timeline
+        }),
+    )
 }
 
 /// Merges a correlation id's events and spans into its timeline.
@@ -258,6 +269,7 @@ pub fn assemble(
             .filter(|e| matches!(e.status, Status::Failed | Status::Retrying))
             .count(),
         entries,
+        subjects: None,
     })
 }
 

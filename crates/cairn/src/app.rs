@@ -144,6 +144,40 @@ pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain>
     Ok(Domain::open(store, mailer, Arc::new(SystemClock), config, engine_config).await?)
 }
 
+/// Who reads at the command line, for the access log: `operator:<login>` (from USER or
+/// LOGNAME; `operator:unknown` when neither is set).
+pub fn cli_reader() -> String {
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|login| !login.trim().is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("operator:{login}")
+}
+
+/// Puts a command-line read of people's data on record, before it is shown: `subjects`
+/// is `None` when what was read holds nobody's data, and nothing is recorded. A read
+/// that cannot be recorded is not shown.
+pub async fn record_read(
+    db: &cairn_log::Db,
+    resource: String,
+    subjects: Option<Vec<cairn_types::UserId>>,
+) -> anyhow::Result<()> {
+    let Some(subjects) = subjects else {
+        return Ok(());
+    };
+    let record = cairn_log::AccessRecord::now(
+        cli_reader(),
+        cairn_log::AccessVia::Cli,
+        cairn_types::CorrelationId::new_v7(),
+        resource,
+        subjects,
+    );
+    db.write_access(vec![record])
+        .await
+        .context("recording this read of personal data in the access log (nothing was shown)")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -92,7 +92,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Serve the HTTP API, with the workflow engine in the same process.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development bearer token.
     Token(TokenArgs),
     /// The OpenAPI and AsyncAPI contracts.
@@ -273,6 +273,11 @@ pub struct ServeArgs {
     /// key or a JWKS instead wherever others can reach the server.
     #[arg(long, env = "CAIRN_DEV_TOKENS")]
     pub dev_tokens: bool,
+    /// How long the access log's records (reads of personal data) are kept; older
+    /// ones are pruned in the background, from the oldest end (0 keeps them forever).
+    /// Six years by default. Pruning spans never touches them.
+    #[arg(long, env = "CAIRN_ACCESS_RETENTION", default_value = "2190d", value_parser = parse_duration_or_zero)]
+    pub access_retention: HumanDuration,
     /// How long request timelines (spans) are kept; older ones are pruned in the
     /// background (0 keeps them forever).
     #[arg(long, env = "CAIRN_SPAN_RETENTION", default_value = "7d", value_parser = parse_duration_or_zero)]
@@ -864,6 +869,49 @@ pub enum AuditCommand {
     /// Create an Ed25519 key for signing checkpoints (FILE, owner-only) and its public
     /// key (FILE.pub).
     Keygen(AuditKeygenArgs),
+    /// Print the access log's records of reads of one person's data: who read it,
+    /// when, through what (api, console, feed, cli), what, and in which request.
+    Access(AuditAccessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditAccessArgs {
+    /// The person's user id.
+    #[arg(long, value_parser = cairn_types::UserId::parse)]
+    pub subject: cairn_types::UserId,
+    /// Only reads from this time on: an RFC 3339 time (2026-01-31T09:00:00Z), a date
+    /// (2026-01-31, midnight UTC), or a duration back from now (30d, 12h).
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many records, oldest first.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// A time to start from: RFC 3339, a date (midnight UTC), or a duration back from now.
+fn parse_since(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let input = input.trim();
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(input) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(input, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    if input.starts_with(|c: char| c.is_ascii_digit())
+        && input.ends_with(|c: char| c.is_ascii_alphabetic())
+    {
+        let back = parse_duration(input)?;
+        return chrono::Duration::from_std(back.0)
+            .ok()
+            .and_then(|back| chrono::Utc::now().checked_sub_signed(back))
+            .ok_or_else(|| format!("{input:?} reaches back before any time cairn can count"));
+    }
+    Err(format!(
+        "{input:?} is not a time: give an RFC 3339 time (2026-01-31T09:00:00Z), a date \
+         (2026-01-31) or a duration back from now (30d)"
+    ))
 }
 
 #[derive(Debug, Args)]

@@ -525,6 +525,21 @@ async fn organization_page(
         .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
+    // One record for the page, naming everyone it shows.
+    let mut shown: Vec<cairn_types::UserId> = people.iter().map(|u| u.id).collect();
+    shown.extend(invitations.iter().map(|i| i.user_id));
+    shown.sort();
+    shown.dedup();
+    crate::access::record(
+        state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("organization {org_id} members"),
+        Some(org_id),
+        (!shown.is_empty()).then_some(shown),
+    )
+    .await;
     let join = |roles: &[cairn_policy::Role]| {
         roles
             .iter()
@@ -858,6 +873,16 @@ pub(crate) async fn revoke_page(
     if let Err(problem) = allow(&session.ctx, Action::RevokeInvitation(invitation.org_id)) {
         return problem_page(&session, &problem);
     }
+    crate::access::record(
+        &state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("invitation {}", invitation.id),
+        Some(invitation.org_id),
+        Some(vec![invitation.user_id]),
+    )
+    .await;
     let reason = Field::new("reason", "Why is it withdrawn?", "text")
         .hint("Kept with the invitation's history.");
     render(

@@ -405,6 +405,16 @@ pub(crate) async fn event(
         }
         Err(_) => (Vec::new(), None),
     };
+    crate::access::record(
+        &state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("event {}", event.event_id),
+        event.metadata.org_id,
+        cairn_log::personal_subjects([&event]),
+    )
+    .await;
     let decisions = skip::decisions(&state, &session, &event).await;
     let mut row = EventRow::of(&event);
     if row.state == "applied" && decisions.last().is_some_and(|d| d.what == "skipped") {

@@ -165,6 +165,14 @@ async fn list_events(
     let items = reads::events(state.store(), &grant, filter)
         .await
         .map_err(read_problem)?;
+    crate::access::record_api(
+        &state,
+        &ctx,
+        "events".to_owned(),
+        ctx.principal.org_id(),
+        cairn_log::personal_subjects(&items),
+    )
+    .await;
     Ok(Reply::ok(event_page(items, limit)))
 }
 
@@ -190,6 +198,16 @@ async fn get_trace(
         cairn_trace::TraceError::Database(e) => database(&e),
         other => Problem::internal(&other),
     })?;
+    if let Some(timeline) = &timeline {
+        crate::access::record_api(
+            &state,
+            &ctx,
+            format!("trace {}", path.correlation_id),
+            ctx.principal.org_id(),
+            timeline.subjects.clone(),
+        )
+        .await;
+    }
     timeline
         .map(Reply::ok)
         .ok_or_else(|| not_found("trace with correlation id", &path.correlation_id))
@@ -216,6 +234,14 @@ async fn list_failed_events(
     let items = reads::events(state.store(), &grant, filter)
         .await
         .map_err(read_problem)?;
+    crate::access::record_api(
+        &state,
+        &ctx,
+        "failed events".to_owned(),
+        ctx.principal.org_id(),
+        cairn_log::personal_subjects(&items),
+    )
+    .await;
     Ok(Reply::ok(event_page(items, limit)))
 }
 
@@ -231,6 +257,16 @@ async fn get_event(
     let event = reads::event(state.store(), &grant, path.event_id)
         .await
         .map_err(read_problem)?;
+    if let Some(event) = &event {
+        crate::access::record_api(
+            &state,
+            &ctx,
+            format!("event {}", event.event_id),
+            event.metadata.org_id,
+            cairn_log::personal_subjects([event]),
+        )
+        .await;
+    }
     event
         .map(Reply::ok)
         .ok_or_else(|| not_found("event", &path.event_id))

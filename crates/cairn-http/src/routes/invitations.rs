@@ -130,6 +130,14 @@ async fn list_invitations(
     )
     .await
     .map_err(read_problem)?;
+    crate::access::record_api(
+        &state,
+        &ctx,
+        format!("organization {} invitations", path.org_id),
+        Some(path.org_id),
+        crate::access::of_list(&items, |i| i.user_id),
+    )
+    .await;
     Ok(Reply::ok(page(items, limit, |i| i.id.to_string())))
 }
 
@@ -161,6 +169,16 @@ async fn get_invitation(
     let found = reads::invitation(state.db(), &grant, path.invitation_id)
         .await
         .map_err(read_problem)?;
+    if let Some(invitation) = &found {
+        crate::access::record_api(
+            &state,
+            &ctx,
+            format!("invitation {}", invitation.id),
+            Some(invitation.org_id),
+            Some(vec![invitation.user_id]),
+        )
+        .await;
+    }
     found
         .map(Reply::ok)
         .ok_or_else(|| not_found("invitation", &path.invitation_id))

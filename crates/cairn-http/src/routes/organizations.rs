@@ -172,6 +172,14 @@ async fn list_users(
     )
     .await
     .map_err(read_problem)?;
+    crate::access::record_api(
+        &state,
+        &ctx,
+        format!("organization {} users", path.org_id),
+        Some(path.org_id),
+        crate::access::of_list(&items, |u| u.id),
+    )
+    .await;
     Ok(Reply::ok(page(items, limit, |u| u.id.to_string())))
 }
 
@@ -187,6 +195,16 @@ async fn get_user(
     let user = reads::user(state.db(), &grant, path.org_id, path.user_id)
         .await
         .map_err(read_problem)?;
+    if user.is_some() {
+        crate::access::record_api(
+            &state,
+            &ctx,
+            format!("user {}", path.user_id),
+            Some(path.org_id),
+            Some(vec![path.user_id]),
+        )
+        .await;
+    }
     user.map(Reply::ok)
         .ok_or_else(|| not_found("user", &path.user_id))
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod access;
 mod api;
 mod connections;
 mod contracts;

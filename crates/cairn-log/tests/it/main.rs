@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access;
 mod audit;
 mod hash_properties;
 mod log;

@@ -15,13 +15,14 @@ use console::style;
 use serde::Serialize;
 
 use cairn_log::Db;
-use cairn_log::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
+use cairn_log::{AccessAuditReport, Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
 use cairn_log::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 use cairn_types::Position;
 
 use crate::app;
 use crate::cli::{
-    AuditCheckpointArgs, AuditCommand, AuditKeygenArgs, AuditScheduleArgs, AuditVerifyArgs,
+    AuditAccessArgs, AuditCheckpointArgs, AuditCommand, AuditKeygenArgs, AuditScheduleArgs,
+    AuditVerifyArgs,
 };
 use crate::ui;
 
@@ -33,7 +34,70 @@ pub async fn run(url: &str, command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify(args) => verify(url, args).await,
         AuditCommand::Checkpoint(args) => checkpoint(url, args).await,
         AuditCommand::Keygen(args) => keygen(args),
+        AuditCommand::Access(args) => access(url, args).await,
     }
+}
+
+// The access log.
+
+async fn access(url: &str, args: AuditAccessArgs) -> anyhow::Result<ExitCode> {
+    let store = app::open(url).await?;
+    let records = store
+        .db()
+        .read_access(args.subject, args.since, args.limit)
+        .await?;
+    if args.json.json {
+        ui::print_json(&records)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        outln!(
+            "{}",
+            style(format!(
+                "no read of {}'s data is on record{}",
+                args.subject,
+                args.since
+                    .map(|since| format!(" since {}", since.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default()
+            ))
+            .dim()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = ui::table(&[
+        "SEQ",
+        "READ AT (UTC)",
+        "WHO",
+        "VIA",
+        "WHAT",
+        "PEOPLE",
+        "REQUEST",
+    ]);
+    for stored in &records {
+        let record = &stored.record;
+        table.add_row(vec![
+            stored.seq.to_string(),
+            record
+                .recorded_at
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string(),
+            record.who.clone(),
+            record.via.as_str().to_owned(),
+            record.resource.clone(),
+            record.subjects.len().to_string(),
+            record.correlation_id.to_string(),
+        ]);
+    }
+    outln!("{table}");
+    let mut footer = ui::plural(records.len() as u64, "read", "reads");
+    if records.len() as u64 == u64::from(args.limit) {
+        footer.push_str(&format!(
+            "; more may follow: raise --limit (it is {})",
+            args.limit
+        ));
+    }
+    outln!("{footer}");
+    Ok(ExitCode::SUCCESS)
 }
 
 // Keys.
@@ -523,6 +587,8 @@ struct VerifyOutput<'a> {
     #[serde(flatten)]
     report: &'a AuditReport,
     checkpoints: &'a [CheckpointResult],
+    /// The access log's own chain.
+    access: &'a AccessAuditReport,
 }
 
 async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
@@ -638,6 +704,7 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         .await;
     progress.finish();
     let report = report?;
+    let access = store.db().verify_access_chain().await?;
     for (&index, status) in anchor_of.iter().zip(&report.anchors) {
         results[index].status = match status {
             AnchorStatus::Holds => CheckpointStatus::Holds,
@@ -652,9 +719,11 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         ui::print_json(&VerifyOutput {
             report: &report,
             checkpoints: &results,
+            access: &access,
         })?;
     } else {
         print_verification(&report, &results, pinned.is_some());
+        print_access_verification(&access);
     }
     // Asked to check against checkpoints and given none (a directory emptied or
     // mounted wrong): that proves nothing, so a scheduled check must not pass.
@@ -666,12 +735,43 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(
-        if report.is_intact() && !checkpoints_fail && empty_dir.is_none() {
+        if report.is_intact() && access.is_intact() && !checkpoints_fail && empty_dir.is_none() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         },
     )
+}
+
+fn print_access_verification(report: &AccessAuditReport) {
+    let pruned = if report.pruned_through > 0 {
+        format!(
+            " (records up to {} pruned past their retention)",
+            report.pruned_through
+        )
+    } else {
+        String::new()
+    };
+    match &report.breach {
+        None => outln!(
+            "{} access log intact: {}, head at record {}{pruned}",
+            style("✓").green().bold(),
+            ui::plural(report.n_checked, "record", "records"),
+            report.head
+        ),
+        Some(breach) => outln!(
+            "{} access log broken at record {}: {}\n  {} before it {}",
+            style("✗").red().bold(),
+            style(breach.seq).bold(),
+            breach.detail,
+            ui::plural(report.n_checked, "record", "records"),
+            if report.n_checked == 1 {
+                "checks out"
+            } else {
+                "check out"
+            }
+        ),
+    }
 }
 
 fn print_verification(report: &AuditReport, results: &[CheckpointResult], pinned: bool) {

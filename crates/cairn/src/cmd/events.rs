@@ -126,6 +126,12 @@ async fn list(url: &str, args: ListArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let events: Vec<RecordedEvent> =
         cairn_dispatch::current_events(store.db(), registry, stored).await?;
+    app::record_read(
+        store.db(),
+        "events".to_owned(),
+        cairn_log::personal_subjects(&events),
+    )
+    .await?;
     if args.json.json {
         ui::print_json(&events)?;
         return Ok(ExitCode::SUCCESS);
@@ -201,6 +207,12 @@ async fn show(url: &str, args: ShowArgs) -> anyhow::Result<ExitCode> {
         .map(|spec| spec.version);
     let event =
         cairn_dispatch::current_event(store.db(), store.dispatcher().registry(), event).await?;
+    app::record_read(
+        store.db(),
+        format!("event {}", event.event_id),
+        cairn_log::personal_subjects([&event]),
+    )
+    .await?;
     if args.json.json {
         ui::print_json(&event)?;
         return Ok(ExitCode::SUCCESS);

@@ -49,7 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Subjects(command) => subjects::run(&url, &runtime, command).await,
         Command::Keys(command) => subjects::keys(&url, command).await,
-        Command::Serve(args) => serve::serve(&url, &runtime, args).await,
+        Command::Serve(args) => serve::serve(&url, &runtime, *args).await,
         Command::Token(args) => serve::token(&url, args).await,
         Command::Contracts(ContractsCommand::Export(args)) => contracts::export(args).await,
         Command::Contracts(ContractsCommand::CheckLog(args)) => {

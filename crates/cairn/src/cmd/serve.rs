@@ -247,6 +247,28 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             }
         })
     });
+    let access_pruner = (!args.access_retention.0.is_zero()).then(|| {
+        let db = built.state.db().clone();
+        let retention =
+            chrono::Duration::from_std(args.access_retention.0).unwrap_or(chrono::Duration::MAX);
+        let mut stop = stop_rx.clone();
+        // The access log has a pruning of its own: from its oldest end, past its
+        // retention only, keeping the chain verifiable (never with the spans).
+        tokio::spawn(async move {
+            loop {
+                if let Some(cutoff) = chrono::Utc::now().checked_sub_signed(retention)
+                    && let Err(error) = db.prune_access(cutoff).await
+                {
+                    tracing::warn!(error = %error, "pruning the access log past its retention failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(3_600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    });
+    let db = built.state.db().clone();
     let mut http_stop = stop_rx;
     let server = cairn_http::serve(listener, built.router, serve_options, async move {
         let _ = http_stop.changed().await;
@@ -280,6 +302,12 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     if let Some(pruner) = pruner {
         pruner.abort();
     }
+    if let Some(access_pruner) = access_pruner {
+        access_pruner.abort();
+    }
+    // The last reads' access records are still queued: they are written before the
+    // process ends.
+    db.flush_access().await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -99,6 +99,12 @@ pub async fn run(url: &str, args: TraceArgs) -> anyhow::Result<ExitCode> {
             args.correlation_id
         );
     };
+    app::record_read(
+        db,
+        format!("trace {}", args.correlation_id),
+        timeline.subjects.clone(),
+    )
+    .await?;
     if args.json.json {
         ui::print_json(&timeline)?;
     } else {

@@ -125,6 +125,7 @@ backend_test!(
         expect![[r#"
             ✓ hash chain intact: 5 events, head at position 5
               the chain is consistent with itself; only a signed checkpoint (--checkpoint) shows it was not rewritten with every hash recomputed
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&alone)));
 
         let dir_arg = path_arg(&dir);
@@ -135,6 +136,7 @@ backend_test!(
               4 events before it check out
             ✓ checkpoint [path] (position 3): holds
             ✗ checkpoint [path] (position 5): contradicted: the log holds another hash there
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&verified)));
 
         let json = json_of(
@@ -206,6 +208,7 @@ backend_test!(
             ✗ hash chain broken at position 4: a signed checkpoint records an event at position 5 (hash [hash]) but the log ends at position 3: events were removed and the head rewritten to match
               3 events before it check out
             ✗ checkpoint [path] (position 5): beyond the end of the log: events were removed
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&verified)));
         let json = json_of(
             &cairn(
@@ -252,6 +255,7 @@ backend_test!(
         expect![[r#"
             ✓ hash chain intact: 3 events, head at position 3
             ✓ checkpoint holds: the log still holds the signed head at position 2
+            ✓ access log intact: 0 records, head at record 0
         "#]]
         .assert_eq(&redact(&stdout(&holds)));
 
@@ -287,6 +291,7 @@ backend_test!(
         expect![[r#"
             ✓ hash chain intact: 3 events, head at position 3
             ✗ checkpoint [path] (position 2): the signature does not verify: the checkpoint was altered after it was signed, or was never signed by the key it names
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&bad)));
 
         // Not a checkpoint at all: reported, named, exit 1.
@@ -337,6 +342,7 @@ backend_test!(
         expect![[r#"
             ✗ hash chain broken at position 2: column org_id is [uuid] but the hashed metadata says [uuid]: the event is missing from its organization's reads
               1 event before it checks out
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&broken)));
         let json = json_of(&cairn(t.url(), &["audit", "verify", "--json"]).await);
         assert_eq!(json["breach"]["problem"], json!("column_mismatch"));

@@ -363,6 +363,7 @@ backend_test!(
         expect![[r#"
             ✓ hash chain intact: 4 events, head at position 4
               the chain is consistent with itself; only a signed checkpoint (--checkpoint) shows it was not rewritten with every hash recomputed
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&intact)));
 
         let mut tx = t.db().begin().await?;
@@ -392,6 +393,7 @@ backend_test!(
         expect![[r#"
             ✗ hash chain broken at position 3: stored hash [hash] but the event and the chain before it hash to [hash]: the event was edited or moved
               2 events before it check out
+            ✓ access log intact: 0 records, head at record 0
         "#]].assert_eq(&redact(&stdout(&broken)));
         let json = json_of(&cairn(t.url(), &["audit", "verify", "--json"]).await);
         assert_eq!(json["breach"]["position"], json!(3));

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access;
 mod architecture;
 mod audit;
 mod backup;

@@ -3,8 +3,9 @@
 //! Each server is a child process, started on a place of its own as a user would start
 //! it, so that its memory is its own. Clients are real HTTP/1.1 connections with
 //! keep-alive, each sending its next request as soon as the last one is answered:
-//! an authenticated read (`GET /v1/organizations/{id}`) with 16 connections, and a
-//! command (`PUT /v1/organizations/{id}/direct-care-settings`, one event through the
+//! an authenticated read (`GET /v1/organizations/{id}`) with 16 connections, an
+//! authenticated read of people (`GET /v1/organizations/{id}/users`, which leaves a
+//! record in the access log) with as many, and a command (`PUT /v1/organizations/{id}/direct-care-settings`, one event through the
 //! log writer) with 64. With `--processes 1,2,4`, each count of processes shares one
 //! database and the connections are spread over them: how throughput scales when
 //! several processes share the log (on PostgreSQL, as in production).
@@ -336,6 +337,13 @@ pub async fn http(url: &str, args: BenchHttpArgs) -> anyhow::Result<ExitCode> {
                     "authenticated read",
                     Call::Read {
                         path: format!("/v1/organizations/{org_id}"),
+                    },
+                    args.read_connections,
+                ),
+                (
+                    "authenticated read of people (users)",
+                    Call::Read {
+                        path: format!("/v1/organizations/{org_id}/users"),
                     },
                     args.read_connections,
                 ),
