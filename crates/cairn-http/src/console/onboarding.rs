@@ -995,13 +995,25 @@ pub(crate) async fn erase_page(
     session: Session,
     Path((org_id, user_id)): Path<(String, String)>,
 ) -> Response {
-    match erasable_person(&state, &session, &org_id, &user_id).await {
-        Ok(user) => render(
-            StatusCode::OK,
-            &erase_page_for(&session, &user, erase_reason()),
-        ),
-        Err(response) => response,
-    }
+    let user = match erasable_person(&state, &session, &org_id, &user_id).await {
+        Ok(user) => user,
+        Err(response) => return response,
+    };
+    // The page shows their name and address: a read of their data.
+    crate::access::record(
+        &state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("person {} (erasure)", user.id),
+        Some(user.org_id),
+        Some(vec![user.id]),
+    )
+    .await;
+    render(
+        StatusCode::OK,
+        &erase_page_for(&session, &user, erase_reason()),
+    )
 }
 
 /// `POST /console/organizations/{org_id}/people/{user_id}/erase`.
