@@ -745,7 +745,11 @@ backend_test!(
             .collect();
         assert_eq!(
             names,
-            ["authenticated read", "command (direct-care settings)"]
+            [
+                "authenticated read",
+                "authenticated read of people (users)",
+                "command (direct-care settings)"
+            ]
         );
         for scenario in scenarios {
             assert!(scenario["requests"].as_u64() > Some(0), "{scenario}");
