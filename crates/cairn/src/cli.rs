@@ -1076,8 +1076,20 @@ pub struct BenchLogArgs {
     /// version 1 + N.
     #[arg(long, default_value_t = 0)]
     pub upcasts: u32,
+    /// Every event names a person (a typed payload with a user id): `plain` keeps the
+    /// name in the clear, `sealed` seals it under the person's data key (one person per
+    /// writer). Run both to see what sealing costs appends and replay.
+    #[arg(long, value_enum)]
+    pub personal: Option<PersonalMode>,
     #[command(flatten)]
     pub common: BenchAppendArgs,
+}
+
+/// Whether the benchmark's events name a person, in the clear or sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PersonalMode {
+    Plain,
+    Sealed,
 }
 
 #[derive(Debug, Args)]

@@ -135,17 +135,55 @@ mod versions {
     version!(V4, 4);
 }
 
+/// `bench.recorded` with a person's name in it (`--personal`): in the clear, or
+/// sealed under the person's data key. The same bytes either way, so that the two
+/// measure what sealing costs.
+mod personal {
+    use cairn_dispatch::{EventPayload, PersonalPath};
+    use cairn_types::{Personal, UserId};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Plain {
+        note: String,
+        amount: i64,
+        subject: UserId,
+    }
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Sealed {
+        note: Personal<String>,
+        amount: i64,
+        subject: UserId,
+    }
+
+    impl EventPayload for Plain {
+        const EVENT_TYPE: &'static str = "bench.recorded";
+        const DESCRIPTION: &'static str = "A benchmark event naming a person.";
+    }
+
+    impl EventPayload for Sealed {
+        const EVENT_TYPE: &'static str = "bench.recorded";
+        const DESCRIPTION: &'static str = "A benchmark event naming a person, sealed.";
+        const PERSONAL: &'static [PersonalPath] = &[PersonalPath::of("/note", "/subject")];
+    }
+}
+
 /// The bench's routes. With no upcasts, `bench.recorded` has no payload contract, as
 /// before versions existed, so that appends and replay measure what they always did;
 /// with `upcasts` steps, its events are written at version 1 and every read upcasts
 /// them to version 1 + `upcasts`.
-fn registry(upcasts: u32) -> anyhow::Result<Registry> {
+fn registry(upcasts: u32, personal: Option<PersonalMode>) -> anyhow::Result<Registry> {
     Ok(Registry::builder()
-        .router("bench", |r| match upcasts {
-            0 => r.on("bench.recorded", RecordTotal),
-            1 => r.event::<versions::V2>(RecordTotal),
-            2 => r.event::<versions::V3>(RecordTotal),
-            _ => r.event::<versions::V4>(RecordTotal),
+        .router("bench", |r| match (personal, upcasts) {
+            (Some(PersonalMode::Plain), _) => r.event::<personal::Plain>(RecordTotal),
+            (Some(PersonalMode::Sealed), _) => r.event::<personal::Sealed>(RecordTotal),
+            (None, 0) => r.on("bench.recorded", RecordTotal),
+            (None, 1) => r.event::<versions::V2>(RecordTotal),
+            (None, 2) => r.event::<versions::V3>(RecordTotal),
+            (None, _) => r.event::<versions::V4>(RecordTotal),
         })
         .projection(ProjectionTable {
             name: "bench_totals",
@@ -175,6 +213,8 @@ struct BenchReport {
     mode: &'static str,
     /// Upcaster steps every event went through in replay.
     upcasts: u32,
+    /// Whether every event named a person: `plain` or `sealed`.
+    personal: Option<&'static str>,
     scenarios: Vec<Scenario>,
 }
 
@@ -186,17 +226,30 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Option<f64> {
     Some(sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1e3)
 }
 
-fn bench_event() -> NewEvent {
-    NewEvent::new(
-        EventType::parse("bench.recorded").expect("a valid name"),
-        json!({"note": "benchmark event", "amount": 42}),
-        Metadata::new(),
-    )
-    .at_version(1)
+/// Whether `bench.recorded` names a person, in the clear or sealed.
+pub use crate::cli::PersonalMode;
+
+fn bench_event(personal: Option<PersonalMode>, stream_id: StreamId) -> NewEvent {
+    match personal {
+        None => NewEvent::new(
+            EventType::parse("bench.recorded").expect("a valid name"),
+            json!({"note": "benchmark event", "amount": 42}),
+            Metadata::new(),
+        )
+        .at_version(1),
+        // The writer's stream is its person's.
+        Some(_) => NewEvent::new(
+            EventType::parse("bench.recorded").expect("a valid name"),
+            json!({"note": "Benchmark Person", "amount": 42, "subject": stream_id}),
+            Metadata::new(),
+        ),
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_appends(
     store: &EventStore,
+    personal: Option<PersonalMode>,
     name: String,
     writers: usize,
     events_per_append: usize,
@@ -214,10 +267,12 @@ async fn run_appends(
             let stream_id = StreamId::new_v7();
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let events = (0..events_per_append).map(|_| bench_event()).collect();
+                let events = (0..events_per_append)
+                    .map(|_| bench_event(personal, stream_id))
+                    .collect();
                 let mut request = AppendRequest::new(stream_type.clone(), stream_id, events);
                 // Version 1 events under a newer contract: what an import writes.
-                request.importing = true;
+                request.importing = personal.is_none();
                 let begun = Instant::now();
                 store.append(request).await?;
                 latencies.push(begun.elapsed());
@@ -322,7 +377,11 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
         "--upcasts takes 0 to 3 steps, not {}",
         args.upcasts
     );
-    let store = EventStore::new(db.clone(), registry(args.upcasts)?);
+    anyhow::ensure!(
+        args.personal.is_none() || args.upcasts == 0,
+        "--personal and --upcasts measure different things: give one of them"
+    );
+    let store = EventStore::new(db.clone(), registry(args.upcasts, args.personal)?);
     let described = format!("{described}, writer mode {}", mode.as_str());
     super::announce("append", &described, duration, args.common.json.json);
     let result = async {
@@ -331,6 +390,7 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             let progress = ui::Progress::new("running");
             let scenario = run_appends(
                 &store,
+                args.personal,
                 scenario_name(writers, batch),
                 writers,
                 batch,
@@ -360,10 +420,12 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             "{} events failed during replay",
             report.n_failed
         );
-        let replay_name = match args.upcasts {
-            0 => "replay".to_owned(),
-            1 => "replay, 1 upcast per event".to_owned(),
-            n => format!("replay, {n} upcasts per event"),
+        let replay_name = match (args.personal, args.upcasts) {
+            (Some(PersonalMode::Sealed), _) => "replay, a sealed field per event".to_owned(),
+            (Some(PersonalMode::Plain), _) => "replay, a personal field in the clear".to_owned(),
+            (None, 0) => "replay".to_owned(),
+            (None, 1) => "replay, 1 upcast per event".to_owned(),
+            (None, n) => format!("replay, {n} upcasts per event"),
         };
         scenarios.push(Scenario {
             name: replay_name,
@@ -411,6 +473,10 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
         place: described,
         mode: mode.as_str(),
         upcasts: args.upcasts,
+        personal: args.personal.map(|mode| match mode {
+            PersonalMode::Plain => "plain",
+            PersonalMode::Sealed => "sealed",
+        }),
         scenarios,
     };
     if args.common.json.json {
