@@ -160,6 +160,14 @@ impl Db {
         &self.shared.keyring
     }
 
+    pub(crate) fn pools_ref(&self) -> &Arc<Pools> {
+        &self.pools
+    }
+
+    pub(crate) fn after_ref(&self) -> &Arc<AfterCommit> {
+        &self.shared.after
+    }
+
     /// The backend this database runs on.
     pub fn backend(&self) -> Backend {
         self.pools.backend()

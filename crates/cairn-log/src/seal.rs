@@ -391,6 +391,15 @@ impl Keyring {
         }
     }
 
+    /// Whether this process holds any person's data key.
+    fn holds_keys(&self) -> bool {
+        !self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Remembers that `subject` was erased (after the erasure committed).
     pub fn forget(&self, subject: UserId) {
         self.cache
@@ -802,7 +811,48 @@ impl Db {
             .kek
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(kek));
+        self.watch_erasures();
         Ok(())
+    }
+
+    /// Learns of erasures other processes commit: on every new head (debounced), the
+    /// people erased lately are forgotten by this process's keyring, so that it stops
+    /// sealing under a key the erasure destroyed and reads them as erased.
+    fn watch_erasures(&self) {
+        let mut heads = self.head_watch();
+        let pools = self.pools_ref().clone();
+        let after = Arc::downgrade(self.after_ref());
+        let Some(mut stop) = after.upgrade().map(|a| a.head.stop.subscribe()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            // Erasures are looked up from a minute before the last one seen, so that a
+            // commit that took long, or another process's clock, is not missed.
+            let mut since = Utc::now() - chrono::Duration::minutes(1);
+            loop {
+                tokio::select! {
+                    changed = heads.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                let Some(keyring) = after.upgrade().map(|after| after.keyring.clone()) else {
+                    return;
+                };
+                if keyring.holds_keys() {
+                    match erased_since(&pools, since - chrono::Duration::minutes(1)).await {
+                        Ok(erased) => {
+                            for (subject, at) in erased {
+                                keyring.forget(subject);
+                                since = since.max(at);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read the people erased lately");
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
     }
 
     /// Re-wraps every live data key under `new`, which becomes the current key; `old`
@@ -892,6 +942,25 @@ impl Db {
             .await?;
         row.get("n")
     }
+}
+
+/// The people erased at or after `since`, and when.
+async fn erased_since(
+    pools: &crate::backend::Pools,
+    since: DateTime<Utc>,
+) -> Result<Vec<(UserId, DateTime<Utc>)>, DbError> {
+    let mut reader = crate::db::Reader::new(pools.reader().await?);
+    let rows = reader
+        .conn()
+        .fetch_all(
+            "SELECT subject_id, erased_at FROM subject_keys \
+             WHERE state = 'erased' AND erased_at >= $1",
+            args![since],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.get("subject_id")?, row.get("erased_at")?)))
+        .collect()
 }
 
 /// Why a rotation did not happen.

@@ -14,5 +14,6 @@ mod input_properties;
 mod matrix;
 mod realtime;
 mod rls;
+mod subjects;
 mod tenant_keys;
 mod trace;

@@ -26,3 +26,6 @@ CREATE TABLE subject_keys (
     swept_at    TIMESTAMPTZ,
     CHECK ((state = 'active') = (wrapped IS NOT NULL AND kek_id IS NOT NULL))
 );
+
+-- The people erased lately: how each process learns of erasures others commit.
+CREATE INDEX subject_keys_erased ON subject_keys (erased_at) WHERE state = 'erased';

@@ -26,3 +26,6 @@ CREATE TABLE subject_keys (
     swept_at    TEXT,
     CHECK ((state = 'active') = (wrapped IS NOT NULL AND kek_id IS NOT NULL))
 ) STRICT;
+
+-- The people erased lately: how each process learns of erasures others commit.
+CREATE INDEX subject_keys_erased ON subject_keys (erased_at) WHERE state = 'erased';

@@ -1,0 +1,147 @@
+//! `GET /v1/subjects/{id}` and `POST /v1/subjects/{id}/erasure`: who may erase whom,
+//! what bad input gets, and that a second erasure returns the first receipt.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use axum::http::{Method, StatusCode};
+use cairn_policy::{Principal, Role};
+use cairn_testkit::{TestDb, backend_test};
+use cairn_types::{OrgId, UserId};
+use serde_json::json;
+
+use crate::common::{bootstrapped, call, platform_admin, server};
+
+fn admin_of(org_id: OrgId) -> Principal {
+    Principal::User {
+        user_id: UserId::new_v7(),
+        org_id,
+        roles: BTreeSet::from([Role::Admin]),
+    }
+}
+
+fn viewer_of(org_id: OrgId) -> Principal {
+    Principal::User {
+        user_id: UserId::new_v7(),
+        org_id,
+        roles: BTreeSet::from([Role::Viewer]),
+    }
+}
+
+backend_test!(
+    a_person_is_erased_once_by_their_organizations_admin_and_hidden_from_others,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let org_a = bootstrapped(&s, "subjects-a").await?;
+        let org_b = bootstrapped(&s, "subjects-b").await?;
+        s.domain.engine().run_until_idle().await?;
+        let users = call(Method::GET, format!("/v1/organizations/{org_a}/users"))
+            .as_(&platform_admin())
+            .send(&s.app)
+            .await;
+        let person = users.body["items"]
+            .as_array()
+            .and_then(|items| items.first())
+            .and_then(|u| u["id"].as_str())
+            .context("a user of A")?
+            .to_owned();
+        let erase = format!("/v1/subjects/{person}/erasure");
+        let status_path = format!("/v1/subjects/{person}");
+
+        let active = call(Method::GET, status_path.as_str())
+            .as_(&admin_of(org_a))
+            .send(&s.app)
+            .await;
+        assert_eq!(active.status, StatusCode::OK, "{:?}", active.body);
+        assert_eq!(active.body["state"], "active");
+
+        // Another tenant's admin: the same 404 as nobody at all.
+        for path in [status_path.as_str(), erase.as_str()] {
+            let method = if path == erase {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            let other = call(method.clone(), path)
+                .as_(&admin_of(org_b))
+                .json(json!({"reason": "not theirs"}))
+                .send(&s.app)
+                .await;
+            assert_eq!(
+                other.status,
+                StatusCode::NOT_FOUND,
+                "{path}: {:?}",
+                other.body
+            );
+        }
+        let nobody = call(
+            Method::POST,
+            format!("/v1/subjects/{}/erasure", UserId::new_v7()),
+        )
+        .as_(&admin_of(org_a))
+        .json(json!({"reason": "nobody"}))
+        .send(&s.app)
+        .await;
+        assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{:?}", nobody.body);
+        // A viewer of the organization may not.
+        let viewer = call(Method::POST, erase.as_str())
+            .as_(&viewer_of(org_a))
+            .json(json!({"reason": "a viewer"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(viewer.status, StatusCode::FORBIDDEN, "{:?}", viewer.body);
+        // No reason, or an empty one: 400, nothing erased.
+        for body in [json!({}), json!({"reason": "   "})] {
+            let refused = call(Method::POST, erase.as_str())
+                .as_(&admin_of(org_a))
+                .json(body.clone())
+                .send(&s.app)
+                .await;
+            assert_eq!(
+                refused.status,
+                StatusCode::BAD_REQUEST,
+                "{body}: {:?}",
+                refused.body
+            );
+        }
+        let still = call(Method::GET, status_path.as_str())
+            .as_(&platform_admin())
+            .send(&s.app)
+            .await;
+        assert_eq!(still.body["state"], "active");
+
+        let first = call(Method::POST, erase.as_str())
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "request 17"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+        assert_eq!(first.body["repeated"], false);
+        let again = call(Method::POST, erase.as_str())
+            .as_(&platform_admin())
+            .json(json!({"reason": "request 18"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+        assert_eq!(again.body["repeated"], true);
+        assert_eq!(again.body["reason"], "request 17");
+        assert_eq!(again.body["erased_at"], first.body["erased_at"]);
+        let erased = call(Method::GET, status_path.as_str())
+            .as_(&admin_of(org_a))
+            .send(&s.app)
+            .await;
+        assert_eq!(erased.body["state"], "erased");
+        assert_eq!(erased.body["erasure"]["reason"], "request 17");
+        let user = call(
+            Method::GET,
+            format!("/v1/organizations/{org_a}/users/{person}"),
+        )
+        .as_(&platform_admin())
+        .send(&s.app)
+        .await;
+        assert_eq!(user.status, StatusCode::OK, "{:?}", user.body);
+        assert_eq!(user.body["email"], "");
+        assert!(user.body["erased_at"].is_string(), "{:?}", user.body);
+        Ok(())
+    }
+);
