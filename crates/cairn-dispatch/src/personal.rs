@@ -30,6 +30,18 @@ fn place(event: &RecordedEvent) -> SealPlace<'_> {
     }
 }
 
+/// Whether any object in `value` is a sealed field: a scan that allocates nothing, so
+/// that events given in the clear skip the rest.
+fn holds_sealed(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(object) => {
+            object.contains_key(SEALED_KEY) || object.values().any(holds_sealed)
+        }
+        serde_json::Value::Array(items) => items.iter().any(holds_sealed),
+        _ => false,
+    }
+}
+
 fn is_sealed(event: &RecordedEvent, field: &PersonalField) -> bool {
     event
         .data
@@ -97,6 +109,58 @@ pub async fn current_events_in(
     Ok(events)
 }
 
+/// Opens a replay page in place, with its keys read once through the readers (and
+/// kept). Returns the indexes of events a seal of which did not open: the caller reads
+/// them again as stored, so that their dispatch fails them with the reason (`P9007`)
+/// instead of applying a marker.
+pub(crate) async fn open_page(
+    db: &Db,
+    registry: &Registry,
+    events: &mut [RecordedEvent],
+) -> Result<Vec<usize>, DbError> {
+    let fields: Vec<Vec<PersonalField>> = events
+        .iter()
+        .map(|event| {
+            if holds_sealed(&event.data) {
+                registry
+                    .personal_fields(event)
+                    .into_iter()
+                    .filter(|field| is_sealed(event, field))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let mut subjects: Vec<UserId> = fields.iter().flatten().map(|f| f.subject).collect();
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    subjects.sort_unstable();
+    subjects.dedup();
+    let keys = db.keyring().keys(db, &subjects).await?;
+    let mut unopened = Vec::new();
+    for (index, (event, fields)) in events.iter_mut().zip(&fields).enumerate() {
+        if fields.is_empty() {
+            continue;
+        }
+        let RecordedEvent {
+            event_type,
+            stream_id,
+            data,
+            ..
+        } = event;
+        let place = SealPlace {
+            event_type: event_type.as_str(),
+            stream_id: *stream_id,
+        };
+        if !Keyring::open(&keys, place, data, fields).is_empty() {
+            unopened.push(index);
+        }
+    }
+    Ok(unopened)
+}
+
 /// [`current_events`] for one event.
 pub async fn current_event(
     db: &Db,
@@ -135,6 +199,13 @@ pub(crate) async fn open_for_dispatch(
     registry: &Registry,
     event: &RecordedEvent,
 ) -> Result<Option<(RecordedEvent, Vec<SealFault>)>, DbError> {
+    if !registry
+        .spec(&event.event_type)
+        .is_some_and(|spec| !spec.personal.is_empty())
+        || !holds_sealed(&event.data)
+    {
+        return Ok(None);
+    }
     let fields: Vec<PersonalField> = registry
         .personal_fields(event)
         .into_iter()

@@ -418,17 +418,14 @@ impl EventStore {
                 *event = stored;
             }
         }
-        // The page's data keys, read once through the readers and kept, so that the
-        // dispatcher opens each sealed field without a read of its own.
-        let mut subjects: Vec<cairn_types::UserId> = events
-            .iter()
-            .flat_map(|event| registry.personal_fields(event))
-            .map(|field| field.subject)
-            .collect();
-        if !subjects.is_empty() {
-            subjects.sort_unstable();
-            subjects.dedup();
-            self.db().keyring().keys(self.db(), &subjects).await?;
+        // Opened here, a page at a time with its keys read once, so that the dispatcher
+        // copies nothing; a seal that does not open is left for the dispatcher to fail.
+        for index in crate::personal::open_page(self.db(), registry, events).await? {
+            if let Some(mut stored) = conn.event_at(events[index].position).await? {
+                // Upcast as the rest of the page was (a failure is the dispatcher's).
+                let _ = registry.upcast_in_place(&mut stored);
+                events[index] = stored;
+            }
         }
         Ok(())
     }

@@ -214,23 +214,18 @@ impl EventStore {
             }
             Prepared::New(pending) => pending,
         };
-        let events = pending.events().to_vec();
+        // Handlers see personal fields as given; only the stored copy (in `pending`)
+        // is sealed.
+        let mut events = pending.events().to_vec();
+        for (event, given) in events.iter_mut().zip(plain) {
+            if let Some(given) = given {
+                event.data = given;
+            }
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         let processed_at = cairn_types::now_micros();
         let dispatch_started = std::time::Instant::now();
-        for (index, stored) in events.iter().enumerate() {
-            // Handlers see personal fields as given; only the stored copy is sealed.
-            let opened;
-            let event = match plain.get(index).cloned().flatten() {
-                Some(data) => {
-                    opened = RecordedEvent {
-                        data,
-                        ..stored.clone()
-                    };
-                    &opened
-                }
-                None => stored,
-            };
+        for (index, event) in events.iter().enumerate() {
             let outcome = {
                 let mut ledger = LiveLedger {
                     store: self,

@@ -198,7 +198,7 @@ pub async fn send(
             let sent = Sent {
                 message_id,
                 transport: delivery.transport.to_owned(),
-                detail: delivery.detail,
+                detail: without_address(&delivery.detail, &email),
                 expires_at,
                 recovered: false,
             };
