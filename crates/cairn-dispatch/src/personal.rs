@@ -199,11 +199,10 @@ pub(crate) async fn open_for_dispatch(
     registry: &Registry,
     event: &RecordedEvent,
 ) -> Result<Option<(RecordedEvent, Vec<SealFault>)>, DbError> {
-    if !registry
+    let personal = registry
         .spec(&event.event_type)
-        .is_some_and(|spec| !spec.personal.is_empty())
-        || !holds_sealed(&event.data)
-    {
+        .is_some_and(|spec| !spec.personal.is_empty());
+    if !personal || !holds_sealed(&event.data) {
         return Ok(None);
     }
     let fields: Vec<PersonalField> = registry
