@@ -63,7 +63,7 @@ pub use append::{AppendError, MAX_EVENT_DATA_BYTES, PendingAppend, Prepared};
 pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
 pub use backend::{Conn, DbValue, Row};
-pub use backup::BackupError;
+pub use backup::{BackupError, BackupMark};
 pub use db::{
     Db, DbOptions, Reader, Session, Snapshot, WriterPause, default_url, quote_ident, redact_url,
 };

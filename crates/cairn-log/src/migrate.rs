@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0008_access_log.sql"),
         postgres: include_str!("schema/postgres/0008_access_log.sql"),
     },
+    Migration {
+        id: "log/0009_backups",
+        sqlite: include_str!("schema/sqlite/0009_backups.sql"),
+        postgres: include_str!("schema/postgres/0009_backups.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -400,6 +400,17 @@ impl TestDb {
         }
     }
 
+    /// A fresh database on `backend` with no tables at all, named after the test: what
+    /// a restore goes into.
+    pub async fn empty(backend: Backend, test_name: &str) -> TestDb {
+        let place = Place::fresh(backend, test_name).await;
+        let db = connect(&place.url).await;
+        TestDb {
+            db,
+            place: Arc::new(place),
+        }
+    }
+
     /// A database restored from a copy an earlier release wrote, and not migrated:
     /// `source` is a SQLite database file, copied into a fresh temporary directory, or
     /// a plain-text `pg_dump` of a PostgreSQL database, run with `psql` in a fresh

@@ -110,20 +110,24 @@ pub enum Command {
     /// a signed checkpoint. Exits 1 when a seed event could not be mapped (each is
     /// listed with its reason), 2 when the source is not the seed's event store.
     Import(ImportArgs),
-    /// Copy the running SQLite database to a new file, in one consistent snapshot,
-    /// and check the copy's hash chain; with --checkpoint-dir, sign a checkpoint of
-    /// the head it copied. On PostgreSQL, use pg_dump (see the README).
+    /// Copy the running database to a new file. SQLite: one consistent snapshot, the
+    /// copy's hash chain checked, and with --checkpoint-dir a checkpoint of the head it
+    /// copied. PostgreSQL: with --checkpoint-dir a checkpoint of the live head, then a
+    /// plain-text dump by pg_dump (which must be on the PATH or in PG_BIN).
     Backup(BackupArgs),
-    /// Bring an SQLite backup back as the database --database-url names (stop `cairn
-    /// serve` first). Refuses a file that is not a cairn backup, a backup from a newer
-    /// release, and a database that holds events unless --force; nothing is
-    /// overwritten when it refuses.
+    /// Bring a backup back as the database --database-url names (stop `cairn serve`
+    /// first), and record the restore for `audit verify`. SQLite: replaces the file
+    /// (a database that holds events only with --force). PostgreSQL: loads the dump
+    /// with psql, in one transaction, into a database with no cairn tables. Refuses a
+    /// file that is not a cairn backup and a backup from a newer release; nothing is
+    /// overwritten or loaded when it refuses.
     Restore(RestoreArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// The file the copy is written to; it must not exist.
+    /// The file the copy is written to (on PostgreSQL, an SQL file); it must not
+    /// exist.
     #[arg(long, value_name = "FILE")]
     pub out: std::path::PathBuf,
     /// Sign a checkpoint of the head the copy holds and add it to this directory (the
@@ -143,7 +147,7 @@ pub struct RestoreArgs {
     /// The backup file from `cairn backup --out`.
     #[arg(long, value_name = "FILE")]
     pub from: std::path::PathBuf,
-    /// Replace a database that already holds events.
+    /// Replace an SQLite database that already holds events.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -928,7 +932,8 @@ pub struct AuditVerifyArgs {
     pub public_key: Option<std::path::PathBuf>,
     /// The checkpoint `cairn backup` signed of the backup this database was restored
     /// from. The log must hold it; checkpoints signed after it, past its position,
-    /// are reported as beyond the restored log rather than as events removed.
+    /// are reported as beyond the restored log rather than as events removed. Not
+    /// needed after `cairn restore`, which records the backup in the database.
     #[arg(long, value_name = "FILE")]
     pub backup_checkpoint: Option<std::path::PathBuf>,
     #[command(flatten)]

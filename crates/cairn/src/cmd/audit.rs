@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use cairn_log::Db;
 use cairn_log::{AccessAuditReport, Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
-use cairn_log::{AuditKey, Checkpoint, CheckpointError, PublicKey};
+use cairn_log::{AuditKey, BackupMark, Checkpoint, CheckpointError, PublicKey};
 use cairn_types::Position;
 
 use crate::app;
@@ -587,6 +587,8 @@ struct VerifyOutput<'a> {
     #[serde(flatten)]
     report: &'a AuditReport,
     checkpoints: &'a [CheckpointResult],
+    /// The backups this database was restored from, oldest first.
+    restores: &'a [BackupMark],
     /// The access log's own chain.
     access: &'a AccessAuditReport,
 }
@@ -634,6 +636,12 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // The backups this database was restored from: a checkpoint signed after one was
+    // taken and before it was restored, past its head, describes events the restored
+    // log never held.
+    let store = app::open(url).await?;
+    let restores = store.db().restores().await?;
+
     // Each checkpoint whose signature verifies becomes an anchor the log must hold.
     let mut results = Vec::with_capacity(files.len());
     let mut anchors = Vec::new();
@@ -654,19 +662,34 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 result.detail = Some(e.to_string());
             }
             Ok(checkpoint) => {
-                let after_backup = backup.as_ref().filter(|backup| {
-                    checkpoint.position > backup.position && checkpoint.time > backup.time
-                });
+                let after_backup = backup
+                    .as_ref()
+                    .filter(|backup| {
+                        checkpoint.position > backup.position && checkpoint.time > backup.time
+                    })
+                    .map(|backup| {
+                        format!(
+                            "beyond the restored log: signed after the backup, whose head is \
+                             at position {}",
+                            backup.position
+                        )
+                    })
+                    .or_else(|| {
+                        let position = Position::new(i64::try_from(checkpoint.position).ok()?);
+                        restores
+                            .iter()
+                            .rfind(|restore| restore.outlived_by(position, checkpoint.time))
+                            .map(|restore| {
+                                format!(
+                                    "beyond the restored log: signed after {}",
+                                    describe_restore(restore)
+                                )
+                            })
+                    });
                 match checkpoint.verify(pinned.as_ref()) {
                     Ok(_) if after_backup.is_some() => {
                         result.status = CheckpointStatus::BeyondTheRestoredLog;
-                        result.detail = after_backup.map(|backup| {
-                            format!(
-                                "beyond the restored log: signed after the backup, whose head \
-                                 is at position {}",
-                                backup.position
-                            )
-                        });
+                        result.detail = after_backup;
                     }
                     Ok(anchor) => {
                         anchor_of.push(results.len());
@@ -690,7 +713,6 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         results.push(result);
     }
 
-    let store = app::open(url).await?;
     let progress = ui::Progress::new("verifying");
     let report = store
         .db()
@@ -719,9 +741,17 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         ui::print_json(&VerifyOutput {
             report: &report,
             checkpoints: &results,
+            restores: &restores,
             access: &access,
         })?;
     } else {
+        for restore in &restores {
+            outln!(
+                "{} restored: {}",
+                style("↺").cyan().bold(),
+                describe_restore(restore)
+            );
+        }
         print_verification(&report, &results, pinned.is_some());
         print_access_verification(&access);
     }
@@ -740,6 +770,24 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::from(1)
         },
+    )
+}
+
+/// A backup this database was restored from, for people: when it was taken, the head
+/// it held, and when and from what it was restored.
+fn describe_restore(restore: &BackupMark) -> String {
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(
+            || "at a time it did not record".to_owned(),
+            |at| format!("at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+        )
+    };
+    format!(
+        "the backup taken {} (head at position {}), restored from {} {}",
+        when(restore.taken_at),
+        restore.head_position,
+        restore.restored_from.as_deref().unwrap_or("a backup"),
+        when(restore.restored_at),
     )
 }
 

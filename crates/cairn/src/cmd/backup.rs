@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use console::style;
 use serde::Serialize;
 
-use cairn_log::{Backend, Checkpoint, Db, DbOptions};
+use cairn_log::{AuditKey, AuditReport, Backend, BackupMark, Checkpoint, Db, DbOptions};
 use cairn_types::Position;
 
 use crate::app;
@@ -23,9 +23,7 @@ use crate::cli::{BackupArgs, RestoreArgs};
 use crate::cmd::audit::{Signed, Target, Walk, load_key, sign_head};
 use crate::ui;
 
-const POSTGRES_STEPS: &str = "on PostgreSQL, sign a checkpoint (cairn audit checkpoint), take \
-     the copy with pg_dump (pg_dump --no-owner --file=FILE URL) and load it into an empty \
-     database with psql; the README's Backups section gives the steps";
+mod postgres;
 
 /// The SQLite file a URL names, or `None` for PostgreSQL.
 fn sqlite_path(url: &str) -> Option<PathBuf> {
@@ -51,16 +49,23 @@ struct BackupOutput<'a> {
 }
 
 pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<ExitCode> {
-    if sqlite_path(url).is_none() {
-        anyhow::bail!("cairn backup copies SQLite databases; {POSTGRES_STEPS}");
-    }
     // The key is read first, so that a missing one stops the backup before it starts.
     let key = match &args.checkpoint_dir {
         Some(_) => Some(load_key(args.key.as_deref(), "--key")?),
         None => None,
     };
+    if sqlite_path(url).is_none() {
+        return postgres::backup(url, &args, key.as_ref()).await;
+    }
+    anyhow::ensure!(
+        !args.out.exists(),
+        "{} already exists: a backup never overwrites a file",
+        args.out.display()
+    );
     let db = app::open_db(url, &DbOptions::default()).await?;
     let started = std::time::Instant::now();
+    // A checkpoint signed from here on may be past the head the copy holds.
+    let taken_at = cairn_types::now_micros();
     let copied = db.backup_into(&args.out).await;
     db.close().await;
     copied.with_context(|| format!("copying {} to {}", db.describe(), args.out.display()))?;
@@ -72,57 +77,30 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("opening the copy {}", args.out.display()))?;
     let progress = ui::Progress::new("checking the copy");
-    let checked = match (&key, &args.checkpoint_dir) {
-        (Some(key), Some(dir)) => sign_head(
-            &copy,
-            key,
-            &Target::Dir(dir.clone()),
-            Walk::Whole,
-            false,
-            &mut |done, total| progress.update(done, total),
-        )
-        .await
-        .map(Some),
-        _ => Ok(None),
-    };
-    let report = match &checked {
-        Ok(Some(_)) => None,
-        _ => Some(
-            copy.verify_chain(&mut |done, total| progress.update(done, total))
-                .await,
-        ),
-    };
+    let checked = check_copy(
+        &copy,
+        key.as_ref(),
+        args.checkpoint_dir.as_deref(),
+        &progress,
+    )
+    .await;
     progress.finish();
+    // The copy remembers when it was taken, for the database it is restored into.
+    let marked = match &checked {
+        Ok((report, _)) if report.breach.is_none() => async {
+            copy.mark_backup(taken_at, report.head, &report.head_hash)
+                .await?;
+            // The copy is one file: what the write left in its write-ahead log goes in.
+            copy.compact_wal().await
+        }
+        .await
+        .with_context(|| format!("writing the backup's time into {}", args.out.display())),
+        _ => Ok(()),
+    };
     copy.close().await;
     settle(&args.out)?;
-    let (report, written) = match (checked?, report) {
-        (
-            Some(Signed::Written {
-                file,
-                checkpoint,
-                report,
-            }),
-            _,
-        ) => (report, Some((file, checkpoint))),
-        (Some(Signed::Refused { report, .. }), _) => {
-            let why = report.breach.as_ref().map_or_else(
-                || "it no longer holds the newest checkpoint there".to_owned(),
-                |breach| {
-                    format!(
-                        "its hash chain is broken at position {}: {}",
-                        breach.position, breach.detail
-                    )
-                },
-            );
-            anyhow::bail!(
-                "the copy {} was written but not signed: {why} (run cairn audit verify)",
-                args.out.display()
-            );
-        }
-        (Some(Signed::Unchanged), _) => unreachable!("sign_head signs when not told to skip"),
-        (None, Some(report)) => (report?, None),
-        (None, None) => unreachable!("the chain is verified when nothing was signed"),
-    };
+    let (report, written) = checked?;
+    marked?;
     if let Some(breach) = &report.breach {
         anyhow::bail!(
             "the copy {} was written, but its hash chain is broken at position {}: {}",
@@ -152,12 +130,7 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<ExitCode> {
             ui::plural(report.n_checked, "event", "events"),
         );
         match &written {
-            Some((file, _)) => outln!(
-                "  signed the head it holds: {} (after a restore, audit verify \
-                 --backup-checkpoint {})",
-                file.display(),
-                file.display()
-            ),
+            Some((file, _)) => outln!("  signed the head it holds: {}", file.display()),
             None => outln!(
                 "  {}",
                 style("no checkpoint signed: give --checkpoint-dir DIR to sign the head it holds")
@@ -168,6 +141,51 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks the copy's hash chain and, given a key and a directory, signs the head it
+/// holds; returns the chain's report and the checkpoint written.
+async fn check_copy(
+    copy: &Db,
+    key: Option<&AuditKey>,
+    checkpoint_dir: Option<&Path>,
+    progress: &ui::Progress,
+) -> anyhow::Result<(AuditReport, Option<(PathBuf, Box<Checkpoint>)>)> {
+    let (Some(key), Some(dir)) = (key, checkpoint_dir) else {
+        let report = copy
+            .verify_chain(&mut |done, total| progress.update(done, total))
+            .await?;
+        return Ok((report, None));
+    };
+    let signed = sign_head(
+        copy,
+        key,
+        &Target::Dir(dir.to_owned()),
+        Walk::Whole,
+        false,
+        &mut |done, total| progress.update(done, total),
+    )
+    .await?;
+    match signed {
+        Signed::Written {
+            file,
+            checkpoint,
+            report,
+        } => Ok((report, Some((file, checkpoint)))),
+        Signed::Refused { report, .. } => {
+            let why = report.breach.as_ref().map_or_else(
+                || "it no longer holds the newest checkpoint there".to_owned(),
+                |breach| {
+                    format!(
+                        "its hash chain is broken at position {}: {}",
+                        breach.position, breach.detail
+                    )
+                },
+            );
+            anyhow::bail!("the copy was written but not signed: {why} (run cairn audit verify)")
+        }
+        Signed::Unchanged => anyhow::bail!("the copy's head was not signed"),
+    }
+}
+
 #[derive(Serialize)]
 struct RestoreOutput<'a> {
     from: &'a Path,
@@ -175,11 +193,13 @@ struct RestoreOutput<'a> {
     head: Position,
     head_hash: &'a str,
     replaced_events: u64,
+    /// The backup as this database now records it (`audit verify` reads it).
+    backup: &'a BackupMark,
 }
 
 pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(target) = sqlite_path(url) else {
-        anyhow::bail!("cairn restore brings back SQLite backups; {POSTGRES_STEPS}");
+        return postgres::restore(url, &args).await;
     };
     let from = &args.from;
     anyhow::ensure!(from.is_file(), "{}: no such backup file", from.display());
@@ -199,9 +219,9 @@ pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     std::fs::copy(from, staged.path())
         .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
-    let head = check_backup(from, staged.path()).await;
+    let checked = check_backup(from, staged.path()).await;
     let settled = settle(staged.path());
-    let head = head?;
+    let (head, mark) = checked?;
     settled?;
 
     let replaced_events = events_in(&target).await?;
@@ -227,6 +247,7 @@ pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             head: head.last_position,
             head_hash: &head.last_hash,
             replaced_events,
+            backup: &mark,
         })?;
     } else {
         outln!(
@@ -238,7 +259,7 @@ pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
             head.last_hash,
             style(
                 "check it: cairn replay --verify, and cairn audit verify --checkpoint-dir DIR \
-                 --backup-checkpoint FILE (the checkpoint cairn backup signed)"
+                 (checkpoints signed after the backup are reported as beyond the restored log)"
             )
             .dim()
         );
@@ -247,8 +268,9 @@ pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Opens the staged copy of `from`, refuses what is no cairn backup or comes from a
-/// newer release, and migrates it to this build's schema; returns its head.
-async fn check_backup(from: &Path, staged: &Path) -> anyhow::Result<cairn_log::Head> {
+/// newer release, migrates it to this build's schema and records the restore in it;
+/// returns its head and that record.
+async fn check_backup(from: &Path, staged: &Path) -> anyhow::Result<(cairn_log::Head, BackupMark)> {
     let not_a_backup = |why: String| {
         anyhow::anyhow!(
             "{} is not a cairn backup: {why}; nothing was restored",
@@ -267,26 +289,15 @@ async fn check_open_backup(
     db: &Db,
     from: &Path,
     not_a_backup: &dyn Fn(String) -> anyhow::Error,
-) -> anyhow::Result<cairn_log::Head> {
+) -> anyhow::Result<(cairn_log::Head, BackupMark)> {
     debug_assert_eq!(db.backend(), Backend::Sqlite);
     let applied = db
         .applied_migrations()
         .await
         .map_err(|e| not_a_backup(e.to_string()))?
         .ok_or_else(|| not_a_backup("it has no cairn tables".to_owned()))?;
-    let known = app::migrations();
-    if let Some(unknown) = applied
-        .iter()
-        .find(|id| !known.iter().flat_map(|set| set.iter()).any(|m| m.id == *id))
-    {
-        anyhow::bail!(
-            "{} comes from a newer release of cairn: it has migration {unknown}, which this \
-             build does not know; restore it with that release or a later one; nothing was \
-             restored",
-            from.display()
-        );
-    }
-    db.migrate(&known)
+    ensure_known(from, &applied)?;
+    db.migrate(&app::migrations())
         .await
         .with_context(|| format!("bringing {} up to this release's schema", from.display()))?;
     let mut snapshot = db.snapshot().await?;
@@ -295,7 +306,39 @@ async fn check_open_backup(
         .head()
         .await
         .map_err(|e| not_a_backup(e.to_string()))?;
-    Ok(head)
+    drop(snapshot);
+    let mark = db
+        .mark_restored(
+            &from.display().to_string(),
+            cairn_types::now_micros(),
+            None,
+            head.last_position,
+            &head.last_hash,
+        )
+        .await
+        .with_context(|| format!("recording the restore of {}", from.display()))?;
+    db.compact_wal().await?;
+    Ok((head, mark))
+}
+
+/// Refuses a backup with a migration this build does not know: one from a newer
+/// release.
+fn ensure_known(from: &Path, applied: &[String]) -> anyhow::Result<()> {
+    let known = app::migrations();
+    if let Some(unknown) = applied.iter().find(|id| {
+        !known
+            .iter()
+            .flat_map(|set| set.iter())
+            .any(|m| m.id == id.as_str())
+    }) {
+        anyhow::bail!(
+            "{} comes from a newer release of cairn: it has migration {unknown}, which this \
+             build does not know; restore it with that release or a later one; nothing was \
+             restored",
+            from.display()
+        );
+    }
+    Ok(())
 }
 
 /// How many events the database at `path` holds: 0 when there is no file or no log.

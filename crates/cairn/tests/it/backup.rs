@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::Context as _;
 use cairn_dispatch::EventStore;
 use cairn_log::{AppendRequest, Db, DbOptions, NewEvent, args};
-use cairn_testkit::{Backend, TestDb, backend_test};
+use cairn_testkit::{Backend, TestDb, TestResult, backend_test};
 use cairn_types::{EventType, Metadata, StreamId, StreamType};
 use serde_json::{Value, json};
 
@@ -112,46 +112,6 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// PostgreSQL's `pg_dump`: on the `PATH`, or in `PG_BIN`.
-fn pg_dump() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("pg_dump"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        PathBuf::from(
-            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()),
-        )
-        .join("pg_dump")
-    })
-}
-
-/// The README's steps on PostgreSQL: a checkpoint signed, then `pg_dump`, whose copy
-/// holds at least that head; returns the checkpoint's `audit checkpoint --json`.
-async fn sign_and_dump(
-    url: &str,
-    key: &Path,
-    checkpoints: &Path,
-    out: &Path,
-) -> anyhow::Result<Value> {
-    let signed = checkpoint(url, key, checkpoints).await;
-    let dumped = tokio::process::Command::new(pg_dump())
-        .args(["--no-owner", "--file"])
-        .arg(out)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("running pg_dump")?;
-    anyhow::ensure!(
-        dumped.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&dumped.stderr)
-    );
-    Ok(signed)
-}
-
 backend_test!(
     a_backup_taken_under_load_restores_and_verifies,
     |t: TestDb| async move {
@@ -171,50 +131,45 @@ backend_test!(
         // The copy starts once the writers are well under way.
         let mut head = t.db().head_watch();
         head.wait_for(|position| position.get() >= 200).await?;
-        let out = files.path().join("cairn.backup");
-        let (backup_head, backup_checkpoint) = match t.backend() {
+        let out = files.path().join(match t.backend() {
+            Backend::Sqlite => "cairn.backup",
+            Backend::Postgres => "cairn.sql",
+        });
+        let backup = cairn(
+            t.url(),
+            &[
+                "backup",
+                "--out",
+                &path_arg(&out),
+                "--key",
+                &path_arg(&key),
+                "--checkpoint-dir",
+                &path_arg(&checkpoints),
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&backup, 0);
+        let backup = json_of(&backup);
+        let backup_head = backup["checkpoint"]["position"]
+            .as_u64()
+            .context("position")?;
+        let backup_checkpoint = backup["checkpoint_file"]
+            .as_str()
+            .context("file")?
+            .to_owned();
+        match t.backend() {
+            // The copy holds the head it signed, in one file.
             Backend::Sqlite => {
-                let backup = cairn(
-                    t.url(),
-                    &[
-                        "backup",
-                        "--out",
-                        &path_arg(&out),
-                        "--key",
-                        &path_arg(&key),
-                        "--checkpoint-dir",
-                        &path_arg(&checkpoints),
-                        "--json",
-                    ],
-                )
-                .await;
-                assert_exit(&backup, 0);
-                let backup = json_of(&backup);
+                assert_eq!(backup["head"], json!(backup_head));
                 assert!(
                     !files.path().join("cairn.backup-wal").exists(),
                     "the backup is one file"
                 );
-                let copied = backup["head"].as_u64().context("head")?;
-                assert_eq!(backup["checkpoint"]["position"], json!(copied));
-                let file = backup["checkpoint_file"].as_str().context("file")?;
-                (copied, file.to_owned())
             }
-            Backend::Postgres => {
-                // cairn does not copy PostgreSQL itself, and says which tool does.
-                let refused = cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await;
-                assert_exit(&refused, 2);
-                assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
-                let refused = cairn(t.url(), &["restore", "--from", &path_arg(&out)]).await;
-                assert_exit(&refused, 2);
-                assert!(stderr(&refused).contains("pg_dump"), "{}", stderr(&refused));
-                let signed = sign_and_dump(t.url(), &key, &checkpoints, &out).await?;
-                let position = signed["checkpoint"]["position"]
-                    .as_u64()
-                    .context("position")?;
-                let file = signed["file"].as_str().context("file")?;
-                (position, file.to_owned())
-            }
-        };
+            // The checkpoint is signed before pg_dump starts: the dump holds at least it.
+            Backend::Postgres => assert!(backup["taken_at"].is_string(), "{backup}"),
+        }
         // The writers go on after the copy, so that the log outgrows it.
         head.wait_for(|position| position.get() as u64 >= backup_head + 200)
             .await?;
@@ -227,26 +182,34 @@ backend_test!(
         let (restored_url, _restored) = match t.backend() {
             Backend::Sqlite => {
                 let restored = files.path().join("restored").join("cairn.db");
-                let restored_url = sqlite_url(&restored);
-                let restore = cairn(
-                    &restored_url,
-                    &["restore", "--from", &path_arg(&out), "--json"],
-                )
-                .await;
-                assert_exit(&restore, 0);
-                assert_eq!(json_of(&restore)["head"], json!(backup_head));
-                (restored_url, None)
+                (sqlite_url(&restored), None)
             }
             Backend::Postgres => {
-                let restored = TestDb::restore(
+                let restored = TestDb::empty(
                     Backend::Postgres,
                     "backup::a_backup_taken_under_load_restores_and_verifies::restored",
-                    &out,
                 )
-                .await?;
+                .await;
                 (restored.url().to_owned(), Some(restored))
             }
         };
+        let restore = cairn(
+            &restored_url,
+            &["restore", "--from", &path_arg(&out), "--json"],
+        )
+        .await;
+        assert_exit(&restore, 0);
+        let restore = json_of(&restore);
+        let restored_head = restore["head"].as_u64().context("head")?;
+        match t.backend() {
+            Backend::Sqlite => assert_eq!(restored_head, backup_head),
+            Backend::Postgres => assert!(restored_head >= backup_head),
+        }
+        assert!(restored_head < 3 + appended);
+        // The restored database records what it came from.
+        assert_eq!(restore["backup"]["head_position"], json!(restored_head));
+        assert!(restore["backup"]["taken_at"].is_string(), "{restore}");
+        assert!(restore["backup"]["restored_at"].is_string(), "{restore}");
 
         assert_exit(&cairn(&restored_url, &["replay", "--verify"]).await, 0);
         let verified = cairn(
@@ -265,13 +228,7 @@ backend_test!(
         assert_exit(&verified, 0);
         let report = json_of(&verified);
         assert_eq!(report["breach"], Value::Null);
-        let restored_head = report["head"].as_u64().context("head")?;
-        match t.backend() {
-            Backend::Sqlite => assert_eq!(restored_head, backup_head),
-            // pg_dump starts after the checkpoint is signed, so it may hold more.
-            Backend::Postgres => assert!(restored_head >= backup_head),
-        }
-        assert!(restored_head < 3 + appended);
+        assert_eq!(report["head"], json!(restored_head));
         assert_eq!(
             statuses(&report)?,
             vec![
@@ -281,8 +238,8 @@ backend_test!(
             ]
         );
 
-        // Without the backup's checkpoint, the later one reads as a cut log: the
-        // restore must be named to be told from one.
+        // Without naming the backup, the restore the database recorded tells the
+        // checkpoints signed after it from a log cut short.
         let unnamed = cairn(
             &restored_url,
             &[
@@ -294,10 +251,22 @@ backend_test!(
             ],
         )
         .await;
-        assert_exit(&unnamed, 1);
+        assert_exit(&unnamed, 0);
+        let unnamed = json_of(&unnamed);
+        assert_eq!(statuses(&unnamed)?, statuses(&report)?);
         assert_eq!(
-            statuses(&json_of(&unnamed))?.last().map(|(_, s)| s.clone()),
-            Some(json!("beyond_the_log"))
+            unnamed["restores"][0]["head_position"],
+            json!(restored_head)
+        );
+
+        // A database that already holds the log is not restored over (on PostgreSQL
+        // not even with --force: a restore goes into a new database).
+        let again = cairn(&restored_url, &["restore", "--from", &path_arg(&out)]).await;
+        assert_exit(&again, 2);
+        assert!(
+            stderr(&again).contains("nothing was restored"),
+            "{}",
+            stderr(&again)
         );
         Ok(())
     }
@@ -433,4 +402,95 @@ async fn a_restore_refuses_what_it_cannot_restore_and_overwrites_nothing() -> an
     assert_eq!(head_of(&target).await?, 2);
     assert_exit(&cairn(&target_url, &["audit", "verify"]).await, 0);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restore_refuses_what_it_cannot_restore_and_loads_nothing() -> TestResult {
+    cairn_testkit::run(
+        Backend::Postgres,
+        "backup::a_postgres_restore_refuses_what_it_cannot_restore_and_loads_nothing",
+        |t: TestDb| async move {
+            t.db().migrate(&cairn_domain::all_migrations()).await?;
+            let store = EventStore::new(t.db().clone(), cairn_domain::registry());
+            ping(&store, 1).await?;
+            let files = tempfile::tempdir()?;
+            let out = files.path().join("cairn.sql");
+            assert_exit(&cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await, 0);
+            let again = cairn(t.url(), &["backup", "--out", &path_arg(&out)]).await;
+            assert_exit(&again, 2);
+            assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+
+            let target = TestDb::empty(
+                Backend::Postgres,
+                "backup::a_postgres_restore_refuses_what_it_cannot_restore_and_loads_nothing::target",
+            )
+            .await;
+            let restore = |from: &Path, force: bool| {
+                let from = path_arg(from);
+                let url = target.url().to_owned();
+                async move {
+                    let mut args = vec!["restore", "--from", from.as_str()];
+                    if force {
+                        args.push("--force");
+                    }
+                    cairn(&url, &args).await
+                }
+            };
+            let refused_with = |output: &std::process::Output, words: &str| {
+                assert_exit(output, 2);
+                assert!(
+                    stderr(output).contains(words) && stderr(output).contains("nothing was restored"),
+                    "{}",
+                    stderr(output)
+                );
+            };
+
+            // Not a dump; a dump of another database than cairn's.
+            let text = files.path().join("notes.txt");
+            std::fs::write(&text, "not a dump\n")?;
+            refused_with(&restore(&text, false).await, "is not a cairn backup");
+            let other = files.path().join("other.sql");
+            std::fs::write(
+                &other,
+                "--\n-- PostgreSQL database dump\n--\nCREATE TABLE notes (body text);\n",
+            )?;
+            refused_with(&restore(&other, false).await, "holds no cairn tables");
+
+            // From a newer release: its migrations table names one this build does not know.
+            let dump = std::fs::read_to_string(&out)?;
+            let header = dump
+                .lines()
+                .find(|line| line.starts_with("COPY public.cairn_migrations "))
+                .context("the dump copies cairn_migrations")?;
+            let newer = files.path().join("newer.sql");
+            std::fs::write(
+                &newer,
+                dump.replacen(
+                    &format!("{header}\n"),
+                    &format!("{header}\nlog/9999_from_the_future\tx\t2030-01-01 00:00:00+00\n"),
+                    1,
+                ),
+            )?;
+            let refused = restore(&newer, false).await;
+            refused_with(&refused, "comes from a newer release of cairn");
+            assert!(stderr(&refused).contains("log/9999_from_the_future"));
+
+            // --force does not replace a PostgreSQL database.
+            refused_with(&restore(&out, true).await, "--force replaces SQLite databases only");
+            assert_eq!(target.db().applied_migrations().await?, None, "nothing was loaded");
+
+            // A dump psql cannot load leaves nothing half-loaded.
+            let broken = files.path().join("broken.sql");
+            std::fs::write(&broken, format!("{dump}\nSELECT no_such_function();\n"))?;
+            let refused = restore(&broken, false).await;
+            refused_with(&refused, "psql ran it in one transaction");
+            assert_eq!(target.db().applied_migrations().await?, None, "nothing was loaded");
+
+            // The dump itself loads.
+            assert_exit(&restore(&out, false).await, 0);
+            assert!(target.db().applied_migrations().await?.is_some());
+            Ok(())
+        },
+    )
+    .await
 }
