@@ -155,6 +155,13 @@ pub struct VerifyOptions {
 /// small enough that PostgreSQL's row version chains stay short.
 const BATCH: u32 = 5_000;
 
+/// A page being read, upcast and opened ahead of the one being applied.
+struct ReadAhead {
+    /// The position it reads after.
+    after: Position,
+    page: tokio::task::JoinHandle<Result<Vec<RecordedEvent>, ReadError>>,
+}
+
 fn same_outcome(stored: Option<&Outcome>, now: &Outcome) -> bool {
     match (stored, now) {
         (Some(Outcome::Failed(a)), Outcome::Failed(b)) => a == b,
@@ -430,20 +437,81 @@ impl EventStore {
         Ok(())
     }
 
+    /// Reads, upcasts and opens the page after `after` on a task of its own, through
+    /// the readers: while one page is applied, the next is made ready on another core.
+    fn read_ahead(&self, after: Position) -> ReadAhead {
+        let store = self.clone();
+        let page = tokio::spawn(async move {
+            let mut reader = store.db().reader().await?;
+            let mut conn = reader.conn();
+            let filter = EventFilter {
+                after,
+                limit: Some(BATCH),
+                ..EventFilter::default()
+            };
+            let mut events = conn.read_events(&filter).await?;
+            store.upcast_page(&mut conn, &mut events).await?;
+            Ok(events)
+        });
+        ReadAhead { after, page }
+    }
+
+    /// The page after `rebuild.after`: the one read ahead when it is that page, else
+    /// read here. With `ahead`, the page after it starts being read ahead.
+    async fn next_page(
+        &self,
+        conn: &mut Conn<'_>,
+        after: Position,
+        ahead: Option<&mut Option<ReadAhead>>,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let Some(ahead) = ahead else {
+            return self.read_page(conn, after).await;
+        };
+        let events = match ahead.take() {
+            Some(read) if read.after == after => match read.page.await {
+                Ok(page) => page?,
+                // The task panicked or was cancelled: read the page here instead.
+                Err(_) => self.read_page(conn, after).await?,
+            },
+            stale => {
+                if let Some(stale) = stale {
+                    stale.page.abort();
+                }
+                self.read_page(conn, after).await?
+            }
+        };
+        if events.len() == BATCH as usize
+            && let Some(last) = events.last()
+        {
+            *ahead = Some(self.read_ahead(last.position));
+        }
+        Ok(events)
+    }
+
+    async fn read_page(
+        &self,
+        conn: &mut Conn<'_>,
+        after: Position,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let filter = EventFilter {
+            after,
+            limit: Some(BATCH),
+            ..EventFilter::default()
+        };
+        let mut events = conn.read_events(&filter).await?;
+        self.upcast_page(conn, &mut events).await?;
+        Ok(events)
+    }
+
     async fn rebuild_batch(
         &self,
         conn: &mut Conn<'_>,
         rebuild: &mut Rebuild,
         dispatch_twice: bool,
         isolate: bool,
+        ahead: Option<&mut Option<ReadAhead>>,
     ) -> Result<Option<usize>, ReplayError> {
-        let filter = EventFilter {
-            after: rebuild.after,
-            limit: Some(BATCH),
-            ..EventFilter::default()
-        };
-        let mut events = conn.read_events(&filter).await?;
-        self.upcast_page(conn, &mut events).await?;
+        let events = self.next_page(conn, rebuild.after, ahead).await?;
         for event in &events {
             let mut ledger = ReplayLedger {
                 conn: &mut *conn,
@@ -496,12 +564,19 @@ impl EventStore {
         session: &mut Session,
         rebuild: &mut Rebuild,
         dispatch_twice: bool,
+        ahead: &mut Option<ReadAhead>,
     ) -> Result<usize, ReplayError> {
         let before = rebuild.clone();
         session.queue_writes(true);
         session.begin_read_only().await?;
         let fast = self
-            .rebuild_batch(&mut session.conn(), rebuild, dispatch_twice, false)
+            .rebuild_batch(
+                &mut session.conn(),
+                rebuild,
+                dispatch_twice,
+                false,
+                Some(&mut *ahead),
+            )
             .await;
         let fast = match fast {
             Ok(Some(n)) => session
@@ -524,7 +599,13 @@ impl EventStore {
         *rebuild = before;
         session.begin_read_only().await?;
         let careful = self
-            .rebuild_batch(&mut session.conn(), rebuild, dispatch_twice, true)
+            .rebuild_batch(
+                &mut session.conn(),
+                rebuild,
+                dispatch_twice,
+                true,
+                Some(&mut *ahead),
+            )
             .await;
         match careful {
             Ok(n) => {
@@ -559,10 +640,25 @@ impl EventStore {
             u64::try_from(head.last_position.get()).unwrap_or(0)
         };
         let mut rebuild = Rebuild::default();
+        let mut ahead = None;
         loop {
             let n = self
-                .rebuild_batch_in_own_transaction(session, &mut rebuild, options.dispatch_twice)
-                .await?;
+                .rebuild_batch_in_own_transaction(
+                    session,
+                    &mut rebuild,
+                    options.dispatch_twice,
+                    &mut ahead,
+                )
+                .await;
+            let n = match n {
+                Ok(n) => n,
+                Err(error) => {
+                    if let Some(ahead) = ahead.take() {
+                        ahead.page.abort();
+                    }
+                    return Err(error);
+                }
+            };
             progress(rebuild.n_events, total.max(rebuild.n_events));
             if n == 0 {
                 return Ok((live, rebuild));
@@ -599,7 +695,7 @@ impl EventStore {
         let mut conn = session.conn();
         conn.lock_head().await?;
         while self
-            .rebuild_batch(&mut conn, &mut rebuild, false, true)
+            .rebuild_batch(&mut conn, &mut rebuild, false, true, None)
             .await?
             .is_some_and(|n| n > 0)
         {}
@@ -670,7 +766,7 @@ impl EventStore {
         session.begin_read_only().await?;
         let mut conn = session.conn();
         while self
-            .rebuild_batch(&mut conn, &mut rebuild, options.dispatch_twice, true)
+            .rebuild_batch(&mut conn, &mut rebuild, options.dispatch_twice, true, None)
             .await?
             .is_some_and(|n| n > 0)
         {}

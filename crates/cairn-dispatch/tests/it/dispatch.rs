@@ -600,6 +600,55 @@ async fn dual_write(
 }
 
 backend_test!(
+    a_replay_of_many_pages_applies_every_event_once_in_order,
+    |t: TestDb| async move {
+        // More events than several replay pages hold, so that each page after the first
+        // is one read ahead while the one before it was applied.
+        let store = store(&t, registry()).await?;
+        let streams: Vec<StreamId> = (0..12).map(|_| StreamId::new_v7()).collect();
+        for round in 0..11 {
+            for (s, id) in streams.iter().enumerate() {
+                let events = (0..100)
+                    .map(|n| {
+                        let name = format!("w{s}-{round}-{n}");
+                        event("widget.created", json!({ "name": name }))
+                    })
+                    .collect();
+                store.append(append_to("widget", *id, events)).await?;
+            }
+        }
+        // A direct write the replay must undo.
+        dual_write(
+            &t,
+            "UPDATE widgets SET name = 'rogue' WHERE id = $1",
+            args![streams[3]],
+        )
+        .await?;
+        let replayed = store
+            .replay(cairn_dispatch::ReplayOptions::default(), &mut |_, _| {})
+            .await?;
+        assert_eq!(
+            (replayed.n_events, replayed.n_applied, replayed.n_failed),
+            (13_200, 13_200, 0)
+        );
+        // Each widget holds its stream's last event: the pages were applied in order.
+        for (s, id) in streams.iter().enumerate() {
+            assert_eq!(
+                widget(&t, *id).await?,
+                Some((format!("w{s}-10-99"), None, 1100)),
+                "widget {s}"
+            );
+        }
+        let verified = store
+            .verify_projections(VerifyOptions::default(), &mut |_, _| {})
+            .await?;
+        assert!(verified.is_clean(), "{:?}", verified.drift);
+        assert_eq!(verified.n_events, 13_200);
+        Ok(())
+    }
+);
+
+backend_test!(
     replay_verify_catches_a_direct_projection_write,
     |t: TestDb| async move {
         let store = store(&t, registry()).await?;
