@@ -197,6 +197,25 @@ struct RestoreOutput<'a> {
     backup: &'a BackupMark,
 }
 
+/// Prints what a restore did: as JSON, or `done` with the head and what to check next.
+fn print_restored(json: bool, output: &RestoreOutput<'_>, done: &str) -> anyhow::Result<()> {
+    if json {
+        return ui::print_json(output);
+    }
+    outln!(
+        "{} {done}: head at position {} (hash {})\n  {}",
+        style("✓").green().bold(),
+        output.head,
+        output.head_hash,
+        style(
+            "check it: cairn replay --verify, and cairn audit verify --checkpoint-dir DIR \
+             (checkpoints signed after the backup are reported as beyond the restored log)"
+        )
+        .dim()
+    );
+    Ok(())
+}
+
 pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(target) = sqlite_path(url) else {
         return postgres::restore(url, &args).await;
@@ -240,30 +259,18 @@ pub async fn restore(url: &str, args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::Error::new(e.error))
         .with_context(|| format!("moving the restored database to {}", target.display()))?;
 
-    if args.json.json {
-        ui::print_json(&RestoreOutput {
+    print_restored(
+        args.json.json,
+        &RestoreOutput {
             from,
             database: url,
             head: head.last_position,
             head_hash: &head.last_hash,
             replaced_events,
             backup: &mark,
-        })?;
-    } else {
-        outln!(
-            "{} restored {} to {}: head at position {} (hash {})\n  {}",
-            style("✓").green().bold(),
-            from.display(),
-            target.display(),
-            head.last_position,
-            head.last_hash,
-            style(
-                "check it: cairn replay --verify, and cairn audit verify --checkpoint-dir DIR \
-                 (checkpoints signed after the backup are reported as beyond the restored log)"
-            )
-            .dim()
-        );
-    }
+        },
+        &format!("restored {} to {}", from.display(), target.display()),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

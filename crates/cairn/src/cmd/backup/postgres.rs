@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use cairn_log::{AuditKey, Checkpoint, Db, DbOptions};
 
-use super::{RestoreOutput, ensure_known};
+use super::{RestoreOutput, ensure_known, print_restored};
 use crate::app;
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::cmd::audit::{Signed, Target, Walk, sign_head};
@@ -360,30 +360,22 @@ pub(super) async fn restore(url: &str, args: &RestoreArgs) -> anyhow::Result<Exi
     db.close().await;
     let (head, mark) = recorded?;
 
-    if args.json.json {
-        ui::print_json(&RestoreOutput {
+    print_restored(
+        args.json.json,
+        &RestoreOutput {
             from,
             database: url,
             head: head.last_position,
             head_hash: &head.last_hash,
             replaced_events: 0,
             backup: &mark,
-        })?;
-    } else {
-        outln!(
-            "{} loaded {} with psql in {}: head at position {} (hash {})\n  {}",
-            style("✓").green().bold(),
+        },
+        &format!(
+            "loaded {} with psql in {}",
             from.display(),
-            ui::duration(took),
-            head.last_position,
-            head.last_hash,
-            style(
-                "check it: cairn replay --verify, and cairn audit verify --checkpoint-dir DIR \
-                 (checkpoints signed after the backup are reported as beyond the restored log)"
-            )
-            .dim()
-        );
-    }
+            ui::duration(took)
+        ),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
