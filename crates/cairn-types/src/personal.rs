@@ -3,9 +3,11 @@
 //! back, it is the value, or a marker saying why the value is withheld.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IntoDeserializer, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::UserId;
@@ -22,7 +24,7 @@ pub const WITHHELD_KEY: &str = "withheld";
 /// [`Personal::Withheld`] when the person was erased (their key is gone) or the seal
 /// cannot be opened. [`Personal::Sealed`] is the stored form, seen only by readers of
 /// the raw log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Personal<T> {
     Known(T),
@@ -60,6 +62,104 @@ impl<T: std::fmt::Display> std::fmt::Display for Personal<T> {
             Personal::Known(value) => value.fmt(f),
             Personal::Withheld(withheld) => write!(f, "[{}]", withheld.withheld.as_str()),
             Personal::Sealed(_) => f.write_str("[sealed]"),
+        }
+    }
+}
+
+/// Read by the shape of what is there, without buffering it: a scalar or an array is
+/// the value; an object whose first key is `withheld` or `$sealed` is that marker
+/// (with no other key), and any other object is the value's.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PersonalVisitor(PhantomData))
+    }
+}
+
+struct PersonalVisitor<T>(PhantomData<T>);
+
+impl<T> PersonalVisitor<T> {
+    fn known<'de, E: de::Error>(value: impl IntoDeserializer<'de, E>) -> Result<Personal<T>, E>
+    where
+        T: Deserialize<'de>,
+    {
+        T::deserialize(value.into_deserializer()).map(Personal::Known)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for PersonalVisitor<T> {
+    type Value = Personal<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a personal field: its value, a withheld marker or a sealed envelope")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Self::known(de::value::BorrowedStrDeserializer::new(v))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Self::known(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Self::known(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Self::known(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Personal::Known)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let only = |map: &mut A, marker: &str| -> Result<(), A::Error> {
+            match map.next_key::<de::IgnoredAny>()? {
+                None => Ok(()),
+                Some(_) => Err(de::Error::custom(format!(
+                    "a {marker} marker has no other field"
+                ))),
+            }
+        };
+        let Some(first) = map.next_key::<String>()? else {
+            return T::deserialize(Value::Object(serde_json::Map::new()))
+                .map(Personal::Known)
+                .map_err(de::Error::custom);
+        };
+        match first.as_str() {
+            WITHHELD_KEY => {
+                let withheld = map.next_value::<WithheldReason>()?;
+                only(&mut map, "withheld")?;
+                Ok(Personal::Withheld(Withheld { withheld }))
+            }
+            SEALED_KEY => {
+                let sealed = map.next_value::<SealedField>()?;
+                only(&mut map, "sealed")?;
+                Ok(Personal::Sealed(Sealed { sealed }))
+            }
+            _ => {
+                // The value is an object itself: gathered, then read as the value.
+                let mut object = serde_json::Map::new();
+                object.insert(first, map.next_value::<Value>()?);
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    object.insert(key, value);
+                }
+                T::deserialize(Value::Object(object))
+                    .map(Personal::Known)
+                    .map_err(de::Error::custom)
+            }
         }
     }
 }
@@ -176,6 +276,42 @@ mod tests {
         .unwrap();
         assert!(matches!(sealed, Personal::Sealed(ref s) if s.sealed.subject == subject));
         assert_eq!(sealed.known(), None);
+    }
+
+    #[test]
+    fn each_shape_reads_as_what_it_is() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Pair {
+            a: u32,
+            b: u32,
+        }
+        let cases: Vec<(serde_json::Value, Option<Personal<Pair>>)> = vec![
+            (
+                serde_json::json!({"a": 1, "b": 2}),
+                Some(Personal::Known(Pair { a: 1, b: 2 })),
+            ),
+            (
+                serde_json::json!({"withheld": "unreadable"}),
+                Some(Personal::Withheld(Withheld {
+                    withheld: WithheldReason::Unreadable,
+                })),
+            ),
+            // A marker with anything else is neither a marker nor the value.
+            (serde_json::json!({"withheld": "erased", "a": 1}), None),
+            (serde_json::json!({"a": 1}), None),
+            (serde_json::json!("text"), None),
+        ];
+        for (json, expected) in cases {
+            let read = serde_json::from_value::<Personal<Pair>>(json.clone()).ok();
+            assert_eq!(read, expected, "{json}");
+        }
+        // Scalars and arrays are the value, read from text as from a value.
+        let names: Personal<Vec<String>> = serde_json::from_str(r#"["Ada", "Grace"]"#).unwrap();
+        assert_eq!(names.known().map(Vec::len), Some(2));
+        let n: Personal<u64> = serde_json::from_str("7").unwrap();
+        assert_eq!(n, Personal::Known(7));
+        let name: Personal<String> = serde_json::from_str(r#""Ada""#).unwrap();
+        assert_eq!(name, Personal::Known("Ada".to_owned()));
     }
 
     #[test]
