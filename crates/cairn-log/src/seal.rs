@@ -544,19 +544,43 @@ impl Keyring {
             subject,
             field: field.pointer.clone(),
         };
-        match self.cached(subject) {
-            Some(KeyState::Active(key)) => return Ok(key),
-            Some(KeyState::Erased) => return Err(erased()),
-            _ => {}
+        let cached = self.cached(subject);
+        if let Some(KeyState::Erased) = cached {
+            return Err(erased());
+        }
+        // Made, read or checked in this transaction: kept by the keyring once it
+        // commits, and meanwhile found again here by the transaction's later seals.
+        if let Some((_, key)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
+            return Ok(key.clone());
+        }
+        // The person's state is read in this transaction, under the head lock: a key
+        // cached as active may have been erased since, by another process or an
+        // earlier unit of this batch. An erasure takes the head lock to append its
+        // event and scrub the projections, so it either committed before this read,
+        // which then sees it, or scrubs after this transaction commits.
+        tx.lock_head().await?;
+        if let Some(KeyState::Active(key)) = cached {
+            let row = tx
+                .conn()
+                .fetch_optional(
+                    "SELECT state FROM subject_keys WHERE subject_id = $1",
+                    args![subject],
+                )
+                .await?;
+            if row
+                .map(|row| row.get::<String>("state"))
+                .transpose()?
+                .as_deref()
+                == Some("erased")
+            {
+                return Err(erased());
+            }
+            tx.log.sealed_keys.push((subject, key.clone()));
+            return Ok(key);
         }
         let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
             field: field.pointer.clone(),
         })?;
-        // Made or read in this transaction: kept by the keyring once it commits, and
-        // meanwhile found again here by the transaction's later seals.
-        if let Some((_, key)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
-            return Ok(key.clone());
-        }
         let read = self.read_rows(&mut tx.conn(), &[subject]).await?;
         match read.get(&subject).cloned().unwrap_or(KeyState::Absent) {
             KeyState::Active(key) => {

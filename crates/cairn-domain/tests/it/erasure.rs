@@ -343,72 +343,89 @@ backend_test!(
     }
 );
 
+/// Another process seals for a person, so it holds her key; she is erased; after
+/// `wait`, that process is asked to seal for her again, and refuses.
+async fn another_process_refuses_to_seal_after(
+    t: TestDb,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    let outbox = tempfile::tempdir()?;
+    let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+    let w = world(t, mailer, Arc::new(SystemClock)).await?;
+    let ctx = admin_actor();
+    let accepted = w.domain.bootstrap(&ctx, &request()).await?;
+    w.domain.engine().run_until_idle().await?;
+    let mut reader = w.t.db().reader().await?;
+    let users = queries::users(
+        &mut reader.conn(),
+        accepted.org_id,
+        queries::Page {
+            after: None,
+            limit: 10,
+        },
+    )
+    .await?;
+    drop(reader);
+    let rosalind = users
+        .iter()
+        .find(|user| user.email == EMAIL)
+        .expect("the invitee is a user")
+        .id;
+
+    // Another process seals for her, so it holds her key.
+    let other =
+        cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
+    let about_her = || {
+        let invited = cairn_domain::events::UserInvited {
+            org_id: accepted.org_id,
+            email: cairn_domain::model::Email::parse(EMAIL)
+                .expect("valid")
+                .into(),
+            name: cairn_domain::model::Name::parse(NAME)
+                .expect("valid")
+                .into(),
+            roles: vec![cairn_domain::model::Role::Viewer],
+            invitation_id: cairn_types::InvitationId::new_v7(),
+            invited_by: None,
+        };
+        let mut metadata = cairn_types::Metadata::new();
+        metadata.org_id = Some(accepted.org_id);
+        cairn_log::AppendRequest::new(
+            cairn_types::StreamType::parse("user").expect("a stream type"),
+            rosalind.into(),
+            vec![cairn_dispatch::EventPayload::to_event(&invited, metadata)],
+        )
+    };
+    other.append(about_her()).await?;
+
+    w.domain.erase_subject(&ctx, rosalind, "asked").await?;
+    tokio::time::sleep(wait).await;
+    let refused = other.append(about_her()).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(cairn_log::AppendError::Seal {
+                error: cairn_log::SealError::Erased { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
 backend_test!(
     another_process_learns_of_an_erasure_and_refuses_to_seal_for_that_person_again,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-        let w = world(t, mailer, Arc::new(SystemClock)).await?;
-        let ctx = admin_actor();
-        let accepted = w.domain.bootstrap(&ctx, &request()).await?;
-        w.domain.engine().run_until_idle().await?;
-        let mut reader = w.t.db().reader().await?;
-        let users = queries::users(
-            &mut reader.conn(),
-            accepted.org_id,
-            queries::Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await?;
-        drop(reader);
-        let rosalind = users
-            .iter()
-            .find(|user| user.email == EMAIL)
-            .expect("the invitee is a user")
-            .id;
+        // It hears of the new head and forgets her key.
+        another_process_refuses_to_seal_after(t, std::time::Duration::from_millis(1500)).await
+    }
+);
 
-        // Another process seals for her, so it holds her key.
-        let other =
-            cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
-        let about_her = || {
-            let invited = cairn_domain::events::UserInvited {
-                org_id: accepted.org_id,
-                email: cairn_domain::model::Email::parse(EMAIL)
-                    .expect("valid")
-                    .into(),
-                name: cairn_domain::model::Name::parse(NAME)
-                    .expect("valid")
-                    .into(),
-                roles: vec![cairn_domain::model::Role::Viewer],
-                invitation_id: cairn_types::InvitationId::new_v7(),
-                invited_by: None,
-            };
-            let mut metadata = cairn_types::Metadata::new();
-            metadata.org_id = Some(accepted.org_id);
-            cairn_log::AppendRequest::new(
-                cairn_types::StreamType::parse("user").expect("a stream type"),
-                rosalind.into(),
-                vec![cairn_dispatch::EventPayload::to_event(&invited, metadata)],
-            )
-        };
-        other.append(about_her()).await?;
-
-        w.domain.erase_subject(&ctx, rosalind, "asked").await?;
-        // The other process hears of the new head and forgets her key.
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let refused = other.append(about_her()).await;
-        assert!(
-            matches!(
-                &refused,
-                Err(cairn_log::AppendError::Seal {
-                    error: cairn_log::SealError::Erased { .. },
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
-        Ok(())
+backend_test!(
+    a_process_that_has_not_heard_of_an_erasure_yet_refuses_to_seal_for_that_person,
+    |t: TestDb| async move {
+        // Its cache still holds her key: the seal reads her state in its transaction.
+        another_process_refuses_to_seal_after(t, std::time::Duration::ZERO).await
     }
 );
