@@ -155,7 +155,16 @@ pub struct VerifyOptions {
 /// small enough that PostgreSQL's row version chains stay short.
 const BATCH: u32 = 5_000;
 
-/// A page being read, upcast and opened ahead of the one being applied.
+/// The page of the log a replay applies next: up to [`BATCH`] events after `after`.
+fn page_after(after: Position) -> EventFilter {
+    EventFilter {
+        after,
+        limit: Some(BATCH),
+        ..EventFilter::default()
+    }
+}
+
+/// A page being read and upcast ahead of the one being applied.
 struct ReadAhead {
     /// The position it reads after.
     after: Position,
@@ -464,12 +473,7 @@ impl EventStore {
         let page = tokio::spawn(async move {
             let mut reader = store.db().reader().await?;
             let mut conn = reader.conn();
-            let filter = EventFilter {
-                after,
-                limit: Some(BATCH),
-                ..EventFilter::default()
-            };
-            let mut events = conn.read_events(&filter).await?;
+            let mut events = conn.read_events(&page_after(after)).await?;
             store.upcast_only(&mut conn, &mut events).await?;
             Ok(events)
         });
@@ -517,12 +521,7 @@ impl EventStore {
         conn: &mut Conn<'_>,
         after: Position,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let filter = EventFilter {
-            after,
-            limit: Some(BATCH),
-            ..EventFilter::default()
-        };
-        let mut events = conn.read_events(&filter).await?;
+        let mut events = conn.read_events(&page_after(after)).await?;
         self.upcast_page(conn, &mut events).await?;
         Ok(events)
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cairn_dispatch::current_events;
 use cairn_domain::queries;
-use cairn_domain::{BootstrapRequest, CommandError};
+use cairn_domain::{BootstrapAccepted, BootstrapRequest, CommandContext, CommandError};
 use cairn_log::{Anchor, AnchorStatus, AuditKey, Backend, ChainCheck, EventFilter, args};
 use cairn_mail::OutboxMailer;
 use cairn_testkit::{TestDb, backend_test};
@@ -15,7 +15,7 @@ use cairn_types::UserId;
 use cairn_workflow::SystemClock;
 use serde_json::json;
 
-use crate::common::{admin_actor, assert_no_drift, world};
+use crate::common::{World, admin_actor, assert_no_drift, world};
 
 const EMAIL: &str = "rosalind.franklin@example.co.uk";
 const NAME: &str = "Rosalind Franklin";
@@ -103,6 +103,32 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Bootstraps the organization of `request()` and runs its workflows; returns it and
+/// the invitee's user id.
+async fn bootstrapped_invitee(
+    w: &World,
+    ctx: &CommandContext,
+) -> anyhow::Result<(BootstrapAccepted, UserId)> {
+    let accepted = w.domain.bootstrap(ctx, &request()).await?;
+    w.domain.engine().run_until_idle().await?;
+    let mut reader = w.t.db().reader().await?;
+    let users = queries::users(
+        &mut reader.conn(),
+        accepted.org_id,
+        queries::Page {
+            after: None,
+            limit: 10,
+        },
+    )
+    .await?;
+    let rosalind = users
+        .iter()
+        .find(|user| user.email == EMAIL)
+        .expect("the invitee is a user")
+        .id;
+    Ok((accepted, rosalind))
+}
+
 backend_test!(
     an_erased_person_leaves_no_byte_behind_and_the_chain_and_replay_still_verify,
     |t: TestDb| async move {
@@ -110,25 +136,7 @@ backend_test!(
         let mailer = Arc::new(OutboxMailer::new(outbox.path()));
         let w = world(t, mailer, Arc::new(SystemClock)).await?;
         let ctx = admin_actor();
-        let accepted = w.domain.bootstrap(&ctx, &request()).await?;
-        w.domain.engine().run_until_idle().await?;
-
-        let mut reader = w.t.db().reader().await?;
-        let users = queries::users(
-            &mut reader.conn(),
-            accepted.org_id,
-            queries::Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await?;
-        drop(reader);
-        let rosalind = users
-            .iter()
-            .find(|user| user.email == EMAIL)
-            .expect("the invitee is a user")
-            .id;
+        let (_, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
 
         // Sealed in the log from the start: the projections and the outbox have it,
         // the events do not.
@@ -353,24 +361,7 @@ async fn another_process_refuses_to_seal_after(
     let mailer = Arc::new(OutboxMailer::new(outbox.path()));
     let w = world(t, mailer, Arc::new(SystemClock)).await?;
     let ctx = admin_actor();
-    let accepted = w.domain.bootstrap(&ctx, &request()).await?;
-    w.domain.engine().run_until_idle().await?;
-    let mut reader = w.t.db().reader().await?;
-    let users = queries::users(
-        &mut reader.conn(),
-        accepted.org_id,
-        queries::Page {
-            after: None,
-            limit: 10,
-        },
-    )
-    .await?;
-    drop(reader);
-    let rosalind = users
-        .iter()
-        .find(|user| user.email == EMAIL)
-        .expect("the invitee is a user")
-        .id;
+    let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
 
     // Another process seals for her, so it holds her key.
     let other =
