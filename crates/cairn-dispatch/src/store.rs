@@ -8,9 +8,9 @@ use serde_json::Value;
 use futures::StreamExt as _;
 
 use cairn_log::{
-    AppendError, AppendRequest, Db, DbError, EventFilter, HoldCause, NewEvent, Outcome, Prepared,
-    ReadError, RecordedEvent, SealError, SealPlace, SpanKind, SpanRecord, StreamHold, Tx,
-    WriteOptions, args,
+    AppendError, AppendRequest, Db, DbError, EventFilter, HoldCause, NewEvent, Outcome,
+    PersonalField, Prepared, ReadError, RecordedEvent, SealError, SealPlace, SealedAhead, SpanKind,
+    SpanRecord, StreamHold, Tx, WriteOptions, args,
 };
 use cairn_types::{
     Actor, CorrelationId, ErrorCode, EventId, EventType, Metadata, Position, Reason, StreamId,
@@ -152,13 +152,19 @@ impl EventStore {
         options: WriteOptions,
         request: AppendRequest,
     ) -> Result<Appended, AppendError> {
+        // Checked, and sealed where this process holds the keys, on the caller's task:
+        // the writer, which runs one unit at a time, only confirms the keys.
+        let mut request = request;
+        self.check_payloads(&mut request)?;
+        let ahead: Arc<[Option<SealedAhead>]> = self.seal_ahead(&request)?.into();
         let store = self.clone();
         let streams = [request.stream_id];
         self.db
             .write_to(options, &streams, move |tx| {
                 let store = store.clone();
                 let request = request.clone();
-                Box::pin(async move { store.append_in(tx, request).await })
+                let ahead = ahead.clone();
+                Box::pin(async move { store.append_checked(tx, request, &ahead, false).await })
             })
             .await
     }
@@ -197,7 +203,19 @@ impl EventStore {
     ) -> Result<Appended, AppendError> {
         let mut request = request;
         self.check_payloads(&mut request)?;
-        let plain = self.seal(tx, &mut request).await?;
+        self.append_checked(tx, request, &[], require_applied).await
+    }
+
+    /// [`EventStore::append_dispatched`] of a request whose payloads were checked, with
+    /// the personal fields sealed `ahead` of the transaction, if any.
+    async fn append_checked(
+        &self,
+        tx: &mut Tx,
+        mut request: AppendRequest,
+        ahead: &[Option<SealedAhead>],
+        require_applied: bool,
+    ) -> Result<Appended, AppendError> {
+        let plain = self.seal(tx, &mut request, ahead).await?;
         let mut pending = match tx.prepare_append(request).await? {
             Prepared::Repeat(events) => {
                 let events = events
@@ -346,41 +364,28 @@ impl EventStore {
     /// Seals the personal fields of each event in place, under their people's data
     /// keys (made in this transaction for people who have none). Returns each event's
     /// payload as given, for the handlers, where anything was sealed.
+    /// `ahead` holds what [`EventStore::seal_ahead`] sealed of them, if anything.
     async fn seal(
         &self,
         tx: &mut Tx,
         request: &mut AppendRequest,
+        ahead: &[Option<SealedAhead>],
     ) -> Result<Vec<Option<Value>>, AppendError> {
-        let registry = self.dispatcher.registry();
         let mut plain = Vec::new();
         for (index, event) in request.events.iter_mut().enumerate() {
-            let Some(spec) = registry.spec(&event.event_type) else {
+            let Some(fields) = self.personal_fields(index, request.stream_id, event)? else {
                 plain.push(None);
                 continue;
             };
-            if spec.personal.is_empty() || event.version != Some(spec.version) {
-                plain.push(None);
-                continue;
-            }
-            let fields =
-                crate::spec::personal_fields(spec.personal, request.stream_id, &event.data)
-                    .map_err(|reason| AppendError::InvalidData {
-                        index,
-                        event_type: event.event_type.clone(),
-                        reason,
-                    })?;
-            if fields.is_empty() {
-                plain.push(None);
-                continue;
-            }
             let given = event.data.clone();
             let place = SealPlace {
                 event_type: event.event_type.as_str(),
                 stream_id: request.stream_id,
             };
+            let ahead = ahead.get(index).and_then(Option::as_ref);
             self.db
                 .keyring()
-                .seal_in(tx, place, &mut event.data, &fields)
+                .seal_in(tx, place, &mut event.data, &fields, ahead)
                 .await
                 .map_err(|error| match error {
                     SealError::Database(error) => AppendError::Database(error),
@@ -393,6 +398,49 @@ impl EventStore {
             plain.push(Some(given));
         }
         Ok(plain)
+    }
+
+    /// Seals the personal fields of each event of a checked request with the keys this
+    /// process holds, outside any transaction (`None` for an event it cannot seal so).
+    fn seal_ahead(&self, request: &AppendRequest) -> Result<Vec<Option<SealedAhead>>, AppendError> {
+        let mut ahead = Vec::with_capacity(request.events.len());
+        for (index, event) in request.events.iter().enumerate() {
+            let sealed = self
+                .personal_fields(index, request.stream_id, event)?
+                .and_then(|fields| {
+                    let place = SealPlace {
+                        event_type: event.event_type.as_str(),
+                        stream_id: request.stream_id,
+                    };
+                    self.db.keyring().seal_ahead(place, &event.data, &fields)
+                });
+            ahead.push(sealed);
+        }
+        Ok(ahead)
+    }
+
+    /// The personal fields of a checked event, if its payload type has any and it
+    /// names them.
+    fn personal_fields(
+        &self,
+        index: usize,
+        stream_id: StreamId,
+        event: &NewEvent,
+    ) -> Result<Option<Vec<PersonalField>>, AppendError> {
+        let Some(spec) = self.dispatcher.registry().spec(&event.event_type) else {
+            return Ok(None);
+        };
+        if spec.personal.is_empty() || event.version != Some(spec.version) {
+            return Ok(None);
+        }
+        let fields = crate::spec::personal_fields(spec.personal, stream_id, &event.data).map_err(
+            |reason| AppendError::InvalidData {
+                index,
+                event_type: event.event_type.clone(),
+                reason,
+            },
+        )?;
+        Ok((!fields.is_empty()).then_some(fields))
     }
 
     /// Refuses events whose payload does not fit the registered payload type at the

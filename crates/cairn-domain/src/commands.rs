@@ -1433,7 +1433,7 @@ impl Command for Erase {
                 .store
                 .db()
                 .keyring()
-                .erase_in(&mut tx.conn(), self.user_id, stored)
+                .erase_in(tx, self.user_id, stored)
                 .await?;
             match erasure {
                 cairn_log::Erasure::Already { receipt } => {

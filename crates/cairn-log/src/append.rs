@@ -612,8 +612,8 @@ impl Conn<'_> {
         let sql = dialect(
             self.backend(),
             // BEGIN IMMEDIATE already holds SQLite's one write lock.
-            "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1",
-            "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE",
+            "SELECT last_position, last_hash, failed_events, controls, erasures FROM log_head WHERE id = 1",
+            "SELECT last_position, last_hash, failed_events, controls, erasures FROM log_head WHERE id = 1 FOR UPDATE",
         );
         let row = self.fetch_one(sql, args![]).await?;
         head_from_row(&row)

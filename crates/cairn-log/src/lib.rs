@@ -78,7 +78,7 @@ pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};
 pub use seal::{
     Erasure, Kek, KekError, KekMismatch, KeySet, Keyring, PersonalField, RotateError, SealError,
-    SealFault, SealPlace, SubjectState,
+    SealFault, SealPlace, SealedAhead, SubjectState,
 };
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
 pub use value::{Arg, Backend, IntoArg, Sql, dialect};

@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0009_backups.sql"),
         postgres: include_str!("schema/postgres/0009_backups.sql"),
     },
+    Migration {
+        id: "log/0010_erasure_counter",
+        sqlite: include_str!("schema/sqlite/0010_erasure_counter.sql"),
+        postgres: include_str!("schema/postgres/0010_erasure_counter.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -169,6 +169,9 @@ pub struct Head {
     /// before the first): whoever caches the paused routes reads them again when it
     /// changes.
     pub controls: String,
+    /// How many people were ever erased: a process that caches data keys trusts them
+    /// only while it has learnt of as many erasures as this.
+    pub erasures: i64,
 }
 
 pub(crate) fn head_from_row(row: &Row) -> Result<Head, DbError> {
@@ -177,6 +180,7 @@ pub(crate) fn head_from_row(row: &Row) -> Result<Head, DbError> {
         last_hash: row.get("last_hash")?,
         failed_events: row.get("failed_events")?,
         controls: row.get("controls")?,
+        erasures: row.get("erasures")?,
     })
 }
 
@@ -220,7 +224,7 @@ impl Conn<'_> {
     pub async fn head(&mut self) -> Result<Head, DbError> {
         let row = self
             .fetch_one(
-                "SELECT last_position, last_hash, failed_events, controls FROM log_head WHERE id = 1",
+                "SELECT last_position, last_hash, failed_events, controls, erasures FROM log_head WHERE id = 1",
                 args![],
             )
             .await?;

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use base64::Engine as _;
@@ -199,6 +200,25 @@ fn seal_bytes(key: &Key, aad: &[u8], plaintext: &[u8]) -> Result<String, SealErr
     Ok(B64.encode(out))
 }
 
+/// The sealed envelope of one personal field's `value`.
+fn seal_field(
+    key: &Key,
+    place: SealPlace<'_>,
+    field: &PersonalField,
+    value: &Value,
+) -> Result<Value, SealError> {
+    let plaintext = serde_json::to_vec(value)
+        .map_err(|e| SealError::Randomness(format!("cannot encode the field: {e}")))?;
+    let sealed = seal_bytes(key, &place.aad(&field.pointer, field.subject), &plaintext)?;
+    Ok(serde_json::json!({
+        SEALED_KEY: SealedField {
+            subject: field.subject,
+            field: field.pointer.clone(),
+            data: sealed,
+        }
+    }))
+}
+
 fn open_bytes(key: &Key, aad: &[u8], data: &str) -> Option<Vec<u8>> {
     let bytes = B64.decode(data).ok()?;
     if bytes.len() < NONCE_LEN {
@@ -240,6 +260,38 @@ impl SealPlace<'_> {
 pub struct PersonalField {
     pub pointer: String,
     pub subject: UserId,
+}
+
+/// An event's payload with its personal fields sealed ahead of its transaction
+/// ([`Keyring::seal_ahead`]), and the keys they were sealed with.
+#[derive(Clone)]
+pub struct SealedAhead {
+    data: Value,
+    keys: Vec<(UserId, DataKey)>,
+}
+
+impl SealedAhead {
+    /// Whether these are the fields and keys it was sealed for and with.
+    fn sealed_with(&self, keys: &[(&PersonalField, DataKey)]) -> bool {
+        keys.len() == self.keys.len()
+            && keys
+                .iter()
+                .zip(&self.keys)
+                .all(|((field, key), (subject, ahead))| {
+                    field.subject == *subject && Arc::ptr_eq(key, ahead)
+                })
+    }
+}
+
+impl std::fmt::Debug for SealedAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedAhead")
+            .field(
+                "subjects",
+                &self.keys.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why personal data was not sealed.
@@ -330,6 +382,11 @@ pub enum Erasure {
 pub struct Keyring {
     kek: RwLock<Option<Arc<Kek>>>,
     cache: Mutex<HashMap<UserId, KeyState>>,
+    /// The number of the last erasure this process has learnt of: every person erased
+    /// by it or an earlier one is `Erased` in the cache, or was read after their
+    /// erasure. A cached key is trusted for sealing only while the head's count of
+    /// erasures is no greater.
+    learnt_erasures: AtomicI64,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -381,13 +438,21 @@ impl Keyring {
             .cloned()
     }
 
-    /// Keeps keys a committed transaction sealed with (never over an erasure learnt).
-    pub(crate) fn remember(&self, keys: &[(UserId, DataKey)]) {
+    /// Keeps keys a committed transaction sealed with (never over an erasure learnt),
+    /// and learns the erasures (`None`) it committed.
+    pub(crate) fn remember(&self, keys: &[(UserId, Option<DataKey>)]) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         for (subject, key) in keys {
-            cache
-                .entry(*subject)
-                .or_insert_with(|| KeyState::Active(key.clone()));
+            match key {
+                Some(key) => {
+                    cache
+                        .entry(*subject)
+                        .or_insert_with(|| KeyState::Active(key.clone()));
+                }
+                None => {
+                    cache.insert(*subject, KeyState::Erased);
+                }
+            }
         }
     }
 
@@ -398,6 +463,44 @@ impl Keyring {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty()
+    }
+
+    /// How many erasures this process has learnt of (counted since the database's
+    /// first): the number of the last one.
+    pub fn erasures_learnt(&self) -> i64 {
+        self.learnt_erasures.load(Ordering::Acquire)
+    }
+
+    /// Whether this process has learnt of every erasure up to the `erasures`th.
+    fn has_learnt(&self, erasures: i64) -> bool {
+        self.learnt_erasures.load(Ordering::Acquire) >= erasures
+    }
+
+    /// Learns of the erasures committed since the last one this process learnt of:
+    /// their people are forgotten, and then their count is recorded.
+    async fn learn_erasures(&self, pools: &crate::backend::Pools) -> Result<(), DbError> {
+        let learnt = self.learnt_erasures.load(Ordering::Acquire);
+        let mut reader = crate::db::Reader::new(pools.reader().await?);
+        let mut conn = reader.conn();
+        let count: i64 = conn
+            .fetch_one("SELECT erasures FROM log_head WHERE id = 1", Vec::new())
+            .await?
+            .get("erasures")?;
+        if count <= learnt {
+            return Ok(());
+        }
+        // Read after the count: every erasure it counts has committed, and is found.
+        let rows = conn
+            .fetch_all(
+                "SELECT subject_id FROM subject_keys WHERE erasure_seq > $1",
+                args![learnt],
+            )
+            .await?;
+        for row in rows {
+            self.forget(row.get("subject_id")?);
+        }
+        self.learnt_erasures.fetch_max(count, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Remembers that `subject` was erased (after the erasure committed).
@@ -500,15 +603,21 @@ impl Keyring {
     /// Seals `fields` of `data` in place, inside the write transaction that stores the
     /// event. A person with no data key gets one, in the same transaction. Refuses a
     /// person who was erased.
+    ///
+    /// `ahead`, the same fields sealed by [`Keyring::seal_ahead`] before the
+    /// transaction, is taken as it is when every key it was sealed with is still the
+    /// person's key to seal with; otherwise the fields are sealed here.
     pub async fn seal_in(
         &self,
         tx: &mut crate::Tx,
         place: SealPlace<'_>,
         data: &mut Value,
         fields: &[PersonalField],
+        ahead: Option<&SealedAhead>,
     ) -> Result<(), SealError> {
+        let mut keys = Vec::with_capacity(fields.len());
         for field in fields {
-            let Some(value) = data.pointer_mut(&field.pointer) else {
+            let Some(value) = data.pointer(&field.pointer) else {
                 continue;
             };
             if value.is_null() {
@@ -519,19 +628,50 @@ impl Keyring {
                     field: field.pointer.clone(),
                 });
             }
-            let key = self.key_for_sealing(tx, field).await?;
-            let plaintext = serde_json::to_vec(value)
-                .map_err(|e| SealError::Randomness(format!("cannot encode the field: {e}")))?;
-            let sealed = seal_bytes(&key, &place.aad(&field.pointer, field.subject), &plaintext)?;
-            *value = serde_json::json!({
-                SEALED_KEY: SealedField {
-                    subject: field.subject,
-                    field: field.pointer.clone(),
-                    data: sealed,
-                }
-            });
+            keys.push((field, self.key_for_sealing(tx, field).await?));
+        }
+        if let Some(ahead) = ahead
+            && ahead.sealed_with(&keys)
+        {
+            data.clone_from(&ahead.data);
+            return Ok(());
+        }
+        for (field, key) in keys {
+            if let Some(value) = data.pointer_mut(&field.pointer) {
+                *value = seal_field(&key, place, field, value)?;
+            }
         }
         Ok(())
+    }
+
+    /// Seals `fields` of a copy of `data` before any transaction, with the keys this
+    /// process holds, so that the writer need not: `None` when it lacks one of them,
+    /// or when there is nothing to seal. Whether those keys may still be sealed with
+    /// is known only in the transaction that stores the event: [`Keyring::seal_in`]
+    /// checks it, and seals anew when they may not.
+    pub fn seal_ahead(
+        &self,
+        place: SealPlace<'_>,
+        data: &Value,
+        fields: &[PersonalField],
+    ) -> Option<SealedAhead> {
+        let mut sealed = data.clone();
+        let mut keys: Vec<(UserId, DataKey)> = Vec::with_capacity(fields.len());
+        for field in fields {
+            let value = sealed.pointer_mut(&field.pointer)?;
+            if value.is_null() {
+                continue;
+            }
+            if value.get(SEALED_KEY).is_some() {
+                return None;
+            }
+            let Some(KeyState::Active(key)) = self.cached(field.subject) else {
+                return None;
+            };
+            *value = seal_field(&key, place, field, value).ok()?;
+            keys.push((field.subject, key));
+        }
+        (!keys.is_empty()).then_some(SealedAhead { data: sealed, keys })
     }
 
     async fn key_for_sealing(
@@ -548,18 +688,25 @@ impl Keyring {
         if let Some(KeyState::Erased) = cached {
             return Err(erased());
         }
-        // Made, read or checked in this transaction: kept by the keyring once it
-        // commits, and meanwhile found again here by the transaction's later seals.
+        // Made, read or checked in this transaction (or erased by it): kept by the
+        // keyring once it commits, and meanwhile found again here by the transaction's
+        // later seals.
         if let Some((_, key)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
-            return Ok(key.clone());
+            return key.clone().ok_or_else(erased);
         }
-        // The person's state is read in this transaction, under the head lock: a key
-        // cached as active may have been erased since, by another process or an
-        // earlier unit of this batch. An erasure takes the head lock to append its
-        // event and scrub the projections, so it either committed before this read,
-        // which then sees it, or scrubs after this transaction commits.
-        tx.lock_head().await?;
+        // A key cached as active may have been erased since, by another process or an
+        // earlier unit of this batch. An erasure counts itself in the head, under the
+        // head lock, where it appends its event and scrubs the projections: so it
+        // either committed before this transaction took the lock, and the count read
+        // with the lock says whether this process has learnt of it, or it scrubs after
+        // this transaction commits. When the count says the cache may be stale, the
+        // person's state is read in this transaction.
+        let head = tx.lock_head().await?;
         if let Some(KeyState::Active(key)) = cached {
+            if self.has_learnt(head.erasures) {
+                tx.log.sealed_keys.push((subject, Some(key.clone())));
+                return Ok(key);
+            }
             let row = tx
                 .conn()
                 .fetch_optional(
@@ -575,7 +722,7 @@ impl Keyring {
             {
                 return Err(erased());
             }
-            tx.log.sealed_keys.push((subject, key.clone()));
+            tx.log.sealed_keys.push((subject, Some(key.clone())));
             return Ok(key);
         }
         let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
@@ -584,7 +731,7 @@ impl Keyring {
         let read = self.read_rows(&mut tx.conn(), &[subject]).await?;
         match read.get(&subject).cloned().unwrap_or(KeyState::Absent) {
             KeyState::Active(key) => {
-                tx.log.sealed_keys.push((subject, key.clone()));
+                tx.log.sealed_keys.push((subject, Some(key.clone())));
                 Ok(key)
             }
             KeyState::Erased => Err(erased()),
@@ -609,7 +756,7 @@ impl Keyring {
                     });
                 }
                 let key = Arc::new(key);
-                tx.log.sealed_keys.push((subject, key.clone()));
+                tx.log.sealed_keys.push((subject, Some(key.clone())));
                 Ok(key)
             }
         }
@@ -642,7 +789,7 @@ impl Keyring {
                     continue;
                 }
             };
-            let opened = match serde_json::from_value::<SealedField>(envelope.clone()) {
+            let opened = match <SealedField as serde::Deserialize>::deserialize(envelope) {
                 Err(e) => Err(format!("its envelope is malformed: {e}")),
                 Ok(sealed) => match keys.keys.get(&sealed.subject) {
                     Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
@@ -689,10 +836,12 @@ impl Keyring {
     /// the transaction has committed.
     pub async fn erase_in(
         &self,
-        conn: &mut Conn<'_>,
+        tx: &mut crate::Tx,
         subject: UserId,
         receipt: Value,
     ) -> Result<Erasure, DbError> {
+        let head = tx.lock_head().await?;
+        let mut conn = tx.conn();
         let existing = conn
             .fetch_optional(
                 "SELECT state, erasure FROM subject_keys WHERE subject_id = $1",
@@ -700,29 +849,40 @@ impl Keyring {
             )
             .await?;
         let now = Utc::now();
+        // This erasure's number: processes that cache keys learn of it by it.
+        let seq = head.erasures + 1;
         match existing {
-            Some(row) if row.get::<String>("state")? == "erased" => Ok(Erasure::Already {
-                receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
-            }),
+            Some(row) if row.get::<String>("state")? == "erased" => {
+                return Ok(Erasure::Already {
+                    receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
+                });
+            }
             Some(_) => {
                 conn.execute(
                     "UPDATE subject_keys SET state = 'erased', kek_id = NULL, wrapped = NULL, \
-                     erased_at = $2, erasure = $3 WHERE subject_id = $1",
-                    args![subject, now, receipt.clone()],
+                     erased_at = $2, erasure = $3, erasure_seq = $4 WHERE subject_id = $1",
+                    args![subject, now, receipt.clone(), seq],
                 )
                 .await?;
-                Ok(Erasure::Erased { receipt })
             }
             None => {
                 conn.execute(
-                    "INSERT INTO subject_keys (subject_id, state, created_at, erased_at, erasure) \
-                     VALUES ($1, 'erased', $2, $2, $3)",
-                    args![subject, now, receipt.clone()],
+                    "INSERT INTO subject_keys (subject_id, state, created_at, erased_at, erasure, \
+                     erasure_seq) VALUES ($1, 'erased', $2, $2, $3, $4)",
+                    args![subject, now, receipt.clone(), seq],
                 )
                 .await?;
-                Ok(Erasure::Erased { receipt })
             }
         }
+        conn.execute("UPDATE log_head SET erasures = $1 WHERE id = 1", args![seq])
+            .await?;
+        if let Some(head) = tx.log.head.as_mut() {
+            head.erasures = seq;
+        }
+        // A seal later in this transaction (a later unit of the writer's batch) finds
+        // it erased, though an earlier one found their key.
+        tx.log.sealed_keys.push((subject, None));
+        Ok(Erasure::Erased { receipt })
     }
 
     /// Where `subject` stands.
@@ -805,6 +965,12 @@ impl Db {
         let rows = conn
             .fetch_all("SELECT kek_id, state FROM pii_keys", Vec::new())
             .await?;
+        // Every erasure counted here has committed: a key read once the key-encryption
+        // key is in place, which is after this, knows of it.
+        let erasures: i64 = conn
+            .fetch_one("SELECT erasures FROM log_head WHERE id = 1", Vec::new())
+            .await?
+            .get("erasures")?;
         tx.commit().await?;
         let mut current = None;
         let mut retired = false;
@@ -830,18 +996,25 @@ impl Db {
                 },
             });
         }
-        *self
-            .keyring_ref()
-            .kek
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(kek));
+        let keyring = self.keyring_ref();
+        let mut slot = keyring.kek.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            // No key was unwrapped before this: the cache holds none read before the
+            // count. (Given again, the watcher learns the count as usual.)
+            keyring
+                .learnt_erasures
+                .fetch_max(erasures, Ordering::AcqRel);
+        }
+        *slot = Some(Arc::new(kek));
+        drop(slot);
         self.watch_erasures();
         Ok(())
     }
 
     /// Learns of erasures other processes commit: on every new head (debounced), the
-    /// people erased lately are forgotten by this process's keyring, so that it stops
-    /// sealing under a key the erasure destroyed and reads them as erased.
+    /// people erased since the last erasure this process learnt of are forgotten by
+    /// its keyring, so that it reads them as erased, and its cached keys are trusted
+    /// for sealing again.
     fn watch_erasures(&self) {
         let mut heads = self.head_watch();
         let pools = self.pools_ref().clone();
@@ -850,9 +1023,6 @@ impl Db {
             return;
         };
         tokio::spawn(async move {
-            // Erasures are looked up from a minute before the last one seen, so that a
-            // commit that took long, or another process's clock, is not missed.
-            let mut since = Utc::now() - chrono::Duration::minutes(1);
             loop {
                 tokio::select! {
                     changed = heads.changed() => if changed.is_err() { return },
@@ -861,18 +1031,10 @@ impl Db {
                 let Some(keyring) = after.upgrade().map(|after| after.keyring.clone()) else {
                     return;
                 };
-                if keyring.holds_keys() {
-                    match erased_since(&pools, since - chrono::Duration::minutes(1)).await {
-                        Ok(erased) => {
-                            for (subject, at) in erased {
-                                keyring.forget(subject);
-                                since = since.max(at);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot read the people erased lately");
-                        }
-                    }
+                if keyring.holds_keys()
+                    && let Err(error) = keyring.learn_erasures(&pools).await
+                {
+                    tracing::warn!(%error, "cannot read the people erased lately");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
@@ -966,25 +1128,6 @@ impl Db {
             .await?;
         row.get("n")
     }
-}
-
-/// The people erased at or after `since`, and when.
-async fn erased_since(
-    pools: &crate::backend::Pools,
-    since: DateTime<Utc>,
-) -> Result<Vec<(UserId, DateTime<Utc>)>, DbError> {
-    let mut reader = crate::db::Reader::new(pools.reader().await?);
-    let rows = reader
-        .conn()
-        .fetch_all(
-            "SELECT subject_id, erased_at FROM subject_keys \
-             WHERE state = 'erased' AND erased_at >= $1",
-            args![since],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.get("subject_id")?, row.get("erased_at")?)))
-        .collect()
 }
 
 /// Why a rotation did not happen.

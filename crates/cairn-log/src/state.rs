@@ -76,8 +76,9 @@ pub(crate) struct LogState {
     pub(crate) keys_flushed: usize,
     /// Events appended, for the metrics and the head watch once committed.
     pub(crate) appended: Vec<(Position, String, Option<ErrorCode>)>,
-    /// Data keys sealed with (made or read here), kept by the keyring once committed.
-    pub(crate) sealed_keys: Vec<(cairn_types::UserId, crate::seal::DataKey)>,
+    /// Data keys sealed with (made or read here), and (`None`) people erased here, in
+    /// order: what the keyring learns once committed.
+    pub(crate) sealed_keys: Vec<(cairn_types::UserId, Option<crate::seal::DataKey>)>,
 }
 
 /// What the PostgreSQL writer knows of the log as its last batch left it: the head,
@@ -126,7 +127,8 @@ impl KnownLog {
             self.head.last_position,
             self.head.last_hash.as_str(),
             self.head.failed_events,
-            self.head.controls.as_str()
+            self.head.controls.as_str(),
+            self.head.erasures
         ]
     }
 }
@@ -136,7 +138,7 @@ impl KnownLog {
 /// head).
 pub(crate) const HEAD_IS: &str = "SELECT 1 / (count(*) = 1)::int AS one FROM (SELECT 1 \
      FROM log_head WHERE id = 1 AND last_position = $1 AND last_hash = $2 \
-     AND failed_events = $3 AND controls = $4 FOR UPDATE) AS head";
+     AND failed_events = $3 AND controls = $4 AND erasures = $5 FOR UPDATE) AS head";
 
 /// A point to roll the log state back to.
 #[derive(Debug, Clone)]
@@ -259,8 +261,9 @@ pub(crate) const STREAM_STATE: &str = "SELECT d.stream_type, d.stream_version, h
 /// PostgreSQL: the head locked, and the type, version and hold of each stream in `$1`
 /// (a row with the head alone when none has events).
 pub(crate) const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_position, last_hash, \
-     failed_events, controls FROM log_head WHERE id = 1 FOR UPDATE) \
+     failed_events, controls, erasures FROM log_head WHERE id = 1 FOR UPDATE) \
      SELECT head.last_position, head.last_hash, head.failed_events, head.controls, \
+     head.erasures, \
      s.id AS stream_id, d.stream_type, d.stream_version, h.behind AS held_behind, \
      h.cause AS hold_cause FROM head \
      LEFT JOIN (UNNEST($1::uuid[]) AS s(id) CROSS JOIN LATERAL \
@@ -271,7 +274,7 @@ pub(crate) const HEAD_AND_STREAMS_BOUND: &str = "WITH head AS (SELECT last_posit
 /// SQLite: the head, and the type, version and hold of each stream in `$1` (a JSON
 /// array), as [`HEAD_AND_STREAMS_BOUND`] reads them on PostgreSQL.
 pub(crate) const HEAD_AND_STREAMS_SQLITE: &str = "SELECT head.last_position, head.last_hash, \
-     head.failed_events, head.controls, s.stream_id, s.stream_type, s.stream_version, \
+     head.failed_events, head.controls, head.erasures, s.stream_id, s.stream_type, s.stream_version, \
      s.held_behind, s.hold_cause FROM log_head AS head LEFT JOIN (SELECT j.value AS stream_id, \
      d.stream_type, d.stream_version, h.behind AS held_behind, h.cause AS hold_cause \
      FROM json_each($1) AS j JOIN domain_events d ON d.stream_id = j.value \

@@ -351,6 +351,42 @@ backend_test!(
     }
 );
 
+/// An invitation of `subject` into `org_id`, whose name and email are sealed for them.
+fn invited(org_id: cairn_types::OrgId, subject: UserId) -> cairn_log::AppendRequest {
+    let invited = cairn_domain::events::UserInvited {
+        org_id,
+        email: cairn_domain::model::Email::parse(EMAIL)
+            .expect("valid")
+            .into(),
+        name: cairn_domain::model::Name::parse(NAME)
+            .expect("valid")
+            .into(),
+        roles: vec![cairn_domain::model::Role::Viewer],
+        invitation_id: cairn_types::InvitationId::new_v7(),
+        invited_by: None,
+    };
+    let mut metadata = cairn_types::Metadata::new();
+    metadata.org_id = Some(org_id);
+    cairn_log::AppendRequest::new(
+        cairn_types::StreamType::parse("user").expect("a stream type"),
+        subject.into(),
+        vec![cairn_dispatch::EventPayload::to_event(&invited, metadata)],
+    )
+}
+
+fn assert_refused_as_erased<T: std::fmt::Debug>(result: &Result<T, cairn_log::AppendError>) {
+    assert!(
+        matches!(
+            result,
+            Err(cairn_log::AppendError::Seal {
+                error: cairn_log::SealError::Erased { .. },
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
+
 /// Another process seals for a person, so it holds her key; she is erased; after
 /// `wait`, that process is asked to seal for her again, and refuses.
 async fn another_process_refuses_to_seal_after(
@@ -366,42 +402,11 @@ async fn another_process_refuses_to_seal_after(
     // Another process seals for her, so it holds her key.
     let other =
         cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
-    let about_her = || {
-        let invited = cairn_domain::events::UserInvited {
-            org_id: accepted.org_id,
-            email: cairn_domain::model::Email::parse(EMAIL)
-                .expect("valid")
-                .into(),
-            name: cairn_domain::model::Name::parse(NAME)
-                .expect("valid")
-                .into(),
-            roles: vec![cairn_domain::model::Role::Viewer],
-            invitation_id: cairn_types::InvitationId::new_v7(),
-            invited_by: None,
-        };
-        let mut metadata = cairn_types::Metadata::new();
-        metadata.org_id = Some(accepted.org_id);
-        cairn_log::AppendRequest::new(
-            cairn_types::StreamType::parse("user").expect("a stream type"),
-            rosalind.into(),
-            vec![cairn_dispatch::EventPayload::to_event(&invited, metadata)],
-        )
-    };
-    other.append(about_her()).await?;
+    other.append(invited(accepted.org_id, rosalind)).await?;
 
     w.domain.erase_subject(&ctx, rosalind, "asked").await?;
     tokio::time::sleep(wait).await;
-    let refused = other.append(about_her()).await;
-    assert!(
-        matches!(
-            &refused,
-            Err(cairn_log::AppendError::Seal {
-                error: cairn_log::SealError::Erased { .. },
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_refused_as_erased(&other.append(invited(accepted.org_id, rosalind)).await);
     Ok(())
 }
 
@@ -418,5 +423,93 @@ backend_test!(
     |t: TestDb| async move {
         // Its cache still holds her key: the seal reads her state in its transaction.
         another_process_refuses_to_seal_after(t, std::time::Duration::ZERO).await
+    }
+);
+
+backend_test!(
+    a_process_learns_each_erasure_by_its_number_and_goes_on_sealing_for_everyone_else,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let ctx = admin_actor();
+        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+
+        // Another process holds the keys of two people.
+        let other =
+            cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
+        let keyring = other.db().keyring();
+        let someone_else = UserId::new_v7();
+        other.append(invited(accepted.org_id, rosalind)).await?;
+        other.append(invited(accepted.org_id, someone_else)).await?;
+        assert_eq!(keyring.erasures_learnt(), 0);
+
+        w.domain.erase_subject(&ctx, rosalind, "asked").await?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while keyring.erasures_learnt() < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other process did not learn of the erasure in 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(keyring.erasures_learnt(), 1);
+
+        // Having learnt of it, it refuses her from its cache, and seals for the other
+        // person with the key it holds.
+        assert_refused_as_erased(&other.append(invited(accepted.org_id, rosalind)).await);
+        other.append(invited(accepted.org_id, someone_else)).await?;
+        // The erasure is counted once, however often it is asked for.
+        w.domain
+            .erase_subject(&ctx, rosalind, "asked again")
+            .await?;
+        let mut reader = w.t.db().reader().await?;
+        assert_eq!(reader.conn().head().await?.erasures, 1);
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_seal_after_an_erasure_in_the_same_transaction_is_refused_though_an_earlier_seal_found_the_key,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let ctx = admin_actor();
+        let (_, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+        let db = w.t.db();
+        let keyring = db.keyring();
+
+        // One transaction, as one batch of the writer holds units one after another: a
+        // seal for her with the key this process holds, her erasure, a seal for her.
+        let mut tx = db.begin().await?;
+        let place = cairn_log::SealPlace {
+            event_type: "user.renamed",
+            stream_id: rosalind.into(),
+        };
+        let fields = [cairn_log::PersonalField {
+            pointer: "/name".to_owned(),
+            subject: rosalind,
+        }];
+        let mut before = json!({"name": NAME});
+        keyring
+            .seal_in(&mut tx, place, &mut before, &fields, None)
+            .await?;
+        assert!(before["name"]["$sealed"].is_object(), "{before}");
+        let erased = keyring
+            .erase_in(&mut tx, rosalind, json!({"reason": "asked"}))
+            .await?;
+        assert!(matches!(erased, cairn_log::Erasure::Erased { .. }));
+        let mut after = json!({"name": NAME});
+        let sealed = keyring
+            .seal_in(&mut tx, place, &mut after, &fields, None)
+            .await;
+        assert!(
+            matches!(sealed, Err(cairn_log::SealError::Erased { .. })),
+            "{sealed:?}"
+        );
+        assert_eq!(after, json!({"name": NAME}), "nothing was sealed");
+        tx.rollback().await?;
+        Ok(())
     }
 );
