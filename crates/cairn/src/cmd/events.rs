@@ -86,7 +86,29 @@ async fn append(url: &str, args: AppendArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
-    ui::print_json(&appended.events)?;
+    // The events as stored hold personal fields sealed: they are shown as every read
+    // shows them, opened (and the first request's, when repeated, is a read on record).
+    let (stored, outcomes): (Vec<_>, Vec<_>) = appended
+        .events
+        .into_iter()
+        .map(|dispatched| (dispatched.event, dispatched.outcome))
+        .unzip();
+    let events =
+        cairn_dispatch::current_events(store.db(), store.dispatcher().registry(), stored).await?;
+    if appended.repeated {
+        app::record_read(
+            store.db(),
+            "events".to_owned(),
+            cairn_log::personal_subjects(&events),
+        )
+        .await?;
+    }
+    let shown: Vec<Dispatched> = events
+        .into_iter()
+        .zip(outcomes)
+        .map(|(event, outcome)| Dispatched { event, outcome })
+        .collect();
+    ui::print_json(&shown)?;
     Ok(ExitCode::SUCCESS)
 }
 

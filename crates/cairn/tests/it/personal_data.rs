@@ -356,3 +356,59 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    an_append_at_the_command_line_answers_with_its_personal_fields_opened_never_sealed,
+    |t: TestDb| async move {
+        let url = t.url().to_owned();
+        let person = cairn_types::UserId::new_v7().to_string();
+        let org = cairn_types::OrgId::new_v7().to_string();
+        let data = serde_json::json!({
+            "org_id": org,
+            "email": "lise.meitner@example.at",
+            "name": "Lise Meitner",
+            "roles": ["viewer"],
+            "invitation_id": cairn_types::InvitationId::new_v7(),
+            "invited_by": null,
+        })
+        .to_string();
+        let args = [
+            "events",
+            "append",
+            "--stream-type",
+            "user",
+            "--stream-id",
+            &person,
+            "--type",
+            "user.invited",
+            "--data",
+            &data,
+            "--metadata",
+            &format!(r#"{{"org_id": "{org}"}}"#),
+            "--idempotency-key",
+            "invite-lise",
+        ];
+        for attempt in ["first", "repeated"] {
+            let output = cairn_in(&url, &args, &[], None).await;
+            assert_exit(&output, 0);
+            let echoed = json_of(&output);
+            let event = &echoed[0];
+            assert_eq!(event["event_data"]["email"], "lise.meitner@example.at", "{attempt}: {event}");
+            assert_eq!(event["event_data"]["name"], "Lise Meitner", "{attempt}: {event}");
+            assert!(!stdout(&output).contains("$sealed"), "{attempt}: {}", stdout(&output));
+        }
+        // Stored sealed all the same.
+        let mut reader = t.db().reader().await?;
+        let stored = reader
+            .conn()
+            .read_events(&cairn_log::EventFilter::default())
+            .await?;
+        assert!(stored[0].data["email"]["$sealed"].is_object(), "{:?}", stored[0].data);
+        // The repeated request returned the first one's data: a read, on record.
+        let access = cairn_in(&url, &["audit", "access", "--subject", &person, "--json"], &[], None).await;
+        assert_exit(&access, 0);
+        let records = json_of(&access);
+        assert_eq!(records.as_array().map(Vec::len), Some(1), "{records}");
+        Ok(())
+    }
+);
