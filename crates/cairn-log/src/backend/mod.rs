@@ -153,7 +153,7 @@ impl<'c> Conn<'c> {
         let sql = sql.into();
         self.before(&sql);
         if let (Some(pipeline), ConnInner::Postgres(_)) = (self.pipeline, &self.inner)
-            && pipeline.push(&sql, &args)
+            && pipeline.push(&sql, &args, 1)
         {
             // Reported as one row changed; checked when the queue goes out.
             return Ok(1);
@@ -163,6 +163,37 @@ impl<'c> Conn<'c> {
             ConnInner::Postgres(conn) => postgres::execute(conn, &sql, args).await,
             ConnInner::Sqlite(conn) => sqlite::execute(conn, sql.as_str(), args),
         };
+        self.after(result)
+    }
+
+    /// Runs a write that must change exactly `rows` rows (a write of many rows at
+    /// once), and fails when it changes another number. Queued like any write in the
+    /// PostgreSQL writer's batch, and checked when the queue goes out.
+    pub async fn execute_changing(
+        &mut self,
+        sql: impl Into<Sql>,
+        args: Vec<Arg>,
+        rows: u64,
+    ) -> Result<(), DbError> {
+        let sql = sql.into();
+        self.before(&sql);
+        if let (Some(pipeline), ConnInner::Postgres(_)) = (self.pipeline, &self.inner)
+            && pipeline.push(&sql, &args, rows)
+        {
+            return Ok(());
+        }
+        self.send_queued().await?;
+        let result = match &mut self.inner {
+            ConnInner::Postgres(conn) => postgres::execute(conn, &sql, args).await,
+            ConnInner::Sqlite(conn) => sqlite::execute(conn, sql.as_str(), args),
+        };
+        let result = result.and_then(|changed| match changed == rows {
+            true => Ok(()),
+            false => Err(DbError::decode(
+                "(write)",
+                format!("the write changed {changed} rows, not {rows}"),
+            )),
+        });
         self.after(result)
     }
 

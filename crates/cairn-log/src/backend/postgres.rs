@@ -61,10 +61,10 @@ pub(crate) struct Pipeline {
     begin: std::sync::atomic::AtomicBool,
 }
 
-/// The write wrapped so that PostgreSQL refuses it unless it changed exactly one row;
-/// `None` for a statement that cannot be wrapped (not a plain write, or one that
+/// The write wrapped so that PostgreSQL refuses it unless it changed exactly `rows`
+/// rows; `None` for a statement that cannot be wrapped (not a plain write, or one that
 /// already returns rows).
-fn checked(sql: &str) -> Option<String> {
+fn checked(sql: &str, rows: u64) -> Option<String> {
     let text = sql.trim().trim_end_matches(';').trim_end();
     let head: String = text
         .chars()
@@ -77,7 +77,7 @@ fn checked(sql: &str) -> Option<String> {
         return None;
     }
     Some(format!(
-        "WITH w AS ({text} RETURNING 1) SELECT 1 / (count(*) = 1)::int AS one FROM w"
+        "WITH w AS ({text} RETURNING 1) SELECT 1 / (count(*) = {rows})::int AS one FROM w"
     ))
 }
 
@@ -97,7 +97,7 @@ impl Pipeline {
     }
 
     /// Queues a write, if it can be checked by PostgreSQL and written as literals.
-    pub(crate) fn push(&self, sql: &Sql, args: &[Arg]) -> bool {
+    pub(crate) fn push(&self, sql: &Sql, args: &[Arg], rows: u64) -> bool {
         // JSON is written with control characters escaped; only text can hold one.
         // Arrays are bound, never written as literals.
         let has_nul = args.iter().any(|arg| {
@@ -107,7 +107,7 @@ impl Pipeline {
         if has_nul || sql.as_str().contains('\0') {
             return false;
         }
-        let Some(text) = checked(sql.as_str()) else {
+        let Some(text) = checked(sql.as_str(), rows) else {
             return false;
         };
         self.queue().push(Queued {
@@ -935,26 +935,32 @@ mod tests {
     #[test]
     fn only_plain_writes_are_queued_and_each_is_checked() {
         assert_eq!(
-            checked("UPDATE t SET x = $1 WHERE id = $2").as_deref(),
+            checked("UPDATE t SET x = $1 WHERE id = $2", 1).as_deref(),
             Some(
                 "WITH w AS (UPDATE t SET x = $1 WHERE id = $2 RETURNING 1) SELECT 1 / (count(*) = 1)::int AS one FROM w"
             )
         );
-        assert!(checked("  insert into t values ($1);").is_some());
-        assert!(checked("SELECT 1").is_none());
-        assert!(checked("INSERT INTO t VALUES ($1) RETURNING id").is_none());
-        assert!(checked("DELETE FROM t; DELETE FROM u").is_none());
-        assert!(checked("UPDATE t SET x = 1 -- a comment").is_none());
-        assert!(checked("WITH x AS (DELETE FROM t RETURNING *) SELECT 1").is_none());
+        assert!(checked("  insert into t values ($1);", 1).is_some());
+        assert_eq!(
+            checked("INSERT INTO t SELECT * FROM u", 3).as_deref(),
+            Some(
+                "WITH w AS (INSERT INTO t SELECT * FROM u RETURNING 1) SELECT 1 / (count(*) = 3)::int AS one FROM w"
+            )
+        );
+        assert!(checked("SELECT 1", 1).is_none());
+        assert!(checked("INSERT INTO t VALUES ($1) RETURNING id", 1).is_none());
+        assert!(checked("DELETE FROM t; DELETE FROM u", 1).is_none());
+        assert!(checked("UPDATE t SET x = 1 -- a comment", 1).is_none());
+        assert!(checked("WITH x AS (DELETE FROM t RETURNING *) SELECT 1", 1).is_none());
     }
 
     #[test]
     fn values_holding_nul_are_not_queued() {
         let pipeline = Pipeline::new(Prepared::default());
         let sql = Sql::from("UPDATE t SET x = $1");
-        assert!(!pipeline.push(&sql, &[Arg::Text(Some("a\0b".into()))]));
+        assert!(!pipeline.push(&sql, &[Arg::Text(Some("a\0b".into()))], 1));
         assert!(pipeline.is_empty());
-        assert!(pipeline.push(&sql, &[Arg::Text(Some("ab".into()))]));
+        assert!(pipeline.push(&sql, &[Arg::Text(Some("ab".into()))], 1));
         assert!(!pipeline.is_empty());
     }
 

@@ -65,6 +65,32 @@ backend_test!(
     }
 );
 
+backend_test!(
+    records_written_together_chain_in_their_order,
+    |t: TestDb| async move {
+        let db = t.db();
+        let people: Vec<UserId> = (0..5).map(|_| UserId::new_v7()).collect();
+        // One unit of work, one statement on PostgreSQL: five records.
+        db.write_access(
+            people
+                .iter()
+                .map(|person| read("user:reader", vec![*person], 0))
+                .collect(),
+        )
+        .await?;
+        db.write_access(vec![read("service:ops", vec![people[0]], 0)])
+            .await?;
+        let report = verify(db).await?;
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!((report.n_checked, report.head), (6, 6));
+        for (seq, person) in (1..).zip(&people) {
+            let theirs = db.read_access(*person, None, 100).await?;
+            assert_eq!(theirs[0].seq, seq, "{theirs:?}");
+        }
+        Ok(())
+    }
+);
+
 backend_test!(an_edited_access_record_is_named, |t: TestDb| async move {
     let db = t.db();
     for _ in 0..4 {
