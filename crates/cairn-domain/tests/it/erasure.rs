@@ -103,6 +103,13 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The domain on `t`, mailing into an outbox of its own, kept while the test runs.
+async fn world_with_outbox(t: TestDb) -> anyhow::Result<(World, tempfile::TempDir)> {
+    let outbox = tempfile::tempdir()?;
+    let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+    Ok((world(t, mailer, Arc::new(SystemClock)).await?, outbox))
+}
+
 /// Bootstraps the organization of `request()` and runs its workflows; returns it and
 /// the invitee's user id.
 async fn bootstrapped_invitee(
@@ -132,9 +139,7 @@ async fn bootstrapped_invitee(
 backend_test!(
     an_erased_person_leaves_no_byte_behind_and_the_chain_and_replay_still_verify,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let (w, outbox) = world_with_outbox(t).await?;
         let ctx = admin_actor();
         let (_, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
 
@@ -266,9 +271,7 @@ backend_test!(
 backend_test!(
     a_tampered_seal_is_named_by_its_failure_and_read_as_unreadable_never_as_ciphertext,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let (w, _outbox) = world_with_outbox(t).await?;
         let ctx = admin_actor();
         w.domain.bootstrap(&ctx, &request()).await?;
         w.domain.engine().run_until_idle().await?;
@@ -393,9 +396,7 @@ async fn another_process_refuses_to_seal_after(
     t: TestDb,
     wait: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let outbox = tempfile::tempdir()?;
-    let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-    let w = world(t, mailer, Arc::new(SystemClock)).await?;
+    let (w, _outbox) = world_with_outbox(t).await?;
     let ctx = admin_actor();
     let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
 
@@ -429,9 +430,7 @@ backend_test!(
 backend_test!(
     a_process_learns_each_erasure_by_its_number_and_goes_on_sealing_for_everyone_else,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let (w, _outbox) = world_with_outbox(t).await?;
         let ctx = admin_actor();
         let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
 
@@ -472,9 +471,7 @@ backend_test!(
 backend_test!(
     a_seal_after_an_erasure_in_the_same_transaction_is_refused_though_an_earlier_seal_found_the_key,
     |t: TestDb| async move {
-        let outbox = tempfile::tempdir()?;
-        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
-        let w = world(t, mailer, Arc::new(SystemClock)).await?;
+        let (w, _outbox) = world_with_outbox(t).await?;
         let ctx = admin_actor();
         let (_, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
         let db = w.t.db();

@@ -393,9 +393,19 @@ backend_test!(
             assert_exit(&output, 0);
             let echoed = json_of(&output);
             let event = &echoed[0];
-            assert_eq!(event["event_data"]["email"], "lise.meitner@example.at", "{attempt}: {event}");
-            assert_eq!(event["event_data"]["name"], "Lise Meitner", "{attempt}: {event}");
-            assert!(!stdout(&output).contains("$sealed"), "{attempt}: {}", stdout(&output));
+            assert_eq!(
+                event["event_data"]["email"], "lise.meitner@example.at",
+                "{attempt}: {event}"
+            );
+            assert_eq!(
+                event["event_data"]["name"], "Lise Meitner",
+                "{attempt}: {event}"
+            );
+            assert!(
+                !stdout(&output).contains("$sealed"),
+                "{attempt}: {}",
+                stdout(&output)
+            );
         }
         // Stored sealed all the same.
         let mut reader = t.db().reader().await?;
@@ -403,9 +413,19 @@ backend_test!(
             .conn()
             .read_events(&cairn_log::EventFilter::default())
             .await?;
-        assert!(stored[0].data["email"]["$sealed"].is_object(), "{:?}", stored[0].data);
+        assert!(
+            stored[0].data["email"]["$sealed"].is_object(),
+            "{:?}",
+            stored[0].data
+        );
         // The repeated request returned the first one's data: a read, on record.
-        let access = cairn_in(&url, &["audit", "access", "--subject", &person, "--json"], &[], None).await;
+        let access = cairn_in(
+            &url,
+            &["audit", "access", "--subject", &person, "--json"],
+            &[],
+            None,
+        )
+        .await;
         assert_exit(&access, 0);
         let records = json_of(&access);
         assert_eq!(records.as_array().map(Vec::len), Some(1), "{records}");

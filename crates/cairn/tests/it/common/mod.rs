@@ -267,16 +267,22 @@ pub fn redact(text: &str) -> String {
     lines.join("\n") + "\n"
 }
 
-/// The `cairn` binary, given the personal-data key every test database has.
+/// The `cairn` binary, given the personal-data key every test database has, and run
+/// in the tests' scratch directory: what it writes by default (the outbox, a key)
+/// stays out of the source tree.
 pub fn cairn_tokio() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-    command.env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY);
+    command
+        .env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY)
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
     command
 }
 
 /// [`cairn_tokio`], blocking.
 pub fn cairn_std() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
-    command.env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY);
+    command
+        .env("CAIRN_PII_KEY", cairn_testkit::TEST_PII_KEY)
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
     command
 }
