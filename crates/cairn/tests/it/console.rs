@@ -33,14 +33,16 @@ async fn screenshot(browser: &Browser, t: &TestDb, name: &str) -> anyhow::Result
 }
 
 /// Signs in with `token` from the sign-in page; the page it lands on.
-async fn sign_in(browser: &Browser, server: &Server, token: &str) -> anyhow::Result<()> {
+async fn sign_in(browser: &Browser, server: &Server, token: &str) -> anyhow::Result<String> {
     browser.goto(&server.url("/console/sign-in")).await?;
     browser.wait_for_title("Sign in").await?;
     browser.fill("#token", token).await?;
     browser
         .click("form[action='/console/sign-in'] button[type=submit]")
         .await?;
-    Ok(())
+    // The page the sign-in leads to, loaded: a page asked for next cannot be replaced
+    // by the sign-in's own redirect.
+    browser.wait_for_title("Organizations").await
 }
 
 /// The elements that run past the right edge of the window, if the page is wider
@@ -323,7 +325,6 @@ backend_test!(
 
         let browser = Browser::launch().await?;
         sign_in(&browser, &server, &admin).await?;
-        browser.wait_for_title("Organizations").await?;
 
         // The log, newest first, with its failures marked.
         browser.goto(&server.url("/console/events")).await?;
@@ -499,8 +500,7 @@ backend_test!(
         let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
 
         let browser = Browser::launch().await?;
-        sign_in(&browser, &server, &admin_a).await?;
-        let text = browser.wait_for_title("Organizations").await?;
+        let text = sign_in(&browser, &server, &admin_a).await?;
         assert_eq!(
             text.matches("Sunrise Care").count(),
             1,
@@ -619,7 +619,6 @@ backend_test!(
         )
         .await?;
         sign_in(&browser, &server, &short).await?;
-        browser.wait_for_title("Organizations").await?;
         // Past its expiry and the verifier's five seconds of leeway for clock skew.
         tokio::time::sleep_until(minted + Duration::from_secs(11)).await;
         browser
@@ -712,7 +711,6 @@ backend_test!(
         wait_completed(&server, &admin, run).await?;
         let browser = Browser::launch().await?;
         sign_in(&browser, &server, &admin).await?;
-        browser.wait_for_title("Organizations").await?;
 
         // A workflow kind, paused from the runs page after a confirmation that asks why.
         browser.goto(&server.url("/console/workflows")).await?;
@@ -1199,7 +1197,6 @@ backend_test!(
 
         let browser = Browser::launch().await?;
         sign_in(&browser, &server, &admin).await?;
-        browser.wait_for_title("Organizations").await?;
 
         // The failures page lists the held stream first: what it waits behind, why,
         // how many wait.
