@@ -428,6 +428,31 @@ backend_test!(
 );
 
 backend_test!(
+    a_cached_key_is_not_sealed_with_after_an_erasure_its_process_never_heard_of,
+    |t: TestDb| async move {
+        let (w, _outbox) = world_with_outbox(t).await?;
+        let ctx = admin_actor();
+        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+        let other =
+            cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
+        other.append(invited(accepted.org_id, rosalind)).await?;
+
+        // Her key destroyed in a transaction that appends nothing: no new head, so no
+        // process is told of it. Only the count of erasures says so.
+        let db = w.t.db();
+        let mut tx = db.begin().await?;
+        db.keyring()
+            .erase_in(&mut tx, rosalind, json!({"reason": "asked"}))
+            .await?;
+        tx.commit().await?;
+
+        assert_eq!(other.db().keyring().erasures_learnt(), 0);
+        assert_refused_as_erased(&other.append(invited(accepted.org_id, rosalind)).await);
+        Ok(())
+    }
+);
+
+backend_test!(
     a_process_learns_each_erasure_by_its_number_and_goes_on_sealing_for_everyone_else,
     |t: TestDb| async move {
         let (w, _outbox) = world_with_outbox(t).await?;
