@@ -390,21 +390,48 @@ fn assert_refused_as_erased<T: std::fmt::Debug>(result: &Result<T, cairn_log::Ap
     );
 }
 
+/// The invitee of a bootstrapped organization, and another process that sealed for
+/// her, so that it holds her key.
+struct HerKeyElsewhere {
+    w: World,
+    _outbox: tempfile::TempDir,
+    ctx: CommandContext,
+    accepted: BootstrapAccepted,
+    rosalind: UserId,
+    other: cairn_dispatch::EventStore,
+}
+
+async fn her_key_held_by_another_process(t: TestDb) -> anyhow::Result<HerKeyElsewhere> {
+    let (w, outbox) = world_with_outbox(t).await?;
+    let ctx = admin_actor();
+    let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+    let other =
+        cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
+    other.append(invited(accepted.org_id, rosalind)).await?;
+    Ok(HerKeyElsewhere {
+        w,
+        _outbox: outbox,
+        ctx,
+        accepted,
+        rosalind,
+        other,
+    })
+}
+
 /// Another process seals for a person, so it holds her key; she is erased; after
 /// `wait`, that process is asked to seal for her again, and refuses.
 async fn another_process_refuses_to_seal_after(
     t: TestDb,
     wait: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let (w, _outbox) = world_with_outbox(t).await?;
-    let ctx = admin_actor();
-    let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
-
-    // Another process seals for her, so it holds her key.
-    let other =
-        cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
-    other.append(invited(accepted.org_id, rosalind)).await?;
-
+    let HerKeyElsewhere {
+        w,
+        ctx,
+        accepted,
+        rosalind,
+        other,
+        ..
+    } = her_key_held_by_another_process(t).await?;
     w.domain.erase_subject(&ctx, rosalind, "asked").await?;
     tokio::time::sleep(wait).await;
     assert_refused_as_erased(&other.append(invited(accepted.org_id, rosalind)).await);
@@ -430,12 +457,13 @@ backend_test!(
 backend_test!(
     a_cached_key_is_not_sealed_with_after_an_erasure_its_process_never_heard_of,
     |t: TestDb| async move {
-        let (w, _outbox) = world_with_outbox(t).await?;
-        let ctx = admin_actor();
-        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
-        let other =
-            cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
-        other.append(invited(accepted.org_id, rosalind)).await?;
+        let HerKeyElsewhere {
+            w,
+            accepted,
+            rosalind,
+            other,
+            ..
+        } = her_key_held_by_another_process(t).await?;
 
         // Her key destroyed in a transaction that appends nothing: no new head, so no
         // process is told of it. Only the count of erasures says so.
@@ -455,16 +483,18 @@ backend_test!(
 backend_test!(
     a_process_learns_each_erasure_by_its_number_and_goes_on_sealing_for_everyone_else,
     |t: TestDb| async move {
-        let (w, _outbox) = world_with_outbox(t).await?;
-        let ctx = admin_actor();
-        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+        let HerKeyElsewhere {
+            w,
+            ctx,
+            accepted,
+            rosalind,
+            other,
+            ..
+        } = her_key_held_by_another_process(t).await?;
 
         // Another process holds the keys of two people.
-        let other =
-            cairn_dispatch::EventStore::new(w.t.connect_again().await?, crate::common::registry());
         let keyring = other.db().keyring();
         let someone_else = UserId::new_v7();
-        other.append(invited(accepted.org_id, rosalind)).await?;
         other.append(invited(accepted.org_id, someone_else)).await?;
         assert_eq!(keyring.erasures_learnt(), 0);
 
