@@ -612,14 +612,17 @@ backend_test!(
 
         // A session whose token expires ends with a message. The token lives long
         // enough for a loaded machine to sign in with it.
-        let minted = tokio::time::Instant::now();
         let short = token(
             t.url(),
             &["--org", &org_a, "--role", "admin", "--ttl", "5s"],
         )
         .await?;
+        // The token was minted before the command returned, however long the
+        // command took to start: its expiry is at most five seconds from now.
+        let minted = tokio::time::Instant::now();
         sign_in(&browser, &server, &short).await?;
-        // Past its expiry and the verifier's five seconds of leeway for clock skew.
+        // Past its expiry (whole seconds) and the verifier's five seconds of
+        // leeway for clock skew.
         tokio::time::sleep_until(minted + Duration::from_secs(11)).await;
         browser
             .goto(&server.url(&format!("/console/organizations/{org_a}")))
