@@ -360,6 +360,8 @@ export type Invitation = {
   message_id: string;
   /** An organization (tenant) id. */
   org_id: string;
+  /** When the invitee was restricted: the address is shown to no one (empty here). */
+  restricted_at?: string | null;
   revoke_reason?: string | null;
   revoked_at?: string | null;
   roles: Array<Role>;
@@ -825,6 +827,34 @@ export type RecordedEvent = {
   stream_version: number;
 };
 
+/** What a restriction returns, and returns again if the person is restricted again. */
+export type RestrictionReceipt = {
+  /** The request that restricted them: its timeline shows the restriction. */
+  correlation_id: string;
+  /** When they are erased, on a durable timer. */
+  erase_at: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  reason: string;
+  /** Whether this answer is the receipt of an earlier restriction. */
+  repeated?: boolean;
+  restricted_at: string;
+  /** Who restricted them: `user:<uuid>` or `service:<name>`. */
+  restricted_by: string;
+  /** A user id. */
+  subject_id: string;
+  /** The run that sleeps until `erase_at` and then erases them. */
+  workflow_id: string;
+};
+
+/** Why a person is restricted, and when they are erased. */
+export type RestrictionRequest = {
+  /** When the retention period ends and the person is erased (RFC 3339, with an offset): in the future, and within 30 years. */
+  erase_at: string;
+  /** 1 to 500 characters, not only spaces, no control characters but tabs and newlines. Kept with the restriction: it must not carry the person's own data. */
+  reason: string;
+};
+
 /** What resuming a route did. */
 export type Resumed = {
   /** One event type of the stream type; absent for all of them. */
@@ -1124,7 +1154,9 @@ export type SubjectStatus = {
   erasure?: (ErasureReceipt) | (null);
   /** An organization (tenant) id. */
   org_id: string;
-  /** `active` (their data is sealed under a live key, or was written before sealing and is kept) or `erased`. */
+  /** The restriction's receipt, once restricted (kept after their erasure). */
+  restriction?: (RestrictionReceipt) | (null);
+  /** `active` (their data is sealed under a live key, or was written before sealing and is kept), `restricted` (kept, shown to no one, until their erasure) or `erased`. */
   state: string;
   /** A user id. */
   subject_id: string;
@@ -1210,6 +1242,8 @@ export type User = {
   name: string;
   /** An organization (tenant) id. */
   org_id: string;
+  /** When they were restricted until their erasure: their name and address are shown to no one (empty here), and every event about them reads them as `{"withheld": "restricted"}`. */
+  restricted_at?: string | null;
   roles: Array<Role>;
   /** `invited` or `active`. */
   status: string;
@@ -1255,13 +1289,27 @@ export type UserInvited = {
   roles: Array<Role>;
 };
 
+/** A person was restricted: their data is kept (sealed under their live key) and shown to no one, and nothing new about them is recorded, until their erasure at `erase_at`, when a retention period ends. Carries no personal data. */
+export type UserRestricted = {
+  /** When they are erased, on a durable timer. */
+  erase_at: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** Why, as the person who restricted them gave it (never the person's own data). */
+  reason: string;
+  /** Who caused it: user:<uuid> or service:<name>. */
+  restricted_by: string;
+  /** The run that erases them then. */
+  workflow_id: string;
+};
+
 /** Why a personal field's value is not shown. */
 export type Withheld = {
   withheld: WithheldReason;
 };
 
 /** Why a value is withheld. */
-export type WithheldReason = ("erased") | ("unreadable");
+export type WithheldReason = ("erased") | ("restricted") | ("unreadable");
 
 /** The run finished successfully. */
 export type WorkflowCompleted = {
@@ -1335,6 +1383,7 @@ export interface EventPayloads {
   "user.created": UserCreated;
   "user.erased": UserErased;
   "user.invited": UserInvited;
+  "user.restricted": UserRestricted;
   "user.role_assigned": RoleAssigned;
   "workflow.compensation_failed": CompensationFailed;
   "workflow.compensation_started": CompensationStarted;

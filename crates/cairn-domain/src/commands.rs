@@ -41,7 +41,9 @@ use crate::tokens::{KeyError, TokenKey, token_hash};
 
 mod subjects;
 
-pub use subjects::{ErasureReceipt, SubjectStatus};
+pub use subjects::{
+    ErasureReceipt, RETENTION_WORKFLOW, RestrictionReceipt, RetentionErasure, SubjectStatus,
+};
 
 /// Who is asking, as part of which request. Every command asks the policy whether
 /// the principal may do it, for the tenant it concerns, before it does anything.
@@ -459,10 +461,11 @@ impl Domain {
                 mail_retry,
             }),
             Arc::new(Delivery {
-                mailer,
+                mailer: mailer.clone(),
                 tokens,
                 mail_retry,
             }),
+            Arc::new(RetentionErasure { mailer }),
             Arc::new(Expiry),
             Arc::new(crate::probe::Echo),
         ]
@@ -1321,6 +1324,17 @@ impl Command for Resend {
                 return Err(CommandError::InvalidState {
                     message: format!(
                         "user {} was erased: no invitation goes to them again",
+                        invitation.user_id
+                    ),
+                });
+            }
+            if user
+                .as_ref()
+                .is_some_and(|user| user.restricted_at.is_some())
+            {
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "user {} is restricted until their erasure: no invitation goes to them",
                         invitation.user_id
                     ),
                 });

@@ -168,6 +168,22 @@ pub struct UserErased {
     pub erased_by: Actor,
 }
 
+/// A person was restricted: their data is kept (sealed under their live key) and shown
+/// to no one, and nothing new about them is recorded, until their erasure at
+/// `erase_at`, when a retention period ends. Carries no personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRestricted {
+    pub org_id: OrgId,
+    /// Why, as the person who restricted them gave it (never the person's own data).
+    pub reason: String,
+    pub restricted_by: Actor,
+    /// When they are erased, on a durable timer.
+    pub erase_at: DateTime<Utc>,
+    /// The run that erases them then.
+    pub workflow_id: WorkflowId,
+}
+
 /// A person was invited; they become an active user when they accept.
 ///
 /// Version 2: who invited them (`invited_by`). Version 1 did not record it, and an
@@ -397,6 +413,11 @@ payload!(
     UserErased,
     "user.erased",
     "A person was erased at their request; their personal data can no longer be read."
+);
+payload!(
+    UserRestricted,
+    "user.restricted",
+    "A person was restricted until their erasure at the end of a retention period; their personal data is shown to no one meanwhile."
 );
 payload!(
     UserInvited,

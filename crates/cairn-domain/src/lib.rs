@@ -32,7 +32,7 @@ use cairn_log::Migration;
 pub use commands::{
     BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig,
     ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted, InviteeRequest,
-    OrganizationRequest, PersonRequest, SubjectStatus,
+    OrganizationRequest, PersonRequest, RETENTION_WORKFLOW, RestrictionReceipt, SubjectStatus,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
@@ -105,6 +105,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0008_erasure",
         sqlite: include_str!("schema/sqlite/0008_erasure.sql"),
         postgres: include_str!("schema/postgres/0008_erasure.sql"),
+    },
+    Migration {
+        id: "domain/0009_restriction",
+        sqlite: include_str!("schema/sqlite/0009_restriction.sql"),
+        postgres: include_str!("schema/postgres/0009_restriction.sql"),
     },
 ];
 

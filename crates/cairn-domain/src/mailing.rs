@@ -243,6 +243,11 @@ async fn recipient(
             "user {user_id} was erased: no invitation goes to them"
         )));
     }
+    if user.restricted_at.is_some() {
+        return Err(StepError::permanent(format!(
+            "user {user_id} is restricted until their erasure: no invitation goes to them"
+        )));
+    }
     let email = Email::parse(&user.email)
         .map_err(|e| StepError::permanent(format!("user {user_id}'s address: {e}")))?;
     let name = Name::parse(&user.name)

@@ -17,7 +17,7 @@ use crate::events::{
     BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
     InvitationAccepted, InvitationExpired, InvitationResent, InvitationRevoked, InvitationSent,
     OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated, UserCreated,
-    UserErased, UserInvited, stream,
+    UserErased, UserInvited, UserRestricted, stream,
 };
 
 macro_rules! handler {
@@ -199,6 +199,23 @@ handler!(OnUserErased, UserErased, |event, _e, p| {
     .await?;
 });
 
+// A restricted person's rows keep no name or address either: while restricted their
+// data lives only sealed in the log, under a key that opens it for no one's read.
+handler!(OnUserRestricted, UserRestricted, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE users SET email = '', name = '', restricted_at = $2, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+    p.execute(
+        "UPDATE invitations SET email = '', restricted_at = $2, updated_at = $2 WHERE user_id = $1",
+        args![event.stream_id, event.created_at],
+    )
+    .await?;
+});
+
 handler!(OnRoleAssigned, RoleAssigned, |event, e, p| {
     p.execute(
         "INSERT INTO role_assignments (user_id, role, org_id, assigned_at) VALUES ($1, $2, $3, $4)
@@ -349,6 +366,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<RoleAssigned>(OnRoleAssigned)
                 .event::<UserActivated>(OnUserActivated)
                 .event::<UserErased>(OnUserErased)
+                .event::<UserRestricted>(OnUserRestricted)
                 .hold_streams()
         })
         .router(stream::INVITATION, |r| {

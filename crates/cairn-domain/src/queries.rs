@@ -78,6 +78,11 @@ pub struct User {
     /// (empty here), and every event about them reads them as `{"withheld": "erased"}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<DateTime<Utc>>,
+    /// When they were restricted until their erasure: their name and address are
+    /// shown to no one (empty here), and every event about them reads them as
+    /// `{"withheld": "restricted"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -103,12 +108,15 @@ pub struct Invitation {
     /// When the invitee was erased: the address is gone (empty here).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<DateTime<Utc>>,
+    /// When the invitee was restricted: the address is shown to no one (empty here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const INVITATION_COLUMNS: &str = "id, org_id, user_id, email, roles, status, expires_at, send_count, message_id, \
-     last_sent_at, accepted_at, revoked_at, revoke_reason, expired_at, erased_at, created_at, updated_at";
+     last_sent_at, accepted_at, revoked_at, revoke_reason, expired_at, erased_at, restricted_at, created_at, updated_at";
 
 fn invitation_from_row(row: &Row) -> Result<Invitation, cairn_log::DbError> {
     Ok(Invitation {
@@ -127,6 +135,7 @@ fn invitation_from_row(row: &Row) -> Result<Invitation, cairn_log::DbError> {
         revoke_reason: row.get("revoke_reason")?,
         expired_at: row.get("expired_at")?,
         erased_at: row.get("erased_at")?,
+        restricted_at: row.get("restricted_at")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
@@ -247,6 +256,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
         roles: roles_of(conn, id).await?,
         invited_by: row.get("invited_by")?,
         erased_at: row.get("erased_at")?,
+        restricted_at: row.get("restricted_at")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
@@ -256,7 +266,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
 pub async fn user(conn: &mut Conn<'_>, id: UserId) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, invited_by, erased_at, created_at, updated_at FROM users WHERE id = $1",
+            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users WHERE id = $1",
             args![id],
         )
         .await?;
@@ -273,7 +283,7 @@ pub async fn users(
     page: Page<UserId>,
 ) -> Result<Vec<User>, cairn_log::DbError> {
     let (sql, args) = page_sql(
-        "SELECT id, org_id, email, name, status, invited_by, erased_at, created_at, updated_at FROM users",
+        "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users",
         vec![("org_id =", org_id.into_arg())],
         page.after.map(IntoArg::into_arg),
         page.limit,
@@ -294,7 +304,7 @@ pub async fn user_by_email(
 ) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, invited_by, erased_at, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
+            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
             args![org_id, email],
         )
         .await?;

@@ -77,8 +77,8 @@ pub use hash::{GENESIS, HashedColumns, canonical_json, event_hash, hex, normaliz
 pub use migrate::{MIGRATIONS, MigrateError, Migration};
 pub use read::{EventFilter, FailureCount, Head, ReadError};
 pub use seal::{
-    Erasure, Kek, KekError, KekMismatch, KeySet, Keyring, PersonalField, RotateError, SealError,
-    SealFault, SealPlace, SealedAhead, SubjectState,
+    Erasure, Kek, KekError, KekMismatch, KeySet, Keyring, PersonalField, Restriction, RotateError,
+    SealError, SealFault, SealPlace, SealedAhead, SubjectState,
 };
 pub use spans::{SpanKind, SpanRecord, flush_all_spans};
 pub use value::{Arg, Backend, IntoArg, Sql, dialect};

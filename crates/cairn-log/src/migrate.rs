@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0010_erasure_counter.sql"),
         postgres: include_str!("schema/postgres/0010_erasure_counter.sql"),
     },
+    Migration {
+        id: "log/0011_restriction",
+        sqlite: include_str!("schema/sqlite/0011_restriction.sql"),
+        postgres: include_str!("schema/postgres/0011_restriction.sql"),
+    },
 ];
 
 /// Why migrations did not run.

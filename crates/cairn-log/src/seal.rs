@@ -302,6 +302,10 @@ pub enum SealError {
     )]
     Erased { subject: UserId, field: String },
     #[error(
+        "person {subject} is restricted until their erasure: no personal data about them can be recorded (field {field})"
+    )]
+    Restricted { subject: UserId, field: String },
+    #[error(
         "no personal-data key was given to this process, so it cannot seal field {field}; start it with --pii-key"
     )]
     NoKey { field: String },
@@ -333,13 +337,28 @@ pub struct SealFault {
 
 /// What is known of one person's data key.
 #[derive(Clone)]
-enum KeyState {
+pub(crate) enum KeyState {
     Active(Arc<Key>),
     Erased,
+    /// Restricted until their erasure: the key is kept, and neither opens nor seals.
+    Restricted,
     /// No key was ever made for them (their data predates sealing, or there is none).
     Absent,
     /// The key is there but this process's key-encryption key does not unwrap it.
     Unreadable(String),
+}
+
+/// Never shows a key.
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyState::Active(_) => f.write_str("Active(..)"),
+            KeyState::Erased => f.write_str("Erased"),
+            KeyState::Restricted => f.write_str("Restricted"),
+            KeyState::Absent => f.write_str("Absent"),
+            KeyState::Unreadable(kek_id) => write!(f, "Unreadable({kek_id})"),
+        }
+    }
 }
 
 /// The data keys a batch of events needs, read once before opening them.
@@ -361,10 +380,27 @@ impl std::fmt::Debug for KeySet {
 pub enum SubjectState {
     /// Their data is sealed under a live key (since `since`).
     Active { since: DateTime<Utc> },
-    /// Erased: the receipt the erasure returned.
-    Erased { receipt: Value },
+    /// Restricted until their erasure: the receipt the restriction returned.
+    Restricted { receipt: Value },
+    /// Erased: the receipt the erasure returned, and the restriction's receipt when
+    /// they were restricted until it.
+    Erased {
+        receipt: Value,
+        restriction: Option<Value>,
+    },
     /// cairn has sealed nothing about them.
     Unknown,
+}
+
+/// What a restriction did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restriction {
+    /// The person is restricted from now; the receipt is stored with their key.
+    Restricted { receipt: Value },
+    /// The person was restricted before: the first restriction's receipt.
+    Already { receipt: Value },
+    /// The person was erased: there is nothing left to restrict.
+    Erased { receipt: Value },
 }
 
 /// What an erasure did.
@@ -382,10 +418,10 @@ pub enum Erasure {
 pub struct Keyring {
     kek: RwLock<Option<Arc<Kek>>>,
     cache: Mutex<HashMap<UserId, KeyState>>,
-    /// The number of the last erasure this process has learnt of: every person erased
-    /// by it or an earlier one is `Erased` in the cache, or was read after their
-    /// erasure. A cached key is trusted for sealing only while the head's count of
-    /// erasures is no greater.
+    /// The number of the last erasure (or restriction) this process has learnt of:
+    /// every person erased or restricted by it or an earlier one is `Erased` or
+    /// `Restricted` in the cache, or was read after it. A cached key is trusted for
+    /// sealing only while the head's count of erasures is no greater.
     learnt_erasures: AtomicI64,
 }
 
@@ -438,20 +474,26 @@ impl Keyring {
             .cloned()
     }
 
-    /// Keeps keys a committed transaction sealed with (never over an erasure learnt),
-    /// and learns the erasures (`None`) it committed.
-    pub(crate) fn remember(&self, keys: &[(UserId, Option<DataKey>)]) {
+    /// Keeps keys a committed transaction sealed with (never over an erasure or a
+    /// restriction learnt), and learns the erasures and restrictions it committed.
+    pub(crate) fn remember(&self, keys: &[(UserId, KeyState)]) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        for (subject, key) in keys {
-            match key {
-                Some(key) => {
+        for (subject, state) in keys {
+            match state {
+                KeyState::Active(key) => {
                     cache
                         .entry(*subject)
                         .or_insert_with(|| KeyState::Active(key.clone()));
                 }
-                None => {
+                KeyState::Restricted => {
+                    if !matches!(cache.get(subject), Some(KeyState::Erased)) {
+                        cache.insert(*subject, KeyState::Restricted);
+                    }
+                }
+                KeyState::Erased => {
                     cache.insert(*subject, KeyState::Erased);
                 }
+                KeyState::Absent | KeyState::Unreadable(_) => {}
             }
         }
     }
@@ -476,8 +518,9 @@ impl Keyring {
         self.learnt_erasures.load(Ordering::Acquire) >= erasures
     }
 
-    /// Learns of the erasures committed since the last one this process learnt of:
-    /// their people are forgotten, and then their count is recorded.
+    /// Learns of the erasures (and restrictions, which are counted with them)
+    /// committed since the last one this process learnt of: their people's cached
+    /// keys are dropped, and then their count is recorded.
     async fn learn_erasures(&self, pools: &crate::backend::Pools) -> Result<(), DbError> {
         let learnt = self.learnt_erasures.load(Ordering::Acquire);
         let mut reader = crate::db::Reader::new(pools.reader().await?);
@@ -492,12 +535,20 @@ impl Keyring {
         // Read after the count: every erasure it counts has committed, and is found.
         let rows = conn
             .fetch_all(
-                "SELECT subject_id FROM subject_keys WHERE erasure_seq > $1",
+                "SELECT subject_id, state FROM subject_keys WHERE erasure_seq > $1",
                 args![learnt],
             )
             .await?;
-        for row in rows {
-            self.forget(row.get("subject_id")?);
+        {
+            // What is cached here wins over a read that saw them before it.
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for row in rows {
+                let state = match row.get::<String>("state")?.as_str() {
+                    "erased" => KeyState::Erased,
+                    _ => KeyState::Restricted,
+                };
+                cache.insert(row.get("subject_id")?, state);
+            }
         }
         self.learnt_erasures.fetch_max(count, Ordering::AcqRel);
         Ok(())
@@ -520,7 +571,7 @@ impl Keyring {
         for chunk in subjects.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT subject_id, state, kek_id, wrapped FROM subject_keys \
+                "SELECT subject_id, state, kek_id, wrapped, restricted_at FROM subject_keys \
                  WHERE subject_id IN ({})",
                 placeholders.join(", ")
             );
@@ -530,8 +581,10 @@ impl Keyring {
                 let state: String = row.get("state")?;
                 let kek_id: Option<String> = row.get("kek_id")?;
                 let wrapped: Option<String> = row.get("wrapped")?;
+                let restricted: Option<DateTime<Utc>> = row.get("restricted_at")?;
                 let key = match (state.as_str(), kek_id, wrapped) {
                     ("erased", _, _) => KeyState::Erased,
+                    _ if restricted.is_some() => KeyState::Restricted,
                     (_, Some(kek_id), Some(wrapped)) => match self
                         .kek_arc()
                         .filter(|kek| kek.id == kek_id)
@@ -561,7 +614,10 @@ impl Keyring {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             for (subject, state) in read {
                 // An erasure learnt meanwhile wins over what the read saw before it.
-                if matches!(state, KeyState::Active(_) | KeyState::Erased) {
+                if matches!(
+                    state,
+                    KeyState::Active(_) | KeyState::Erased | KeyState::Restricted
+                ) {
                     cache.entry(subject).or_insert_with(|| state.clone());
                 }
                 set.keys.insert(subject, state);
@@ -684,15 +740,25 @@ impl Keyring {
             subject,
             field: field.pointer.clone(),
         };
+        let restricted = || SealError::Restricted {
+            subject,
+            field: field.pointer.clone(),
+        };
         let cached = self.cached(subject);
-        if let Some(KeyState::Erased) = cached {
-            return Err(erased());
+        match cached {
+            Some(KeyState::Erased) => return Err(erased()),
+            Some(KeyState::Restricted) => return Err(restricted()),
+            _ => {}
         }
-        // Made, read or checked in this transaction (or erased by it): kept by the
-        // keyring once it commits, and meanwhile found again here by the transaction's
-        // later seals.
-        if let Some((_, key)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
-            return key.clone().ok_or_else(erased);
+        // Made, read or checked in this transaction (or erased or restricted by it):
+        // kept by the keyring once it commits, and meanwhile found again here by the
+        // transaction's later seals.
+        if let Some((_, state)) = tx.log.sealed_keys.iter().rev().find(|(s, _)| *s == subject) {
+            return match state {
+                KeyState::Active(key) => Ok(key.clone()),
+                KeyState::Restricted => Err(restricted()),
+                _ => Err(erased()),
+            };
         }
         // A key cached as active may have been erased since, by another process or an
         // earlier unit of this batch. An erasure counts itself in the head, under the
@@ -704,68 +770,60 @@ impl Keyring {
         let head = tx.lock_head().await?;
         if let Some(KeyState::Active(key)) = cached {
             if self.has_learnt(head.erasures) {
-                tx.log.sealed_keys.push((subject, Some(key.clone())));
+                tx.log
+                    .sealed_keys
+                    .push((subject, KeyState::Active(key.clone())));
                 return Ok(key);
             }
             let row = tx
                 .conn()
                 .fetch_optional(
-                    "SELECT state FROM subject_keys WHERE subject_id = $1",
+                    "SELECT state, restricted_at FROM subject_keys WHERE subject_id = $1",
                     args![subject],
                 )
                 .await?;
-            if row
-                .map(|row| row.get::<String>("state"))
-                .transpose()?
-                .as_deref()
-                == Some("erased")
-            {
-                return Err(erased());
+            if let Some(row) = row {
+                if row.get::<String>("state")? == "erased" {
+                    return Err(erased());
+                }
+                if row.get::<Option<DateTime<Utc>>>("restricted_at")?.is_some() {
+                    return Err(restricted());
+                }
             }
-            tx.log.sealed_keys.push((subject, Some(key.clone())));
+            tx.log
+                .sealed_keys
+                .push((subject, KeyState::Active(key.clone())));
             return Ok(key);
         }
-        let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
-            field: field.pointer.clone(),
-        })?;
         let read = self.read_rows(&mut tx.conn(), &[subject]).await?;
         match read.get(&subject).cloned().unwrap_or(KeyState::Absent) {
             KeyState::Active(key) => {
-                tx.log.sealed_keys.push((subject, Some(key.clone())));
+                tx.log
+                    .sealed_keys
+                    .push((subject, KeyState::Active(key.clone())));
                 Ok(key)
             }
             KeyState::Erased => Err(erased()),
+            KeyState::Restricted => Err(restricted()),
             KeyState::Unreadable(kek_id) => Err(SealError::Unwrap { subject, kek_id }),
             KeyState::Absent => {
-                let mut bytes = [0_u8; 32];
-                getrandom::fill(&mut bytes).map_err(|e| SealError::Randomness(e.to_string()))?;
-                let key = Key::from(bytes);
-                let wrapped = kek.wrap(subject, &key)?;
-                let inserted = tx
-                    .conn()
-                    .execute(
-                        "INSERT INTO subject_keys (subject_id, state, kek_id, wrapped, created_at) \
-                         SELECT $1, 'active', $2, $3, $4 \
-                         WHERE EXISTS (SELECT 1 FROM pii_keys WHERE kek_id = $2 AND state = 'current')",
-                        args![subject, kek.id.clone(), wrapped, Utc::now()],
-                    )
-                    .await?;
-                if inserted == 0 {
-                    return Err(SealError::Rotated {
-                        kek_id: kek.id.clone(),
-                    });
-                }
-                let key = Arc::new(key);
-                tx.log.sealed_keys.push((subject, Some(key.clone())));
+                let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
+                    field: field.pointer.clone(),
+                })?;
+                let key = Arc::new(make_key(tx, &kek, subject, None).await?);
+                tx.log
+                    .sealed_keys
+                    .push((subject, KeyState::Active(key.clone())));
                 Ok(key)
             }
         }
     }
 
     /// Opens the sealed `fields` of `data` in place with `keys`: each becomes its
-    /// value, or `{"withheld": "erased"}` when its person was erased. A field stored
-    /// in the clear (written before sealing) is withheld too once its person is
-    /// erased. A seal that does not open becomes `{"withheld": "unreadable"}`, and the
+    /// value, or `{"withheld": "erased"}` when its person was erased
+    /// (`{"withheld": "restricted"}` while they are restricted). A field stored in the
+    /// clear (written before sealing) is withheld too once its person is erased or
+    /// restricted. A seal that does not open becomes `{"withheld": "unreadable"}`, and the
     /// fault is returned.
     pub fn open(
         keys: &KeySet,
@@ -781,10 +839,11 @@ impl Keyring {
             let envelope = match value.get(SEALED_KEY) {
                 Some(envelope) => envelope,
                 None => {
-                    if !value.is_null()
-                        && matches!(keys.keys.get(&field.subject), Some(KeyState::Erased))
-                    {
-                        *value = Withheld::ERASED.to_value();
+                    match keys.keys.get(&field.subject) {
+                        _ if value.is_null() => {}
+                        Some(KeyState::Erased) => *value = Withheld::ERASED.to_value(),
+                        Some(KeyState::Restricted) => *value = Withheld::RESTRICTED.to_value(),
+                        _ => {}
                     }
                     continue;
                 }
@@ -793,6 +852,7 @@ impl Keyring {
                 Err(e) => Err(format!("its envelope is malformed: {e}")),
                 Ok(sealed) => match keys.keys.get(&sealed.subject) {
                     Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
+                    Some(KeyState::Restricted) => Ok(Withheld::RESTRICTED.to_value()),
                     Some(KeyState::Active(key)) => {
                         open_bytes(key, &place.aad(&sealed.field, sealed.subject), &sealed.data)
                             .ok_or_else(|| {
@@ -881,8 +941,66 @@ impl Keyring {
         }
         // A seal later in this transaction (a later unit of the writer's batch) finds
         // it erased, though an earlier one found their key.
-        tx.log.sealed_keys.push((subject, None));
+        tx.log.sealed_keys.push((subject, KeyState::Erased));
         Ok(Erasure::Erased { receipt })
+    }
+
+    /// Restricts `subject` inside the caller's write transaction (the unit of work
+    /// that records the restriction), storing `receipt`: their data stays sealed under
+    /// their key and is read as `{"withheld": "restricted"}`, and nothing new about
+    /// them is sealed, until their erasure. A person with no data key yet (their data
+    /// predates sealing) gets one, so that the restriction has a row to live in.
+    /// Restricting again returns the first receipt; an erased person's receipt says
+    /// so.
+    pub async fn restrict_in(
+        &self,
+        tx: &mut crate::Tx,
+        subject: UserId,
+        receipt: Value,
+    ) -> Result<Restriction, SealError> {
+        let head = tx.lock_head().await?;
+        let existing = tx
+            .conn()
+            .fetch_optional(
+                "SELECT state, erasure, restriction FROM subject_keys WHERE subject_id = $1",
+                args![subject],
+            )
+            .await?;
+        let now = Utc::now();
+        let seq = head.erasures + 1;
+        match existing {
+            Some(row) if row.get::<String>("state")? == "erased" => {
+                return Ok(Restriction::Erased {
+                    receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
+                });
+            }
+            Some(row) => {
+                if let Some(first) = row.get_json_opt("restriction")? {
+                    return Ok(Restriction::Already { receipt: first });
+                }
+                tx.conn()
+                    .execute(
+                        "UPDATE subject_keys SET restricted_at = $2, restriction = $3, \
+                         erasure_seq = $4 WHERE subject_id = $1",
+                        args![subject, now, receipt.clone(), seq],
+                    )
+                    .await?;
+            }
+            None => {
+                let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
+                    field: "(none: a restriction)".to_owned(),
+                })?;
+                make_key(tx, &kek, subject, Some((now, receipt.clone(), seq))).await?;
+            }
+        }
+        tx.conn()
+            .execute("UPDATE log_head SET erasures = $1 WHERE id = 1", args![seq])
+            .await?;
+        if let Some(head) = tx.log.head.as_mut() {
+            head.erasures = seq;
+        }
+        tx.log.sealed_keys.push((subject, KeyState::Restricted));
+        Ok(Restriction::Restricted { receipt })
     }
 
     /// Where `subject` stands.
@@ -891,18 +1009,25 @@ impl Keyring {
         let row = reader
             .conn()
             .fetch_optional(
-                "SELECT state, created_at, erasure FROM subject_keys WHERE subject_id = $1",
+                "SELECT state, created_at, erasure, restriction FROM subject_keys \
+                 WHERE subject_id = $1",
                 args![subject],
             )
             .await?;
-        Ok(match row {
-            None => SubjectState::Unknown,
-            Some(row) if row.get::<String>("state")? == "erased" => SubjectState::Erased {
+        let Some(row) = row else {
+            return Ok(SubjectState::Unknown);
+        };
+        Ok(if row.get::<String>("state")? == "erased" {
+            SubjectState::Erased {
                 receipt: row.get_json_opt("erasure")?.unwrap_or(Value::Null),
-            },
-            Some(row) => SubjectState::Active {
+                restriction: row.get_json_opt("restriction")?,
+            }
+        } else if let Some(receipt) = row.get_json_opt("restriction")? {
+            SubjectState::Restricted { receipt }
+        } else {
+            SubjectState::Active {
                 since: row.get("created_at")?,
-            },
+            }
         })
     }
 
@@ -930,6 +1055,49 @@ impl Keyring {
             .await?;
         tx.commit().await
     }
+}
+
+/// Makes `subject`'s data key inside `tx`, wrapped by `kek`, which must be the
+/// database's current key-encryption key; `restricted` makes it restricted from the
+/// start (when, the receipt, the restriction's number).
+async fn make_key(
+    tx: &mut crate::Tx,
+    kek: &Kek,
+    subject: UserId,
+    restricted: Option<(DateTime<Utc>, Value, i64)>,
+) -> Result<Key, SealError> {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| SealError::Randomness(e.to_string()))?;
+    let key = Key::from(bytes);
+    let wrapped = kek.wrap(subject, &key)?;
+    let (restricted_at, restriction, seq) = match restricted {
+        Some((at, receipt, seq)) => (Some(at), Some(receipt), Some(seq)),
+        None => (None, None, None),
+    };
+    let inserted = tx
+        .conn()
+        .execute(
+            "INSERT INTO subject_keys (subject_id, state, kek_id, wrapped, created_at, \
+             restricted_at, restriction, erasure_seq) \
+             SELECT $1, 'active', $2, $3, $4, $5, $6, $7 \
+             WHERE EXISTS (SELECT 1 FROM pii_keys WHERE kek_id = $2 AND state = 'current')",
+            args![
+                subject,
+                kek.id.clone(),
+                wrapped,
+                Utc::now(),
+                restricted_at,
+                restriction,
+                seq
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(SealError::Rotated {
+            kek_id: kek.id.clone(),
+        });
+    }
+    Ok(key)
 }
 
 impl Db {

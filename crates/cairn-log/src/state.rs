@@ -76,9 +76,9 @@ pub(crate) struct LogState {
     pub(crate) keys_flushed: usize,
     /// Events appended, for the metrics and the head watch once committed.
     pub(crate) appended: Vec<(Position, String, Option<ErrorCode>)>,
-    /// Data keys sealed with (made or read here), and (`None`) people erased here, in
+    /// Data keys sealed with (made or read here), and people erased or restricted here, in
     /// order: what the keyring learns once committed.
-    pub(crate) sealed_keys: Vec<(cairn_types::UserId, Option<crate::seal::DataKey>)>,
+    pub(crate) sealed_keys: Vec<(cairn_types::UserId, crate::seal::KeyState)>,
 }
 
 /// What the PostgreSQL writer knows of the log as its last batch left it: the head,

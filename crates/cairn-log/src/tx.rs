@@ -468,7 +468,7 @@ impl Drop for SpanBuffer {
 /// Keys sealed with in a committed transaction are committed: the keyring keeps them.
 fn remember_keys(
     after: Option<&AfterCommit>,
-    keys: &[(cairn_types::UserId, Option<crate::seal::DataKey>)],
+    keys: &[(cairn_types::UserId, crate::seal::KeyState)],
 ) {
     if let Some(after) = after
         && !keys.is_empty()

@@ -177,6 +177,11 @@ impl Withheld {
         withheld: WithheldReason::Erased,
     };
 
+    /// The marker of a restricted person's field.
+    pub const RESTRICTED: Withheld = Withheld {
+        withheld: WithheldReason::Restricted,
+    };
+
     /// The marker as JSON.
     pub fn to_value(&self) -> Value {
         serde_json::json!({ WITHHELD_KEY: self.withheld.as_str() })
@@ -189,16 +194,20 @@ impl Withheld {
 pub enum WithheldReason {
     /// The person was erased: their data key is destroyed and the value is gone.
     Erased,
+    /// The person's data is restricted (kept, and shown to no one) until their
+    /// erasure at the end of its retention period.
+    Restricted,
     /// The seal could not be opened: it was tampered with, or its key is wrapped by a
     /// key this process was not given. The event's failure says which.
     Unreadable,
 }
 
 impl WithheldReason {
-    /// The reason as shown: `erased`, `unreadable`.
+    /// The reason as shown: `erased`, `restricted`, `unreadable`.
     pub const fn as_str(self) -> &'static str {
         match self {
             WithheldReason::Erased => "erased",
+            WithheldReason::Restricted => "restricted",
             WithheldReason::Unreadable => "unreadable",
         }
     }

@@ -623,8 +623,29 @@ pub enum SubjectsCommand {
     /// (with no personal data) and empties their rows. Erasing again prints the first
     /// receipt.
     Erase(EraseArgs),
-    /// Where a person stands: active or erased (with the erasure's receipt).
+    /// Restrict a person now and erase them when a retention period ends: their name
+    /// and address are shown to no one and nothing new about them is recorded; a run
+    /// erases them at --erase-at. Restricting again prints the first receipt.
+    Restrict(RestrictArgs),
+    /// Where a person stands: active, restricted (until when) or erased (with the
+    /// receipts).
     Show(SubjectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestrictArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    /// Why (kept with the restriction and the erasure; never the person's own data).
+    #[arg(long)]
+    pub reason: String,
+    /// When the retention period ends and they are erased: an RFC 3339 time
+    /// (2032-12-31T00:00:00Z), a date (2032-12-31, midnight UTC), or a duration from
+    /// now (2190d).
+    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    pub erase_at: chrono::DateTime<chrono::Utc>,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -896,6 +917,21 @@ pub struct AuditAccessArgs {
 
 /// A time to start from: RFC 3339, a date (midnight UTC), or a duration back from now.
 fn parse_since(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_time(input, Direction::Back)
+}
+
+/// A time to come: RFC 3339, a date (midnight UTC), or a duration from now.
+fn parse_until(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_time(input, Direction::Ahead)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Back,
+    Ahead,
+}
+
+fn parse_time(input: &str, direction: Direction) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let input = input.trim();
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(input) {
         return Ok(time.with_timezone(&chrono::Utc));
@@ -906,15 +942,24 @@ fn parse_since(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if input.starts_with(|c: char| c.is_ascii_digit())
         && input.ends_with(|c: char| c.is_ascii_alphabetic())
     {
-        let back = parse_duration(input)?;
-        return chrono::Duration::from_std(back.0)
-            .ok()
-            .and_then(|back| chrono::Utc::now().checked_sub_signed(back))
-            .ok_or_else(|| format!("{input:?} reaches back before any time cairn can count"));
+        let span = chrono::Duration::from_std(parse_duration(input)?.0).ok();
+        let now = chrono::Utc::now();
+        return match direction {
+            Direction::Back => span
+                .and_then(|back| now.checked_sub_signed(back))
+                .ok_or_else(|| format!("{input:?} reaches back before any time cairn can count")),
+            Direction::Ahead => span
+                .and_then(|ahead| now.checked_add_signed(ahead))
+                .ok_or_else(|| format!("{input:?} reaches past any time cairn can count")),
+        };
     }
+    let from_now = match direction {
+        Direction::Back => "back from now (30d)",
+        Direction::Ahead => "from now (2190d)",
+    };
     Err(format!(
         "{input:?} is not a time: give an RFC 3339 time (2026-01-31T09:00:00Z), a date \
-         (2026-01-31) or a duration back from now (30d)"
+         (2026-01-31) or a duration {from_now}"
     ))
 }
 

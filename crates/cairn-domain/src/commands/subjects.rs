@@ -6,13 +6,18 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use async_trait::async_trait;
+use std::sync::Arc;
+
 use cairn_dispatch::EventPayload;
 use cairn_log::{AppendRequest, BoxFuture, Tx};
+use cairn_mail::Mailer;
 use cairn_policy::Action;
-use cairn_types::{CorrelationId, OrgId, UserId};
+use cairn_types::{CorrelationId, Metadata, OrgId, UserId, WorkflowId};
+use cairn_workflow::{Decision, History, Start, StepCall, StepContext, StepError, Workflow};
 
 use super::{Changes, Command, CommandContext, CommandError, Domain, invalid, stream_type};
-use crate::events::{UserErased, stream};
+use crate::events::{UserErased, UserRestricted, stream};
 use crate::queries;
 
 /// What an erasure returns, and returns again if the person is erased again.
@@ -31,18 +36,49 @@ pub struct ErasureReceipt {
     pub repeated: bool,
 }
 
+/// What a restriction returns, and returns again if the person is restricted again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestrictionReceipt {
+    pub subject_id: UserId,
+    pub org_id: OrgId,
+    pub restricted_at: DateTime<Utc>,
+    /// Who restricted them: `user:<uuid>` or `service:<name>`.
+    pub restricted_by: String,
+    pub reason: String,
+    /// When they are erased, on a durable timer.
+    pub erase_at: DateTime<Utc>,
+    /// The run that sleeps until `erase_at` and then erases them.
+    pub workflow_id: WorkflowId,
+    /// The request that restricted them: its timeline shows the restriction.
+    pub correlation_id: CorrelationId,
+    /// Whether this answer is the receipt of an earlier restriction.
+    #[serde(default)]
+    pub repeated: bool,
+}
+
 /// Where a person stands, for `GET /v1/subjects/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct SubjectStatus {
     pub subject_id: UserId,
     pub org_id: OrgId,
     /// `active` (their data is sealed under a live key, or was written before sealing
-    /// and is kept) or `erased`.
+    /// and is kept), `restricted` (kept, shown to no one, until their erasure) or
+    /// `erased`.
     pub state: String,
+    /// The restriction's receipt, once restricted (kept after their erasure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restriction: Option<RestrictionReceipt>,
     /// The erasure's receipt, once erased.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub erasure: Option<ErasureReceipt>,
 }
+
+/// The kind of the workflow that erases a restricted person when their retention
+/// period ends.
+pub const RETENTION_WORKFLOW: &str = "retention_erasure";
+
+/// The furthest ahead an erasure can be put: a retention period of up to 30 years.
+const LONGEST_RETENTION_DAYS: i64 = 30 * 366;
 
 struct Erase {
     user_id: UserId,
@@ -82,51 +118,211 @@ impl Command for Erase {
     ) -> BoxFuture<'t, Result<Changes<ErasureReceipt>, CommandError>> {
         Box::pin(async move {
             let user = existing_user(tx, self.user_id).await?;
-            let receipt = ErasureReceipt {
+            let (receipt, event) = erase_in(
+                domain.store.db().keyring(),
+                tx,
+                &user,
+                &self.reason,
+                ctx.metadata(user.org_id),
+                domain.now(),
+            )
+            .await?;
+            Ok(match event {
+                Some(event) => Changes::answer(receipt).append(event),
+                None => Changes::answer(receipt),
+            })
+        })
+    }
+}
+
+/// The erasure of `user` as a unit of work in `tx`: their data key is destroyed and
+/// the receipt stored with it. Returns the receipt and the `user.erased` event to
+/// append with the same unit, or the first receipt (marked repeated) and no event
+/// when they were erased before. `metadata` names who erases them and why.
+pub(crate) async fn erase_in(
+    keyring: &cairn_log::Keyring,
+    tx: &mut Tx,
+    user: &queries::User,
+    reason: &str,
+    metadata: Metadata,
+    now: DateTime<Utc>,
+) -> Result<(ErasureReceipt, Option<AppendRequest>), CommandError> {
+    let erased_by = metadata
+        .actor
+        .clone()
+        .ok_or_else(|| CommandError::InvalidState {
+            message: "an erasure must name who erases".to_owned(),
+        })?;
+    let receipt = ErasureReceipt {
+        subject_id: user.id,
+        org_id: user.org_id,
+        erased_at: now,
+        erased_by: erased_by.to_string(),
+        reason: reason.to_owned(),
+        correlation_id: metadata.correlation_id,
+        repeated: false,
+    };
+    match keyring.erase_in(tx, user.id, encode(&receipt)?).await? {
+        cairn_log::Erasure::Already { receipt } => {
+            let mut first: ErasureReceipt = decode(receipt, "erasure")?;
+            first.repeated = true;
+            Ok((first, None))
+        }
+        cairn_log::Erasure::Erased { .. } => {
+            let erased = UserErased {
+                org_id: user.org_id,
+                reason: reason.to_owned(),
+                erased_by,
+            };
+            let event = AppendRequest::new(
+                stream_type(stream::USER),
+                user.id.into(),
+                vec![erased.to_event(metadata)],
+            );
+            Ok((receipt, Some(event)))
+        }
+    }
+}
+
+fn encode<T: Serialize>(receipt: &T) -> Result<Value, CommandError> {
+    serde_json::to_value(receipt).map_err(|e| CommandError::InvalidState {
+        message: format!("the receipt cannot be encoded: {e}"),
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(receipt: Value, what: &str) -> Result<T, CommandError> {
+    serde_json::from_value(receipt).map_err(|e| CommandError::InvalidState {
+        message: format!("the first {what}'s receipt cannot be read: {e}"),
+    })
+}
+
+struct Restrict {
+    user_id: UserId,
+    reason: String,
+    erase_at: DateTime<Utc>,
+}
+
+impl Command for Restrict {
+    const NAME: &'static str = "restrict_subject";
+    type Response = RestrictionReceipt;
+
+    fn request(&self) -> Value {
+        json!({ "user_id": self.user_id, "reason": self.reason, "erase_at": self.erase_at })
+    }
+
+    fn authorize<'t>(
+        &'t self,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(async move {
+            let user = existing_user(tx, self.user_id).await?;
+            ctx.authorize_found(
+                Action::EraseSubject(user.org_id),
+                user.org_id,
+                "user",
+                self.user_id.to_string(),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<RestrictionReceipt>, CommandError>> {
+        Box::pin(async move {
+            let user = existing_user(tx, self.user_id).await?;
+            let workflow_id = WorkflowId::new_v7();
+            let receipt = RestrictionReceipt {
                 subject_id: self.user_id,
                 org_id: user.org_id,
-                erased_at: domain.now(),
-                erased_by: ctx.actor().to_string(),
+                restricted_at: domain.now(),
+                restricted_by: ctx.actor().to_string(),
                 reason: self.reason.clone(),
+                erase_at: self.erase_at,
+                workflow_id,
                 correlation_id: ctx.correlation_id,
                 repeated: false,
             };
-            let stored =
-                serde_json::to_value(&receipt).map_err(|e| CommandError::InvalidState {
-                    message: format!("the receipt cannot be encoded: {e}"),
-                })?;
-            let erasure = domain
+            let restriction = domain
                 .store
                 .db()
                 .keyring()
-                .erase_in(tx, self.user_id, stored)
-                .await?;
-            match erasure {
-                cairn_log::Erasure::Already { receipt } => {
-                    let mut first: ErasureReceipt =
-                        serde_json::from_value(receipt).map_err(|e| {
-                            CommandError::InvalidState {
-                                message: format!("the first erasure's receipt cannot be read: {e}"),
-                            }
-                        })?;
+                .restrict_in(tx, self.user_id, encode(&receipt)?)
+                .await
+                .map_err(|error| match error {
+                    cairn_log::SealError::Database(e) => CommandError::Database(e),
+                    other => CommandError::InvalidState {
+                        message: other.to_string(),
+                    },
+                })?;
+            match restriction {
+                cairn_log::Restriction::Already { receipt } => {
+                    let mut first: RestrictionReceipt = decode(receipt, "restriction")?;
                     first.repeated = true;
                     Ok(Changes::answer(first))
                 }
-                cairn_log::Erasure::Erased { .. } => {
-                    let erased = UserErased {
+                cairn_log::Restriction::Erased { receipt } => {
+                    let erased: ErasureReceipt = decode(receipt, "erasure")?;
+                    Err(CommandError::InvalidState {
+                        message: format!(
+                            "user {} was erased at {}: there is nothing left to restrict",
+                            self.user_id,
+                            erased.erased_at.format("%Y-%m-%d %H:%M:%S UTC")
+                        ),
+                    })
+                }
+                cairn_log::Restriction::Restricted { .. } => {
+                    let restricted = UserRestricted {
                         org_id: user.org_id,
                         reason: self.reason.clone(),
-                        erased_by: ctx.actor(),
+                        restricted_by: ctx.actor(),
+                        erase_at: self.erase_at,
+                        workflow_id,
                     };
-                    Ok(Changes::answer(receipt).append(AppendRequest::new(
-                        stream_type(stream::USER),
-                        self.user_id.into(),
-                        vec![erased.to_event(ctx.metadata(user.org_id))],
-                    )))
+                    let start = Start {
+                        id: workflow_id,
+                        kind: RETENTION_WORKFLOW.to_owned(),
+                        input: json!({
+                            "subject_id": self.user_id,
+                            "erase_at": self.erase_at,
+                            "reason": self.reason,
+                        }),
+                        correlation_id: ctx.correlation_id,
+                        org_id: Some(user.org_id),
+                        actor: Some(ctx.actor()),
+                        parent: None,
+                    };
+                    Ok(Changes::answer(receipt)
+                        .append(AppendRequest::new(
+                            stream_type(stream::USER),
+                            self.user_id.into(),
+                            vec![restricted.to_event(ctx.metadata(user.org_id))],
+                        ))
+                        .start(start))
                 }
             }
         })
     }
+}
+
+/// A reason given for an erasure or a restriction, trimmed; refused when empty, longer
+/// than 500 characters or holding control characters.
+fn checked_reason(reason: &str) -> Result<String, CommandError> {
+    let reason = reason.trim();
+    let controls = reason
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
+    if reason.is_empty() || reason.chars().count() > 500 || controls {
+        return Err(CommandError::Invalid(vec![invalid(
+            "reason",
+            "give a reason of 1 to 500 characters, without control characters",
+        )]));
+    }
+    Ok(reason.to_owned())
 }
 
 async fn existing_user(tx: &mut Tx, user_id: UserId) -> Result<queries::User, CommandError> {
@@ -150,25 +346,8 @@ impl Domain {
         user_id: UserId,
         reason: &str,
     ) -> Result<ErasureReceipt, CommandError> {
-        let reason = reason.trim();
-        let controls = reason
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
-        if reason.is_empty() || reason.chars().count() > 500 || controls {
-            return Err(CommandError::Invalid(vec![invalid(
-                "reason",
-                "give a reason of 1 to 500 characters, without control characters",
-            )]));
-        }
-        let receipt = self
-            .execute(
-                ctx,
-                Erase {
-                    user_id,
-                    reason: reason.to_owned(),
-                },
-            )
-            .await?;
+        let reason = checked_reason(reason)?;
+        let receipt = self.execute(ctx, Erase { user_id, reason }).await?;
         self.store.db().keyring().forget(user_id);
         if let Err(error) = self.store.db().compact_wal().await {
             tracing::warn!(%user_id, %error, "the write-ahead log was not emptied after an erasure");
@@ -176,6 +355,53 @@ impl Domain {
         if let Err(error) = self.sweep_subject(user_id).await {
             // Swept again at the next start: the erasure itself is complete.
             tracing::error!(%user_id, error = %cairn_types::error_chain(&*error), "the copies outside the database of an erased person were not removed yet");
+        }
+        Ok(receipt)
+    }
+
+    /// Restricts a person until their erasure at `erase_at`, when a retention period
+    /// ends (GDPR art. 17(3)(b) and art. 18): in one unit of work their data is
+    /// withheld from every read (it stays sealed in the log under their key), their
+    /// projection rows keep no name or address, nothing new about them can be
+    /// recorded, `user.restricted` is appended, and a run starts that sleeps on a
+    /// durable timer until `erase_at` and then erases them. Restricting again returns
+    /// the first receipt; an erased person cannot be restricted.
+    pub async fn restrict_subject(
+        &self,
+        ctx: &CommandContext,
+        user_id: UserId,
+        reason: &str,
+        erase_at: DateTime<Utc>,
+    ) -> Result<RestrictionReceipt, CommandError> {
+        let reason = checked_reason(reason)?;
+        let now = self.now();
+        if erase_at <= now {
+            return Err(CommandError::Invalid(vec![invalid(
+                "erase_at",
+                format!(
+                    "the erasure must be in the future (it is {} now); erase now instead",
+                    now.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            )]));
+        }
+        if erase_at > now + chrono::Duration::days(LONGEST_RETENTION_DAYS) {
+            return Err(CommandError::Invalid(vec![invalid(
+                "erase_at",
+                "the erasure must be within 30 years",
+            )]));
+        }
+        let receipt = self
+            .execute(
+                ctx,
+                Restrict {
+                    user_id,
+                    reason,
+                    erase_at,
+                },
+            )
+            .await?;
+        if let Err(error) = self.store.db().compact_wal().await {
+            tracing::warn!(%user_id, %error, "the write-ahead log was not emptied after a restriction");
         }
         Ok(receipt)
     }
@@ -206,19 +432,25 @@ impl Domain {
             .keyring()
             .state(self.store.db(), user_id)
             .await?;
-        Ok(match state {
-            cairn_log::SubjectState::Erased { receipt } => SubjectStatus {
-                subject_id: user_id,
-                org_id: user.org_id,
-                state: "erased".to_owned(),
-                erasure: serde_json::from_value(receipt).ok(),
-            },
-            _ => SubjectStatus {
-                subject_id: user_id,
-                org_id: user.org_id,
-                state: "active".to_owned(),
-                erasure: None,
-            },
+        fn read<T: serde::de::DeserializeOwned>(receipt: Value) -> Option<T> {
+            serde_json::from_value(receipt).ok()
+        }
+        let (state, restriction, erasure) = match state {
+            cairn_log::SubjectState::Erased {
+                receipt,
+                restriction,
+            } => ("erased", restriction.and_then(read), read(receipt)),
+            cairn_log::SubjectState::Restricted { receipt } => ("restricted", read(receipt), None),
+            cairn_log::SubjectState::Active { .. } | cairn_log::SubjectState::Unknown => {
+                ("active", None, None)
+            }
+        };
+        Ok(SubjectStatus {
+            subject_id: user_id,
+            org_id: user.org_id,
+            state: state.to_owned(),
+            restriction,
+            erasure,
         })
     }
 
@@ -228,26 +460,7 @@ impl Domain {
         &self,
         user_id: UserId,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut reader = self.store.db().reader().await?;
-        let invitations = queries::invitations_of_user(&mut reader.conn(), user_id).await?;
-        drop(reader);
-        let mut message_ids = Vec::new();
-        for invitation in &invitations {
-            let domain = invitation
-                .message_id
-                .rsplit_once('@')
-                .map_or("", |(_, domain)| domain);
-            for n in 1..=invitation.send_count.max(1) {
-                message_ids.push(format!("invitation-{}-{n}@{domain}", invitation.id));
-            }
-        }
-        self.mailer.forget(&message_ids).await?;
-        self.store
-            .db()
-            .keyring()
-            .mark_swept(self.store.db(), user_id)
-            .await?;
-        Ok(())
+        sweep(self.store.db(), self.mailer.as_ref(), user_id).await
     }
 
     /// Finishes every erasure whose copies outside the database were not removed yet
@@ -259,5 +472,133 @@ impl Domain {
             self.sweep_subject(*user_id).await?;
         }
         Ok(pending.len())
+    }
+}
+
+/// Removes the copies cairn made outside the database of an erased person (the
+/// outbox's `.eml` files of their invitations), then records that it did.
+async fn sweep(
+    db: &cairn_log::Db,
+    mailer: &dyn Mailer,
+    user_id: UserId,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut reader = db.reader().await?;
+    let invitations = queries::invitations_of_user(&mut reader.conn(), user_id).await?;
+    drop(reader);
+    let mut message_ids = Vec::new();
+    for invitation in &invitations {
+        let domain = invitation
+            .message_id
+            .rsplit_once('@')
+            .map_or("", |(_, domain)| domain);
+        for n in 1..=invitation.send_count.max(1) {
+            message_ids.push(format!("invitation-{}-{n}@{domain}", invitation.id));
+        }
+    }
+    mailer.forget(&message_ids).await?;
+    db.keyring().mark_swept(db, user_id).await?;
+    Ok(())
+}
+
+/// Erases a restricted person when their retention period ends: sleeps on a durable
+/// timer until `erase_at`, erases them in one step (as [`Domain::erase_subject`]
+/// does, with the engine as who erases), then removes the copies outside the
+/// database. An erasure made in the meantime is found and kept.
+pub struct RetentionErasure {
+    pub mailer: Arc<dyn Mailer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionInput {
+    subject_id: UserId,
+    erase_at: DateTime<Utc>,
+    reason: String,
+}
+
+fn retention_input(input: &Value) -> Result<RetentionInput, String> {
+    RetentionInput::deserialize(input)
+        .map_err(|e| format!("the erasure's input cannot be read: {e}"))
+}
+
+#[async_trait]
+impl Workflow for RetentionErasure {
+    fn kind(&self) -> &'static str {
+        RETENTION_WORKFLOW
+    }
+
+    fn decide(&self, input: &Value, history: &History) -> Result<Decision, String> {
+        let input = retention_input(input)?;
+        if let Some(failed) = history.failure() {
+            return Ok(Decision::Fail(format!(
+                "step {} failed: {}",
+                failed.name,
+                failed.last_error.as_deref().unwrap_or("no message")
+            )));
+        }
+        if history.fired("retention").is_none() {
+            return Ok(Decision::Sleep {
+                timer: "retention".to_owned(),
+                until: input.erase_at,
+            });
+        }
+        let Some(erased) = history.result("erase") else {
+            return Ok(Decision::Run(StepCall::new("erase")));
+        };
+        if history.result("sweep").is_none() {
+            return Ok(Decision::Run(StepCall::new("sweep").external()));
+        }
+        Ok(Decision::Complete(erased.clone()))
+    }
+
+    async fn perform(
+        &self,
+        input: &Value,
+        call: &StepCall,
+        ctx: &mut StepContext<'_>,
+    ) -> Result<Value, StepError> {
+        let input = retention_input(input).map_err(StepError::permanent)?;
+        let subject = input.subject_id;
+        match call.name.as_str() {
+            "erase" => {
+                let now = ctx.now();
+                let metadata = ctx.metadata();
+                let keyring = ctx.store().db().keyring().clone();
+                let tx = ctx.tx()?;
+                let user = queries::user(&mut tx.conn(), subject)
+                    .await?
+                    .ok_or_else(|| {
+                        StepError::permanent(format!("user {subject} does not exist"))
+                    })?;
+                let reason = format!(
+                    "the retention period ended; restricted because: {}",
+                    input.reason
+                );
+                let (receipt, event) = erase_in(&keyring, tx, &user, &reason, metadata, now)
+                    .await
+                    .map_err(|error| match error {
+                        CommandError::Database(e) => StepError::from(e),
+                        other => StepError::permanent(other.to_string()),
+                    })?;
+                if let Some(event) = event {
+                    ctx.append_applied(event).await?;
+                }
+                serde_json::to_value(&receipt).map_err(|e| StepError::permanent(e.to_string()))
+            }
+            "sweep" => {
+                let db = ctx.store().db();
+                db.keyring().forget(subject);
+                sweep(db, self.mailer.as_ref(), subject)
+                    .await
+                    .map_err(|e| StepError::retryable(cairn_types::error_chain(&*e)))?;
+                if let Err(error) = db.compact_wal().await {
+                    tracing::warn!(%subject, %error, "the write-ahead log was not emptied after an erasure");
+                }
+                Ok(json!({ "swept": true }))
+            }
+            other => Err(StepError::permanent(format!(
+                "the retention erasure has no step {other}"
+            ))),
+        }
     }
 }

@@ -565,3 +565,233 @@ backend_test!(
         Ok(())
     }
 );
+
+/// The opened payloads of every event in the log, as one text.
+async fn opened_log(w: &World) -> anyhow::Result<String> {
+    let stored = {
+        let mut reader = w.t.db().reader().await?;
+        reader.conn().read_events(&EventFilter::default()).await?
+    };
+    let opened = current_events(w.t.db(), w.domain.store().dispatcher().registry(), stored).await?;
+    Ok(serde_json::to_string(
+        &opened.iter().map(|e| &e.data).collect::<Vec<_>>(),
+    )?)
+}
+
+backend_test!(
+    a_restricted_person_is_shown_to_no_one_and_erased_on_a_durable_timer_when_the_retention_period_ends,
+    |t: TestDb| async move {
+        let outbox = tempfile::tempdir()?;
+        let mailer = Arc::new(OutboxMailer::new(outbox.path()));
+        let clock = Arc::new(cairn_workflow::ManualClock::new(chrono::Utc::now()));
+        let w = world(t, mailer, clock.clone()).await?;
+        let ctx = admin_actor();
+        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+        let head = {
+            let mut reader = w.t.db().reader().await?;
+            reader.conn().head().await?
+        };
+
+        // Bad requests change nothing.
+        let now = cairn_workflow::Clock::now(clock.as_ref());
+        let past = w
+            .domain
+            .restrict_subject(&ctx, rosalind, "kept for audit", now)
+            .await;
+        assert!(
+            matches!(&past, Err(CommandError::Invalid(errors)) if errors[0].field == "erase_at"),
+            "{past:?}"
+        );
+        let no_reason = w
+            .domain
+            .restrict_subject(&ctx, rosalind, " ", now + chrono::Duration::days(1))
+            .await;
+        assert!(
+            matches!(no_reason, Err(CommandError::Invalid(_))),
+            "{no_reason:?}"
+        );
+        let nobody = w
+            .domain
+            .restrict_subject(
+                &ctx,
+                UserId::new_v7(),
+                "no one",
+                now + chrono::Duration::days(1),
+            )
+            .await;
+        assert!(
+            matches!(nobody, Err(CommandError::NotFound { .. })),
+            "{nobody:?}"
+        );
+        assert_eq!(w.domain.subject_status(&ctx, rosalind).await?.state, "active");
+
+        // Restricted for 30 days.
+        let erase_at = now + chrono::Duration::days(30);
+        let receipt = w
+            .domain
+            .restrict_subject(&ctx, rosalind, "records kept 30 days", erase_at)
+            .await?;
+        assert!(!receipt.repeated);
+        assert_eq!(receipt.erase_at, erase_at);
+        let again = w
+            .domain
+            .restrict_subject(&ctx, rosalind, "again", erase_at + chrono::Duration::days(1))
+            .await?;
+        assert!(again.repeated, "the first receipt comes back");
+        assert_eq!(again.erase_at, erase_at);
+        assert_eq!(again.workflow_id, receipt.workflow_id);
+        let status = w.domain.subject_status(&ctx, rosalind).await?;
+        assert_eq!(status.state, "restricted");
+        assert_eq!(status.restriction.as_ref().map(|r| r.erase_at), Some(erase_at));
+
+        // Every read withholds her; nobody else is touched.
+        let opened = opened_log(&w).await?;
+        assert!(!opened.contains(EMAIL) && !opened.contains(NAME), "{opened}");
+        assert!(opened.contains(r#"{"withheld":"restricted"}"#));
+        assert!(opened.contains("ada@example.com"));
+        let user = {
+            let mut reader = w.t.db().reader().await?;
+            queries::user(&mut reader.conn(), rosalind).await?
+        }
+        .expect("her row stays");
+        assert_eq!((user.email.as_str(), user.name.as_str()), ("", ""));
+        assert!(user.restricted_at.is_some() && user.erased_at.is_none());
+        // The database shows her to no one: sealed in the log, empty in the rows.
+        let bytes = dump(&w.t).await?;
+        assert_eq!(count(&bytes, EMAIL), 0);
+        assert_eq!(count(&bytes, NAME), 0);
+        assert_no_drift(&w).await?;
+
+        // Nothing new about her is recorded, and no mail goes to her.
+        let refused = w.domain.store().append(invited(accepted.org_id, rosalind)).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(cairn_log::AppendError::Seal {
+                    error: cairn_log::SealError::Restricted { .. },
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let invitations = {
+            let mut reader = w.t.db().reader().await?;
+            queries::invitations_of_user(&mut reader.conn(), rosalind).await?
+        };
+        let resend = w.domain.resend_invitation(&ctx, invitations[0].id).await;
+        assert!(
+            matches!(&resend, Err(CommandError::InvalidState { message }) if message.contains("restricted")),
+            "{resend:?}"
+        );
+
+        // The run sleeps until the period ends, through any number of passes.
+        w.domain.engine().run_until_idle().await?;
+        clock.advance(chrono::Duration::days(29));
+        w.domain.engine().run_until_idle().await?;
+        assert_eq!(w.domain.subject_status(&ctx, rosalind).await?.state, "restricted");
+        assert!(count(&files_under(outbox.path())?, EMAIL) > 0, "kept until her erasure");
+
+        // Then she is erased, by the engine, with the restriction's reason.
+        clock.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1));
+        w.domain.engine().run_until_idle().await?;
+        let status = w.domain.subject_status(&ctx, rosalind).await?;
+        assert_eq!(status.state, "erased");
+        let erasure = status.erasure.expect("the erasure's receipt");
+        assert!(erasure.erased_by.starts_with("service:"), "{erasure:?}");
+        assert!(erasure.reason.contains("records kept 30 days"), "{erasure:?}");
+        assert_eq!(erasure.correlation_id, receipt.correlation_id);
+        assert_eq!(
+            status.restriction.map(|r| r.workflow_id),
+            Some(receipt.workflow_id),
+            "the restriction's receipt is kept"
+        );
+        let run = crate::common::workflow_status(&w, receipt.workflow_id).await?;
+        assert_eq!(run, cairn_workflow::RunStatus::Completed);
+        let opened = opened_log(&w).await?;
+        assert!(opened.contains(r#"{"withheld":"erased"}"#));
+        assert!(!opened.contains(r#"{"withheld":"restricted"}"#));
+        assert_eq!(count(&files_under(outbox.path())?, EMAIL), 0, "the outbox is swept");
+        let bytes = dump(&w.t).await?;
+        assert_eq!(count(&bytes, EMAIL), 0);
+
+        // The chain still holds its earlier head; replay rebuilds the same rows.
+        let audit =
+            w.t.db()
+                .verify_chain_with(
+                    &ChainCheck {
+                        anchors: vec![Anchor {
+                            position: head.last_position,
+                            hash: head.last_hash.clone(),
+                        }],
+                        start: None,
+                    },
+                    &mut |_, _| {},
+                )
+                .await?;
+        assert!(audit.is_intact(), "{audit:?}");
+        assert_eq!(audit.anchors, vec![AnchorStatus::Holds]);
+        assert_no_drift(&w).await?;
+
+        // An erased person cannot be restricted.
+        let late = w
+            .domain
+            .restrict_subject(&ctx, rosalind, "too late", cairn_workflow::Clock::now(clock.as_ref()) + chrono::Duration::days(1))
+            .await;
+        assert!(
+            matches!(&late, Err(CommandError::InvalidState { message }) if message.contains("erased")),
+            "{late:?}"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
+    another_process_holding_her_key_refuses_to_seal_for_a_restricted_person_and_learns_to_withhold_her,
+    |t: TestDb| async move {
+        let HerKeyElsewhere {
+            w,
+            ctx,
+            accepted,
+            rosalind,
+            other,
+            ..
+        } = her_key_held_by_another_process(t).await?;
+        let erase_at = chrono::Utc::now() + chrono::Duration::days(30);
+        w.domain
+            .restrict_subject(&ctx, rosalind, "records kept", erase_at)
+            .await?;
+
+        // Before it has heard of the restriction: the count of erasures says its
+        // cached key may be stale, and her row says restricted.
+        let refused = other.append(invited(accepted.org_id, rosalind)).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(cairn_log::AppendError::Seal {
+                    error: cairn_log::SealError::Restricted { .. },
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+
+        // Once it has: it opens nothing of hers.
+        let started = tokio::time::Instant::now();
+        while other.db().keyring().erasures_learnt() == 0 {
+            anyhow::ensure!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the other process never learnt of the restriction"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let stored = {
+            let mut reader = other.db().reader().await?;
+            reader.conn().read_events(&EventFilter::default()).await?
+        };
+        let opened = current_events(other.db(), other.dispatcher().registry(), stored).await?;
+        let text = serde_json::to_string(&opened.iter().map(|e| &e.data).collect::<Vec<_>>())?;
+        assert!(!text.contains(EMAIL), "{text}");
+        assert!(text.contains(r#"{"withheld":"restricted"}"#));
+        Ok(())
+    }
+);

@@ -399,15 +399,17 @@ pub(crate) struct PersonRow {
     pub email: String,
     pub status: String,
     pub roles: String,
-    /// Erased at their request: no name or address is left to show.
-    pub erased: bool,
+    /// Why no name or address is shown: `erased` at their request, or `restricted`
+    /// until their erasure.
+    pub withheld: Option<&'static str>,
 }
 
 /// An invitation, with its delivery state.
 pub(crate) struct InvitationRow {
     pub id: String,
     pub email: String,
-    pub erased: bool,
+    /// Why the address is not shown: `erased` or `restricted`.
+    pub withheld: Option<&'static str>,
     pub roles: String,
     pub status: String,
     pub sends: i64,
@@ -452,6 +454,18 @@ struct OrganizationPage {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct OrgQuery {
     notice: Option<String>,
+}
+
+/// Why a person's name and address are not shown, if they are not.
+fn withheld(
+    erased_at: Option<&chrono::DateTime<chrono::Utc>>,
+    restricted_at: Option<&chrono::DateTime<chrono::Utc>>,
+) -> Option<&'static str> {
+    match (erased_at, restricted_at) {
+        (Some(_), _) => Some("erased"),
+        (None, Some(_)) => Some("restricted"),
+        (None, None) => None,
+    }
 }
 
 fn notice_text(notice: Option<&str>) -> Option<String> {
@@ -552,7 +566,7 @@ async fn organization_page(
         .map(|u| PersonRow {
             id: u.id.to_string(),
             roles: join(&u.roles),
-            erased: u.erased_at.is_some(),
+            withheld: withheld(u.erased_at.as_ref(), u.restricted_at.as_ref()),
             name: u.name,
             email: u.email,
             status: u.status,
@@ -581,7 +595,7 @@ async fn organization_page(
             };
             InvitationRow {
                 id: i.id.to_string(),
-                erased: i.erased_at.is_some(),
+                withheld: withheld(i.erased_at.as_ref(), i.restricted_at.as_ref()),
                 roles: join(&i.roles),
                 pending: i.status == "pending",
                 resendable: i.status == "pending" || i.status == "expired",

@@ -114,7 +114,7 @@ pub fn command_problem(error: CommandError) -> Problem {
         CommandError::Append(cairn_log::AppendError::Database(e)) => database(&e),
         CommandError::Append(
             error @ cairn_log::AppendError::Seal {
-                error: cairn_log::SealError::Erased { .. },
+                error: cairn_log::SealError::Erased { .. } | cairn_log::SealError::Restricted { .. },
                 ..
             },
         ) => Problem::new(ProblemCode::Conflict, error.to_string()),

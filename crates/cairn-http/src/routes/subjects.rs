@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use cairn_domain::{ErasureReceipt, SubjectStatus};
+use cairn_domain::{ErasureReceipt, RestrictionReceipt, SubjectStatus};
 use cairn_types::UserId;
 
 use super::command_problem;
@@ -34,13 +34,35 @@ pub struct ErasureRequest {
     pub reason: String,
 }
 
+/// Why a person is restricted, and when they are erased.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictionRequest {
+    /// 1 to 500 characters, not only spaces, no control characters but tabs and
+    /// newlines. Kept with the restriction: it must not carry the person's own data.
+    #[schemars(
+        length(min = 1, max = 500),
+        pattern(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
+    )]
+    pub reason: String,
+    /// When the retention period ends and the person is erased (RFC 3339, with an
+    /// offset): in the future, and within 30 years.
+    pub erase_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Where a person stands, and their erasure.
 pub(super) fn ops(api: Api) -> Api {
     api.op(
         op!(GET "/v1/subjects/{subject_id}", "getSubject", "subjects", OK, public: false, command: false,
             "Where a person stands",
-            "Active, or erased with the erasure's receipt. A person of another organization, or nobody, is 404."),
+            "Active; restricted until an erasure, with the restriction's receipt; or erased, with the erasure's receipt (and the restriction's, when one came first). A person of another organization, or nobody, is 404."),
         get_subject,
+    )
+    .op(
+        op!(POST "/v1/subjects/{subject_id}/restriction", "restrictSubject", "subjects", OK, public: false, command: true,
+            "Restrict a person now and erase them when a retention period ends",
+            "For a person who asked to be erased while the organization must keep their records for a while longer (GDPR art. 17(3)(b), art. 18). One unit of work withholds every name and address of theirs from every read (they stay sealed in the log, under their key), empties their rows, refuses any new personal data about them, records user.restricted with no personal data, and starts a run that sleeps on a durable timer until erase_at and then erases them as POST /v1/subjects/{subject_id}/erasure does. Erasing them sooner is allowed. The person's organization admin or a platform administrator may. Restricting again returns the first receipt, with repeated: true; an erased person is 409."),
+        restrict_subject,
     )
     .op(
         op!(POST "/v1/subjects/{subject_id}/erasure", "eraseSubject", "subjects", OK, public: false, command: true,
@@ -64,6 +86,23 @@ async fn get_subject(
         .await
         .map_err(command_problem)?;
     Ok(Reply::ok(status))
+}
+
+/// `POST /v1/subjects/{subject_id}/restriction`: restricts a person until their
+/// erasure.
+async fn restrict_subject(
+    state: AppState,
+    ctx: Ctx,
+    path: SubjectPath,
+    _: Empty,
+    body: RestrictionRequest,
+) -> Result<Reply<RestrictionReceipt>, Problem> {
+    let receipt = state
+        .domain()
+        .restrict_subject(&ctx.command(), path.subject_id, &body.reason, body.erase_at)
+        .await
+        .map_err(command_problem)?;
+    Ok(Reply::ok(receipt))
 }
 
 /// `POST /v1/subjects/{subject_id}/erasure`: erases a person.

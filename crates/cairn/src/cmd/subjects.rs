@@ -9,7 +9,9 @@ use cairn_log::Kek;
 use cairn_policy::Principal;
 
 use crate::app;
-use crate::cli::{EraseArgs, KeysCommand, RotateArgs, Runtime, SubjectArgs, SubjectsCommand};
+use crate::cli::{
+    EraseArgs, KeysCommand, RestrictArgs, RotateArgs, Runtime, SubjectArgs, SubjectsCommand,
+};
 use crate::cmd::org::explain;
 use crate::ui;
 
@@ -26,6 +28,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         SubjectsCommand::Erase(args) => erase(url, runtime, args).await,
+        SubjectsCommand::Restrict(args) => restrict(url, runtime, args).await,
         SubjectsCommand::Show(args) => show(url, runtime, args).await,
     }
 }
@@ -59,6 +62,37 @@ async fn erase(url: &str, runtime: &Runtime, args: EraseArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+async fn restrict(url: &str, runtime: &Runtime, args: RestrictArgs) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    let receipt = domain
+        .restrict_subject(&operator(), args.id, &args.reason, args.erase_at)
+        .await
+        .map_err(explain)?;
+    if args.json.json {
+        ui::print_json(&receipt)?;
+    } else {
+        let when = receipt.restricted_at.format("%Y-%m-%d %H:%M:%S UTC");
+        let erase_at = receipt.erase_at.format("%Y-%m-%d %H:%M:%S UTC");
+        match receipt.repeated {
+            true => outln!(
+                "{} person {} was restricted before, at {when} by {}: nothing changed",
+                style("=").yellow().bold(),
+                receipt.subject_id,
+                receipt.restricted_by
+            ),
+            false => outln!(
+                "{} person {} restricted at {when}: their name and address are shown to no one, and nothing new about them is recorded",
+                style("✓").green().bold(),
+                receipt.subject_id
+            ),
+        }
+        outln!("  erased at: {erase_at} (run {})", receipt.workflow_id);
+        outln!("  reason: {}", receipt.reason);
+        outln!("  request: {}", receipt.correlation_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn show(url: &str, runtime: &Runtime, args: SubjectArgs) -> anyhow::Result<ExitCode> {
     let domain = app::open_domain(url, runtime).await?;
     let status = domain
@@ -74,6 +108,15 @@ async fn show(url: &str, runtime: &Runtime, args: SubjectArgs) -> anyhow::Result
             status.org_id,
             style(&status.state).bold()
         );
+        if let Some(restriction) = &status.restriction {
+            outln!(
+                "  restricted at {} by {} until {}: {}",
+                restriction.restricted_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                restriction.restricted_by,
+                restriction.erase_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                restriction.reason
+            );
+        }
         if let Some(erasure) = &status.erasure {
             outln!(
                 "  erased at {} by {}: {}",
