@@ -958,6 +958,8 @@ struct ErasePage {
     user_id: String,
     name: String,
     email: String,
+    /// Restricted until a later erasure: their name and address are not shown.
+    restricted: bool,
     reason: Field,
 }
 
@@ -968,6 +970,7 @@ fn erase_page_for(session: &Session, user: &reads::User, reason: Field) -> Erase
         user_id: user.id.to_string(),
         name: user.name.clone(),
         email: user.email.clone(),
+        restricted: user.restricted_at.is_some(),
         reason,
     }
 }

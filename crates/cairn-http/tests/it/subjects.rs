@@ -1,5 +1,6 @@
-//! `GET /v1/subjects/{id}` and `POST /v1/subjects/{id}/erasure`: who may erase whom,
-//! what bad input gets, and that a second erasure returns the first receipt.
+//! `GET /v1/subjects/{id}`, `POST /v1/subjects/{id}/erasure` and `…/restriction`: who
+//! may erase or restrict whom, what bad input gets, and that a second erasure or
+//! restriction returns the first receipt.
 
 use std::collections::BTreeSet;
 
@@ -135,6 +136,145 @@ backend_test!(
         assert_eq!(user.status, StatusCode::OK, "{:?}", user.body);
         assert_eq!(user.body["email"], "");
         assert!(user.body["erased_at"].is_string(), "{:?}", user.body);
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_person_is_restricted_until_their_erasure_and_bad_requests_say_what_was_wrong,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let org_a = bootstrapped(&s, "restrict-a").await?;
+        let org_b = bootstrapped(&s, "restrict-b").await?;
+        s.domain.engine().run_until_idle().await?;
+        let users = call(Method::GET, format!("/v1/organizations/{org_a}/users"))
+            .as_(&platform_admin())
+            .send(&s.app)
+            .await;
+        let person = users.body["items"]
+            .as_array()
+            .and_then(|items| items.first())
+            .and_then(|u| u["id"].as_str())
+            .context("a user of A")?
+            .to_owned();
+        let restrict = format!("/v1/subjects/{person}/restriction");
+        let status_path = format!("/v1/subjects/{person}");
+        let in_a_year = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
+
+        // Another tenant's admin, or nobody: 404; a viewer: 403.
+        let other = call(Method::POST, restrict.as_str())
+            .as_(&admin_of(org_b))
+            .json(json!({"reason": "not theirs", "erase_at": in_a_year}))
+            .send(&s.app)
+            .await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND, "{:?}", other.body);
+        let viewer = call(Method::POST, restrict.as_str())
+            .as_(&viewer_of(org_a))
+            .json(json!({"reason": "a viewer", "erase_at": in_a_year}))
+            .send(&s.app)
+            .await;
+        assert_eq!(viewer.status, StatusCode::FORBIDDEN, "{:?}", viewer.body);
+        // Bad bodies: 400 naming the field, and nothing restricted.
+        let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+        let far = (chrono::Utc::now() + chrono::Duration::days(40 * 366)).to_rfc3339();
+        for (body, field) in [
+            (json!({"erase_at": in_a_year}), "reason"),
+            (json!({"reason": "  ", "erase_at": in_a_year}), "reason"),
+            (json!({"reason": "kept"}), "erase_at"),
+            (
+                json!({"reason": "kept", "erase_at": "next year"}),
+                "erase_at",
+            ),
+            (json!({"reason": "kept", "erase_at": yesterday}), "erase_at"),
+            (json!({"reason": "kept", "erase_at": far}), "erase_at"),
+        ] {
+            let refused = call(Method::POST, restrict.as_str())
+                .as_(&admin_of(org_a))
+                .json(body.clone())
+                .send(&s.app)
+                .await;
+            assert_eq!(
+                refused.status,
+                StatusCode::BAD_REQUEST,
+                "{body}: {:?}",
+                refused.body
+            );
+            assert!(
+                refused.body.to_string().contains(field),
+                "{body}: {:?}",
+                refused.body
+            );
+        }
+        let still = call(Method::GET, status_path.as_str())
+            .as_(&platform_admin())
+            .send(&s.app)
+            .await;
+        assert_eq!(still.body["state"], "active");
+
+        let first = call(Method::POST, restrict.as_str())
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "kept for the audit", "erase_at": in_a_year}))
+            .send(&s.app)
+            .await;
+        assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+        assert_eq!(first.body["repeated"], false);
+        let again = call(Method::POST, restrict.as_str())
+            .as_(&platform_admin())
+            .json(json!({"reason": "again", "erase_at": in_a_year}))
+            .send(&s.app)
+            .await;
+        assert_eq!(again.body["repeated"], true, "{:?}", again.body);
+        assert_eq!(again.body["restricted_at"], first.body["restricted_at"]);
+        let restricted = call(Method::GET, status_path.as_str())
+            .as_(&admin_of(org_a))
+            .send(&s.app)
+            .await;
+        assert_eq!(restricted.body["state"], "restricted");
+        assert_eq!(
+            restricted.body["restriction"]["workflow_id"],
+            first.body["workflow_id"]
+        );
+        let user = call(
+            Method::GET,
+            format!("/v1/organizations/{org_a}/users/{person}"),
+        )
+        .as_(&platform_admin())
+        .send(&s.app)
+        .await;
+        assert_eq!(user.body["email"], "");
+        assert!(user.body["restricted_at"].is_string(), "{:?}", user.body);
+        let run = call(
+            Method::GET,
+            format!(
+                "/v1/workflows/{}",
+                first.body["workflow_id"].as_str().unwrap_or_default()
+            ),
+        )
+        .as_(&platform_admin())
+        .send(&s.app)
+        .await;
+        assert_eq!(run.status, StatusCode::OK, "{:?}", run.body);
+        assert_eq!(run.body["kind"], "retention_erasure");
+
+        // Erased sooner, on request: then a restriction is refused.
+        let erased = call(Method::POST, format!("/v1/subjects/{person}/erasure"))
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "asked again"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(erased.status, StatusCode::OK, "{:?}", erased.body);
+        let late = call(Method::POST, restrict.as_str())
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "too late", "erase_at": in_a_year}))
+            .send(&s.app)
+            .await;
+        assert_eq!(late.status, StatusCode::CONFLICT, "{:?}", late.body);
+        let status = call(Method::GET, status_path.as_str())
+            .as_(&admin_of(org_a))
+            .send(&s.app)
+            .await;
+        assert_eq!(status.body["state"], "erased");
+        assert_eq!(status.body["restriction"]["reason"], "kept for the audit");
         Ok(())
     }
 );

@@ -1522,6 +1522,43 @@ backend_test!(
         }
         assert_eq!(left.len(), 2, "her invitation's file is removed");
         assert!(left.iter().all(|mail| !mail.contains("grace@example.com")));
+
+        // Another person restricted until a later erasure: the page shows the marker,
+        // never his name or address, and offers to erase him now.
+        let alan = users["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|u| u["email"] == "alan@example.org"))
+            .and_then(|u| u["id"].as_str())
+            .context("alan")?
+            .to_owned();
+        let erase_at = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
+        let response = server
+            .http
+            .post(server.url(&format!("/v1/subjects/{alan}/restriction")))
+            .bearer_auth(&admin)
+            .json(&json!({"reason": "Records kept a year", "erase_at": erase_at}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        let row = format!("tr[data-person='{alan}']");
+        let restricted_row = browser.wait_for_text(&row, "restricted").await?;
+        assert!(!restricted_row.contains("Alan"), "{restricted_row}");
+        let page = browser.text().await?;
+        assert!(
+            !page.contains("alan@example.org") && !page.contains("Alan Turing"),
+            "{page}"
+        );
+        browser
+            .click(&format!("{row} a[data-action='erase']"))
+            .await?;
+        browser.wait_for_title("Erase a person").await?;
+        let text = browser.text().await?;
+        assert!(text.contains("Erase this restricted person now?"), "{text}");
+        assert!(!text.contains("alan@example.org"), "{text}");
         browser.close().await?;
         server.child.kill().await?;
         Ok(())

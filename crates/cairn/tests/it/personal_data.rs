@@ -432,3 +432,156 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_person_restricted_at_the_command_line_is_erased_by_the_server_when_the_period_ends,
+    |t: TestDb| async move {
+        let url = t.url().to_owned();
+        let (outbox, mail) = crate::common::outbox()?;
+        let output = cairn_in(
+            &url,
+            &[
+                "--mail-url",
+                &mail,
+                "org",
+                "bootstrap",
+                "--request",
+                "-",
+                "--wait",
+            ],
+            &[],
+            Some(&bootstrap_request("restricted-cli")),
+        )
+        .await;
+        assert_exit(&output, 0);
+        let output = cairn_in(&url, &["events", "list", "--json"], &[], None).await;
+        assert_exit(&output, 0);
+        let grace = json_of(&output)
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e["event_type"] == "user.invited" && e["event_data"]["email"] == "grace@example.com"
+            })
+            .and_then(|e| e["stream_id"].as_str())
+            .expect("grace was invited")
+            .to_owned();
+
+        // Bad times: not a time at all (clap's exit 2, naming the value), or past.
+        let output = cairn_in(
+            &url,
+            &[
+                "subjects",
+                "restrict",
+                &grace,
+                "--reason",
+                "kept",
+                "--erase-at",
+                "soon",
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&output, 2);
+        assert!(
+            stderr(&output).contains("\"soon\" is not a time"),
+            "{}",
+            stderr(&output)
+        );
+        let output = cairn_in(
+            &url,
+            &[
+                "subjects",
+                "restrict",
+                &grace,
+                "--reason",
+                "kept",
+                "--erase-at",
+                "2020-01-01",
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("erase_at"), "{}", stderr(&output));
+
+        // Restricted until a few seconds from now.
+        let erase_at = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
+        let output = cairn_in(
+            &url,
+            &[
+                "subjects",
+                "restrict",
+                &grace,
+                "--reason",
+                "records kept",
+                "--erase-at",
+                &erase_at,
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&output, 0);
+        assert!(
+            stdout(&output).contains("restricted at"),
+            "{}",
+            stdout(&output)
+        );
+        let output = cairn_in(&url, &["subjects", "show", &grace], &[], None).await;
+        assert_exit(&output, 0);
+        assert!(
+            stdout(&output).contains("restricted"),
+            "{}",
+            stdout(&output)
+        );
+        let output = cairn_in(&url, &["events", "list", "--json"], &[], None).await;
+        let text = stdout(&output);
+        assert!(!text.contains("grace@example.com"), "{text}");
+        assert!(text.contains("\"withheld\": \"restricted\""), "{text}");
+
+        // A server's engine wakes the run when the period ends, and erases her.
+        let server = crate::common::server::Server::start(&url, &mail).await?;
+        let started = tokio::time::Instant::now();
+        let status = loop {
+            let output = cairn_in(&url, &["subjects", "show", &grace, "--json"], &[], None).await;
+            assert_exit(&output, 0);
+            let status = json_of(&output);
+            if status["state"] == "erased" || started.elapsed() > std::time::Duration::from_secs(30)
+            {
+                break status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        drop(server);
+        assert_eq!(status["state"], "erased", "{status}");
+        assert_eq!(status["restriction"]["reason"], "records kept");
+        assert!(
+            status["erasure"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("records kept")),
+            "{status}"
+        );
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = std::fs::read_dir(outbox.path())?
+                .filter_map(Result::ok)
+                .filter(|entry| {
+                    std::fs::read_to_string(entry.path())
+                        .is_ok_and(|mail| mail.contains("grace@example.com"))
+                })
+                .count();
+            if left == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{left} emails to her are left in the outbox"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+);
