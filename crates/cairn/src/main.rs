@@ -24,6 +24,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+// Replay, the HTTP API and the log writer allocate many small JSON values on one
+// thread and free them on another; glibc's allocator spent close to half of a SQLite
+// replay in malloc and free. mimalloc: replay 2.1-2.5x, HTTP reads 1.1-1.2x.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let telemetry = match telemetry::init(cli.verbose, cli.otlp_endpoint.as_deref()) {
