@@ -43,9 +43,7 @@ fn holds_sealed(value: &serde_json::Value) -> bool {
 }
 
 fn is_sealed(event: &RecordedEvent, field: &PersonalField) -> bool {
-    event
-        .data
-        .pointer(&field.pointer)
+    cairn_types::pointer::pointer(&event.data, &field.pointer)
         .is_some_and(|value| value.get(SEALED_KEY).is_some())
 }
 

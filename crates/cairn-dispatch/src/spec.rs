@@ -14,6 +14,7 @@
 //! seals them under their person's data key before the event is stored, and every
 //! reader opens them on the same path as the upcast ([`crate::open_events`]).
 
+use cairn_types::pointer::pointer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -134,18 +135,17 @@ pub fn personal_fields(
     let mut fields = Vec::new();
     for path in paths {
         expand(path.field, path.subject, data, &mut |field, subject| {
-            if data.pointer(&field).is_none_or(Value::is_null) {
+            if pointer(data, &field).is_none_or(Value::is_null) {
                 return Ok(());
             }
             let subject = match subject {
                 None => UserId::from_uuid(stream_id.as_uuid()),
-                Some(pointer) => data
-                    .pointer(&pointer)
+                Some(at) => pointer(data, &at)
                     .and_then(Value::as_str)
                     .and_then(|text| text.parse::<UserId>().ok())
                     .ok_or_else(|| {
                         format!(
-                            "event_data{} is personal data, and event_data{pointer} does not name its person (a user id)",
+                            "event_data{} is personal data, and event_data{at} does not name its person (a user id)",
                             field.replace('/', ".")
                         )
                     })?,
@@ -170,7 +170,7 @@ fn expand(
     let Some((prefix, rest)) = field.split_once("/*") else {
         return each(field.to_owned(), subject.map(str::to_owned));
     };
-    let Some(items) = data.pointer(prefix).and_then(Value::as_array) else {
+    let Some(items) = pointer(data, prefix).and_then(Value::as_array) else {
         return Ok(());
     };
     for index in 0..items.len() {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -220,21 +220,48 @@ fn seal_field(
 }
 
 fn open_bytes(key: &Key, aad: &[u8], data: &str) -> Option<Vec<u8>> {
-    let bytes = B64.decode(data).ok()?;
-    if bytes.len() < NONCE_LEN {
-        return None;
+    let mut buffer = Vec::new();
+    open_into(key, aad, data, &mut buffer).then_some(buffer)
+}
+
+/// Opens `data` into `buffer` (cleared first, and reused across fields so that
+/// opening a page of events allocates once): whether it opened.
+fn open_into(key: &Key, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
+    buffer.clear();
+    if B64.decode_vec(data, buffer).is_err() || buffer.len() < NONCE_LEN {
+        return false;
     }
-    let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    let mut nonce = [0_u8; NONCE_LEN];
+    nonce.copy_from_slice(&buffer[..NONCE_LEN]);
+    buffer.drain(..NONCE_LEN);
     XChaCha20Poly1305::new(key)
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
+        .decrypt_in_place(&XNonce::from(nonce), aad, buffer)
+        .is_ok()
+}
+
+/// The parts of a sealed field's envelope, borrowed from it: whose key seals it, the
+/// field it was sealed at, and the sealed bytes.
+fn envelope_parts(envelope: &Value) -> Result<(UserId, &str, &str), String> {
+    let malformed = |what: String| format!("its envelope is malformed: {what}");
+    let object = envelope
+        .as_object()
+        .ok_or_else(|| malformed("it is not an object".to_owned()))?;
+    if let Some(extra) = object
+        .keys()
+        .find(|key| !matches!(key.as_str(), "subject" | "field" | "data"))
+    {
+        return Err(malformed(format!("unknown field `{extra}`")));
+    }
+    let text = |name: &str| {
+        object
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed(format!("`{name}` is missing or not a string")))
+    };
+    let subject = text("subject")?
+        .parse::<UserId>()
+        .map_err(|e| malformed(format!("`subject`: {e}")))?;
+    Ok((subject, text("field")?, text("data")?))
 }
 
 /// What a seal is bound to besides the person and the field: the event's type and
@@ -247,11 +274,37 @@ pub struct SealPlace<'a> {
 
 impl SealPlace<'_> {
     fn aad(&self, field: &str, subject: UserId) -> Vec<u8> {
-        format!(
-            "cairn-seal-v1\0{}\0{}\0{field}\0{subject}",
-            self.event_type, self.stream_id
-        )
-        .into_bytes()
+        let mut aad = Vec::new();
+        self.aad_into(&mut aad, field, subject);
+        aad
+    }
+
+    /// The associated data of a seal at this place, written into `aad` (cleared
+    /// first): `cairn-seal-v1`, the event type, the stream, the field and the person,
+    /// each followed by a NUL but the last.
+    fn aad_into(&self, aad: &mut Vec<u8>, field: &str, subject: UserId) {
+        let mut uuid = uuid::Uuid::encode_buffer();
+        aad.clear();
+        aad.extend_from_slice(b"cairn-seal-v1\0");
+        aad.extend_from_slice(self.event_type.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(
+            self.stream_id
+                .as_uuid()
+                .hyphenated()
+                .encode_lower(&mut uuid)
+                .as_bytes(),
+        );
+        aad.push(0);
+        aad.extend_from_slice(field.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(
+            subject
+                .as_uuid()
+                .hyphenated()
+                .encode_lower(&mut uuid)
+                .as_bytes(),
+        );
     }
 }
 
@@ -673,7 +726,7 @@ impl Keyring {
     ) -> Result<(), SealError> {
         let mut keys = Vec::with_capacity(fields.len());
         for field in fields {
-            let Some(value) = data.pointer(&field.pointer) else {
+            let Some(value) = cairn_types::pointer::pointer(data, &field.pointer) else {
                 continue;
             };
             if value.is_null() {
@@ -693,7 +746,7 @@ impl Keyring {
             return Ok(());
         }
         for (field, key) in keys {
-            if let Some(value) = data.pointer_mut(&field.pointer) {
+            if let Some(value) = cairn_types::pointer::pointer_mut(data, &field.pointer) {
                 *value = seal_field(&key, place, field, value)?;
             }
         }
@@ -714,7 +767,7 @@ impl Keyring {
         let mut sealed = data.clone();
         let mut keys: Vec<(UserId, DataKey)> = Vec::with_capacity(fields.len());
         for field in fields {
-            let value = sealed.pointer_mut(&field.pointer)?;
+            let value = cairn_types::pointer::pointer_mut(&mut sealed, &field.pointer)?;
             if value.is_null() {
                 continue;
             }
@@ -832,8 +885,11 @@ impl Keyring {
         fields: &[PersonalField],
     ) -> Vec<SealFault> {
         let mut faults = Vec::new();
+        // Reused for every field.
+        let mut aad = Vec::new();
+        let mut buffer = Vec::new();
         for field in fields {
-            let Some(value) = data.pointer_mut(&field.pointer) else {
+            let Some(value) = cairn_types::pointer::pointer_mut(data, &field.pointer) else {
                 continue;
             };
             let envelope = match value.get(SEALED_KEY) {
@@ -848,29 +904,30 @@ impl Keyring {
                     continue;
                 }
             };
-            let opened = match <SealedField as serde::Deserialize>::deserialize(envelope) {
-                Err(e) => Err(format!("its envelope is malformed: {e}")),
-                Ok(sealed) => match keys.keys.get(&sealed.subject) {
-                    Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
-                    Some(KeyState::Restricted) => Ok(Withheld::RESTRICTED.to_value()),
-                    Some(KeyState::Active(key)) => {
-                        open_bytes(key, &place.aad(&sealed.field, sealed.subject), &sealed.data)
-                            .ok_or_else(|| {
-                                "the seal does not match what was sealed (tampered with, or moved)"
-                                    .to_owned()
-                            })
-                            .and_then(|bytes| {
-                                serde_json::from_slice(&bytes)
+            let opened = match envelope_parts(envelope) {
+                Err(reason) => Err(reason),
+                Ok((subject, sealed_at, sealed)) => {
+                    match keys.keys.get(&subject) {
+                        Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
+                        Some(KeyState::Restricted) => Ok(Withheld::RESTRICTED.to_value()),
+                        Some(KeyState::Active(key)) => {
+                            place.aad_into(&mut aad, sealed_at, subject);
+                            if open_into(key, &aad, sealed, &mut buffer) {
+                                serde_json::from_slice(&buffer)
                                     .map_err(|e| format!("what it holds is not JSON: {e}"))
-                            })
+                            } else {
+                                Err("the seal does not match what was sealed (tampered with, or moved)"
+                                .to_owned())
+                            }
+                        }
+                        Some(KeyState::Unreadable(kek_id)) => Err(format!(
+                            "its data key is wrapped by key id {kek_id}, which this process was not given"
+                        )),
+                        Some(KeyState::Absent) | None => {
+                            Err("there is no data key for its person".to_owned())
+                        }
                     }
-                    Some(KeyState::Unreadable(kek_id)) => Err(format!(
-                        "its data key is wrapped by key id {kek_id}, which this process was not given"
-                    )),
-                    Some(KeyState::Absent) | None => {
-                        Err("there is no data key for its person".to_owned())
-                    }
-                },
+                }
             };
             match opened {
                 Ok(opened) => *value = opened,
@@ -1377,6 +1434,51 @@ mod tests {
         )
         .unwrap();
         serde_json::json!({ SEALED_KEY: { "subject": subject, "field": field, "data": data } })
+    }
+
+    #[test]
+    fn an_envelope_that_is_not_one_says_what_is_wrong_with_it() {
+        let subject = UserId::new_v7();
+        let good = serde_json::json!({"subject": subject, "field": "/email", "data": "AAAA"});
+        assert_eq!(
+            envelope_parts(&good),
+            Ok((subject, "/email", "AAAA")),
+            "a well-formed envelope is read in place"
+        );
+        for (envelope, says) in [
+            (serde_json::json!("AAAA"), "not an object"),
+            (
+                serde_json::json!({"subject": subject, "field": "/email"}),
+                "`data` is missing",
+            ),
+            (
+                serde_json::json!({"subject": "nobody", "field": "/email", "data": "AAAA"}),
+                "`subject`",
+            ),
+            (
+                serde_json::json!({"subject": subject, "field": "/email", "data": "AAAA", "key": 1}),
+                "unknown field `key`",
+            ),
+        ] {
+            let error = envelope_parts(&envelope).expect_err("malformed");
+            assert!(error.contains(says), "{envelope}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_associated_data_is_what_every_seal_so_far_was_bound_to() {
+        let stream = StreamId::new_v7();
+        let subject = UserId::new_v7();
+        let place = SealPlace {
+            event_type: "user.invited",
+            stream_id: stream,
+        };
+        let mut aad = b"left over from the last field".to_vec();
+        place.aad_into(&mut aad, "/email", subject);
+        assert_eq!(
+            aad,
+            format!("cairn-seal-v1\0user.invited\0{stream}\0/email\0{subject}").into_bytes()
+        );
     }
 
     #[test]

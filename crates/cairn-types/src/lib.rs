@@ -14,6 +14,7 @@ mod metadata;
 mod names;
 mod numbers;
 mod personal;
+pub mod pointer;
 mod reason;
 mod schema;
 mod tenancy;
