@@ -38,6 +38,7 @@ use cairn_types::{CorrelationId, EventType, OrgId, UserId};
 
 use crate::args;
 use crate::audit::Problem;
+use crate::audit::checkpoint::AccessMark;
 use crate::backend::{Conn, Row};
 use crate::db::Db;
 use crate::error::DbError;
@@ -675,6 +676,9 @@ pub struct AccessAuditReport {
     pub head_hash: String,
     /// The first breach; `None` when the chain is intact.
     pub breach: Option<AccessBreach>,
+    /// What became of each head a signed checkpoint holds, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anchors: Vec<AccessAnchorStatus>,
 }
 
 impl AccessAuditReport {
@@ -684,9 +688,43 @@ impl AccessAuditReport {
     }
 }
 
+/// What became of an access log head a signed checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessAnchorStatus {
+    /// The record is there with the hash the checkpoint signed.
+    Holds,
+    /// The record is there with another hash: the access log was rewritten.
+    Contradicted,
+    /// The access log ends before the record: records were deleted from its end.
+    BeyondTheLog,
+    /// The walk broke before the record.
+    NotReached,
+    /// The record was pruned past its retention period: nothing is left to hold it to.
+    Pruned,
+}
+
+impl AccessAnchorStatus {
+    /// Whether this says the access log no longer is what was signed.
+    pub fn is_problem(self) -> bool {
+        matches!(
+            self,
+            AccessAnchorStatus::Contradicted | AccessAnchorStatus::BeyondTheLog
+        )
+    }
+}
+
 /// The latest time PostgreSQL hands over as a time (see the event chain's walk).
 const PG_RECORDED_AT: &str = "CASE WHEN isfinite(recorded_at) \
      AND recorded_at < '200000-01-01 00:00:00+00'::timestamptz THEN recorded_at END AS recorded_at";
+
+fn held(same: bool) -> AccessAnchorStatus {
+    if same {
+        AccessAnchorStatus::Holds
+    } else {
+        AccessAnchorStatus::Contradicted
+    }
+}
 
 /// Checks one row against the chain before it; returns its stored hash.
 fn check_access_row(row: &Row, previous: &str) -> Result<String, (Problem, String)> {
@@ -728,6 +766,15 @@ impl Db {
     /// Walks the access log's hash chain from the pruning anchor to its head, in one
     /// snapshot, and reports the first record at fault.
     pub async fn verify_access_chain(&self) -> Result<AccessAuditReport, ReadError> {
+        self.verify_access_chain_with(&[]).await
+    }
+
+    /// [`Db::verify_access_chain`], holding the chain to the heads signed checkpoints
+    /// hold: each record named must be there with the hash signed.
+    pub async fn verify_access_chain_with(
+        &self,
+        anchors: &[AccessMark],
+    ) -> Result<AccessAuditReport, ReadError> {
         let mut snapshot = self.snapshot().await?;
         let mut conn = snapshot.conn();
         let head = conn
@@ -741,12 +788,39 @@ impl Db {
         let pruned_seq: i64 = head.get("pruned_seq")?;
         let mut previous: String = head.get("pruned_hash")?;
         let mut n_checked = 0_u64;
-        let finish = |n_checked, breach| AccessAuditReport {
-            pruned_through: pruned_seq,
-            n_checked,
-            head: last_seq,
-            head_hash: last_hash.clone(),
-            breach,
+        // What each anchor found, as the walk reaches it.
+        let mut found: Vec<Option<AccessAnchorStatus>> = anchors
+            .iter()
+            .map(|anchor| {
+                let seq = i64::try_from(anchor.seq).unwrap_or(i64::MAX);
+                if seq == 0 {
+                    Some(held(anchor.hash == GENESIS))
+                } else if seq == pruned_seq {
+                    Some(held(anchor.hash == previous))
+                } else if seq < pruned_seq {
+                    Some(AccessAnchorStatus::Pruned)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let finish = |n_checked, breach: Option<AccessBreach>, found: Vec<Option<_>>| {
+            let unreached = if breach.is_some() {
+                AccessAnchorStatus::NotReached
+            } else {
+                AccessAnchorStatus::BeyondTheLog
+            };
+            AccessAuditReport {
+                pruned_through: pruned_seq,
+                n_checked,
+                head: last_seq,
+                head_hash: last_hash.clone(),
+                breach,
+                anchors: found
+                    .into_iter()
+                    .map(|status| status.unwrap_or(unreached))
+                    .collect(),
+            }
         };
         if pruned_seq == 0 && previous != GENESIS {
             let breach = AccessBreach {
@@ -757,7 +831,7 @@ impl Db {
                      start {GENESIS}"
                 ),
             };
-            return Ok(finish(0, Some(breach)));
+            return Ok(finish(0, Some(breach), found));
         }
         let recorded_at = dialect(conn.backend(), "recorded_at", PG_RECORDED_AT);
         let sql = crate::value::Sql::built(format!(
@@ -781,17 +855,24 @@ impl Db {
                             "no access record {expected}; the next one is {seq}: a record was deleted"
                         ),
                     };
-                    return Ok(finish(n_checked, Some(breach)));
+                    return Ok(finish(n_checked, Some(breach), found));
                 }
                 match check_access_row(row, &previous) {
-                    Ok(stored) => previous = stored,
+                    Ok(stored) => {
+                        for (anchor, status) in anchors.iter().zip(found.iter_mut()) {
+                            if i64::try_from(anchor.seq) == Ok(seq) {
+                                *status = Some(held(anchor.hash == stored));
+                            }
+                        }
+                        previous = stored;
+                    }
                     Err((problem, detail)) => {
                         let breach = AccessBreach {
                             seq,
                             problem,
                             detail,
                         };
-                        return Ok(finish(n_checked, Some(breach)));
+                        return Ok(finish(n_checked, Some(breach), found));
                     }
                 }
                 n_checked += 1;
@@ -826,7 +907,7 @@ impl Db {
         } else {
             None
         };
-        Ok(finish(n_checked, breach))
+        Ok(finish(n_checked, breach, found))
     }
 }
 

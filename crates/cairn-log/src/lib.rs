@@ -56,11 +56,11 @@ mod watch;
 mod writer;
 
 pub use access::{
-    AccessAuditReport, AccessBreach, AccessRecord, AccessVia, PERSONAL_EVENT_TYPES, StoredAccess,
-    is_personal, personal_subjects,
+    AccessAnchorStatus, AccessAuditReport, AccessBreach, AccessRecord, AccessVia,
+    PERSONAL_EVENT_TYPES, StoredAccess, is_personal, personal_subjects,
 };
 pub use append::{AppendError, MAX_EVENT_DATA_BYTES, PendingAppend, Prepared};
-pub use audit::checkpoint::{AuditKey, Checkpoint, CheckpointError, PublicKey};
+pub use audit::checkpoint::{AccessMark, AuditKey, Checkpoint, CheckpointError, PublicKey};
 pub use audit::{Anchor, AnchorStatus, AuditReport, Breach, ChainCheck, Problem};
 pub use backend::{Conn, DbValue, Row};
 pub use backup::{BackupError, BackupMark};

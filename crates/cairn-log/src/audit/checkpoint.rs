@@ -4,7 +4,9 @@
 //! that is not kept in the database, and stored where the database cannot rewrite it (a
 //! file). Whoever can rewrite the log and recompute its hashes cannot produce a
 //! checkpoint for the rewritten head without the key; a walk holding the log to a
-//! checkpoint ([`super::ChainCheck::anchors`]) finds the rewrite.
+//! checkpoint ([`super::ChainCheck::anchors`]) finds the rewrite. A checkpoint of
+//! format 2 holds the access log's head too (its last record and that record's
+//! hash), so the access log's own chain is held to it the same way.
 //!
 //! The signed message is the text
 //!
@@ -13,6 +15,13 @@
 //! position: 42
 //! hash: <64 hexadecimal digits>
 //! time: 2025-01-01T12:00:00.000000Z
+//! ```
+//!
+//! and, in format 2 (`cairn-audit-checkpoint/2` on its first line), two lines more:
+//!
+//! ```text
+//! access-seq: 7
+//! access-hash: <64 hexadecimal digits>
 //! ```
 
 use std::fmt;
@@ -26,8 +35,11 @@ use cairn_types::Position;
 use super::Anchor;
 use crate::hash::{canonical_time, hex};
 
-/// The `format` of a checkpoint, and the first line of its signed message.
+/// The `format` of a checkpoint of the log's head alone, and the first line of its
+/// signed message. Checkpoints signed before the access log existed, and ever valid.
 pub(crate) const FORMAT: &str = "cairn-audit-checkpoint/1";
+/// The `format` of a checkpoint of the log's head and the access log's.
+pub(crate) const FORMAT_2: &str = "cairn-audit-checkpoint/2";
 
 const SECRET_PREFIX: &str = "ed25519-secret-key:";
 const PUBLIC_PREFIX: &str = "ed25519-public-key:";
@@ -106,15 +118,28 @@ impl AuditKey {
 
     /// Signs the head `position`, `hash` as of `time` (kept to the microsecond).
     pub fn sign(&self, position: Position, hash: &str, time: DateTime<Utc>) -> Checkpoint {
+        self.sign_with_access(position, hash, None, time)
+    }
+
+    /// Signs the head `position`, `hash` and, when given, the access log's head
+    /// (format 2), as of `time` (kept to the microsecond).
+    pub fn sign_with_access(
+        &self,
+        position: Position,
+        hash: &str,
+        access: Option<AccessMark>,
+        time: DateTime<Utc>,
+    ) -> Checkpoint {
         let time = time.trunc_subsecs(6);
         let position = u64::try_from(position.get()).unwrap_or(0);
-        let message = signed_message(position, hash, time);
+        let message = signed_message(position, hash, access.as_ref(), time);
         let signature = self.0.sign(message.as_bytes());
         Checkpoint {
-            format: FORMAT.to_owned(),
+            format: if access.is_some() { FORMAT_2 } else { FORMAT }.to_owned(),
             position,
             hash: hash.to_owned(),
             time,
+            access,
             public_key: self.public_key().to_hex(),
             signature: hex(&signature.to_bytes()),
         }
@@ -163,11 +188,20 @@ impl PublicKey {
     }
 }
 
+/// The access log's head as a checkpoint holds it: its last record (0 when it had
+/// none) and that record's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessMark {
+    pub seq: u64,
+    pub hash: String,
+}
+
 /// A signed head of the log, as stored in a checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
-    /// Always [`FORMAT`].
+    /// `cairn-audit-checkpoint/1`, or `/2` with the access log's head.
     pub format: String,
     /// The head's position (0 for an empty log).
     pub position: u64,
@@ -175,6 +209,9 @@ pub struct Checkpoint {
     pub hash: String,
     /// When it was signed (just after the chain up to the head was checked).
     pub time: DateTime<Utc>,
+    /// The access log's head (format 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessMark>,
     /// The key that signed it (64 hexadecimal digits).
     pub public_key: String,
     /// The Ed25519 signature of the signed message (128 hexadecimal digits).
@@ -198,11 +235,25 @@ pub enum CheckpointError {
     UnknownKey { found: String, pinned: String },
 }
 
-fn signed_message(position: u64, hash: &str, time: DateTime<Utc>) -> String {
-    format!(
-        "{FORMAT}\nposition: {position}\nhash: {hash}\ntime: {}\n",
-        canonical_time(time)
-    )
+fn signed_message(
+    position: u64,
+    hash: &str,
+    access: Option<&AccessMark>,
+    time: DateTime<Utc>,
+) -> String {
+    let time = canonical_time(time);
+    match access {
+        None => format!("{FORMAT}\nposition: {position}\nhash: {hash}\ntime: {time}\n"),
+        Some(access) => format!(
+            "{FORMAT_2}\nposition: {position}\nhash: {hash}\ntime: {time}\naccess-seq: {}\naccess-hash: {}\n",
+            access.seq, access.hash
+        ),
+    }
+}
+
+fn is_hash(text: &str) -> bool {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    text.len() == 64 && text.bytes().all(lower_hex)
 }
 
 impl Checkpoint {
@@ -210,11 +261,36 @@ impl Checkpoint {
     pub fn parse(text: &str) -> Result<Checkpoint, CheckpointError> {
         let checkpoint: Checkpoint =
             serde_json::from_str(text).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        if checkpoint.format != FORMAT {
-            return Err(CheckpointError::Malformed(format!(
-                "format is {:?}, expected {FORMAT:?}",
-                checkpoint.format
-            )));
+        match (checkpoint.format.as_str(), &checkpoint.access) {
+            (FORMAT, None) | (FORMAT_2, Some(_)) => {}
+            (FORMAT, Some(_)) => {
+                return Err(CheckpointError::Malformed(format!(
+                    "format {FORMAT:?} holds no access log head, but this one has one"
+                )));
+            }
+            (FORMAT_2, None) => {
+                return Err(CheckpointError::Malformed(format!(
+                    "format {FORMAT_2:?} holds the access log's head, and this one has none"
+                )));
+            }
+            (other, _) => {
+                return Err(CheckpointError::Malformed(format!(
+                    "format is {other:?}, expected {FORMAT:?} or {FORMAT_2:?}"
+                )));
+            }
+        }
+        if let Some(access) = &checkpoint.access {
+            if i64::try_from(access.seq).is_err() {
+                return Err(CheckpointError::Malformed(format!(
+                    "access.seq {} is out of range",
+                    access.seq
+                )));
+            }
+            if !is_hash(&access.hash) {
+                return Err(CheckpointError::Malformed(
+                    "access.hash is not 64 lower-case hexadecimal digits".to_owned(),
+                ));
+            }
         }
         if i64::try_from(checkpoint.position).is_err() {
             return Err(CheckpointError::Malformed(format!(
@@ -222,8 +298,7 @@ impl Checkpoint {
                 checkpoint.position
             )));
         }
-        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if checkpoint.hash.len() != 64 || !checkpoint.hash.bytes().all(lower_hex) {
+        if !is_hash(&checkpoint.hash) {
             return Err(CheckpointError::Malformed(
                 "hash is not 64 lower-case hexadecimal digits".to_owned(),
             ));
@@ -262,7 +337,7 @@ impl Checkpoint {
             .ok_or_else(|| {
                 CheckpointError::Malformed("signature is not 128 hexadecimal digits".to_owned())
             })?;
-        let message = signed_message(self.position, &self.hash, self.time);
+        let message = signed_message(self.position, &self.hash, self.access.as_ref(), self.time);
         named
             .0
             .verify_strict(message.as_bytes(), &signature)
@@ -280,6 +355,54 @@ mod tests {
 
     fn key() -> AuditKey {
         AuditKey::from_seed([7; 32])
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_access_log_too_verifies_and_its_access_head_is_signed() {
+        let mark = AccessMark {
+            seq: 7,
+            hash: "ef".repeat(32),
+        };
+        let checkpoint = key().sign_with_access(
+            Position::new(42),
+            &"ab".repeat(32),
+            Some(mark.clone()),
+            Utc::now(),
+        );
+        assert_eq!(checkpoint.format, FORMAT_2);
+        let read = Checkpoint::parse(&checkpoint.to_json()).expect("it reads back");
+        assert_eq!(read.access, Some(mark));
+        assert!(read.verify(None).is_ok());
+
+        let mut moved = read.clone();
+        moved.access = Some(AccessMark {
+            seq: 6,
+            hash: "ef".repeat(32),
+        });
+        assert_eq!(moved.verify(None), Err(CheckpointError::BadSignature));
+        // Passed off as format 1, without its access head: the signature is of format 2.
+        let mut dropped = read.clone();
+        dropped.format = FORMAT.to_owned();
+        dropped.access = None;
+        assert_eq!(dropped.verify(None), Err(CheckpointError::BadSignature));
+        // Each format says whether it holds an access head.
+        let mut text: serde_json::Value = serde_json::from_str(&read.to_json()).unwrap();
+        text["format"] = serde_json::json!(FORMAT);
+        assert!(matches!(
+            Checkpoint::parse(&text.to_string()),
+            Err(CheckpointError::Malformed(m)) if m.contains("holds no access log head")
+        ));
+        let mut text: serde_json::Value = serde_json::from_str(&read.to_json()).unwrap();
+        text.as_object_mut().unwrap().remove("access");
+        assert!(matches!(
+            Checkpoint::parse(&text.to_string()),
+            Err(CheckpointError::Malformed(m)) if m.contains("has none")
+        ));
+        text["format"] = serde_json::json!("cairn-audit-checkpoint/3");
+        assert!(matches!(
+            Checkpoint::parse(&text.to_string()),
+            Err(CheckpointError::Malformed(m)) if m.contains("expected")
+        ));
     }
 
     #[test]
@@ -353,7 +476,7 @@ mod tests {
         let err = Checkpoint::parse(&checkpoint.to_json()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "not a checkpoint: format is \"other\", expected \"cairn-audit-checkpoint/1\""
+            "not a checkpoint: format is \"other\", expected \"cairn-audit-checkpoint/1\" or \"cairn-audit-checkpoint/2\""
         );
     }
 }

@@ -15,7 +15,10 @@ use console::style;
 use serde::Serialize;
 
 use cairn_log::Db;
-use cairn_log::{AccessAuditReport, Anchor, AnchorStatus, AuditReport, Breach, ChainCheck};
+use cairn_log::{
+    AccessAnchorStatus, AccessAuditReport, AccessMark, Anchor, AnchorStatus, AuditReport, Breach,
+    ChainCheck,
+};
 use cairn_log::{AuditKey, BackupMark, Checkpoint, CheckpointError, PublicKey};
 use cairn_types::Position;
 
@@ -382,7 +385,41 @@ pub(crate) async fn sign_head(
     {
         return Ok(Signed::Unchanged);
     }
-    let checkpoint = key.sign(report.head, &report.head_hash, chrono::Utc::now());
+    // The access log's head is signed too, once its chain is intact and still holds
+    // the head the last checkpoint signed.
+    let access = db
+        .verify_access_chain_with(
+            &last
+                .as_ref()
+                .and_then(|last| last.access.clone())
+                .into_iter()
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    if let Some(breach) = &access.breach {
+        anyhow::bail!(
+            "the access log is broken at record {}: {}; no checkpoint was signed",
+            breach.seq,
+            breach.detail
+        );
+    }
+    if let Some(status) = access.anchors.first().filter(|status| status.is_problem()) {
+        anyhow::bail!(
+            "the access log no longer holds the head the last checkpoint signed ({}); no \
+             checkpoint was signed",
+            describe_access_anchor(*status)
+        );
+    }
+    let access = AccessMark {
+        seq: u64::try_from(access.head).unwrap_or(0),
+        hash: access.head_hash,
+    };
+    let checkpoint = key.sign_with_access(
+        report.head,
+        &report.head_hash,
+        Some(access),
+        chrono::Utc::now(),
+    );
     let file = target.write(&checkpoint)?;
     Ok(Signed::Written {
         file,
@@ -580,6 +617,11 @@ struct CheckpointResult {
     /// Why the checkpoint proves nothing, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// The access log's record the checkpoint signed (format 2), and what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access: Option<AccessAnchorStatus>,
 }
 
 #[derive(Serialize)]
@@ -646,6 +688,8 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let mut results = Vec::with_capacity(files.len());
     let mut anchors = Vec::new();
     let mut anchor_of = Vec::new();
+    let mut access_anchors = Vec::new();
+    let mut access_anchor_of = Vec::new();
     for file in files {
         let mut result = CheckpointResult {
             file,
@@ -655,6 +699,8 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             time: None,
             public_key: None,
             detail: None,
+            access_seq: None,
+            access: None,
         };
         match read_checkpoint(&result.file)? {
             Err(e) => {
@@ -694,6 +740,10 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                     Ok(anchor) => {
                         anchor_of.push(results.len());
                         anchors.push(anchor);
+                        if let Some(access) = &checkpoint.access {
+                            access_anchor_of.push(results.len());
+                            access_anchors.push(access.clone());
+                        }
                     }
                     Err(e) => {
                         result.status = match e {
@@ -708,6 +758,7 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 result.hash = Some(checkpoint.hash);
                 result.time = Some(checkpoint.time);
                 result.public_key = Some(checkpoint.public_key);
+                result.access_seq = checkpoint.access.as_ref().map(|access| access.seq);
             }
         }
         results.push(result);
@@ -726,7 +777,10 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
         .await;
     progress.finish();
     let report = report?;
-    let access = store.db().verify_access_chain().await?;
+    let access = store.db().verify_access_chain_with(&access_anchors).await?;
+    for (&index, status) in access_anchor_of.iter().zip(&access.anchors) {
+        results[index].access = Some(*status);
+    }
     for (&index, status) in anchor_of.iter().zip(&report.anchors) {
         results[index].status = match status {
             AnchorStatus::Holds => CheckpointStatus::Holds,
@@ -735,7 +789,9 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             AnchorStatus::NotReached => CheckpointStatus::NotReached,
         };
     }
-    let checkpoints_fail = results.iter().any(|r| r.status.is_problem());
+    let checkpoints_fail = results
+        .iter()
+        .any(|r| r.status.is_problem() || r.access.is_some_and(AccessAnchorStatus::is_problem));
 
     if args.json.json {
         ui::print_json(&VerifyOutput {
@@ -753,7 +809,7 @@ async fn verify(url: &str, args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
             );
         }
         print_verification(&report, &results, pinned.is_some());
-        print_access_verification(&access);
+        print_access_verification(&access, &results);
     }
     // Asked to check against checkpoints and given none (a directory emptied or
     // mounted wrong): that proves nothing, so a scheduled check must not pass.
@@ -791,7 +847,21 @@ fn describe_restore(restore: &BackupMark) -> String {
     )
 }
 
-fn print_access_verification(report: &AccessAuditReport) {
+fn describe_access_anchor(status: AccessAnchorStatus) -> &'static str {
+    match status {
+        AccessAnchorStatus::Holds => "holds",
+        AccessAnchorStatus::Contradicted => {
+            "contradicted: the access log holds another hash there (it was rewritten)"
+        }
+        AccessAnchorStatus::BeyondTheLog => {
+            "beyond the end of the access log: records were removed"
+        }
+        AccessAnchorStatus::NotReached => "not reached: the access chain breaks before it",
+        AccessAnchorStatus::Pruned => "pruned past its retention period: nothing left to check",
+    }
+}
+
+fn print_access_verification(report: &AccessAuditReport, results: &[CheckpointResult]) {
     let pruned = if report.pruned_through > 0 {
         format!(
             " (records up to {} pruned past their retention)",
@@ -819,6 +889,48 @@ fn print_access_verification(report: &AccessAuditReport) {
                 "check out"
             }
         ),
+    }
+    let signed: Vec<(&CheckpointResult, u64, AccessAnchorStatus)> = results
+        .iter()
+        .filter_map(|r| Some((r, r.access_seq?, r.access?)))
+        .collect();
+    if signed.is_empty() {
+        return;
+    }
+    if signed
+        .iter()
+        .all(|(_, _, status)| *status == AccessAnchorStatus::Holds)
+    {
+        let mut records: Vec<u64> = signed.iter().map(|(_, seq, _)| *seq).collect();
+        records.sort_unstable();
+        records.dedup();
+        let records: Vec<String> = records.iter().map(u64::to_string).collect();
+        outln!(
+            "{} the access log still holds the signed {} at {} {}",
+            style("✓").green().bold(),
+            if records.len() == 1 { "head" } else { "heads" },
+            if records.len() == 1 {
+                "record"
+            } else {
+                "records"
+            },
+            records.join(", ")
+        );
+        return;
+    }
+    for (result, seq, status) in signed {
+        let mark = if status.is_problem() {
+            style("✗").red().bold()
+        } else if status == AccessAnchorStatus::Holds {
+            style("✓").green().bold()
+        } else {
+            style("·").dim()
+        };
+        outln!(
+            "{mark} checkpoint {} (access record {seq}): {}",
+            result.file.display(),
+            describe_access_anchor(status)
+        );
     }
 }
 

@@ -141,8 +141,9 @@ pub async fn backup(url: &str, args: BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks the copy's hash chain and, given a key and a directory, signs the head it
-/// holds; returns the chain's report and the checkpoint written.
+/// Checks the copy's hash chain and its access log's and, given a key and a
+/// directory, signs the heads it holds; returns the chain's report and the checkpoint
+/// written.
 async fn check_copy(
     copy: &Db,
     key: Option<&AuditKey>,
@@ -153,6 +154,15 @@ async fn check_copy(
         let report = copy
             .verify_chain(&mut |done, total| progress.update(done, total))
             .await?;
+        // Signing checks the access log's chain too; unsigned, it is checked here.
+        if let Some(breach) = copy.verify_access_chain().await?.breach {
+            anyhow::bail!(
+                "the copy was written, but its access log is broken at record {}: {} (run \
+                 cairn audit verify)",
+                breach.seq,
+                breach.detail
+            );
+        }
         return Ok((report, None));
     };
     let signed = sign_head(

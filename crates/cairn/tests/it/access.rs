@@ -228,3 +228,160 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_signed_checkpoint_holds_the_access_log_to_its_head_and_names_records_removed_since,
+    |t: TestDb| async move {
+        let url = t.url();
+        bootstrap(url, "access-signed").await?;
+        for _ in 0..3 {
+            assert_exit(&as_reader(url, &["events", "list"]).await, 0);
+        }
+        let files = tempfile::tempdir()?;
+        let key = files.path().join("audit.key");
+        let key_arg = key.display().to_string();
+        assert_exit(
+            &cairn(url, &["audit", "keygen", "--out", &key_arg]).await,
+            0,
+        );
+        let dir = files.path().join("checkpoints");
+        std::fs::create_dir_all(&dir)?;
+        let dir_arg = dir.display().to_string();
+        let signed = cairn(
+            url,
+            &[
+                "audit",
+                "checkpoint",
+                "--key",
+                &key_arg,
+                "--dir",
+                &dir_arg,
+                "--json",
+            ],
+        )
+        .await;
+        assert_exit(&signed, 0);
+        let checkpoint = json_of(&signed)["checkpoint"].clone();
+        assert_eq!(checkpoint["format"], json!("cairn-audit-checkpoint/2"));
+        let head = checkpoint["access"]["seq"].as_u64().unwrap_or_default();
+        assert!(head >= 3, "{checkpoint}");
+
+        // A checkpoint signed with another hash for an earlier record: contradicted.
+        let audit_key = cairn_log::AuditKey::parse(&std::fs::read_to_string(&key)?)?;
+        let forged = audit_key.sign_with_access(
+            cairn_types::Position::new(i64::try_from(
+                checkpoint["position"].as_u64().unwrap_or_default(),
+            )?),
+            checkpoint["hash"].as_str().unwrap_or_default(),
+            Some(cairn_log::AccessMark {
+                seq: 1,
+                hash: "0".repeat(64),
+            }),
+            chrono::Utc::now(),
+        );
+        let forged_file = files.path().join("forged.json");
+        std::fs::write(&forged_file, forged.to_json())?;
+        let forged_arg = forged_file.display().to_string();
+        let output = cairn(url, &["audit", "verify", "--checkpoint", &forged_arg]).await;
+        assert_exit(&output, 1);
+        assert!(
+            stdout(&output).contains("contradicted: the access log holds another hash there"),
+            "{}",
+            stdout(&output)
+        );
+
+        // Intact, the signed head holds.
+        let output = cairn(url, &["audit", "verify", "--checkpoint-dir", &dir_arg]).await;
+        assert_exit(&output, 0);
+        assert!(
+            stdout(&output).contains(&format!(
+                "the access log still holds the signed head at record {head}"
+            )),
+            "{}",
+            stdout(&output)
+        );
+
+        // Someone removes the last record and winds the head back: the access chain
+        // is consistent with itself, and only the checkpoint shows what went.
+        tamper_access(
+            t.db(),
+            &format!(
+                "DELETE FROM access_log WHERE seq = {head}; \
+                 UPDATE access_head SET last_seq = {prev}, \
+                 last_hash = (SELECT hash FROM access_log WHERE seq = {prev}) WHERE id = 1",
+                prev = head - 1
+            ),
+        )
+        .await?;
+        let (alone, code) = verify(url).await;
+        assert_eq!(code, Some(0), "{alone}");
+        assert!(alone["breach"].is_null(), "{alone}");
+        let output = cairn(
+            url,
+            &["audit", "verify", "--checkpoint-dir", &dir_arg, "--json"],
+        )
+        .await;
+        assert_exit(&output, 1);
+        let report = json_of(&output);
+        assert_eq!(
+            report["access"]["anchors"],
+            json!(["beyond_the_log"]),
+            "{report}"
+        );
+        assert_eq!(report["checkpoints"][0]["access"], json!("beyond_the_log"));
+        assert_eq!(
+            report["checkpoints"][0]["status"],
+            json!("holds"),
+            "the events hold"
+        );
+        let human = cairn(url, &["audit", "verify", "--checkpoint-dir", &dir_arg]).await;
+        assert_exit(&human, 1);
+        assert!(
+            stdout(&human).contains("beyond the end of the access log: records were removed"),
+            "{}",
+            stdout(&human)
+        );
+        // And no new checkpoint is signed over it.
+        let refused = cairn(
+            url,
+            &["audit", "checkpoint", "--key", &key_arg, "--dir", &dir_arg],
+        )
+        .await;
+        assert!(!refused.status.success());
+        assert!(
+            stderr(&refused).contains("no longer holds the head the last checkpoint signed"),
+            "{}",
+            stderr(&refused)
+        );
+        Ok(())
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_checks_the_access_log_it_copied_and_refuses_a_broken_one() -> anyhow::Result<()> {
+    let files = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", files.path().join("live.db").display());
+    bootstrap(&url, "access-backup").await?;
+    for _ in 0..2 {
+        assert_exit(&as_reader(&url, &["events", "list"]).await, 0);
+    }
+    let good = files.path().join("good.db").display().to_string();
+    assert_exit(&cairn(&url, &["backup", "--out", &good]).await, 0);
+
+    let db = cairn_log::Db::connect(&url, &cairn_log::DbOptions::default()).await?;
+    tamper_access(
+        &db,
+        "UPDATE access_log SET who = 'operator:someone-else' WHERE seq = 1",
+    )
+    .await?;
+    db.close().await;
+    let broken = files.path().join("broken.db").display().to_string();
+    let refused = cairn(&url, &["backup", "--out", &broken]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("its access log is broken at record 1"),
+        "{}",
+        stderr(&refused)
+    );
+    Ok(())
+}

@@ -137,6 +137,7 @@ backend_test!(
             ✓ checkpoint [path] (position 3): holds
             ✗ checkpoint [path] (position 5): contradicted: the log holds another hash there
             ✓ access log intact: 0 records, head at record 0
+            ✓ the access log still holds the signed head at record 0
         "#]].assert_eq(&redact(&stdout(&verified)));
 
         let json = json_of(
@@ -209,6 +210,7 @@ backend_test!(
               3 events before it check out
             ✗ checkpoint [path] (position 5): beyond the end of the log: events were removed
             ✓ access log intact: 0 records, head at record 0
+            ✓ the access log still holds the signed head at record 0
         "#]].assert_eq(&redact(&stdout(&verified)));
         let json = json_of(
             &cairn(
@@ -256,6 +258,7 @@ backend_test!(
             ✓ hash chain intact: 3 events, head at position 3
             ✓ checkpoint holds: the log still holds the signed head at position 2
             ✓ access log intact: 0 records, head at record 0
+            ✓ the access log still holds the signed head at record 0
         "#]]
         .assert_eq(&redact(&stdout(&holds)));
 
