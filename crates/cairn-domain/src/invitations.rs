@@ -42,11 +42,7 @@ impl Workflow for Delivery {
     fn decide(&self, input: &Value, history: &History) -> Result<Decision, String> {
         mailing(input)?;
         if let Some(failed) = history.failure() {
-            return Ok(Decision::Fail(format!(
-                "step {} failed: {}",
-                failed.name,
-                failed.last_error.as_deref().unwrap_or("no message")
-            )));
+            return Ok(Decision::Fail(failed.failure_reason()));
         }
         let Some(sent) = history.result("send") else {
             return Ok(Decision::Run(

@@ -991,14 +991,9 @@ impl Keyring {
                 .await?;
             }
         }
-        conn.execute("UPDATE log_head SET erasures = $1 WHERE id = 1", args![seq])
-            .await?;
-        if let Some(head) = tx.log.head.as_mut() {
-            head.erasures = seq;
-        }
         // A seal later in this transaction (a later unit of the writer's batch) finds
         // it erased, though an earlier one found their key.
-        tx.log.sealed_keys.push((subject, KeyState::Erased));
+        count_in(tx, seq, subject, KeyState::Erased).await?;
         Ok(Erasure::Erased { receipt })
     }
 
@@ -1050,13 +1045,7 @@ impl Keyring {
                 make_key(tx, &kek, subject, Some((now, receipt.clone(), seq))).await?;
             }
         }
-        tx.conn()
-            .execute("UPDATE log_head SET erasures = $1 WHERE id = 1", args![seq])
-            .await?;
-        if let Some(head) = tx.log.head.as_mut() {
-            head.erasures = seq;
-        }
-        tx.log.sealed_keys.push((subject, KeyState::Restricted));
+        count_in(tx, seq, subject, KeyState::Restricted).await?;
         Ok(Restriction::Restricted { receipt })
     }
 
@@ -1112,6 +1101,26 @@ impl Keyring {
             .await?;
         tx.commit().await
     }
+}
+
+/// Counts the erasure or restriction numbered `seq` in the head, in `tx` and in the
+/// head the writer holds for its next batch, and notes `subject`'s new `state` in the
+/// transaction's keys: a later seal in it (a later unit of the batch) is refused
+/// though an earlier one found their key, and the keyring learns it at commit.
+async fn count_in(
+    tx: &mut crate::Tx,
+    seq: i64,
+    subject: UserId,
+    state: KeyState,
+) -> Result<(), DbError> {
+    tx.conn()
+        .execute("UPDATE log_head SET erasures = $1 WHERE id = 1", args![seq])
+        .await?;
+    if let Some(head) = tx.log.head.as_mut() {
+        head.erasures = seq;
+    }
+    tx.log.sealed_keys.push((subject, state));
+    Ok(())
 }
 
 /// Makes `subject`'s data key inside `tx`, wrapped by `kek`, which must be the

@@ -293,6 +293,18 @@ pub struct StepRecord {
     pub wake_at: Option<DateTime<Utc>>,
 }
 
+impl StepRecord {
+    /// Why a run whose step this is fails, when the step failed for good: its name and
+    /// its last error.
+    pub fn failure_reason(&self) -> String {
+        format!(
+            "step {} failed: {}",
+            self.name,
+            self.last_error.as_deref().unwrap_or("no message")
+        )
+    }
+}
+
 /// Everything recorded about a run's steps, in the order they first appeared.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct History {

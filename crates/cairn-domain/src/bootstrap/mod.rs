@@ -58,11 +58,7 @@ fn decide(
     output: Value,
 ) -> Decision {
     if let Some(failed) = history.failure() {
-        let reason = format!(
-            "step {} failed: {}",
-            failed.name,
-            failed.last_error.as_deref().unwrap_or("no message")
-        );
+        let reason = failed.failure_reason();
         let reported = history
             .get("report_failure")
             .is_some_and(|step| matches!(step.status, StepStatus::Completed | StepStatus::Failed));

@@ -98,16 +98,7 @@ impl Command for Erase {
         ctx: &'t CommandContext,
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<(), CommandError>> {
-        Box::pin(async move {
-            let user = existing_user(tx, self.user_id).await?;
-            ctx.authorize_found(
-                Action::EraseSubject(user.org_id),
-                user.org_id,
-                "user",
-                self.user_id.to_string(),
-            )?;
-            Ok(())
-        })
+        Box::pin(authorize_subject(ctx, tx, self.user_id))
     }
 
     fn decide<'t>(
@@ -133,6 +124,24 @@ impl Command for Erase {
             })
         })
     }
+}
+
+/// Asks the policy whether the principal may erase or restrict `user_id`: their
+/// organization's admin or a platform administrator. Anyone else, for a person of
+/// another tenant or nobody, is told no such user exists.
+async fn authorize_subject(
+    ctx: &CommandContext,
+    tx: &mut Tx,
+    user_id: UserId,
+) -> Result<(), CommandError> {
+    let user = existing_user(tx, user_id).await?;
+    ctx.authorize_found(
+        Action::EraseSubject(user.org_id),
+        user.org_id,
+        "user",
+        user_id.to_string(),
+    )?;
+    Ok(())
 }
 
 /// The erasure of `user` as a unit of work in `tx`: their data key is destroyed and
@@ -215,16 +224,7 @@ impl Command for Restrict {
         ctx: &'t CommandContext,
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<(), CommandError>> {
-        Box::pin(async move {
-            let user = existing_user(tx, self.user_id).await?;
-            ctx.authorize_found(
-                Action::EraseSubject(user.org_id),
-                user.org_id,
-                "user",
-                self.user_id.to_string(),
-            )?;
-            Ok(())
-        })
+        Box::pin(authorize_subject(ctx, tx, self.user_id))
     }
 
     fn decide<'t>(
@@ -530,11 +530,7 @@ impl Workflow for RetentionErasure {
     fn decide(&self, input: &Value, history: &History) -> Result<Decision, String> {
         let input = retention_input(input)?;
         if let Some(failed) = history.failure() {
-            return Ok(Decision::Fail(format!(
-                "step {} failed: {}",
-                failed.name,
-                failed.last_error.as_deref().unwrap_or("no message")
-            )));
+            return Ok(Decision::Fail(failed.failure_reason()));
         }
         if history.fired("retention").is_none() {
             return Ok(Decision::Sleep {

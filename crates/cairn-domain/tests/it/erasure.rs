@@ -103,6 +103,31 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The chain verifies whole, and still holds `hash` at `position` (a head signed
+/// before what the test did).
+async fn assert_chain_holds(
+    w: &World,
+    position: cairn_types::Position,
+    hash: &str,
+) -> anyhow::Result<()> {
+    let audit =
+        w.t.db()
+            .verify_chain_with(
+                &ChainCheck {
+                    anchors: vec![Anchor {
+                        position,
+                        hash: hash.to_owned(),
+                    }],
+                    start: None,
+                },
+                &mut |_, _| {},
+            )
+            .await?;
+    assert!(audit.is_intact(), "{audit:?}");
+    assert_eq!(audit.anchors, vec![AnchorStatus::Holds]);
+    Ok(())
+}
+
 /// The domain on `t`, mailing into an outbox of its own, kept while the test runs.
 async fn world_with_outbox(t: TestDb) -> anyhow::Result<(World, tempfile::TempDir)> {
     let outbox = tempfile::tempdir()?;
@@ -224,21 +249,7 @@ backend_test!(
 
         // The chain still verifies, the checkpoint signed before included; replay
         // rebuilds the same tombstones.
-        let audit =
-            w.t.db()
-                .verify_chain_with(
-                    &ChainCheck {
-                        anchors: vec![Anchor {
-                            position: checkpoint.log_position(),
-                            hash: head.last_hash.clone(),
-                        }],
-                        start: None,
-                    },
-                    &mut |_, _| {},
-                )
-                .await?;
-        assert!(audit.is_intact(), "{audit:?}");
-        assert_eq!(audit.anchors, vec![AnchorStatus::Holds]);
+        assert_chain_holds(&w, checkpoint.log_position(), &head.last_hash).await?;
         assert_no_drift(&w).await?;
 
         // Nothing about them can be recorded again.
@@ -715,21 +726,7 @@ backend_test!(
         assert_eq!(count(&bytes, EMAIL), 0);
 
         // The chain still holds its earlier head; replay rebuilds the same rows.
-        let audit =
-            w.t.db()
-                .verify_chain_with(
-                    &ChainCheck {
-                        anchors: vec![Anchor {
-                            position: head.last_position,
-                            hash: head.last_hash.clone(),
-                        }],
-                        start: None,
-                    },
-                    &mut |_, _| {},
-                )
-                .await?;
-        assert!(audit.is_intact(), "{audit:?}");
-        assert_eq!(audit.anchors, vec![AnchorStatus::Holds]);
+        assert_chain_holds(&w, head.last_position, &head.last_hash).await?;
         assert_no_drift(&w).await?;
 
         // An erased person cannot be restricted.

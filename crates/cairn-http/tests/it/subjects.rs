@@ -29,6 +29,20 @@ fn viewer_of(org_id: OrgId) -> Principal {
     }
 }
 
+/// The first user of `org_id`, as a platform administrator lists them.
+async fn first_user(s: &crate::common::Server, org_id: OrgId) -> anyhow::Result<String> {
+    let users = call(Method::GET, format!("/v1/organizations/{org_id}/users"))
+        .as_(&platform_admin())
+        .send(&s.app)
+        .await;
+    Ok(users.body["items"]
+        .as_array()
+        .and_then(|items| items.first())
+        .and_then(|u| u["id"].as_str())
+        .context("a user of the organization")?
+        .to_owned())
+}
+
 backend_test!(
     a_person_is_erased_once_by_their_organizations_admin_and_hidden_from_others,
     |t: TestDb| async move {
@@ -36,16 +50,7 @@ backend_test!(
         let org_a = bootstrapped(&s, "subjects-a").await?;
         let org_b = bootstrapped(&s, "subjects-b").await?;
         s.domain.engine().run_until_idle().await?;
-        let users = call(Method::GET, format!("/v1/organizations/{org_a}/users"))
-            .as_(&platform_admin())
-            .send(&s.app)
-            .await;
-        let person = users.body["items"]
-            .as_array()
-            .and_then(|items| items.first())
-            .and_then(|u| u["id"].as_str())
-            .context("a user of A")?
-            .to_owned();
+        let person = first_user(&s, org_a).await?;
         let erase = format!("/v1/subjects/{person}/erasure");
         let status_path = format!("/v1/subjects/{person}");
 
@@ -147,16 +152,7 @@ backend_test!(
         let org_a = bootstrapped(&s, "restrict-a").await?;
         let org_b = bootstrapped(&s, "restrict-b").await?;
         s.domain.engine().run_until_idle().await?;
-        let users = call(Method::GET, format!("/v1/organizations/{org_a}/users"))
-            .as_(&platform_admin())
-            .send(&s.app)
-            .await;
-        let person = users.body["items"]
-            .as_array()
-            .and_then(|items| items.first())
-            .and_then(|u| u["id"].as_str())
-            .context("a user of A")?
-            .to_owned();
+        let person = first_user(&s, org_a).await?;
         let restrict = format!("/v1/subjects/{person}/restriction");
         let status_path = format!("/v1/subjects/{person}");
         let in_a_year = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();

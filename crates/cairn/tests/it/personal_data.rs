@@ -25,6 +25,18 @@ async fn with_key_file(url: &str, key_file: &std::path::Path, args: &[&str]) -> 
         .expect("cairn runs")
 }
 
+/// The user id of the person invited at `email`, from `events list --json`.
+fn invited_user(events: &Value, email: &str) -> String {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["event_type"] == "user.invited" && e["event_data"]["email"] == email)
+        .and_then(|e| e["stream_id"].as_str())
+        .unwrap_or_else(|| panic!("{email} was invited"))
+        .to_owned()
+}
+
 fn test_key_id() -> String {
     cairn_testkit::test_kek().id().to_owned()
 }
@@ -119,16 +131,7 @@ backend_test!(
         let output = cairn_in(&url, &["events", "list", "--json"], &[], None).await;
         assert_exit(&output, 0);
         let events = json_of(&output);
-        let grace = events
-            .as_array()
-            .expect("a list")
-            .iter()
-            .find(|e| {
-                e["event_type"] == "user.invited" && e["event_data"]["email"] == "grace@example.com"
-            })
-            .and_then(|e| e["stream_id"].as_str())
-            .expect("grace was invited")
-            .to_owned();
+        let grace = invited_user(&events, "grace@example.com");
 
         let output = cairn_in(
             &url,
@@ -456,16 +459,7 @@ backend_test!(
         assert_exit(&output, 0);
         let output = cairn_in(&url, &["events", "list", "--json"], &[], None).await;
         assert_exit(&output, 0);
-        let grace = json_of(&output)
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| {
-                e["event_type"] == "user.invited" && e["event_data"]["email"] == "grace@example.com"
-            })
-            .and_then(|e| e["stream_id"].as_str())
-            .expect("grace was invited")
-            .to_owned();
+        let grace = invited_user(&json_of(&output), "grace@example.com");
 
         // Bad times: not a time at all (clap's exit 2, naming the value), or past.
         let output = cairn_in(
