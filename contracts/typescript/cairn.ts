@@ -849,10 +849,10 @@ export type RestrictionReceipt = {
 
 /** Why a person is restricted, and when they are erased. */
 export type RestrictionRequest = {
-  /** When the retention period ends and the person is erased (RFC 3339, with an offset): in the future, and within 30 years. */
-  erase_at: string;
   /** 1 to 500 characters, not only spaces, no control characters but tabs and newlines. Kept with the restriction: it must not carry the person's own data. */
   reason: string;
+  /** How many days from now the retention period ends and the person is erased: 1 to 10,957 (30 years). The receipt says when, as `erase_at`. */
+  retain_days: number;
 };
 
 /** What resuming a route did. */

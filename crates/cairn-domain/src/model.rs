@@ -396,7 +396,7 @@ pub struct DirectCareSettings {
 
 /// Reads a whole number, written as `20` or `20.0` (JSON Schema counts both as an
 /// integer).
-fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+pub fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
     if let Some(n) = number.as_u64() {
         return u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")));

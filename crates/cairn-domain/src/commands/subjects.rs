@@ -406,6 +406,23 @@ impl Domain {
         Ok(receipt)
     }
 
+    /// [`Domain::restrict_subject`] until `retain` from now, by the engine's clock.
+    pub async fn restrict_subject_for(
+        &self,
+        ctx: &CommandContext,
+        user_id: UserId,
+        reason: &str,
+        retain: chrono::Duration,
+    ) -> Result<RestrictionReceipt, CommandError> {
+        let erase_at = self.now().checked_add_signed(retain).ok_or_else(|| {
+            CommandError::Invalid(vec![invalid(
+                "retain_days",
+                "the erasure must be within 30 years",
+            )])
+        })?;
+        self.restrict_subject(ctx, user_id, reason, erase_at).await
+    }
+
     /// Where a person stands. A person of another tenant is not found.
     pub async fn subject_status(
         &self,

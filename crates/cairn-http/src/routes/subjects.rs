@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::api::{Api, Op, Reply};
 use crate::context::Ctx;
 use crate::input::Empty;
-use crate::problem::Problem;
+use crate::problem::{FieldProblem, Location, Problem, ProblemCode};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,9 +45,11 @@ pub struct RestrictionRequest {
         pattern(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
     )]
     pub reason: String,
-    /// When the retention period ends and the person is erased (RFC 3339, with an
-    /// offset): in the future, and within 30 years.
-    pub erase_at: chrono::DateTime<chrono::Utc>,
+    /// How many days from now the retention period ends and the person is erased: 1 to
+    /// 10,957 (30 years). The receipt says when, as `erase_at`.
+    #[schemars(range(min = 1, max = 10_957))]
+    #[serde(deserialize_with = "cairn_domain::model::whole_number")]
+    pub retain_days: u32,
 }
 
 /// Where a person stands, and their erasure.
@@ -61,7 +63,7 @@ pub(super) fn ops(api: Api) -> Api {
     .op(
         op!(POST "/v1/subjects/{subject_id}/restriction", "restrictSubject", "subjects", OK, public: false, command: true,
             "Restrict a person now and erase them when a retention period ends",
-            "For a person who asked to be erased while the organization must keep their records for a while longer (GDPR art. 17(3)(b), art. 18). One unit of work withholds every name and address of theirs from every read (they stay sealed in the log, under their key), empties their rows, refuses any new personal data about them, records user.restricted with no personal data, and starts a run that sleeps on a durable timer until erase_at and then erases them as POST /v1/subjects/{subject_id}/erasure does. Erasing them sooner is allowed. The person's organization admin or a platform administrator may. Restricting again returns the first receipt, with repeated: true; an erased person is 409."),
+            "For a person who asked to be erased while the organization must keep their records for a while longer (GDPR art. 17(3)(b), art. 18). One unit of work withholds every name and address of theirs from every read (they stay sealed in the log, under their key), empties their rows, refuses any new personal data about them, records user.restricted with no personal data, and starts a run that sleeps on a durable timer for retain_days and then erases them as POST /v1/subjects/{subject_id}/erasure does (the receipt's erase_at says when). Erasing them sooner is allowed. The person's organization admin or a platform administrator may. Restricting again returns the first receipt, with repeated: true; an erased person is 409."),
         restrict_subject,
     )
     .op(
@@ -97,9 +99,25 @@ async fn restrict_subject(
     _: Empty,
     body: RestrictionRequest,
 ) -> Result<Reply<RestrictionReceipt>, Problem> {
+    if !(1..=10_957).contains(&body.retain_days) {
+        return Err(Problem::field(
+            ProblemCode::InvalidField,
+            FieldProblem {
+                field: "retain_days".into(),
+                location: Location::Body,
+                expected_location: None,
+                message: format!("give 1 to 10957 days (30 years), not {}", body.retain_days),
+            },
+        ));
+    }
     let receipt = state
         .domain()
-        .restrict_subject(&ctx.command(), path.subject_id, &body.reason, body.erase_at)
+        .restrict_subject_for(
+            &ctx.command(),
+            path.subject_id,
+            &body.reason,
+            chrono::Duration::days(i64::from(body.retain_days)),
+        )
         .await
         .map_err(command_problem)?;
     Ok(Reply::ok(receipt))

@@ -1531,12 +1531,11 @@ backend_test!(
             .and_then(|u| u["id"].as_str())
             .context("alan")?
             .to_owned();
-        let erase_at = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
         let response = server
             .http
             .post(server.url(&format!("/v1/subjects/{alan}/restriction")))
             .bearer_auth(&admin)
-            .json(&json!({"reason": "Records kept a year", "erase_at": erase_at}))
+            .json(&json!({"reason": "Records kept a year", "retain_days": 365}))
             .send()
             .await?;
         assert_eq!(response.status(), 200);
