@@ -389,14 +389,24 @@ fn invited(org_id: cairn_types::OrgId, subject: UserId) -> cairn_log::AppendRequ
 }
 
 fn assert_refused_as_erased<T: std::fmt::Debug>(result: &Result<T, cairn_log::AppendError>) {
+    assert_seal_refused(result, |error| {
+        matches!(error, cairn_log::SealError::Erased { .. })
+    });
+}
+
+fn assert_refused_as_restricted<T: std::fmt::Debug>(result: &Result<T, cairn_log::AppendError>) {
+    assert_seal_refused(result, |error| {
+        matches!(error, cairn_log::SealError::Restricted { .. })
+    });
+}
+
+/// The append was refused at the seal, for the reason `expected` recognises.
+fn assert_seal_refused<T: std::fmt::Debug>(
+    result: &Result<T, cairn_log::AppendError>,
+    expected: fn(&cairn_log::SealError) -> bool,
+) {
     assert!(
-        matches!(
-            result,
-            Err(cairn_log::AppendError::Seal {
-                error: cairn_log::SealError::Erased { .. },
-                ..
-            })
-        ),
+        matches!(result, Err(cairn_log::AppendError::Seal { error, .. }) if expected(error)),
         "{result:?}"
     );
 }
@@ -675,16 +685,7 @@ backend_test!(
 
         // Nothing new about her is recorded, and no mail goes to her.
         let refused = w.domain.store().append(invited(accepted.org_id, rosalind)).await;
-        assert!(
-            matches!(
-                &refused,
-                Err(cairn_log::AppendError::Seal {
-                    error: cairn_log::SealError::Restricted { .. },
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
+        assert_refused_as_restricted(&refused);
         let invitations = {
             let mut reader = w.t.db().reader().await?;
             queries::invitations_of_user(&mut reader.conn(), rosalind).await?
@@ -761,16 +762,7 @@ backend_test!(
         // Before it has heard of the restriction: the count of erasures says its
         // cached key may be stale, and her row says restricted.
         let refused = other.append(invited(accepted.org_id, rosalind)).await;
-        assert!(
-            matches!(
-                &refused,
-                Err(cairn_log::AppendError::Seal {
-                    error: cairn_log::SealError::Restricted { .. },
-                    ..
-                })
-            ),
-            "{refused:?}"
-        );
+        assert_refused_as_restricted(&refused);
 
         // Once it has: it opens nothing of hers.
         let started = tokio::time::Instant::now();

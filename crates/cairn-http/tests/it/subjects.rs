@@ -29,6 +29,21 @@ fn viewer_of(org_id: OrgId) -> Principal {
     }
 }
 
+/// A server with two organizations bootstrapped (their workflows run), and the first
+/// user of the first.
+async fn two_tenants(
+    t: TestDb,
+    slug_a: &str,
+    slug_b: &str,
+) -> anyhow::Result<(crate::common::Server, OrgId, OrgId, String)> {
+    let s = server(t).await?;
+    let org_a = bootstrapped(&s, slug_a).await?;
+    let org_b = bootstrapped(&s, slug_b).await?;
+    s.domain.engine().run_until_idle().await?;
+    let person = first_user(&s, org_a).await?;
+    Ok((s, org_a, org_b, person))
+}
+
 /// The first user of `org_id`, as a platform administrator lists them.
 async fn first_user(s: &crate::common::Server, org_id: OrgId) -> anyhow::Result<String> {
     let users = call(Method::GET, format!("/v1/organizations/{org_id}/users"))
@@ -46,11 +61,7 @@ async fn first_user(s: &crate::common::Server, org_id: OrgId) -> anyhow::Result<
 backend_test!(
     a_person_is_erased_once_by_their_organizations_admin_and_hidden_from_others,
     |t: TestDb| async move {
-        let s = server(t).await?;
-        let org_a = bootstrapped(&s, "subjects-a").await?;
-        let org_b = bootstrapped(&s, "subjects-b").await?;
-        s.domain.engine().run_until_idle().await?;
-        let person = first_user(&s, org_a).await?;
+        let (s, org_a, org_b, person) = two_tenants(t, "subjects-a", "subjects-b").await?;
         let erase = format!("/v1/subjects/{person}/erasure");
         let status_path = format!("/v1/subjects/{person}");
 
@@ -148,11 +159,7 @@ backend_test!(
 backend_test!(
     a_person_is_restricted_until_their_erasure_and_bad_requests_say_what_was_wrong,
     |t: TestDb| async move {
-        let s = server(t).await?;
-        let org_a = bootstrapped(&s, "restrict-a").await?;
-        let org_b = bootstrapped(&s, "restrict-b").await?;
-        s.domain.engine().run_until_idle().await?;
-        let person = first_user(&s, org_a).await?;
+        let (s, org_a, org_b, person) = two_tenants(t, "restrict-a", "restrict-b").await?;
         let restrict = format!("/v1/subjects/{person}/restriction");
         let status_path = format!("/v1/subjects/{person}");
 
