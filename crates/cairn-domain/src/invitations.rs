@@ -73,9 +73,10 @@ impl Workflow for Delivery {
                 if let Some(status) =
                     status.filter(|status| status == "accepted" || status == "revoked")
                 {
-                    return Err(StepError::permanent(format!(
-                        "the invitation is {status}: nothing to send"
-                    )));
+                    return Ok(mailing::skipped(
+                        &mailing,
+                        format!("the invitation is {status}: nothing to send"),
+                    ));
                 }
                 mailing::send(&self.mailer, &self.tokens, &mailing, ctx).await
             }

@@ -140,7 +140,10 @@ pub async fn send(
         };
         return serde_json::to_value(sent).map_err(|e| StepError::permanent(e.to_string()));
     }
-    let (email, name) = recipient(ctx.store(), mailing.user_id).await?;
+    let (email, name) = match recipient(ctx.store(), mailing.user_id).await? {
+        Recipient::To(email, name) => (email, name),
+        Recipient::Withheld(why) => return Ok(skipped(mailing, why)),
+    };
     let message = OutboundMessage {
         message_id: message_id.clone(),
         from: mailing.sender_address.address().clone(),
@@ -228,23 +231,31 @@ pub async fn send(
     }
 }
 
+/// Whom an invitation goes to, or why it goes to no one.
+enum Recipient {
+    To(Email, Name),
+    /// The person was erased, or is restricted until their erasure: nothing is sent
+    /// to them, and that is an outcome of the run, not a failure.
+    Withheld(String),
+}
+
 /// The address and name an invitation goes to, read from the person's projection
 /// row: never from a run's input, so that an erased person is never mailed.
 async fn recipient(
     store: &cairn_dispatch::EventStore,
     user_id: UserId,
-) -> Result<(Email, Name), StepError> {
+) -> Result<Recipient, StepError> {
     let mut reader = store.db().reader().await?;
     let user = crate::queries::user(&mut reader.conn(), user_id)
         .await?
         .ok_or_else(|| StepError::permanent(format!("user {user_id} does not exist")))?;
     if user.erased_at.is_some() {
-        return Err(StepError::permanent(format!(
+        return Ok(Recipient::Withheld(format!(
             "user {user_id} was erased: no invitation goes to them"
         )));
     }
     if user.restricted_at.is_some() {
-        return Err(StepError::permanent(format!(
+        return Ok(Recipient::Withheld(format!(
             "user {user_id} is restricted until their erasure: no invitation goes to them"
         )));
     }
@@ -252,7 +263,18 @@ async fn recipient(
         .map_err(|e| StepError::permanent(format!("user {user_id}'s address: {e}")))?;
     let name = Name::parse(&user.name)
         .map_err(|e| StepError::permanent(format!("user {user_id}'s name: {e}")))?;
-    Ok((email, name))
+    Ok(Recipient::To(email, name))
+}
+
+/// The result of a send or record step that had nothing to do, and why: the run goes
+/// on (a bootstrap to its next invitation) and ends with it as its outcome.
+pub(crate) fn skipped(mailing: &Mailing, why: String) -> Value {
+    json!({ "invitation_id": mailing.invitation_id, "skipped": why })
+}
+
+/// Whether a send step's result says nothing was sent.
+fn was_skipped(result: &Value) -> bool {
+    result.get("skipped").is_some()
 }
 
 /// `text` with every copy of the address cut out (as the server wrote it, in any
@@ -279,6 +301,9 @@ pub async fn record(
     sent: &Value,
     ctx: &mut StepContext<'_>,
 ) -> Result<Value, StepError> {
+    if was_skipped(sent) {
+        return Ok(sent.clone());
+    }
     let sent: Sent = serde_json::from_value(sent.clone())
         .map_err(|e| StepError::permanent(format!("the send step's result cannot be read: {e}")))?;
     let token_hash = token_hash(&tokens.token(mailing.invitation_id, mailing.send_number));
@@ -286,7 +311,17 @@ pub async fn record(
     metadata.org_id = Some(mailing.org_id);
     let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
     let (event, expected) = if mailing.send_number == 1 {
-        let (email, _) = recipient(ctx.store(), mailing.user_id).await?;
+        let email = match recipient(ctx.store(), mailing.user_id).await? {
+            Recipient::To(email, _) => email,
+            // Erased or restricted while the email was on its way: its token is never
+            // recorded, so its link cannot be used.
+            Recipient::Withheld(why) => {
+                return Ok(skipped(
+                    mailing,
+                    format!("{why}; the email that went out will not work"),
+                ));
+            }
+        };
         let payload = InvitationSent {
             org_id: mailing.org_id,
             user_id: mailing.user_id,

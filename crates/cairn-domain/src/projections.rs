@@ -182,6 +182,11 @@ handler!(OnUserInvited, UserInvited, |event, e, p| {
     .await?;
 });
 
+/// The projection tables that hold people's names and addresses in the clear: what an
+/// erasure or a restriction empties of them, and what is rebuilt after it (see
+/// `Db::scrub_erased`).
+pub(crate) const PERSONAL_TABLES: &[&str] = &["users", "invitations"];
+
 // The tombstone of an erased person: their rows stay (ids, status, roles: what the
 // organization's records need), with no name or address.
 handler!(OnUserErased, UserErased, |event, _e, p| {

@@ -84,7 +84,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Quotes a PostgreSQL identifier.
+/// Quotes an identifier (the same on SQLite and PostgreSQL).
 pub fn quote_ident(name: &str) -> String {
     crate::backend::postgres::quote_ident(name)
 }

@@ -91,6 +91,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0011_restriction.sql"),
         postgres: include_str!("schema/postgres/0011_restriction.sql"),
     },
+    Migration {
+        id: "log/0012_scrubbed",
+        sqlite: include_str!("schema/sqlite/0012_scrubbed.sql"),
+        postgres: include_str!("schema/postgres/0012_scrubbed.sql"),
+    },
 ];
 
 /// Why migrations did not run.

@@ -1350,6 +1350,75 @@ impl Db {
         Ok(())
     }
 
+    /// On SQLite, once an erasure or a restriction has happened since the last time,
+    /// empties and refills `tables` (those that hold people's data in the clear) and
+    /// the data keys' table, in one transaction, then empties the write-ahead log.
+    /// SQLite zeroes what it deletes, but a page that splits or merges keeps copies of
+    /// the cells that moved out of it in its unused space, where an erased person's
+    /// address or wrapped key could outlive the erasure; emptying a table frees, and
+    /// zeroes, every page it had. Returns whether it rebuilt. Nothing on PostgreSQL,
+    /// whose old row versions go with VACUUM.
+    ///
+    /// Erasures that come together share one rebuild; one that a process stopped
+    /// before is covered by the next call (at start, or after the next erasure).
+    pub async fn scrub_erased(&self, tables: &[&str]) -> Result<bool, DbError> {
+        if self.backend() != crate::Backend::Sqlite {
+            return Ok(false);
+        }
+        let mut tx = self.begin().await?;
+        let mut conn = tx.conn();
+        let head = conn
+            .fetch_one(
+                "SELECT erasures, scrubbed_erasures FROM log_head WHERE id = 1",
+                Vec::new(),
+            )
+            .await?;
+        let erasures: i64 = head.get("erasures")?;
+        if head.get::<i64>("scrubbed_erasures")? >= erasures {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for table in tables.iter().copied().chain(["subject_keys"]) {
+            let columns = conn
+                .fetch_all(
+                    "SELECT name FROM pragma_table_info($1)",
+                    args![table.to_owned()],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    row.get::<String>("name")
+                        .map(|name| crate::db::quote_ident(&name))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if columns.is_empty() {
+                return Err(DbError::decode(
+                    "(scrub)",
+                    format!("there is no table {table} to rebuild"),
+                ));
+            }
+            let columns = columns.join(", ");
+            let table = crate::db::quote_ident(table);
+            // Row ids are kept, so the rows come back as they were.
+            conn.execute_script(crate::value::Sql::built(format!(
+                "CREATE TEMP TABLE cairn_scrub AS SELECT rowid AS cairn_rowid, {columns} FROM main.{table}; \
+                 DELETE FROM main.{table}; \
+                 INSERT INTO main.{table} (rowid, {columns}) \
+                 SELECT cairn_rowid, {columns} FROM temp.cairn_scrub ORDER BY cairn_rowid; \
+                 DROP TABLE temp.cairn_scrub;"
+            )))
+            .await?;
+        }
+        conn.execute(
+            "UPDATE log_head SET scrubbed_erasures = $1 WHERE id = 1",
+            args![erasures],
+        )
+        .await?;
+        tx.commit().await?;
+        self.compact_wal().await?;
+        Ok(true)
+    }
+
     /// How many people have a live data key.
     pub async fn sealed_subjects(&self) -> Result<i64, DbError> {
         let mut reader = self.reader().await?;

@@ -349,9 +349,7 @@ impl Domain {
         let reason = checked_reason(reason)?;
         let receipt = self.execute(ctx, Erase { user_id, reason }).await?;
         self.store.db().keyring().forget(user_id);
-        if let Err(error) = self.store.db().compact_wal().await {
-            tracing::warn!(%user_id, %error, "the write-ahead log was not emptied after an erasure");
-        }
+        self.scrub_personal_data().await;
         if let Err(error) = self.sweep_subject(user_id).await {
             // Swept again at the next start: the erasure itself is complete.
             tracing::error!(%user_id, error = %cairn_types::error_chain(&*error), "the copies outside the database of an erased person were not removed yet");
@@ -400,9 +398,7 @@ impl Domain {
                 },
             )
             .await?;
-        if let Err(error) = self.store.db().compact_wal().await {
-            tracing::warn!(%user_id, %error, "the write-ahead log was not emptied after a restriction");
-        }
+        self.scrub_personal_data().await;
         Ok(receipt)
     }
 
@@ -480,6 +476,15 @@ impl Domain {
         sweep(self.store.db(), self.mailer.as_ref(), user_id).await
     }
 
+    /// Rebuilds the tables that held the erased or restricted people's data in the
+    /// clear, so that nothing of them is left in the database file's unused space
+    /// (SQLite; see [`cairn_log::Db::scrub_erased`]). Run after each erasure and
+    /// restriction, and at start for one a stop interrupted. A failure is logged: the
+    /// next call covers it.
+    pub async fn scrub_personal_data(&self) {
+        scrub(self.store.db()).await;
+    }
+
     /// Finishes every erasure whose copies outside the database were not removed yet
     /// (a process stopped between the erasure's commit and the sweep). Run at start.
     pub async fn sweep_erased(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
@@ -489,6 +494,19 @@ impl Domain {
             self.sweep_subject(*user_id).await?;
         }
         Ok(pending.len())
+    }
+}
+
+/// [`Domain::scrub_personal_data`].
+async fn scrub(db: &cairn_log::Db) {
+    match db.scrub_erased(crate::projections::PERSONAL_TABLES).await {
+        Ok(true) => tracing::debug!("rebuilt the tables of people's data after an erasure"),
+        Ok(false) => {}
+        Err(error) => tracing::error!(
+            %error,
+            "the tables of people's data were not rebuilt after an erasure: an erased person's \
+             data may stay in the database file's unused space until the next erasure or start"
+        ),
     }
 }
 
@@ -604,9 +622,7 @@ impl Workflow for RetentionErasure {
                 sweep(db, self.mailer.as_ref(), subject)
                     .await
                     .map_err(|e| StepError::retryable(cairn_types::error_chain(&*e)))?;
-                if let Err(error) = db.compact_wal().await {
-                    tracing::warn!(%subject, %error, "the write-ahead log was not emptied after an erasure");
-                }
+                scrub(db).await;
                 Ok(json!({ "swept": true }))
             }
             other => Err(StepError::permanent(format!(

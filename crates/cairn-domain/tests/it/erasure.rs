@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use cairn_dispatch::current_events;
 use cairn_domain::queries;
-use cairn_domain::{BootstrapAccepted, BootstrapRequest, CommandContext, CommandError};
+use cairn_domain::{
+    BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, InviteeRequest,
+};
 use cairn_log::{Anchor, AnchorStatus, AuditKey, Backend, ChainCheck, EventFilter, args};
-use cairn_mail::OutboxMailer;
+use cairn_mail::{OutboxMailer, SmtpMailer};
+use cairn_testkit::{SinkOptions, SmtpSink};
 use cairn_testkit::{TestDb, backend_test};
 use cairn_types::UserId;
-use cairn_workflow::SystemClock;
+use cairn_workflow::state::RunWithSteps;
+use cairn_workflow::{Clock, ManualClock, RunStatus, SystemClock};
 use serde_json::json;
 
 use crate::common::{World, admin_actor, assert_no_drift, world};
@@ -84,6 +88,18 @@ async fn dump(t: &TestDb) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The erasure or restriction already rebuilt the tables that held the person's data
+/// in the clear, so that no copy is left in their pages' unused space (SQLite; nothing
+/// is rebuilt on PostgreSQL).
+async fn assert_rebuilt(w: &World) -> anyhow::Result<()> {
+    let again = w.t.db().scrub_erased(&["users", "invitations"]).await?;
+    assert!(
+        !again,
+        "the tables were not rebuilt after the erasure or restriction"
+    );
+    Ok(())
+}
+
 fn count(haystack: &[u8], needle: &str) -> usize {
     let needle = needle.as_bytes();
     haystack
@@ -143,10 +159,16 @@ async fn bootstrapped_invitee(
 ) -> anyhow::Result<(BootstrapAccepted, UserId)> {
     let accepted = w.domain.bootstrap(ctx, &request()).await?;
     w.domain.engine().run_until_idle().await?;
+    let rosalind = invitee(w, accepted.org_id).await?;
+    Ok((accepted, rosalind))
+}
+
+/// The user id of the invitee of `request()` in `org_id`.
+async fn invitee(w: &World, org_id: cairn_types::OrgId) -> anyhow::Result<UserId> {
     let mut reader = w.t.db().reader().await?;
     let users = queries::users(
         &mut reader.conn(),
-        accepted.org_id,
+        org_id,
         queries::Page {
             after: None,
             limit: 10,
@@ -156,9 +178,8 @@ async fn bootstrapped_invitee(
     let rosalind = users
         .iter()
         .find(|user| user.email == EMAIL)
-        .expect("the invitee is a user")
-        .id;
-    Ok((accepted, rosalind))
+        .ok_or_else(|| anyhow::anyhow!("the invitee is not a user of {org_id}"))?;
+    Ok(rosalind.id)
 }
 
 backend_test!(
@@ -227,6 +248,7 @@ backend_test!(
         let status = w.domain.subject_status(&ctx, rosalind).await?;
         assert_eq!(status.state, "erased");
 
+        assert_rebuilt(&w).await?;
         // Not one byte of them anywhere.
         let bytes = dump(&w.t).await?;
         assert_eq!(
@@ -654,6 +676,7 @@ backend_test!(
             .await?;
         assert!(!receipt.repeated);
         assert_eq!(receipt.erase_at, erase_at);
+        assert_rebuilt(&w).await?;
         let again = w
             .domain
             .restrict_subject(&ctx, rosalind, "again", erase_at + chrono::Duration::days(1))
@@ -781,6 +804,184 @@ backend_test!(
         let text = serde_json::to_string(&opened.iter().map(|e| &e.data).collect::<Vec<_>>())?;
         assert!(!text.contains(EMAIL), "{text}");
         assert!(text.contains(r#"{"withheld":"restricted"}"#));
+        Ok(())
+    }
+);
+
+/// The run `id`, with its steps.
+async fn run_of(w: &World, id: cairn_types::WorkflowId) -> anyhow::Result<RunWithSteps> {
+    let mut reader = w.t.db().reader().await?;
+    cairn_workflow::state::load(&mut reader.conn(), id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {id}"))
+}
+
+/// What step `name` of `run` returned.
+fn step_result(run: &RunWithSteps, name: &str) -> anyhow::Result<serde_json::Value> {
+    run.steps
+        .iter()
+        .find(|step| step.name == name)
+        .and_then(|step| step.result.clone())
+        .ok_or_else(|| anyhow::anyhow!("step {name} of {} has no result: {run:#?}", run.run.id))
+}
+
+/// Runs the engine, a minute of its clock at a time, until `runs` have all ended.
+async fn run_until_ended(
+    w: &World,
+    clock: &ManualClock,
+    runs: &[cairn_types::WorkflowId],
+) -> anyhow::Result<()> {
+    let began = clock.now();
+    loop {
+        w.domain.engine().run_until_idle().await?;
+        let mut running = Vec::new();
+        for id in runs {
+            let run = run_of(w, *id).await?.run;
+            if run.status == RunStatus::Running {
+                running.push(run.kind);
+            }
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            clock.now() - began < chrono::Duration::minutes(10),
+            "still running after ten minutes: {running:?}"
+        );
+        clock.advance(chrono::Duration::minutes(1));
+    }
+}
+
+backend_test!(
+    an_invitation_to_someone_erased_or_withdrawn_before_it_went_out_is_skipped_not_failed,
+    |t: TestDb| async move {
+        // The mail server refuses everything while the bootstrap runs: its first send
+        // (the admin's) waits to be tried again, after the invitee exists.
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        sink.set_outage(true)?;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let w = world(
+            t,
+            Arc::new(SmtpMailer::from_url(&sink.url())?),
+            clock.clone(),
+        )
+        .await?;
+        let ctx = admin_actor();
+        let accepted = w.domain.bootstrap(&ctx, &request()).await?;
+        w.domain.engine().run_until_idle().await?;
+        let rosalind = invitee(&w, accepted.org_id).await?;
+        let person = |email: &str, name: &str| InviteeRequest {
+            email: email.to_owned(),
+            name: name.to_owned(),
+            roles: vec!["viewer".to_owned()],
+        };
+        // And a person invited later, whose delivery waits too.
+        let grace = w
+            .domain
+            .invite(
+                &ctx,
+                accepted.org_id,
+                &person("grace.hopper@example.com", "Grace Hopper"),
+            )
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+
+        // Both are erased at their request before anything went to them.
+        w.domain
+            .erase_subject(&ctx, rosalind, "asked before her invitation went out")
+            .await?;
+        w.domain
+            .erase_subject(&ctx, grace.user_id, "asked before her invitation went out")
+            .await?;
+        sink.set_outage(false)?;
+        run_until_ended(&w, &clock, &[accepted.workflow_id, grace.workflow_id]).await?;
+
+        // The bootstrap completed: the admin was invited, the erased invitee skipped,
+        // and nothing was undone.
+        let bootstrap = run_of(&w, accepted.workflow_id).await?;
+        assert_eq!(bootstrap.run.status, RunStatus::Completed, "{bootstrap:#?}");
+        let sends: Vec<_> = bootstrap
+            .steps
+            .iter()
+            .filter(|step| step.name.starts_with("send_invitation:"))
+            .filter_map(|step| step.result.clone())
+            .collect();
+        let [admin, skipped] = sends.as_slice() else {
+            anyhow::bail!("two sends in the bootstrap: {bootstrap:#?}");
+        };
+        assert!(admin.get("message_id").is_some(), "{admin}");
+        let why = skipped["skipped"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!("user {rosalind} was erased")),
+            "{skipped}"
+        );
+        let organization = {
+            let mut reader = w.t.db().reader().await?;
+            queries::organization(&mut reader.conn(), accepted.org_id).await?
+        };
+        assert!(
+            organization.is_some_and(|org| org.is_active),
+            "the organization stays active"
+        );
+        // Grace's delivery completed, with nothing sent, saying why.
+        let delivery = run_of(&w, grace.workflow_id).await?;
+        assert_eq!(delivery.run.status, RunStatus::Completed, "{delivery:#?}");
+        let skipped = step_result(&delivery, "send")?;
+        assert!(
+            skipped["skipped"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("was erased"),
+            "{skipped}"
+        );
+        assert_eq!(delivery.run.output.as_ref(), Some(&skipped));
+        let mailed = |sink: &SmtpSink| {
+            sink.messages()
+                .into_iter()
+                .map(|m| m.to)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            mailed(&sink),
+            vec!["\"Ada Lovelace\" <ada@example.com>"],
+            "only the admin was mailed"
+        );
+
+        // An invitation sent, sent again, and revoked before the second email went out.
+        let katherine = w
+            .domain
+            .invite(
+                &ctx,
+                accepted.org_id,
+                &person("katherine.johnson@example.com", "Katherine Johnson"),
+            )
+            .await?;
+        run_until_ended(&w, &clock, &[katherine.workflow_id]).await?;
+        sink.set_outage(true)?;
+        let again = w
+            .domain
+            .resend_invitation(&ctx, katherine.invitation_id)
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        w.domain
+            .revoke_invitation(&ctx, katherine.invitation_id, "invited by mistake")
+            .await?;
+        sink.set_outage(false)?;
+        run_until_ended(&w, &clock, &[again.workflow_id]).await?;
+        let delivery = run_of(&w, again.workflow_id).await?;
+        assert_eq!(delivery.run.status, RunStatus::Completed, "{delivery:#?}");
+        assert_eq!(
+            step_result(&delivery, "send")?["skipped"],
+            "the invitation is revoked: nothing to send"
+        );
+        assert_eq!(
+            mailed(&sink),
+            vec![
+                "\"Ada Lovelace\" <ada@example.com>",
+                "\"Katherine Johnson\" <katherine.johnson@example.com>"
+            ],
+            "the resend went nowhere"
+        );
         Ok(())
     }
 );

@@ -7,4 +7,5 @@ mod access;
 mod audit;
 mod hash_properties;
 mod log;
+mod scrub;
 mod writer;

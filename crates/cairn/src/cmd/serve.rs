@@ -122,6 +122,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
     }
     let domain = app::open_domain(url, runtime).await?;
     // An erasure whose copies outside the database were not removed before a stop.
+    domain.scrub_personal_data().await;
     match domain.sweep_erased().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(n, "finished removing the outbox files of erased people"),
