@@ -36,6 +36,25 @@ pub(crate) struct Field {
     pub hint: Option<&'static str>,
     pub error: Option<String>,
     pub autocomplete: &'static str,
+    /// The keyboard a phone shows (`numeric` for a number typed as text, so that
+    /// what was typed comes back with its error rather than an empty value).
+    pub inputmode: Option<&'static str>,
+}
+
+/// One line of a refused form's error summary: the field's label and what was wrong,
+/// linking to the field.
+pub(crate) struct FieldProblem {
+    pub href: String,
+    pub text: String,
+}
+
+impl FieldProblem {
+    fn of(field: &Field, label: &str) -> Option<FieldProblem> {
+        field.error.as_ref().map(|error| FieldProblem {
+            href: format!("#{}", field.id),
+            text: format!("{label}: {error}"),
+        })
+    }
 }
 
 impl Field {
@@ -49,7 +68,15 @@ impl Field {
             hint: None,
             error: None,
             autocomplete: "off",
+            inputmode: None,
         }
+    }
+
+    /// A whole number, typed as text: see [`Field::inputmode`].
+    fn numeric(mut self) -> Field {
+        self.kind = "text";
+        self.inputmode = Some("numeric");
+        self
     }
 
     fn hint(mut self, hint: &'static str) -> Field {
@@ -199,6 +226,8 @@ struct NewOrganizationPage {
     invitees: Vec<InviteeRow>,
     idempotency_key: String,
     error: Option<String>,
+    /// Each field that was refused, in the form's order.
+    problems: Vec<FieldProblem>,
 }
 
 fn new_organization_page(
@@ -224,6 +253,7 @@ fn new_organization_page(
         "Maximum caseload",
         "number",
     )
+    .numeric()
     .hint("The most clients one staff member may have, 1 to 500.")
     .value(defaults.max_caseload.to_string());
     let max_caseload = match form {
@@ -238,7 +268,7 @@ fn new_organization_page(
             .autocomplete("email")
             .from(form, errors),
     ];
-    let invitees = (0..INVITEE_ROWS)
+    let invitees: Vec<InviteeRow> = (0..INVITEE_ROWS)
         .map(|i| InviteeRow {
             email: Field::new(&format!("invitees[{i}].email"), "Email", "email").from(form, errors),
             name: Field::new(&format!("invitees[{i}].name"), "Name", "text").from(form, errors),
@@ -252,6 +282,23 @@ fn new_organization_page(
         ),
         None => (defaults.visit_verification, defaults.client_assignment),
     };
+    let mut problems: Vec<FieldProblem> = organization
+        .iter()
+        .chain([&max_caseload])
+        .chain(&admin)
+        .filter_map(|field| FieldProblem::of(field, &field.label))
+        .collect();
+    for (n, row) in invitees.iter().enumerate() {
+        let person = format!("Person {} to invite", n + 1);
+        problems.extend(FieldProblem::of(&row.name, &format!("{person}, name")));
+        problems.extend(FieldProblem::of(&row.email, &format!("{person}, email")));
+        if let Some(error) = &row.roles.error {
+            problems.push(FieldProblem {
+                href: format!("#{}", row.roles.id),
+                text: format!("{person}, roles: {error}"),
+            });
+        }
+    }
     NewOrganizationPage {
         layout: Layout::new(session, "Bootstrap an organization", "/organizations"),
         organization,
@@ -265,6 +312,7 @@ fn new_organization_page(
             .filter(|k| super::valid_token(k))
             .map_or_else(super::new_token, str::to_owned),
         error,
+        problems,
     }
 }
 
@@ -612,13 +660,16 @@ async fn organization_page(
     let (max_caseload, visit_verification, client_assignment, settings_error) =
         match &forms.settings {
             Some((form, errors, summary)) => (
-                Field::new("max_caseload", "Maximum caseload", "number").from(Some(form), errors),
+                Field::new("max_caseload", "Maximum caseload", "number")
+                    .numeric()
+                    .from(Some(form), errors),
                 form.checked("visit_verification"),
                 form.checked("client_assignment"),
                 Some(summary.clone()),
             ),
             None => (
                 Field::new("max_caseload", "Maximum caseload", "number")
+                    .numeric()
                     .value(settings.max_caseload.to_string()),
                 settings.visit_verification,
                 settings.client_assignment,

@@ -109,6 +109,20 @@ backend_test!(
         browser
             .wait_for_text("#form-error", "correct the fields")
             .await?;
+        // The keyboard lands on the error summary, which names each field and leads
+        // to it; what was typed comes back with its error.
+        assert!(
+            error_summary_has_focus(&browser).await?,
+            "the refused form's summary has focus"
+        );
+        let summary = browser.wait_for_text("#form-error", "Slug:").await?;
+        for line in [
+            "Name: must not be empty",
+            "Maximum caseload: must be a whole number, not \"many\"",
+            "Person 2 to invite, roles:",
+        ] {
+            assert!(summary.contains(line), "{line:?} in {summary}");
+        }
         for (field, message) in [
             ("organization.name", "must not be empty"),
             ("organization.slug", "is not a slug"),
@@ -137,6 +151,14 @@ backend_test!(
             .await?;
         assert_eq!(invalid, json!("true"));
         screenshot(&browser, &t, "bootstrap-refused").await?;
+        browser
+            .click("#form-error a[href='#organization-slug']")
+            .await?;
+        assert_eq!(
+            browser.eval("return document.activeElement.id").await?,
+            json!("organization-slug"),
+            "the summary's link leads the keyboard to the field"
+        );
         let listed = server.get(&admin, "/v1/organizations").await?;
         assert_eq!(
             listed["items"],
@@ -170,7 +192,9 @@ backend_test!(
         browser
             .wait_for_text("[data-run-status]", "running")
             .await?;
-        browser.wait_for_text("[data-live-status]", "live").await?;
+        browser
+            .wait_for_text("[data-live-status][data-state='live']", "live")
+            .await?;
         browser
             .eval("window.cairnTestMarker = 'still here'; return true")
             .await?;
@@ -978,7 +1002,9 @@ backend_test!(
         browser
             .eval("window.cairnTestMarker = 'still here'; return true")
             .await?;
-        browser.wait_for_text("[data-live-status]", "live").await?;
+        browser
+            .wait_for_text("[data-live-status][data-state='live']", "live")
+            .await?;
         let response = server
             .http
             .post(server.url("/v1/handlers/pause"))
@@ -1560,6 +1586,96 @@ backend_test!(
         assert!(!text.contains("alan@example.org"), "{text}");
         browser.close().await?;
         server.child.kill().await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    an_open_page_follows_again_after_a_restart_and_keeps_the_keyboard_where_it_was,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let mut server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("live-care"))
+            .await?;
+        let org = accepted["org_id"].as_str().context("org_id")?.to_owned();
+        let run = accepted["workflow_id"].as_str().context("workflow_id")?;
+        wait_completed(&server, &admin, run).await?;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        let live = "[data-live-status][data-state='live']";
+        browser.wait_for_text(live, "live").await?;
+        assert_eq!(
+            browser
+                .eval("const a = document.querySelector('[data-live-announce]'); return a && a.getAttribute('aria-live')")
+                .await?,
+            json!("polite"),
+            "the page announces its updates"
+        );
+
+        // The keyboard is on Ada's "Erase…" when the page refreshes itself.
+        let focused = browser
+            .eval(
+                "const a = document.querySelector('#live a[data-action=erase]'); a.focus(); \
+                 return document.activeElement.getAttribute('href')",
+            )
+            .await?;
+        assert!(
+            focused
+                .as_str()
+                .is_some_and(|href| href.ends_with("/erase")),
+            "{focused}"
+        );
+        server
+            .invite(&admin, &org, "Katherine Johnson", "katherine@example.com")
+            .await?;
+        browser.wait_for_text("#live", "Katherine Johnson").await?;
+        assert_eq!(
+            browser
+                .eval("return document.activeElement.getAttribute('href')")
+                .await?,
+            focused,
+            "focus stayed on the same control across the refresh"
+        );
+        browser
+            .wait_for_text("[data-live-announce]", "Updated:")
+            .await?;
+
+        // A deploy: the server stops. The page says so at the top.
+        server.stop().await?;
+        let banner = browser
+            .wait_for_text("[data-live-banner]", "Not live")
+            .await?;
+        assert!(
+            browser
+                .eval("return !document.querySelector('[data-live-banner]').hidden")
+                .await?
+                .as_bool()
+                .unwrap_or(false),
+            "the banner is shown: {banner}"
+        );
+        screenshot(&browser, &t, "not-live").await?;
+
+        // It is back: the page follows again, and shows what happened since.
+        server.start_again().await?;
+        browser.wait_for_text(live, "live").await?;
+        server
+            .invite(&admin, &org, "Dorothy Vaughan", "dorothy@example.com")
+            .await?;
+        browser.wait_for_text("#live", "Dorothy Vaughan").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelector('[data-live-banner]').hidden")
+                .await?,
+            json!(true),
+            "the banner is gone once the page follows again"
+        );
+        browser.close().await?;
         Ok(())
     }
 );

@@ -10,6 +10,9 @@ pub struct Server {
     pub base: String,
     pub port: u16,
     pub http: reqwest::Client,
+    /// The database and mail URLs and the extra arguments it was started with, to
+    /// start it again.
+    started_with: (String, String, Vec<String>),
 }
 
 impl Server {
@@ -57,8 +60,66 @@ impl Server {
         extra: &[&str],
     ) -> anyhow::Result<Server> {
         let port = super::free_port();
+        let child = Server::spawn(&mut command, port, url, mail_url, extra)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            http,
+            started_with: (
+                url.to_owned(),
+                mail_url.to_owned(),
+                extra.iter().map(|arg| (*arg).to_owned()).collect(),
+            ),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Stops the server as a deploy does: `SIGTERM`, then waits for it to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the server has already exited"))?;
+        let signalled = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(signalled.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("cairn serve was still running 30 s after SIGTERM"))??;
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same port and database, with the same
+    /// arguments (a file limit it was started under is not kept).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let (url, mail_url, extra) = self.started_with.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.child = Server::spawn(
+            &mut crate::common::cairn_tokio(),
+            self.port,
+            &url,
+            &mail_url,
+            &extra,
+        )?;
+        self.wait_ready().await
+    }
+
+    fn spawn(
+        command: &mut tokio::process::Command,
+        port: u16,
+        url: &str,
+        mail_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<tokio::process::Child> {
         let base = format!("http://127.0.0.1:{port}");
-        let child = command
+        Ok(command
             .args(["--database-url", url, "--mail-url", mail_url])
             .args(["--public-url", &base])
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
@@ -69,20 +130,15 @@ impl Server {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
-            .spawn()?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .spawn()?)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if let Ok(response) = http.get(format!("{base}/health/ready")).send().await
+            if let Ok(response) = self.http.get(self.url("/health/ready")).send().await
                 && response.status() == 200
             {
-                return Ok(Server {
-                    child,
-                    base,
-                    port,
-                    http,
-                });
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -126,6 +182,25 @@ impl Server {
         page.get(start..start + 64)
             .map(str::to_owned)
             .ok_or_else(|| anyhow::anyhow!("a cut form token: {page}"))
+    }
+
+    /// Invites `name` at `email` into `org` as a viewer, through the API.
+    pub async fn invite(
+        &self,
+        token: &str,
+        org: &str,
+        name: &str,
+        email: &str,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(self.url(&format!("/v1/organizations/{org}/invitations")))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"name": name, "email": email, "roles": ["viewer"]}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 202, "invite: {}", response.status());
+        Ok(response.json().await?)
     }
 
     /// `GET` through the API; its JSON.
