@@ -25,6 +25,7 @@ pub mod probe;
 pub mod projections;
 pub mod queries;
 pub mod reads;
+pub mod search;
 pub mod tokens;
 
 use cairn_log::Migration;
@@ -110,6 +111,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0009_restriction",
         sqlite: include_str!("schema/sqlite/0009_restriction.sql"),
         postgres: include_str!("schema/postgres/0009_restriction.sql"),
+    },
+    Migration {
+        id: "domain/0010_search",
+        sqlite: include_str!("schema/sqlite/0010_search.sql"),
+        postgres: include_str!("schema/postgres/0010_search.sql"),
     },
 ];
 

@@ -122,6 +122,25 @@ pub async fn invitation(
     Ok(found.filter(|i| tenancy.sees(Some(i.org_id))))
 }
 
+/// What `term` finds among the organizations, people, invitations, runs, events and
+/// requests the grant sees (see [`crate::search`]).
+pub async fn search(
+    db: &Db,
+    grant: &Grant,
+    term: &crate::search::Term,
+) -> Result<Vec<crate::search::Hit>, ReadsError> {
+    let tenancy = require(grant, Action::Search)?;
+    if *tenancy == Tenancy::None {
+        return Ok(Vec::new());
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    let hits = crate::search::find(&mut scoped.conn(), tenancy.org(), term).await?;
+    Ok(hits
+        .into_iter()
+        .filter(|hit| hit.kind == crate::search::HitKind::Request || tenancy.sees(hit.org_id))
+        .collect())
+}
+
 /// Workflow runs the grant sees.
 pub async fn workflows(
     db: &Db,

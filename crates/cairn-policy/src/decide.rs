@@ -45,6 +45,10 @@ pub enum Action {
     ReceiveEvent(Option<OrgId>),
     /// Read the timeline of one request.
     ReadTrace,
+    /// Find organizations, people, invitations, runs, events and requests by what an
+    /// operator has (an email, a slug, a name, an id), within the tenants the
+    /// principal sees.
+    Search,
     /// Run the integration probe's synthetic command.
     RunProbe,
 }
@@ -81,6 +85,7 @@ impl Action {
             Action::Subscribe => "subscribe to the event feed".into(),
             Action::ReceiveEvent(_) => "receive this event".into(),
             Action::ReadTrace => "read request timelines".into(),
+            Action::Search => "search".into(),
             Action::RunProbe => "run the integration probe".into(),
         }
     }
@@ -167,6 +172,7 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
         Action::ListEvents | Action::Subscribe | Action::ReceiveEvent(_) | Action::ReadTrace => {
             needs_admin("reading events")
         }
+        Action::Search => needs_admin("searching the organization"),
         Action::BootstrapOrganization => {
             Err("only platform administrators bootstrap organizations".to_owned())
         }
@@ -200,7 +206,8 @@ fn scope_for(action: &Action) -> Option<Scope> {
         | Action::RevokeInvitation(_)
         | Action::EraseSubject(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
-        Action::ListEvents | Action::ReadTrace => Some(Scope::EventsRead),
+        // A search finds what the log holds: events, and the runs and people they name.
+        Action::ListEvents | Action::ReadTrace | Action::Search => Some(Scope::EventsRead),
         Action::RetryEvents | Action::SkipEvents => Some(Scope::EventsRetry),
         Action::PauseHandlers => Some(Scope::HandlersPause),
         Action::PauseWorkflowKinds | Action::PauseRun(_) => Some(Scope::WorkflowsPause),

@@ -25,6 +25,7 @@ mod held;
 mod onboarding;
 mod operations;
 mod pauses;
+mod search;
 mod session;
 mod skip;
 
@@ -163,6 +164,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/console/workflow-kinds/{kind}/resume",
             get(pauses::kind_resume_page).post(pauses::kind_resume),
         )
+        .route("/console/search", get(search::search))
         .route("/console/traces", get(operations::find_trace))
         .route("/console/traces/{correlation_id}", get(operations::trace))
         .route("/console/health", get(activity::health))
@@ -481,6 +483,9 @@ pub(crate) struct Layout {
     /// What is paused or held, on the operations pages (`None` elsewhere: the page
     /// has no banner, not even an empty one to refresh).
     pub attention: Option<attention::Attention>,
+    /// Whether the header offers the search box, and what it holds.
+    pub may_search: bool,
+    pub search: String,
 }
 
 impl Layout {
@@ -517,6 +522,8 @@ impl Layout {
             live: None,
             live_url: String::new(),
             attention: None,
+            may_search: session.may(&Action::Search),
+            search: String::new(),
         }
     }
 
@@ -532,6 +539,8 @@ impl Layout {
             live: None,
             live_url: String::new(),
             attention: None,
+            may_search: false,
+            search: String::new(),
         }
     }
 

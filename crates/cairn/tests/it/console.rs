@@ -1679,3 +1679,174 @@ backend_test!(
         Ok(())
     }
 );
+
+/// Types `text` into the header's search box and submits it, as a person would; where
+/// it lands (path, query and fragment) once the page has loaded.
+async fn search(browser: &Browser, text: &str) -> anyhow::Result<String> {
+    let here = "return document.readyState === 'complete' \
+                ? location.pathname + location.search + location.hash : ''";
+    let before = browser.eval(here).await?;
+    browser.fill("#search", text).await?;
+    browser.click("form.search button[type=submit]").await?;
+    let started = std::time::Instant::now();
+    loop {
+        // Errors while the page is being replaced count as "not yet".
+        let now = browser.eval(here).await.unwrap_or(Value::Null);
+        if let Some(now) = now.as_str()
+            && !now.is_empty()
+            && now != before
+        {
+            return Ok(now.to_owned());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "searching {text:?} led nowhere from {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first item's field `field` of an API list.
+async fn first_of(
+    server: &Server,
+    token: &str,
+    path: &str,
+    pick: impl Fn(&Value) -> bool,
+    field: &str,
+) -> anyhow::Result<String> {
+    let listed = server.get(token, path).await?;
+    listed["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|item| pick(item)))
+        .and_then(|item| item[field].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no {field} in {path}: {listed}"))
+}
+
+backend_test!(
+    one_search_finds_by_email_slug_name_and_every_id_within_the_tenants_one_may_see,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let a = server
+            .bootstrap(&admin, bootstrap_request("care-a"))
+            .await?;
+        let b = server
+            .bootstrap(&admin, bootstrap_request("care-b"))
+            .await?;
+        let text = |v: &Value, k: &str| v[k].as_str().map(str::to_owned).context("a field");
+        let (org_a, org_b) = (text(&a, "org_id")?, text(&b, "org_id")?);
+        let (run_a, run_b) = (text(&a, "workflow_id")?, text(&b, "workflow_id")?);
+        let correlation_a = text(&a, "correlation_id")?;
+        wait_completed(&server, &admin, &run_a).await?;
+        wait_completed(&server, &admin, &run_b).await?;
+        let is_grace = |item: &Value| item["email"] == "grace@example.com";
+        let grace_a = first_of(
+            &server,
+            &admin,
+            &format!("/v1/organizations/{org_a}/users"),
+            is_grace,
+            "id",
+        )
+        .await?;
+        let invitation_a = first_of(
+            &server,
+            &admin,
+            &format!("/v1/organizations/{org_a}/invitations"),
+            is_grace,
+            "id",
+        )
+        .await?;
+        let event_a = first_of(
+            &server,
+            &admin,
+            &format!("/v1/events?stream_id={org_a}"),
+            |_| true,
+            "event_id",
+        )
+        .await?;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        // Every kind of id leads to its own page.
+        for (typed, lands) in [
+            (
+                "care-b".to_owned(),
+                format!("/console/organizations/{org_b}"),
+            ),
+            (org_a.clone(), format!("/console/organizations/{org_a}")),
+            (
+                grace_a.clone(),
+                format!("/console/organizations/{org_a}#person-{grace_a}"),
+            ),
+            (
+                invitation_a.clone(),
+                format!("/console/organizations/{org_a}#invitation-{invitation_a}"),
+            ),
+            (run_a.clone(), format!("/console/workflows/{run_a}")),
+            (event_a.clone(), format!("/console/events/{event_a}")),
+            (
+                correlation_a.clone(),
+                format!("/console/traces/{correlation_a}"),
+            ),
+            (
+                format!("  {}  ", org_b.to_uppercase()),
+                format!("/console/organizations/{org_b}"),
+            ),
+        ] {
+            assert_eq!(search(&browser, &typed).await?, lands, "{typed:?}");
+        }
+        // An address two organizations share, and part of a name, list their matches.
+        let listed = search(&browser, "Grace@Example.com").await?;
+        assert!(listed.starts_with("/console/search?q="), "{listed}");
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('[data-hit=person]').length")
+                .await?,
+            json!(2),
+            "Grace in each organization"
+        );
+        search(&browser, "sunrise").await?;
+        let orgs = browser
+            .eval("return [...document.querySelectorAll('[data-hit=organization] a')].map(a => a.getAttribute('href'))")
+            .await?;
+        assert_eq!(
+            orgs,
+            json!([
+                format!("/console/organizations/{org_a}"),
+                format!("/console/organizations/{org_b}")
+            ])
+        );
+        screenshot(&browser, &t, "search").await?;
+        search(&browser, "nobody@example.com").await?;
+        browser
+            .wait_for_text("[data-search-empty]", "Nothing found")
+            .await?;
+
+        // An organization's admin finds their own people, and nothing of another
+        // organization, not even by its ids.
+        let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
+        browser
+            .click("form[action='/console/sign-out'] button")
+            .await?;
+        browser.wait_for_title("Sign in").await?;
+        sign_in(&browser, &server, &admin_a).await?;
+        assert_eq!(
+            search(&browser, "grace@example.com").await?,
+            format!("/console/organizations/{org_a}#person-{grace_a}")
+        );
+        for typed in [org_b.clone(), run_b.clone(), "care-b".to_owned()] {
+            let landed = search(&browser, &typed).await?;
+            assert!(
+                landed.starts_with("/console/search?q="),
+                "{typed}: {landed}"
+            );
+            browser
+                .wait_for_text("[data-search-empty]", "Nothing found")
+                .await?;
+        }
+        browser.close().await?;
+        Ok(())
+    }
+);
