@@ -230,6 +230,23 @@ pub async fn organizations(
     rows.iter().map(organization_from_row).collect()
 }
 
+/// The names of the organizations `ids` (those that exist).
+pub async fn organization_names(
+    conn: &mut Conn<'_>,
+    ids: &[OrgId],
+) -> Result<Vec<(OrgId, String)>, cairn_log::DbError> {
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT id, name FROM organizations WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    let args = ids.iter().map(|id| id.into_arg()).collect();
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
+    rows.iter()
+        .map(|row| Ok((row.get("id")?, row.get("name")?)))
+        .collect()
+}
+
 async fn roles_of(conn: &mut Conn<'_>, user_id: UserId) -> Result<Vec<Role>, cairn_log::DbError> {
     let rows = conn
         .fetch_all(

@@ -165,6 +165,48 @@ pub async fn workflows(
         .collect())
 }
 
+/// How many runs the grant sees, by status; running ones asleep at `now` counted
+/// apart (see [`cairn_workflow::state::counts`]).
+pub async fn workflow_counts(
+    db: &Db,
+    grant: &Grant,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<cairn_workflow::state::RunCounts, ReadsError> {
+    let tenancy = require(grant, Action::ListWorkflows)?;
+    let (only, excluded) = match tenancy {
+        Tenancy::None => return Ok(Default::default()),
+        Tenancy::Org(org) => (Some(*org), None),
+        Tenancy::All => (None, Some(OrgId::PROBE)),
+    };
+    let mut scoped = db.scoped(tenancy).await?;
+    Ok(cairn_workflow::state::counts(&mut scoped.conn(), only, excluded, now).await?)
+}
+
+/// The names of the organizations among `ids` the grant sees (to name a list's rows).
+pub async fn organization_names(
+    db: &Db,
+    grant: &Grant,
+    ids: &[OrgId],
+) -> Result<std::collections::HashMap<OrgId, String>, ReadsError> {
+    let tenancy = require(grant, Action::ListOrganizations)?;
+    let mut names = std::collections::HashMap::new();
+    let mut ids: Vec<OrgId> = ids
+        .iter()
+        .copied()
+        .filter(|id| tenancy.sees(Some(*id)))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(names);
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    for (id, name) in queries::organization_names(&mut scoped.conn(), &ids).await? {
+        names.insert(id, name);
+    }
+    Ok(names)
+}
+
 /// One workflow run with its steps, if the grant sees its tenant.
 pub async fn workflow(
     db: &Db,

@@ -237,7 +237,69 @@ pub struct RunFilter {
     pub after: Option<WorkflowId>,
     /// Only runs that are paused (on their own or by their kind).
     pub paused: bool,
+    /// Only running runs asleep until later than this time (`Some((true, now))`: on
+    /// a timer or waiting to try a step again), or only those due by then
+    /// (`Some((false, now))`: work in progress).
+    pub asleep: Option<(bool, DateTime<Utc>)>,
+    /// Newest first: `before` pages on to older runs, `after` back to newer ones.
+    pub newest_first: bool,
+    /// Only runs whose id sorts before this one: the cursor of newest-first pages.
+    pub before: Option<WorkflowId>,
     pub limit: Option<u32>,
+}
+
+/// How many runs a list would hold, by status, with the running ones split into those
+/// asleep (on a timer, or waiting to try a step again) and those at work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct RunCounts {
+    /// Each status with its count, in [`RunStatus::ALL`]'s order, those with none
+    /// left out.
+    pub by_status: Vec<(String, i64)>,
+    /// Of the running runs, those asleep until later.
+    pub asleep: i64,
+}
+
+/// How many runs of `org_id` (or of every organization but `exclude_org`) there are,
+/// by status; running ones asleep at `now` counted apart.
+pub async fn counts(
+    conn: &mut Conn<'_>,
+    org_id: Option<OrgId>,
+    exclude_org: Option<OrgId>,
+    now: DateTime<Utc>,
+) -> Result<RunCounts, DbError> {
+    let mut args: Vec<Arg> = vec![now.into_arg()];
+    let mut sql = "SELECT status, COUNT(*) AS n, \
+         SUM(CASE WHEN next_run_at IS NOT NULL AND next_run_at > $1 THEN 1 ELSE 0 END) AS asleep \
+         FROM workflow_runs WHERE 1 = 1"
+        .to_owned();
+    if let Some(org) = org_id {
+        args.push(org.into_arg());
+        sql.push_str(&format!(" AND org_id = ${}", args.len()));
+    }
+    if let Some(excluded) = exclude_org {
+        args.push(excluded.into_arg());
+        sql.push_str(&format!(
+            " AND (org_id IS NULL OR org_id <> ${})",
+            args.len()
+        ));
+    }
+    sql.push_str(" GROUP BY status");
+    let rows = conn.fetch_all(Sql::built(sql), args).await?;
+    let mut counts = RunCounts::default();
+    let mut found = Vec::new();
+    for row in rows {
+        let status: String = row.get("status")?;
+        if status == RunStatus::Running.as_str() {
+            counts.asleep = row.get("asleep")?;
+        }
+        found.push((status, row.get::<i64>("n")?));
+    }
+    for status in RunStatus::ALL {
+        if let Some(at) = found.iter().position(|(s, _)| s == status.as_str()) {
+            counts.by_status.push(found.swap_remove(at));
+        }
+    }
+    Ok(counts)
 }
 
 /// One run.
@@ -296,6 +358,12 @@ pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, D
     if let Some(after) = filter.after {
         condition("r.id >", after.into_arg());
     }
+    if let Some(before) = filter.before {
+        condition("r.id <", before.into_arg());
+    }
+    if let Some((asleep, now)) = filter.asleep {
+        args_push_asleep(&mut sql, &mut args, asleep, now);
+    }
     if let Some(excluded) = filter.exclude_org {
         args.push(excluded.into_arg());
         sql.push_str(&format!(
@@ -307,7 +375,37 @@ pub async fn list(conn: &mut Conn<'_>, filter: &RunFilter) -> Result<Vec<Run>, D
         sql.push_str(" AND (r.paused_at IS NOT NULL OR k.kind IS NOT NULL)");
     }
     args.push(i64::from(filter.limit.unwrap_or(100)).into_arg());
-    sql.push_str(&format!(" ORDER BY r.id LIMIT ${}", args.len()));
+    // Newest first, except on the way back to newer runs (`after`), which reads the
+    // nearest ones in ascending order and turns them round.
+    let descending = filter.newest_first && filter.after.is_none();
+    let order = if descending { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY r.id {order} LIMIT ${}", args.len()));
     let rows = conn.fetch_all(Sql::built(sql), args).await?;
-    rows.iter().map(run_from_row).collect()
+    let mut runs = rows
+        .iter()
+        .map(run_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    if filter.newest_first && !descending {
+        runs.reverse();
+    }
+    Ok(runs)
+}
+
+/// `AND` the running runs asleep at `now` (or, with `asleep` false, those due).
+fn args_push_asleep(sql: &mut String, args: &mut Vec<Arg>, asleep: bool, now: DateTime<Utc>) {
+    args.push(now.into_arg());
+    let n = args.len();
+    sql.push_str(&format!(
+        " AND r.status = '{}'",
+        RunStatus::Running.as_str()
+    ));
+    if asleep {
+        sql.push_str(&format!(
+            " AND r.next_run_at IS NOT NULL AND r.next_run_at > ${n}"
+        ));
+    } else {
+        sql.push_str(&format!(
+            " AND (r.next_run_at IS NULL OR r.next_run_at <= ${n})"
+        ));
+    }
 }

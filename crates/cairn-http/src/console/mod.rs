@@ -559,6 +559,17 @@ impl Layout {
     }
 }
 
+/// A workflow kind as a person reads it: `organization_bootstrap` is "Organization
+/// bootstrap".
+pub(crate) fn kind_label(kind: &str) -> String {
+    let words = kind.replace('_', " ");
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// A principal, for the page's header.
 fn who(principal: &Principal) -> String {
     match principal {

@@ -13,7 +13,9 @@ use cairn_dispatch::{Dispatched, RetrySelection};
 use cairn_domain::reads;
 use cairn_log::{EventFilter, Outcome, RecordedEvent};
 use cairn_policy::Action;
-use cairn_types::{CorrelationId, ErrorCode, EventId, EventType, Position, StreamId, WorkflowId};
+use cairn_types::{
+    CorrelationId, ErrorCode, EventId, EventType, OrgId, Position, StreamId, WorkflowId,
+};
 use cairn_workflow::{PauseScope, Run, RunFilter, RunStatus};
 
 use super::held::{self, HeldRow};
@@ -714,32 +716,59 @@ pub(crate) async fn retry_many(
 /// A run in a list.
 pub(crate) struct RunRow {
     pub id: String,
+    /// The kind, as a person reads it ("Organization bootstrap").
     pub kind: String,
     pub status: String,
     pub step: String,
     pub org: String,
+    /// The organization's name, when the viewer may read it.
+    pub org_name: String,
     pub created_at: String,
     pub updated_at: String,
     /// `paused`, or `paused with its kind`, while it is paused.
     pub paused: Option<&'static str>,
+    /// When a running run asleep (on a timer, or waiting to try a step again) wakes.
+    pub asleep_until: Option<String>,
 }
 
 impl RunRow {
-    fn of(run: Run) -> RunRow {
+    fn of(
+        run: Run,
+        names: &std::collections::HashMap<OrgId, String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> RunRow {
+        let asleep_until = (run.status == RunStatus::Running)
+            .then_some(run.next_run_at)
+            .flatten()
+            .filter(|at| *at > now)
+            .map(|at| time(&at));
         RunRow {
             id: run.id.to_string(),
             status: run.status.as_str().to_owned(),
             step: run.current_step.unwrap_or_default(),
             org: run.org_id.map(|o| o.to_string()).unwrap_or_default(),
+            org_name: run
+                .org_id
+                .and_then(|o| names.get(&o).cloned())
+                .unwrap_or_default(),
             created_at: time(&run.created_at),
             updated_at: time(&run.updated_at),
             paused: run.paused.map(|pause| match pause.scope {
                 PauseScope::Run => "paused",
                 PauseScope::Kind => "paused with its kind",
             }),
-            kind: run.kind,
+            asleep_until,
+            kind: super::kind_label(&run.kind),
         }
     }
+}
+
+/// A status (or `asleep`, or `working`) with its count and the list it opens.
+pub(crate) struct CountLink {
+    pub label: String,
+    pub count: i64,
+    pub href: String,
+    pub current: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -747,7 +776,11 @@ pub(crate) struct WorkflowsQuery {
     status: Option<String>,
     kind: Option<String>,
     paused: Option<String>,
+    /// `asleep` (running, on a timer or waiting to try again) or `working` (running
+    /// and due).
+    state: Option<String>,
     after: Option<String>,
+    before: Option<String>,
     notice: Option<String>,
     kind_changed: Option<String>,
 }
@@ -764,7 +797,9 @@ struct WorkflowsPage {
     paused: bool,
     errors: Vec<String>,
     rows: Vec<RunRow>,
-    next: Option<String>,
+    counts: Vec<CountLink>,
+    newer: Option<String>,
+    older: Option<String>,
 }
 
 /// What the runs page says after a kind was paused or resumed; only for a kind the
@@ -812,13 +847,27 @@ pub(crate) async fn workflows(
         },
         &mut errors,
     );
-    let after = parse(
-        &query.after,
-        "after",
-        |t| WorkflowId::parse(t).map_err(|e| e.to_string()),
-        &mut errors,
-    );
+    let cursor = |text: &Option<String>, name: &str, errors: &mut Vec<String>| {
+        parse(
+            text,
+            name,
+            |t| WorkflowId::parse(t).map_err(|e| e.to_string()),
+            errors,
+        )
+    };
+    let after = cursor(&query.after, "after", &mut errors);
+    let before = cursor(&query.before, "before", &mut errors);
+    let asleep = match query.state.as_deref().unwrap_or_default() {
+        "" => None,
+        "asleep" => Some(true),
+        "working" => Some(false),
+        other => {
+            errors.push(format!("state: {other:?} is neither asleep nor working"));
+            None
+        }
+    };
     let paused = query.paused.as_deref().is_some_and(|p| !p.is_empty());
+    let now = state.domain().engine().now();
     let kinds = match pauses::kind_rows(&state, &grant).await {
         Ok(kinds) => kinds,
         Err(error) => return problem_page(&session, &read_problem(error)),
@@ -828,7 +877,10 @@ pub(crate) async fn workflows(
             status,
             kind: kind.clone(),
             paused,
+            asleep: asleep.map(|asleep| (asleep, now)),
+            newest_first: true,
             after,
+            before,
             limit: Some(PAGE),
             ..RunFilter::default()
         };
@@ -839,32 +891,58 @@ pub(crate) async fn workflows(
     } else {
         Vec::new()
     };
-    let next = (runs.len() as u32 == PAGE)
-        .then(|| {
-            runs.last().map(|r| {
-                let mut url = format!("/console/workflows?after={}", r.id);
-                if let Some(status) = status {
-                    url.push_str(&format!("&status={}", status.as_str()));
-                }
-                if let Some(kind) = &kind {
-                    url.push_str(&format!("&kind={}", query_value(kind)));
-                }
-                if paused {
-                    url.push_str("&paused=1");
-                }
-                url
-            })
-        })
+    let counts = match reads::workflow_counts(state.db(), &grant, now).await {
+        Ok(counts) => counts,
+        Err(error) => return problem_page(&session, &read_problem(error)),
+    };
+    let here = workflows_here(status, kind.as_deref(), paused, query.state.as_deref());
+    let full = runs.len() as u32 == PAGE;
+    let newer = (before.is_some() || (after.is_some() && full))
+        .then(|| runs.first().map(|r| format!("{here}after={}", r.id)))
         .flatten();
-    let rows = runs.into_iter().map(RunRow::of).collect();
+    let older = (full || after.is_some())
+        .then(|| runs.last().map(|r| format!("{here}before={}", r.id)))
+        .flatten();
+    let names = org_names(&state, &session, &runs).await;
+    let rows = runs
+        .into_iter()
+        .map(|run| RunRow::of(run, &names, now))
+        .collect();
+    let count_link = |label: &str, count: i64, href: String, current: bool| CountLink {
+        label: label.to_owned(),
+        count,
+        href,
+        current,
+    };
+    let mut count_links = Vec::new();
+    for (label, count) in &counts.by_status {
+        let current = status.map(RunStatus::as_str) == Some(label.as_str()) && asleep.is_none();
+        count_links.push(count_link(
+            label,
+            *count,
+            format!("/console/workflows?status={label}"),
+            current,
+        ));
+        if label == RunStatus::Running.as_str() {
+            count_links.push(count_link(
+                "of which asleep",
+                counts.asleep,
+                "/console/workflows?state=asleep".to_owned(),
+                asleep == Some(true),
+            ));
+            count_links.push(count_link(
+                "at work",
+                count - counts.asleep,
+                "/console/workflows?state=working".to_owned(),
+                asleep == Some(false),
+            ));
+        }
+    }
     render(
         StatusCode::OK,
         &WorkflowsPage {
             layout: Layout::new(&session, "Workflows", "/workflows")
-                .live(
-                    "views=false&stream_type=workflow",
-                    workflows_here(status, kind.as_deref(), paused),
-                )
+                .live("views=false&stream_type=workflow", here.clone())
                 .attention(super::attention::banner(&state, &session).await),
             notice: kinds_notice(&state, &query),
             kinds,
@@ -877,13 +955,38 @@ pub(crate) async fn workflows(
             paused,
             errors,
             rows,
-            next,
+            counts: count_links,
+            newer,
+            older,
         },
     )
 }
 
-/// The address of the runs page with these filters.
-fn workflows_here(status: Option<RunStatus>, kind: Option<&str>, paused: bool) -> String {
+/// The names of the runs' organizations, when the viewer may read organizations.
+async fn org_names(
+    state: &AppState,
+    session: &Session,
+    runs: &[Run],
+) -> std::collections::HashMap<OrgId, String> {
+    let Ok(grant) = allow(&session.ctx, Action::ListOrganizations) else {
+        return Default::default();
+    };
+    let ids: Vec<OrgId> = runs.iter().filter_map(|run| run.org_id).collect();
+    reads::organization_names(state.db(), &grant, &ids)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "cannot read the names of the runs' organizations");
+            Default::default()
+        })
+}
+
+/// The runs page with these filters, ready for one more `name=value`.
+fn workflows_here(
+    status: Option<RunStatus>,
+    kind: Option<&str>,
+    paused: bool,
+    state: Option<&str>,
+) -> String {
     let mut url = String::from("/console/workflows?");
     if let Some(status) = status {
         url.push_str(&format!("status={}&", status.as_str()));
@@ -892,7 +995,10 @@ fn workflows_here(status: Option<RunStatus>, kind: Option<&str>, paused: bool) -
         url.push_str(&format!("kind={}&", query_value(kind)));
     }
     if paused {
-        url.push_str("paused=1");
+        url.push_str("paused=1&");
+    }
+    if let Some(state @ ("asleep" | "working")) = state {
+        url.push_str(&format!("state={state}&"));
     }
     url
 }
@@ -927,6 +1033,12 @@ struct WorkflowPage {
     notice: Option<&'static str>,
     id: String,
     kind: String,
+    /// The kind as a person reads it.
+    kind_label: String,
+    /// What the run was started with, and what it completed with, as JSON.
+    input: String,
+    output: Option<String>,
+    org_name: Option<String>,
     status: String,
     finished: bool,
     paused: Option<RunPause>,
@@ -983,7 +1095,15 @@ pub(crate) async fn workflow(
             error: s.last_error.clone(),
         })
         .collect();
-    let mut layout = Layout::new(&session, format!("Run {}", run.run.kind), "/workflows")
+    let kind_label = super::kind_label(&run.run.kind);
+    let org_name = org_names(&state, &session, std::slice::from_ref(&run.run))
+        .await
+        .into_values()
+        .next();
+    let pretty = |value: &serde_json::Value| {
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    };
+    let mut layout = Layout::new(&session, format!("{kind_label} run"), "/workflows")
         .attention(super::attention::banner(&state, &session).await);
     if !finished {
         // A paused run changes next by a resume, on a stream of its own (or its kind's):
@@ -1019,6 +1139,10 @@ pub(crate) async fn workflow(
             },
             id: run.run.id.to_string(),
             kind: run.run.kind.clone(),
+            kind_label,
+            input: pretty(&run.run.input),
+            output: run.run.output.as_ref().map(pretty),
+            org_name,
             status: run.run.status.as_str().to_owned(),
             finished,
             may_pause: may_control

@@ -181,7 +181,7 @@ backend_test!(
             .click("input[name='invitees[1].roles'][value='clinician']")
             .await?;
         browser.click("form button.primary").await?;
-        browser.wait_for_title("organization_bootstrap").await?;
+        browser.wait_for_title("Organization bootstrap run").await?;
         browser
             .wait_for_text("[data-run-status]", "running")
             .await?;
@@ -493,7 +493,6 @@ backend_test!(
         browser.goto(&server.url("/console/workflows")).await?;
         let text = browser.wait_for_title("Workflows").await?;
         assert!(text.contains("organization_bootstrap"), "{text}");
-        screenshot(&browser, &t, "workflows").await?;
         browser.goto(&server.url("/console/health")).await?;
         let text = browser.wait_for_title("Health").await?;
         assert!(text.contains("Integration probe"), "{text}");
@@ -846,7 +845,7 @@ backend_test!(
         browser
             .goto(&server.url(&format!("/console/workflows/{expiry_run}")))
             .await?;
-        browser.wait_for_title("Run invitation_expiry").await?;
+        browser.wait_for_title("Invitation expiry run").await?;
         browser.click("a[data-action='pause-run']").await?;
         browser
             .wait_for_title("Pause this invitation_expiry run?")
@@ -1846,6 +1845,136 @@ backend_test!(
                 .wait_for_text("[data-search-empty]", "Nothing found")
                 .await?;
         }
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+/// The runs listed on the page, in order, by id.
+async fn listed_runs(browser: &Browser) -> anyhow::Result<Vec<String>> {
+    let ids = browser
+        .eval("return [...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run)")
+        .await?;
+    Ok(serde_json::from_value(ids)?)
+}
+
+/// The count the page shows for `label`.
+async fn run_count(browser: &Browser, label: &str) -> anyhow::Result<Value> {
+    browser
+        .eval(&format!(
+            "const a = document.querySelector('[data-count=\"{label}\"] strong'); \
+             return a ? Number(a.textContent) : null"
+        ))
+        .await
+}
+
+backend_test!(
+    runs_are_newest_first_named_counted_with_timers_apart_and_show_their_input_and_result,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        // 13 bootstraps: each is a run, and starts an expiry timer for each of its 3
+        // invitations: 52 runs, more than a page.
+        let mut bootstraps = Vec::new();
+        for n in 0..13 {
+            let accepted = server
+                .bootstrap(&admin, bootstrap_request(&format!("care-{n}")))
+                .await?;
+            bootstraps.push(
+                accepted["workflow_id"]
+                    .as_str()
+                    .context("a run")?
+                    .to_owned(),
+            );
+        }
+        for run in &bootstraps {
+            wait_completed(&server, &admin, run).await?;
+        }
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.goto(&server.url("/console/workflows")).await?;
+        browser.wait_for_title("Workflows").await?;
+        assert_eq!(run_count(&browser, "completed").await?, json!(13));
+        assert_eq!(run_count(&browser, "running").await?, json!(39));
+        assert_eq!(
+            run_count(&browser, "of which asleep").await?,
+            json!(39),
+            "the expiry timers sleep"
+        );
+        assert_eq!(
+            run_count(&browser, "at work").await?,
+            json!(0),
+            "nothing is at work"
+        );
+
+        // Newest first, a page at a time, there and back.
+        let first = listed_runs(&browser).await?;
+        assert_eq!(first.len(), 50);
+        screenshot(&browser, &t, "workflows").await?;
+        let mut sorted = first.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(first, sorted, "newest first");
+        let org_cells = browser
+            .eval("return [...document.querySelectorAll('tr[data-run] td:nth-child(2)')].map(td => td.innerText.trim())")
+            .await?;
+        assert!(
+            org_cells
+                .as_array()
+                .is_some_and(|cells| cells.iter().all(|c| c == "Sunrise Care")),
+            "organizations by name: {org_cells}"
+        );
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('tr[data-run] [data-run-asleep]').length")
+                .await?,
+            json!(39),
+            "the sleeping timers say so"
+        );
+        browser.click("a[rel=next]").await?;
+        browser.wait_for_text(".pager", "Newer").await?;
+        let second = listed_runs(&browser).await?;
+        assert_eq!(second.len(), 2);
+        assert!(
+            second.iter().all(|id| id < &first[49]),
+            "older runs on the next page"
+        );
+        assert_eq!(second[1], bootstraps[0], "the oldest run last");
+        browser.click("a[rel=prev]").await?;
+        browser.wait_for_text(".pager", "Older").await?;
+        assert_eq!(listed_runs(&browser).await?, first, "back to the newest");
+
+        // The timers apart from work in progress.
+        browser.click("[data-count='of which asleep']").await?;
+        browser
+            .wait_for_text("[data-count='of which asleep']", "39")
+            .await?;
+        let asleep = listed_runs(&browser).await?;
+        assert_eq!(asleep.len(), 39);
+        assert!(asleep.iter().all(|id| !bootstraps.contains(id)));
+
+        // A run's page: its kind by name, its input and its result.
+        browser
+            .goto(&server.url(&format!("/console/workflows/{}", bootstraps[0])))
+            .await?;
+        browser.wait_for_title("Organization bootstrap run").await?;
+        let input = browser
+            .eval("return document.querySelector('[data-run-input] pre').textContent")
+            .await?;
+        assert!(
+            input.as_str().is_some_and(|i| i.contains("org_id")),
+            "{input}"
+        );
+        let output = browser
+            .eval("return document.querySelector('[data-run-output] pre').textContent")
+            .await?;
+        assert!(
+            output
+                .as_str()
+                .is_some_and(|o| o.contains("\"invitations_sent\": 3")),
+            "{output}"
+        );
         browser.close().await?;
         Ok(())
     }
