@@ -83,7 +83,7 @@ function follow(query, url) {
     if (refreshing) { again = true; return; }
     refreshing = true;
     try {
-      const response = await fetch(url, { headers: { accept: "text/html" }, credentials: "same-origin" });
+      const response = await fetch(url, { headers: { accept: "text/html", "x-cairn-refresh": "1" }, credentials: "same-origin" });
       if (response.redirected) {
         // The session ended: the next navigation says why.
         stop("offline", "Not live: you were signed out. Reload to sign in again.");
@@ -161,7 +161,11 @@ function follow(query, url) {
     });
     source.onerror = () => {
       if (stopped) return;
-      if (source.readyState === EventSource.CLOSED) reconnect("the connection was refused");
+      if (source.readyState === EventSource.CLOSED) {
+        reconnect("the connection was refused");
+        // A refused feed may mean the session ended: a fetch of the page says so.
+        refresh();
+      }
       else setStatus("reconnecting", "Not live: the connection dropped. Reconnecting…");
     };
   };

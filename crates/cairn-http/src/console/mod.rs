@@ -175,12 +175,15 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
 /// `GET /console`: the first page a person may see.
 async fn home(session: Session) -> Response {
-    let target = if session.may(&Action::ListOrganizations) {
-        "/console/organizations"
-    } else {
-        "/console/events"
+    // A member of an organization lands on it, not on a list of one.
+    let target = match session.principal.org_id() {
+        Some(org) if session.may(&Action::ReadOrganization(org)) => {
+            format!("/console/organizations/{org}")
+        }
+        _ if session.may(&Action::ListOrganizations) => "/console/organizations".to_owned(),
+        _ => "/console/events".to_owned(),
     };
-    Redirect::to(target).into_response()
+    Redirect::to(&target).into_response()
 }
 
 /// The CSRF token this request's forms carry and must send back: derived from the
@@ -514,7 +517,7 @@ impl Layout {
             .collect();
         Layout {
             title: title.into(),
-            who: who(&session.principal),
+            who: who(&session.principal, session.org_name.as_deref()),
             signed_in: true,
             nav,
             csrf: session.csrf.clone(),
@@ -571,11 +574,14 @@ pub(crate) fn kind_label(kind: &str) -> String {
 }
 
 /// A principal, for the page's header.
-fn who(principal: &Principal) -> String {
+fn who(principal: &Principal, org_name: Option<&str>) -> String {
     match principal {
         Principal::User { org_id, roles, .. } => {
             let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            format!("{} of {org_id}", roles.join(", "))
+            match org_name {
+                Some(name) => format!("{} of {name}", roles.join(", ")),
+                None => format!("{} of {org_id}", roles.join(", ")),
+            }
         }
         Principal::Service { name, .. } => format!("service {name}"),
         Principal::PlatformAdmin { name } => format!("{name} (platform administrator)"),

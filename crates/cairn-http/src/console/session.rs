@@ -25,6 +25,8 @@ pub(crate) struct Session {
     pub principal: Principal,
     pub ctx: Ctx,
     pub csrf: String,
+    /// The name of the organization a member of one belongs to, for the header.
+    pub org_name: Option<String>,
 }
 
 impl Session {
@@ -35,6 +37,9 @@ impl Session {
         ctx.command()
     }
 }
+
+/// The header a live page's script sends when it fetches the page again.
+const REFRESH_HEADER: &str = "x-cairn-refresh";
 
 /// Why there is no session: where to send the person instead.
 fn to_sign_in(parts: &Parts, reason: Option<&str>, clear: bool, secure: bool) -> Response {
@@ -50,7 +55,12 @@ fn to_sign_in(parts: &Parts, reason: Option<&str>, clear: bool, secure: bool) ->
         target.push_str(reason);
     }
     let mut response = Redirect::to(&target).into_response();
+    // A page's own requests in the background (its feed, its refreshes) leave the
+    // cookie be: the person's next navigation is told why the session ended.
+    let background = parts.uri.path() == "/console/live"
+        || parts.headers.contains_key(REFRESH_HEADER);
     if clear
+        && !background
         && let Ok(value) = HeaderValue::from_str(&set_cookie(
             CookieNames::new(secure).session,
             "",
@@ -103,7 +113,12 @@ impl FromRequestParts<AppState> for Session {
             .get::<Csrf>()
             .map(|c| c.0.clone())
             .unwrap_or_default();
+        let org_name = match verified.principal.org_id() {
+            Some(org) => own_organization(state, &verified.principal, org).await,
+            None => None,
+        };
         Ok(Session {
+            org_name,
             principal: verified.principal.clone(),
             ctx: Ctx {
                 correlation_id,
@@ -271,6 +286,23 @@ mod tests {
             "/console\u{7f}",
         ] {
             assert!(!super::safe_next(bad), "{bad}");
+        }
+    }
+}
+
+/// The name of a member's own organization, read as they may read it.
+async fn own_organization(
+    state: &AppState,
+    principal: &Principal,
+    org: cairn_types::OrgId,
+) -> Option<String> {
+    let grant =
+        cairn_policy::authorize(principal, &cairn_policy::Action::ReadOrganization(org)).ok()?;
+    match cairn_domain::reads::organization(state.db(), &grant, org).await {
+        Ok(found) => found.map(|o| o.name),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the name of the session's organization");
+            None
         }
     }
 }

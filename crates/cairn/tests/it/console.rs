@@ -41,8 +41,26 @@ async fn sign_in(browser: &Browser, server: &Server, token: &str) -> anyhow::Res
         .click("form[action='/console/sign-in'] button[type=submit]")
         .await?;
     // The page the sign-in leads to, loaded: a page asked for next cannot be replaced
-    // by the sign-in's own redirect.
-    browser.wait_for_title("Organizations").await
+    // by the sign-in's own redirect. A platform operator lands on the organizations; a
+    // member of one, on theirs.
+    let started = std::time::Instant::now();
+    loop {
+        let title = browser
+            .eval("return document.readyState === 'complete' ? document.title : ''")
+            .await
+            .unwrap_or(Value::Null);
+        if let Some(title) = title.as_str()
+            && !title.is_empty()
+            && !title.starts_with("Sign in")
+        {
+            return browser.text().await;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the sign-in led nowhere: {title}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The elements that run past the right edge of the window, if the page is wider
@@ -523,10 +541,19 @@ backend_test!(
         let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
 
         let browser = Browser::launch().await?;
+        // An organization's admin lands on their organization, named.
         let text = sign_in(&browser, &server, &admin_a).await?;
         assert_eq!(
-            text.matches("Sunrise Care").count(),
-            1,
+            browser.eval("return location.pathname").await?,
+            json!(format!("/console/organizations/{org_a}")),
+            "{text}"
+        );
+        assert!(text.contains("admin of Sunrise Care"), "{text}");
+        assert!(!text.contains(&org_a), "named, not by id: {text}");
+        browser.goto(&server.url("/console/organizations")).await?;
+        let text = browser.wait_for_title("Organizations").await?;
+        assert!(
+            text.contains("care-a") && !text.contains("care-b"),
             "A sees only A: {text}"
         );
 
