@@ -168,10 +168,31 @@ impl AlertRow {
                 "paused_routes" | "paused_workflows" | "held_streams"
             ),
             value: alert.value,
-            message: alert.message.clone(),
+            message: console_message(&alert.alert, alert.value)
+                .unwrap_or_else(|| alert.message.clone()),
             act: act.filter(|_| alert.active && needs.is_none_or(|action| session.may(&action))),
         }
     }
+}
+
+/// What an alert says on the console, where its link is the way to act (the API's
+/// message names the command-line tools instead).
+fn console_message(alert: &str, n: i64) -> Option<String> {
+    let count = |one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    Some(match alert {
+        "failed_events" => format!(
+            "{} to apply: retry or skip each on the failures page.",
+            count("event failed", "events failed")
+        ),
+        "stuck_workflows" => format!(
+            "{} overdue, or could not compensate.",
+            count("workflow run is", "workflow runs are")
+        ),
+        _ => return None,
+    })
 }
 
 /// One bar of the chart.
@@ -203,7 +224,11 @@ struct HealthPage {
     head: i64,
     failed: i64,
     unprocessed: i64,
-    workflows: Vec<(String, i64)>,
+    /// Runs by status, the sleeping apart from those at work.
+    runs: Vec<super::operations::CountLink>,
+    /// Why the status is what it is, and where to act on the first active alert.
+    reason: String,
+    act: Option<(&'static str, &'static str)>,
     rate: Chart,
     failures: Chart,
     since: Option<String>,
@@ -214,7 +239,14 @@ struct HealthPage {
 const HEIGHT: f64 = 60.0;
 const WIDTH: f64 = 600.0;
 
-fn chart(points: &[(DateTime<Utc>, f64)], now: DateTime<Utc>, unit: &str) -> Chart {
+/// A chart of `points` over the window; values shown with `decimals` decimals (counts
+/// with none).
+fn chart(
+    points: &[(DateTime<Utc>, f64)],
+    now: DateTime<Utc>,
+    unit: &str,
+    decimals: usize,
+) -> Chart {
     let peak = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
     let scale = if peak > 0.0 { HEIGHT / peak } else { 0.0 };
     let window = WINDOW.num_milliseconds() as f64;
@@ -230,23 +262,28 @@ fn chart(points: &[(DateTime<Utc>, f64)], now: DateTime<Utc>, unit: &str) -> Cha
                     x: format!("{:.1}", x.max(0.0)),
                     y: format!("{:.1}", HEIGHT - height),
                     height: format!("{height:.1}"),
-                    title: format!("{} · {value:.1} {unit}", time(at)),
+                    title: format!("{} · {value:.decimals$} {unit}", time(at)),
                 }
             })
         })
         .collect();
     Chart {
         columns,
-        peak: format!("{peak:.1} {unit}"),
+        peak: format!("{peak:.decimals$} {unit}"),
         latest: points
             .last()
-            .map_or_else(|| "–".to_owned(), |p| format!("{:.1} {unit}", p.1)),
+            .map_or_else(|| "–".to_owned(), |p| format!("{:.decimals$} {unit}", p.1)),
     }
 }
 
 /// `GET /console/health`: the probe, the alerts (active first, each leading to where to
 /// act), and the last ten minutes.
 pub(crate) async fn health(State(state): State<AppState>, session: Session) -> Response {
+    // A member of an organization sees their organization's figures, not every
+    // tenant's (nor the platform's alerts, which they could not act on).
+    if let Some(org) = session.principal.org_id() {
+        return tenant_health(&state, &session, org).await;
+    }
     let health = match crate::routes::integration_health(&state).await {
         Ok(health) => health,
         Err(problem) => return problem_page(&session, &problem),
@@ -286,6 +323,26 @@ pub(crate) async fn health(State(state): State<AppState>, session: Session) -> R
         .map(|a| AlertRow::of(a, &session))
         .collect();
     alerts.sort_by_key(|a| !a.active);
+    let active: Vec<&AlertRow> = alerts.iter().filter(|a| a.active).collect();
+    let reason = match active.as_slice() {
+        [] => "Every check passes.".to_owned(),
+        [one] => format!("{}: {}", one.title, one.message),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more alert{} below)",
+            first.title,
+            first.message,
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        ),
+    };
+    let act = active.iter().find_map(|a| a.act);
+    let runs = match crate::routes::allow(&session.ctx, Action::ListWorkflows) {
+        Ok(grant) => reads::workflow_counts(state.db(), &grant, state.domain().engine().now())
+            .await
+            .map(|counts| super::operations::count_links(&counts, None, None))
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let page = HealthPage {
         layout: Layout::new(&session, "Health", "/health")
             .attention(super::attention::banner(&state, &session).await),
@@ -309,15 +366,79 @@ pub(crate) async fn health(State(state): State<AppState>, session: Session) -> R
         head: system.head.get(),
         failed: system.failed_events,
         unprocessed: system.unprocessed_events,
-        workflows: system
-            .workflows
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-        rate: chart(&rates, now, "events/s"),
-        failures: chart(&failures, now, "failed"),
+        runs,
+        reason,
+        act,
+        rate: chart(&rates, now, "events/s", 1),
+        failures: chart(&failures, now, "failed", 0),
         since: samples.first().map(|s| time(&s.at)),
         may_trace: session.may(&Action::ReadTrace),
     };
     render(StatusCode::OK, &page)
+}
+
+#[derive(Template)]
+#[template(path = "console/health_tenant.html")]
+struct TenantHealthPage {
+    layout: Layout,
+    org_id: String,
+    org_name: String,
+    /// `ok`, or `attention` while events of the organization have failed.
+    status: &'static str,
+    reason: String,
+    /// Failed events by code, when the viewer may read events.
+    failures: Option<Vec<(String, i64)>>,
+    failed: i64,
+    runs: Option<Vec<super::operations::CountLink>>,
+}
+
+/// The health page of one organization, for its members.
+async fn tenant_health(state: &AppState, session: &Session, org: cairn_types::OrgId) -> Response {
+    let failures = match crate::routes::allow(&session.ctx, Action::ListEvents) {
+        Ok(grant) => match reads::failures_by_code(state.db(), &grant).await {
+            Ok(failures) => Some(
+                failures
+                    .into_iter()
+                    .map(|f| (f.code, f.count))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(error) => return problem_page(session, &crate::routes::read_problem(error)),
+        },
+        Err(_) => None,
+    };
+    let runs = match crate::routes::allow(&session.ctx, Action::ListWorkflows) {
+        Ok(grant) => {
+            match reads::workflow_counts(state.db(), &grant, state.domain().engine().now()).await {
+                Ok(counts) => Some(super::operations::count_links(&counts, None, None)),
+                Err(error) => return problem_page(session, &crate::routes::read_problem(error)),
+            }
+        }
+        Err(_) => None,
+    };
+    let failed: i64 = failures.iter().flatten().map(|(_, n)| n).sum();
+    let org_name = session.org_name.clone().unwrap_or_else(|| org.to_string());
+    let (status, reason) = match failed {
+        0 => ("ok", "Nothing of this organization has failed.".to_owned()),
+        1 => (
+            "attention",
+            "1 event of this organization failed to apply.".to_owned(),
+        ),
+        n => (
+            "attention",
+            format!("{n} events of this organization failed to apply."),
+        ),
+    };
+    render(
+        StatusCode::OK,
+        &TenantHealthPage {
+            layout: Layout::new(session, format!("Health of {org_name}"), "/health"),
+            org_id: org.to_string(),
+            org_name,
+            status,
+            reason,
+            failures,
+            failed,
+            runs,
+        },
+    )
 }

@@ -908,36 +908,7 @@ pub(crate) async fn workflows(
         .into_iter()
         .map(|run| RunRow::of(run, &names, now))
         .collect();
-    let count_link = |label: &str, count: i64, href: String, current: bool| CountLink {
-        label: label.to_owned(),
-        count,
-        href,
-        current,
-    };
-    let mut count_links = Vec::new();
-    for (label, count) in &counts.by_status {
-        let current = status.map(RunStatus::as_str) == Some(label.as_str()) && asleep.is_none();
-        count_links.push(count_link(
-            label,
-            *count,
-            format!("/console/workflows?status={label}"),
-            current,
-        ));
-        if label == RunStatus::Running.as_str() {
-            count_links.push(count_link(
-                "of which asleep",
-                counts.asleep,
-                "/console/workflows?state=asleep".to_owned(),
-                asleep == Some(true),
-            ));
-            count_links.push(count_link(
-                "at work",
-                count - counts.asleep,
-                "/console/workflows?state=working".to_owned(),
-                asleep == Some(false),
-            ));
-        }
-    }
+    let count_links = count_links(&counts, status, asleep);
     render(
         StatusCode::OK,
         &WorkflowsPage {
@@ -960,6 +931,46 @@ pub(crate) async fn workflows(
             older,
         },
     )
+}
+
+/// Links to the runs of each status (and the running ones asleep or at work), with
+/// their counts; the one matching `status` or `asleep` marked current.
+pub(crate) fn count_links(
+    counts: &cairn_workflow::state::RunCounts,
+    status: Option<RunStatus>,
+    asleep: Option<bool>,
+) -> Vec<CountLink> {
+    let link = |label: &str, count: i64, href: String, current: bool| CountLink {
+        label: label.to_owned(),
+        count,
+        href,
+        current,
+    };
+    let mut links = Vec::new();
+    for (label, count) in &counts.by_status {
+        let current = status.map(RunStatus::as_str) == Some(label.as_str()) && asleep.is_none();
+        links.push(link(
+            label,
+            *count,
+            format!("/console/workflows?status={label}"),
+            current,
+        ));
+        if label == RunStatus::Running.as_str() {
+            links.push(link(
+                "of which asleep",
+                counts.asleep,
+                "/console/workflows?state=asleep".to_owned(),
+                asleep == Some(true),
+            ));
+            links.push(link(
+                "at work",
+                count - counts.asleep,
+                "/console/workflows?state=working".to_owned(),
+                asleep == Some(false),
+            ));
+        }
+    }
+    links
 }
 
 /// The names of the runs' organizations, when the viewer may read organizations.

@@ -57,8 +57,8 @@ fn to_sign_in(parts: &Parts, reason: Option<&str>, clear: bool, secure: bool) ->
     let mut response = Redirect::to(&target).into_response();
     // A page's own requests in the background (its feed, its refreshes) leave the
     // cookie be: the person's next navigation is told why the session ended.
-    let background = parts.uri.path() == "/console/live"
-        || parts.headers.contains_key(REFRESH_HEADER);
+    let background =
+        parts.uri.path() == "/console/live" || parts.headers.contains_key(REFRESH_HEADER);
     if clear
         && !background
         && let Ok(value) = HeaderValue::from_str(&set_cookie(

@@ -2006,3 +2006,85 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    the_health_page_says_why_plainly_and_an_organizations_admin_sees_only_their_own,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("care-a"))
+            .await?;
+        let org_a = accepted["org_id"].as_str().context("org_id")?.to_owned();
+        let run = accepted["workflow_id"].as_str().context("workflow_id")?;
+        wait_completed(&server, &admin, run).await?;
+        // An event of no organization that fails: the platform's, not A's.
+        append(
+            t.url(),
+            "organization",
+            &new_id(),
+            "organization.direct_care_settings_updated",
+            r#"{"settings":{"visit_verification":true,"client_assignment":false,"max_caseload":10}}"#,
+        )
+        .await;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.goto(&server.url("/console/health")).await?;
+        let text = browser.wait_for_title("Health").await?;
+        let banner = browser
+            .wait_for_text("[data-health]", "Failed events")
+            .await?;
+        assert!(!banner.contains("cairn "), "no command to run: {banner}");
+        assert_eq!(
+            browser
+                .eval(
+                    "return document.querySelector('[data-health] [data-act]').getAttribute('href')"
+                )
+                .await?,
+            json!("/console/failures"),
+            "the banner leads to the failures"
+        );
+        assert!(!text.contains("1.0 failed"), "counts are whole: {text}");
+        assert!(
+            text.contains("10 min ago"),
+            "the charts have a time axis: {text}"
+        );
+        let icon = browser
+            .eval("return fetch(document.querySelector('link[rel=icon]').href).then(r => r.status + ' ' + r.headers.get('content-type'))")
+            .await?;
+        assert_eq!(icon, json!("200 image/svg+xml"), "the page has an icon");
+        screenshot(&browser, &t, "health").await?;
+
+        // A's admin: their organization's figures, named, and nothing of the rest.
+        let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
+        browser
+            .click("form[action='/console/sign-out'] button")
+            .await?;
+        browser.wait_for_title("Sign in").await?;
+        sign_in(&browser, &server, &admin_a).await?;
+        browser.goto(&server.url("/console/health")).await?;
+        let text = browser.wait_for_title("Health of Sunrise Care").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelector('[data-health]').dataset.health")
+                .await?,
+            json!("ok"),
+            "another tenant's failure is not A's: {text}"
+        );
+        for platform in [
+            "Integration probe",
+            "Events per second",
+            "Log head",
+            "Alerts",
+        ] {
+            assert!(!text.contains(platform), "{platform:?} on A's page: {text}");
+        }
+        assert_eq!(run_count(&browser, "completed").await?, json!(1));
+        assert_eq!(run_count(&browser, "of which asleep").await?, json!(3));
+        screenshot(&browser, &t, "health-tenant").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
