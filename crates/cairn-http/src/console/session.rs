@@ -268,6 +268,23 @@ pub(crate) async fn sign_out(State(state): State<AppState>, request: Request) ->
     response
 }
 
+/// The name of a member's own organization, read as they may read it.
+async fn own_organization(
+    state: &AppState,
+    principal: &Principal,
+    org: cairn_types::OrgId,
+) -> Option<String> {
+    let grant =
+        cairn_policy::authorize(principal, &cairn_policy::Action::ReadOrganization(org)).ok()?;
+    match cairn_domain::reads::organization(state.db(), &grant, org).await {
+        Ok(found) => found.map(|o| o.name),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the name of the session's organization");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -286,23 +303,6 @@ mod tests {
             "/console\u{7f}",
         ] {
             assert!(!super::safe_next(bad), "{bad}");
-        }
-    }
-}
-
-/// The name of a member's own organization, read as they may read it.
-async fn own_organization(
-    state: &AppState,
-    principal: &Principal,
-    org: cairn_types::OrgId,
-) -> Option<String> {
-    let grant =
-        cairn_policy::authorize(principal, &cairn_policy::Action::ReadOrganization(org)).ok()?;
-    match cairn_domain::reads::organization(state.db(), &grant, org).await {
-        Ok(found) => found.map(|o| o.name),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the name of the session's organization");
-            None
         }
     }
 }
