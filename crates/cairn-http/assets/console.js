@@ -188,3 +188,14 @@ for (const link of document.querySelectorAll("[data-error-summary] a[href^='#']"
     (target || field).focus({ preventScroll: true });
   });
 }
+
+// A failure group's "select all": ticks or clears every event of its code shown.
+document.addEventListener("change", (change) => {
+  const all = change.target.closest?.("input[data-select-all]");
+  if (!all) return;
+  for (const box of document.querySelectorAll(`input[data-group="${CSS.escape(all.dataset.selectAll)}"]`)) {
+    box.checked = all.checked;
+  }
+});
+// What only works with the script (such as "select all") shows only with it.
+document.documentElement.classList.add("js");

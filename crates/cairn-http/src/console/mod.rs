@@ -165,6 +165,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(pauses::kind_resume_page).post(pauses::kind_resume),
         )
         .route("/console/search", get(search::search))
+        .route("/console/failures/retry", get(operations::retry_code_page))
         .route("/console/traces", get(operations::find_trace))
         .route("/console/traces/{correlation_id}", get(operations::trace))
         .route("/console/health", get(activity::health))

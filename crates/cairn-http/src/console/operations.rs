@@ -51,6 +51,8 @@ pub(crate) struct EventRow {
     pub error: Option<String>,
     /// For a failed event its stream waits behind: how many of its events wait.
     pub holding: Option<String>,
+    /// Its organization's id and name, where a page names them.
+    pub org: Option<(String, String)>,
 }
 
 fn state_of(event: &RecordedEvent) -> &'static str {
@@ -76,6 +78,7 @@ impl EventRow {
                 .as_ref()
                 .map(|e| format!("{}: {}", e.code, e.message)),
             holding: None,
+            org: None,
         }
     }
 }
@@ -86,6 +89,8 @@ pub(crate) struct EventsQuery {
     event_type: Option<String>,
     correlation_id: Option<String>,
     failed: Option<String>,
+    /// Only failed events with this error code (the failures page's "all of them").
+    error_code: Option<String>,
     before: Option<String>,
 }
 
@@ -161,13 +166,23 @@ pub(crate) async fn events(
         },
         &mut errors,
     );
-    let failed = query.failed.is_some_and(|f| !f.is_empty());
+    let error_code = parse(
+        &query.error_code,
+        "error code",
+        |t| {
+            t.parse::<ErrorCode>()
+                .map_err(|_| format!("{t:?} is not an error code"))
+        },
+        &mut errors,
+    );
+    let failed = query.failed.is_some_and(|f| !f.is_empty()) || error_code.is_some();
     let filter = EventFilter {
         limit: Some(PAGE),
         stream_id,
         event_type: event_type.clone(),
         correlation_id,
         failed,
+        error_code,
         before,
         newest_first: true,
         ..EventFilter::default()
@@ -187,6 +202,7 @@ pub(crate) async fn events(
         ("event_type", query.event_type.as_deref()),
         ("correlation_id", query.correlation_id.as_deref()),
         ("failed", failed.then_some("1")),
+        ("error_code", query.error_code.as_deref()),
     ] {
         if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
             filters.push_str(&format!("&{name}={}", query_value(value)));
@@ -497,8 +513,14 @@ fn retried_page(
     rows: Vec<RetryRow>,
     refused: Vec<String>,
 ) -> Response {
+    // Nothing was retried, and something was refused: the answer says so.
+    let status = if retried == 0 && !refused.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
     render(
-        StatusCode::OK,
+        status,
         &RetriedPage {
             layout: Layout::new(session, "Retried", "/failures"),
             retried,
@@ -607,17 +629,23 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
             ..EventFilter::default()
         };
         let rows = match reads::events(state.store(), &grant, filter).await {
-            Ok(events) => events
-                .iter()
-                .map(|event| {
-                    let mut row = EventRow::of(event);
-                    row.holding = held
-                        .iter()
-                        .find(|h| h.failed && h.behind_event_id == row.event_id)
-                        .map(|h| format!("holds its stream: {} waiting", h.n_held));
-                    row
-                })
-                .collect(),
+            Ok(events) => {
+                let names = event_org_names(&state, &session, &events).await;
+                events
+                    .iter()
+                    .map(|event| {
+                        let mut row = EventRow::of(event);
+                        row.org = event.metadata.org_id.and_then(|org| {
+                            names.get(&org).map(|name| (org.to_string(), name.clone()))
+                        });
+                        row.holding = held
+                            .iter()
+                            .find(|h| h.failed && h.behind_event_id == row.event_id)
+                            .map(|h| format!("holds its stream: {} waiting", h.n_held));
+                        row
+                    })
+                    .collect()
+            }
             Err(error) => return problem_page(&session, &read_problem(error)),
         };
         groups.push(FailureGroup {
@@ -638,6 +666,83 @@ pub(crate) async fn failures(State(state): State<AppState>, session: Session) ->
             may_retry: session.may(&Action::RetryEvents),
             may_skip: session.may(&Action::SkipEvents),
             may_pause: session.may(&Action::PauseHandlers),
+        },
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RetryCodeQuery {
+    code: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console/retry_confirm.html")]
+struct RetryConfirmPage {
+    layout: Layout,
+    code: String,
+    title: String,
+    count: i64,
+    newest: i64,
+}
+
+/// `GET /console/failures/retry?code=`: what retrying every event of a code would
+/// touch, and the button that does it.
+pub(crate) async fn retry_code_page(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<RetryCodeQuery>,
+) -> Response {
+    if let Err(problem) = allow(&session.ctx, Action::RetryEvents) {
+        return problem_page(&session, &problem);
+    }
+    let text = query.code.unwrap_or_default();
+    match text.parse::<ErrorCode>() {
+        Ok(code) => retry_confirmation(&state, &session, code).await,
+        Err(_) => retried_page(
+            &session,
+            0,
+            0,
+            Vec::new(),
+            vec![format!("{text:?} is not an error code")],
+        ),
+    }
+}
+
+/// The confirmation of a retry of every failed event with `code`: how many, and the
+/// newest; nothing to confirm when none fails with it now.
+async fn retry_confirmation(state: &AppState, session: &Session, code: ErrorCode) -> Response {
+    let grant = match allow(&session.ctx, Action::ListEvents) {
+        Ok(grant) => grant,
+        Err(problem) => return problem_page(session, &problem),
+    };
+    let counts = match reads::failures_by_code(state.db(), &grant).await {
+        Ok(counts) => counts,
+        Err(error) => return problem_page(session, &read_problem(error)),
+    };
+    let Some(count) = counts.into_iter().find(|c| c.code == code.as_str()) else {
+        return retried_page(
+            session,
+            0,
+            0,
+            Vec::new(),
+            vec![format!(
+                "No event fails with {} now: there is nothing to retry.",
+                code.as_str()
+            )],
+        );
+    };
+    render(
+        StatusCode::OK,
+        &RetryConfirmPage {
+            layout: Layout::new(
+                session,
+                format!("Retry every {} failure?", code.as_str()),
+                "/failures",
+            ),
+            code: count.code,
+            title: code.title().to_owned(),
+            count: count.count,
+            newest: count.newest.get(),
         },
     )
 }
@@ -665,6 +770,10 @@ pub(crate) async fn retry_many(
                 vec![format!("{code:?} is not an error code")],
             );
         };
+        // Every event of a code at once only once the person has seen how many.
+        if form.get("confirmed") != Some("1") {
+            return retry_confirmation(&state, &session, code).await;
+        }
         let selection = RetrySelection {
             code: Some(code),
             stream_type: None,
@@ -973,22 +1082,41 @@ pub(crate) fn count_links(
     links
 }
 
+/// The names of the events' organizations, when the viewer may read organizations.
+async fn event_org_names(
+    state: &AppState,
+    session: &Session,
+    events: &[RecordedEvent],
+) -> std::collections::HashMap<OrgId, String> {
+    let ids: Vec<OrgId> = events.iter().filter_map(|e| e.metadata.org_id).collect();
+    names_of(state, session, &ids).await
+}
+
+/// The names of organizations `ids`, when the viewer may read organizations.
+async fn names_of(
+    state: &AppState,
+    session: &Session,
+    ids: &[OrgId],
+) -> std::collections::HashMap<OrgId, String> {
+    let Ok(grant) = allow(&session.ctx, Action::ListOrganizations) else {
+        return Default::default();
+    };
+    reads::organization_names(state.db(), &grant, ids)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "cannot read the names of a list's organizations");
+            Default::default()
+        })
+}
+
 /// The names of the runs' organizations, when the viewer may read organizations.
 async fn org_names(
     state: &AppState,
     session: &Session,
     runs: &[Run],
 ) -> std::collections::HashMap<OrgId, String> {
-    let Ok(grant) = allow(&session.ctx, Action::ListOrganizations) else {
-        return Default::default();
-    };
     let ids: Vec<OrgId> = runs.iter().filter_map(|run| run.org_id).collect();
-    reads::organization_names(state.db(), &grant, &ids)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(error = %error, "cannot read the names of the runs' organizations");
-            Default::default()
-        })
+    names_of(state, session, &ids).await
 }
 
 /// The runs page with these filters, ready for one more `name=value`.

@@ -457,12 +457,41 @@ backend_test!(
         browser.wait_for_title("Event").await?;
         browser.wait_for_text(".heading .badge", "applied").await?;
 
-        // Retrying every event of a code that cannot be fixed says what failed again.
+        // Retrying nothing is refused as such, and a code's "Retry all" first says
+        // how many it would retry, with the organization of each failed event shown.
         browser.goto(&server.url("/console/failures")).await?;
-        browser.wait_for_title("Failures").await?;
+        let text = browser.wait_for_title("Failures").await?;
+        assert!(text.contains("Organization"), "{text}");
+        let (jar, csrf) = session_jar(&browser).await?;
+        let nothing = post_form(
+            &server,
+            &jar,
+            "/console/failures",
+            format!("csrf={csrf}&action=selected"),
+        )
+        .await?;
+        assert_eq!(nothing.status(), 422);
+        assert!(nothing.text().await?.contains("No event was selected"));
+        let unconfirmed = post_form(
+            &server,
+            &jar,
+            "/console/failures",
+            format!("csrf={csrf}&retry_code=P9002"),
+        )
+        .await?;
+        assert_eq!(unconfirmed.status(), 200);
+        assert!(
+            unconfirmed.text().await?.contains("data-retry-count=\"1\""),
+            "a form without the confirmation only asks"
+        );
         browser
-            .click("button[name='retry_code'][value='P9002']")
+            .click("a[data-action='retry-code'][href$='P9002']")
             .await?;
+        let asked = browser
+            .wait_for_text("[data-retry-count]", "1 event")
+            .await?;
+        assert!(asked.contains("P9002"), "{asked}");
+        browser.click("button[data-action='confirm-retry']").await?;
         let summary = browser
             .wait_for_text("[data-retry-summary]", "retried")
             .await?;
@@ -2084,6 +2113,65 @@ backend_test!(
         assert_eq!(run_count(&browser, "completed").await?, json!(1));
         assert_eq!(run_count(&browser, "of which asleep").await?, json!(3));
         screenshot(&browser, &t, "health-tenant").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    every_failure_of_a_code_is_within_reach_and_a_group_is_selected_at_once,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        // 25 events that fail with one code: more than a group shows.
+        for _ in 0..25 {
+            append(
+                t.url(),
+                "organization",
+                &new_id(),
+                "organization.direct_care_settings_updated",
+                r#"{"settings":{"visit_verification":true,"client_assignment":false,"max_caseload":10}}"#,
+            )
+            .await;
+        }
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.goto(&server.url("/console/failures")).await?;
+        let text = browser.wait_for_title("Failures").await?;
+        let shown = "return document.querySelectorAll(\"input[data-group='P9003']\").length";
+        assert_eq!(browser.eval(shown).await?, json!(20), "{text}");
+
+        // The rest is a link away.
+        browser.click("a[data-all='P9003']").await?;
+        browser.wait_for_title("Events").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelectorAll('tr.failed').length")
+                .await?,
+            json!(25),
+            "every event of the code, on the event log"
+        );
+
+        // One tick selects the group's shown events.
+        browser.goto(&server.url("/console/failures")).await?;
+        browser.wait_for_title("Failures").await?;
+        browser.click("input[data-select-all='P9003']").await?;
+        assert_eq!(
+            browser
+                .eval(
+                    "return document.querySelectorAll(\"input[data-group='P9003']:checked\").length"
+                )
+                .await?,
+            json!(20)
+        );
+        browser
+            .click("button[data-action='retry-selected']")
+            .await?;
+        let summary = browser
+            .wait_for_text("[data-retry-summary]", "retried")
+            .await?;
+        assert!(summary.contains("20 retried"), "{summary}");
         browser.close().await?;
         Ok(())
     }
