@@ -61,6 +61,35 @@ function keyOf(element) {
   return null;
 }
 
+// Times: each <time> shows how long ago (or how soon), with the browser's local time
+// and UTC on hover; the log's times (to the millisecond) keep their UTC text.
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+const UNITS = [["year", 31536e6], ["month", 2592e6], ["day", 864e5], ["hour", 36e5], ["minute", 6e4], ["second", 1e3]];
+
+function relative(at) {
+  const delta = at - Date.now();
+  for (const [unit, size] of UNITS) {
+    if (Math.abs(delta) >= size || unit === "second") return RELATIVE.format(Math.round(delta / size), unit);
+  }
+  return "";
+}
+
+function showTimes(root) {
+  for (const element of root.querySelectorAll("time[datetime]")) {
+    const at = new Date(element.getAttribute("datetime"));
+    if (Number.isNaN(at.getTime())) continue;
+    if (!element.dataset.utc) {
+      element.dataset.utc = element.textContent;
+      const local = at.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+      element.title = `${local} (your time) · ${element.dataset.utc}`;
+    }
+    if (!element.dataset.utc.includes(".")) element.textContent = relative(at);
+  }
+}
+
+showTimes(document);
+setInterval(() => showTimes(document), 30000);
+
 function follow(query, url) {
   let source = null;
   let lastSeen = null;
@@ -103,6 +132,7 @@ function follow(query, url) {
         const active = document.activeElement;
         const focused = active && region.contains(active) ? keyOf(active) : null;
         region.replaceChildren(...fresh.childNodes);
+        showTimes(region);
         for (const input of region.querySelectorAll("input[type=checkbox]")) {
           if (checked.has(`${input.name}=${input.value}`)) input.checked = true;
         }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use cairn_domain::reads;
 use cairn_policy::{Action, Principal};
 
-use super::{Layout, Session, millis, problem_page, render, time};
+use super::{Layout, Session, Time, millis, problem_page, render, time, time_text};
 use crate::AppState;
 use crate::routes::allow_principal;
 
@@ -215,7 +215,7 @@ pub(crate) struct Chart {
 struct HealthPage {
     layout: Layout,
     status: String,
-    probe_at: String,
+    probe_at: Time,
     probe_age: String,
     probe_total: String,
     probe_correlation: String,
@@ -231,7 +231,7 @@ struct HealthPage {
     act: Option<(&'static str, &'static str)>,
     rate: Chart,
     failures: Chart,
-    since: Option<String>,
+    since: Option<Time>,
     may_trace: bool,
 }
 
@@ -262,7 +262,7 @@ fn chart(
                     x: format!("{:.1}", x.max(0.0)),
                     y: format!("{:.1}", HEIGHT - height),
                     height: format!("{height:.1}"),
-                    title: format!("{} · {value:.decimals$} {unit}", time(at)),
+                    title: format!("{} · {value:.decimals$} {unit}", time_text(at)),
                 }
             })
         })

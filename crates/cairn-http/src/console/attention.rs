@@ -17,7 +17,7 @@ use cairn_types::Position;
 use cairn_types::Tenancy;
 use cairn_workflow::{KindPause, RunFilter};
 
-use super::{Session, plural, time};
+use super::{Session, plural, time_text};
 use crate::AppState;
 use crate::routes::allow;
 
@@ -166,7 +166,7 @@ async fn read(
 
 /// `paused by … since …: why`.
 fn paused_by(by: &str, since: &chrono::DateTime<chrono::Utc>, reason: &str) -> String {
-    format!("paused by {by} since {}: {reason}", time(since))
+    format!("paused by {by} since {}: {reason}", time_text(since))
 }
 
 /// The banner's parts, in the order an operator acts on them: what an operator paused,

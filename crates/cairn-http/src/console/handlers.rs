@@ -20,7 +20,10 @@ use cairn_types::{EventType, Position, StreamType};
 
 use super::confirm::{Choice, ChoiceOption, ConfirmPage, Fact, ReasonField, reason_of};
 use super::held::{self, HeldRow};
-use super::{Form, Layout, Session, not_found, plural, problem_page, query_value, render, time};
+use super::{
+    Form, Layout, Session, Time, not_found, plural, problem_page, query_value, render, time,
+    time_text,
+};
 use crate::AppState;
 use crate::routes::{allow, read_problem};
 
@@ -33,7 +36,7 @@ pub(crate) struct PauseRow {
     pub scope: String,
     pub event_type: Option<String>,
     pub by: String,
-    pub since: String,
+    pub since: Time,
     pub reason: String,
     pub resume_href: String,
 }
@@ -412,7 +415,7 @@ fn resume_page_for(
     page.facts = vec![
         Fact::code("Route", route.to_string()),
         Fact::text("Paused by", pause.paused_by.clone()),
-        Fact::text("Since", time(&pause.since)),
+        Fact::text("Since", time_text(&pause.since)),
         Fact::text("Why", pause.reason.clone()),
     ];
     page.hidden = vec![("stream_type", route.stream_type.to_string())];

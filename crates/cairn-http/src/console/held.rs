@@ -13,7 +13,7 @@ use cairn_log::{HoldCause, RecordedEvent};
 use cairn_policy::Grant;
 use cairn_types::{EventType, Position, StreamType};
 
-use super::{plural, query_value, time};
+use super::{Time, plural, query_value, time};
 use crate::AppState;
 
 /// Held streams a page lists, at most.
@@ -34,7 +34,7 @@ pub(crate) struct HeldRow {
     pub resume_href: Option<String>,
     /// `3 events`.
     pub n_held: String,
-    pub since: String,
+    pub since: Time,
 }
 
 impl HeldRow {
@@ -89,7 +89,7 @@ pub(crate) fn pause_text(pause: &RoutePause) -> String {
         "handler route {} is paused by {} since {}: {}",
         pause.route,
         pause.paused_by,
-        time(&pause.since),
+        super::time_text(&pause.since),
         pause.reason
     )
 }

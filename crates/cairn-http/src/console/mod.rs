@@ -711,9 +711,48 @@ pub(crate) fn wrong_method_page(method: &axum::http::Method, path: &str) -> Resp
 }
 
 /// A time for people, in UTC to the second.
-fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
+fn time(at: &chrono::DateTime<chrono::Utc>) -> Time {
+    Time {
+        at: *at,
+        millis: false,
+    }
+}
+
+/// [`time`] to the millisecond, where many things share a second (the event log).
+fn time_ms(at: &chrono::DateTime<chrono::Utc>) -> Time {
+    Time {
+        at: *at,
+        millis: true,
+    }
+}
+
+/// A time as plain text, for an attribute or a sentence built in code.
+fn time_text(at: &chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
+
+/// A time on a page: a `<time>` element with its instant, showing it in UTC; the
+/// script adds how long ago (or how soon) and the browser's local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Time {
+    at: chrono::DateTime<chrono::Utc>,
+    millis: bool,
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Digits, dashes, colons, a dot, `T`, `Z` and `UTC`: nothing to escape.
+        let iso = self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let text = if self.millis {
+            self.at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+        } else {
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        };
+        write!(f, "<time datetime=\"{iso}\">{text}</time>")
+    }
+}
+
+impl askama::filters::HtmlSafe for Time {}
 
 /// A count with its noun: `1 event`, `3 events`.
 fn plural(n: u64, one: &str, many: &str) -> String {

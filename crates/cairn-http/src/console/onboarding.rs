@@ -14,7 +14,7 @@ use cairn_domain::{BootstrapRequest, InviteeRequest, OrganizationRequest, Person
 use cairn_policy::Action;
 use cairn_types::{InvitationId, OrgId};
 
-use super::{Form, Layout, Session, not_found, problem_page, render, time};
+use super::{Form, Layout, Session, Time, not_found, problem_page, render, time, time_text};
 use crate::AppState;
 use crate::problem::Problem;
 use crate::routes::{allow, command_problem, read_problem};
@@ -150,7 +150,7 @@ pub(crate) struct OrgRow {
     pub name: String,
     pub slug: String,
     pub status: String,
-    pub created_at: String,
+    pub created_at: Time,
 }
 
 #[derive(Template)]
@@ -461,8 +461,8 @@ pub(crate) struct InvitationRow {
     pub roles: String,
     pub status: String,
     pub sends: i64,
-    pub last_sent_at: String,
-    pub expires_at: String,
+    pub last_sent_at: Time,
+    pub expires_at: Time,
     pub pending: bool,
     pub resendable: bool,
     pub note: Option<String>,
@@ -477,7 +477,7 @@ struct OrganizationPage {
     slug: String,
     status: String,
     sender_address: String,
-    created_at: String,
+    created_at: Time,
     failure_reason: Option<String>,
     workflow_id: Option<String>,
     people: Vec<PersonRow>,
@@ -627,12 +627,12 @@ async fn organization_page(
                 "accepted" => i
                     .accepted_at
                     .as_ref()
-                    .map(|at| format!("accepted {}", time(at))),
+                    .map(|at| format!("accepted {}", time_text(at))),
                 "revoked" => Some(format!(
                     "revoked{}{}",
                     i.revoked_at
                         .as_ref()
-                        .map(|at| format!(" {}", time(at)))
+                        .map(|at| format!(" {}", time_text(at)))
                         .unwrap_or_default(),
                     i.revoke_reason
                         .as_ref()

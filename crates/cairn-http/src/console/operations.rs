@@ -22,7 +22,8 @@ use super::held::{self, HeldRow};
 use super::pauses::{self, KindRow};
 use super::skip::{self, DecisionRow};
 use super::{
-    Form, Layout, Session, millis, not_found, plural, problem_page, query_value, render, time,
+    Form, Layout, Session, Time, millis, not_found, plural, problem_page, query_value, render,
+    time, time_ms,
 };
 use crate::AppState;
 use crate::routes::{allow, read_problem};
@@ -42,7 +43,7 @@ fn label<T: Serialize>(value: &T) -> String {
 pub(crate) struct EventRow {
     pub event_id: String,
     pub position: i64,
-    pub at: String,
+    pub at: Time,
     pub event_type: String,
     pub stream: String,
     /// `applied`, `failed`, `held` or `pending` (and `skipped` on an event's page, which
@@ -69,7 +70,7 @@ impl EventRow {
         EventRow {
             event_id: event.event_id.to_string(),
             position: event.position.get(),
-            at: time(&event.created_at),
+            at: time_ms(&event.created_at),
             event_type: event.event_type.to_string(),
             stream: format!("{} {}", event.stream_type, event.stream_id),
             state: state_of(event),
@@ -254,7 +255,7 @@ struct EventPage {
     payload_version: String,
     metadata: String,
     correlation_id: String,
-    processed_at: Option<String>,
+    processed_at: Option<Time>,
     hash: String,
     related: Vec<EventRow>,
     held: Option<Waiting>,
@@ -832,12 +833,12 @@ pub(crate) struct RunRow {
     pub org: String,
     /// The organization's name, when the viewer may read it.
     pub org_name: String,
-    pub created_at: String,
-    pub updated_at: String,
+    pub created_at: Time,
+    pub updated_at: Time,
     /// `paused`, or `paused with its kind`, while it is paused.
     pub paused: Option<&'static str>,
     /// When a running run asleep (on a timer, or waiting to try a step again) wakes.
-    pub asleep_until: Option<String>,
+    pub asleep_until: Option<Time>,
 }
 
 impl RunRow {
@@ -1148,9 +1149,9 @@ pub(crate) struct StepRow {
     pub kind: String,
     pub status: String,
     pub attempts: u32,
-    pub started_at: String,
+    pub started_at: Option<Time>,
     pub took: String,
-    pub wake_at: Option<String>,
+    pub wake_at: Option<Time>,
     pub error: Option<String>,
 }
 
@@ -1161,7 +1162,7 @@ pub(crate) struct RunPause {
     /// The engine paused it when a step's attempts ran out.
     pub by_engine: bool,
     pub by: String,
-    pub since: String,
+    pub since: Time,
     pub reason: String,
 }
 
@@ -1188,8 +1189,8 @@ struct WorkflowPage {
     failure: Option<String>,
     org: Option<String>,
     correlation_id: String,
-    created_at: String,
-    updated_at: String,
+    created_at: Time,
+    updated_at: Time,
     steps: Vec<StepRow>,
     may_trace: bool,
 }
@@ -1223,7 +1224,7 @@ pub(crate) async fn workflow(
             kind: label(&s.kind),
             status: label(&s.status),
             attempts: s.attempts,
-            started_at: s.started_at.as_ref().map(time).unwrap_or_default(),
+            started_at: s.started_at.as_ref().map(time),
             took: match (s.started_at, s.finished_at) {
                 (Some(a), Some(b)) => {
                     millis((b - a).num_microseconds().unwrap_or(0) as f64 / 1_000.0)
@@ -1335,7 +1336,7 @@ pub(crate) struct Bar {
     pub status: String,
     pub failed: bool,
     pub error: Option<String>,
-    pub at: String,
+    pub at: Time,
     pub offset: String,
     pub took: String,
     /// Where the bar starts and how wide it is, in percent of the axis.

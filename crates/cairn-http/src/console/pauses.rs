@@ -15,7 +15,7 @@ use cairn_types::WorkflowId;
 use cairn_workflow::{ControlError, KindPause, PauseScope, Run};
 
 use super::confirm::{ConfirmPage, Fact, ReasonField, reason_of};
-use super::{Form, Session, not_found, problem_page, time};
+use super::{Form, Session, not_found, problem_page, time_text};
 use crate::AppState;
 use crate::routes::{allow, read_problem};
 
@@ -59,7 +59,7 @@ pub(crate) fn by_since_why(
     since: &chrono::DateTime<chrono::Utc>,
     reason: &str,
 ) -> String {
-    format!("by {by} since {}: {reason}", time(since))
+    format!("by {by} since {}: {reason}", time_text(since))
 }
 
 /// Whether a kind is being paused or resumed.
@@ -158,7 +158,7 @@ fn kind_page_for(
             ];
             page.facts = vec![
                 Fact::text("Paused by", pause.paused_by.clone()),
-                Fact::text("Since", time(&pause.since)),
+                Fact::text("Since", time_text(&pause.since)),
                 Fact::text("Why", pause.reason.clone()),
             ];
             page.submit = "Resume the kind".to_owned();
@@ -377,7 +377,7 @@ fn run_page_for(
             if let Some(pause) = &run.paused {
                 page.facts = vec![
                     Fact::text("Paused by", pause.paused_by.clone()),
-                    Fact::text("Since", time(&pause.since)),
+                    Fact::text("Since", time_text(&pause.since)),
                     Fact::text("Why", pause.reason.clone()),
                 ];
             }

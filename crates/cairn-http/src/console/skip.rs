@@ -18,7 +18,7 @@ use cairn_types::{Position, StreamId, StreamType};
 
 use super::confirm::{ConfirmPage, Fact, ReasonField, reason_of};
 use super::operations::visible_event;
-use super::{Form, Session, plural, problem_page, time};
+use super::{Form, Session, Time, plural, problem_page, time, time_text};
 use crate::AppState;
 use crate::routes::{allow, read_problem, retry_problem};
 
@@ -31,7 +31,7 @@ const DECISIONS: u32 = 50;
 /// An operator's decision about an event: a retry or a skip.
 pub(crate) struct DecisionRow {
     pub event_id: String,
-    pub at: String,
+    pub at: Time,
     /// `retried` or `skipped`.
     pub what: &'static str,
     pub by: String,
@@ -165,7 +165,7 @@ async fn skip_page_for(
             format!("{} {}", event.stream_type, event.stream_id),
         )
         .link(format!("/console/events?stream_id={}", event.stream_id)),
-        Fact::text("Recorded", time(&event.created_at)),
+        Fact::text("Recorded", time_text(&event.created_at)),
     ];
     if let Some(error) = &event.processing_error {
         page.facts.push(Fact::text(

@@ -2176,3 +2176,75 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    times_say_how_long_ago_with_local_and_utc_on_hover_and_the_log_keeps_milliseconds,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("care-a"))
+            .await?;
+        let org = accepted["org_id"].as_str().context("org_id")?.to_owned();
+        wait_completed(
+            &server,
+            &admin,
+            accepted["workflow_id"].as_str().context("run")?,
+        )
+        .await?;
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        let times = browser
+            .eval(
+                "return [...document.querySelectorAll('main time[datetime]')].map(t => \
+                 ({text: t.textContent, title: t.title, at: t.getAttribute('datetime')}))",
+            )
+            .await?;
+        let times = times.as_array().context("a list")?;
+        assert!(
+            times.len() >= 4,
+            "created, sent and expiring times: {times:?}"
+        );
+        for time in times {
+            let text = time["text"].as_str().unwrap_or_default();
+            let title = time["title"].as_str().unwrap_or_default();
+            assert!(
+                text.contains("ago") || text.starts_with("in ") || text == "now",
+                "relative: {time}"
+            );
+            assert!(
+                title.contains("(your time)") && title.ends_with(" UTC"),
+                "{time}"
+            );
+        }
+        assert!(
+            times.iter().any(|t| t["text"]
+                .as_str()
+                .is_some_and(|text| text.starts_with("in "))),
+            "an invitation expires in days: {times:?}"
+        );
+
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        let logged = browser
+            .eval("return document.querySelector('main tbody time').textContent")
+            .await?;
+        let logged = logged.as_str().unwrap_or_default();
+        let millis = logged
+            .split_once('.')
+            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).count());
+        assert_eq!(
+            millis,
+            Some(3),
+            "the log's times to the millisecond: {logged}"
+        );
+        browser.close().await?;
+        Ok(())
+    }
+);
