@@ -46,6 +46,7 @@ pub(crate) struct EventRow {
     pub at: Time,
     pub event_type: String,
     pub stream: String,
+    pub stream_id: String,
     /// `applied`, `failed`, `held` or `pending` (and `skipped` on an event's page, which
     /// reads its decisions).
     pub state: &'static str,
@@ -73,6 +74,7 @@ impl EventRow {
             at: time_ms(&event.created_at),
             event_type: event.event_type.to_string(),
             stream: format!("{} {}", event.stream_type, event.stream_id),
+            stream_id: event.stream_id.to_string(),
             state: state_of(event),
             error: event
                 .processing_error
@@ -92,7 +94,10 @@ pub(crate) struct EventsQuery {
     failed: Option<String>,
     /// Only failed events with this error code (the failures page's "all of them").
     error_code: Option<String>,
+    org_id: Option<String>,
+    /// Cursors: older events (before a position), or newer ones (after it).
     before: Option<String>,
+    after: Option<String>,
 }
 
 #[derive(Template)]
@@ -102,10 +107,12 @@ struct EventsPage {
     stream_id: String,
     event_type: String,
     correlation_id: String,
+    org_id: String,
     failed: bool,
     errors: Vec<String>,
     rows: Vec<EventRow>,
     older: Option<String>,
+    newer: Option<String>,
     newest: Option<String>,
 }
 
@@ -176,21 +183,48 @@ pub(crate) async fn events(
         },
         &mut errors,
     );
+    let org_id = parse(
+        &query.org_id,
+        "organization",
+        |t| OrgId::parse(t).map_err(|e| e.to_string()),
+        &mut errors,
+    );
+    let after = parse(
+        &query.after,
+        "after",
+        |t| {
+            t.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(Position::new)
+                .ok_or_else(|| "must be a log position".to_owned())
+        },
+        &mut errors,
+    );
     let failed = query.failed.is_some_and(|f| !f.is_empty()) || error_code.is_some();
+    // Newest first; on the way back to newer events (`after`), the nearest ones in
+    // ascending order, turned round.
     let filter = EventFilter {
         limit: Some(PAGE),
         stream_id,
         event_type: event_type.clone(),
         correlation_id,
+        org_id,
         failed,
         error_code,
         before,
-        newest_first: true,
+        after: after.unwrap_or_default(),
+        newest_first: after.is_none(),
         ..EventFilter::default()
     };
     let events = if errors.is_empty() {
         match reads::events(state.store(), &grant, filter).await {
-            Ok(events) => events,
+            Ok(mut events) => {
+                if after.is_some() {
+                    events.reverse();
+                }
+                events
+            }
             Err(error) => return problem_page(&session, &read_problem(error)),
         }
     } else {
@@ -204,6 +238,7 @@ pub(crate) async fn events(
         ("correlation_id", query.correlation_id.as_deref()),
         ("failed", failed.then_some("1")),
         ("error_code", query.error_code.as_deref()),
+        ("org_id", query.org_id.as_deref()),
     ] {
         if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
             filters.push_str(&format!("&{name}={}", query_value(value)));
@@ -212,20 +247,41 @@ pub(crate) async fn events(
             }
         }
     }
-    let older = (events.len() as u32 == PAGE)
+    let full = events.len() as u32 == PAGE;
+    let older = (full || after.is_some())
         .then(|| {
             events
                 .last()
                 .map(|e| format!("/console/events?before={}{filters}", e.position))
         })
         .flatten();
-    let newest = before.map(|_| format!("/console/events?{}", filters.trim_start_matches('&')));
+    let newer = (before.is_some() || (after.is_some() && full))
+        .then(|| {
+            events
+                .first()
+                .map(|e| format!("/console/events?after={}{filters}", e.position))
+        })
+        .flatten();
+    let paged = before.is_some() || after.is_some();
+    let newest = paged.then(|| format!("/console/events?{}", filters.trim_start_matches('&')));
     let here = format!("/console/events?{}", filters.trim_start_matches('&'));
     let mut layout = Layout::new(&session, "Events", "/events")
         .attention(super::attention::banner(&state, &session).await);
-    if before.is_none() && errors.is_empty() {
+    if !paged && errors.is_empty() {
         layout = layout.live(live, here);
     }
+    let names = event_org_names(&state, &session, &events).await;
+    let rows = events
+        .iter()
+        .map(|event| {
+            let mut row = EventRow::of(event);
+            row.org = event.metadata.org_id.map(|org| {
+                let name = names.get(&org).cloned().unwrap_or_else(|| org.to_string());
+                (org.to_string(), name)
+            });
+            row
+        })
+        .collect();
     render(
         StatusCode::OK,
         &EventsPage {
@@ -233,10 +289,12 @@ pub(crate) async fn events(
             stream_id: query.stream_id.unwrap_or_default(),
             event_type: query.event_type.unwrap_or_default(),
             correlation_id: query.correlation_id.unwrap_or_default(),
+            org_id: query.org_id.unwrap_or_default(),
             failed,
             errors,
-            rows: events.iter().map(EventRow::of).collect(),
+            rows,
             older,
+            newer,
             newest,
         },
     )

@@ -2248,3 +2248,115 @@ backend_test!(
         Ok(())
     }
 );
+
+/// Waits until `script` returns `expected` on the loaded page (errors while a page
+/// is being replaced count as "not yet").
+async fn wait_until(browser: &Browser, script: &str, expected: Value) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let seen = browser.eval(script).await.unwrap_or(Value::Null);
+        if seen == expected {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "{script} never returned {expected}; the last was {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The positions the event log lists, in order.
+async fn listed_positions(browser: &Browser) -> anyhow::Result<Vec<i64>> {
+    let positions = browser
+        .eval("return [...document.querySelectorAll('table.events tbody tr td:first-child a')].map(a => Number(a.textContent))")
+        .await?;
+    Ok(serde_json::from_value(positions)?)
+}
+
+backend_test!(
+    the_event_log_pages_both_ways_names_organizations_and_filters_by_a_click,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let mut orgs = Vec::new();
+        for n in 0..4 {
+            let accepted = server
+                .bootstrap(&admin, bootstrap_request(&format!("log-{n}")))
+                .await?;
+            wait_completed(
+                &server,
+                &admin,
+                accepted["workflow_id"].as_str().context("run")?,
+            )
+            .await?;
+            orgs.push(accepted["org_id"].as_str().context("org")?.to_owned());
+        }
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        let first = listed_positions(&browser).await?;
+        assert_eq!(first.len(), 50, "a full page");
+        browser.click(".pager a[rel=next]").await?;
+        browser.wait_for_text(".pager", "Newer").await?;
+        let second = listed_positions(&browser).await?;
+        assert!(second.first().is_some_and(|p| *p < first[49]), "{second:?}");
+        browser.click(".pager a[rel=prev]").await?;
+        browser.wait_for_text(".pager", "Older").await?;
+        assert_eq!(
+            listed_positions(&browser).await?,
+            first,
+            "back to where it was"
+        );
+
+        // A click on an organization, then on a type, filters by it.
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        browser
+            .click(&format!("a[data-filter=org_id][href$='{}']", orgs[3]))
+            .await?;
+        let field =
+            "return document.readyState === 'complete' && document.getElementById('f-org').value";
+        wait_until(&browser, field, json!(orgs[3])).await?;
+        let cells = browser
+            .eval("return [...document.querySelectorAll('table.events tbody tr td:nth-child(4)')].map(td => td.innerText.trim())")
+            .await?;
+        let cells = cells.as_array().context("cells")?;
+        assert!(
+            !cells.is_empty() && cells.iter().all(|c| c == "Sunrise Care"),
+            "{cells:?}"
+        );
+        assert_eq!(
+            browser
+                .eval("return document.getElementById('f-org').value")
+                .await?,
+            json!(orgs[3])
+        );
+        browser
+            .click("a[data-filter=event_type][href$='user.invited']")
+            .await?;
+        let field =
+            "return document.readyState === 'complete' && document.getElementById('f-type').value";
+        wait_until(&browser, field, json!("user.invited")).await?;
+        let types = browser
+            .eval("return [...new Set([...document.querySelectorAll('table.events tbody tr td:nth-child(3)')].map(td => td.innerText.trim()))]")
+            .await?;
+        assert_eq!(types, json!(["user.invited"]));
+
+        // Another tenant's events, asked for by its id, are none of an admin's.
+        let admin_0 = token(t.url(), &["--org", &orgs[0], "--role", "admin"]).await?;
+        browser
+            .click("form[action='/console/sign-out'] button")
+            .await?;
+        browser.wait_for_title("Sign in").await?;
+        sign_in(&browser, &server, &admin_0).await?;
+        browser
+            .goto(&server.url(&format!("/console/events?org_id={}", orgs[1])))
+            .await?;
+        browser.wait_for_text("#live", "No event matches").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
