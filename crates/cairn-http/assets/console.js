@@ -227,5 +227,14 @@ document.addEventListener("change", (change) => {
     box.checked = all.checked;
   }
 });
+// On a phone, the filters fold away unless one is in use, so that the list comes first.
+if (matchMedia("(max-width: 40rem)").matches) {
+  for (const fold of document.querySelectorAll("details[data-fold-on-phone]")) {
+    const used = [...fold.querySelectorAll("input, select")].some((field) =>
+      field.type === "checkbox" ? field.checked : field.value !== "");
+    if (!used) fold.open = false;
+  }
+}
+
 // What only works with the script (such as "select all") shows only with it.
 document.documentElement.classList.add("js");

@@ -2360,3 +2360,101 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    at_a_phones_width_lists_are_cards_with_their_outcome_in_view_and_the_filters_fold,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = server
+            .bootstrap(&admin, bootstrap_request("phone-care"))
+            .await?;
+        let correlation = accepted["correlation_id"]
+            .as_str()
+            .context("correlation")?
+            .to_owned();
+        wait_completed(
+            &server,
+            &admin,
+            accepted["workflow_id"].as_str().context("run")?,
+        )
+        .await?;
+        append(
+            t.url(),
+            "organization",
+            &new_id(),
+            "organization.direct_care_settings_updated",
+            r#"{"settings":{"visit_verification":true,"client_assignment":false,"max_caseload":10}}"#,
+        )
+        .await;
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.set_window_size(390, 844).await?;
+        // (page, its title, a cell that must be in view)
+        for (path, title, cell) in [
+            ("/console/events", "Events", "td[data-label=Outcome]"),
+            ("/console/failures", "Failures", "td[data-label=Error]"),
+            ("/console/workflows", "Workflows", "td[data-label=Status]"),
+            (
+                "/console/organizations",
+                "Organizations",
+                "td[data-label=Status]",
+            ),
+        ] {
+            browser.goto(&server.url(path)).await?;
+            browser.wait_for_title(title).await?;
+            assert_eq!(
+                overflowing(&browser).await?,
+                json!([]),
+                "{path} overflows at 390 px"
+            );
+            let right = browser
+                .eval(&format!(
+                    "const c = document.querySelector('{cell}'); \
+                     return c ? c.getBoundingClientRect().right <= window.innerWidth : null"
+                ))
+                .await?;
+            assert_eq!(right, json!(true), "{path}: {cell} is in view");
+        }
+        // The event log's filters fold away; the list comes first.
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelector('details[data-fold-on-phone]').open")
+                .await?,
+            json!(false)
+        );
+        screenshot(&browser, &t, "events-phone").await?;
+        // Targets a thumb presses are 24 px or more.
+        let small = browser
+            .eval(
+                "return [...document.querySelectorAll('button, input[type=checkbox]')] \
+                 .filter(e => e.offsetParent !== null) \
+                 .map(e => e.getBoundingClientRect()) \
+                 .filter(r => r.width < 24 || r.height < 24).length",
+            )
+            .await?;
+        assert_eq!(small, json!(0), "every button and box is at least 24 px");
+        // The timeline keeps its hop labels.
+        browser
+            .goto(&server.url(&format!("/console/traces/{correlation}")))
+            .await?;
+        browser.wait_for_title("Trace").await?;
+        let labels = browser
+            .eval("return [...document.querySelectorAll('ol.hop-labels li')].filter(l => l.offsetParent !== null && l.getBoundingClientRect().width > 40).length")
+            .await?;
+        assert!(
+            labels.as_i64().is_some_and(|n| n > 3),
+            "hop labels shown: {labels}"
+        );
+        assert_eq!(
+            overflowing(&browser).await?,
+            json!([]),
+            "the timeline overflows at 390 px"
+        );
+        browser.close().await?;
+        Ok(())
+    }
+);
