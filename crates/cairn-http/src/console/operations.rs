@@ -1386,6 +1386,17 @@ pub(crate) async fn find_trace(session: Session, Query(query): Query<FindTrace>)
     }
 }
 
+/// The console page of a hop's event or run, where its detail names one.
+fn hop_page(detail: &serde_json::Value) -> Option<String> {
+    let id = |key: &str| detail.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    if let Some(event) = id("event_id").filter(|e| EventId::parse(e).is_ok()) {
+        return Some(format!("/console/events/{event}"));
+    }
+    id("run_id")
+        .filter(|run| WorkflowId::parse(run).is_ok())
+        .map(|run| format!("/console/workflows/{run}"))
+}
+
 /// One bar of the waterfall.
 pub(crate) struct Bar {
     pub index: usize,
@@ -1402,6 +1413,8 @@ pub(crate) struct Bar {
     pub width: String,
     pub y: usize,
     pub detail: String,
+    /// The page of the hop's event or run.
+    pub href: Option<String>,
 }
 
 /// A tick of the time axis.
@@ -1418,6 +1431,8 @@ struct TracePage {
     duration: String,
     hops: usize,
     errors: usize,
+    /// The anchor of the first hop with an error.
+    first_error: String,
     bars: Vec<Bar>,
     ticks: Vec<Tick>,
     height: usize,
@@ -1480,6 +1495,7 @@ pub(crate) async fn trace(
                 width: format!("{width:.3}"),
                 y: index * ROW,
                 detail: serde_json::to_string_pretty(&entry.detail).unwrap_or_default(),
+                href: hop_page(&entry.detail),
             }
         })
         .collect::<Vec<_>>();
@@ -1500,6 +1516,11 @@ pub(crate) async fn trace(
             duration: millis(timeline.duration_ms),
             hops: timeline.hops,
             errors: timeline.errors,
+            first_error: bars
+                .iter()
+                .find(|b| b.failed)
+                .map(|b| format!("hop-{}", b.index))
+                .unwrap_or_default(),
             height: bars.len().max(1) * ROW,
             bars,
             ticks,

@@ -536,6 +536,41 @@ backend_test!(
             .eval("return document.querySelector(location.hash).dataset.hop")
             .await?;
         assert_eq!(shown, json!("email"), "the bar leads to its hop");
+        // Each event and step hop leads to its own page.
+        let pages = browser
+            .eval("return [...document.querySelectorAll('ol.hops li[data-hop=event] a[data-hop-page]')].map(a => a.getAttribute('href'))")
+            .await?;
+        assert!(
+            pages.as_array().is_some_and(|p| !p.is_empty()
+                && p.iter().all(|h| h
+                    .as_str()
+                    .is_some_and(|h| h.starts_with("/console/events/")))),
+            "{pages}"
+        );
+        browser
+            .click("ol.hops li[data-hop=step] a[data-hop-page]")
+            .await?;
+        browser.wait_for_title("Organization bootstrap run").await?;
+
+        // A timeline with an error says how many, and leads to the first.
+        let failed: Value = server.get(&admin, "/v1/events/failed").await?;
+        let failed_correlation = failed["items"][0]["event_metadata"]["correlation_id"]
+            .as_str()
+            .context("a failed event's correlation id")?
+            .to_owned();
+        browser
+            .goto(&server.url(&format!("/console/traces/{failed_correlation}")))
+            .await?;
+        browser.wait_for_title("Trace").await?;
+        browser.click("a[data-first-error]").await?;
+        let first = browser
+            .eval("return document.querySelector(location.hash)?.classList.contains('hop-failed') ?? false")
+            .await?;
+        assert_eq!(
+            first,
+            json!(true),
+            "the link leads to the first hop with an error"
+        );
 
         browser.goto(&server.url("/console/workflows")).await?;
         let text = browser.wait_for_title("Workflows").await?;
