@@ -247,6 +247,54 @@ pub async fn organization_names(
         .collect()
 }
 
+/// What a list of organizations is narrowed to: part of a name or slug, a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgFilter {
+    pub text: Option<String>,
+    pub status: Option<String>,
+}
+
+/// [`organizations`], narrowed by `filter`.
+pub async fn organizations_matching(
+    conn: &mut Conn<'_>,
+    only: Option<OrgId>,
+    filter: &OrgFilter,
+    page: Page<OrgId>,
+) -> Result<Vec<Organization>, cairn_log::DbError> {
+    let mut conditions = only
+        .map(|id| vec![("id =", id.into_arg())])
+        .unwrap_or_default();
+    if let Some(text) = filter
+        .text
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        // The text is matched as it is: `%` and `\` are dropped rather than read as
+        // patterns.
+        let text: String = text
+            .to_lowercase()
+            .chars()
+            .filter(|c| !matches!(c, '%' | '\\'))
+            .collect();
+        conditions.push((
+            "(LOWER(name) || ' ' || slug) LIKE",
+            format!("%{text}%").into_arg(),
+        ));
+    }
+    if let Some(status) = filter.status.clone() {
+        conditions.push(("status =", status.into_arg()));
+    }
+    let (sql, args) = page_sql(
+        &format!("SELECT {ORG_COLUMNS} FROM organizations"),
+        conditions,
+        page.after.map(IntoArg::into_arg),
+        page.limit,
+    );
+    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
+    rows.iter().map(organization_from_row).collect()
+}
+
 async fn roles_of(conn: &mut Conn<'_>, user_id: UserId) -> Result<Vec<Role>, cairn_log::DbError> {
     let rows = conn
         .fetch_all(

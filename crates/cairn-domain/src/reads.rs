@@ -53,6 +53,21 @@ pub async fn organizations(
     Ok(queries::organizations(&mut scoped.conn(), tenancy.org(), page).await?)
 }
 
+/// Organizations the grant sees that match `filter`, oldest first.
+pub async fn organizations_matching(
+    db: &Db,
+    grant: &Grant,
+    filter: &queries::OrgFilter,
+    page: Page<OrgId>,
+) -> Result<Vec<Organization>, ReadsError> {
+    let tenancy = require(grant, Action::ListOrganizations)?;
+    if *tenancy == Tenancy::None {
+        return Ok(Vec::new());
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    Ok(queries::organizations_matching(&mut scoped.conn(), tenancy.org(), filter, page).await?)
+}
+
 /// One organization.
 pub async fn organization(
     db: &Db,

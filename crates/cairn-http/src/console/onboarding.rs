@@ -142,7 +142,13 @@ fn field_errors(problem: &Problem) -> BTreeMap<String, String> {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
     after: Option<String>,
+    /// Part of a name or slug.
+    q: Option<String>,
+    status: Option<String>,
 }
+
+/// The statuses an organization can have, in the order the filter offers them.
+const ORG_STATUSES: [&str; 3] = ["active", "bootstrapping", "failed"];
 
 /// An organization in a list.
 pub(crate) struct OrgRow {
@@ -160,6 +166,9 @@ struct OrganizationsPage {
     rows: Vec<OrgRow>,
     may_bootstrap: bool,
     next: Option<String>,
+    q: String,
+    statuses: Vec<(&'static str, bool)>,
+    filtered: bool,
 }
 
 const PAGE: u32 = 50;
@@ -175,15 +184,37 @@ pub(crate) async fn organizations(
         Err(problem) => return problem_page(&session, &problem),
     };
     let after = query.after.as_deref().and_then(|a| OrgId::parse(a).ok());
-    let orgs =
-        match reads::organizations(state.db(), &grant, QueryPage { after, limit: PAGE }).await {
-            Ok(orgs) => orgs,
-            Err(error) => return problem_page(&session, &read_problem(error)),
-        };
+    let status = query
+        .status
+        .as_deref()
+        .and_then(|s| ORG_STATUSES.iter().find(|known| **known == s).copied());
+    let q = query.q.clone().unwrap_or_default();
+    let filter = cairn_domain::queries::OrgFilter {
+        text: Some(q.trim().to_owned()).filter(|t| !t.is_empty()),
+        status: status.map(str::to_owned),
+    };
+    let orgs = match reads::organizations_matching(
+        state.db(),
+        &grant,
+        &filter,
+        QueryPage { after, limit: PAGE },
+    )
+    .await
+    {
+        Ok(orgs) => orgs,
+        Err(error) => return problem_page(&session, &read_problem(error)),
+    };
+    let mut kept = String::new();
+    if let Some(text) = &filter.text {
+        kept.push_str(&format!("&q={}", super::query_value(text)));
+    }
+    if let Some(status) = status {
+        kept.push_str(&format!("&status={status}"));
+    }
     let next = (orgs.len() as u32 == PAGE)
         .then(|| {
             orgs.last()
-                .map(|o| format!("/console/organizations?after={}", o.id))
+                .map(|o| format!("/console/organizations?after={}{kept}", o.id))
         })
         .flatten();
     let rows = orgs
@@ -203,6 +234,12 @@ pub(crate) async fn organizations(
             rows,
             may_bootstrap: session.may(&Action::BootstrapOrganization),
             next,
+            filtered: filter != Default::default(),
+            q,
+            statuses: ORG_STATUSES
+                .iter()
+                .map(|s| (*s, Some(*s) == status))
+                .collect(),
         },
     )
 }

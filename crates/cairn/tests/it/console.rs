@@ -2493,3 +2493,45 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    the_organizations_list_filters_by_name_or_slug_and_status,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        for slug in ["north-care", "south-care", "east-home"] {
+            let accepted = server.bootstrap(&admin, bootstrap_request(slug)).await?;
+            wait_completed(
+                &server,
+                &admin,
+                accepted["workflow_id"].as_str().context("run")?,
+            )
+            .await?;
+        }
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        let slugs = "return [...document.querySelectorAll('td[data-label=Slug]')].map(td => td.innerText.trim())";
+        assert_eq!(
+            browser.eval(slugs).await?,
+            json!(["north-care", "south-care", "east-home"])
+        );
+        browser.fill("#f-q", "-CARE").await?;
+        browser
+            .click("form[aria-label='Filter organizations'] button")
+            .await?;
+        wait_until(&browser, slugs, json!(["north-care", "south-care"])).await?;
+        browser.fill("#f-q", "").await?;
+        browser
+            .eval("document.getElementById('f-status').value = 'failed'; return true")
+            .await?;
+        browser
+            .click("form[aria-label='Filter organizations'] button")
+            .await?;
+        browser
+            .wait_for_text("main", "No organization matches")
+            .await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
