@@ -20,6 +20,7 @@ mod activity;
 mod assets;
 mod attention;
 mod confirm;
+mod export;
 mod handlers;
 mod held;
 mod onboarding;

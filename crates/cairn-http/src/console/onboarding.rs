@@ -539,6 +539,8 @@ struct OrganizationPage {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct OrgQuery {
     notice: Option<String>,
+    /// `csv` or `json`: the organization's people as a file.
+    format: Option<String>,
 }
 
 /// Why a person's name and address are not shown, if they are not.
@@ -761,6 +763,16 @@ pub(crate) async fn organization(
     let Ok(org_id) = OrgId::parse(&org_id) else {
         return not_found(&session, "organization");
     };
+    match super::export::Format::asked(query.format.as_deref()) {
+        Ok(Some(format)) => return export_people(&state, &session, org_id, format).await,
+        Ok(None) => {}
+        Err(error) => {
+            return problem_page(
+                &session,
+                &crate::problem::Problem::new(crate::problem::ProblemCode::InvalidField, error),
+            );
+        }
+    }
     let notice = notice_text(query.notice.as_deref());
     organization_page(
         &state,
@@ -773,6 +785,67 @@ pub(crate) async fn organization(
         StatusCode::OK,
     )
     .await
+}
+
+/// An organization's people, as a file: a read of each one's data, on record.
+async fn export_people(
+    state: &AppState,
+    session: &Session,
+    org_id: OrgId,
+    format: super::export::Format,
+) -> Response {
+    let grant = match allow(&session.ctx, Action::ReadUsers(org_id)) {
+        Ok(grant) => grant,
+        Err(_) => return not_found(session, "organization"),
+    };
+    let page = QueryPage {
+        after: None,
+        limit: super::export::MOST_ROWS,
+    };
+    let people = match reads::users(state.db(), &grant, org_id, page).await {
+        Ok(people) => people,
+        Err(error) => return problem_page(session, &read_problem(error)),
+    };
+    let subjects: Vec<cairn_types::UserId> = people.iter().map(|p| p.id).collect();
+    crate::access::record(
+        state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("organization {org_id} members export"),
+        Some(org_id),
+        (!subjects.is_empty()).then_some(subjects),
+    )
+    .await;
+    let rows = people
+        .iter()
+        .map(|p| {
+            let why = withheld(p.erased_at.as_ref(), p.restricted_at.as_ref());
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            vec![
+                p.id.to_string(),
+                if why.is_some() {
+                    String::new()
+                } else {
+                    p.name.clone()
+                },
+                if why.is_some() {
+                    String::new()
+                } else {
+                    p.email.clone()
+                },
+                roles.join(" "),
+                p.status.clone(),
+                why.unwrap_or_default().to_owned(),
+            ]
+        })
+        .collect();
+    super::export::file(
+        format,
+        "people",
+        &["user_id", "name", "email", "roles", "status", "withheld"],
+        rows,
+    )
 }
 
 /// `POST /console/organizations/{org_id}/settings`.

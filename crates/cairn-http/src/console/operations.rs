@@ -98,6 +98,8 @@ pub(crate) struct EventsQuery {
     /// Cursors: older events (before a position), or newer ones (after it).
     before: Option<String>,
     after: Option<String>,
+    /// `csv` or `json`: the list as a file (see [`super::export`]).
+    format: Option<String>,
 }
 
 #[derive(Template)]
@@ -114,6 +116,8 @@ struct EventsPage {
     older: Option<String>,
     newer: Option<String>,
     newest: Option<String>,
+    /// This list's address with its filters, ready for `format=…`.
+    export: String,
 }
 
 /// Parses an optional filter value; an error names the filter.
@@ -217,6 +221,13 @@ pub(crate) async fn events(
         newest_first: after.is_none(),
         ..EventFilter::default()
     };
+    match super::export::Format::asked(query.format.as_deref()) {
+        Ok(Some(format)) if errors.is_empty() => {
+            return export_events(&state, &session, &grant, filter, format).await;
+        }
+        Ok(_) => {}
+        Err(error) => errors.push(error),
+    }
     let events = if errors.is_empty() {
         match reads::events(state.store(), &grant, filter).await {
             Ok(mut events) => {
@@ -296,7 +307,71 @@ pub(crate) async fn events(
             older,
             newer,
             newest,
+            export: format!("/console/events?{}&", filters.trim_start_matches('&'))
+                .replace("?&", "?"),
         },
+    )
+}
+
+/// The events `filter` selects, up to an export's most, as a file.
+async fn export_events(
+    state: &AppState,
+    session: &Session,
+    grant: &cairn_policy::Grant,
+    mut filter: EventFilter,
+    format: super::export::Format,
+) -> Response {
+    filter.limit = Some(super::export::MOST_ROWS);
+    let mut events = match reads::events(state.store(), grant, filter.clone()).await {
+        Ok(events) => events,
+        Err(error) => return problem_page(session, &read_problem(error)),
+    };
+    if !filter.newest_first {
+        events.reverse();
+    }
+    let names = event_org_names(state, session, &events).await;
+    let rows = events
+        .iter()
+        .map(|event| {
+            let org = event.metadata.org_id;
+            vec![
+                event.position.get().to_string(),
+                event
+                    .created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                event.event_type.to_string(),
+                org.map(|o| o.to_string()).unwrap_or_default(),
+                org.and_then(|o| names.get(&o).cloned()).unwrap_or_default(),
+                event.stream_type.to_string(),
+                event.stream_id.to_string(),
+                state_of(event).to_owned(),
+                event
+                    .processing_error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.code, e.message))
+                    .unwrap_or_default(),
+                event.event_id.to_string(),
+                event.metadata.correlation_id.to_string(),
+            ]
+        })
+        .collect();
+    super::export::file(
+        format,
+        "events",
+        &[
+            "position",
+            "time",
+            "type",
+            "org_id",
+            "organization",
+            "stream_type",
+            "stream_id",
+            "outcome",
+            "error",
+            "event_id",
+            "correlation_id",
+        ],
+        rows,
     )
 }
 
@@ -951,6 +1026,8 @@ pub(crate) struct WorkflowsQuery {
     before: Option<String>,
     notice: Option<String>,
     kind_changed: Option<String>,
+    /// `csv` or `json`: the list as a file (see [`super::export`]).
+    format: Option<String>,
 }
 
 #[derive(Template)]
@@ -968,6 +1045,8 @@ struct WorkflowsPage {
     counts: Vec<CountLink>,
     newer: Option<String>,
     older: Option<String>,
+    /// This list's address with its filters, ready for `format=…`.
+    export: String,
 }
 
 /// What the runs page says after a kind was paused or resumed; only for a kind the
@@ -1040,8 +1119,12 @@ pub(crate) async fn workflows(
         Ok(kinds) => kinds,
         Err(error) => return problem_page(&session, &read_problem(error)),
     };
+    let export = super::export::Format::asked(query.format.as_deref()).unwrap_or_else(|error| {
+        errors.push(error);
+        None
+    });
     let runs = if errors.is_empty() {
-        let filter = RunFilter {
+        let mut filter = RunFilter {
             status,
             kind: kind.clone(),
             paused,
@@ -1052,6 +1135,10 @@ pub(crate) async fn workflows(
             limit: Some(PAGE),
             ..RunFilter::default()
         };
+        if let Some(format) = export {
+            filter.limit = Some(super::export::MOST_ROWS);
+            return export_runs(&state, &session, &grant, filter, format, now).await;
+        }
         match reads::workflows(state.db(), &grant, filter).await {
             Ok(runs) => runs,
             Err(error) => return problem_page(&session, &read_problem(error)),
@@ -1097,7 +1184,67 @@ pub(crate) async fn workflows(
             counts: count_links,
             newer,
             older,
+            export: here.clone(),
         },
+    )
+}
+
+/// The runs `filter` selects, up to an export's most, as a file.
+async fn export_runs(
+    state: &AppState,
+    session: &Session,
+    grant: &cairn_policy::Grant,
+    filter: RunFilter,
+    format: super::export::Format,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Response {
+    let runs = match reads::workflows(state.db(), grant, filter).await {
+        Ok(runs) => runs,
+        Err(error) => return problem_page(session, &read_problem(error)),
+    };
+    let names = org_names(state, session, &runs).await;
+    let iso = |at: &chrono::DateTime<chrono::Utc>| {
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let rows = runs
+        .iter()
+        .map(|run| {
+            let asleep_until = (run.status == RunStatus::Running)
+                .then_some(run.next_run_at)
+                .flatten()
+                .filter(|at| *at > now);
+            vec![
+                run.id.to_string(),
+                run.kind.clone(),
+                run.org_id.map(|o| o.to_string()).unwrap_or_default(),
+                run.org_id
+                    .and_then(|o| names.get(&o).cloned())
+                    .unwrap_or_default(),
+                run.status.as_str().to_owned(),
+                asleep_until.as_ref().map(iso).unwrap_or_default(),
+                run.current_step.clone().unwrap_or_default(),
+                iso(&run.created_at),
+                iso(&run.updated_at),
+                run.correlation_id.to_string(),
+            ]
+        })
+        .collect();
+    super::export::file(
+        format,
+        "runs",
+        &[
+            "run_id",
+            "kind",
+            "org_id",
+            "organization",
+            "status",
+            "asleep_until",
+            "step",
+            "started",
+            "changed",
+            "correlation_id",
+        ],
+        rows,
     )
 }
 

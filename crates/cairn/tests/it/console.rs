@@ -2535,3 +2535,165 @@ backend_test!(
         Ok(())
     }
 );
+
+/// A console list exported with the session in `jar`: the response's status, content
+/// type and body.
+async fn exported(server: &Server, jar: &str, path: &str) -> anyhow::Result<(u16, String, String)> {
+    let response = server
+        .http
+        .get(server.url(path))
+        .header("cookie", jar)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, content_type, response.text().await?))
+}
+
+/// The records of a CSV export, header first.
+fn records(csv_text: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(csv_text.as_bytes());
+    Ok(reader
+        .records()
+        .map(|r| r.map(|r| r.iter().map(str::to_owned).collect()))
+        .collect::<Result<_, _>>()?)
+}
+
+backend_test!(
+    lists_export_as_csv_and_json_through_the_same_policy_and_a_people_export_is_on_record,
+    |t: TestDb| async move {
+        let (_outbox, mail) = outbox()?;
+        let server = Server::start(t.url(), &mail).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let mut orgs = Vec::new();
+        for slug in ["care-a", "care-b"] {
+            let accepted = server.bootstrap(&admin, bootstrap_request(slug)).await?;
+            wait_completed(
+                &server,
+                &admin,
+                accepted["workflow_id"].as_str().context("run")?,
+            )
+            .await?;
+            orgs.push(accepted["org_id"].as_str().context("org")?.to_owned());
+        }
+        append(
+            t.url(),
+            "organization",
+            &new_id(),
+            "organization.direct_care_settings_updated",
+            r#"{"settings":{"visit_verification":true,"client_assignment":false,"max_caseload":10}}"#,
+        )
+        .await;
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser.goto(&server.url("/console/events")).await?;
+        browser.wait_for_title("Events").await?;
+        assert_eq!(
+            browser
+                .eval("return document.querySelector('a[data-export=csv]').getAttribute('href')")
+                .await?,
+            json!("/console/events?format=csv")
+        );
+        let (jar, _) = session_jar(&browser).await?;
+
+        // Every event, one row each, under a header.
+        let (status, content_type, body) =
+            exported(&server, &jar, "/console/events?format=csv").await?;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "text/csv; charset=utf-8")
+        );
+        let rows = records(&body)?;
+        assert_eq!(rows[0][0..3], ["position", "time", "type"]);
+        let mut positions: Vec<usize> = rows[1..]
+            .iter()
+            .map(|r| r[0].parse())
+            .collect::<Result<_, _>>()?;
+        positions.sort_unstable();
+        assert_eq!(
+            positions,
+            (1..=positions.len()).collect::<Vec<_>>(),
+            "every event, one row each"
+        );
+        assert!(positions.len() > 20, "{body}");
+        // The failed ones alone.
+        let (_, _, body) = exported(&server, &jar, "/console/events?failed=1&format=csv").await?;
+        let failed = records(&body)?;
+        assert_eq!(failed.len(), 2, "{body}");
+        assert_eq!(failed[1][7], "failed");
+        // Runs as JSON.
+        let (status, content_type, body) =
+            exported(&server, &jar, "/console/workflows?format=json").await?;
+        assert_eq!((status, content_type.as_str()), (200, "application/json"));
+        let runs: Vec<Value> = serde_json::from_str(&body)?;
+        assert_eq!(runs.len(), 8, "2 bootstraps and 6 expiry timers");
+        assert!(runs.iter().all(|r| r["organization"] == "Sunrise Care"));
+        // A format it does not know is refused.
+        let (status, _, _) = exported(&server, &jar, "/console/events?format=xml").await?;
+        assert_eq!(status, 200, "the page, saying what is wrong");
+        let (_, _, page) = exported(&server, &jar, "/console/events?format=xml").await?;
+        assert!(page.contains("neither csv nor json"), "{page}");
+
+        // An organization admin's exports hold their organization's rows only; the
+        // people they export are on record as read.
+        let admin_a = token(t.url(), &["--org", &orgs[0], "--role", "admin"]).await?;
+        browser
+            .click("form[action='/console/sign-out'] button")
+            .await?;
+        browser.wait_for_title("Sign in").await?;
+        sign_in(&browser, &server, &admin_a).await?;
+        let (jar_a, _) = session_jar(&browser).await?;
+        let (_, _, body) = exported(&server, &jar_a, "/console/events?format=csv").await?;
+        let rows = records(&body)?;
+        assert!(
+            rows.len() > 1 && rows[1..].iter().all(|r| r[3] == orgs[0]),
+            "{body}"
+        );
+        let (status, _, _) = exported(
+            &server,
+            &jar_a,
+            &format!("/console/organizations/{}?format=csv", orgs[1]),
+        )
+        .await?;
+        assert_eq!(status, 404, "another organization's people are not found");
+        let (status, content_type, body) = exported(
+            &server,
+            &jar_a,
+            &format!("/console/organizations/{}?format=csv", orgs[0]),
+        )
+        .await?;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "text/csv; charset=utf-8")
+        );
+        let people = records(&body)?;
+        assert_eq!(
+            people[0],
+            ["user_id", "name", "email", "roles", "status", "withheld"]
+        );
+        let grace = people
+            .iter()
+            .find(|p| p[2] == "grace@example.com")
+            .context("grace in the export")?;
+        let output = crate::common::cairn(
+            t.url(),
+            &["audit", "access", "--subject", &grace[0], "--json"],
+        )
+        .await;
+        crate::common::assert_exit(&output, 0);
+        assert!(
+            crate::common::stdout(&output).contains("members export"),
+            "{}",
+            crate::common::stdout(&output)
+        );
+        browser.close().await?;
+        Ok(())
+    }
+);
