@@ -217,17 +217,7 @@ pub async fn organizations(
     only: Option<OrgId>,
     page: Page<OrgId>,
 ) -> Result<Vec<Organization>, cairn_log::DbError> {
-    let conditions = only
-        .map(|id| vec![("id =", id.into_arg())])
-        .unwrap_or_default();
-    let (sql, args) = page_sql(
-        &format!("SELECT {ORG_COLUMNS} FROM organizations"),
-        conditions,
-        page.after.map(IntoArg::into_arg),
-        page.limit,
-    );
-    let rows = conn.fetch_all(cairn_log::Sql::built(sql), args).await?;
-    rows.iter().map(organization_from_row).collect()
+    organizations_matching(conn, only, &OrgFilter::default(), page).await
 }
 
 /// The names of the organizations `ids` (those that exist).
