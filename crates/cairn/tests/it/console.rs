@@ -2620,17 +2620,25 @@ backend_test!(
             .iter()
             .find(|p| p[2] == "grace@example.com")
             .context("grace in the export")?;
-        let output = crate::common::cairn(
-            t.url(),
-            &["audit", "access", "--subject", &grace[0], "--json"],
-        )
-        .await;
-        crate::common::assert_exit(&output, 0);
-        assert!(
-            crate::common::stdout(&output).contains("members export"),
-            "{}",
-            crate::common::stdout(&output)
-        );
+        // The access log is written behind the response: the record comes soon.
+        let started = std::time::Instant::now();
+        loop {
+            let output = crate::common::cairn(
+                t.url(),
+                &["audit", "access", "--subject", &grace[0], "--json"],
+            )
+            .await;
+            crate::common::assert_exit(&output, 0);
+            let records = crate::common::stdout(&output);
+            if records.contains("members export") {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(15),
+                "no record of the export: {records}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         browser.close().await?;
         Ok(())
     }
