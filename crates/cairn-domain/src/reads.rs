@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::queries;
-pub use crate::queries::{Invitation, Organization, Page, User};
+pub use crate::queries::{Invitation, OrgFilter, Organization, Page, User};
 
 /// Why a read did not run.
 #[derive(Debug, thiserror::Error)]

@@ -189,7 +189,7 @@ pub(crate) async fn organizations(
         .as_deref()
         .and_then(|s| ORG_STATUSES.iter().find(|known| **known == s).copied());
     let q = query.q.clone().unwrap_or_default();
-    let filter = cairn_domain::queries::OrgFilter {
+    let filter = reads::OrgFilter {
         text: Some(q.trim().to_owned()).filter(|t| !t.is_empty()),
         status: status.map(str::to_owned),
     };

@@ -564,10 +564,11 @@ backend_test!(
     two_processes_share_the_work_and_no_step_runs_twice,
     |t: TestDb| async move {
         // Each email takes a while, so that neither process can finish all the work
-        // before the other has started, even on a busy machine (one process alone
-        // needs 30 × 300 ms / 2 = 4.5 s).
+        // before the other has started, even on a busy machine where starting a
+        // process takes seconds (one process alone needs 30 × 1 s / 2 = 15 s; the two
+        // together about half that).
         let sink = SmtpSink::start(SinkOptions {
-            delay: Duration::from_millis(300),
+            delay: Duration::from_millis(1_000),
             ..SinkOptions::default()
         })
         .await?;
