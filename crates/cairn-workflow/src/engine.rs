@@ -125,6 +125,11 @@ pub struct EngineConfig {
     pub pause_after_effects: Option<u64>,
 }
 
+impl EngineConfig {
+    /// How many runs an engine drives at once unless told otherwise.
+    pub const DEFAULT_CONCURRENCY: usize = 32;
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -134,7 +139,7 @@ impl Default for EngineConfig {
             ),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
-            concurrency: 32,
+            concurrency: Self::DEFAULT_CONCURRENCY,
             effects_in_doubt: 8,
             pause_after_records: None,
             pause_after_effects: None,

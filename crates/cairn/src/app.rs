@@ -119,6 +119,15 @@ pub fn cli_operator() -> cairn_dispatch::Operator {
 
 /// Opens the domain: the event store, the mailer, and the workflow engine.
 pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain> {
+    open_domain_driving(url, runtime, EngineConfig::DEFAULT_CONCURRENCY).await
+}
+
+/// Opens the domain with an engine that drives at most `concurrency` runs at once.
+pub async fn open_domain_driving(
+    url: &str,
+    runtime: &Runtime,
+    concurrency: usize,
+) -> anyhow::Result<Domain> {
     let store = open(url).await?;
     let mailer = cairn_mail::mailer_from_url(&runtime.mail_url).context("--mail-url")?;
     let config = DomainConfig {
@@ -131,6 +140,7 @@ pub async fn open_domain(url: &str, runtime: &Runtime) -> anyhow::Result<Domain>
         mail_retry_for: runtime.mail_retry_for.0,
     };
     let mut engine_config = EngineConfig {
+        concurrency,
         pause_after_records: runtime.fault_pause_after_records,
         pause_after_effects: runtime.fault_pause_after_effects,
         ..EngineConfig::default()

@@ -224,7 +224,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: std::net::SocketAddr,
     /// How many workflow runs the in-process engine drives at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = cairn_workflow::EngineConfig::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     /// How often the integration probe runs (0 for never; GET /health/integration
     /// still runs it on demand).
@@ -420,7 +420,7 @@ pub struct WorkflowRunArgs {
     #[arg(long)]
     pub until_idle: bool,
     /// How many runs to drive at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = cairn_workflow::EngineConfig::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
 }
 

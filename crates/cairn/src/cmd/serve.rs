@@ -120,7 +120,7 @@ pub async fn serve(url: &str, runtime: &Runtime, args: ServeArgs) -> anyhow::Res
             args.addr
         );
     }
-    let domain = app::open_domain(url, runtime).await?;
+    let domain = app::open_domain_driving(url, runtime, args.concurrency).await?;
     // An erasure whose copies outside the database were not removed before a stop.
     domain.scrub_personal_data().await;
     match domain.sweep_erased().await {

@@ -48,6 +48,52 @@ async fn bootstrap_statuses(t: &TestDb) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// `cairn workflows run` in a process of its own, named `worker`, driving at most
+/// `concurrency` runs at once.
+fn spawn_engine(
+    t: &TestDb,
+    sink: &SmtpSink,
+    worker: &str,
+    concurrency: usize,
+) -> std::io::Result<tokio::process::Child> {
+    crate::common::cairn_tokio()
+        .args([
+            "--database-url",
+            t.url(),
+            "--mail-url",
+            &sink.url(),
+            "--worker-id",
+            worker,
+            "workflows",
+            "run",
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .env_remove("CAIRN_DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Waits until every bootstrap run has completed (at most 90 s).
+async fn wait_for_bootstraps(t: &TestDb) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !bootstrap_statuses(t)
+        .await?
+        .iter()
+        .all(|s| s == "completed")
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not every bootstrap completed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 #[test]
 fn the_demo_runs_on_the_embedded_default() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -561,6 +607,53 @@ backend_test!(
 );
 
 backend_test!(
+    the_engine_drives_no_more_runs_at_once_than_asked,
+    |t: TestDb| async move {
+        // Every email takes the sink a while, so that an engine driving more runs than
+        // it was asked to would have several emails in flight at once.
+        let sink = SmtpSink::start(SinkOptions {
+            delay: Duration::from_millis(200),
+            ..SinkOptions::default()
+        })
+        .await?;
+        start_bootstraps(t.url(), 4, "one-at-a-time").await;
+        let mut engine = spawn_engine(&t, &sink, "worker-a", 1)?;
+        wait_for_bootstraps(&t).await?;
+        engine.kill().await?;
+        assert_eq!(sink.messages().len(), 12, "every email was sent");
+
+        // In log order, an email step is in flight from its start to its completion.
+        let events = t
+            .db()
+            .reader()
+            .await?
+            .conn()
+            .read_events(&EventFilter {
+                limit: Some(10_000),
+                ..EventFilter::default()
+            })
+            .await?;
+        let mut in_flight = BTreeSet::new();
+        let mut most = 0;
+        for event in &events {
+            let key = (event.stream_id.to_string(), event.data["step"].to_string());
+            match event.event_type.as_str() {
+                "workflow.step_started" => {
+                    in_flight.insert(key);
+                }
+                "workflow.step_completed" => {
+                    in_flight.remove(&key);
+                }
+                _ => continue,
+            }
+            most = most.max(in_flight.len());
+        }
+        assert_eq!(most, 1, "emails in flight at once with --concurrency 1");
+        Ok(())
+    }
+);
+
+backend_test!(
     two_processes_share_the_work_and_no_step_runs_twice,
     |t: TestDb| async move {
         // Each email takes a while, so that neither process can finish all the work
@@ -573,41 +666,9 @@ backend_test!(
         })
         .await?;
         start_bootstraps(t.url(), 10, "shared").await;
-        let spawn = |worker: &str| {
-            crate::common::cairn_tokio()
-                .args([
-                    "--database-url",
-                    t.url(),
-                    "--mail-url",
-                    &sink.url(),
-                    "--worker-id",
-                    worker,
-                    "workflows",
-                    "run",
-                    "--concurrency",
-                    "2",
-                ])
-                .env_remove("CAIRN_DATABASE_URL")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-        };
-        let mut a = spawn("worker-a")?;
-        let mut b = spawn("worker-b")?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        while !bootstrap_statuses(&t)
-            .await?
-            .iter()
-            .all(|s| s == "completed")
-        {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "not every bootstrap completed in time"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut a = spawn_engine(&t, &sink, "worker-a", 2)?;
+        let mut b = spawn_engine(&t, &sink, "worker-b", 2)?;
+        wait_for_bootstraps(&t).await?;
         a.kill().await?;
         b.kill().await?;
 
