@@ -7,6 +7,12 @@ export type AcceptRequest = {
   token: string;
 };
 
+/** The corrected address an invitation is sent to. */
+export type AddressCorrection = {
+  /** The person's corrected email address. */
+  email: string;
+};
+
 /** One alert. */
 export type Alert = {
   active: boolean;
@@ -349,6 +355,8 @@ export type IntegrationHealth = {
 export type Invitation = {
   accepted_at?: string | null;
   created_at: string;
+  /** What the mail server said when it refused it (the address cut out). */
+  delivery_reply?: string | null;
   email: string;
   /** When the invitee was erased: the address is gone (empty here). */
   erased_at?: string | null;
@@ -360,13 +368,15 @@ export type Invitation = {
   message_id: string;
   /** An organization (tenant) id. */
   org_id: string;
+  /** When the mail server refused its last email for good. */
+  refused_at?: string | null;
   /** When the invitee was restricted: the address is shown to no one (empty here). */
   restricted_at?: string | null;
   revoke_reason?: string | null;
   revoked_at?: string | null;
   roles: Array<Role>;
   send_count: number;
-  /** `pending`, `accepted`, `revoked` or `expired`. */
+  /** `pending`, `accepted`, `revoked`, `expired`, or `refused` (the mail server refused its last email for good: see `delivery_reply`). */
   status: string;
   updated_at: string;
   /** A user id. */
@@ -397,6 +407,19 @@ export type InvitationExpired = {
 export type InvitationPath = {
   /** An invitation id. */
   invitation_id: string;
+};
+
+/** The mail server refused an invitation's email for good (a 5xx reply): its link was never recorded, and the invitation waits for a corrected address or a withdrawal. The reply names the recipient only as `<recipient>`, so the event carries no personal data. A first send refused is where the invitation's stream begins. */
+export type InvitationRefused = {
+  message_id: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** What the server said, its address cut out. */
+  reply: string;
+  roles: Array<Role>;
+  send_number: number;
+  /** A user id. */
+  user_id: string;
 };
 
 /** The invitation was sent again, with a new token (the old one stops working) and a new expiry. */
@@ -1258,6 +1281,15 @@ export type UserActivated = {
   org_id: string;
 };
 
+/** A person's address was corrected (their invitation is sent again to it). */
+export type UserAddressCorrected = {
+  /** Who caused it: user:<uuid> or service:<name>. */
+  corrected_by: string;
+  email: Personal_Email;
+  /** An organization (tenant) id. */
+  org_id: string;
+};
+
 /** A user account exists and is active. */
 export type UserCreated = {
   email: Personal_Email;
@@ -1368,6 +1400,7 @@ export interface EventPayloads {
   "feed_message": unknown;
   "invitation.accepted": InvitationAccepted;
   "invitation.expired": InvitationExpired;
+  "invitation.refused": InvitationRefused;
   "invitation.resent": InvitationResent;
   "invitation.revoked": InvitationRevoked;
   "invitation.sent": InvitationSent;
@@ -1380,6 +1413,7 @@ export interface EventPayloads {
   "probe.pinged": ProbePinged;
   "socket_message": unknown;
   "user.activated": UserActivated;
+  "user.address_corrected": UserAddressCorrected;
   "user.created": UserCreated;
   "user.erased": UserErased;
   "user.invited": UserInvited;

@@ -31,7 +31,8 @@ use cairn_workflow::{Clock, Engine, EngineConfig, Start, Workflow};
 use crate::bootstrap;
 use crate::events::{
     BootstrapInitiated, DirectCareSettingsUpdated, InvitationAccepted, InvitationRevoked,
-    PlannedAdmin, PlannedInvitee, RoleAssigned, UserActivated, UserInvited, stream,
+    PlannedAdmin, PlannedInvitee, RoleAssigned, UserActivated, UserAddressCorrected, UserInvited,
+    stream,
 };
 use crate::invitations::{DELIVERY_WORKFLOW, Delivery, Expiry};
 use crate::mailing::Mailing;
@@ -193,6 +194,15 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> FieldError {
         field: field.into(),
         message: message.into(),
     }
+}
+
+/// The corrected address an invitation is sent to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressCorrection {
+    /// The person's corrected email address.
+    #[schemars(email, length(max = 254))]
+    pub email: String,
 }
 
 /// The request to bootstrap an organization.
@@ -709,7 +719,31 @@ impl Domain {
         self.execute(ctx, Resend { invitation_id }).await
     }
 
-    /// Withdraws a pending invitation.
+    /// Sends a pending, expired or refused invitation again, to a corrected address:
+    /// records the person's new address and starts the delivery to it.
+    pub async fn correct_invitation_address(
+        &self,
+        ctx: &CommandContext,
+        invitation_id: InvitationId,
+        request: &AddressCorrection,
+    ) -> Result<InvitationStarted, CommandError> {
+        let mut errors = Vec::new();
+        let email = parse_email("email".into(), &request.email, &mut errors);
+        let (Some(email), true) = (email, errors.is_empty()) else {
+            return Err(CommandError::Invalid(errors));
+        };
+        self.execute(
+            ctx,
+            Readdress {
+                invitation_id,
+                request: serde_json::to_value(request).unwrap_or(Value::Null),
+                email,
+            },
+        )
+        .await
+    }
+
+    /// Withdraws a pending or refused invitation.
     pub async fn revoke_invitation(
         &self,
         ctx: &CommandContext,
@@ -1250,6 +1284,16 @@ async fn invitable_again(
         ));
     }
     let invitations = queries::invitations_of_user(&mut tx.conn(), user.id).await?;
+    if let Some(refused) = invitations
+        .iter()
+        .find(|invitation| invitation.status == "refused")
+    {
+        return Err(conflict(format!(
+            "was refused by the mail server ({}): send invitation {} to a corrected address, or withdraw it",
+            refused.delivery_reply.as_deref().unwrap_or("no reply kept"),
+            refused.id
+        )));
+    }
     if let Some(open) = invitations
         .iter()
         .find(|invitation| invitation.status == "pending" || invitation.status == "expired")
@@ -1298,72 +1342,161 @@ impl Command for Resend {
         ctx: &'t CommandContext,
         tx: &'t mut Tx,
     ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
-        Box::pin(async move {
-            let invitation_id = self.invitation_id;
-            let invitation = existing_invitation(tx, invitation_id).await?;
-            if invitation.status != "pending" && invitation.status != "expired" {
-                return Err(CommandError::InvalidState {
-                    message: format!(
-                        "invitation {invitation_id} is {}: only a pending or expired invitation can be resent",
-                        invitation.status
-                    ),
-                });
-            }
-            if let Some(running) =
-                queries::delivery_in_progress(&mut tx.conn(), invitation_id).await?
-            {
-                return Err(CommandError::InvalidState {
-                    message: format!(
-                        "invitation {invitation_id} is being sent already (workflow {running}); wait for that email before sending another"
-                    ),
-                });
-            }
-            let organization = live_organization(tx, invitation.org_id).await?;
-            let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
-            if user.as_ref().is_some_and(|user| user.erased_at.is_some()) {
-                return Err(CommandError::InvalidState {
-                    message: format!(
-                        "user {} was erased: no invitation goes to them again",
-                        invitation.user_id
-                    ),
-                });
-            }
-            if user
-                .as_ref()
-                .is_some_and(|user| user.restricted_at.is_some())
-            {
-                return Err(CommandError::InvalidState {
-                    message: format!(
-                        "user {} is restricted until their erasure: no invitation goes to them",
-                        invitation.user_id
-                    ),
-                });
-            }
-            let mailing = Mailing {
-                invitation_id,
-                user_id: invitation.user_id,
-                org_id: invitation.org_id,
-                org_name: Name::parse(&organization.name)
-                    .map_err(|message| CommandError::InvalidState { message })?,
-                sender_address: Email::parse(&organization.sender_address)
-                    .map_err(|message| CommandError::InvalidState { message })?,
-                // The send reads the address and name from the person's row.
-                email: None,
-                name: None,
-                roles: invitation.roles.clone(),
-                send_number: u32::try_from(invitation.send_count + 1).unwrap_or(u32::MAX),
-                ttl_seconds: domain.config.invitation_ttl.num_seconds(),
-                accept_url: domain.config.accept_url.clone(),
-            };
-            let workflow_id = WorkflowId::new_v7();
-            Ok(Changes::answer(InvitationStarted {
-                invitation_id,
-                user_id: invitation.user_id,
-                workflow_id,
-                correlation_id: ctx.correlation_id,
-            })
-            .start(domain.delivery_start(ctx, workflow_id, &mailing)))
-        })
+        Box::pin(send_again(domain, ctx, tx, self.invitation_id, None))
+    }
+}
+
+/// Sends an invitation again, to a corrected address when one is given: the checks and
+/// the delivery that a resend and a correction share.
+async fn send_again(
+    domain: &Domain,
+    ctx: &CommandContext,
+    tx: &mut Tx,
+    invitation_id: InvitationId,
+    corrected: Option<&Email>,
+) -> Result<Changes<InvitationStarted>, CommandError> {
+    let invitation = existing_invitation(tx, invitation_id).await?;
+    match (invitation.status.as_str(), corrected) {
+        ("pending" | "expired", _) | ("refused", Some(_)) => {}
+        ("refused", None) => {
+            return Err(CommandError::InvalidState {
+                message: format!(
+                    "invitation {invitation_id} was refused by the mail server ({}): send it to a corrected address instead",
+                    invitation
+                        .delivery_reply
+                        .as_deref()
+                        .unwrap_or("no reply kept")
+                ),
+            });
+        }
+        (status, _) => {
+            return Err(CommandError::InvalidState {
+                message: format!(
+                    "invitation {invitation_id} is {status}: only a pending, expired or refused invitation can be sent again"
+                ),
+            });
+        }
+    }
+    if let Some(running) = queries::delivery_in_progress(&mut tx.conn(), invitation_id).await? {
+        return Err(CommandError::InvalidState {
+            message: format!(
+                "invitation {invitation_id} is being sent already (workflow {running}); wait for that email before sending another"
+            ),
+        });
+    }
+    let organization = live_organization(tx, invitation.org_id).await?;
+    let user = queries::user(&mut tx.conn(), invitation.user_id).await?;
+    if user.as_ref().is_some_and(|user| user.erased_at.is_some()) {
+        return Err(CommandError::InvalidState {
+            message: format!(
+                "user {} was erased: no invitation goes to them again",
+                invitation.user_id
+            ),
+        });
+    }
+    if user
+        .as_ref()
+        .is_some_and(|user| user.restricted_at.is_some())
+    {
+        return Err(CommandError::InvalidState {
+            message: format!(
+                "user {} is restricted until their erasure: no invitation goes to them",
+                invitation.user_id
+            ),
+        });
+    }
+    let mut correction = None;
+    if let Some(email) = corrected {
+        if let Some(other) =
+            queries::user_by_email(&mut tx.conn(), invitation.org_id, email.as_str()).await?
+            && other.id != invitation.user_id
+        {
+            return Err(CommandError::Conflict(invalid(
+                "email",
+                format!("{email} is already someone else's address in this organization"),
+            )));
+        }
+        let corrected = UserAddressCorrected {
+            org_id: invitation.org_id,
+            email: email.clone().into(),
+            corrected_by: ctx.actor(),
+        };
+        correction = Some(AppendRequest::new(
+            stream_type(stream::USER),
+            invitation.user_id.into(),
+            vec![corrected.to_event(ctx.metadata(invitation.org_id))],
+        ));
+    }
+    let mailing = Mailing {
+        invitation_id,
+        user_id: invitation.user_id,
+        org_id: invitation.org_id,
+        org_name: Name::parse(&organization.name)
+            .map_err(|message| CommandError::InvalidState { message })?,
+        sender_address: Email::parse(&organization.sender_address)
+            .map_err(|message| CommandError::InvalidState { message })?,
+        // The send reads the address and name from the person's row.
+        email: None,
+        name: None,
+        roles: invitation.roles.clone(),
+        send_number: u32::try_from(invitation.send_count + 1).unwrap_or(u32::MAX),
+        ttl_seconds: domain.config.invitation_ttl.num_seconds(),
+        accept_url: domain.config.accept_url.clone(),
+    };
+    let workflow_id = WorkflowId::new_v7();
+    let changes = Changes::answer(InvitationStarted {
+        invitation_id,
+        user_id: invitation.user_id,
+        workflow_id,
+        correlation_id: ctx.correlation_id,
+    })
+    .start(domain.delivery_start(ctx, workflow_id, &mailing));
+    Ok(match correction {
+        Some(correction) => changes.append(correction),
+        None => changes,
+    })
+}
+
+struct Readdress {
+    invitation_id: InvitationId,
+    request: Value,
+    email: Email,
+}
+
+impl Command for Readdress {
+    const NAME: &'static str = "correct_invitation_address";
+    type Response = InvitationStarted;
+
+    fn request(&self) -> Value {
+        json!({ "invitation_id": self.invitation_id, "request": self.request })
+    }
+
+    fn authorize<'t>(
+        &'t self,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<(), CommandError>> {
+        Box::pin(authorize_invitation(
+            ctx,
+            tx,
+            self.invitation_id,
+            Action::ResendInvitation,
+        ))
+    }
+
+    fn decide<'t>(
+        &'t self,
+        domain: &'t Domain,
+        ctx: &'t CommandContext,
+        tx: &'t mut Tx,
+    ) -> BoxFuture<'t, Result<Changes<Self::Response>, CommandError>> {
+        Box::pin(send_again(
+            domain,
+            ctx,
+            tx,
+            self.invitation_id,
+            Some(&self.email),
+        ))
     }
 }
 
@@ -1402,10 +1535,10 @@ impl Command for Revoke {
         Box::pin(async move {
             let invitation_id = self.invitation_id;
             let invitation = existing_invitation(tx, invitation_id).await?;
-            if invitation.status != "pending" {
+            if invitation.status != "pending" && invitation.status != "refused" {
                 return Err(CommandError::InvalidState {
                     message: format!(
-                        "invitation {invitation_id} is {}: only a pending invitation can be revoked",
+                        "invitation {invitation_id} is {}: only a pending or refused invitation can be revoked",
                         invitation.status
                     ),
                 });

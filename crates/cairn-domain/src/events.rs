@@ -310,6 +310,31 @@ pub struct InvitationExpired {
     pub expired_at: DateTime<Utc>,
 }
 
+/// The mail server refused an invitation's email for good (a 5xx reply): its link was
+/// never recorded, and the invitation waits for a corrected address or a withdrawal.
+/// The reply names the recipient only as `<recipient>`, so the event carries no
+/// personal data. A first send refused is where the invitation's stream begins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationRefused {
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub roles: Vec<Role>,
+    pub message_id: String,
+    pub send_number: u32,
+    /// What the server said, its address cut out.
+    pub reply: String,
+}
+
+/// A person's address was corrected (their invitation is sent again to it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserAddressCorrected {
+    pub org_id: OrgId,
+    pub email: Personal<Email>,
+    pub corrected_by: Actor,
+}
+
 macro_rules! payload {
     ($ty:ident, $event_type:literal, $description:literal) => {
         impl EventPayload for $ty {
@@ -472,4 +497,17 @@ payload!(
     InvitationExpired,
     "invitation.expired",
     "The invitation was not accepted in time."
+);
+payload!(
+    InvitationRefused,
+    "invitation.refused",
+    "The mail server refused the invitation's email for good; it waits for a corrected address or a withdrawal."
+);
+payload!(
+    UserAddressCorrected,
+    "user.address_corrected",
+    "A person's address was corrected.",
+    version: 1,
+    personal: [PersonalPath::of_stream("/email")],
+    upcasters: Vec::new()
 );

@@ -78,7 +78,14 @@ impl Workflow for Delivery {
                         format!("the invitation is {status}: nothing to send"),
                     ));
                 }
-                mailing::send(&self.mailer, &self.tokens, &mailing, ctx).await
+                mailing::send(
+                    &self.mailer,
+                    &self.tokens,
+                    &mailing,
+                    mailing::Refusal::Record,
+                    ctx,
+                )
+                .await
             }
             "record" => mailing::record(&self.tokens, &mailing, &call.args, ctx).await,
             other => Err(StepError::permanent(format!(

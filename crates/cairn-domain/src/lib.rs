@@ -31,9 +31,10 @@ pub mod tokens;
 use cairn_log::Migration;
 
 pub use commands::{
-    BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain, DomainConfig,
-    ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted, InviteeRequest,
-    OrganizationRequest, PersonRequest, RETENTION_WORKFLOW, RestrictionReceipt, SubjectStatus,
+    AddressCorrection, BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain,
+    DomainConfig, ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted,
+    InviteeRequest, OrganizationRequest, PersonRequest, RETENTION_WORKFLOW, RestrictionReceipt,
+    SubjectStatus,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
@@ -116,6 +117,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0010_search",
         sqlite: include_str!("schema/sqlite/0010_search.sql"),
         postgres: include_str!("schema/postgres/0010_search.sql"),
+    },
+    Migration {
+        id: "domain/0011_refused",
+        sqlite: include_str!("schema/sqlite/0011_refused.sql"),
+        postgres: include_str!("schema/postgres/0011_refused.sql"),
     },
 ];
 

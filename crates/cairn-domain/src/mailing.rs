@@ -14,7 +14,7 @@ use cairn_mail::{Mailer, OutboundMessage};
 use cairn_types::{InvitationId, OrgId, StreamType, UserId};
 use cairn_workflow::{Exhaustion, RetryPolicy, StepContext, StepError};
 
-use crate::events::{InvitationResent, InvitationSent, stream};
+use crate::events::{InvitationRefused, InvitationResent, InvitationSent, stream};
 use crate::model::{Email, Name, Role};
 use crate::tokens::{TokenKey, token_hash};
 
@@ -38,6 +38,17 @@ pub fn mail_retry(window: Duration) -> RetryPolicy {
         window,
         Exhaustion::Pause,
     )
+}
+
+/// What a send does when the mail server refuses the email for good (a 5xx reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The step fails, and its run compensates (the bootstrap's invitations).
+    Fail,
+    /// The refusal is the step's result, recorded by the next step as
+    /// `invitation.refused` for the organization to correct or withdraw (an invitation
+    /// sent on its own).
+    Record,
 }
 
 /// Everything needed to send one invitation email.
@@ -119,6 +130,7 @@ pub async fn send(
     mailer: &Arc<dyn Mailer>,
     tokens: &TokenKey,
     mailing: &Mailing,
+    refusal: Refusal,
     ctx: &StepContext<'_>,
 ) -> Result<Value, StepError> {
     let expires_at = expires_at(ctx.now(), mailing.ttl_seconds)?;
@@ -209,6 +221,11 @@ pub async fn send(
         }
         // What the server said may quote the address: it is cut out, so that failures,
         // spans and step records name the person only by id.
+        Err(error) if error.permanent && refusal == Refusal::Record => Ok(json!({
+            "invitation_id": mailing.invitation_id,
+            "message_id": message_id,
+            "refused": without_address(&error.to_string(), &email),
+        })),
         Err(error) if error.permanent => Err(StepError::permanent(format!(
             "mail to user {} was refused for good by {}: {}",
             mailing.user_id,
@@ -304,6 +321,9 @@ pub async fn record(
     if was_skipped(sent) {
         return Ok(sent.clone());
     }
+    if let Some(reply) = sent.get("refused").and_then(Value::as_str) {
+        return record_refusal(mailing, sent, reply, ctx).await;
+    }
     let sent: Sent = serde_json::from_value(sent.clone())
         .map_err(|e| StepError::permanent(format!("the send step's result cannot be read: {e}")))?;
     let token_hash = token_hash(&tokens.token(mailing.invitation_id, mailing.send_number));
@@ -362,7 +382,10 @@ pub async fn record(
             "superseded": format!("the invitation was {closed} while this email was being sent; its link will not work"),
         }));
     }
-    let was_expired = mailing.send_number > 1 && status.as_deref() == Some("expired");
+    // An expired invitation's expiry has finished, and a refused one's may have (or, if
+    // its first email was refused, never started): the resend starts one.
+    let was_expired =
+        mailing.send_number > 1 && matches!(status.as_deref(), Some("expired") | Some("refused"));
     ctx.append_applied(
         AppendRequest::new(stream_type, mailing.invitation_id.into(), vec![event]).expect(expected),
     )
@@ -379,6 +402,58 @@ pub async fn record(
         None
     };
     Ok(json!({ "invitation_id": mailing.invitation_id, "expiry_workflow": expiry }))
+}
+
+/// Records that the mail server refused the email for good, unless the invitation was
+/// accepted or revoked meanwhile.
+async fn record_refusal(
+    mailing: &Mailing,
+    sent: &Value,
+    reply: &str,
+    ctx: &mut StepContext<'_>,
+) -> Result<Value, StepError> {
+    let status = {
+        let tx = ctx.tx()?;
+        tx.lock_head().await?;
+        crate::queries::invitation(&mut tx.conn(), mailing.invitation_id)
+            .await?
+            .map(|invitation| invitation.status)
+    };
+    if let Some(closed) = status
+        .as_deref()
+        .filter(|status| *status == "accepted" || *status == "revoked")
+    {
+        return Ok(json!({
+            "invitation_id": mailing.invitation_id,
+            "superseded": format!("the invitation was {closed} while this email was being refused"),
+        }));
+    }
+    let refused = InvitationRefused {
+        org_id: mailing.org_id,
+        user_id: mailing.user_id,
+        roles: mailing.roles.clone(),
+        message_id: sent["message_id"].as_str().unwrap_or_default().to_owned(),
+        send_number: mailing.send_number,
+        reply: reply.to_owned(),
+    };
+    let mut metadata = ctx.metadata();
+    metadata.org_id = Some(mailing.org_id);
+    let expected = if mailing.send_number == 1 {
+        Expected::NoStream
+    } else {
+        Expected::Any
+    };
+    let stream_type = StreamType::parse(stream::INVITATION).expect("a valid stream type");
+    ctx.append_applied(
+        AppendRequest::new(
+            stream_type,
+            mailing.invitation_id.into(),
+            vec![refused.to_event(metadata)],
+        )
+        .expect(expected),
+    )
+    .await?;
+    Ok(json!({ "invitation_id": mailing.invitation_id, "refused": reply }))
 }
 
 #[cfg(test)]

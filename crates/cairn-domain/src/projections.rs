@@ -15,9 +15,9 @@ use cairn_types::{InvitationId, OrgId, StreamId, UserId};
 
 use crate::events::{
     BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
-    InvitationAccepted, InvitationExpired, InvitationResent, InvitationRevoked, InvitationSent,
-    OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated, UserCreated,
-    UserErased, UserInvited, UserRestricted, stream,
+    InvitationAccepted, InvitationExpired, InvitationRefused, InvitationResent, InvitationRevoked,
+    InvitationSent, OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated,
+    UserAddressCorrected, UserCreated, UserErased, UserInvited, UserRestricted, stream,
 };
 
 macro_rules! handler {
@@ -267,12 +267,14 @@ handler!(OnInvitationSent, InvitationSent, |event, e, p| {
 });
 
 handler!(OnInvitationResent, InvitationResent, |event, e, p| {
-    // A resend reopens an expired invitation, never an accepted or revoked one.
+    // A resend reopens an expired or refused invitation, never an accepted or revoked
+    // one.
     let changed = p
         .execute(
             "UPDATE invitations SET status = 'pending', token_hash = $2, expires_at = $3, send_count = $4,
-                 message_id = $5, last_sent_at = $6, expired_at = NULL, updated_at = $6
-             WHERE id = $1 AND status IN ('pending', 'expired')",
+                 message_id = $5, last_sent_at = $6, expired_at = NULL, refused_at = NULL,
+                 delivery_reply = NULL, updated_at = $6
+             WHERE id = $1 AND status IN ('pending', 'expired', 'refused')",
             args![event.stream_id, e.token_hash.as_str(), e.expires_at, e.send_number, e.message_id.as_str(), event.created_at],
         )
         .await?;
@@ -318,6 +320,63 @@ handler!(OnInvitationExpired, InvitationExpired, |event, e, p| {
         .await?;
     require_row(changed, "invitation", event)?;
 });
+
+// A refused first send is where the invitation's row begins, with the address the
+// person has now; a refused resend closes the invitation until a corrected address or a
+// withdrawal. An accepted or revoked invitation stays as it is.
+handler!(OnInvitationRefused, InvitationRefused, |event, e, p| {
+    p.execute(
+        "INSERT INTO invitations (id, org_id, user_id, email, roles, status, token_hash, expires_at,
+             send_count, message_id, last_sent_at, refused_at, delivery_reply, created_at, updated_at,
+             erased_at, restricted_at)
+         SELECT $1, $2, $3, users.email, $4, 'refused', $5, $6, $7, $8, $6, $6, $9, $6, $6,
+             users.erased_at, users.restricted_at
+         FROM users WHERE users.id = $3
+         ON CONFLICT (id) DO UPDATE SET status = 'refused', send_count = excluded.send_count,
+             message_id = excluded.message_id, last_sent_at = excluded.last_sent_at,
+             refused_at = excluded.refused_at, delivery_reply = excluded.delivery_reply,
+             updated_at = excluded.updated_at
+         WHERE invitations.status IN ('pending', 'expired', 'refused')",
+        args![
+            event.stream_id,
+            e.org_id,
+            e.user_id,
+            json(&e.roles),
+            // Never a token's hash (64 hexadecimal digits): no link opens it.
+            format!("refused:{}", event.stream_id),
+            event.created_at,
+            e.send_number,
+            e.message_id.as_str(),
+            e.reply.as_str(),
+        ],
+    )
+    .await?;
+});
+
+// The corrected address replaces the old one on the person and on their open
+// invitations; an erased or restricted person's rows keep none.
+handler!(
+    OnUserAddressCorrected,
+    UserAddressCorrected,
+    |event, e, p| {
+        let email = e.email.known().map_or("", |email| email.as_str());
+        let changed = p
+            .execute(
+                "UPDATE users SET email = $2, updated_at = $3
+             WHERE id = $1 AND erased_at IS NULL AND restricted_at IS NULL",
+                args![event.stream_id, email, event.created_at],
+            )
+            .await?;
+        if changed == 1 {
+            p.execute(
+                "UPDATE invitations SET email = $2, updated_at = $3
+             WHERE user_id = $1 AND status IN ('pending', 'expired', 'refused')",
+                args![event.stream_id, email, event.created_at],
+            )
+            .await?;
+        }
+    }
+);
 
 /// The onboarding projection tables.
 pub const TABLES: [ProjectionTable; 4] = [
@@ -372,6 +431,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<UserActivated>(OnUserActivated)
                 .event::<UserErased>(OnUserErased)
                 .event::<UserRestricted>(OnUserRestricted)
+                .event::<UserAddressCorrected>(OnUserAddressCorrected)
                 .hold_streams()
         })
         .router(stream::INVITATION, |r| {
@@ -380,6 +440,7 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<InvitationAccepted>(OnInvitationAccepted)
                 .event::<InvitationRevoked>(OnInvitationRevoked)
                 .event::<InvitationExpired>(OnInvitationExpired)
+                .event::<InvitationRefused>(OnInvitationRefused)
                 .hold_streams()
         });
     let builder = builder

@@ -95,7 +95,8 @@ pub struct Invitation {
     pub user_id: UserId,
     pub email: String,
     pub roles: Vec<Role>,
-    /// `pending`, `accepted`, `revoked` or `expired`.
+    /// `pending`, `accepted`, `revoked`, `expired`, or `refused` (the mail server
+    /// refused its last email for good: see `delivery_reply`).
     pub status: String,
     pub expires_at: DateTime<Utc>,
     pub send_count: i64,
@@ -105,6 +106,12 @@ pub struct Invitation {
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<String>,
     pub expired_at: Option<DateTime<Utc>>,
+    /// When the mail server refused its last email for good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_at: Option<DateTime<Utc>>,
+    /// What the mail server said when it refused it (the address cut out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_reply: Option<String>,
     /// When the invitee was erased: the address is gone (empty here).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<DateTime<Utc>>,
@@ -116,7 +123,8 @@ pub struct Invitation {
 }
 
 const INVITATION_COLUMNS: &str = "id, org_id, user_id, email, roles, status, expires_at, send_count, message_id, \
-     last_sent_at, accepted_at, revoked_at, revoke_reason, expired_at, erased_at, restricted_at, created_at, updated_at";
+     last_sent_at, accepted_at, revoked_at, revoke_reason, expired_at, refused_at, delivery_reply, erased_at, restricted_at, \
+     created_at, updated_at";
 
 fn invitation_from_row(row: &Row) -> Result<Invitation, cairn_log::DbError> {
     Ok(Invitation {
@@ -134,6 +142,8 @@ fn invitation_from_row(row: &Row) -> Result<Invitation, cairn_log::DbError> {
         revoked_at: row.get("revoked_at")?,
         revoke_reason: row.get("revoke_reason")?,
         expired_at: row.get("expired_at")?,
+        refused_at: row.get("refused_at")?,
+        delivery_reply: row.get("delivery_reply")?,
         erased_at: row.get("erased_at")?,
         restricted_at: row.get("restricted_at")?,
         created_at: row.get("created_at")?,

@@ -129,7 +129,14 @@ impl Workflow for Bootstrap {
                 .ok_or_else(|| StepError::permanent(format!("no recipient {email} in the plan")))
         };
         if let Some(email) = name.strip_prefix(SEND) {
-            return mailing::send(&self.mailer, &self.tokens, &mailing_for(email)?, ctx).await;
+            return mailing::send(
+                &self.mailer,
+                &self.tokens,
+                &mailing_for(email)?,
+                mailing::Refusal::Fail,
+                ctx,
+            )
+            .await;
         }
         if let Some(email) = name.strip_prefix(RECORD) {
             return mailing::record(&self.tokens, &mailing_for(email)?, &call.args, ctx).await;

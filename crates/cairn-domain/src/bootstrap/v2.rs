@@ -245,7 +245,14 @@ impl Workflow for Bootstrap {
         if let Some(invitation_id) = name.strip_prefix(SEND) {
             let initiated = initiated(&plan, ctx).await?;
             let mailing = mailing_for(&plan, &initiated, invitation_id)?;
-            return mailing::send(&self.mailer, &self.tokens, &mailing, ctx).await;
+            return mailing::send(
+                &self.mailer,
+                &self.tokens,
+                &mailing,
+                mailing::Refusal::Fail,
+                ctx,
+            )
+            .await;
         }
         if let Some(invitation_id) = name.strip_prefix(RECORD) {
             let initiated = initiated(&plan, ctx).await?;

@@ -2,13 +2,16 @@
 //! addresses the mailer cannot send to, sender domains without a real public suffix,
 //! and names holding invisible or line-breaking characters. And the two dead ends such
 //! input used to lead to have a way out: a failed bootstrap lets go of its slug, and an
-//! invitee whose invitation never went out can be invited again.
+//! invitation the mail server refused is recorded, to be sent to a corrected address or
+//! withdrawn.
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cairn_domain::queries::{self, Page};
-use cairn_domain::{BootstrapRequest, CommandContext, CommandError, InviteeRequest};
+use cairn_domain::{
+    AddressCorrection, BootstrapRequest, CommandContext, CommandError, InviteeRequest,
+};
 use cairn_log::args;
 use cairn_mail::{Delivery, MailError, Mailer, OutboundMessage, SmtpMailer};
 use cairn_policy::Principal;
@@ -597,7 +600,7 @@ backend_test!(
 );
 
 backend_test!(
-    an_invitee_whose_email_never_went_out_can_be_invited_again,
+    a_refused_invitation_is_recorded_and_goes_to_a_corrected_address,
     |t: TestDb| async move {
         let sink = SmtpSink::start(SinkOptions::default()).await?;
         let mailer = Arc::new(Refusing {
@@ -617,45 +620,137 @@ backend_test!(
             )
             .await?;
         w.domain.engine().run_until_idle().await?;
+        // The refusal is the delivery's outcome, recorded on the invitation: not a
+        // failed run for an operator to find.
         assert_eq!(
             workflow_status(&w, first.workflow_id).await?,
-            RunStatus::Failed
+            RunStatus::Completed
         );
         let mut reader = w.t.db().reader().await?;
+        let refused = queries::invitation(&mut reader.conn(), first.invitation_id)
+            .await?
+            .expect("the refused invitation is recorded");
+        assert_eq!(
+            (
+                refused.status.as_str(),
+                refused.email.as_str(),
+                refused.delivery_reply.as_deref(),
+                refused.send_count,
+            ),
+            (
+                "refused",
+                "bea@example.com",
+                Some("550 5.1.1 <<recipient>>: mailbox unavailable"),
+                1
+            ),
+            "what the server said, the address cut out"
+        );
+        assert!(refused.refused_at.is_some());
         let bea = queries::user(&mut reader.conn(), first.user_id)
             .await?
             .expect("bea");
         assert_eq!(bea.status, "invited");
-        assert!(
-            queries::invitation(&mut reader.conn(), first.invitation_id)
-                .await?
-                .is_none(),
-            "no invitation was recorded"
-        );
         drop(reader);
 
-        // The mailbox works again: inviting her again sends a new invitation.
-        mailer.refuse(&[]);
-        let second = w
+        // Inviting the same address again would bounce again: it is refused, saying
+        // what to do instead; so is a plain resend.
+        let err = w
             .domain
             .invite(
                 &admin_actor(),
                 org_id,
-                &invitee("Bea@Example.com", "Bea Schmidt", &["clinician"]),
+                &invitee("bea@example.com", "Bea", &["viewer"]),
+            )
+            .await
+            .expect_err("refused before");
+        assert!(
+            matches!(&err, CommandError::Conflict(field)
+                if field.message.contains("was refused by the mail server (550 5.1.1")
+                    && field.message.contains("to a corrected address, or withdraw it")),
+            "{err:?}"
+        );
+        let err = w
+            .domain
+            .resend_invitation(&admin_actor(), first.invitation_id)
+            .await
+            .expect_err("refused before");
+        assert!(
+            err.to_string().contains("send it to a corrected address"),
+            "{err}"
+        );
+        // Another person's address, and an address that is none, are refused.
+        let taken = w
+            .domain
+            .correct_invitation_address(
+                &admin_actor(),
+                first.invitation_id,
+                &AddressCorrection {
+                    email: "grace@example.com".into(),
+                },
+            )
+            .await
+            .expect_err("grace's");
+        assert!(
+            matches!(&taken, CommandError::Conflict(field)
+                if field.field == "email" && field.message.contains("someone else's address")),
+            "{taken:?}"
+        );
+        assert_eq!(
+            field_errors(
+                w.domain
+                    .correct_invitation_address(
+                        &admin_actor(),
+                        first.invitation_id,
+                        &AddressCorrection {
+                            email: "bea at example".into(),
+                        },
+                    )
+                    .await
+            )
+            .first()
+            .map(|(field, _)| field.as_str()),
+            Some("email")
+        );
+
+        // The corrected address works: the invitation goes there, and is accepted.
+        let corrected = w
+            .domain
+            .correct_invitation_address(
+                &admin_actor(),
+                first.invitation_id,
+                &AddressCorrection {
+                    email: "Bea.Schmidt@example.com".into(),
+                },
             )
             .await?;
-        assert_eq!(second.user_id, first.user_id, "the same person");
-        assert_ne!(second.invitation_id, first.invitation_id);
+        assert_eq!(
+            (corrected.invitation_id, corrected.user_id),
+            (first.invitation_id, first.user_id)
+        );
         w.domain.engine().run_until_idle().await?;
         assert_eq!(
-            workflow_status(&w, second.workflow_id).await?,
+            workflow_status(&w, corrected.workflow_id).await?,
             RunStatus::Completed
         );
+        let mut reader = w.t.db().reader().await?;
+        let pending = queries::invitation(&mut reader.conn(), first.invitation_id)
+            .await?
+            .expect("the invitation");
+        assert_eq!(
+            (
+                pending.status.as_str(),
+                pending.email.as_str(),
+                pending.delivery_reply.as_deref(),
+                pending.send_count
+            ),
+            ("pending", "bea.schmidt@example.com", None, 2)
+        );
+        drop(reader);
         let message = sink
             .messages()
             .into_iter()
-            .find(|m| m.to.contains("bea@"))
-            .expect("mailed");
+            .find(|m| m.to.contains("bea.schmidt@"))
+            .expect("mailed to the corrected address");
         let accepted = w
             .domain
             .accept_invitation(
@@ -669,30 +764,47 @@ backend_test!(
             .await?
             .expect("bea");
         assert_eq!(
-            (bea.status.as_str(), bea.name.as_str(), bea.roles.len()),
-            ("active", "Bea Schmidt", 1)
-        );
-        let users = queries::users(&mut reader.conn(), org_id, Page::default()).await?;
-        assert_eq!(
-            users
-                .iter()
-                .filter(|u| u.email == "bea@example.com")
-                .count(),
-            1
+            (bea.status.as_str(), bea.email.as_str()),
+            ("active", "bea.schmidt@example.com")
         );
         drop(reader);
 
-        // A member cannot be invited at all.
-        let err = w
+        // A refused invitation can be withdrawn instead; then the address may be
+        // invited again.
+        mailer.refuse(&["cy@"]);
+        let cy = w
             .domain
             .invite(
                 &admin_actor(),
                 org_id,
-                &invitee("bea@example.com", "Bea", &["viewer"]),
+                &invitee("cy@example.com", "Cy", &["viewer"]),
             )
-            .await
-            .expect_err("a member");
-        assert!(err.to_string().contains("is already a member"), "{err}");
+            .await?;
+        w.domain.engine().run_until_idle().await?;
+        w.domain
+            .revoke_invitation(&admin_actor(), cy.invitation_id, "no such mailbox")
+            .await?;
+        mailer.refuse(&[]);
+        let again = w
+            .domain
+            .invite(
+                &admin_actor(),
+                org_id,
+                &invitee("cy@example.com", "Cy", &["viewer"]),
+            )
+            .await?;
+        assert_eq!(again.user_id, cy.user_id, "the same person");
+        w.domain.engine().run_until_idle().await?;
+        let mut reader = w.t.db().reader().await?;
+        let statuses: Vec<String> = queries::invitations_of_user(&mut reader.conn(), cy.user_id)
+            .await?
+            .into_iter()
+            .map(|i| i.status)
+            .collect();
+        assert_eq!(statuses, ["revoked", "pending"]);
+        drop(reader);
+
+        // Rebuilt from the log, the projections are the same.
         assert_no_drift(&w).await?;
         Ok(())
     }

@@ -118,6 +118,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(onboarding::revoke_page).post(onboarding::revoke),
         )
         .route(
+            "/console/invitations/{invitation_id}/address",
+            get(onboarding::address_page).post(onboarding::correct_address),
+        )
+        .route(
             "/console/organizations/{org_id}/people/{user_id}/erase",
             get(onboarding::erase_page).post(onboarding::erase),
         )

@@ -487,6 +487,8 @@ pub(crate) struct PersonRow {
     /// Why no name or address is shown: `erased` at their request, or `restricted`
     /// until their erasure.
     pub withheld: Option<&'static str>,
+    /// The invitation of theirs the mail server refused, if one was.
+    pub refused_invitation: Option<String>,
 }
 
 /// An invitation, with its delivery state.
@@ -502,6 +504,11 @@ pub(crate) struct InvitationRow {
     pub expires_at: Time,
     pub pending: bool,
     pub resendable: bool,
+    /// Pending, expired or refused: it may go to a corrected address.
+    pub correctable: bool,
+    /// What the mail server said when it refused the last email for good.
+    pub refused: Option<String>,
+    pub refused_at: Time,
     pub note: Option<String>,
 }
 
@@ -564,6 +571,7 @@ fn notice_text(notice: Option<&str>) -> Option<String> {
                 "The invitation was sent again, with a new link; the old link no longer works."
             }
             "revoked" => "The invitation is revoked; its link no longer works.",
+            "corrected" => "The invitation is on its way to the corrected address, with a new link.",
             "erased" => {
                 "The person is erased: their data key is destroyed, and no name or address of theirs is left."
             }
@@ -648,11 +656,33 @@ async fn organization_page(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let refused_invitation = |user_id| {
+        invitations
+            .iter()
+            .find(|i| i.user_id == user_id && i.status == "refused")
+            .map(|i| i.id.to_string())
+    };
+    // Someone invited has no roles yet: they are shown the roles their open invitation
+    // gives them when they accept.
+    let roles_of = |u: &reads::User| {
+        if !u.roles.is_empty() {
+            return join(&u.roles);
+        }
+        invitations
+            .iter()
+            .rev()
+            .find(|i| {
+                i.user_id == u.id && matches!(i.status.as_str(), "pending" | "expired" | "refused")
+            })
+            .map(|i| format!("{} (once they accept)", join(&i.roles)))
+            .unwrap_or_default()
+    };
     let people = people
         .into_iter()
         .map(|u| PersonRow {
+            refused_invitation: refused_invitation(u.id),
+            roles: roles_of(&u),
             id: u.id.to_string(),
-            roles: join(&u.roles),
             withheld: withheld(u.erased_at.as_ref(), u.restricted_at.as_ref()),
             name: u.name,
             email: u.email,
@@ -686,6 +716,15 @@ async fn organization_page(
                 roles: join(&i.roles),
                 pending: i.status == "pending",
                 resendable: i.status == "pending" || i.status == "expired",
+                correctable: matches!(i.status.as_str(), "pending" | "expired" | "refused")
+                    && i.erased_at.is_none()
+                    && i.restricted_at.is_none(),
+                refused: (i.status == "refused").then(|| {
+                    i.delivery_reply
+                        .clone()
+                        .unwrap_or_else(|| "no reply kept".to_owned())
+                }),
+                refused_at: time(i.refused_at.as_ref().unwrap_or(&i.last_sent_at)),
                 sends: i.send_count,
                 last_sent_at: time(&i.last_sent_at),
                 expires_at: time(&i.expires_at),
@@ -1021,11 +1060,14 @@ struct RevokePage {
     invitation_id: String,
     org_id: String,
     email: String,
+    /// The mail server refused its email: there is no link to stop.
+    refused: bool,
     reason: Field,
 }
 
 fn revoke_page_for(session: &Session, invitation: &reads::Invitation, reason: Field) -> RevokePage {
     RevokePage {
+        refused: invitation.status == "refused",
         layout: Layout::new(session, "Revoke an invitation", "/organizations"),
         invitation_id: invitation.id.to_string(),
         org_id: invitation.org_id.to_string(),
@@ -1106,6 +1148,119 @@ pub(crate) async fn revoke(
             render(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &revoke_page_for(&session, &invitation, field),
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/address.html")]
+struct AddressPage {
+    layout: Layout,
+    invitation_id: String,
+    org_id: String,
+    current: String,
+    refused: Option<String>,
+    email: Field,
+}
+
+fn address_page_for(
+    session: &Session,
+    invitation: &reads::Invitation,
+    email: Field,
+) -> AddressPage {
+    AddressPage {
+        layout: Layout::new(session, "Send to a corrected address", "/organizations"),
+        invitation_id: invitation.id.to_string(),
+        org_id: invitation.org_id.to_string(),
+        current: invitation.email.clone(),
+        refused: (invitation.status == "refused").then(|| {
+            invitation
+                .delivery_reply
+                .clone()
+                .unwrap_or_else(|| "no reply kept".to_owned())
+        }),
+        email,
+    }
+}
+
+fn address_field() -> Field {
+    Field::new("email", "Corrected email address", "email")
+        .hint("The invitation goes to this address; the person's record keeps it.")
+}
+
+/// `GET /console/invitations/{invitation_id}/address`: asks for the corrected address,
+/// showing what the mail server said.
+pub(crate) async fn address_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    if let Err(problem) = allow(&session.ctx, Action::ResendInvitation(invitation.org_id)) {
+        return problem_page(&session, &problem);
+    }
+    crate::access::record(
+        &state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("invitation {}", invitation.id),
+        Some(invitation.org_id),
+        Some(vec![invitation.user_id]),
+    )
+    .await;
+    let email = address_field().value(invitation.email.clone());
+    render(
+        StatusCode::OK,
+        &address_page_for(&session, &invitation, email),
+    )
+}
+
+/// `POST /console/invitations/{invitation_id}/address`.
+pub(crate) async fn correct_address(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+    request: Request,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let correction = cairn_domain::AddressCorrection {
+        email: form.text("email"),
+    };
+    match state
+        .domain()
+        .correct_invitation_address(&session.ctx.command(), invitation.id, &correction)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!(
+            "/console/organizations/{}?notice=corrected",
+            invitation.org_id
+        ))
+        .into_response(),
+        Err(error) => {
+            let problem = command_problem(error);
+            if problem.status >= 500 || (problem.errors.is_empty() && problem.status != 409) {
+                return problem_page(&session, &problem);
+            }
+            let errors = field_errors(&problem);
+            let mut field = address_field().from(Some(&form), &errors);
+            if field.error.is_none() {
+                field.error = Some(problem.detail.clone());
+            }
+            render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &address_page_for(&session, &invitation, field),
             )
         }
     }

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use cairn_domain::reads::{self, Invitation, Page as QueryPage};
-use cairn_domain::{InvitationAcceptance, InvitationStarted, InviteeRequest};
+use cairn_domain::{AddressCorrection, InvitationAcceptance, InvitationStarted, InviteeRequest};
 use cairn_policy::Action;
 use cairn_types::InvitationId;
 
@@ -98,8 +98,15 @@ pub(super) fn ops(api: Api) -> Api {
         resend_invitation,
     )
     .op(
+        op!(POST "/v1/invitations/{invitation_id}/address", "correctInvitationAddress", "invitations", ACCEPTED, public: false, command: true,
+            "Send an invitation to a corrected address",
+            "Records user.address_corrected and mails a pending, expired or refused invitation again, to the corrected address, with a new token and expiry. An address the mail server refused is corrected this way, not by inviting again.",
+            links: INVITATION_LINKS),
+        correct_invitation_address,
+    )
+    .op(
         op!(POST "/v1/invitations/{invitation_id}/revoke", "revokeInvitation", "invitations", OK, public: false, command: true,
-            "Withdraw an invitation", "A pending invitation is revoked; its link stops working."),
+            "Withdraw an invitation", "A pending or refused invitation is revoked; its link stops working."),
         revoke_invitation,
     )
     .op(
@@ -195,6 +202,23 @@ async fn resend_invitation(
     let started = state
         .domain()
         .resend_invitation(&ctx.command(), path.invitation_id)
+        .await
+        .map_err(command_problem)?;
+    Ok(Reply::accepted(started))
+}
+
+/// `POST /v1/invitations/{invitation_id}/address`: mails an invitation again, to a
+/// corrected address.
+async fn correct_invitation_address(
+    state: AppState,
+    ctx: Ctx,
+    path: InvitationPath,
+    _: Empty,
+    body: AddressCorrection,
+) -> Result<Reply<InvitationStarted>, Problem> {
+    let started = state
+        .domain()
+        .correct_invitation_address(&ctx.command(), path.invitation_id, &body)
         .await
         .map_err(command_problem)?;
     Ok(Reply::accepted(started))

@@ -241,7 +241,10 @@ backend_test!(
         assert!(text.contains("Grace Hopper"), "{text}");
         let grace = "tr[data-invitation='grace@example.com']";
         browser
-            .wait_for_text(&format!("{grace} [data-delivery]"), "sent 1×")
+            .wait_for_text(
+                &format!("{grace} [data-delivery]"),
+                "Accepted by the mail server · 1 email,",
+            )
             .await?;
         screenshot(&browser, &t, "organization").await?;
 
@@ -256,7 +259,7 @@ backend_test!(
             .await?;
         sink.release(2)?;
         browser
-            .wait_for_text(&format!("{grace} [data-delivery]"), "sent 2×")
+            .wait_for_text(&format!("{grace} [data-delivery]"), "· 2 emails,")
             .await?;
         assert_eq!(
             browser.eval("return window.cairnTestMarker").await?,
@@ -323,6 +326,165 @@ backend_test!(
         let over = overflowing(&browser).await?;
         assert_eq!(over, json!([]), "the organization page overflows at 390 px");
         screenshot(&browser, &t, "organization-phone").await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_bounced_invitation_shows_on_the_organization_page_and_goes_to_a_corrected_address,
+    |t: TestDb| async move {
+        // The mail server refuses every address at bounce.example for good.
+        let sink = SmtpSink::start(SinkOptions {
+            refuse: Some("550 5.1.1 Mailbox unavailable".into()),
+            refuse_to: Some("@bounce.example".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let server = Server::start(t.url(), &sink.url()).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = bootstrapped(&server, &admin, bootstrap_request("sunrise-bounce")).await?;
+        let org_id = accepted["org_id"].as_str().context("the org id")?;
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org_id}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+
+        let invite = async |name: &str, email: &str| -> anyhow::Result<()> {
+            browser.fill("#name", name).await?;
+            browser.fill("#email", email).await?;
+            browser
+                .click("form[action$='/invitations'] input[name='roles'][value='viewer']")
+                .await?;
+            browser
+                .click("form[action$='/invitations'] button.primary")
+                .await
+        };
+        invite("Bea Schmidt", "bea@bounce.example").await?;
+        browser.wait_for_text("p.notice", "on its way").await?;
+        // The refusal comes to the open page, with what the server said, on the
+        // invitation and on the person.
+        let bea = "tr[data-invitation='bea@bounce.example']";
+        let delivery = browser
+            .wait_for_text(
+                &format!("{bea} [data-delivery]"),
+                "Refused by the mail server",
+            )
+            .await?;
+        assert!(
+            delivery.contains("(550): 5.1.1 Mailbox unavailable"),
+            "{delivery}"
+        );
+        let row = browser.wait_for_text(bea, "refused").await?;
+        assert!(row.contains("Withdraw"), "{row}");
+        let person = browser
+            .wait_for_text("[data-refused]", "their invitation email was refused")
+            .await?;
+        assert!(!person.is_empty());
+        // Someone invited is shown the roles they will have.
+        browser
+            .wait_for_text("tr[data-person]:last-child", "viewer (once they accept)")
+            .await?;
+        browser
+            .eval("document.getElementById('invitations').scrollIntoView(); return true")
+            .await?;
+        screenshot(&browser, &t, "invitation-refused").await?;
+
+        // Inviting the same address again would bounce again: the form says so, and
+        // what to do instead.
+        invite("Bea Schmidt", "bea@bounce.example").await?;
+        let refused = browser
+            .wait_for_text("[data-field='email']", "was refused by the mail server")
+            .await?;
+        assert!(
+            refused.contains("to a corrected address, or withdraw it"),
+            "{refused}"
+        );
+
+        // Sent to a corrected address, from the invitation's row.
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org_id}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        browser
+            .click(&format!("{bea} a[data-action='correct']"))
+            .await?;
+        let page = browser
+            .wait_for_title("Send to a corrected address")
+            .await?;
+        assert!(page.contains("(550): 5.1.1 Mailbox unavailable"), "{page}");
+        browser.fill("#email", "not an address").await?;
+        browser.click("form button.primary").await?;
+        browser
+            .wait_for_text("[data-field='email']", "valid email address")
+            .await?;
+        browser.fill("#email", "bea.schmidt@example.com").await?;
+        browser.click("form button.primary").await?;
+        browser
+            .wait_for_text("p.notice", "corrected address")
+            .await?;
+        let corrected = "tr[data-invitation='bea.schmidt@example.com']";
+        browser
+            .wait_for_text(
+                &format!("{corrected} [data-delivery]"),
+                "Accepted by the mail server · 2 emails,",
+            )
+            .await?;
+        assert!(
+            sink.messages()
+                .iter()
+                .any(|m| m.to.contains("bea.schmidt@example.com")),
+            "the invitation went to the corrected address"
+        );
+        let text = browser.text().await?;
+        assert!(!text.contains("bea@bounce.example"), "{text}");
+
+        // Another refused invitation is withdrawn, after a confirmation.
+        invite("Cy Young", "cy@bounce.example").await?;
+        let cy = "tr[data-invitation='cy@bounce.example']";
+        browser
+            .wait_for_text(
+                &format!("{cy} [data-delivery]"),
+                "Refused by the mail server",
+            )
+            .await?;
+        browser
+            .click(&format!("{cy} a[data-action='revoke']"))
+            .await?;
+        browser
+            .wait_for_text("h1", "Withdraw the invitation to cy@bounce.example?")
+            .await?;
+        browser.fill("#reason", "No such mailbox").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("p.notice", "revoked").await?;
+        let row = browser.wait_for_text(cy, "revoked").await?;
+        assert!(row.contains("No such mailbox"), "{row}");
+
+        // The API says the same.
+        let invitations = server
+            .get(&admin, &format!("/v1/organizations/{org_id}/invitations"))
+            .await?;
+        let statuses: Vec<(String, String)> = invitations["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .map(|i| {
+                (
+                    i["email"].as_str().unwrap_or_default().to_owned(),
+                    i["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .filter(|(email, _)| email.starts_with("bea") || email.starts_with("cy"))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("bea.schmidt@example.com".to_owned(), "pending".to_owned()),
+                ("cy@bounce.example".to_owned(), "revoked".to_owned()),
+            ]
+        );
         browser.close().await?;
         Ok(())
     }
