@@ -92,6 +92,12 @@ export type CompensationStarted = {
   reason: string;
 };
 
+/** Why a person is deactivated. */
+export type DeactivationRequest = {
+  /** 1 to 500 characters, not only spaces, no control characters but tabs and newlines. */
+  reason: string;
+};
+
 export type Delivery = {
   event: RecordedEvent;
   /** The event's global position: resume after it with `Last-Event-ID` or `?after=`. */
@@ -712,6 +718,15 @@ export type PersonRequest = {
   name: string;
 };
 
+/** Where a person stands after a change. */
+export type PersonStanding = {
+  roles: Array<Role>;
+  /** `active` or `deactivated`. */
+  status: string;
+  /** A user id. */
+  user_id: string;
+};
+
 /** Personal data: the value, or {"withheld": "erased"} once its person was erased ("unreadable" when its seal cannot be opened). The log stores it sealed; reads never serve the sealed form. */
 export type Personal_Email = (string) | (Withheld) | (SealedField);
 
@@ -931,6 +946,12 @@ export type RoleAssigned = {
   /** An organization (tenant) id. */
   org_id: string;
   role: Role;
+};
+
+/** A person's new roles: the whole set. */
+export type RolesRequest = {
+  /** One or more of admin, clinician, coordinator, viewer, each once. */
+  roles: Array<Role>;
 };
 
 /** A handler route to pause or resume, and why. */
@@ -1255,6 +1276,10 @@ export type TracePath = {
 /** A user, with their roles. */
 export type User = {
   created_at: string;
+  /** When they were deactivated: their tokens do not work until they are reactivated. */
+  deactivated_at?: string | null;
+  /** Why they were deactivated. */
+  deactivation_reason?: string | null;
   email: string;
   /** When they were erased at their request: their name and address are gone (empty here), and every event about them reads them as `{"withheld": "erased"}`. */
   erased_at?: string | null;
@@ -1298,6 +1323,16 @@ export type UserCreated = {
   org_id: string;
 };
 
+/** A person was deactivated: their tokens stop working, in the API, the feed and the console, until they are reactivated. Carries no personal data. */
+export type UserDeactivated = {
+  /** Who caused it: user:<uuid> or service:<name>. */
+  deactivated_by: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** Why, as the person who deactivated them gave it. */
+  reason: string;
+};
+
 /** A person was erased at their request: their data key is destroyed, so every personal field sealed under it reads as erased, and their projection rows keep no name or address. Carries no personal data. */
 export type UserErased = {
   /** Who caused it: user:<uuid> or service:<name>. */
@@ -1321,6 +1356,19 @@ export type UserInvited = {
   roles: Array<Role>;
 };
 
+export type UserPath = {
+  /** A user id. */
+  user_id: string;
+};
+
+/** A deactivated person was reactivated: their tokens work again. */
+export type UserReactivated = {
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** Who caused it: user:<uuid> or service:<name>. */
+  reactivated_by: string;
+};
+
 /** A person was restricted: their data is kept (sealed under their live key) and shown to no one, and nothing new about them is recorded, until their erasure at `erase_at`, when a retention period ends. Carries no personal data. */
 export type UserRestricted = {
   /** When they are erased, on a durable timer. */
@@ -1333,6 +1381,15 @@ export type UserRestricted = {
   restricted_by: string;
   /** The run that erases them then. */
   workflow_id: string;
+};
+
+/** A person's roles were changed: `roles` is the whole new set. */
+export type UserRolesChanged = {
+  /** Who caused it: user:<uuid> or service:<name>. */
+  changed_by: string;
+  /** An organization (tenant) id. */
+  org_id: string;
+  roles: Array<Role>;
 };
 
 /** Why a personal field's value is not shown. */
@@ -1415,10 +1472,13 @@ export interface EventPayloads {
   "user.activated": UserActivated;
   "user.address_corrected": UserAddressCorrected;
   "user.created": UserCreated;
+  "user.deactivated": UserDeactivated;
   "user.erased": UserErased;
   "user.invited": UserInvited;
+  "user.reactivated": UserReactivated;
   "user.restricted": UserRestricted;
   "user.role_assigned": RoleAssigned;
+  "user.roles_changed": UserRolesChanged;
   "workflow.compensation_failed": CompensationFailed;
   "workflow.compensation_started": CompensationStarted;
   "workflow.completed": WorkflowCompleted;

@@ -40,7 +40,10 @@ use crate::model::{DirectCareSettings, Email, Name, Role, Slug, sender_address};
 use crate::queries::{self, Invitation, Organization};
 use crate::tokens::{KeyError, TokenKey, token_hash};
 
+mod people;
 mod subjects;
+
+pub use people::{PersonStanding, RolesRequest};
 
 pub use subjects::{
     ErasureReceipt, RETENTION_WORKFLOW, RestrictionReceipt, RetentionErasure, SubjectStatus,

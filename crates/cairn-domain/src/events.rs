@@ -326,6 +326,34 @@ pub struct InvitationRefused {
     pub reply: String,
 }
 
+/// A person's roles were changed: `roles` is the whole new set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRolesChanged {
+    pub org_id: OrgId,
+    pub roles: Vec<Role>,
+    pub changed_by: Actor,
+}
+
+/// A person was deactivated: their tokens stop working, in the API, the feed and the
+/// console, until they are reactivated. Carries no personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserDeactivated {
+    pub org_id: OrgId,
+    /// Why, as the person who deactivated them gave it.
+    pub reason: String,
+    pub deactivated_by: Actor,
+}
+
+/// A deactivated person was reactivated: their tokens work again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserReactivated {
+    pub org_id: OrgId,
+    pub reactivated_by: Actor,
+}
+
 /// A person's address was corrected (their invitation is sent again to it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -497,6 +525,21 @@ payload!(
     InvitationExpired,
     "invitation.expired",
     "The invitation was not accepted in time."
+);
+payload!(
+    UserRolesChanged,
+    "user.roles_changed",
+    "A person's roles were changed; the event carries the whole new set."
+);
+payload!(
+    UserDeactivated,
+    "user.deactivated",
+    "A person was deactivated: their tokens stop working until they are reactivated."
+);
+payload!(
+    UserReactivated,
+    "user.reactivated",
+    "A deactivated person was reactivated."
 );
 payload!(
     InvitationRefused,

@@ -33,8 +33,8 @@ use cairn_log::Migration;
 pub use commands::{
     AddressCorrection, BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain,
     DomainConfig, ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted,
-    InviteeRequest, OrganizationRequest, PersonRequest, RETENTION_WORKFLOW, RestrictionReceipt,
-    SubjectStatus,
+    InviteeRequest, OrganizationRequest, PersonRequest, PersonStanding, RETENTION_WORKFLOW,
+    RestrictionReceipt, RolesRequest, SubjectStatus,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,
@@ -122,6 +122,11 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "domain/0011_refused",
         sqlite: include_str!("schema/sqlite/0011_refused.sql"),
         postgres: include_str!("schema/postgres/0011_refused.sql"),
+    },
+    Migration {
+        id: "domain/0012_deactivation",
+        sqlite: include_str!("schema/sqlite/0012_deactivation.sql"),
+        postgres: include_str!("schema/postgres/0012_deactivation.sql"),
     },
 ];
 

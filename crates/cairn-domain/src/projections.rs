@@ -17,7 +17,8 @@ use crate::events::{
     BootstrapCompleted, BootstrapFailed, BootstrapInitiated, DirectCareSettingsUpdated,
     InvitationAccepted, InvitationExpired, InvitationRefused, InvitationResent, InvitationRevoked,
     InvitationSent, OrganizationCreated, OrganizationDeactivated, RoleAssigned, UserActivated,
-    UserAddressCorrected, UserCreated, UserErased, UserInvited, UserRestricted, stream,
+    UserAddressCorrected, UserCreated, UserDeactivated, UserErased, UserInvited, UserReactivated,
+    UserRestricted, UserRolesChanged, stream,
 };
 
 macro_rules! handler {
@@ -378,6 +379,48 @@ handler!(
     }
 );
 
+handler!(OnUserRolesChanged, UserRolesChanged, |event, e, p| {
+    p.execute(
+        "DELETE FROM role_assignments WHERE user_id = $1",
+        args![event.stream_id],
+    )
+    .await?;
+    for role in &e.roles {
+        p.execute(
+            "INSERT INTO role_assignments (user_id, role, org_id, assigned_at) VALUES ($1, $2, $3, $4)",
+            args![event.stream_id, role.as_str(), e.org_id, event.created_at],
+        )
+        .await?;
+    }
+    let changed = p
+        .execute(
+            "UPDATE users SET updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+});
+
+handler!(OnUserDeactivated, UserDeactivated, |event, e, p| {
+    let changed = p
+        .execute(
+            "UPDATE users SET deactivated_at = $2, deactivation_reason = $3, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at, e.reason.as_str()],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+});
+
+handler!(OnUserReactivated, UserReactivated, |event, _e, p| {
+    let changed = p
+        .execute(
+            "UPDATE users SET deactivated_at = NULL, deactivation_reason = NULL, updated_at = $2 WHERE id = $1",
+            args![event.stream_id, event.created_at],
+        )
+        .await?;
+    require_row(changed, "user", event)?;
+});
+
 /// The onboarding projection tables.
 pub const TABLES: [ProjectionTable; 4] = [
     ProjectionTable {
@@ -432,6 +475,9 @@ pub fn routes(builder: RegistryBuilder) -> RegistryBuilder {
                 .event::<UserErased>(OnUserErased)
                 .event::<UserRestricted>(OnUserRestricted)
                 .event::<UserAddressCorrected>(OnUserAddressCorrected)
+                .event::<UserRolesChanged>(OnUserRolesChanged)
+                .event::<UserDeactivated>(OnUserDeactivated)
+                .event::<UserReactivated>(OnUserReactivated)
                 .hold_streams()
         })
         .router(stream::INVITATION, |r| {

@@ -83,6 +83,13 @@ pub struct User {
     /// `{"withheld": "restricted"}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restricted_at: Option<DateTime<Utc>>,
+    /// When they were deactivated: their tokens do not work until they are
+    /// reactivated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
+    /// Why they were deactivated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivation_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -322,6 +329,8 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
         invited_by: row.get("invited_by")?,
         erased_at: row.get("erased_at")?,
         restricted_at: row.get("restricted_at")?,
+        deactivated_at: row.get("deactivated_at")?,
+        deactivation_reason: row.get("deactivation_reason")?,
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
@@ -331,7 +340,7 @@ async fn user_from_row(conn: &mut Conn<'_>, row: &Row) -> Result<User, cairn_log
 pub async fn user(conn: &mut Conn<'_>, id: UserId) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users WHERE id = $1",
+            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, deactivated_at, deactivation_reason, created_at, updated_at FROM users WHERE id = $1",
             args![id],
         )
         .await?;
@@ -348,7 +357,7 @@ pub async fn users(
     page: Page<UserId>,
 ) -> Result<Vec<User>, cairn_log::DbError> {
     let (sql, args) = page_sql(
-        "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users",
+        "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, deactivated_at, deactivation_reason, created_at, updated_at FROM users",
         vec![("org_id =", org_id.into_arg())],
         page.after.map(IntoArg::into_arg),
         page.limit,
@@ -369,7 +378,7 @@ pub async fn user_by_email(
 ) -> Result<Option<User>, cairn_log::DbError> {
     let row = conn
         .fetch_optional(
-            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
+            "SELECT id, org_id, email, name, status, invited_by, erased_at, restricted_at, deactivated_at, deactivation_reason, created_at, updated_at FROM users WHERE org_id = $1 AND email = $2",
             args![org_id, email],
         )
         .await?;
@@ -480,4 +489,40 @@ pub async fn delivery_in_progress_for_user(
         )
         .await?;
     row.map(|row| row.get::<WorkflowId>("id")).transpose()
+}
+
+/// Where a person stands for their tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub org_id: OrgId,
+    /// Why their tokens do not work: `deactivated`, `erased` or `restricted`.
+    pub withdrawn: Option<&'static str>,
+    /// They accepted their invitation (or were created active).
+    pub joined: bool,
+    pub roles: Vec<Role>,
+}
+
+/// Where the person `id` stands, if cairn holds them.
+pub async fn standing(
+    conn: &mut Conn<'_>,
+    id: UserId,
+) -> Result<Option<Standing>, cairn_log::DbError> {
+    let Some(user) = user(conn, id).await? else {
+        return Ok(None);
+    };
+    let withdrawn = if user.erased_at.is_some() {
+        Some("erased")
+    } else if user.restricted_at.is_some() {
+        Some("restricted")
+    } else if user.deactivated_at.is_some() {
+        Some("deactivated")
+    } else {
+        None
+    };
+    Ok(Some(Standing {
+        org_id: user.org_id,
+        withdrawn,
+        joined: user.status == "active",
+        roles: user.roles,
+    }))
 }

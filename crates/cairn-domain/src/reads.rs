@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::queries;
-pub use crate::queries::{Invitation, OrgFilter, Organization, Page, User};
+pub use crate::queries::{Invitation, OrgFilter, Organization, Page, Standing, User};
 
 /// Why a read did not run.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +263,21 @@ pub async fn events(
         .filter(|e| tenancy.sees(e.metadata.org_id))
         .collect();
     Ok(cairn_dispatch::current_events(db, registry, seen).await?)
+}
+
+/// The first position of the log stored at or after `at`, among the events the grant
+/// sees (for [`Action::ListEvents`]): where a time range of the log begins or ends.
+pub async fn first_position_since(
+    db: &Db,
+    grant: &Grant,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Position, ReadsError> {
+    let tenancy = require(grant, Action::ListEvents)?;
+    if matches!(tenancy, Tenancy::None) {
+        return Ok(Position::new(1));
+    }
+    let mut scoped = db.scoped(tenancy).await?;
+    Ok(scoped.conn().first_position_since(at).await?)
 }
 
 /// How many of the events the grant sees failed, by error code (for [`Action::ListEvents`]).
@@ -656,4 +671,12 @@ pub async fn correlation_used_elsewhere(
 pub async fn log_head(db: &Db) -> Result<Position, ReadsError> {
     let mut reader = db.reader().await?;
     Ok(reader.conn().head().await?.last_position)
+}
+
+/// Where the person behind a token stands now (whether their tokens work, and the
+/// roles they hold): read to authenticate a request, before any policy is asked, so
+/// it needs no grant. It says nothing about the person but that.
+pub async fn standing(db: &Db, user_id: UserId) -> Result<Option<Standing>, ReadsError> {
+    let mut reader = db.reader().await?;
+    Ok(crate::queries::standing(&mut reader.conn(), user_id).await?)
 }

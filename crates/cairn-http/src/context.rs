@@ -472,7 +472,8 @@ impl FromRequestParts<AppState> for Ctx {
                     ));
                 };
                 let verified = state.auth().verify(token.trim()).map_err(token_problem)?;
-                (verified.principal, Some(verified.expires_at))
+                let principal = crate::standing::honoured(state, verified.principal).await?;
+                (principal, Some(verified.expires_at))
             }
         };
         let idempotency_key = match parts.headers.get(IDEMPOTENCY_HEADER) {

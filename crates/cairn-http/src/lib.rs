@@ -22,6 +22,7 @@ pub mod probe;
 pub mod problem;
 pub mod routes;
 pub mod server;
+mod standing;
 pub mod stream;
 
 use std::future::Future;
@@ -52,6 +53,7 @@ struct Inner {
     activity: console::Activity,
     subscriptions: stream::Subscriptions,
     capacity: capacity::Capacity,
+    standings: standing::Standings,
 }
 
 /// What every handler can reach.
@@ -75,6 +77,11 @@ impl AppState {
 
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    /// Where the people behind tokens stand, as this process read it lately.
+    pub(crate) fn standings(&self) -> &standing::Standings {
+        &self.inner.standings
     }
 
     pub fn feed(&self) -> &cairn_realtime::Feed {
@@ -238,6 +245,7 @@ pub fn build(
             activity: console::Activity::default(),
             subscriptions: stream::Subscriptions::default(),
             capacity: capacity::Capacity::default(),
+            standings: standing::Standings::default(),
         }),
     };
     let router = router

@@ -88,7 +88,8 @@ async fn prepare(
         }
         (Some(token), false) => {
             let verified = state.auth().verify(token.trim()).map_err(token_problem)?;
-            (verified.principal, Some(verified.expires_at))
+            let principal = crate::standing::honoured(state, verified.principal).await?;
+            (principal, Some(verified.expires_at))
         }
         (None, _) => (ctx.principal.clone(), ctx.expires_at),
     };

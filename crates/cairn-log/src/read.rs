@@ -220,6 +220,37 @@ impl Conn<'_> {
         row.as_ref().map(event_from_row).transpose()
     }
 
+    /// The first position stored at or after `at`: every event before it is older.
+    /// An event's time is taken as it is stored, in log order, so times follow
+    /// positions, and a binary search finds it in about log2(head) reads of the primary
+    /// key, never a scan. Past the newest event, it is the head's next position.
+    pub async fn first_position_since(&mut self, at: DateTime<Utc>) -> Result<Position, DbError> {
+        let head = self.head().await?.last_position.get();
+        let (mut low, mut high) = (1_i64, head + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let row = self
+                .fetch_optional(
+                    "SELECT position, created_at FROM domain_events WHERE position >= $1 \
+                     ORDER BY position LIMIT 1",
+                    args![Position::new(middle)],
+                )
+                .await?;
+            match row {
+                None => high = middle,
+                Some(row) => {
+                    let position: i64 = row.get("position")?;
+                    if row.get::<DateTime<Utc>>("created_at")? >= at {
+                        high = middle;
+                    } else {
+                        low = position + 1;
+                    }
+                }
+            }
+        }
+        Ok(Position::new(low))
+    }
+
     /// The head of the log.
     pub async fn head(&mut self) -> Result<Head, DbError> {
         let row = self

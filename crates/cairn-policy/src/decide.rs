@@ -22,6 +22,8 @@ pub enum Action {
     RevokeInvitation(OrgId),
     /// Erase a person of this organization at their request.
     EraseSubject(OrgId),
+    /// Change the roles of, deactivate or reactivate a person of this organization.
+    ManagePeople(OrgId),
     /// Look an invitation up by its id, within the tenants the principal sees.
     FindInvitation,
     /// Accept an invitation: the token is the credential.
@@ -70,6 +72,7 @@ impl Action {
             Action::ResendInvitation(org) => format!("resend invitations of organization {org}"),
             Action::RevokeInvitation(org) => format!("revoke invitations of organization {org}"),
             Action::EraseSubject(org) => format!("erase people of organization {org}"),
+            Action::ManagePeople(org) => format!("manage the people of organization {org}"),
             Action::FindInvitation => "read invitations".into(),
             Action::AcceptInvitation => "accept an invitation".into(),
             Action::ListWorkflows => "read workflows".into(),
@@ -166,7 +169,8 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
         | Action::Invite(_)
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_)
-        | Action::EraseSubject(_) => needs_admin("managing the organization"),
+        | Action::EraseSubject(_)
+        | Action::ManagePeople(_) => needs_admin("managing the organization"),
         Action::ListWorkflows => needs_admin("reading workflows"),
         Action::PauseRun(_) => needs_admin("pausing the organization's workflow runs"),
         Action::ListEvents | Action::Subscribe | Action::ReceiveEvent(_) | Action::ReadTrace => {
@@ -204,7 +208,8 @@ fn scope_for(action: &Action) -> Option<Scope> {
         | Action::Invite(_)
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_)
-        | Action::EraseSubject(_) => Some(Scope::OrganizationsWrite),
+        | Action::EraseSubject(_)
+        | Action::ManagePeople(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
         // A search finds what the log holds: events, and the runs and people they name.
         Action::ListEvents | Action::ReadTrace | Action::Search => Some(Scope::EventsRead),
@@ -226,7 +231,8 @@ fn tenant_of(action: &Action) -> Option<Option<OrgId>> {
         | Action::Invite(org)
         | Action::ResendInvitation(org)
         | Action::RevokeInvitation(org)
-        | Action::EraseSubject(org) => Some(Some(*org)),
+        | Action::EraseSubject(org)
+        | Action::ManagePeople(org) => Some(Some(*org)),
         Action::ReceiveEvent(org) | Action::PauseRun(org) => Some(*org),
         _ => None,
     }

@@ -226,6 +226,14 @@ impl Principal {
         }
     }
 
+    /// The person, when the principal is one.
+    pub fn user_id(&self) -> Option<UserId> {
+        match self {
+            Principal::User { user_id, .. } => Some(*user_id),
+            _ => None,
+        }
+    }
+
     /// The organization a user belongs to.
     pub fn org_id(&self) -> Option<OrgId> {
         match self {

@@ -85,6 +85,10 @@ pub enum Command {
     /// Invitation commands.
     #[command(subcommand)]
     Invitations(InvitationsCommand),
+    /// People of an organization: their roles, and their access withdrawn and given
+    /// back.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// People whose data cairn keeps: where they stand, and erasure at their request.
     #[command(subcommand)]
     Subjects(SubjectsCommand),
@@ -449,6 +453,20 @@ pub struct BootstrapArgs {
 pub enum InvitationsCommand {
     /// Accept an invitation by the token from its email.
     Accept(AcceptArgs),
+    /// Send a pending, expired or refused invitation to a corrected address: records
+    /// the person's new address and mails the invitation there, with a new link.
+    Address(AddressArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddressArgs {
+    /// The invitation's id.
+    pub id: cairn_types::InvitationId,
+    /// The corrected email address.
+    #[arg(long)]
+    pub email: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
@@ -615,6 +633,47 @@ impl Runtime {
     pub fn mail_display(&self) -> String {
         cairn_log::redact_url(&self.mail_url)
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Give a person who accepted their invitation a new set of roles. A role taken
+    /// away stops working at once; the organization keeps an active admin.
+    Roles(RolesArgs),
+    /// Deactivate a person: their tokens stop working until they are reactivated.
+    Deactivate(DeactivateArgs),
+    /// Reactivate a deactivated person: their tokens work again.
+    Reactivate(UserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolesArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    /// The whole new set: admin, clinician, coordinator, viewer (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct DeactivateArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    /// Why (kept with the deactivation).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

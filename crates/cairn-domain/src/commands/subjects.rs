@@ -311,7 +311,7 @@ impl Command for Restrict {
 
 /// A reason given for an erasure or a restriction, trimmed; refused when empty, longer
 /// than 500 characters or holding control characters.
-fn checked_reason(reason: &str) -> Result<String, CommandError> {
+pub(super) fn checked_reason(reason: &str) -> Result<String, CommandError> {
     let reason = reason.trim();
     let controls = reason
         .chars()
@@ -325,7 +325,10 @@ fn checked_reason(reason: &str) -> Result<String, CommandError> {
     Ok(reason.to_owned())
 }
 
-async fn existing_user(tx: &mut Tx, user_id: UserId) -> Result<queries::User, CommandError> {
+pub(super) async fn existing_user(
+    tx: &mut Tx,
+    user_id: UserId,
+) -> Result<queries::User, CommandError> {
     queries::user(&mut tx.conn(), user_id)
         .await?
         .ok_or_else(|| CommandError::NotFound {

@@ -13,4 +13,5 @@ mod mail_record_window;
 mod mail_stall;
 mod onboarding;
 mod payload_versions;
+mod people;
 mod workflow_versions;

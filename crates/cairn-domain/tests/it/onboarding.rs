@@ -628,7 +628,7 @@ backend_test!(
             .expect_err("not pending");
         assert!(
             err.to_string()
-                .contains("only a pending invitation can be revoked"),
+                .contains("only a pending or refused invitation can be revoked"),
             "{err}"
         );
 

@@ -26,6 +26,7 @@ mod held;
 mod onboarding;
 mod operations;
 mod pauses;
+mod people;
 mod search;
 mod session;
 mod skip;
@@ -120,6 +121,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(
             "/console/invitations/{invitation_id}/address",
             get(onboarding::address_page).post(onboarding::correct_address),
+        )
+        .route(
+            "/console/organizations/{org_id}/people/{user_id}/roles",
+            get(people::roles_form).post(people::change_roles),
+        )
+        .route(
+            "/console/organizations/{org_id}/people/{user_id}/deactivate",
+            get(people::deactivate_form).post(people::deactivate),
+        )
+        .route(
+            "/console/organizations/{org_id}/people/{user_id}/reactivate",
+            post(people::reactivate),
         )
         .route(
             "/console/organizations/{org_id}/people/{user_id}/erase",

@@ -58,7 +58,7 @@ impl FieldProblem {
 }
 
 impl Field {
-    fn new(name: &str, label: &str, kind: &'static str) -> Field {
+    pub(super) fn new(name: &str, label: &str, kind: &'static str) -> Field {
         Field {
             id: name.replace(['.', '[', ']'], "-"),
             name: name.to_owned(),
@@ -79,7 +79,7 @@ impl Field {
         self
     }
 
-    fn hint(mut self, hint: &'static str) -> Field {
+    pub(super) fn hint(mut self, hint: &'static str) -> Field {
         self.hint = Some(hint);
         self
     }
@@ -90,7 +90,7 @@ impl Field {
     }
 
     /// Fills in the submitted value and the error for this field, if any.
-    fn from(mut self, form: Option<&Form>, errors: &BTreeMap<String, String>) -> Field {
+    pub(super) fn from(mut self, form: Option<&Form>, errors: &BTreeMap<String, String>) -> Field {
         if let Some(form) = form {
             self.value = form.text(&self.name);
         }
@@ -114,7 +114,11 @@ pub(crate) struct RoleChoice {
 }
 
 impl RoleChoice {
-    fn new(name: &str, form: Option<&Form>, errors: &BTreeMap<String, String>) -> RoleChoice {
+    pub(super) fn new(
+        name: &str,
+        form: Option<&Form>,
+        errors: &BTreeMap<String, String>,
+    ) -> RoleChoice {
         let chosen: Vec<&str> = form.map(|f| f.all(name)).unwrap_or_default();
         RoleChoice {
             id: name.replace(['.', '[', ']'], "-"),
@@ -129,7 +133,7 @@ impl RoleChoice {
 }
 
 /// The field errors of a problem, by field path.
-fn field_errors(problem: &Problem) -> BTreeMap<String, String> {
+pub(super) fn field_errors(problem: &Problem) -> BTreeMap<String, String> {
     let mut errors = BTreeMap::new();
     for error in &problem.errors {
         errors
@@ -489,6 +493,10 @@ pub(crate) struct PersonRow {
     pub withheld: Option<&'static str>,
     /// The invitation of theirs the mail server refused, if one was.
     pub refused_invitation: Option<String>,
+    /// Why they were deactivated, while they are.
+    pub deactivated: Option<String>,
+    /// They accepted their invitation: their roles and access can be managed.
+    pub joined: bool,
 }
 
 /// An invitation, with its delivery state.
@@ -535,6 +543,7 @@ struct OrganizationPage {
     may_resend: bool,
     may_revoke: bool,
     may_erase: bool,
+    may_manage: bool,
     may_see_events: bool,
     invite_email: Field,
     invite_name: Field,
@@ -572,6 +581,9 @@ fn notice_text(notice: Option<&str>) -> Option<String> {
             }
             "revoked" => "The invitation is revoked; its link no longer works.",
             "corrected" => "The invitation is on its way to the corrected address, with a new link.",
+            "roles" => "The roles are changed. A role taken away stopped working at once.",
+            "deactivated" => "The person is deactivated: their tokens no longer work.",
+            "reactivated" => "The person is reactivated: their tokens work again.",
             "erased" => {
                 "The person is erased: their data key is destroyed, and no name or address of theirs is left."
             }
@@ -682,6 +694,12 @@ async fn organization_page(
         .map(|u| PersonRow {
             refused_invitation: refused_invitation(u.id),
             roles: roles_of(&u),
+            deactivated: u.deactivated_at.map(|_| {
+                u.deactivation_reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason kept".to_owned())
+            }),
+            joined: u.status == "active",
             id: u.id.to_string(),
             withheld: withheld(u.erased_at.as_ref(), u.restricted_at.as_ref()),
             name: u.name,
@@ -781,6 +799,7 @@ async fn organization_page(
         may_resend: session.may(&Action::ResendInvitation(org_id)),
         may_revoke: session.may(&Action::RevokeInvitation(org_id)),
         may_erase: session.may(&Action::EraseSubject(org_id)),
+        may_manage: session.may(&Action::ManagePeople(org_id)),
         may_see_events: session.may(&Action::ListEvents),
         invite_email: Field::new("email", "Email", "email").from(invite_form, &invite_errors),
         invite_name: Field::new("name", "Name", "text").from(invite_form, &invite_errors),

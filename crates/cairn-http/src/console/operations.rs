@@ -95,6 +95,10 @@ pub(crate) struct EventsQuery {
     /// Only failed events with this error code (the failures page's "all of them").
     error_code: Option<String>,
     org_id: Option<String>,
+    /// A time range: events stored from this time, and before that one (UTC, as
+    /// `2026-12-07T09:30`, a date, or RFC 3339 with an offset).
+    from: Option<String>,
+    to: Option<String>,
     /// Cursors: older events (before a position), or newer ones (after it).
     before: Option<String>,
     after: Option<String>,
@@ -110,6 +114,8 @@ struct EventsPage {
     event_type: String,
     correlation_id: String,
     org_id: String,
+    from: String,
+    to: String,
     failed: bool,
     errors: Vec<String>,
     rows: Vec<EventRow>,
@@ -135,6 +141,31 @@ fn parse<T>(
             None
         }
     }
+}
+
+/// A bound of a time range, in UTC unless it says otherwise: `2026-12-07T09:30`
+/// (what a browser's date-time field sends), with seconds, a date alone (its
+/// midnight), or RFC 3339 with an offset.
+fn time_bound(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{NaiveDate, NaiveDateTime, Utc};
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    for layout in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
+        if let Ok(at) = NaiveDateTime::parse_from_str(text, layout) {
+            return Ok(at.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc())
+        .ok_or_else(|| format!("{text:?} is not a time: write it as 2026-12-07T09:30 (UTC)"))
 }
 
 /// `GET /console/events`: the log, newest first, filtered; live on its first page.
@@ -205,6 +236,25 @@ pub(crate) async fn events(
         },
         &mut errors,
     );
+    let from = parse(&query.from, "from", time_bound, &mut errors);
+    let to = parse(&query.to, "to", time_bound, &mut errors);
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        errors.push("to: must be later than from".to_owned());
+    }
+    // A time range is a range of positions, within which the cursors page.
+    let (mut floor, mut ceiling) = (None, None);
+    if errors.is_empty() {
+        for (bound, slot) in [(from, &mut floor), (to, &mut ceiling)] {
+            if let Some(at) = bound {
+                match reads::first_position_since(state.db(), &grant, at).await {
+                    Ok(position) => *slot = Some(position),
+                    Err(error) => return problem_page(&session, &read_problem(error)),
+                }
+            }
+        }
+    }
     let failed = query.failed.is_some_and(|f| !f.is_empty()) || error_code.is_some();
     // Newest first; on the way back to newer events (`after`), the nearest ones in
     // ascending order, turned round.
@@ -216,8 +266,13 @@ pub(crate) async fn events(
         org_id,
         failed,
         error_code,
-        before,
-        after: after.unwrap_or_default(),
+        before: match (before, ceiling) {
+            (Some(before), Some(ceiling)) => Some(before.min(ceiling)),
+            (before, ceiling) => before.or(ceiling),
+        },
+        after: after
+            .max(floor.map(|first| Position::new(first.get() - 1)))
+            .unwrap_or_default(),
         newest_first: after.is_none(),
         ..EventFilter::default()
     };
@@ -250,6 +305,8 @@ pub(crate) async fn events(
         ("failed", failed.then_some("1")),
         ("error_code", query.error_code.as_deref()),
         ("org_id", query.org_id.as_deref()),
+        ("from", query.from.as_deref()),
+        ("to", query.to.as_deref()),
     ] {
         if let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) {
             filters.push_str(&format!("&{name}={}", query_value(value)));
@@ -301,6 +358,8 @@ pub(crate) async fn events(
             event_type: query.event_type.unwrap_or_default(),
             correlation_id: query.correlation_id.unwrap_or_default(),
             org_id: query.org_id.unwrap_or_default(),
+            from: query.from.unwrap_or_default(),
+            to: query.to.unwrap_or_default(),
             failed,
             errors,
             rows,

@@ -102,6 +102,14 @@ impl FromRequestParts<AppState> for Session {
             }
             Err(_) => return Err(to_sign_in(parts, Some("invalid"), true, secure)),
         };
+        let mut verified = verified;
+        verified.principal = match crate::standing::honoured(state, verified.principal).await {
+            Ok(principal) => principal,
+            Err(problem) if problem.status == 401 => {
+                return Err(to_sign_in(parts, Some("withdrawn"), true, secure));
+            }
+            Err(problem) => return Err(problem.into_response()),
+        };
         let correlation = parts.extensions.get::<Correlation>().cloned();
         let (correlation_id, first_run) =
             Correlation::settled(correlation, state, &verified.principal).await;
@@ -160,6 +168,10 @@ fn notice_for(reason: Option<&str>) -> Option<String> {
         ),
         Some("invalid") => Some(
             "Your session ended because its token is no longer accepted. Sign in again.".to_owned(),
+        ),
+        Some("withdrawn") => Some(
+            "Your session ended: your access was withdrawn (you were deactivated). Ask an admin of your organization."
+                .to_owned(),
         ),
         Some("signed-out") => Some("You are signed out.".to_owned()),
         _ => None,
@@ -222,20 +234,23 @@ pub(crate) async fn sign_in(State(state): State<AppState>, request: Request) -> 
             Ok(verified) if matches!(verified.principal, Principal::Anonymous) => {
                 Some("This token names nobody.".to_owned())
             }
-            Ok(_) => {
-                // A cookie for the browser's session, not the token's lifetime: when the
-                // token expires, the next page says so instead of forgetting silently.
-                let mut response = Redirect::to(&next).into_response();
-                if let Ok(value) = HeaderValue::from_str(&set_cookie(
-                    CookieNames::new(secure).session,
-                    token,
-                    secure,
-                    None,
-                )) {
-                    response.headers_mut().append(header::SET_COOKIE, value);
+            Ok(verified) => match crate::standing::honoured(&state, verified.principal).await {
+                Err(problem) => Some(format!("This token is not accepted: {}.", problem.detail)),
+                Ok(_) => {
+                    // A cookie for the browser's session, not the token's lifetime: when the
+                    // token expires, the next page says so instead of forgetting silently.
+                    let mut response = Redirect::to(&next).into_response();
+                    if let Ok(value) = HeaderValue::from_str(&set_cookie(
+                        CookieNames::new(secure).session,
+                        token,
+                        secure,
+                        None,
+                    )) {
+                        response.headers_mut().append(header::SET_COOKIE, value);
+                    }
+                    return response;
                 }
-                return response;
-            }
+            },
             Err(TokenError::Expired) => Some("This token has expired.".to_owned()),
             Err(error) => Some(format!("This token is not accepted: {error}.")),
         }

@@ -230,6 +230,7 @@ mod handlers;
 mod health;
 mod invitations;
 mod organizations;
+mod people;
 mod subjects;
 mod workflows;
 
@@ -255,6 +256,7 @@ pub fn api() -> Api {
     let api = organizations::ops(api);
     let api = invitations::ops(api);
     let api = subjects::ops(api);
+    let api = people::ops(api);
     let api = workflows::ops(api);
     let api = events::list_ops(api);
     let api = health::probe_ops(api);

@@ -17,6 +17,7 @@ mod serve;
 mod status;
 mod subjects;
 mod trace;
+mod users;
 mod workflows;
 
 use std::process::ExitCode;
@@ -47,6 +48,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invitations(InvitationsCommand::Accept(args)) => {
             org::accept(&url, &runtime, args).await
         }
+        Command::Invitations(InvitationsCommand::Address(args)) => {
+            users::address(&url, &runtime, args).await
+        }
+        Command::Users(command) => users::run(&url, &runtime, command).await,
         Command::Subjects(command) => subjects::run(&url, &runtime, command).await,
         Command::Keys(command) => subjects::keys(&url, command).await,
         Command::Serve(args) => serve::serve(&url, &runtime, *args).await,

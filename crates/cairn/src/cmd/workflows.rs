@@ -370,7 +370,7 @@ async fn run_engine(
     args: WorkflowRunArgs,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    let domain = app::open_domain(url, runtime).await?;
+    let domain = app::open_domain_driving(url, runtime, args.concurrency).await?;
     let engine = domain.engine().clone();
     engine.check_definitions().await?;
     if args.until_idle {

@@ -490,6 +490,143 @@ backend_test!(
     }
 );
 
+backend_test!(
+    the_console_changes_a_persons_roles_and_deactivates_and_reactivates_them,
+    |t: TestDb| async move {
+        let sink = SmtpSink::start(SinkOptions::default()).await?;
+        let server = Server::start(t.url(), &sink.url()).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let accepted = bootstrapped(&server, &admin, bootstrap_request("sunrise-people")).await?;
+        let org = accepted["org_id"]
+            .as_str()
+            .context("the org id")?
+            .to_owned();
+        // Grace accepts her invitation, as a clinician.
+        let message = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.to.contains("grace@"))
+            .context("grace's invitation")?;
+        let start = message.body.find("token=").context("a link")? + "token=".len();
+        let link_token = &message.body[start..start + 64];
+        let acceptance = server
+            .http
+            .post(server.url("/v1/invitations/accept"))
+            .json(&json!({ "token": link_token }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            acceptance.status() == 200,
+            "accept: {}",
+            acceptance.status()
+        );
+        let grace = acceptance.json::<Value>().await?["user_id"]
+            .as_str()
+            .context("grace's id")?
+            .to_owned();
+        let grace_token = |role: &'static str| {
+            let (org, grace) = (org.clone(), grace.clone());
+            let url = t.url().to_owned();
+            async move { token(&url, &["--org", &org, "--user", &grace, "--role", role]).await }
+        };
+        let status_of = async |token: &str| -> anyhow::Result<(u16, Value)> {
+            let response = server
+                .http
+                .get(server.url(&format!("/v1/organizations/{org}/users")))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            Ok((response.status().as_u16(), response.json().await?))
+        };
+        let as_clinician = grace_token("clinician").await?;
+        assert_eq!(
+            status_of(&as_clinician).await?.0,
+            200,
+            "a clinician reads the people"
+        );
+
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        let row = format!("tr[data-person='{grace}']");
+
+        // Her roles: clinician taken away, viewer given.
+        browser
+            .click(&format!("{row} a[data-action='roles']"))
+            .await?;
+        browser.wait_for_title("Change roles").await?;
+        browser
+            .click("input[name='roles'][value='clinician']")
+            .await?;
+        browser.click("form button.primary").await?;
+        browser
+            .wait_for_text("[data-field='roles']", "at least one role")
+            .await?;
+        browser.click("input[name='roles'][value='viewer']").await?;
+        browser.click("form button.primary").await?;
+        browser
+            .wait_for_text("p.notice", "roles are changed")
+            .await?;
+        let text = browser.wait_for_text(&row, "viewer").await?;
+        assert!(!text.contains("clinician"), "{text}");
+        // The role taken away stopped working at once; the token's other claims never
+        // held more than she has.
+        let (status, problem) = status_of(&as_clinician).await?;
+        assert_eq!(status, 403, "{problem}");
+        let as_viewer = grace_token("viewer").await?;
+        assert_eq!(status_of(&as_viewer).await?.0, 200);
+
+        // Deactivated, after a confirmation that asks why.
+        browser
+            .click(&format!("{row} a[data-action='deactivate']"))
+            .await?;
+        browser.wait_for_title("Deactivate a person").await?;
+        browser.click("button[data-action='deactivate']").await?;
+        browser.wait_for_text("[data-field='reason']", "").await?;
+        browser.fill("#reason", "On leave until March").await?;
+        browser.click("button[data-action='deactivate']").await?;
+        browser.wait_for_text("p.notice", "deactivated").await?;
+        let text = browser.wait_for_text(&row, "deactivated").await?;
+        assert!(text.contains("On leave until March"), "{text}");
+        screenshot(&browser, &t, "person-deactivated").await?;
+        // Her tokens stop working in the API, and in the console's sign-in.
+        let (status, problem) = status_of(&as_viewer).await?;
+        assert_eq!(status, 401, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("is deactivated")),
+            "{problem}"
+        );
+        browser
+            .click("form[action='/console/sign-out'] button")
+            .await?;
+        browser.wait_for_title("Sign in").await?;
+        browser.fill("#token", &as_viewer).await?;
+        browser.click("button.primary").await?;
+        browser
+            .wait_for_text("#token-error", "is deactivated")
+            .await?;
+
+        // Reactivated: her token works again.
+        sign_in(&browser, &server, &admin).await?;
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        browser
+            .click(&format!("{row} button[data-action='reactivate']"))
+            .await?;
+        browser.wait_for_text("p.notice", "reactivated").await?;
+        assert_eq!(status_of(&as_viewer).await?.0, 200);
+        browser.close().await?;
+        Ok(())
+    }
+);
+
 /// A `cairn serve` on `t`, mailing to an outbox of its own, and a platform
 /// administrator's token.
 async fn opened(t: &TestDb) -> anyhow::Result<(tempfile::TempDir, Server, String)> {
