@@ -1779,3 +1779,31 @@ pub(crate) async fn live(
         Err(problem) => problem.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::time_bound;
+
+    #[test]
+    fn a_time_bound_reads_as_people_and_browsers_write_it() {
+        // (typed, the UTC time it means)
+        for (typed, meant) in [
+            ("2026-12-07T09:30", "2026-12-07T09:30:00+00:00"),
+            ("2026-12-07T09:30:15", "2026-12-07T09:30:15+00:00"),
+            ("2026-12-07 09:30", "2026-12-07T09:30:00+00:00"),
+            ("2026-12-07", "2026-12-07T00:00:00+00:00"),
+            ("2026-12-07T10:30:00+01:00", "2026-12-07T09:30:00+00:00"),
+            ("2026-12-07T09:30:00.250Z", "2026-12-07T09:30:00.250+00:00"),
+        ] {
+            assert_eq!(
+                time_bound(typed).map(|at| at.to_rfc3339()),
+                Ok(meant.to_owned()),
+                "{typed}"
+            );
+        }
+        for typed in ["yesterday", "2026-13-01", "07/12/2026", "2026-12-07T25:00"] {
+            let error = time_bound(typed).expect_err(typed);
+            assert!(error.contains("is not a time"), "{typed}: {error}");
+        }
+    }
+}

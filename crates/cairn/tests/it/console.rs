@@ -2608,10 +2608,20 @@ backend_test!(
     |t: TestDb| async move {
         let (_outbox, server, admin) = opened(&t).await?;
         let mut orgs = Vec::new();
+        // When the third organization's bootstrap began and when it had ended.
+        let mut range = (chrono::Utc::now(), chrono::Utc::now());
         for n in 0..4 {
+            if n == 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                range.0 = chrono::Utc::now();
+            }
             let accepted =
                 bootstrapped(&server, &admin, bootstrap_request(&format!("log-{n}"))).await?;
             orgs.push(accepted["org_id"].as_str().context("org")?.to_owned());
+            if n == 2 {
+                range.1 = chrono::Utc::now();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let browser = Browser::launch().await?;
         sign_in(&browser, &server, &admin).await?;
@@ -2630,6 +2640,57 @@ backend_test!(
             first,
             "back to where it was"
         );
+
+        // A time range: only the events stored within it, the third organization's.
+        let stamp = |at: chrono::DateTime<chrono::Utc>| {
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let ranged = format!(
+            "/console/events?from={}&to={}",
+            stamp(range.0),
+            stamp(range.1)
+        );
+        browser.goto(&server.url(&ranged)).await?;
+        browser.wait_for_title("Events").await?;
+        let within = listed_positions(&browser).await?;
+        assert!(!within.is_empty(), "the range holds events");
+        let (jar, _) = session_jar(&browser).await?;
+        let (status, _, csv_text) =
+            exported(&server, &jar, &format!("{ranged}&format=csv")).await?;
+        assert_eq!(status, 200);
+        let rows = records(&csv_text)?;
+        let exported_positions: Vec<i64> = rows[1..]
+            .iter()
+            .map(|row| row[0].parse())
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            exported_positions[..within.len()],
+            within[..],
+            "the page and its export list the same events"
+        );
+        for row in &rows[1..] {
+            let at = chrono::DateTime::parse_from_rfc3339(&row[1])?.with_timezone(&chrono::Utc);
+            assert!(
+                at >= range.0 && at < range.1,
+                "{} at {at} is outside the range",
+                row[0]
+            );
+            assert!(
+                row[3].is_empty() || row[3] == orgs[2],
+                "an event of another organization: {row:?}"
+            );
+        }
+        let (_, _, everything) = exported(&server, &jar, "/console/events?format=csv").await?;
+        assert!(
+            records(&everything)?.len() > rows.len() + 50,
+            "the other organizations' events are outside it"
+        );
+        browser
+            .goto(&server.url("/console/events?from=yesterday"))
+            .await?;
+        browser
+            .wait_for_text("p.error", "from: \"yesterday\" is not a time")
+            .await?;
 
         // A click on an organization, then on a type, filters by it.
         browser.goto(&server.url("/console/events")).await?;
