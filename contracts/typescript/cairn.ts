@@ -150,7 +150,7 @@ export type End = {
 };
 
 /** Why a subscription ended. */
-export type EndReason = ("token_expired") | ("server_shutdown") | ("unavailable");
+export type EndReason = ("token_expired") | ("server_shutdown") | ("unavailable") | ("access_changed");
 
 /** One hop. */
 export type Entry = {
@@ -1027,6 +1027,14 @@ export type Run = {
   version: number;
 };
 
+/** A run is cancelled: it stops after the step in flight and undoes what it did, as after a failure, and ends failed with the reason. */
+export type RunCancelled = {
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A workflow run id. */
+  run_id: string;
+};
+
 /** A run stops after the step in flight, until it is resumed. */
 export type RunPaused = {
   /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
@@ -1037,6 +1045,14 @@ export type RunPaused = {
 
 /** A paused run goes on where it stopped. */
 export type RunResumed = {
+  /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
+  reason: string;
+  /** A workflow run id. */
+  run_id: string;
+};
+
+/** A failed run that undid nothing is tried again from the step that failed, with a fresh set of attempts. */
+export type RunRetried = {
   /** Why, for the people who read the log later: 1 to 500 characters, not only spaces, no control characters but tabs and line breaks. */
   reason: string;
   /** A workflow run id. */
@@ -1492,6 +1508,8 @@ export interface EventPayloads {
   "workflow.timer_started": TimerStarted;
   "workflow_control.kind_paused": KindPaused;
   "workflow_control.kind_resumed": KindResumed;
+  "workflow_control.run_cancelled": RunCancelled;
   "workflow_control.run_paused": RunPaused;
   "workflow_control.run_resumed": RunResumed;
+  "workflow_control.run_retried": RunRetried;
 }

@@ -156,27 +156,7 @@ pub async fn send(
         Recipient::To(email, name) => (email, name),
         Recipient::Withheld(why) => return Ok(skipped(mailing, why)),
     };
-    let message = OutboundMessage {
-        message_id: message_id.clone(),
-        from: mailing.sender_address.address().clone(),
-        from_name: Some(mailing.org_name.to_string()),
-        to: email.address().clone(),
-        to_name: Some(name.to_string()),
-        subject: format!("You're invited to join {} on cairn", mailing.org_name),
-        text: format!(
-            "Hello {name},\n\n\
-             {org} has invited you to join them on cairn as {roles}.\n\n\
-             Accept the invitation:\n{url}?token={token}\n\n\
-             The link works once, and expires on {expires} UTC.\n\
-             If you did not expect this email, you can ignore it.\n\n\
-             -- {org}, via cairn\n",
-            name = name,
-            org = mailing.org_name,
-            roles = roles_text(&mailing.roles),
-            url = mailing.accept_url,
-            expires = expires_at.format("%Y-%m-%d %H:%M"),
-        ),
-    };
+    let message = invitation_message(mailing, &email, &name, &token, expires_at);
     let started_at = chrono::Utc::now();
     let sent = {
         use tracing::Instrument as _;
@@ -245,6 +225,37 @@ pub async fn send(
             mailer.describe(),
             without_address(&error.to_string(), &email)
         ))),
+    }
+}
+
+/// The invitation email to `email`, with its link's `token`.
+pub(crate) fn invitation_message(
+    mailing: &Mailing,
+    email: &Email,
+    name: &Name,
+    token: &str,
+    expires_at: DateTime<Utc>,
+) -> OutboundMessage {
+    OutboundMessage {
+        message_id: message_id(mailing),
+        from: mailing.sender_address.address().clone(),
+        from_name: Some(mailing.org_name.to_string()),
+        to: email.address().clone(),
+        to_name: Some(name.to_string()),
+        subject: format!("You're invited to join {} on cairn", mailing.org_name),
+        text: format!(
+            "Hello {name},\n\n\
+             {org} has invited you to join them on cairn as {roles}.\n\n\
+             Accept the invitation:\n{url}?token={token}\n\n\
+             The link works once, and expires on {expires} UTC.\n\
+             If you did not expect this email, you can ignore it.\n\n\
+             -- {org}, via cairn\n",
+            name = name,
+            org = mailing.org_name,
+            roles = roles_text(&mailing.roles),
+            url = mailing.accept_url,
+            expires = expires_at.format("%Y-%m-%d %H:%M"),
+        ),
     }
 }
 

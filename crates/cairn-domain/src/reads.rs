@@ -680,3 +680,91 @@ pub async fn standing(db: &Db, user_id: UserId) -> Result<Option<Standing>, Read
     let mut reader = db.reader().await?;
     Ok(crate::queries::standing(&mut reader.conn(), user_id).await?)
 }
+
+/// The invitation email as its last send wrote it, for an admin to check: its link's
+/// token is never shown.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct EmailPreview {
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    /// Which send of the invitation it is: 1 for the first email.
+    pub send_number: u32,
+}
+
+/// The email of invitation `id`'s last send, as [`Action::FindInvitation`] sees it;
+/// `None` when there is no such invitation in the grant's tenants, or nothing to show
+/// (the person was erased or is restricted).
+pub async fn invitation_email(
+    domain: &crate::Domain,
+    grant: &Grant,
+    id: InvitationId,
+) -> Result<Option<EmailPreview>, ReadsError> {
+    let Some(invitation) = invitation(domain.store().db(), grant, id).await? else {
+        return Ok(None);
+    };
+    if invitation.erased_at.is_some() || invitation.restricted_at.is_some() {
+        return Ok(None);
+    }
+    let tenancy = grant.tenancy();
+    let mut scoped = domain.store().db().scoped(tenancy).await?;
+    let (Some(organization), Some(person)) = (
+        queries::organization(&mut scoped.conn(), invitation.org_id).await?,
+        queries::user(&mut scoped.conn(), invitation.user_id).await?,
+    ) else {
+        return Ok(None);
+    };
+    drop(scoped);
+    let (Ok(org_name), Ok(sender), Ok(email), Ok(name)) = (
+        crate::model::Name::parse(&organization.name),
+        crate::model::Email::parse(&organization.sender_address),
+        crate::model::Email::parse(&person.email),
+        crate::model::Name::parse(&person.name),
+    ) else {
+        return Ok(None);
+    };
+    let send_number = u32::try_from(invitation.send_count.max(1)).unwrap_or(u32::MAX);
+    let mailing = crate::mailing::Mailing {
+        invitation_id: invitation.id,
+        user_id: invitation.user_id,
+        org_id: invitation.org_id,
+        org_name,
+        sender_address: sender,
+        email: None,
+        name: None,
+        roles: invitation.roles.clone(),
+        send_number,
+        ttl_seconds: 0,
+        accept_url: domain.config().accept_url.clone(),
+    };
+    let message =
+        crate::mailing::invitation_message(&mailing, &email, &name, "…", invitation.expires_at);
+    Ok(Some(EmailPreview {
+        from: format!("{} <{}>", organization.name, message.from),
+        to: format!("{} <{}>", person.name, message.to),
+        subject: message.subject,
+        text: message.text,
+        send_number,
+    }))
+}
+
+/// The log as it stood at each of `marks` (for [`Action::ReadPublic`]): the last
+/// position stored by then, and how many of the events up to it stand failed now. What
+/// a health chart shows of a time before its process started.
+pub async fn log_history(
+    db: &Db,
+    grant: &Grant,
+    marks: &[chrono::DateTime<chrono::Utc>],
+) -> Result<Vec<(chrono::DateTime<chrono::Utc>, Position, i64)>, ReadsError> {
+    require(grant, Action::ReadPublic)?;
+    let mut snapshot = db.snapshot().await?;
+    let mut conn = snapshot.conn();
+    let mut history = Vec::with_capacity(marks.len());
+    for at in marks {
+        let head = Position::new(conn.first_position_since(*at).await?.get() - 1);
+        let failed = conn.failed_through(head).await?;
+        history.push((*at, head, failed));
+    }
+    Ok(history)
+}

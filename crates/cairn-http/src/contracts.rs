@@ -186,7 +186,7 @@ pub fn asyncapi(registry: &Registry) -> Value {
             "socket",
             "/v1/events/ws",
             "ws",
-            "A WebSocket: one message per text frame; the server pings every heartbeat and closes a silent connection (close code 4001: token expired; 1001: shutting down).",
+            "A WebSocket: one message per text frame; the server pings every heartbeat and closes a silent connection (close code 4001: token expired; 4003: the subscriber's own access changed, reconnect; 1001: shutting down).",
         ),
     ] {
         let message_name = format!("{name}_message");

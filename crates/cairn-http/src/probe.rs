@@ -238,6 +238,7 @@ async fn run_hops(state: &AppState, hops: &mut Hops) {
     let subscription = state
         .feed()
         .subscribe(SubscribeRequest {
+            ends_on: &[],
             principal: principal.clone(),
             expires_at: None,
             selector: Selector {

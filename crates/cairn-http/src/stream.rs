@@ -140,6 +140,12 @@ async fn prepare(
     Ok(SubscribeRequest {
         principal,
         expires_at,
+        ends_on: &[
+            "user.deactivated",
+            "user.restricted",
+            "user.erased",
+            "user.roles_changed",
+        ],
         selector: Selector {
             stream_type: query.stream_type,
             event_type: query.event_type,
@@ -347,6 +353,7 @@ async fn run_socket(mut socket: WebSocket, mut subscription: Subscription) {
                 if let Some(end) = &message.end {
                     let code = match end.reason {
                         EndReason::TokenExpired => 4001,
+                        EndReason::AccessChanged => 4003,
                         EndReason::ServerShutdown => 1001,
                         EndReason::Unavailable => 1011,
                     };

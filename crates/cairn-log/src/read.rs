@@ -251,6 +251,17 @@ impl Conn<'_> {
         Ok(Position::new(low))
     }
 
+    /// How many of the events up to `position` stand failed now.
+    pub async fn failed_through(&mut self, position: Position) -> Result<i64, DbError> {
+        self.fetch_one(
+            "SELECT COUNT(*) AS n FROM domain_events \
+             WHERE processing_error_code IS NOT NULL AND position <= $1",
+            args![position],
+        )
+        .await?
+        .get("n")
+    }
+
     /// The head of the log.
     pub async fn head(&mut self) -> Result<Head, DbError> {
         let row = self

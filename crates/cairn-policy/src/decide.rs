@@ -39,7 +39,8 @@ pub enum Action {
     PauseHandlers,
     /// Pause or resume every run of a workflow kind (for every tenant).
     PauseWorkflowKinds,
-    /// Pause or resume one workflow run, of this organization (or of none).
+    /// Pause, resume, cancel or retry one workflow run, of this organization (or of
+    /// none).
     PauseRun(Option<OrgId>),
     /// Subscribe to the live feed.
     Subscribe,
@@ -82,9 +83,9 @@ impl Action {
             Action::PauseHandlers => "pause or resume handler routes".into(),
             Action::PauseWorkflowKinds => "pause or resume workflow kinds".into(),
             Action::PauseRun(Some(org)) => {
-                format!("pause or resume workflow runs of organization {org}")
+                format!("pause, resume, cancel or retry workflow runs of organization {org}")
             }
-            Action::PauseRun(None) => "pause or resume workflow runs".into(),
+            Action::PauseRun(None) => "pause, resume, cancel or retry workflow runs".into(),
             Action::Subscribe => "subscribe to the event feed".into(),
             Action::ReceiveEvent(_) => "receive this event".into(),
             Action::ReadTrace => "read request timelines".into(),

@@ -71,6 +71,10 @@ pub struct SubscribeRequest {
     pub principal: Principal,
     /// When the principal's credentials expire: the subscription ends then.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Event types that, on the principal's own user stream, change what the
+    /// principal may see (a deactivation, a change of roles): the subscription ends
+    /// before them, to be opened again with the principal as they stand then.
+    pub ends_on: &'static [&'static str],
     pub selector: Selector,
     /// Deliver events after this position (`Position::START`: from the beginning;
     /// `None`: from the log's head, only what is committed from now on).
@@ -167,6 +171,9 @@ pub enum EndReason {
     ServerShutdown,
     /// The log could not be read for too long.
     Unavailable,
+    /// The subscriber's own access changed (they were deactivated, or their roles
+    /// changed): reconnect, and the feed follows them as they stand now.
+    AccessChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]

@@ -397,6 +397,15 @@ impl Subscription {
 
     /// Takes the events of a live batch that follow the cursor; a batch that starts
     /// past the cursor would leave a gap, so the log is read instead.
+    /// Whether `event` changes what this subscription's own principal may see.
+    fn changes_own_access(&self, event: &cairn_log::RecordedEvent) -> bool {
+        self.request
+            .principal
+            .user_id()
+            .is_some_and(|user| user.as_uuid() == event.stream_id.as_uuid())
+            && self.request.ends_on.contains(&event.event_type.as_str())
+    }
+
     fn take(&mut self, batch: &Arc<Batch>) {
         if batch.through <= self.cursor {
             return;
@@ -409,7 +418,21 @@ impl Subscription {
         let now = Utc::now();
         for (index, hub_event) in batch.events.iter().enumerate() {
             let event = &hub_event.event;
-            if event.position <= self.cursor || !self.admits(event) {
+            if event.position <= self.cursor {
+                continue;
+            }
+            if self.changes_own_access(event) {
+                self.cursor = Position::new(event.position.get() - 1);
+                self.end(
+                    EndReason::AccessChanged,
+                    format!(
+                        "your access changed ({}); reconnect with a token that works, with Last-Event-ID: {} (or ?after={}), to miss nothing you may still see",
+                        event.event_type, self.cursor, self.cursor
+                    ),
+                );
+                return;
+            }
+            if !self.admits(event) {
                 continue;
             }
             let latency = (now - event.created_at).to_std().unwrap_or_default();

@@ -62,6 +62,7 @@ fn admin_of(org: OrgId) -> Principal {
 
 fn request(principal: Principal, after: Position) -> SubscribeRequest {
     SubscribeRequest {
+        ends_on: &[],
         principal,
         expires_at: None,
         selector: Selector::default(),
@@ -232,6 +233,7 @@ backend_test!(
             .await?;
         let mut probe_watcher = feed
             .subscribe(SubscribeRequest {
+                ends_on: &[],
                 selector: Selector {
                     org_id: Some(OrgId::PROBE),
                     ..Selector::default()
@@ -289,6 +291,7 @@ backend_test!(
         );
         let across = feed
             .subscribe(SubscribeRequest {
+                ends_on: &[],
                 selector: Selector {
                     org_id: Some(org_b),
                     ..Selector::default()
@@ -319,6 +322,7 @@ backend_test!(
         let position = ping(&store, Some(org), 1).await?;
         let mut subscription = feed
             .subscribe(SubscribeRequest {
+                ends_on: &[],
                 expires_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(700)),
                 ..request(admin_of(org), Position::START)
             })

@@ -24,8 +24,9 @@ use cairn_dispatch::{
 use cairn_log::{AppendError, AppendRequest, Conn, DbError, RecordedEvent, Tx, WriteOptions, args};
 use cairn_types::{Metadata, Position, Reason, StreamId, StreamType, WorkflowId};
 
+use crate::definition::StepKind;
 use crate::engine::Engine;
-use crate::state::{PauseScope, Run, load_run};
+use crate::state::{PauseScope, Run, RunStatus, load_run};
 
 /// The stream type of pauses and resumes.
 pub const STREAM_TYPE: &str = "workflow_control";
@@ -42,6 +43,24 @@ pub struct RunPaused {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunResumed {
+    pub run_id: WorkflowId,
+    pub reason: Reason,
+}
+
+/// A run is cancelled: it stops after the step in flight and undoes what it did, as
+/// after a failure, and ends failed with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCancelled {
+    pub run_id: WorkflowId,
+    pub reason: Reason,
+}
+
+/// A failed run that undid nothing is tried again from the step that failed, with a
+/// fresh set of attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRetried {
     pub run_id: WorkflowId,
     pub reason: Reason,
 }
@@ -70,6 +89,17 @@ impl EventPayload for RunPaused {
 impl EventPayload for RunResumed {
     const EVENT_TYPE: &'static str = "workflow_control.run_resumed";
     const DESCRIPTION: &'static str = "A paused workflow run goes on where it stopped.";
+}
+
+impl EventPayload for RunCancelled {
+    const EVENT_TYPE: &'static str = "workflow_control.run_cancelled";
+    const DESCRIPTION: &'static str = "A workflow run was cancelled: it stops after the step in flight, undoes what it did, and ends failed with the reason.";
+}
+
+impl EventPayload for RunRetried {
+    const EVENT_TYPE: &'static str = "workflow_control.run_retried";
+    const DESCRIPTION: &'static str =
+        "A failed workflow run that undid nothing is tried again from the step that failed.";
 }
 
 impl EventPayload for KindPaused {
@@ -159,6 +189,89 @@ impl Handler for OnRunResumed {
     }
 }
 
+/// Refuses a decision about a run that does not exist; a run that exists but is no
+/// longer as the decision found it (a repeated dispatch) is left as it is.
+async fn run_exists(p: &mut Projections<'_>, run_id: WorkflowId) -> Result<(), HandlerError> {
+    let found = p
+        .fetch_optional("SELECT id FROM workflow_runs WHERE id = $1", args![run_id])
+        .await?;
+    if found.is_none() {
+        return Err(HandlerError::failed(format!(
+            "there is no workflow run {run_id}"
+        )));
+    }
+    Ok(())
+}
+
+/// When a cancelled or retried run is due: at once, whatever the engine's clock says
+/// (a test's stopped clock may be behind the time its events were stored).
+const DUE_AT_ONCE: DateTime<Utc> = DateTime::<Utc>::UNIX_EPOCH;
+
+struct OnRunCancelled;
+
+#[async_trait]
+impl Handler for OnRunCancelled {
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        p: &mut Projections<'_>,
+    ) -> Result<(), HandlerError> {
+        let cancelled: RunCancelled = payload(event)?;
+        // A cancel ends a pause: the run undoes what it did at once.
+        let changed = p
+            .execute(
+                "UPDATE workflow_runs SET status = 'compensating', failure = $3, next_run_at = $4, \
+                 paused_at = NULL, paused_by = NULL, pause_reason = NULL, updated_at = $2 \
+                 WHERE id = $1 AND status = 'running'",
+                args![
+                    cancelled.run_id,
+                    event.created_at,
+                    format!(
+                        "cancelled by {}: {}",
+                        actor_of(event),
+                        cancelled.reason.as_str()
+                    ),
+                    DUE_AT_ONCE
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            run_exists(p, cancelled.run_id).await?;
+        }
+        Ok(())
+    }
+}
+
+struct OnRunRetried;
+
+#[async_trait]
+impl Handler for OnRunRetried {
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        p: &mut Projections<'_>,
+    ) -> Result<(), HandlerError> {
+        let retried: RunRetried = payload(event)?;
+        let changed = p
+            .execute(
+                "UPDATE workflow_runs SET status = 'running', failure = NULL, next_run_at = $3, \
+                 updated_at = $2 WHERE id = $1 AND status = 'failed'",
+                args![retried.run_id, event.created_at, DUE_AT_ONCE],
+            )
+            .await?;
+        if changed == 0 {
+            run_exists(p, retried.run_id).await?;
+        }
+        p.execute(
+            "UPDATE workflow_steps SET status = 'retrying', attempts = 0, wake_at = $2, \
+             finished_at = NULL WHERE run_id = $1 AND status = 'failed' AND kind = 'action'",
+            args![retried.run_id, DUE_AT_ONCE],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 struct OnKindPaused;
 
 #[async_trait]
@@ -212,6 +325,8 @@ pub(crate) fn routes(builder: RegistryBuilder) -> RegistryBuilder {
         .router(STREAM_TYPE, |r| {
             r.event::<RunPaused>(OnRunPaused)
                 .event::<RunResumed>(OnRunResumed)
+                .event::<RunCancelled>(OnRunCancelled)
+                .event::<RunRetried>(OnRunRetried)
                 .event::<KindPaused>(OnKindPaused)
                 .event::<KindResumed>(OnKindResumed)
                 .not_pausable("pauses and resumes are what resumes a pause")
@@ -277,6 +392,10 @@ pub enum ControlError {
     },
     #[error("{what} is not paused")]
     NotPaused { what: String },
+    #[error("workflow run {run_id} cannot be cancelled: {why}")]
+    NotCancellable { run_id: WorkflowId, why: String },
+    #[error("workflow run {run_id} cannot be tried again: {why}")]
+    NotRetriable { run_id: WorkflowId, why: String },
     #[error("could not record the decision")]
     Append(#[from] AppendError),
     #[error("database error")]
@@ -346,6 +465,82 @@ impl Engine {
                 None => Err(ControlError::NotPaused {
                     what: format!("workflow run {run_id}"),
                 }),
+            })
+            .await?;
+        self.wake();
+        Ok(run)
+    }
+
+    /// Cancels a running run: it stops after the step in flight, undoes what it did
+    /// (its compensations, newest first), and ends failed with the reason. A paused run
+    /// is cancelled at once.
+    pub async fn cancel_run(
+        &self,
+        run_id: WorkflowId,
+        by: &Operator,
+        reason: Reason,
+    ) -> Result<Run, ControlError> {
+        let run = self
+            .control_run(run_id, by, move |run| {
+                if run.status != RunStatus::Running {
+                    return Err(ControlError::NotCancellable {
+                        run_id,
+                        why: format!("it is {}", run.status.as_str()),
+                    });
+                }
+                Ok(RunCancelled {
+                    run_id,
+                    reason: reason.clone(),
+                }
+                .to_event(Metadata::default()))
+            })
+            .await?;
+        self.wake();
+        Ok(run)
+    }
+
+    /// Tries a failed run again from the step that failed, with a fresh set of
+    /// attempts: only a run that undid nothing (a run whose compensations ran is undone,
+    /// and is started again instead).
+    pub async fn retry_run(
+        &self,
+        run_id: WorkflowId,
+        by: &Operator,
+        reason: Reason,
+    ) -> Result<Run, ControlError> {
+        // A failed run's steps no longer change (but by a retry, which this decides).
+        let undone = {
+            let mut reader = self.store().db().reader().await?;
+            crate::state::load(&mut reader.conn(), run_id)
+                .await?
+                .map_or(0, |run| {
+                    run.steps
+                        .iter()
+                        .filter(|step| step.kind == StepKind::Compensation)
+                        .count()
+                })
+        };
+        if undone > 0 {
+            return Err(ControlError::NotRetriable {
+                run_id,
+                why: format!(
+                    "its compensations ran ({undone} of them): what it did is undone, so start it again instead"
+                ),
+            });
+        }
+        let run = self
+            .control_run(run_id, by, move |run| {
+                if run.status != RunStatus::Failed {
+                    return Err(ControlError::NotRetriable {
+                        run_id,
+                        why: format!("it is {}, not failed", run.status.as_str()),
+                    });
+                }
+                Ok(RunRetried {
+                    run_id,
+                    reason: reason.clone(),
+                }
+                .to_event(Metadata::default()))
             })
             .await?;
         self.wake();

@@ -368,6 +368,11 @@ pub enum WorkflowsCommand {
     Pause(WorkflowPauseArgs),
     /// Resume a paused run, or with --kind a paused kind: it goes on where it stopped.
     Resume(WorkflowPauseArgs),
+    /// Cancel a running run: it stops after the step in flight, undoes what it did and
+    /// ends failed with the reason.
+    Cancel(WorkflowControlArgs),
+    /// Try a failed run that undid nothing again, from the step that failed.
+    Retry(WorkflowControlArgs),
     /// The workflow kinds, their versions, and which are paused.
     Kinds(JsonFlag),
     /// Replay each unfinished run's recorded steps through its definition and report
@@ -386,6 +391,18 @@ pub struct WorkflowPauseArgs {
     /// Every run of this kind instead (organization_bootstrap, invitation_delivery, …).
     #[arg(long)]
     pub kind: Option<String>,
+    /// Why, for the record.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: Reason,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowControlArgs {
+    /// The run's id.
+    #[arg(value_parser = cairn_types::WorkflowId::parse)]
+    pub id: cairn_types::WorkflowId,
     /// Why, for the record.
     #[arg(long, value_parser = parse_reason)]
     pub reason: Reason,

@@ -302,6 +302,32 @@ async fn deactivate(org_id: OrgId, ctx: &mut StepContext<'_>) -> Result<Value, S
         .failure
         .clone()
         .unwrap_or_else(|| "the organization's bootstrap failed".to_owned());
+    // A run undone without its decide reporting the failure (it was cancelled) reports
+    // it here, so that the organization says why it failed.
+    let unreported = {
+        let tx = ctx.tx()?;
+        tx.lock_head().await?;
+        crate::queries::organization(&mut tx.conn(), org_id)
+            .await?
+            .is_some_and(|organization| organization.status == "bootstrapping")
+    };
+    if unreported {
+        let failed = BootstrapFailed {
+            workflow_id: ctx.run().id,
+            step: ctx
+                .run()
+                .current_step
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
+            reason: reason.clone(),
+        };
+        ctx.append_applied(AppendRequest::new(
+            stream_type(stream::ORGANIZATION),
+            org_id.into(),
+            vec![failed.to_event(metadata(org_id, ctx))],
+        ))
+        .await?;
+    }
     let deactivated = OrganizationDeactivated {
         reason: reason.clone(),
     };

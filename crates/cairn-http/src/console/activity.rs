@@ -1,6 +1,7 @@
 //! The health page: the integration probe's hops and the alerts, and the last ten
-//! minutes of events per second and failed events, sampled in this process; and what
-//! else the console keeps between requests ([`Activity`]).
+//! minutes of events per second and failed events, sampled in this process (and, for
+//! the time before it started, read from the log); and what else the console keeps
+//! between requests ([`Activity`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -79,9 +80,38 @@ async fn sample(state: &AppState) -> Option<Sample> {
     })
 }
 
-/// Samples the log's head every [`SAMPLE_EVERY`] until `stop` resolves.
+/// The chart's history before this process started, read from the log: the head at
+/// each [`SAMPLE_EVERY`] of the last [`WINDOW`], so that a restart (every deploy) does
+/// not leave the chart empty.
+async fn backfill(state: &AppState) {
+    let Ok(grant) = allow_principal(&Principal::Anonymous, Action::ReadPublic) else {
+        return;
+    };
+    let now = Utc::now();
+    let every = chrono::Duration::from_std(SAMPLE_EVERY).unwrap_or(chrono::Duration::seconds(10));
+    let steps = WINDOW.num_seconds() / every.num_seconds().max(1);
+    let marks: Vec<DateTime<Utc>> = (1..=steps).rev().map(|n| now - every * n as i32).collect();
+    match reads::log_history(state.db(), &grant, &marks).await {
+        Ok(history) => {
+            for (at, head, failed) in history {
+                state.activity().record(Sample {
+                    at,
+                    head: head.get(),
+                    failed,
+                });
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the log's recent history for the health chart")
+        }
+    }
+}
+
+/// Samples the log's head every [`SAMPLE_EVERY`] until `stop` resolves, after reading
+/// the last ten minutes' from the log.
 pub async fn run_sampler(state: AppState, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
+    backfill(&state).await;
     loop {
         if let Some(sample) = sample(&state).await {
             state.activity().record(sample);

@@ -119,6 +119,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(onboarding::revoke_page).post(onboarding::revoke),
         )
         .route(
+            "/console/invitations/{invitation_id}/email",
+            get(onboarding::email),
+        )
+        .route(
             "/console/invitations/{invitation_id}/address",
             get(onboarding::address_page).post(onboarding::correct_address),
         )
@@ -173,6 +177,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(
             "/console/workflows/{workflow_id}/resume",
             get(pauses::run_resume_page).post(pauses::run_resume),
+        )
+        .route(
+            "/console/workflows/{workflow_id}/cancel",
+            get(pauses::run_cancel_page).post(pauses::run_cancel),
+        )
+        .route(
+            "/console/workflows/{workflow_id}/retry",
+            get(pauses::run_retry_page).post(pauses::run_retry),
         )
         .route(
             "/console/workflow-kinds/{kind}/pause",
@@ -417,6 +429,11 @@ pub(crate) struct Form {
 }
 
 impl Form {
+    /// A form filled in by the server (a failed bootstrap's details, again).
+    fn filled(fields: Vec<(String, String)>) -> Form {
+        Form { fields }
+    }
+
     /// Reads a form body and checks its `csrf` field against the cookie.
     async fn read(request: Request) -> Result<Form, Response> {
         let csrf = request

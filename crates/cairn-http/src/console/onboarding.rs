@@ -269,6 +269,8 @@ struct NewOrganizationPage {
     error: Option<String>,
     /// Each field that was refused, in the form's order.
     problems: Vec<FieldProblem>,
+    /// Filled in again from a failed bootstrap.
+    again: bool,
 }
 
 fn new_organization_page(
@@ -348,6 +350,7 @@ fn new_organization_page(
         max_caseload,
         admin,
         invitees,
+        again: false,
         idempotency_key: form
             .and_then(|f| f.get("idempotency_key"))
             .filter(|k| super::valid_token(k))
@@ -357,15 +360,127 @@ fn new_organization_page(
     }
 }
 
-/// `GET /console/organizations/new`: the bootstrap form.
-pub(crate) async fn new_organization(session: Session) -> Response {
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NewOrganizationQuery {
+    /// A failed bootstrap run whose details fill the form in again.
+    again: Option<String>,
+}
+
+/// `GET /console/organizations/new`: the bootstrap form; with `?again=RUN`, filled in
+/// with what the failed bootstrap `RUN` asked for.
+pub(crate) async fn new_organization(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<NewOrganizationQuery>,
+) -> Response {
     if let Err(problem) = allow(&session.ctx, Action::BootstrapOrganization) {
         return problem_page(&session, &problem);
     }
-    render(
-        StatusCode::OK,
-        &new_organization_page(&session, None, &BTreeMap::new(), None),
+    let Some(again) = query.again.as_deref().filter(|again| !again.is_empty()) else {
+        return render(
+            StatusCode::OK,
+            &new_organization_page(&session, None, &BTreeMap::new(), None),
+        );
+    };
+    let form = match asked_before(&state, &session, again).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let mut page = new_organization_page(&session, Some(&form), &BTreeMap::new(), None);
+    page.again = true;
+    render(StatusCode::OK, &page)
+}
+
+/// What the bootstrap run `run_id` asked for, as the bootstrap form's fields: its
+/// organization's `organization.bootstrap.initiated`, read (and its people's names and
+/// addresses opened) through the policy. A run this person does not see is a 404.
+async fn asked_before(state: &AppState, session: &Session, run_id: &str) -> Result<Form, Response> {
+    let missing = || not_found(session, "bootstrap run");
+    let run_id = cairn_types::WorkflowId::parse(run_id).map_err(|_| missing())?;
+    let grant = allow(&session.ctx, Action::ListWorkflows).map_err(|_| missing())?;
+    let run = match reads::workflow(state.db(), &grant, run_id).await {
+        Ok(Some(run)) => run.run,
+        Ok(None) => return Err(missing()),
+        Err(error) => return Err(problem_page(session, &read_problem(error))),
+    };
+    let Some(org_id) = run.org_id.filter(|_| run.kind == "organization_bootstrap") else {
+        return Err(missing());
+    };
+    let grant = allow(&session.ctx, Action::ListEvents).map_err(|_| missing())?;
+    let filter = cairn_log::EventFilter {
+        stream_id: Some(org_id.into()),
+        event_type: cairn_types::EventType::parse("organization.bootstrap.initiated").ok(),
+        limit: Some(1),
+        ..cairn_log::EventFilter::default()
+    };
+    let events = match reads::events(state.store(), &grant, filter).await {
+        Ok(events) => events,
+        Err(error) => return Err(problem_page(session, &read_problem(error))),
+    };
+    let Some(initiated) = events.first().and_then(|event| {
+        serde_json::from_value::<cairn_domain::events::BootstrapInitiated>(event.data.clone()).ok()
+    }) else {
+        return Err(missing());
+    };
+    let mut people = vec![initiated.admin.user_id];
+    people.extend(initiated.invitees.iter().map(|i| i.user_id));
+    crate::access::record(
+        state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("bootstrap run {run_id} (bootstrap again)"),
+        Some(org_id),
+        Some(people),
     )
+    .await;
+    let known = |value: Option<String>| value.unwrap_or_default();
+    let settings = &initiated.direct_care_settings;
+    let mut fields = vec![
+        ("organization.name".to_owned(), initiated.name.to_string()),
+        ("organization.slug".to_owned(), initiated.slug.to_string()),
+        (
+            "organization.sender_domain".to_owned(),
+            initiated.sender_domain.clone(),
+        ),
+        (
+            "organization.direct_care_settings.max_caseload".to_owned(),
+            settings.max_caseload.to_string(),
+        ),
+        (
+            "admin.name".to_owned(),
+            known(initiated.admin.name.known().map(ToString::to_string)),
+        ),
+        (
+            "admin.email".to_owned(),
+            known(initiated.admin.email.known().map(ToString::to_string)),
+        ),
+    ];
+    for (flag, on) in [
+        ("visit_verification", settings.visit_verification),
+        ("client_assignment", settings.client_assignment),
+    ] {
+        if on {
+            fields.push((
+                format!("organization.direct_care_settings.{flag}"),
+                "true".to_owned(),
+            ));
+        }
+    }
+    for (i, invitee) in initiated.invitees.iter().take(INVITEE_ROWS).enumerate() {
+        fields.push((
+            format!("invitees[{i}].name"),
+            known(invitee.name.known().map(ToString::to_string)),
+        ));
+        fields.push((
+            format!("invitees[{i}].email"),
+            known(invitee.email.known().map(ToString::to_string)),
+        ));
+        for role in &invitee.roles {
+            fields.push((format!("invitees[{i}].roles"), role.as_str().to_owned()));
+        }
+    }
+    Ok(Form::filled(fields))
 }
 
 /// A whole number typed into a form, or the error to show at its field.
@@ -1070,6 +1185,67 @@ pub(crate) async fn resend(
         .into_response(),
         Err(error) => problem_page(&session, &command_problem(error)),
     }
+}
+
+#[derive(Template)]
+#[template(path = "console/email.html")]
+struct EmailPage {
+    layout: Layout,
+    invitation_id: String,
+    org_id: String,
+    send: String,
+    from: String,
+    to: String,
+    subject: String,
+    text: String,
+}
+
+/// `GET /console/invitations/{invitation_id}/email`: the email of the invitation's last
+/// send, its token left out.
+pub(crate) async fn email(
+    State(state): State<AppState>,
+    session: Session,
+    Path(invitation_id): Path<String>,
+) -> Response {
+    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+        Ok(invitation) => invitation,
+        Err(response) => return response,
+    };
+    let grant = match allow(&session.ctx, Action::FindInvitation) {
+        Ok(grant) => grant,
+        Err(_) => return not_found(&session, "invitation"),
+    };
+    let preview = match reads::invitation_email(state.domain(), &grant, invitation.id).await {
+        Ok(Some(preview)) => preview,
+        Ok(None) => return not_found(&session, "invitation email"),
+        Err(error) => return problem_page(&session, &read_problem(error)),
+    };
+    crate::access::record(
+        &state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("invitation {} email", invitation.id),
+        Some(invitation.org_id),
+        Some(vec![invitation.user_id]),
+    )
+    .await;
+    render(
+        StatusCode::OK,
+        &EmailPage {
+            layout: Layout::new(&session, "Invitation email", "/organizations"),
+            invitation_id: invitation.id.to_string(),
+            org_id: invitation.org_id.to_string(),
+            send: match preview.send_number {
+                1 => "the first email".to_owned(),
+                n => format!("email {n}"),
+            },
+            from: preview.from,
+            to: preview.to,
+            subject: preview.subject,
+            text: preview.text,
+        },
+    )
 }
 
 #[derive(Template)]

@@ -1449,6 +1449,10 @@ struct WorkflowPage {
     may_pause: bool,
     may_resume: bool,
     may_resume_kind: bool,
+    may_cancel: bool,
+    may_retry: bool,
+    /// A failed bootstrap's form, filled in again with what it asked for.
+    bootstrap_again: Option<String>,
     step: String,
     failure: Option<String>,
     org: Option<String>,
@@ -1527,6 +1531,11 @@ pub(crate) async fn workflow(
         reason: pause.reason.clone(),
     });
     let may_control = !finished && session.may(&Action::PauseRun(run.run.org_id));
+    let undone = run
+        .steps
+        .iter()
+        .any(|step| step.kind == cairn_workflow::StepKind::Compensation);
+    let failed = run.run.status == cairn_workflow::RunStatus::Failed;
     let own_pause = paused.as_ref().is_some_and(|p| !p.by_kind);
     render(
         StatusCode::OK,
@@ -1539,6 +1548,10 @@ pub(crate) async fn workflow(
                 Some("resumed") if paused.is_none() => {
                     Some("The run is resumed: it goes on where it stopped.")
                 }
+                Some("cancelled") => {
+                    Some("The run is cancelled: it undoes what it did, then ends failed.")
+                }
+                Some("retried") => Some("The run is tried again from the step that failed."),
                 _ => None,
             },
             id: run.run.id.to_string(),
@@ -1559,6 +1572,13 @@ pub(crate) async fn workflow(
             may_resume: may_control && own_pause,
             may_resume_kind: paused.as_ref().is_some_and(|p| p.by_kind)
                 && session.may(&Action::PauseWorkflowKinds),
+            may_cancel: may_control && run.run.status == cairn_workflow::RunStatus::Running,
+            may_retry: failed && !undone && session.may(&Action::PauseRun(run.run.org_id)),
+            bootstrap_again: (run.run.kind == "organization_bootstrap"
+                && run.run.status.is_finished()
+                && run.run.status != cairn_workflow::RunStatus::Completed
+                && session.may(&Action::BootstrapOrganization))
+            .then(|| format!("/console/organizations/new?again={}", run.run.id)),
             paused,
             step: run.run.current_step.clone().unwrap_or_default(),
             failure: run.run.failure.clone(),

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use cairn_domain::reads;
 use cairn_policy::Action;
 use cairn_types::WorkflowId;
-use cairn_workflow::{ControlError, KindPause, PauseScope, Run};
+use cairn_workflow::{ControlError, KindPause, PauseScope, Run, RunStatus};
 
 use super::confirm::{ConfirmPage, Fact, ReasonField, reason_of};
 use super::{Form, Session, not_found, problem_page, time_text};
@@ -284,6 +284,15 @@ async fn decide_kind(
     }
 }
 
+/// What is done to one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunTurn {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
+}
+
 /// The run in the path, if this person sees it and may pause it; a 404 page for a run
 /// they do not see, a 403 page for one they may not pause.
 async fn pausable_run(state: &AppState, session: &Session, id: &str) -> Result<Run, Response> {
@@ -300,18 +309,22 @@ async fn pausable_run(state: &AppState, session: &Session, id: &str) -> Result<R
 }
 
 /// Why `run` cannot be turned as asked, as the engine would refuse it.
-fn run_refusal(turn: Turn, run: &Run, not_pausable: Option<&'static str>) -> Option<ControlError> {
+fn run_refusal(
+    turn: RunTurn,
+    run: &Run,
+    not_pausable: Option<&'static str>,
+) -> Option<ControlError> {
     let what = || format!("workflow run {}", run.id);
     match (turn, &run.paused) {
-        (Turn::Pause, _) if let Some(why) = not_pausable => Some(ControlError::NotPausable {
+        (RunTurn::Pause, _) if let Some(why) = not_pausable => Some(ControlError::NotPausable {
             what: format!("{} (a {} run)", what(), run.kind),
             why,
         }),
-        (Turn::Pause, _) if run.status.is_finished() => Some(ControlError::Finished {
+        (RunTurn::Pause, _) if run.status.is_finished() => Some(ControlError::Finished {
             run_id: run.id,
             status: run.status,
         }),
-        (Turn::Pause, Some(pause)) if pause.scope == PauseScope::Run => {
+        (RunTurn::Pause, Some(pause)) if pause.scope == PauseScope::Run => {
             Some(ControlError::AlreadyPaused {
                 what: what(),
                 by: pause.paused_by.clone(),
@@ -319,7 +332,7 @@ fn run_refusal(turn: Turn, run: &Run, not_pausable: Option<&'static str>) -> Opt
                 since: pause.since,
             })
         }
-        (Turn::Resume, Some(pause)) if pause.scope == PauseScope::Kind => {
+        (RunTurn::Resume, Some(pause)) if pause.scope == PauseScope::Kind => {
             Some(ControlError::NotPaused {
                 what: format!(
                     "{} (its kind {} is paused: resume the kind)",
@@ -328,7 +341,19 @@ fn run_refusal(turn: Turn, run: &Run, not_pausable: Option<&'static str>) -> Opt
                 ),
             })
         }
-        (Turn::Resume, None) => Some(ControlError::NotPaused { what: what() }),
+        (RunTurn::Resume, None) => Some(ControlError::NotPaused { what: what() }),
+        (RunTurn::Cancel, _) if run.status != RunStatus::Running => {
+            Some(ControlError::NotCancellable {
+                run_id: run.id,
+                why: format!("it is {}", run.status.as_str()),
+            })
+        }
+        (RunTurn::Retry, _) if run.status != RunStatus::Failed => {
+            Some(ControlError::NotRetriable {
+                run_id: run.id,
+                why: format!("it is {}, not failed", run.status.as_str()),
+            })
+        }
         _ => None,
     }
 }
@@ -337,7 +362,7 @@ fn run_refusal(turn: Turn, run: &Run, not_pausable: Option<&'static str>) -> Opt
 fn run_page_for(
     state: &AppState,
     session: &Session,
-    turn: Turn,
+    turn: RunTurn,
     run: &Run,
     reason: ReasonField,
 ) -> Response {
@@ -347,7 +372,7 @@ fn run_page_for(
     }
     let href = format!("/console/workflows/{}", run.id);
     let mut page = match turn {
-        Turn::Pause => {
+        RunTurn::Pause => {
             let mut page = ConfirmPage::new(
                 session,
                 "/workflows",
@@ -363,7 +388,7 @@ fn run_page_for(
             page.danger = true;
             page
         }
-        Turn::Resume => {
+        RunTurn::Resume => {
             let mut page = ConfirmPage::new(
                 session,
                 "/workflows",
@@ -382,6 +407,43 @@ fn run_page_for(
                 ];
             }
             page.submit = "Resume the run".to_owned();
+            page
+        }
+        RunTurn::Cancel => {
+            let mut page = ConfirmPage::new(
+                session,
+                "/workflows",
+                format!("Cancel this {} run?", run.kind),
+                format!("{href}/cancel"),
+                href.clone(),
+            );
+            page.lead = "The run stops after the step in flight, undoes what it did (its \
+                         compensations, newest first, as after a failure) and ends failed."
+                .to_owned();
+            page.explanation = vec![
+                "This cannot be taken back: a cancelled bootstrap deactivates its organization \
+                 and revokes its invitations. A paused run is cancelled at once."
+                    .to_owned(),
+            ];
+            page.submit = "Cancel the run".to_owned();
+            page.danger = true;
+            page
+        }
+        RunTurn::Retry => {
+            let mut page = ConfirmPage::new(
+                session,
+                "/workflows",
+                format!("Try this {} run again?", run.kind),
+                format!("{href}/retry"),
+                href.clone(),
+            );
+            page.lead = "The run goes on from the step that failed, with a fresh set of \
+                         attempts."
+                .to_owned();
+            if let Some(failure) = &run.failure {
+                page.facts = vec![Fact::text("It failed", failure.clone())];
+            }
+            page.submit = "Try it again".to_owned();
             page
         }
     };
@@ -404,7 +466,7 @@ pub(crate) async fn run_pause_page(
     session: Session,
     Path(workflow_id): Path<String>,
 ) -> Response {
-    run_page(&state, &session, Turn::Pause, &workflow_id).await
+    run_page(&state, &session, RunTurn::Pause, &workflow_id).await
 }
 
 /// `GET /console/workflows/{workflow_id}/resume`.
@@ -413,14 +475,52 @@ pub(crate) async fn run_resume_page(
     session: Session,
     Path(workflow_id): Path<String>,
 ) -> Response {
-    run_page(&state, &session, Turn::Resume, &workflow_id).await
+    run_page(&state, &session, RunTurn::Resume, &workflow_id).await
 }
 
-async fn run_page(state: &AppState, session: &Session, turn: Turn, id: &str) -> Response {
+async fn run_page(state: &AppState, session: &Session, turn: RunTurn, id: &str) -> Response {
     match pausable_run(state, session, id).await {
         Ok(run) => run_page_for(state, session, turn, &run, ReasonField::blank(HINT)),
         Err(response) => response,
     }
+}
+
+/// `GET /console/workflows/{workflow_id}/cancel`.
+pub(crate) async fn run_cancel_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(workflow_id): Path<String>,
+) -> Response {
+    run_page(&state, &session, RunTurn::Cancel, &workflow_id).await
+}
+
+/// `GET /console/workflows/{workflow_id}/retry`.
+pub(crate) async fn run_retry_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(workflow_id): Path<String>,
+) -> Response {
+    run_page(&state, &session, RunTurn::Retry, &workflow_id).await
+}
+
+/// `POST /console/workflows/{workflow_id}/cancel`.
+pub(crate) async fn run_cancel(
+    State(state): State<AppState>,
+    session: Session,
+    Path(workflow_id): Path<String>,
+    request: Request,
+) -> Response {
+    decide_run(&state, &session, RunTurn::Cancel, &workflow_id, request).await
+}
+
+/// `POST /console/workflows/{workflow_id}/retry`.
+pub(crate) async fn run_retry(
+    State(state): State<AppState>,
+    session: Session,
+    Path(workflow_id): Path<String>,
+    request: Request,
+) -> Response {
+    decide_run(&state, &session, RunTurn::Retry, &workflow_id, request).await
 }
 
 /// `POST /console/workflows/{workflow_id}/pause`.
@@ -430,7 +530,7 @@ pub(crate) async fn run_pause(
     Path(workflow_id): Path<String>,
     request: Request,
 ) -> Response {
-    decide_run(&state, &session, Turn::Pause, &workflow_id, request).await
+    decide_run(&state, &session, RunTurn::Pause, &workflow_id, request).await
 }
 
 /// `POST /console/workflows/{workflow_id}/resume`.
@@ -440,14 +540,14 @@ pub(crate) async fn run_resume(
     Path(workflow_id): Path<String>,
     request: Request,
 ) -> Response {
-    decide_run(&state, &session, Turn::Resume, &workflow_id, request).await
+    decide_run(&state, &session, RunTurn::Resume, &workflow_id, request).await
 }
 
 /// Pauses or resumes a run from its confirmation form, then shows the run.
 async fn decide_run(
     state: &AppState,
     session: &Session,
-    turn: Turn,
+    turn: RunTurn,
     id: &str,
     request: Request,
 ) -> Response {
@@ -466,16 +566,20 @@ async fn decide_run(
     let engine = state.domain().engine();
     let operator = session.ctx.operator();
     let decided = match turn {
-        Turn::Pause => engine.pause_run(run.id, &operator, reason).await,
-        Turn::Resume => engine.resume_run(run.id, &operator, reason).await,
+        RunTurn::Pause => engine.pause_run(run.id, &operator, reason).await,
+        RunTurn::Resume => engine.resume_run(run.id, &operator, reason).await,
+        RunTurn::Cancel => engine.cancel_run(run.id, &operator, reason).await,
+        RunTurn::Retry => engine.retry_run(run.id, &operator, reason).await,
     };
     match decided {
         Ok(_) => Redirect::to(&format!(
             "/console/workflows/{}?notice={}",
             run.id,
             match turn {
-                Turn::Pause => "paused",
-                Turn::Resume => "resumed",
+                RunTurn::Pause => "paused",
+                RunTurn::Resume => "resumed",
+                RunTurn::Cancel => "cancelled",
+                RunTurn::Retry => "retried",
             }
         ))
         .into_response(),

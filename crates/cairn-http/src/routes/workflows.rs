@@ -88,6 +88,24 @@ pub(super) fn ops(api: Api) -> Api {
         resume_workflow,
     )
     .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflows/{workflow_id}/cancel", "cancelWorkflow", "workflows", OK, public: false, command: true,
+                "Cancel a workflow run",
+                "Appends workflow_control.run_cancelled: the run stops after the step in flight, undoes what it did (its compensations, newest first, as after a failure) and ends failed, its failure naming who cancelled it and why. A paused run is cancelled at once. Who may pause a run may cancel it. 409 for a run that is not running (finished, or undoing already).")
+        },
+        cancel_workflow,
+    )
+    .op(
+        Op {
+            idempotency_key: false,
+            ..op!(POST "/v1/workflows/{workflow_id}/retry", "retryWorkflow", "workflows", OK, public: false, command: true,
+                "Try a failed workflow run again",
+                "Appends workflow_control.run_retried: a failed run that undid nothing goes on from the step that failed, with a fresh set of attempts. Who may pause a run may retry it. 409 for a run that is not failed, or whose compensations ran (what it did is undone: start it again, for a bootstrap with the console's \"Bootstrap again\").")
+        },
+        retry_workflow,
+    )
+    .op(
         op!(GET "/v1/workflow-kinds", "listWorkflowKinds", "workflows", OK, public: false, command: false,
             "List workflow kinds", "Every kind of workflow this server runs, with its pause if it is paused."),
         list_kinds,
@@ -121,7 +139,11 @@ pub(crate) fn workflow_control_problem(error: ControlError) -> Problem {
         ControlError::Finished { .. }
         | ControlError::NotPausable { .. }
         | ControlError::AlreadyPaused { .. }
-        | ControlError::NotPaused { .. } => Problem::new(ProblemCode::Conflict, error.to_string()),
+        | ControlError::NotPaused { .. }
+        | ControlError::NotCancellable { .. }
+        | ControlError::NotRetriable { .. } => {
+            Problem::new(ProblemCode::Conflict, error.to_string())
+        }
         ControlError::Database(e) | ControlError::Append(cairn_log::AppendError::Database(e)) => {
             database(&e)
         }
@@ -176,6 +198,42 @@ async fn resume_workflow(
         .domain()
         .engine()
         .resume_run(path.workflow_id, &ctx.operator(), body.reason)
+        .await
+        .map_err(workflow_control_problem)?;
+    Ok(Reply::ok(run))
+}
+
+/// `POST /v1/workflows/{workflow_id}/cancel`.
+async fn cancel_workflow(
+    state: AppState,
+    ctx: Ctx,
+    path: WorkflowPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<Run>, Problem> {
+    may_pause(&state, &ctx, path.workflow_id).await?;
+    let run = state
+        .domain()
+        .engine()
+        .cancel_run(path.workflow_id, &ctx.operator(), body.reason)
+        .await
+        .map_err(workflow_control_problem)?;
+    Ok(Reply::ok(run))
+}
+
+/// `POST /v1/workflows/{workflow_id}/retry`.
+async fn retry_workflow(
+    state: AppState,
+    ctx: Ctx,
+    path: WorkflowPath,
+    _: Empty,
+    body: Because,
+) -> Result<Reply<Run>, Problem> {
+    may_pause(&state, &ctx, path.workflow_id).await?;
+    let run = state
+        .domain()
+        .engine()
+        .retry_run(path.workflow_id, &ctx.operator(), body.reason)
         .await
         .map_err(workflow_control_problem)?;
     Ok(Reply::ok(run))

@@ -399,3 +399,65 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_change_to_the_subscribers_own_access_ends_their_stream_and_no_one_elses,
+    |t: TestDb| async move {
+        let s = server(t).await?;
+        let org = bootstrapped(&s, "access").await?;
+        let mut reader = s.t.db().reader().await?;
+        let ada = cairn_domain::queries::users(
+            &mut reader.conn(),
+            org,
+            cairn_domain::queries::Page::default(),
+        )
+        .await?
+        .into_iter()
+        .find(|u| u.status == "active")
+        .context("the active admin")?
+        .id;
+        drop(reader);
+        let address = listen(s.app.clone()).await?;
+        let url = format!("http://{address}/v1/events/stream?views=false");
+        let as_ada = token(&Principal::User {
+            user_id: ada,
+            org_id: org,
+            roles: std::collections::BTreeSet::from([Role::Admin]),
+        });
+        let mut hers = SseClient::open(url.clone(), Some(&as_ada), None).await?;
+        let head = hers.next_message().await?.data["head"]
+            .as_i64()
+            .context("head")?;
+        let mut others =
+            SseClient::open(url.clone(), Some(&token(&platform_admin())), None).await?;
+        assert_eq!(others.next_message().await?.event, "subscribed");
+
+        s.domain
+            .change_roles(
+                &cairn_domain::CommandContext::new(platform_admin()),
+                ada,
+                &cairn_domain::RolesRequest {
+                    roles: vec!["admin".into(), "viewer".into()],
+                },
+            )
+            .await?;
+        let end = hers.next_message().await?;
+        assert_eq!(end.event, "end", "{end:?}");
+        assert_eq!(end.data["reason"], "access_changed");
+        assert_eq!(end.data["resume_after"], head, "nothing after it was sent");
+        assert!(hers.next().await?.is_none(), "her stream is closed");
+        let theirs = others.next_message().await?;
+        assert_eq!(
+            (
+                theirs.event.as_str(),
+                theirs.data["event"]["event_type"].as_str()
+            ),
+            ("event", Some("user.roles_changed")),
+            "{theirs:?}"
+        );
+        // She still stands: she subscribes again, from where she was.
+        let mut again = SseClient::open(url, Some(&as_ada), Some(head)).await?;
+        assert_eq!(again.next_message().await?.event, "subscribed");
+        Ok(())
+    }
+);

@@ -65,7 +65,8 @@ async fn store(t: &TestDb) -> anyhow::Result<EventStore> {
 
 /// Runs the steps its input names, in order: "gated" acts outside the database and
 /// waits for the test's gate; "unreliable" fails, retryably, until the test says it is
-/// fixed, and pauses its run when its 3 attempts run out; "widget" appends a widget
+/// fixed, and pauses its run when its 3 attempts run out; "broken" fails for good
+/// until then; "undoable" is compensable; "widget" appends a widget
 /// event in its transaction (held while the widget route is paused); any other
 /// succeeds.
 #[derive(Default)]
@@ -85,6 +86,15 @@ impl Paced {
 impl Workflow for Paced {
     fn kind(&self) -> &'static str {
         "paced"
+    }
+
+    async fn compensate(
+        &self,
+        _input: &Value,
+        step: &cairn_workflow::StepRecord,
+        ctx: &mut StepContext<'_>,
+    ) -> Result<Value, StepError> {
+        self.undo(&step.name, ctx.attempt()).await
     }
 
     fn decide(&self, input: &Value, history: &History) -> Result<Decision, String> {
@@ -113,6 +123,9 @@ impl Workflow for Paced {
             let mut call = StepCall::new(name);
             if name == "gated" {
                 call = call.external();
+            }
+            if name == "undoable" {
+                call = call.compensable();
             }
             if name == "unreliable" {
                 call = call.retry(RetryPolicy {
@@ -149,6 +162,9 @@ impl Workflow for Paced {
             "unreliable" if !self.fixed.load(Ordering::SeqCst) => {
                 Err(StepError::retryable("451 4.3.0 try again later"))
             }
+            "broken" if !self.fixed.load(Ordering::SeqCst) => {
+                Err(StepError::permanent("550 5.1.1 no such mailbox"))
+            }
             "widget" => {
                 let event = NewEvent::new(
                     EventType::parse("widget.made").expect("valid"),
@@ -165,6 +181,17 @@ impl Workflow for Paced {
             }
             _ => Ok(json!(1)),
         }
+    }
+}
+
+impl Paced {
+    /// Its compensations, logged as its steps are.
+    async fn undo(&self, step: &str, attempt: u32) -> Result<Value, StepError> {
+        self.log
+            .lock()
+            .expect("log")
+            .push(format!("compensate:{step} #{attempt}"));
+        Ok(json!({ "undone": step }))
     }
 }
 
@@ -600,6 +627,137 @@ backend_test!(
             .find(|s| s.name == "widget")
             .expect("recorded");
         assert_eq!(widget.attempts, 1, "waiting used up no attempt");
+        verify(&store).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_cancelled_run_stops_undoes_what_it_did_and_ends_failed_with_the_reason,
+    |t: TestDb| async move {
+        let store = store(&t).await?;
+        let clock = manual_clock();
+        let workflow = Arc::new(Paced::default());
+        let engine = Engine::new(
+            store.clone(),
+            vec![workflow.clone()],
+            clock.clone(),
+            EngineConfig::default(),
+        );
+        let id = start(&engine, &["first", "undoable", "nap", "after"]).await?;
+        engine.run_until_idle().await?;
+        assert_eq!(
+            workflow.log(),
+            ["first #1", "undoable #1"],
+            "asleep on its timer"
+        );
+
+        let run = engine
+            .cancel_run(id, &operator(), reason("the organization withdrew"))
+            .await?;
+        assert_eq!(run.status, RunStatus::Compensating);
+        engine.run_until_idle().await?;
+        let state = run_state(&engine, id).await?;
+        assert_eq!(state.run.status, RunStatus::Failed);
+        assert_eq!(
+            state.run.failure.as_deref(),
+            Some("cancelled by service:test-operator: the organization withdrew")
+        );
+        assert_eq!(
+            workflow.log(),
+            ["first #1", "undoable #1", "compensate:undoable #1"],
+            "what it did is undone, and the rest never runs"
+        );
+        clock.advance(chrono::Duration::seconds(120));
+        engine.run_until_idle().await?;
+        assert!(!workflow.log().contains(&"after #1".to_owned()));
+
+        let again = engine
+            .cancel_run(id, &operator(), reason("twice"))
+            .await
+            .expect_err("finished");
+        assert!(
+            matches!(&again, ControlError::NotCancellable { why, .. } if why == "it is failed"),
+            "{again}"
+        );
+        // The cancel is in the log, under who asked and why.
+        let events = crate::support::run_events(&engine, id).await?;
+        assert!(
+            events.iter().any(
+                |e| e.event_type.as_str() == "workflow_control.run_cancelled"
+                    && e.data["reason"] == "the organization withdrew"
+            ),
+            "{events:?}"
+        );
+        verify(&store).await?;
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_failed_run_that_undid_nothing_is_tried_again_from_its_failed_step,
+    |t: TestDb| async move {
+        let store = store(&t).await?;
+        let workflow = Arc::new(Paced::default());
+        let engine = Engine::new(
+            store.clone(),
+            vec![workflow.clone()],
+            manual_clock(),
+            EngineConfig::default(),
+        );
+        let id = start(&engine, &["first", "broken", "second"]).await?;
+        engine.run_until_idle().await?;
+        assert_eq!(run_state(&engine, id).await?.run.status, RunStatus::Failed);
+        let refused = engine
+            .retry_run(WorkflowId::new_v7(), &operator(), reason("fixed"))
+            .await
+            .expect_err("no such run");
+        assert!(
+            matches!(refused, ControlError::NotFound { .. }),
+            "{refused}"
+        );
+
+        // The cause is fixed: the run goes on from the failed step, with fresh attempts.
+        workflow.fixed.store(true, Ordering::SeqCst);
+        let run = engine
+            .retry_run(id, &operator(), reason("the mailbox exists now"))
+            .await?;
+        assert_eq!((run.status, run.failure), (RunStatus::Running, None));
+        engine.run_until_idle().await?;
+        assert_eq!(
+            run_state(&engine, id).await?.run.status,
+            RunStatus::Completed
+        );
+        assert_eq!(
+            workflow.log(),
+            ["first #1", "broken #1", "broken #1", "second #1"],
+            "the step that failed, then the rest; the first is not run again"
+        );
+        let again = engine
+            .retry_run(id, &operator(), reason("twice"))
+            .await
+            .expect_err("completed");
+        assert!(
+            matches!(&again, ControlError::NotRetriable { why, .. } if why.contains("not failed")),
+            "{again}"
+        );
+
+        // A run whose compensations ran is undone: it is started again, not retried.
+        workflow.fixed.store(false, Ordering::SeqCst);
+        let undone = start(&engine, &["undoable", "broken"]).await?;
+        engine.run_until_idle().await?;
+        assert_eq!(
+            run_state(&engine, undone).await?.run.status,
+            RunStatus::Failed
+        );
+        let refused = engine
+            .retry_run(undone, &operator(), reason("try again"))
+            .await
+            .expect_err("undone");
+        assert!(
+            matches!(&refused, ControlError::NotRetriable { why, .. } if why.contains("compensations ran")),
+            "{refused}"
+        );
         verify(&store).await?;
         Ok(())
     }

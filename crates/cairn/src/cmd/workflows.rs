@@ -25,9 +25,46 @@ pub async fn run(
         WorkflowsCommand::Run(args) => run_engine(url, runtime, args).await,
         WorkflowsCommand::Pause(args) => pause(url, runtime, args, true).await,
         WorkflowsCommand::Resume(args) => pause(url, runtime, args, false).await,
+        WorkflowsCommand::Cancel(args) => control(url, runtime, args, true).await,
+        WorkflowsCommand::Retry(args) => control(url, runtime, args, false).await,
         WorkflowsCommand::Kinds(args) => kinds(url, runtime, args).await,
         WorkflowsCommand::Check(args) => check(url, runtime, args).await,
     }
+}
+
+/// `cairn workflows cancel` and `cairn workflows retry`.
+async fn control(
+    url: &str,
+    runtime: &Runtime,
+    args: crate::cli::WorkflowControlArgs,
+    cancelling: bool,
+) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    let engine = domain.engine();
+    let by = app::cli_operator();
+    let run = if cancelling {
+        engine.cancel_run(args.id, &by, args.reason).await?
+    } else {
+        engine.retry_run(args.id, &by, args.reason).await?
+    };
+    if args.json.json {
+        ui::print_json(&run)?;
+    } else if cancelling {
+        outln!(
+            "{} workflow run {} ({}) is cancelled: it undoes what it did, then ends failed",
+            style("✓").green().bold(),
+            run.id,
+            run.kind
+        );
+    } else {
+        outln!(
+            "{} workflow run {} ({}) goes on from the step that failed; `cairn workflows run` drives it if no server is running",
+            style("✓").green().bold(),
+            run.id,
+            run.kind
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cairn workflows check`: exit 1 when a run no longer fits its definition.

@@ -440,6 +440,34 @@ backend_test!(
         );
         let text = browser.text().await?;
         assert!(!text.contains("bea@bounce.example"), "{text}");
+        // The email that went, as the admin can check it, without its link's token.
+        browser
+            .click(&format!("{corrected} a[data-action='email']"))
+            .await?;
+        let page = browser.wait_for_title("Invitation email").await?;
+        for expected in [
+            "Bea Schmidt <bea.schmidt@example.com>",
+            "You're invited to join Sunrise Care on cairn",
+            "as viewer",
+            "?token=…",
+            "email 2",
+        ] {
+            assert!(page.contains(expected), "{expected:?} in {page}");
+        }
+        let sent = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.to.contains("bea.schmidt@"))
+            .context("the corrected email")?;
+        let start = sent.body.find("token=").context("a link")? + "token=".len();
+        assert!(
+            !page.contains(&sent.body[start..start + 64]),
+            "the token is not shown"
+        );
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org_id}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
 
         // Another refused invitation is withdrawn, after a confirmation.
         invite("Cy Young", "cy@bounce.example").await?;
@@ -626,6 +654,155 @@ backend_test!(
         Ok(())
     }
 );
+
+backend_test!(
+    a_run_is_cancelled_with_a_reason_and_a_failed_bootstrap_is_started_again_with_its_details,
+    |t: TestDb| async move {
+        // Grace's invitations wait at the mail server until the test lets them through;
+        // every address at bounce.example is refused for good.
+        let sink = SmtpSink::start(SinkOptions {
+            hold_to: Some("grace".to_owned()),
+            refuse: Some("550 5.1.1 Mailbox unavailable".into()),
+            refuse_to: Some("@bounce.example".into()),
+            ..SinkOptions::default()
+        })
+        .await?;
+        let server = Server::start(t.url(), &sink.url()).await?;
+        let admin = token(t.url(), &["--platform-admin", "ops"]).await?;
+        let browser = Browser::launch().await?;
+        sign_in(&browser, &server, &admin).await?;
+
+        // A bootstrap held mid-way is cancelled: it undoes what it did.
+        let running = server
+            .bootstrap(&admin, bootstrap_request("sunrise-cancel"))
+            .await?;
+        let run = running["workflow_id"]
+            .as_str()
+            .context("the run")?
+            .to_owned();
+        let org = running["org_id"].as_str().context("the org")?.to_owned();
+        sink.wait_held(1, Duration::from_secs(30)).await?;
+        browser
+            .goto(&server.url(&format!("/console/workflows/{run}")))
+            .await?;
+        browser
+            .wait_for_text("[data-run-status]", "running")
+            .await?;
+        browser.click("a[data-action='cancel-run']").await?;
+        browser.wait_for_title("Cancel this").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("[data-field='reason']", "").await?;
+        browser.fill("#reason", "Asked for by mistake").await?;
+        browser.click("button.danger").await?;
+        browser.wait_for_text("p.notice", "cancelled").await?;
+        sink.release(1)?;
+        browser.wait_for_text("[data-run-status]", "failed").await?;
+        let page = browser
+            .wait_for_text(
+                "[role=alert]",
+                "cancelled by service:platform-admin-ops: Asked for by mistake",
+            )
+            .await?;
+        assert!(!page.is_empty());
+        let organization = server
+            .get(&admin, &format!("/v1/organizations/{org}"))
+            .await?;
+        assert_eq!(
+            (
+                organization["status"].clone(),
+                organization["is_active"].clone()
+            ),
+            (json!("failed"), json!(false)),
+            "the cancelled bootstrap was undone: {organization}"
+        );
+        // Undone, it is not tried again; it is started again.
+        let retried = server
+            .http
+            .post(server.url(&format!("/v1/workflows/{run}/retry")))
+            .bearer_auth(&admin)
+            .json(&json!({ "reason": "try again" }))
+            .send()
+            .await?;
+        assert_eq!(retried.status().as_u16(), 409);
+        let problem: Value = retried.json().await?;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("compensations ran")),
+            "{problem}"
+        );
+
+        // A bootstrap whose admin's address is refused fails; its page offers to start it
+        // again with the same details, filled in, for the address to be corrected.
+        let mut request: Value = serde_json::from_str(&bootstrap_request("sunrise-again"))?;
+        request["admin"]["email"] = json!("ada@bounce.example");
+        request["invitees"] = json!([]);
+        let failed = bootstrapped_or_failed(&server, &admin, request.to_string()).await?;
+        browser
+            .goto(&server.url(&format!("/console/workflows/{failed}")))
+            .await?;
+        browser.wait_for_text("[data-run-status]", "failed").await?;
+        let text = browser.text().await?;
+        assert!(!text.contains("Try again from the failed step"), "{text}");
+        browser.click("a[data-action='bootstrap-again']").await?;
+        browser.wait_for_title("Bootstrap an organization").await?;
+        browser
+            .wait_for_text(
+                "[data-again]",
+                "Filled in with what the failed bootstrap asked for",
+            )
+            .await?;
+        for (field, value) in [
+            ("organization-name", "Sunrise Care"),
+            ("organization-slug", "sunrise-again"),
+            ("admin-email", "ada@bounce.example"),
+            ("admin-name", "Ada Lovelace"),
+        ] {
+            assert_eq!(
+                browser
+                    .eval(&format!("return document.getElementById('{field}').value"))
+                    .await?,
+                json!(value),
+                "{field}"
+            );
+        }
+        screenshot(&browser, &t, "bootstrap-again").await?;
+        browser.fill("#admin-email", "ada@example.com").await?;
+        browser.click("form button.primary").await?;
+        browser.wait_for_title("Organization bootstrap run").await?;
+        browser
+            .wait_for_text("[data-run-status]", "completed")
+            .await?;
+        browser.close().await?;
+        Ok(())
+    }
+);
+
+/// Bootstraps through the API and waits for its run to finish, however it ends; the
+/// run's id.
+async fn bootstrapped_or_failed(
+    server: &Server,
+    admin: &str,
+    request: String,
+) -> anyhow::Result<String> {
+    let accepted = server.bootstrap(admin, request).await?;
+    let run = accepted["workflow_id"]
+        .as_str()
+        .context("the bootstrap's run")?
+        .to_owned();
+    let started = tokio::time::Instant::now();
+    loop {
+        let state = server.get(admin, &format!("/v1/workflows/{run}")).await?;
+        if matches!(state["status"].as_str(), Some("completed" | "failed")) {
+            return Ok(run);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run did not finish: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// A `cairn serve` on `t`, mailing to an outbox of its own, and a platform
 /// administrator's token.
@@ -2397,7 +2574,7 @@ backend_test!(
 backend_test!(
     the_health_page_says_why_plainly_and_an_organizations_admin_sees_only_their_own,
     |t: TestDb| async move {
-        let (_outbox, server, admin) = opened(&t).await?;
+        let (_outbox, mut server, admin) = opened(&t).await?;
         let accepted = bootstrapped(&server, &admin, bootstrap_request("care-a")).await?;
         let org_a = accepted["org_id"].as_str().context("org_id")?.to_owned();
         // An event of no organization that fails: the platform's, not A's.
@@ -2430,6 +2607,20 @@ backend_test!(
             .await?;
         assert_eq!(icon, json!("200 image/svg+xml"), "the page has an icon");
         screenshot(&browser, &t, "health").await?;
+
+        // A restart (every deploy) keeps the chart: its last ten minutes are read from
+        // the log, where a process that only sampled would have one reading, no rate.
+        server.stop().await?;
+        server.start_again().await?;
+        browser.goto(&server.url("/console/health")).await?;
+        browser.wait_for_title("Health").await?;
+        let bars = browser
+            .eval("return [...document.querySelectorAll('svg.chart')[0].querySelectorAll('rect')].filter(r => Number(r.getAttribute('height')) > 0).length")
+            .await?;
+        assert!(
+            bars.as_i64().is_some_and(|n| n > 0),
+            "the bootstrap's events show after the restart: {bars}"
+        );
 
         // A's admin: their organization's figures, named, and nothing of the rest.
         let admin_a = token(t.url(), &["--org", &org_a, "--role", "admin"]).await?;
