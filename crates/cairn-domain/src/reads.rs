@@ -768,3 +768,27 @@ pub async fn log_history(
     }
     Ok(history)
 }
+
+/// What the bootstrap of organization `org_id` asked for (its
+/// `organization.bootstrap.initiated`, at its current version, its people's names and
+/// addresses opened unless withheld), as [`Action::ListEvents`] sees it: to start a
+/// failed bootstrap again with the same details.
+pub async fn bootstrap_asked(
+    store: &EventStore,
+    grant: &Grant,
+    org_id: OrgId,
+) -> Result<Option<crate::events::BootstrapInitiated>, ReadsError> {
+    let filter = EventFilter {
+        stream_id: Some(org_id.into()),
+        event_type: cairn_types::EventType::parse(
+            <crate::events::BootstrapInitiated as cairn_dispatch::EventPayload>::EVENT_TYPE,
+        )
+        .ok(),
+        limit: Some(1),
+        ..EventFilter::default()
+    };
+    let found = events(store, grant, filter).await?;
+    Ok(found
+        .first()
+        .and_then(|event| cairn_dispatch::payload(event).ok()))
+}

@@ -407,20 +407,10 @@ async fn asked_before(state: &AppState, session: &Session, run_id: &str) -> Resu
         return Err(missing());
     };
     let grant = allow(&session.ctx, Action::ListEvents).map_err(|_| missing())?;
-    let filter = cairn_log::EventFilter {
-        stream_id: Some(org_id.into()),
-        event_type: cairn_types::EventType::parse("organization.bootstrap.initiated").ok(),
-        limit: Some(1),
-        ..cairn_log::EventFilter::default()
-    };
-    let events = match reads::events(state.store(), &grant, filter).await {
-        Ok(events) => events,
+    let initiated = match reads::bootstrap_asked(state.store(), &grant, org_id).await {
+        Ok(Some(initiated)) => initiated,
+        Ok(None) => return Err(missing()),
         Err(error) => return Err(problem_page(session, &read_problem(error))),
-    };
-    let Some(initiated) = events.first().and_then(|event| {
-        serde_json::from_value::<cairn_domain::events::BootstrapInitiated>(event.data.clone()).ok()
-    }) else {
-        return Err(missing());
     };
     let mut people = vec![initiated.admin.user_id];
     people.extend(initiated.invitees.iter().map(|i| i.user_id));
@@ -804,7 +794,7 @@ async fn organization_page(
             .map(|i| format!("{} (once they accept)", join(&i.roles)))
             .unwrap_or_default()
     };
-    let people = people
+    let people: Vec<PersonRow> = people
         .into_iter()
         .map(|u| PersonRow {
             refused_invitation: refused_invitation(u.id),
@@ -822,10 +812,20 @@ async fn organization_page(
             status: u.status,
         })
         .collect();
+    // An invitation of someone already active (the first admin, created with the
+    // organization) says so, rather than contradict their person's row.
+    let active: std::collections::BTreeSet<&str> = people
+        .iter()
+        .filter(|p| p.status == "active" && p.deactivated.is_none())
+        .map(|p| p.id.as_str())
+        .collect();
     let invitations = invitations
         .into_iter()
         .map(|i| {
             let note = match i.status.as_str() {
+                "pending" if active.contains(i.user_id.to_string().as_str()) => Some(
+                    "their account is already active: accepting confirms their address".to_owned(),
+                ),
                 "accepted" => i
                     .accepted_at
                     .as_ref()

@@ -246,6 +246,13 @@ backend_test!(
                 "Accepted by the mail server · 1 email,",
             )
             .await?;
+        // The first admin, active from the start, is not "pending" for nothing.
+        browser
+            .wait_for_text(
+                "tr[data-invitation='ada@example.com']",
+                "their account is already active",
+            )
+            .await?;
         screenshot(&browser, &t, "organization").await?;
 
         // Resent: a new link goes out, and the page follows it live.
