@@ -128,6 +128,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("schema/sqlite/0012_deactivation.sql"),
         postgres: include_str!("schema/postgres/0012_deactivation.sql"),
     },
+    Migration {
+        id: "domain/0013_users_by_org",
+        sqlite: include_str!("schema/sqlite/0013_users_by_org.sql"),
+        postgres: include_str!("schema/postgres/0013_users_by_org.sql"),
+    },
 ];
 
 #[cfg(test)]

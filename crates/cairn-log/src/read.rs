@@ -140,7 +140,14 @@ impl EventFilter {
             args.push(before.into_arg());
             sql.push_str(&format!(" AND position < ${}", args.len()));
         }
-        if self.failed {
+        if self.failed && self.error_code.is_none() {
+            // Through the partial index of failed events: as a plain condition, the
+            // planner walks the whole log in position order looking for the few.
+            sql.push_str(
+                " AND position IN (SELECT position FROM domain_events \
+                 WHERE processing_error_code IS NOT NULL)",
+            );
+        } else if self.failed {
             sql.push_str(" AND processing_error_code IS NOT NULL");
         }
         args.push(i64::from(self.limit.unwrap_or(Self::DEFAULT_LIMIT)).into_arg());
