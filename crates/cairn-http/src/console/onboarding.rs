@@ -1159,6 +1159,31 @@ async fn visible_invitation(
     }
 }
 
+/// The invitation a confirmation page acts on: one this person sees and may act on
+/// with `action`; the page shows its address, so the read is on record.
+async fn invitation_to_act_on(
+    state: &AppState,
+    session: &Session,
+    invitation_id: &str,
+    action: fn(OrgId) -> Action,
+) -> Result<reads::Invitation, Response> {
+    let invitation = visible_invitation(state, session, invitation_id).await?;
+    if let Err(problem) = allow(&session.ctx, action(invitation.org_id)) {
+        return Err(problem_page(session, &problem));
+    }
+    crate::access::record(
+        state,
+        &session.ctx.principal,
+        session.ctx.correlation_id,
+        cairn_log::AccessVia::Console,
+        format!("invitation {}", invitation.id),
+        Some(invitation.org_id),
+        Some(vec![invitation.user_id]),
+    )
+    .await;
+    Ok(invitation)
+}
+
 /// `POST /console/invitations/{invitation_id}/resend`.
 pub(crate) async fn resend(
     State(state): State<AppState>,
@@ -1278,23 +1303,17 @@ pub(crate) async fn revoke_page(
     session: Session,
     Path(invitation_id): Path<String>,
 ) -> Response {
-    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+    let invitation = match invitation_to_act_on(
+        &state,
+        &session,
+        &invitation_id,
+        Action::RevokeInvitation,
+    )
+    .await
+    {
         Ok(invitation) => invitation,
         Err(response) => return response,
     };
-    if let Err(problem) = allow(&session.ctx, Action::RevokeInvitation(invitation.org_id)) {
-        return problem_page(&session, &problem);
-    }
-    crate::access::record(
-        &state,
-        &session.ctx.principal,
-        session.ctx.correlation_id,
-        cairn_log::AccessVia::Console,
-        format!("invitation {}", invitation.id),
-        Some(invitation.org_id),
-        Some(vec![invitation.user_id]),
-    )
-    .await;
     let reason = Field::new("reason", "Why is it withdrawn?", "text")
         .hint("Kept with the invitation's history.");
     render(
@@ -1391,23 +1410,17 @@ pub(crate) async fn address_page(
     session: Session,
     Path(invitation_id): Path<String>,
 ) -> Response {
-    let invitation = match visible_invitation(&state, &session, &invitation_id).await {
+    let invitation = match invitation_to_act_on(
+        &state,
+        &session,
+        &invitation_id,
+        Action::ResendInvitation,
+    )
+    .await
+    {
         Ok(invitation) => invitation,
         Err(response) => return response,
     };
-    if let Err(problem) = allow(&session.ctx, Action::ResendInvitation(invitation.org_id)) {
-        return problem_page(&session, &problem);
-    }
-    crate::access::record(
-        &state,
-        &session.ctx.principal,
-        session.ctx.correlation_id,
-        cairn_log::AccessVia::Console,
-        format!("invitation {}", invitation.id),
-        Some(invitation.org_id),
-        Some(vec![invitation.user_id]),
-    )
-    .await;
     let email = address_field().value(invitation.email.clone());
     render(
         StatusCode::OK,

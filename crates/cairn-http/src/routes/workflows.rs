@@ -167,6 +167,36 @@ async fn may_pause(state: &AppState, ctx: &Ctx, id: WorkflowId) -> Result<(), Pr
     }
 }
 
+/// What is decided about one run.
+#[derive(Debug, Clone, Copy)]
+enum RunControl {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
+}
+
+/// Asks the policy, then the engine, to decide `control` about the run in the path.
+async fn control_workflow(
+    state: &AppState,
+    ctx: &Ctx,
+    path: &WorkflowPath,
+    reason: cairn_types::Reason,
+    control: RunControl,
+) -> Result<Reply<Run>, Problem> {
+    may_pause(state, ctx, path.workflow_id).await?;
+    let engine = state.domain().engine();
+    let (id, by) = (path.workflow_id, ctx.operator());
+    let run = match control {
+        RunControl::Pause => engine.pause_run(id, &by, reason).await,
+        RunControl::Resume => engine.resume_run(id, &by, reason).await,
+        RunControl::Cancel => engine.cancel_run(id, &by, reason).await,
+        RunControl::Retry => engine.retry_run(id, &by, reason).await,
+    }
+    .map_err(workflow_control_problem)?;
+    Ok(Reply::ok(run))
+}
+
 /// `POST /v1/workflows/{workflow_id}/pause`.
 async fn pause_workflow(
     state: AppState,
@@ -175,14 +205,7 @@ async fn pause_workflow(
     _: Empty,
     body: Because,
 ) -> Result<Reply<Run>, Problem> {
-    may_pause(&state, &ctx, path.workflow_id).await?;
-    let run = state
-        .domain()
-        .engine()
-        .pause_run(path.workflow_id, &ctx.operator(), body.reason)
-        .await
-        .map_err(workflow_control_problem)?;
-    Ok(Reply::ok(run))
+    control_workflow(&state, &ctx, &path, body.reason, RunControl::Pause).await
 }
 
 /// `POST /v1/workflows/{workflow_id}/resume`.
@@ -193,14 +216,7 @@ async fn resume_workflow(
     _: Empty,
     body: Because,
 ) -> Result<Reply<Run>, Problem> {
-    may_pause(&state, &ctx, path.workflow_id).await?;
-    let run = state
-        .domain()
-        .engine()
-        .resume_run(path.workflow_id, &ctx.operator(), body.reason)
-        .await
-        .map_err(workflow_control_problem)?;
-    Ok(Reply::ok(run))
+    control_workflow(&state, &ctx, &path, body.reason, RunControl::Resume).await
 }
 
 /// `POST /v1/workflows/{workflow_id}/cancel`.
@@ -211,14 +227,7 @@ async fn cancel_workflow(
     _: Empty,
     body: Because,
 ) -> Result<Reply<Run>, Problem> {
-    may_pause(&state, &ctx, path.workflow_id).await?;
-    let run = state
-        .domain()
-        .engine()
-        .cancel_run(path.workflow_id, &ctx.operator(), body.reason)
-        .await
-        .map_err(workflow_control_problem)?;
-    Ok(Reply::ok(run))
+    control_workflow(&state, &ctx, &path, body.reason, RunControl::Cancel).await
 }
 
 /// `POST /v1/workflows/{workflow_id}/retry`.
@@ -229,14 +238,7 @@ async fn retry_workflow(
     _: Empty,
     body: Because,
 ) -> Result<Reply<Run>, Problem> {
-    may_pause(&state, &ctx, path.workflow_id).await?;
-    let run = state
-        .domain()
-        .engine()
-        .retry_run(path.workflow_id, &ctx.operator(), body.reason)
-        .await
-        .map_err(workflow_control_problem)?;
-    Ok(Reply::ok(run))
+    control_workflow(&state, &ctx, &path, body.reason, RunControl::Retry).await
 }
 
 /// `GET /v1/workflow-kinds`.
