@@ -87,6 +87,13 @@ function showTimes(root) {
   }
 }
 
+// What the server last sent for each live region: a fresh copy is swapped in only when
+// it differs from this, never because the script has since shown its times another way
+// (a needless swap could take a click that was half done: pressed on the old link,
+// released on the new one).
+const served = new WeakMap();
+for (const region of document.querySelectorAll("[data-region]")) served.set(region, region.innerHTML);
+
 showTimes(document);
 setInterval(() => showTimes(document), 30000);
 
@@ -126,7 +133,8 @@ function follow(query, url) {
       let changed = 0;
       for (const region of document.querySelectorAll("[data-region]")) {
         const fresh = next.getElementById(region.id);
-        if (!fresh || fresh.innerHTML === region.innerHTML) continue;
+        if (!fresh || fresh.innerHTML === served.get(region)) continue;
+        served.set(region, fresh.innerHTML);
         changed += 1;
         const checked = new Set([...region.querySelectorAll("input[type=checkbox]:checked")].map((i) => `${i.name}=${i.value}`));
         const active = document.activeElement;

@@ -2091,6 +2091,27 @@ backend_test!(
             .await?;
         browser.wait_for_title("Sunrise Care").await?;
         let row = format!("tr[data-person='{grace}']");
+        // Once following, the page fetches itself again: nothing new has happened, so
+        // nothing on it is replaced (a swap could take a click half done).
+        browser
+            .eval(&format!(
+                "window.rowBefore = document.querySelector(\"{row}\"); return true"
+            ))
+            .await?;
+        browser
+            .wait_for_text("[data-live-status][data-state='live']", "live")
+            .await?;
+        browser.wait_for_fetches(1).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            browser
+                .eval(&format!(
+                    "return document.querySelector(\"{row}\") === window.rowBefore"
+                ))
+                .await?,
+            json!(true),
+            "a refresh that brought nothing new left the row as it was"
+        );
         browser
             .click(&format!("{row} a[data-action='erase']"))
             .await?;

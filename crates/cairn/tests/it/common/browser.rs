@@ -166,6 +166,25 @@ impl Browser {
         }
     }
 
+    /// Waits until the page has made at least `count` requests of its own (`fetch`),
+    /// and those have answered.
+    pub async fn wait_for_fetches(&self, count: usize) -> anyhow::Result<()> {
+        let script = "return performance.getEntriesByType('resource')\
+                      .filter((entry) => entry.initiatorType === 'fetch').length";
+        let started = Instant::now();
+        loop {
+            let seen = self.eval(script).await?.as_u64().unwrap_or_default();
+            if seen >= count as u64 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < PATIENCE,
+                "the page made {seen} of {count} requests within {PATIENCE:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The page's text, as a person sees it (`document.body.innerText`).
     pub async fn text(&self) -> anyhow::Result<String> {
         let text = self.eval("return document.body.innerText").await?;
