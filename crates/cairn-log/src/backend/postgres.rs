@@ -158,7 +158,8 @@ impl Pipeline {
             .insert(name.to_owned());
     }
 
-    /// Sends what is queued, in one round trip, followed by `COMMIT` if `commit`. Any
+    /// Sends what is queued, in one round trip (two when a statement is new to the
+    /// connection), followed by `COMMIT` if `commit`. Any
     /// failure (a write that changed other than one row among them) stops the script
     /// before the commit, poisons the transaction and comes back as the error.
     pub(crate) async fn send(
@@ -171,30 +172,35 @@ impl Pipeline {
         if queued.is_empty() && !commit {
             return Ok(());
         }
-        // The name a statement of the script prepares, if it is a PREPARE.
-        let mut prepares: Vec<Option<String>> = Vec::new();
+        // Statements not yet prepared on the connection are prepared first, in a script
+        // of their own: PostgreSQL keeps the whole text a PREPARE arrived in as the
+        // statement's source and copies it on every EXECUTE, so a PREPARE sent inside a
+        // script of a thousand writes would make each later run copy all of them.
+        let mut preparing: Vec<String> = Vec::new();
+        let mut prepare = String::new();
         let mut script = String::new();
-        if self.begin.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        // The transaction begins with the script of writes, so a PREPARE that fails
+        // leaves it still to begin.
+        let begin = self.begin.load(std::sync::atomic::Ordering::Relaxed);
+        if begin {
             script.push_str("BEGIN;\n");
-            prepares.push(None);
         }
         {
             let prepared = self
                 .prepared
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut preparing = HashSet::new();
             for item in &queued {
                 let name = statement_name(&item.text, &item.args);
-                if !prepared.contains(&name) && preparing.insert(name.clone()) {
+                if !prepared.contains(&name) && !preparing.contains(&name) {
                     let types: Vec<&str> = item.args.iter().map(type_of).collect();
                     let _ = writeln!(
-                        script,
+                        prepare,
                         "PREPARE {name} ({}) AS {};",
                         types.join(", "),
                         item.text
                     );
-                    prepares.push(Some(name.clone()));
+                    preparing.push(name.clone());
                 }
                 let _ = write!(script, "EXECUTE {name}(");
                 for (index, arg) in item.args.iter().enumerate() {
@@ -204,36 +210,37 @@ impl Pipeline {
                     literal(arg, &mut script);
                 }
                 script.push_str(");\n");
-                prepares.push(None);
             }
         }
         if commit {
             script.push_str("COMMIT;");
         }
-        let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).execute_many(conn);
-        let mut index = 0;
-        loop {
-            match results.try_next().await {
-                Ok(Some(_)) => {
-                    if let Some(Some(name)) = prepares.get(index) {
-                        self.prepared
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(name.clone());
-                    }
-                    index += 1;
-                }
-                Ok(None) => return Ok(()),
-                Err(error) => {
-                    if let Some(track) = track {
-                        track
-                            .failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    return Err(error.into());
+        let failed = |error: sqlx::Error| {
+            if let Some(track) = track {
+                track
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            DbError::from(error)
+        };
+        if !preparing.is_empty() {
+            // Each PREPARE is remembered as soon as it is answered, so that a failure
+            // after it never prepares it twice.
+            let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute_many(&mut *conn);
+            let mut answered = preparing.into_iter();
+            while let Some(_done) = results.try_next().await.map_err(failed)? {
+                if let Some(name) = answered.next() {
+                    self.mark_prepared(&name);
                 }
             }
         }
+        if begin {
+            self.begin
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).execute_many(conn);
+        while results.try_next().await.map_err(failed)?.is_some() {}
+        Ok(())
     }
 }
 
@@ -255,12 +262,13 @@ fn type_of(arg: &Arg) -> &'static str {
 }
 
 fn quoted(text: &str, out: &mut String) {
+    out.reserve(text.len() + 2);
     out.push('\'');
-    for c in text.chars() {
-        if c == '\'' {
-            out.push('\'');
+    for (index, part) in text.split('\'').enumerate() {
+        if index > 0 {
+            out.push_str("''");
         }
-        out.push(c);
+        out.push_str(part);
     }
     out.push('\'');
 }
@@ -476,8 +484,8 @@ impl PgBatch {
     }
 
     /// Begins the batch: `BEGIN` and `statement` (prepared as `name` with one `uuid[]`
-    /// parameter, once per connection) run with `ids`, in one round trip. Returns the
-    /// statement's rows.
+    /// parameter, once per connection, in a round trip of its own) run with `ids`, in
+    /// one round trip. Returns the statement's rows.
     pub(crate) async fn open(
         &mut self,
         name: &str,
@@ -485,31 +493,25 @@ impl PgBatch {
         ids: &[uuid::Uuid],
         pipeline: &Pipeline,
     ) -> Result<Vec<PgRow>, DbError> {
-        let prepared = pipeline.is_prepared(name);
+        if !pipeline.is_prepared(name) {
+            // In a script of its own: PostgreSQL copies the text a PREPARE arrived in on
+            // every EXECUTE of it (see [`Pipeline::send`]).
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "PREPARE {name} (uuid[]) AS {statement}"
+            )))
+            .execute(self.conn())
+            .await?;
+            pipeline.mark_prepared(name);
+        }
         // UUIDs are written as their hyphenated hex digits: nothing to escape.
         let ids: Vec<String> = ids.iter().map(|id| id.hyphenated().to_string()).collect();
-        let prepare = if prepared {
-            String::new()
-        } else {
-            format!("PREPARE {name} (uuid[]) AS {statement};")
-        };
-        let script = format!("BEGIN; {prepare} EXECUTE {name}('{{{}}}')", ids.join(","));
+        let script = format!("BEGIN; EXECUTE {name}('{{{}}}')", ids.join(","));
         self.open = true;
-        // The statements answer in order: BEGIN, then the PREPARE (remembered as soon
-        // as it is answered, so that a failure after it never prepares it twice), then
-        // the rows.
         let mut rows = Vec::new();
-        let mut answered = 0;
         let mut results = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(self.conn());
         while let Some(result) = results.try_next().await? {
-            match result {
-                sqlx::Either::Left(_) => {
-                    answered += 1;
-                    if answered == 2 && !prepared {
-                        pipeline.mark_prepared(name);
-                    }
-                }
-                sqlx::Either::Right(row) => rows.push(row),
+            if let sqlx::Either::Right(row) = result {
+                rows.push(row);
             }
         }
         Ok(rows)
@@ -916,6 +918,9 @@ mod tests {
     fn literals_quote_every_value_and_double_quotes() {
         check(Arg::Text(Some("it's".into())), "'it''s'");
         check(Arg::Text(Some("back\\slash".into())), "'back\\slash'");
+        check(Arg::Text(Some(String::new())), "''");
+        check(Arg::Text(Some("'".into())), "''''");
+        check(Arg::Text(Some("''a'".into())), "'''''a'''");
         check(
             Arg::Text(Some("'); DROP TABLE x; --".into())),
             "'''); DROP TABLE x; --'",
