@@ -462,6 +462,33 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             p50_ms: None,
             p99_ms: None,
         });
+        let progress = ui::Progress::new("verifying");
+        let started = Instant::now();
+        let verified = store
+            .verify_projections(
+                cairn_dispatch::VerifyOptions::default(),
+                &mut |done, total| progress.update(done, total),
+            )
+            .await;
+        progress.finish();
+        let verified = verified?;
+        let elapsed = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            verified.is_clean(),
+            "replay --verify found {} rows that differ",
+            verified.drift.len()
+        );
+        scenarios.push(Scenario {
+            name: "replay --verify".to_owned(),
+            writers: 1,
+            events_per_append: 0,
+            appends: 0,
+            events: verified.n_events,
+            seconds: elapsed,
+            events_per_second: verified.n_events as f64 / elapsed,
+            p50_ms: None,
+            p99_ms: None,
+        });
         anyhow::Ok(scenarios)
     }
     .await;

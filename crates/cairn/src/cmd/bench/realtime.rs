@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use console::style;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use cairn_dispatch::EventStore;
 use cairn_domain::{CommandContext, Domain, DomainConfig};
@@ -62,6 +62,40 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// What a subscriber reads of a delivery: its correlation id. The bench's clients
+/// share the machine with the server they measure, so they read no more than that.
+#[derive(serde::Deserialize)]
+struct Arrival<'a> {
+    #[serde(borrow)]
+    event: ArrivedEvent<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ArrivedEvent<'a> {
+    #[serde(borrow)]
+    event_metadata: ArrivedMetadata<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ArrivedMetadata<'a> {
+    #[serde(borrow, default)]
+    correlation_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// One Server-Sent Events message's `event:` name and `data:` text.
+fn sse_fields(block: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let mut kind = None;
+    let mut data = None;
+    for line in block.split(|b| *b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"event:") {
+            kind = Some(rest.trim_ascii());
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
+            data = Some(rest.trim_ascii());
+        }
+    }
+    (kind, data)
+}
+
 /// Follows the stream and records each settings event's delay since its command.
 async fn subscribe(
     base: String,
@@ -84,37 +118,45 @@ async fn subscribe(
         "subscribing: {}",
         response.status()
     );
-    let mut buffer = String::new();
+    let mut buffer: Vec<u8> = Vec::new();
     let mut announced = false;
     while let Some(chunk) = response.chunk().await? {
         let arrived = Instant::now();
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            if block.contains("event: subscribed") && !announced {
-                announced = true;
-                let _ = ready.send(()).await;
-            }
-            if !block.contains("event: event") {
-                continue;
-            }
-            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            let message: Value = serde_json::from_str(data.trim())?;
-            let correlation = message["event"]["event_metadata"]["correlation_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if !seen.insert(correlation.clone()) {
-                duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            }
-            let started = sent.lock().ok().and_then(|s| s.get(&correlation).copied());
-            if let (Some(started), Ok(mut latencies)) = (started, latencies.lock()) {
-                latencies.push((arrived - started).as_secs_f64() * 1e3);
+        // A message may end in this chunk though it began in an earlier one.
+        let mut from = buffer.len().saturating_sub(1);
+        buffer.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(at) = buffer[from..].windows(2).position(|w| w == b"\n\n") {
+            let end = from + at;
+            let (kind, data) = sse_fields(&buffer[start..end]);
+            start = end + 2;
+            from = start;
+            match (kind, data) {
+                (Some(b"subscribed"), _) if !announced => {
+                    announced = true;
+                    let _ = ready.send(()).await;
+                }
+                (Some(b"event"), Some(data)) => {
+                    let arrival: Arrival<'_> = serde_json::from_slice(data)?;
+                    let Some(correlation) = arrival.event.event_metadata.correlation_id else {
+                        continue;
+                    };
+                    if !seen.insert(correlation.clone().into_owned()) {
+                        duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    let started = sent
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.get(correlation.as_ref()).copied());
+                    if let (Some(started), Ok(mut latencies)) = (started, latencies.lock()) {
+                        latencies.push((arrived - started).as_secs_f64() * 1e3);
+                    }
+                }
+                _ => {}
             }
         }
+        buffer.drain(..start);
     }
     Ok(())
 }
