@@ -803,13 +803,14 @@ impl EventStore {
             }
         }
         for table in self.dispatcher().registry().projections() {
-            let live_rows = read_rows(&mut conn, &live, table).await?;
-            let rebuilt = read_rows(&mut conn, shadow_schema(backend), table).await?;
+            let shadow = shadow_schema(backend);
             report.tables.push(TableSummary {
                 table: table.name,
-                live_rows: live_rows.len() as u64,
-                rebuilt_rows: rebuilt.len() as u64,
+                live_rows: count_rows(&mut conn, &live, table).await?,
+                rebuilt_rows: count_rows(&mut conn, shadow, table).await?,
             });
+            // The database compares the rows; only those that differ come back here.
+            let (live_rows, rebuilt) = differing_rows(&mut conn, (&live, shadow), table).await?;
             diff(table, live_rows, rebuilt, &mut report.drift);
         }
         session.commit().await?;
@@ -978,34 +979,142 @@ async fn read_rows(
     conn: &mut Conn<'_>,
     schema: &str,
     table: &ProjectionTable,
-) -> Result<BTreeMap<String, (Value, Value)>, ReplayError> {
+) -> Result<RowsByKey, ReplayError> {
     let sql = row_json_select(conn, Some(schema), table.name).await?;
     let rows = conn.fetch_all(cairn_log::Sql::built(sql), args![]).await?;
-    let mut by_key = BTreeMap::new();
+    let mut by_key = RowsByKey::new();
     for row in rows {
         let value = row.get_json("row")?;
-        let key: serde_json::Map<String, Value> = table
-            .key
-            .iter()
-            .map(|column| {
-                (
-                    (*column).to_owned(),
-                    value.get(*column).cloned().unwrap_or(Value::Null),
-                )
-            })
-            .collect();
-        let key = Value::Object(key);
+        let key = key_of(table, &value);
         by_key.insert(key.to_string(), (key, value));
     }
     Ok(by_key)
 }
 
-fn diff(
+/// The rows of `table` that differ between the live schema and the shadow one, each
+/// side's by key: a row only one side has, or whose values differ. The database joins
+/// the two copies on the key and compares them column by column, so rows that agree
+/// never leave it.
+async fn differing_rows(
+    conn: &mut Conn<'_>,
+    (live, shadow): (&str, &str),
     table: &ProjectionTable,
-    mut live: BTreeMap<String, (Value, Value)>,
-    rebuilt: BTreeMap<String, (Value, Value)>,
-    drift: &mut Vec<Drift>,
-) {
+) -> Result<(RowsByKey, RowsByKey), ReplayError> {
+    let backend = conn.backend();
+    let qualified = |schema: &str| format!("{}.{}", quote_ident(schema), quote_ident(table.name));
+    let columns: Vec<String> = match backend {
+        Backend::Postgres => {
+            conn.fetch_all(
+                "SELECT attname::text AS name FROM pg_attribute \
+                 WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped \
+                 ORDER BY attnum",
+                args![qualified(live)],
+            )
+            .await?
+        }
+        Backend::Sqlite => {
+            conn.fetch_all(
+                "SELECT name FROM pragma_table_info($1, 'main') ORDER BY cid",
+                args![table.name],
+            )
+            .await?
+        }
+    }
+    .iter()
+    .map(|row| row.get::<String>("name"))
+    .collect::<Result<_, _>>()?;
+    let (Some(first_key), false) = (table.key.first(), columns.is_empty()) else {
+        return Err(ReplayError::MissingTable {
+            table: table.name.to_owned(),
+        });
+    };
+    let first_key = quote_ident(first_key);
+    let row_json = |side: &str| match backend {
+        Backend::Postgres => {
+            format!("CASE WHEN {side}.{first_key} IS NULL THEN NULL ELSE to_jsonb({side}) END")
+        }
+        Backend::Sqlite => {
+            let pairs: Vec<String> = columns
+                .iter()
+                .map(|c| format!("'{}', {side}.{}", c.replace('\'', "''"), quote_ident(c)))
+                .collect();
+            format!(
+                "CASE WHEN {side}.{first_key} IS NULL THEN NULL ELSE json_object({}) END",
+                pairs.join(", ")
+            )
+        }
+    };
+    let distinct = match backend {
+        Backend::Postgres => "IS DISTINCT FROM",
+        Backend::Sqlite => "IS NOT",
+    };
+    let on: Vec<String> = table
+        .key
+        .iter()
+        .map(|k| format!("l.{k} = s.{k}", k = quote_ident(k)))
+        .collect();
+    let differs: Vec<String> = columns
+        .iter()
+        .map(|c| format!("l.{c} {distinct} s.{c}", c = quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} AS live, {} AS rebuilt FROM {} AS l FULL JOIN {} AS s ON {} WHERE {}",
+        row_json("l"),
+        row_json("s"),
+        qualified(live),
+        qualified(shadow),
+        on.join(" AND "),
+        differs.join(" OR "),
+    );
+    let (mut live_rows, mut rebuilt) = (RowsByKey::new(), RowsByKey::new());
+    for row in conn.fetch_all(cairn_log::Sql::built(sql), args![]).await? {
+        for (column, rows) in [("live", &mut live_rows), ("rebuilt", &mut rebuilt)] {
+            if let Some(value) = row.get_json_opt(column)? {
+                let key = key_of(table, &value);
+                rows.insert(key.to_string(), (key, value));
+            }
+        }
+    }
+    Ok((live_rows, rebuilt))
+}
+
+async fn count_rows(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    table: &ProjectionTable,
+) -> Result<u64, ReplayError> {
+    let sql = format!(
+        "SELECT count(*) AS n FROM {}.{}",
+        quote_ident(schema),
+        quote_ident(table.name)
+    );
+    let n: i64 = conn
+        .fetch_one(cairn_log::Sql::built(sql), args![])
+        .await?
+        .get("n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Rows of a table as JSON objects, by their key (as text).
+type RowsByKey = BTreeMap<String, (Value, Value)>;
+
+/// The key columns of `row`, as an object.
+fn key_of(table: &ProjectionTable, row: &Value) -> Value {
+    Value::Object(
+        table
+            .key
+            .iter()
+            .map(|column| {
+                (
+                    (*column).to_owned(),
+                    row.get(*column).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn diff(table: &ProjectionTable, mut live: RowsByKey, rebuilt: RowsByKey, drift: &mut Vec<Drift>) {
     for (id, (key, rebuilt_row)) in rebuilt {
         match live.remove(&id) {
             None => drift.push(Drift {
