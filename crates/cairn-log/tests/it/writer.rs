@@ -661,7 +661,7 @@ async fn a_prepared_write_keeps_only_its_own_text_on_postgres() -> cairn_testkit
                                 args![],
                             )
                             .await?;
-                        Ok::<_, DbError>(row.get::<i64>("longest")?)
+                        row.get::<i64>("longest")
                     })
                 })
                 .await?;

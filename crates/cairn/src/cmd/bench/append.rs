@@ -205,6 +205,23 @@ struct Scenario {
     p99_ms: Option<f64>,
 }
 
+impl Scenario {
+    /// A pass over the whole log (replay, a check), of `events` in `seconds`.
+    fn over_the_log(name: impl Into<String>, events: u64, seconds: f64) -> Scenario {
+        Scenario {
+            name: name.into(),
+            writers: 1,
+            events_per_append: 0,
+            appends: 0,
+            events,
+            seconds,
+            events_per_second: events as f64 / seconds,
+            p50_ms: None,
+            p99_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct BenchReport {
     backend: &'static str,
@@ -427,17 +444,11 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             (None, 1) => "replay, 1 upcast per event".to_owned(),
             (None, n) => format!("replay, {n} upcasts per event"),
         };
-        scenarios.push(Scenario {
-            name: replay_name,
-            writers: 1,
-            events_per_append: 0,
-            appends: 0,
-            events: report.n_events,
-            seconds: elapsed,
-            events_per_second: report.n_events as f64 / elapsed,
-            p50_ms: None,
-            p99_ms: None,
-        });
+        scenarios.push(Scenario::over_the_log(
+            replay_name,
+            report.n_events,
+            elapsed,
+        ));
         let progress = ui::Progress::new("checking");
         let started = Instant::now();
         let checked = store
@@ -451,17 +462,11 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             "{} events failed the log check",
             checked.n_failed
         );
-        scenarios.push(Scenario {
-            name: "contracts check-log".to_owned(),
-            writers: 1,
-            events_per_append: 0,
-            appends: 0,
-            events: checked.n_events,
-            seconds: elapsed,
-            events_per_second: checked.n_events as f64 / elapsed,
-            p50_ms: None,
-            p99_ms: None,
-        });
+        scenarios.push(Scenario::over_the_log(
+            "contracts check-log",
+            checked.n_events,
+            elapsed,
+        ));
         let progress = ui::Progress::new("verifying");
         let started = Instant::now();
         let verified = store
@@ -478,17 +483,11 @@ pub async fn append(url: &str, args: BenchLogArgs) -> anyhow::Result<ExitCode> {
             "replay --verify found {} rows that differ",
             verified.drift.len()
         );
-        scenarios.push(Scenario {
-            name: "replay --verify".to_owned(),
-            writers: 1,
-            events_per_append: 0,
-            appends: 0,
-            events: verified.n_events,
-            seconds: elapsed,
-            events_per_second: verified.n_events as f64 / elapsed,
-            p50_ms: None,
-            p99_ms: None,
-        });
+        scenarios.push(Scenario::over_the_log(
+            "replay --verify",
+            verified.n_events,
+            elapsed,
+        ));
         anyhow::Ok(scenarios)
     }
     .await;
