@@ -176,41 +176,65 @@ impl Pipeline {
         // of their own: PostgreSQL keeps the whole text a PREPARE arrived in as the
         // statement's source and copies it on every EXECUTE, so a PREPARE sent inside a
         // script of a thousand writes would make each later run copy all of them.
-        let mut preparing: Vec<String> = Vec::new();
-        let mut prepare = String::new();
-        let mut script = String::new();
-        // The transaction begins with the script of writes, so a PREPARE that fails
-        // leaves it still to begin.
-        let begin = self.begin.load(std::sync::atomic::Ordering::Relaxed);
-        if begin {
-            script.push_str("BEGIN;\n");
-        }
+        let names: Vec<String> = queued
+            .iter()
+            .map(|item| statement_name(&item.text, &item.args))
+            .collect();
+        let mut preparing: Vec<&str> = Vec::new();
         {
             let prepared = self
                 .prepared
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for item in &queued {
-                let name = statement_name(&item.text, &item.args);
-                if !prepared.contains(&name) && !preparing.contains(&name) {
-                    let types: Vec<&str> = item.args.iter().map(type_of).collect();
-                    let _ = writeln!(
-                        prepare,
-                        "PREPARE {name} ({}) AS {};",
-                        types.join(", "),
-                        item.text
-                    );
-                    preparing.push(name.clone());
+            for name in &names {
+                if !prepared.contains(name) && !preparing.contains(&name.as_str()) {
+                    preparing.push(name);
                 }
-                let _ = write!(script, "EXECUTE {name}(");
-                for (index, arg) in item.args.iter().enumerate() {
-                    if index > 0 {
-                        script.push_str(", ");
-                    }
-                    literal(arg, &mut script);
-                }
-                script.push_str(");\n");
             }
+        }
+        // A transaction still to begin begins with the first script sent, so that a
+        // PREPARE that fails leaves it aborted, never leaves later statements to run
+        // outside it.
+        let begin = self.begin.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let mut prepare = String::new();
+        let mut script = String::new();
+        if begin {
+            if preparing.is_empty() {
+                script.push_str("BEGIN;\n");
+            } else {
+                prepare.push_str("BEGIN;\n");
+            }
+        }
+        // What each statement of the PREPARE script prepares, in the order they answer.
+        let mut answers: Vec<Option<&str>> = Vec::new();
+        if !prepare.is_empty() {
+            answers.push(None);
+        }
+        for name in &preparing {
+            if let Some(item) = queued
+                .iter()
+                .zip(&names)
+                .find_map(|(item, n)| (n == name).then_some(item))
+            {
+                // A statement without parameters is prepared and run without
+                // parentheses: `PREPARE name () AS …` does not parse.
+                let types: Vec<&str> = item.args.iter().map(type_of).collect();
+                let types = if types.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", types.join(", "))
+                };
+                let _ = writeln!(prepare, "PREPARE {name}{types} AS {};", item.text);
+                answers.push(Some(name));
+            }
+        }
+        for (item, name) in queued.iter().zip(&names) {
+            let _ = write!(script, "EXECUTE {name}");
+            for (index, arg) in item.args.iter().enumerate() {
+                script.push_str(if index == 0 { "(" } else { ", " });
+                literal(arg, &mut script);
+            }
+            script.push_str(if item.args.is_empty() { ";\n" } else { ");\n" });
         }
         if commit {
             script.push_str("COMMIT;");
@@ -227,16 +251,12 @@ impl Pipeline {
             // Each PREPARE is remembered as soon as it is answered, so that a failure
             // after it never prepares it twice.
             let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute_many(&mut *conn);
-            let mut answered = preparing.into_iter();
-            while let Some(_done) = results.try_next().await.map_err(failed)? {
-                if let Some(name) = answered.next() {
-                    self.mark_prepared(&name);
+            let mut answered = answers.into_iter();
+            while results.try_next().await.map_err(failed)?.is_some() {
+                if let Some(Some(name)) = answered.next() {
+                    self.mark_prepared(name);
                 }
             }
-        }
-        if begin {
-            self.begin
-                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).execute_many(conn);
         while results.try_next().await.map_err(failed)?.is_some() {}

@@ -676,3 +676,66 @@ async fn a_prepared_write_keeps_only_its_own_text_on_postgres() -> cairn_testkit
     )
     .await
 }
+
+/// A batch that begins lazily (the writer knows the head) begins with whatever script
+/// it sends first. When that is the PREPARE of a write PostgreSQL refuses, the
+/// transaction is aborted there: nothing the unit does afterwards runs outside it, and
+/// so nothing of it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_prepare_leaves_nothing_committed_on_postgres() -> cairn_testkit::TestResult {
+    cairn_testkit::run(
+        cairn_testkit::Backend::Postgres,
+        "writer::a_refused_prepare_leaves_nothing_committed",
+        |t: TestDb| async move {
+            let mut setup = t.db().begin().await?;
+            setup
+                .conn()
+                .execute_script("CREATE TABLE marker (n BIGINT NOT NULL)")
+                .await?;
+            setup.commit().await?;
+            let db = t
+                .connect_with(config(t.backend(), WriteMode::Optimistic))
+                .await?;
+            // The writer learns the head: its next batch begins lazily.
+            append_unit(&db, 1, false).await?;
+            let refused = db
+                .write(WriteOptions::default(), |tx| {
+                    Box::pin(async move {
+                        // Queued; its PREPARE is refused when the read sends it.
+                        let _ = tx
+                            .conn()
+                            .execute(
+                                "UPDATE log_head SET no_such_column = 1 WHERE id = 1",
+                                args![],
+                            )
+                            .await;
+                        let _ = tx.conn().fetch_one("SELECT 1 AS one", args![]).await;
+                        // Sent at once, not queued.
+                        let _ = tx
+                            .conn()
+                            .execute_script("INSERT INTO marker VALUES (1)")
+                            .await;
+                        Err::<(), _>(AppendError::NoEvents)
+                    })
+                })
+                .await;
+            assert!(refused.is_err(), "the unit refused: {refused:?}");
+            let mut reader = t.db().begin().await?;
+            let row = reader
+                .conn()
+                .fetch_one("SELECT count(*)::BIGINT AS n FROM marker", args![])
+                .await?;
+            assert_eq!(
+                row.get::<i64>("n")?,
+                0,
+                "a write the refused unit made after the refused PREPARE was committed"
+            );
+            reader.commit().await?;
+            // The writer goes on.
+            append_unit(&db, 2, false).await?;
+            db.close().await;
+            Ok(())
+        },
+    )
+    .await
+}
