@@ -455,7 +455,8 @@ backend_test!(
                 "single event, 64 writers",
                 "batch of 100, 1 writer",
                 "replay",
-                "contracts check-log"
+                "contracts check-log",
+                "replay --verify"
             ]
         );
         for scenario in scenarios {
@@ -484,6 +485,11 @@ backend_test!(
             scenarios[5]["events"].as_u64(),
             Some(appended),
             "the log check reads every appended event"
+        );
+        assert_eq!(
+            scenarios[6]["events"].as_u64(),
+            Some(appended),
+            "replay --verify rebuilds every appended event"
         );
 
         // Chosen writer counts and batch, the other write mode, no replay.
