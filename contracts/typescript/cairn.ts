@@ -125,6 +125,47 @@ export type DirectCareSettingsUpdated = {
   settings: DirectCareSettings;
 };
 
+/** One personal field of one person, as a disclosure shows it: where it was recorded and what it holds. */
+export type DisclosedField = {
+  /** An event id (UUIDv7). */
+  event_id: string;
+  /** The event's type, e.g. `user.invited`. */
+  event_type: string;
+  /** The field's JSON pointer in the event's payload, at its type's current version. */
+  field: string;
+  /** The event's position in the log. */
+  position: number;
+  /** When the event was recorded. */
+  recorded_at: string;
+  /** The field's value; `{"withheld": "unreadable"}` when its seal does not open (the fault is logged). */
+  value: unknown;
+};
+
+/** What the log holds about a person, disclosed for a legal claim (GDPR art. 18(2)): every personal field of theirs, opened even while they are restricted. The disclosure is on record in the access log, with its reason, before it is shown. */
+export type Disclosure = {
+  /** The request that disclosed it: the access record names it. */
+  correlation_id: string;
+  disclosed_at: string;
+  /** Who it was disclosed to: `user:<uuid>`, `platform-admin:<name>`, `operator:<name>`. */
+  disclosed_to: string;
+  /** Every personal field of theirs, in the order the log recorded them. */
+  fields: Array<DisclosedField>;
+  /** An organization (tenant) id. */
+  org_id: string;
+  /** The legal claim it was disclosed for, as given. */
+  reason: string;
+  /** `active` or `restricted`: a restricted person's data is shown to no one else. */
+  state: string;
+  /** A user id. */
+  subject_id: string;
+};
+
+/** Why a person's data is disclosed. */
+export type DisclosureRequest = {
+  /** The legal claim it is for: 1 to 500 characters, not only spaces, no control characters but tabs and newlines. Kept in the access log with the disclosure: it must not carry the person's own data. */
+  reason: string;
+};
+
 /** One stored event and what the dispatcher did with it. */
 export type Dispatched = ({
   outcome: "applied";

@@ -42,7 +42,7 @@ pub use dispatcher::Dispatcher;
 pub use operations::{
     HandlerRoute, HeldBehind, HeldStream, PausedRoutes, RoutePause, held_counts, held_streams,
 };
-pub use personal::{current_event, current_events, current_events_in};
+pub use personal::{DisclosedField, current_event, current_events, current_events_in, disclose};
 pub use projections::Projections;
 pub use registry::{
     ADMIN_STREAM_TYPES, DecodeError, Handler, HandlerError, ProjectionTable, Registry,

@@ -219,3 +219,68 @@ pub(crate) async fn open_for_dispatch(
     let faults = Keyring::open(&keys, place(event), &mut opened.data, &fields);
     Ok(Some((opened, faults)))
 }
+
+/// One personal field of one person, as a disclosure shows it: where it was recorded
+/// and what it holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct DisclosedField {
+    /// The event's position in the log.
+    pub position: i64,
+    pub event_id: cairn_types::EventId,
+    /// The event's type, e.g. `user.invited`.
+    pub event_type: String,
+    /// When the event was recorded.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// The field's JSON pointer in the event's payload, at its type's current version.
+    pub field: String,
+    /// The field's value; `{"withheld": "unreadable"}` when its seal does not open
+    /// (the fault is logged).
+    pub value: serde_json::Value,
+}
+
+/// Every personal field of `subject` in `events` (their organization's, in position
+/// order), opened with `keys` from [`Keyring::disclosure_keys`]: a restricted person's
+/// fields are opened too. Other people's fields in the same events are left out.
+pub fn disclose(
+    registry: &Registry,
+    keys: &KeySet,
+    subject: UserId,
+    events: Vec<RecordedEvent>,
+) -> Vec<DisclosedField> {
+    let mut disclosed = Vec::new();
+    for event in events {
+        let personal = registry
+            .spec(&event.event_type)
+            .is_some_and(|spec| !spec.personal.is_empty());
+        if !personal {
+            continue;
+        }
+        let mut event = registry.to_current(event);
+        let fields: Vec<PersonalField> = registry
+            .personal_fields(&event)
+            .into_iter()
+            .filter(|field| field.subject == subject)
+            .collect();
+        if fields.is_empty() {
+            continue;
+        }
+        open_with(keys, &mut event, &fields);
+        for field in fields {
+            let Some(value) = cairn_types::pointer::pointer(&event.data, &field.pointer) else {
+                continue;
+            };
+            if value.is_null() {
+                continue;
+            }
+            disclosed.push(DisclosedField {
+                position: event.position.get(),
+                event_id: event.event_id,
+                event_type: event.event_type.to_string(),
+                recorded_at: event.created_at,
+                field: field.pointer,
+                value: value.clone(),
+            });
+        }
+    }
+    disclosed
+}

@@ -46,7 +46,8 @@ mod subjects;
 pub use people::{PersonStanding, RolesRequest};
 
 pub use subjects::{
-    ErasureReceipt, RETENTION_WORKFLOW, RestrictionReceipt, RetentionErasure, SubjectStatus,
+    Disclosure, ErasureReceipt, RETENTION_WORKFLOW, RestrictionReceipt, RetentionErasure,
+    SubjectStatus,
 };
 
 /// Who is asking, as part of which request. Every command asks the policy whether

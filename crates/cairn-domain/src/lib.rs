@@ -31,10 +31,10 @@ pub mod tokens;
 use cairn_log::Migration;
 
 pub use commands::{
-    AddressCorrection, BootstrapAccepted, BootstrapRequest, CommandContext, CommandError, Domain,
-    DomainConfig, ErasureReceipt, FieldError, FirstRun, InvitationAcceptance, InvitationStarted,
-    InviteeRequest, OrganizationRequest, PersonRequest, PersonStanding, RETENTION_WORKFLOW,
-    RestrictionReceipt, RolesRequest, SubjectStatus,
+    AddressCorrection, BootstrapAccepted, BootstrapRequest, CommandContext, CommandError,
+    Disclosure, Domain, DomainConfig, ErasureReceipt, FieldError, FirstRun, InvitationAcceptance,
+    InvitationStarted, InviteeRequest, OrganizationRequest, PersonRequest, PersonStanding,
+    RETENTION_WORKFLOW, RestrictionReceipt, RolesRequest, SubjectStatus,
 };
 
 /// Every migration cairn needs up to this layer, in order: the log, the dispatcher,

@@ -615,10 +615,13 @@ impl Keyring {
             .insert(subject, KeyState::Erased);
     }
 
+    /// The state of each of `subjects`' keys, as stored. A restricted person's key is
+    /// unwrapped only for a disclosure (`disclose`), and then never kept.
     async fn read_rows(
         &self,
         conn: &mut Conn<'_>,
         subjects: &[UserId],
+        disclose: bool,
     ) -> Result<HashMap<UserId, KeyState>, DbError> {
         let mut found = HashMap::with_capacity(subjects.len());
         for chunk in subjects.chunks(200) {
@@ -637,7 +640,7 @@ impl Keyring {
                 let restricted: Option<DateTime<Utc>> = row.get("restricted_at")?;
                 let key = match (state.as_str(), kek_id, wrapped) {
                     ("erased", _, _) => KeyState::Erased,
-                    _ if restricted.is_some() => KeyState::Restricted,
+                    _ if restricted.is_some() && !disclose => KeyState::Restricted,
                     (_, Some(kek_id), Some(wrapped)) => match self
                         .kek_arc()
                         .filter(|kek| kek.id == kek_id)
@@ -663,7 +666,7 @@ impl Keyring {
         let (mut set, missing) = self.cached_keys(subjects);
         if !missing.is_empty() {
             let mut reader = db.reader().await?;
-            let read = self.read_rows(&mut reader.conn(), &missing).await?;
+            let read = self.read_rows(&mut reader.conn(), &missing, false).await?;
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             for (subject, state) in read {
                 // An erasure learnt meanwhile wins over what the read saw before it.
@@ -679,6 +682,16 @@ impl Keyring {
         Ok(set)
     }
 
+    /// `subject`'s key for a disclosure of what the log holds about them: unwrapped
+    /// while they are restricted too (GDPR art. 18(2) lets restricted data be used for
+    /// legal claims), read through the database's readers and never kept, so that
+    /// every other read still withholds them. An erased person's key is gone.
+    pub async fn disclosure_keys(&self, db: &Db, subject: UserId) -> Result<KeySet, DbError> {
+        let mut reader = db.reader().await?;
+        let keys = self.read_rows(&mut reader.conn(), &[subject], true).await?;
+        Ok(KeySet { keys })
+    }
+
     /// The keys of `subjects`, read inside a write transaction: what is read there is
     /// not kept, as the transaction may yet roll back.
     pub async fn keys_in(
@@ -688,7 +701,8 @@ impl Keyring {
     ) -> Result<KeySet, DbError> {
         let (mut set, missing) = self.cached_keys(subjects);
         if !missing.is_empty() {
-            set.keys.extend(self.read_rows(conn, &missing).await?);
+            set.keys
+                .extend(self.read_rows(conn, &missing, false).await?);
         }
         Ok(set)
     }
@@ -848,7 +862,7 @@ impl Keyring {
                 .push((subject, KeyState::Active(key.clone())));
             return Ok(key);
         }
-        let read = self.read_rows(&mut tx.conn(), &[subject]).await?;
+        let read = self.read_rows(&mut tx.conn(), &[subject], false).await?;
         match read.get(&subject).cloned().unwrap_or(KeyState::Absent) {
             KeyState::Active(key) => {
                 tx.log

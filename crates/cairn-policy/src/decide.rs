@@ -22,6 +22,9 @@ pub enum Action {
     RevokeInvitation(OrgId),
     /// Erase a person of this organization at their request.
     EraseSubject(OrgId),
+    /// Read what the log holds about a person of this organization, restricted or not,
+    /// for a legal claim (GDPR art. 18(2)): a read on record with its reason.
+    DiscloseSubject(OrgId),
     /// Change the roles of, deactivate or reactivate a person of this organization.
     ManagePeople(OrgId),
     /// Look an invitation up by its id, within the tenants the principal sees.
@@ -73,6 +76,9 @@ impl Action {
             Action::ResendInvitation(org) => format!("resend invitations of organization {org}"),
             Action::RevokeInvitation(org) => format!("revoke invitations of organization {org}"),
             Action::EraseSubject(org) => format!("erase people of organization {org}"),
+            Action::DiscloseSubject(org) => {
+                format!("disclose the data of people of organization {org}")
+            }
             Action::ManagePeople(org) => format!("manage the people of organization {org}"),
             Action::FindInvitation => "read invitations".into(),
             Action::AcceptInvitation => "accept an invitation".into(),
@@ -171,6 +177,7 @@ fn member_may(roles: &std::collections::BTreeSet<Role>, action: &Action) -> Resu
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_)
         | Action::EraseSubject(_)
+        | Action::DiscloseSubject(_)
         | Action::ManagePeople(_) => needs_admin("managing the organization"),
         Action::ListWorkflows => needs_admin("reading workflows"),
         Action::PauseRun(_) => needs_admin("pausing the organization's workflow runs"),
@@ -210,6 +217,7 @@ fn scope_for(action: &Action) -> Option<Scope> {
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_)
         | Action::EraseSubject(_)
+        | Action::DiscloseSubject(_)
         | Action::ManagePeople(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
         // A search finds what the log holds: events, and the runs and people they name.
@@ -233,6 +241,7 @@ fn tenant_of(action: &Action) -> Option<Option<OrgId>> {
         | Action::ResendInvitation(org)
         | Action::RevokeInvitation(org)
         | Action::EraseSubject(org)
+        | Action::DiscloseSubject(org)
         | Action::ManagePeople(org) => Some(Some(*org)),
         Action::ReceiveEvent(org) | Action::PauseRun(org) => Some(*org),
         _ => None,

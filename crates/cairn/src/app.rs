@@ -154,15 +154,19 @@ pub async fn open_domain_driving(
     Ok(Domain::open(store, mailer, Arc::new(SystemClock), config, engine_config).await?)
 }
 
-/// Who reads at the command line, for the access log: `operator:<login>` (from USER or
-/// LOGNAME; `operator:unknown` when neither is set).
-pub fn cli_reader() -> String {
-    let login = std::env::var("USER")
+/// The login of the person at the command line: USER or LOGNAME, `unknown` when
+/// neither is set.
+pub fn cli_login() -> String {
+    std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
         .filter(|login| !login.trim().is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
-    format!("operator:{login}")
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Who reads at the command line, for the access log: `operator:<login>`.
+pub fn cli_reader() -> String {
+    format!("operator:{}", cli_login())
 }
 
 /// Puts a command-line read of people's data on record, before it is shown: `subjects`

@@ -706,6 +706,22 @@ pub enum SubjectsCommand {
     /// Where a person stands: active, restricted (until when) or erased (with the
     /// receipts).
     Show(SubjectArgs),
+    /// Disclose what the log holds about a person, for a legal claim (GDPR art.
+    /// 18(2)): every name and address of theirs, opened even while they are
+    /// restricted. The disclosure is recorded in the access log, with its reason,
+    /// before it is shown.
+    Disclose(DiscloseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiscloseArgs {
+    /// The person's user id.
+    pub id: cairn_types::UserId,
+    /// The legal claim it is for (kept in the access log; never the person's own data).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]

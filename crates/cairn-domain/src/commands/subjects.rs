@@ -73,6 +73,27 @@ pub struct SubjectStatus {
     pub erasure: Option<ErasureReceipt>,
 }
 
+/// What the log holds about a person, disclosed for a legal claim (GDPR art. 18(2)):
+/// every personal field of theirs, opened even while they are restricted. The
+/// disclosure is on record in the access log, with its reason, before it is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Disclosure {
+    pub subject_id: UserId,
+    pub org_id: OrgId,
+    /// `active` or `restricted`: a restricted person's data is shown to no one else.
+    pub state: String,
+    pub disclosed_at: DateTime<Utc>,
+    /// Who it was disclosed to: `user:<uuid>`, `platform-admin:<name>`,
+    /// `operator:<name>`.
+    pub disclosed_to: String,
+    /// The legal claim it was disclosed for, as given.
+    pub reason: String,
+    /// The request that disclosed it: the access record names it.
+    pub correlation_id: CorrelationId,
+    /// Every personal field of theirs, in the order the log recorded them.
+    pub fields: Vec<cairn_dispatch::DisclosedField>,
+}
+
 /// The kind of the workflow that erases a restricted person when their retention
 /// period ends.
 pub const RETENTION_WORKFLOW: &str = "retention_erasure";
@@ -420,6 +441,103 @@ impl Domain {
             )])
         })?;
         self.restrict_subject(ctx, user_id, reason, erase_at).await
+    }
+
+    /// Discloses what the log holds about a person for a legal claim (GDPR art.
+    /// 18(2)), to their organization's admin or a platform administrator: every
+    /// personal field of theirs, opened even while they are restricted (their data
+    /// stays withheld from every other read). The read is put on record in the access
+    /// log, with `reason` and `via`, before anything is returned; a read that cannot
+    /// be recorded is refused. An erased person has nothing left to disclose (409).
+    pub async fn disclose_subject(
+        &self,
+        ctx: &CommandContext,
+        user_id: UserId,
+        reason: &str,
+        via: cairn_log::AccessVia,
+    ) -> Result<Disclosure, CommandError> {
+        let reason = checked_reason(reason)?;
+        let db = self.store.db();
+        let mut reader = db.reader().await?;
+        let user = queries::user(&mut reader.conn(), user_id)
+            .await?
+            .ok_or_else(|| CommandError::NotFound {
+                what: "user",
+                id: user_id.to_string(),
+            })?;
+        drop(reader);
+        let grant = ctx.authorize_found(
+            Action::DiscloseSubject(user.org_id),
+            user.org_id,
+            "user",
+            user_id.to_string(),
+        )?;
+        let state = match db.keyring().state(db, user_id).await? {
+            cairn_log::SubjectState::Erased { receipt, .. } => {
+                let erased: ErasureReceipt = decode(receipt, "erasure")?;
+                return Err(CommandError::InvalidState {
+                    message: format!(
+                        "user {user_id} was erased at {}: there is nothing left to disclose",
+                        erased.erased_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                });
+            }
+            cairn_log::SubjectState::Restricted { .. } => "restricted",
+            cairn_log::SubjectState::Active { .. } | cairn_log::SubjectState::Unknown => "active",
+        };
+        let keys = db.keyring().disclosure_keys(db, user_id).await?;
+        let registry = self.store.dispatcher().registry();
+        let mut fields = Vec::new();
+        let mut filter = cairn_log::EventFilter {
+            org_id: Some(user.org_id),
+            ..cairn_log::EventFilter::default()
+        };
+        loop {
+            let mut scoped = db.scoped(grant.tenancy()).await?;
+            let page = scoped
+                .conn()
+                .read_events(&filter)
+                .await
+                .map_err(|error| match error {
+                    cairn_log::ReadError::Database(error) => CommandError::Database(error),
+                    corrupt => CommandError::InvalidState {
+                        message: corrupt.to_string(),
+                    },
+                })?;
+            drop(scoped);
+            let Some(last) = page.last().map(|event| event.position) else {
+                break;
+            };
+            let full = page.len() == cairn_log::EventFilter::DEFAULT_LIMIT as usize;
+            fields.extend(cairn_dispatch::disclose(registry, &keys, user_id, page));
+            if !full {
+                break;
+            }
+            filter.after = last;
+        }
+        let disclosure = Disclosure {
+            subject_id: user_id,
+            org_id: user.org_id,
+            state: state.to_owned(),
+            disclosed_at: self.now(),
+            disclosed_to: ctx.principal.who(),
+            reason,
+            correlation_id: ctx.correlation_id,
+            fields,
+        };
+        let record = cairn_log::AccessRecord::now(
+            disclosure.disclosed_to.clone(),
+            via,
+            ctx.correlation_id,
+            format!(
+                "user {user_id} disclosed for a legal claim: {}",
+                disclosure.reason
+            ),
+            vec![user_id],
+        )
+        .org(Some(user.org_id));
+        db.write_access(vec![record]).await?;
+        Ok(disclosure)
     }
 
     /// Where a person stands. A person of another tenant is not found.

@@ -767,6 +767,131 @@ backend_test!(
 );
 
 backend_test!(
+    a_restricted_persons_data_is_disclosed_for_a_legal_claim_on_record_and_to_no_one_else,
+    |t: TestDb| async move {
+        let (w, _outbox) = world_with_outbox(t).await?;
+        let ctx = admin_actor();
+        let (accepted, rosalind) = bootstrapped_invitee(&w, &ctx).await?;
+        w.domain
+            .restrict_subject_for(
+                &ctx,
+                rosalind,
+                "kept for an inquiry",
+                chrono::Duration::days(30),
+            )
+            .await?;
+        let via = cairn_log::AccessVia::Cli;
+        let claim = "claim 2026-114 before the employment tribunal";
+
+        // Who may not, and bad requests: nothing is disclosed, nothing recorded.
+        let member = |org_id, role| {
+            CommandContext::new(cairn_policy::Principal::User {
+                user_id: UserId::new_v7(),
+                org_id,
+                roles: std::collections::BTreeSet::from([role]),
+            })
+        };
+        let other_admin = member(cairn_types::OrgId::new_v7(), cairn_policy::Role::Admin);
+        let refused = w
+            .domain
+            .disclose_subject(&other_admin, rosalind, claim, via)
+            .await;
+        assert!(
+            matches!(refused, Err(CommandError::NotFound { .. })),
+            "{refused:?}"
+        );
+        let viewer = member(accepted.org_id, cairn_policy::Role::Viewer);
+        let refused = w
+            .domain
+            .disclose_subject(&viewer, rosalind, claim, via)
+            .await;
+        assert!(
+            matches!(refused, Err(CommandError::Denied(_))),
+            "{refused:?}"
+        );
+        let refused = w.domain.disclose_subject(&ctx, rosalind, " \t", via).await;
+        assert!(
+            matches!(&refused, Err(CommandError::Invalid(errors)) if errors[0].field == "reason"),
+            "{refused:?}"
+        );
+        let refused = w
+            .domain
+            .disclose_subject(&ctx, UserId::new_v7(), claim, via)
+            .await;
+        assert!(
+            matches!(refused, Err(CommandError::NotFound { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            w.t.db()
+                .read_access(rosalind, None, 100)
+                .await?
+                .iter()
+                .all(|r| !r.record.resource.contains(claim))
+        );
+
+        // Her admin sees every field of hers the log holds, opened, and no one else's.
+        let disclosure = w
+            .domain
+            .disclose_subject(&ctx, rosalind, claim, via)
+            .await?;
+        assert_eq!(disclosure.state, "restricted");
+        assert_eq!(disclosure.org_id, accepted.org_id);
+        let values: Vec<&serde_json::Value> = disclosure.fields.iter().map(|f| &f.value).collect();
+        assert!(values.contains(&&json!(EMAIL)), "{values:?}");
+        assert!(values.contains(&&json!(NAME)), "{values:?}");
+        assert!(
+            values.iter().all(|v| v.as_str().is_some()),
+            "every seal opened: {values:?}"
+        );
+        let shown = serde_json::to_string(&disclosure)?;
+        assert!(
+            !shown.contains("ada@example.com") && !shown.contains("Ada Lovelace"),
+            "{shown}"
+        );
+        assert!(
+            disclosure
+                .fields
+                .windows(2)
+                .all(|w| w[0].position <= w[1].position)
+        );
+
+        // On record, with its reason, before it was shown.
+        let records = w.t.db().read_access(rosalind, None, 100).await?;
+        let record = records
+            .iter()
+            .find(|r| r.record.correlation_id == disclosure.correlation_id)
+            .expect("the disclosure is on record");
+        assert!(record.record.resource.contains(claim), "{record:?}");
+        assert_eq!(record.record.subjects, vec![rosalind]);
+        assert_eq!(record.record.via, via);
+        assert_eq!(record.record.who, disclosure.disclosed_to);
+        assert!(w.t.db().verify_access_chain().await?.is_intact());
+
+        // Every other read still withholds her, and the database holds no copy.
+        let opened = opened_log(&w).await?;
+        assert!(
+            !opened.contains(EMAIL) && !opened.contains(NAME),
+            "{opened}"
+        );
+        let bytes = dump(&w.t).await?;
+        assert_eq!(count(&bytes, EMAIL), 0);
+        assert_eq!(count(&bytes, NAME), 0);
+
+        // Once erased, there is nothing left to disclose.
+        w.domain
+            .erase_subject(&ctx, rosalind, "the inquiry closed")
+            .await?;
+        let late = w.domain.disclose_subject(&ctx, rosalind, claim, via).await;
+        assert!(
+            matches!(&late, Err(CommandError::InvalidState { message }) if message.contains("erased")),
+            "{late:?}"
+        );
+        Ok(())
+    }
+);
+
+backend_test!(
     another_process_holding_her_key_refuses_to_seal_for_a_restricted_person_and_learns_to_withhold_her,
     |t: TestDb| async move {
         let HerKeyElsewhere {

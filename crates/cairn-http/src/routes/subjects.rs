@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use cairn_domain::{ErasureReceipt, RestrictionReceipt, SubjectStatus};
+use cairn_domain::{Disclosure, ErasureReceipt, RestrictionReceipt, SubjectStatus};
 use cairn_types::UserId;
 
 use super::command_problem;
@@ -52,6 +52,20 @@ pub struct RestrictionRequest {
     pub retain_days: u32,
 }
 
+/// Why a person's data is disclosed.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureRequest {
+    /// The legal claim it is for: 1 to 500 characters, not only spaces, no control
+    /// characters but tabs and newlines. Kept in the access log with the disclosure: it
+    /// must not carry the person's own data.
+    #[schemars(
+        length(min = 1, max = 500),
+        pattern(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
+    )]
+    pub reason: String,
+}
+
 /// Where a person stands, and their erasure.
 pub(super) fn ops(api: Api) -> Api {
     api.op(
@@ -65,6 +79,12 @@ pub(super) fn ops(api: Api) -> Api {
             "Restrict a person now and erase them when a retention period ends",
             "For a person who asked to be erased while the organization must keep their records for a while longer (GDPR art. 17(3)(b), art. 18). One unit of work withholds every name and address of theirs from every read (they stay sealed in the log, under their key), empties their rows, refuses any new personal data about them, records user.restricted with no personal data, and starts a run that sleeps on a durable timer for retain_days and then erases them as POST /v1/subjects/{subject_id}/erasure does (the receipt's erase_at says when). Erasing them sooner is allowed. The person's organization admin or a platform administrator may. Restricting again returns the first receipt, with repeated: true; an erased person is 409."),
         restrict_subject,
+    )
+    .op(
+        op!(POST "/v1/subjects/{subject_id}/disclosure", "discloseSubject", "subjects", OK, public: false, command: true,
+            "Disclose what the log holds about a person, for a legal claim",
+            "Every personal field of the person the log holds (names, addresses), with the event that recorded each, opened from their seals even while they are restricted: GDPR art. 18(2) lets restricted data be used to establish, exercise or defend legal claims. Their data stays withheld from every other read. The disclosure is put on record in the access log with its reason before it is returned (a disclosure that cannot be recorded is refused). The person's organization admin or a platform administrator may. An erased person has nothing left to disclose: 409."),
+        disclose_subject,
     )
     .op(
         op!(POST "/v1/subjects/{subject_id}/erasure", "eraseSubject", "subjects", OK, public: false, command: true,
@@ -137,4 +157,26 @@ async fn erase_subject(
         .await
         .map_err(command_problem)?;
     Ok(Reply::ok(receipt))
+}
+
+/// `POST /v1/subjects/{subject_id}/disclosure`: discloses what the log holds about a
+/// person, for a legal claim.
+async fn disclose_subject(
+    state: AppState,
+    ctx: Ctx,
+    path: SubjectPath,
+    _: Empty,
+    body: DisclosureRequest,
+) -> Result<Reply<Disclosure>, Problem> {
+    let disclosure = state
+        .domain()
+        .disclose_subject(
+            &ctx.command(),
+            path.subject_id,
+            &body.reason,
+            cairn_log::AccessVia::Api,
+        )
+        .await
+        .map_err(command_problem)?;
+    Ok(Reply::ok(disclosure))
 }

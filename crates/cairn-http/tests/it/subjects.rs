@@ -1,6 +1,6 @@
-//! `GET /v1/subjects/{id}`, `POST /v1/subjects/{id}/erasure` and `…/restriction`: who
-//! may erase or restrict whom, what bad input gets, and that a second erasure or
-//! restriction returns the first receipt.
+//! `GET /v1/subjects/{id}`, `POST /v1/subjects/{id}/erasure`, `…/restriction` and
+//! `…/disclosure`: who may erase, restrict or disclose whom, what bad input gets, and
+//! that a second erasure or restriction returns the first receipt.
 
 use std::collections::BTreeSet;
 
@@ -290,6 +290,144 @@ backend_test!(
             .await;
         assert_eq!(status.body["state"], "erased");
         assert_eq!(status.body["restriction"]["reason"], "kept for the audit");
+        Ok(())
+    }
+);
+
+backend_test!(
+    a_restricted_persons_data_is_disclosed_for_a_legal_claim_only_to_their_admin_and_on_record,
+    |t: TestDb| async move {
+        let (s, org_a, org_b, person) = two_tenants(t, "disclose-a", "disclose-b").await?;
+        let subject: UserId = person.parse()?;
+        let disclose = format!("/v1/subjects/{person}/disclosure");
+        let restricted = call(Method::POST, format!("/v1/subjects/{person}/restriction"))
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "kept for an inquiry", "retain_days": 365}))
+            .send(&s.app)
+            .await;
+        assert_eq!(restricted.status, StatusCode::OK, "{:?}", restricted.body);
+        let claim = json!({"reason": "claim 2026-114"});
+
+        // Another tenant's admin, or nobody: 404; a viewer: 403; no token: 401.
+        let other = call(Method::POST, disclose.as_str())
+            .as_(&admin_of(org_b))
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND, "{:?}", other.body);
+        let nobody = call(
+            Method::POST,
+            format!("/v1/subjects/{}/disclosure", UserId::new_v7()),
+        )
+        .as_(&admin_of(org_a))
+        .json(claim.clone())
+        .send(&s.app)
+        .await;
+        assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{:?}", nobody.body);
+        let viewer = call(Method::POST, disclose.as_str())
+            .as_(&viewer_of(org_a))
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(viewer.status, StatusCode::FORBIDDEN, "{:?}", viewer.body);
+        let anonymous = call(Method::POST, disclose.as_str())
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(
+            anonymous.status,
+            StatusCode::UNAUTHORIZED,
+            "{:?}",
+            anonymous.body
+        );
+        // Bad bodies: 400 naming the field.
+        for (body, field) in [
+            (json!({}), "reason"),
+            (json!({"reason": "   "}), "reason"),
+            (json!({"reason": 7}), "reason"),
+            (json!({"reason": "claim", "fields": ["/email"]}), "fields"),
+        ] {
+            let refused = call(Method::POST, disclose.as_str())
+                .as_(&admin_of(org_a))
+                .json(body.clone())
+                .send(&s.app)
+                .await;
+            assert_eq!(
+                refused.status,
+                StatusCode::BAD_REQUEST,
+                "{body}: {:?}",
+                refused.body
+            );
+            assert!(
+                refused.body.to_string().contains(field),
+                "{body}: {:?}",
+                refused.body
+            );
+        }
+        // Nothing refused was put on record as a disclosure.
+        let records = s.t.db().read_access(subject, None, 100).await?;
+        assert!(
+            records
+                .iter()
+                .all(|r| !r.record.resource.contains("claim 2026-114")),
+            "{records:?}"
+        );
+
+        // Her admin: every field of hers, opened, while every other read withholds her.
+        let disclosed = call(Method::POST, disclose.as_str())
+            .as_(&admin_of(org_a))
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(disclosed.status, StatusCode::OK, "{:?}", disclosed.body);
+        assert_eq!(disclosed.body["state"], "restricted");
+        let fields = disclosed.body["fields"].as_array().context("fields")?;
+        let addresses: Vec<&str> = fields
+            .iter()
+            .filter_map(|f| f["value"].as_str())
+            .filter(|v| v.contains('@'))
+            .collect();
+        assert!(!addresses.is_empty(), "{:?}", disclosed.body);
+        assert!(
+            fields.iter().all(|f| f["value"].is_string()),
+            "{:?}",
+            disclosed.body
+        );
+        let user = call(
+            Method::GET,
+            format!("/v1/organizations/{org_a}/users/{person}"),
+        )
+        .as_(&platform_admin())
+        .send(&s.app)
+        .await;
+        assert_eq!(user.body["email"], "", "{:?}", user.body);
+
+        // On record: one API read naming her, the request and the claim.
+        let records = s.t.db().read_access(subject, None, 100).await?;
+        let record = records
+            .iter()
+            .find(|r| json!(r.record.correlation_id) == disclosed.body["correlation_id"])
+            .context("the disclosure is on record")?;
+        assert_eq!(record.record.via, cairn_log::AccessVia::Api);
+        assert!(
+            record.record.resource.contains("claim 2026-114"),
+            "{record:?}"
+        );
+        assert_eq!(record.record.subjects, vec![subject]);
+
+        // Once erased: 409.
+        let erased = call(Method::POST, format!("/v1/subjects/{person}/erasure"))
+            .as_(&admin_of(org_a))
+            .json(json!({"reason": "the inquiry closed"}))
+            .send(&s.app)
+            .await;
+        assert_eq!(erased.status, StatusCode::OK, "{:?}", erased.body);
+        let late = call(Method::POST, disclose.as_str())
+            .as_(&platform_admin())
+            .json(claim)
+            .send(&s.app)
+            .await;
+        assert_eq!(late.status, StatusCode::CONFLICT, "{:?}", late.body);
         Ok(())
     }
 );

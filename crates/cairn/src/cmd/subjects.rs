@@ -10,7 +10,8 @@ use cairn_policy::Principal;
 
 use crate::app;
 use crate::cli::{
-    EraseArgs, KeysCommand, RestrictArgs, RotateArgs, Runtime, SubjectArgs, SubjectsCommand,
+    DiscloseArgs, EraseArgs, KeysCommand, RestrictArgs, RotateArgs, Runtime, SubjectArgs,
+    SubjectsCommand,
 };
 use crate::cmd::org::explain;
 use crate::ui;
@@ -30,6 +31,7 @@ pub async fn run(
         SubjectsCommand::Erase(args) => erase(url, runtime, args).await,
         SubjectsCommand::Restrict(args) => restrict(url, runtime, args).await,
         SubjectsCommand::Show(args) => show(url, runtime, args).await,
+        SubjectsCommand::Disclose(args) => disclose(url, runtime, args).await,
     }
 }
 
@@ -125,6 +127,55 @@ async fn show(url: &str, runtime: &Runtime, args: SubjectArgs) -> anyhow::Result
                 erasure.reason
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn disclose(url: &str, runtime: &Runtime, args: DiscloseArgs) -> anyhow::Result<ExitCode> {
+    let domain = app::open_domain(url, runtime).await?;
+    // The access log names the person at the terminal.
+    let reader = CommandContext::new(Principal::Operator {
+        name: app::cli_login(),
+    });
+    let disclosure = domain
+        .disclose_subject(&reader, args.id, &args.reason, cairn_log::AccessVia::Cli)
+        .await
+        .map_err(explain)?;
+    if args.json.json {
+        ui::print_json(&disclosure)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{} person {} of organization {} ({}): {} personal fields, disclosed to {} for: {}",
+        style("!").yellow().bold(),
+        disclosure.subject_id,
+        disclosure.org_id,
+        disclosure.state,
+        disclosure.fields.len(),
+        disclosure.disclosed_to,
+        disclosure.reason
+    );
+    outln!(
+        "  on record in the access log (request {})",
+        disclosure.correlation_id
+    );
+    let width = |text: fn(&cairn_dispatch::DisclosedField) -> usize| {
+        disclosure.fields.iter().map(text).max().unwrap_or(0)
+    };
+    let (type_width, field_width) = (width(|f| f.event_type.len()), width(|f| f.field.len()));
+    for field in &disclosure.fields {
+        let value = match &field.value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        outln!(
+            "  {:>8}  {}  {:type_width$}  {}  {}",
+            format!("#{}", field.position),
+            field.recorded_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            field.event_type,
+            style(format!("{:field_width$}", field.field)).dim(),
+            value
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

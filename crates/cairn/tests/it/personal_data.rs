@@ -502,7 +502,7 @@ backend_test!(
         assert!(stderr(&output).contains("erase_at"), "{}", stderr(&output));
 
         // Restricted until a few seconds from now.
-        let erase_at = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
+        let erase_at = (chrono::Utc::now() + chrono::Duration::seconds(10)).to_rfc3339();
         let output = cairn_in(
             &url,
             &[
@@ -535,6 +535,80 @@ backend_test!(
         let text = stdout(&output);
         assert!(!text.contains("grace@example.com"), "{text}");
         assert!(text.contains("\"withheld\": \"restricted\""), "{text}");
+
+        // Disclosed for a legal claim: without a reason, nothing; with one, every field
+        // of hers, opened, and the read on record as the operator's.
+        let output = cairn_in(
+            &url,
+            &["subjects", "disclose", &grace, "--reason", " "],
+            &[],
+            None,
+        )
+        .await;
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("reason"), "{}", stderr(&output));
+        let output = cairn_in(
+            &url,
+            &["subjects", "disclose", &grace, "--reason", "claim 2026-114"],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&output, 0);
+        let shown = stdout(&output);
+        assert!(shown.contains("(restricted)"), "{shown}");
+        assert!(shown.contains("grace@example.com"), "{shown}");
+        let output = cairn_in(
+            &url,
+            &[
+                "subjects",
+                "disclose",
+                &grace,
+                "--reason",
+                "claim 2026-115",
+                "--json",
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&output, 0);
+        let disclosure = json_of(&output);
+        assert!(
+            disclosure["fields"]
+                .as_array()
+                .is_some_and(|fields| fields.iter().any(|f| f["value"] == "grace@example.com")),
+            "{disclosure}"
+        );
+        let output = cairn_in(
+            &url,
+            &["audit", "access", "--subject", &grace, "--json"],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&output, 0);
+        let records = json_of(&output);
+        let claims: Vec<&serde_json::Value> = records
+            .as_array()
+            .map(|records| {
+                records
+                    .iter()
+                    .filter(|r| {
+                        r["resource"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("claim 2026-11"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(claims.len(), 2, "{records}");
+        assert!(claims.iter().all(|r| r["via"] == "cli"), "{records}");
+        let output = cairn_in(&url, &["events", "list", "--json"], &[], None).await;
+        assert!(
+            !stdout(&output).contains("grace@example.com"),
+            "still withheld from every other read"
+        );
 
         // A server's engine wakes the run when the period ends, and erases her.
         let server = crate::common::server::Server::start(&url, &mail).await?;
