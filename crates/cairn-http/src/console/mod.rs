@@ -20,6 +20,7 @@ mod activity;
 mod assets;
 mod attention;
 mod confirm;
+mod disclose;
 mod export;
 mod handlers;
 mod held;
@@ -141,6 +142,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(
             "/console/organizations/{org_id}/people/{user_id}/erase",
             get(onboarding::erase_page).post(onboarding::erase),
+        )
+        .route(
+            "/console/organizations/{org_id}/people/{user_id}/disclose",
+            get(disclose::disclose_form).post(disclose::disclose),
         )
         .route("/console/events", get(operations::events))
         .route("/console/events/{event_id}", get(operations::event))

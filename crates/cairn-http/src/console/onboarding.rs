@@ -648,6 +648,7 @@ struct OrganizationPage {
     may_resend: bool,
     may_revoke: bool,
     may_erase: bool,
+    may_disclose: bool,
     may_manage: bool,
     may_see_events: bool,
     invite_email: Field,
@@ -914,6 +915,7 @@ async fn organization_page(
         may_resend: session.may(&Action::ResendInvitation(org_id)),
         may_revoke: session.may(&Action::RevokeInvitation(org_id)),
         may_erase: session.may(&Action::EraseSubject(org_id)),
+        may_disclose: session.may(&Action::DiscloseSubject(org_id)),
         may_manage: session.may(&Action::ManagePeople(org_id)),
         may_see_events: session.may(&Action::ListEvents),
         invite_email: Field::new("email", "Email", "email").from(invite_form, &invite_errors),
@@ -1504,29 +1506,14 @@ fn erase_reason() -> Field {
         .hint("Kept with the erasure, so write the request's reference, never their own details.")
 }
 
-/// A person of an organization the session may erase people of; anything else is
-/// the same 404 as a missing person.
+/// A person the session may erase (see [`super::people::person_for`]).
 async fn erasable_person(
     state: &AppState,
     session: &Session,
     org_id: &str,
     user_id: &str,
 ) -> Result<reads::User, Response> {
-    let (Ok(org_id), Ok(user_id)) = (OrgId::parse(org_id), cairn_types::UserId::parse(user_id))
-    else {
-        return Err(not_found(session, "person"));
-    };
-    let grant =
-        allow(&session.ctx, Action::ReadUsers(org_id)).map_err(|_| not_found(session, "person"))?;
-    let user = match reads::user(state.db(), &grant, org_id, user_id).await {
-        Ok(Some(user)) => user,
-        Ok(None) => return Err(not_found(session, "person")),
-        Err(error) => return Err(problem_page(session, &read_problem(error))),
-    };
-    if let Err(problem) = allow(&session.ctx, Action::EraseSubject(org_id)) {
-        return Err(problem_page(session, &problem));
-    }
-    Ok(user)
+    super::people::person_for(state, session, (org_id, user_id), Action::EraseSubject).await
 }
 
 /// `GET /console/organizations/{org_id}/people/{user_id}/erase`: asks for a reason

@@ -18,13 +18,14 @@ use super::{Form, Layout, Session, not_found, problem_page, render};
 use crate::AppState;
 use crate::routes::{allow, command_problem, read_problem};
 
-/// A person of an organization the session may manage the people of; anything else
-/// is the same 404 as a missing person.
-async fn manageable_person(
+/// A person of an organization whose people the session may read and on whom it may
+/// do `action`; anything else is the same 404 as a missing person, and a refused
+/// action is the policy's page.
+pub(crate) async fn person_for(
     state: &AppState,
     session: &Session,
-    org_id: &str,
-    user_id: &str,
+    (org_id, user_id): (&str, &str),
+    action: fn(OrgId) -> Action,
 ) -> Result<reads::User, Response> {
     let (Ok(org_id), Ok(user_id)) = (OrgId::parse(org_id), UserId::parse(user_id)) else {
         return Err(not_found(session, "person"));
@@ -36,10 +37,20 @@ async fn manageable_person(
         Ok(None) => return Err(not_found(session, "person")),
         Err(error) => return Err(problem_page(session, &read_problem(error))),
     };
-    if let Err(problem) = allow(&session.ctx, Action::ManagePeople(org_id)) {
+    if let Err(problem) = allow(&session.ctx, action(org_id)) {
         return Err(problem_page(session, &problem));
     }
     Ok(user)
+}
+
+/// A person whose roles and access the session may change (see [`person_for`]).
+async fn manageable_person(
+    state: &AppState,
+    session: &Session,
+    org_id: &str,
+    user_id: &str,
+) -> Result<reads::User, Response> {
+    person_for(state, session, (org_id, user_id), Action::ManagePeople).await
 }
 
 /// Records that the page showed the person's name: a read of their data.

@@ -2213,6 +2213,48 @@ backend_test!(
             !page.contains("alan@example.org") && !page.contains("Alan Turing"),
             "{page}"
         );
+        // Disclosed for a legal claim: asked for the claim first (no name yet, and
+        // none without a claim), then every field of his, on record.
+        browser
+            .click(&format!("{row} a[data-action='disclose']"))
+            .await?;
+        browser.wait_for_title("Disclose a person's data").await?;
+        let text = browser.text().await?;
+        assert!(text.contains("legal claim"), "{text}");
+        assert!(!text.contains("alan@example.org"), "{text}");
+        browser.click("button[data-action='disclose']").await?;
+        browser.wait_for_text("[data-field='reason']", "").await?;
+        assert!(!browser.text().await?.contains("alan@example.org"));
+        browser.fill("#reason", "Claim 2026-114").await?;
+        browser.click("button[data-action='disclose']").await?;
+        let disclosed = browser
+            .wait_for_text("[data-disclosed='restricted']", "Claim 2026-114")
+            .await?;
+        assert!(disclosed.contains("access log"), "{disclosed}");
+        screenshot(&browser, &t, "disclosed").await?;
+        let text = browser.text().await?;
+        assert!(
+            text.contains("alan@example.org") && text.contains("Alan Turing"),
+            "{text}"
+        );
+        let access = server.get(&admin, &format!("/v1/subjects/{alan}")).await?;
+        assert_eq!(access["state"], json!("restricted"), "{access}");
+        let records = t.db().read_access(alan.parse()?, None, 100).await?;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.record.via == cairn_log::AccessVia::Console
+                    && r.record.resource.contains("Claim 2026-114")),
+            "{records:?}"
+        );
+        // Back on the organization's page he is still withheld.
+        browser
+            .goto(&server.url(&format!("/console/organizations/{org}")))
+            .await?;
+        browser.wait_for_title("Sunrise Care").await?;
+        browser.wait_for_text(&row, "restricted").await?;
+        assert!(!browser.text().await?.contains("alan@example.org"));
+
         browser
             .click(&format!("{row} a[data-action='erase']"))
             .await?;
