@@ -1133,13 +1133,16 @@ export type RunWithSteps = {
   version: number;
 };
 
+/** A sealed field's envelope: `2.<user id>.<sealed>.<field>` (AES-256-GCM; the 12-byte nonce, then the ciphertext and tag, base64url; the field's JSON pointer last), or the object earlier releases wrote (XChaCha20-Poly1305). */
+export type SealedEnvelope = (string) | (SealedObject);
+
 /** A personal field as the log stores it, sealed under its person's data key. Reads never serve this form. */
 export type SealedField = {
-  "$sealed": SealedField2;
+  "$sealed": SealedEnvelope;
 };
 
-/** The envelope of a sealed field: whose key seals it, where in the payload it was sealed (bound into the seal with the event's type and stream), and the nonce and ciphertext. */
-export type SealedField2 = {
+/** A sealed field as earlier releases stored it. */
+export type SealedObject = {
   /** XChaCha20-Poly1305: the 24-byte nonce, then the ciphertext and tag; base64url. */
   data: string;
   /** The field's JSON pointer in the payload when it was sealed, e.g. `/admin/email`. */

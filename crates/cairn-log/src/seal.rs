@@ -1,8 +1,12 @@
 //! Personal data sealed under a data key per person, and erased by destroying it.
 //!
-//! - A person's (a subject's) fields are sealed with XChaCha20-Poly1305 under their own
-//!   data key, with the event's type and stream, the field and the person bound into
-//!   the seal: a sealed value moved to another field or event no longer opens.
+//! - A person's (a subject's) fields are sealed with AES-256-GCM under their own data
+//!   key, with the event's type and stream, the field and the person bound into the
+//!   seal: a sealed value moved to another field or event no longer opens. A sealed
+//!   field is stored as one string, `{"$sealed": "2.<person>.<sealed bytes>.<field>"}`.
+//!   Fields sealed by earlier releases, as an object sealed with XChaCha20-Poly1305
+//!   (`{"$sealed": {"subject", "field", "data"}}`), still open; stored events are never
+//!   rewritten.
 //! - Data keys are stored wrapped by the key-encryption key ([`Kek`]), which lives
 //!   outside the database. `pii_keys` records which one is current, so a process given
 //!   another key refuses to start instead of sealing under a key the others lack.
@@ -16,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use aes_gcm::Aes256Gcm;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
@@ -31,10 +36,49 @@ use crate::backend::Conn;
 use crate::db::Db;
 use crate::error::DbError;
 
+/// The nonce of XChaCha20-Poly1305: wrapped data keys, and fields sealed by earlier
+/// releases.
 const NONCE_LEN: usize = 24;
+/// The nonce of AES-256-GCM: fields sealed in the compact envelope.
+const GCM_NONCE_LEN: usize = 12;
 
-/// A person's data key, unwrapped.
-pub(crate) type DataKey = Arc<Key>;
+/// How a sealed field is stored: the envelope's format, which says its cipher and
+/// the label its associated data starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `{"subject", "field", "data"}`, XChaCha20-Poly1305: written by earlier releases.
+    Object,
+    /// `"2.<subject>.<data>.<field>"`, AES-256-GCM.
+    Compact,
+}
+
+impl Format {
+    fn aad_label(self) -> &'static [u8] {
+        match self {
+            Format::Object => b"cairn-seal-v1\0",
+            Format::Compact => b"cairn-seal-v2\0",
+        }
+    }
+}
+
+/// A person's data key, unwrapped, with the cipher made from it once (its key
+/// schedule), for every field it seals or opens.
+pub(crate) struct DataKey {
+    key: Key,
+    cipher: Aes256Gcm,
+}
+
+impl DataKey {
+    fn new(key: Key) -> DataKey {
+        DataKey {
+            cipher: Aes256Gcm::new(&key),
+            key,
+        }
+    }
+}
+
+/// A person's data key, shared by the keyring and the transactions that use it.
+pub(crate) type SharedKey = Arc<DataKey>;
 
 /// The key-encryption key: wraps every person's data key. Kept in a file (or an
 /// environment variable) apart from the database and its backups.
@@ -175,14 +219,7 @@ fn wrap_aad(subject: UserId) -> Vec<u8> {
 /// digest of the plaintext itself is ever stored), and a nonce never repeats for two
 /// different plaintexts.
 fn seal_bytes(key: &Key, aad: &[u8], plaintext: &[u8]) -> Result<String, SealError> {
-    use hmac::Mac as _;
-    let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&key[..])
-        .map_err(|e| SealError::Randomness(e.to_string()))?;
-    mac.update(b"cairn-seal-nonce-v1\0");
-    mac.update(&(aad.len() as u64).to_be_bytes());
-    mac.update(aad);
-    mac.update(plaintext);
-    let digest = mac.finalize().into_bytes();
+    let digest = synthetic_nonce(key, b"cairn-seal-nonce-v1\0", aad, plaintext)?;
     let mut nonce = [0_u8; NONCE_LEN];
     nonce.copy_from_slice(&digest[..NONCE_LEN]);
     let ciphertext = XChaCha20Poly1305::new(key)
@@ -200,33 +237,68 @@ fn seal_bytes(key: &Key, aad: &[u8], plaintext: &[u8]) -> Result<String, SealErr
     Ok(B64.encode(out))
 }
 
-/// The sealed envelope of one personal field's `value`.
-fn seal_field(
+/// A keyed digest of `label`, the associated data and the plaintext: the nonce of a
+/// seal is its first bytes.
+fn synthetic_nonce(
     key: &Key,
+    label: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<[u8; 32], SealError> {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&key[..])
+        .map_err(|e| SealError::Randomness(e.to_string()))?;
+    mac.update(label);
+    mac.update(&(aad.len() as u64).to_be_bytes());
+    mac.update(aad);
+    mac.update(plaintext);
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// Seals `plaintext` with AES-256-GCM, for the compact envelope: the nonce, then the
+/// ciphertext and tag, base64url. The nonce is synthetic, as in [`seal_bytes`]: 96
+/// bits of a keyed digest, under a key that is one person's, which seals a handful of
+/// fields in its life, so two different plaintexts never meet under one nonce.
+fn seal_compact(key: &DataKey, aad: &[u8], plaintext: &[u8]) -> Result<String, SealError> {
+    let digest = synthetic_nonce(&key.key, b"cairn-seal-nonce-v2\0", aad, plaintext)?;
+    let mut nonce = [0_u8; GCM_NONCE_LEN];
+    nonce.copy_from_slice(&digest[..GCM_NONCE_LEN]);
+    let mut out = Vec::with_capacity(GCM_NONCE_LEN + plaintext.len() + 16);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .cipher
+        .encrypt_in_place_detached(&aes_gcm::Nonce::from(nonce), aad, &mut out[GCM_NONCE_LEN..])
+        .map_err(|_| SealError::Randomness("the cipher refused the input".to_owned()))?;
+    out.extend_from_slice(&tag);
+    Ok(B64.encode(out))
+}
+
+/// The sealed envelope of one personal field's `value`, in the compact format.
+fn seal_field(
+    key: &DataKey,
     place: SealPlace<'_>,
     field: &PersonalField,
     value: &Value,
 ) -> Result<Value, SealError> {
     let plaintext = serde_json::to_vec(value)
         .map_err(|e| SealError::Randomness(format!("cannot encode the field: {e}")))?;
-    let sealed = seal_bytes(key, &place.aad(&field.pointer, field.subject), &plaintext)?;
-    Ok(serde_json::json!({
-        SEALED_KEY: SealedField {
-            subject: field.subject,
-            field: field.pointer.clone(),
-            data: sealed,
-        }
-    }))
+    let aad = place.aad(Format::Compact, &field.pointer, field.subject);
+    let sealed = seal_compact(key, &aad, &plaintext)?;
+    let envelope = SealedField::compact_envelope(field.subject, &sealed, &field.pointer);
+    let mut object = serde_json::Map::new();
+    object.insert(SEALED_KEY.to_owned(), Value::String(envelope));
+    Ok(Value::Object(object))
 }
 
 fn open_bytes(key: &Key, aad: &[u8], data: &str) -> Option<Vec<u8>> {
     let mut buffer = Vec::new();
-    open_into(key, aad, data, &mut buffer).then_some(buffer)
+    open_xchacha(key, aad, data, &mut buffer).then_some(buffer)
 }
 
-/// Opens `data` into `buffer` (cleared first, and reused across fields so that
-/// opening a page of events allocates once): whether it opened.
-fn open_into(key: &Key, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
+/// Opens XChaCha20-Poly1305 `data` into `buffer` (cleared first, and reused across
+/// fields so that opening a page of events allocates once): whether it opened.
+fn open_xchacha(key: &Key, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
     buffer.clear();
     if B64.decode_vec(data, buffer).is_err() || buffer.len() < NONCE_LEN {
         return false;
@@ -239,13 +311,50 @@ fn open_into(key: &Key, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
         .is_ok()
 }
 
+/// Opens a sealed field's `data` of `format` into `buffer`, as [`open_xchacha`] does.
+fn open_into(key: &DataKey, format: Format, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
+    if format == Format::Object {
+        return open_xchacha(&key.key, aad, data, buffer);
+    }
+    buffer.clear();
+    if B64.decode_vec(data, buffer).is_err() || buffer.len() < GCM_NONCE_LEN {
+        return false;
+    }
+    let mut nonce = [0_u8; GCM_NONCE_LEN];
+    nonce.copy_from_slice(&buffer[..GCM_NONCE_LEN]);
+    buffer.drain(..GCM_NONCE_LEN);
+    key.cipher
+        .decrypt_in_place(&aes_gcm::Nonce::from(nonce), aad, buffer)
+        .is_ok()
+}
+
 /// The parts of a sealed field's envelope, borrowed from it: whose key seals it, the
 /// field it was sealed at, and the sealed bytes.
-fn envelope_parts(envelope: &Value) -> Result<(UserId, &str, &str), String> {
+#[derive(Debug, PartialEq)]
+struct Envelope<'a> {
+    format: Format,
+    subject: UserId,
+    field: &'a str,
+    data: &'a str,
+}
+
+fn envelope_parts(envelope: &Value) -> Result<Envelope<'_>, String> {
     let malformed = |what: String| format!("its envelope is malformed: {what}");
+    if let Value::String(text) = envelope {
+        let (subject, data, field) = SealedField::compact_parts(text).map_err(malformed)?;
+        let subject = subject
+            .parse::<UserId>()
+            .map_err(|e| malformed(format!("the person: {e}")))?;
+        return Ok(Envelope {
+            format: Format::Compact,
+            subject,
+            field,
+            data,
+        });
+    }
     let object = envelope
         .as_object()
-        .ok_or_else(|| malformed("it is not an object".to_owned()))?;
+        .ok_or_else(|| malformed("it is neither a string nor an object".to_owned()))?;
     if let Some(extra) = object
         .keys()
         .find(|key| !matches!(key.as_str(), "subject" | "field" | "data"))
@@ -261,7 +370,12 @@ fn envelope_parts(envelope: &Value) -> Result<(UserId, &str, &str), String> {
     let subject = text("subject")?
         .parse::<UserId>()
         .map_err(|e| malformed(format!("`subject`: {e}")))?;
-    Ok((subject, text("field")?, text("data")?))
+    Ok(Envelope {
+        format: Format::Object,
+        subject,
+        field: text("field")?,
+        data: text("data")?,
+    })
 }
 
 /// What a seal is bound to besides the person and the field: the event's type and
@@ -273,19 +387,19 @@ pub struct SealPlace<'a> {
 }
 
 impl SealPlace<'_> {
-    fn aad(&self, field: &str, subject: UserId) -> Vec<u8> {
+    fn aad(&self, format: Format, field: &str, subject: UserId) -> Vec<u8> {
         let mut aad = Vec::new();
-        self.aad_into(&mut aad, field, subject);
+        self.aad_into(&mut aad, format, field, subject);
         aad
     }
 
     /// The associated data of a seal at this place, written into `aad` (cleared
-    /// first): `cairn-seal-v1`, the event type, the stream, the field and the person,
-    /// each followed by a NUL but the last.
-    fn aad_into(&self, aad: &mut Vec<u8>, field: &str, subject: UserId) {
+    /// first): the format's label (`cairn-seal-v1`, `cairn-seal-v2`), the event type,
+    /// the stream, the field and the person, each followed by a NUL but the last.
+    fn aad_into(&self, aad: &mut Vec<u8>, format: Format, field: &str, subject: UserId) {
         let mut uuid = uuid::Uuid::encode_buffer();
         aad.clear();
-        aad.extend_from_slice(b"cairn-seal-v1\0");
+        aad.extend_from_slice(format.aad_label());
         aad.extend_from_slice(self.event_type.as_bytes());
         aad.push(0);
         aad.extend_from_slice(
@@ -320,12 +434,12 @@ pub struct PersonalField {
 #[derive(Clone)]
 pub struct SealedAhead {
     data: Value,
-    keys: Vec<(UserId, DataKey)>,
+    keys: Vec<(UserId, SharedKey)>,
 }
 
 impl SealedAhead {
     /// Whether these are the fields and keys it was sealed for and with.
-    fn sealed_with(&self, keys: &[(&PersonalField, DataKey)]) -> bool {
+    fn sealed_with(&self, keys: &[(&PersonalField, SharedKey)]) -> bool {
         keys.len() == self.keys.len()
             && keys
                 .iter()
@@ -391,7 +505,7 @@ pub struct SealFault {
 /// What is known of one person's data key.
 #[derive(Clone)]
 pub(crate) enum KeyState {
-    Active(Arc<Key>),
+    Active(SharedKey),
     Erased,
     /// Restricted until their erasure: the key is kept, and neither opens nor seals.
     Restricted,
@@ -646,7 +760,7 @@ impl Keyring {
                         .filter(|kek| kek.id == kek_id)
                         .and_then(|kek| kek.unwrap_key(subject, &wrapped))
                     {
-                        Some(key) => KeyState::Active(Arc::new(key)),
+                        Some(key) => KeyState::Active(Arc::new(DataKey::new(key))),
                         None => KeyState::Unreadable(kek_id),
                     },
                     _ => KeyState::Unreadable("(none)".to_owned()),
@@ -779,7 +893,7 @@ impl Keyring {
         fields: &[PersonalField],
     ) -> Option<SealedAhead> {
         let mut sealed = data.clone();
-        let mut keys: Vec<(UserId, DataKey)> = Vec::with_capacity(fields.len());
+        let mut keys: Vec<(UserId, SharedKey)> = Vec::with_capacity(fields.len());
         for field in fields {
             let value = cairn_types::pointer::pointer_mut(&mut sealed, &field.pointer)?;
             if value.is_null() {
@@ -801,7 +915,7 @@ impl Keyring {
         &self,
         tx: &mut crate::Tx,
         field: &PersonalField,
-    ) -> Result<Arc<Key>, SealError> {
+    ) -> Result<SharedKey, SealError> {
         let subject = field.subject;
         let erased = || SealError::Erased {
             subject,
@@ -877,7 +991,7 @@ impl Keyring {
                 let kek = self.kek_arc().ok_or_else(|| SealError::NoKey {
                     field: field.pointer.clone(),
                 })?;
-                let key = Arc::new(make_key(tx, &kek, subject, None).await?);
+                let key = Arc::new(DataKey::new(make_key(tx, &kek, subject, None).await?));
                 tx.log
                     .sealed_keys
                     .push((subject, KeyState::Active(key.clone())));
@@ -920,13 +1034,18 @@ impl Keyring {
             };
             let opened = match envelope_parts(envelope) {
                 Err(reason) => Err(reason),
-                Ok((subject, sealed_at, sealed)) => {
+                Ok(Envelope {
+                    format,
+                    subject,
+                    field: sealed_at,
+                    data: sealed,
+                }) => {
                     match keys.keys.get(&subject) {
                         Some(KeyState::Erased) => Ok(Withheld::ERASED.to_value()),
                         Some(KeyState::Restricted) => Ok(Withheld::RESTRICTED.to_value()),
                         Some(KeyState::Active(key)) => {
-                            place.aad_into(&mut aad, sealed_at, subject);
-                            if open_into(key, &aad, sealed, &mut buffer) {
+                            place.aad_into(&mut aad, format, sealed_at, subject);
+                            if open_into(key, format, &aad, sealed, &mut buffer) {
                                 serde_json::from_slice(&buffer)
                                     .map_err(|e| format!("what it holds is not JSON: {e}"))
                             } else {
@@ -1512,7 +1631,8 @@ mod tests {
         assert_eq!(kek.unwrap_key(UserId::new_v7(), &wrapped), None);
     }
 
-    fn sealed_with(
+    /// `value` sealed as earlier releases sealed it: an object, XChaCha20-Poly1305.
+    fn sealed_as_before(
         key: &Key,
         place: SealPlace<'_>,
         field: &str,
@@ -1521,24 +1641,50 @@ mod tests {
     ) -> Value {
         let data = seal_bytes(
             key,
-            &place.aad(field, subject),
+            &place.aad(Format::Object, field, subject),
             &serde_json::to_vec(value).unwrap(),
         )
         .unwrap();
         serde_json::json!({ SEALED_KEY: { "subject": subject, "field": field, "data": data } })
     }
 
+    /// `value` sealed as this release seals it: the compact envelope.
+    fn sealed_now(
+        key: &DataKey,
+        place: SealPlace<'_>,
+        field: &str,
+        subject: UserId,
+        value: &Value,
+    ) -> Value {
+        let field = PersonalField {
+            pointer: field.to_owned(),
+            subject,
+        };
+        seal_field(key, place, &field, value).unwrap()
+    }
+
     #[test]
     fn an_envelope_that_is_not_one_says_what_is_wrong_with_it() {
         let subject = UserId::new_v7();
         let good = serde_json::json!({"subject": subject, "field": "/email", "data": "AAAA"});
+        let parts = |format| Envelope {
+            format,
+            subject,
+            field: "/email",
+            data: "AAAA",
+        };
         assert_eq!(
             envelope_parts(&good),
-            Ok((subject, "/email", "AAAA")),
+            Ok(parts(Format::Object)),
             "a well-formed envelope is read in place"
         );
+        let compact = Value::from(format!("2.{subject}.AAAA./email"));
+        assert_eq!(envelope_parts(&compact), Ok(parts(Format::Compact)));
         for (envelope, says) in [
-            (serde_json::json!("AAAA"), "not an object"),
+            (serde_json::json!(7), "neither a string nor an object"),
+            (serde_json::json!("AAAA"), "does not start with `2.`"),
+            (serde_json::json!("2.nobody.AAAA./email"), "the person"),
+            (Value::from(format!("2.{subject}.AAAA")), "names no field"),
             (
                 serde_json::json!({"subject": subject, "field": "/email"}),
                 "`data` is missing",
@@ -1565,12 +1711,17 @@ mod tests {
             event_type: "user.invited",
             stream_id: stream,
         };
-        let mut aad = b"left over from the last field".to_vec();
-        place.aad_into(&mut aad, "/email", subject);
-        assert_eq!(
-            aad,
-            format!("cairn-seal-v1\0user.invited\0{stream}\0/email\0{subject}").into_bytes()
-        );
+        for (format, label) in [
+            (Format::Object, "cairn-seal-v1"),
+            (Format::Compact, "cairn-seal-v2"),
+        ] {
+            let mut aad = b"left over from the last field".to_vec();
+            place.aad_into(&mut aad, format, "/email", subject);
+            assert_eq!(
+                aad,
+                format!("{label}\0user.invited\0{stream}\0/email\0{subject}").into_bytes()
+            );
+        }
     }
 
     #[test]
@@ -1593,6 +1744,14 @@ mod tests {
             a,
             seal_bytes(&Key::from([4_u8; 32]), b"place one", b"\"ada@example.com\"").unwrap()
         );
+        let key = DataKey::new(Key::from([3_u8; 32]));
+        let seal = |key: &DataKey, aad: &[u8], text: &[u8]| seal_compact(key, aad, text).unwrap();
+        let a = seal(&key, b"place one", b"\"ada@example.com\"");
+        assert_eq!(a, seal(&key, b"place one", b"\"ada@example.com\""));
+        assert_ne!(a, seal(&key, b"place two", b"\"ada@example.com\""));
+        assert_ne!(a, seal(&key, b"place one", b"\"bob@example.com\""));
+        let other = DataKey::new(Key::from([4_u8; 32]));
+        assert_ne!(a, seal(&other, b"place one", b"\"ada@example.com\""));
     }
 
     #[test]
@@ -1603,51 +1762,66 @@ mod tests {
             stream_id,
         };
         let subject = UserId::new_v7();
-        let key = Key::from([1_u8; 32]);
+        let key = DataKey::new(Key::from([1_u8; 32]));
+        let email = serde_json::json!("ada@example.com");
+        let formats = [
+            sealed_as_before(&key.key, place, "/email", subject, &email),
+            sealed_now(&key, place, "/email", subject, &email),
+        ];
         let mut keys = KeySet::default();
         keys.keys.insert(subject, KeyState::Active(Arc::new(key)));
         let fields = [PersonalField {
             pointer: "/email".to_owned(),
             subject,
         }];
-        let sealed = sealed_with(
-            &key,
-            place,
-            "/email",
-            subject,
-            &serde_json::json!("ada@example.com"),
-        );
-
-        // Where it was sealed: the value.
-        let mut data = serde_json::json!({ "email": sealed.clone() });
-        assert!(Keyring::open(&keys, place, &mut data, &fields).is_empty());
-        assert_eq!(data["email"], "ada@example.com");
-
-        // Another stream, or another event type: unreadable, and the fault says so.
-        for other in [
-            SealPlace {
-                event_type,
-                stream_id: StreamId::new_v7(),
-            },
-            SealPlace {
-                event_type: "user.invited",
-                stream_id,
-            },
-        ] {
+        for sealed in formats {
+            // Where it was sealed: the value.
             let mut data = serde_json::json!({ "email": sealed.clone() });
-            let faults = Keyring::open(&keys, other, &mut data, &fields);
-            assert_eq!(faults.len(), 1, "{faults:?}");
-            assert!(faults[0].reason.contains("does not match"), "{faults:?}");
-            assert_eq!(data["email"], serde_json::json!({"withheld": "unreadable"}));
-        }
+            assert!(Keyring::open(&keys, place, &mut data, &fields).is_empty());
+            assert_eq!(data["email"], "ada@example.com", "{sealed}");
 
-        // One flipped character of the ciphertext: unreadable.
-        let mut tampered = sealed.clone();
-        let text = tampered[SEALED_KEY]["data"].as_str().unwrap().to_owned();
-        let flipped = if text.ends_with('A') { "B" } else { "A" };
-        tampered[SEALED_KEY]["data"] = Value::from(format!("{}{flipped}", &text[..text.len() - 1]));
-        let mut data = serde_json::json!({ "email": tampered });
-        assert_eq!(Keyring::open(&keys, place, &mut data, &fields).len(), 1);
+            // Another stream, or another event type: unreadable, and the fault says so.
+            for other in [
+                SealPlace {
+                    event_type,
+                    stream_id: StreamId::new_v7(),
+                },
+                SealPlace {
+                    event_type: "user.invited",
+                    stream_id,
+                },
+            ] {
+                let mut data = serde_json::json!({ "email": sealed.clone() });
+                let faults = Keyring::open(&keys, other, &mut data, &fields);
+                assert_eq!(faults.len(), 1, "{faults:?}");
+                assert!(faults[0].reason.contains("does not match"), "{faults:?}");
+                assert_eq!(data["email"], serde_json::json!({"withheld": "unreadable"}));
+            }
+
+            // One flipped character of the ciphertext: unreadable.
+            let flip = |text: &str| {
+                let flipped = if text.ends_with('A') { "B" } else { "A" };
+                format!("{}{flipped}", &text[..text.len() - 1])
+            };
+            let mut tampered = sealed.clone();
+            match &sealed[SEALED_KEY] {
+                Value::String(text) => {
+                    let (person, data, field) = SealedField::compact_parts(text).unwrap();
+                    tampered[SEALED_KEY] = Value::from(SealedField::compact_envelope(
+                        person.parse().unwrap(),
+                        &flip(data),
+                        field,
+                    ));
+                }
+                _ => {
+                    let text = sealed[SEALED_KEY]["data"].as_str().unwrap();
+                    tampered[SEALED_KEY]["data"] = Value::from(flip(text));
+                }
+            }
+            assert_ne!(tampered, sealed);
+            let mut data = serde_json::json!({ "email": tampered });
+            assert_eq!(Keyring::open(&keys, place, &mut data, &fields).len(), 1);
+        }
     }
 
     #[test]
@@ -1667,12 +1841,17 @@ mod tests {
                 subject,
             },
             PersonalField {
+                pointer: "/phone".to_owned(),
+                subject,
+            },
+            PersonalField {
                 pointer: "/name".to_owned(),
                 subject,
             },
         ];
         let mut data = serde_json::json!({
-            "email": sealed_with(&key, place, "/email", subject, &serde_json::json!("ada@example.com")),
+            "email": sealed_as_before(&key, place, "/email", subject, &serde_json::json!("ada@example.com")),
+            "phone": sealed_now(&DataKey::new(key), place, "/phone", subject, &serde_json::json!("+44 20 7946 0000")),
             "name": "Ada, written before sealing",
             "org_id": "kept",
         });
@@ -1681,6 +1860,7 @@ mod tests {
             data,
             serde_json::json!({
                 "email": {"withheld": "erased"},
+                "phone": {"withheld": "erased"},
                 "name": {"withheld": "erased"},
                 "org_id": "kept",
             })

@@ -27,7 +27,7 @@ pub use metadata::{Actor, ActorError, Metadata, MetadataError};
 pub use names::{EventType, NameError, StreamType};
 pub use numbers::{Position, StreamVersion};
 pub use personal::{
-    Personal, SEALED_KEY, Sealed, SealedField, WITHHELD_KEY, Withheld, WithheldReason,
+    Personal, SEALED_KEY, Sealed, SealedField, SealedObject, WITHHELD_KEY, Withheld, WithheldReason,
 };
 pub use reason::{Reason, ReasonError};
 pub use tenancy::Tenancy;

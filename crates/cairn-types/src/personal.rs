@@ -222,17 +222,93 @@ pub struct Sealed {
 }
 
 /// The envelope of a sealed field: whose key seals it, where in the payload it was
-/// sealed (bound into the seal with the event's type and stream), and the nonce and
-/// ciphertext.
+/// sealed (bound into the seal with the event's type and stream), and the sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SealedField {
+    /// `2.<user id>.<sealed>.<field>`: the person's user id; AES-256-GCM's 12-byte
+    /// nonce, then the ciphertext and tag, base64url; the field's JSON pointer, last.
+    Compact(String),
+    /// The form earlier releases wrote, sealed with XChaCha20-Poly1305.
+    Object(SealedObject),
+}
+
+/// A sealed field as earlier releases stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SealedField {
+pub struct SealedObject {
     /// The person the field is about; their data key seals it.
     pub subject: UserId,
     /// The field's JSON pointer in the payload when it was sealed, e.g. `/admin/email`.
     pub field: String,
     /// XChaCha20-Poly1305: the 24-byte nonce, then the ciphertext and tag; base64url.
     pub data: String,
+}
+
+/// The first part of a compact envelope: its format.
+const COMPACT_PREFIX: &str = "2.";
+
+impl SealedField {
+    /// The text of a compact envelope.
+    pub fn compact_envelope(subject: UserId, data: &str, field: &str) -> String {
+        let mut uuid = uuid::Uuid::encode_buffer();
+        let subject = subject.as_uuid().hyphenated().encode_lower(&mut uuid);
+        let mut text = String::with_capacity(
+            COMPACT_PREFIX.len() + subject.len() + data.len() + field.len() + 2,
+        );
+        text.push_str(COMPACT_PREFIX);
+        text.push_str(subject);
+        text.push('.');
+        text.push_str(data);
+        text.push('.');
+        text.push_str(field);
+        text
+    }
+
+    /// The parts of a compact envelope's text, borrowed from it: the person (as
+    /// written), the sealed bytes (base64url) and the field. The person and the bytes
+    /// hold no dot, so the field, last, may hold any.
+    pub fn compact_parts(text: &str) -> Result<(&str, &str, &str), String> {
+        let rest = text
+            .strip_prefix(COMPACT_PREFIX)
+            .ok_or_else(|| format!("it does not start with `{COMPACT_PREFIX}`"))?;
+        let (subject, rest) = rest
+            .split_once('.')
+            .ok_or_else(|| "it has no sealed bytes".to_owned())?;
+        let (data, field) = rest
+            .split_once('.')
+            .ok_or_else(|| "it names no field".to_owned())?;
+        if !field.starts_with('/') {
+            return Err(format!("its field `{field}` is not a JSON pointer"));
+        }
+        Ok((subject, data, field))
+    }
+
+    /// The person whose key seals it, when the envelope names one.
+    pub fn subject(&self) -> Option<UserId> {
+        match self {
+            SealedField::Compact(text) => Self::compact_parts(text)
+                .ok()
+                .and_then(|(subject, _, _)| subject.parse().ok()),
+            SealedField::Object(object) => Some(object.subject),
+        }
+    }
+}
+
+impl JsonSchema for SealedField {
+    fn schema_name() -> Cow<'static, str> {
+        "SealedEnvelope".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let object = generator.subschema_for::<SealedObject>();
+        json_schema!({
+            "description": "A sealed field's envelope: `2.<user id>.<sealed>.<field>` (AES-256-GCM; the 12-byte nonce, then the ciphertext and tag, base64url; the field's JSON pointer last), or the object earlier releases wrote (XChaCha20-Poly1305).",
+            "anyOf": [
+                {"type": "string", "pattern": "^2\\.[0-9a-f-]{36}\\.[A-Za-z0-9_-]+\\./"},
+                object
+            ]
+        })
+    }
 }
 
 impl JsonSchema for Sealed {
@@ -283,8 +359,16 @@ mod tests {
             "$sealed": {"subject": subject, "field": "/name", "data": "AAAA"}
         }))
         .unwrap();
-        assert!(matches!(sealed, Personal::Sealed(ref s) if s.sealed.subject == subject));
+        assert!(matches!(sealed, Personal::Sealed(ref s) if s.sealed.subject() == Some(subject)));
         assert_eq!(sealed.known(), None);
+        let compact = SealedField::compact_envelope(subject, "AAAA", "/admin/name.first");
+        let sealed: Personal<String> =
+            serde_json::from_value(serde_json::json!({ "$sealed": compact })).unwrap();
+        assert!(matches!(sealed, Personal::Sealed(ref s) if s.sealed.subject() == Some(subject)));
+        assert_eq!(
+            SealedField::compact_parts(&compact),
+            Ok((subject.to_string().as_str(), "AAAA", "/admin/name.first"))
+        );
     }
 
     #[test]
@@ -321,6 +405,22 @@ mod tests {
         assert_eq!(n, Personal::Known(7));
         let name: Personal<String> = serde_json::from_str(r#""Ada""#).unwrap();
         assert_eq!(name, Personal::Known("Ada".to_owned()));
+    }
+
+    #[test]
+    fn a_compact_envelope_that_is_not_one_says_what_is_missing() {
+        let cases = [
+            ("", "does not start with `2.`"),
+            ("1.x.y./a", "does not start with `2.`"),
+            ("2.", "no sealed bytes"),
+            ("2.person", "no sealed bytes"),
+            ("2.person.bytes", "names no field"),
+            ("2.person.bytes.name", "not a JSON pointer"),
+        ];
+        for (text, says) in cases {
+            let error = SealedField::compact_parts(text).expect_err(text);
+            assert!(error.contains(says), "{text}: {error}");
+        }
     }
 
     #[test]

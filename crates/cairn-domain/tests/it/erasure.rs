@@ -321,13 +321,18 @@ backend_test!(
             (event.position, event.data)
         };
         let mut tampered = data.clone();
-        let sealed = tampered["name"]["$sealed"]["data"]
+        let envelope = tampered["name"]["$sealed"]
             .as_str()
             .expect("the name is sealed")
             .to_owned();
+        let (person, sealed, field) =
+            cairn_types::SealedField::compact_parts(&envelope).map_err(anyhow::Error::msg)?;
         let last = if sealed.ends_with('A') { 'B' } else { 'A' };
-        tampered["name"]["$sealed"]["data"] =
-            json!(format!("{}{last}", &sealed[..sealed.len() - 1]));
+        tampered["name"]["$sealed"] = json!(cairn_types::SealedField::compact_envelope(
+            person.parse()?,
+            &format!("{}{last}", &sealed[..sealed.len() - 1]),
+            field
+        ));
         let text = serde_json::to_string(&tampered)?.replace('\'', "''");
         let cast = match w.t.backend() {
             Backend::Sqlite => format!("'{text}'"),
@@ -590,7 +595,7 @@ backend_test!(
         keyring
             .seal_in(&mut tx, place, &mut before, &fields, None)
             .await?;
-        assert!(before["name"]["$sealed"].is_object(), "{before}");
+        assert!(before["name"]["$sealed"].is_string(), "{before}");
         let erased = keyring
             .erase_in(&mut tx, rosalind, json!({"reason": "asked"}))
             .await?;

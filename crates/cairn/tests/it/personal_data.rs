@@ -417,7 +417,7 @@ backend_test!(
             .read_events(&cairn_log::EventFilter::default())
             .await?;
         assert!(
-            stored[0].data["email"]["$sealed"].is_object(),
+            stored[0].data["email"]["$sealed"].is_string(),
             "{:?}",
             stored[0].data
         );
