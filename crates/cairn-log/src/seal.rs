@@ -1034,6 +1034,9 @@ impl Keyring {
             };
             let opened = match envelope_parts(envelope) {
                 Err(reason) => Err(reason),
+                Ok(Envelope { subject, .. }) if subject != field.subject => Err(format!(
+                    "it was sealed for person {subject}, not the person the event names here"
+                )),
                 Ok(Envelope {
                     format,
                     subject,
@@ -1798,10 +1801,16 @@ mod tests {
                 assert_eq!(data["email"], serde_json::json!({"withheld": "unreadable"}));
             }
 
-            // One flipped character of the ciphertext: unreadable.
+            // One flipped character of the ciphertext (in the middle: every bit of it
+            // is the ciphertext's, none base64's padding): unreadable.
             let flip = |text: &str| {
-                let flipped = if text.ends_with('A') { "B" } else { "A" };
-                format!("{}{flipped}", &text[..text.len() - 1])
+                let middle = text.len() / 2;
+                let flipped = if &text[middle..=middle] == "A" {
+                    "B"
+                } else {
+                    "A"
+                };
+                format!("{}{flipped}{}", &text[..middle], &text[middle + 1..])
             };
             let mut tampered = sealed.clone();
             match &sealed[SEALED_KEY] {
@@ -1820,8 +1829,54 @@ mod tests {
             }
             assert_ne!(tampered, sealed);
             let mut data = serde_json::json!({ "email": tampered });
-            assert_eq!(Keyring::open(&keys, place, &mut data, &fields).len(), 1);
+            let faults = Keyring::open(&keys, place, &mut data, &fields);
+            assert_eq!(faults.len(), 1, "{faults:?}");
+            assert!(faults[0].reason.contains("does not match"), "{faults:?}");
+
+            // Where the event names another person: unreadable, saying whose it is.
+            let someone_else = [PersonalField {
+                pointer: "/email".to_owned(),
+                subject: UserId::new_v7(),
+            }];
+            let mut data = serde_json::json!({ "email": sealed.clone() });
+            let faults = Keyring::open(&keys, place, &mut data, &someone_else);
+            assert_eq!(faults.len(), 1, "{faults:?}");
+            assert!(faults[0].reason.contains("sealed for person"), "{faults:?}");
+            assert_eq!(data["email"], serde_json::json!({"withheld": "unreadable"}));
         }
+    }
+
+    /// What the release before the compact envelope wrote, in `cairn demo`: its
+    /// key-encryption key, a person's wrapped data key and one of their events. Those
+    /// bytes must open with every later build.
+    #[test]
+    fn fields_an_earlier_release_sealed_still_open_with_its_wrapped_key() {
+        let kek = Kek::parse("1USkiPyegI9YzOqYHmXjshdojOZr9jzOEkMcRRkG8iI", "the test").unwrap();
+        assert_eq!(kek.id(), "164d6d840b8c6431");
+        let grace: UserId = "01a25350-55b2-7220-9e3c-4ed14cf55f3e".parse().unwrap();
+        let wrapped = "kdLiQjOvEwgNlZe2wP_in1BXBZd9ZbIzJi3QnVpWQltkcptMDb3R9y3rAsEaceqwAnWr18snaoB4JG55tc76gDnzGRzGFyqu";
+        let key = kek
+            .unwrap_key(grace, wrapped)
+            .expect("the wrapped key opens");
+        let mut keys = KeySet::default();
+        keys.keys
+            .insert(grace, KeyState::Active(Arc::new(DataKey::new(key))));
+        let mut data: Value = serde_json::from_str(
+            r#"{"email":{"$sealed":{"data":"rNClnT_lUjROZ7hIqLOV7t3BwltAnL_1YBetbGeNcc_txF2_qm2lPlq4c2LihxnsKcAzcp0xh8jyI3c","field":"/email","subject":"01a25350-55b2-7220-9e3c-4ed14cf55f3e"}},"invitation_id":"01a25350-55b2-7220-9e3c-4ed2575e264f","invited_by":"service:cairn-demo","name":{"$sealed":{"data":"KT-xXl_SCM8TCStjbcuyf30lCdcvZ-n9moaDcDox_m60JtegBLZzHhmJbfqtz02AkppcgPuc","field":"/name","subject":"01a25350-55b2-7220-9e3c-4ed14cf55f3e"}},"org_id":"01a25350-55b3-77a6-9934-1fc1f2420fa2","roles":["clinician"]}"#,
+        )
+        .unwrap();
+        let place = SealPlace {
+            event_type: "user.invited",
+            stream_id: StreamId::from_uuid(grace.as_uuid()),
+        };
+        let fields = ["/email", "/name"].map(|pointer| PersonalField {
+            pointer: pointer.to_owned(),
+            subject: grace,
+        });
+        let faults = Keyring::open(&keys, place, &mut data, &fields);
+        assert!(faults.is_empty(), "{faults:?}");
+        assert_eq!(data["email"], "grace@example.com");
+        assert_eq!(data["name"], "Grace Hopper");
     }
 
     #[test]

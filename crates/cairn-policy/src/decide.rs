@@ -217,8 +217,9 @@ fn scope_for(action: &Action) -> Option<Scope> {
         | Action::ResendInvitation(_)
         | Action::RevokeInvitation(_)
         | Action::EraseSubject(_)
-        | Action::DiscloseSubject(_)
         | Action::ManagePeople(_) => Some(Scope::OrganizationsWrite),
+        // Refused to every service in `authorize`; the scope it would need.
+        Action::DiscloseSubject(_) => Some(Scope::OrganizationsWrite),
         Action::ListWorkflows => Some(Scope::WorkflowsRead),
         // A search finds what the log holds: events, and the runs and people they name.
         Action::ListEvents | Action::ReadTrace | Action::Search => Some(Scope::EventsRead),
@@ -281,6 +282,12 @@ pub fn authorize(principal: &Principal, action: &Action) -> Result<Grant, Denial
             }),
         },
         Principal::Service { scopes, .. } => match scope_for(action) {
+            // A disclosure opens a restricted person's data in every tenant a service
+            // sees: only a person who answers for it may ask (see `member_may`).
+            _ if matches!(action, Action::DiscloseSubject(_)) => Err(forbidden(
+                "only an organization's admin or a platform administrator discloses a person's data"
+                    .to_owned(),
+            )),
             None => Ok(grant(Tenancy::None)),
             Some(scope) if scopes.contains(&scope) => Ok(grant(Tenancy::All)),
             Some(scope) => Err(forbidden(format!("it lacks the {scope} scope"))),
@@ -297,6 +304,62 @@ pub fn authorize(principal: &Principal, action: &Action) -> Result<Grant, Denial
                     _ => Ok(grant(Tenancy::Org(*org_id))),
                 },
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use cairn_types::{OrgId, UserId};
+
+    use super::*;
+
+    #[test]
+    fn a_disclosure_is_for_the_persons_admin_or_a_platform_administrator_only() {
+        let (org, other) = (OrgId::new_v7(), OrgId::new_v7());
+        let member = |org_id, role| Principal::User {
+            user_id: UserId::new_v7(),
+            org_id,
+            roles: BTreeSet::from([role]),
+        };
+        let every_scope = Principal::Service {
+            name: "etl".to_owned(),
+            scopes: BTreeSet::from([
+                Scope::OrganizationsBootstrap,
+                Scope::OrganizationsRead,
+                Scope::OrganizationsWrite,
+                Scope::WorkflowsRead,
+                Scope::EventsRead,
+                Scope::EventsRetry,
+                Scope::HandlersPause,
+                Scope::WorkflowsPause,
+                Scope::EventsSubscribe,
+                Scope::HealthProbe,
+            ]),
+        };
+        let cases: Vec<(Principal, Option<Tenancy>)> = vec![
+            (member(org, Role::Admin), Some(Tenancy::Org(org))),
+            (member(other, Role::Admin), None),
+            (member(org, Role::Viewer), None),
+            (member(org, Role::Clinician), None),
+            (every_scope, None),
+            (Principal::Anonymous, None),
+            (
+                Principal::PlatformAdmin {
+                    name: "ops".to_owned(),
+                },
+                Some(Tenancy::All),
+            ),
+        ];
+        for (principal, expected) in cases {
+            let decided = authorize(&principal, &Action::DiscloseSubject(org));
+            assert_eq!(
+                decided.as_ref().ok().map(Grant::tenancy),
+                expected.as_ref(),
+                "{principal:?}: {decided:?}"
+            );
         }
     }
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::UserId;
 
-/// The key of the object a sealed field is stored as: `{"$sealed": {…}}`.
+/// The key of the object a sealed field is stored as: `{"$sealed": "2.…"}` (see
+/// [`SealedField`]).
 pub const SEALED_KEY: &str = "$sealed";
 /// The key of the object a withheld field is read as: `{"withheld": "erased"}`.
 pub const WITHHELD_KEY: &str = "withheld";

@@ -515,27 +515,37 @@ impl Domain {
             }
             filter.after = last;
         }
+        // The access log is kept for years and never scrubbed: a claim that names the
+        // person would outlive their erasure there.
+        let folded = reason.to_lowercase();
+        if fields.iter().any(|field| {
+            field.value.as_str().is_some_and(|value| {
+                !value.trim().is_empty() && folded.contains(&value.trim().to_lowercase())
+            })
+        }) {
+            return Err(CommandError::Invalid(vec![invalid(
+                "reason",
+                "the reason holds the person's own name or address: name the claim by its reference",
+            )]));
+        }
+        let record = cairn_log::AccessRecord::now(
+            ctx.principal.who(),
+            via,
+            ctx.correlation_id,
+            format!("user {user_id} disclosed for a legal claim: {reason}"),
+            vec![user_id],
+        )
+        .org(Some(user.org_id));
         let disclosure = Disclosure {
             subject_id: user_id,
             org_id: user.org_id,
             state: state.to_owned(),
-            disclosed_at: self.now(),
-            disclosed_to: ctx.principal.who(),
+            disclosed_at: record.recorded_at,
+            disclosed_to: record.who.clone(),
             reason,
             correlation_id: ctx.correlation_id,
             fields,
         };
-        let record = cairn_log::AccessRecord::now(
-            disclosure.disclosed_to.clone(),
-            via,
-            ctx.correlation_id,
-            format!(
-                "user {user_id} disclosed for a legal claim: {}",
-                disclosure.reason
-            ),
-            vec![user_id],
-        )
-        .org(Some(user.org_id));
         db.write_access(vec![record]).await?;
         Ok(disclosure)
     }

@@ -879,6 +879,36 @@ backend_test!(
             !opened.contains(EMAIL) && !opened.contains(NAME),
             "{opened}"
         );
+        // In a process that knew nothing of her before its disclosure, too: the key it
+        // read for it is not kept.
+        let fresh = w.t.connect_again().await?;
+        let keys = fresh.keyring().disclosure_keys(&fresh, rosalind).await?;
+        drop(keys);
+        let stored = {
+            let mut reader = fresh.reader().await?;
+            reader.conn().read_events(&EventFilter::default()).await?
+        };
+        let opened =
+            current_events(&fresh, w.domain.store().dispatcher().registry(), stored).await?;
+        let opened = serde_json::to_string(&opened.iter().map(|e| &e.data).collect::<Vec<_>>())?;
+        assert!(
+            !opened.contains(EMAIL) && !opened.contains(NAME),
+            "{opened}"
+        );
+        // A claim that names her would outlive her erasure in the access log: refused.
+        let named = w
+            .domain
+            .disclose_subject(&ctx, rosalind, &format!("Franklin claim: {NAME}"), via)
+            .await;
+        assert!(
+            matches!(&named, Err(CommandError::Invalid(errors)) if errors[0].field == "reason"),
+            "{named:?}"
+        );
+        let records = w.t.db().read_access(rosalind, None, 100).await?;
+        assert!(
+            records.iter().all(|r| !r.record.resource.contains(NAME)),
+            "{records:?}"
+        );
         let bytes = dump(&w.t).await?;
         assert_eq!(count(&bytes, EMAIL), 0);
         assert_eq!(count(&bytes, NAME), 0);

@@ -81,9 +81,13 @@ pub(super) fn ops(api: Api) -> Api {
         restrict_subject,
     )
     .op(
-        op!(POST "/v1/subjects/{subject_id}/disclosure", "discloseSubject", "subjects", OK, public: false, command: true,
+        Op {
+            // Its answer holds personal data: never stored under a key to be repeated.
+            idempotency_key: false,
+            ..op!(POST "/v1/subjects/{subject_id}/disclosure", "discloseSubject", "subjects", OK, public: false, command: true,
             "Disclose what the log holds about a person, for a legal claim",
-            "Every personal field of the person the log holds (names, addresses), with the event that recorded each, opened from their seals even while they are restricted: GDPR art. 18(2) lets restricted data be used to establish, exercise or defend legal claims. Their data stays withheld from every other read. The disclosure is put on record in the access log with its reason before it is returned (a disclosure that cannot be recorded is refused). The person's organization admin or a platform administrator may. An erased person has nothing left to disclose: 409."),
+            "Every personal field of the person the log holds (names, addresses), with the event that recorded each, opened from their seals even while they are restricted: GDPR art. 18(2) lets restricted data be used to establish, exercise or defend legal claims. Their data stays withheld from every other read. The disclosure is put on record in the access log with its reason before it is returned (a disclosure that cannot be recorded is refused). The person's organization admin or a platform administrator may. An erased person has nothing left to disclose: 409.")
+        },
         disclose_subject,
     )
     .op(

@@ -330,6 +330,20 @@ backend_test!(
             .send(&s.app)
             .await;
         assert_eq!(viewer.status, StatusCode::FORBIDDEN, "{:?}", viewer.body);
+        // A service sees every tenant: it may not, whatever its scopes.
+        let service = Principal::Service {
+            name: "etl".to_owned(),
+            scopes: BTreeSet::from([
+                cairn_policy::Scope::OrganizationsRead,
+                cairn_policy::Scope::OrganizationsWrite,
+            ]),
+        };
+        let refused = call(Method::POST, disclose.as_str())
+            .as_(&service)
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
         let anonymous = call(Method::POST, disclose.as_str())
             .json(claim.clone())
             .send(&s.app)
@@ -364,6 +378,14 @@ backend_test!(
                 refused.body
             );
         }
+        // Its answer holds personal data: it is never stored to be repeated.
+        let keyed = call(Method::POST, disclose.as_str())
+            .as_(&admin_of(org_a))
+            .header("Idempotency-Key", "claim-2026-114")
+            .json(claim.clone())
+            .send(&s.app)
+            .await;
+        assert_eq!(keyed.status, StatusCode::BAD_REQUEST, "{:?}", keyed.body);
         // Nothing refused was put on record as a disclosure.
         let records = s.t.db().read_access(subject, None, 100).await?;
         assert!(
