@@ -299,16 +299,25 @@ fn open_bytes(key: &Key, aad: &[u8], data: &str) -> Option<Vec<u8>> {
 /// Opens XChaCha20-Poly1305 `data` into `buffer` (cleared first, and reused across
 /// fields so that opening a page of events allocates once): whether it opened.
 fn open_xchacha(key: &Key, aad: &[u8], data: &str, buffer: &mut Vec<u8>) -> bool {
-    buffer.clear();
-    if B64.decode_vec(data, buffer).is_err() || buffer.len() < NONCE_LEN {
+    let Some(nonce) = split_nonce::<NONCE_LEN>(data, buffer) else {
         return false;
-    }
-    let mut nonce = [0_u8; NONCE_LEN];
-    nonce.copy_from_slice(&buffer[..NONCE_LEN]);
-    buffer.drain(..NONCE_LEN);
+    };
     XChaCha20Poly1305::new(key)
         .decrypt_in_place(&XNonce::from(nonce), aad, buffer)
         .is_ok()
+}
+
+/// Decodes base64url `data` into `buffer` (cleared first) and takes its first `N`
+/// bytes off, the nonce: `None` when it is not base64url or too short.
+fn split_nonce<const N: usize>(data: &str, buffer: &mut Vec<u8>) -> Option<[u8; N]> {
+    buffer.clear();
+    if B64.decode_vec(data, buffer).is_err() || buffer.len() < N {
+        return None;
+    }
+    let mut nonce = [0_u8; N];
+    nonce.copy_from_slice(&buffer[..N]);
+    buffer.drain(..N);
+    Some(nonce)
 }
 
 /// Opens a sealed field's `data` of `format` into `buffer`, as [`open_xchacha`] does.
@@ -316,13 +325,9 @@ fn open_into(key: &DataKey, format: Format, aad: &[u8], data: &str, buffer: &mut
     if format == Format::Object {
         return open_xchacha(&key.key, aad, data, buffer);
     }
-    buffer.clear();
-    if B64.decode_vec(data, buffer).is_err() || buffer.len() < GCM_NONCE_LEN {
+    let Some(nonce) = split_nonce::<GCM_NONCE_LEN>(data, buffer) else {
         return false;
-    }
-    let mut nonce = [0_u8; GCM_NONCE_LEN];
-    nonce.copy_from_slice(&buffer[..GCM_NONCE_LEN]);
-    buffer.drain(..GCM_NONCE_LEN);
+    };
     key.cipher
         .decrypt_in_place(&aes_gcm::Nonce::from(nonce), aad, buffer)
         .is_ok()

@@ -326,18 +326,7 @@ mod tests {
         };
         let every_scope = Principal::Service {
             name: "etl".to_owned(),
-            scopes: BTreeSet::from([
-                Scope::OrganizationsBootstrap,
-                Scope::OrganizationsRead,
-                Scope::OrganizationsWrite,
-                Scope::WorkflowsRead,
-                Scope::EventsRead,
-                Scope::EventsRetry,
-                Scope::HandlersPause,
-                Scope::WorkflowsPause,
-                Scope::EventsSubscribe,
-                Scope::HealthProbe,
-            ]),
+            scopes: BTreeSet::from(Scope::ALL),
         };
         let cases: Vec<(Principal, Option<Tenancy>)> = vec![
             (member(org, Role::Admin), Some(Tenancy::Org(org))),

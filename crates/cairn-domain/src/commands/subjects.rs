@@ -443,6 +443,18 @@ impl Domain {
         self.restrict_subject(ctx, user_id, reason, erase_at).await
     }
 
+    /// The person `user_id`, read through the readers, before the policy is asked
+    /// about them.
+    async fn subject(&self, user_id: UserId) -> Result<queries::User, CommandError> {
+        let mut reader = self.store.db().reader().await?;
+        queries::user(&mut reader.conn(), user_id)
+            .await?
+            .ok_or_else(|| CommandError::NotFound {
+                what: "user",
+                id: user_id.to_string(),
+            })
+    }
+
     /// Discloses what the log holds about a person for a legal claim (GDPR art.
     /// 18(2)), to their organization's admin or a platform administrator: every
     /// personal field of theirs, opened even while they are restricted (their data
@@ -458,14 +470,7 @@ impl Domain {
     ) -> Result<Disclosure, CommandError> {
         let reason = checked_reason(reason)?;
         let db = self.store.db();
-        let mut reader = db.reader().await?;
-        let user = queries::user(&mut reader.conn(), user_id)
-            .await?
-            .ok_or_else(|| CommandError::NotFound {
-                what: "user",
-                id: user_id.to_string(),
-            })?;
-        drop(reader);
+        let user = self.subject(user_id).await?;
         let grant = ctx.authorize_found(
             Action::DiscloseSubject(user.org_id),
             user.org_id,
@@ -556,14 +561,7 @@ impl Domain {
         ctx: &CommandContext,
         user_id: UserId,
     ) -> Result<SubjectStatus, CommandError> {
-        let mut reader = self.store.db().reader().await?;
-        let user = queries::user(&mut reader.conn(), user_id)
-            .await?
-            .ok_or_else(|| CommandError::NotFound {
-                what: "user",
-                id: user_id.to_string(),
-            })?;
-        drop(reader);
+        let user = self.subject(user_id).await?;
         ctx.authorize_found(
             Action::ReadUsers(user.org_id),
             user.org_id,

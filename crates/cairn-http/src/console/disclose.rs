@@ -12,7 +12,7 @@ use axum::response::Response;
 use cairn_domain::{Disclosure, reads};
 use cairn_policy::Action;
 
-use super::onboarding::{Field, field_errors};
+use super::onboarding::{Field, form_again};
 use super::people::person_for;
 use super::{Form, Layout, Session, Time, problem_page, render, time};
 use crate::AppState;
@@ -155,15 +155,9 @@ pub(crate) async fn disclose(
             if problem.status >= 500 || problem.errors.is_empty() {
                 return problem_page(&session, &problem);
             }
-            let errors = field_errors(&problem);
-            let mut field = claim().from(Some(&form), &errors);
-            if field.error.is_none() {
-                field.error = Some(problem.detail.clone());
-            }
-            render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &page(&session, &user, field, None),
-            )
+            form_again(&problem, &form, claim(), |field| {
+                page(&session, &user, field, None)
+            })
         }
     }
 }

@@ -143,6 +143,22 @@ pub(super) fn field_errors(problem: &Problem) -> BTreeMap<String, String> {
     errors
 }
 
+/// A one-field confirmation form again (422), after its command was refused: the
+/// field marked with the problem's error for it or, when the problem names no field,
+/// with the problem's detail.
+pub(super) fn form_again<T: Template>(
+    problem: &Problem,
+    form: &Form,
+    field: Field,
+    page: impl FnOnce(Field) -> T,
+) -> Response {
+    let mut field = field.from(Some(form), &field_errors(problem));
+    if field.error.is_none() {
+        field.error = Some(problem.detail.clone());
+    }
+    render(StatusCode::UNPROCESSABLE_ENTITY, &page(field))
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
     after: Option<String>,
@@ -1355,15 +1371,11 @@ pub(crate) async fn revoke(
             if problem.status >= 500 || problem.errors.is_empty() {
                 return problem_page(&session, &problem);
             }
-            let errors = field_errors(&problem);
-            let mut field =
-                Field::new("reason", "Why is it withdrawn?", "text").from(Some(&form), &errors);
-            if field.error.is_none() {
-                field.error = Some(problem.detail.clone());
-            }
-            render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &revoke_page_for(&session, &invitation, field),
+            form_again(
+                &problem,
+                &form,
+                Field::new("reason", "Why is it withdrawn?", "text"),
+                |field| revoke_page_for(&session, &invitation, field),
             )
         }
     }
@@ -1463,15 +1475,9 @@ pub(crate) async fn correct_address(
             if problem.status >= 500 || (problem.errors.is_empty() && problem.status != 409) {
                 return problem_page(&session, &problem);
             }
-            let errors = field_errors(&problem);
-            let mut field = address_field().from(Some(&form), &errors);
-            if field.error.is_none() {
-                field.error = Some(problem.detail.clone());
-            }
-            render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &address_page_for(&session, &invitation, field),
-            )
+            form_again(&problem, &form, address_field(), |field| {
+                address_page_for(&session, &invitation, field)
+            })
         }
     }
 }
@@ -1575,15 +1581,9 @@ pub(crate) async fn erase(
             if problem.status >= 500 || problem.errors.is_empty() {
                 return problem_page(&session, &problem);
             }
-            let errors = field_errors(&problem);
-            let mut field = erase_reason().from(Some(&form), &errors);
-            if field.error.is_none() {
-                field.error = Some(problem.detail.clone());
-            }
-            render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &erase_page_for(&session, &user, field),
-            )
+            form_again(&problem, &form, erase_reason(), |field| {
+                erase_page_for(&session, &user, field)
+            })
         }
     }
 }

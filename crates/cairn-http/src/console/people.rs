@@ -13,7 +13,7 @@ use cairn_domain::reads;
 use cairn_policy::Action;
 use cairn_types::{OrgId, UserId};
 
-use super::onboarding::{Field, RoleChoice, field_errors};
+use super::onboarding::{Field, RoleChoice, field_errors, form_again};
 use super::{Form, Layout, Session, not_found, problem_page, render};
 use crate::AppState;
 use crate::routes::{allow, command_problem, read_problem};
@@ -236,15 +236,9 @@ pub(crate) async fn deactivate(
             if problem.status >= 500 {
                 return problem_page(&session, &problem);
             }
-            let errors = field_errors(&problem);
-            let mut field = deactivation_reason().from(Some(&form), &errors);
-            if field.error.is_none() {
-                field.error = Some(problem.detail.clone());
-            }
-            render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &deactivate_page(&session, &user, field),
-            )
+            form_again(&problem, &form, deactivation_reason(), |field| {
+                deactivate_page(&session, &user, field)
+            })
         }
     }
 }
