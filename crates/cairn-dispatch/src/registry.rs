@@ -70,7 +70,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ProjectionTable {
     /// The table's name (unqualified).
     pub name: &'static str,
-    /// The columns that identify a row, for reports.
+    /// The columns that identify a row: non-null and unique together (the table's
+    /// primary key, in practice). `replay --verify` pairs the rebuilt copy's rows with
+    /// the live table's on them, and reports name rows by them.
     pub key: &'static [&'static str],
 }
 

@@ -505,9 +505,14 @@ impl Domain {
                 .await
                 .map_err(|error| match error {
                     cairn_log::ReadError::Database(error) => CommandError::Database(error),
-                    corrupt => CommandError::InvalidState {
-                        message: corrupt.to_string(),
-                    },
+                    // The log cannot be read as written: the server's fault, not a
+                    // conflict the caller could resolve.
+                    cairn_log::ReadError::Corrupt { position, reason } => {
+                        CommandError::Database(cairn_log::DbError::Decode {
+                            column: format!("domain_events at position {position}"),
+                            reason,
+                        })
+                    }
                 })?;
             drop(scoped);
             let Some(last) = page.last().map(|event| event.position) else {
