@@ -224,7 +224,7 @@ pub struct Sealed {
 
 /// The envelope of a sealed field: whose key seals it, where in the payload it was
 /// sealed (bound into the seal with the event's type and stream), and the sealed bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum SealedField {
     /// `2.<user id>.<sealed>.<field>`: the person's user id; AES-256-GCM's 12-byte
@@ -292,6 +292,28 @@ impl SealedField {
                 .ok()
                 .and_then(|(subject, _, _)| subject.parse().ok()),
             SealedField::Object(object) => Some(object.subject),
+        }
+    }
+}
+
+/// Read by its shape: a string must be a whole compact envelope, and says what it
+/// lacks when it is not one.
+impl<'de> Deserialize<'de> for SealedField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Compact(String),
+            Object(SealedObject),
+        }
+        match Shape::deserialize(deserializer)? {
+            Shape::Compact(text) => match SealedField::compact_parts(&text) {
+                Ok(_) => Ok(SealedField::Compact(text)),
+                Err(what) => Err(de::Error::custom(format!(
+                    "a sealed field's envelope is malformed: {what}"
+                ))),
+            },
+            Shape::Object(object) => Ok(SealedField::Object(object)),
         }
     }
 }
@@ -420,6 +442,11 @@ mod tests {
         ];
         for (text, says) in cases {
             let error = SealedField::compact_parts(text).expect_err(text);
+            assert!(error.contains(says), "{text}: {error}");
+            // Read as a payload's field, it is refused saying the same.
+            let read =
+                serde_json::from_value::<Personal<String>>(serde_json::json!({ "$sealed": text }));
+            let error = read.expect_err(text).to_string();
             assert!(error.contains(says), "{text}: {error}");
         }
     }
